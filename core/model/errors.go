@@ -1,0 +1,59 @@
+package model
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Domain error sentinels. Adapters translate infrastructure errors into these
+// at their boundary; callers test them with errors.Is.
+var (
+	// ErrNotFound means the addressed entity does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict means the request conflicts with the current state
+	// (duplicate code or key, a model that still has devices, ...).
+	ErrConflict = errors.New("conflict")
+	// ErrUnavailable means a dependency (database, identity provider,
+	// broker) could not be reached or failed.
+	ErrUnavailable = errors.New("dependency unavailable")
+	// ErrUnauthenticated means credentials are missing, malformed, forged
+	// or expired.
+	ErrUnauthenticated = errors.New("unauthenticated")
+	// ErrForbidden means the caller is known but not allowed (missing role,
+	// inactive device).
+	ErrForbidden = errors.New("forbidden")
+	// ErrTooLarge means an input exceeds a configured size limit.
+	ErrTooLarge = errors.New("too large")
+)
+
+// ValidationError reports one invalid input field. It is safe to show to the
+// client: Reason never contains secrets.
+type ValidationError struct {
+	Field  string
+	Reason string
+}
+
+func (e *ValidationError) Error() string {
+	if e.Field == "" {
+		return e.Reason
+	}
+	return fmt.Sprintf("%s: %s", e.Field, e.Reason)
+}
+
+// Invalid returns a *ValidationError for field.
+func Invalid(field, format string, args ...any) error {
+	return &ValidationError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// UnavailableError wraps a dependency failure with the name of the
+// dependency ("keycloak", "postgres", "mqtt"). It matches ErrUnavailable.
+type UnavailableError struct {
+	Service string
+	Err     error
+}
+
+func (e *UnavailableError) Error() string { return e.Service + " unavailable: " + e.Err.Error() }
+func (e *UnavailableError) Unwrap() error { return e.Err }
+
+// Is reports ErrUnavailable as matching.
+func (e *UnavailableError) Is(target error) bool { return target == ErrUnavailable }

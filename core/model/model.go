@@ -1,0 +1,152 @@
+package model
+
+import (
+	"encoding/json"
+	"regexp"
+	"time"
+)
+
+// DeviceModel is a hardware type. Code is unique and immutable.
+type DeviceModel struct {
+	ID   int64
+	Code string
+	Name string
+	// FirmwareVersion is the version of the current firmware's app
+	// descriptor; empty when no firmware was uploaded.
+	FirmwareVersion string
+	// ConfigSchema is an optional JSON Schema for device configs; nil when
+	// unset.
+	ConfigSchema json.RawMessage
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+}
+
+// ModelCodePattern is what a device model code must match.
+var ModelCodePattern = regexp.MustCompile(`^[a-z0-9_]{1,50}$`)
+
+// RotationState is where a device is in the credential rotation cycle.
+type RotationState string
+
+// Rotation states. OK -> QUEUED -> PENDING -> OK; PENDING -> TIMEOUT -> PENDING.
+const (
+	RotationOK      RotationState = "OK"
+	RotationQueued  RotationState = "QUEUED"
+	RotationPending RotationState = "PENDING"
+	RotationTimeout RotationState = "TIMEOUT"
+)
+
+// Valid reports whether s is one of the four rotation states.
+func (s RotationState) Valid() bool {
+	switch s {
+	case RotationOK, RotationQueued, RotationPending, RotationTimeout:
+		return true
+	}
+	return false
+}
+
+// Device is one physical ESP32. Key is unique and immutable.
+type Device struct {
+	ID            int64
+	Key           string
+	DeviceModelID int64
+	// ModelCode is the code of the device's model, loaded with the device
+	// (it is immutable, so it never goes stale).
+	ModelCode string
+	// Config is a JSON object.
+	Config        json.RawMessage
+	Active        bool
+	RotationState RotationState
+
+	SecretCreatedAt         *time.Time
+	LastRotationAttemptAt   *time.Time
+	LastRotationCompletedAt *time.Time
+	LastSeenAt              *time.Time
+
+	// NewSecretAt is when the new secret of the rotation in progress was
+	// generated in the identity provider; nil when none was.
+	NewSecretAt *time.Time
+	// PreviousSecret is the sealed (encrypted) secret the device had before
+	// the rotation in progress; nil outside a rotation.
+	PreviousSecret []byte
+
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// DeviceKeyPattern is what a device key matches: 8 chars of [a-z0-9].
+var DeviceKeyPattern = regexp.MustCompile(`^[a-z0-9]{8}$`)
+
+// ClientIDPrefix starts every device's identity-provider client id.
+const ClientIDPrefix = "iotdevice-"
+
+// ClientID derives the identity-provider client id of a device.
+func ClientID(modelCode, key string) string {
+	return ClientIDPrefix + modelCode + "-" + key
+}
+
+// ClientID is the device's identity-provider client id.
+func (d Device) ClientID() string { return ClientID(d.ModelCode, d.Key) }
+
+// clientIDPattern matches a device client id; groups are model code and key.
+var clientIDPattern = regexp.MustCompile(`^iotdevice-([a-z0-9_]+)-([a-z0-9]{8})$`)
+
+// ParseClientID splits a device client id into model code and key.
+func ParseClientID(clientID string) (modelCode, key string, ok bool) {
+	m := clientIDPattern.FindStringSubmatch(clientID)
+	if m == nil {
+		return "", "", false
+	}
+	return m[1], m[2], true
+}
+
+// Firmware is one uploaded firmware version of a device model.
+type Firmware struct {
+	ID            int64
+	DeviceModelID int64
+	Version       string
+	ProjectName   string
+	IDFVersion    string
+	Chip          string // "esp32", "esp32s3", ...
+	ChipID        int
+	SHA256        string // lower-case hex of the whole file
+	Size          int64
+	UploadedAt    time.Time
+}
+
+// IdentityStatus is the state of a device's client in the identity
+// provider, as reported by GET /api/devices/{id}/identity.
+type IdentityStatus struct {
+	ClientID       string
+	Exists         bool
+	Enabled        bool
+	ServiceAccount bool
+	// Problems lists every way the client differs from what espmdm
+	// creates (missing role mapper, wrong flows, ...). Empty when healthy.
+	Problems []string
+}
+
+// DeviceClaims is what a verified device access token says.
+type DeviceClaims struct {
+	ClientID  string
+	ModelCode string
+	Key       string
+	IssuedAt  time.Time
+	ExpiresAt time.Time
+}
+
+// Principal is a verified admin API caller.
+type Principal struct {
+	Subject  string
+	ClientID string
+	Roles    []string
+}
+
+// HasRole reports whether p holds role.
+func (p Principal) HasRole(role string) bool {
+	for _, r := range p.Roles {
+		if r == role {
+			return true
+		}
+	}
+	return false
+}
