@@ -113,9 +113,9 @@ type IdentityProvider interface {
 	RegenerateSecret(ctx context.Context, clientID string) (string, error)
 	// SetSecret sets a specific secret (restoring a previous one).
 	SetSecret(ctx context.Context, clientID, secret string) error
-	// ListDeviceClients returns the client ids starting with
+	// ListDeviceClients returns every client whose id starts with
 	// model.ClientIDPrefix.
-	ListDeviceClients(ctx context.Context) ([]string, error)
+	ListDeviceClients(ctx context.Context) ([]model.ClientInfo, error)
 	// Ping checks that the identity provider answers.
 	Ping(ctx context.Context) error
 }

@@ -125,6 +125,15 @@ type IdentityStatus struct {
 	Problems []string
 }
 
+// ClientInfo is one device client found in the identity provider.
+type ClientInfo struct {
+	ClientID string
+	// CreatedAt is when espmdm created the client (recorded in a client
+	// attribute); zero when unknown. The reconciler leaves orphans younger
+	// than a grace period alone: their device row may still be on its way.
+	CreatedAt time.Time
+}
+
 // DeviceClaims is what a verified device access token says.
 type DeviceClaims struct {
 	ClientID  string
