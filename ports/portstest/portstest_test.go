@@ -1,0 +1,33 @@
+package portstest_test
+
+import (
+	"testing"
+
+	"github.com/espmdm/espmdm/ports"
+	"github.com/espmdm/espmdm/ports/portstest"
+)
+
+func TestStoreContract(t *testing.T) {
+	portstest.RunRepoContract(t, func(t *testing.T) (ports.ModelRepo, ports.DeviceRepo, ports.FirmwareRepo) {
+		s := portstest.NewStore(nil)
+		return s, s, s
+	})
+}
+
+func TestIdentityProviderContract(t *testing.T) {
+	portstest.RunIdentityProviderContract(t, func(t *testing.T) ports.IdentityProvider {
+		return portstest.NewIdentityProvider(nil)
+	})
+}
+
+func TestFirmwareStoreContract(t *testing.T) {
+	portstest.RunFirmwareStoreContract(t, func(t *testing.T) ports.FirmwareStore {
+		return portstest.NewFirmwareStore()
+	})
+}
+
+func TestSecretBoxContract(t *testing.T) {
+	portstest.RunSecretBoxContract(t, func(t *testing.T) ports.SecretBox {
+		return portstest.NewSecretBox()
+	})
+}

@@ -1,0 +1,433 @@
+package portstest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/ports"
+)
+
+// Store is an in-memory ports.ModelRepo, ports.DeviceRepo and
+// ports.FirmwareRepo in one, so that deleting a model sees its devices and
+// recording firmware updates the model, as a database does.
+//
+// Update closures run while the store is locked (like a row lock): they
+// must not call back into the Store.
+type Store struct {
+	// Hook, when set, is called with the method name ("CreateDevice",
+	// "GetModel", ...) before each operation; a non-nil result fails the
+	// operation with that error and changes nothing. Set it before use.
+	Hook func(op string) error
+
+	now func() time.Time
+
+	mu       sync.Mutex
+	nextID   int64
+	models   map[int64]model.DeviceModel
+	devices  map[int64]model.Device
+	firmware map[int64][]model.Firmware // by model id, in upload order
+}
+
+var (
+	_ ports.ModelRepo    = (*Store)(nil)
+	_ ports.DeviceRepo   = (*Store)(nil)
+	_ ports.FirmwareRepo = (*Store)(nil)
+)
+
+// NewStore returns an empty Store stamping times from clock (the wall clock
+// when nil).
+func NewStore(clock ports.Clock) *Store {
+	return &Store{
+		now:      nowFunc(clock),
+		models:   map[int64]model.DeviceModel{},
+		devices:  map[int64]model.Device{},
+		firmware: map[int64][]model.Firmware{},
+	}
+}
+
+func (s *Store) hook(op string) error {
+	if s.Hook == nil {
+		return nil
+	}
+	return s.Hook(op)
+}
+
+func (s *Store) id() int64 {
+	s.nextID++
+	return s.nextID
+}
+
+func cloneRaw(r json.RawMessage) json.RawMessage {
+	if r == nil {
+		return nil
+	}
+	return bytes.Clone(r)
+}
+
+func cloneTime(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	c := *t
+	return &c
+}
+
+func cloneModel(m model.DeviceModel) model.DeviceModel {
+	m.ConfigSchema = cloneRaw(m.ConfigSchema)
+	return m
+}
+
+func cloneDevice(d model.Device) model.Device {
+	d.Config = cloneRaw(d.Config)
+	d.SecretCreatedAt = cloneTime(d.SecretCreatedAt)
+	d.LastRotationAttemptAt = cloneTime(d.LastRotationAttemptAt)
+	d.LastRotationCompletedAt = cloneTime(d.LastRotationCompletedAt)
+	d.LastSeenAt = cloneTime(d.LastSeenAt)
+	d.NewSecretAt = cloneTime(d.NewSecretAt)
+	if d.PreviousSecret != nil {
+		d.PreviousSecret = bytes.Clone(d.PreviousSecret)
+	}
+	return d
+}
+
+// normSchema stores a JSON null schema as no schema, as a nullable column
+// does.
+func normSchema(r json.RawMessage) json.RawMessage {
+	if len(bytes.TrimSpace(r)) == 0 || string(bytes.TrimSpace(r)) == "null" {
+		return nil
+	}
+	return cloneRaw(r)
+}
+
+// CreateModel implements ports.ModelRepo.
+func (s *Store) CreateModel(_ context.Context, m *model.DeviceModel) error {
+	if err := s.hook("CreateModel"); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, o := range s.models {
+		if o.Code == m.Code {
+			return fmt.Errorf("device model code %q: %w", m.Code, model.ErrConflict)
+		}
+	}
+	now := s.now()
+	m.ID = s.id()
+	m.CreatedAt, m.UpdatedAt = now, now
+	m.ConfigSchema = normSchema(m.ConfigSchema)
+	s.models[m.ID] = cloneModel(*m)
+	return nil
+}
+
+// GetModel implements ports.ModelRepo.
+func (s *Store) GetModel(_ context.Context, id int64) (model.DeviceModel, error) {
+	if err := s.hook("GetModel"); err != nil {
+		return model.DeviceModel{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m, ok := s.models[id]
+	if !ok {
+		return model.DeviceModel{}, fmt.Errorf("device model %d: %w", id, model.ErrNotFound)
+	}
+	return cloneModel(m), nil
+}
+
+// GetModelByCode implements ports.ModelRepo.
+func (s *Store) GetModelByCode(_ context.Context, code string) (model.DeviceModel, error) {
+	if err := s.hook("GetModelByCode"); err != nil {
+		return model.DeviceModel{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range s.models {
+		if m.Code == code {
+			return cloneModel(m), nil
+		}
+	}
+	return model.DeviceModel{}, fmt.Errorf("device model %q: %w", code, model.ErrNotFound)
+}
+
+// ListModels implements ports.ModelRepo; models come ordered by ID.
+func (s *Store) ListModels(_ context.Context) ([]model.DeviceModel, error) {
+	if err := s.hook("ListModels"); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]model.DeviceModel, 0, len(s.models))
+	for _, m := range s.models {
+		out = append(out, cloneModel(m))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// UpdateModel implements ports.ModelRepo.
+func (s *Store) UpdateModel(_ context.Context, id int64, fn func(*model.DeviceModel) error) (model.DeviceModel, error) {
+	if err := s.hook("UpdateModel"); err != nil {
+		return model.DeviceModel{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, ok := s.models[id]
+	if !ok {
+		return model.DeviceModel{}, fmt.Errorf("device model %d: %w", id, model.ErrNotFound)
+	}
+	m := cloneModel(cur)
+	if err := fn(&m); err != nil {
+		return model.DeviceModel{}, err
+	}
+	m.ID, m.Code, m.CreatedAt = cur.ID, cur.Code, cur.CreatedAt
+	m.ConfigSchema = normSchema(m.ConfigSchema)
+	m.UpdatedAt = s.now()
+	s.models[id] = cloneModel(m)
+	return m, nil
+}
+
+// DeleteModel implements ports.ModelRepo. The model's firmware history goes
+// with it.
+func (s *Store) DeleteModel(_ context.Context, id int64) error {
+	if err := s.hook("DeleteModel"); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.models[id]; !ok {
+		return fmt.Errorf("device model %d: %w", id, model.ErrNotFound)
+	}
+	for _, d := range s.devices {
+		if d.DeviceModelID == id {
+			return fmt.Errorf("device model %d has devices: %w", id, model.ErrConflict)
+		}
+	}
+	delete(s.models, id)
+	delete(s.firmware, id)
+	return nil
+}
+
+// CreateDevice implements ports.DeviceRepo. An empty RotationState is
+// stored as model.RotationOK.
+func (s *Store) CreateDevice(_ context.Context, d *model.Device) error {
+	if err := s.hook("CreateDevice"); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m, ok := s.models[d.DeviceModelID]
+	if !ok {
+		return fmt.Errorf("device model %d: %w", d.DeviceModelID, model.ErrNotFound)
+	}
+	for _, o := range s.devices {
+		if o.Key == d.Key {
+			return fmt.Errorf("device key: %w", model.ErrConflict)
+		}
+	}
+	now := s.now()
+	d.ID = s.id()
+	d.ModelCode = m.Code
+	d.CreatedAt, d.UpdatedAt = now, now
+	if d.RotationState == "" {
+		d.RotationState = model.RotationOK
+	}
+	s.devices[d.ID] = cloneDevice(*d)
+	return nil
+}
+
+// GetDevice implements ports.DeviceRepo.
+func (s *Store) GetDevice(_ context.Context, id int64) (model.Device, error) {
+	if err := s.hook("GetDevice"); err != nil {
+		return model.Device{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.devices[id]
+	if !ok {
+		return model.Device{}, fmt.Errorf("device %d: %w", id, model.ErrNotFound)
+	}
+	return cloneDevice(d), nil
+}
+
+// GetDeviceByKey implements ports.DeviceRepo.
+func (s *Store) GetDeviceByKey(_ context.Context, key string) (model.Device, error) {
+	if err := s.hook("GetDeviceByKey"); err != nil {
+		return model.Device{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, d := range s.devices {
+		if d.Key == key {
+			return cloneDevice(d), nil
+		}
+	}
+	return model.Device{}, fmt.Errorf("device key: %w", model.ErrNotFound)
+}
+
+// ListDevices implements ports.DeviceRepo. A Limit outside 1..1000 is
+// treated as 1000.
+func (s *Store) ListDevices(_ context.Context, f ports.DeviceFilter) (ports.DevicePage, error) {
+	if err := s.hook("ListDevices"); err != nil {
+		return ports.DevicePage{}, err
+	}
+	limit := f.Limit
+	if limit < 1 || limit > 1000 {
+		limit = 1000
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var match []model.Device
+	for _, d := range s.devices {
+		switch {
+		case d.ID <= f.AfterID,
+			f.ModelID != nil && d.DeviceModelID != *f.ModelID,
+			f.RotationState != nil && d.RotationState != *f.RotationState,
+			f.Active != nil && d.Active != *f.Active:
+			continue
+		}
+		match = append(match, d)
+	}
+	sort.Slice(match, func(i, j int) bool { return match[i].ID < match[j].ID })
+	var page ports.DevicePage
+	if len(match) > limit {
+		match = match[:limit]
+		page.NextAfterID = match[limit-1].ID
+	}
+	page.Devices = make([]model.Device, len(match))
+	for i, d := range match {
+		page.Devices[i] = cloneDevice(d)
+	}
+	return page, nil
+}
+
+// UpdateDevice implements ports.DeviceRepo.
+func (s *Store) UpdateDevice(_ context.Context, id int64, fn func(*model.Device) error) (model.Device, error) {
+	if err := s.hook("UpdateDevice"); err != nil {
+		return model.Device{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, ok := s.devices[id]
+	if !ok {
+		return model.Device{}, fmt.Errorf("device %d: %w", id, model.ErrNotFound)
+	}
+	d := cloneDevice(cur)
+	if err := fn(&d); err != nil {
+		return model.Device{}, err
+	}
+	d.ID, d.Key, d.DeviceModelID, d.ModelCode, d.CreatedAt = cur.ID, cur.Key, cur.DeviceModelID, cur.ModelCode, cur.CreatedAt
+	d.UpdatedAt = s.now()
+	s.devices[id] = cloneDevice(d)
+	return d, nil
+}
+
+// DeleteDevice implements ports.DeviceRepo.
+func (s *Store) DeleteDevice(_ context.Context, id int64) error {
+	if err := s.hook("DeleteDevice"); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.devices[id]; !ok {
+		return fmt.Errorf("device %d: %w", id, model.ErrNotFound)
+	}
+	delete(s.devices, id)
+	return nil
+}
+
+// TouchLastSeen implements ports.DeviceRepo.
+func (s *Store) TouchLastSeen(_ context.Context, id int64, at time.Time, minInterval time.Duration) error {
+	if err := s.hook("TouchLastSeen"); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.devices[id]
+	if !ok {
+		return fmt.Errorf("device %d: %w", id, model.ErrNotFound)
+	}
+	if d.LastSeenAt != nil && d.LastSeenAt.After(at.Add(-minInterval)) {
+		return nil
+	}
+	d.LastSeenAt = &at
+	s.devices[id] = d
+	return nil
+}
+
+// DeviceKeysExist implements ports.DeviceRepo.
+func (s *Store) DeviceKeysExist(_ context.Context, keys []string) (map[string]bool, error) {
+	if err := s.hook("DeviceKeysExist"); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]bool{}
+	for _, d := range s.devices {
+		if slices.Contains(keys, d.Key) {
+			out[d.Key] = true
+		}
+	}
+	return out, nil
+}
+
+// RecordFirmware implements ports.FirmwareRepo.
+func (s *Store) RecordFirmware(_ context.Context, f *model.Firmware) error {
+	if err := s.hook("RecordFirmware"); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m, ok := s.models[f.DeviceModelID]
+	if !ok {
+		return fmt.Errorf("device model %d: %w", f.DeviceModelID, model.ErrNotFound)
+	}
+	f.ID = s.id()
+	s.firmware[m.ID] = append(s.firmware[m.ID], *f)
+	m.FirmwareVersion = f.Version
+	m.UpdatedAt = s.now()
+	s.models[m.ID] = m
+	return nil
+}
+
+// firmwareNewestFirst returns the model's history, newest upload first
+// (ties broken by ID).
+func (s *Store) firmwareNewestFirst(modelID int64) []model.Firmware {
+	out := slices.Clone(s.firmware[modelID])
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].UploadedAt.Equal(out[j].UploadedAt) {
+			return out[i].UploadedAt.After(out[j].UploadedAt)
+		}
+		return out[i].ID > out[j].ID
+	})
+	return out
+}
+
+// CurrentFirmware implements ports.FirmwareRepo.
+func (s *Store) CurrentFirmware(_ context.Context, modelID int64) (model.Firmware, error) {
+	if err := s.hook("CurrentFirmware"); err != nil {
+		return model.Firmware{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.firmwareNewestFirst(modelID)
+	if len(h) == 0 {
+		return model.Firmware{}, fmt.Errorf("firmware of device model %d: %w", modelID, model.ErrNotFound)
+	}
+	return h[0], nil
+}
+
+// ListFirmware implements ports.FirmwareRepo.
+func (s *Store) ListFirmware(_ context.Context, modelID int64) ([]model.Firmware, error) {
+	if err := s.hook("ListFirmware"); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.firmwareNewestFirst(modelID), nil
+}
