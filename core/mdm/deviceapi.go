@@ -1,0 +1,58 @@
+package mdm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/ports"
+)
+
+// LastSeenInterval is how often at most a device's last_seen_at is written.
+const LastSeenInterval = time.Minute
+
+// AuthenticateDevice resolves verified token claims to the device. An
+// unknown key or a model code that does not match the device's is
+// model.ErrUnauthenticated; an inactive device is model.ErrForbidden. It
+// records last_seen_at at most once per LastSeenInterval; failing to do so
+// goes to OnError and does not fail the authentication.
+func (s *Service) AuthenticateDevice(ctx context.Context, c model.DeviceClaims) (model.Device, error) {
+	d, err := s.d.Devices.GetDeviceByKey(ctx, c.Key)
+	if errors.Is(err, model.ErrNotFound) {
+		return model.Device{}, fmt.Errorf("device token for an unknown device: %w", model.ErrUnauthenticated)
+	}
+	if err != nil {
+		return model.Device{}, fmt.Errorf("authenticate device: %w", err)
+	}
+	if d.ModelCode != c.ModelCode {
+		return model.Device{}, fmt.Errorf("device token names another device model: %w", model.ErrUnauthenticated)
+	}
+	if !d.Active {
+		return model.Device{}, fmt.Errorf("device %d is inactive: %w", d.ID, model.ErrForbidden)
+	}
+	now := s.now()
+	if err := s.d.Devices.TouchLastSeen(ctx, d.ID, now, LastSeenInterval); err != nil {
+		s.report("authenticate device: record last seen", fmt.Errorf("device %d: %w", d.ID, err))
+	}
+	return d, nil
+}
+
+// DeviceConfig returns the device's config.
+//
+// Credential rotation (SPEC §4) completes here: a PENDING device that
+// presents a token issued at or after its new secret was generated has
+// proven it holds the new secret. That step belongs to the rotation use
+// case, which will run before the config is returned; c carries the
+// token's IssuedAt for it.
+func (s *Service) DeviceConfig(_ context.Context, d model.Device, _ model.DeviceClaims) (json.RawMessage, error) {
+	return append(json.RawMessage(nil), d.Config...), nil
+}
+
+// DeviceFirmware returns the current firmware of the device's model and its
+// binary; model.ErrNotFound when the model has none.
+func (s *Service) DeviceFirmware(ctx context.Context, d model.Device) (model.Firmware, ports.Blob, error) {
+	return s.openCurrent(ctx, d.DeviceModelID, d.ModelCode)
+}

@@ -1,0 +1,206 @@
+package mdm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/ports"
+)
+
+const (
+	// keyAlphabet is what device keys are made of.
+	keyAlphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+	// keyLen is the length of a device key.
+	keyLen = 8
+	// keyAttempts is how many keys CreateDevice tries before giving up on
+	// collisions. With 36^8 keys, needing more than one is already rare.
+	keyAttempts = 5
+
+	// DefaultPageSize is the ListDevices page size when none is given.
+	DefaultPageSize = 100
+	// MaxPageSize is the largest ListDevices page size.
+	MaxPageSize = 1000
+)
+
+// newKey draws a device key from s.d.Rand. Bytes at or above the largest
+// multiple of len(keyAlphabet) are rejected, so every character is equally
+// likely (no modulo bias).
+func (s *Service) newKey() (string, error) {
+	const limit = 256 - 256%len(keyAlphabet) // 252
+	key := make([]byte, 0, keyLen)
+	buf := make([]byte, 2*keyLen)
+	for len(key) < keyLen {
+		if _, err := io.ReadFull(s.d.Rand, buf); err != nil {
+			return "", fmt.Errorf("generate device key: %w", err)
+		}
+		for _, b := range buf {
+			if int(b) < limit && len(key) < keyLen {
+				key = append(key, keyAlphabet[int(b)%len(keyAlphabet)])
+			}
+		}
+	}
+	return string(key), nil
+}
+
+// CreateDevice creates a device and its identity-provider client, all or
+// nothing: it validates the input, draws a key, creates the client, then
+// inserts the row. When the insert fails the client is deleted again (if
+// that fails too, OnError hears of it and the reconciler removes the
+// client later). A key that collides with an existing client or device is
+// replaced by a new one, a few times.
+func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.Device, error) {
+	config, err := normalizeConfig(in.Config)
+	if err != nil {
+		return model.Device{}, err
+	}
+	m, err := s.d.Models.GetModel(ctx, in.DeviceModelID)
+	if errors.Is(err, model.ErrNotFound) {
+		return model.Device{}, model.Invalid("device_model_id", "device model %d does not exist", in.DeviceModelID)
+	}
+	if err != nil {
+		return model.Device{}, fmt.Errorf("create device: get device model %d: %w", in.DeviceModelID, err)
+	}
+	if err := validateConfig(m, config); err != nil {
+		return model.Device{}, err
+	}
+	active := true
+	if in.Active != nil {
+		active = *in.Active
+	}
+
+	for range keyAttempts {
+		key, err := s.newKey()
+		if err != nil {
+			return model.Device{}, err
+		}
+		clientID := model.ClientID(m.Code, key)
+		if _, err := s.d.Identity.CreateClient(ctx, clientID); err != nil {
+			if errors.Is(err, model.ErrConflict) {
+				continue // key collision with an existing client
+			}
+			return model.Device{}, fmt.Errorf("create device: create client: %w", err)
+		}
+		now := s.now()
+		d := model.Device{
+			Key:             key,
+			DeviceModelID:   m.ID,
+			ModelCode:       m.Code,
+			Config:          config,
+			Active:          active,
+			RotationState:   model.RotationOK,
+			SecretCreatedAt: &now,
+		}
+		err = s.d.Devices.CreateDevice(ctx, &d)
+		if err == nil {
+			d.ModelCode = m.Code
+			return d, nil
+		}
+		// Undo the client even when the caller has gone away: a left-over
+		// client is an orphan until the reconciler finds it.
+		if derr := s.d.Identity.DeleteClient(context.WithoutCancel(ctx), clientID); derr != nil {
+			s.report("create device: delete client after failed insert", fmt.Errorf("client %s: %w", clientID, derr))
+		}
+		if errors.Is(err, model.ErrConflict) {
+			continue // key collision with an existing device
+		}
+		return model.Device{}, fmt.Errorf("create device: insert: %w", err)
+	}
+	return model.Device{}, fmt.Errorf("create device: no free key after %d attempts: %w", keyAttempts, model.ErrConflict)
+}
+
+// GetDevice returns one device.
+func (s *Service) GetDevice(ctx context.Context, id int64) (model.Device, error) {
+	d, err := s.d.Devices.GetDevice(ctx, id)
+	if err != nil {
+		return model.Device{}, fmt.Errorf("get device %d: %w", id, err)
+	}
+	return d, nil
+}
+
+// ListDevices returns one page of devices. Limit 0 means DefaultPageSize;
+// it must not exceed MaxPageSize.
+func (s *Service) ListDevices(ctx context.Context, f ports.DeviceFilter) (ports.DevicePage, error) {
+	switch {
+	case f.Limit == 0:
+		f.Limit = DefaultPageSize
+	case f.Limit < 0 || f.Limit > MaxPageSize:
+		return ports.DevicePage{}, model.Invalid("limit", "must be between 1 and %d", MaxPageSize)
+	}
+	if f.AfterID < 0 {
+		return ports.DevicePage{}, model.Invalid("cursor", "must not be negative")
+	}
+	if f.RotationState != nil && !f.RotationState.Valid() {
+		return ports.DevicePage{}, model.Invalid("rotation_state", "must be one of OK, QUEUED, PENDING, TIMEOUT")
+	}
+	p, err := s.d.Devices.ListDevices(ctx, f)
+	if err != nil {
+		return ports.DevicePage{}, fmt.Errorf("list devices: %w", err)
+	}
+	return p, nil
+}
+
+// UpdateDevice changes a device's config and active flag. A new config is
+// validated against the model's schema; when it differs from the stored one
+// the device is told (a notification failure goes to OnError and does not
+// fail the call).
+func (s *Service) UpdateDevice(ctx context.Context, id int64, in ports.DeviceUpdate) (model.Device, error) {
+	var config []byte
+	if in.Config != nil {
+		var err error
+		if config, err = normalizeConfig(in.Config); err != nil {
+			return model.Device{}, err
+		}
+		cur, err := s.d.Devices.GetDevice(ctx, id)
+		if err != nil {
+			return model.Device{}, fmt.Errorf("update device %d: %w", id, err)
+		}
+		m, err := s.d.Models.GetModel(ctx, cur.DeviceModelID)
+		if err != nil {
+			return model.Device{}, fmt.Errorf("update device %d: get device model: %w", id, err)
+		}
+		if err := validateConfig(m, config); err != nil {
+			return model.Device{}, err
+		}
+	}
+	changed := false
+	d, err := s.d.Devices.UpdateDevice(ctx, id, func(d *model.Device) error {
+		if config != nil {
+			changed = !jsonEqual(d.Config, config)
+			d.Config = config
+		}
+		if in.Active != nil {
+			d.Active = *in.Active
+		}
+		return nil
+	})
+	if err != nil {
+		return model.Device{}, fmt.Errorf("update device %d: %w", id, err)
+	}
+	if changed {
+		if err := s.d.Notifier.ConfigChanged(ctx, d.ClientID()); err != nil {
+			s.report("update device: notify config change", fmt.Errorf("device %d: %w", id, err))
+		}
+	}
+	return d, nil
+}
+
+// DeleteDevice removes the device row, then its client. A failed client
+// deletion goes to OnError and the call still succeeds: the reconciler
+// removes the orphaned client later, and no device row is left behind.
+func (s *Service) DeleteDevice(ctx context.Context, id int64) error {
+	d, err := s.d.Devices.GetDevice(ctx, id)
+	if err != nil {
+		return fmt.Errorf("delete device %d: %w", id, err)
+	}
+	if err := s.d.Devices.DeleteDevice(ctx, id); err != nil {
+		return fmt.Errorf("delete device %d: %w", id, err)
+	}
+	clientID := d.ClientID()
+	if err := s.d.Identity.DeleteClient(context.WithoutCancel(ctx), clientID); err != nil {
+		s.report("delete device: delete client", fmt.Errorf("client %s: %w", clientID, err))
+	}
+	return nil
+}

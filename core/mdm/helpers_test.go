@@ -1,0 +1,177 @@
+package mdm_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/espmdm/espmdm/core/mdm"
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/esp32image"
+	"github.com/espmdm/espmdm/esp32image/esp32imagetest"
+	"github.com/espmdm/espmdm/ports"
+	"github.com/espmdm/espmdm/ports/portstest"
+)
+
+var t0 = time.Date(2025, 3, 1, 8, 0, 0, 0, time.UTC)
+
+// env is a Service over fresh fakes.
+type env struct {
+	svc      *mdm.Service
+	store    *portstest.Store
+	idp      *portstest.IdentityProvider
+	notifier *portstest.Notifier
+	fw       *portstest.FirmwareStore
+	clock    *portstest.Clock
+
+	mu   sync.Mutex
+	errs []reported
+}
+
+type reported struct {
+	op  string
+	err error
+}
+
+type option func(*mdm.Deps, *mdm.Config)
+
+func withRand(r io.Reader) option { return func(d *mdm.Deps, _ *mdm.Config) { d.Rand = r } }
+
+func withConfig(f func(*mdm.Config)) option { return func(_ *mdm.Deps, c *mdm.Config) { f(c) } }
+
+func withIdentity(p ports.IdentityProvider) option {
+	return func(d *mdm.Deps, _ *mdm.Config) { d.Identity = p }
+}
+
+func newEnv(t *testing.T, opts ...option) *env {
+	t.Helper()
+	e := &env{clock: portstest.NewClock(t0), notifier: portstest.NewNotifier(), fw: portstest.NewFirmwareStore()}
+	e.store = portstest.NewStore(e.clock)
+	e.idp = portstest.NewIdentityProvider(e.clock)
+	deps := mdm.Deps{
+		Models: e.store, Devices: e.store, Firmware: e.store, Store: e.fw,
+		Identity: e.idp, Notifier: e.notifier, Clock: e.clock,
+		OnError: func(op string, err error) {
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			e.errs = append(e.errs, reported{op, err})
+		},
+	}
+	cfg := mdm.Config{
+		TokenURL: "https://kc.example/realms/iot/protocol/openid-connect/token",
+		BaseURL:  "https://mdm.example",
+		MQTTURL:  "mqtts://mqtt.example:8883",
+	}
+	for _, o := range opts {
+		o(&deps, &cfg)
+	}
+	e.svc = mdm.New(deps, cfg)
+	return e
+}
+
+func (e *env) reported() []reported {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]reported(nil), e.errs...)
+}
+
+func (e *env) model(t *testing.T, code, schema string) model.DeviceModel {
+	t.Helper()
+	in := ports.NewModel{Code: code, Name: "Model " + code}
+	if schema != "" {
+		in.ConfigSchema = json.RawMessage(schema)
+	}
+	m, err := e.svc.CreateModel(t.Context(), in)
+	if err != nil {
+		t.Fatalf("CreateModel(%s): %v", code, err)
+	}
+	return m
+}
+
+func (e *env) device(t *testing.T, m model.DeviceModel, config string) model.Device {
+	t.Helper()
+	d, err := e.svc.CreateDevice(t.Context(), ports.NewDevice{DeviceModelID: m.ID, Config: json.RawMessage(config)})
+	if err != nil {
+		t.Fatalf("CreateDevice: %v", err)
+	}
+	return d
+}
+
+func (e *env) deviceCount(t *testing.T) int {
+	t.Helper()
+	p, err := e.store.ListDevices(context.Background(), ports.DeviceFilter{Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(p.Devices)
+}
+
+func (e *env) idpCalls(op string) []string {
+	var out []string
+	for _, c := range e.idp.Calls() {
+		if c.Op == op {
+			out = append(out, c.ClientID)
+		}
+	}
+	return out
+}
+
+// wantValidation checks that err is a *model.ValidationError on field whose
+// reason contains every one of parts.
+func wantValidation(t *testing.T, err error, field string, parts ...string) {
+	t.Helper()
+	var ve *model.ValidationError
+	if !errors.As(err, &ve) {
+		t.Fatalf("got error %v, want a *model.ValidationError on %q", err, field)
+	}
+	if ve.Field != field {
+		t.Errorf("got ValidationError field %q (%s), want %q", ve.Field, ve.Reason, field)
+	}
+	for _, p := range parts {
+		if !strings.Contains(ve.Reason, p) {
+			t.Errorf("got reason %q, want it to mention %q", ve.Reason, p)
+		}
+	}
+}
+
+func wantIs(t *testing.T, err, target error) {
+	t.Helper()
+	if !errors.Is(err, target) {
+		t.Fatalf("got error %v, want %v", err, target)
+	}
+}
+
+// image builds a valid application image for chip with version.
+func image(chip esp32image.ChipID, version string) []byte {
+	desc := esp32imagetest.SampleDesc(chip)
+	desc.Version = version
+	return esp32imagetest.New(chip, 4, true, &desc).Bytes()
+}
+
+// repeatReader yields b forever.
+type repeatReader byte
+
+func (r repeatReader) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = byte(r)
+	}
+	return len(p), nil
+}
+
+// keyBytes returns the 16 random bytes one key draw consumes, giving key
+// (8 chars of [a-z0-9]) from the first 8 and filler after it.
+func keyBytes(key string) []byte {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+	b := make([]byte, 16)
+	for i := range key {
+		b[i] = byte(strings.IndexByte(alphabet, key[i]))
+	}
+	return b
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,180 @@
+package mdm
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/espmdm/espmdm/core/model"
+)
+
+// schemaURL is the name a model's schema is compiled under. It is not
+// fetchable: references to anything but the schema itself and the standard
+// meta-schemas are refused.
+const schemaURL = "urn:espmdm:config-schema"
+
+// noLoader refuses to load any external schema: a config schema must be
+// self-contained (no remote or file $ref).
+type noLoader struct{}
+
+func (noLoader) Load(url string) (any, error) {
+	return nil, errors.New("external references are not allowed")
+}
+
+// isNull reports whether raw is empty or JSON null.
+func isNull(raw json.RawMessage) bool {
+	t := bytes.TrimSpace(raw)
+	return len(t) == 0 || string(t) == "null"
+}
+
+// compileSchema parses and compiles a JSON Schema. Errors are validation
+// errors on field "config_schema".
+func compileSchema(raw json.RawMessage) (*jsonschema.Schema, error) {
+	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(raw))
+	if err != nil {
+		return nil, model.Invalid("config_schema", "not valid JSON: %s", jsonProblem(err))
+	}
+	c := jsonschema.NewCompiler()
+	c.UseLoader(noLoader{})
+	c.AssertFormat()
+	if err := c.AddResource(schemaURL, doc); err != nil {
+		return nil, model.Invalid("config_schema", "%s", oneLine(err.Error()))
+	}
+	sch, err := c.Compile(schemaURL)
+	if err != nil {
+		return nil, model.Invalid("config_schema", "not a valid JSON Schema: %s", oneLine(err.Error()))
+	}
+	return sch, nil
+}
+
+// normalizeSchema checks an optional schema and returns it compacted, or
+// nil when raw is empty or JSON null.
+func normalizeSchema(raw json.RawMessage) (json.RawMessage, error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	if _, err := compileSchema(raw); err != nil {
+		return nil, err
+	}
+	return compact(raw), nil
+}
+
+// normalizeConfig checks that raw is one JSON object and returns it
+// compacted.
+func normalizeConfig(raw json.RawMessage) (json.RawMessage, error) {
+	t := bytes.TrimSpace(raw)
+	if len(t) == 0 {
+		return nil, model.Invalid("config", "required: a JSON object")
+	}
+	if !json.Valid(t) {
+		var v any
+		return nil, model.Invalid("config", "not valid JSON: %s", jsonProblem(json.Unmarshal(t, &v)))
+	}
+	if t[0] != '{' {
+		return nil, model.Invalid("config", "must be a JSON object, not %s", jsonKind(t[0]))
+	}
+	return compact(t), nil
+}
+
+// validateConfig checks config (already normalized) against the model's
+// schema, if it has one.
+func validateConfig(m model.DeviceModel, config json.RawMessage) error {
+	if isNull(m.ConfigSchema) {
+		return nil
+	}
+	sch, err := compileSchema(m.ConfigSchema)
+	if err != nil {
+		// The stored schema was valid when it was set; a library upgrade
+		// could still reject it. Say so rather than accept any config.
+		return fmt.Errorf("device model %s has a schema that no longer compiles: %w", m.Code, err)
+	}
+	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(config))
+	if err != nil {
+		return model.Invalid("config", "not valid JSON: %s", jsonProblem(err))
+	}
+	if err := sch.Validate(inst); err != nil {
+		var ve *jsonschema.ValidationError
+		if errors.As(err, &ve) {
+			return model.Invalid("config", "does not match the model's config_schema: %s", schemaProblems(ve))
+		}
+		return model.Invalid("config", "does not match the model's config_schema")
+	}
+	return nil
+}
+
+// schemaProblems renders the leaf errors of a schema validation as
+// "at '/path': reason" clauses joined by "; ".
+func schemaProblems(ve *jsonschema.ValidationError) string {
+	out := ve.BasicOutput()
+	var parts []string
+	for _, e := range out.Errors {
+		if e.Error == nil {
+			continue
+		}
+		msg := e.Error.String()
+		if strings.HasPrefix(msg, "validation failed") && len(out.Errors) > 1 {
+			continue // a summary of the clauses below it
+		}
+		loc := e.InstanceLocation
+		if loc == "" {
+			loc = "/"
+		}
+		parts = append(parts, fmt.Sprintf("at '%s': %s", loc, msg))
+	}
+	if len(parts) == 0 {
+		return oneLine(ve.Error())
+	}
+	return strings.Join(parts, "; ")
+}
+
+func compact(raw []byte) json.RawMessage {
+	var b bytes.Buffer
+	if err := json.Compact(&b, raw); err != nil {
+		return bytes.Clone(raw)
+	}
+	return b.Bytes()
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// jsonProblem describes a JSON syntax error without echoing the input.
+func jsonProblem(err error) string {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("syntax error at byte %d", se.Offset)
+	}
+	return "malformed or truncated JSON"
+}
+
+func jsonKind(first byte) string {
+	switch first {
+	case '[':
+		return "an array"
+	case '"':
+		return "a string"
+	case 'n':
+		return "null"
+	case 't', 'f':
+		return "a boolean"
+	default:
+		return "a number"
+	}
+}
+
+// jsonEqual reports whether a and b hold the same JSON value, ignoring
+// formatting and key order.
+func jsonEqual(a, b json.RawMessage) bool {
+	var va, vb any
+	if json.Unmarshal(a, &va) != nil || json.Unmarshal(b, &vb) != nil {
+		return false
+	}
+	ca, _ := json.Marshal(va)
+	cb, _ := json.Marshal(vb)
+	return bytes.Equal(ca, cb)
+}

@@ -1,0 +1,104 @@
+package mdm
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/ports"
+)
+
+// MaxNameLen is the longest device model name, in characters.
+const MaxNameLen = 255
+
+func validateName(name string) error {
+	switch n := utf8.RuneCountInString(name); {
+	case !utf8.ValidString(name):
+		return model.Invalid("name", "must be valid UTF-8")
+	case strings.TrimSpace(name) == "":
+		return model.Invalid("name", "required: 1 to %d characters, not blank", MaxNameLen)
+	case n > MaxNameLen:
+		return model.Invalid("name", "%d characters is too long (at most %d)", n, MaxNameLen)
+	}
+	return nil
+}
+
+// CreateModel validates in and stores a new device model. A code already
+// in use is model.ErrConflict.
+func (s *Service) CreateModel(ctx context.Context, in ports.NewModel) (model.DeviceModel, error) {
+	if !model.ModelCodePattern.MatchString(in.Code) {
+		return model.DeviceModel{}, model.Invalid("code", "must match %s", model.ModelCodePattern)
+	}
+	if err := validateName(in.Name); err != nil {
+		return model.DeviceModel{}, err
+	}
+	schema, err := normalizeSchema(in.ConfigSchema)
+	if err != nil {
+		return model.DeviceModel{}, err
+	}
+	m := model.DeviceModel{Code: in.Code, Name: in.Name, ConfigSchema: schema}
+	if err := s.d.Models.CreateModel(ctx, &m); err != nil {
+		return model.DeviceModel{}, fmt.Errorf("create device model %s: %w", in.Code, err)
+	}
+	return m, nil
+}
+
+// GetModel returns one device model.
+func (s *Service) GetModel(ctx context.Context, id int64) (model.DeviceModel, error) {
+	m, err := s.d.Models.GetModel(ctx, id)
+	if err != nil {
+		return model.DeviceModel{}, fmt.Errorf("get device model %d: %w", id, err)
+	}
+	return m, nil
+}
+
+// ListModels returns every device model.
+func (s *Service) ListModels(ctx context.Context) ([]model.DeviceModel, error) {
+	ms, err := s.d.Models.ListModels(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list device models: %w", err)
+	}
+	return ms, nil
+}
+
+// UpdateModel changes a model's name and schema; the code is immutable. A
+// new schema applies to device configs written from then on: existing
+// configs are not re-validated.
+func (s *Service) UpdateModel(ctx context.Context, id int64, in ports.ModelUpdate) (model.DeviceModel, error) {
+	if in.Name != nil {
+		if err := validateName(*in.Name); err != nil {
+			return model.DeviceModel{}, err
+		}
+	}
+	var schema []byte
+	if in.SetSchema {
+		var err error
+		if schema, err = normalizeSchema(in.ConfigSchema); err != nil {
+			return model.DeviceModel{}, err
+		}
+	}
+	m, err := s.d.Models.UpdateModel(ctx, id, func(m *model.DeviceModel) error {
+		if in.Name != nil {
+			m.Name = *in.Name
+		}
+		if in.SetSchema {
+			m.ConfigSchema = schema
+		}
+		return nil
+	})
+	if err != nil {
+		return model.DeviceModel{}, fmt.Errorf("update device model %d: %w", id, err)
+	}
+	return m, nil
+}
+
+// DeleteModel removes a device model; model.ErrConflict while it has
+// devices.
+func (s *Service) DeleteModel(ctx context.Context, id int64) error {
+	if err := s.d.Models.DeleteModel(ctx, id); err != nil {
+		return fmt.Errorf("delete device model %d: %w", id, err)
+	}
+	return nil
+}

@@ -1,0 +1,151 @@
+package mdm_test
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/ports"
+)
+
+func TestCreateModelValidation(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		in     ports.NewModel
+		field  string
+		reason []string
+	}{
+		{"empty code", ports.NewModel{Code: "", Name: "n"}, "code", nil},
+		{"upper-case code", ports.NewModel{Code: "Sensor", Name: "n"}, "code", nil},
+		{"hyphen in code", ports.NewModel{Code: "a-b", Name: "n"}, "code", nil},
+		{"51-char code", ports.NewModel{Code: strings.Repeat("a", 51), Name: "n"}, "code", nil},
+		{"empty name", ports.NewModel{Code: "ok", Name: ""}, "name", nil},
+		{"blank name", ports.NewModel{Code: "ok", Name: "  \t"}, "name", nil},
+		{"256-char name", ports.NewModel{Code: "ok", Name: strings.Repeat("é", 256)}, "name", []string{"256"}},
+		{"invalid UTF-8 name", ports.NewModel{Code: "ok", Name: "a\xffb"}, "name", []string{"UTF-8"}},
+		{"schema not JSON", ports.NewModel{Code: "ok", Name: "n", ConfigSchema: json.RawMessage(`{"type":`)}, "config_schema", []string{"JSON"}},
+		{"schema wrong keyword type", ports.NewModel{Code: "ok", Name: "n", ConfigSchema: json.RawMessage(`{"type": 5}`)}, "config_schema", nil},
+		{"schema bad regexp", ports.NewModel{Code: "ok", Name: "n", ConfigSchema: json.RawMessage(`{"pattern": "("}`)}, "config_schema", nil},
+		{"schema remote $ref", ports.NewModel{Code: "ok", Name: "n", ConfigSchema: json.RawMessage(`{"$ref": "https://example.com/schema.json"}`)}, "config_schema", nil},
+		{"schema file $ref", ports.NewModel{Code: "ok", Name: "n", ConfigSchema: json.RawMessage(`{"$ref": "file:///etc/passwd"}`)}, "config_schema", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			_, err := e.svc.CreateModel(t.Context(), tc.in)
+			wantValidation(t, err, tc.field, tc.reason...)
+			if ms, _ := e.store.ListModels(t.Context()); len(ms) != 0 {
+				t.Errorf("a model was stored: %+v", ms)
+			}
+		})
+	}
+}
+
+func TestCreateModel(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		in         ports.NewModel
+		wantSchema string
+	}{
+		{"no schema", ports.NewModel{Code: "sensor", Name: "Sensor"}, ""},
+		{"null schema", ports.NewModel{Code: "sensor", Name: "Sensor", ConfigSchema: json.RawMessage(" null ")}, ""},
+		{"schema compacted", ports.NewModel{Code: "sensor_2", Name: strings.Repeat("é", 255),
+			ConfigSchema: json.RawMessage("{\n  \"type\": \"object\"\n}")}, `{"type":"object"}`},
+		{"local $ref and $defs", ports.NewModel{Code: "x", Name: "X",
+			ConfigSchema: json.RawMessage(`{"$defs":{"p":{"type":"integer"}},"properties":{"port":{"$ref":"#/$defs/p"}}}`)},
+			`{"$defs":{"p":{"type":"integer"}},"properties":{"port":{"$ref":"#/$defs/p"}}}`},
+		{"draft-07 schema", ports.NewModel{Code: "x", Name: "X",
+			ConfigSchema: json.RawMessage(`{"$schema":"http://json-schema.org/draft-07/schema#","type":"object"}`)},
+			`{"$schema":"http://json-schema.org/draft-07/schema#","type":"object"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			m, err := e.svc.CreateModel(t.Context(), tc.in)
+			if err != nil {
+				t.Fatalf("CreateModel: %v", err)
+			}
+			if m.ID == 0 || m.Code != tc.in.Code || m.Name != tc.in.Name || string(m.ConfigSchema) != tc.wantSchema {
+				t.Errorf("got %+v (schema %s), want code %s name %s schema %s", m, m.ConfigSchema, tc.in.Code, tc.in.Name, tc.wantSchema)
+			}
+			got, err := e.svc.GetModel(t.Context(), m.ID)
+			if err != nil || got.Code != tc.in.Code || string(got.ConfigSchema) != tc.wantSchema {
+				t.Errorf("GetModel: got %+v, %v", got, err)
+			}
+		})
+	}
+}
+
+func TestCreateModelDuplicateCode(t *testing.T) {
+	e := newEnv(t)
+	e.model(t, "sensor", "")
+	_, err := e.svc.CreateModel(t.Context(), ports.NewModel{Code: "sensor", Name: "again"})
+	wantIs(t, err, model.ErrConflict)
+}
+
+func TestUpdateModel(t *testing.T) {
+	const schema = `{"type":"object"}`
+	for _, tc := range []struct {
+		name       string
+		in         ports.ModelUpdate
+		wantName   string
+		wantSchema string
+		field      string // validation error expected on field
+	}{
+		{"nothing", ports.ModelUpdate{}, "Model m", schema, ""},
+		{"name", ports.ModelUpdate{Name: ptr("New name")}, "New name", schema, ""},
+		{"schema", ports.ModelUpdate{SetSchema: true, ConfigSchema: json.RawMessage(`{"required": ["a"]}`)}, "Model m", `{"required":["a"]}`, ""},
+		{"clear schema (nil)", ports.ModelUpdate{SetSchema: true}, "Model m", "", ""},
+		{"clear schema (null)", ports.ModelUpdate{SetSchema: true, ConfigSchema: json.RawMessage(`null`)}, "Model m", "", ""},
+		{"schema given without SetSchema is ignored", ports.ModelUpdate{ConfigSchema: json.RawMessage(`{"bad":`)}, "Model m", schema, ""},
+		{"blank name", ports.ModelUpdate{Name: ptr(" ")}, "", "", "name"},
+		{"bad schema", ports.ModelUpdate{SetSchema: true, ConfigSchema: json.RawMessage(`{"minimum": "x"}`)}, "", "", "config_schema"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			m := e.model(t, "m", schema)
+			got, err := e.svc.UpdateModel(t.Context(), m.ID, tc.in)
+			stored, _ := e.svc.GetModel(t.Context(), m.ID)
+			if tc.field != "" {
+				wantValidation(t, err, tc.field)
+				if stored.Name != m.Name || string(stored.ConfigSchema) != schema {
+					t.Errorf("a refused update changed the model: %+v", stored)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("UpdateModel: %v", err)
+			}
+			for what, g := range map[string]model.DeviceModel{"result": got, "stored": stored} {
+				if g.Code != "m" || g.Name != tc.wantName || string(g.ConfigSchema) != tc.wantSchema {
+					t.Errorf("%s: got code %s name %q schema %s, want m %q %s", what, g.Code, g.Name, g.ConfigSchema, tc.wantName, tc.wantSchema)
+				}
+			}
+		})
+	}
+}
+
+func TestModelNotFound(t *testing.T) {
+	e := newEnv(t)
+	_, err := e.svc.GetModel(t.Context(), 42)
+	wantIs(t, err, model.ErrNotFound)
+	_, err = e.svc.UpdateModel(t.Context(), 42, ports.ModelUpdate{Name: ptr("x")})
+	wantIs(t, err, model.ErrNotFound)
+	wantIs(t, e.svc.DeleteModel(t.Context(), 42), model.ErrNotFound)
+}
+
+func TestDeleteModel(t *testing.T) {
+	e := newEnv(t)
+	m := e.model(t, "m", "")
+	d := e.device(t, m, `{}`)
+	wantIs(t, e.svc.DeleteModel(t.Context(), m.ID), model.ErrConflict)
+	if err := e.svc.DeleteDevice(t.Context(), d.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.DeleteModel(t.Context(), m.ID); err != nil {
+		t.Fatalf("DeleteModel without devices: %v", err)
+	}
+	ms, err := e.svc.ListModels(t.Context())
+	if err != nil || len(ms) != 0 {
+		t.Errorf("ListModels after delete: %v, %v", ms, err)
+	}
+}

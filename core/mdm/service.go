@@ -1,0 +1,86 @@
+package mdm
+
+import (
+	"crypto/rand"
+	"io"
+	"time"
+
+	"github.com/espmdm/espmdm/ports"
+)
+
+// Defaults applied by New to zero Config fields.
+const (
+	DefaultFirmwareMaxBytes int64         = 16 << 20
+	DefaultOrphanGrace      time.Duration = 2 * time.Minute
+)
+
+// Deps are the outbound ports a Service uses. Every port is required
+// except Rand and OnError.
+type Deps struct {
+	Models   ports.ModelRepo
+	Devices  ports.DeviceRepo
+	Firmware ports.FirmwareRepo
+	Store    ports.FirmwareStore
+	Identity ports.IdentityProvider
+	Notifier ports.Notifier
+	Clock    ports.Clock
+	// Rand is where device keys come from; nil means crypto/rand.
+	Rand io.Reader
+	// OnError, when set, receives errors the core handles without returning
+	// them (a failed cleanup or notification), with the operation they
+	// happened in. They never contain secrets.
+	OnError func(op string, err error)
+}
+
+// Config is what a Service needs to know about its deployment.
+type Config struct {
+	// TokenURL, BaseURL and MQTTURL are handed to devices in their
+	// provisioning data; empty ones are left out.
+	TokenURL string
+	BaseURL  string
+	MQTTURL  string
+	// WiFiSSID and WiFiPassword are optional provisioning fields.
+	WiFiSSID     string
+	WiFiPassword string
+	// FirmwareMaxBytes bounds an uploaded image; 0 means
+	// DefaultFirmwareMaxBytes.
+	FirmwareMaxBytes int64
+	// OrphanGrace is how old a device client without a device row must be
+	// before Reconcile deletes it; 0 means DefaultOrphanGrace.
+	OrphanGrace time.Duration
+}
+
+// Service implements the espmdm use cases. It is safe for concurrent use.
+type Service struct {
+	d   Deps
+	cfg Config
+}
+
+var (
+	_ ports.Catalog   = (*Service)(nil)
+	_ ports.DeviceAPI = (*Service)(nil)
+)
+
+// New returns a Service over deps, with cfg's zero fields set to their
+// defaults.
+func New(deps Deps, cfg Config) *Service {
+	if deps.Rand == nil {
+		deps.Rand = rand.Reader
+	}
+	if cfg.FirmwareMaxBytes <= 0 {
+		cfg.FirmwareMaxBytes = DefaultFirmwareMaxBytes
+	}
+	if cfg.OrphanGrace <= 0 {
+		cfg.OrphanGrace = DefaultOrphanGrace
+	}
+	return &Service{d: deps, cfg: cfg}
+}
+
+// report hands an error the core handled to OnError.
+func (s *Service) report(op string, err error) {
+	if err != nil && s.d.OnError != nil {
+		s.d.OnError(op, err)
+	}
+}
+
+func (s *Service) now() time.Time { return s.d.Clock.Now() }
