@@ -12,7 +12,10 @@ import (
 	"github.com/espmdm/espmdm/nvs"
 )
 
-func addGoldenSeeds(f *testing.F, pattern string) {
+// addGoldenSeeds adds the files matching pattern; images are cut to their
+// first maxLen bytes, which keeps them valid (trailing pages are blank) and
+// keeps the fuzzer fast.
+func addGoldenSeeds(f *testing.F, pattern string, maxLen int) {
 	f.Helper()
 	names, err := filepath.Glob(filepath.Join(goldenDir, pattern))
 	if err != nil || len(names) == 0 {
@@ -23,7 +26,7 @@ func addGoldenSeeds(f *testing.F, pattern string) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		f.Add(b)
+		f.Add(b[:min(len(b), maxLen)])
 	}
 }
 
@@ -31,7 +34,7 @@ func addGoldenSeeds(f *testing.F, pattern string) {
 // *FormatError inside the image, and that whatever decodes survives an
 // encode/decode round trip.
 func FuzzDecode(f *testing.F) {
-	addGoldenSeeds(f, "*.bin")
+	addGoldenSeeds(f, "*.bin", 2*nvs.PageSize)
 	for _, img := range runtimeImages(f) {
 		f.Add(img)
 	}
@@ -67,7 +70,7 @@ func FuzzDecode(f *testing.F) {
 // FuzzReadCSV checks that ReadCSV never panics, returns errors wrapping
 // ErrInvalid, and that what it reads survives WriteCSV and Encode/Decode.
 func FuzzReadCSV(f *testing.F) {
-	addGoldenSeeds(f, "*.csv")
+	addGoldenSeeds(f, "*.csv", 4096)
 	f.Add([]byte("key,type,encoding,value\nns,namespace,,\nf,file,string,f.txt\nb,file,base64,f.txt\n"))
 	fsys := fstest.MapFS{
 		"f.txt":       {Data: []byte("aGVsbG8=")},
