@@ -1,0 +1,93 @@
+// Command withstack starts the integration stack (PostgreSQL, Keycloak,
+// Mosquitto), runs a command with $ESPMDM_STACK_ENV naming the stack's env
+// file, and stops the stack when the command ends or on SIGINT/SIGTERM. It
+// is how `make test` gives every test package one shared stack:
+//
+//	go run ./integration/cmd/withstack -- go test ./...
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/espmdm/espmdm/integration"
+)
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	launcher := flag.String("launcher", os.Getenv("ESPMDM_LAUNCHER"), "auto, processes or containers")
+	verbose := flag.Bool("v", os.Getenv("ESPMDM_STACK_LOG") == "1", "print the services' output")
+	flag.Usage = func() {
+		fmt.Fprintln(os.Stderr, "usage: withstack [-launcher auto|processes|containers] [-v] -- COMMAND [ARGS...]")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if flag.NArg() == 0 {
+		flag.Usage()
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	opts := integration.Options{Launcher: *launcher}
+	if *verbose {
+		opts.Log = os.Stderr
+	}
+	began := time.Now()
+	st, err := integration.Start(ctx, opts)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "withstack:", err)
+		return 1
+	}
+	defer st.Stop(context.Background())
+	fmt.Fprintf(os.Stderr, "withstack: %s stack ready in %s (postgres %s, keycloak %s, mqtt %s)\n",
+		st.Launcher, time.Since(began).Round(100*time.Millisecond), st.DatabaseURL, st.KeycloakURL, st.MQTTURL)
+
+	if _, err := st.ServeControl(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "withstack:", err)
+		return 1
+	}
+	envFile := filepath.Join(st.Dir(), "stack.env")
+	if err := integration.WriteEnvFile(envFile, st.Env()); err != nil {
+		fmt.Fprintln(os.Stderr, "withstack:", err)
+		return 1
+	}
+	cmd := exec.Command(flag.Arg(0), flag.Args()[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(), integration.EnvStackFile+"="+envFile)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "withstack:", err)
+		return 1
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		err = <-done
+	}
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &exit):
+		if exit.ExitCode() < 0 {
+			return 1
+		}
+		return exit.ExitCode()
+	default:
+		fmt.Fprintln(os.Stderr, "withstack:", err)
+		return 1
+	}
+}

@@ -1,0 +1,20 @@
+// Package integration starts the real services espmdm needs — PostgreSQL,
+// Keycloak and Mosquitto — on free loopback ports, bootstraps the Keycloak
+// realm, and stops everything again. It is exported so other Go projects can
+// boot the same stack in their tests.
+//
+// Two launchers sit behind one interface: "processes" runs the Debian
+// packages of PostgreSQL and Mosquitto and Keycloak's official distribution
+// (fetched from Maven Central with mvn) as child processes, and "containers"
+// runs the official images with testcontainers-go. "auto" picks containers
+// when a Docker engine answers and processes otherwise.
+//
+// Child processes run in their own process groups, are signalled when the
+// parent dies (Linux parent-death signal), and are stopped by group, so a
+// test run that fails, panics or is interrupted leaves nothing behind.
+//
+// In tests, call RunTests from TestMain and Shared from each test: a test
+// binary attaches to the stack named by ESPMDM_STACK_ENV (an env file written
+// by the withstack command that `make test` uses, so one stack serves the
+// whole run) or starts a stack of its own.
+package integration

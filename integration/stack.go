@@ -1,0 +1,407 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ServiceName names one service of the stack.
+type ServiceName string
+
+// The services of a stack.
+const (
+	Postgres  ServiceName = "postgres"
+	Keycloak  ServiceName = "keycloak"
+	Mosquitto ServiceName = "mosquitto"
+)
+
+// Services lists every service a stack runs, in start order.
+var Services = []ServiceName{Postgres, Mosquitto, Keycloak}
+
+// Fixed identities of the bootstrapped realm.
+const (
+	DefaultRealm          = "iot"
+	AdminClientID         = "iotsupport-admin"
+	OperatorClientID      = "espmdm-operator"
+	ViewerClientID        = "espmdm-viewer"
+	DefaultDeviceAudience = "espmdm-iot"
+	KeycloakAdminUser     = "admin"
+)
+
+// Options configure Start. The zero value starts everything with the "auto"
+// launcher.
+type Options struct {
+	// Launcher is "auto" (default), "processes" or "containers".
+	Launcher string
+	// KeycloakVersion defaults to DefaultKeycloakVersion (or
+	// $ESPMDM_KEYCLOAK_VERSION).
+	KeycloakVersion string
+	// CacheDir keeps the Keycloak distribution between runs; default
+	// $ESPMDM_CACHE_DIR or the user cache dir + "/espmdm".
+	CacheDir string
+	// Log receives the services' output; nil discards it (it is also kept
+	// in each service's directory and named in start errors).
+	Log io.Writer
+}
+
+// Stack is a running set of services. Its fields are fixed for its lifetime:
+// stopping and starting a single service keeps its port.
+type Stack struct {
+	Launcher string
+
+	DatabaseURL string // postgres://postgres@127.0.0.1:PORT/postgres?sslmode=disable
+
+	KeycloakURL           string // http://127.0.0.1:PORT
+	Realm                 string
+	IssuerURL             string
+	TokenURL              string
+	AdminClientID         string
+	AdminClientSecret     string
+	OperatorClientID      string
+	OperatorClientSecret  string
+	ViewerClientID        string
+	ViewerClientSecret    string
+	DeviceAudience        string
+	KeycloakAdminUser     string // master realm console user
+	KeycloakAdminPassword string
+
+	MQTTURL string // mqtt://127.0.0.1:PORT
+
+	dir      string
+	services map[ServiceName]Service
+	attached bool   // loaded from an env file: not ours to stop
+	control  string // control socket path (owner: serving; attached: to call)
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// Start launches every service and returns once all are ready. On error
+// everything already started is stopped again.
+func Start(ctx context.Context, opts Options) (st *Stack, err error) {
+	launcher, err := NewLauncher(ctx, opts.Launcher)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "espmdm-stack-")
+	if err != nil {
+		return nil, fmt.Errorf("stack directory: %w", err)
+	}
+	// Services may run as other users (postgres drops root): let them in.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, err
+	}
+	st = &Stack{
+		Launcher:              launcher.Name(),
+		Realm:                 DefaultRealm,
+		AdminClientID:         AdminClientID,
+		AdminClientSecret:     randomSecret(),
+		OperatorClientID:      OperatorClientID,
+		OperatorClientSecret:  randomSecret(),
+		ViewerClientID:        ViewerClientID,
+		ViewerClientSecret:    randomSecret(),
+		DeviceAudience:        DefaultDeviceAudience,
+		KeycloakAdminUser:     KeycloakAdminUser,
+		KeycloakAdminPassword: randomSecret(),
+		dir:                   dir,
+		services:              map[ServiceName]Service{},
+	}
+	defer func() {
+		if err != nil {
+			_ = st.Stop(context.Background())
+			st = nil
+		}
+	}()
+
+	ports, err := freePorts(4)
+	if err != nil {
+		return st, err
+	}
+	pgPort, mqttPort, kcPort, kcMgmtPort := ports[0], ports[1], ports[2], ports[3]
+	st.DatabaseURL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", pgPort)
+	st.MQTTURL = fmt.Sprintf("mqtt://127.0.0.1:%d", mqttPort)
+	st.KeycloakURL = fmt.Sprintf("http://127.0.0.1:%d", kcPort)
+	st.IssuerURL = st.KeycloakURL + "/realms/" + st.Realm
+	st.TokenURL = st.IssuerURL + "/protocol/openid-connect/token"
+
+	logw := opts.Log
+	if logw == nil {
+		logw = io.Discard
+	}
+	version := opts.KeycloakVersion
+	if version == "" {
+		version = envOr("ESPMDM_KEYCLOAK_VERSION", DefaultKeycloakVersion)
+	}
+	cacheDir := opts.CacheDir
+	if cacheDir == "" {
+		cacheDir = DefaultCacheDir()
+	}
+
+	pg, err := launcher.NewPostgres(PostgresSpec{Port: pgPort, Dir: filepath.Join(dir, "postgres"), Log: logw})
+	if err != nil {
+		return st, err
+	}
+	mq, err := launcher.NewMosquitto(MosquittoSpec{Port: mqttPort, Dir: filepath.Join(dir, "mosquitto"), Log: logw})
+	if err != nil {
+		return st, err
+	}
+	kc, err := launcher.NewKeycloak(KeycloakSpec{
+		Port: kcPort, ManagementPort: kcMgmtPort, Dir: filepath.Join(dir, "keycloak"),
+		Version: version, CacheDir: cacheDir, Realm: st.Realm,
+		RealmJSON: realmJSON, Env: st.realmEnv(), Log: logw,
+	})
+	if err != nil {
+		return st, err
+	}
+	st.services[Postgres], st.services[Mosquitto], st.services[Keycloak] = pg, mq, kc
+
+	// Start all three at once: Keycloak dominates, the others hide behind it.
+	errs := make(chan error, len(Services))
+	for _, name := range Services {
+		svc := st.services[name]
+		go func() {
+			if err := svc.Start(ctx); err != nil {
+				errs <- fmt.Errorf("start %s: %w", svc.Name(), err)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	var all []error
+	for range Services {
+		if err := <-errs; err != nil {
+			all = append(all, err)
+		}
+	}
+	return st, errors.Join(all...)
+}
+
+// realmEnv is the environment the realm import's placeholders resolve from.
+func (s *Stack) realmEnv() map[string]string {
+	return map[string]string{
+		"ESPMDM_REALM":                  s.Realm,
+		"ESPMDM_ADMIN_CLIENT_ID":        s.AdminClientID,
+		"ESPMDM_ADMIN_CLIENT_SECRET":    s.AdminClientSecret,
+		"ESPMDM_OPERATOR_CLIENT_ID":     s.OperatorClientID,
+		"ESPMDM_OPERATOR_CLIENT_SECRET": s.OperatorClientSecret,
+		"ESPMDM_VIEWER_CLIENT_ID":       s.ViewerClientID,
+		"ESPMDM_VIEWER_CLIENT_SECRET":   s.ViewerClientSecret,
+		"KC_BOOTSTRAP_ADMIN_USERNAME":   s.KeycloakAdminUser,
+		"KC_BOOTSTRAP_ADMIN_PASSWORD":   s.KeycloakAdminPassword,
+	}
+}
+
+// Dir is the stack's temporary directory (service data and logs).
+func (s *Stack) Dir() string { return s.dir }
+
+// StopService stops one service, keeping its data and port, so a test can
+// observe how espmdm behaves while it is down.
+func (s *Stack) StopService(ctx context.Context, name ServiceName) error {
+	if s.attached {
+		return s.remoteControl(ctx, name, "stop")
+	}
+	svc, err := s.service(name)
+	if err != nil {
+		return err
+	}
+	return svc.Stop(ctx)
+}
+
+// StartService starts a service stopped with StopService and waits until it
+// is ready again.
+func (s *Stack) StartService(ctx context.Context, name ServiceName) error {
+	if s.attached {
+		return s.remoteControl(ctx, name, "start")
+	}
+	svc, err := s.service(name)
+	if err != nil {
+		return err
+	}
+	return svc.Start(ctx)
+}
+
+func (s *Stack) service(name ServiceName) (Service, error) {
+	svc, ok := s.services[name]
+	if !ok {
+		return nil, fmt.Errorf("unknown service %q", name)
+	}
+	return svc, nil
+}
+
+// Stop stops every service and removes the stack's directory. It is safe to
+// call more than once; an attached stack is left running.
+func (s *Stack) Stop(ctx context.Context) error {
+	if s == nil || s.attached {
+		return nil
+	}
+	s.stopOnce.Do(func() {
+		var errs []error
+		for i := len(Services) - 1; i >= 0; i-- {
+			if svc, ok := s.services[Services[i]]; ok {
+				if err := svc.Stop(ctx); err != nil {
+					errs = append(errs, fmt.Errorf("stop %s: %w", Services[i], err))
+				}
+				if t, ok := svc.(terminator); ok {
+					if err := t.Terminate(ctx); err != nil {
+						errs = append(errs, fmt.Errorf("remove %s: %w", Services[i], err))
+					}
+				}
+			}
+		}
+		if s.dir != "" {
+			if err := os.RemoveAll(s.dir); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		s.stopErr = errors.Join(errs...)
+	})
+	return s.stopErr
+}
+
+// Env returns the stack as KEY=value pairs: the variables `espmdm dev`
+// writes and `espmdm serve` reads.
+func (s *Stack) Env() map[string]string {
+	return map[string]string{
+		"ESPMDM_LAUNCHER":              s.Launcher,
+		"DATABASE_URL":                 s.DatabaseURL,
+		"KEYCLOAK_URL":                 s.KeycloakURL,
+		"KEYCLOAK_REALM":               s.Realm,
+		"OIDC_ISSUER_URL":              s.IssuerURL,
+		"OIDC_TOKEN_URL":               s.TokenURL,
+		"KEYCLOAK_ADMIN_CLIENT_ID":     s.AdminClientID,
+		"KEYCLOAK_ADMIN_CLIENT_SECRET": s.AdminClientSecret,
+		"OPERATOR_CLIENT_ID":           s.OperatorClientID,
+		"OPERATOR_CLIENT_SECRET":       s.OperatorClientSecret,
+		"VIEWER_CLIENT_ID":             s.ViewerClientID,
+		"VIEWER_CLIENT_SECRET":         s.ViewerClientSecret,
+		"DEVICE_AUDIENCE":              s.DeviceAudience,
+		"KEYCLOAK_ADMIN_USER":          s.KeycloakAdminUser,
+		"KEYCLOAK_ADMIN_PASSWORD":      s.KeycloakAdminPassword,
+		"MQTT_URL":                     s.MQTTURL,
+		EnvControlSocket:               s.control,
+	}
+}
+
+// WriteEnvFile writes env (e.g. Stack.Env plus extra keys) as sorted
+// KEY=value lines, readable only by the owner since it holds secrets. The
+// file appears atomically.
+func WriteEnvFile(path string, env map[string]string) error {
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s=%s\n", k, env[k])
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// ReadEnvFile reads KEY=value lines; blank lines and # comments are skipped.
+func ReadEnvFile(path string) (map[string]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	env := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return nil, fmt.Errorf("%s:%d: not KEY=value", path, n)
+		}
+		env[strings.TrimSpace(k)] = v
+	}
+	return env, sc.Err()
+}
+
+// Attach describes a stack that another process started, from its env file.
+// The returned stack cannot stop or restart services.
+func Attach(path string) (*Stack, error) {
+	env, err := ReadEnvFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("attach to stack: %w", err)
+	}
+	st := &Stack{
+		attached:              true,
+		Launcher:              env["ESPMDM_LAUNCHER"],
+		DatabaseURL:           env["DATABASE_URL"],
+		KeycloakURL:           env["KEYCLOAK_URL"],
+		Realm:                 env["KEYCLOAK_REALM"],
+		IssuerURL:             env["OIDC_ISSUER_URL"],
+		TokenURL:              env["OIDC_TOKEN_URL"],
+		AdminClientID:         env["KEYCLOAK_ADMIN_CLIENT_ID"],
+		AdminClientSecret:     env["KEYCLOAK_ADMIN_CLIENT_SECRET"],
+		OperatorClientID:      env["OPERATOR_CLIENT_ID"],
+		OperatorClientSecret:  env["OPERATOR_CLIENT_SECRET"],
+		ViewerClientID:        env["VIEWER_CLIENT_ID"],
+		ViewerClientSecret:    env["VIEWER_CLIENT_SECRET"],
+		DeviceAudience:        env["DEVICE_AUDIENCE"],
+		KeycloakAdminUser:     env["KEYCLOAK_ADMIN_USER"],
+		KeycloakAdminPassword: env["KEYCLOAK_ADMIN_PASSWORD"],
+		MQTTURL:               env["MQTT_URL"],
+		control:               env[EnvControlSocket],
+	}
+	for k, v := range map[string]string{"DATABASE_URL": st.DatabaseURL, "KEYCLOAK_URL": st.KeycloakURL, "MQTT_URL": st.MQTTURL, "OIDC_TOKEN_URL": st.TokenURL} {
+		if v == "" {
+			return nil, fmt.Errorf("attach to stack: %s has no %s", path, k)
+		}
+	}
+	return st, nil
+}
+
+func randomSecret() string {
+	b := make([]byte, 18)
+	if _, err := rand.Read(b); err != nil {
+		panic("crypto/rand failed: " + err.Error()) // never happens on Linux
+	}
+	return hex.EncodeToString(b)
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// waitFor polls check every interval until it succeeds, ctx ends or
+// timeout passes; the last check error explains a failure.
+func waitFor(ctx context.Context, timeout time.Duration, check func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	for {
+		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+		last = check(cctx)
+		ccancel()
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("not ready after %s: %w", timeout, last)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,113 @@
+package integration
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/uptrace/bun/driver/pgdriver"
+)
+
+// EnvStackFile names the env file of a running stack that test binaries
+// attach to instead of starting their own (see the withstack command).
+const EnvStackFile = "ESPMDM_STACK_ENV"
+
+var (
+	sharedMu  sync.Mutex
+	shared    *Stack
+	sharedErr error
+)
+
+// RunTests runs a package's tests with a stack: the one named by
+// $ESPMDM_STACK_ENV when set, else a new one (launcher from
+// $ESPMDM_LAUNCHER) that is stopped when the tests end or the run is
+// interrupted. Use it from TestMain: os.Exit(integration.RunTests(m)).
+// If the stack cannot be had, the tests still run and every test that asks
+// for it with Shared fails with the reason.
+func RunTests(m *testing.M) int {
+	var own *Stack
+	if path := os.Getenv(EnvStackFile); path != "" {
+		shared, sharedErr = Attach(path)
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		own, sharedErr = Start(ctx, Options{Launcher: os.Getenv("ESPMDM_LAUNCHER"), Log: stackLog()})
+		cancel()
+		shared = own
+		if sharedErr != nil {
+			sharedErr = fmt.Errorf("start the integration stack: %w", sharedErr)
+		}
+	}
+	if own != nil {
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+		go func() {
+			<-sigs
+			_ = own.Stop(context.Background())
+			os.Exit(130)
+		}()
+		defer own.Stop(context.Background())
+	}
+	return m.Run()
+}
+
+// stackLog sends service output to stderr when ESPMDM_STACK_LOG=1.
+func stackLog() *os.File {
+	if os.Getenv("ESPMDM_STACK_LOG") == "1" {
+		return os.Stderr
+	}
+	return nil
+}
+
+// Shared returns the stack of this test binary (see RunTests). It fails the
+// test when there is none: an integration test never silently skips.
+func Shared(t testing.TB) *Stack {
+	t.Helper()
+	sharedMu.Lock()
+	defer sharedMu.Unlock()
+	if sharedErr != nil {
+		t.Fatalf("integration stack unavailable: %v", sharedErr)
+	}
+	if shared == nil {
+		t.Fatal("integration stack unavailable: call integration.RunTests from TestMain")
+	}
+	return shared
+}
+
+// NewDatabase creates an empty database on the stack's PostgreSQL and
+// returns its URL; it is dropped when the test ends.
+func (s *Stack) NewDatabase(t testing.TB) string {
+	t.Helper()
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	name := "t_" + hex.EncodeToString(b)
+	admin := sql.OpenDB(pgdriver.NewConnector(pgdriver.WithDSN(s.DatabaseURL)))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
+		admin.Close()
+		t.Fatalf("create test database: %v", err)
+	}
+	t.Cleanup(func() {
+		defer admin.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := admin.ExecContext(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			t.Errorf("drop test database %s: %v", name, err)
+		}
+	})
+	u, err := url.Parse(s.DatabaseURL)
+	if err != nil {
+		t.Fatalf("stack database URL: %v", err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}
