@@ -59,7 +59,9 @@
 //     the partition offset, which an image does not carry.
 //   - Load addresses are not checked against the chip's memory map, and the
 //     entry address is not checked at all.
-//   - The chip id may be any value (unknown ids print as "chip(0x1234)");
+//   - The chip id may be any value (unknown ids print as "chip(0x1234)").
+//     All 16 bits are used; esptool image-info recognises the chip from the
+//     low byte only, so the two differ for ids above 0xFF;
 //     the chip revision range and the app descriptor's eFuse block revision
 //     range are reported, not checked against hardware or each other.
 //   - SPI mode, flash size and frequency values are reported as found.
