@@ -1,0 +1,171 @@
+package mdm_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/espmdm/espmdm/core/mdm"
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/esp32image"
+	"github.com/espmdm/espmdm/esp32image/esp32imagetest"
+	"github.com/espmdm/espmdm/ports/portstest"
+)
+
+func TestUploadFirmware(t *testing.T) {
+	e := newEnv(t)
+	m := e.model(t, "lamp", "")
+	data := image(esp32image.ChipESP32S3, "2.0.1")
+	f, err := e.svc.UploadFirmware(t.Context(), m.ID, data)
+	if err != nil {
+		t.Fatalf("UploadFirmware: %v", err)
+	}
+	sum := sha256.Sum256(data)
+	desc := esp32imagetest.SampleDesc(esp32image.ChipESP32S3)
+	want := model.Firmware{
+		ID: f.ID, DeviceModelID: m.ID, Version: "2.0.1", ProjectName: desc.ProjectName, IDFVersion: desc.IDFVersion,
+		Chip: "esp32s3", ChipID: int(esp32image.ChipESP32S3), SHA256: hex.EncodeToString(sum[:]),
+		Size: int64(len(data)), UploadedAt: t0,
+	}
+	if f.ID == 0 || f != want {
+		t.Errorf("got %+v, want %+v", f, want)
+	}
+	if got, _ := e.svc.GetModel(t.Context(), m.ID); got.FirmwareVersion != "2.0.1" {
+		t.Errorf("model FirmwareVersion %q, want 2.0.1", got.FirmwareVersion)
+	}
+	if sent := e.notifier.Sent(); !slices.Equal(sent, []portstest.Notification{{Kind: "firmware", ModelCode: "lamp", Version: "2.0.1"}}) {
+		t.Errorf("notifications %v", sent)
+	}
+	cur, blob, err := e.svc.OpenFirmware(t.Context(), m.ID)
+	if err != nil {
+		t.Fatalf("OpenFirmware: %v", err)
+	}
+	defer blob.Close()
+	content, _ := io.ReadAll(blob)
+	if cur != f || !bytes.Equal(content, data) || blob.Size() != int64(len(data)) {
+		t.Errorf("OpenFirmware: %+v, %d bytes (equal %v)", cur, len(content), bytes.Equal(content, data))
+	}
+}
+
+func TestUploadFirmwareRejects(t *testing.T) {
+	valid := image(esp32image.ChipESP32, "1.0.0")
+	_, lay := esp32imagetest.New(esp32image.ChipESP32, 4, true, ptr(esp32imagetest.SampleDesc(esp32image.ChipESP32))).Build()
+	flip := func(b []byte, off int) []byte {
+		b = bytes.Clone(b)
+		b[off] ^= 0x5A
+		return b
+	}
+	for _, tc := range []struct {
+		name     string
+		data     []byte
+		maxBytes int64
+		tooLarge bool
+		reason   []string
+	}{
+		{"too large", valid, int64(len(valid) - 1), true, nil},
+		{"empty", nil, 0, false, []string{"empty"}},
+		{"wrong magic", flip(valid, 0), 0, false, []string{"esp32image"}},
+		{"truncated", valid[:len(valid)/2], 0, false, []string{"esp32image"}},
+		{"bad checksum", flip(valid, lay.Checksum), 0, false, []string{"checksum"}},
+		{"bad SHA-256", flip(valid, lay.Digest+3), 0, false, []string{"esp32image"}},
+		{"no app descriptor", esp32imagetest.New(esp32image.ChipESP32, 3, true, nil).Bytes(), 0, false, []string{"descriptor"}},
+		{"empty version", image(esp32image.ChipESP32, ""), 0, false, []string{"version"}},
+		{"not an image", []byte("#!/bin/sh\nrm -rf /\n"), 0, false, []string{"esp32image"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, withConfig(func(c *mdm.Config) { c.FirmwareMaxBytes = tc.maxBytes }))
+			m := e.model(t, "m", "")
+			_, err := e.svc.UploadFirmware(t.Context(), m.ID, tc.data)
+			if tc.tooLarge {
+				wantIs(t, err, model.ErrTooLarge)
+			} else {
+				wantValidation(t, err, "firmware", tc.reason...)
+			}
+			if e.fw.Len() != 0 {
+				t.Errorf("a binary was stored")
+			}
+			if h, _ := e.svc.ListFirmware(t.Context(), m.ID); len(h) != 0 {
+				t.Errorf("history recorded: %v", h)
+			}
+			if sent := e.notifier.Sent(); len(sent) != 0 {
+				t.Errorf("notified: %v", sent)
+			}
+		})
+	}
+}
+
+func TestUploadFirmwareChipAndHistory(t *testing.T) {
+	e := newEnv(t)
+	m := e.model(t, "m", "")
+	v1, err := e.svc.UploadFirmware(t.Context(), m.ID, image(esp32image.ChipESP32C3, "1.0.0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(time.Hour)
+	_, err = e.svc.UploadFirmware(t.Context(), m.ID, image(esp32image.ChipESP32S3, "1.1.0"))
+	wantValidation(t, err, "firmware", "esp32s3", "esp32c3")
+	e.clock.Advance(time.Hour)
+	v2, err := e.svc.UploadFirmware(t.Context(), m.ID, image(esp32image.ChipESP32C3, "1.2.0"))
+	if err != nil {
+		t.Fatalf("same-chip upload: %v", err)
+	}
+	hist, err := e.svc.ListFirmware(t.Context(), m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hist) != 2 || hist[0] != v2 || hist[1] != v1 {
+		t.Errorf("history %+v, want [v2 v1]", hist)
+	}
+	if got, _ := e.svc.GetModel(t.Context(), m.ID); got.FirmwareVersion != "1.2.0" {
+		t.Errorf("FirmwareVersion %q", got.FirmwareVersion)
+	}
+	// Another model keeps its own chip.
+	other := e.model(t, "other", "")
+	if _, err := e.svc.UploadFirmware(t.Context(), other.ID, image(esp32image.ChipESP32S3, "9")); err != nil {
+		t.Errorf("another model's first upload: %v", err)
+	}
+}
+
+func TestFirmwareMissing(t *testing.T) {
+	e := newEnv(t)
+	_, err := e.svc.UploadFirmware(t.Context(), 3, image(esp32image.ChipESP32, "1"))
+	wantIs(t, err, model.ErrNotFound)
+	_, _, err = e.svc.OpenFirmware(t.Context(), 3)
+	wantIs(t, err, model.ErrNotFound)
+	_, err = e.svc.ListFirmware(t.Context(), 3)
+	wantIs(t, err, model.ErrNotFound)
+	m := e.model(t, "m", "")
+	_, _, err = e.svc.OpenFirmware(t.Context(), m.ID)
+	wantIs(t, err, model.ErrNotFound)
+}
+
+func TestUploadFirmwareFailures(t *testing.T) {
+	t.Run("store fails: nothing recorded", func(t *testing.T) {
+		e := newEnv(t)
+		m := e.model(t, "m", "")
+		boom := errors.New("disk full")
+		e.fw.Hook = func(string) error { return boom }
+		_, err := e.svc.UploadFirmware(t.Context(), m.ID, image(esp32image.ChipESP32, "1"))
+		wantIs(t, err, boom)
+		if h, _ := e.svc.ListFirmware(t.Context(), m.ID); len(h) != 0 {
+			t.Errorf("history recorded: %v", h)
+		}
+	})
+	t.Run("notifier fails: upload succeeds, OnError told", func(t *testing.T) {
+		e := newEnv(t)
+		m := e.model(t, "m", "")
+		e.notifier.Err = errors.New("broker down")
+		if _, err := e.svc.UploadFirmware(t.Context(), m.ID, image(esp32image.ChipESP32, "1")); err != nil {
+			t.Fatal(err)
+		}
+		if r := e.reported(); len(r) != 1 || !strings.Contains(r[0].err.Error(), "broker down") {
+			t.Errorf("OnError got %v", r)
+		}
+	})
+}
