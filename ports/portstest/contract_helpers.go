@@ -55,7 +55,7 @@ func isNullJSON(r json.RawMessage) bool {
 
 func wantErrIs(t *testing.T, what string, err, target error) {
 	t.Helper()
-	if !errorsIs(err, target) {
+	if !errors.Is(err, target) {
 		t.Errorf("%s: got error %v, want %v", what, err, target)
 	}
 }
@@ -75,5 +75,3 @@ func timeEq(a, b *time.Time) bool {
 }
 
 func ptr[T any](v T) *T { return &v }
-
-func errorsIs(err, target error) bool { return errors.Is(err, target) }
