@@ -32,7 +32,9 @@ type chunkKey struct {
 //
 // Pages are taken in sequence-number order, so images a device has written
 // (several generations of pages, FULL and FREEING pages) decode as well as
-// generated ones. Erased entries are skipped; of two items with the same
+// generated ones. Erased entries are skipped, and so is an entry of the
+// active page that holds data but is still marked empty (a write interrupted
+// by a power failure, which the runtime erases on start-up). Of two items with the same
 // namespace, key and type the later one wins; a blob is assembled from the
 // chunks of the version its index names, and chunks of other versions or
 // without an index are ignored, as the runtime ignores them.
@@ -40,7 +42,8 @@ type chunkKey struct {
 // Everything that a valid image cannot contain is an error wrapping ErrFormat,
 // a *FormatError giving the offset: a bad page or entry CRC, an unknown page
 // state, format version or item type, an inconsistent span or entry-state
-// bitmap, a half-written entry, an item in an undeclared namespace, a blob
+// bitmap, data in an entry marked empty outside the active page, an entry
+// written after an empty one, an item in an undeclared namespace, a blob
 // with missing chunks. Decode never panics.
 func Decode(img []byte) ([]Entry, error) {
 	if len(img) == 0 || len(img)%PageSize != 0 {
@@ -117,8 +120,11 @@ func readPage(img []byte, off int, items []item) ([]item, error) {
 			i++
 			continue
 		case entryEmpty:
-			if !allFF(e) {
-				return nil, formatErr(eoff, "entry %d is marked empty but holds data (half-written)", i)
+			// An entry holding data while still marked empty was being
+			// written when power failed. On the active page the runtime
+			// erases it on start-up; anywhere else it is corruption.
+			if !allFF(e) && le32(p) != stateActive {
+				return nil, formatErr(eoff, "entry %d is marked empty but holds data", i)
 			}
 			if empty < 0 {
 				empty = i
@@ -130,7 +136,7 @@ func readPage(img []byte, off int, items []item) ([]item, error) {
 			return nil, formatErr(off+bitmapOff+i/4, "entry %d has the illegal state 01", i)
 		}
 		if empty >= 0 {
-			return nil, formatErr(eoff, "entry %d is written after the empty entry %d", i, empty)
+			return nil, formatErr(off+bitmapOff+i/4, "entry %d is written after the empty entry %d", i, empty)
 		}
 		if got, want := le32(e[4:]), entryCRC(e); got != want {
 			return nil, formatErr(eoff+4, "entry %d header CRC %#08x, want %#08x", i, got, want)

@@ -154,6 +154,21 @@ func runtimeCases() []runtimeCase {
 			want: []nvs.Entry{decl("app"), blob("app", "cal", []byte{4, 5})},
 		},
 		{
+			name: "write interrupted by a power failure on the active page",
+			img: func() *image {
+				im := newImage(3)
+				p := im.page(0, stActive, 0, 0xFE)
+				p.ns("cfg", 1)
+				p.u8(1, "a", 1)
+				i := p.str(1, "torn", "this write never finished, its entries stay marked empty")
+				for j := i; j < p.n; j++ {
+					p.setState(j, 3)
+				}
+				return im
+			},
+			want: []nvs.Entry{decl("cfg"), u8("cfg", "a", 1)},
+		},
+		{
 			name: "namespace without items",
 			img: func() *image {
 				im := newImage(3)
@@ -254,10 +269,15 @@ func TestDecodeCorrupt(t *testing.T) {
 			fixEntryCRC(b, entryAt(0, 1))
 			return b
 		}, entryAt(0, 1) + 1},
-		{"half-written entry after the last one", "provisioning", func(t *testing.T, b []byte) []byte {
-			b[entryAt(0, 100)] = 1
+		{"data in an empty entry of a full page", "string_boundary", func(t *testing.T, b []byte) []byte {
+			// page 0 is FULL; entries 122..125 stayed empty
+			b[entryAt(0, 123)+5] = 1
 			return b
-		}, entryAt(0, 100)},
+		}, entryAt(0, 123)},
+		{"entry written after an empty one", "provisioning", func(t *testing.T, b []byte) []byte {
+			b[32+100/4] &^= 1 << (100 % 4 * 2) // mark entry 100 written
+			return b
+		}, 32 + 100/4},
 		{"duplicate sequence numbers", "strings", func(t *testing.T, b []byte) []byte {
 			binary.LittleEndian.PutUint32(b[0x1004:], 0)
 			fixPageCRC(b, 0x1000)

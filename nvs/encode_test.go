@@ -54,6 +54,8 @@ func TestRoundTrip(t *testing.T) {
 			{Namespace: "a", Key: "k", Type: nvs.TypeString, Value: "same key, other type"},
 		}, nvs.Options{Size: 0x3000}},
 		{"provisioning", provisioning(), nvs.Options{Size: 0x6000}},
+		{"blob of the maximum 127 chunks", []nvs.Entry{blob("n", "b", seqBytes(3968+126*4000, 5))},
+			nvs.Options{Size: 129 * nvs.PageSize}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

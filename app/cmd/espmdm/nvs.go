@@ -69,8 +69,17 @@ directory of their CSV file. The output file must end in .bin.`,
 			if err != nil {
 				return err
 			}
-			abs, err := filepath.Abs(out)
-			if err != nil {
+			// Like the generator: create the output's directory and name
+			// the file by the working directory joined with the argument.
+			abs := out
+			if !filepath.IsAbs(out) {
+				wd, err := os.Getwd()
+				if err != nil {
+					return err
+				}
+				abs = wd + string(filepath.Separator) + out
+			}
+			if err := os.MkdirAll(filepath.Dir(abs), 0o755); err != nil {
 				return err
 			}
 			if err := os.WriteFile(abs, img, 0o644); err != nil {

@@ -59,6 +59,26 @@ func TestNVSGenerateMatchesGenerator(t *testing.T) {
 	}
 }
 
+func TestNVSGenerateRelativeOutput(t *testing.T) {
+	dir := t.TempDir()
+	csv, err := filepath.Abs(filepath.Join(nvsGolden, "provisioning.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	code, stdout, stderr := runCLI(t, "nvs", "generate", csv, "sub/dir/p.bin", "0x3000")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	wd, _ := os.Getwd()
+	if want := "===> " + wd + "/sub/dir/p.bin\n"; !strings.HasSuffix(stdout, want) {
+		t.Errorf("stdout = %q, want it to end with %q", stdout, want)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "sub", "dir", "p.bin")); err != nil {
+		t.Error(err)
+	}
+}
+
 func TestNVSGenerateErrors(t *testing.T) {
 	csv := filepath.Join(nvsGolden, "provisioning.csv")
 	bad := filepath.Join(t.TempDir(), "bad.csv")
