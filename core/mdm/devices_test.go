@@ -501,3 +501,15 @@ func TestDeleteDevice(t *testing.T) {
 		}
 	})
 }
+
+func TestConfigErrorsDoNotQuoteValues(t *testing.T) {
+	e := newEnv(t)
+	m := e.model(t, "m", `{"properties":{"psk":{"type":"string","pattern":"^[0-9a-f]{64}$"},"mail":{"type":"string","format":"email"}}}`)
+	for _, cfg := range []string{`{"psk":"hunter2-TopSecret"}`, `{"mail":"hunter2-TopSecret"}`} {
+		_, err := e.svc.CreateDevice(t.Context(), ports.NewDevice{DeviceModelID: m.ID, Config: json.RawMessage(cfg)})
+		wantValidation(t, err, "config", "config_schema")
+		if strings.Contains(err.Error(), "TopSecret") {
+			t.Errorf("error quotes the config value: %v", err)
+		}
+	}
+}

@@ -107,7 +107,8 @@ func validateConfig(m model.DeviceModel, config json.RawMessage) error {
 }
 
 // schemaProblems renders the leaf errors of a schema validation as
-// "at '/path': reason" clauses joined by "; ".
+// "at '/path': reason" clauses joined by "; ", without the config values
+// that some messages would quote.
 func schemaProblems(ve *jsonschema.ValidationError) string {
 	out := ve.BasicOutput()
 	var parts []string
@@ -118,6 +119,14 @@ func schemaProblems(ve *jsonschema.ValidationError) string {
 		msg := e.Error.String()
 		if strings.HasPrefix(msg, "validation failed") && len(out.Errors) > 1 {
 			continue // a summary of the clauses below it
+		}
+		// These two messages quote the offending value, which may be a
+		// secret (a password that misses a pattern): leave it out.
+		switch {
+		case strings.HasSuffix(e.KeywordLocation, "/pattern"):
+			msg = "does not match the pattern the schema requires"
+		case strings.HasSuffix(e.KeywordLocation, "/format"):
+			msg = "is not in the format the schema requires"
 		}
 		loc := e.InstanceLocation
 		if loc == "" {
