@@ -82,6 +82,17 @@ func Shared(t testing.TB) *Stack {
 	return shared
 }
 
+// adminExec runs one statement on the stack's postgres database over a
+// connection of its own.
+func (s *Stack) adminExec(stmt string) error {
+	db := sql.OpenDB(pgdriver.NewConnector(pgdriver.WithDSN(s.DatabaseURL)))
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := db.ExecContext(ctx, stmt)
+	return err
+}
+
 // NewDatabase creates an empty database on the stack's PostgreSQL and
 // returns its URL; it is dropped when the test ends.
 func (s *Stack) NewDatabase(t testing.TB) string {
@@ -89,18 +100,12 @@ func (s *Stack) NewDatabase(t testing.TB) string {
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
 	name := "t_" + hex.EncodeToString(b)
-	admin := sql.OpenDB(pgdriver.NewConnector(pgdriver.WithDSN(s.DatabaseURL)))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
-		admin.Close()
+	if err := s.adminExec("CREATE DATABASE " + name); err != nil {
 		t.Fatalf("create test database: %v", err)
 	}
 	t.Cleanup(func() {
-		defer admin.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if _, err := admin.ExecContext(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+		// A fresh connection: a test may have restarted PostgreSQL.
+		if err := s.adminExec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)"); err != nil {
 			t.Errorf("drop test database %s: %v", name, err)
 		}
 	})

@@ -23,14 +23,32 @@ import (
 
 func main() { os.Exit(run()) }
 
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
 func run() int {
 	launcher := flag.String("launcher", os.Getenv("ESPMDM_LAUNCHER"), "auto, processes or containers")
 	verbose := flag.Bool("v", os.Getenv("ESPMDM_STACK_LOG") == "1", "print the services' output")
+	prepare := flag.Bool("prepare", false, "only fetch and unpack the Keycloak distribution into the cache, then exit")
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: withstack [-launcher auto|processes|containers] [-v] -- COMMAND [ARGS...]")
+		fmt.Fprintln(os.Stderr, "usage: withstack [-launcher auto|processes|containers] [-v] -- COMMAND [ARGS...]\n       withstack -prepare")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
+	if *prepare {
+		dist, err := integration.EnsureKeycloak(context.Background(), integration.DefaultCacheDir(),
+			envOr("ESPMDM_KEYCLOAK_VERSION", integration.DefaultKeycloakVersion), os.Stderr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "withstack:", err)
+			return 1
+		}
+		fmt.Fprintln(os.Stderr, "withstack: Keycloak distribution ready in", dist)
+		return 0
+	}
 	if flag.NArg() == 0 {
 		flag.Usage()
 		return 2

@@ -1,0 +1,47 @@
+# espmdm — `make run` starts everything locally, `make test` proves it.
+GO       ?= go
+LAUNCHER ?= $(or $(ESPMDM_LAUNCHER),auto)
+BIN      := bin/espmdm
+GOLANGCI_LINT_VERSION := v2.15.0
+# Packages run one at a time: they share one stack, and some tests stop and
+# restart its services.
+TEST_FLAGS ?= -count=1 -p 1 -timeout 30m
+
+.PHONY: all build test bench lint run deps fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./app/cmd/espmdm
+
+## deps: install what the processes launcher needs (idempotent, fast when present)
+deps:
+	bash .ci/deps
+
+## test: every unit, adapter and end-to-end test, against one real stack
+test: deps
+	$(GO) build ./...
+	$(GO) vet ./...
+	$(GO) run ./integration/cmd/withstack -launcher $(LAUNCHER) -- $(GO) test $(TEST_FLAGS) ./...
+
+## bench: all benchmarks (the adapter benchmarks need the stack)
+bench: deps
+	$(GO) run ./integration/cmd/withstack -launcher $(LAUNCHER) -- $(GO) test -count=1 -p 1 -run '^$$' -bench . -benchmem ./...
+
+## fuzz: each fuzz target for FUZZTIME (default 1m)
+FUZZTIME ?= 1m
+fuzz:
+	$(GO) test ./nvs -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./nvs -run '^$$' -fuzz '^FuzzReadCSV$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./esp32image -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+
+lint:
+	@command -v golangci-lint >/dev/null 2>&1 || $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	golangci-lint run ./...
+
+## run: the whole stack plus the server (espmdm dev); Ctrl-C stops everything
+run: deps build
+	$(BIN) dev --launcher $(LAUNCHER) --env-file $(or $(ENV_FILE),.espmdm-dev.env)
+
+clean:
+	rm -rf bin

@@ -1,0 +1,230 @@
+package app
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Config is everything `espmdm serve` reads from the environment.
+type Config struct {
+	DatabaseURL    string
+	HTTPAddr       string
+	BaseURL        string
+	MigrateOnStart bool
+
+	OIDCIssuerURL  string
+	OIDCTokenURL   string
+	DeviceAudience string
+	AdminRole      string
+	ViewerRole     string
+	AuthDisabled   bool
+
+	KeycloakURL               string
+	KeycloakRealm             string
+	KeycloakAdminClientID     string
+	KeycloakAdminClientSecret string
+
+	MQTTURL      string
+	MQTTClientID string
+
+	WiFiSSID     string
+	WiFiPassword string
+
+	FirmwareDir      string
+	FirmwareMaxBytes int64
+	// SecretKey seals secrets kept at rest (64 hex chars or base64 of 32
+	// bytes).
+	SecretKey string
+
+	ReconcileInterval time.Duration
+	ShutdownTimeout   time.Duration
+
+	LogLevel  string
+	LogFormat string
+}
+
+// Var describes one environment variable of Config.
+type Var struct {
+	Name     string
+	Default  string
+	Required bool
+	Secret   bool
+	Help     string
+	set      func(c *Config, v string) error
+}
+
+func str(p func(*Config) *string) func(*Config, string) error {
+	return func(c *Config, v string) error { *p(c) = v; return nil }
+}
+
+func boolean(p func(*Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return errors.New("want true or false")
+		}
+		*p(c) = b
+		return nil
+	}
+}
+
+func duration(p func(*Config) *time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return errors.New("want a positive duration such as 10m or 30s")
+		}
+		*p(c) = d
+		return nil
+	}
+}
+
+func bytesize(p func(*Config) *int64) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 {
+			return errors.New("want a positive number of bytes")
+		}
+		*p(c) = n
+		return nil
+	}
+}
+
+func httpURL(p func(*Config) *string) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		u, err := url.Parse(v)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return errors.New("want an http(s) URL")
+		}
+		*p(c) = strings.TrimRight(v, "/")
+		return nil
+	}
+}
+
+// Vars lists every variable `espmdm serve` reads, in the order --help shows
+// them. It is the single source of defaults.
+var Vars = []Var{
+	{Name: "DATABASE_URL", Required: true, Secret: true, Help: "PostgreSQL URL, e.g. postgres://user:pass@host:5432/espmdm?sslmode=disable",
+		set: str(func(c *Config) *string { return &c.DatabaseURL })},
+	{Name: "HTTP_ADDR", Default: ":8080", Help: "address the HTTP server listens on",
+		set: str(func(c *Config) *string { return &c.HTTPAddr })},
+	{Name: "BASE_URL", Required: true, Help: "public URL of this server, given to devices (provisioning base_url)",
+		set: httpURL(func(c *Config) *string { return &c.BaseURL })},
+	{Name: "MIGRATE_ON_START", Default: "true", Help: "apply database migrations when serve starts",
+		set: boolean(func(c *Config) *bool { return &c.MigrateOnStart })},
+	{Name: "KEYCLOAK_URL", Required: true, Help: "Keycloak base URL, e.g. https://sso.example.com",
+		set: httpURL(func(c *Config) *string { return &c.KeycloakURL })},
+	{Name: "KEYCLOAK_REALM", Default: "iot", Help: "realm holding the device clients",
+		set: str(func(c *Config) *string { return &c.KeycloakRealm })},
+	{Name: "KEYCLOAK_ADMIN_CLIENT_ID", Default: "iotsupport-admin", Help: "service-account client with realm-management manage-clients, view-clients, query-clients",
+		set: str(func(c *Config) *string { return &c.KeycloakAdminClientID })},
+	{Name: "KEYCLOAK_ADMIN_CLIENT_SECRET", Required: true, Secret: true, Help: "secret of KEYCLOAK_ADMIN_CLIENT_ID",
+		set: str(func(c *Config) *string { return &c.KeycloakAdminClientSecret })},
+	{Name: "OIDC_ISSUER_URL", Default: "$KEYCLOAK_URL/realms/$KEYCLOAK_REALM", Help: "exact issuer (iss) of admin and device tokens",
+		set: httpURL(func(c *Config) *string { return &c.OIDCIssuerURL })},
+	{Name: "OIDC_TOKEN_URL", Default: "$OIDC_ISSUER_URL/protocol/openid-connect/token", Help: "token endpoint given to devices (provisioning token_url)",
+		set: httpURL(func(c *Config) *string { return &c.OIDCTokenURL })},
+	{Name: "DEVICE_AUDIENCE", Default: "espmdm-iot", Help: "audience device tokens must carry (added to each device client)",
+		set: str(func(c *Config) *string { return &c.DeviceAudience })},
+	{Name: "ADMIN_ROLE", Default: "mdm-admin", Help: "realm role required for admin API writes",
+		set: str(func(c *Config) *string { return &c.AdminRole })},
+	{Name: "VIEWER_ROLE", Default: "mdm-viewer", Help: "realm role allowed to read the admin API",
+		set: str(func(c *Config) *string { return &c.ViewerRole })},
+	{Name: "AUTH_DISABLED", Default: "false", Help: "turn admin API authentication off (trusted networks only; logs a warning)",
+		set: boolean(func(c *Config) *bool { return &c.AuthDisabled })},
+	{Name: "MQTT_URL", Help: "MQTT v5 broker, e.g. mqtt://broker:1883 (empty: no device notifications)",
+		set: str(func(c *Config) *string { return &c.MQTTURL })},
+	{Name: "MQTT_CLIENT_ID", Default: "espmdm-$HOSTNAME", Help: "stable MQTT client id (QoS 1 sessions need it stable)",
+		set: str(func(c *Config) *string { return &c.MQTTClientID })},
+	{Name: "WIFI_SSID", Help: "Wi-Fi network written into provisioning partitions (optional)",
+		set: str(func(c *Config) *string { return &c.WiFiSSID })},
+	{Name: "WIFI_PASSWORD", Secret: true, Help: "Wi-Fi password written into provisioning partitions (optional)",
+		set: str(func(c *Config) *string { return &c.WiFiPassword })},
+	{Name: "FIRMWARE_DIR", Default: "./data/firmware", Help: "directory keeping uploaded firmware binaries",
+		set: str(func(c *Config) *string { return &c.FirmwareDir })},
+	{Name: "FIRMWARE_MAX_BYTES", Default: "16777216", Help: "largest accepted firmware upload (larger gets 413)",
+		set: bytesize(func(c *Config) *int64 { return &c.FirmwareMaxBytes })},
+	{Name: "SECRET_KEY", Required: true, Secret: true, Help: "32-byte key (64 hex chars or base64) sealing secrets kept in the database",
+		set: str(func(c *Config) *string { return &c.SecretKey })},
+	{Name: "RECONCILE_INTERVAL", Default: "10m", Help: "how often Keycloak clients are reconciled with devices",
+		set: duration(func(c *Config) *time.Duration { return &c.ReconcileInterval })},
+	{Name: "SHUTDOWN_TIMEOUT", Default: "20s", Help: "how long shutdown waits for in-flight requests",
+		set: duration(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
+	{Name: "LOG_LEVEL", Default: "info", Help: "debug, info, warn or error",
+		set: func(c *Config, v string) error {
+			switch v {
+			case "debug", "info", "warn", "error":
+				c.LogLevel = v
+				return nil
+			}
+			return errors.New("want debug, info, warn or error")
+		}},
+	{Name: "LOG_FORMAT", Default: "json", Help: "json or console",
+		set: func(c *Config, v string) error {
+			if v != "json" && v != "console" {
+				return errors.New("want json or console")
+			}
+			c.LogFormat = v
+			return nil
+		}},
+}
+
+// LoadConfig reads Config through getenv (os.Getenv in production). The
+// error names the first missing or invalid variable in one line, never its
+// value.
+func LoadConfig(getenv func(string) string) (Config, error) {
+	var c Config
+	for _, v := range Vars {
+		val := strings.TrimSpace(getenv(v.Name))
+		if val == "" {
+			if v.Required {
+				return Config{}, fmt.Errorf("missing required environment variable %s (%s)", v.Name, v.Help)
+			}
+			if v.Default == "" || strings.Contains(v.Default, "$") {
+				continue // derived below
+			}
+			val = v.Default
+		}
+		if err := v.set(&c, val); err != nil {
+			return Config{}, fmt.Errorf("invalid %s: %v", v.Name, err)
+		}
+	}
+	if c.OIDCIssuerURL == "" {
+		c.OIDCIssuerURL = c.KeycloakURL + "/realms/" + c.KeycloakRealm
+	}
+	if c.OIDCTokenURL == "" {
+		c.OIDCTokenURL = c.OIDCIssuerURL + "/protocol/openid-connect/token"
+	}
+	if c.MQTTClientID == "" {
+		host, _ := os.Hostname()
+		c.MQTTClientID = "espmdm-" + host
+	}
+	if c.MQTTURL != "" {
+		u, err := url.Parse(c.MQTTURL)
+		if err != nil || u.Host == "" {
+			return Config{}, errors.New("invalid MQTT_URL: want mqtt://host:port, mqtts://host:port or tcp://host:port")
+		}
+	}
+	return c, nil
+}
+
+// HelpText lists the variables for `espmdm serve --help`.
+func HelpText() string {
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 2, 8, 2, ' ', 0)
+	for _, v := range Vars {
+		def := v.Default
+		if v.Required {
+			def = "(required)"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", v.Name, def, v.Help)
+	}
+	tw.Flush()
+	return b.String()
+}
