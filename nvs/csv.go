@@ -224,6 +224,9 @@ func WriteCSV(w io.Writer, entries []Entry) error {
 		b.WriteByte('\n')
 	}
 	for i, e := range entries {
+		if strings.ContainsRune(e.Namespace, '\r') {
+			return fmt.Errorf("%w: entry %d: namespace %q contains a carriage return", ErrInvalid, i, e.Namespace)
+		}
 		if e.Type == TypeNamespace || e.Namespace != ns {
 			ns = e.Namespace
 			row(ns, "namespace", "", "")

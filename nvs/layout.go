@@ -5,9 +5,16 @@ import (
 	"hash/crc32"
 )
 
+// PageSize is the size of an NVS page, one flash sector. Partition sizes are
+// multiples of it.
+const PageSize = 4096
+
+// MinSize is the smallest partition Encode accepts: two data pages and the
+// spare page the ESP-IDF runtime needs for garbage collection.
+const MinSize = 3 * PageSize
+
 // On-flash geometry and codes (ESP-IDF components/nvs_flash, nvs_types.hpp).
 const (
-	PageSize    = 4096 // one flash sector
 	entrySize   = 32
 	entryCount  = 126 // entries per page
 	firstEntry  = 64  // offset of entry 0 in a page
@@ -19,10 +26,6 @@ const (
 	maxV1Blob   = 1984 // v1 strings and blobs
 	maxChunks   = 127  // chunk indices of one blob version: 0x00..0x7F or 0x80..0xFE
 	pageVersion = 8    // offset of the version byte in the page header
-
-	// MinSize is the smallest partition Encode accepts: two data pages and
-	// the spare page the ESP-IDF runtime needs for garbage collection.
-	MinSize = 3 * PageSize
 )
 
 // Page states (first word of a page; each state clears more bits).
@@ -62,21 +65,6 @@ const (
 	entryWritten = 2
 	entryErased  = 0
 )
-
-var itemOfType = map[Type]byte{
-	TypeU8: itemU8, TypeI8: itemI8, TypeU16: itemU16, TypeI16: itemI16,
-	TypeU32: itemU32, TypeI32: itemI32, TypeU64: itemU64, TypeI64: itemI64,
-}
-
-// intType maps an integer item code to its Type.
-func intType(code byte) (Type, bool) {
-	for t, c := range itemOfType {
-		if c == code {
-			return t, true
-		}
-	}
-	return 0, false
-}
 
 // crc is CRC-32 as ESP-IDF computes it: esp_rom_crc32_le(0xffffffff, ...),
 // which equals zlib.crc32(b, 0xFFFFFFFF).
