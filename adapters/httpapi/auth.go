@@ -1,0 +1,104 @@
+package httpapi
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/gofiber/fiber/v2"
+	"go.uber.org/zap"
+
+	"github.com/espmdm/espmdm/core/model"
+)
+
+const (
+	localSubject = "espmdm.subject"
+	localDevice  = "espmdm.device"
+	localClaims  = "espmdm.claims"
+)
+
+// errNoToken is a request without a bearer token.
+var errNoToken = fmt.Errorf("no bearer token: %w", model.ErrUnauthenticated)
+
+// bearerToken extracts the token of an "Authorization: Bearer" header.
+func bearerToken(c *fiber.Ctx) (string, error) {
+	h := strings.TrimSpace(c.Get(fiber.HeaderAuthorization))
+	if h == "" {
+		return "", errNoToken
+	}
+	scheme, token, ok := strings.Cut(h, " ")
+	token = strings.TrimSpace(token)
+	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" || strings.ContainsAny(token, " \t") {
+		return "", fmt.Errorf("malformed Authorization header: %w", model.ErrUnauthenticated)
+	}
+	// Copied: the verifier may keep it (a cache key) beyond this request.
+	return strings.Clone(token), nil
+}
+
+// authFailure narrows a verifier or authentication error to what a client
+// may see: unavailable stays a 502, forbidden a 403, anything else is a 401
+// (never a 500: a device must not mistake a refusal for a server fault).
+// Unexpected causes are logged here, since the client only sees the 401.
+func (s *Server) authFailure(c *fiber.Ctx, err error) error {
+	switch {
+	case errors.Is(err, model.ErrUnavailable), errors.Is(err, model.ErrForbidden),
+		errors.Is(err, model.ErrUnauthenticated):
+		return err
+	}
+	requestLogger(c, s.log).Warn("authentication failed unexpectedly", zap.Error(err))
+	return fmt.Errorf("%w: %w", model.ErrUnauthenticated, err)
+}
+
+// requireAdminRole authenticates an admin API caller: write routes need
+// the admin role, read routes the viewer or the admin role.
+func (s *Server) requireAdminRole(write bool) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		if s.cfg.AuthDisabled {
+			return c.Next()
+		}
+		token, err := bearerToken(c)
+		if err != nil {
+			return err
+		}
+		p, err := s.verify.VerifyAdmin(c.UserContext(), token)
+		if err != nil {
+			return s.authFailure(c, err)
+		}
+		c.Locals(localSubject, subjectOf(p))
+		allowed := p.HasRole(s.cfg.AdminRole) || (!write && p.HasRole(s.cfg.ViewerRole))
+		if !allowed {
+			requestLogger(c, s.log).Info("admin API caller lacks the role",
+				zap.String("subject", subjectOf(p)), zap.Bool("write", write))
+			return fmt.Errorf("missing role: %w", model.ErrForbidden)
+		}
+		return c.Next()
+	}
+}
+
+func subjectOf(p model.Principal) string {
+	if p.ClientID != "" && p.Subject == "" {
+		return p.ClientID
+	}
+	return p.Subject
+}
+
+// requireDevice authenticates a device: token verification, then the
+// device must exist, be active and match the token's model.
+func (s *Server) requireDevice(c *fiber.Ctx) error {
+	token, err := bearerToken(c)
+	if err != nil {
+		return err
+	}
+	claims, err := s.verify.VerifyDevice(c.UserContext(), token)
+	if err != nil {
+		return s.authFailure(c, err)
+	}
+	d, err := s.devices.AuthenticateDevice(c.UserContext(), claims)
+	if err != nil {
+		return s.authFailure(c, err)
+	}
+	c.Locals(localSubject, claims.ClientID)
+	c.Locals(localDevice, d)
+	c.Locals(localClaims, claims)
+	return c.Next()
+}

@@ -1,0 +1,123 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/espmdm/espmdm/core/model"
+)
+
+// decodeJSON strictly decodes the request body into dst: a JSON content
+// type (or none), one object, no unknown members, no trailing data, at most
+// JSONMaxBytes. Error details are written here, never copied from the
+// decoder beyond the member name.
+func (s *Server) decodeJSON(c *fiber.Ctx, dst any) error {
+	if err := requireIdentityEncoding(c); err != nil {
+		return err
+	}
+	if ct := c.Get(fiber.HeaderContentType); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || (mt != fiber.MIMEApplicationJSON && !strings.HasSuffix(mt, "+json")) {
+			return unsupportedMediaType("send a JSON body with Content-Type: application/json")
+		}
+	}
+	body := c.BodyRaw()
+	if int64(len(body)) > s.cfg.JSONMaxBytes {
+		return fmt.Errorf("JSON body of %d bytes: %w", len(body), model.ErrTooLarge)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return errMalformedJSON("the request body is empty: expected a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		return errMalformedJSON(describeJSONError(err))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errMalformedJSON("malformed JSON: unexpected data after the JSON object")
+	}
+	return nil
+}
+
+func describeJSONError(err error) string {
+	var (
+		syn *json.SyntaxError
+		typ *json.UnmarshalTypeError
+	)
+	switch {
+	case errors.As(err, &syn):
+		return fmt.Sprintf("malformed JSON at byte offset %d", syn.Offset)
+	case errors.As(err, &typ):
+		if typ.Field == "" {
+			return fmt.Sprintf("malformed JSON: expected a JSON object, got %s", typ.Value)
+		}
+		return fmt.Sprintf("malformed JSON: member %q must not be %s", typ.Field, typ.Value)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "malformed JSON: the body ends in the middle of a value"
+	}
+	const unknown = "json: unknown field "
+	if msg := err.Error(); strings.HasPrefix(msg, unknown) {
+		name, uerr := strconv.Unquote(strings.TrimPrefix(msg, unknown))
+		if uerr == nil && len(name) <= 64 {
+			return fmt.Sprintf("unknown member %q in the JSON object", name)
+		}
+		return "the JSON object has an unknown member"
+	}
+	return "malformed JSON body"
+}
+
+func unsupportedMediaType(detail string) error {
+	return &httpError{status: http.StatusUnsupportedMediaType, kind: "unsupported-media-type", detail: detail}
+}
+
+// requireIdentityEncoding refuses compressed request bodies: their decoded
+// size is not bounded by BodyLimit.
+func requireIdentityEncoding(c *fiber.Ctx) error {
+	if enc := strings.TrimSpace(c.Get(fiber.HeaderContentEncoding)); enc != "" && !strings.EqualFold(enc, "identity") {
+		return unsupportedMediaType("compressed request bodies (Content-Encoding) are not accepted")
+	}
+	return nil
+}
+
+// pathID parses the :id route parameter: a positive integer.
+func pathID(c *fiber.Ctx) (int64, error) {
+	raw := c.Params("id")
+	id, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || id <= 0 {
+		return 0, model.Invalid("id", "must be a positive integer")
+	}
+	return id, nil
+}
+
+// Device list cursors are opaque to clients: "c1." + base64url(after id).
+const cursorPrefix = "c1."
+
+func encodeCursor(afterID int64) string {
+	return cursorPrefix + base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(afterID, 10)))
+}
+
+func decodeCursor(s string) (int64, error) {
+	rest, ok := strings.CutPrefix(s, cursorPrefix)
+	if !ok || len(rest) > 32 {
+		return 0, model.Invalid("cursor", "not a cursor returned by this API")
+	}
+	b, err := base64.RawURLEncoding.DecodeString(rest)
+	if err != nil {
+		return 0, model.Invalid("cursor", "not a cursor returned by this API")
+	}
+	id, err := strconv.ParseInt(string(b), 10, 64)
+	if err != nil || id <= 0 {
+		return 0, model.Invalid("cursor", "not a cursor returned by this API")
+	}
+	return id, nil
+}

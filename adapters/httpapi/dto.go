@@ -1,0 +1,309 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"time"
+
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/ports"
+)
+
+// The wire shapes of the API (SPEC §1, §2) and their converters. Core
+// structs carry no json tags; these do.
+
+// timestamp formats t as RFC 3339 in UTC.
+func timestamp(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+func optTimestamp(t *time.Time) *string {
+	if t == nil || t.IsZero() {
+		return nil
+	}
+	s := timestamp(*t)
+	return &s
+}
+
+func optString(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// rawOrNull returns the JSON null for an empty raw value.
+func rawOrNull(r json.RawMessage) json.RawMessage {
+	if len(r) == 0 {
+		return json.RawMessage("null")
+	}
+	return r
+}
+
+type deviceModelDTO struct {
+	ID              int64           `json:"id"`
+	Code            string          `json:"code"`
+	Name            string          `json:"name"`
+	FirmwareVersion *string         `json:"firmware_version"`
+	ConfigSchema    json.RawMessage `json:"config_schema"`
+	CreatedAt       string          `json:"created_at"`
+	UpdatedAt       string          `json:"updated_at"`
+}
+
+func toModelDTO(m model.DeviceModel) deviceModelDTO {
+	return deviceModelDTO{
+		ID:              m.ID,
+		Code:            m.Code,
+		Name:            m.Name,
+		FirmwareVersion: optString(m.FirmwareVersion),
+		ConfigSchema:    rawOrNull(m.ConfigSchema),
+		CreatedAt:       timestamp(m.CreatedAt),
+		UpdatedAt:       timestamp(m.UpdatedAt),
+	}
+}
+
+type deviceModelListDTO struct {
+	DeviceModels []deviceModelDTO `json:"device_models"`
+}
+
+// createModelDTO is the POST /api/device-models body.
+type createModelDTO struct {
+	Code         *string         `json:"code"`
+	Name         *string         `json:"name"`
+	ConfigSchema json.RawMessage `json:"config_schema"`
+}
+
+func fromCreateModelDTO(in createModelDTO) (ports.NewModel, error) {
+	if in.Code == nil {
+		return ports.NewModel{}, model.Invalid("code", "required")
+	}
+	if in.Name == nil {
+		return ports.NewModel{}, model.Invalid("name", "required")
+	}
+	out := ports.NewModel{Code: *in.Code, Name: *in.Name}
+	if !isJSONNull(in.ConfigSchema) {
+		out.ConfigSchema = in.ConfigSchema
+	}
+	return out, nil
+}
+
+// updateModelDTO is the PUT /api/device-models/{id} body. Raw fields tell
+// an absent member (nil) from an explicit null.
+type updateModelDTO struct {
+	Name         json.RawMessage `json:"name"`
+	ConfigSchema json.RawMessage `json:"config_schema"`
+}
+
+func fromUpdateModelDTO(in updateModelDTO) (ports.ModelUpdate, error) {
+	var out ports.ModelUpdate
+	if in.Name != nil {
+		if isJSONNull(in.Name) {
+			return out, model.Invalid("name", "must be a string, not null")
+		}
+		var name string
+		if err := json.Unmarshal(in.Name, &name); err != nil {
+			return out, model.Invalid("name", "must be a string")
+		}
+		out.Name = &name
+	}
+	if in.ConfigSchema != nil {
+		out.SetSchema = true
+		if !isJSONNull(in.ConfigSchema) {
+			out.ConfigSchema = in.ConfigSchema
+		}
+	}
+	return out, nil
+}
+
+type deviceDTO struct {
+	ID                      int64           `json:"id"`
+	Key                     string          `json:"key"`
+	DeviceModelID           int64           `json:"device_model_id"`
+	ClientID                string          `json:"client_id"`
+	Config                  json.RawMessage `json:"config"`
+	Active                  bool            `json:"active"`
+	RotationState           string          `json:"rotation_state"`
+	SecretCreatedAt         *string         `json:"secret_created_at"`
+	LastRotationAttemptAt   *string         `json:"last_rotation_attempt_at"`
+	LastRotationCompletedAt *string         `json:"last_rotation_completed_at"`
+	LastSeenAt              *string         `json:"last_seen_at"`
+	CreatedAt               string          `json:"created_at"`
+	UpdatedAt               string          `json:"updated_at"`
+}
+
+func toDeviceDTO(d model.Device) deviceDTO {
+	cfg := d.Config
+	if len(cfg) == 0 {
+		cfg = json.RawMessage("{}")
+	}
+	return deviceDTO{
+		ID:                      d.ID,
+		Key:                     d.Key,
+		DeviceModelID:           d.DeviceModelID,
+		ClientID:                d.ClientID(),
+		Config:                  cfg,
+		Active:                  d.Active,
+		RotationState:           string(d.RotationState),
+		SecretCreatedAt:         optTimestamp(d.SecretCreatedAt),
+		LastRotationAttemptAt:   optTimestamp(d.LastRotationAttemptAt),
+		LastRotationCompletedAt: optTimestamp(d.LastRotationCompletedAt),
+		LastSeenAt:              optTimestamp(d.LastSeenAt),
+		CreatedAt:               timestamp(d.CreatedAt),
+		UpdatedAt:               timestamp(d.UpdatedAt),
+	}
+}
+
+type deviceListDTO struct {
+	Devices    []deviceDTO `json:"devices"`
+	NextCursor *string     `json:"next_cursor"`
+}
+
+// createDeviceDTO is the POST /api/devices body.
+type createDeviceDTO struct {
+	DeviceModelID *int64          `json:"device_model_id"`
+	Config        json.RawMessage `json:"config"`
+	Active        json.RawMessage `json:"active"`
+}
+
+func fromCreateDeviceDTO(in createDeviceDTO) (ports.NewDevice, error) {
+	if in.DeviceModelID == nil {
+		return ports.NewDevice{}, model.Invalid("device_model_id", "required")
+	}
+	if in.Config == nil || isJSONNull(in.Config) {
+		return ports.NewDevice{}, model.Invalid("config", "required: a JSON object")
+	}
+	active, err := optBool("active", in.Active)
+	if err != nil {
+		return ports.NewDevice{}, err
+	}
+	return ports.NewDevice{DeviceModelID: *in.DeviceModelID, Config: in.Config, Active: active}, nil
+}
+
+// updateDeviceDTO is the PUT /api/devices/{id} body; absent members are
+// left unchanged, null is refused.
+type updateDeviceDTO struct {
+	Config json.RawMessage `json:"config"`
+	Active json.RawMessage `json:"active"`
+}
+
+func fromUpdateDeviceDTO(in updateDeviceDTO) (ports.DeviceUpdate, error) {
+	var out ports.DeviceUpdate
+	if in.Config != nil {
+		if isJSONNull(in.Config) {
+			return out, model.Invalid("config", "must be a JSON object, not null")
+		}
+		out.Config = in.Config
+	}
+	active, err := optBool("active", in.Active)
+	if err != nil {
+		return out, err
+	}
+	out.Active = active
+	return out, nil
+}
+
+// optBool decodes an optional boolean member; null is refused.
+func optBool(field string, raw json.RawMessage) (*bool, error) {
+	if raw == nil {
+		return nil, nil
+	}
+	var b bool
+	if isJSONNull(raw) || json.Unmarshal(raw, &b) != nil {
+		return nil, model.Invalid(field, "must be true or false")
+	}
+	return &b, nil
+}
+
+type firmwareDTO struct {
+	ID            int64  `json:"id"`
+	DeviceModelID int64  `json:"device_model_id"`
+	Version       string `json:"version"`
+	ProjectName   string `json:"project_name"`
+	IDFVersion    string `json:"idf_version"`
+	Chip          string `json:"chip"`
+	ChipID        int    `json:"chip_id"`
+	SHA256        string `json:"sha256"`
+	Size          int64  `json:"size"`
+	UploadedAt    string `json:"uploaded_at"`
+}
+
+func toFirmwareDTO(f model.Firmware) firmwareDTO {
+	return firmwareDTO{
+		ID:            f.ID,
+		DeviceModelID: f.DeviceModelID,
+		Version:       f.Version,
+		ProjectName:   f.ProjectName,
+		IDFVersion:    f.IDFVersion,
+		Chip:          f.Chip,
+		ChipID:        f.ChipID,
+		SHA256:        f.SHA256,
+		Size:          f.Size,
+		UploadedAt:    timestamp(f.UploadedAt),
+	}
+}
+
+type firmwareListDTO struct {
+	Versions []firmwareDTO `json:"versions"`
+}
+
+type firmwareVersionDTO struct {
+	FirmwareVersion *string `json:"firmware_version"`
+}
+
+type identityDTO struct {
+	ClientID       string   `json:"client_id"`
+	Exists         bool     `json:"exists"`
+	Enabled        bool     `json:"enabled"`
+	ServiceAccount bool     `json:"service_account"`
+	Problems       []string `json:"problems"`
+}
+
+func toIdentityDTO(st model.IdentityStatus) identityDTO {
+	problems := st.Problems
+	if problems == nil {
+		problems = []string{}
+	}
+	return identityDTO{
+		ClientID:       st.ClientID,
+		Exists:         st.Exists,
+		Enabled:        st.Enabled,
+		ServiceAccount: st.ServiceAccount,
+		Problems:       problems,
+	}
+}
+
+// provisioningNVSDTO is the default GET /api/devices/{id}/provisioning body.
+type provisioningNVSDTO struct {
+	Partition string `json:"partition"`
+	Size      int    `json:"size"`
+	Data      []byte `json:"data"` // base64 (standard, padded)
+}
+
+// provisioningDTO is ?format=json: the NVS keys as JSON members, optional
+// ones omitted when unset.
+type provisioningDTO struct {
+	DeviceKey    string `json:"device_key"`
+	ClientID     string `json:"client_id"`
+	ClientSecret string `json:"client_secret"`
+	TokenURL     string `json:"token_url,omitempty"`
+	BaseURL      string `json:"base_url,omitempty"`
+	MQTTURL      string `json:"mqtt_url,omitempty"`
+	WiFiSSID     string `json:"wifi_ssid,omitempty"`
+	WiFiPassword string `json:"wifi_password,omitempty"`
+}
+
+func toProvisioningDTO(p ports.Provisioning) provisioningDTO {
+	return provisioningDTO{
+		DeviceKey:    p.DeviceKey,
+		ClientID:     p.ClientID,
+		ClientSecret: p.ClientSecret,
+		TokenURL:     p.TokenURL,
+		BaseURL:      p.BaseURL,
+		MQTTURL:      p.MQTTURL,
+		WiFiSSID:     p.WiFiSSID,
+		WiFiPassword: p.WiFiPassword,
+	}
+}
+
+// isJSONNull reports whether raw is the JSON literal null.
+func isJSONNull(raw json.RawMessage) bool {
+	return string(bytes.TrimSpace(raw)) == "null"
+}

@@ -1,0 +1,164 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"github.com/gofiber/fiber/v2"
+	"go.uber.org/zap"
+
+	"github.com/espmdm/espmdm/core/model"
+)
+
+// This file is the one place where errors become HTTP responses.
+
+// ContentTypeProblem is the media type of every error response (RFC 9457).
+const ContentTypeProblem = "application/problem+json"
+
+// problemTypePrefix starts every problem "type" URI. They are URNs: stable
+// identifiers for clients to switch on, not links.
+const problemTypePrefix = "urn:espmdm:problem:"
+
+// Problem is the body of an error response.
+type Problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail"`
+	// Field is the invalid input field of a validation problem.
+	Field string `json:"field,omitempty"`
+	// FailedChecks names the readiness checks that failed (503 only).
+	FailedChecks []string `json:"failed_checks,omitempty"`
+	// RequestID repeats the X-Request-ID header, for support requests.
+	RequestID string `json:"request_id,omitempty"`
+}
+
+// httpError is an error raised by this package with a status and a detail
+// written here, hence safe to show.
+type httpError struct {
+	status int
+	kind   string
+	detail string
+	field  string
+	checks []string
+	// header is set on the response (e.g. Allow, Content-Range).
+	header, value string
+}
+
+func (e *httpError) Error() string { return e.detail }
+
+func badRequest(kind, detail string) error {
+	return &httpError{status: http.StatusBadRequest, kind: kind, detail: detail}
+}
+
+// errMalformedJSON is a body that is not the JSON the route expects.
+func errMalformedJSON(detail string) error { return badRequest("malformed-request", detail) }
+
+// problemFor maps err to a problem, and reports whether it is unexpected
+// (logged as an error).
+func problemFor(err error) (p Problem, unexpected bool) {
+	var (
+		ve *model.ValidationError
+		he *httpError
+		fe *fiber.Error
+	)
+	switch {
+	case errors.As(err, &he):
+		p = newProblem(he.status, he.kind, he.detail)
+		p.Field, p.FailedChecks = he.field, he.checks
+	case errors.As(err, &ve):
+		p = newProblem(http.StatusBadRequest, "validation", ve.Error())
+		p.Field = ve.Field
+	case errors.Is(err, model.ErrTooLarge):
+		p = newProblem(http.StatusRequestEntityTooLarge, "too-large", "the request body exceeds the configured size limit")
+	case errors.Is(err, model.ErrNotFound):
+		p = newProblem(http.StatusNotFound, "not-found", "the requested resource does not exist")
+	case errors.Is(err, model.ErrConflict):
+		p = newProblem(http.StatusConflict, "conflict", "the request conflicts with the current state of the resource")
+	case errors.Is(err, model.ErrUnauthenticated):
+		p = newProblem(http.StatusUnauthorized, "unauthenticated", "a valid bearer token is required")
+	case errors.Is(err, model.ErrForbidden):
+		p = newProblem(http.StatusForbidden, "forbidden", "the caller is not allowed to do this")
+	case errors.Is(err, model.ErrUnavailable):
+		p = newProblem(http.StatusBadGateway, "upstream-unavailable", "a dependency (identity provider, database or broker) failed; retry later")
+		return p, true
+	case errors.Is(err, context.DeadlineExceeded):
+		p = newProblem(http.StatusGatewayTimeout, "timeout", "the request took too long and was abandoned")
+		return p, true
+	case errors.As(err, &fe):
+		p = fiberProblem(fe.Code)
+		return p, fe.Code >= 500
+	default:
+		p = newProblem(http.StatusInternalServerError, "internal", "an internal error occurred; the request id identifies it in the server logs")
+		return p, true
+	}
+	return p, p.Status >= 500
+}
+
+// fiberProblem maps Fiber's and fasthttp's own errors by status only: their
+// messages may quote request data and are never echoed.
+func fiberProblem(code int) Problem {
+	switch code {
+	case http.StatusNotFound:
+		return newProblem(code, "not-found", "no route matches this method and path")
+	case http.StatusMethodNotAllowed:
+		return newProblem(code, "method-not-allowed", "the route does not support this method")
+	case http.StatusRequestEntityTooLarge:
+		return newProblem(code, "too-large", "the request body exceeds the configured size limit")
+	case http.StatusRequestHeaderFieldsTooLarge:
+		return newProblem(code, "headers-too-large", "the request headers are too large")
+	case http.StatusRequestTimeout:
+		return newProblem(code, "timeout", "the request was not received in time")
+	}
+	if code < 400 || code > 599 {
+		code = http.StatusInternalServerError
+	}
+	if code >= 500 {
+		return newProblem(code, "internal", "an internal error occurred; the request id identifies it in the server logs")
+	}
+	return newProblem(code, "bad-request", "the request could not be processed")
+}
+
+func newProblem(status int, kind, detail string) Problem {
+	return Problem{Type: problemTypePrefix + kind, Title: http.StatusText(status), Status: status, Detail: detail}
+}
+
+// handleError is the Fiber ErrorHandler: it writes err as problem+json.
+func (s *Server) handleError(c *fiber.Ctx, err error) error {
+	p, unexpected := problemFor(err)
+	log := requestLogger(c, s.log)
+	if unexpected {
+		log.Error("request failed", zap.String("method", c.Method()), zap.String("path", c.Path()),
+			zap.Int("status", p.Status), zap.Error(err))
+	} else if p.Status == http.StatusUnauthorized || p.Status == http.StatusForbidden {
+		log.Debug("request refused", zap.Int("status", p.Status), zap.Error(err))
+	}
+	if id, ok := c.Locals(localReqID).(string); ok {
+		p.RequestID = id
+	}
+
+	var he *httpError
+	if errors.As(err, &he) && he.header != "" {
+		c.Set(he.header, he.value)
+	}
+	if p.Status == http.StatusUnauthorized {
+		c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="espmdm"`)
+		if !errors.Is(err, errNoToken) {
+			c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="espmdm", error="invalid_token"`)
+		}
+	}
+	// Headers describing a body that is not sent any more.
+	for _, h := range []string{fiber.HeaderETag, fiber.HeaderContentDisposition, fiber.HeaderLastModified, fiber.HeaderAcceptRanges} {
+		c.Response().Header.Del(h)
+	}
+	body, merr := json.Marshal(p)
+	if merr != nil {
+		return merr
+	}
+	c.Status(p.Status)
+	c.Set(fiber.HeaderContentType, ContentTypeProblem)
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.Send(body)
+}

@@ -1,0 +1,402 @@
+package httpapi
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/ports"
+)
+
+// Admin API handlers (SPEC §2).
+
+const (
+	defaultPageSize = 100
+	maxPageSize     = 1000
+
+	defaultNVSSize = 0x6000
+	minNVSSize     = 0x3000
+	maxNVSSize     = 0x100000
+	nvsPageSize    = 0x1000
+)
+
+func (s *Server) listModels(c *fiber.Ctx) error {
+	ms, err := s.catalog.ListModels(c.UserContext())
+	if err != nil {
+		return err
+	}
+	out := deviceModelListDTO{DeviceModels: make([]deviceModelDTO, 0, len(ms))}
+	for _, m := range ms {
+		out.DeviceModels = append(out.DeviceModels, toModelDTO(m))
+	}
+	return c.JSON(out)
+}
+
+func (s *Server) createModel(c *fiber.Ctx) error {
+	var in createModelDTO
+	if err := s.decodeJSON(c, &in); err != nil {
+		return err
+	}
+	nm, err := fromCreateModelDTO(in)
+	if err != nil {
+		return err
+	}
+	m, err := s.catalog.CreateModel(c.UserContext(), nm)
+	if err != nil {
+		return err
+	}
+	c.Location("/api/device-models/" + strconv.FormatInt(m.ID, 10))
+	return c.Status(fiber.StatusCreated).JSON(toModelDTO(m))
+}
+
+func (s *Server) getModel(c *fiber.Ctx) error {
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	m, err := s.catalog.GetModel(c.UserContext(), id)
+	if err != nil {
+		return err
+	}
+	return c.JSON(toModelDTO(m))
+}
+
+func (s *Server) updateModel(c *fiber.Ctx) error {
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	var in updateModelDTO
+	if err := s.decodeJSON(c, &in); err != nil {
+		return err
+	}
+	upd, err := fromUpdateModelDTO(in)
+	if err != nil {
+		return err
+	}
+	m, err := s.catalog.UpdateModel(c.UserContext(), id, upd)
+	if err != nil {
+		return err
+	}
+	return c.JSON(toModelDTO(m))
+}
+
+func (s *Server) deleteModel(c *fiber.Ctx) error {
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	if err := s.catalog.DeleteModel(c.UserContext(), id); err != nil {
+		return err
+	}
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+// uploadFirmware accepts the image as the raw body
+// (application/octet-stream) or as the multipart/form-data field "file".
+func (s *Server) uploadFirmware(c *fiber.Ctx) error {
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	if err := requireIdentityEncoding(c); err != nil {
+		return err
+	}
+	data, err := s.firmwareBody(c)
+	if err != nil {
+		return err
+	}
+	fw, err := s.catalog.UploadFirmware(c.UserContext(), id, data)
+	if err != nil {
+		return err
+	}
+	c.Location(fmt.Sprintf("/api/device-models/%d/firmware", id))
+	return c.Status(fiber.StatusCreated).JSON(toFirmwareDTO(fw))
+}
+
+func (s *Server) firmwareBody(c *fiber.Ctx) ([]byte, error) {
+	limit := s.cfg.FirmwareMaxBytes
+	mt, _, err := mime.ParseMediaType(c.Get(fiber.HeaderContentType))
+	if err != nil {
+		mt = ""
+	}
+	switch mt {
+	case fiber.MIMEOctetStream:
+		body := c.BodyRaw()
+		if int64(len(body)) > limit {
+			return nil, fmt.Errorf("firmware of %d bytes: %w", len(body), model.ErrTooLarge)
+		}
+		// Copied: the body buffer is reused once the handler returns.
+		return bytes.Clone(body), nil
+	case fiber.MIMEMultipartForm:
+		fh, err := c.FormFile("file")
+		if err != nil {
+			return nil, model.Invalid("file", "the multipart form needs a file field named \"file\"")
+		}
+		if fh.Size > limit {
+			return nil, fmt.Errorf("firmware of %d bytes: %w", fh.Size, model.ErrTooLarge)
+		}
+		f, err := fh.Open()
+		if err != nil {
+			return nil, fmt.Errorf("opening multipart file: %w", err)
+		}
+		defer f.Close()
+		data, err := io.ReadAll(io.LimitReader(f, limit+1))
+		if err != nil {
+			return nil, fmt.Errorf("reading multipart file: %w", err)
+		}
+		if int64(len(data)) > limit {
+			return nil, fmt.Errorf("firmware over %d bytes: %w", limit, model.ErrTooLarge)
+		}
+		return data, nil
+	}
+	return nil, unsupportedMediaType("send the image as the body with Content-Type: application/octet-stream, " +
+		"or as the field \"file\" of a multipart/form-data body")
+}
+
+func (s *Server) downloadFirmware(c *fiber.Ctx) error {
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	m, err := s.catalog.GetModel(c.UserContext(), id)
+	if err != nil {
+		return err
+	}
+	fw, blob, err := s.catalog.OpenFirmware(c.UserContext(), id)
+	if err != nil {
+		return err
+	}
+	return serveFirmware(c, m.Code, fw, blob)
+}
+
+func (s *Server) listFirmware(c *fiber.Ctx) error {
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	fws, err := s.catalog.ListFirmware(c.UserContext(), id)
+	if err != nil {
+		return err
+	}
+	out := firmwareListDTO{Versions: make([]firmwareDTO, 0, len(fws))}
+	for _, f := range fws {
+		out.Versions = append(out.Versions, toFirmwareDTO(f))
+	}
+	return c.JSON(out)
+}
+
+func (s *Server) listDevices(c *fiber.Ctx) error {
+	f, err := deviceFilter(c)
+	if err != nil {
+		return err
+	}
+	page, err := s.catalog.ListDevices(c.UserContext(), f)
+	if err != nil {
+		return err
+	}
+	out := deviceListDTO{Devices: make([]deviceDTO, 0, len(page.Devices))}
+	for _, d := range page.Devices {
+		out.Devices = append(out.Devices, toDeviceDTO(d))
+	}
+	if page.NextAfterID > 0 {
+		cur := encodeCursor(page.NextAfterID)
+		out.NextCursor = &cur
+	}
+	return c.JSON(out)
+}
+
+// deviceFilter parses the device list query: limit, cursor, model_id,
+// rotation_state, active. Unknown parameters are ignored; invalid values
+// of known ones are a 400.
+func deviceFilter(c *fiber.Ctx) (ports.DeviceFilter, error) {
+	f := ports.DeviceFilter{Limit: defaultPageSize}
+	if v := c.Query("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxPageSize {
+			return f, model.Invalid("limit", "must be an integer from 1 to %d", maxPageSize)
+		}
+		f.Limit = n
+	}
+	if v := c.Query("cursor"); v != "" {
+		after, err := decodeCursor(v)
+		if err != nil {
+			return f, err
+		}
+		f.AfterID = after
+	}
+	if v := c.Query("model_id"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 {
+			return f, model.Invalid("model_id", "must be a positive integer")
+		}
+		f.ModelID = &n
+	}
+	if v := c.Query("rotation_state"); v != "" {
+		st := model.RotationState(strings.ToUpper(v))
+		if !st.Valid() {
+			return f, model.Invalid("rotation_state", "must be one of OK, QUEUED, PENDING, TIMEOUT")
+		}
+		f.RotationState = &st
+	}
+	if v := c.Query("active"); v != "" {
+		var b bool
+		switch strings.ToLower(v) {
+		case "true", "1":
+			b = true
+		case "false", "0":
+			b = false
+		default:
+			return f, model.Invalid("active", "must be true or false")
+		}
+		f.Active = &b
+	}
+	return f, nil
+}
+
+func (s *Server) createDevice(c *fiber.Ctx) error {
+	var in createDeviceDTO
+	if err := s.decodeJSON(c, &in); err != nil {
+		return err
+	}
+	nd, err := fromCreateDeviceDTO(in)
+	if err != nil {
+		return err
+	}
+	d, err := s.catalog.CreateDevice(c.UserContext(), nd)
+	if err != nil {
+		return err
+	}
+	c.Location("/api/devices/" + strconv.FormatInt(d.ID, 10))
+	return c.Status(fiber.StatusCreated).JSON(toDeviceDTO(d))
+}
+
+func (s *Server) getDevice(c *fiber.Ctx) error {
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	d, err := s.catalog.GetDevice(c.UserContext(), id)
+	if err != nil {
+		return err
+	}
+	return c.JSON(toDeviceDTO(d))
+}
+
+func (s *Server) updateDevice(c *fiber.Ctx) error {
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	var in updateDeviceDTO
+	if err := s.decodeJSON(c, &in); err != nil {
+		return err
+	}
+	upd, err := fromUpdateDeviceDTO(in)
+	if err != nil {
+		return err
+	}
+	d, err := s.catalog.UpdateDevice(c.UserContext(), id, upd)
+	if err != nil {
+		return err
+	}
+	return c.JSON(toDeviceDTO(d))
+}
+
+func (s *Server) deleteDevice(c *fiber.Ctx) error {
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	if err := s.catalog.DeleteDevice(c.UserContext(), id); err != nil {
+		return err
+	}
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+// provisioning returns the device's NVS partition image (default) or, with
+// ?format=json, its plain fields. Both carry the client secret: no-store.
+func (s *Server) provisioning(c *fiber.Ctx) error {
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	format := c.Query("format")
+	switch format {
+	case "", "nvs", "json":
+	default:
+		return model.Invalid("format", "must be nvs or json")
+	}
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	if format == "json" {
+		if c.Query("size") != "" {
+			return model.Invalid("size", "only applies to the NVS image, not to format=json")
+		}
+		p, err := s.catalog.Provisioning(c.UserContext(), id)
+		if err != nil {
+			return err
+		}
+		return c.JSON(toProvisioningDTO(p))
+	}
+	size, err := nvsSize(c.Query("size"))
+	if err != nil {
+		return err
+	}
+	img, err := s.catalog.ProvisioningNVS(c.UserContext(), id, size)
+	if err != nil {
+		return err
+	}
+	return c.JSON(provisioningNVSDTO{Partition: "nvs", Size: size, Data: img})
+}
+
+// nvsSize parses ?size=: hexadecimal with 0x, or decimal.
+func nvsSize(v string) (int, error) {
+	if v == "" {
+		return defaultNVSSize, nil
+	}
+	var (
+		n   int64
+		err error
+	)
+	if h, ok := strings.CutPrefix(strings.ToLower(v), "0x"); ok {
+		n, err = strconv.ParseInt(h, 16, 64)
+	} else {
+		n, err = strconv.ParseInt(v, 10, 64)
+	}
+	if err != nil || n < minNVSSize || n > maxNVSSize || n%nvsPageSize != 0 {
+		return 0, model.Invalid("size", "must be a multiple of 0x%x from 0x%x to 0x%x (hex with 0x, or decimal)",
+			nvsPageSize, minNVSSize, maxNVSSize)
+	}
+	return int(n), nil
+}
+
+func (s *Server) identityStatus(c *fiber.Ctx) error {
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	st, err := s.catalog.IdentityStatus(c.UserContext(), id)
+	if err != nil {
+		return err
+	}
+	return c.JSON(toIdentityDTO(st))
+}
+
+func (s *Server) syncIdentity(c *fiber.Ctx) error {
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	st, err := s.catalog.SyncIdentity(c.UserContext(), id)
+	if err != nil {
+		return err
+	}
+	return c.Status(http.StatusOK).JSON(toIdentityDTO(st))
+}

@@ -1,0 +1,460 @@
+package httpapi
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// The OpenAPI 3.1 description of every route, built in Go so that it is
+// checked by the compiler and, by TestOpenAPIMatchesRoutes, against the
+// routes the app registers.
+
+type obj = map[string]any
+
+func ref(name string) obj { return obj{"$ref": "#/components/schemas/" + name} }
+
+func respRef(name string) obj { return obj{"$ref": "#/components/responses/" + name} }
+
+func nullable(typ string, extra obj) obj {
+	o := obj{"type": []string{typ, "null"}}
+	for k, v := range extra {
+		o[k] = v
+	}
+	return o
+}
+
+func jsonContent(schema obj) obj {
+	return obj{"application/json": obj{"schema": schema}}
+}
+
+func jsonResponse(desc string, schema obj) obj {
+	return obj{"description": desc, "content": jsonContent(schema)}
+}
+
+var (
+	dateTime    = obj{"type": "string", "format": "date-time", "description": "RFC 3339, UTC"}
+	optDateTime = nullable("string", obj{"format": "date-time", "description": "RFC 3339, UTC; null when never"})
+	idParam     = obj{
+		"name": "id", "in": "path", "required": true,
+		"schema": obj{"type": "integer", "format": "int64", "minimum": 1},
+	}
+)
+
+// operation is one documented route.
+type operation struct {
+	method, path string // path in OpenAPI form: /api/devices/{id}
+	id, tag      string
+	summary      string
+	description  string
+	// auth: "read", "write" (admin API), "device", or "" (public).
+	auth       string
+	params     []obj
+	body       obj
+	responses  obj
+	errorCodes []int
+}
+
+// errorResponseNames maps each error status to its components/responses
+// entry.
+var errorResponseNames = map[int]string{
+	http.StatusBadRequest:                   "BadRequest",
+	http.StatusUnauthorized:                 "Unauthorized",
+	http.StatusForbidden:                    "Forbidden",
+	http.StatusNotFound:                     "NotFound",
+	http.StatusConflict:                     "Conflict",
+	http.StatusRequestEntityTooLarge:        "TooLarge",
+	http.StatusUnsupportedMediaType:         "UnsupportedMediaType",
+	http.StatusRequestedRangeNotSatisfiable: "RangeNotSatisfiable",
+	http.StatusInternalServerError:          "InternalError",
+	http.StatusBadGateway:                   "BadGateway",
+	http.StatusServiceUnavailable:           "NotReady",
+	http.StatusGatewayTimeout:               "Timeout",
+}
+
+func firmwareDownload(summary string) obj {
+	return obj{
+		"200": obj{
+			"description": summary,
+			"headers": obj{
+				"ETag":                obj{"description": "the quoted SHA-256 of the file", "schema": obj{"type": "string"}},
+				"Accept-Ranges":       obj{"schema": obj{"type": "string", "const": "bytes"}},
+				"Content-Disposition": obj{"schema": obj{"type": "string"}, "description": `attachment; filename="<model code>-<version>.bin"`},
+			},
+			"content": obj{"application/octet-stream": obj{"schema": obj{"type": "string", "format": "binary"}}},
+		},
+		"206": obj{
+			"description": "the requested byte range (single range only; several ranges get the whole file)",
+			"headers":     obj{"Content-Range": obj{"schema": obj{"type": "string"}}},
+			"content":     obj{"application/octet-stream": obj{"schema": obj{"type": "string", "format": "binary"}}},
+		},
+		"304": obj{"description": "If-None-Match matched the current ETag"},
+	}
+}
+
+var firmwareDownloadParams = []obj{
+	{"name": "Range", "in": "header", "schema": obj{"type": "string"}, "description": "bytes=first-last, bytes=first- or bytes=-suffix"},
+	{"name": "If-Range", "in": "header", "schema": obj{"type": "string"}, "description": "an ETag or the Last-Modified date"},
+	{"name": "If-None-Match", "in": "header", "schema": obj{"type": "string"}},
+}
+
+func operations() []operation {
+	withID := []obj{idParam}
+	return []operation{
+		{method: "GET", path: "/health/live", id: "live", tag: "operations", summary: "Liveness: 200 while the process serves",
+			responses: obj{"200": jsonResponse("alive", ref("Status"))}},
+		{method: "GET", path: "/health/ready", id: "ready", tag: "operations",
+			summary:     "Readiness: database, migrations and identity provider",
+			description: "503 lists the names of the failed checks in failed_checks.",
+			responses:   obj{"200": jsonResponse("ready", ref("Status"))}, errorCodes: []int{503}},
+		{method: "GET", path: "/metrics", id: "metrics", tag: "operations", summary: "Prometheus metrics",
+			responses: obj{"200": obj{"description": "text exposition format", "content": obj{"text/plain": obj{"schema": obj{"type": "string"}}}}}},
+		{method: "GET", path: "/api/openapi.json", id: "openapi", tag: "operations", summary: "This OpenAPI document",
+			responses: obj{"200": jsonResponse("the document", obj{"type": "object"})}},
+		{method: "GET", path: "/api/docs", id: "docs", tag: "operations", summary: "API documentation page (HTML, no external assets)",
+			responses: obj{"200": obj{"description": "HTML page", "content": obj{"text/html": obj{"schema": obj{"type": "string"}}}}}},
+
+		{method: "GET", path: "/api/device-models", id: "listDeviceModels", tag: "device models", auth: "read",
+			summary:   "List device models",
+			responses: obj{"200": jsonResponse("all device models", ref("DeviceModelList"))}},
+		{method: "POST", path: "/api/device-models", id: "createDeviceModel", tag: "device models", auth: "write",
+			summary: "Create a device model", body: ref("NewDeviceModel"),
+			responses:  obj{"201": jsonResponse("created; Location names it", ref("DeviceModel"))},
+			errorCodes: []int{400, 409, 413, 415}},
+		{method: "GET", path: "/api/device-models/{id}", id: "getDeviceModel", tag: "device models", auth: "read",
+			summary: "Get a device model", params: withID,
+			responses: obj{"200": jsonResponse("the model", ref("DeviceModel"))}, errorCodes: []int{400, 404}},
+		{method: "PUT", path: "/api/device-models/{id}", id: "updateDeviceModel", tag: "device models", auth: "write",
+			summary:     "Change a model's name and config schema",
+			description: "Absent members are unchanged; \"config_schema\": null removes the schema.",
+			params:      withID, body: ref("DeviceModelUpdate"),
+			responses: obj{"200": jsonResponse("the updated model", ref("DeviceModel"))}, errorCodes: []int{400, 404, 413, 415}},
+		{method: "DELETE", path: "/api/device-models/{id}", id: "deleteDeviceModel", tag: "device models", auth: "write",
+			summary: "Delete a device model (409 while devices use it)", params: withID,
+			responses: obj{"204": obj{"description": "deleted"}}, errorCodes: []int{400, 404, 409}},
+		{method: "POST", path: "/api/device-models/{id}/firmware", id: "uploadFirmware", tag: "firmware", auth: "write",
+			summary:     "Upload an ESP32 application image as the model's current firmware",
+			description: "The image is the raw body (application/octet-stream) or the multipart/form-data field \"file\". It is parsed and validated; the response is its metadata.",
+			params:      withID,
+			body: obj{
+				"application/octet-stream": obj{"schema": obj{"type": "string", "format": "binary"}},
+				"multipart/form-data": obj{"schema": obj{
+					"type": "object", "required": []string{"file"},
+					"properties": obj{"file": obj{"type": "string", "format": "binary"}},
+				}},
+			},
+			responses:  obj{"201": jsonResponse("stored; Location is the download URL", ref("Firmware"))},
+			errorCodes: []int{400, 404, 413, 415}},
+		{method: "GET", path: "/api/device-models/{id}/firmware", id: "downloadFirmware", tag: "firmware", auth: "read",
+			summary: "Download the model's current firmware", params: append(append([]obj{}, withID...), firmwareDownloadParams...),
+			responses: firmwareDownload("the whole firmware file"), errorCodes: []int{400, 404, 416}},
+		{method: "GET", path: "/api/device-models/{id}/firmware/versions", id: "listFirmwareVersions", tag: "firmware", auth: "read",
+			summary: "Firmware upload history, newest first", params: withID,
+			responses: obj{"200": jsonResponse("upload history", ref("FirmwareList"))}, errorCodes: []int{400, 404}},
+
+		{method: "GET", path: "/api/devices", id: "listDevices", tag: "devices", auth: "read",
+			summary: "List devices, paginated by cursor",
+			params: []obj{
+				{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": maxPageSize, "default": defaultPageSize}},
+				{"name": "cursor", "in": "query", "schema": obj{"type": "string"}, "description": "next_cursor of the previous page"},
+				{"name": "model_id", "in": "query", "schema": obj{"type": "integer", "format": "int64", "minimum": 1}},
+				{"name": "rotation_state", "in": "query", "schema": obj{"type": "string", "enum": []string{"OK", "QUEUED", "PENDING", "TIMEOUT"}}},
+				{"name": "active", "in": "query", "schema": obj{"type": "boolean"}},
+			},
+			responses: obj{"200": jsonResponse("one page", ref("DeviceList"))}, errorCodes: []int{400}},
+		{method: "POST", path: "/api/devices", id: "createDevice", tag: "devices", auth: "write",
+			summary:     "Create a device and its identity-provider client",
+			description: "All or nothing: when any step fails nothing is left behind.",
+			body:        ref("NewDevice"),
+			responses:   obj{"201": jsonResponse("created; Location names it", ref("Device"))},
+			errorCodes:  []int{400, 404, 409, 413, 415, 502}},
+		{method: "GET", path: "/api/devices/{id}", id: "getDevice", tag: "devices", auth: "read",
+			summary: "Get a device", params: withID,
+			responses: obj{"200": jsonResponse("the device", ref("Device"))}, errorCodes: []int{400, 404}},
+		{method: "PUT", path: "/api/devices/{id}", id: "updateDevice", tag: "devices", auth: "write",
+			summary: "Change a device's config and active flag (absent members unchanged)", params: withID, body: ref("DeviceUpdate"),
+			responses: obj{"200": jsonResponse("the updated device", ref("Device"))}, errorCodes: []int{400, 404, 413, 415}},
+		{method: "DELETE", path: "/api/devices/{id}", id: "deleteDevice", tag: "devices", auth: "write",
+			summary: "Delete a device, then its identity-provider client", params: withID,
+			responses: obj{"204": obj{"description": "deleted"}}, errorCodes: []int{400, 404}},
+		{method: "GET", path: "/api/devices/{id}/provisioning", id: "getProvisioning", tag: "devices", auth: "write",
+			summary:     "Provisioning data: an NVS partition image, or the plain fields",
+			description: "Carries the device's client secret, so it needs the admin role even though it is a read.",
+			params: []obj{idParam,
+				{"name": "size", "in": "query", "schema": obj{"type": "string", "default": "0x6000"},
+					"description": "partition size, hex with 0x or decimal: a multiple of 0x1000 from 0x3000 to 0x100000"},
+				{"name": "format", "in": "query", "schema": obj{"type": "string", "enum": []string{"nvs", "json"}, "default": "nvs"}},
+			},
+			responses: obj{"200": obj{"description": "the NVS image (default) or, with format=json, the plain fields",
+				"content": jsonContent(obj{"oneOf": []obj{ref("ProvisioningNVS"), ref("Provisioning")}})}},
+			errorCodes: []int{400, 404, 502}},
+		{method: "GET", path: "/api/devices/{id}/identity", id: "getIdentity", tag: "devices", auth: "read",
+			summary: "The device's identity-provider client status", params: withID,
+			responses: obj{"200": jsonResponse("status", ref("IdentityStatus"))}, errorCodes: []int{400, 404, 502}},
+		{method: "POST", path: "/api/devices/{id}/identity/sync", id: "syncIdentity", tag: "devices", auth: "write",
+			summary: "Create or repair the device's identity-provider client (the secret is kept)", params: withID,
+			responses: obj{"200": jsonResponse("status after the repair", ref("IdentityStatus"))}, errorCodes: []int{400, 404, 502}},
+
+		{method: "GET", path: "/iot/config", id: "deviceConfig", tag: "device API", auth: "device",
+			summary:   "The calling device's config (completes a pending credential rotation)",
+			responses: obj{"200": jsonResponse("the config object", obj{"type": "object"})}, errorCodes: []int{502}},
+		{method: "GET", path: "/iot/firmware", id: "deviceFirmware", tag: "device API", auth: "device",
+			summary: "The current firmware of the calling device's model", params: firmwareDownloadParams,
+			responses: firmwareDownload("the whole firmware file"), errorCodes: []int{404, 416, 502}},
+		{method: "GET", path: "/iot/firmware-version", id: "deviceFirmwareVersion", tag: "device API", auth: "device",
+			summary:   "The version of the model's current firmware",
+			responses: obj{"200": jsonResponse("the version, null when none was uploaded", ref("FirmwareVersion"))}, errorCodes: []int{502}},
+	}
+}
+
+func schemas() obj {
+	return obj{
+		"Problem": obj{
+			"type":     "object",
+			"required": []string{"type", "title", "status", "detail"},
+			"properties": obj{
+				"type":          obj{"type": "string", "description": "urn:espmdm:problem:<kind>"},
+				"title":         obj{"type": "string"},
+				"status":        obj{"type": "integer"},
+				"detail":        obj{"type": "string"},
+				"field":         obj{"type": "string", "description": "the invalid input, for validation problems"},
+				"failed_checks": obj{"type": "array", "items": obj{"type": "string"}},
+				"request_id":    obj{"type": "string"},
+			},
+		},
+		"Status": obj{"type": "object", "required": []string{"status"}, "properties": obj{"status": obj{"type": "string"}}},
+		"DeviceModel": obj{
+			"type":     "object",
+			"required": []string{"id", "code", "name", "firmware_version", "config_schema", "created_at", "updated_at"},
+			"properties": obj{
+				"id":               obj{"type": "integer", "format": "int64"},
+				"code":             obj{"type": "string", "pattern": "^[a-z0-9_]{1,50}$"},
+				"name":             obj{"type": "string", "minLength": 1, "maxLength": 255},
+				"firmware_version": nullable("string", nil),
+				"config_schema":    obj{"description": "a JSON Schema, or null"},
+				"created_at":       dateTime,
+				"updated_at":       dateTime,
+			},
+		},
+		"DeviceModelList": obj{
+			"type": "object", "required": []string{"device_models"},
+			"properties": obj{"device_models": obj{"type": "array", "items": ref("DeviceModel")}},
+		},
+		"NewDeviceModel": obj{
+			"type": "object", "required": []string{"code", "name"}, "additionalProperties": false,
+			"properties": obj{
+				"code":          obj{"type": "string", "pattern": "^[a-z0-9_]{1,50}$"},
+				"name":          obj{"type": "string", "minLength": 1, "maxLength": 255},
+				"config_schema": obj{"description": "optional JSON Schema for device configs"},
+			},
+		},
+		"DeviceModelUpdate": obj{
+			"type": "object", "additionalProperties": false,
+			"properties": obj{
+				"name":          obj{"type": "string", "minLength": 1, "maxLength": 255},
+				"config_schema": obj{"description": "a JSON Schema; null removes it; absent leaves it"},
+			},
+		},
+		"Device": obj{
+			"type": "object",
+			"required": []string{"id", "key", "device_model_id", "client_id", "config", "active", "rotation_state",
+				"secret_created_at", "last_rotation_attempt_at", "last_rotation_completed_at", "last_seen_at", "created_at", "updated_at"},
+			"properties": obj{
+				"id":                         obj{"type": "integer", "format": "int64"},
+				"key":                        obj{"type": "string", "pattern": "^[a-z0-9]{8}$"},
+				"device_model_id":            obj{"type": "integer", "format": "int64"},
+				"client_id":                  obj{"type": "string", "description": "iotdevice-<model code>-<key>"},
+				"config":                     obj{"type": "object"},
+				"active":                     obj{"type": "boolean"},
+				"rotation_state":             obj{"type": "string", "enum": []string{"OK", "QUEUED", "PENDING", "TIMEOUT"}},
+				"secret_created_at":          optDateTime,
+				"last_rotation_attempt_at":   optDateTime,
+				"last_rotation_completed_at": optDateTime,
+				"last_seen_at":               optDateTime,
+				"created_at":                 dateTime,
+				"updated_at":                 dateTime,
+			},
+		},
+		"DeviceList": obj{
+			"type": "object", "required": []string{"devices", "next_cursor"},
+			"properties": obj{
+				"devices":     obj{"type": "array", "items": ref("Device")},
+				"next_cursor": nullable("string", obj{"description": "pass as ?cursor= for the next page; null on the last page"}),
+			},
+		},
+		"NewDevice": obj{
+			"type": "object", "required": []string{"device_model_id", "config"}, "additionalProperties": false,
+			"properties": obj{
+				"device_model_id": obj{"type": "integer", "format": "int64"},
+				"config":          obj{"type": "object", "description": "validated against the model's config_schema"},
+				"active":          obj{"type": "boolean", "default": true},
+			},
+		},
+		"DeviceUpdate": obj{
+			"type": "object", "additionalProperties": false,
+			"properties": obj{
+				"config": obj{"type": "object"},
+				"active": obj{"type": "boolean"},
+			},
+		},
+		"Firmware": obj{
+			"type": "object",
+			"required": []string{"id", "device_model_id", "version", "project_name", "idf_version", "chip", "chip_id",
+				"sha256", "size", "uploaded_at"},
+			"properties": obj{
+				"id":              obj{"type": "integer", "format": "int64"},
+				"device_model_id": obj{"type": "integer", "format": "int64"},
+				"version":         obj{"type": "string"},
+				"project_name":    obj{"type": "string"},
+				"idf_version":     obj{"type": "string"},
+				"chip":            obj{"type": "string", "examples": []string{"esp32", "esp32s3"}},
+				"chip_id":         obj{"type": "integer"},
+				"sha256":          obj{"type": "string", "pattern": "^[0-9a-f]{64}$"},
+				"size":            obj{"type": "integer", "format": "int64"},
+				"uploaded_at":     dateTime,
+			},
+		},
+		"FirmwareList": obj{
+			"type": "object", "required": []string{"versions"},
+			"properties": obj{"versions": obj{"type": "array", "items": ref("Firmware")}},
+		},
+		"FirmwareVersion": obj{
+			"type": "object", "required": []string{"firmware_version"},
+			"properties": obj{"firmware_version": nullable("string", nil)},
+		},
+		"IdentityStatus": obj{
+			"type": "object", "required": []string{"client_id", "exists", "enabled", "service_account", "problems"},
+			"properties": obj{
+				"client_id":       obj{"type": "string"},
+				"exists":          obj{"type": "boolean"},
+				"enabled":         obj{"type": "boolean"},
+				"service_account": obj{"type": "boolean"},
+				"problems":        obj{"type": "array", "items": obj{"type": "string"}},
+			},
+		},
+		"ProvisioningNVS": obj{
+			"type": "object", "required": []string{"partition", "size", "data"},
+			"properties": obj{
+				"partition": obj{"type": "string", "const": "nvs"},
+				"size":      obj{"type": "integer"},
+				"data":      obj{"type": "string", "contentEncoding": "base64", "description": "the NVS partition image"},
+			},
+		},
+		"Provisioning": obj{
+			"type": "object", "required": []string{"device_key", "client_id", "client_secret"},
+			"properties": obj{
+				"device_key":    obj{"type": "string"},
+				"client_id":     obj{"type": "string"},
+				"client_secret": obj{"type": "string"},
+				"token_url":     obj{"type": "string"},
+				"base_url":      obj{"type": "string"},
+				"mqtt_url":      obj{"type": "string"},
+				"wifi_ssid":     obj{"type": "string"},
+				"wifi_password": obj{"type": "string"},
+			},
+		},
+	}
+}
+
+func problemResponse(desc string) obj {
+	return obj{"description": desc, "content": obj{ContentTypeProblem: obj{"schema": ref("Problem")}}}
+}
+
+// openAPIDocument builds the whole document. Role names come from cfg.
+func openAPIDocument(cfg Config) obj {
+	responses := obj{
+		"BadRequest":           problemResponse("invalid input: malformed JSON, unknown member, bad id or query, or a validation failure"),
+		"Unauthorized":         problemResponse("missing, malformed or invalid bearer token"),
+		"Forbidden":            problemResponse("the token lacks the required role, or the device is inactive"),
+		"NotFound":             problemResponse("no such resource"),
+		"Conflict":             problemResponse("conflicts with the current state"),
+		"TooLarge":             problemResponse("the body exceeds the configured limit"),
+		"UnsupportedMediaType": problemResponse("wrong Content-Type or a compressed body"),
+		"RangeNotSatisfiable":  problemResponse("the range starts past the end of the file"),
+		"InternalError":        problemResponse("unexpected failure; details are only in the server log"),
+		"BadGateway":           problemResponse("the identity provider, database or broker failed"),
+		"NotReady":             problemResponse("not ready; failed_checks names the failing checks"),
+		"Timeout":              problemResponse("the request took longer than the server allows"),
+	}
+	authNote := fmt.Sprintf("Admin routes need a bearer token from the OIDC issuer: reads the role %q or %q, writes (and provisioning data) %q.",
+		cfg.ViewerRole, cfg.AdminRole, cfg.AdminRole)
+	if cfg.AuthDisabled {
+		authNote = "Admin authentication is DISABLED on this server (AUTH_DISABLED=true)."
+	}
+
+	paths := obj{}
+	for _, op := range operations() {
+		o := obj{
+			"operationId": op.id,
+			"summary":     op.summary,
+			"tags":        []string{op.tag},
+		}
+		if op.description != "" {
+			o["description"] = op.description
+		}
+		if len(op.params) > 0 {
+			o["parameters"] = op.params
+		}
+		if op.body != nil {
+			content := op.body
+			if _, isRef := op.body["$ref"]; isRef {
+				content = jsonContent(op.body)
+			}
+			o["requestBody"] = obj{"required": true, "content": content}
+		}
+		rs := obj{}
+		for k, v := range op.responses {
+			rs[k] = v
+		}
+		codes := append([]int{500}, op.errorCodes...)
+		switch op.auth {
+		case "read", "write":
+			codes = append(codes, 401, 403, 502, 504)
+			role := cfg.AdminRole
+			if op.auth == "read" {
+				role = cfg.ViewerRole + " or " + cfg.AdminRole
+			}
+			o["security"] = []obj{{"adminBearer": []string{}}}
+			o["x-required-role"] = role
+		case "device":
+			codes = append(codes, 401, 403, 502, 504)
+			o["security"] = []obj{{"deviceBearer": []string{}}}
+		default:
+			o["security"] = []obj{}
+		}
+		for _, code := range codes {
+			rs[fmt.Sprint(code)] = respRef(errorResponseNames[code])
+		}
+		o["responses"] = rs
+		item, _ := paths[op.path].(obj)
+		if item == nil {
+			item = obj{}
+			paths[op.path] = item
+		}
+		item[strings.ToLower(op.method)] = o
+	}
+
+	return obj{
+		"openapi": "3.1.0",
+		"info": obj{
+			"title":   "espmdm",
+			"version": "1",
+			"description": "Device management for ESP32 fleets. Errors are application/problem+json; timestamps are RFC 3339 UTC. " +
+				authNote,
+		},
+		"tags": []obj{
+			{"name": "device models"}, {"name": "firmware"}, {"name": "devices"},
+			{"name": "device API", "description": "for devices, with client-credentials tokens"},
+			{"name": "operations"},
+		},
+		"paths": paths,
+		"components": obj{
+			"securitySchemes": obj{
+				"adminBearer":  obj{"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "an admin token from the OIDC issuer"},
+				"deviceBearer": obj{"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "a device access token (client-credentials grant, azp iotdevice-<model>-<key>)"},
+			},
+			"schemas":   schemas(),
+			"responses": responses,
+		},
+	}
+}

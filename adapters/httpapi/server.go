@@ -1,0 +1,263 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/recover"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/espmdm/espmdm/ports"
+)
+
+// Defaults applied by New to zero Config fields.
+const (
+	DefaultAdminRole        = "mdm-admin"
+	DefaultViewerRole       = "mdm-viewer"
+	DefaultFirmwareMaxBytes = 16 << 20
+	DefaultJSONMaxBytes     = 1 << 20
+	DefaultRequestTimeout   = 30 * time.Second
+	DefaultReadyTimeout     = 3 * time.Second
+	DefaultReadTimeout      = 2 * time.Minute
+	DefaultWriteTimeout     = 5 * time.Minute
+	DefaultIdleTimeout      = 2 * time.Minute
+
+	// multipartOverhead is what BodyLimit allows beyond FirmwareMaxBytes
+	// for multipart boundaries and part headers.
+	multipartOverhead = 64 << 10
+)
+
+// Config tunes the HTTP server. Zero values take the defaults above.
+type Config struct {
+	// AdminRole is required for writes and for provisioning data.
+	AdminRole string
+	// ViewerRole (or AdminRole) is required for reads.
+	ViewerRole string
+	// AuthDisabled turns admin authentication off (trusted networks only;
+	// the application logs a warning). The device API is always checked.
+	AuthDisabled bool
+	// FirmwareMaxBytes caps firmware uploads (413 beyond it).
+	FirmwareMaxBytes int64
+	// JSONMaxBytes caps JSON request bodies (413 beyond it).
+	JSONMaxBytes int64
+	// RequestTimeout bounds the context every handler gets.
+	RequestTimeout time.Duration
+	// ReadyTimeout bounds the readiness checks as a whole.
+	ReadyTimeout time.Duration
+	// ReadTimeout, WriteTimeout and IdleTimeout are the connection
+	// timeouts of the underlying server.
+	ReadTimeout  time.Duration
+	WriteTimeout time.Duration
+	IdleTimeout  time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.AdminRole == "" {
+		c.AdminRole = DefaultAdminRole
+	}
+	if c.ViewerRole == "" {
+		c.ViewerRole = DefaultViewerRole
+	}
+	if c.FirmwareMaxBytes <= 0 {
+		c.FirmwareMaxBytes = DefaultFirmwareMaxBytes
+	}
+	if c.JSONMaxBytes <= 0 {
+		c.JSONMaxBytes = DefaultJSONMaxBytes
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.ReadyTimeout <= 0 {
+		c.ReadyTimeout = DefaultReadyTimeout
+	}
+	if c.ReadTimeout <= 0 {
+		c.ReadTimeout = DefaultReadTimeout
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	return c
+}
+
+// ReadyCheck is one readiness condition (database reachable, migrations
+// applied, identity provider reachable, ...). Its error text is logged,
+// never shown to the client.
+type ReadyCheck struct {
+	Name  string
+	Check func(ctx context.Context) error
+}
+
+// Deps are the ports and infrastructure the server uses.
+type Deps struct {
+	Catalog  ports.Catalog
+	Devices  ports.DeviceAPI
+	Verifier ports.TokenVerifier
+	// Logger defaults to a no-op logger.
+	Logger *zap.Logger
+	// Registerer receives the HTTP metrics; Gatherer is what /metrics
+	// exposes. Both nil: a private registry serves both. Registerer nil
+	// alone: the Gatherer's registry if it is one.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+	// ReadyChecks are run by /health/ready.
+	ReadyChecks []ReadyCheck
+}
+
+// Server is the HTTP adapter. Create it with New.
+type Server struct {
+	cfg     Config
+	catalog ports.Catalog
+	devices ports.DeviceAPI
+	verify  ports.TokenVerifier
+	log     *zap.Logger
+	gather  prometheus.Gatherer
+	metrics *httpMetrics
+	ready   []ReadyCheck
+	app     *fiber.App
+
+	openAPI []byte
+	// draining is set by Shutdown: readiness fails from then on.
+	draining atomic.Bool
+}
+
+// New builds the server and registers every route.
+func New(cfg Config, deps Deps) (*Server, error) {
+	cfg = cfg.withDefaults()
+	if deps.Catalog == nil || deps.Devices == nil {
+		return nil, errors.New("httpapi: Catalog and Devices are required")
+	}
+	if deps.Verifier == nil {
+		return nil, errors.New("httpapi: Verifier is required (the device API is always authenticated)")
+	}
+	for _, rc := range deps.ReadyChecks {
+		if rc.Name == "" || rc.Check == nil {
+			return nil, errors.New("httpapi: every ReadyCheck needs a Name and a Check")
+		}
+	}
+	log := deps.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	reg, gat := deps.Registerer, deps.Gatherer
+	switch {
+	case reg == nil && gat == nil:
+		r := prometheus.NewRegistry()
+		reg, gat = r, r
+	case reg == nil:
+		r, ok := gat.(prometheus.Registerer)
+		if !ok {
+			return nil, errors.New("httpapi: Registerer is required when the Gatherer is not a registry")
+		}
+		reg = r
+	case gat == nil:
+		g, ok := reg.(prometheus.Gatherer)
+		if !ok {
+			return nil, errors.New("httpapi: Gatherer is required when the Registerer is not a registry")
+		}
+		gat = g
+	}
+	m, err := newHTTPMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+
+	s := &Server{
+		cfg:     cfg,
+		catalog: deps.Catalog,
+		devices: deps.Devices,
+		verify:  deps.Verifier,
+		log:     log,
+		gather:  gat,
+		metrics: m,
+		ready:   append([]ReadyCheck(nil), deps.ReadyChecks...),
+	}
+	spec, err := json.Marshal(openAPIDocument(cfg))
+	if err != nil {
+		return nil, err
+	}
+	s.openAPI = spec
+
+	s.app = fiber.New(fiber.Config{
+		AppName:               "espmdm",
+		ErrorHandler:          s.handleError,
+		BodyLimit:             int(cfg.FirmwareMaxBytes + multipartOverhead),
+		ReadTimeout:           cfg.ReadTimeout,
+		WriteTimeout:          cfg.WriteTimeout,
+		IdleTimeout:           cfg.IdleTimeout,
+		DisableStartupMessage: true,
+		// Strings from Params, Query and Get are copies, so nothing a
+		// handler passes on aliases fasthttp's reused buffers. Raw bodies
+		// are copied explicitly where they escape.
+		Immutable:      true,
+		StrictRouting:  true,
+		CaseSensitive:  true,
+		JSONEncoder:    json.Marshal,
+		JSONDecoder:    json.Unmarshal,
+		ReadBufferSize: 16 << 10,
+	})
+	s.app.Use(s.observe)
+	s.app.Use(recover.New(recover.Config{EnableStackTrace: true, StackTraceHandler: s.logPanic}))
+	s.routes()
+	return s, nil
+}
+
+// App returns the underlying Fiber app (for tests and embedding).
+func (s *Server) App() *fiber.App { return s.app }
+
+// Serve serves HTTP on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	return s.app.Listener(ln)
+}
+
+// Shutdown stops accepting connections, fails readiness, and waits for
+// in-flight requests to finish or ctx to expire.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	return s.app.ShutdownWithContext(ctx)
+}
+
+// routes registers every route. Each route names its own middleware so that
+// unmatched paths are a plain 404 and the OpenAPI test sees every route.
+func (s *Server) routes() {
+	a := s.app
+	read, write := s.requireAdminRole(false), s.requireAdminRole(true)
+
+	a.Get("/health/live", s.live)
+	a.Get("/health/ready", s.readyHandler)
+	a.Get("/metrics", s.metricsHandler())
+
+	a.Get("/api/openapi.json", s.openAPIHandler)
+	a.Get("/api/docs", s.docsHandler)
+
+	a.Get("/api/device-models", read, s.listModels)
+	a.Post("/api/device-models", write, s.createModel)
+	a.Get("/api/device-models/:id", read, s.getModel)
+	a.Put("/api/device-models/:id", write, s.updateModel)
+	a.Delete("/api/device-models/:id", write, s.deleteModel)
+	a.Post("/api/device-models/:id/firmware", write, s.uploadFirmware)
+	a.Get("/api/device-models/:id/firmware", read, s.downloadFirmware)
+	a.Get("/api/device-models/:id/firmware/versions", read, s.listFirmware)
+
+	a.Get("/api/devices", read, s.listDevices)
+	a.Post("/api/devices", write, s.createDevice)
+	a.Get("/api/devices/:id", read, s.getDevice)
+	a.Put("/api/devices/:id", write, s.updateDevice)
+	a.Delete("/api/devices/:id", write, s.deleteDevice)
+	// Provisioning data carries the device's client secret: admin only.
+	a.Get("/api/devices/:id/provisioning", write, s.provisioning)
+	a.Get("/api/devices/:id/identity", read, s.identityStatus)
+	a.Post("/api/devices/:id/identity/sync", write, s.syncIdentity)
+
+	a.Get("/iot/config", s.requireDevice, s.iotConfig)
+	a.Get("/iot/firmware", s.requireDevice, s.iotFirmware)
+	a.Get("/iot/firmware-version", s.requireDevice, s.iotFirmwareVersion)
+}
