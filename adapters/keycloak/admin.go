@@ -1,0 +1,412 @@
+package keycloak
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
+
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/ports"
+)
+
+// AdminConfig configures Admin.
+type AdminConfig struct {
+	// BaseURL is Keycloak's root URL, e.g. http://127.0.0.1:18080. Use the
+	// URL of Keycloak's configured hostname: the admin API refuses tokens
+	// whose issuer names another host.
+	BaseURL string
+	// Realm holds the device clients and the admin client.
+	Realm string
+	// ClientID and ClientSecret are the admin service-account client
+	// (realm-management manage-clients, view-clients, query-clients).
+	ClientID     string
+	ClientSecret string
+	// DeviceAudience is put into device tokens' aud by an audience mapper.
+	DeviceAudience string
+	// DeviceRole is the realm role a hardcoded-role mapper puts into device
+	// tokens; default "iotdevice".
+	DeviceRole string
+	// Timeout bounds each HTTP request (and each admin token fetch);
+	// default 10s.
+	Timeout time.Duration
+	// MaxConcurrent bounds the requests in flight; default 4.
+	MaxConcurrent int
+	// Retries is how often an idempotent request (GET, PUT, DELETE) is
+	// repeated after a network error, timeout or 5xx: 0 means the default
+	// 2, a negative value none. Creating a client or a secret is never
+	// repeated.
+	Retries int
+	// RetryBackoff is the pause before the first repetition, doubled for
+	// each further one; default 200ms.
+	RetryBackoff time.Duration
+	// HTTPClient sends the requests; default a client of its own.
+	HTTPClient *http.Client
+	// Observe, when set, is called after each IdentityProvider operation
+	// with its name ("CreateClient", ...), its error and its duration (for
+	// metrics).
+	Observe func(op string, err error, d time.Duration)
+}
+
+// Admin manages device clients through Keycloak's Admin REST API. It is safe
+// for concurrent use.
+type Admin struct {
+	cfg          AdminConfig
+	adminBase    string // {BaseURL}/admin/realms/{realm}
+	discoveryURL string
+	http         *http.Client
+	tokens       *tokens
+	sem          chan struct{}
+	timeout      time.Duration
+	retries      int
+	backoff      time.Duration
+}
+
+var _ ports.IdentityProvider = (*Admin)(nil)
+
+// NewAdmin checks cfg and returns an Admin. It does not contact Keycloak:
+// use Ping for that.
+func NewAdmin(cfg AdminConfig) (*Admin, error) {
+	base, err := parseBaseURL(cfg.BaseURL)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case cfg.Realm == "":
+		return nil, errors.New("keycloak: the realm is required")
+	case cfg.ClientID == "" || cfg.ClientSecret == "":
+		return nil, errors.New("keycloak: the admin client id and secret are required")
+	case cfg.DeviceAudience == "":
+		return nil, errors.New("keycloak: the device audience is required")
+	case cfg.Timeout < 0 || cfg.MaxConcurrent < 0 || cfg.RetryBackoff < 0:
+		return nil, errors.New("keycloak: timeout, concurrency and backoff must not be negative")
+	}
+	if cfg.DeviceRole == "" {
+		cfg.DeviceRole = "iotdevice"
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	if cfg.MaxConcurrent == 0 {
+		cfg.MaxConcurrent = 4
+	}
+	retries := cfg.Retries
+	switch {
+	case retries == 0:
+		retries = 2
+	case retries < 0:
+		retries = 0
+	}
+	if cfg.RetryBackoff == 0 {
+		cfg.RetryBackoff = 200 * time.Millisecond
+	}
+	hc := cfg.HTTPClient
+	if hc == nil {
+		hc = &http.Client{}
+	}
+	realmURL := base + "/realms/" + url.PathEscape(cfg.Realm)
+	cc := &clientcredentials.Config{
+		ClientID:     cfg.ClientID,
+		ClientSecret: cfg.ClientSecret,
+		TokenURL:     realmURL + "/protocol/openid-connect/token",
+		AuthStyle:    oauth2.AuthStyleInParams,
+	}
+	return &Admin{
+		cfg:          cfg,
+		adminBase:    base + "/admin/realms/" + url.PathEscape(cfg.Realm),
+		discoveryURL: realmURL + "/.well-known/openid-configuration",
+		http:         hc,
+		tokens:       newTokens(cc, hc, cfg.Timeout),
+		sem:          make(chan struct{}, cfg.MaxConcurrent),
+		timeout:      cfg.Timeout,
+		retries:      retries,
+		backoff:      cfg.RetryBackoff,
+	}, nil
+}
+
+// parseBaseURL checks an http(s) root URL and returns it without a trailing
+// slash.
+func parseBaseURL(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return "", fmt.Errorf("keycloak: base URL %q is not an http(s) URL", raw)
+	}
+	if u.User != nil {
+		return "", errors.New("keycloak: the base URL must not carry credentials")
+	}
+	return strings.TrimRight(u.String(), "/"), nil
+}
+
+// observe reports one operation to cfg.Observe.
+func (a *Admin) observe(op string, start time.Time, err error) {
+	if a.cfg.Observe != nil {
+		a.cfg.Observe(op, err, time.Since(start))
+	}
+}
+
+func (a *Admin) clientURL(uuid string, sub ...string) string {
+	u := a.adminBase + "/clients/" + url.PathEscape(uuid)
+	for _, s := range sub {
+		u += "/" + s
+	}
+	return u
+}
+
+// CreateClient implements ports.IdentityProvider: it creates a device
+// client as SPEC §1 describes and returns the secret Keycloak generated.
+func (a *Admin) CreateClient(ctx context.Context, clientID string) (secret string, err error) {
+	defer func(start time.Time) { a.observe("CreateClient", start, err) }(time.Now())
+	op := "create client " + clientID
+	if _, _, ok := model.ParseClientID(clientID); !ok {
+		return "", model.Invalid("client_id", "%q is not a device client id", clientID)
+	}
+	uuid, err := a.create(ctx, op, clientID)
+	if err != nil {
+		return "", err
+	}
+	secret, err = a.secret(ctx, op, uuid)
+	if err != nil {
+		// Leave nothing half made behind; if this fails too the
+		// reconciler removes the orphan.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.timeout)
+		defer cancel()
+		_, _ = a.do(dctx, request{op: op, method: http.MethodDelete, url: a.clientURL(uuid), auth: true})
+		return "", err
+	}
+	return secret, nil
+}
+
+// create posts a new device client and returns its UUID.
+func (a *Admin) create(ctx context.Context, op, clientID string) (string, error) {
+	resp, err := a.do(ctx, request{op: op, method: http.MethodPost, url: a.adminBase + "/clients",
+		body: a.newClient(clientID, time.Now()), auth: true})
+	if err != nil {
+		return "", err
+	}
+	if id := uuidFromLocation(resp.header.Get("Location")); id != "" {
+		return id, nil
+	}
+	// No usable Location header: look the new client up.
+	c, err := a.lookup(ctx, op, clientID)
+	if err != nil {
+		return "", err
+	}
+	if c == nil {
+		return "", unavailable(op, errors.New("the created client cannot be found"))
+	}
+	return c.rep.ID, nil
+}
+
+// secret reads a client's current secret, which must not be empty.
+func (a *Admin) secret(ctx context.Context, op, uuid string) (string, error) {
+	v, err := a.readSecret(ctx, op, uuid)
+	if err == nil && v == "" {
+		err = unavailable(op, errors.New("keycloak returned an empty client secret"))
+	}
+	return v, err
+}
+
+// readSecret reads a client's current secret, "" when it has none.
+func (a *Admin) readSecret(ctx context.Context, op, uuid string) (string, error) {
+	req := request{op: op, method: http.MethodGet, url: a.clientURL(uuid, "client-secret"), auth: true, sensitive: true}
+	resp, err := a.do(ctx, req)
+	if err != nil {
+		return "", err
+	}
+	return secretValue(req, resp)
+}
+
+// masked is how Keycloak shows a secret to a caller without manage-clients.
+const masked = "**********"
+
+// secretValue decodes a CredentialRepresentation.
+func secretValue(req request, resp response) (string, error) {
+	var cred struct {
+		Value string `json:"value"`
+	}
+	if err := resp.decode(req, &cred); err != nil {
+		return "", err
+	}
+	if cred.Value == masked {
+		return "", unavailable(req.op, errors.New("keycloak masked the client secret: the admin client needs realm-management manage-clients"))
+	}
+	return cred.Value, nil
+}
+
+// DeleteClient implements ports.IdentityProvider. A missing client is not
+// an error.
+func (a *Admin) DeleteClient(ctx context.Context, clientID string) (err error) {
+	defer func(start time.Time) { a.observe("DeleteClient", start, err) }(time.Now())
+	op := "delete client " + clientID
+	c, err := a.lookup(ctx, op, clientID)
+	if err != nil || c == nil {
+		return err
+	}
+	_, err = a.do(ctx, request{op: op, method: http.MethodDelete, url: a.clientURL(c.rep.ID), auth: true})
+	if errors.Is(err, model.ErrNotFound) {
+		return nil // deleted meanwhile
+	}
+	return err
+}
+
+// ClientStatus implements ports.IdentityProvider.
+func (a *Admin) ClientStatus(ctx context.Context, clientID string) (st model.IdentityStatus, err error) {
+	defer func(start time.Time) { a.observe("ClientStatus", start, err) }(time.Now())
+	c, err := a.lookup(ctx, "client status "+clientID, clientID)
+	if err != nil {
+		return model.IdentityStatus{}, err
+	}
+	return a.status(clientID, c), nil
+}
+
+// RepairClient implements ports.IdentityProvider: it creates a missing
+// client and otherwise corrects its flags and mappers in place, leaving its
+// secret and other settings alone.
+func (a *Admin) RepairClient(ctx context.Context, clientID string) (st model.IdentityStatus, err error) {
+	defer func(start time.Time) { a.observe("RepairClient", start, err) }(time.Now())
+	op := "repair client " + clientID
+	if _, _, ok := model.ParseClientID(clientID); !ok {
+		return model.IdentityStatus{}, model.Invalid("client_id", "%q is not a device client id", clientID)
+	}
+	c, err := a.lookup(ctx, op, clientID)
+	if err != nil {
+		return model.IdentityStatus{}, err
+	}
+	if c == nil {
+		_, err := a.create(ctx, op, clientID)
+		if err != nil && !errors.Is(err, model.ErrConflict) { // conflict: created meanwhile
+			return model.IdentityStatus{}, err
+		}
+	} else if err := a.repair(ctx, op, c); err != nil {
+		return model.IdentityStatus{}, err
+	}
+	c, err = a.lookup(ctx, op, clientID)
+	if err != nil {
+		return model.IdentityStatus{}, err
+	}
+	return a.status(clientID, c), nil
+}
+
+// ClientSecret implements ports.IdentityProvider.
+func (a *Admin) ClientSecret(ctx context.Context, clientID string) (secret string, err error) {
+	defer func(start time.Time) { a.observe("ClientSecret", start, err) }(time.Now())
+	op := "read secret of " + clientID
+	c, err := a.mustLookup(ctx, op, clientID)
+	if err != nil {
+		return "", err
+	}
+	return a.secret(ctx, op, c.rep.ID)
+}
+
+// RegenerateSecret implements ports.IdentityProvider. The old secret stops
+// working at once (tokens already issued stay valid until they expire).
+func (a *Admin) RegenerateSecret(ctx context.Context, clientID string) (secret string, err error) {
+	defer func(start time.Time) { a.observe("RegenerateSecret", start, err) }(time.Now())
+	op := "regenerate secret of " + clientID
+	c, err := a.mustLookup(ctx, op, clientID)
+	if err != nil {
+		return "", err
+	}
+	req := request{op: op, method: http.MethodPost, url: a.clientURL(c.rep.ID, "client-secret"), auth: true, sensitive: true}
+	resp, err := a.do(ctx, req)
+	if err != nil {
+		return "", err
+	}
+	secret, err = secretValue(req, resp)
+	if err == nil && secret == "" {
+		err = unavailable(op, errors.New("keycloak returned an empty client secret"))
+	}
+	return secret, err
+}
+
+// SetSecret implements ports.IdentityProvider.
+func (a *Admin) SetSecret(ctx context.Context, clientID, secret string) (err error) {
+	defer func(start time.Time) { a.observe("SetSecret", start, err) }(time.Now())
+	op := "set secret of " + clientID
+	if secret == "" || secret == masked {
+		return model.Invalid("secret", "an empty or masked secret cannot be set")
+	}
+	c, err := a.mustLookup(ctx, op, clientID)
+	if err != nil {
+		return err
+	}
+	rep := c.forUpdate()
+	rep["secret"] = secret
+	_, err = a.do(ctx, request{op: op, method: http.MethodPut, url: a.clientURL(c.rep.ID), body: rep, auth: true, sensitive: true})
+	return err
+}
+
+// listPage is the page size of ListDeviceClients.
+const listPage = 100
+
+// ListDeviceClients implements ports.IdentityProvider.
+func (a *Admin) ListDeviceClients(ctx context.Context) (list []model.ClientInfo, err error) {
+	defer func(start time.Time) { a.observe("ListDeviceClients", start, err) }(time.Now())
+	const op = "list device clients"
+	seen := map[string]bool{}
+	for first := 0; ; first += listPage {
+		q := url.Values{
+			"clientId": {model.ClientIDPrefix},
+			"search":   {"true"}, // a case-insensitive substring match
+			"first":    {strconv.Itoa(first)},
+			"max":      {strconv.Itoa(listPage)},
+		}
+		var page []clientRep
+		req := request{op: op, method: http.MethodGet, url: a.adminBase + "/clients?" + q.Encode(), auth: true, sensitive: true}
+		resp, err := a.do(ctx, req)
+		if err != nil {
+			return nil, realmMissing(err)
+		}
+		if err := resp.decode(req, &page); err != nil {
+			return nil, err
+		}
+		for _, c := range page {
+			if !strings.HasPrefix(c.ClientID, model.ClientIDPrefix) || seen[c.ClientID] {
+				continue
+			}
+			seen[c.ClientID] = true
+			list = append(list, model.ClientInfo{ClientID: c.ClientID, CreatedAt: c.createdAt()})
+		}
+		if len(page) < listPage {
+			return list, nil
+		}
+	}
+}
+
+// Ping implements ports.IdentityProvider: it fetches the realm's OpenID
+// discovery document.
+func (a *Admin) Ping(ctx context.Context) (err error) {
+	defer func(start time.Time) { a.observe("Ping", start, err) }(time.Now())
+	const op = "ping"
+	req := request{op: op, method: http.MethodGet, url: a.discoveryURL}
+	resp, err := a.do(ctx, req)
+	if err != nil {
+		return realmMissing(err)
+	}
+	var doc struct {
+		Issuer string `json:"issuer"`
+	}
+	if err := resp.decode(req, &doc); err != nil {
+		return err
+	}
+	if doc.Issuer == "" {
+		return unavailable(op, errors.New("the discovery document names no issuer"))
+	}
+	return nil
+}
+
+// realmMissing turns a 404 of a realm-level endpoint into an unavailable
+// error: the realm (or the URL) is wrong, no client is missing.
+func realmMissing(err error) error {
+	if errors.Is(err, model.ErrNotFound) {
+		return &model.UnavailableError{Service: service, Err: fmt.Errorf("realm not found (check the Keycloak URL and realm): %v", err)}
+	}
+	return err
+}

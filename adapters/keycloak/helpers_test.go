@@ -1,0 +1,215 @@
+package keycloak_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/espmdm/espmdm/adapters/keycloak"
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/integration"
+)
+
+func TestMain(m *testing.M) { os.Exit(integration.RunTests(m)) }
+
+// adminConfig is the adapter's configuration for the shared stack.
+func adminConfig(st *integration.Stack) keycloak.AdminConfig {
+	return keycloak.AdminConfig{
+		BaseURL:        st.KeycloakURL,
+		Realm:          st.Realm,
+		ClientID:       st.AdminClientID,
+		ClientSecret:   st.AdminClientSecret,
+		DeviceAudience: st.DeviceAudience,
+	}
+}
+
+func newAdmin(t *testing.T, cfg keycloak.AdminConfig) *keycloak.Admin {
+	t.Helper()
+	a, err := keycloak.NewAdmin(cfg)
+	if err != nil {
+		t.Fatalf("NewAdmin: %v", err)
+	}
+	return a
+}
+
+func verifierConfig(st *integration.Stack) keycloak.VerifierConfig {
+	return keycloak.VerifierConfig{IssuerURL: st.IssuerURL, DeviceAudience: st.DeviceAudience}
+}
+
+func newVerifier(t *testing.T, cfg keycloak.VerifierConfig) *keycloak.Verifier {
+	t.Helper()
+	v, err := keycloak.NewVerifier(cfg)
+	if err != nil {
+		t.Fatalf("NewVerifier: %v", err)
+	}
+	return v
+}
+
+const keyAlphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+// randomKey is a random device key.
+func randomKey() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	for i := range b {
+		b[i] = keyAlphabet[int(b[i])%len(keyAlphabet)]
+	}
+	return string(b)
+}
+
+// newClientID returns a fresh device client id, deleted (through the admin
+// API) when the test ends.
+func newClientID(t *testing.T, a *keycloak.Admin) string {
+	t.Helper()
+	id := model.ClientID("kc_test", randomKey())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := a.DeleteClient(ctx, id); err != nil {
+			t.Errorf("cleanup: DeleteClient(%s): %v", id, err)
+		}
+	})
+	return id
+}
+
+// createClient creates a fresh device client and returns its id and secret.
+func createClient(t *testing.T, a *keycloak.Admin) (id, secret string) {
+	t.Helper()
+	id = newClientID(t, a)
+	secret, err := a.CreateClient(t.Context(), id)
+	if err != nil {
+		t.Fatalf("CreateClient(%s): %v", id, err)
+	}
+	if secret == "" {
+		t.Fatalf("CreateClient(%s) returned an empty secret", id)
+	}
+	return id, secret
+}
+
+// clientToken asks the token endpoint for a client_credentials token. It
+// returns the access token, or "" and the HTTP status when refused.
+func clientToken(t *testing.T, st *integration.Stack, clientID, secret string) (string, int) {
+	t.Helper()
+	form := url.Values{"grant_type": {"client_credentials"}, "client_id": {clientID}, "client_secret": {secret}}
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, st.TokenURL, strings.NewReader(form.Encode()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("token endpoint: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return "", resp.StatusCode
+	}
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.Unmarshal(body, &tok); err != nil || tok.AccessToken == "" {
+		t.Fatalf("token endpoint answered 200 without an access token (%v)", err)
+	}
+	return tok.AccessToken, resp.StatusCode
+}
+
+// mustToken is clientToken that fails the test when refused.
+func mustToken(t *testing.T, st *integration.Stack, clientID, secret string) string {
+	t.Helper()
+	tok, code := clientToken(t, st, clientID, secret)
+	if tok == "" {
+		t.Fatalf("token endpoint refused %s: HTTP %d", clientID, code)
+	}
+	return tok
+}
+
+// unverifiedClaims decodes a token's claims without checking anything.
+func unverifiedClaims(t *testing.T, raw string) (jwt.MapClaims, map[string]any) {
+	t.Helper()
+	c := jwt.MapClaims{}
+	tok, _, err := jwt.NewParser().ParseUnverified(raw, c)
+	if err != nil {
+		t.Fatalf("decode token: %v", err)
+	}
+	return c, tok.Header
+}
+
+// adminAPI is a raw call to the Admin REST API (for tests that break a
+// client by hand). It returns the status and body.
+func adminAPI(t *testing.T, st *integration.Stack, method, path string, body any) (int, []byte) {
+	t.Helper()
+	tok := mustToken(t, st, st.AdminClientID, st.AdminClientSecret)
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r = strings.NewReader(string(b))
+	}
+	req, err := http.NewRequestWithContext(t.Context(), method, st.KeycloakURL+"/admin/realms/"+st.Realm+path, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, data
+}
+
+// rawClient fetches a client's representation through the admin API.
+func rawClient(t *testing.T, st *integration.Stack, clientID string) map[string]any {
+	t.Helper()
+	code, body := adminAPI(t, st, http.MethodGet, "/clients?clientId="+url.QueryEscape(clientID), nil)
+	if code != http.StatusOK {
+		t.Fatalf("look up %s: HTTP %d", clientID, code)
+	}
+	var list []map[string]any
+	if err := json.Unmarshal(body, &list); err != nil || len(list) != 1 {
+		t.Fatalf("look up %s: %d clients (%v)", clientID, len(list), err)
+	}
+	return list[0]
+}
+
+// closedURL returns an http URL of a loopback port nobody listens on.
+func closedURL(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return "http://" + addr
+}
+
+func wantErrIs(t *testing.T, what string, err, target error) {
+	t.Helper()
+	if !errors.Is(err, target) {
+		t.Errorf("%s: got error %v, want %v", what, err, target)
+	}
+}
+
+func mustNoErr(t *testing.T, what string, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}

@@ -1,0 +1,321 @@
+package keycloak
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
+
+	"github.com/espmdm/espmdm/core/model"
+)
+
+// service names Keycloak in *model.UnavailableError.
+const service = "keycloak"
+
+// maxBody bounds every response body the adapter reads.
+const maxBody = 8 << 20
+
+// tokenExpiryDelta is how long before its expiry the admin token is
+// replaced.
+const tokenExpiryDelta = 30 * time.Second
+
+// request is one Admin REST call.
+type request struct {
+	op     string // what the caller was doing, for error messages
+	method string
+	url    string
+	body   any  // marshalled as JSON when non-nil
+	auth   bool // send the admin bearer token
+	// sensitive marks calls whose request or response carries a client
+	// secret: their bodies are never quoted in errors.
+	sensitive bool
+}
+
+// response is a 2xx answer.
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// decode unmarshals the body into v.
+func (r response) decode(req request, v any) error {
+	if err := json.Unmarshal(r.body, v); err != nil {
+		// The body may hold a secret: say only what was wrong with it.
+		var syn *json.SyntaxError
+		var typ *json.UnmarshalTypeError
+		reason := "invalid JSON"
+		if errors.As(err, &typ) {
+			reason = "unexpected JSON type at " + typ.Field
+		} else if errors.As(err, &syn) {
+			reason = fmt.Sprintf("invalid JSON at offset %d", syn.Offset)
+		}
+		return unavailable(req.op, fmt.Errorf("undecodable response to %s: %s", req.method, reason))
+	}
+	return nil
+}
+
+func unavailable(op string, err error) error {
+	return &model.UnavailableError{Service: service, Err: fmt.Errorf("%s: %w", op, err)}
+}
+
+// failure is why one attempt failed, and whether repeating it may help.
+type failure struct {
+	err error // description; may wrap model.ErrNotFound or model.ErrConflict
+	// transient: a network error, a timeout or a 5xx.
+	transient bool
+	// notSent: failed before the admin request left (fetching the admin
+	// token), so repeating it is safe even for a non-idempotent call.
+	notSent bool
+	// refused: the admin API answered 401/403.
+	refused bool
+}
+
+// tokens caches the admin access token. The oauth2 ReuseTokenSource
+// replaces it tokenExpiryDelta before it expires; reset drops it after the
+// admin API refused it.
+type tokens struct {
+	fetch oauth2.TokenSource
+
+	mu     sync.Mutex
+	cached oauth2.TokenSource
+}
+
+// fetchToken asks the token endpoint for a new token on every call (the
+// caching is the ReuseTokenSource's).
+type fetchToken struct {
+	cc  *clientcredentials.Config
+	ctx context.Context
+}
+
+func (f fetchToken) Token() (*oauth2.Token, error) { return f.cc.Token(f.ctx) }
+
+func newTokens(cc *clientcredentials.Config, hc *http.Client, timeout time.Duration) *tokens {
+	// The token source keeps this context for every fetch: it only carries
+	// the HTTP client, whose Timeout bounds each fetch.
+	tc := *hc
+	tc.Timeout = timeout
+	ctx := context.WithValue(context.Background(), oauth2.HTTPClient, &tc)
+	t := &tokens{fetch: fetchToken{cc: cc, ctx: ctx}}
+	t.reset()
+	return t
+}
+
+func (t *tokens) reset() {
+	t.mu.Lock()
+	t.cached = oauth2.ReuseTokenSourceWithExpiry(nil, t.fetch, tokenExpiryDelta)
+	t.mu.Unlock()
+}
+
+// token returns a valid admin token, giving up when ctx ends.
+func (t *tokens) token(ctx context.Context) (*oauth2.Token, error) {
+	t.mu.Lock()
+	src := t.cached
+	t.mu.Unlock()
+	type result struct {
+		tok *oauth2.Token
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		tok, err := src.Token()
+		ch <- result{tok, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.tok, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// tokenError describes a failed admin token fetch without the response body
+// (which oauth2.RetrieveError's message includes).
+func tokenError(err error) *failure {
+	var re *oauth2.RetrieveError
+	if !errors.As(err, &re) || re.Response == nil {
+		// Network error or timeout: the url.Error names only the endpoint.
+		return &failure{err: fmt.Errorf("fetch admin token: %w", err), transient: true, notSent: true}
+	}
+	code := re.Response.StatusCode
+	switch {
+	case code >= 500:
+		return &failure{err: fmt.Errorf("fetch admin token: token endpoint answered HTTP %d", code), transient: true, notSent: true}
+	case code == http.StatusNotFound:
+		return &failure{err: errors.New("fetch admin token: token endpoint not found (HTTP 404): check the Keycloak URL and realm")}
+	default:
+		msg := fmt.Sprintf("fetch admin token: token endpoint refused the admin client credentials (HTTP %d", code)
+		if re.ErrorCode != "" {
+			msg += " " + re.ErrorCode
+		}
+		return &failure{err: errors.New(msg + "): check the admin client id and secret")}
+	}
+}
+
+// do runs req: at most MaxConcurrent at once, each attempt bounded by
+// Timeout, repeated with backoff on transient failures when req is
+// idempotent (or was not sent), and once more with a fresh admin token after
+// a 401/403. Non-2xx answers become domain errors.
+func (a *Admin) do(ctx context.Context, req request) (response, error) {
+	var payload []byte
+	if req.body != nil {
+		var err error
+		if payload, err = json.Marshal(req.body); err != nil {
+			return response{}, fmt.Errorf("%s: encode request: %w", req.op, err)
+		}
+	}
+	idempotent := req.method != http.MethodPost
+	refreshed := false
+	backoff := a.backoff
+	for retries := 0; ; {
+		resp, f := a.attempt(ctx, req, payload)
+		if f == nil {
+			return resp, nil
+		}
+		if ctx.Err() != nil {
+			return response{}, unavailable(req.op, fmt.Errorf("%w (%w)", ctx.Err(), f.err))
+		}
+		switch {
+		case f.refused && !refreshed:
+			// The token may have expired early or predate a role grant.
+			refreshed = true
+			a.tokens.reset()
+			continue
+		case f.transient && (idempotent || f.notSent) && retries < a.retries:
+			retries++
+			t := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return response{}, unavailable(req.op, fmt.Errorf("%w (%w)", ctx.Err(), f.err))
+			case <-t.C:
+			}
+			backoff *= 2
+			continue
+		}
+		if errors.Is(f.err, model.ErrNotFound) || errors.Is(f.err, model.ErrConflict) {
+			return response{}, fmt.Errorf("%s: %w", req.op, f.err)
+		}
+		return response{}, unavailable(req.op, f.err)
+	}
+}
+
+// attempt sends req once.
+func (a *Admin) attempt(ctx context.Context, req request, payload []byte) (response, *failure) {
+	select {
+	case a.sem <- struct{}{}:
+		defer func() { <-a.sem }()
+	case <-ctx.Done():
+		return response{}, &failure{err: ctx.Err()}
+	}
+	actx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	timedOut := func() bool { return ctx.Err() == nil && actx.Err() != nil }
+
+	var body io.Reader
+	if payload != nil {
+		body = bytes.NewReader(payload)
+	}
+	hreq, err := http.NewRequestWithContext(actx, req.method, req.url, body)
+	if err != nil {
+		return response{}, &failure{err: fmt.Errorf("build request: %w", err)}
+	}
+	hreq.Header.Set("Accept", "application/json")
+	if payload != nil {
+		hreq.Header.Set("Content-Type", "application/json")
+	}
+	if req.auth {
+		tok, err := a.tokens.token(actx)
+		if err != nil {
+			if timedOut() {
+				return response{}, &failure{err: fmt.Errorf("fetch admin token: timed out after %s", a.timeout), transient: true, notSent: true}
+			}
+			return response{}, tokenError(err)
+		}
+		tok.SetAuthHeader(hreq)
+	}
+
+	where := req.method + " " + a.redact(req.url)
+	hresp, err := a.http.Do(hreq)
+	if err != nil {
+		if timedOut() {
+			return response{}, &failure{err: fmt.Errorf("%s: timed out after %s", where, a.timeout), transient: true}
+		}
+		// *url.Error names method and URL; neither carries a secret.
+		return response{}, &failure{err: err, transient: true}
+	}
+	defer hresp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(hresp.Body, maxBody+1))
+	if err != nil {
+		return response{}, &failure{err: fmt.Errorf("%s: read response: %w", where, err), transient: true}
+	}
+	if len(data) > maxBody {
+		return response{}, &failure{err: fmt.Errorf("%s: response larger than %d bytes", where, maxBody)}
+	}
+	code := hresp.StatusCode
+	if code >= 200 && code < 300 {
+		return response{status: code, header: hresp.Header, body: data}, nil
+	}
+
+	what := fmt.Sprintf("%s: HTTP %d", where, code)
+	if !req.sensitive {
+		if m := errorMessage(data); m != "" {
+			what += " (" + m + ")"
+		}
+	}
+	switch {
+	case code == http.StatusNotFound:
+		return response{}, &failure{err: fmt.Errorf("%s: %w", what, model.ErrNotFound)}
+	case code == http.StatusConflict:
+		return response{}, &failure{err: fmt.Errorf("%s: %w", what, model.ErrConflict)}
+	case req.auth && (code == http.StatusUnauthorized || code == http.StatusForbidden):
+		return response{}, &failure{refused: true, err: fmt.Errorf("%s: the admin API refused the admin token: check the admin client's "+
+			"credentials, its realm-management roles (manage-clients, view-clients, query-clients) "+
+			"and that the Keycloak URL matches Keycloak's configured hostname", what)}
+	case code >= 500 || code == http.StatusTooManyRequests || code == http.StatusRequestTimeout:
+		return response{}, &failure{err: errors.New(what), transient: true}
+	default:
+		return response{}, &failure{err: fmt.Errorf("%s: Keycloak rejected the request", what)}
+	}
+}
+
+// redact shortens an admin URL to its path below the realm for messages.
+func (a *Admin) redact(u string) string {
+	if rest, ok := strings.CutPrefix(u, a.adminBase); ok {
+		if i := strings.IndexByte(rest, '?'); i >= 0 {
+			rest = rest[:i]
+		}
+		return rest
+	}
+	return u
+}
+
+// errorMessage extracts Keycloak's error text from an error body, bounded.
+func errorMessage(body []byte) string {
+	var e struct {
+		ErrorMessage     string `json:"errorMessage"`
+		Error            string `json:"error"`
+		ErrorDescription string `json:"error_description"`
+	}
+	if json.Unmarshal(body, &e) != nil {
+		return ""
+	}
+	m := e.ErrorMessage
+	if m == "" {
+		m = strings.TrimSpace(e.Error + " " + e.ErrorDescription)
+	}
+	const limit = 200
+	if len(m) > limit {
+		m = m[:limit] + "..."
+	}
+	return strings.ToValidUTF8(m, "?")
+}
