@@ -239,8 +239,8 @@ type fakeBlob struct {
 	open *atomic.Int64
 }
 
-func (b fakeBlob) Close() error   { b.open.Add(-1); return nil }
-func (b fakeBlob) Size() int64    { return b.Reader.Size() }
+func (b fakeBlob) Close() error { b.open.Add(-1); return nil }
+func (b fakeBlob) Size() int64  { return b.Reader.Size() }
 func (f *fakeCatalog) blob(data []byte) ports.Blob {
 	f.openBlobs.Add(1)
 	return fakeBlob{bytes.NewReader(data), &f.openBlobs}

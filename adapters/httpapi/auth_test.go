@@ -1,0 +1,102 @@
+package httpapi_test
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/espmdm/espmdm/adapters/httpapi"
+)
+
+func TestAdminAuth(t *testing.T) {
+	e := newEnv(t)
+	e.cat.addModel("sensor", "")
+	d := e.cat.addDevice(1, "abcd1234", true)
+	e.verifier.addDevice("tok-real-device", d)
+
+	read := func(token string) response { return e.get("/api/device-models", token) }
+	write := func(token string) response {
+		return e.sendJSON(http.MethodPost, "/api/device-models", token, `{"code":"new_one","name":"n"}`)
+	}
+	rawAuth := func(header string) response {
+		return e.do(request{method: http.MethodGet, path: "/api/device-models", header: map[string]string{"Authorization": header}})
+	}
+
+	tests := []struct {
+		name      string
+		call      func() response
+		want      int
+		wantAuthz string // WWW-Authenticate on 401
+	}{
+		{"admin reads", func() response { return read(tokAdmin) }, 200, ""},
+		{"viewer reads", func() response { return read(tokViewer) }, 200, ""},
+		{"admin writes", func() response { return write(tokAdmin) }, 201, ""},
+		{"viewer cannot write", func() response { return write(tokViewer) }, 403, ""},
+		{"no role cannot read", func() response { return read(tokNoRole) }, 403, ""},
+		{"device-role token cannot read", func() response { return read(tokDeviceLike) }, 403, ""},
+		{"device access token refused by the verifier", func() response { return read("tok-real-device") }, 401, `error="invalid_token"`},
+		{"missing token", func() response { return read("") }, 401, `Bearer realm="espmdm"`},
+		{"unknown token", func() response { return read("tok-forged") }, 401, `error="invalid_token"`},
+		{"basic scheme", func() response { return rawAuth("Basic YWxpY2U6c2VjcmV0") }, 401, `error="invalid_token"`},
+		{"bearer without token", func() response { return rawAuth("Bearer ") }, 401, ""},
+		{"lower-case scheme accepted", func() response { return rawAuth("bearer " + tokViewer) }, 200, ""},
+		{"unexpected verifier error is a 401", func() response { return read(tokWeird) }, 401, ""},
+		{"viewer cannot fetch provisioning secrets", func() response { return e.get("/api/devices/2/provisioning", tokViewer) }, 403, ""},
+		{"viewer cannot sync identity", func() response {
+			return e.do(request{method: http.MethodPost, path: "/api/devices/2/identity/sync", token: tokViewer})
+		}, 403, ""},
+		{"viewer cannot upload firmware", func() response {
+			return e.do(request{method: http.MethodPost, path: "/api/device-models/1/firmware", token: tokViewer,
+				body: strings.NewReader("\xe9"), contentType: "application/octet-stream"})
+		}, 403, ""},
+		{"viewer cannot delete", func() response {
+			return e.do(request{method: http.MethodDelete, path: "/api/devices/2", token: tokViewer})
+		}, 403, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := tt.call()
+			wantStatus(t, r, tt.want)
+			if tt.want >= 400 {
+				p := r.problem(t)
+				if strings.Contains(p.Detail, "exploded") || strings.Contains(p.Detail, "signature") {
+					t.Errorf("detail leaks verifier text: %q", p.Detail)
+				}
+			}
+			if tt.want == 401 {
+				got := r.header.Get("WWW-Authenticate")
+				if !strings.HasPrefix(got, "Bearer") || !strings.Contains(got, tt.wantAuthz) {
+					t.Errorf("WWW-Authenticate = %q, want Bearer with %q", got, tt.wantAuthz)
+				}
+			}
+		})
+	}
+}
+
+func TestAdminAuthIdentityProviderDown(t *testing.T) {
+	e := newEnv(t)
+	e.verifier.down = true
+	p := wantProblem(t, e.get("/api/device-models", tokAdmin), http.StatusBadGateway)
+	if strings.Contains(p.Detail, "10.0.0.7") || strings.Contains(p.Detail, "refused") {
+		t.Errorf("detail leaks the dependency error: %q", p.Detail)
+	}
+	if p.Type != "urn:espmdm:problem:upstream-unavailable" {
+		t.Errorf("type = %q", p.Type)
+	}
+}
+
+func TestAuthDisabled(t *testing.T) {
+	e := newEnv(t, withConfig(func(c *httpapi.Config) { c.AuthDisabled = true }))
+	wantStatus(t, e.get("/api/device-models", ""), http.StatusOK)
+	wantStatus(t, e.sendJSON(http.MethodPost, "/api/device-models", "", `{"code":"c","name":"n"}`), http.StatusCreated)
+	// The device API is never opened by AUTH_DISABLED.
+	wantProblem(t, e.get("/iot/config", ""), http.StatusUnauthorized)
+}
+
+func TestCustomRoles(t *testing.T) {
+	e := newEnv(t, withConfig(func(c *httpapi.Config) { c.AdminRole, c.ViewerRole = "boss", "offline_access" }))
+	// alice holds offline_access (the viewer role here) but not "boss".
+	wantStatus(t, e.get("/api/device-models", tokAdmin), http.StatusOK)
+	wantProblem(t, e.sendJSON(http.MethodPost, "/api/device-models", tokAdmin, `{"code":"c","name":"n"}`), http.StatusForbidden)
+	wantProblem(t, e.get("/api/device-models", tokViewer), http.StatusForbidden)
+}
