@@ -130,6 +130,12 @@ func (n *Notifier) Start(ctx context.Context) error {
 	}
 	n.cm, n.phase = cm, phaseRunning
 	close(n.started)
+	go func() {
+		// The manager also ends when ctx is cancelled without Stop, and
+		// OnConnectionDown is not called then.
+		<-cm.Done()
+		n.connected.Store(false)
+	}()
 	n.s.log.Info("mqtt notifier started", zap.String("broker", n.s.server.String()), zap.String("client_id", n.s.clientID))
 	return nil
 }
