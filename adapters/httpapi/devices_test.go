@@ -144,10 +144,10 @@ func TestDeviceErrors(t *testing.T) {
 func TestDeviceCreateConflictAndIdentityFailure(t *testing.T) {
 	e := newEnv(t)
 	e.cat.addModel("sensor", "")
-	e.cat.fail["CreateDevice"] = fmt.Errorf("key collision after retries: %w", model.ErrConflict)
+	e.cat.setFail("CreateDevice", fmt.Errorf("key collision after retries: %w", model.ErrConflict))
 	wantProblem(t, e.sendJSON(http.MethodPost, "/api/devices", tokAdmin, `{"device_model_id":1,"config":{}}`), http.StatusConflict)
 
-	e.cat.fail["CreateDevice"] = &model.UnavailableError{Service: "keycloak", Err: fmt.Errorf("POST https://kc.internal/admin/realms/iot/clients: 503")}
+	e.cat.setFail("CreateDevice", &model.UnavailableError{Service: "keycloak", Err: fmt.Errorf("POST https://kc.internal/admin/realms/iot/clients: 503")})
 	p := wantProblem(t, e.sendJSON(http.MethodPost, "/api/devices", tokAdmin, `{"device_model_id":1,"config":{}}`), http.StatusBadGateway)
 	if strings.Contains(p.Detail, "kc.internal") {
 		t.Errorf("detail leaks: %q", p.Detail)
@@ -296,12 +296,12 @@ func TestProvisioning(t *testing.T) {
 	wantProblem(t, e.get("/api/devices/999/provisioning", tokAdmin), http.StatusNotFound)
 	wantProblem(t, e.get("/api/devices/x/provisioning", tokAdmin), http.StatusBadRequest)
 
-	e.cat.fail["ProvisioningNVS"] = model.Invalid("size", "0x3000 is too small for the provisioning data")
+	e.cat.setFail("ProvisioningNVS", model.Invalid("size", "0x3000 is too small for the provisioning data"))
 	p := wantProblem(t, e.get(base+"?size=0x3000", tokAdmin), http.StatusBadRequest)
 	if p.Detail != "size: 0x3000 is too small for the provisioning data" {
 		t.Errorf("detail = %q", p.Detail)
 	}
-	e.cat.fail["Provisioning"] = &model.UnavailableError{Service: "keycloak", Err: fmt.Errorf("timeout")}
+	e.cat.setFail("Provisioning", &model.UnavailableError{Service: "keycloak", Err: fmt.Errorf("timeout")})
 	wantProblem(t, e.get(base+"?format=json", tokAdmin), http.StatusBadGateway)
 }
 
@@ -336,7 +336,8 @@ func TestIdentity(t *testing.T) {
 	wantProblem(t, e.do(request{method: http.MethodPost, path: "/api/devices/x/identity/sync", token: tokAdmin}), http.StatusBadRequest)
 
 	down := &model.UnavailableError{Service: "keycloak", Err: fmt.Errorf("dial tcp 10.1.1.1:8080: i/o timeout")}
-	e.cat.fail["IdentityStatus"], e.cat.fail["SyncIdentity"] = down, down
+	e.cat.setFail("IdentityStatus", down)
+	e.cat.setFail("SyncIdentity", down)
 	for _, r := range []response{
 		e.get(fmt.Sprintf("/api/devices/%d/identity", d.ID), tokViewer),
 		e.do(request{method: http.MethodPost, path: fmt.Sprintf("/api/devices/%d/identity/sync", d.ID), token: tokAdmin}),

@@ -79,6 +79,17 @@ func (f *fakeCatalog) enter(ctx context.Context, name string) error {
 
 func (f *fakeCatalog) id() int64 { f.nextID++; return f.nextID }
 
+// setFail makes method fail with err (nil: succeed again).
+func (f *fakeCatalog) setFail(method string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err == nil {
+		delete(f.fail, method)
+		return
+	}
+	f.fail[method] = err
+}
+
 func (f *fakeCatalog) addModel(code string, schema string) model.DeviceModel {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -434,8 +445,24 @@ type fakeDeviceAPI struct {
 	fail map[string]error
 }
 
+func (a *fakeDeviceAPI) setFail(method string, err error) {
+	a.cat.mu.Lock()
+	defer a.cat.mu.Unlock()
+	if err == nil {
+		delete(a.fail, method)
+		return
+	}
+	a.fail[method] = err
+}
+
+func (a *fakeDeviceAPI) failure(method string) error {
+	a.cat.mu.Lock()
+	defer a.cat.mu.Unlock()
+	return a.fail[method]
+}
+
 func (a *fakeDeviceAPI) AuthenticateDevice(ctx context.Context, c model.DeviceClaims) (model.Device, error) {
-	if err := a.fail["AuthenticateDevice"]; err != nil {
+	if err := a.failure("AuthenticateDevice"); err != nil {
 		return model.Device{}, err
 	}
 	a.cat.mu.Lock()
@@ -455,7 +482,7 @@ func (a *fakeDeviceAPI) AuthenticateDevice(ctx context.Context, c model.DeviceCl
 }
 
 func (a *fakeDeviceAPI) DeviceConfig(ctx context.Context, d model.Device, c model.DeviceClaims) (json.RawMessage, error) {
-	if err := a.fail["DeviceConfig"]; err != nil {
+	if err := a.failure("DeviceConfig"); err != nil {
 		return nil, err
 	}
 	return d.Config, nil

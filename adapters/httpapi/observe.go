@@ -88,11 +88,13 @@ func (s *Server) observe(c *fiber.Ctx) error {
 	}
 
 	status := c.Response().StatusCode()
+	method := c.Method()
 	route := routeUnmatched
-	if r := c.Route(); r != nil && r.Method != "USE" && len(r.Handlers) > 0 {
+	// After an unmatched request c.Route() is the last middleware passed
+	// (path "/"): only registered routes become labels.
+	if r := c.Route(); r != nil && s.routeSet[method+" "+r.Path] {
 		route = r.Path
 	}
-	method := c.Method()
 	elapsed := time.Since(start)
 	s.metrics.requests.WithLabelValues(method, route, strconv.Itoa(status)).Inc()
 	s.metrics.duration.WithLabelValues(method, route).Observe(elapsed.Seconds())

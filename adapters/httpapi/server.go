@@ -125,6 +125,8 @@ type Server struct {
 	app     *fiber.App
 
 	openAPI []byte
+	// routeSet holds "METHOD /template" of every registered route.
+	routeSet map[string]bool
 	// draining is set by Shutdown: readiness fails from then on.
 	draining atomic.Bool
 }
@@ -207,6 +209,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.app.Use(s.observe)
 	s.app.Use(recover.New(recover.Config{EnableStackTrace: true, StackTraceHandler: s.logPanic}))
 	s.routes()
+	s.routeSet = map[string]bool{}
+	for _, r := range s.app.GetRoutes(true) {
+		s.routeSet[r.Method+" "+r.Path] = true
+	}
 	return s, nil
 }
 
