@@ -39,32 +39,39 @@ func FuzzDecode(f *testing.F) {
 		f.Add(img)
 	}
 	f.Fuzz(func(t *testing.T, img []byte) {
-		entries, err := nvs.Decode(img)
-		if err != nil {
-			var fe *nvs.FormatError
-			if !errors.As(err, &fe) || !errors.Is(err, nvs.ErrFormat) {
-				t.Fatalf("Decode error %v is not a *FormatError", err)
-			}
-			if fe.Off < 0 || (len(img) > 0 && fe.Off >= int64(len(img))) {
-				t.Fatalf("FormatError offset %#x outside the %d-byte image", fe.Off, len(img))
-			}
-			return
-		}
-		out, err := nvs.Encode(entries, nvs.Options{Size: max(len(img), nvs.MinSize)})
-		if errors.Is(err, nvs.ErrNoSpace) {
-			return // the generator's layout can need more room than the device's
-		}
-		if err != nil {
-			t.Fatalf("Encode(Decode(img)): %v", err)
-		}
-		again, err := nvs.Decode(out)
-		if err != nil {
-			t.Fatalf("Decode(Encode(Decode(img))): %v", err)
-		}
-		if !reflect.DeepEqual(again, entries) {
-			t.Fatalf("round trip changed the entries:\n got %v\nwant %v", again, entries)
-		}
+		checkDecode(t, img)
+		// Again with valid CRCs, to reach the checks behind them.
+		checkDecode(t, fixCRCs(img))
 	})
+}
+
+func checkDecode(t *testing.T, img []byte) {
+	t.Helper()
+	entries, err := nvs.Decode(img)
+	if err != nil {
+		var fe *nvs.FormatError
+		if !errors.As(err, &fe) || !errors.Is(err, nvs.ErrFormat) {
+			t.Fatalf("Decode error %v is not a *FormatError", err)
+		}
+		if fe.Off < 0 || (len(img) > 0 && fe.Off >= int64(len(img))) {
+			t.Fatalf("FormatError offset %#x outside the %d-byte image", fe.Off, len(img))
+		}
+		return
+	}
+	out, err := nvs.Encode(entries, nvs.Options{Size: max(len(img), nvs.MinSize)})
+	if errors.Is(err, nvs.ErrNoSpace) {
+		return // the generator's layout can need more room than the device's
+	}
+	if err != nil {
+		t.Fatalf("Encode(Decode(img)): %v", err)
+	}
+	again, err := nvs.Decode(out)
+	if err != nil {
+		t.Fatalf("Decode(Encode(Decode(img))): %v", err)
+	}
+	if !reflect.DeepEqual(again, entries) {
+		t.Fatalf("round trip changed the entries:\n got %v\nwant %v", again, entries)
+	}
 }
 
 // FuzzReadCSV checks that ReadCSV never panics, returns errors wrapping

@@ -170,3 +170,31 @@ func runtimeImages(tb testing.TB) [][]byte {
 	}
 	return out
 }
+
+// fixCRCs returns a copy of img with every page header CRC, entry header CRC
+// and (where the size fits) item data CRC recomputed, so that fuzzing reaches
+// the structural checks behind the CRCs.
+func fixCRCs(img []byte) []byte {
+	b := append([]byte(nil), img...)
+	for off := 0; off+nvs.PageSize <= len(b); off += nvs.PageSize {
+		if binary.LittleEndian.Uint32(b[off:]) == 0xFFFFFFFF {
+			continue
+		}
+		fixPageCRC(b, off)
+		for i := range 126 {
+			if b[off+32+i/4]>>(i%4*2)&3 != 2 {
+				continue
+			}
+			e := off + 64 + 32*i
+			switch b[e+1] {
+			case 0x21, 0x41, 0x42:
+				size := int(binary.LittleEndian.Uint16(b[e+24:]))
+				if end := e + 32 + size; end <= off+nvs.PageSize {
+					binary.LittleEndian.PutUint32(b[e+28:], espCRC(b[e+32:end]))
+				}
+			}
+			fixEntryCRC(b, e)
+		}
+	}
+	return b
+}
