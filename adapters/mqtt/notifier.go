@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/eclipse/paho.golang/autopaho"
@@ -45,7 +44,35 @@ type Notifier struct {
 	phase   int // phaseNew, phaseRunning or phaseStopped
 	started chan struct{}
 
-	connected atomic.Bool
+	link link // whether the connection is up, as OnConnectionUp/Down saw it
+}
+
+// link tracks the connection for Connected and AwaitConnection. autopaho's
+// own AwaitConnection returns before OnConnectionUp has run, so it would
+// disagree with Connected for a moment.
+type link struct {
+	mu   sync.Mutex
+	isUp bool
+	up   chan struct{} // closed while the connection is up
+	stop chan struct{} // closed by Stop
+}
+
+func (l *link) set(isUp bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case isUp && !l.isUp:
+		close(l.up)
+	case !isUp && l.isUp:
+		l.up = make(chan struct{})
+	}
+	l.isUp = isUp
+}
+
+func (l *link) state() (isUp bool, up <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.isUp, l.up
 }
 
 const (
@@ -61,7 +88,8 @@ func New(cfg Config) (*Notifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Notifier{s: s, started: make(chan struct{})}
+	n := &Notifier{s: s, started: make(chan struct{}),
+		link: link{up: make(chan struct{}), stop: make(chan struct{})}}
 
 	var session *state.State
 	if s.queueDir == "" {
@@ -134,33 +162,38 @@ func (n *Notifier) Start(ctx context.Context) error {
 		// The manager also ends when ctx is cancelled without Stop, and
 		// OnConnectionDown is not called then.
 		<-cm.Done()
-		n.connected.Store(false)
+		n.link.set(false)
 	}()
 	n.s.log.Info("mqtt notifier started", zap.String("broker", n.s.server.String()), zap.String("client_id", n.s.clientID))
 	return nil
 }
 
 // Stop gives queued notifications up to DrainTimeout to be sent and
-// acknowledged while the broker is connected, then disconnects cleanly and waits for the connection
-// manager to finish, or for ctx to end. Notifications still queued stay in
-// the queue directory (with QueueDir) or are dropped (in memory). Stop is
-// idempotent; after it the notification methods return ErrNotRunning.
+// acknowledged while the broker is connected, then disconnects cleanly and
+// waits for the connection manager to finish, or for ctx to end.
+// Notifications still queued stay in the queue directory (with QueueDir) or
+// are dropped (in memory). Stop is idempotent; after it the notification
+// methods and AwaitConnection return ErrNotRunning.
 func (n *Notifier) Stop(ctx context.Context) error {
 	n.mu.Lock()
 	cm, phase := n.cm, n.phase
 	n.phase = phaseStopped
-	if phase == phaseNew {
-		close(n.started) // wakes AwaitConnection callers: ErrNotRunning
+	switch phase {
+	case phaseNew:
+		close(n.started)
+		close(n.link.stop) // AwaitConnection callers get ErrNotRunning
+	case phaseRunning:
+		close(n.link.stop)
 	}
 	n.mu.Unlock()
 	if phase != phaseRunning {
 		return nil
 	}
-	if n.connected.Load() {
+	if n.Connected() {
 		n.drain(ctx)
 	}
 	err := cm.Disconnect(ctx)
-	n.connected.Store(false)
+	n.link.set(false)
 	if err != nil {
 		return fmt.Errorf("mqtt: disconnect: %w", err)
 	}
@@ -199,7 +232,10 @@ func (n *Notifier) drain(ctx context.Context) {
 }
 
 // Connected reports whether the connection to the broker is up now.
-func (n *Notifier) Connected() bool { return n.connected.Load() }
+func (n *Notifier) Connected() bool {
+	isUp, _ := n.link.state()
+	return isUp
+}
 
 // AwaitConnection waits until the connection to the broker is up (called
 // before Start, it waits for Start too). It returns ctx's error when ctx
@@ -217,13 +253,17 @@ func (n *Notifier) AwaitConnection(ctx context.Context) error {
 	if phase != phaseRunning {
 		return ErrNotRunning
 	}
-	if err := cm.AwaitConnection(ctx); err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return fmt.Errorf("mqtt: %w", err)
+	_, up := n.link.state()
+	select {
+	case <-up:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.link.stop:
+		return ErrNotRunning
+	case <-cm.Done():
+		return errors.New("mqtt: connection manager ended (its context was cancelled)")
 	}
-	return nil
 }
 
 // RotationNudge queues an empty message on iotsupport/<clientID>/rotation.
@@ -283,13 +323,13 @@ func (n *Notifier) publish(ctx context.Context, op string, p *paho.Publish) erro
 }
 
 func (n *Notifier) onConnectionUp(_ *autopaho.ConnectionManager, ack *paho.Connack) {
-	n.connected.Store(true)
+	n.s.observe(OpConnect, nil) // before Connected turns true, so waiters see it counted
 	n.s.log.Info("mqtt: connected", zap.String("broker", n.s.server.String()), zap.Bool("session_present", ack.SessionPresent))
-	n.s.observe(OpConnect, nil)
+	n.link.set(true)
 }
 
 func (n *Notifier) onConnectionDown() bool {
-	n.connected.Store(false)
+	n.link.set(false)
 	n.s.log.Warn("mqtt: connection lost; reconnecting", zap.String("broker", n.s.server.String()))
 	n.s.observe(OpConnectionLost, nil)
 	return true

@@ -161,8 +161,10 @@ func TestBrokerOutage(t *testing.T) {
 	sub := subscribe(t, ctx, st.MQTTURL, "iotsupport/"+clientID+"/+", "iotsupport/"+code+"/firmware")
 	gate.set(false)
 	checkMessages(t, sub.receive(t, ctx, len(wants)), wants)
-	if !n.Connected() {
-		t.Error("Connected() = false after the queued messages were delivered")
+	// The queue is flushed as soon as the connection is up, which can be
+	// before OnConnectionUp has run.
+	if err := n.AwaitConnection(ctx); err != nil || !n.Connected() {
+		t.Errorf("after delivery: AwaitConnection = %v, Connected() = %v; want nil, true", err, n.Connected())
 	}
 	if ok, _ := obs.count(mqtt.OpConnectionLost); ok == 0 {
 		t.Error("Observe(connection_lost) not called")
