@@ -33,9 +33,12 @@ func usageError(format string, args ...any) error {
 }
 
 func newNVSGenerateCmd() *cobra.Command {
-	var version int
+	var (
+		version int
+		outdir  string
+	)
 	cmd := &cobra.Command{
-		Use:   "generate [--version 1|2] IN.csv... OUT.bin SIZE",
+		Use:   "generate [--version 1|2] [--outdir DIR] IN.csv... OUT.bin SIZE",
 		Short: "Build an NVS partition from ESP-IDF's CSV format",
 		Long: `Builds an NVS partition image from one or more CSV files in the format of
 ESP-IDF's nvs_partition_gen (key,type,encoding,value), byte for byte what
@@ -69,15 +72,19 @@ directory of their CSV file. The output file must end in .bin.`,
 			if err != nil {
 				return err
 			}
-			// Like the generator: create the output's directory and name
-			// the file by the working directory joined with the argument.
+			// Like the generator: a relative output goes under --outdir
+			// (default the working directory), whose parts are created.
 			abs := out
 			if !filepath.IsAbs(out) {
-				wd, err := os.Getwd()
-				if err != nil {
-					return err
+				dir := outdir
+				if dir == "" {
+					wd, err := os.Getwd()
+					if err != nil {
+						return err
+					}
+					dir = wd
 				}
-				abs = wd + string(filepath.Separator) + out
+				abs = strings.TrimSuffix(dir, string(filepath.Separator)) + string(filepath.Separator) + out
 			}
 			if err := os.MkdirAll(filepath.Dir(abs), 0o755); err != nil {
 				return err
@@ -97,6 +104,7 @@ directory of their CSV file. The output file must end in .bin.`,
 	}
 	cmd.Flags().IntVar(&version, "version", nvs.Version2,
 		"format version: 1 (multi-page blobs disabled) or 2 (multi-page blobs enabled)")
+	cmd.Flags().StringVar(&outdir, "outdir", "", "directory for a relative OUT.bin (default: the working directory)")
 	return cmd
 }
 

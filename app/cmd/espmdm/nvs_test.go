@@ -77,6 +77,18 @@ func TestNVSGenerateRelativeOutput(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "sub", "dir", "p.bin")); err != nil {
 		t.Error(err)
 	}
+
+	other := t.TempDir()
+	code, stdout, stderr = runCLI(t, "nvs", "generate", "--outdir", other, csv, "q.bin", "0x3000")
+	if code != 0 {
+		t.Fatalf("--outdir: exit %d: %s", code, stderr)
+	}
+	if want := "===> " + other + "/q.bin\n"; !strings.HasSuffix(stdout, want) {
+		t.Errorf("--outdir: stdout = %q, want it to end with %q", stdout, want)
+	}
+	if _, err := os.Stat(filepath.Join(other, "q.bin")); err != nil {
+		t.Error(err)
+	}
 }
 
 func TestNVSGenerateErrors(t *testing.T) {
