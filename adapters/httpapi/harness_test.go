@@ -1,7 +1,6 @@
 package httpapi_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -198,12 +197,3 @@ func wantProblem(t *testing.T, r response, want int) httpapi.Problem {
 	wantStatus(t, r, want)
 	return r.problem(t)
 }
-
-func must[T any](v T, err error) T {
-	if err != nil {
-		panic(err)
-	}
-	return v
-}
-
-func jsonBody(v any) io.Reader { return bytes.NewReader(must(json.Marshal(v))) }

@@ -177,7 +177,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		catalog: deps.Catalog,
 		devices: deps.Devices,
 		verify:  deps.Verifier,
-		log:     log,
+		log:     log.Named("http"),
 		gather:  gat,
 		metrics: m,
 		ready:   append([]ReadyCheck(nil), deps.ReadyChecks...),
