@@ -204,17 +204,8 @@ func (a *Admin) create(ctx context.Context, op, clientID string) (string, error)
 	return c.rep.ID, nil
 }
 
-// secret reads a client's current secret, which must not be empty.
+// secret reads a client's current secret.
 func (a *Admin) secret(ctx context.Context, op, uuid string) (string, error) {
-	v, err := a.readSecret(ctx, op, uuid)
-	if err == nil && v == "" {
-		err = unavailable(op, errors.New("keycloak returned an empty client secret"))
-	}
-	return v, err
-}
-
-// readSecret reads a client's current secret, "" when it has none.
-func (a *Admin) readSecret(ctx context.Context, op, uuid string) (string, error) {
 	req := request{op: op, method: http.MethodGet, url: a.clientURL(uuid, "client-secret"), auth: true, sensitive: true}
 	resp, err := a.do(ctx, req)
 	if err != nil {
@@ -226,7 +217,7 @@ func (a *Admin) readSecret(ctx context.Context, op, uuid string) (string, error)
 // masked is how Keycloak shows a secret to a caller without manage-clients.
 const masked = "**********"
 
-// secretValue decodes a CredentialRepresentation.
+// secretValue decodes the CredentialRepresentation of a client secret.
 func secretValue(req request, resp response) (string, error) {
 	var cred struct {
 		Value string `json:"value"`
@@ -234,7 +225,10 @@ func secretValue(req request, resp response) (string, error) {
 	if err := resp.decode(req, &cred); err != nil {
 		return "", err
 	}
-	if cred.Value == masked {
+	switch cred.Value {
+	case "":
+		return "", unavailable(req.op, errors.New("keycloak returned an empty client secret"))
+	case masked:
 		return "", unavailable(req.op, errors.New("keycloak masked the client secret: the admin client needs realm-management manage-clients"))
 	}
 	return cred.Value, nil
@@ -319,11 +313,7 @@ func (a *Admin) RegenerateSecret(ctx context.Context, clientID string) (secret s
 	if err != nil {
 		return "", err
 	}
-	secret, err = secretValue(req, resp)
-	if err == nil && secret == "" {
-		err = unavailable(op, errors.New("keycloak returned an empty client secret"))
-	}
-	return secret, err
+	return secretValue(req, resp)
 }
 
 // SetSecret implements ports.IdentityProvider.

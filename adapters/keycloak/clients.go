@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -175,7 +176,7 @@ func (a *Admin) lookup(ctx context.Context, op, clientID string) (*found, error)
 	for _, raw := range raws {
 		var c found
 		if err := json.Unmarshal(raw, &c.rep); err != nil {
-			return nil, resp.decode(req, &c.rep) // reports what was wrong, without the body
+			return nil, unavailable(op, errors.New("undecodable client representation"))
 		}
 		if c.rep.ClientID != clientID {
 			continue
@@ -183,7 +184,7 @@ func (a *Admin) lookup(ctx context.Context, op, clientID string) (*found, error)
 		dec := json.NewDecoder(bytes.NewReader(raw))
 		dec.UseNumber() // numbers go back unchanged
 		if err := dec.Decode(&c.raw); err != nil {
-			return nil, unavailable(op, fmt.Errorf("undecodable client representation"))
+			return nil, unavailable(op, errors.New("undecodable client representation"))
 		}
 		if c.rep.ID == "" {
 			return nil, unavailable(op, fmt.Errorf("keycloak returned client %s without an id", clientID))
@@ -290,14 +291,7 @@ func (a *Admin) repair(ctx context.Context, op string, c *found) error {
 		if _, err := a.do(ctx, request{op: op, method: http.MethodPut, url: a.clientURL(c.rep.ID), body: rep, auth: true, sensitive: true}); err != nil {
 			return err
 		}
-		// A client that was public may have no secret: give it one.
-		if v, err := a.readSecret(ctx, op, c.rep.ID); err != nil {
-			return err
-		} else if v == "" {
-			if _, err := a.do(ctx, request{op: op, method: http.MethodPost, url: a.clientURL(c.rep.ID, "client-secret"), auth: true, sensitive: true}); err != nil {
-				return err
-			}
-		}
+		// Keycloak gives a client it turns confidential a secret itself.
 	}
 	for _, s := range a.mapperSpecs() {
 		named, ok := s.in(c.rep.ProtocolMappers)

@@ -132,7 +132,6 @@ type keySet struct {
 	fetchMu     sync.Mutex // one fetch at a time
 	lastAttempt time.Time
 	lastErr     error // of the last attempt
-	fetches     int   // attempts, for tests
 }
 
 // key returns the key of kid. It returns a model.ErrUnavailable error when
@@ -191,7 +190,6 @@ func (s *keySet) refresh(ctx context.Context) error {
 		// against the next caller.
 		return err
 	}
-	s.fetches++
 	s.lastAttempt = s.now()
 	s.lastErr = err
 	if err != nil {
