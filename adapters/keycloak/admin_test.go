@@ -330,6 +330,47 @@ func TestRepairClient(t *testing.T) {
 		mustToken(t, st, id, secret)
 	})
 
+	t.Run("makes a public client confidential again", func(t *testing.T) {
+		id, _ := createClient(t, a)
+		rep := rawClient(t, st, id)
+		delete(rep, "secret")
+		rep["publicClient"] = true
+		if code, _ := adminAPI(t, st, http.MethodPut, "/clients/"+rep["id"].(string), rep); code != http.StatusNoContent {
+			t.Fatalf("make public: HTTP %d", code)
+		}
+		got, err := a.ClientStatus(t.Context(), id)
+		mustNoErr(t, "ClientStatus(public)", err)
+		if len(got.Problems) != 1 {
+			t.Errorf("ClientStatus(public): problems %q, want one", got.Problems)
+		}
+		got, err = a.RepairClient(t.Context(), id)
+		mustNoErr(t, "RepairClient(public)", err)
+		if len(got.Problems) != 0 {
+			t.Errorf("RepairClient(public): problems %q", got.Problems)
+		}
+		secret, err := a.ClientSecret(t.Context(), id)
+		mustNoErr(t, "ClientSecret(repaired)", err)
+		mustToken(t, st, id, secret)
+	})
+
+	t.Run("gives a client created public by hand a secret", func(t *testing.T) {
+		id := newClientID(t, a)
+		if code, body := adminAPI(t, st, http.MethodPost, "/clients", map[string]any{"clientId": id, "publicClient": true}); code != http.StatusCreated {
+			t.Fatalf("create public client: HTTP %d %s", code, body)
+		}
+		got, err := a.RepairClient(t.Context(), id)
+		mustNoErr(t, "RepairClient(created public)", err)
+		if !got.ServiceAccount || len(got.Problems) != 0 {
+			t.Errorf("RepairClient(created public): got %+v", got)
+		}
+		secret, err := a.ClientSecret(t.Context(), id)
+		mustNoErr(t, "ClientSecret(repaired)", err)
+		tok := mustToken(t, st, id, secret)
+		if _, err := newVerifier(t, verifierConfig(st)).VerifyDevice(t.Context(), tok); err != nil {
+			t.Errorf("VerifyDevice of the repaired client's token: %v", err)
+		}
+	})
+
 	t.Run("recreates a client deleted by hand", func(t *testing.T) {
 		id, _ := createClient(t, a)
 		uuid := rawClient(t, st, id)["id"].(string)
