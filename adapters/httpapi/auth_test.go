@@ -100,3 +100,17 @@ func TestCustomRoles(t *testing.T) {
 	wantProblem(t, e.sendJSON(http.MethodPost, "/api/device-models", tokAdmin, `{"code":"c","name":"n"}`), http.StatusForbidden)
 	wantProblem(t, e.get("/api/device-models", tokViewer), http.StatusForbidden)
 }
+
+// Keycloak access tokens with many roles run to several KiB: they must
+// reach the verifier instead of failing as oversized headers.
+func TestLargeTokenReachesVerifier(t *testing.T) {
+	e := newEnv(t)
+	big := "tok-" + strings.Repeat("A", 10<<10)
+	r := e.get("/api/device-models", big)
+	wantProblem(t, r, http.StatusUnauthorized)
+	e.verifier.mu.Lock()
+	defer e.verifier.mu.Unlock()
+	if n := len(e.verifier.seen); n == 0 || e.verifier.seen[n-1] != big {
+		t.Errorf("the verifier did not see the 10 KiB token")
+	}
+}
