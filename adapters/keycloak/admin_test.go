@@ -441,6 +441,7 @@ func TestKeycloakUnreachable(t *testing.T) {
 	}
 	for name, call := range calls {
 		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			// The adapter gives up by itself (a refused connection, two
 			// quick retries) long before this deadline.
 			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -42,7 +43,6 @@ type request struct {
 
 // response is a 2xx answer.
 type response struct {
-	status int
 	header http.Header
 	body   []byte
 }
@@ -219,7 +219,12 @@ func (a *Admin) attempt(ctx context.Context, req request, payload []byte) (respo
 	}
 	actx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
-	timedOut := func() bool { return ctx.Err() == nil && actx.Err() != nil }
+	// timedOut tells this attempt's timeout (or the token client's, set to
+	// the same) from the caller's end.
+	timedOut := func(err error) bool {
+		var ne net.Error
+		return ctx.Err() == nil && (actx.Err() != nil || (errors.As(err, &ne) && ne.Timeout()))
+	}
 
 	var body io.Reader
 	if payload != nil {
@@ -236,7 +241,7 @@ func (a *Admin) attempt(ctx context.Context, req request, payload []byte) (respo
 	if req.auth {
 		tok, err := a.tokens.token(actx)
 		if err != nil {
-			if timedOut() {
+			if timedOut(err) {
 				return response{}, &failure{err: fmt.Errorf("fetch admin token: timed out after %s", a.timeout), transient: true, notSent: true}
 			}
 			return response{}, tokenError(err)
@@ -247,7 +252,7 @@ func (a *Admin) attempt(ctx context.Context, req request, payload []byte) (respo
 	where := req.method + " " + a.redact(req.url)
 	hresp, err := a.http.Do(hreq)
 	if err != nil {
-		if timedOut() {
+		if timedOut(err) {
 			return response{}, &failure{err: fmt.Errorf("%s: timed out after %s", where, a.timeout), transient: true}
 		}
 		// *url.Error names method and URL; neither carries a secret.
@@ -263,7 +268,7 @@ func (a *Admin) attempt(ctx context.Context, req request, payload []byte) (respo
 	}
 	code := hresp.StatusCode
 	if code >= 200 && code < 300 {
-		return response{status: code, header: hresp.Header, body: data}, nil
+		return response{header: hresp.Header, body: data}, nil
 	}
 
 	what := fmt.Sprintf("%s: HTTP %d", where, code)
