@@ -396,7 +396,8 @@ func (a *Admin) Ping(ctx context.Context) (err error) {
 // error: the realm (or the URL) is wrong, no client is missing.
 func realmMissing(err error) error {
 	if errors.Is(err, model.ErrNotFound) {
-		return &model.UnavailableError{Service: service, Err: fmt.Errorf("realm not found (check the Keycloak URL and realm): %v", err)}
+		// Not wrapped: the error must stop matching ErrNotFound.
+		return &model.UnavailableError{Service: service, Err: errors.New("realm not found (check the Keycloak URL and realm): " + err.Error())}
 	}
 	return err
 }

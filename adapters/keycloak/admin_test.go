@@ -528,8 +528,11 @@ func TestWrongAdminCredentials(t *testing.T) {
 	cfg = adminConfig(st)
 	cfg.Realm = "no-such-realm-" + randomKey()
 	a = newAdmin(t, cfg)
-	if err := a.Ping(t.Context()); !errors.Is(err, model.ErrUnavailable) {
-		t.Errorf("Ping of a missing realm: got %v, want ErrUnavailable", err)
+	if err := a.Ping(t.Context()); !errors.Is(err, model.ErrUnavailable) || errors.Is(err, model.ErrNotFound) {
+		t.Errorf("Ping of a missing realm: got %v, want ErrUnavailable only", err)
+	}
+	if _, err := a.ClientStatus(t.Context(), model.ClientID("kc_test", randomKey())); !errors.Is(err, model.ErrUnavailable) || errors.Is(err, model.ErrNotFound) {
+		t.Errorf("ClientStatus in a missing realm: got %v, want ErrUnavailable only", err)
 	}
 }
 

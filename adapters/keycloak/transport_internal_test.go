@@ -1,0 +1,137 @@
+package keycloak
+
+import (
+	"errors"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/integration"
+)
+
+// tokenCounter counts the requests to the token endpoint.
+type tokenCounter struct{ n atomic.Int32 }
+
+func (c *tokenCounter) RoundTrip(r *http.Request) (*http.Response, error) {
+	if strings.HasSuffix(r.URL.Path, "/protocol/openid-connect/token") {
+		c.n.Add(1)
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// The admin token is cached; when the admin API refuses it (here: revoked
+// in Keycloak), the adapter fetches a new one once and repeats the call.
+func TestAdminRefetchesARefusedToken(t *testing.T) {
+	st := integration.Shared(t)
+	counter := &tokenCounter{}
+	a, err := NewAdmin(AdminConfig{
+		BaseURL: st.KeycloakURL, Realm: st.Realm, ClientID: st.AdminClientID, ClientSecret: st.AdminClientSecret,
+		DeviceAudience: st.DeviceAudience, HTTPClient: &http.Client{Transport: counter},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := a.ListDeviceClients(t.Context()); err != nil {
+			t.Fatalf("ListDeviceClients: %v", err)
+		}
+	}
+	if got := counter.n.Load(); got != 1 {
+		t.Errorf("token fetches for three calls: %d, want 1 (cached)", got)
+	}
+
+	tok, err := a.tokens.token(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	form := url.Values{"token": {tok.AccessToken}, "token_type_hint": {"access_token"},
+		"client_id": {st.AdminClientID}, "client_secret": {st.AdminClientSecret}}
+	resp, err := http.PostForm(st.IssuerURL+"/protocol/openid-connect/revoke", form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("revoke the admin token: HTTP %d", resp.StatusCode)
+	}
+
+	if _, err := a.ListDeviceClients(t.Context()); err != nil {
+		t.Fatalf("ListDeviceClients with a revoked cached token: %v", err)
+	}
+	if got := counter.n.Load(); got != 2 {
+		t.Errorf("token fetches after the revocation: %d, want 2", got)
+	}
+	fresh, err := a.tokens.token(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fresh.AccessToken == tok.AccessToken {
+		t.Errorf("the revoked token is still cached")
+	}
+	if fresh.Expiry.IsZero() {
+		t.Errorf("the admin token has no expiry: the cache could not refresh it early")
+	}
+}
+
+// adminCutOff passes token requests to Keycloak and sends admin API
+// requests to a port nobody listens on, counting them by method.
+type adminCutOff struct {
+	closed string // host:port
+	calls  sync.Map
+}
+
+func (c *adminCutOff) RoundTrip(r *http.Request) (*http.Response, error) {
+	if strings.Contains(r.URL.Path, "/admin/") {
+		n, _ := c.calls.LoadOrStore(r.Method, new(atomic.Int32))
+		n.(*atomic.Int32).Add(1)
+		r = r.Clone(r.Context())
+		r.URL.Host = c.closed
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+func (c *adminCutOff) count(method string) int32 {
+	n, ok := c.calls.Load(method)
+	if !ok {
+		return 0
+	}
+	return n.(*atomic.Int32).Load()
+}
+
+// Network failures are retried for GET (twice by default), never for the
+// POSTs that create a client or a secret.
+func TestOnlyIdempotentCallsAreRetried(t *testing.T) {
+	st := integration.Shared(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().String()
+	l.Close()
+	cut := &adminCutOff{closed: closed}
+	a, err := NewAdmin(AdminConfig{
+		BaseURL: st.KeycloakURL, Realm: st.Realm, ClientID: st.AdminClientID, ClientSecret: st.AdminClientSecret,
+		DeviceAudience: st.DeviceAudience, HTTPClient: &http.Client{Transport: cut}, RetryBackoff: time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.ClientStatus(t.Context(), "iotdevice-kc_test-aaaaaaaa"); !errors.Is(err, model.ErrUnavailable) {
+		t.Fatalf("ClientStatus: got %v, want ErrUnavailable", err)
+	}
+	if got := cut.count(http.MethodGet); got != 3 {
+		t.Errorf("GET attempts: %d, want 3", got)
+	}
+	if _, err := a.CreateClient(t.Context(), "iotdevice-kc_test-aaaaaaaa"); !errors.Is(err, model.ErrUnavailable) {
+		t.Fatalf("CreateClient: got %v, want ErrUnavailable", err)
+	}
+	if got := cut.count(http.MethodPost); got != 1 {
+		t.Errorf("POST attempts: %d, want 1", got)
+	}
+}
