@@ -108,7 +108,7 @@ func TestVerifyDeviceRefusesBadTokens(t *testing.T) {
 	}
 	parts := strings.Split(raw, ".")
 	enc := base64.RawURLEncoding.EncodeToString
-	tampered := maps(claims, "azp", model.ClientID("kc_test", "zzzzzzzz"))
+	tampered := withClaim(claims, "azp", model.ClientID("kc_test", "zzzzzzzz"))
 	tamperedPayload, _ := jwt.NewWithClaims(jwt.SigningMethodRS256, tampered).SigningString()
 
 	at := func(t time.Time) func() time.Time { return func() time.Time { return t } }
@@ -190,8 +190,8 @@ func TestVerifyDeviceRefusesBadTokens(t *testing.T) {
 	}
 }
 
-// maps returns a copy of c with key set to value.
-func maps(c jwt.MapClaims, key string, value any) jwt.MapClaims {
+// withClaim returns a copy of c with key set to value.
+func withClaim(c jwt.MapClaims, key string, value any) jwt.MapClaims {
 	out := jwt.MapClaims{}
 	for k, v := range c {
 		out[k] = v
