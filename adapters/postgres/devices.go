@@ -1,0 +1,207 @@
+package postgres
+
+import (
+	"context"
+	"time"
+
+	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/dialect/pgdialect"
+
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/ports"
+)
+
+// Page sizes of ListDevices.
+const (
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
+)
+
+// DeviceRepo stores devices in the devices table. Every device it returns
+// carries its model's code, loaded with a join.
+type DeviceRepo struct {
+	db *bun.DB
+}
+
+var _ ports.DeviceRepo = (*DeviceRepo)(nil)
+
+// NewDeviceRepo returns the device repository of db.
+func NewDeviceRepo(db *DB) *DeviceRepo { return &DeviceRepo{db: db.bun} }
+
+// selectDevices starts a query of devices joined with their model code.
+func selectDevices(idb bun.IDB, rows any) *bun.SelectQuery {
+	return idb.NewSelect().Model(rows).
+		ColumnExpr("d.*").
+		ColumnExpr("m.code AS model_code").
+		Join("JOIN device_models AS m ON m.id = d.device_model_id")
+}
+
+// CreateDevice implements ports.DeviceRepo. The database sets ID and
+// timestamps; a missing RotationState is OK.
+func (r *DeviceRepo) CreateDevice(ctx context.Context, d *model.Device) error {
+	row := deviceToRow(d)
+	row.ID = 0
+	row.CreatedAt, row.UpdatedAt = time.Time{}, time.Time{}
+	if row.RotationState == "" {
+		row.RotationState = string(model.RotationOK)
+	}
+	// The model code comes back from the same statement: a CTE inserts,
+	// the outer query joins the new row with its model.
+	ins := r.db.NewInsert().Model(&row).Returning("*")
+	var out deviceRow
+	err := r.db.NewSelect().
+		With("ins", ins).
+		TableExpr("ins AS d").
+		ColumnExpr("d.*").
+		ColumnExpr("m.code AS model_code").
+		Join("JOIN device_models AS m ON m.id = d.device_model_id").
+		Scan(ctx, &out)
+	if err != nil {
+		return translate("create device", err, fkMissingRef)
+	}
+	*d = deviceFromRow(&out)
+	return nil
+}
+
+// GetDevice implements ports.DeviceRepo.
+func (r *DeviceRepo) GetDevice(ctx context.Context, id int64) (model.Device, error) {
+	var row deviceRow
+	if err := selectDevices(r.db, &row).Where("d.id = ?", id).Scan(ctx); err != nil {
+		return model.Device{}, translate("get device", err, fkNone)
+	}
+	return deviceFromRow(&row), nil
+}
+
+// GetDeviceByKey implements ports.DeviceRepo.
+func (r *DeviceRepo) GetDeviceByKey(ctx context.Context, key string) (model.Device, error) {
+	var row deviceRow
+	if err := selectDevices(r.db, &row).Where("d.key = ?", key).Scan(ctx); err != nil {
+		return model.Device{}, translate("get device by key", err, fkNone)
+	}
+	return deviceFromRow(&row), nil
+}
+
+// ListDevices implements ports.DeviceRepo: devices with an ID above
+// f.AfterID that match every set filter, in ID order. A Limit outside
+// 1..MaxPageSize is DefaultPageSize when below 1 and MaxPageSize when above.
+// NextAfterID is set only when more rows follow (one extra row is read to
+// know).
+func (r *DeviceRepo) ListDevices(ctx context.Context, f ports.DeviceFilter) (ports.DevicePage, error) {
+	limit := f.Limit
+	switch {
+	case limit < 1:
+		limit = DefaultPageSize
+	case limit > MaxPageSize:
+		limit = MaxPageSize
+	}
+	rows := make([]deviceRow, 0, limit+1)
+	q := selectDevices(r.db, &rows).Where("d.id > ?", f.AfterID)
+	if f.ModelID != nil {
+		q = q.Where("d.device_model_id = ?", *f.ModelID)
+	}
+	if f.RotationState != nil {
+		q = q.Where("d.rotation_state = ?", string(*f.RotationState))
+	}
+	if f.Active != nil {
+		q = q.Where("d.active = ?", *f.Active)
+	}
+	if err := q.OrderExpr("d.id ASC").Limit(limit + 1).Scan(ctx); err != nil {
+		return ports.DevicePage{}, translate("list devices", err, fkNone)
+	}
+	var page ports.DevicePage
+	if len(rows) > limit {
+		rows = rows[:limit]
+		page.NextAfterID = rows[limit-1].ID
+	}
+	page.Devices = make([]model.Device, len(rows))
+	for i := range rows {
+		page.Devices[i] = deviceFromRow(&rows[i])
+	}
+	return page, nil
+}
+
+// UpdateDevice implements ports.DeviceRepo: in one transaction it locks the
+// device row (SELECT ... FOR UPDATE OF d, leaving the model row unlocked),
+// runs fn and writes every mutable column back. Concurrent updates of one
+// device therefore run one after the other and never lose a write. fn's
+// error aborts the transaction and is returned as is.
+func (r *DeviceRepo) UpdateDevice(ctx context.Context, id int64, fn func(*model.Device) error) (model.Device, error) {
+	var out model.Device
+	err := runInTx(ctx, r.db, "update device", func(ctx context.Context, tx bun.Tx) error {
+		var row deviceRow
+		if err := selectDevices(tx, &row).Where("d.id = ?", id).For("UPDATE OF d").Scan(ctx); err != nil {
+			return translate("update device: lock", err, fkNone)
+		}
+		cur := deviceFromRow(&row)
+		if err := fn(&cur); err != nil {
+			return err
+		}
+		next := deviceToRow(&cur)
+		next.ID, next.Key, next.DeviceModelID, next.ModelCode = row.ID, row.Key, row.DeviceModelID, row.ModelCode
+		next.CreatedAt = row.CreatedAt
+		if next.RotationState == "" {
+			next.RotationState = row.RotationState
+		}
+		if _, err := tx.NewUpdate().Model(&next).
+			Column(deviceMutableColumns...).
+			Set("updated_at = now()").
+			WherePK().
+			Returning("*").
+			Exec(ctx); err != nil {
+			return translate("update device", err, fkNone)
+		}
+		out = deviceFromRow(&next)
+		return nil
+	})
+	if err != nil {
+		return model.Device{}, err
+	}
+	return out, nil
+}
+
+// DeleteDevice implements ports.DeviceRepo.
+func (r *DeviceRepo) DeleteDevice(ctx context.Context, id int64) error {
+	res, err := r.db.NewDelete().Model((*deviceRow)(nil)).Where("id = ?", id).Exec(ctx)
+	if err != nil {
+		return translate("delete device", err, fkNone)
+	}
+	return requireOneRow("delete device", res)
+}
+
+// TouchLastSeen implements ports.DeviceRepo with one UPDATE that writes only
+// when last_seen_at is unset or older than at - minInterval. It leaves
+// updated_at alone (being seen is not a change of the device), and a
+// missing device is not an error: there is nothing to touch.
+func (r *DeviceRepo) TouchLastSeen(ctx context.Context, id int64, at time.Time, minInterval time.Duration) error {
+	at = at.UTC()
+	_, err := r.db.NewUpdate().Model((*deviceRow)(nil)).
+		Set("last_seen_at = ?", at).
+		Where("id = ?", id).
+		Where("last_seen_at IS NULL OR last_seen_at < ?", at.Add(-minInterval)).
+		Exec(ctx)
+	if err != nil {
+		return translate("touch device last seen", err, fkNone)
+	}
+	return nil
+}
+
+// DeviceKeysExist implements ports.DeviceRepo with one query
+// (key = ANY($1)).
+func (r *DeviceRepo) DeviceKeysExist(ctx context.Context, keys []string) (map[string]bool, error) {
+	found := make(map[string]bool)
+	if len(keys) == 0 {
+		return found, nil
+	}
+	var existing []string
+	err := r.db.NewSelect().Model((*deviceRow)(nil)).
+		Column("d.key").
+		Where("d.key = ANY(?)", pgdialect.Array(keys)).
+		Scan(ctx, &existing)
+	if err != nil {
+		return nil, translate("check device keys", err, fkNone)
+	}
+	for _, k := range existing {
+		found[k] = true
+	}
+	return found, nil
+}

@@ -1,0 +1,17 @@
+// Package postgres implements espmdm's repositories (ports.ModelRepo,
+// ports.DeviceRepo, ports.FirmwareRepo) on PostgreSQL with uptrace/bun over
+// pgdriver, and carries the schema as embedded migrations.
+//
+// Open connects and pings; Migrate applies the embedded migrations under a
+// PostgreSQL advisory lock, so replicas starting together do not race;
+// MigrationStatus tells a readiness probe whether any are pending.
+//
+// Errors are translated at this boundary: a missing row is model.ErrNotFound,
+// a unique or foreign-key violation model.ErrConflict (or ErrNotFound for a
+// device of a missing model), a connection failure or timeout a
+// *model.UnavailableError for "postgres". Other database errors are reported
+// by SQLSTATE and constraint name only, never with SQL text or values.
+//
+// Timestamps are stored as timestamptz and always returned in UTC, at the
+// microsecond precision PostgreSQL keeps.
+package postgres

@@ -1,0 +1,3 @@
+DROP TABLE IF EXISTS firmware;
+DROP TABLE IF EXISTS devices;
+DROP TABLE IF EXISTS device_models;

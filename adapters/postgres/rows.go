@@ -1,0 +1,203 @@
+package postgres
+
+import (
+	"bytes"
+	"encoding/json"
+	"time"
+
+	"github.com/uptrace/bun"
+
+	"github.com/espmdm/espmdm/core/model"
+)
+
+// Rows are this package's own types; the core structs carry no tags.
+
+type modelRow struct {
+	bun.BaseModel `bun:"table:device_models,alias:m"`
+
+	ID              int64           `bun:"id,pk,autoincrement"`
+	Code            string          `bun:"code,notnull"`
+	Name            string          `bun:"name,notnull"`
+	FirmwareVersion *string         `bun:"firmware_version"`
+	ConfigSchema    json.RawMessage `bun:"config_schema,type:jsonb,nullzero"`
+	CreatedAt       time.Time       `bun:"created_at,notnull,nullzero,default:now()"`
+	UpdatedAt       time.Time       `bun:"updated_at,notnull,nullzero,default:now()"`
+}
+
+type deviceRow struct {
+	bun.BaseModel `bun:"table:devices,alias:d"`
+
+	ID            int64  `bun:"id,pk,autoincrement"`
+	Key           string `bun:"key,notnull"`
+	DeviceModelID int64  `bun:"device_model_id,notnull"`
+	// ModelCode comes from the join with device_models.
+	ModelCode     string          `bun:"model_code,scanonly"`
+	Config        json.RawMessage `bun:"config,type:jsonb,notnull"`
+	Active        bool            `bun:"active,notnull"`
+	RotationState string          `bun:"rotation_state,notnull"`
+
+	SecretCreatedAt         *time.Time `bun:"secret_created_at"`
+	LastRotationAttemptAt   *time.Time `bun:"last_rotation_attempt_at"`
+	LastRotationCompletedAt *time.Time `bun:"last_rotation_completed_at"`
+	LastSeenAt              *time.Time `bun:"last_seen_at"`
+	NewSecretAt             *time.Time `bun:"new_secret_at"`
+	PreviousSecret          []byte     `bun:"previous_secret,type:bytea,nullzero"`
+
+	CreatedAt time.Time `bun:"created_at,notnull,nullzero,default:now()"`
+	UpdatedAt time.Time `bun:"updated_at,notnull,nullzero,default:now()"`
+}
+
+// deviceMutableColumns are the columns UpdateDevice writes: everything but
+// id, key, device_model_id and created_at (updated_at is set separately).
+var deviceMutableColumns = []string{
+	"config", "active", "rotation_state",
+	"secret_created_at", "last_rotation_attempt_at", "last_rotation_completed_at",
+	"last_seen_at", "new_secret_at", "previous_secret",
+}
+
+type firmwareRow struct {
+	bun.BaseModel `bun:"table:firmware,alias:f"`
+
+	ID            int64     `bun:"id,pk,autoincrement"`
+	DeviceModelID int64     `bun:"device_model_id,notnull"`
+	Version       string    `bun:"version,notnull"`
+	ProjectName   string    `bun:"project_name,notnull"`
+	IDFVersion    string    `bun:"idf_version,notnull"`
+	Chip          string    `bun:"chip,notnull"`
+	ChipID        int       `bun:"chip_id,notnull"`
+	SHA256        string    `bun:"sha256,notnull"`
+	Size          int64     `bun:"size,notnull"`
+	UploadedAt    time.Time `bun:"uploaded_at,notnull,nullzero,default:now()"`
+}
+
+func modelToRow(m *model.DeviceModel) modelRow {
+	r := modelRow{
+		ID:           m.ID,
+		Code:         m.Code,
+		Name:         m.Name,
+		ConfigSchema: jsonOrNil(m.ConfigSchema),
+		CreatedAt:    utc(m.CreatedAt),
+		UpdatedAt:    utc(m.UpdatedAt),
+	}
+	if m.FirmwareVersion != "" {
+		v := m.FirmwareVersion
+		r.FirmwareVersion = &v
+	}
+	return r
+}
+
+func modelFromRow(r *modelRow) model.DeviceModel {
+	m := model.DeviceModel{
+		ID:           r.ID,
+		Code:         r.Code,
+		Name:         r.Name,
+		ConfigSchema: jsonOrNil(r.ConfigSchema),
+		CreatedAt:    utc(r.CreatedAt),
+		UpdatedAt:    utc(r.UpdatedAt),
+	}
+	if r.FirmwareVersion != nil {
+		m.FirmwareVersion = *r.FirmwareVersion
+	}
+	return m
+}
+
+func deviceToRow(d *model.Device) deviceRow {
+	return deviceRow{
+		ID:                      d.ID,
+		Key:                     d.Key,
+		DeviceModelID:           d.DeviceModelID,
+		ModelCode:               d.ModelCode,
+		Config:                  d.Config,
+		Active:                  d.Active,
+		RotationState:           string(d.RotationState),
+		SecretCreatedAt:         utcPtr(d.SecretCreatedAt),
+		LastRotationAttemptAt:   utcPtr(d.LastRotationAttemptAt),
+		LastRotationCompletedAt: utcPtr(d.LastRotationCompletedAt),
+		LastSeenAt:              utcPtr(d.LastSeenAt),
+		NewSecretAt:             utcPtr(d.NewSecretAt),
+		PreviousSecret:          bytesOrNil(d.PreviousSecret),
+		CreatedAt:               utc(d.CreatedAt),
+		UpdatedAt:               utc(d.UpdatedAt),
+	}
+}
+
+func deviceFromRow(r *deviceRow) model.Device {
+	return model.Device{
+		ID:                      r.ID,
+		Key:                     r.Key,
+		DeviceModelID:           r.DeviceModelID,
+		ModelCode:               r.ModelCode,
+		Config:                  r.Config,
+		Active:                  r.Active,
+		RotationState:           model.RotationState(r.RotationState),
+		SecretCreatedAt:         utcPtr(r.SecretCreatedAt),
+		LastRotationAttemptAt:   utcPtr(r.LastRotationAttemptAt),
+		LastRotationCompletedAt: utcPtr(r.LastRotationCompletedAt),
+		LastSeenAt:              utcPtr(r.LastSeenAt),
+		NewSecretAt:             utcPtr(r.NewSecretAt),
+		PreviousSecret:          bytesOrNil(r.PreviousSecret),
+		CreatedAt:               utc(r.CreatedAt),
+		UpdatedAt:               utc(r.UpdatedAt),
+	}
+}
+
+func firmwareToRow(f *model.Firmware) firmwareRow {
+	return firmwareRow{
+		ID:            f.ID,
+		DeviceModelID: f.DeviceModelID,
+		Version:       f.Version,
+		ProjectName:   f.ProjectName,
+		IDFVersion:    f.IDFVersion,
+		Chip:          f.Chip,
+		ChipID:        f.ChipID,
+		SHA256:        f.SHA256,
+		Size:          f.Size,
+		UploadedAt:    utc(f.UploadedAt),
+	}
+}
+
+func firmwareFromRow(r *firmwareRow) model.Firmware {
+	return model.Firmware{
+		ID:            r.ID,
+		DeviceModelID: r.DeviceModelID,
+		Version:       r.Version,
+		ProjectName:   r.ProjectName,
+		IDFVersion:    r.IDFVersion,
+		Chip:          r.Chip,
+		ChipID:        r.ChipID,
+		SHA256:        r.SHA256,
+		Size:          r.Size,
+		UploadedAt:    utc(r.UploadedAt),
+	}
+}
+
+// jsonOrNil maps an absent value and JSON null to nil (SQL NULL).
+func jsonOrNil(r json.RawMessage) json.RawMessage {
+	t := bytes.TrimSpace(r)
+	if len(t) == 0 || string(t) == "null" {
+		return nil
+	}
+	return r
+}
+
+func bytesOrNil(b []byte) []byte {
+	if b == nil {
+		return nil
+	}
+	return bytes.Clone(b)
+}
+
+func utc(t time.Time) time.Time {
+	if t.IsZero() {
+		return time.Time{}
+	}
+	return t.UTC()
+}
+
+func utcPtr(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
