@@ -1,0 +1,211 @@
+// Package fsstore implements ports.FirmwareStore on the local filesystem:
+// each binary is FIRMWARE_DIR/<model_code>/<sha256>.bin, written
+// atomically (a temporary file in the same directory, fsync, rename, fsync
+// of the directory), so a reader sees either nothing or the whole file.
+//
+// Model codes and digests are checked against strict patterns before they
+// become path elements, and every file operation goes through an os.Root
+// opened on the store directory, so neither "../" nor a planted symlink
+// can reach outside it.
+package fsstore
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"regexp"
+
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/ports"
+)
+
+// Store is a FirmwareStore in one directory. It is safe for concurrent use.
+type Store struct {
+	root *os.Root
+}
+
+var _ ports.FirmwareStore = (*Store)(nil)
+
+const (
+	dirPerm  = 0o750
+	filePerm = 0o640
+	tmpStart = ".upload-"
+)
+
+var sha256Pattern = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// New opens (creating it when missing) the store directory dir.
+func New(dir string) (*Store, error) {
+	if dir == "" {
+		return nil, errors.New("fsstore: empty firmware directory")
+	}
+	if err := os.MkdirAll(dir, dirPerm); err != nil {
+		return nil, fmt.Errorf("fsstore: create firmware directory: %w", err)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("fsstore: open firmware directory: %w", err)
+	}
+	return &Store{root: root}, nil
+}
+
+// Dir is the store directory.
+func (s *Store) Dir() string { return s.root.Name() }
+
+// Close releases the store directory.
+func (s *Store) Close() error { return s.root.Close() }
+
+// relPath checks modelCode and digest and returns the file's path inside
+// the store.
+func relPath(modelCode, digest string) (dir, file string, err error) {
+	if !model.ModelCodePattern.MatchString(modelCode) {
+		return "", "", model.Invalid("model_code", "must match %s", model.ModelCodePattern)
+	}
+	if !sha256Pattern.MatchString(digest) {
+		return "", "", model.Invalid("sha256", "must be 64 lower-case hex digits")
+	}
+	return modelCode, path.Join(modelCode, digest+".bin"), nil
+}
+
+// Put implements ports.FirmwareStore. data must hash to digest (a mismatch
+// is a *model.ValidationError and writes nothing). Putting an existing
+// binary again replaces it with the same bytes.
+func (s *Store) Put(ctx context.Context, modelCode, digest string, data []byte) (err error) {
+	dir, file, err := relPath(modelCode, digest)
+	if err != nil {
+		return err
+	}
+	if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != digest {
+		return model.Invalid("sha256", "does not match the content")
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.ensureDir(dir); err != nil {
+		return err
+	}
+
+	tmp, f, err := s.createTemp(dir)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if f != nil {
+			_ = f.Close()
+		}
+		if err != nil {
+			_ = s.root.Remove(tmp)
+		}
+	}()
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("fsstore: write %s: %w", file, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsstore: sync %s: %w", file, err)
+	}
+	cerr := f.Close()
+	f = nil
+	if cerr != nil {
+		return fmt.Errorf("fsstore: close %s: %w", file, cerr)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.root.Rename(tmp, file); err != nil {
+		return fmt.Errorf("fsstore: rename into %s: %w", file, err)
+	}
+	return s.syncDir(dir)
+}
+
+// ensureDir creates the model directory; a new directory's entry is made
+// durable by syncing the store directory.
+func (s *Store) ensureDir(dir string) error {
+	err := s.root.Mkdir(dir, dirPerm)
+	switch {
+	case err == nil:
+		return s.syncDir(".")
+	case errors.Is(err, fs.ErrExist):
+		fi, serr := s.root.Lstat(dir)
+		if serr != nil {
+			return fmt.Errorf("fsstore: stat %s: %w", dir, serr)
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("fsstore: %s exists and is not a directory", dir)
+		}
+		return nil
+	default:
+		return fmt.Errorf("fsstore: create %s: %w", dir, err)
+	}
+}
+
+// createTemp creates a new, exclusively owned temporary file in dir.
+func (s *Store) createTemp(dir string) (string, *os.File, error) {
+	for range 10 {
+		name := path.Join(dir, tmpStart+rand.Text()+".tmp")
+		f, err := s.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return "", nil, fmt.Errorf("fsstore: create temporary file in %s: %w", dir, err)
+		}
+		return name, f, nil
+	}
+	return "", nil, fmt.Errorf("fsstore: create temporary file in %s: names keep colliding", dir)
+}
+
+func (s *Store) syncDir(dir string) error {
+	d, err := s.root.Open(dir)
+	if err != nil {
+		return fmt.Errorf("fsstore: open %s for sync: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsstore: sync directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Open implements ports.FirmwareStore. A binary that is not stored is
+// model.ErrNotFound. The caller closes the blob.
+func (s *Store) Open(ctx context.Context, modelCode, digest string) (ports.Blob, error) {
+	_, file, err := relPath(modelCode, digest)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := s.root.Open(file)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("fsstore: firmware %s of %s: %w", digest, modelCode, model.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fsstore: open %s: %w", file, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("fsstore: stat %s: %w", file, err)
+	}
+	if !fi.Mode().IsRegular() {
+		_ = f.Close()
+		return nil, fmt.Errorf("fsstore: %s is not a regular file", file)
+	}
+	return &blob{File: f, size: fi.Size()}, nil
+}
+
+// blob is an open binary. Files are never modified in place (only replaced
+// by rename), so the size taken at open stays true for this handle.
+type blob struct {
+	*os.File
+	size int64
+}
+
+func (b *blob) Size() int64 { return b.size }
