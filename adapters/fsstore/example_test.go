@@ -1,0 +1,50 @@
+package fsstore_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log"
+	"os"
+
+	"github.com/espmdm/espmdm/adapters/fsstore"
+)
+
+func Example() {
+	dir, err := os.MkdirTemp("", "firmware")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+
+	store, err := fsstore.New(dir) // FIRMWARE_DIR
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer store.Close()
+
+	ctx := context.Background()
+	image := []byte("an ESP32 application image")
+	sum := sha256.Sum256(image)
+	digest := hex.EncodeToString(sum[:])
+	if err := store.Put(ctx, "thermo_v2", digest, image); err != nil {
+		log.Fatal(err)
+	}
+
+	blob, err := store.Open(ctx, "thermo_v2", digest)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer blob.Close()
+	if _, err := blob.Seek(3, io.SeekStart); err != nil { // as for a Range request
+		log.Fatal(err)
+	}
+	rest, err := io.ReadAll(blob)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(blob.Size(), string(rest))
+	// Output: 26 ESP32 application image
+}

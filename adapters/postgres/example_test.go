@@ -1,0 +1,46 @@
+package postgres_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log"
+	"os"
+
+	"github.com/espmdm/espmdm/adapters/postgres"
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/ports"
+)
+
+// Open the database, bring the schema up to date and use the repositories.
+// (Not run as a test: it needs a database at DATABASE_URL.)
+func Example() {
+	ctx := context.Background()
+	db, err := postgres.Open(ctx, os.Getenv("DATABASE_URL"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Migrate(ctx); err != nil {
+		log.Fatal(err)
+	}
+
+	var models ports.ModelRepo = postgres.NewModelRepo(db)
+	var devices ports.DeviceRepo = postgres.NewDeviceRepo(db)
+
+	m := model.DeviceModel{Code: "thermo_v2", Name: "Thermostat v2"}
+	if err := models.CreateModel(ctx, &m); err != nil {
+		log.Fatal(err)
+	}
+	d := model.Device{Key: "k3y0k3y0", DeviceModelID: m.ID, Config: json.RawMessage(`{"setpoint": 21}`), Active: true}
+	if err := devices.CreateDevice(ctx, &d); err != nil {
+		log.Fatal(err)
+	}
+	page, err := devices.ListDevices(ctx, ports.DeviceFilter{ModelID: &m.ID, Limit: 50})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, d := range page.Devices {
+		fmt.Println(d.ClientID())
+	}
+}
