@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"log"
 	"os"
 
 	"github.com/espmdm/espmdm/adapters/fsstore"
@@ -15,13 +14,13 @@ import (
 func Example() {
 	dir, err := os.MkdirTemp("", "firmware")
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	defer os.RemoveAll(dir)
 
 	store, err := fsstore.New(dir) // FIRMWARE_DIR
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	defer store.Close()
 
@@ -30,20 +29,20 @@ func Example() {
 	sum := sha256.Sum256(image)
 	digest := hex.EncodeToString(sum[:])
 	if err := store.Put(ctx, "thermo_v2", digest, image); err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 
 	blob, err := store.Open(ctx, "thermo_v2", digest)
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	defer blob.Close()
 	if _, err := blob.Seek(3, io.SeekStart); err != nil { // as for a Range request
-		log.Fatal(err)
+		panic(err)
 	}
 	rest, err := io.ReadAll(blob)
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	fmt.Println(blob.Size(), string(rest))
 	// Output: 26 ESP32 application image

@@ -3,6 +3,9 @@
 // atomically (a temporary file in the same directory, fsync, rename, fsync
 // of the directory), so a reader sees either nothing or the whole file.
 //
+// New also deletes temporary files an interrupted Put left behind (older
+// than an hour).
+//
 // Model codes and digests are checked against strict patterns before they
 // become path elements, and every file operation goes through an os.Root
 // opened on the store directory, so neither "../" nor a planted symlink
@@ -20,6 +23,8 @@ import (
 	"os"
 	"path"
 	"regexp"
+	"strings"
+	"time"
 
 	"github.com/espmdm/espmdm/core/model"
 	"github.com/espmdm/espmdm/ports"
@@ -52,7 +57,40 @@ func New(dir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fsstore: open firmware directory: %w", err)
 	}
-	return &Store{root: root}, nil
+	s := &Store{root: root}
+	s.removeStaleTemps(time.Now().Add(-staleTempAge))
+	return s, nil
+}
+
+// staleTempAge is how old a temporary file must be before New deletes it
+// as the leftover of an interrupted Put.
+const staleTempAge = time.Hour
+
+// removeStaleTemps deletes temporary files older than cutoff from the model
+// directories, best effort: a failure here costs disk space, not
+// correctness.
+func (s *Store) removeStaleTemps(cutoff time.Time) {
+	dirs, err := fs.ReadDir(s.root.FS(), ".")
+	if err != nil {
+		return
+	}
+	for _, d := range dirs {
+		if !d.IsDir() || !model.ModelCodePattern.MatchString(d.Name()) {
+			continue
+		}
+		files, err := fs.ReadDir(s.root.FS(), d.Name())
+		if err != nil {
+			continue
+		}
+		for _, f := range files {
+			if !f.Type().IsRegular() || !strings.HasPrefix(f.Name(), tmpStart) || !strings.HasSuffix(f.Name(), ".tmp") {
+				continue
+			}
+			if fi, err := f.Info(); err == nil && fi.ModTime().Before(cutoff) {
+				_ = s.root.Remove(path.Join(d.Name(), f.Name()))
+			}
+		}
+	}
 }
 
 // Dir is the store directory.

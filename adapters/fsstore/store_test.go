@@ -245,3 +245,38 @@ func TestNewRefusesAFileAsDirectory(t *testing.T) {
 		t.Errorf("New(\"\") succeeded")
 	}
 }
+
+func TestNewRemovesStaleTemporaryFiles(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "m1"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-2 * time.Hour)
+	files := map[string]bool{ // name -> should survive
+		".upload-OLD.tmp":   false,
+		".upload-FRESH.tmp": true,
+		"keep.bin":          true,
+	}
+	for name := range files {
+		p := filepath.Join(dir, "m1", name)
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if name != ".upload-FRESH.tmp" {
+			if err := os.Chtimes(p, old, old); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	s, err := fsstore.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for name, survive := range files {
+		_, err := os.Stat(filepath.Join(dir, "m1", name))
+		if got := err == nil; got != survive {
+			t.Errorf("%s: exists %v after New, want %v", name, got, survive)
+		}
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log"
 	"os"
 
 	"github.com/espmdm/espmdm/adapters/postgres"
@@ -18,11 +17,11 @@ func Example() {
 	ctx := context.Background()
 	db, err := postgres.Open(ctx, os.Getenv("DATABASE_URL"))
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	defer db.Close()
 	if err := db.Migrate(ctx); err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 
 	var models ports.ModelRepo = postgres.NewModelRepo(db)
@@ -30,15 +29,15 @@ func Example() {
 
 	m := model.DeviceModel{Code: "thermo_v2", Name: "Thermostat v2"}
 	if err := models.CreateModel(ctx, &m); err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	d := model.Device{Key: "k3y0k3y0", DeviceModelID: m.ID, Config: json.RawMessage(`{"setpoint": 21}`), Active: true}
 	if err := devices.CreateDevice(ctx, &d); err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	page, err := devices.ListDevices(ctx, ports.DeviceFilter{ModelID: &m.ID, Limit: 50})
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	for _, d := range page.Devices {
 		fmt.Println(d.ClientID())
