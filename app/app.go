@@ -1,0 +1,363 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/fx"
+	"go.uber.org/fx/fxevent"
+	"go.uber.org/zap"
+
+	"github.com/espmdm/espmdm/adapters/clock"
+	"github.com/espmdm/espmdm/adapters/fsstore"
+	"github.com/espmdm/espmdm/adapters/httpapi"
+	"github.com/espmdm/espmdm/adapters/keycloak"
+	"github.com/espmdm/espmdm/adapters/mqtt"
+	"github.com/espmdm/espmdm/adapters/postgres"
+	"github.com/espmdm/espmdm/adapters/secretbox"
+	"github.com/espmdm/espmdm/core/mdm"
+	"github.com/espmdm/espmdm/ports"
+)
+
+// StartTimeout bounds fx start-up: migrations and the first connection to
+// a slow database need more than fx's 15 s default.
+const StartTimeout = 2 * time.Minute
+
+// New builds the espmdm server application: Core plus the HTTP server and
+// the background reconciler. extra options are appended, so an embedding
+// service can add modules or replace a binding with fx.Decorate.
+func New(cfg Config, extra ...fx.Option) *fx.App {
+	opts := []fx.Option{Core(cfg), Server(), fx.StartTimeout(StartTimeout), fx.StopTimeout(cfg.ShutdownTimeout + 10*time.Second)}
+	return fx.New(append(opts, extra...)...)
+}
+
+// Lifetime is a context that lives from start-up until shutdown begins:
+// what long-running work (MQTT connection, loops) runs under, since fx's
+// OnStart context expires after the start timeout.
+type Lifetime struct {
+	Ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// Core provides the adapters bound to their ports and the use cases
+// (*mdm.Service, ports.Catalog, ports.DeviceAPI), without the HTTP server.
+func Core(cfg Config) fx.Option {
+	return fx.Module("espmdm",
+		fx.Supply(cfg),
+		fx.Provide(
+			newLifetime,
+			func(cfg Config) (*zap.Logger, error) { return NewLogger(cfg.LogLevel, cfg.LogFormat) },
+			newMetrics,
+			newDB,
+			fx.Annotate(postgres.NewModelRepo, fx.As(new(ports.ModelRepo))),
+			fx.Annotate(postgres.NewDeviceRepo, fx.As(new(ports.DeviceRepo))),
+			fx.Annotate(postgres.NewFirmwareRepo, fx.As(new(ports.FirmwareRepo))),
+			fx.Annotate(newFirmwareStore, fx.As(new(ports.FirmwareStore))),
+			fx.Annotate(clock.New, fx.As(new(ports.Clock))),
+			fx.Annotate(newSecretBox, fx.As(new(ports.SecretBox))),
+			newKeycloakAdmin,
+			func(a *keycloak.Admin) ports.IdentityProvider { return a },
+			fx.Annotate(newVerifier, fx.As(new(ports.TokenVerifier))),
+			newNotifier,
+			newService,
+			func(s *mdm.Service) ports.Catalog { return s },
+			func(s *mdm.Service) ports.DeviceAPI { return s },
+		),
+		fx.WithLogger(func(log *zap.Logger) fxevent.Logger {
+			l := &fxevent.ZapLogger{Logger: log.Named("fx")}
+			l.UseLogLevel(-1) // fx's own chatter at debug
+			return l
+		}),
+	)
+}
+
+// Server adds the HTTP server and the periodic reconciler to Core.
+func Server() fx.Option {
+	return fx.Options(
+		fx.Provide(newHTTPServer),
+		fx.Invoke(registerHTTP, registerReconciler, warnAuthDisabled),
+	)
+}
+
+func newLifetime(lc fx.Lifecycle) *Lifetime {
+	ctx, cancel := context.WithCancel(context.Background())
+	lt := &Lifetime{Ctx: ctx, cancel: cancel}
+	lc.Append(fx.StopHook(func() { cancel() }))
+	return lt
+}
+
+// Metrics holds the process registry and the adapters' operation counters.
+type Metrics struct {
+	Registry *prometheus.Registry
+	keycloak *prometheus.CounterVec
+	mqtt     *prometheus.CounterVec
+	db       *prometheus.CounterVec
+}
+
+func newMetrics() *Metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := &Metrics{
+		Registry: reg,
+		keycloak: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "espmdm_keycloak_operations_total", Help: "Keycloak Admin REST operations by operation and result.",
+		}, []string{"op", "result"}),
+		mqtt: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "espmdm_mqtt_operations_total", Help: "MQTT operations by operation and result.",
+		}, []string{"op", "result"}),
+		db: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "espmdm_core_errors_total", Help: "Errors the core handled without failing the request (cleanups, notifications), by operation.",
+		}, []string{"op"}),
+	}
+	reg.MustRegister(m.keycloak, m.mqtt, m.db)
+	return m
+}
+
+func result(err error) string {
+	if err != nil {
+		return "error"
+	}
+	return "ok"
+}
+
+func newDB(lc fx.Lifecycle, cfg Config, log *zap.Logger) (*postgres.DB, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db, err := postgres.Open(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	lc.Append(fx.Hook{
+		OnStart: func(ctx context.Context) error {
+			if !cfg.MigrateOnStart {
+				return nil
+			}
+			if err := db.Migrate(ctx); err != nil {
+				return fmt.Errorf("migrate: %w", err)
+			}
+			log.Info("database migrated")
+			return nil
+		},
+		OnStop: func(context.Context) error { return db.Close() },
+	})
+	return db, nil
+}
+
+func newFirmwareStore(cfg Config) (*fsstore.Store, error) {
+	return fsstore.New(cfg.FirmwareDir)
+}
+
+func newSecretBox(cfg Config) (*secretbox.Box, error) {
+	key, err := secretbox.ParseKey(cfg.SecretKey)
+	if err != nil {
+		return nil, fmt.Errorf("invalid SECRET_KEY: %w", err)
+	}
+	return secretbox.New(key)
+}
+
+func newKeycloakAdmin(cfg Config, m *Metrics) (*keycloak.Admin, error) {
+	return keycloak.NewAdmin(keycloak.AdminConfig{
+		BaseURL:        cfg.KeycloakURL,
+		Realm:          cfg.KeycloakRealm,
+		ClientID:       cfg.KeycloakAdminClientID,
+		ClientSecret:   cfg.KeycloakAdminClientSecret,
+		DeviceAudience: cfg.DeviceAudience,
+		Observe: func(op string, err error, _ time.Duration) {
+			m.keycloak.WithLabelValues(op, result(err)).Inc()
+		},
+	})
+}
+
+func newVerifier(cfg Config) (*keycloak.Verifier, error) {
+	return keycloak.NewVerifier(keycloak.VerifierConfig{
+		IssuerURL:      cfg.OIDCIssuerURL,
+		DeviceAudience: cfg.DeviceAudience,
+	})
+}
+
+// newNotifier connects to the broker in the background; with no MQTT_URL
+// devices get no push notifications (they still poll) and a warning says so.
+func newNotifier(lc fx.Lifecycle, lt *Lifetime, cfg Config, m *Metrics, log *zap.Logger) (ports.Notifier, error) {
+	if cfg.MQTTURL == "" {
+		log.Warn("MQTT_URL is not set: devices get no rotation, config or firmware notifications")
+		return silentNotifier{}, nil
+	}
+	n, err := mqtt.New(mqtt.Config{
+		BrokerURL: cfg.MQTTURL,
+		ClientID:  cfg.MQTTClientID,
+		Observe:   func(op string, err error) { m.mqtt.WithLabelValues(op, result(err)).Inc() },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mqtt: %w", err)
+	}
+	lc.Append(fx.Hook{
+		OnStart: func(context.Context) error { return n.Start(lt.Ctx) },
+		OnStop:  n.Stop,
+	})
+	return n, nil
+}
+
+// silentNotifier is the Notifier when no broker is configured: devices
+// learn about changes by polling.
+type silentNotifier struct{}
+
+func (silentNotifier) RotationNudge(context.Context, string) error            { return nil }
+func (silentNotifier) ConfigChanged(context.Context, string) error            { return nil }
+func (silentNotifier) FirmwareReleased(context.Context, string, string) error { return nil }
+
+type serviceParams struct {
+	fx.In
+	Cfg      Config
+	Log      *zap.Logger
+	Metrics  *Metrics
+	Models   ports.ModelRepo
+	Devices  ports.DeviceRepo
+	Firmware ports.FirmwareRepo
+	Store    ports.FirmwareStore
+	Identity ports.IdentityProvider
+	Notifier ports.Notifier
+	Clock    ports.Clock
+}
+
+func newService(p serviceParams) *mdm.Service {
+	log := p.Log.Named("core")
+	return mdm.New(mdm.Deps{
+		Models: p.Models, Devices: p.Devices, Firmware: p.Firmware, Store: p.Store,
+		Identity: p.Identity, Notifier: p.Notifier, Clock: p.Clock,
+		OnError: func(op string, err error) {
+			p.Metrics.db.WithLabelValues(op).Inc()
+			log.Warn("handled error", zap.String("op", op), zap.Error(err))
+		},
+	}, mdm.Config{
+		TokenURL: p.Cfg.OIDCTokenURL, BaseURL: p.Cfg.BaseURL, MQTTURL: p.Cfg.MQTTURL,
+		WiFiSSID: p.Cfg.WiFiSSID, WiFiPassword: p.Cfg.WiFiPassword,
+		FirmwareMaxBytes: p.Cfg.FirmwareMaxBytes,
+	})
+}
+
+type httpParams struct {
+	fx.In
+	Cfg      Config
+	Log      *zap.Logger
+	Metrics  *Metrics
+	Catalog  ports.Catalog
+	Devices  ports.DeviceAPI
+	Verifier ports.TokenVerifier
+	DB       *postgres.DB
+	Identity ports.IdentityProvider
+}
+
+func newHTTPServer(p httpParams) (*httpapi.Server, error) {
+	return httpapi.New(httpapi.Config{
+		AdminRole:        p.Cfg.AdminRole,
+		ViewerRole:       p.Cfg.ViewerRole,
+		AuthDisabled:     p.Cfg.AuthDisabled,
+		FirmwareMaxBytes: p.Cfg.FirmwareMaxBytes,
+	}, httpapi.Deps{
+		Catalog: p.Catalog, Devices: p.Devices, Verifier: p.Verifier,
+		Logger: p.Log.Named("http"), Registerer: p.Metrics.Registry, Gatherer: p.Metrics.Registry,
+		ReadyChecks: []httpapi.ReadyCheck{
+			{Name: "postgres", Check: p.DB.Ping},
+			{Name: "migrations", Check: func(ctx context.Context) error {
+				pending, err := p.DB.MigrationStatus(ctx)
+				if err != nil {
+					return err
+				}
+				if pending > 0 {
+					return fmt.Errorf("%d migrations pending", pending)
+				}
+				return nil
+			}},
+			{Name: "keycloak", Check: p.Identity.Ping},
+		},
+	})
+}
+
+// registerHTTP binds the listener in OnStart, so a taken port fails
+// start-up, and drains requests on stop.
+func registerHTTP(lc fx.Lifecycle, cfg Config, srv *httpapi.Server, log *zap.Logger) {
+	lc.Append(fx.Hook{
+		OnStart: func(context.Context) error {
+			ln, err := net.Listen("tcp", cfg.HTTPAddr)
+			if err != nil {
+				return fmt.Errorf("listen on HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
+			}
+			log.Info("serving", zap.String("addr", ln.Addr().String()))
+			go func() {
+				if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
+					log.Error("http server stopped", zap.Error(err))
+				}
+			}()
+			return nil
+		},
+		OnStop: srv.Shutdown,
+	})
+}
+
+// registerReconciler runs the reconciler at start-up and every
+// RECONCILE_INTERVAL until shutdown.
+func registerReconciler(lc fx.Lifecycle, lt *Lifetime, cfg Config, svc *mdm.Service, log *zap.Logger) {
+	var wg sync.WaitGroup
+	log = log.Named("reconcile")
+	lc.Append(fx.Hook{
+		OnStart: func(context.Context) error {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				t := time.NewTicker(cfg.ReconcileInterval)
+				defer t.Stop()
+				for {
+					RunReconcile(lt.Ctx, svc, log)
+					select {
+					case <-lt.Ctx.Done():
+						return
+					case <-t.C:
+					}
+				}
+			}()
+			return nil
+		},
+		OnStop: func(ctx context.Context) error {
+			lt.cancel()
+			done := make(chan struct{})
+			go func() { wg.Wait(); close(done) }()
+			select {
+			case <-done:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		},
+	})
+}
+
+// RunReconcile runs one reconciliation and logs what it found.
+func RunReconcile(ctx context.Context, svc ports.Catalog, log *zap.Logger) (ports.ReconcileReport, error) {
+	rep, err := svc.Reconcile(ctx)
+	switch {
+	case errors.Is(err, context.Canceled):
+	case err != nil:
+		log.Warn("reconcile failed", zap.Error(err))
+	default:
+		lvl := log.Debug
+		if len(rep.DeletedOrphans)+len(rep.MissingClients)+len(rep.Failed) > 0 {
+			lvl = log.Info
+		}
+		lvl("reconciled", zap.Strings("deleted_orphans", rep.DeletedOrphans),
+			zap.Strings("missing_clients", rep.MissingClients), zap.Strings("failed", rep.Failed))
+	}
+	return rep, err
+}
+
+func warnAuthDisabled(cfg Config, log *zap.Logger) {
+	if cfg.AuthDisabled {
+		log.Warn("AUTH_DISABLED=true: the admin API accepts requests without a token; use only on a trusted network")
+	}
+}
+

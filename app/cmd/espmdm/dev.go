@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/espmdm/espmdm/app"
+	"github.com/espmdm/espmdm/integration"
+)
+
+func init() { subcommands = append(subcommands, newDevCmd) }
+
+func newDevCmd() *cobra.Command {
+	var envFile, launcher string
+	var verbose bool
+	cmd := &cobra.Command{
+		Use:   "dev [--env-file F] [--launcher auto|processes|containers]",
+		Short: "Start PostgreSQL, Keycloak and Mosquitto locally and serve espmdm against them",
+		Long: `Start PostgreSQL, Keycloak and Mosquitto on free loopback ports through the
+integration harness, bootstrap the Keycloak realm, migrate and serve. The serve
+environment is honoured (e.g. LOG_LEVEL, HTTP_ADDR, WIFI_SSID); what it does not
+set comes from the stack. When ready, the URLs and the operator credentials are
+written to the env file as KEY=value lines: ESPMDM_URL, OIDC_TOKEN_URL,
+OIDC_ISSUER_URL, KEYCLOAK_URL, KEYCLOAK_REALM, MQTT_URL, DATABASE_URL,
+OPERATOR_CLIENT_ID, OPERATOR_CLIENT_SECRET. Runs until SIGINT/SIGTERM, then stops
+everything it started and removes the env file.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDev(cmd.Context(), cmd.ErrOrStderr(), envFile, launcher, verbose)
+		},
+	}
+	cmd.Flags().StringVar(&envFile, "env-file", ".espmdm-dev.env", "file to write the stack's URLs and credentials to")
+	def := os.Getenv("ESPMDM_LAUNCHER")
+	if def == "" {
+		def = "auto"
+	}
+	cmd.Flags().StringVar(&launcher, "launcher", def, "auto, processes or containers")
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print the services' own output")
+	return cmd
+}
+
+func runDev(ctx context.Context, stderr io.Writer, envFile, launcher string, verbose bool) (err error) {
+	began := time.Now()
+	fmt.Fprintf(stderr, "espmdm dev: starting PostgreSQL, Keycloak and Mosquitto (launcher %s)...\n", launcher)
+	opts := integration.Options{Launcher: launcher}
+	if verbose {
+		opts.Log = stderr
+	}
+	st, err := integration.Start(ctx, opts)
+	if err != nil {
+		return fmt.Errorf("start the stack: %w", err)
+	}
+	defer func() {
+		fmt.Fprintln(stderr, "espmdm dev: stopping the stack...")
+		if serr := st.Stop(context.Background()); serr != nil && err == nil {
+			err = serr
+		}
+	}()
+	fmt.Fprintf(stderr, "espmdm dev: %s stack ready in %s\n", st.Launcher, time.Since(began).Round(100*time.Millisecond))
+
+	env, err := devEnv(st, os.Getenv)
+	if err != nil {
+		return err
+	}
+	cfg, err := app.LoadConfig(func(k string) string { return env[k] })
+	if err != nil {
+		return err
+	}
+	ready := func() error {
+		if err := waitReady(ctx, env["BASE_URL"]+"/health/ready", time.Minute); err != nil {
+			return err
+		}
+		file := map[string]string{
+			"ESPMDM_URL": env["BASE_URL"], "OIDC_TOKEN_URL": cfg.OIDCTokenURL, "OIDC_ISSUER_URL": cfg.OIDCIssuerURL,
+			"KEYCLOAK_URL": st.KeycloakURL, "KEYCLOAK_REALM": st.Realm, "MQTT_URL": st.MQTTURL,
+			"DATABASE_URL": st.DatabaseURL, "OPERATOR_CLIENT_ID": st.OperatorClientID,
+			"OPERATOR_CLIENT_SECRET": st.OperatorClientSecret, "VIEWER_CLIENT_ID": st.ViewerClientID,
+			"VIEWER_CLIENT_SECRET": st.ViewerClientSecret, "KEYCLOAK_ADMIN_USER": st.KeycloakAdminUser,
+			"KEYCLOAK_ADMIN_PASSWORD": st.KeycloakAdminPassword,
+		}
+		if err := integration.WriteEnvFile(envFile, file); err != nil {
+			return fmt.Errorf("write %s: %w", envFile, err)
+		}
+		fmt.Fprintf(stderr, "espmdm dev: ready in %s\n  espmdm    %s  (API docs %s/api/docs)\n  keycloak  %s  (console %s/admin/, user %s, password in %s)\n  mqtt      %s\n  postgres  %s\n  wrote %s; Ctrl-C stops everything\n",
+			time.Since(began).Round(100*time.Millisecond), env["BASE_URL"], env["BASE_URL"], st.KeycloakURL, st.KeycloakURL,
+			st.KeycloakAdminUser, envFile, st.MQTTURL, st.DatabaseURL, envFile)
+		return nil
+	}
+	defer os.Remove(envFile)
+	return runApp(ctx, app.New(cfg), ready)
+}
+
+// devEnv is the serve environment for the stack: every variable the user
+// set wins, the rest comes from the stack or is made up for local use.
+func devEnv(st *integration.Stack, getenv func(string) string) (map[string]string, error) {
+	env := map[string]string{}
+	for k, v := range st.Env() {
+		env[k] = v
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	env["SECRET_KEY"] = hex.EncodeToString(key)
+	env["FIRMWARE_DIR"] = filepath.Join(st.Dir(), "firmware")
+	env["LOG_FORMAT"] = "console"
+	env["MQTT_CLIENT_ID"] = "espmdm-dev"
+	for _, v := range app.Vars {
+		if val := getenv(v.Name); val != "" {
+			env[v.Name] = val
+		}
+	}
+	if env["HTTP_ADDR"] == "" {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		env["HTTP_ADDR"] = ln.Addr().String()
+		ln.Close()
+	}
+	if env["BASE_URL"] == "" {
+		_, port, err := net.SplitHostPort(env["HTTP_ADDR"])
+		if err != nil {
+			return nil, fmt.Errorf("HTTP_ADDR: %w", err)
+		}
+		env["BASE_URL"] = "http://127.0.0.1:" + port
+	}
+	env["BASE_URL"] = strings.TrimRight(env["BASE_URL"], "/")
+	return env, nil
+}
+
+func waitReady(ctx context.Context, url string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return errors.New("espmdm did not become ready (GET " + url + ")")
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
