@@ -47,7 +47,18 @@ type Lifetime struct {
 
 // Core provides the adapters bound to their ports and the use cases
 // (*mdm.Service, ports.Catalog, ports.DeviceAPI), without the HTTP server.
+// fx's own events go to the zap logger at debug level, for the whole
+// application (a logger set inside the module would leave the options
+// outside it printing to stderr).
 func Core(cfg Config) fx.Option {
+	return fx.Options(coreModule(cfg), fx.WithLogger(func(log *zap.Logger) fxevent.Logger {
+		l := &fxevent.ZapLogger{Logger: log.Named("fx")}
+		l.UseLogLevel(-1) // fx's own chatter at debug
+		return l
+	}))
+}
+
+func coreModule(cfg Config) fx.Option {
 	return fx.Module("espmdm",
 		fx.Supply(cfg),
 		fx.Provide(
@@ -69,11 +80,6 @@ func Core(cfg Config) fx.Option {
 			func(s *mdm.Service) ports.Catalog { return s },
 			func(s *mdm.Service) ports.DeviceAPI { return s },
 		),
-		fx.WithLogger(func(log *zap.Logger) fxevent.Logger {
-			l := &fxevent.ZapLogger{Logger: log.Named("fx")}
-			l.UseLogLevel(-1) // fx's own chatter at debug
-			return l
-		}),
 	)
 }
 
