@@ -366,4 +366,3 @@ func warnAuthDisabled(cfg Config, log *zap.Logger) {
 		log.Warn("AUTH_DISABLED=true: the admin API accepts requests without a token; use only on a trusted network")
 	}
 }
-

@@ -471,12 +471,12 @@ func TestE2EDevices(t *testing.T) {
 		return len(page.Devices)
 	}
 	for q, n := range map[string]int{
-		fmt.Sprintf("model_id=%d", m.ID):     5,
-		fmt.Sprintf("model_id=%d", other.ID): 1,
-		"active=false":                       1,
-		"active=true":                        5,
-		"rotation_state=OK":                  6,
-		"rotation_state=PENDING":             0,
+		fmt.Sprintf("model_id=%d", m.ID):              5,
+		fmt.Sprintf("model_id=%d", other.ID):          1,
+		"active=false":                                1,
+		"active=true":                                 5,
+		"rotation_state=OK":                           6,
+		"rotation_state=PENDING":                      0,
 		fmt.Sprintf("model_id=%d&active=false", m.ID): 0,
 	} {
 		if got := count(q); got != n {
