@@ -45,9 +45,10 @@ type server struct {
 }
 
 // startServer starts espmdm on a free loopback port with the stack's
-// services; env overrides single variables. The application is stopped,
-// and its logs are checked for leaked secrets, when the test ends.
-func startServer(t *testing.T, env map[string]string) *server {
+// services; env overrides single variables and opts are added to app.New.
+// The application is stopped, and its logs are checked for leaked secrets,
+// when the test ends.
+func startServer(t *testing.T, env map[string]string, opts ...fx.Option) *server {
 	t.Helper()
 	st := integration.Shared(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -85,7 +86,7 @@ func startServer(t *testing.T, env map[string]string) *server {
 	core, logs := observer.New(zapcore.DebugLevel)
 	// A top-level fx.Decorate reaches into app's module: the embedding
 	// path SPEC promises (app.New(cfg, extra...)).
-	a := app.New(cfg, fx.Decorate(func(*zap.Logger) *zap.Logger { return zap.New(core) }))
+	a := app.New(cfg, append([]fx.Option{fx.Decorate(func(*zap.Logger) *zap.Logger { return zap.New(core) })}, opts...)...)
 	if err := a.Err(); err != nil {
 		t.Fatalf("app.New: %v", err)
 	}

@@ -1,0 +1,119 @@
+package integration_test
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"go.uber.org/fx"
+
+	"github.com/espmdm/espmdm/esp32image"
+	"github.com/espmdm/espmdm/integration"
+	"github.com/espmdm/espmdm/ports"
+)
+
+// Fault tests: espmdm while one of its services is down. Each stops a
+// service of the shared stack and starts it again before it ends.
+
+// restart stops name, runs fn, and starts name again even when fn fails.
+func restart(t *testing.T, st *integration.Stack, name integration.ServiceName, fn func()) {
+	t.Helper()
+	ctx := ctxT(t, 5*time.Minute)
+	if err := st.StopService(ctx, name); err != nil {
+		t.Fatalf("stop %s: %v", name, err)
+	}
+	defer func() {
+		began := time.Now()
+		if err := st.StartService(ctx, name); err != nil {
+			t.Fatalf("start %s again: %v", name, err)
+		}
+		t.Logf("%s back in %s", name, time.Since(began).Round(100*time.Millisecond))
+	}()
+	fn()
+}
+
+func TestE2EBrokerDownNeverFailsTheAPI(t *testing.T) {
+	s := startServer(t, nil)
+	m := newModel(t, s, nil)
+	d := newDevice(t, s, m.ID, `{"interval":5}`)
+	restart(t, s.st, integration.Mosquitto, func() {
+		s.do(http.MethodPut, fmt.Sprintf("/api/devices/%d", d.ID), s.admin, `{"config":{"interval":6}}`).want(t, http.StatusOK, nil)
+		s.request(http.MethodPost, fmt.Sprintf("/api/device-models/%d/firmware", m.ID), s.admin,
+			bytes.NewReader(firmwareImage(esp32image.ChipESP32, "3.0.0")), "Content-Type", "application/octet-stream").
+			want(t, http.StatusCreated, nil)
+		newDevice(t, s, m.ID, `{}`)
+		// Readiness does not depend on the broker: devices still poll.
+		s.do(http.MethodGet, "/health/ready", "", nil).want(t, http.StatusOK, nil)
+	})
+}
+
+func TestE2EDatabaseDown(t *testing.T) {
+	s := startServer(t, nil)
+	m := newModel(t, s, nil)
+	restart(t, s.st, integration.Postgres, func() {
+		s.do(http.MethodGet, "/health/ready", "", nil).wantProblem(t, http.StatusServiceUnavailable)
+		s.do(http.MethodGet, "/health/live", "", nil).want(t, http.StatusOK, nil)
+		s.do(http.MethodGet, "/api/device-models", s.viewer, nil).wantProblem(t, http.StatusBadGateway)
+		s.do(http.MethodPost, "/api/devices", s.admin, fmt.Sprintf(`{"device_model_id":%d,"config":{}}`, m.ID)).
+			wantProblem(t, http.StatusBadGateway)
+	})
+	s.waitReady(time.Minute)
+	var list struct {
+		Devices []deviceDTO `json:"devices"`
+	}
+	s.do(http.MethodGet, "/api/devices", s.viewer, nil).want(t, http.StatusOK, &list)
+	if len(list.Devices) != 0 {
+		t.Errorf("%d devices after a creation refused while the database was down, want 0", len(list.Devices))
+	}
+	newDevice(t, s, m.ID, `{}`)
+}
+
+// shiftedClock runs ahead of the system clock, so that the reconciler's
+// grace period for young orphaned clients has passed.
+type shiftedClock struct {
+	ports.Clock
+	by time.Duration
+}
+
+func (c shiftedClock) Now() time.Time { return c.Clock.Now().Add(c.by) }
+
+func TestE2EIdentityProviderDown(t *testing.T) {
+	s := startServer(t, map[string]string{"RECONCILE_INTERVAL": "1s"},
+		fx.Decorate(func(c ports.Clock) ports.Clock { return shiftedClock{c, 5 * time.Minute} }))
+	m := newModel(t, s, nil)
+	kept := newDevice(t, s, m.ID, `{}`)
+	doomed := newDevice(t, s, m.ID, `{}`)
+	restart(t, s.st, integration.Keycloak, func() {
+		s.do(http.MethodGet, "/health/ready", "", nil).wantProblem(t, http.StatusServiceUnavailable)
+		// Creation needs Keycloak: 502, and nothing is left behind.
+		s.do(http.MethodPost, "/api/devices", s.admin, fmt.Sprintf(`{"device_model_id":%d,"config":{}}`, m.ID)).
+			wantProblem(t, http.StatusBadGateway)
+		// Reads need only the database (the token keys are cached).
+		s.do(http.MethodGet, fmt.Sprintf("/api/devices/%d", kept.ID), s.viewer, nil).want(t, http.StatusOK, nil)
+		// Deletion removes the row now; the client is the reconciler's.
+		s.do(http.MethodDelete, fmt.Sprintf("/api/devices/%d", doomed.ID), s.admin, nil).want(t, http.StatusNoContent, nil)
+		s.do(http.MethodGet, fmt.Sprintf("/api/devices/%d", doomed.ID), s.viewer, nil).wantProblem(t, http.StatusNotFound)
+	})
+	s.waitReady(2 * time.Minute)
+	var list struct {
+		Devices []deviceDTO `json:"devices"`
+	}
+	s.do(http.MethodGet, "/api/devices", s.viewer, nil).want(t, http.StatusOK, &list)
+	if len(list.Devices) != 1 || list.Devices[0].ID != kept.ID {
+		t.Errorf("devices after the outage: %+v, want only %d", list.Devices, kept.ID)
+	}
+	newDevice(t, s, m.ID, `{}`)
+	// The reconciler removes the client the deletion could not.
+	deadline := time.Now().Add(time.Minute)
+	for len(keycloakClients(t, s.st, doomed.ClientID)) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("client %s of the deleted device still in Keycloak a minute after the outage", doomed.ClientID)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if len(keycloakClients(t, s.st, kept.ClientID)) != 1 {
+		t.Errorf("the reconciler removed the client of device %d, which exists", kept.ID)
+	}
+}
