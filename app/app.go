@@ -319,7 +319,7 @@ func registerReconciler(lc fx.Lifecycle, lt *Lifetime, cfg Config, svc *mdm.Serv
 				t := time.NewTicker(cfg.ReconcileInterval)
 				defer t.Stop()
 				for {
-					RunReconcile(lt.Ctx, svc, log)
+					_, _ = RunReconcile(lt.Ctx, svc, log) // it logs what it found
 					select {
 					case <-lt.Ctx.Done():
 						return

@@ -192,7 +192,7 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			val = v.Default
 		}
 		if err := v.set(&c, val); err != nil {
-			return Config{}, fmt.Errorf("invalid %s: %v", v.Name, err)
+			return Config{}, fmt.Errorf("invalid %s: %w", v.Name, err)
 		}
 	}
 	if c.OIDCIssuerURL == "" {

@@ -115,7 +115,7 @@ func (p *procService) Start(ctx context.Context) error {
 		return p.ready(ctx)
 	})
 	if err != nil {
-		p.stopLocked()
+		_ = p.stopLocked() // the start error says more
 		return fmt.Errorf("%w\n--- last lines of %s ---\n%s", err, p.logPath, tail(p.logPath, 3000))
 	}
 	return nil

@@ -54,7 +54,11 @@ func RunTests(m *testing.M) int {
 			_ = own.Stop(context.Background())
 			os.Exit(130)
 		}()
-		defer own.Stop(context.Background())
+		defer func() {
+			if err := own.Stop(context.Background()); err != nil {
+				fmt.Fprintln(os.Stderr, "integration: stop the stack:", err)
+			}
+		}()
 	}
 	return m.Run()
 }

@@ -50,7 +50,7 @@ func ReadCSV(r io.Reader, fsys fs.FS) ([]Entry, error) {
 	cr.FieldsPerRecord = -1
 	cr.LazyQuotes = true
 	header, err := cr.Read()
-	if err == io.EOF {
+	if errors.Is(err, io.EOF) {
 		return nil, nil
 	}
 	if err != nil {
@@ -69,7 +69,7 @@ func ReadCSV(r io.Reader, fsys fs.FS) ([]Entry, error) {
 	ns := ""
 	for {
 		rec, err := cr.Read()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return out, nil
 		}
 		if err != nil {
@@ -111,7 +111,7 @@ func ReadCSV(r io.Reader, fsys fs.FS) ([]Entry, error) {
 				return fail(fmt.Errorf("%w: file row %q but no directory to read files from", ErrInvalid, value))
 			}
 			if raw, err = fs.ReadFile(fsys, value); err != nil {
-				return fail(fmt.Errorf("%w: %v", ErrInvalid, err))
+				return fail(fmt.Errorf("%w: %w", ErrInvalid, err))
 			}
 		}
 		e, err := parseValue(enc, raw)
@@ -126,7 +126,7 @@ func ReadCSV(r io.Reader, fsys fs.FS) ([]Entry, error) {
 func csvErr(err error) error {
 	var pe *csv.ParseError
 	if errors.As(err, &pe) {
-		return &CSVError{Line: pe.Line, Err: fmt.Errorf("%w: %v", ErrInvalid, pe.Err)}
+		return &CSVError{Line: pe.Line, Err: fmt.Errorf("%w: %w", ErrInvalid, pe.Err)}
 	}
 	return err
 }
@@ -140,7 +140,7 @@ func parseValue(enc string, raw []byte) (Entry, error) {
 	case "hex2bin":
 		b, err := hex.DecodeString(string(bytes.TrimSpace(raw)))
 		if err != nil {
-			return Entry{}, fmt.Errorf("%w: hex2bin value: %v", ErrInvalid, err)
+			return Entry{}, fmt.Errorf("%w: hex2bin value: %w", ErrInvalid, err)
 		}
 		return Entry{Type: TypeBlob, Value: b}, nil
 	case "base64":
@@ -156,7 +156,7 @@ func parseValue(enc string, raw []byte) (Entry, error) {
 		}
 		b, err := base64.RawStdEncoding.DecodeString(string(clean))
 		if err != nil {
-			return Entry{}, fmt.Errorf("%w: base64 value: %v", ErrInvalid, err)
+			return Entry{}, fmt.Errorf("%w: base64 value: %w", ErrInvalid, err)
 		}
 		return Entry{Type: TypeBlob, Value: b}, nil
 	}

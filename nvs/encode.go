@@ -231,7 +231,7 @@ func (w *writer) single(ns, item byte, key string, data []byte) error {
 	// A span of 126 (a string of 3969..4000 bytes) can never satisfy that
 	// and crashes it; such an item fits exactly on an empty page, which is
 	// where the ESP-IDF runtime would put it too.
-	if w.n >= entryCount || (w.n+span >= entryCount && !(span == entryCount && w.n == 0)) {
+	if w.n >= entryCount || (w.n+span >= entryCount && (span != entryCount || w.n != 0)) {
 		if err := w.newPage(); err != nil {
 			return err
 		}

@@ -150,7 +150,7 @@ func (c Config) settings() (settings, error) {
 	if s.clientID == "" {
 		host, err := os.Hostname()
 		if err != nil || host == "" {
-			return settings{}, fmt.Errorf("mqtt: no ClientID set and no host name to derive one from: %v", err)
+			return settings{}, fmt.Errorf("mqtt: no ClientID set and no host name to derive one from: %w", err)
 		}
 		s.clientID = DefaultClientIDPrefix + host
 	}

@@ -22,7 +22,7 @@ func ExampleNew() {
 	appCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if err := n.Start(appCtx); err != nil { // returns without waiting for the broker
-		log.Fatal(err)
+		panic(err) // not log.Fatal: the deferred cancel must run
 	}
 
 	// Queued even while the broker is down; delivered when it is back.

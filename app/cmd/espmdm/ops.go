@@ -70,7 +70,7 @@ func newReconcileCmd() *cobra.Command {
 			if err := a.Start(cmd.Context()); err != nil {
 				return err
 			}
-			defer stopApp(a)
+			defer func() { _ = stopApp(a) }() // the report is the result
 			rep, err := app.RunReconcile(cmd.Context(), catalog, log)
 			if err != nil {
 				return err

@@ -40,7 +40,7 @@ func runApp(ctx context.Context, a *fx.App, ready func() error) error {
 	}
 	if ready != nil {
 		if err := ready(); err != nil {
-			stopApp(a)
+			_ = stopApp(a) // the readiness error is the one to report
 			return err
 		}
 	}

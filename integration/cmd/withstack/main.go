@@ -67,7 +67,11 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "withstack:", err)
 		return 1
 	}
-	defer st.Stop(context.Background())
+	defer func() {
+		if err := st.Stop(context.Background()); err != nil {
+			fmt.Fprintln(os.Stderr, "withstack: stop:", err)
+		}
+	}()
 	fmt.Fprintf(os.Stderr, "withstack: %s stack ready in %s (postgres %s, keycloak %s, mqtt %s)\n",
 		st.Launcher, time.Since(began).Round(100*time.Millisecond), st.DatabaseURL, st.KeycloakURL, st.MQTTURL)
 
