@@ -1,0 +1,411 @@
+package app_test
+
+import (
+	"fmt"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/espmdm/espmdm/app"
+)
+
+// secretValue is a distinctive value: an error that echoes what it was
+// given would show it.
+const secretValue = "s3cr3t-value-xyz"
+
+// requiredEnv is the smallest environment LoadConfig accepts.
+func requiredEnv() map[string]string {
+	return map[string]string{
+		"DATABASE_URL":                 "postgres://espmdm:pw@db.example.com:5432/espmdm?sslmode=disable",
+		"BASE_URL":                     "https://mdm.example.com",
+		"KEYCLOAK_URL":                 "https://sso.example.com",
+		"KEYCLOAK_ADMIN_CLIENT_SECRET": "admin-secret",
+		"SECRET_KEY":                   strings.Repeat("ab", 32),
+	}
+}
+
+// with returns a copy of env with the given KEY, value pairs set.
+func with(env map[string]string, kv ...string) map[string]string {
+	out := make(map[string]string, len(env)+len(kv)/2)
+	for k, v := range env {
+		out[k] = v
+	}
+	for i := 0; i+1 < len(kv); i += 2 {
+		out[kv[i]] = kv[i+1]
+	}
+	return out
+}
+
+func load(t *testing.T, env map[string]string) (app.Config, error) {
+	t.Helper()
+	return app.LoadConfig(func(k string) string { return env[k] })
+}
+
+func mustLoad(t *testing.T, env map[string]string) app.Config {
+	t.Helper()
+	cfg, err := load(t, env)
+	if err != nil {
+		t.Fatalf("LoadConfig: %v", err)
+	}
+	return cfg
+}
+
+func hostname(t *testing.T) string {
+	t.Helper()
+	h, err := os.Hostname()
+	if err != nil {
+		t.Fatalf("hostname: %v", err)
+	}
+	return h
+}
+
+func TestLoadConfigRequiredVariables(t *testing.T) {
+	var got []string
+	for _, v := range app.Vars {
+		if v.Required {
+			got = append(got, v.Name)
+		}
+	}
+	want := []string{"DATABASE_URL", "BASE_URL", "KEYCLOAK_URL", "KEYCLOAK_ADMIN_CLIENT_SECRET", "SECRET_KEY"}
+	if !slices.Equal(got, want) {
+		t.Errorf("required variables = %v, want %v", got, want)
+	}
+}
+
+func TestLoadConfigMissingRequired(t *testing.T) {
+	for _, name := range []string{"DATABASE_URL", "BASE_URL", "KEYCLOAK_URL", "KEYCLOAK_ADMIN_CLIENT_SECRET", "SECRET_KEY"} {
+		for _, value := range []string{"", "  \t "} {
+			t.Run(fmt.Sprintf("%s=%q", name, value), func(t *testing.T) {
+				cfg, err := load(t, with(requiredEnv(), name, value))
+				if err == nil {
+					t.Fatalf("LoadConfig without %s: no error, config %+v", name, cfg)
+				}
+				msg := err.Error()
+				if !strings.Contains(msg, name) {
+					t.Errorf("error %q does not name %s", msg, name)
+				}
+				if !strings.Contains(msg, "missing") {
+					t.Errorf("error %q does not say the variable is missing", msg)
+				}
+				if strings.ContainsAny(msg, "\r\n") {
+					t.Errorf("error %q is more than one line", msg)
+				}
+				if !reflect.DeepEqual(cfg, app.Config{}) {
+					t.Errorf("config = %+v, want the zero Config with an error", cfg)
+				}
+			})
+		}
+	}
+}
+
+// TestLoadConfigMissingReportsFirst: with nothing set the first required
+// variable is named, as `espmdm serve` in an empty environment shows.
+func TestLoadConfigMissingReportsFirst(t *testing.T) {
+	_, err := load(t, map[string]string{})
+	if err == nil {
+		t.Fatal("LoadConfig of an empty environment: no error")
+	}
+	if got := err.Error(); !strings.HasPrefix(got, "missing required environment variable DATABASE_URL") {
+		t.Errorf("error = %q, want it to start with %q", got, "missing required environment variable DATABASE_URL")
+	}
+}
+
+func TestLoadConfigInvalidValue(t *testing.T) {
+	tests := []struct {
+		name, value string
+	}{
+		{"MIGRATE_ON_START", secretValue},
+		{"MIGRATE_ON_START", "yes-" + secretValue},
+		{"AUTH_DISABLED", secretValue},
+		{"RECONCILE_INTERVAL", secretValue},
+		{"RECONCILE_INTERVAL", "-90s"},
+		{"RECONCILE_INTERVAL", "0h"},
+		{"RECONCILE_INTERVAL", "600"}, // no unit
+		{"SHUTDOWN_TIMEOUT", secretValue},
+		{"SHUTDOWN_TIMEOUT", "-20s"},
+		{"BASE_URL", secretValue},
+		{"BASE_URL", "ftp://" + secretValue + "/"},
+		{"BASE_URL", "http://"},
+		{"KEYCLOAK_URL", "mqtt://" + secretValue + ":1883"},
+		{"KEYCLOAK_URL", "//" + secretValue},
+		{"OIDC_ISSUER_URL", "file:///" + secretValue},
+		{"OIDC_TOKEN_URL", secretValue},
+		{"LOG_LEVEL", secretValue},
+		{"LOG_LEVEL", "trace"},
+		{"LOG_FORMAT", secretValue},
+		{"LOG_FORMAT", "logfmt"},
+		{"FIRMWARE_MAX_BYTES", secretValue},
+		{"FIRMWARE_MAX_BYTES", "-16777216"},
+		{"FIRMWARE_MAX_BYTES", "16MiB"},
+		{"FIRMWARE_MAX_BYTES", "99999999999999999999"}, // overflows int64
+		{"MQTT_URL", secretValue},
+		{"MQTT_URL", "mqtt://user:" + secretValue + "@%zz"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+"="+tt.value, func(t *testing.T) {
+			_, err := load(t, with(requiredEnv(), tt.name, tt.value))
+			if err == nil {
+				t.Fatalf("LoadConfig accepted %s=%q", tt.name, tt.value)
+			}
+			msg := err.Error()
+			if !strings.HasPrefix(msg, "invalid "+tt.name+":") {
+				t.Errorf("error %q, want it to start with %q", msg, "invalid "+tt.name+":")
+			}
+			if strings.Contains(msg, tt.value) || strings.Contains(msg, secretValue) {
+				t.Errorf("error %q shows the value given", msg)
+			}
+			if strings.ContainsAny(msg, "\r\n") {
+				t.Errorf("error %q is more than one line", msg)
+			}
+		})
+	}
+}
+
+// TestLoadConfigSecretsNeverInErrors: whatever else is wrong, the values of
+// the secret variables do not appear in the error.
+func TestLoadConfigSecretsNeverInErrors(t *testing.T) {
+	env := requiredEnv()
+	for _, v := range app.Vars {
+		if v.Secret {
+			env[v.Name] = secretValue + "-" + strings.ToLower(v.Name)
+		}
+	}
+	for _, v := range app.Vars {
+		if v.Secret {
+			continue
+		}
+		t.Run(v.Name, func(t *testing.T) {
+			_, err := load(t, with(env, v.Name, secretValue))
+			if err == nil {
+				return // a free-form variable: nothing to report
+			}
+			if strings.Contains(err.Error(), secretValue) {
+				t.Errorf("error %q shows a value", err)
+			}
+		})
+	}
+}
+
+func TestLoadConfigDefaults(t *testing.T) {
+	want := app.Config{
+		DatabaseURL:               "postgres://espmdm:pw@db.example.com:5432/espmdm?sslmode=disable",
+		HTTPAddr:                  ":8080",
+		BaseURL:                   "https://mdm.example.com",
+		MigrateOnStart:            true,
+		OIDCIssuerURL:             "https://sso.example.com/realms/iot",
+		OIDCTokenURL:              "https://sso.example.com/realms/iot/protocol/openid-connect/token",
+		DeviceAudience:            "espmdm-iot",
+		AdminRole:                 "mdm-admin",
+		ViewerRole:                "mdm-viewer",
+		AuthDisabled:              false,
+		KeycloakURL:               "https://sso.example.com",
+		KeycloakRealm:             "iot",
+		KeycloakAdminClientID:     "iotsupport-admin",
+		KeycloakAdminClientSecret: "admin-secret",
+		MQTTURL:                   "",
+		MQTTClientID:              "espmdm-" + hostname(t),
+		WiFiSSID:                  "",
+		WiFiPassword:              "",
+		FirmwareDir:               "./data/firmware",
+		FirmwareMaxBytes:          16 << 20,
+		SecretKey:                 strings.Repeat("ab", 32),
+		ReconcileInterval:         10 * time.Minute,
+		ShutdownTimeout:           20 * time.Second,
+		LogLevel:                  "info",
+		LogFormat:                 "json",
+	}
+	if got := mustLoad(t, requiredEnv()); !reflect.DeepEqual(got, want) {
+		t.Errorf("LoadConfig(required only) =\n%+v\nwant\n%+v", got, want)
+	}
+}
+
+// TestVarsDefaultsMatchLoadConfig: each literal default of app.Vars (what
+// --help shows) is what LoadConfig uses when the variable is unset, and
+// each derived one ($...) is documented the way LoadConfig derives it.
+func TestVarsDefaultsMatchLoadConfig(t *testing.T) {
+	base := mustLoad(t, requiredEnv())
+	derived := map[string]string{
+		"OIDC_ISSUER_URL": "$KEYCLOAK_URL/realms/$KEYCLOAK_REALM",
+		"OIDC_TOKEN_URL":  "$OIDC_ISSUER_URL/protocol/openid-connect/token",
+		"MQTT_CLIENT_ID":  "espmdm-$HOSTNAME",
+	}
+	for _, v := range app.Vars {
+		t.Run(v.Name, func(t *testing.T) {
+			switch {
+			case v.Required:
+				if v.Default != "" {
+					t.Errorf("required variable has default %q", v.Default)
+				}
+			case strings.Contains(v.Default, "$"):
+				if want, ok := derived[v.Name]; !ok || v.Default != want {
+					t.Errorf("derived default = %q, want %q", v.Default, want)
+				}
+			default:
+				got := mustLoad(t, with(requiredEnv(), v.Name, v.Default))
+				if !reflect.DeepEqual(got, base) {
+					t.Errorf("%s=%q explicitly gives\n%+v\nunset gives\n%+v", v.Name, v.Default, got, base)
+				}
+			}
+		})
+	}
+	// The derived defaults, spelled out with the defaults' own values.
+	hostEnv := map[string]string{"$KEYCLOAK_URL": base.KeycloakURL, "$KEYCLOAK_REALM": base.KeycloakRealm,
+		"$OIDC_ISSUER_URL": base.OIDCIssuerURL, "$HOSTNAME": hostname(t)}
+	expand := func(s string) string {
+		for k, v := range hostEnv {
+			s = strings.ReplaceAll(s, k, v)
+		}
+		return s
+	}
+	for name, got := range map[string]string{"OIDC_ISSUER_URL": base.OIDCIssuerURL, "OIDC_TOKEN_URL": base.OIDCTokenURL, "MQTT_CLIENT_ID": base.MQTTClientID} {
+		if want := expand(derived[name]); got != want {
+			t.Errorf("%s = %q, want %q (%s)", name, got, want, derived[name])
+		}
+	}
+}
+
+func TestLoadConfigDerived(t *testing.T) {
+	tests := []struct {
+		name                    string
+		env                     map[string]string
+		issuer, token, base, kc string
+	}{
+		{
+			name:   "defaults",
+			env:    requiredEnv(),
+			issuer: "https://sso.example.com/realms/iot",
+			token:  "https://sso.example.com/realms/iot/protocol/openid-connect/token",
+			base:   "https://mdm.example.com", kc: "https://sso.example.com",
+		},
+		{
+			name:   "realm",
+			env:    with(requiredEnv(), "KEYCLOAK_REALM", "fleet"),
+			issuer: "https://sso.example.com/realms/fleet",
+			token:  "https://sso.example.com/realms/fleet/protocol/openid-connect/token",
+			base:   "https://mdm.example.com", kc: "https://sso.example.com",
+		},
+		{
+			name:   "trailing slashes trimmed",
+			env:    with(requiredEnv(), "KEYCLOAK_URL", "http://127.0.0.1:8081/auth/", "BASE_URL", "https://mdm.example.com/"),
+			issuer: "http://127.0.0.1:8081/auth/realms/iot",
+			token:  "http://127.0.0.1:8081/auth/realms/iot/protocol/openid-connect/token",
+			base:   "https://mdm.example.com", kc: "http://127.0.0.1:8081/auth",
+		},
+		{
+			name:   "token URL from an explicit issuer",
+			env:    with(requiredEnv(), "OIDC_ISSUER_URL", "https://id.example.com/realms/iot/"),
+			issuer: "https://id.example.com/realms/iot",
+			token:  "https://id.example.com/realms/iot/protocol/openid-connect/token",
+			base:   "https://mdm.example.com", kc: "https://sso.example.com",
+		},
+		{
+			name: "explicit token URL wins",
+			env: with(requiredEnv(), "OIDC_ISSUER_URL", "https://id.example.com/realms/iot",
+				"OIDC_TOKEN_URL", "https://gw.example.com/token/"),
+			issuer: "https://id.example.com/realms/iot",
+			token:  "https://gw.example.com/token",
+			base:   "https://mdm.example.com", kc: "https://sso.example.com",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := mustLoad(t, tt.env)
+			for _, c := range []struct{ field, got, want string }{
+				{"OIDCIssuerURL", cfg.OIDCIssuerURL, tt.issuer},
+				{"OIDCTokenURL", cfg.OIDCTokenURL, tt.token},
+				{"BaseURL", cfg.BaseURL, tt.base},
+				{"KeycloakURL", cfg.KeycloakURL, tt.kc},
+			} {
+				if c.got != c.want {
+					t.Errorf("%s = %q, want %q", c.field, c.got, c.want)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadConfigMQTTClientID(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"default", requiredEnv(), "espmdm-" + hostname(t)},
+		{"explicit", with(requiredEnv(), "MQTT_CLIENT_ID", "espmdm-a"), "espmdm-a"},
+		{"blank is unset", with(requiredEnv(), "MQTT_CLIENT_ID", "  "), "espmdm-" + hostname(t)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := mustLoad(t, tt.env).MQTTClientID; got != tt.want {
+				t.Errorf("MQTTClientID = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestLoadConfigValues(t *testing.T) {
+	cfg := mustLoad(t, with(requiredEnv(),
+		"HTTP_ADDR", "127.0.0.1:9000",
+		"MIGRATE_ON_START", "false",
+		"AUTH_DISABLED", " true ",
+		"MQTT_URL", "mqtts://broker.example.com:8883",
+		"FIRMWARE_MAX_BYTES", "1048576",
+		"RECONCILE_INTERVAL", "90s",
+		"SHUTDOWN_TIMEOUT", "1m30s",
+		"LOG_LEVEL", "debug",
+		"LOG_FORMAT", "console",
+		"WIFI_SSID", "shop floor",
+	))
+	for _, c := range []struct {
+		field     string
+		got, want any
+	}{
+		{"HTTPAddr", cfg.HTTPAddr, "127.0.0.1:9000"},
+		{"MigrateOnStart", cfg.MigrateOnStart, false},
+		{"AuthDisabled", cfg.AuthDisabled, true},
+		{"MQTTURL", cfg.MQTTURL, "mqtts://broker.example.com:8883"},
+		{"FirmwareMaxBytes", cfg.FirmwareMaxBytes, int64(1 << 20)},
+		{"ReconcileInterval", cfg.ReconcileInterval, 90 * time.Second},
+		{"ShutdownTimeout", cfg.ShutdownTimeout, 90 * time.Second},
+		{"LogLevel", cfg.LogLevel, "debug"},
+		{"LogFormat", cfg.LogFormat, "console"},
+		{"WiFiSSID", cfg.WiFiSSID, "shop floor"},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.field, c.got, c.want)
+		}
+	}
+}
+
+func TestHelpTextNamesEveryVariable(t *testing.T) {
+	help := app.HelpText()
+	lines := map[string]string{}
+	for _, line := range strings.Split(strings.TrimRight(help, "\n"), "\n") {
+		if f := strings.Fields(line); len(f) > 0 {
+			lines[f[0]] = line
+		}
+	}
+	for _, v := range app.Vars {
+		line, ok := lines[v.Name]
+		if !ok {
+			t.Errorf("HelpText has no line for %s", v.Name)
+			continue
+		}
+		want := v.Default
+		if v.Required {
+			want = "(required)"
+		}
+		if want != "" && !strings.Contains(line, " "+want+" ") {
+			t.Errorf("%s line %q does not show %q", v.Name, line, want)
+		}
+		if !strings.Contains(line, v.Help) {
+			t.Errorf("%s line %q does not carry its help %q", v.Name, line, v.Help)
+		}
+	}
+	if len(lines) != len(app.Vars) {
+		t.Errorf("HelpText has %d lines, want one per variable (%d)", len(lines), len(app.Vars))
+	}
+}
