@@ -84,8 +84,9 @@ func runDev(ctx context.Context, stderr io.Writer, envFile, launcher string, ver
 		}
 		file := map[string]string{
 			"ESPMDM_URL": env["BASE_URL"], "OIDC_TOKEN_URL": cfg.OIDCTokenURL, "OIDC_ISSUER_URL": cfg.OIDCIssuerURL,
-			"KEYCLOAK_URL": st.KeycloakURL, "KEYCLOAK_REALM": st.Realm, "MQTT_URL": st.MQTTURL,
-			"DATABASE_URL": st.DatabaseURL, "OPERATOR_CLIENT_ID": st.OperatorClientID,
+			// What the server uses: the user's overrides, else the stack's.
+			"KEYCLOAK_URL": cfg.KeycloakURL, "KEYCLOAK_REALM": cfg.KeycloakRealm, "MQTT_URL": cfg.MQTTURL,
+			"DATABASE_URL": cfg.DatabaseURL, "OPERATOR_CLIENT_ID": st.OperatorClientID,
 			"OPERATOR_CLIENT_SECRET": st.OperatorClientSecret, "VIEWER_CLIENT_ID": st.ViewerClientID,
 			"VIEWER_CLIENT_SECRET": st.ViewerClientSecret, "KEYCLOAK_ADMIN_USER": st.KeycloakAdminUser,
 			"KEYCLOAK_ADMIN_PASSWORD": st.KeycloakAdminPassword,
