@@ -5,8 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
+	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"strconv"
@@ -384,6 +388,17 @@ func TestE2EFirmware(t *testing.T) {
 	}
 	s.request(http.MethodGet, fwPath, s.viewer, nil, "Range", fmt.Sprintf("bytes=%d-", len(v2))).
 		want(t, http.StatusRequestedRangeNotSatisfiable, nil)
+
+	// Deleting the model deletes its binaries from FIRMWARE_DIR.
+	dir := filepath.Join(s.cfg.FirmwareDir, m.Code)
+	if files, err := os.ReadDir(dir); err != nil || len(files) != 2 {
+		t.Fatalf("%s holds %d files (%v), want the 2 versions", dir, len(files), err)
+	}
+	s.do(http.MethodDelete, fmt.Sprintf("/api/device-models/%d", m.ID), s.admin, nil).want(t, http.StatusNoContent, nil)
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("%s after the model was deleted: %v, want it gone", dir, err)
+	}
+	s.do(http.MethodGet, fwPath, s.viewer, nil).wantProblem(t, http.StatusNotFound)
 }
 
 func TestE2EDevices(t *testing.T) {

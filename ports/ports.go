@@ -91,6 +91,9 @@ type FirmwareStore interface {
 	// Put writes data atomically (a reader never sees a partial file).
 	Put(ctx context.Context, modelCode, sha256 string, data []byte) error
 	Open(ctx context.Context, modelCode, sha256 string) (Blob, error)
+	// DeleteModel removes every binary of the model (its model was
+	// deleted); a model without binaries is not an error.
+	DeleteModel(ctx context.Context, modelCode string) error
 }
 
 // IdentityProvider manages device clients in the identity provider

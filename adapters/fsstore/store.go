@@ -239,6 +239,21 @@ func (s *Store) Open(ctx context.Context, modelCode, digest string) (ports.Blob,
 	return &blob{File: f, size: fi.Size()}, nil
 }
 
+// DeleteModel implements ports.FirmwareStore: it removes the model's
+// directory with every binary (and any temporary file) in it.
+func (s *Store) DeleteModel(ctx context.Context, modelCode string) error {
+	if !model.ModelCodePattern.MatchString(modelCode) {
+		return model.Invalid("model_code", "must match %s", model.ModelCodePattern)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.root.RemoveAll(modelCode); err != nil {
+		return fmt.Errorf("fsstore: remove %s: %w", modelCode, err)
+	}
+	return s.syncDir(".")
+}
+
 // blob is an open binary. Files are never modified in place (only replaced
 // by rename), so the size taken at open stays true for this handle.
 type blob struct {

@@ -97,8 +97,17 @@ func (s *Service) UpdateModel(ctx context.Context, id int64, in ports.ModelUpdat
 // DeleteModel removes a device model; model.ErrConflict while it has
 // devices.
 func (s *Service) DeleteModel(ctx context.Context, id int64) error {
+	m, err := s.d.Models.GetModel(ctx, id)
+	if err != nil {
+		return fmt.Errorf("delete device model %d: %w", id, err)
+	}
 	if err := s.d.Models.DeleteModel(ctx, id); err != nil {
 		return fmt.Errorf("delete device model %d: %w", id, err)
+	}
+	// The history rows went with the model; its binaries go now. A failure
+	// leaves unreferenced files, nothing a device or the API can reach.
+	if err := s.d.Store.DeleteModel(ctx, m.Code); err != nil {
+		s.report("delete device model: remove firmware binaries", fmt.Errorf("device model %s: %w", m.Code, err))
 	}
 	return nil
 }

@@ -2,10 +2,12 @@ package mdm_test
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 
 	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/esp32image"
 	"github.com/espmdm/espmdm/ports"
 )
 
@@ -147,5 +149,54 @@ func TestDeleteModel(t *testing.T) {
 	ms, err := e.svc.ListModels(t.Context())
 	if err != nil || len(ms) != 0 {
 		t.Errorf("ListModels after delete: %v, %v", ms, err)
+	}
+}
+
+func TestDeleteModelRemovesItsFirmwareBinaries(t *testing.T) {
+	e := newEnv(t)
+	gone, kept := e.model(t, "gone", ""), e.model(t, "kept", "")
+	for _, v := range []string{"1.0.0", "1.1.0"} {
+		if _, err := e.svc.UploadFirmware(t.Context(), gone.ID, image(esp32image.ChipESP32C3, v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.svc.UploadFirmware(t.Context(), kept.ID, image(esp32image.ChipESP32C3, "2.0.0")); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.fw.Len(); got != 3 {
+		t.Fatalf("%d binaries stored, want 3", got)
+	}
+	if err := e.svc.DeleteModel(t.Context(), gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.fw.Len(); got != 1 {
+		t.Errorf("%d binaries after deleting a model with 2, want 1", got)
+	}
+	if _, b, err := e.svc.OpenFirmware(t.Context(), kept.ID); err != nil {
+		t.Errorf("the other model's firmware: %v", err)
+	} else {
+		b.Close()
+	}
+}
+
+func TestDeleteModelSurvivesAFailingFirmwareStore(t *testing.T) {
+	e := newEnv(t)
+	m := e.model(t, "m", "")
+	boom := errors.New("disk gone")
+	e.fw.Hook = func(op string) error {
+		if op == "DeleteModel" {
+			return boom
+		}
+		return nil
+	}
+	if err := e.svc.DeleteModel(t.Context(), m.ID); err != nil {
+		t.Fatalf("DeleteModel with a failing store: %v, want the row deleted and nil", err)
+	}
+	if _, err := e.svc.GetModel(t.Context(), m.ID); !errors.Is(err, model.ErrNotFound) {
+		t.Errorf("model still there: %v", err)
+	}
+	rep := e.reported()
+	if len(rep) != 1 || !errors.Is(rep[0].err, boom) {
+		t.Errorf("reported %v, want the store failure once", rep)
 	}
 }

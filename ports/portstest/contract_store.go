@@ -100,6 +100,31 @@ func RunFirmwareStoreContract(t *testing.T, newStore func(t *testing.T) ports.Fi
 		_, err = s.Open(t.Context(), codeA, missing)
 		wantErrIs(t, "Open(unknown digest)", err, model.ErrNotFound)
 	})
+
+	t.Run("DeleteModel removes that model's binaries only", func(t *testing.T) {
+		s := newStore(t)
+		gone, kept := UniqueCode("ct_fs_gone"), UniqueCode("ct_fs_kept")
+		a, sumA := blob(100)
+		b, sumB := blob(200)
+		mustNoErr(t, "Put", s.Put(t.Context(), gone, sumA, a))
+		mustNoErr(t, "Put", s.Put(t.Context(), gone, sumB, b))
+		mustNoErr(t, "Put", s.Put(t.Context(), kept, sumA, a))
+		mustNoErr(t, "DeleteModel", s.DeleteModel(t.Context(), gone))
+		for _, sum := range []string{sumA, sumB} {
+			_, err := s.Open(t.Context(), gone, sum)
+			wantErrIs(t, "Open after DeleteModel", err, model.ErrNotFound)
+		}
+		r, err := s.Open(t.Context(), kept, sumA)
+		mustNoErr(t, "Open(other model)", err)
+		r.Close()
+		mustNoErr(t, "DeleteModel(again)", s.DeleteModel(t.Context(), gone))
+		mustNoErr(t, "DeleteModel(never stored)", s.DeleteModel(t.Context(), UniqueCode("ct_fs_none")))
+		// The code is usable again.
+		mustNoErr(t, "Put after DeleteModel", s.Put(t.Context(), gone, sumB, b))
+		r, err = s.Open(t.Context(), gone, sumB)
+		mustNoErr(t, "Open after Put", err)
+		r.Close()
+	})
 }
 
 // RunSecretBoxContract runs the contract of ports.SecretBox against the box

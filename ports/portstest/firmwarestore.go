@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/espmdm/espmdm/core/model"
@@ -12,7 +13,8 @@ import (
 
 // FirmwareStore is an in-memory ports.FirmwareStore.
 type FirmwareStore struct {
-	// Hook, when set, is called with "Put" or "Open" before each operation;
+	// Hook, when set, is called with "Put", "Open" or "DeleteModel" before
+	// each operation;
 	// a non-nil result fails the operation with that error. Set it before
 	// use.
 	Hook func(op string) error
@@ -62,6 +64,23 @@ func (s *FirmwareStore) Open(_ context.Context, modelCode, sha256 string) (ports
 		return nil, fmt.Errorf("firmware %s of %s: %w", sha256, modelCode, model.ErrNotFound)
 	}
 	return &blob{Reader: bytes.NewReader(b)}, nil
+}
+
+// DeleteModel implements ports.FirmwareStore.
+func (s *FirmwareStore) DeleteModel(_ context.Context, modelCode string) error {
+	if s.Hook != nil {
+		if err := s.Hook("DeleteModel"); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range s.blobs {
+		if strings.HasPrefix(k, modelCode+"/") {
+			delete(s.blobs, k)
+		}
+	}
+	return nil
 }
 
 type blob struct {
