@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"sync"
 	"time"
 
@@ -37,12 +38,12 @@ func New(cfg Config, extra ...fx.Option) *fx.App {
 	return fx.New(append(opts, extra...)...)
 }
 
-// Lifetime is a context that lives from start-up until shutdown begins:
-// what long-running work (MQTT connection, loops) runs under, since fx's
+// Lifetime is a context that lives from start-up until the end of shutdown
+// (it is cancelled after the OnStop hooks of everything built on it): what
+// long-running work (the MQTT connection, loops) runs under, since fx's
 // OnStart context expires after the start timeout.
 type Lifetime struct {
-	Ctx    context.Context
-	cancel context.CancelFunc
+	Ctx context.Context
 }
 
 // Core provides the adapters bound to their ports and the use cases
@@ -93,8 +94,10 @@ func Server() fx.Option {
 
 func newLifetime(lc fx.Lifecycle) *Lifetime {
 	ctx, cancel := context.WithCancel(context.Background())
-	lt := &Lifetime{Ctx: ctx, cancel: cancel}
-	lc.Append(fx.StopHook(func() { cancel() }))
+	lt := &Lifetime{Ctx: ctx}
+	// Appended before the hooks of everything that uses it, so it runs
+	// after their OnStop hooks.
+	lc.Append(fx.StopHook(cancel))
 	return lt
 }
 
@@ -241,10 +244,22 @@ func newService(p serviceParams) *mdm.Service {
 			log.Warn("handled error", zap.String("op", op), zap.Error(err))
 		},
 	}, mdm.Config{
-		TokenURL: p.Cfg.OIDCTokenURL, BaseURL: p.Cfg.BaseURL, MQTTURL: p.Cfg.MQTTURL,
+		TokenURL: p.Cfg.OIDCTokenURL, BaseURL: p.Cfg.BaseURL, MQTTURL: DeviceMQTTURL(p.Cfg.MQTTURL),
 		WiFiSSID: p.Cfg.WiFiSSID, WiFiPassword: p.Cfg.WiFiPassword,
 		FirmwareMaxBytes: p.Cfg.FirmwareMaxBytes,
 	})
+}
+
+// DeviceMQTTURL is MQTT_URL as devices get it in their provisioning data:
+// without the user name and password, which are espmdm's own broker
+// credentials, not the device's.
+func DeviceMQTTURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	u.User = nil
+	return u.String()
 }
 
 type httpParams struct {
@@ -307,10 +322,13 @@ func registerHTTP(lc fx.Lifecycle, cfg Config, srv *httpapi.Server, log *zap.Log
 }
 
 // registerReconciler runs the reconciler at start-up and every
-// RECONCILE_INTERVAL until shutdown.
+// RECONCILE_INTERVAL until shutdown. It runs under a context of its own:
+// cancelling the application Lifetime here would cut the MQTT connection
+// before the HTTP server has drained and the notifier has flushed.
 func registerReconciler(lc fx.Lifecycle, lt *Lifetime, cfg Config, svc *mdm.Service, log *zap.Logger) {
 	var wg sync.WaitGroup
 	log = log.Named("reconcile")
+	ctx, cancel := context.WithCancel(lt.Ctx)
 	lc.Append(fx.Hook{
 		OnStart: func(context.Context) error {
 			wg.Add(1)
@@ -319,9 +337,9 @@ func registerReconciler(lc fx.Lifecycle, lt *Lifetime, cfg Config, svc *mdm.Serv
 				t := time.NewTicker(cfg.ReconcileInterval)
 				defer t.Stop()
 				for {
-					_, _ = RunReconcile(lt.Ctx, svc, log) // it logs what it found
+					_, _ = RunReconcile(ctx, svc, log) // it logs what it found
 					select {
-					case <-lt.Ctx.Done():
+					case <-ctx.Done():
 						return
 					case <-t.C:
 					}
@@ -329,15 +347,15 @@ func registerReconciler(lc fx.Lifecycle, lt *Lifetime, cfg Config, svc *mdm.Serv
 			}()
 			return nil
 		},
-		OnStop: func(ctx context.Context) error {
-			lt.cancel()
+		OnStop: func(stopCtx context.Context) error {
+			cancel()
 			done := make(chan struct{})
 			go func() { wg.Wait(); close(done) }()
 			select {
 			case <-done:
 				return nil
-			case <-ctx.Done():
-				return ctx.Err()
+			case <-stopCtx.Done():
+				return stopCtx.Err()
 			}
 		},
 	})

@@ -138,7 +138,7 @@ var Vars = []Var{
 		set: str(func(c *Config) *string { return &c.ViewerRole })},
 	{Name: "AUTH_DISABLED", Default: "false", Help: "turn admin API authentication off (trusted networks only; logs a warning)",
 		set: boolean(func(c *Config) *bool { return &c.AuthDisabled })},
-	{Name: "MQTT_URL", Help: "MQTT v5 broker, e.g. mqtt://broker:1883 (empty: no device notifications)",
+	{Name: "MQTT_URL", Secret: true, Help: "MQTT v5 broker, e.g. mqtt://user:pass@broker:1883 (empty: no device notifications); devices get it without user and password",
 		set: str(func(c *Config) *string { return &c.MQTTURL })},
 	{Name: "MQTT_CLIENT_ID", Default: "espmdm-$HOSTNAME", Help: "stable MQTT client id (QoS 1 sessions need it stable)",
 		set: str(func(c *Config) *string { return &c.MQTTClientID })},

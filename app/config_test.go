@@ -409,3 +409,16 @@ func TestHelpTextNamesEveryVariable(t *testing.T) {
 		t.Errorf("HelpText has %d lines, want one per variable (%d)", len(lines), len(app.Vars))
 	}
 }
+
+func TestDeviceMQTTURLDropsCredentials(t *testing.T) {
+	for in, want := range map[string]string{
+		"mqtt://espmdm:s3cr3t@broker.example.com:1883": "mqtt://broker.example.com:1883",
+		"mqtts://espmdm@broker.example.com":            "mqtts://broker.example.com",
+		"mqtt://broker.example.com:1883":               "mqtt://broker.example.com:1883",
+		"":                                             "",
+	} {
+		if got := app.DeviceMQTTURL(in); got != want {
+			t.Errorf("DeviceMQTTURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/espmdm/espmdm/esp32image"
 	"github.com/espmdm/espmdm/esp32image/esp32imagetest"
+	"github.com/espmdm/espmdm/integration"
 	"github.com/espmdm/espmdm/nvs"
 )
 
@@ -543,7 +544,12 @@ func TestE2EDevices(t *testing.T) {
 // first authenticated calls: the NVS partition it is flashed with holds
 // credentials Keycloak accepts, and its token opens /iot.
 func TestE2EProvisioningAndDeviceAPI(t *testing.T) {
-	s := startServer(t, nil)
+	// espmdm's own broker credentials must not reach the devices.
+	brokerPassword := "broker-" + randHex(6)
+	s := startServer(t, map[string]string{
+		"MQTT_URL": strings.Replace(integration.Shared(t).MQTTURL, "mqtt://", "mqtt://espmdm:"+brokerPassword+"@", 1),
+	})
+	s.keep(brokerPassword)
 	m := newModel(t, s, nil)
 	d := newDevice(t, s, m.ID, `{"led":"blue","interval":30}`)
 	provPath := fmt.Sprintf("/api/devices/%d/provisioning", d.ID)
@@ -601,6 +607,9 @@ func TestE2EProvisioningAndDeviceAPI(t *testing.T) {
 
 	var prov provisioningDTO
 	s.do(http.MethodGet, provPath+"?format=json", s.admin, nil).want(t, http.StatusOK, &prov)
+	if prov.MQTTURL != s.st.MQTTURL {
+		t.Errorf("format=json mqtt_url is not the broker URL without credentials")
+	}
 	if prov.ClientSecret != fields["client_secret"] || prov.ClientID != d.ClientID || prov.DeviceKey != d.Key ||
 		prov.WiFiPassword != s.cfg.WiFiPassword || prov.TokenURL != s.cfg.OIDCTokenURL {
 		t.Errorf("format=json disagrees with the NVS image for %s", d.ClientID)
