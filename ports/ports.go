@@ -72,7 +72,10 @@ type DeviceRepo interface {
 type FirmwareRepo interface {
 	// RecordFirmware stores f as the model's current firmware and sets the
 	// model's FirmwareVersion, atomically. Sets f.ID.
-	RecordFirmware(ctx context.Context, f *model.Firmware) error
+	// check, when not nil, runs first in the same transaction with the
+	// model locked, given the model's current firmware (nil when none); its
+	// error aborts the recording and is returned as it is.
+	RecordFirmware(ctx context.Context, f *model.Firmware, check func(current *model.Firmware) error) error
 	// CurrentFirmware is the newest upload of the model, or ErrNotFound.
 	CurrentFirmware(ctx context.Context, modelID int64) (model.Firmware, error)
 	// ListFirmware is the model's upload history, newest first.

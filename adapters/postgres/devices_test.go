@@ -72,7 +72,7 @@ func TestUpdateDeviceDoesNotLockTheModel(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 		defer cancel()
 		f := model.Firmware{DeviceModelID: m.ID, Version: "2.0.0", Chip: "esp32", SHA256: strings.Repeat("ab", 32), Size: 1}
-		if err := r.firmware.RecordFirmware(ctx, &f); err != nil {
+		if err := r.firmware.RecordFirmware(ctx, &f, nil); err != nil {
 			return fmt.Errorf("RecordFirmware while a device of the model is locked: %w", err)
 		}
 		if _, err := r.devices.UpdateDevice(ctx, other.ID, func(o *model.Device) error { o.Active = false; return nil }); err != nil {
@@ -114,7 +114,7 @@ func TestConstraintTranslation(t *testing.T) {
 	})
 	t.Run("firmware of a missing model", func(t *testing.T) {
 		f := model.Firmware{DeviceModelID: m.ID + 1000, Version: "1", Chip: "esp32", SHA256: strings.Repeat("0", 64)}
-		wantErrIs(t, "RecordFirmware", r.firmware.RecordFirmware(ctx, &f), model.ErrNotFound)
+		wantErrIs(t, "RecordFirmware", r.firmware.RecordFirmware(ctx, &f, nil), model.ErrNotFound)
 	})
 	t.Run("deleting a model in use", func(t *testing.T) {
 		wantErrIs(t, "DeleteModel", r.models.DeleteModel(ctx, m.ID), model.ErrConflict)
@@ -146,7 +146,7 @@ func TestConstraintTranslation(t *testing.T) {
 				return err
 			}, "rotation_state", "ROTATING"},
 			{"bad firmware digest", func() error {
-				return r.firmware.RecordFirmware(ctx, &model.Firmware{DeviceModelID: m.ID, Version: "1", Chip: "esp32", SHA256: "XYZ"})
+				return r.firmware.RecordFirmware(ctx, &model.Firmware{DeviceModelID: m.ID, Version: "1", Chip: "esp32", SHA256: "XYZ"}, nil)
 			}, "sha256", "XYZ"},
 		} {
 			err := tc.do()

@@ -2,6 +2,8 @@ package postgres
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 
 	"github.com/uptrace/bun"
 
@@ -22,9 +24,10 @@ func NewFirmwareRepo(db *DB) *FirmwareRepo { return &FirmwareRepo{db: db.bun} }
 // RecordFirmware implements ports.FirmwareRepo. In one transaction it locks
 // the model row (so concurrent uploads of one model are recorded in order
 // and the model's version is the newest row's), inserts the firmware row and
-// sets device_models.firmware_version. A missing model is
-// model.ErrNotFound. A zero UploadedAt is the database's now().
-func (r *FirmwareRepo) RecordFirmware(ctx context.Context, f *model.Firmware) error {
+// sets device_models.firmware_version; check sees the current firmware read
+// under that lock. A missing model is model.ErrNotFound. A zero UploadedAt
+// is the database's now().
+func (r *FirmwareRepo) RecordFirmware(ctx context.Context, f *model.Firmware, check func(*model.Firmware) error) error {
 	row := firmwareToRow(f)
 	row.ID = 0
 	return runInTx(ctx, r.db, "record firmware", func(ctx context.Context, tx bun.Tx) error {
@@ -32,6 +35,22 @@ func (r *FirmwareRepo) RecordFirmware(ctx context.Context, f *model.Firmware) er
 		if err := tx.NewSelect().Model((*modelRow)(nil)).Column("m.id").
 			Where("m.id = ?", row.DeviceModelID).For("UPDATE").Scan(ctx, &locked); err != nil {
 			return translate("record firmware: lock device model", err, fkNone)
+		}
+		if check != nil {
+			var cur firmwareRow
+			err := tx.NewSelect().Model(&cur).Where("f.device_model_id = ?", row.DeviceModelID).
+				OrderExpr("f.id DESC").Limit(1).Scan(ctx)
+			var current *model.Firmware
+			switch {
+			case err == nil:
+				fw := firmwareFromRow(&cur)
+				current = &fw
+			case !errors.Is(err, sql.ErrNoRows):
+				return translate("record firmware: current firmware", err, fkNone)
+			}
+			if err := check(current); err != nil {
+				return err
+			}
 		}
 		if _, err := tx.NewInsert().Model(&row).Returning("*").Exec(ctx); err != nil {
 			return translate("record firmware", err, fkMissingRef)

@@ -42,17 +42,25 @@ func (s *Service) UploadFirmware(ctx context.Context, modelID int64, data []byte
 		return model.Firmware{}, model.Invalid("firmware", "the application descriptor has an empty version")
 	}
 	chip := img.Header.ChipID
-	cur, err := s.d.Firmware.CurrentFirmware(ctx, m.ID)
-	switch {
-	case err == nil:
-		if cur.ChipID != int(chip) {
-			return model.Firmware{}, model.Invalid("firmware",
+	// The first upload sets the model's chip; later ones must match it.
+	sameChip := func(cur *model.Firmware) error {
+		if cur != nil && cur.ChipID != int(chip) {
+			return model.Invalid("firmware",
 				"the image is for %s (chip id %d) but device model %s runs %s firmware (chip id %d)",
 				chip, int(chip), m.Code, cur.Chip, cur.ChipID)
 		}
-	case errors.Is(err, model.ErrNotFound):
-		// The first upload sets the model's chip.
-	default:
+		return nil
+	}
+	// Checked here so a wrong image is refused before it is stored, and
+	// again when recording, under the model's lock, against a concurrent
+	// upload for another chip.
+	cur, err := s.d.Firmware.CurrentFirmware(ctx, m.ID)
+	switch {
+	case err == nil:
+		if err := sameChip(&cur); err != nil {
+			return model.Firmware{}, err
+		}
+	case !errors.Is(err, model.ErrNotFound):
 		return model.Firmware{}, fmt.Errorf("upload firmware: current firmware of %s: %w", m.Code, err)
 	}
 
@@ -72,7 +80,7 @@ func (s *Service) UploadFirmware(ctx context.Context, modelID int64, data []byte
 		Size:          int64(len(data)),
 		UploadedAt:    s.now(),
 	}
-	if err := s.d.Firmware.RecordFirmware(ctx, &f); err != nil {
+	if err := s.d.Firmware.RecordFirmware(ctx, &f, sameChip); err != nil {
 		return model.Firmware{}, fmt.Errorf("upload firmware: record: %w", err)
 	}
 	if err := s.d.Notifier.FirmwareReleased(ctx, m.Code, f.Version); err != nil {

@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -162,7 +164,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		x := r(t)
 		m := x.model("ct_delfw", nil)
 		f := x.fw(m, "1.0.0", now())
-		mustNoErr(t, "RecordFirmware", x.firmware.RecordFirmware(x.ctx(), &f))
+		mustNoErr(t, "RecordFirmware", x.firmware.RecordFirmware(x.ctx(), &f, nil))
 		mustNoErr(t, "DeleteModel", x.models.DeleteModel(x.ctx(), m.ID))
 	})
 
@@ -514,6 +516,82 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		}
 	})
 
+	t.Run("RecordFirmware's check sees the current firmware; its error records nothing", func(t *testing.T) {
+		x := r(t)
+		m := x.model("ct_fwcheck", nil)
+		v1 := x.fw(m, "1.0.0", now())
+		var seen []*model.Firmware
+		record := func(f *model.Firmware, fail error) error {
+			return x.firmware.RecordFirmware(x.ctx(), f, func(cur *model.Firmware) error {
+				seen = append(seen, cur)
+				return fail
+			})
+		}
+		mustNoErr(t, "RecordFirmware v1", record(&v1, nil))
+		boom := errors.New("refused by check")
+		v2 := x.fw(m, "2.0.0", now())
+		if err := record(&v2, boom); !errors.Is(err, boom) {
+			t.Fatalf("RecordFirmware with a failing check: %v, want the check's error", err)
+		}
+		if len(seen) != 2 || seen[0] != nil || seen[1] == nil || seen[1].ID != v1.ID {
+			t.Fatalf("check saw %v, want nil then v1 (id %d)", seen, v1.ID)
+		}
+		hist, err := x.firmware.ListFirmware(x.ctx(), m.ID)
+		mustNoErr(t, "ListFirmware", err)
+		if len(hist) != 1 || hist[0].ID != v1.ID {
+			t.Errorf("history after a refused record: %v, want only v1", hist)
+		}
+		got, err := x.models.GetModel(x.ctx(), m.ID)
+		mustNoErr(t, "GetModel", err)
+		if got.FirmwareVersion != "1.0.0" {
+			t.Errorf("FirmwareVersion = %q after a refused record, want 1.0.0", got.FirmwareVersion)
+		}
+	})
+
+	t.Run("concurrent RecordFirmware calls see each other's rows in their checks", func(t *testing.T) {
+		x := r(t)
+		m := x.model("ct_fwrace", nil)
+		chips := []struct {
+			name string
+			id   int
+		}{{"esp32", 0}, {"esp32c3", 5}}
+		var wg sync.WaitGroup
+		errs := make([]error, 8)
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				f := x.fw(m, fmt.Sprintf("1.0.%d", i), now())
+				f.Chip, f.ChipID = chips[i%2].name, chips[i%2].id
+				errs[i] = x.firmware.RecordFirmware(x.ctx(), &f, func(cur *model.Firmware) error {
+					if cur != nil && cur.ChipID != f.ChipID {
+						return model.ErrConflict
+					}
+					return nil
+				})
+			}()
+		}
+		wg.Wait()
+		hist, err := x.firmware.ListFirmware(x.ctx(), m.ID)
+		mustNoErr(t, "ListFirmware", err)
+		ok := 0
+		for _, err := range errs {
+			if err == nil {
+				ok++
+			} else if !errors.Is(err, model.ErrConflict) {
+				t.Errorf("RecordFirmware: %v", err)
+			}
+		}
+		if ok == 0 || len(hist) != ok {
+			t.Fatalf("%d calls succeeded, %d rows recorded", ok, len(hist))
+		}
+		for _, f := range hist {
+			if f.ChipID != hist[0].ChipID {
+				t.Fatalf("history mixes chips %d and %d: the checks did not serialise", hist[0].ChipID, f.ChipID)
+			}
+		}
+	})
+
 	t.Run("RecordFirmware sets the model's version; history is newest first", func(t *testing.T) {
 		x := r(t)
 		m := x.model("ct_fw", nil)
@@ -528,15 +606,15 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 
 		t0 := now().Add(-time.Hour)
 		v1 := x.fw(m, "1.0.0", t0)
-		mustNoErr(t, "RecordFirmware v1", x.firmware.RecordFirmware(x.ctx(), &v1))
+		mustNoErr(t, "RecordFirmware v1", x.firmware.RecordFirmware(x.ctx(), &v1, nil))
 		if v1.ID == 0 {
 			t.Fatalf("RecordFirmware left ID unset")
 		}
 		v2 := x.fw(m, "1.1.0-rc1", t0.Add(time.Minute))
 		v2.Chip, v2.ChipID = "esp32s3", 9
-		mustNoErr(t, "RecordFirmware v2", x.firmware.RecordFirmware(x.ctx(), &v2))
+		mustNoErr(t, "RecordFirmware v2", x.firmware.RecordFirmware(x.ctx(), &v2, nil))
 		o1 := x.fw(other, "9.9.9", t0.Add(2*time.Minute))
-		mustNoErr(t, "RecordFirmware other", x.firmware.RecordFirmware(x.ctx(), &o1))
+		mustNoErr(t, "RecordFirmware other", x.firmware.RecordFirmware(x.ctx(), &o1, nil))
 
 		cur, err := x.firmware.CurrentFirmware(x.ctx(), m.ID)
 		mustNoErr(t, "CurrentFirmware", err)

@@ -377,7 +377,7 @@ func (s *Store) DeviceKeysExist(_ context.Context, keys []string) (map[string]bo
 }
 
 // RecordFirmware implements ports.FirmwareRepo.
-func (s *Store) RecordFirmware(_ context.Context, f *model.Firmware) error {
+func (s *Store) RecordFirmware(_ context.Context, f *model.Firmware, check func(*model.Firmware) error) error {
 	if err := s.hook("RecordFirmware"); err != nil {
 		return err
 	}
@@ -387,6 +387,15 @@ func (s *Store) RecordFirmware(_ context.Context, f *model.Firmware) error {
 	if !ok {
 		return fmt.Errorf("device model %d: %w", f.DeviceModelID, model.ErrNotFound)
 	}
+	if check != nil {
+		var current *model.Firmware
+		if h := s.firmwareNewestFirst(m.ID); len(h) > 0 {
+			current = &h[0]
+		}
+		if err := check(current); err != nil {
+			return err
+		}
+	}
 	f.ID = s.id()
 	s.firmware[m.ID] = append(s.firmware[m.ID], *f)
 	m.FirmwareVersion = f.Version
@@ -395,16 +404,11 @@ func (s *Store) RecordFirmware(_ context.Context, f *model.Firmware) error {
 	return nil
 }
 
-// firmwareNewestFirst returns the model's history, newest upload first
-// (ties broken by ID).
+// firmwareNewestFirst returns the model's history, the most recently
+// recorded first, as PostgreSQL orders it (by ID, not by UploadedAt).
 func (s *Store) firmwareNewestFirst(modelID int64) []model.Firmware {
 	out := slices.Clone(s.firmware[modelID])
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].UploadedAt.Equal(out[j].UploadedAt) {
-			return out[i].UploadedAt.After(out[j].UploadedAt)
-		}
-		return out[i].ID > out[j].ID
-	})
+	slices.Reverse(out)
 	return out
 }
 
