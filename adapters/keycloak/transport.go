@@ -80,62 +80,83 @@ type failure struct {
 	refused bool
 }
 
-// tokens caches the admin access token. The oauth2 ReuseTokenSource
-// replaces it tokenExpiryDelta before it expires; reset drops it after the
-// admin API refused it.
+// tokens caches the admin access token and replaces it tokenExpiryDelta
+// before it expires; reset drops it after the admin API refused it. At most
+// one fetch is in flight: callers wait for it under their own contexts, and
+// one that gives up leaves nothing behind (the fetch is bounded by the
+// HTTP client's timeout).
 type tokens struct {
-	fetch oauth2.TokenSource
-
-	mu     sync.Mutex
-	cached oauth2.TokenSource
-}
-
-// fetchToken asks the token endpoint for a new token on every call (the
-// caching is the ReuseTokenSource's).
-type fetchToken struct {
 	cc  *clientcredentials.Config
-	ctx context.Context
+	ctx context.Context // carries the HTTP client of every fetch
+
+	mu       sync.Mutex
+	cached   *oauth2.Token
+	inflight *tokenFetch
 }
 
-func (f fetchToken) Token() (*oauth2.Token, error) { return f.cc.Token(f.ctx) }
+// tokenFetch is one request to the token endpoint; tok and err are set
+// before done is closed.
+type tokenFetch struct {
+	done chan struct{}
+	tok  *oauth2.Token
+	err  error
+}
 
 func newTokens(cc *clientcredentials.Config, hc *http.Client, timeout time.Duration) *tokens {
-	// The token source keeps this context for every fetch: it only carries
-	// the HTTP client, whose Timeout bounds each fetch.
 	tc := *hc
 	tc.Timeout = timeout
-	ctx := context.WithValue(context.Background(), oauth2.HTTPClient, &tc)
-	t := &tokens{fetch: fetchToken{cc: cc, ctx: ctx}}
-	t.reset()
-	return t
+	return &tokens{cc: cc, ctx: context.WithValue(context.Background(), oauth2.HTTPClient, &tc)}
 }
 
+// fresh reports whether tok can still be used for tokenExpiryDelta.
+func fresh(tok *oauth2.Token) bool {
+	return tok != nil && tok.AccessToken != "" &&
+		(tok.Expiry.IsZero() || time.Until(tok.Expiry) > tokenExpiryDelta)
+}
+
+// reset forgets the cached token; the next call fetches a new one (a fetch
+// already in flight still answers its waiters, but is not cached).
 func (t *tokens) reset() {
 	t.mu.Lock()
-	t.cached = oauth2.ReuseTokenSourceWithExpiry(nil, t.fetch, tokenExpiryDelta)
+	t.cached, t.inflight = nil, nil
 	t.mu.Unlock()
 }
 
 // token returns a valid admin token, giving up when ctx ends.
 func (t *tokens) token(ctx context.Context) (*oauth2.Token, error) {
 	t.mu.Lock()
-	src := t.cached
-	t.mu.Unlock()
-	type result struct {
-		tok *oauth2.Token
-		err error
+	if fresh(t.cached) {
+		tok := t.cached
+		t.mu.Unlock()
+		return tok, nil
 	}
-	ch := make(chan result, 1)
-	go func() {
-		tok, err := src.Token()
-		ch <- result{tok, err}
-	}()
+	f := t.inflight
+	if f == nil {
+		f = &tokenFetch{done: make(chan struct{})}
+		t.inflight = f
+		go t.fetch(f)
+	}
+	t.mu.Unlock()
 	select {
-	case r := <-ch:
-		return r.tok, r.err
+	case <-f.done:
+		return f.tok, f.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+func (t *tokens) fetch(f *tokenFetch) {
+	tok, err := t.cc.Token(t.ctx)
+	t.mu.Lock()
+	f.tok, f.err = tok, err
+	if t.inflight == f { // not reset meanwhile
+		t.inflight = nil
+		if err == nil {
+			t.cached = tok
+		}
+	}
+	t.mu.Unlock()
+	close(f.done)
 }
 
 // tokenError describes a failed admin token fetch without the response body

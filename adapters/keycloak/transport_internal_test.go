@@ -1,6 +1,7 @@
 package keycloak
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/http"
@@ -133,5 +134,80 @@ func TestOnlyIdempotentCallsAreRetried(t *testing.T) {
 	}
 	if got := cut.count(http.MethodPost); got != 1 {
 		t.Errorf("POST attempts: %d, want 1", got)
+	}
+}
+
+// tokenStall holds every token request until released, as a hung token
+// endpoint would, and counts them; admin API requests pass to Keycloak.
+type tokenStall struct {
+	release  chan struct{}
+	started  atomic.Int32
+	inFlight atomic.Int32
+	maxSeen  atomic.Int32
+}
+
+func (s *tokenStall) RoundTrip(r *http.Request) (*http.Response, error) {
+	if strings.HasSuffix(r.URL.Path, "/protocol/openid-connect/token") {
+		s.started.Add(1)
+		n := s.inFlight.Add(1)
+		defer s.inFlight.Add(-1)
+		for {
+			m := s.maxSeen.Load()
+			if n <= m || s.maxSeen.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		select {
+		case <-s.release:
+		case <-r.Context().Done():
+			return nil, r.Context().Err()
+		}
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// Callers that give up on a hung token endpoint leave no fetch behind: one
+// fetch is in flight however many calls wait, none is started for callers
+// that have gone, and the next call after the endpoint recovers gets a
+// token.
+func TestHungTokenEndpointCostsOneFetch(t *testing.T) {
+	st := integration.Shared(t)
+	stall := &tokenStall{release: make(chan struct{})}
+	const fetchTimeout = 100 * time.Millisecond
+	a, err := NewAdmin(AdminConfig{
+		BaseURL: st.KeycloakURL, Realm: st.Realm, ClientID: st.AdminClientID, ClientSecret: st.AdminClientSecret,
+		DeviceAudience: st.DeviceAudience, HTTPClient: &http.Client{Transport: stall}, Timeout: fetchTimeout,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(t.Context(), fetchTimeout/2)
+			defer cancel()
+			if _, err := a.tokens.token(ctx); !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("token while the endpoint hangs: %v, want the caller's deadline", err)
+			}
+		}()
+	}
+	wg.Wait()
+	// Long enough for ten more timed-out fetches, were any queued.
+	time.Sleep(10 * fetchTimeout)
+	if got, peak := stall.started.Load(), stall.maxSeen.Load(); got != 1 || peak != 1 {
+		t.Errorf("token requests for 50 waiting calls: %d in all, %d at once; want 1 and 1", got, peak)
+	}
+	if n := stall.inFlight.Load(); n != 0 {
+		t.Errorf("%d token requests still waiting after their timeout", n)
+	}
+	close(stall.release)
+	tok, err := a.tokens.token(t.Context())
+	if err != nil || tok.AccessToken == "" {
+		t.Fatalf("token once the endpoint answers: %v", err)
+	}
+	if got := stall.started.Load(); got != 2 {
+		t.Errorf("token requests after recovery: %d in all, want 2", got)
 	}
 }
