@@ -371,7 +371,11 @@ func (a *Admin) ListDeviceClients(ctx context.Context) (list []model.ClientInfo,
 }
 
 // Ping implements ports.IdentityProvider: it fetches the realm's OpenID
-// discovery document.
+// discovery document, then looks up the admin client itself through the
+// Admin REST API. Keycloak answers a lookup by a caller without
+// query-clients/view-clients with an empty list, not an error, so without
+// this check such a misconfiguration would pass for "no such client" and
+// leave device clients behind.
 func (a *Admin) Ping(ctx context.Context) (err error) {
 	defer func(start time.Time) { a.observe("Ping", start, err) }(time.Now())
 	const op = "ping"
@@ -388,6 +392,14 @@ func (a *Admin) Ping(ctx context.Context) (err error) {
 	}
 	if doc.Issuer == "" {
 		return unavailable(op, errors.New("the discovery document names no issuer"))
+	}
+	self, err := a.lookup(ctx, op, a.cfg.ClientID)
+	if err != nil {
+		return err
+	}
+	if self == nil {
+		return unavailable(op, fmt.Errorf("the admin client %s cannot see itself in the realm's clients: "+
+			"grant its service account realm-management view-clients and query-clients (and manage-clients)", a.cfg.ClientID))
 	}
 	return nil
 }

@@ -522,8 +522,10 @@ func TestWrongAdminCredentials(t *testing.T) {
 	if msg := err.Error(); !strings.Contains(msg, "credentials") || strings.Contains(msg, cfg.ClientSecret) {
 		t.Errorf("error %q: want it to blame the credentials without quoting the secret", msg)
 	}
-	// Ping needs no admin token: Keycloak itself is up.
-	mustNoErr(t, "Ping", a.Ping(t.Context()))
+	// Readiness fails too: espmdm cannot manage devices with these.
+	if err := a.Ping(t.Context()); !errors.Is(err, model.ErrUnavailable) || !strings.Contains(err.Error(), "credentials") {
+		t.Errorf("Ping with a wrong admin secret: got %v, want ErrUnavailable blaming the credentials", err)
+	}
 
 	cfg = adminConfig(st)
 	cfg.Realm = "no-such-realm-" + randomKey()
@@ -534,6 +536,20 @@ func TestWrongAdminCredentials(t *testing.T) {
 	if _, err := a.ClientStatus(t.Context(), model.ClientID("kc_test", randomKey())); !errors.Is(err, model.ErrUnavailable) || errors.Is(err, model.ErrNotFound) {
 		t.Errorf("ClientStatus in a missing realm: got %v, want ErrUnavailable only", err)
 	}
+}
+
+// A service account without the realm-management client roles is caught by
+// Ping, not taken for an empty realm.
+func TestPingRefusesAnAdminClientWithoutClientRoles(t *testing.T) {
+	st := integration.Shared(t)
+	cfg := adminConfig(st)
+	cfg.ClientID, cfg.ClientSecret = st.OperatorClientID, st.OperatorClientSecret // mdm-admin only
+	a := newAdmin(t, cfg)
+	err := a.Ping(t.Context())
+	if !errors.Is(err, model.ErrUnavailable) || !strings.Contains(err.Error(), "query-clients") {
+		t.Fatalf("Ping as a client without realm-management roles: got %v, want ErrUnavailable naming the roles", err)
+	}
+	mustNoErr(t, "Ping as the real admin client", newAdmin(t, adminConfig(st)).Ping(t.Context()))
 }
 
 func TestNewAdminChecksItsConfig(t *testing.T) {

@@ -306,7 +306,8 @@ func (a *Admin) attempt(ctx context.Context, req request, payload []byte) (respo
 	case req.auth && (code == http.StatusUnauthorized || code == http.StatusForbidden):
 		return response{}, &failure{refused: true, err: fmt.Errorf("%s: the admin API refused the admin token: check the admin client's "+
 			"credentials, its realm-management roles (manage-clients, view-clients, query-clients) "+
-			"and that the Keycloak URL matches Keycloak's configured hostname", what)}
+			"and that the Keycloak URL matches Keycloak's configured hostname (on Keycloak 26.8.2 or later, also that "+
+			"the admin client has the kc-admin-api client scope)", what)}
 	case code >= 500 || code == http.StatusTooManyRequests || code == http.StatusRequestTimeout:
 		return response{}, &failure{err: errors.New(what), transient: true}
 	default:
