@@ -32,13 +32,20 @@ type ModelRepo interface {
 	DeleteModel(ctx context.Context, id int64) error
 }
 
+// Page sizes of ListDevices.
+const (
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
+)
+
 // DeviceFilter narrows ListDevices. Nil fields do not filter.
 type DeviceFilter struct {
 	ModelID       *int64
 	RotationState *model.RotationState
 	Active        *bool
-	// Limit is the page size (1..1000); AfterID is the cursor: only devices
-	// with a larger ID are returned, ordered by ID.
+	// Limit is the page size: DefaultPageSize below 1, at most
+	// MaxPageSize. AfterID is the cursor: only devices with a larger ID are
+	// returned, ordered by ID.
 	Limit   int
 	AfterID int64
 }
@@ -63,6 +70,7 @@ type DeviceRepo interface {
 	DeleteDevice(ctx context.Context, id int64) error
 	// TouchLastSeen sets last_seen_at = at unless it is already later than
 	// at - minInterval (so a busy device costs at most one write a minute).
+	// An unknown device (deleted since it authenticated) is not an error.
 	TouchLastSeen(ctx context.Context, id int64, at time.Time, minInterval time.Duration) error
 	// DeviceKeysExist returns the subset of keys that belong to a device.
 	DeviceKeysExist(ctx context.Context, keys []string) (map[string]bool, error)

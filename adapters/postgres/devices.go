@@ -11,10 +11,10 @@ import (
 	"github.com/espmdm/espmdm/ports"
 )
 
-// Page sizes of ListDevices.
+// Page sizes of ListDevices, as the port defines them.
 const (
-	DefaultPageSize = 100
-	MaxPageSize     = 1000
+	DefaultPageSize = ports.DefaultPageSize
+	MaxPageSize     = ports.MaxPageSize
 )
 
 // DeviceRepo stores devices in the devices table. Every device it returns

@@ -33,9 +33,13 @@ func (s *Service) AuthenticateDevice(ctx context.Context, c model.DeviceClaims) 
 	if !d.Active {
 		return model.Device{}, fmt.Errorf("device %d is inactive: %w", d.ID, model.ErrForbidden)
 	}
+	// The row just read says whether a write is due: a device polling
+	// every second costs one UPDATE a minute, not one a call.
 	now := s.now()
-	if err := s.d.Devices.TouchLastSeen(ctx, d.ID, now, LastSeenInterval); err != nil {
-		s.report("authenticate device: record last seen", fmt.Errorf("device %d: %w", d.ID, err))
+	if d.LastSeenAt == nil || now.Sub(*d.LastSeenAt) >= LastSeenInterval {
+		if err := s.d.Devices.TouchLastSeen(ctx, d.ID, now, LastSeenInterval); err != nil {
+			s.report("authenticate device: record last seen", fmt.Errorf("device %d: %w", d.ID, err))
+		}
 	}
 	return d, nil
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/espmdm/espmdm/core/mdm"
 	"github.com/espmdm/espmdm/core/model"
 	"github.com/espmdm/espmdm/esp32image"
 	"github.com/espmdm/espmdm/ports"
@@ -60,13 +61,22 @@ func TestAuthenticateDeviceLastSeen(t *testing.T) {
 		}
 		return got.LastSeenAt
 	}
+	writes := 0
+	e.store.Hook = func(op string) error {
+		if op == "TouchLastSeen" {
+			writes++
+		}
+		return nil
+	}
 	for i, step := range []struct {
-		advance time.Duration
-		want    time.Time
+		advance   time.Duration
+		want      time.Time
+		wantWrite int
 	}{
-		{0, t0},
-		{30 * time.Second, t0},
-		{45 * time.Second, t0.Add(75 * time.Second)},
+		{0, t0, 1},
+		{30 * time.Second, t0, 1}, // within the minute: not even an UPDATE
+		{29 * time.Second, t0, 1},
+		{16 * time.Second, t0.Add(75 * time.Second), 2},
 	} {
 		e.clock.Advance(step.advance)
 		if _, err := e.svc.AuthenticateDevice(t.Context(), c); err != nil {
@@ -75,9 +85,13 @@ func TestAuthenticateDeviceLastSeen(t *testing.T) {
 		if got := lastSeen(); got == nil || !got.Equal(step.want) {
 			t.Errorf("step %d: LastSeenAt %v, want %v", i, got, step.want)
 		}
+		if writes != step.wantWrite {
+			t.Errorf("step %d: %d TouchLastSeen calls, want %d", i, writes, step.wantWrite)
+		}
 	}
 
 	// A failed write does not fail authentication.
+	e.clock.Advance(mdm.LastSeenInterval)
 	down := &model.UnavailableError{Service: "postgres", Err: errors.New("read-only")}
 	e.store.Hook = func(op string) error {
 		if op == "TouchLastSeen" {

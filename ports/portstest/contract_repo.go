@@ -392,6 +392,26 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		}
 	})
 
+	t.Run("ListDevices pages by 100 when Limit is below 1 and by 1000 at most", func(t *testing.T) {
+		x := r(t)
+		m := x.model("ct_pagesize", nil)
+		for range ports.DefaultPageSize + 1 {
+			x.device(m, `{}`)
+		}
+		for _, limit := range []int{0, -5} {
+			p, err := x.devices.ListDevices(x.ctx(), ports.DeviceFilter{ModelID: &m.ID, Limit: limit})
+			mustNoErr(t, "ListDevices", err)
+			if len(p.Devices) != ports.DefaultPageSize || p.NextAfterID == 0 {
+				t.Errorf("Limit %d: page of %d (next %d), want %d and more", limit, len(p.Devices), p.NextAfterID, ports.DefaultPageSize)
+			}
+		}
+		p, err := x.devices.ListDevices(x.ctx(), ports.DeviceFilter{ModelID: &m.ID, Limit: ports.MaxPageSize + 1})
+		mustNoErr(t, "ListDevices", err)
+		if len(p.Devices) != ports.DefaultPageSize+1 || p.NextAfterID != 0 {
+			t.Errorf("Limit %d: page of %d (next %d), want all %d", ports.MaxPageSize+1, len(p.Devices), p.NextAfterID, ports.DefaultPageSize+1)
+		}
+	})
+
 	t.Run("ListDevices filters by model, rotation state and active", func(t *testing.T) {
 		x := r(t)
 		m := x.model("ct_filter", nil)
@@ -497,6 +517,9 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 				t.Errorf("step %d (touch at %v): LastSeenAt = %v, want %v", i, s.at, got.LastSeenAt, s.want)
 			}
 		}
+		// A device deleted since it authenticated is not an error.
+		mustNoErr(t, "DeleteDevice", x.devices.DeleteDevice(x.ctx(), d.ID))
+		mustNoErr(t, "TouchLastSeen(deleted device)", x.devices.TouchLastSeen(x.ctx(), d.ID, t0, time.Minute))
 	})
 
 	t.Run("DeviceKeysExist returns the keys that have a device", func(t *testing.T) {

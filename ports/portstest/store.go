@@ -277,8 +277,11 @@ func (s *Store) ListDevices(_ context.Context, f ports.DeviceFilter) (ports.Devi
 		return ports.DevicePage{}, err
 	}
 	limit := f.Limit
-	if limit < 1 || limit > 1000 {
-		limit = 1000
+	switch {
+	case limit < 1:
+		limit = ports.DefaultPageSize
+	case limit > ports.MaxPageSize:
+		limit = ports.MaxPageSize
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -350,7 +353,7 @@ func (s *Store) TouchLastSeen(_ context.Context, id int64, at time.Time, minInte
 	defer s.mu.Unlock()
 	d, ok := s.devices[id]
 	if !ok {
-		return fmt.Errorf("device %d: %w", id, model.ErrNotFound)
+		return nil
 	}
 	if d.LastSeenAt != nil && d.LastSeenAt.After(at.Add(-minInterval)) {
 		return nil
