@@ -8,7 +8,9 @@
 // ParseReaderAtLenient read it from an io.ReaderAt, each byte once, in
 // order, without holding the image in memory. An image is valid only when
 // the error is nil. Every problem with the bytes is a *FormatError giving
-// the file offset; all of them match ErrFormat with errors.Is. Nothing
+// the file offset (several integrity problems, such as a bad checksum and a
+// bad digest, come joined with errors.Join; errors.As finds the first);
+// all of them match ErrFormat with errors.Is. Nothing
 // panics on any input (the parser is fuzzed), and nothing is allocated in
 // proportion to lengths read from the image.
 //
@@ -20,7 +22,9 @@
 //     the hash_appended flag. Chip ids, names, flash frequency names and
 //     address maps are those of esptool 5.6.0.
 //   - The segments: load address, file offset and length.
-//   - The esp_app_desc_t, read the way esptool image-info reads it: from the
+//   - The esp_app_desc_t (magic, secure_version, version, project_name,
+//     compile time and date, idf_ver, app_elf_sha256, min/max eFuse block
+//     revision, MMU page size), read the way esptool image-info reads it: from the
 //     first segment whose load address lies in the chip's DROM range, and
 //     only when that segment starts with the magic word 0xABCD5432. For a
 //     chip id this package does not know, segment 0 is used (ESP-IDF always
@@ -70,4 +74,20 @@
 //     instead deletes NULs and keeps the rest).
 //   - The reserved header bytes and descriptor fields are not checked.
 //   - ESP8266 images (same magic, no extended header) are not supported.
+//
+// # Where esptool 5.6.0 image-info answers differently
+//
+// Checked on images built by this package's tests and by esptool
+// elf2image itself; these are esptool's behaviours, kept as they are here:
+//
+//   - an unknown low chip-id byte, or hash_appended other than 0 or 1, makes
+//     esptool parse the file as an ESP8266 image (and often exit 0);
+//   - esptool does not check segment lengths when reading (a length that is
+//     not a multiple of 4 is read on, and shows as a checksum mismatch);
+//   - esptool stops with a Python exception on app descriptor strings that
+//     are not UTF-8, and on a first DROM segment shorter than 256 bytes;
+//     here the first is valid and the second is an image without a
+//     descriptor;
+//   - esptool prints descriptor strings through its console markup, which
+//     doubles trailing backslashes and drops text between square brackets.
 package esp32image

@@ -153,7 +153,8 @@ type Image struct {
 
 // Parse parses and validates an application image held in memory. It
 // returns an error, and no image, unless the image is valid: every error
-// wraps ErrFormat and, for problems with the bytes, is a *FormatError.
+// wraps ErrFormat and, for problems with the bytes, is (or joins) a
+// *FormatError.
 // data may be longer than the image (trailing bytes are ignored apart from
 // signature sector detection); data is not retained.
 func Parse(data []byte) (*Image, error) {
