@@ -239,9 +239,13 @@ func newService(p serviceParams) *mdm.Service {
 	return mdm.New(mdm.Deps{
 		Models: p.Models, Devices: p.Devices, Firmware: p.Firmware, Store: p.Store,
 		Identity: p.Identity, Notifier: p.Notifier, Clock: p.Clock,
-		OnError: func(op string, err error) {
+		OnError: func(ctx context.Context, op string, err error) {
 			p.Metrics.db.WithLabelValues(op).Inc()
-			log.Warn("handled error", zap.String("op", op), zap.Error(err))
+			fields := []zap.Field{zap.String("op", op), zap.Error(err)}
+			if id := httpapi.RequestID(ctx); id != "" {
+				fields = append(fields, zap.String("request_id", id))
+			}
+			log.Warn("handled error", fields...)
 		},
 	}, mdm.Config{
 		TokenURL: p.Cfg.OIDCTokenURL, BaseURL: p.Cfg.BaseURL, MQTTURL: DeviceMQTTURL(p.Cfg.MQTTURL),

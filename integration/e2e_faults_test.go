@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -93,7 +94,18 @@ func TestE2EIdentityProviderDown(t *testing.T) {
 		// Reads need only the database (the token keys are cached).
 		s.do(http.MethodGet, fmt.Sprintf("/api/devices/%d", kept.ID), s.viewer, nil).want(t, http.StatusOK, nil)
 		// Deletion removes the row now; the client is the reconciler's.
-		s.do(http.MethodDelete, fmt.Sprintf("/api/devices/%d", doomed.ID), s.admin, nil).want(t, http.StatusNoContent, nil)
+		del := s.do(http.MethodDelete, fmt.Sprintf("/api/devices/%d", doomed.ID), s.admin, nil).want(t, http.StatusNoContent, nil)
+		// The failed client deletion is logged with the request's id.
+		reqID := del.header.Get("X-Request-ID")
+		logged := false
+		for _, e := range s.logs.FilterMessage("handled error").All() {
+			if e.ContextMap()["request_id"] == reqID && strings.Contains(fmt.Sprint(e.ContextMap()["op"]), "delete client") {
+				logged = true
+			}
+		}
+		if reqID == "" || !logged {
+			t.Errorf("no handled-error log line for the failed client deletion with request id %q", reqID)
+		}
 		s.do(http.MethodGet, fmt.Sprintf("/api/devices/%d", doomed.ID), s.viewer, nil).wantProblem(t, http.StatusNotFound)
 	})
 	s.waitReady(2 * time.Minute)

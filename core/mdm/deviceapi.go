@@ -38,7 +38,7 @@ func (s *Service) AuthenticateDevice(ctx context.Context, c model.DeviceClaims) 
 	now := s.now()
 	if d.LastSeenAt == nil || now.Sub(*d.LastSeenAt) >= LastSeenInterval {
 		if err := s.d.Devices.TouchLastSeen(ctx, d.ID, now, LastSeenInterval); err != nil {
-			s.report("authenticate device: record last seen", fmt.Errorf("device %d: %w", d.ID, err))
+			s.report(ctx, "authenticate device: record last seen", fmt.Errorf("device %d: %w", d.ID, err))
 		}
 	}
 	return d, nil

@@ -101,7 +101,7 @@ func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.D
 		// Undo the client even when the caller has gone away: a left-over
 		// client is an orphan until the reconciler finds it.
 		if derr := s.d.Identity.DeleteClient(context.WithoutCancel(ctx), clientID); derr != nil {
-			s.report("create device: delete client after failed insert", fmt.Errorf("client %s: %w", clientID, derr))
+			s.report(ctx, "create device: delete client after failed insert", fmt.Errorf("client %s: %w", clientID, derr))
 		}
 		if errors.Is(err, model.ErrConflict) {
 			continue // key collision with an existing device
@@ -181,7 +181,7 @@ func (s *Service) UpdateDevice(ctx context.Context, id int64, in ports.DeviceUpd
 	}
 	if changed {
 		if err := s.d.Notifier.ConfigChanged(ctx, d.ClientID()); err != nil {
-			s.report("update device: notify config change", fmt.Errorf("device %d: %w", id, err))
+			s.report(ctx, "update device: notify config change", fmt.Errorf("device %d: %w", id, err))
 		}
 	}
 	return d, nil
@@ -200,7 +200,7 @@ func (s *Service) DeleteDevice(ctx context.Context, id int64) error {
 	}
 	clientID := d.ClientID()
 	if err := s.d.Identity.DeleteClient(context.WithoutCancel(ctx), clientID); err != nil {
-		s.report("delete device: delete client", fmt.Errorf("client %s: %w", clientID, err))
+		s.report(ctx, "delete device: delete client", fmt.Errorf("client %s: %w", clientID, err))
 	}
 	return nil
 }

@@ -84,7 +84,7 @@ func (s *Service) UploadFirmware(ctx context.Context, modelID int64, data []byte
 		return model.Firmware{}, fmt.Errorf("upload firmware: record: %w", err)
 	}
 	if err := s.d.Notifier.FirmwareReleased(ctx, m.Code, f.Version); err != nil {
-		s.report("upload firmware: notify release", fmt.Errorf("device model %s: %w", m.Code, err))
+		s.report(ctx, "upload firmware: notify release", fmt.Errorf("device model %s: %w", m.Code, err))
 	}
 	return f, nil
 }

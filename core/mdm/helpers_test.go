@@ -56,7 +56,7 @@ func newEnv(t *testing.T, opts ...option) *env {
 	deps := mdm.Deps{
 		Models: e.store, Devices: e.store, Firmware: e.store, Store: e.fw,
 		Identity: e.idp, Notifier: e.notifier, Clock: e.clock,
-		OnError: func(op string, err error) {
+		OnError: func(_ context.Context, op string, err error) {
 			e.mu.Lock()
 			defer e.mu.Unlock()
 			e.errs = append(e.errs, reported{op, err})

@@ -137,7 +137,7 @@ func (s *Service) Reconcile(ctx context.Context) (ports.ReconcileReport, error) 
 		}
 		if err := s.d.Identity.DeleteClient(ctx, c.ClientID); err != nil {
 			rep.Failed = append(rep.Failed, c.ClientID)
-			s.report("reconcile: delete orphaned client", fmt.Errorf("client %s: %w", c.ClientID, err))
+			s.report(ctx, "reconcile: delete orphaned client", fmt.Errorf("client %s: %w", c.ClientID, err))
 			continue
 		}
 		rep.DeletedOrphans = append(rep.DeletedOrphans, c.ClientID)

@@ -107,7 +107,7 @@ func (s *Service) DeleteModel(ctx context.Context, id int64) error {
 	// The history rows went with the model; its binaries go now. A failure
 	// leaves unreferenced files, nothing a device or the API can reach.
 	if err := s.d.Store.DeleteModel(ctx, m.Code); err != nil {
-		s.report("delete device model: remove firmware binaries", fmt.Errorf("device model %s: %w", m.Code, err))
+		s.report(ctx, "delete device model: remove firmware binaries", fmt.Errorf("device model %s: %w", m.Code, err))
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package mdm
 
 import (
+	"context"
 	"crypto/rand"
 	"io"
 	"time"
@@ -27,9 +28,10 @@ type Deps struct {
 	// Rand is where device keys come from; nil means crypto/rand.
 	Rand io.Reader
 	// OnError, when set, receives errors the core handles without returning
-	// them (a failed cleanup or notification), with the operation they
-	// happened in. They never contain secrets.
-	OnError func(op string, err error)
+	// them (a failed cleanup or notification), with the context of the call
+	// (for its request id) and the operation they happened in. They never
+	// contain secrets.
+	OnError func(ctx context.Context, op string, err error)
 }
 
 // Config is what a Service needs to know about its deployment.
@@ -77,9 +79,9 @@ func New(deps Deps, cfg Config) *Service {
 }
 
 // report hands an error the core handled to OnError.
-func (s *Service) report(op string, err error) {
+func (s *Service) report(ctx context.Context, op string, err error) {
 	if err != nil && s.d.OnError != nil {
-		s.d.OnError(op, err)
+		s.d.OnError(ctx, op, err)
 	}
 }
 
