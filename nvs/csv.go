@@ -144,14 +144,24 @@ func parseValue(enc string, raw []byte) (Entry, error) {
 		}
 		return Entry{Type: TypeBlob, Value: b}, nil
 	case "base64":
-		// Like Python's binascii.a2b_base64: characters outside the
-		// alphabet (line breaks, spaces) are skipped; padding is optional.
+		// Like Python's binascii.a2b_base64, which the generator uses:
+		// characters outside the alphabet (line breaks, spaces) are
+		// skipped, and so is a '=' that cannot be padding (at the first
+		// or second character of a group of four, or not yet completing
+		// the group); the '=' that completes a group ends the value.
+		// Unlike it, padding is optional.
 		clean := make([]byte, 0, len(raw))
+		quad, pads := 0, 0
+	scan:
 		for _, c := range raw {
-			if c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+' || c == '/' {
+			switch {
+			case c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+' || c == '/':
 				clean = append(clean, c)
-			} else if c == '=' {
-				break
+				quad, pads = (quad+1)%4, 0
+			case c == '=' && quad >= 2:
+				if pads++; quad+pads >= 4 {
+					break scan
+				}
 			}
 		}
 		b, err := base64.RawStdEncoding.DecodeString(string(clean))
@@ -208,8 +218,13 @@ func parseValue(enc string, raw []byte) (Entry, error) {
 
 // WriteCSV writes entries in the CSV format ReadCSV and ESP-IDF's generator
 // read: a namespace row whenever the namespace changes, integers in decimal,
-// strings as they are, blobs in base64. A string the format cannot carry
-// (one containing a carriage return) is an error wrapping ErrInvalid.
+// strings as they are, blobs in base64. A string, key or namespace name the
+// generator cannot read back is an error wrapping ErrInvalid: one containing
+// a carriage return (it reads files with universal newlines) or a line break
+// followed by '#' (it drops every line starting with '#', also inside a
+// quoted value). The generator's CSV reader also limits a field to 131072
+// characters, so it cannot read back a blob of more than 98304 bytes, which
+// ReadCSV can.
 func WriteCSV(w io.Writer, entries []Entry) error {
 	var b strings.Builder
 	b.WriteString("key,type,encoding,value\n")
@@ -224,8 +239,8 @@ func WriteCSV(w io.Writer, entries []Entry) error {
 		b.WriteByte('\n')
 	}
 	for i, e := range entries {
-		if strings.ContainsRune(e.Namespace, '\r') {
-			return fmt.Errorf("%w: entry %d: namespace %q contains a carriage return", ErrInvalid, i, e.Namespace)
+		if why := csvUnsafe(e.Namespace); why != "" {
+			return fmt.Errorf("%w: entry %d: namespace %q contains %s", ErrInvalid, i, e.Namespace, why)
 		}
 		if e.Type == TypeNamespace || e.Namespace != ns {
 			ns = e.Namespace
@@ -234,16 +249,16 @@ func WriteCSV(w io.Writer, entries []Entry) error {
 				continue
 			}
 		}
-		if strings.ContainsRune(e.Key, '\r') {
-			return fmt.Errorf("%w: entry %d: key %q contains a carriage return", ErrInvalid, i, e.Key)
+		if why := csvUnsafe(e.Key); why != "" {
+			return fmt.Errorf("%w: entry %d: key %q contains %s", ErrInvalid, i, e.Key, why)
 		}
 		if !checkValue(e.Type, e.Value) {
 			return fmt.Errorf("%w: entry %d: type %s with a Go value of type %T", ErrInvalid, i, e.Type, e.Value)
 		}
 		switch v := e.Value.(type) {
 		case string:
-			if strings.ContainsRune(v, '\r') {
-				return fmt.Errorf("%w: entry %d: string %q contains a carriage return, which CSV cannot carry", ErrInvalid, i, e.Key)
+			if why := csvUnsafe(v); why != "" {
+				return fmt.Errorf("%w: entry %d: string %q contains %s, which the generator's CSV cannot carry", ErrInvalid, i, e.Key, why)
 			}
 			row(e.Key, "data", "string", v)
 		case []byte:
@@ -254,6 +269,18 @@ func WriteCSV(w io.Writer, entries []Entry) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// csvUnsafe says why the generator would not read s back from a CSV field,
+// or returns "".
+func csvUnsafe(s string) string {
+	switch {
+	case strings.ContainsRune(s, '\r'):
+		return "a carriage return"
+	case strings.Contains(s, "\n#"):
+		return "a line starting with '#'"
+	}
+	return ""
 }
 
 // csvField quotes f when a CSV reader would otherwise change it: separators,

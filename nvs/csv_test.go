@@ -80,6 +80,40 @@ func TestReadCSV(t *testing.T) {
 	}
 }
 
+// TestReadCSVBase64 checks base64 values against what the generator's
+// binascii.a2b_base64 makes of them (outputs taken from Python 3.11);
+// golden/base64_quirks.bin is the generator's image of the same values.
+func TestReadCSVBase64(t *testing.T) {
+	tests := []struct {
+		value string
+		want  string
+	}{
+		{"SGVsbG8=", "Hello"},
+		{"=QUJD", "ABC"},        // '=' starting a group is skipped
+		{"QUJD=QUJD", "ABCABC"}, // so is one after a complete group
+		{"QQ==QUJD", "A"},       // padding completing a group ends the value
+		{"Q===QQ==", "A\x04"},   // '=' after one character is skipped
+		{"QQ=x=QUJD", "A\x0c"},  // a character between '=' restarts the count
+		{"QUJ=D===", "AB"},      // one '=' completes a group of three
+		{"QUJD====", "ABC"},     // excess padding
+		{"QU JD\nRk==", "ABCF"}, // blanks and line breaks are skipped
+		{"SGVsbG8=\nV29ybGQ=", "Hello"},
+		{"QUJDRA", "ABCD"}, // padding is optional here, not in the generator
+	}
+	for _, tt := range tests {
+		t.Run(tt.value, func(t *testing.T) {
+			src := "key,type,encoding,value\nns,namespace,,\nb,data,base64,\"" + tt.value + "\"\n"
+			got, err := nvs.ReadCSV(strings.NewReader(src), nil)
+			if err != nil {
+				t.Fatalf("ReadCSV: %v", err)
+			}
+			if len(got) != 2 || !reflect.DeepEqual(got[1].Value, []byte(tt.want)) {
+				t.Errorf("ReadCSV(%q) = %v, want blob %q", tt.value, got, tt.want)
+			}
+		})
+	}
+}
+
 func TestReadCSVErrors(t *testing.T) {
 	const h = "key,type,encoding,value\n"
 	tests := []struct {
@@ -165,7 +199,13 @@ func TestWriteCSV(t *testing.T) {
 		t.Errorf("ReadCSV(WriteCSV(x)):\n got %v\nwant %v", got, wantBack)
 	}
 
-	for _, bad := range []nvs.Entry{str("ns", "cr", "a\rb"), {Namespace: "ns", Key: "k", Type: nvs.TypeU8, Value: 1}} {
+	for _, bad := range []nvs.Entry{
+		str("ns", "cr", "a\rb"),
+		str("ns", "hash", "a\n#b"), // the generator drops lines starting with '#', quoted or not
+		str("ns", "k\n#", "a"),
+		str("n\n#", "k", "a"),
+		{Namespace: "ns", Key: "k", Type: nvs.TypeU8, Value: 1},
+	} {
 		if err := nvs.WriteCSV(&bytes.Buffer{}, []nvs.Entry{bad}); !errors.Is(err, nvs.ErrInvalid) {
 			t.Errorf("WriteCSV(%v) error = %v, want ErrInvalid", bad, err)
 		}

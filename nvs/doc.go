@@ -28,11 +28,12 @@
 // index (1..254) the namespace's items carry. Strings and blobs store their
 // size and a CRC of their bytes in the data field and the bytes themselves in
 // the following span-1 entries of the same page; strings include their
-// terminating NUL and may be up to 4000 bytes. Format version 1 stores a blob
-// as one such item of at most 1984 bytes; version 2 splits it into BLOB_DATA
-// chunks, each filling what is left of a page, followed by a BLOB_IDX item
-// holding the total size, the chunk count and the version offset (0x00 or
-// 0x80) a device flips each time it rewrites the blob.
+// terminating NUL and may be up to 4000 bytes (1984 in format version 1).
+// Format version 1 stores a blob as one such item of at most 1984 bytes;
+// version 2 splits it into BLOB_DATA chunks, each filling what is left of a
+// page, followed by a BLOB_IDX item holding the total size, the chunk count
+// and the version offset (0x00 or 0x80) a device flips each time it rewrites
+// the blob.
 //
 // Encode lays entries out exactly as nvs_partition_gen does, byte for byte,
 // including its choices that the format does not dictate: the first free
@@ -64,12 +65,19 @@
 //   - A v2 blob needing more than 127 chunks is refused; the generator writes
 //     chunk indices that collide with the blob's second version (up to 255
 //     chunks) or crashes.
+//   - A 255th namespace is refused; the generator gives it the index 255,
+//     which the runtime reserves for "any namespace".
+//   - A data row of encoding binary stores the UTF-8 bytes of its value. The
+//     generator records the number of characters as the size, so a value
+//     with non-ASCII characters becomes an item whose data CRC fails.
 //   - In CSV files, encodings and types are case-insensitive, integers may be
 //     written in hexadecimal (0x...), base64 padding is optional, a byte-order
 //     mark is ignored, rows before the first namespace row are an error
 //     (the generator files them under namespace index 0, the namespace table),
 //     and file rows are read relative to the CSV's directory rather than the
-//     working directory.
+//     working directory. Only a row starting with '#' is a comment: the
+//     generator drops every line starting with '#', also one inside a quoted
+//     value, so WriteCSV refuses values containing such a line.
 //   - The generator adds hard-coded Wi-Fi entries (sta.apinfo, sta.pmk,
 //     sta.apsw, ap.pmk_info) when it sees the keys sta.ssid, sta.pswd or
 //     ap.ssid/ap.passwd/ap.authmode. This package writes exactly the entries it
