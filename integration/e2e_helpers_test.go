@@ -45,10 +45,18 @@ type server struct {
 }
 
 // startServer starts espmdm on a free loopback port with the stack's
-// services; env overrides single variables and opts are added to app.New.
-// The application is stopped, and its logs are checked for leaked secrets,
-// when the test ends.
+// services and waits until it is ready; env overrides single variables and
+// opts are added to app.New. The application is stopped, and its logs are
+// checked for leaked secrets, when the test ends.
 func startServer(t *testing.T, env map[string]string, opts ...fx.Option) *server {
+	t.Helper()
+	s := startServerUnready(t, env, opts...)
+	s.waitReady(time.Minute)
+	return s
+}
+
+// startServerUnready is startServer without waiting for readiness.
+func startServerUnready(t *testing.T, env map[string]string, opts ...fx.Option) *server {
 	t.Helper()
 	st := integration.Shared(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -108,7 +116,6 @@ func startServer(t *testing.T, env map[string]string, opts ...fx.Option) *server
 		}
 		s.checkLogs()
 	})
-	s.waitReady(time.Minute)
 	s.admin = s.token(st.OperatorClientID, st.OperatorClientSecret)
 	s.viewer = s.token(st.ViewerClientID, st.ViewerClientSecret)
 	return s
@@ -141,7 +148,7 @@ func (s *server) waitReady(timeout time.Duration) {
 	s.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		r := s.do(http.MethodGet, "/health/ready", "", nil)
+		r := s.request(http.MethodGet, "/health/ready", "", nil)
 		if r.status == http.StatusOK {
 			return
 		}

@@ -211,3 +211,51 @@ func TestHungTokenEndpointCostsOneFetch(t *testing.T) {
 		t.Errorf("token requests after recovery: %d in all, want 2", got)
 	}
 }
+
+// peakCounter records how many admin API requests are in flight at once.
+type peakCounter struct {
+	inFlight, peak atomic.Int32
+}
+
+func (p *peakCounter) RoundTrip(r *http.Request) (*http.Response, error) {
+	if strings.Contains(r.URL.Path, "/admin/") {
+		n := p.inFlight.Add(1)
+		defer p.inFlight.Add(-1)
+		for {
+			m := p.peak.Load()
+			if n <= m || p.peak.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond) // let the callers pile up
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// However many callers there are, at most MaxConcurrent admin requests are
+// in flight.
+func TestAdminRequestsAreBounded(t *testing.T) {
+	st := integration.Shared(t)
+	peak := &peakCounter{}
+	a, err := NewAdmin(AdminConfig{
+		BaseURL: st.KeycloakURL, Realm: st.Realm, ClientID: st.AdminClientID, ClientSecret: st.AdminClientSecret,
+		DeviceAudience: st.DeviceAudience, HTTPClient: &http.Client{Transport: peak}, MaxConcurrent: 2,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := a.ClientStatus(t.Context(), "iotdevice-kc_bound-aaaaaaaa"); err != nil {
+				t.Errorf("ClientStatus: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if got := peak.peak.Load(); got != 2 {
+		t.Errorf("admin requests in flight at most: %d, want 2 (MaxConcurrent)", got)
+	}
+}
