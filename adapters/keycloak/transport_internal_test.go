@@ -149,14 +149,7 @@ type tokenStall struct {
 func (s *tokenStall) RoundTrip(r *http.Request) (*http.Response, error) {
 	if strings.HasSuffix(r.URL.Path, "/protocol/openid-connect/token") {
 		s.started.Add(1)
-		n := s.inFlight.Add(1)
-		defer s.inFlight.Add(-1)
-		for {
-			m := s.maxSeen.Load()
-			if n <= m || s.maxSeen.CompareAndSwap(m, n) {
-				break
-			}
-		}
+		defer enter(&s.inFlight, &s.maxSeen)()
 		select {
 		case <-s.release:
 		case <-r.Context().Done():
@@ -212,6 +205,19 @@ func TestHungTokenEndpointCostsOneFetch(t *testing.T) {
 	}
 }
 
+// enter counts one more request in flight, raises peak to the count, and
+// returns the function that counts it out.
+func enter(inFlight, peak *atomic.Int32) (leave func()) {
+	n := inFlight.Add(1)
+	for {
+		m := peak.Load()
+		if n <= m || peak.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	return func() { inFlight.Add(-1) }
+}
+
 // peakCounter records how many admin API requests are in flight at once.
 type peakCounter struct {
 	inFlight, peak atomic.Int32
@@ -219,14 +225,7 @@ type peakCounter struct {
 
 func (p *peakCounter) RoundTrip(r *http.Request) (*http.Response, error) {
 	if strings.Contains(r.URL.Path, "/admin/") {
-		n := p.inFlight.Add(1)
-		defer p.inFlight.Add(-1)
-		for {
-			m := p.peak.Load()
-			if n <= m || p.peak.CompareAndSwap(m, n) {
-				break
-			}
-		}
+		defer enter(&p.inFlight, &p.peak)()
 		time.Sleep(20 * time.Millisecond) // let the callers pile up
 	}
 	return http.DefaultTransport.RoundTrip(r)
