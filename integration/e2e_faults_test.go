@@ -118,13 +118,7 @@ func TestE2EIdentityProviderDown(t *testing.T) {
 	}
 	newDevice(t, s, m.ID, `{}`)
 	// The reconciler removes the client the deletion could not.
-	deadline := time.Now().Add(time.Minute)
-	for len(keycloakClients(t, s.st, doomed.ClientID)) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("client %s of the deleted device still in Keycloak a minute after the outage", doomed.ClientID)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+	waitClientGone(t, s.st, doomed.ClientID, time.Minute)
 	if len(keycloakClients(t, s.st, kept.ClientID)) != 1 {
 		t.Errorf("the reconciler removed the client of device %d, which exists", kept.ID)
 	}

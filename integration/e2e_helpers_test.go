@@ -328,6 +328,18 @@ func keycloakClients(t *testing.T, st *integration.Stack, clientID string) []map
 	return out
 }
 
+// waitClientGone waits until Keycloak no longer has the client.
+func waitClientGone(t *testing.T, st *integration.Stack, clientID string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for len(keycloakClients(t, st, clientID)) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("client %s still in Keycloak after %s", clientID, timeout)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // deleteKeycloakClient removes a client behind espmdm's back.
 func deleteKeycloakClient(t *testing.T, st *integration.Stack, clientID string) {
 	t.Helper()

@@ -41,13 +41,7 @@ func TestE2EReconcilesAtStart(t *testing.T) {
 		t.Fatalf("create the orphan client: %s %s", resp.Status, body)
 	}
 	s := startServer(t, nil)
-	deadline := time.Now().Add(30 * time.Second)
-	for len(keycloakClients(t, st, orphan)) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("orphan client %s still in Keycloak 30 s after start-up", orphan)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	waitClientGone(t, st, orphan, 30*time.Second)
 	// Devices created through the API keep their clients.
 	m := newModel(t, s, nil)
 	d := newDevice(t, s, m.ID, `{}`)

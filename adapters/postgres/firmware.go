@@ -37,14 +37,11 @@ func (r *FirmwareRepo) RecordFirmware(ctx context.Context, f *model.Firmware, ch
 			return translate("record firmware: lock device model", err, fkNone)
 		}
 		if check != nil {
-			var cur firmwareRow
-			err := tx.NewSelect().Model(&cur).Where("f.device_model_id = ?", row.DeviceModelID).
-				OrderExpr("f.id DESC").Limit(1).Scan(ctx)
+			cur, err := currentFirmware(ctx, tx, row.DeviceModelID)
 			var current *model.Firmware
 			switch {
 			case err == nil:
-				fw := firmwareFromRow(&cur)
-				current = &fw
+				current = &cur
 			case !errors.Is(err, sql.ErrNoRows):
 				return translate("record firmware: current firmware", err, fkNone)
 			}
@@ -70,14 +67,23 @@ func (r *FirmwareRepo) RecordFirmware(ctx context.Context, f *model.Firmware, ch
 // CurrentFirmware implements ports.FirmwareRepo: the model's most recently
 // recorded upload.
 func (r *FirmwareRepo) CurrentFirmware(ctx context.Context, modelID int64) (model.Firmware, error) {
+	f, err := currentFirmware(ctx, r.db, modelID)
+	if err != nil {
+		return model.Firmware{}, translate("current firmware", err, fkNone)
+	}
+	return f, nil
+}
+
+// currentFirmware reads the model's most recently recorded upload;
+// sql.ErrNoRows when there is none.
+func currentFirmware(ctx context.Context, idb bun.IDB, modelID int64) (model.Firmware, error) {
 	var row firmwareRow
-	err := r.db.NewSelect().Model(&row).
+	if err := idb.NewSelect().Model(&row).
 		Where("f.device_model_id = ?", modelID).
 		OrderExpr("f.id DESC").
 		Limit(1).
-		Scan(ctx)
-	if err != nil {
-		return model.Firmware{}, translate("current firmware", err, fkNone)
+		Scan(ctx); err != nil {
+		return model.Firmware{}, err
 	}
 	return firmwareFromRow(&row), nil
 }
