@@ -147,7 +147,7 @@ func (containers) NewKeycloak(spec KeycloakSpec) (Service, error) {
 			ExposedPorts: []string{"8080/tcp"},
 			Env:          env,
 			Cmd: []string{"start-dev", "--http-port=8080", "--hostname=" + base,
-				"--health-enabled=true", "--db=dev-file", "--import-realm"},
+				"--health-enabled=true", "--db=dev-file", "--features=client-secret-rotation", "--import-realm"},
 			Files: []testcontainers.ContainerFile{{
 				Reader:            bytes.NewReader(spec.RealmJSON),
 				ContainerFilePath: "/opt/keycloak/data/import/" + spec.Realm + "-realm.json", FileMode: 0o644,

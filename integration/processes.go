@@ -319,6 +319,9 @@ func (processes) NewKeycloak(spec KeycloakSpec) (Service, error) {
 				"--health-enabled=true",
 				// dev-file keeps data across a stop/start of this service.
 				"--db=dev-file",
+				// Grace-mode rotation (SPEC §4) needs Keycloak's preview
+				// client secret rotation; the realm import sets its policy.
+				"--features=client-secret-rotation",
 				"--import-realm")
 			cmd.Dir = home
 			cmd.Env = os.Environ()

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -53,7 +54,15 @@ type Options struct {
 	// Log receives the services' output; nil discards it (it is also kept
 	// in each service's directory and named in start errors).
 	Log io.Writer
+	// RotationGrace is the rotated-expiration-period of the realm's
+	// secret-rotation profile (how long an old secret stays valid after a
+	// grace-mode generation); default DefaultRotationGrace. Whole seconds.
+	RotationGrace time.Duration
 }
+
+// DefaultRotationGrace is the stack's rotated-secret lifetime, espmdm's
+// ROTATION_GRACE default.
+const DefaultRotationGrace = 7 * 24 * time.Hour
 
 // Stack is a running set of services. Its fields are fixed for its lifetime:
 // stopping and starting a single service keeps its port.
@@ -77,6 +86,11 @@ type Stack struct {
 	KeycloakAdminPassword string
 
 	MQTTURL string // mqtt://127.0.0.1:PORT
+
+	// RotationGrace is the realm's rotated-secret lifetime (its
+	// secret-rotation client policy covers every confidential client, the
+	// device clients among them).
+	RotationGrace time.Duration
 
 	dir      string
 	services map[ServiceName]Service
@@ -111,10 +125,14 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		ViewerClientID:        ViewerClientID,
 		ViewerClientSecret:    randomSecret(),
 		DeviceAudience:        DefaultDeviceAudience,
+		RotationGrace:         opts.RotationGrace.Truncate(time.Second),
 		KeycloakAdminUser:     KeycloakAdminUser,
 		KeycloakAdminPassword: randomSecret(),
 		dir:                   dir,
 		services:              map[ServiceName]Service{},
+	}
+	if st.RotationGrace <= 0 {
+		st.RotationGrace = DefaultRotationGrace
 	}
 	defer func() {
 		if err != nil {
@@ -196,6 +214,7 @@ func (s *Stack) realmEnv() map[string]string {
 		"ESPMDM_OPERATOR_CLIENT_SECRET": s.OperatorClientSecret,
 		"ESPMDM_VIEWER_CLIENT_ID":       s.ViewerClientID,
 		"ESPMDM_VIEWER_CLIENT_SECRET":   s.ViewerClientSecret,
+		"ESPMDM_ROTATION_GRACE_SECONDS": strconv.FormatInt(int64(s.RotationGrace/time.Second), 10),
 		"KC_BOOTSTRAP_ADMIN_USERNAME":   s.KeycloakAdminUser,
 		"KC_BOOTSTRAP_ADMIN_PASSWORD":   s.KeycloakAdminPassword,
 	}
@@ -288,6 +307,7 @@ func (s *Stack) Env() map[string]string {
 		"KEYCLOAK_ADMIN_USER":          s.KeycloakAdminUser,
 		"KEYCLOAK_ADMIN_PASSWORD":      s.KeycloakAdminPassword,
 		"MQTT_URL":                     s.MQTTURL,
+		"ROTATION_GRACE":               s.RotationGrace.String(),
 		EnvControlSocket:               s.control,
 	}
 }
@@ -360,7 +380,11 @@ func Attach(path string) (*Stack, error) {
 		KeycloakAdminUser:     env["KEYCLOAK_ADMIN_USER"],
 		KeycloakAdminPassword: env["KEYCLOAK_ADMIN_PASSWORD"],
 		MQTTURL:               env["MQTT_URL"],
+		RotationGrace:         DefaultRotationGrace,
 		control:               env[EnvControlSocket],
+	}
+	if g, err := time.ParseDuration(env["ROTATION_GRACE"]); err == nil && g > 0 {
+		st.RotationGrace = g
 	}
 	for k, v := range map[string]string{"DATABASE_URL": st.DatabaseURL, "KEYCLOAK_URL": st.KeycloakURL, "MQTT_URL": st.MQTTURL, "OIDC_TOKEN_URL": st.TokenURL} {
 		if v == "" {
