@@ -3,6 +3,7 @@ package ports
 import (
 	"context"
 	"encoding/json"
+	"time"
 
 	"github.com/espmdm/espmdm/core/model"
 )
@@ -104,4 +105,70 @@ type DeviceAPI interface {
 	DeviceConfig(ctx context.Context, d model.Device, c model.DeviceClaims) (json.RawMessage, error)
 	// DeviceFirmware returns the current firmware of the device's model.
 	DeviceFirmware(ctx context.Context, d model.Device) (model.Firmware, Blob, error)
+	// FetchCredentials is the rotation fetch (GET /iot/provisioning): the
+	// device's provisioning fields with the new secret while its rotation
+	// is PENDING (generated at the first fetch of the rotation, the same
+	// one on every later fetch), the current ones otherwise.
+	FetchCredentials(ctx context.Context, d model.Device) (Provisioning, error)
+	// AckCredentials confirms the new secret by its SHA-256 (lower-case
+	// hex): the rotation completes when it matches the secret generated in
+	// it; a repeat after completion is no error; anything else is
+	// model.ErrConflict.
+	AckCredentials(ctx context.Context, d model.Device, secretSHA256 string) error
+}
+
+// RotateResult is what Rotation.RotateDevice did.
+type RotateResult string
+
+// RotateDevice outcomes.
+const (
+	RotateQueued         RotateResult = "queued"
+	RotateAlreadyPending RotateResult = "already_pending"
+)
+
+// RotationStatus is the state of the rotation queue (GET
+// /api/rotation/status).
+type RotationStatus struct {
+	Mode     model.RotationMode
+	Counts   model.RotationCounts
+	InFlight []int64
+	// LastCompletedAt and NextScheduled are nil when unknown.
+	LastCompletedAt *time.Time
+	NextScheduled   *time.Time
+	// LeaseHolder names the process working the queue ("" when none).
+	LeaseHolder string
+}
+
+// Dashboard is one page of the rotation dashboard.
+type Dashboard struct {
+	Counts map[model.DashboardGroup]int
+	Group  model.DashboardGroup
+	Page   DevicePage
+}
+
+// CycleReport says what one rotation cycle did.
+type CycleReport struct {
+	// Fired is true when the schedule fired (and Queued devices were
+	// queued by it).
+	Fired  bool
+	Queued int
+	// TimedOut and Started count devices.
+	TimedOut int
+	Started  int
+}
+
+// Rotation is the admin and worker use cases of credential rotation.
+type Rotation interface {
+	// RotateDevice queues one device; an inactive device is
+	// model.ErrConflict.
+	RotateDevice(ctx context.Context, id int64) (RotateResult, error)
+	// TriggerRotation queues every active OK device and returns how many.
+	TriggerRotation(ctx context.Context) (int, error)
+	RotationStatus(ctx context.Context) (RotationStatus, error)
+	// RotationDashboard returns the group counts and one page of group g.
+	RotationDashboard(ctx context.Context, g model.DashboardGroup, limit int, afterID int64) (Dashboard, error)
+	// RunRotationCycle fires the schedule when due, times out expired
+	// attempts and starts devices in free slots. Only the lease holder
+	// calls it.
+	RunRotationCycle(ctx context.Context) (CycleReport, error)
 }

@@ -74,6 +74,87 @@ type DeviceRepo interface {
 	TouchLastSeen(ctx context.Context, id int64, at time.Time, minInterval time.Duration) error
 	// DeviceKeysExist returns the subset of keys that belong to a device.
 	DeviceKeysExist(ctx context.Context, keys []string) (map[string]bool, error)
+
+	RotationQueue
+}
+
+// RotationQueue is the part of DeviceRepo the rotation use case works the
+// queue with (SPEC §4).
+type RotationQueue interface {
+	// QueueRotations sets every active OK device to QUEUED and returns how
+	// many it queued.
+	QueueRotations(ctx context.Context) (int, error)
+	// StartRotations starts rotations in free slots, in one transaction
+	// that is serialised with every other StartRotations on the same
+	// database (so the bound holds across processes): free = limit minus
+	// the PENDING devices (active or not). It claims up to free devices,
+	// each row locked FOR UPDATE SKIP LOCKED: active QUEUED devices by
+	// oldest SecretCreatedAt (never set first, then by id), then active
+	// TIMEOUT devices whose LastRotationAttemptAt is at or before
+	// retryBefore, oldest attempt first. start runs on each claimed device
+	// (it sets the state to PENDING and the attempt time) and the results
+	// are stored before the commit. It returns the started devices.
+	StartRotations(ctx context.Context, limit int, retryBefore time.Time, start func(*model.Device)) ([]model.Device, error)
+	// ExpiredRotations returns the ids of PENDING devices whose attempt
+	// began at or before before, or that are inactive, oldest attempt
+	// first, at most limit.
+	ExpiredRotations(ctx context.Context, before time.Time, limit int) ([]int64, error)
+	// RotationCounts counts active devices by state, and inactive ones.
+	// Every state is present in ByState (0 when none).
+	RotationCounts(ctx context.Context) (model.RotationCounts, error)
+	// InFlight returns the ids of the PENDING devices, ascending.
+	InFlight(ctx context.Context) ([]int64, error)
+	// LastRotationCompleted is the latest LastRotationCompletedAt of any
+	// device; nil when no rotation ever completed.
+	LastRotationCompleted(ctx context.Context) (*time.Time, error)
+	// DashboardCounts counts the devices of each group (every group
+	// present).
+	DashboardCounts(ctx context.Context, q DashboardQuery) (map[model.DashboardGroup]int, error)
+	// DashboardPage is one page of a group's devices by id (Limit and
+	// AfterID as in DeviceFilter).
+	DashboardPage(ctx context.Context, q DashboardQuery, g model.DashboardGroup, limit int, afterID int64) (DevicePage, error)
+}
+
+// DashboardQuery holds the thresholds that sort devices into dashboard
+// groups. A device's secret age counts from SecretCreatedAt, or CreatedAt
+// when that is unset. For an active device, in this order:
+//   - critical: its secret was created before CriticalBefore, or a generated
+//     secret is unconfirmed since before UnconfirmedBefore (NewSecretAt set
+//     and older);
+//   - warning: its secret was created before WarningBefore, or its state is
+//     TIMEOUT;
+//   - healthy: every other (OK, QUEUED or PENDING with a young secret).
+//
+// Inactive devices are in the inactive group only.
+type DashboardQuery struct {
+	WarningBefore     time.Time
+	CriticalBefore    time.Time
+	UnconfirmedBefore time.Time
+}
+
+// ScheduleRepo records when a schedule last fired, so that a tick fires
+// once across replicas and missed ticks collapse into one.
+type ScheduleRepo interface {
+	// LastFire returns when the named schedule last fired; zero when it
+	// never did (its first start).
+	LastFire(ctx context.Context, name string) (time.Time, error)
+	// AdvanceFire moves the schedule's last fire from from (zero: never
+	// fired) to to, only if it is still from; false when another process
+	// moved it first.
+	AdvanceFire(ctx context.Context, name string, from, to time.Time) (bool, error)
+}
+
+// Lease is the rotation worker's lease: at most one process on a database
+// holds it; it is released when its holder stops or dies (within seconds).
+type Lease interface {
+	// Hold keeps or takes the lease and reports whether this process holds
+	// it now. A lease lost meanwhile (database restarted) is reported as
+	// not held, and taken again when it is free.
+	Hold(ctx context.Context) (bool, error)
+	// Release gives the lease up; not holding it is not an error.
+	Release(ctx context.Context) error
+	// Holder names the process holding the lease ("" when none).
+	Holder(ctx context.Context) (string, error)
 }
 
 // FirmwareRepo records firmware uploads.
@@ -123,9 +204,25 @@ type IdentityProvider interface {
 	RepairClient(ctx context.Context, clientID string) (model.IdentityStatus, error)
 	// ClientSecret returns the client's current secret.
 	ClientSecret(ctx context.Context, clientID string) (string, error)
-	// RegenerateSecret replaces the secret with a new random one.
+	// RegenerateSecret makes a new random secret the client's main one.
+	// Where a secret-rotation policy covers the client, the old secret
+	// stays valid as the rotated secret; elsewhere it stops working at once.
 	RegenerateSecret(ctx context.Context, clientID string) (string, error)
-	// SetSecret sets a specific secret (restoring a previous one).
+	// Secrets returns the secrets that authenticate the client now.
+	Secrets(ctx context.Context, clientID string) (model.Secrets, error)
+	// InvalidateRotatedSecret ends the rotated secret at once; a client
+	// without one is not an error.
+	InvalidateRotatedSecret(ctx context.Context, clientID string) error
+	// CoverClient makes sure the realm's client policies have been applied
+	// to the client (Keycloak applies them at creation and update only),
+	// updating it when they have not; it never changes a secret. It
+	// reports whether it updated the client.
+	CoverClient(ctx context.Context, clientID string) (bool, error)
+	// RotationPolicy reports whether the secret-rotation feature is on and
+	// a client policy covers device clients with a secret-rotation profile.
+	RotationPolicy(ctx context.Context) (model.RotationPolicy, error)
+	// SetSecret sets a specific secret as the only valid one (restoring a
+	// previous one; a rotated secret ends).
 	SetSecret(ctx context.Context, clientID, secret string) error
 	// ListDeviceClients returns every client whose id starts with
 	// model.ClientIDPrefix.
@@ -156,4 +253,12 @@ type Notifier interface {
 type SecretBox interface {
 	Seal(plaintext []byte) ([]byte, error)
 	Open(sealed []byte) ([]byte, error)
+}
+
+// Schedule says when a cron schedule fires next.
+type Schedule interface {
+	// Next returns the first fire time strictly after after.
+	Next(after time.Time) (time.Time, error)
+	// String is the schedule's expression.
+	String() string
 }

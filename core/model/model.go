@@ -66,8 +66,16 @@ type Device struct {
 	// generated in the identity provider; nil when none was.
 	NewSecretAt *time.Time
 	// PreviousSecret is the sealed (encrypted) secret the device had before
-	// the rotation in progress; nil outside a rotation.
+	// the rotation in progress; nil outside a rotation. It is set before the
+	// new secret is generated, so a rotation whose generation was cut off
+	// (crash, Keycloak timeout) can tell whether it happened.
 	PreviousSecret []byte
+	// SecretSHA256 is the lower-case hex SHA-256 of the secret generated in
+	// the device's latest rotation: unconfirmed while NewSecretAt is set,
+	// confirmed (kept for an idempotent repeated ack) after completion;
+	// empty when none was generated or a restore undid it. A digest of a
+	// random 32-character secret reveals nothing of it.
+	SecretSHA256 string
 
 	CreatedAt time.Time
 	UpdatedAt time.Time
@@ -159,3 +167,86 @@ func (p Principal) HasRole(role string) bool {
 	}
 	return false
 }
+
+// RotationMode is how a rotation keeps devices connected (SPEC §4).
+type RotationMode string
+
+// Rotation modes.
+const (
+	// RotationAuto picks RotationGrace when the identity provider's
+	// client policies cover the device clients with a secret-rotation
+	// profile, else RotationRestore.
+	RotationAuto RotationMode = "auto"
+	// RotationGrace keeps the old secret valid as the rotated secret until
+	// the device acks the new one (zero lockout).
+	RotationGrace RotationMode = "grace"
+	// RotationRestore replaces the secret at generation and restores the
+	// old one when the device does not confirm in time.
+	RotationRestore RotationMode = "restore"
+)
+
+// RotationPolicy is what the identity provider does when a device secret is
+// generated: whether its secret-rotation feature is on and a client policy
+// with a secret-rotation profile covers the device clients, with that
+// profile's periods.
+type RotationPolicy struct {
+	// FeatureEnabled: the identity provider's client secret rotation
+	// feature is enabled.
+	FeatureEnabled bool
+	// Covered: an enabled client policy whose profile has a
+	// secret-rotation executor applies to device clients.
+	Covered bool
+	// Name names the covering policy and profile ("policy/profile").
+	Name string
+	// Expiration is how long a main secret lives (expiration-period).
+	Expiration time.Duration
+	// RotatedExpiration is how long the old secret stays valid after a
+	// generation (rotated-expiration-period): the grace.
+	RotatedExpiration time.Duration
+	// RemainingRotation is how close to its expiry a secret must be for a
+	// client update to rotate it (remaining-rotation-period).
+	RemainingRotation time.Duration
+	// Problems says, one line each, what keeps grace mode from working
+	// (feature off, no policy, a policy that does not cover device
+	// clients, periods that would rotate on updates, ...). It may be
+	// non-empty while FeatureEnabled and Covered: grace mode needs both and
+	// no problem.
+	Problems []string
+}
+
+// Secrets are the secrets of a device client that authenticate now.
+type Secrets struct {
+	// Current is the main secret.
+	Current string
+	// Rotated is the old secret still valid after a generation under a
+	// secret-rotation policy; empty when there is none.
+	Rotated string
+}
+
+// RotationCounts are the devices per rotation state (active devices only)
+// and the number of inactive devices.
+type RotationCounts struct {
+	ByState  map[RotationState]int
+	Inactive int
+}
+
+// DashboardGroup is one group of the rotation dashboard (SPEC §4).
+type DashboardGroup string
+
+// Dashboard groups.
+const (
+	// DashboardHealthy: active, secret younger than the warning age and
+	// not TIMEOUT (OK, or QUEUED or PENDING in a normal rotation).
+	DashboardHealthy DashboardGroup = "healthy"
+	// DashboardWarning: active and not critical, with a secret older than
+	// the warning age or in state TIMEOUT.
+	DashboardWarning DashboardGroup = "warning"
+	// DashboardCritical: active, secret older than the critical age, or a
+	// generated secret unconfirmed for longer than half the grace.
+	DashboardCritical DashboardGroup = "critical"
+	// DashboardInactive: inactive devices.
+	DashboardInactive DashboardGroup = "inactive"
+)
+
+// DashboardGroups lists the groups in display order.
+var DashboardGroups = []DashboardGroup{DashboardHealthy, DashboardWarning, DashboardCritical, DashboardInactive}
