@@ -26,7 +26,8 @@ type AdminConfig struct {
 	// Realm holds the device clients and the admin client.
 	Realm string
 	// ClientID and ClientSecret are the admin service-account client
-	// (realm-management manage-clients, view-clients, query-clients).
+	// (realm-management manage-clients, view-clients, query-clients; and
+	// view-realm for RotationPolicy).
 	ClientID     string
 	ClientSecret string
 	// DeviceAudience is put into device tokens' aud by an audience mapper.
@@ -60,6 +61,7 @@ type AdminConfig struct {
 type Admin struct {
 	cfg          AdminConfig
 	adminBase    string // {BaseURL}/admin/realms/{realm}
+	serverInfo   string // {BaseURL}/admin/serverinfo
 	discoveryURL string
 	http         *http.Client
 	tokens       *tokens
@@ -121,6 +123,7 @@ func NewAdmin(cfg AdminConfig) (*Admin, error) {
 	return &Admin{
 		cfg:          cfg,
 		adminBase:    base + "/admin/realms/" + url.PathEscape(cfg.Realm),
+		serverInfo:   base + "/admin/serverinfo",
 		discoveryURL: realmURL + "/.well-known/openid-configuration",
 		http:         hc,
 		tokens:       newTokens(cc, hc, cfg.Timeout),
@@ -299,8 +302,13 @@ func (a *Admin) ClientSecret(ctx context.Context, clientID string) (secret strin
 	return a.secret(ctx, op, c.rep.ID)
 }
 
-// RegenerateSecret implements ports.IdentityProvider. The old secret stops
-// working at once (tokens already issued stay valid until they expire).
+// RegenerateSecret implements ports.IdentityProvider with Keycloak's
+// "regenerate secret". Under a client policy with a secret-rotation
+// executor the old secret stays valid as the rotated secret for the
+// profile's rotated-expiration-period (Keycloak applies the policy at this
+// call, also to a client it was never applied to); without one the old
+// secret stops working at once. Tokens already issued stay valid until they
+// expire either way.
 func (a *Admin) RegenerateSecret(ctx context.Context, clientID string) (secret string, err error) {
 	defer func(start time.Time) { a.observe("RegenerateSecret", start, err) }(time.Now())
 	op := "regenerate secret of " + clientID
@@ -316,7 +324,12 @@ func (a *Admin) RegenerateSecret(ctx context.Context, clientID string) (secret s
 	return secretValue(req, resp)
 }
 
-// SetSecret implements ports.IdentityProvider.
+// SetSecret implements ports.IdentityProvider: a PUT of the client with the
+// secret, which makes it the only valid one. The PUT removes the rotated
+// secret's attributes, and the main secret's expiry too: under a
+// secret-rotation policy Keycloak then gives the set secret a fresh
+// expiry, where an expired one would make it rotate the set secret away
+// at this very update.
 func (a *Admin) SetSecret(ctx context.Context, clientID, secret string) (err error) {
 	defer func(start time.Time) { a.observe("SetSecret", start, err) }(time.Now())
 	op := "set secret of " + clientID
@@ -329,6 +342,14 @@ func (a *Admin) SetSecret(ctx context.Context, clientID, secret string) (err err
 	}
 	rep := c.forUpdate()
 	rep["secret"] = secret
+	attrs, _ := rep["attributes"].(map[string]any)
+	if attrs == nil {
+		attrs = map[string]any{}
+	}
+	for _, k := range []string{attrRotated, attrRotatedCreation, attrRotatedExpiration, attrSecretExpiration} {
+		attrs[k] = "" // an empty value removes the attribute
+	}
+	rep["attributes"] = attrs
 	_, err = a.do(ctx, request{op: op, method: http.MethodPut, url: a.clientURL(c.rep.ID), body: rep, auth: true, sensitive: true})
 	return err
 }

@@ -152,12 +152,24 @@ type found struct {
 
 // forUpdate returns a copy of the representation to PUT back. It never
 // includes the secret (a PUT stores whatever secret it carries, and a
-// caller without manage-clients reads a mask) nor the protocol mappers
-// (managed through their own endpoints).
+// caller without manage-clients reads a mask), the protocol mappers
+// (managed through their own endpoints) nor the attributes in which
+// Keycloak's secret rotation keeps its state (client.secret.*): a PUT
+// leaves attributes it does not name alone, while naming them would write
+// back what was read, reviving a rotated secret invalidated meanwhile.
 func (c *found) forUpdate() map[string]any {
 	m := maps.Clone(c.raw)
 	delete(m, "secret")
 	delete(m, "protocolMappers")
+	if old, ok := m["attributes"].(map[string]any); ok {
+		attrs := make(map[string]any, len(old))
+		for k, v := range old {
+			if !strings.HasPrefix(k, rotationAttrPrefix) {
+				attrs[k] = v
+			}
+		}
+		m["attributes"] = attrs
+	}
 	return m
 }
 

@@ -3,11 +3,22 @@
 // Admin implements ports.IdentityProvider over the Keycloak Admin REST API
 // (https://www.keycloak.org/docs-api/latest/rest-api/), authenticated as a
 // service-account client that holds the realm-management roles
-// manage-clients, view-clients and query-clients. Each device is a
-// confidential client with a service account and no browser flows; the
+// manage-clients, view-clients and query-clients (and view-realm, which
+// RotationPolicy needs to read the realm's client policies). Each device is
+// a confidential client with a service account and no browser flows; the
 // realm role of devices reaches their tokens through a hardcoded-role mapper
 // (so no user role mapping, and no manage-users, is needed) and the device
 // audience through an audience mapper.
+//
+// Secret rotation with a grace period uses Keycloak's client secret
+// rotation (preview feature client-secret-rotation): under a client policy
+// whose profile has a secret-rotation executor, "regenerate secret" keeps
+// the old secret valid as the rotated one for the profile's
+// rotated-expiration-period. Secrets reads both, InvalidateRotatedSecret
+// ends the rotated one, SetSecret restores one secret as the only valid
+// one, CoverClient applies the policies to a client made before them, and
+// RotationPolicy reports whether the feature is on (from /admin/serverinfo)
+// and which policy covers the device clients, with what is wrong.
 //
 // Verifier implements ports.TokenVerifier: it checks the realm's access
 // tokens against its JWKS (RS256 and ES256 signing keys only).

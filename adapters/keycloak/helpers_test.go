@@ -1,6 +1,7 @@
 package keycloak_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -11,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -231,4 +233,113 @@ func getJSON(t *testing.T, u string) (int, map[string]any) {
 		t.Fatalf("GET %s: %v", u, err)
 	}
 	return resp.StatusCode, out
+}
+
+// adminCalls counts the Admin REST API requests by method; the rest pass
+// through untouched.
+type adminCalls struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *adminCalls) RoundTrip(r *http.Request) (*http.Response, error) {
+	if strings.Contains(r.URL.Path, "/admin/") {
+		c.mu.Lock()
+		if c.n == nil {
+			c.n = map[string]int{}
+		}
+		c.n[r.Method]++
+		c.mu.Unlock()
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+func (c *adminCalls) count(method string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[method]
+}
+
+// attrs returns a client representation's attributes.
+func attrs(rep map[string]any) map[string]any {
+	a, _ := rep["attributes"].(map[string]any)
+	return a
+}
+
+// masterToken is an access token of the master realm's admin user.
+func masterToken(t *testing.T, st *integration.Stack) string {
+	t.Helper()
+	form := url.Values{"grant_type": {"password"}, "client_id": {"admin-cli"},
+		"username": {st.KeycloakAdminUser}, "password": {st.KeycloakAdminPassword}}
+	resp, err := http.PostForm(st.KeycloakURL+"/realms/master/protocol/openid-connect/token", form)
+	if err != nil {
+		t.Fatalf("master token: %v", err)
+	}
+	defer resp.Body.Close()
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&tok); err != nil || resp.StatusCode != http.StatusOK || tok.AccessToken == "" {
+		t.Fatalf("master token: HTTP %d (%v)", resp.StatusCode, err)
+	}
+	return tok.AccessToken
+}
+
+// importClient adds a client to the realm by a partial import, as the
+// master realm's admin (the realm's admin client lacks manage-realm).
+// Keycloak applies no client policy to a client imported so, as to one made
+// before the realm's policies existed. The import does not create the
+// service-account user; the first GET of it does, as Keycloak does for any
+// client whose service accounts are enabled without one.
+func importClient(t *testing.T, st *integration.Stack, rep map[string]any) {
+	t.Helper()
+	body, err := json.Marshal(map[string]any{"ifResourceExists": "FAIL", "clients": []any{rep}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, st.KeycloakURL+"/admin/realms/"+st.Realm+"/partialImport", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+masterToken(t, st))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("partial import: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("partial import: HTTP %d", resp.StatusCode)
+	}
+	uuid := rawClient(t, st, rep["clientId"].(string))["id"].(string)
+	if code, _ := adminAPI(t, st, http.MethodGet, "/clients/"+uuid+"/service-account-user", nil); code != http.StatusOK {
+		t.Fatalf("service-account user of the imported client: HTTP %d", code)
+	}
+}
+
+// uncoveredClient creates a device client as espmdm does and replaces it by
+// the same client (same secret, flags and mappers) made outside Keycloak's
+// client policies, as a device client created before the realm's
+// secret-rotation policy existed is: without the rotation attributes.
+func uncoveredClient(t *testing.T, st *integration.Stack, a *keycloak.Admin) (id, secret string) {
+	t.Helper()
+	id, secret = createClient(t, a)
+	rep := rawClient(t, st, id)
+	if code, _ := adminAPI(t, st, http.MethodDelete, "/clients/"+rep["id"].(string), nil); code != http.StatusNoContent {
+		t.Fatalf("delete %s: HTTP %d", id, code)
+	}
+	delete(rep, "id")
+	delete(rep, "access")
+	for k := range attrs(rep) {
+		if strings.HasPrefix(k, "client.secret.") {
+			delete(attrs(rep), k)
+		}
+	}
+	mappers, _ := rep["protocolMappers"].([]any)
+	for _, m := range mappers {
+		delete(m.(map[string]any), "id")
+	}
+	rep["secret"] = secret
+	importClient(t, st, rep)
+	return id, secret
 }

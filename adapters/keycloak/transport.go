@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -39,10 +40,19 @@ type request struct {
 	// sensitive marks calls whose request or response carries a client
 	// secret: their bodies are never quoted in errors.
 	sensitive bool
+	// accept lists non-2xx statuses the caller reads itself: they come
+	// back as a response (with status set), are not retried and do not
+	// refresh the admin token.
+	accept []int
+	// role names the realm-management role the call needs beyond the
+	// client roles (manage-, view-, query-clients), for the message of a
+	// 403.
+	role string
 }
 
-// response is a 2xx answer.
+// response is a 2xx answer, or one of the request's accepted statuses.
 type response struct {
+	status int
 	header http.Header
 	body   []byte
 }
@@ -288,8 +298,8 @@ func (a *Admin) attempt(ctx context.Context, req request, payload []byte) (respo
 		return response{}, &failure{err: fmt.Errorf("%s: response larger than %d bytes", where, maxBody)}
 	}
 	code := hresp.StatusCode
-	if code >= 200 && code < 300 {
-		return response{header: hresp.Header, body: data}, nil
+	if (code >= 200 && code < 300) || slices.Contains(req.accept, code) {
+		return response{status: code, header: hresp.Header, body: data}, nil
 	}
 
 	what := fmt.Sprintf("%s: HTTP %d", where, code)
@@ -303,6 +313,9 @@ func (a *Admin) attempt(ctx context.Context, req request, payload []byte) (respo
 		return response{}, &failure{err: fmt.Errorf("%s: %w", what, model.ErrNotFound)}
 	case code == http.StatusConflict:
 		return response{}, &failure{err: fmt.Errorf("%s: %w", what, model.ErrConflict)}
+	case req.auth && code == http.StatusForbidden && req.role != "":
+		return response{}, &failure{refused: true, err: fmt.Errorf("%s: the admin API refused the admin token: "+
+			"grant the admin client's service account the realm-management role %s", what, req.role)}
 	case req.auth && (code == http.StatusUnauthorized || code == http.StatusForbidden):
 		return response{}, &failure{refused: true, err: fmt.Errorf("%s: the admin API refused the admin token: check the admin client's "+
 			"credentials, its realm-management roles (manage-clients, view-clients, query-clients) "+

@@ -10,14 +10,36 @@ import (
 	"github.com/espmdm/espmdm/ports"
 )
 
+// Authenticator tells whether a secret authenticates a client now (in
+// Keycloak: whether a client_credentials grant with it succeeds). The
+// contract needs it to check which secrets work: the providers newIdP
+// returns to RunIdentityProviderContract must implement it. The fake
+// IdentityProvider does; an adapter's test wraps its provider with a real
+// token request.
+type Authenticator interface {
+	Authenticates(clientID, secret string) bool
+}
+
 // RunIdentityProviderContract runs the contract of ports.IdentityProvider
-// against the providers newIdP returns (once per subtest). Every subtest
-// uses client ids with a unique model code and deletes its clients when it
-// ends, so the provider may hold other clients.
+// against the providers newIdP returns (once per subtest), which must also
+// implement Authenticator. Every subtest uses client ids with a unique
+// model code and deletes its clients when it ends, so the provider may hold
+// other clients.
+//
+// The rotation subtests hold with and without a secret-rotation policy:
+// they ask RotationPolicy which one the provider has and expect the old
+// secret to survive a generation exactly when the policy is in force
+// (FeatureEnabled, Covered and a positive RotatedExpiration).
 func RunIdentityProviderContract(t *testing.T, newIdP func(t *testing.T) ports.IdentityProvider) {
 	t.Helper()
 	fixture := func(t *testing.T) idpFixture {
-		return idpFixture{t: t, idp: newIdP(t), code: UniqueCode("ct_idp")}
+		t.Helper()
+		idp := newIdP(t)
+		auth, ok := idp.(Authenticator)
+		if !ok {
+			t.Fatalf("the provider under test (%T) does not implement portstest.Authenticator", idp)
+		}
+		return idpFixture{t: t, idp: idp, auth: auth, code: UniqueCode("ct_idp")}
 	}
 
 	t.Run("Ping answers", func(t *testing.T) {
@@ -125,7 +147,83 @@ func RunIdentityProviderContract(t *testing.T, newIdP func(t *testing.T) ports.I
 		_, err = x.idp.RegenerateSecret(t.Context(), id)
 		wantErrIs(t, "RegenerateSecret", err, model.ErrNotFound)
 		wantErrIs(t, "SetSecret", x.idp.SetSecret(t.Context(), id, "whatever-secret-value"), model.ErrNotFound)
+		_, err = x.idp.Secrets(t.Context(), id)
+		wantErrIs(t, "Secrets", err, model.ErrNotFound)
+		wantErrIs(t, "InvalidateRotatedSecret", x.idp.InvalidateRotatedSecret(t.Context(), id), model.ErrNotFound)
+		_, err = x.idp.CoverClient(t.Context(), id)
+		wantErrIs(t, "CoverClient", err, model.ErrNotFound)
 		mustNoErr(t, "DeleteClient(missing)", x.idp.DeleteClient(t.Context(), id))
+		if x.auth.Authenticates(id, "whatever-secret-value") {
+			t.Errorf("a missing client authenticates")
+		}
+	})
+
+	t.Run("RotationPolicy answers consistently", func(t *testing.T) {
+		x := fixture(t)
+		pol := x.policy()
+		if pol.Covered && pol.Name == "" {
+			t.Errorf("RotationPolicy: Covered without the covering policy's Name: %+v", pol)
+		}
+		if pol.FeatureEnabled && pol.Covered && (pol.Expiration <= 0 || pol.RotatedExpiration < 0 || pol.RotatedExpiration > pol.Expiration) {
+			t.Errorf("RotationPolicy: periods %+v, want 0 <= RotatedExpiration <= Expiration, Expiration > 0", pol)
+		}
+		if (!pol.FeatureEnabled || !pol.Covered) && len(pol.Problems) == 0 {
+			t.Errorf("RotationPolicy: %+v without a problem saying what is missing", pol)
+		}
+	})
+
+	t.Run("a generation keeps the old secret as the rotated one exactly under a policy; invalidating ends it", func(t *testing.T) {
+		x := fixture(t)
+		grace := x.grace()
+		id := x.clientID()
+		old := x.create(id)
+		x.wantSecrets(id, model.Secrets{Current: old})
+		x.wantAuth(id, old, true)
+
+		fresh, err := x.idp.RegenerateSecret(t.Context(), id)
+		mustNoErr(t, "RegenerateSecret", err)
+		x.wantAuth(id, fresh, true)
+		x.wantAuth(id, old, grace)
+		want := model.Secrets{Current: fresh}
+		if grace {
+			want.Rotated = old
+		}
+		x.wantSecrets(id, want)
+
+		mustNoErr(t, "InvalidateRotatedSecret", x.idp.InvalidateRotatedSecret(t.Context(), id))
+		x.wantAuth(id, old, false)
+		x.wantAuth(id, fresh, true)
+		x.wantSecrets(id, model.Secrets{Current: fresh})
+		mustNoErr(t, "InvalidateRotatedSecret(again)", x.idp.InvalidateRotatedSecret(t.Context(), id))
+		x.wantAuth(id, fresh, true)
+	})
+
+	t.Run("SetSecret after a generation makes its secret the only valid one", func(t *testing.T) {
+		x := fixture(t)
+		id := x.clientID()
+		old := x.create(id)
+		fresh, err := x.idp.RegenerateSecret(t.Context(), id)
+		mustNoErr(t, "RegenerateSecret", err)
+		mustNoErr(t, "SetSecret(old)", x.idp.SetSecret(t.Context(), id, old))
+		x.wantAuth(id, old, true)
+		x.wantAuth(id, fresh, false)
+		x.wantSecrets(id, model.Secrets{Current: old})
+	})
+
+	t.Run("CoverClient keeps the secret; a created client is covered already", func(t *testing.T) {
+		x := fixture(t)
+		inForce := x.grace()
+		id := x.clientID()
+		secret := x.create(id)
+		for i := range 2 {
+			updated, err := x.idp.CoverClient(t.Context(), id)
+			mustNoErr(t, "CoverClient", err)
+			if inForce && updated {
+				t.Errorf("CoverClient #%d of a client created under the policy: updated, want no update", i+1)
+			}
+		}
+		x.wantSecrets(id, model.Secrets{Current: secret})
+		x.wantAuth(id, secret, true)
 	})
 
 	t.Run("RepairClient creates a missing client and keeps an existing secret", func(t *testing.T) {
@@ -164,7 +262,43 @@ func RunIdentityProviderContract(t *testing.T, newIdP func(t *testing.T) ports.I
 type idpFixture struct {
 	t    *testing.T
 	idp  ports.IdentityProvider
+	auth Authenticator
 	code string
+}
+
+func (x idpFixture) policy() model.RotationPolicy {
+	x.t.Helper()
+	pol, err := x.idp.RotationPolicy(x.t.Context())
+	mustNoErr(x.t, "RotationPolicy", err)
+	return pol
+}
+
+// grace reports whether a generation keeps the old secret valid.
+func (x idpFixture) grace() bool {
+	x.t.Helper()
+	pol := x.policy()
+	return pol.FeatureEnabled && pol.Covered && pol.RotatedExpiration > 0
+}
+
+func (x idpFixture) wantAuth(clientID, secret string, want bool) {
+	x.t.Helper()
+	if got := x.auth.Authenticates(clientID, secret); got != want {
+		x.t.Errorf("%s: a secret authenticates: %v, want %v", clientID, got, want)
+	}
+}
+
+// wantSecrets compares Secrets with want without quoting either (they are
+// secrets, and the failure says which part differs).
+func (x idpFixture) wantSecrets(clientID string, want model.Secrets) {
+	x.t.Helper()
+	got, err := x.idp.Secrets(x.t.Context(), clientID)
+	mustNoErr(x.t, "Secrets", err)
+	if got.Current != want.Current {
+		x.t.Errorf("Secrets(%s).Current is not the expected secret", clientID)
+	}
+	if got.Rotated != want.Rotated {
+		x.t.Errorf("Secrets(%s).Rotated differs (empty: got %v, want %v)", clientID, got.Rotated == "", want.Rotated == "")
+	}
 }
 
 func (x idpFixture) clientID() string { return model.ClientID(x.code, randomKey()) }

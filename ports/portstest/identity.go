@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -13,12 +14,28 @@ import (
 	"github.com/espmdm/espmdm/ports"
 )
 
-// IdentityProvider is an in-memory ports.IdentityProvider.
+// IdentityProvider is an in-memory ports.IdentityProvider that behaves as
+// Keycloak does, with or without a client policy whose secret-rotation
+// profile covers the device clients (SetRotationPolicy, SetGrace; by
+// default it has one, DefaultRotationPolicy).
+//
+// The policy is in force when its FeatureEnabled and Covered are both
+// true. Then, as in Keycloak: RegenerateSecret keeps the old secret valid
+// as the rotated secret for RotatedExpiration (by the fake's clock; none
+// when RotatedExpiration is 0); creating or updating a client
+// (CreateClient, RepairClient of a broken client, SetSecret, CoverClient,
+// RegenerateSecret) covers it. Without a policy in force a generation ends
+// the old secret at once, and an update uncovers the client and drops its
+// rotated secret (Keycloak removes the rotation state when no
+// secret-rotation executor ran). A rotated secret authenticates only while
+// FeatureEnabled. Authenticates tells which secrets are accepted now.
 type IdentityProvider struct {
 	// Hook, when set, is called with the method name ("CreateClient",
-	// "DeleteClient", ...) and the client id ("" for ListDeviceClients and
-	// Ping) before each operation; a non-nil result fails the operation
-	// with that error and changes nothing. Set it before use.
+	// "DeleteClient", "Secrets", "InvalidateRotatedSecret", "CoverClient",
+	// "RotationPolicy", ...) and the client id ("" for ListDeviceClients,
+	// RotationPolicy and Ping) before each operation; a non-nil result
+	// fails the operation with that error and changes nothing. Set it
+	// before use.
 	Hook func(op, clientID string) error
 
 	now func() time.Time
@@ -26,6 +43,7 @@ type IdentityProvider struct {
 	mu      sync.Mutex
 	clients map[string]*fakeClient
 	calls   []IdPCall
+	policy  model.RotationPolicy
 }
 
 // IdPCall is one recorded IdentityProvider call.
@@ -35,17 +53,103 @@ type IdPCall struct {
 }
 
 type fakeClient struct {
-	secret    string
-	createdAt time.Time
-	problems  []string
+	secret       string
+	rotated      string    // the old secret after a generation under the policy
+	rotatedUntil time.Time // rotated authenticates until then (inclusive)
+	covered      bool      // the policy's executor has run on the client
+	createdAt    time.Time
+	problems     []string
 }
 
 var _ ports.IdentityProvider = (*IdentityProvider)(nil)
 
-// NewIdentityProvider returns an empty IdentityProvider stamping client
-// creation times from clock (the wall clock when nil).
+// NewIdentityProvider returns an empty IdentityProvider with
+// DefaultRotationPolicy, stamping client creation times and rotated-secret
+// expiries from clock (the wall clock when nil).
 func NewIdentityProvider(clock ports.Clock) *IdentityProvider {
-	return &IdentityProvider{now: nowFunc(clock), clients: map[string]*fakeClient{}}
+	return &IdentityProvider{now: nowFunc(clock), clients: map[string]*fakeClient{}, policy: DefaultRotationPolicy()}
+}
+
+// DefaultRotationPolicy is the policy of the integration stack's realm: the
+// feature on and a covering secret-rotation profile with a five-year main
+// secret, seven days of grace and no rotation on updates.
+func DefaultRotationPolicy() model.RotationPolicy {
+	return model.RotationPolicy{
+		FeatureEnabled:    true,
+		Covered:           true,
+		Name:              "espmdm-secret-rotation/espmdm-secret-rotation",
+		Expiration:        157680000 * time.Second,
+		RotatedExpiration: 7 * 24 * time.Hour,
+	}
+}
+
+// FeatureOffRotationPolicy is what a Keycloak without the
+// client-secret-rotation feature reports.
+func FeatureOffRotationPolicy() model.RotationPolicy {
+	return model.RotationPolicy{Problems: []string{
+		"Keycloak's client-secret-rotation feature is off: start Keycloak with --features=client-secret-rotation",
+	}}
+}
+
+// SetRotationPolicy sets what RotationPolicy reports and how secrets
+// behave from now on (see IdentityProvider). Clients keep their covered
+// state and rotated secrets until their next update, as in Keycloak.
+func (p *IdentityProvider) SetRotationPolicy(pol model.RotationPolicy) {
+	pol.Problems = slices.Clone(pol.Problems)
+	p.mu.Lock()
+	p.policy = pol
+	p.mu.Unlock()
+}
+
+// SetGrace switches between DefaultRotationPolicy (true) and
+// FeatureOffRotationPolicy (false).
+func (p *IdentityProvider) SetGrace(on bool) {
+	if on {
+		p.SetRotationPolicy(DefaultRotationPolicy())
+	} else {
+		p.SetRotationPolicy(FeatureOffRotationPolicy())
+	}
+}
+
+// inForce reports whether a secret-rotation executor runs on the clients.
+// Callers hold p.mu.
+func (p *IdentityProvider) inForce() bool { return p.policy.FeatureEnabled && p.policy.Covered }
+
+// update is what a Keycloak client update does to the rotation state.
+// Callers hold p.mu.
+func (p *IdentityProvider) update(c *fakeClient) {
+	c.covered = p.inForce()
+	if !c.covered {
+		c.rotated, c.rotatedUntil = "", time.Time{}
+	}
+}
+
+// rotatedValid reports whether c's rotated secret authenticates now.
+// Callers hold p.mu.
+func (p *IdentityProvider) rotatedValid(c *fakeClient) bool {
+	return c.rotated != "" && p.policy.FeatureEnabled && !p.now().After(c.rotatedUntil)
+}
+
+// Authenticates reports whether the client exists and secret is accepted
+// for it now: its current secret, or its rotated secret within its grace.
+// It bypasses Hook and the call log.
+func (p *IdentityProvider) Authenticates(clientID, secret string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.clients[clientID]
+	if !ok || secret == "" {
+		return false
+	}
+	return secret == c.secret || (secret == c.rotated && p.rotatedValid(c))
+}
+
+// Covered reports whether the client exists and the policy has been
+// applied to it (see CoverClient).
+func (p *IdentityProvider) Covered(clientID string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.clients[clientID]
+	return ok && c.covered
 }
 
 // Calls returns every call made so far, in order (including failed ones).
@@ -64,7 +168,10 @@ func (p *IdentityProvider) Has(clientID string) bool {
 }
 
 // Put adds or replaces a client directly, as if created at createdAt (zero:
-// unknown), bypassing Hook and the call log. Tests use it to plant orphans.
+// unknown), bypassing Hook and the call log. Tests use it to plant orphans
+// and clients made outside espmdm: a planted client is uncovered, as one
+// made before the realm's policy existed (or imported) is, until an update
+// (CoverClient) covers it; it has no rotated secret.
 func (p *IdentityProvider) Put(clientID, secret string, createdAt time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -109,7 +216,7 @@ func (p *IdentityProvider) CreateClient(_ context.Context, clientID string) (str
 	if _, ok := p.clients[clientID]; ok {
 		return "", fmt.Errorf("client %s: %w", clientID, model.ErrConflict)
 	}
-	c := &fakeClient{secret: newSecret(), createdAt: p.now()}
+	c := &fakeClient{secret: newSecret(), createdAt: p.now(), covered: p.inForce()}
 	p.clients[clientID] = c
 	return c.secret, nil
 }
@@ -157,9 +264,12 @@ func (p *IdentityProvider) RepairClient(_ context.Context, clientID string) (mod
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c, ok := p.clients[clientID]; ok {
+		if len(c.problems) > 0 { // the adapter updates only a broken client
+			p.update(c)
+		}
 		c.problems = nil
 	} else {
-		p.clients[clientID] = &fakeClient{secret: newSecret(), createdAt: p.now()}
+		p.clients[clientID] = &fakeClient{secret: newSecret(), createdAt: p.now(), covered: p.inForce()}
 	}
 	return p.status(clientID), nil
 }
@@ -189,13 +299,38 @@ func (p *IdentityProvider) RegenerateSecret(_ context.Context, clientID string) 
 	if !ok {
 		return "", notFound(clientID)
 	}
+	old := c.secret
 	c.secret = newSecret()
+	p.update(c)
+	if c.covered && p.policy.RotatedExpiration > 0 {
+		c.rotated, c.rotatedUntil = old, p.now().Add(p.policy.RotatedExpiration)
+	} else {
+		c.rotated, c.rotatedUntil = "", time.Time{}
+	}
 	return c.secret, nil
 }
 
-// SetSecret implements ports.IdentityProvider.
-func (p *IdentityProvider) SetSecret(_ context.Context, clientID, secret string) error {
-	if err := p.begin("SetSecret", clientID); err != nil {
+// Secrets implements ports.IdentityProvider.
+func (p *IdentityProvider) Secrets(_ context.Context, clientID string) (model.Secrets, error) {
+	if err := p.begin("Secrets", clientID); err != nil {
+		return model.Secrets{}, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.clients[clientID]
+	if !ok {
+		return model.Secrets{}, notFound(clientID)
+	}
+	s := model.Secrets{Current: c.secret}
+	if p.rotatedValid(c) {
+		s.Rotated = c.rotated
+	}
+	return s, nil
+}
+
+// InvalidateRotatedSecret implements ports.IdentityProvider.
+func (p *IdentityProvider) InvalidateRotatedSecret(_ context.Context, clientID string) error {
+	if err := p.begin("InvalidateRotatedSecret", clientID); err != nil {
 		return err
 	}
 	p.mu.Lock()
@@ -204,7 +339,62 @@ func (p *IdentityProvider) SetSecret(_ context.Context, clientID, secret string)
 	if !ok {
 		return notFound(clientID)
 	}
+	c.rotated, c.rotatedUntil = "", time.Time{}
+	return nil
+}
+
+// CoverClient implements ports.IdentityProvider: an uncovered client is
+// updated (and so covered when a policy is in force; without one, every
+// call updates again, as the Keycloak adapter does).
+func (p *IdentityProvider) CoverClient(_ context.Context, clientID string) (bool, error) {
+	if err := p.begin("CoverClient", clientID); err != nil {
+		return false, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.clients[clientID]
+	if !ok {
+		return false, notFound(clientID)
+	}
+	if c.covered {
+		return false, nil
+	}
+	p.update(c)
+	return true, nil
+}
+
+// RotationPolicy implements ports.IdentityProvider: it reports the policy
+// set with SetRotationPolicy.
+func (p *IdentityProvider) RotationPolicy(_ context.Context) (model.RotationPolicy, error) {
+	if err := p.begin("RotationPolicy", ""); err != nil {
+		return model.RotationPolicy{}, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pol := p.policy
+	pol.Problems = slices.Clone(pol.Problems)
+	return pol, nil
+}
+
+// SetSecret implements ports.IdentityProvider: secret becomes the only
+// valid one. An empty secret is a *model.ValidationError, as in the
+// Keycloak adapter.
+func (p *IdentityProvider) SetSecret(_ context.Context, clientID, secret string) error {
+	if err := p.begin("SetSecret", clientID); err != nil {
+		return err
+	}
+	if secret == "" {
+		return model.Invalid("secret", "an empty secret cannot be set")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.clients[clientID]
+	if !ok {
+		return notFound(clientID)
+	}
 	c.secret = secret
+	c.rotated, c.rotatedUntil = "", time.Time{}
+	p.update(c)
 	return nil
 }
 
