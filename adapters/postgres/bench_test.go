@@ -1,8 +1,15 @@
 package postgres_test
 
 import (
+	"context"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/uptrace/bun"
+
+	"github.com/espmdm/espmdm/adapters/postgres"
 	"github.com/espmdm/espmdm/core/model"
 	"github.com/espmdm/espmdm/ports"
 )
@@ -78,6 +85,262 @@ func BenchmarkListDevices(b *testing.B) {
 			}
 			if total != n {
 				b.Fatalf("paged %d devices, want %d", total, n)
+			}
+		}
+	})
+}
+
+// fleetSize is the number of devices of the rotation benchmarks (SPEC §10).
+const fleetSize = 100000
+
+// fleet is a database of fleetSize devices of 10 models, shaped like a
+// fleet in the middle of a rotation: 5% inactive; ten PENDING, the rest 70%
+// OK, 25% QUEUED and 5% TIMEOUT (retried after an hour or more); secrets
+// aged evenly over 0..95 days (so about 47% healthy, 47% warning and a few
+// % critical), 2% never rotated; half the PENDING and TIMEOUT devices with
+// a generated secret unconfirmed for up to 9 days.
+type fleet struct {
+	db      *postgres.DB
+	devices *postgres.DeviceRepo
+	query   ports.DashboardQuery
+	pending int
+	queries *queryLog
+}
+
+func newFleet(b *testing.B) *fleet {
+	b.Helper()
+	db := migratedDB(b)
+	r := newRepos(db)
+	for i := range 10 {
+		r.model(b, "fleet_"+string(rune('a'+i)))
+	}
+	// A synchronous commit (the test server runs with
+	// synchronous_commit=off), so that VACUUM can mark the pages
+	// all-visible at once: it cannot while the commit is not flushed.
+	err := db.Bun().RunInTx(b.Context(), nil, func(ctx context.Context, tx bun.Tx) error {
+		if _, err := tx.ExecContext(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `
+		INSERT INTO devices (key, device_model_id, config, active, rotation_state,
+		                     secret_created_at, last_rotation_attempt_at, last_rotation_completed_at, new_secret_at)
+		SELECT lpad(to_hex(i), 8, '0'),
+		       (SELECT id FROM device_models ORDER BY id OFFSET (i % 10) LIMIT 1),
+		       jsonb_build_object('i', i, 'name', 'device ' || i),
+		       i % 20 <> 7,
+		       s.state,
+		       CASE WHEN i % 50 <> 3 THEN now() - make_interval(secs => (i * 7919 % 100000) * 82.08) END,
+		       CASE WHEN s.state IN ('PENDING', 'TIMEOUT') THEN now() - make_interval(mins => 60 + i % 2880) END,
+		       CASE WHEN s.state = 'OK' AND i % 50 <> 3 THEN now() - make_interval(secs => (i * 7919 % 100000) * 82.08) END,
+		       CASE WHEN s.state IN ('PENDING', 'TIMEOUT') AND i % 2 = 0 THEN now() - make_interval(hours => i % 216) END
+		FROM generate_series(1, ?) AS i,
+		     LATERAL (SELECT CASE WHEN i <= 10 THEN 'PENDING'
+		                          WHEN i % 100 < 70 THEN 'OK'
+		                          WHEN i % 100 < 95 THEN 'QUEUED'
+		                          ELSE 'TIMEOUT' END AS state) AS s`, fleetSize)
+		return err
+	})
+	if err != nil {
+		b.Fatalf("bulk insert: %v", err)
+	}
+	// What autovacuum would have done by the time anyone looks.
+	if _, err := db.Bun().ExecContext(b.Context(), "VACUUM ANALYZE devices"); err != nil {
+		b.Fatalf("vacuum analyze: %v", err)
+	}
+	log := &queryLog{}
+	logged := postgres.WithQueryHook(db, log)
+	now := time.Now()
+	return &fleet{
+		db:      logged,
+		devices: postgres.NewDeviceRepo(logged),
+		query: ports.DashboardQuery{
+			WarningBefore:     now.Add(-45 * 24 * time.Hour),
+			CriticalBefore:    now.Add(-90 * 24 * time.Hour),
+			UnconfirmedBefore: now.Add(-84 * time.Hour),
+		},
+		pending: 10,
+		queries: log,
+	}
+}
+
+// queryLog remembers the SQL of the queries run while it records.
+type queryLog struct {
+	mu        sync.Mutex
+	recording bool
+	queries   []string
+}
+
+func (l *queryLog) BeforeQuery(ctx context.Context, _ *bun.QueryEvent) context.Context { return ctx }
+
+func (l *queryLog) AfterQuery(_ context.Context, e *bun.QueryEvent) {
+	l.mu.Lock()
+	if l.recording {
+		l.queries = append(l.queries, e.Query)
+	}
+	l.mu.Unlock()
+}
+
+// record starts recording (on) or stops it and returns what it recorded.
+func (l *queryLog) record(on bool) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	q := l.queries
+	l.recording, l.queries = on, nil
+	return q
+}
+
+// explain runs call once and, with -v, logs the plan of every SELECT it
+// ran (EXPLAIN ANALYZE, so a locking SELECT locks its rows for a moment).
+func (f *fleet) explain(b *testing.B, name string, call func() error) {
+	b.Helper()
+	f.queries.record(true)
+	err := call()
+	queries := f.queries.record(false)
+	if err != nil {
+		b.Fatalf("%s: %v", name, err)
+	}
+	if !testing.Verbose() {
+		return
+	}
+	for _, q := range queries {
+		if !strings.HasPrefix(q, "SELECT") || strings.HasPrefix(q, "SELECT pg_advisory") {
+			continue
+		}
+		rows, err := f.db.Bun().QueryContext(b.Context(), "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "+q)
+		if err != nil {
+			b.Fatalf("explain: %v", err)
+		}
+		var plan []string
+		for rows.Next() {
+			var line string
+			if err := rows.Scan(&line); err != nil {
+				b.Fatal(err)
+			}
+			plan = append(plan, line)
+		}
+		_ = rows.Close()
+		b.Logf("%s:\n%s\n%s", name, q, strings.Join(plan, "\n"))
+	}
+}
+
+// BenchmarkDashboardCounts counts the dashboard groups of 100,000 devices.
+func BenchmarkDashboardCounts(b *testing.B) {
+	f := newFleet(b)
+	var counts map[model.DashboardGroup]int
+	f.explain(b, "DashboardCounts", func() (err error) {
+		counts, err = f.devices.DashboardCounts(b.Context(), f.query)
+		return err
+	})
+	b.Logf("groups: %v", counts)
+	b.Run("all_groups", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := f.devices.DashboardCounts(b.Context(), f.query); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkDashboardPage reads pages of 100 of each dashboard group of
+// 100,000 devices, first pages and deep into the cursor.
+func BenchmarkDashboardPage(b *testing.B) {
+	f := newFleet(b)
+	var deep int64
+	if err := f.db.Bun().QueryRowContext(b.Context(), "SELECT id FROM devices ORDER BY id OFFSET 90000 LIMIT 1").Scan(&deep); err != nil {
+		b.Fatalf("deep cursor: %v", err)
+	}
+	for _, g := range model.DashboardGroups {
+		for _, c := range []struct {
+			name  string
+			after int64
+		}{{"first", 0}, {"deep", deep}} {
+			name := string(g) + "_" + c.name
+			f.explain(b, "DashboardPage "+name, func() error {
+				_, err := f.devices.DashboardPage(b.Context(), f.query, g, 100, c.after)
+				return err
+			})
+			b.Run(name, func(b *testing.B) {
+				for b.Loop() {
+					p, err := f.devices.DashboardPage(b.Context(), f.query, g, 100, c.after)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if len(p.Devices) == 0 {
+						b.Fatal("empty page")
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkRotationCounts counts 100,000 devices by rotation state, alone
+// and with the rest of GET /api/rotation/status's queries.
+func BenchmarkRotationCounts(b *testing.B) {
+	f := newFleet(b)
+	ctx := b.Context()
+	f.explain(b, "RotationCounts", func() error { _, err := f.devices.RotationCounts(ctx); return err })
+	f.explain(b, "InFlight", func() error { _, err := f.devices.InFlight(ctx); return err })
+	f.explain(b, "LastRotationCompleted", func() error { _, err := f.devices.LastRotationCompleted(ctx); return err })
+	f.explain(b, "ExpiredRotations", func() error {
+		_, err := f.devices.ExpiredRotations(ctx, time.Now().Add(-5*time.Minute), 100)
+		return err
+	})
+	b.Run("counts", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := f.devices.RotationCounts(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("status", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := f.devices.RotationCounts(ctx); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := f.devices.InFlight(ctx); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := f.devices.LastRotationCompleted(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkStartRotations starts rotations among 100,000 devices (25,000
+// QUEUED): ten per call into ten free slots, and a call that finds no slot
+// free.
+func BenchmarkStartRotations(b *testing.B) {
+	f := newFleet(b)
+	ctx := b.Context()
+	start := func(d *model.Device) {
+		d.RotationState = model.RotationPending
+		d.LastRotationAttemptAt = ptr(time.Now())
+	}
+	retryBefore := time.Now().Add(-time.Hour)
+	f.explain(b, "StartRotations", func() error {
+		ds, err := f.devices.StartRotations(ctx, f.pending+10, retryBefore, start)
+		f.pending += len(ds)
+		return err
+	})
+	b.Run("claim_10", func(b *testing.B) {
+		for b.Loop() {
+			ds, err := f.devices.StartRotations(ctx, f.pending+10, retryBefore, start)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(ds) != 10 {
+				b.Fatalf("started %d, want 10", len(ds))
+			}
+			f.pending += len(ds)
+		}
+	})
+	b.Run("no_free_slot", func(b *testing.B) {
+		for b.Loop() {
+			ds, err := f.devices.StartRotations(ctx, f.pending, retryBefore, start)
+			if err != nil || len(ds) != 0 {
+				b.Fatalf("started %d, %v; want none", len(ds), err)
 			}
 		}
 	})

@@ -87,13 +87,7 @@ func (r *DeviceRepo) GetDeviceByKey(ctx context.Context, key string) (model.Devi
 // NextAfterID is set only when more rows follow (one extra row is read to
 // know).
 func (r *DeviceRepo) ListDevices(ctx context.Context, f ports.DeviceFilter) (ports.DevicePage, error) {
-	limit := f.Limit
-	switch {
-	case limit < 1:
-		limit = DefaultPageSize
-	case limit > MaxPageSize:
-		limit = MaxPageSize
-	}
+	limit := pageSize(f.Limit)
 	rows := make([]deviceRow, 0, limit+1)
 	q := selectDevices(r.db, &rows).Where("d.id > ?", f.AfterID)
 	if f.ModelID != nil {
@@ -108,6 +102,23 @@ func (r *DeviceRepo) ListDevices(ctx context.Context, f ports.DeviceFilter) (por
 	if err := q.OrderExpr("d.id ASC").Limit(limit + 1).Scan(ctx); err != nil {
 		return ports.DevicePage{}, translate("list devices", err, fkNone)
 	}
+	return devicePage(rows, limit), nil
+}
+
+// pageSize applies the page size rules of ports.DeviceFilter.Limit.
+func pageSize(limit int) int {
+	switch {
+	case limit < 1:
+		return DefaultPageSize
+	case limit > MaxPageSize:
+		return MaxPageSize
+	}
+	return limit
+}
+
+// devicePage makes a page of rows read with one extra row (limit+1): the
+// extra one only says that more follow.
+func devicePage(rows []deviceRow, limit int) ports.DevicePage {
 	var page ports.DevicePage
 	if len(rows) > limit {
 		rows = rows[:limit]
@@ -117,7 +128,7 @@ func (r *DeviceRepo) ListDevices(ctx context.Context, f ports.DeviceFilter) (por
 	for i := range rows {
 		page.Devices[i] = deviceFromRow(&rows[i])
 	}
-	return page, nil
+	return page
 }
 
 // UpdateDevice implements ports.DeviceRepo: in one transaction it locks the

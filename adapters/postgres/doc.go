@@ -1,6 +1,14 @@
 // Package postgres implements espmdm's repositories (ports.ModelRepo,
-// ports.DeviceRepo, ports.FirmwareRepo) on PostgreSQL with uptrace/bun over
-// pgdriver, and carries the schema as embedded migrations.
+// ports.DeviceRepo with its rotation queue, ports.FirmwareRepo,
+// ports.ScheduleRepo) and the rotation worker's ports.Lease on PostgreSQL
+// with uptrace/bun over pgdriver, and carries the schema as embedded
+// migrations.
+//
+// The rotation queue serialises StartRotations across processes with a
+// transaction-level advisory lock and claims devices with FOR UPDATE SKIP
+// LOCKED in the same transaction; Lease is a session-level advisory lock
+// held on a connection of its own, released by PostgreSQL when its holder's
+// session ends.
 //
 // Open connects and pings; Migrate applies the embedded migrations under a
 // PostgreSQL advisory lock, so replicas starting together do not race;

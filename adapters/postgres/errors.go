@@ -121,6 +121,8 @@ func constraintField(constraint, column string) string {
 		return "config"
 	case "devices_rotation_state_valid":
 		return "rotation_state"
+	case "devices_secret_sha256_format":
+		return "secret_sha256"
 	case "firmware_sha256_format":
 		return "sha256"
 	case "firmware_size_nonnegative":

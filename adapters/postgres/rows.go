@@ -42,6 +42,8 @@ type deviceRow struct {
 	LastSeenAt              *time.Time `bun:"last_seen_at"`
 	NewSecretAt             *time.Time `bun:"new_secret_at"`
 	PreviousSecret          []byte     `bun:"previous_secret,type:bytea,nullzero"`
+	// SecretSHA256 is NULL when the model's SecretSHA256 is empty.
+	SecretSHA256 *string `bun:"secret_sha256"`
 
 	CreatedAt time.Time `bun:"created_at,notnull,nullzero,default:now()"`
 	UpdatedAt time.Time `bun:"updated_at,notnull,nullzero,default:now()"`
@@ -52,7 +54,7 @@ type deviceRow struct {
 var deviceMutableColumns = []string{
 	"config", "active", "rotation_state",
 	"secret_created_at", "last_rotation_attempt_at", "last_rotation_completed_at",
-	"last_seen_at", "new_secret_at", "previous_secret",
+	"last_seen_at", "new_secret_at", "previous_secret", "secret_sha256",
 }
 
 type firmwareRow struct {
@@ -116,6 +118,7 @@ func deviceToRow(d *model.Device) deviceRow {
 		LastSeenAt:              utcPtr(d.LastSeenAt),
 		NewSecretAt:             utcPtr(d.NewSecretAt),
 		PreviousSecret:          bytesOrNil(d.PreviousSecret),
+		SecretSHA256:            stringOrNil(d.SecretSHA256),
 		CreatedAt:               utc(d.CreatedAt),
 		UpdatedAt:               utc(d.UpdatedAt),
 	}
@@ -136,6 +139,7 @@ func deviceFromRow(r *deviceRow) model.Device {
 		LastSeenAt:              utcPtr(r.LastSeenAt),
 		NewSecretAt:             utcPtr(r.NewSecretAt),
 		PreviousSecret:          bytesOrNil(r.PreviousSecret),
+		SecretSHA256:            stringOrEmpty(r.SecretSHA256),
 		CreatedAt:               utc(r.CreatedAt),
 		UpdatedAt:               utc(r.UpdatedAt),
 	}
@@ -185,6 +189,21 @@ func bytesOrNil(b []byte) []byte {
 		return nil
 	}
 	return bytes.Clone(b)
+}
+
+// stringOrNil maps the empty string to nil (SQL NULL).
+func stringOrNil(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+func stringOrEmpty(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 func utc(t time.Time) time.Time {

@@ -6,8 +6,9 @@
 // copies (a caller never aliases stored state), and let a test inject
 // failures through Hook functions and observe what was called.
 //
-// The contract suites (RunRepoContract, RunIdentityProviderContract,
-// RunFirmwareStoreContract, RunSecretBoxContract) assert the behaviour that
+// The contract suites (RunRepoContract with the rotation queue,
+// RunIdentityProviderContract with secret rotation, RunFirmwareStoreContract,
+// RunSecretBoxContract, RunScheduleRepoContract, RunLeaseContract) assert the behaviour that
 // ports.go documents. Each test creates its own data with unique codes and
 // keys, so a suite can run against a shared database or identity provider
 // that holds other data. The fakes run the same suites in this package's

@@ -31,3 +31,15 @@ func TestSecretBoxContract(t *testing.T) {
 		return portstest.NewSecretBox()
 	})
 }
+
+func TestScheduleContract(t *testing.T) {
+	s := portstest.NewSchedule()
+	portstest.RunScheduleRepoContract(t, func(t *testing.T) ports.ScheduleRepo { return s })
+}
+
+func TestLeaseContract(t *testing.T) {
+	portstest.RunLeaseContract(t, func(t *testing.T) portstest.LeaseEnv {
+		ls := portstest.NewLeases()
+		return portstest.LeaseEnv{New: func(h string) ports.Lease { return ls.For(h) }, Kill: ls.Kill}
+	})
+}

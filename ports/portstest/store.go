@@ -14,9 +14,11 @@ import (
 	"github.com/espmdm/espmdm/ports"
 )
 
-// Store is an in-memory ports.ModelRepo, ports.DeviceRepo and
-// ports.FirmwareRepo in one, so that deleting a model sees its devices and
-// recording firmware updates the model, as a database does.
+// Store is an in-memory ports.ModelRepo, ports.DeviceRepo (with its
+// ports.RotationQueue) and ports.FirmwareRepo in one, so that deleting a
+// model sees its devices and recording firmware updates the model, as a
+// database does. The rotation queue compares times at the microsecond
+// precision PostgreSQL keeps.
 //
 // Update closures run while the store is locked (like a row lock): they
 // must not call back into the Store.
@@ -270,8 +272,8 @@ func (s *Store) GetDeviceByKey(_ context.Context, key string) (model.Device, err
 	return model.Device{}, fmt.Errorf("device key: %w", model.ErrNotFound)
 }
 
-// ListDevices implements ports.DeviceRepo. A Limit outside 1..1000 is
-// treated as 1000.
+// ListDevices implements ports.DeviceRepo. A Limit below 1 is
+// ports.DefaultPageSize, one above ports.MaxPageSize is MaxPageSize.
 func (s *Store) ListDevices(_ context.Context, f ports.DeviceFilter) (ports.DevicePage, error) {
 	if err := s.hook("ListDevices"); err != nil {
 		return ports.DevicePage{}, err
@@ -437,4 +439,267 @@ func (s *Store) ListFirmware(_ context.Context, modelID int64) ([]model.Firmware
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.firmwareNewestFirst(modelID), nil
+}
+
+// us truncates t to the microseconds PostgreSQL keeps, so that the fake
+// compares times as the database does.
+func us(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
+
+// atOrBefore reports whether a (nil: never, the oldest of all) is at or
+// before b, at microsecond precision.
+func atOrBefore(a *time.Time, b time.Time) bool {
+	return a == nil || !us(*a).After(us(b))
+}
+
+// oldestFirst orders optional times oldest first, nil before any, then by
+// id: the order of StartRotations and ExpiredRotations.
+func oldestFirst(ta, tb *time.Time, ida, idb int64) int {
+	switch {
+	case ta == nil && tb != nil:
+		return -1
+	case ta != nil && tb == nil:
+		return 1
+	case ta != nil && tb != nil:
+		if c := us(*ta).Compare(us(*tb)); c != 0 {
+			return c
+		}
+	}
+	return cmpInt64(ida, idb)
+}
+
+func cmpInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// QueueRotations implements ports.RotationQueue.
+func (s *Store) QueueRotations(_ context.Context) (int, error) {
+	if err := s.hook("QueueRotations"); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	n := 0
+	for id, d := range s.devices {
+		if d.Active && d.RotationState == model.RotationOK {
+			d.RotationState = model.RotationQueued
+			d.UpdatedAt = now
+			s.devices[id] = d
+			n++
+		}
+	}
+	return n, nil
+}
+
+// StartRotations implements ports.RotationQueue. The whole call runs with
+// the store locked (which serialises it as the database's advisory lock
+// does); start runs in it and must not call back into the Store. Changes
+// start makes to ID, Key, DeviceModelID, ModelCode and CreatedAt are
+// ignored, as in UpdateDevice.
+func (s *Store) StartRotations(_ context.Context, limit int, retryBefore time.Time, start func(*model.Device)) ([]model.Device, error) {
+	if err := s.hook("StartRotations"); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		return nil, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pending := 0
+	var queued, retry []model.Device
+	for _, d := range s.devices {
+		switch {
+		case d.RotationState == model.RotationPending:
+			pending++
+		case !d.Active:
+		case d.RotationState == model.RotationQueued:
+			queued = append(queued, d)
+		case d.RotationState == model.RotationTimeout && atOrBefore(d.LastRotationAttemptAt, retryBefore):
+			retry = append(retry, d)
+		}
+	}
+	free := limit - pending
+	if free <= 0 {
+		return nil, nil
+	}
+	slices.SortFunc(queued, func(a, b model.Device) int {
+		return oldestFirst(a.SecretCreatedAt, b.SecretCreatedAt, a.ID, b.ID)
+	})
+	slices.SortFunc(retry, func(a, b model.Device) int {
+		return oldestFirst(a.LastRotationAttemptAt, b.LastRotationAttemptAt, a.ID, b.ID)
+	})
+	claim := slices.Concat(queued, retry)
+	claim = claim[:min(free, len(claim))]
+	now := s.now()
+	var started []model.Device
+	for _, cur := range claim {
+		d := cloneDevice(cur)
+		start(&d)
+		d.ID, d.Key, d.DeviceModelID, d.ModelCode, d.CreatedAt = cur.ID, cur.Key, cur.DeviceModelID, cur.ModelCode, cur.CreatedAt
+		if d.RotationState == "" {
+			d.RotationState = cur.RotationState
+		}
+		d.UpdatedAt = now
+		s.devices[d.ID] = cloneDevice(d)
+		started = append(started, d)
+	}
+	return started, nil
+}
+
+// ExpiredRotations implements ports.RotationQueue. A PENDING device
+// without an attempt time counts as expired, the oldest of all; limit <= 0
+// returns none.
+func (s *Store) ExpiredRotations(_ context.Context, before time.Time, limit int) ([]int64, error) {
+	if err := s.hook("ExpiredRotations"); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var expired []model.Device
+	for _, d := range s.devices {
+		if d.RotationState == model.RotationPending && (!d.Active || atOrBefore(d.LastRotationAttemptAt, before)) {
+			expired = append(expired, d)
+		}
+	}
+	slices.SortFunc(expired, func(a, b model.Device) int {
+		return oldestFirst(a.LastRotationAttemptAt, b.LastRotationAttemptAt, a.ID, b.ID)
+	})
+	ids := []int64{}
+	for _, d := range expired[:min(max(limit, 0), len(expired))] {
+		ids = append(ids, d.ID)
+	}
+	return ids, nil
+}
+
+// RotationCounts implements ports.RotationQueue.
+func (s *Store) RotationCounts(_ context.Context) (model.RotationCounts, error) {
+	if err := s.hook("RotationCounts"); err != nil {
+		return model.RotationCounts{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := model.RotationCounts{ByState: map[model.RotationState]int{
+		model.RotationOK: 0, model.RotationQueued: 0, model.RotationPending: 0, model.RotationTimeout: 0,
+	}}
+	for _, d := range s.devices {
+		if !d.Active {
+			c.Inactive++
+			continue
+		}
+		c.ByState[d.RotationState]++
+	}
+	return c, nil
+}
+
+// InFlight implements ports.RotationQueue; an empty (not nil) slice when
+// no device is PENDING.
+func (s *Store) InFlight(_ context.Context) ([]int64, error) {
+	if err := s.hook("InFlight"); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := []int64{}
+	for _, d := range s.devices {
+		if d.RotationState == model.RotationPending {
+			ids = append(ids, d.ID)
+		}
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// LastRotationCompleted implements ports.RotationQueue.
+func (s *Store) LastRotationCompleted(_ context.Context) (*time.Time, error) {
+	if err := s.hook("LastRotationCompleted"); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var last *time.Time
+	for _, d := range s.devices {
+		if t := d.LastRotationCompletedAt; t != nil && (last == nil || t.After(*last)) {
+			last = t
+		}
+	}
+	return cloneTime(last), nil
+}
+
+// dashboardGroup sorts d into its dashboard group as ports.DashboardQuery
+// says, comparing at microsecond precision.
+func dashboardGroup(d model.Device, q ports.DashboardQuery) model.DashboardGroup {
+	if !d.Active {
+		return model.DashboardInactive
+	}
+	secretAt := us(d.CreatedAt)
+	if d.SecretCreatedAt != nil {
+		secretAt = us(*d.SecretCreatedAt)
+	}
+	switch {
+	case secretAt.Before(us(q.CriticalBefore)),
+		d.NewSecretAt != nil && us(*d.NewSecretAt).Before(us(q.UnconfirmedBefore)):
+		return model.DashboardCritical
+	case secretAt.Before(us(q.WarningBefore)), d.RotationState == model.RotationTimeout:
+		return model.DashboardWarning
+	}
+	return model.DashboardHealthy
+}
+
+// DashboardCounts implements ports.RotationQueue.
+func (s *Store) DashboardCounts(_ context.Context, q ports.DashboardQuery) (map[model.DashboardGroup]int, error) {
+	if err := s.hook("DashboardCounts"); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[model.DashboardGroup]int, len(model.DashboardGroups))
+	for _, g := range model.DashboardGroups {
+		out[g] = 0
+	}
+	for _, d := range s.devices {
+		out[dashboardGroup(d, q)]++
+	}
+	return out, nil
+}
+
+// DashboardPage implements ports.RotationQueue. An unknown group is a
+// *model.ValidationError for "group".
+func (s *Store) DashboardPage(_ context.Context, q ports.DashboardQuery, g model.DashboardGroup, limit int, afterID int64) (ports.DevicePage, error) {
+	if err := s.hook("DashboardPage"); err != nil {
+		return ports.DevicePage{}, err
+	}
+	if !slices.Contains(model.DashboardGroups, g) {
+		return ports.DevicePage{}, model.Invalid("group", "unknown dashboard group %q", string(g))
+	}
+	switch {
+	case limit < 1:
+		limit = ports.DefaultPageSize
+	case limit > ports.MaxPageSize:
+		limit = ports.MaxPageSize
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var match []model.Device
+	for _, d := range s.devices {
+		if d.ID > afterID && dashboardGroup(d, q) == g {
+			match = append(match, d)
+		}
+	}
+	slices.SortFunc(match, func(a, b model.Device) int { return cmpInt64(a.ID, b.ID) })
+	var page ports.DevicePage
+	if len(match) > limit {
+		match = match[:limit]
+		page.NextAfterID = match[limit-1].ID
+	}
+	page.Devices = make([]model.Device, len(match))
+	for i, d := range match {
+		page.Devices[i] = cloneDevice(d)
+	}
+	return page, nil
 }

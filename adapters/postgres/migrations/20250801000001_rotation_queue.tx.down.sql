@@ -1,0 +1,12 @@
+DROP INDEX IF EXISTS devices_state_counts_idx;
+DROP INDEX IF EXISTS devices_last_completed_idx;
+DROP INDEX IF EXISTS devices_unconfirmed_idx;
+DROP INDEX IF EXISTS devices_secret_age_idx;
+DROP INDEX IF EXISTS devices_pending_attempt_idx;
+DROP INDEX IF EXISTS devices_timeout_claim_idx;
+DROP INDEX IF EXISTS devices_queued_claim_idx;
+CREATE INDEX IF NOT EXISTS devices_rotation_secret_idx ON devices (rotation_state, secret_created_at);
+CREATE INDEX IF NOT EXISTS devices_rotation_attempt_idx ON devices (rotation_state, last_rotation_attempt_at);
+DROP TABLE IF EXISTS rotation_schedule;
+ALTER TABLE devices DROP CONSTRAINT IF EXISTS devices_secret_sha256_format;
+ALTER TABLE devices DROP COLUMN IF EXISTS secret_sha256;

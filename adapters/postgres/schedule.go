@@ -1,0 +1,84 @@
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"time"
+
+	"github.com/uptrace/bun"
+
+	"github.com/espmdm/espmdm/ports"
+)
+
+// ScheduleRepo records when named schedules last fired, in the
+// rotation_schedule table (one row per schedule).
+//
+// Times are kept at the microsecond precision PostgreSQL stores: AdvanceFire
+// truncates from and to to whole microseconds before it writes or compares
+// them, and LastFire returns what was stored. A caller passing LastFire's
+// result (or the time it advanced to) as the next from therefore always
+// matches.
+type ScheduleRepo struct {
+	db *bun.DB
+}
+
+var _ ports.ScheduleRepo = (*ScheduleRepo)(nil)
+
+// NewScheduleRepo returns the schedule repository of db.
+func NewScheduleRepo(db *DB) *ScheduleRepo { return &ScheduleRepo{db: db.bun} }
+
+type scheduleRow struct {
+	bun.BaseModel `bun:"table:rotation_schedule,alias:s"`
+
+	Name       string    `bun:"name,pk"`
+	LastFireAt time.Time `bun:"last_fire_at,notnull"`
+}
+
+// LastFire implements ports.ScheduleRepo: the zero time when the schedule
+// has no row yet.
+func (r *ScheduleRepo) LastFire(ctx context.Context, name string) (time.Time, error) {
+	var row scheduleRow
+	err := r.db.NewSelect().Model(&row).Where("s.name = ?", name).Scan(ctx)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return time.Time{}, nil
+	case err != nil:
+		return time.Time{}, translate("last schedule fire", err, fkNone)
+	}
+	return row.LastFireAt.UTC(), nil
+}
+
+// AdvanceFire implements ports.ScheduleRepo with one conditional statement:
+// from zero, INSERT ... ON CONFLICT DO NOTHING (a row there means another
+// process fired first); otherwise UPDATE ... WHERE last_fire_at = from. It
+// reports whether a row was written. A zero to is refused.
+func (r *ScheduleRepo) AdvanceFire(ctx context.Context, name string, from, to time.Time) (bool, error) {
+	if to.IsZero() {
+		return false, errors.New("postgres: advance schedule: zero fire time")
+	}
+	to = to.UTC().Truncate(time.Microsecond)
+	var (
+		res sql.Result
+		err error
+	)
+	if from.IsZero() {
+		res, err = r.db.NewInsert().Model(&scheduleRow{Name: name, LastFireAt: to}).
+			On("CONFLICT (name) DO NOTHING").
+			Exec(ctx)
+	} else {
+		res, err = r.db.NewUpdate().Model((*scheduleRow)(nil)).
+			Set("last_fire_at = ?", to).
+			Where("name = ?", name).
+			Where("last_fire_at = ?", from.UTC().Truncate(time.Microsecond)).
+			Exec(ctx)
+	}
+	if err != nil {
+		return false, translate("advance schedule fire", err, fkNone)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, translate("advance schedule fire", err, fkNone)
+	}
+	return n == 1, nil
+}
