@@ -126,3 +126,51 @@ func (b *Box) String() string { return "secretbox.Box(AES-256-GCM)" }
 
 // GoString hides the key from %#v.
 func (b *Box) GoString() string { return b.String() }
+
+// Ring seals under its current Box and opens values sealed under the
+// current or any previous one (SECRET_KEY and SECRET_KEY_PREVIOUS), so a
+// key change never strands a secret sealed before it. It is safe for
+// concurrent use.
+type Ring struct {
+	current  *Box
+	previous []*Box
+}
+
+var _ ports.SecretBox = (*Ring)(nil)
+
+// NewRing returns a Ring sealing under current and also opening with each
+// of previous (nil entries are skipped).
+func NewRing(current *Box, previous ...*Box) *Ring {
+	r := &Ring{current: current}
+	for _, p := range previous {
+		if p != nil {
+			r.previous = append(r.previous, p)
+		}
+	}
+	return r
+}
+
+// Seal seals under the current key.
+func (r *Ring) Seal(plaintext []byte) ([]byte, error) { return r.current.Seal(plaintext) }
+
+// Open opens a value sealed under the current key or a previous one.
+func (r *Ring) Open(sealed []byte) ([]byte, error) {
+	plain, err := r.current.Open(sealed)
+	if err == nil {
+		return plain, nil
+	}
+	for _, p := range r.previous {
+		if plain, perr := p.Open(sealed); perr == nil {
+			return plain, nil
+		}
+	}
+	return nil, err
+}
+
+// String hides the keys from formatted output.
+func (r *Ring) String() string {
+	return fmt.Sprintf("secretbox.Ring(AES-256-GCM, %d previous)", len(r.previous))
+}
+
+// GoString hides the keys from %#v.
+func (r *Ring) GoString() string { return r.String() }

@@ -35,6 +35,10 @@ func TestContract(t *testing.T) {
 	portstest.RunSecretBoxContract(t, func(t *testing.T) ports.SecretBox { return newBox(t) })
 }
 
+func TestRingContract(t *testing.T) {
+	portstest.RunSecretBoxContract(t, func(t *testing.T) ports.SecretBox { return secretbox.NewRing(newBox(t), newBox(t)) })
+}
+
 func TestRoundTrip(t *testing.T) {
 	box := newBox(t)
 	for _, plain := range [][]byte{nil, {}, []byte("x"), []byte("a-keycloak-client-secret-0123456789"), bytes.Repeat([]byte{0xff}, 4096)} {
@@ -175,4 +179,45 @@ func mustSeal(t *testing.T, b *secretbox.Box, plain []byte) []byte {
 		t.Fatal(err)
 	}
 	return s
+}
+
+func TestRingOpensUnderPreviousKeys(t *testing.T) {
+	oldBox := mustBox(t, 1)
+	newBox := mustBox(t, 2)
+	sealedOld, err := oldBox.Seal([]byte("old-secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring := secretbox.NewRing(newBox, nil, oldBox)
+	got, err := ring.Open(sealedOld)
+	if err != nil || string(got) != "old-secret" {
+		t.Fatalf("Open(sealed under previous key) = %q, %v; want old-secret", got, err)
+	}
+	sealedNew, err := ring.Seal([]byte("new-secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := oldBox.Open(sealedNew); err == nil {
+		t.Fatal("Ring.Seal used a previous key: the previous Box opens it")
+	}
+	if got, err := newBox.Open(sealedNew); err != nil || string(got) != "new-secret" {
+		t.Fatalf("current Box opens Ring.Seal's value = %q, %v", got, err)
+	}
+	// A value under a key the ring does not hold still fails with ErrOpen.
+	stranger, _ := mustBox(t, 3).Seal([]byte("x"))
+	if _, err := ring.Open(stranger); !errors.Is(err, secretbox.ErrOpen) {
+		t.Fatalf("Open(foreign) = %v, want ErrOpen", err)
+	}
+	if s := fmt.Sprintf("%v %#v", ring, ring); strings.Contains(s, "0101") {
+		t.Fatalf("formatting shows key material: %s", s)
+	}
+}
+
+func mustBox(t *testing.T, fill byte) *secretbox.Box {
+	t.Helper()
+	b, err := secretbox.New(bytes.Repeat([]byte{fill}, secretbox.KeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
