@@ -46,12 +46,15 @@ func (s *Service) AuthenticateDevice(ctx context.Context, c model.DeviceClaims) 
 
 // DeviceConfig returns the device's config.
 //
-// Credential rotation (SPEC §4) completes here: a PENDING device that
-// presents a token issued at or after its new secret was generated has
-// proven it holds the new secret. That step belongs to the rotation use
-// case, which will run before the config is returned; c carries the
-// token's IssuedAt for it.
-func (s *Service) DeviceConfig(_ context.Context, d model.Device, _ model.DeviceClaims) (json.RawMessage, error) {
+// In restore mode a credential rotation (SPEC §4) completes here: a PENDING
+// device presenting a token issued in a later second than its new secret
+// was generated has proven it holds the new secret (the old one stopped
+// working at generation). A failure to record that is returned: the device
+// asks again.
+func (s *Service) DeviceConfig(ctx context.Context, d model.Device, c model.DeviceClaims) (json.RawMessage, error) {
+	if err := s.confirmByToken(ctx, d, c); err != nil {
+		return nil, err
+	}
 	return append(json.RawMessage(nil), d.Config...), nil
 }
 

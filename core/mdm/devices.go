@@ -166,7 +166,9 @@ func (s *Service) UpdateDevice(ctx context.Context, id int64, in ports.DeviceUpd
 		}
 	}
 	changed := false
+	var before model.Device
 	d, err := s.d.Devices.UpdateDevice(ctx, id, func(d *model.Device) error {
+		before = *d
 		if config != nil {
 			changed = !jsonEqual(d.Config, config)
 			d.Config = config
@@ -178,6 +180,12 @@ func (s *Service) UpdateDevice(ctx context.Context, id int64, in ports.DeviceUpd
 	})
 	if err != nil {
 		return model.Device{}, fmt.Errorf("update device %d: %w", id, err)
+	}
+	if before.Active && !d.Active {
+		s.leaveRotation(ctx, before)
+		if fresh, err := s.d.Devices.GetDevice(ctx, id); err == nil {
+			d = fresh
+		}
 	}
 	if changed {
 		if err := s.d.Notifier.ConfigChanged(ctx, d.ClientID()); err != nil {

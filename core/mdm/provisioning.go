@@ -27,10 +27,11 @@ func (s *Service) Provisioning(ctx context.Context, id int64) (ports.Provisionin
 	if err != nil {
 		return ports.Provisioning{}, fmt.Errorf("provisioning of device %d: %w", id, err)
 	}
-	secret, err := s.d.Identity.ClientSecret(ctx, d.ClientID())
-	if err != nil {
-		return ports.Provisioning{}, fmt.Errorf("provisioning of device %d: client secret: %w", id, err)
-	}
+	return s.provisioning(ctx, d)
+}
+
+// provisioningWith is the device's provisioning fields with secret.
+func (s *Service) provisioningWith(d model.Device, secret string) ports.Provisioning {
 	return ports.Provisioning{
 		DeviceKey:    d.Key,
 		ClientID:     d.ClientID(),
@@ -40,7 +41,7 @@ func (s *Service) Provisioning(ctx context.Context, id int64) (ports.Provisionin
 		MQTTURL:      s.cfg.MQTTURL,
 		WiFiSSID:     s.cfg.WiFiSSID,
 		WiFiPassword: s.cfg.WiFiPassword,
-	}, nil
+	}
 }
 
 // ProvisioningNVS returns the device's provisioning data as a whole

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"io"
+	"sync/atomic"
 	"time"
 
+	"github.com/espmdm/espmdm/core/model"
 	"github.com/espmdm/espmdm/ports"
 )
 
@@ -25,6 +27,17 @@ type Deps struct {
 	Identity ports.IdentityProvider
 	Notifier ports.Notifier
 	Clock    ports.Clock
+	// SecretBox seals a device's old secret during its rotation.
+	SecretBox ports.SecretBox
+	// Schedule and ScheduleRepo drive the rotation schedule; without them
+	// RunRotationCycle fires nothing (rotations start from the API only).
+	Schedule     ports.Schedule
+	ScheduleRepo ports.ScheduleRepo
+	// Lease, when set, names the rotation worker in RotationStatus.
+	Lease ports.Lease
+	// OnRotation, when set, receives every rotation step (for metrics,
+	// logs and the audit log); it must not block.
+	OnRotation func(ctx context.Context, ev RotationEvent)
 	// Rand is where device keys come from; nil means crypto/rand.
 	Rand io.Reader
 	// OnError, when set, receives errors the core handles without returning
@@ -50,17 +63,36 @@ type Config struct {
 	// OrphanGrace is how old a device client without a device row must be
 	// before Reconcile deletes it; 0 means DefaultOrphanGrace.
 	OrphanGrace time.Duration
+
+	// RotationMode is auto (the zero value), grace or restore; InitRotation
+	// resolves it.
+	RotationMode model.RotationMode
+	// RotationConcurrency bounds the PENDING devices (slots).
+	RotationConcurrency int
+	// RotationTimeout ends an attempt; RotationRetry is the least time
+	// between a TIMEOUT device's attempts.
+	RotationTimeout time.Duration
+	RotationRetry   time.Duration
+	// RotationGrace is how long an old secret stays valid in grace mode
+	// (the policy's rotated-expiration-period must agree).
+	RotationGrace time.Duration
+	// RotationWarningAge and RotationCriticalAge sort secrets into the
+	// dashboard's warning and critical groups.
+	RotationWarningAge  time.Duration
+	RotationCriticalAge time.Duration
 }
 
 // Service implements the espmdm use cases. It is safe for concurrent use.
 type Service struct {
-	d   Deps
-	cfg Config
+	d    Deps
+	cfg  Config
+	mode atomic.Value // model.RotationMode in force, set by InitRotation
 }
 
 var (
 	_ ports.Catalog   = (*Service)(nil)
 	_ ports.DeviceAPI = (*Service)(nil)
+	_ ports.Rotation  = (*Service)(nil)
 )
 
 // New returns a Service over deps, with cfg's zero fields set to their
@@ -75,7 +107,23 @@ func New(deps Deps, cfg Config) *Service {
 	if cfg.OrphanGrace <= 0 {
 		cfg.OrphanGrace = DefaultOrphanGrace
 	}
+	if cfg.RotationMode == "" {
+		cfg.RotationMode = model.RotationAuto
+	}
+	setDefault(&cfg.RotationConcurrency, DefaultRotationConcurrency)
+	setDefault(&cfg.RotationTimeout, DefaultRotationTimeout)
+	setDefault(&cfg.RotationRetry, DefaultRotationRetry)
+	setDefault(&cfg.RotationGrace, DefaultRotationGrace)
+	setDefault(&cfg.RotationWarningAge, DefaultRotationWarningAge)
+	setDefault(&cfg.RotationCriticalAge, DefaultRotationCriticalAge)
 	return &Service{d: deps, cfg: cfg}
+}
+
+// setDefault sets *v to def when it is not positive.
+func setDefault[T int | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
 }
 
 // report hands an error the core handled to OnError.

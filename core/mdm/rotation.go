@@ -1,0 +1,747 @@
+package mdm
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/ports"
+)
+
+// Rotation defaults (SPEC §4, §7), applied by New to zero Config fields.
+const (
+	DefaultRotationConcurrency = 10
+	DefaultRotationTimeout     = 300 * time.Second
+	DefaultRotationRetry       = 3600 * time.Second
+	DefaultRotationGrace       = 7 * 24 * time.Hour
+	DefaultRotationWarningAge  = 45 * 24 * time.Hour
+	DefaultRotationCriticalAge = 90 * 24 * time.Hour
+	// RotationScheduleName names the rotation schedule in ScheduleRepo.
+	RotationScheduleName = "rotation"
+	// expiredBatch is how many expired attempts a cycle times out at once.
+	expiredBatch = 500
+)
+
+// RotationEventKind names a step of a device's rotation.
+type RotationEventKind string
+
+// Rotation events, reported to Deps.OnRotation.
+const (
+	// EventStarted: the device went PENDING and was nudged.
+	EventStarted RotationEventKind = "started"
+	// EventGenerated: the first fetch of the rotation generated the new
+	// secret.
+	EventGenerated RotationEventKind = "generated"
+	// EventFetched: a fetch handed out the rotation's new secret.
+	EventFetched RotationEventKind = "fetched"
+	// EventConfirmed: the device proved it holds the new secret; Via says
+	// how ("ack" or "iat").
+	EventConfirmed RotationEventKind = "confirmed"
+	// EventInvalidated: the rotated (old) secret was invalidated.
+	EventInvalidated RotationEventKind = "rotated_secret_invalidated"
+	// EventTimeout: the attempt timed out (Restored says whether the old
+	// secret was restored).
+	EventTimeout RotationEventKind = "timeout"
+)
+
+// RotationEvent is one step of a device's rotation, for metrics, logs and
+// the audit log. It never carries a secret.
+type RotationEvent struct {
+	Kind     RotationEventKind
+	DeviceID int64
+	ClientID string
+	Mode     model.RotationMode
+	// At is when it happened.
+	At time.Time
+	// SinceAttempt is the time since the attempt started (fetch and
+	// confirm phases); SinceGenerated the time since the new secret was
+	// generated (confirm phase); zero when not applicable.
+	SinceAttempt   time.Duration
+	SinceGenerated time.Duration
+	// Via is "ack" or "iat" for EventConfirmed.
+	Via string
+	// Restored is true for an EventTimeout that restored the old secret.
+	Restored bool
+}
+
+// errRotationMode is returned before InitRotation resolved the mode.
+var errRotationMode = errors.New("rotation: the rotation mode is not resolved (InitRotation was not called)")
+
+// rotationMode returns the mode in force.
+func (s *Service) rotationMode() (model.RotationMode, error) {
+	m, _ := s.mode.Load().(model.RotationMode)
+	if m != model.RotationGrace && m != model.RotationRestore {
+		return "", errRotationMode
+	}
+	return m, nil
+}
+
+// RotationMode returns the mode in force; "" before InitRotation.
+func (s *Service) RotationMode() model.RotationMode {
+	m, _ := s.rotationMode()
+	return m
+}
+
+// InitRotation resolves the rotation mode against the identity provider's
+// rotation policy (SPEC §4): auto is grace when the policy covers the
+// device clients, else restore; grace requested (or picked) on a realm
+// whose policy is missing, incomplete or disagrees with the configured grace
+// is an error that names every problem. It returns the mode in force and
+// the policy found.
+func (s *Service) InitRotation(ctx context.Context) (model.RotationMode, model.RotationPolicy, error) {
+	pol, err := s.d.Identity.RotationPolicy(ctx)
+	if err != nil {
+		return "", model.RotationPolicy{}, fmt.Errorf("rotation: read the identity provider's rotation policy: %w", err)
+	}
+	pol.Problems = s.graceProblems(pol)
+	ready := pol.FeatureEnabled && pol.Covered && len(pol.Problems) == 0
+	want := s.cfg.RotationMode
+	switch {
+	case want == model.RotationRestore, want == model.RotationAuto && !ready:
+		// With a policy in force, restore invalidates the rotated secret
+		// right after each generation.
+		s.mode.Store(model.RotationRestore)
+		return model.RotationRestore, pol, nil
+	case ready:
+		s.mode.Store(model.RotationGrace)
+		return model.RotationGrace, pol, nil
+	}
+	return "", pol, fmt.Errorf("rotation: ROTATION_MODE=%s cannot run on this identity provider: %s", want, strings.Join(pol.Problems, "; "))
+}
+
+// graceProblems lists what keeps grace mode from working with pol: the
+// identity provider's own findings, then espmdm's (the grace period and
+// the secret lifetime against the schedule).
+func (s *Service) graceProblems(pol model.RotationPolicy) []string {
+	problems := append([]string(nil), pol.Problems...)
+	if !pol.FeatureEnabled && len(problems) == 0 {
+		problems = append(problems, "the identity provider's client secret rotation feature is off")
+	}
+	if !pol.Covered && len(problems) == 0 {
+		problems = append(problems, "no client policy with a secret-rotation profile covers the device clients")
+	}
+	if !pol.Covered {
+		return problems
+	}
+	if pol.RotatedExpiration != s.cfg.RotationGrace {
+		problems = append(problems, fmt.Sprintf("ROTATION_GRACE is %s but the policy %s keeps rotated secrets for %s (rotated-expiration-period %d): set one to the other",
+			s.cfg.RotationGrace, pol.Name, pol.RotatedExpiration, int64(pol.RotatedExpiration/time.Second)))
+	}
+	if s.d.Schedule != nil {
+		if gap, err := maxGap(s.d.Schedule, s.now(), 400*24*time.Hour); err == nil && pol.Expiration <= gap+s.cfg.RotationGrace {
+			problems = append(problems, fmt.Sprintf("the policy %s expires main secrets after %s (expiration-period), not longer than the longest gap of ROTATION_CRON (%s) plus the grace: a secret could expire before its rotation",
+				pol.Name, pol.Expiration, gap))
+		}
+	}
+	return problems
+}
+
+// maxGap is the longest time between two fires of sch in the span after
+// from.
+func maxGap(sch ports.Schedule, from time.Time, span time.Duration) (time.Duration, error) {
+	prev, err := sch.Next(from)
+	if err != nil {
+		return 0, err
+	}
+	var gap time.Duration
+	for end := from.Add(span); prev.Before(end); {
+		next, err := sch.Next(prev)
+		if err != nil {
+			return 0, err
+		}
+		gap = max(gap, next.Sub(prev))
+		prev = next
+	}
+	return gap, nil
+}
+
+// event reports a rotation step to OnRotation.
+func (s *Service) event(ctx context.Context, ev RotationEvent) {
+	if s.d.OnRotation == nil {
+		return
+	}
+	if ev.At.IsZero() {
+		ev.At = s.now()
+	}
+	ev.Mode = s.RotationMode()
+	s.d.OnRotation(ctx, ev)
+}
+
+// RotateDevice implements ports.Rotation: it queues the device (an OK,
+// QUEUED or TIMEOUT one) and starts free slots. A PENDING device is left as
+// it is; an inactive one is model.ErrConflict.
+func (s *Service) RotateDevice(ctx context.Context, id int64) (ports.RotateResult, error) {
+	if _, err := s.rotationMode(); err != nil {
+		return "", err
+	}
+	res := ports.RotateQueued
+	_, err := s.d.Devices.UpdateDevice(ctx, id, func(d *model.Device) error {
+		switch {
+		case !d.Active:
+			return fmt.Errorf("device %d is inactive: %w", id, model.ErrConflict)
+		case d.RotationState == model.RotationPending:
+			res = ports.RotateAlreadyPending
+		default:
+			d.RotationState = model.RotationQueued
+		}
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("rotate device %d: %w", id, err)
+	}
+	s.fillSlots(ctx)
+	return res, nil
+}
+
+// TriggerRotation implements ports.Rotation.
+func (s *Service) TriggerRotation(ctx context.Context) (int, error) {
+	if _, err := s.rotationMode(); err != nil {
+		return 0, err
+	}
+	n, err := s.d.Devices.QueueRotations(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("trigger rotation: %w", err)
+	}
+	s.fillSlots(ctx)
+	return n, nil
+}
+
+// fillSlots starts devices in free slots; a failure goes to OnError (the
+// next cycle tries again).
+func (s *Service) fillSlots(ctx context.Context) int {
+	n, err := s.startRotations(ctx)
+	s.report(ctx, "rotation: start devices in free slots", err)
+	return n
+}
+
+// startRotations starts devices in free slots and nudges them.
+func (s *Service) startRotations(ctx context.Context) (int, error) {
+	now := s.now()
+	started, err := s.d.Devices.StartRotations(ctx, s.cfg.RotationConcurrency, now.Add(-s.cfg.RotationRetry), func(d *model.Device) {
+		d.RotationState = model.RotationPending
+		at := now
+		d.LastRotationAttemptAt = &at
+	})
+	if err != nil {
+		return 0, fmt.Errorf("start rotations: %w", err)
+	}
+	for _, d := range started {
+		s.event(ctx, RotationEvent{Kind: EventStarted, DeviceID: d.ID, ClientID: d.ClientID(), At: now})
+		if err := s.d.Notifier.RotationNudge(ctx, d.ClientID()); err != nil {
+			s.report(ctx, "rotation: nudge", fmt.Errorf("device %d: %w", d.ID, err))
+		}
+	}
+	return len(started), nil
+}
+
+// RunRotationCycle implements ports.Rotation: it fires the schedule when a
+// fire time has passed since the last fire (missed fires collapse into one;
+// the first cycle ever only records now), times out expired attempts and
+// starts devices in free slots.
+func (s *Service) RunRotationCycle(ctx context.Context) (ports.CycleReport, error) {
+	var rep ports.CycleReport
+	if _, err := s.rotationMode(); err != nil {
+		return rep, err
+	}
+	var errs []error
+	if s.d.Schedule != nil && s.d.ScheduleRepo != nil {
+		fired, queued, err := s.fireSchedule(ctx)
+		rep.Fired, rep.Queued = fired, queued
+		errs = append(errs, err)
+	}
+	n, err := s.timeOutExpired(ctx)
+	rep.TimedOut = n
+	errs = append(errs, err)
+	n, err = s.startRotations(ctx)
+	rep.Started = n
+	errs = append(errs, err)
+	return rep, errors.Join(errs...)
+}
+
+// fireSchedule queues every active OK device when the schedule's next fire
+// after its last one has come.
+func (s *Service) fireSchedule(ctx context.Context) (bool, int, error) {
+	now := s.now()
+	last, err := s.d.ScheduleRepo.LastFire(ctx, RotationScheduleName)
+	if err != nil {
+		return false, 0, fmt.Errorf("rotation schedule: %w", err)
+	}
+	if last.IsZero() {
+		// First start: nothing was missed. Record now as the last fire.
+		_, err := s.d.ScheduleRepo.AdvanceFire(ctx, RotationScheduleName, time.Time{}, now)
+		if err != nil {
+			return false, 0, fmt.Errorf("rotation schedule: %w", err)
+		}
+		return false, 0, nil
+	}
+	next, err := s.d.Schedule.Next(last)
+	if err != nil {
+		return false, 0, fmt.Errorf("rotation schedule: %w", err)
+	}
+	if next.After(now) {
+		return false, 0, nil
+	}
+	// Every fire time up to now collapses into this one.
+	ok, err := s.d.ScheduleRepo.AdvanceFire(ctx, RotationScheduleName, last, now)
+	if err != nil || !ok {
+		return false, 0, err // another process fired it
+	}
+	n, err := s.d.Devices.QueueRotations(ctx)
+	if err != nil {
+		return true, 0, fmt.Errorf("rotation schedule: queue devices: %w", err)
+	}
+	return true, n, nil
+}
+
+// NextScheduledRotation returns the schedule's next fire time; nil without
+// a schedule.
+func (s *Service) NextScheduledRotation(ctx context.Context) (*time.Time, error) {
+	if s.d.Schedule == nil {
+		return nil, nil
+	}
+	from := s.now()
+	if s.d.ScheduleRepo != nil {
+		last, err := s.d.ScheduleRepo.LastFire(ctx, RotationScheduleName)
+		if err != nil {
+			return nil, err
+		}
+		if !last.IsZero() {
+			from = last
+		}
+	}
+	next, err := s.d.Schedule.Next(from)
+	if err != nil {
+		return nil, err
+	}
+	if now := s.now(); next.Before(now) {
+		next = now // overdue: the next cycle fires it
+	}
+	return &next, nil
+}
+
+// timeOutExpired times out every PENDING attempt older than the timeout
+// (and every inactive PENDING device).
+func (s *Service) timeOutExpired(ctx context.Context) (int, error) {
+	total := 0
+	for {
+		before := s.now().Add(-s.cfg.RotationTimeout)
+		ids, err := s.d.Devices.ExpiredRotations(ctx, before, expiredBatch)
+		if err != nil {
+			return total, fmt.Errorf("rotation timeouts: %w", err)
+		}
+		var errs []error
+		for _, id := range ids {
+			done, err := s.timeOut(ctx, id, before)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if done {
+				total++
+			}
+		}
+		if len(errs) > 0 || len(ids) < expiredBatch {
+			return total, errors.Join(errs...)
+		}
+	}
+}
+
+// timeOut ends device id's attempt if it is still PENDING and began at or
+// before before (or the device is inactive): grace leaves both secrets
+// valid, restore makes the old secret the only one again. A failure leaves
+// the device PENDING for the next cycle.
+func (s *Service) timeOut(ctx context.Context, id int64, before time.Time) (bool, error) {
+	mode, err := s.rotationMode()
+	if err != nil {
+		return false, err
+	}
+	done, restored := false, false
+	var started *time.Time
+	d, err := s.d.Devices.UpdateDevice(ctx, id, func(d *model.Device) error {
+		done, restored = false, false
+		if d.RotationState != model.RotationPending {
+			return nil
+		}
+		if d.Active && d.LastRotationAttemptAt != nil && d.LastRotationAttemptAt.After(before) {
+			return nil // a newer attempt
+		}
+		started = d.LastRotationAttemptAt
+		if mode == model.RotationRestore && d.PreviousSecret != nil {
+			r, err := s.restore(ctx, d)
+			if err != nil {
+				return err
+			}
+			restored = r
+			d.NewSecretAt, d.PreviousSecret, d.SecretSHA256 = nil, nil, ""
+		}
+		d.RotationState = model.RotationTimeout
+		done = true
+		return nil
+	})
+	if errors.Is(err, model.ErrNotFound) {
+		return false, nil // deleted meanwhile
+	}
+	if err != nil {
+		return false, fmt.Errorf("time out the rotation of device %d: %w", id, err)
+	}
+	if done {
+		ev := RotationEvent{Kind: EventTimeout, DeviceID: d.ID, ClientID: d.ClientID(), Restored: restored}
+		if started != nil {
+			ev.SinceAttempt = s.now().Sub(*started)
+		}
+		s.event(ctx, ev)
+	}
+	return done, nil
+}
+
+// restore makes the sealed previous secret the client's only one again when
+// the current secret differs from it (a generation happened), and reports
+// whether it did.
+func (s *Service) restore(ctx context.Context, d *model.Device) (bool, error) {
+	prev, err := s.openSecret(d)
+	if err != nil {
+		return false, err
+	}
+	cur, err := s.d.Identity.ClientSecret(ctx, d.ClientID())
+	if err != nil {
+		return false, fmt.Errorf("read the current secret: %w", err)
+	}
+	if cur == prev {
+		// Never generated, but a rotated secret may linger from a realm
+		// policy: the previous secret is the only one either way.
+		return false, nil
+	}
+	if err := s.d.Identity.SetSecret(ctx, d.ClientID(), prev); err != nil {
+		return false, fmt.Errorf("restore the previous secret: %w", err)
+	}
+	return true, nil
+}
+
+// openSecret opens the device's sealed previous secret.
+func (s *Service) openSecret(d *model.Device) (string, error) {
+	plain, err := s.d.SecretBox.Open(d.PreviousSecret)
+	if err != nil {
+		return "", fmt.Errorf("open the sealed previous secret of device %d (was SECRET_KEY changed without SECRET_KEY_PREVIOUS?): %w", d.ID, err)
+	}
+	return string(plain), nil
+}
+
+// FetchCredentials implements ports.DeviceAPI (SPEC §4 "Fetch").
+func (s *Service) FetchCredentials(ctx context.Context, d model.Device) (ports.Provisioning, error) {
+	mode, err := s.rotationMode()
+	if err != nil {
+		return ports.Provisioning{}, err
+	}
+	if d.RotationState != model.RotationPending {
+		return s.provisioning(ctx, d)
+	}
+	if d.NewSecretAt == nil {
+		if d, err = s.generate(ctx, d, mode); err != nil {
+			return ports.Provisioning{}, err
+		}
+	}
+	p, err := s.provisioning(ctx, d)
+	if err != nil {
+		return ports.Provisioning{}, err
+	}
+	if d.RotationState == model.RotationPending && d.NewSecretAt != nil {
+		if digest := secretDigest(p.ClientSecret); digest != d.SecretSHA256 {
+			// The secret was changed behind espmdm's back (an admin in
+			// Keycloak): confirm what the device is given.
+			if _, err := s.d.Devices.UpdateDevice(ctx, d.ID, func(cur *model.Device) error {
+				if cur.NewSecretAt != nil {
+					cur.SecretSHA256 = digest
+				}
+				return nil
+			}); err != nil {
+				return ports.Provisioning{}, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
+			}
+		}
+		ev := RotationEvent{Kind: EventFetched, DeviceID: d.ID, ClientID: d.ClientID()}
+		if d.LastRotationAttemptAt != nil {
+			ev.SinceAttempt = s.now().Sub(*d.LastRotationAttemptAt)
+		}
+		s.event(ctx, ev)
+	}
+	return p, nil
+}
+
+// generate makes the rotation's new secret, once. First the current secret
+// is sealed into the row; then, with the row locked, the secret is
+// generated unless the current one already differs from the sealed one (a
+// generation whose recording was cut off): so a secret is never generated
+// twice for one rotation, whatever fails in between.
+func (s *Service) generate(ctx context.Context, d model.Device, mode model.RotationMode) (model.Device, error) {
+	clientID := d.ClientID()
+	if d.PreviousSecret == nil {
+		cur, err := s.d.Identity.ClientSecret(ctx, clientID)
+		if err != nil {
+			return d, fmt.Errorf("rotation fetch of device %d: read the current secret: %w", d.ID, err)
+		}
+		sealed, err := s.d.SecretBox.Seal([]byte(cur))
+		if err != nil {
+			return d, fmt.Errorf("rotation fetch of device %d: seal the current secret: %w", d.ID, err)
+		}
+		d, err = s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) error {
+			if row.PreviousSecret == nil && row.NewSecretAt == nil {
+				row.PreviousSecret = sealed
+			}
+			return nil
+		})
+		if err != nil {
+			return d, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
+		}
+	}
+	generated := false
+	d, err := s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) error {
+		generated = false
+		if row.RotationState != model.RotationPending {
+			return fmt.Errorf("device %d is no longer in rotation: %w", row.ID, model.ErrConflict)
+		}
+		if row.NewSecretAt != nil {
+			return nil // a concurrent fetch generated it
+		}
+		prev, err := s.openSecret(row)
+		if err != nil {
+			return err
+		}
+		cur, err := s.d.Identity.ClientSecret(ctx, clientID)
+		if err != nil {
+			return fmt.Errorf("read the current secret: %w", err)
+		}
+		fresh := cur
+		if cur == prev {
+			if mode == model.RotationGrace {
+				// Keycloak applies the rotation policy at a client's
+				// creation or update only: make sure it covers this one,
+				// or the old secret would die at generation.
+				if _, err := s.d.Identity.CoverClient(ctx, clientID); err != nil {
+					return fmt.Errorf("apply the rotation policy: %w", err)
+				}
+			}
+			if fresh, err = s.d.Identity.RegenerateSecret(ctx, clientID); err != nil {
+				return fmt.Errorf("generate a secret: %w", err)
+			}
+			generated = true
+		}
+		if mode == model.RotationRestore {
+			// The old secret must stop working now, also where a realm
+			// policy kept it as the rotated one.
+			if err := s.d.Identity.InvalidateRotatedSecret(ctx, clientID); err != nil {
+				return fmt.Errorf("invalidate the rotated secret: %w", err)
+			}
+		}
+		now := s.now()
+		row.NewSecretAt = &now
+		row.SecretSHA256 = secretDigest(fresh)
+		return nil
+	})
+	if err != nil {
+		return d, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
+	}
+	if generated {
+		s.event(ctx, RotationEvent{Kind: EventGenerated, DeviceID: d.ID, ClientID: clientID})
+	}
+	return d, nil
+}
+
+// provisioning is the device's provisioning fields with its current
+// secret.
+func (s *Service) provisioning(ctx context.Context, d model.Device) (ports.Provisioning, error) {
+	secret, err := s.d.Identity.ClientSecret(ctx, d.ClientID())
+	if err != nil {
+		return ports.Provisioning{}, fmt.Errorf("provisioning of device %d: client secret: %w", d.ID, err)
+	}
+	return s.provisioningWith(d, secret), nil
+}
+
+// secretDigest is the lower-case hex SHA-256 of a secret.
+func secretDigest(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
+// AckCredentials implements ports.DeviceAPI (SPEC §4 "Confirmation").
+func (s *Service) AckCredentials(ctx context.Context, d model.Device, digest string) error {
+	mode, err := s.rotationMode()
+	if err != nil {
+		return err
+	}
+	digest = strings.ToLower(digest)
+	if len(digest) != sha256.Size*2 || strings.Trim(digest, "0123456789abcdef") != "" {
+		return model.Invalid("client_secret_sha256", "must be the 64 hex digits of the SHA-256 of the new client secret")
+	}
+	return s.complete(ctx, d.ID, mode, "ack", func(row *model.Device) (bool, error) {
+		if row.NewSecretAt == nil {
+			if row.RotationState == model.RotationOK && row.SecretSHA256 == digest {
+				return false, nil // completed with this secret already
+			}
+			return false, fmt.Errorf("device %d has no rotation awaiting confirmation: %w", row.ID, model.ErrConflict)
+		}
+		if row.SecretSHA256 != digest {
+			return false, fmt.Errorf("device %d: the digest does not match the secret generated in this rotation: %w", row.ID, model.ErrConflict)
+		}
+		return true, nil
+	})
+}
+
+// confirmByToken completes a PENDING restore-mode rotation when the device
+// presents a token issued in a later second than its new secret was
+// generated: the old secret stopped working then, so the token proves the
+// new one.
+func (s *Service) confirmByToken(ctx context.Context, d model.Device, c model.DeviceClaims) error {
+	if mode, err := s.rotationMode(); err != nil || mode != model.RotationRestore {
+		return nil // not resolved yet (nothing rotates then) or grace: only the ack confirms
+	}
+	mode := model.RotationRestore
+	if !issuedAfter(d, c) {
+		return nil
+	}
+	return s.complete(ctx, d.ID, mode, "iat", func(row *model.Device) (bool, error) {
+		return issuedAfter(*row, c), nil
+	})
+}
+
+// issuedAfter reports whether d is PENDING with a generated secret and c was
+// issued in a later whole second than the generation.
+func issuedAfter(d model.Device, c model.DeviceClaims) bool {
+	return d.RotationState == model.RotationPending && d.NewSecretAt != nil &&
+		c.IssuedAt.Unix() > d.NewSecretAt.Unix()
+}
+
+// complete finishes device id's rotation when check (run on the locked row)
+// says so: in grace mode the rotated secret is invalidated first (a failure
+// leaves the rotation unconfirmed); then state OK, completion and secret
+// times, sealed secret wiped. The freed slot starts the next device.
+func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMode, via string, check func(*model.Device) (bool, error)) error {
+	done := false
+	var attempt, generated time.Time
+	d, err := s.d.Devices.UpdateDevice(ctx, id, func(row *model.Device) error {
+		ok, err := check(row)
+		done = ok
+		if err != nil || !ok {
+			return err
+		}
+		if mode == model.RotationGrace {
+			if err := s.d.Identity.InvalidateRotatedSecret(ctx, row.ClientID()); err != nil {
+				return fmt.Errorf("invalidate the rotated secret: %w", err)
+			}
+		}
+		now := s.now()
+		if row.LastRotationAttemptAt != nil {
+			attempt = *row.LastRotationAttemptAt
+		}
+		generated = *row.NewSecretAt
+		row.RotationState = model.RotationOK
+		row.LastRotationCompletedAt = &now
+		row.SecretCreatedAt = row.NewSecretAt
+		row.NewSecretAt = nil
+		row.PreviousSecret = nil
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("confirm the rotation of device %d: %w", id, err)
+	}
+	if !done {
+		return nil
+	}
+	now := s.now()
+	if mode == model.RotationGrace {
+		s.event(ctx, RotationEvent{Kind: EventInvalidated, DeviceID: d.ID, ClientID: d.ClientID(), At: now})
+	}
+	ev := RotationEvent{Kind: EventConfirmed, DeviceID: d.ID, ClientID: d.ClientID(), At: now, Via: via, SinceGenerated: now.Sub(generated)}
+	if !attempt.IsZero() {
+		ev.SinceAttempt = now.Sub(attempt)
+	}
+	s.event(ctx, ev)
+	s.fillSlots(ctx)
+	return nil
+}
+
+// leaveRotation takes a device that was just deactivated out of the queue:
+// QUEUED goes back to OK, PENDING is timed out as the mode says (a failure
+// is left to the next cycle's timeouts, which also take inactive PENDING
+// devices).
+func (s *Service) leaveRotation(ctx context.Context, before model.Device) {
+	switch before.RotationState {
+	case model.RotationQueued:
+		_, err := s.d.Devices.UpdateDevice(ctx, before.ID, func(d *model.Device) error {
+			if !d.Active && d.RotationState == model.RotationQueued {
+				d.RotationState = model.RotationOK
+			}
+			return nil
+		})
+		s.report(ctx, "rotation: dequeue deactivated device", err)
+	case model.RotationPending:
+		_, err := s.timeOut(ctx, before.ID, s.now())
+		s.report(ctx, "rotation: time out deactivated device", err)
+		s.fillSlots(ctx)
+	}
+}
+
+// RotationStatus implements ports.Rotation.
+func (s *Service) RotationStatus(ctx context.Context) (ports.RotationStatus, error) {
+	st := ports.RotationStatus{Mode: s.RotationMode()}
+	var err error
+	if st.Counts, err = s.d.Devices.RotationCounts(ctx); err != nil {
+		return st, fmt.Errorf("rotation status: %w", err)
+	}
+	if st.InFlight, err = s.d.Devices.InFlight(ctx); err != nil {
+		return st, fmt.Errorf("rotation status: %w", err)
+	}
+	if st.LastCompletedAt, err = s.d.Devices.LastRotationCompleted(ctx); err != nil {
+		return st, fmt.Errorf("rotation status: %w", err)
+	}
+	if st.NextScheduled, err = s.NextScheduledRotation(ctx); err != nil {
+		return st, fmt.Errorf("rotation status: %w", err)
+	}
+	if s.d.Lease != nil {
+		if st.LeaseHolder, err = s.d.Lease.Holder(ctx); err != nil {
+			return st, fmt.Errorf("rotation status: %w", err)
+		}
+	}
+	return st, nil
+}
+
+// RotationDashboard implements ports.Rotation.
+func (s *Service) RotationDashboard(ctx context.Context, g model.DashboardGroup, limit int, afterID int64) (ports.Dashboard, error) {
+	known := false
+	for _, k := range model.DashboardGroups {
+		known = known || k == g
+	}
+	switch {
+	case !known:
+		return ports.Dashboard{}, model.Invalid("group", "must be one of healthy, warning, critical, inactive")
+	case limit == 0:
+		limit = DefaultPageSize
+	case limit < 0 || limit > MaxPageSize:
+		return ports.Dashboard{}, model.Invalid("limit", "must be between 1 and %d", MaxPageSize)
+	}
+	if afterID < 0 {
+		return ports.Dashboard{}, model.Invalid("cursor", "must not be negative")
+	}
+	q := s.dashboardQuery()
+	counts, err := s.d.Devices.DashboardCounts(ctx, q)
+	if err != nil {
+		return ports.Dashboard{}, fmt.Errorf("rotation dashboard: %w", err)
+	}
+	page, err := s.d.Devices.DashboardPage(ctx, q, g, limit, afterID)
+	if err != nil {
+		return ports.Dashboard{}, fmt.Errorf("rotation dashboard: %w", err)
+	}
+	return ports.Dashboard{Counts: counts, Group: g, Page: page}, nil
+}
+
+// dashboardQuery holds the thresholds of SPEC §4's dashboard groups.
+func (s *Service) dashboardQuery() ports.DashboardQuery {
+	now := s.now()
+	return ports.DashboardQuery{
+		WarningBefore:     now.Add(-s.cfg.RotationWarningAge),
+		CriticalBefore:    now.Add(-s.cfg.RotationCriticalAge),
+		UnconfirmedBefore: now.Add(-s.cfg.RotationGrace / 2),
+	}
+}

@@ -1,0 +1,747 @@
+package mdm_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/espmdm/espmdm/core/mdm"
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/ports"
+	"github.com/espmdm/espmdm/ports/portstest"
+)
+
+// hourly fires at every full hour (UTC): a ports.Schedule for the tests.
+type hourly struct{}
+
+func (hourly) Next(after time.Time) (time.Time, error) {
+	return after.Truncate(time.Hour).Add(time.Hour), nil
+}
+func (hourly) String() string { return "0 * * * *" }
+
+// renv is a Service in rotation mode mode (resolved), with fakes.
+type renv struct {
+	*env
+	sched *portstest.Schedule
+}
+
+func newRotationEnv(t *testing.T, mode model.RotationMode, opts ...option) *renv {
+	t.Helper()
+	sched := portstest.NewSchedule()
+	opts = append([]option{func(d *mdm.Deps, c *mdm.Config) {
+		d.SecretBox = portstest.NewSecretBox()
+		d.Schedule = hourly{}
+		d.ScheduleRepo = sched
+		c.RotationMode = mode
+		c.RotationConcurrency = 3
+		c.RotationTimeout = 5 * time.Minute
+		c.RotationRetry = time.Hour
+	}}, opts...)
+	e := &renv{env: newEnv(t, opts...), sched: sched}
+	if mode == model.RotationRestore {
+		e.idp.SetRotationPolicy(model.RotationPolicy{}) // a realm without the feature
+	}
+	got, _, err := e.svc.InitRotation(t.Context())
+	if err != nil {
+		t.Fatalf("InitRotation(%s): %v", mode, err)
+	}
+	if got != mode {
+		t.Fatalf("InitRotation(%s) = %s", mode, got)
+	}
+	return e
+}
+
+func (e *renv) get(t *testing.T, id int64) model.Device {
+	t.Helper()
+	d, err := e.store.GetDevice(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func (e *renv) secret(t *testing.T, d model.Device) string {
+	t.Helper()
+	s, err := e.idp.ClientSecret(context.Background(), d.ClientID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func (e *renv) rotate(t *testing.T, d model.Device) {
+	t.Helper()
+	if res, err := e.svc.RotateDevice(t.Context(), d.ID); err != nil || res != ports.RotateQueued {
+		t.Fatalf("RotateDevice = %q, %v; want queued", res, err)
+	}
+}
+
+func (e *renv) fetch(t *testing.T, d model.Device) string {
+	t.Helper()
+	p, err := e.svc.FetchCredentials(t.Context(), e.get(t, d.ID))
+	if err != nil {
+		t.Fatalf("FetchCredentials: %v", err)
+	}
+	if p.ClientID != d.ClientID() || p.DeviceKey != d.Key || p.TokenURL == "" {
+		t.Fatalf("FetchCredentials fields = %+v", p)
+	}
+	return p.ClientSecret
+}
+
+func (e *renv) ack(t *testing.T, d model.Device, secret string) error {
+	t.Helper()
+	return e.svc.AckCredentials(t.Context(), e.get(t, d.ID), digest(secret))
+}
+
+func (e *renv) state(t *testing.T, d model.Device) model.RotationState {
+	t.Helper()
+	return e.get(t, d.ID).RotationState
+}
+
+func (e *renv) cycle(t *testing.T) ports.CycleReport {
+	t.Helper()
+	rep, err := e.svc.RunRotationCycle(t.Context())
+	if err != nil {
+		t.Fatalf("RunRotationCycle: %v", err)
+	}
+	return rep
+}
+
+func (e *renv) nudges(clientID string) int {
+	n := 0
+	for _, s := range e.notifier.Sent() {
+		if s.Kind == "rotation" && s.ClientID == clientID {
+			n++
+		}
+	}
+	return n
+}
+
+func digest(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+func wantState(t *testing.T, e *renv, d model.Device, want model.RotationState) {
+	t.Helper()
+	if got := e.state(t, d); got != want {
+		t.Fatalf("device %d state = %s, want %s", d.ID, got, want)
+	}
+}
+
+func wantAuth(t *testing.T, e *renv, d model.Device, secret string, want bool) {
+	t.Helper()
+	if got := e.idp.Authenticates(d.ClientID(), secret); got != want {
+		t.Fatalf("secret %.6s… authenticates = %t, want %t", secret, got, want)
+	}
+}
+
+func TestRotationGraceFetchAckCompletes(t *testing.T) {
+	e := newRotationEnv(t, model.RotationGrace)
+	d := e.device(t, e.model(t, "m1", ""), `{}`)
+	old := e.secret(t, d)
+
+	e.rotate(t, d)
+	wantState(t, e, d, model.RotationPending)
+	if n := e.nudges(d.ClientID()); n != 1 {
+		t.Fatalf("nudges after start = %d, want 1", n)
+	}
+	fresh := e.fetch(t, d)
+	if fresh == old {
+		t.Fatal("fetch handed out the old secret during a rotation")
+	}
+	// Zero lockout: both secrets work until the ack.
+	wantAuth(t, e, d, old, true)
+	wantAuth(t, e, d, fresh, true)
+	// Every later fetch of the attempt returns the same secret, generated once.
+	if again := e.fetch(t, d); again != fresh {
+		t.Fatal("a second fetch generated another secret")
+	}
+	if n := len(e.idpCalls("RegenerateSecret")); n != 1 {
+		t.Fatalf("RegenerateSecret calls = %d, want 1", n)
+	}
+	if got := e.get(t, d.ID); got.PreviousSecret == nil || strings.Contains(string(got.PreviousSecret), old) {
+		t.Fatalf("the old secret is not kept sealed: %q", got.PreviousSecret)
+	}
+
+	// The iat rule does not complete in grace mode: the old secret still works.
+	claims := model.DeviceClaims{ClientID: d.ClientID(), ModelCode: d.ModelCode, Key: d.Key, IssuedAt: e.clock.Now().Add(10 * time.Second)}
+	if _, err := e.svc.DeviceConfig(t.Context(), e.get(t, d.ID), claims); err != nil {
+		t.Fatal(err)
+	}
+	wantState(t, e, d, model.RotationPending)
+
+	if err := e.ack(t, d, old); !errors.Is(err, model.ErrConflict) {
+		t.Fatalf("ack with the old secret's digest = %v, want ErrConflict", err)
+	}
+	wantState(t, e, d, model.RotationPending)
+
+	e.clock.Advance(30 * time.Second)
+	if err := e.ack(t, d, fresh); err != nil {
+		t.Fatalf("ack: %v", err)
+	}
+	got := e.get(t, d.ID)
+	if got.RotationState != model.RotationOK || got.PreviousSecret != nil || got.NewSecretAt != nil {
+		t.Fatalf("after ack: state %s, sealed %v, new_secret_at %v", got.RotationState, got.PreviousSecret, got.NewSecretAt)
+	}
+	if got.LastRotationCompletedAt == nil || !got.LastRotationCompletedAt.Equal(e.clock.Now()) {
+		t.Fatalf("last_rotation_completed_at = %v, want %v", got.LastRotationCompletedAt, e.clock.Now())
+	}
+	if got.SecretCreatedAt == nil || !got.SecretCreatedAt.Before(e.clock.Now()) {
+		t.Fatalf("secret_created_at = %v, want the generation time", got.SecretCreatedAt)
+	}
+	// Completion invalidated the rotated secret.
+	wantAuth(t, e, d, old, false)
+	wantAuth(t, e, d, fresh, true)
+	// A repeated ack is idempotent; another digest is a conflict.
+	if err := e.ack(t, d, fresh); err != nil {
+		t.Fatalf("repeated ack: %v", err)
+	}
+	if err := e.ack(t, d, "something else"); !errors.Is(err, model.ErrConflict) {
+		t.Fatalf("ack of another secret after completion = %v, want ErrConflict", err)
+	}
+	// Outside a rotation the fetch returns the current credentials, generating nothing.
+	if cur := e.fetch(t, d); cur != fresh {
+		t.Fatal("fetch outside a rotation did not return the current secret")
+	}
+	if n := len(e.idpCalls("RegenerateSecret")); n != 1 {
+		t.Fatalf("RegenerateSecret calls = %d, want 1", n)
+	}
+}
+
+func TestRotationAckValidation(t *testing.T) {
+	e := newRotationEnv(t, model.RotationGrace)
+	d := e.device(t, e.model(t, "m1", ""), `{}`)
+	for _, bad := range []string{"", "abc", strings.Repeat("g", 64), strings.Repeat("a", 65)} {
+		wantValidation(t, e.svc.AckCredentials(t.Context(), d, bad), "client_secret_sha256")
+	}
+	// No rotation: 409.
+	if err := e.ack(t, d, e.secret(t, d)); !errors.Is(err, model.ErrConflict) {
+		t.Fatalf("ack without a rotation = %v, want ErrConflict", err)
+	}
+	// Upper-case hex is the same digest.
+	e.rotate(t, d)
+	fresh := e.fetch(t, d)
+	if err := e.svc.AckCredentials(t.Context(), e.get(t, d.ID), strings.ToUpper(digest(fresh))); err != nil {
+		t.Fatalf("ack in upper-case hex: %v", err)
+	}
+}
+
+func TestRotationRestoreIATRule(t *testing.T) {
+	e := newRotationEnv(t, model.RotationRestore)
+	d := e.device(t, e.model(t, "m1", ""), `{}`)
+	old := e.secret(t, d)
+	e.rotate(t, d)
+	fresh := e.fetch(t, d)
+	// Restore mode: the old secret stops working at generation.
+	wantAuth(t, e, d, old, false)
+	wantAuth(t, e, d, fresh, true)
+	gen := *e.get(t, d.ID).NewSecretAt
+
+	claims := func(iat time.Time) model.DeviceClaims {
+		return model.DeviceClaims{ClientID: d.ClientID(), ModelCode: d.ModelCode, Key: d.Key, IssuedAt: iat}
+	}
+	// A token of the same second may have come from the old secret.
+	if _, err := e.svc.DeviceConfig(t.Context(), e.get(t, d.ID), claims(gen.Truncate(time.Second).Add(999*time.Millisecond))); err != nil {
+		t.Fatal(err)
+	}
+	wantState(t, e, d, model.RotationPending)
+	cfg, err := e.svc.DeviceConfig(t.Context(), e.get(t, d.ID), claims(gen.Truncate(time.Second).Add(time.Second)))
+	if err != nil || string(cfg) != `{}` {
+		t.Fatalf("DeviceConfig = %s, %v", cfg, err)
+	}
+	wantState(t, e, d, model.RotationOK)
+	// The ack after an iat completion is idempotent too.
+	if err := e.ack(t, d, fresh); err != nil {
+		t.Fatalf("ack after the iat completion: %v", err)
+	}
+}
+
+func TestRotationRestoreAckCompletes(t *testing.T) {
+	e := newRotationEnv(t, model.RotationRestore)
+	d := e.device(t, e.model(t, "m1", ""), `{}`)
+	e.rotate(t, d)
+	fresh := e.fetch(t, d)
+	if err := e.ack(t, d, fresh); err != nil {
+		t.Fatal(err)
+	}
+	wantState(t, e, d, model.RotationOK)
+	if n := len(e.idpCalls("InvalidateRotatedSecret")); n != 1 {
+		t.Fatalf("restore mode invalidates the rotated secret right after generating: %d calls, want 1", n)
+	}
+}
+
+func TestRotationGraceTimeoutKeepsBothSecretsAndRetriesWithTheSameSecret(t *testing.T) {
+	e := newRotationEnv(t, model.RotationGrace)
+	d := e.device(t, e.model(t, "m1", ""), `{}`)
+	old := e.secret(t, d)
+	e.rotate(t, d)
+	fresh := e.fetch(t, d) // the device fetches, then goes silent
+
+	e.clock.Advance(5*time.Minute + time.Second)
+	if rep := e.cycle(t); rep.TimedOut != 1 {
+		t.Fatalf("cycle timed out %d, want 1", rep.TimedOut)
+	}
+	wantState(t, e, d, model.RotationTimeout)
+	// A timeout changes nothing in the identity provider.
+	wantAuth(t, e, d, old, true)
+	wantAuth(t, e, d, fresh, true)
+
+	// Not retried before ROTATION_RETRY after the attempt.
+	e.clock.Advance(30 * time.Minute)
+	if rep := e.cycle(t); rep.Started != 0 {
+		t.Fatalf("retried after 30 min: started %d", rep.Started)
+	}
+	e.clock.Advance(30 * time.Minute)
+	if rep := e.cycle(t); rep.Started != 1 {
+		t.Fatalf("not retried after the retry delay: started %d", rep.Started)
+	}
+	wantState(t, e, d, model.RotationPending)
+	if n := e.nudges(d.ClientID()); n != 2 {
+		t.Fatalf("nudges = %d, want one per attempt (2)", n)
+	}
+	// The retry hands out the same secret: a second generation would end
+	// the old secret's grace.
+	if again := e.fetch(t, d); again != fresh {
+		t.Fatal("the retry generated a new secret")
+	}
+	if n := len(e.idpCalls("RegenerateSecret")); n != 1 {
+		t.Fatalf("RegenerateSecret calls = %d, want 1", n)
+	}
+	wantAuth(t, e, d, old, true)
+	if err := e.ack(t, d, fresh); err != nil {
+		t.Fatal(err)
+	}
+	wantState(t, e, d, model.RotationOK)
+	wantAuth(t, e, d, old, false)
+}
+
+func TestRotationGraceLateAckAfterTimeoutCompletes(t *testing.T) {
+	e := newRotationEnv(t, model.RotationGrace)
+	d := e.device(t, e.model(t, "m1", ""), `{}`)
+	e.rotate(t, d)
+	fresh := e.fetch(t, d)
+	e.clock.Advance(6 * time.Minute)
+	e.cycle(t)
+	wantState(t, e, d, model.RotationTimeout)
+	if err := e.ack(t, d, fresh); err != nil {
+		t.Fatalf("late ack: %v", err)
+	}
+	wantState(t, e, d, model.RotationOK)
+}
+
+func TestRotationRestoreTimeoutRestoresTheOldSecret(t *testing.T) {
+	e := newRotationEnv(t, model.RotationRestore)
+	d := e.device(t, e.model(t, "m1", ""), `{}`)
+	old := e.secret(t, d)
+	e.rotate(t, d)
+	fresh := e.fetch(t, d)
+	e.clock.Advance(6 * time.Minute)
+	if rep := e.cycle(t); rep.TimedOut != 1 {
+		t.Fatalf("timed out %d, want 1", rep.TimedOut)
+	}
+	wantState(t, e, d, model.RotationTimeout)
+	wantAuth(t, e, d, old, true)
+	wantAuth(t, e, d, fresh, false)
+	if got := e.get(t, d.ID); got.PreviousSecret != nil || got.NewSecretAt != nil || got.SecretSHA256 != "" {
+		t.Fatalf("restore left rotation data: %+v", got)
+	}
+	// The unconfirmed secret can no longer be acked.
+	if err := e.ack(t, d, fresh); !errors.Is(err, model.ErrConflict) {
+		t.Fatalf("ack of the restored-away secret = %v, want ErrConflict", err)
+	}
+	// The retry generates afresh.
+	e.clock.Advance(time.Hour)
+	e.cycle(t)
+	wantState(t, e, d, model.RotationPending)
+	if again := e.fetch(t, d); again == fresh || again == old {
+		t.Fatal("the retry in restore mode did not generate a fresh secret")
+	}
+}
+
+func TestRotationSlotsBoundAndRefillFromTheCompletingRequest(t *testing.T) {
+	e := newRotationEnv(t, model.RotationGrace)
+	m := e.model(t, "m1", "")
+	var devs []model.Device
+	for range 7 {
+		devs = append(devs, e.device(t, m, `{}`))
+		e.clock.Advance(time.Second) // distinct secret ages: oldest first
+	}
+	n, err := e.svc.TriggerRotation(t.Context())
+	if err != nil || n != 7 {
+		t.Fatalf("TriggerRotation = %d, %v; want 7", n, err)
+	}
+	pending := func() []int64 {
+		ids, err := e.store.InFlight(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	if got := pending(); fmt.Sprint(got) != fmt.Sprint([]int64{devs[0].ID, devs[1].ID, devs[2].ID}) {
+		t.Fatalf("PENDING after trigger = %v, want the 3 oldest secrets", got)
+	}
+	// A cycle does not exceed the bound.
+	if rep := e.cycle(t); rep.Started != 0 {
+		t.Fatalf("cycle started %d with every slot taken", rep.Started)
+	}
+	// The completing request starts the next device at once.
+	if err := e.ack(t, devs[1], e.fetch(t, devs[1])); err != nil {
+		t.Fatal(err)
+	}
+	if got := pending(); fmt.Sprint(got) != fmt.Sprint([]int64{devs[0].ID, devs[2].ID, devs[3].ID}) {
+		t.Fatalf("PENDING after one completion = %v", got)
+	}
+	if e.nudges(devs[3].ClientID()) != 1 {
+		t.Fatal("the device started by the completion was not nudged")
+	}
+}
+
+func TestRotationSelectionQueuedBeforeRetries(t *testing.T) {
+	e := newRotationEnv(t, model.RotationRestore, withConfig(func(c *mdm.Config) { c.RotationConcurrency = 1 }))
+	m := e.model(t, "m1", "")
+	a := e.device(t, m, `{}`)
+	b := e.device(t, m, `{}`)
+	e.rotate(t, a) // a starts, times out
+	e.clock.Advance(6 * time.Minute)
+	e.cycle(t)
+	wantState(t, e, a, model.RotationTimeout)
+	e.clock.Advance(2 * time.Hour) // a may be retried
+	if _, err := e.svc.RotateDevice(t.Context(), b.ID); err != nil {
+		t.Fatal(err)
+	}
+	// b (QUEUED) goes before a (TIMEOUT).
+	wantState(t, e, b, model.RotationPending)
+	wantState(t, e, a, model.RotationTimeout)
+	if err := e.ack(t, b, e.fetch(t, b)); err != nil {
+		t.Fatal(err)
+	}
+	wantState(t, e, a, model.RotationPending)
+}
+
+func TestRotateDevice(t *testing.T) {
+	e := newRotationEnv(t, model.RotationGrace)
+	m := e.model(t, "m1", "")
+	d := e.device(t, m, `{}`)
+	e.rotate(t, d)
+	if res, err := e.svc.RotateDevice(t.Context(), d.ID); err != nil || res != ports.RotateAlreadyPending {
+		t.Fatalf("RotateDevice of a PENDING device = %q, %v", res, err)
+	}
+	off := e.device(t, m, `{}`)
+	if _, err := e.svc.UpdateDevice(t.Context(), off.ID, ports.DeviceUpdate{Active: ptr(false)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.RotateDevice(t.Context(), off.ID); !errors.Is(err, model.ErrConflict) {
+		t.Fatalf("RotateDevice of an inactive device = %v, want ErrConflict", err)
+	}
+	if _, err := e.svc.RotateDevice(t.Context(), 99999); !errors.Is(err, model.ErrNotFound) {
+		t.Fatalf("RotateDevice of a missing device = %v, want ErrNotFound", err)
+	}
+	// Trigger queues active OK devices only.
+	if n, err := e.svc.TriggerRotation(t.Context()); err != nil || n != 0 {
+		t.Fatalf("TriggerRotation = %d, %v; want 0 (one PENDING, one inactive)", n, err)
+	}
+}
+
+func TestRotationDeactivationLeavesTheQueue(t *testing.T) {
+	for _, mode := range []model.RotationMode{model.RotationGrace, model.RotationRestore} {
+		t.Run(string(mode), func(t *testing.T) {
+			e := newRotationEnv(t, mode, withConfig(func(c *mdm.Config) { c.RotationConcurrency = 1 }))
+			m := e.model(t, "m1", "")
+			p := e.device(t, m, `{}`)
+			q := e.device(t, m, `{}`)
+			old := e.secret(t, p)
+			e.rotate(t, p)
+			e.rotate(t, q)
+			wantState(t, e, q, model.RotationQueued)
+			fresh := e.fetch(t, p)
+
+			if _, err := e.svc.UpdateDevice(t.Context(), q.ID, ports.DeviceUpdate{Active: ptr(false)}); err != nil {
+				t.Fatal(err)
+			}
+			wantState(t, e, q, model.RotationOK)
+			if _, err := e.svc.UpdateDevice(t.Context(), p.ID, ports.DeviceUpdate{Active: ptr(false)}); err != nil {
+				t.Fatal(err)
+			}
+			wantState(t, e, p, model.RotationTimeout)
+			wantAuth(t, e, p, old, true)
+			wantAuth(t, e, p, fresh, mode == model.RotationGrace)
+			if rep := e.cycle(t); rep.Started != 0 {
+				t.Fatalf("inactive devices were started: %d", rep.Started)
+			}
+		})
+	}
+}
+
+func TestRotationKeycloakDownDuringGenerationNeverGeneratesTwice(t *testing.T) {
+	for _, mode := range []model.RotationMode{model.RotationGrace, model.RotationRestore} {
+		t.Run(string(mode), func(t *testing.T) {
+			e := newRotationEnv(t, mode)
+			d := e.device(t, e.model(t, "m1", ""), `{}`)
+			old := e.secret(t, d)
+			e.rotate(t, d)
+			down := &model.UnavailableError{Service: "keycloak", Err: errors.New("connection refused")}
+
+			// The generation itself fails: nothing changes.
+			e.idp.Hook = func(op, _ string) error {
+				if op == "RegenerateSecret" {
+					return down
+				}
+				return nil
+			}
+			if _, err := e.svc.FetchCredentials(t.Context(), e.get(t, d.ID)); !errors.Is(err, model.ErrUnavailable) {
+				t.Fatalf("fetch while Keycloak fails = %v, want ErrUnavailable", err)
+			}
+			wantState(t, e, d, model.RotationPending)
+			wantAuth(t, e, d, old, true)
+
+			// The generation succeeds but what follows fails (restore:
+			// invalidating; grace: reading the secret back is simulated by
+			// failing the next read): the recording is lost.
+			failNext := "InvalidateRotatedSecret"
+			if mode == model.RotationGrace {
+				failNext = "ClientSecret"
+			}
+			generated := false
+			e.idp.Hook = func(op, _ string) error {
+				if op == "RegenerateSecret" {
+					generated = true
+				}
+				if generated && op == failNext {
+					return down
+				}
+				return nil
+			}
+			_, err := e.svc.FetchCredentials(t.Context(), e.get(t, d.ID))
+			if !generated || err == nil {
+				t.Fatalf("fetch after a generation whose recording failed = %v (generated %t), want an error", err, generated)
+			}
+			e.idp.Hook = nil
+			fresh := e.fetch(t, d)
+			if n := len(e.idpCalls("RegenerateSecret")); n != 2 { // one failed, one made the secret
+				t.Fatalf("RegenerateSecret calls = %d, want 2 (the failed one and one generation)", n)
+			}
+			wantAuth(t, e, d, fresh, true)
+			wantAuth(t, e, d, old, mode == model.RotationGrace)
+			if err := e.ack(t, d, fresh); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestRotationKeycloakDownDuringAckAndRestore(t *testing.T) {
+	down := &model.UnavailableError{Service: "keycloak", Err: errors.New("connection refused")}
+	t.Run("grace ack", func(t *testing.T) {
+		e := newRotationEnv(t, model.RotationGrace)
+		d := e.device(t, e.model(t, "m1", ""), `{}`)
+		e.rotate(t, d)
+		fresh := e.fetch(t, d)
+		e.idp.Hook = func(op, _ string) error {
+			if op == "InvalidateRotatedSecret" {
+				return down
+			}
+			return nil
+		}
+		if err := e.ack(t, d, fresh); !errors.Is(err, model.ErrUnavailable) {
+			t.Fatalf("ack while Keycloak fails = %v", err)
+		}
+		wantState(t, e, d, model.RotationPending)
+		e.idp.Hook = nil
+		if err := e.ack(t, d, fresh); err != nil {
+			t.Fatal(err)
+		}
+		wantState(t, e, d, model.RotationOK)
+	})
+	t.Run("restore timeout", func(t *testing.T) {
+		e := newRotationEnv(t, model.RotationRestore)
+		d := e.device(t, e.model(t, "m1", ""), `{}`)
+		old := e.secret(t, d)
+		e.rotate(t, d)
+		e.fetch(t, d)
+		e.clock.Advance(6 * time.Minute)
+		e.idp.Hook = func(op, _ string) error {
+			if op == "SetSecret" {
+				return down
+			}
+			return nil
+		}
+		if _, err := e.svc.RunRotationCycle(t.Context()); !errors.Is(err, model.ErrUnavailable) {
+			t.Fatalf("cycle while Keycloak fails = %v", err)
+		}
+		wantState(t, e, d, model.RotationPending)
+		e.idp.Hook = nil
+		if rep := e.cycle(t); rep.TimedOut != 1 {
+			t.Fatalf("resumed cycle timed out %d", rep.TimedOut)
+		}
+		wantAuth(t, e, d, old, true)
+	})
+}
+
+func TestRotationScheduleFiresOnceAndCollapsesMissedTicks(t *testing.T) {
+	e := newRotationEnv(t, model.RotationGrace, withConfig(func(c *mdm.Config) { c.RotationConcurrency = 100 }))
+	m := e.model(t, "m1", "")
+	for range 3 {
+		e.device(t, m, `{}`)
+	}
+	// The first cycle ever records now: nothing was missed.
+	if rep := e.cycle(t); rep.Fired {
+		t.Fatal("the first cycle fired")
+	}
+	e.clock.Advance(3*time.Hour + time.Minute) // three fire times missed
+	rep := e.cycle(t)
+	if !rep.Fired || rep.Queued != 3 || rep.Started != 3 {
+		t.Fatalf("cycle after missed fires = %+v, want one fire queuing and starting 3", rep)
+	}
+	if rep := e.cycle(t); rep.Fired {
+		t.Fatal("the missed fires fired twice")
+	}
+	next, err := e.svc.NextScheduledRotation(t.Context())
+	if err != nil || next == nil || !next.After(e.clock.Now()) {
+		t.Fatalf("NextScheduledRotation = %v, %v", next, err)
+	}
+}
+
+func TestInitRotationModes(t *testing.T) {
+	covered := model.RotationPolicy{FeatureEnabled: true, Covered: true, Name: "p/p",
+		Expiration: 5 * 365 * 24 * time.Hour, RotatedExpiration: mdm.DefaultRotationGrace}
+	cases := []struct {
+		name    string
+		mode    model.RotationMode
+		policy  model.RotationPolicy
+		grace   time.Duration
+		want    model.RotationMode
+		wantErr []string
+	}{
+		{"auto with policy", model.RotationAuto, covered, 0, model.RotationGrace, nil},
+		{"auto without policy", model.RotationAuto, model.RotationPolicy{Problems: []string{"feature off"}}, 0, model.RotationRestore, nil},
+		{"restore with policy", model.RotationRestore, covered, 0, model.RotationRestore, nil},
+		{"auto with a policy that rotates on updates", model.RotationAuto, model.RotationPolicy{FeatureEnabled: true, Covered: true, Name: "p/p",
+			Expiration: 5 * 365 * 24 * time.Hour, RotatedExpiration: mdm.DefaultRotationGrace,
+			Problems: []string{"remaining-rotation-period is 864000: client updates rotate the secret"}}, 0, model.RotationRestore, nil},
+		{"auto with another grace period", model.RotationAuto, covered, 48 * time.Hour, model.RotationRestore, nil},
+		{"grace without feature", model.RotationGrace, model.RotationPolicy{Problems: []string{"start Keycloak with --features=client-secret-rotation"}}, 0, "",
+			[]string{"ROTATION_MODE=grace", "--features=client-secret-rotation"}},
+		{"grace with another grace period", model.RotationGrace, covered, 48 * time.Hour, "",
+			[]string{"ROTATION_GRACE is 48h0m0s", "rotated-expiration-period 604800"}},
+		{"grace with a short expiration", model.RotationGrace, model.RotationPolicy{FeatureEnabled: true, Covered: true, Name: "p/p",
+			Expiration: 5 * 24 * time.Hour, RotatedExpiration: mdm.DefaultRotationGrace}, 0, "", []string{"expiration-period"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, func(d *mdm.Deps, c *mdm.Config) {
+				d.SecretBox = portstest.NewSecretBox()
+				d.Schedule = hourly{}
+				c.RotationMode = tc.mode
+				c.RotationGrace = tc.grace
+			})
+			e.idp.SetRotationPolicy(tc.policy)
+			got, _, err := e.svc.InitRotation(t.Context())
+			if len(tc.wantErr) > 0 {
+				if err == nil {
+					t.Fatalf("InitRotation = %s, want an error", got)
+				}
+				for _, w := range tc.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q does not mention %q", err, w)
+					}
+				}
+				if e.svc.RotationMode() != "" {
+					t.Errorf("a refused mode is in force: %s", e.svc.RotationMode())
+				}
+				return
+			}
+			if err != nil || got != tc.want || e.svc.RotationMode() != tc.want {
+				t.Fatalf("InitRotation = %s, %v; want %s", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestRotationBeforeInitIsRefused(t *testing.T) {
+	e := newEnv(t, func(d *mdm.Deps, _ *mdm.Config) { d.SecretBox = portstest.NewSecretBox() })
+	d := e.device(t, e.model(t, "m1", ""), `{}`)
+	if _, err := e.svc.RotateDevice(t.Context(), d.ID); err == nil {
+		t.Fatal("RotateDevice before InitRotation succeeded")
+	}
+	// The device API keeps working.
+	if _, err := e.svc.DeviceConfig(t.Context(), d, model.DeviceClaims{}); err != nil {
+		t.Fatalf("DeviceConfig before InitRotation: %v", err)
+	}
+}
+
+func TestRotationStatusAndDashboard(t *testing.T) {
+	e := newRotationEnv(t, model.RotationGrace)
+	m := e.model(t, "m1", "")
+	a := e.device(t, m, `{}`)
+	e.device(t, m, `{}`)
+	e.rotate(t, a)
+	e.fetch(t, a) // a generated secret awaits confirmation
+	e.cycle(t)    // records the first fire
+	st, err := e.svc.RotationStatus(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode != model.RotationGrace || st.Counts.ByState[model.RotationPending] != 1 || st.Counts.ByState[model.RotationOK] != 1 ||
+		fmt.Sprint(st.InFlight) != fmt.Sprint([]int64{a.ID}) || st.NextScheduled == nil {
+		t.Fatalf("RotationStatus = %+v", st)
+	}
+	e.clock.Advance(50 * 24 * time.Hour)
+	db, err := e.svc.RotationDashboard(t.Context(), model.DashboardWarning, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if db.Counts[model.DashboardWarning] != 1 || db.Counts[model.DashboardCritical] != 1 || len(db.Page.Devices) != 1 {
+		t.Fatalf("dashboard after 50 days = %+v (the unconfirmed rotation is critical, the other warning)", db.Counts)
+	}
+	if _, err := e.svc.RotationDashboard(t.Context(), "bogus", 0, 0); err == nil {
+		t.Fatal("an unknown group was accepted")
+	}
+	if _, err := e.svc.RotationDashboard(t.Context(), model.DashboardHealthy, 1001, 0); err == nil {
+		t.Fatal("limit 1001 was accepted")
+	}
+}
+
+// TestRotationGraceNeverLocksOut walks a device that crashes at every step
+// through a grace rotation and checks at each point that a secret it holds
+// authenticates.
+func TestRotationGraceNeverLocksOut(t *testing.T) {
+	e := newRotationEnv(t, model.RotationGrace)
+	d := e.device(t, e.model(t, "m1", ""), `{}`)
+	held := map[string]bool{e.secret(t, d): true} // what the device has persisted
+	check := func(step string) {
+		t.Helper()
+		for s := range held {
+			if e.idp.Authenticates(d.ClientID(), s) {
+				return
+			}
+		}
+		t.Fatalf("after %s no secret the device holds authenticates", step)
+	}
+	e.rotate(t, d)
+	check("start")
+	e.fetch(t, d) // crash after fetch, before persisting
+	check("fetch, crash before persist")
+	for attempt := range 3 {
+		e.clock.Advance(6 * time.Minute)
+		e.cycle(t)
+		check(fmt.Sprintf("timeout %d", attempt))
+		e.clock.Advance(time.Hour)
+		e.cycle(t)
+		check(fmt.Sprintf("retry %d", attempt))
+	}
+	fresh := e.fetch(t, d)
+	held[fresh] = true // persisted as next, crash before ack
+	check("persist, crash before ack")
+	if err := e.ack(t, d, fresh); err != nil {
+		t.Fatal(err)
+	}
+	delete(held, fresh)
+	held = map[string]bool{fresh: true}
+	check("ack")
+}
