@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -490,6 +491,27 @@ func (a *fakeDeviceAPI) DeviceConfig(ctx context.Context, d model.Device, c mode
 
 func (a *fakeDeviceAPI) DeviceFirmware(ctx context.Context, d model.Device) (model.Firmware, ports.Blob, error) {
 	return a.cat.OpenFirmware(ctx, d.DeviceModelID)
+}
+
+// fakeSecret is the secret the fake device API hands out.
+const fakeSecret = "fake-rotated-secret-0123456789abcdef"
+
+func (a *fakeDeviceAPI) FetchCredentials(_ context.Context, d model.Device) (ports.Provisioning, error) {
+	if err := a.failure("FetchCredentials"); err != nil {
+		return ports.Provisioning{}, err
+	}
+	return ports.Provisioning{DeviceKey: d.Key, ClientID: d.ClientID(), ClientSecret: fakeSecret, TokenURL: "http://idp/token"}, nil
+}
+
+func (a *fakeDeviceAPI) AckCredentials(_ context.Context, _ model.Device, digest string) error {
+	if err := a.failure("AckCredentials"); err != nil {
+		return err
+	}
+	sum := sha256.Sum256([]byte(fakeSecret))
+	if !strings.EqualFold(digest, hex.EncodeToString(sum[:])) {
+		return fmt.Errorf("digest mismatch: %w", model.ErrConflict)
+	}
+	return nil
 }
 
 // fakeVerifier knows a fixed set of tokens.

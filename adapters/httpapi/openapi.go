@@ -194,6 +194,30 @@ func operations() []operation {
 		{method: "POST", path: "/api/devices/{id}/identity/sync", id: "syncIdentity", tag: "devices", auth: "write",
 			summary: "Create or repair the device's identity-provider client (the secret is kept)", params: withID,
 			responses: obj{"200": jsonResponse("status after the repair", ref("IdentityStatus"))}, errorCodes: []int{400, 404, 502}},
+		{method: "POST", path: "/api/devices/{id}/rotate", id: "rotateDevice", tag: "rotation", auth: "write",
+			summary:     "Queue one device for credential rotation",
+			description: "An OK, QUEUED or TIMEOUT device is queued (202, status queued) and starts as soon as a slot is free; a PENDING one is left as it is (200, status already_pending). An inactive device is 409.",
+			params:      withID,
+			responses: obj{
+				"202": jsonResponse("queued", ref("RotateResult")),
+				"200": jsonResponse("already in rotation", ref("RotateResult")),
+			}, errorCodes: []int{400, 404, 409, 502}},
+		{method: "POST", path: "/api/rotation/trigger", id: "triggerRotation", tag: "rotation", auth: "write",
+			summary:   "Queue every active OK device for rotation",
+			responses: obj{"202": jsonResponse("the number of devices queued", ref("TriggerResult"))}, errorCodes: []int{502}},
+		{method: "GET", path: "/api/rotation/status", id: "rotationStatus", tag: "rotation", auth: "read",
+			summary:   "Rotation mode, devices by state, devices in flight, last completion, next scheduled run, lease holder",
+			responses: obj{"200": jsonResponse("status", ref("RotationStatus"))}, errorCodes: []int{502}},
+		{method: "GET", path: "/api/rotation/dashboard", id: "rotationDashboard", tag: "rotation", auth: "read",
+			summary: "Devices grouped healthy / warning / critical / inactive by secret age and state, one group paged",
+			description: "healthy: active, secret younger than ROTATION_WARNING_DAYS and not TIMEOUT. warning: older, or TIMEOUT. " +
+				"critical: secret older than ROTATION_CRITICAL_DAYS, or a generated secret unconfirmed for longer than half of ROTATION_GRACE. inactive: inactive devices.",
+			params: []obj{
+				{"name": "group", "in": "query", "schema": obj{"type": "string", "enum": []string{"healthy", "warning", "critical", "inactive"}, "default": "critical"}},
+				{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": maxPageSize, "default": defaultPageSize}},
+				{"name": "cursor", "in": "query", "schema": obj{"type": "string", "pattern": "^c1\\.[A-Za-z0-9_-]{1,32}$"}, "description": "next_cursor of the previous page"},
+			},
+			responses: obj{"200": jsonResponse("the group counts and one page of the group", ref("RotationDashboard"))}, errorCodes: []int{400, 502}},
 
 		{method: "GET", path: "/iot/config", id: "deviceConfig", tag: "device API", auth: "device",
 			summary:   "The calling device's config (completes a pending credential rotation)",
@@ -204,6 +228,16 @@ func operations() []operation {
 		{method: "GET", path: "/iot/firmware-version", id: "deviceFirmwareVersion", tag: "device API", auth: "device",
 			summary:   "The version of the model's current firmware",
 			responses: obj{"200": jsonResponse("the version, null when none was uploaded", ref("FirmwareVersion"))}, errorCodes: []int{502}},
+		{method: "GET", path: "/iot/provisioning", id: "deviceProvisioning", tag: "device API", auth: "device",
+			summary: "Rotation fetch: the device's credentials, with the new secret while its rotation is PENDING",
+			description: "The first call of a rotation generates the new secret; later calls return the same one. " +
+				"Outside a rotation it returns the current credentials. Keep the current secret until the new one is confirmed.",
+			responses: obj{"200": jsonResponse("the NVS fields as JSON members", ref("Provisioning"))}, errorCodes: []int{409, 502}},
+		{method: "POST", path: "/iot/provisioning/ack", id: "deviceProvisioningAck", tag: "device API", auth: "device",
+			summary:     "Confirm the new secret by its SHA-256",
+			description: "204 completes the rotation when the digest matches the secret generated in it, and again (idempotent) after it completed with that secret; 409 otherwise.",
+			body:        ref("ProvisioningAck"),
+			responses:   obj{"204": obj{"description": "confirmed"}}, errorCodes: []int{400, 409, 413, 415, 502}},
 	}
 }
 
@@ -223,6 +257,67 @@ func schemas() obj {
 			},
 		},
 		"Status": obj{"type": "object", "required": []string{"status"}, "properties": obj{"status": obj{"type": "string"}}},
+		"ProvisioningAck": obj{
+			"type": "object", "required": []string{"client_secret_sha256"}, "additionalProperties": false,
+			"properties": obj{"client_secret_sha256": obj{"type": "string", "pattern": "^[0-9a-fA-F]{64}$",
+				"description": "hex SHA-256 of the new client secret"}},
+		},
+		"RotateResult": obj{
+			"type": "object", "required": []string{"status"},
+			"properties": obj{"status": obj{"type": "string", "enum": []string{"queued", "already_pending"}}},
+		},
+		"TriggerResult": obj{
+			"type": "object", "required": []string{"queued_count"},
+			"properties": obj{"queued_count": obj{"type": "integer", "minimum": 0}},
+		},
+		"RotationStatus": obj{
+			"type": "object",
+			"required": []string{"mode", "counts_by_state", "inactive", "in_flight", "last_rotation_completed_at",
+				"next_scheduled_rotation", "lease_holder"},
+			"properties": obj{
+				"mode": obj{"type": "string", "enum": []string{"grace", "restore", ""}, "description": "the mode in force; empty until resolved at start"},
+				"counts_by_state": obj{
+					"type": "object", "required": []string{"OK", "QUEUED", "PENDING", "TIMEOUT"}, "description": "active devices by rotation state",
+					"properties": obj{
+						"OK": obj{"type": "integer", "minimum": 0}, "QUEUED": obj{"type": "integer", "minimum": 0},
+						"PENDING": obj{"type": "integer", "minimum": 0}, "TIMEOUT": obj{"type": "integer", "minimum": 0},
+					},
+				},
+				"inactive":                   obj{"type": "integer", "minimum": 0},
+				"in_flight":                  obj{"type": "array", "items": obj{"type": "integer", "format": "int64"}, "description": "ids of PENDING devices"},
+				"last_rotation_completed_at": optDateTime,
+				"next_scheduled_rotation":    optDateTime,
+				"lease_holder":               nullable("string", obj{"description": "the espmdm process working the rotation queue; null when none"}),
+			},
+		},
+		"RotationDashboard": obj{
+			"type": "object", "required": []string{"counts", "group", "devices", "next_cursor"},
+			"properties": obj{
+				"counts": obj{
+					"type": "object", "required": []string{"healthy", "warning", "critical", "inactive"},
+					"properties": obj{
+						"healthy": obj{"type": "integer", "minimum": 0}, "warning": obj{"type": "integer", "minimum": 0},
+						"critical": obj{"type": "integer", "minimum": 0}, "inactive": obj{"type": "integer", "minimum": 0},
+					},
+				},
+				"group": obj{"type": "string", "enum": []string{"healthy", "warning", "critical", "inactive"}},
+				"devices": obj{"type": "array", "items": obj{
+					"type": "object",
+					"required": []string{"id", "client_id", "rotation_state", "secret_created_at", "secret_age_days",
+						"last_rotation_attempt_at", "last_seen_at"},
+					"properties": obj{
+						"id":                       obj{"type": "integer", "format": "int64"},
+						"client_id":                obj{"type": "string"},
+						"rotation_state":           obj{"type": "string", "enum": []string{"OK", "QUEUED", "PENDING", "TIMEOUT"}},
+						"secret_created_at":        optDateTime,
+						"secret_age_days":          obj{"type": "number", "minimum": 0},
+						"last_rotation_attempt_at": optDateTime,
+						"last_seen_at":             optDateTime,
+					},
+				}},
+				"next_cursor": nullable("string", obj{"description": "pass as ?cursor= for the next page; null on the last page"}),
+			},
+		},
 		"DeviceModel": obj{
 			"type":     "object",
 			"required": []string{"id", "code", "name", "firmware_version", "config_schema", "created_at", "updated_at"},
@@ -444,6 +539,7 @@ func openAPIDocument(cfg Config) obj {
 		},
 		"tags": []obj{
 			{"name": "device models"}, {"name": "firmware"}, {"name": "devices"},
+			{"name": "rotation", "description": "credential rotation: queue, status, dashboard"},
 			{"name": "device API", "description": "for devices, with client-credentials tokens"},
 			{"name": "operations"},
 		},

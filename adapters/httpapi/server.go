@@ -101,6 +101,8 @@ type Deps struct {
 	Catalog  ports.Catalog
 	Devices  ports.DeviceAPI
 	Verifier ports.TokenVerifier
+	// Rotation serves the admin rotation routes; nil answers them 503.
+	Rotation ports.Rotation
 	// Logger defaults to a no-op logger.
 	Logger *zap.Logger
 	// Registerer receives the HTTP metrics; Gatherer is what /metrics
@@ -114,15 +116,16 @@ type Deps struct {
 
 // Server is the HTTP adapter. Create it with New.
 type Server struct {
-	cfg     Config
-	catalog ports.Catalog
-	devices ports.DeviceAPI
-	verify  ports.TokenVerifier
-	log     *zap.Logger
-	gather  prometheus.Gatherer
-	metrics *httpMetrics
-	ready   []ReadyCheck
-	app     *fiber.App
+	cfg      Config
+	catalog  ports.Catalog
+	devices  ports.DeviceAPI
+	rotation ports.Rotation
+	verify   ports.TokenVerifier
+	log      *zap.Logger
+	gather   prometheus.Gatherer
+	metrics  *httpMetrics
+	ready    []ReadyCheck
+	app      *fiber.App
 
 	openAPI []byte
 	// routeSet holds "METHOD /template" of every registered route.
@@ -173,14 +176,15 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 
 	s := &Server{
-		cfg:     cfg,
-		catalog: deps.Catalog,
-		devices: deps.Devices,
-		verify:  deps.Verifier,
-		log:     log.Named("http"),
-		gather:  gat,
-		metrics: m,
-		ready:   append([]ReadyCheck(nil), deps.ReadyChecks...),
+		cfg:      cfg,
+		catalog:  deps.Catalog,
+		devices:  deps.Devices,
+		rotation: deps.Rotation,
+		verify:   deps.Verifier,
+		log:      log.Named("http"),
+		gather:   gat,
+		metrics:  m,
+		ready:    append([]ReadyCheck(nil), deps.ReadyChecks...),
 	}
 	spec, err := json.Marshal(openAPIDocument(cfg))
 	if err != nil {
@@ -262,8 +266,15 @@ func (s *Server) routes() {
 	a.Get("/api/devices/:id/provisioning", write, s.provisioning)
 	a.Get("/api/devices/:id/identity", read, s.identityStatus)
 	a.Post("/api/devices/:id/identity/sync", write, s.syncIdentity)
+	a.Post("/api/devices/:id/rotate", write, s.rotateDevice)
+
+	a.Post("/api/rotation/trigger", write, s.triggerRotation)
+	a.Get("/api/rotation/status", read, s.rotationStatus)
+	a.Get("/api/rotation/dashboard", read, s.rotationDashboard)
 
 	a.Get("/iot/config", s.requireDevice, s.iotConfig)
 	a.Get("/iot/firmware", s.requireDevice, s.iotFirmware)
 	a.Get("/iot/firmware-version", s.requireDevice, s.iotFirmwareVersion)
+	a.Get("/iot/provisioning", s.requireDevice, s.iotProvisioning)
+	a.Post("/iot/provisioning/ack", s.requireDevice, s.iotProvisioningAck)
 }

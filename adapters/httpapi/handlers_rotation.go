@@ -1,0 +1,214 @@
+package httpapi
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/ports"
+)
+
+// Credential rotation handlers (SPEC §4): the device's fetch and ack, and
+// the admin's queue controls and views.
+
+// errNoRotation answers the rotation routes of a server built without the
+// rotation use case.
+var errNoRotation = &httpError{status: http.StatusServiceUnavailable, kind: "not-ready", detail: "credential rotation is not configured on this server"}
+
+// ackDTO is the body of POST /iot/provisioning/ack.
+type ackDTO struct {
+	ClientSecretSHA256 *string `json:"client_secret_sha256"`
+}
+
+func (s *Server) iotProvisioning(c *fiber.Ctx) error {
+	d, _ := deviceOf(c)
+	p, err := s.devices.FetchCredentials(c.UserContext(), d)
+	if err != nil {
+		return err
+	}
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.JSON(toProvisioningDTO(p))
+}
+
+func (s *Server) iotProvisioningAck(c *fiber.Ctx) error {
+	d, _ := deviceOf(c)
+	var in ackDTO
+	if err := s.decodeJSON(c, &in); err != nil {
+		return err
+	}
+	if in.ClientSecretSHA256 == nil {
+		return model.Invalid("client_secret_sha256", "is required")
+	}
+	if err := s.devices.AckCredentials(c.UserContext(), d, *in.ClientSecretSHA256); err != nil {
+		return err
+	}
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+type rotateDTO struct {
+	Status string `json:"status"`
+}
+
+func (s *Server) rotateDevice(c *fiber.Ctx) error {
+	if s.rotation == nil {
+		return errNoRotation
+	}
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	res, err := s.rotation.RotateDevice(c.UserContext(), id)
+	if err != nil {
+		return err
+	}
+	status := fiber.StatusAccepted
+	if res == ports.RotateAlreadyPending {
+		status = fiber.StatusOK
+	}
+	return c.Status(status).JSON(rotateDTO{Status: string(res)})
+}
+
+type triggerDTO struct {
+	QueuedCount int `json:"queued_count"`
+}
+
+func (s *Server) triggerRotation(c *fiber.Ctx) error {
+	if s.rotation == nil {
+		return errNoRotation
+	}
+	n, err := s.rotation.TriggerRotation(c.UserContext())
+	if err != nil {
+		return err
+	}
+	return c.Status(fiber.StatusAccepted).JSON(triggerDTO{QueuedCount: n})
+}
+
+type rotationCountsDTO struct {
+	OK      int `json:"OK"`
+	Queued  int `json:"QUEUED"`
+	Pending int `json:"PENDING"`
+	Timeout int `json:"TIMEOUT"`
+}
+
+type rotationStatusDTO struct {
+	Mode                    string            `json:"mode"`
+	CountsByState           rotationCountsDTO `json:"counts_by_state"`
+	Inactive                int               `json:"inactive"`
+	InFlight                []int64           `json:"in_flight"`
+	LastRotationCompletedAt *string           `json:"last_rotation_completed_at"`
+	NextScheduledRotation   *string           `json:"next_scheduled_rotation"`
+	LeaseHolder             *string           `json:"lease_holder"`
+}
+
+func toCountsDTO(c model.RotationCounts) rotationCountsDTO {
+	return rotationCountsDTO{
+		OK: c.ByState[model.RotationOK], Queued: c.ByState[model.RotationQueued],
+		Pending: c.ByState[model.RotationPending], Timeout: c.ByState[model.RotationTimeout],
+	}
+}
+
+func (s *Server) rotationStatus(c *fiber.Ctx) error {
+	if s.rotation == nil {
+		return errNoRotation
+	}
+	st, err := s.rotation.RotationStatus(c.UserContext())
+	if err != nil {
+		return err
+	}
+	out := rotationStatusDTO{
+		Mode:                    string(st.Mode),
+		CountsByState:           toCountsDTO(st.Counts),
+		Inactive:                st.Counts.Inactive,
+		InFlight:                st.InFlight,
+		LastRotationCompletedAt: optTimestamp(st.LastCompletedAt),
+		NextScheduledRotation:   optTimestamp(st.NextScheduled),
+		LeaseHolder:             optString(st.LeaseHolder),
+	}
+	if out.InFlight == nil {
+		out.InFlight = []int64{}
+	}
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.JSON(out)
+}
+
+type dashboardCountsDTO struct {
+	Healthy  int `json:"healthy"`
+	Warning  int `json:"warning"`
+	Critical int `json:"critical"`
+	Inactive int `json:"inactive"`
+}
+
+type dashboardDeviceDTO struct {
+	ID                    int64   `json:"id"`
+	ClientID              string  `json:"client_id"`
+	RotationState         string  `json:"rotation_state"`
+	SecretCreatedAt       *string `json:"secret_created_at"`
+	SecretAgeDays         float64 `json:"secret_age_days"`
+	LastRotationAttemptAt *string `json:"last_rotation_attempt_at"`
+	LastSeenAt            *string `json:"last_seen_at"`
+}
+
+type dashboardDTO struct {
+	Counts     dashboardCountsDTO   `json:"counts"`
+	Group      string               `json:"group"`
+	Devices    []dashboardDeviceDTO `json:"devices"`
+	NextCursor *string              `json:"next_cursor"`
+}
+
+func (s *Server) rotationDashboard(c *fiber.Ctx) error {
+	if s.rotation == nil {
+		return errNoRotation
+	}
+	g := model.DashboardGroup(strings.ToLower(c.Query("group", string(model.DashboardCritical))))
+	limit := defaultPageSize
+	if v := c.Query("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxPageSize {
+			return model.Invalid("limit", "must be an integer from 1 to %d", maxPageSize)
+		}
+		limit = n
+	}
+	var after int64
+	if v := c.Query("cursor"); v != "" {
+		var err error
+		if after, err = decodeCursor(v); err != nil {
+			return err
+		}
+	}
+	db, err := s.rotation.RotationDashboard(c.UserContext(), g, limit, after)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	out := dashboardDTO{
+		Counts: dashboardCountsDTO{
+			Healthy: db.Counts[model.DashboardHealthy], Warning: db.Counts[model.DashboardWarning],
+			Critical: db.Counts[model.DashboardCritical], Inactive: db.Counts[model.DashboardInactive],
+		},
+		Group:   string(db.Group),
+		Devices: make([]dashboardDeviceDTO, 0, len(db.Page.Devices)),
+	}
+	for _, d := range db.Page.Devices {
+		since := d.CreatedAt
+		if d.SecretCreatedAt != nil {
+			since = *d.SecretCreatedAt
+		}
+		out.Devices = append(out.Devices, dashboardDeviceDTO{
+			ID: d.ID, ClientID: d.ClientID(), RotationState: string(d.RotationState),
+			SecretCreatedAt:       optTimestamp(d.SecretCreatedAt),
+			SecretAgeDays:         float64(now.Sub(since).Round(time.Minute)) / float64(24*time.Hour),
+			LastRotationAttemptAt: optTimestamp(d.LastRotationAttemptAt),
+			LastSeenAt:            optTimestamp(d.LastSeenAt),
+		})
+	}
+	if db.Page.NextAfterID > 0 {
+		cur := encodeCursor(db.Page.NextAfterID)
+		out.NextCursor = &cur
+	}
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.JSON(out)
+}
