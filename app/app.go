@@ -23,6 +23,7 @@ import (
 	"github.com/espmdm/espmdm/adapters/postgres"
 	"github.com/espmdm/espmdm/adapters/secretbox"
 	"github.com/espmdm/espmdm/core/mdm"
+	"github.com/espmdm/espmdm/core/model"
 	"github.com/espmdm/espmdm/ports"
 )
 
@@ -80,7 +81,9 @@ func coreModule(cfg Config) fx.Option {
 			newService,
 			func(s *mdm.Service) ports.Catalog { return s },
 			func(s *mdm.Service) ports.DeviceAPI { return s },
+			func(s *mdm.Service) ports.Rotation { return s },
 		),
+		rotationProviders(),
 	)
 }
 
@@ -88,7 +91,7 @@ func coreModule(cfg Config) fx.Option {
 func Server() fx.Option {
 	return fx.Options(
 		fx.Provide(newHTTPServer),
-		fx.Invoke(registerHTTP, registerReconciler, warnAuthDisabled),
+		fx.Invoke(registerHTTP, registerReconciler, registerRotation, warnAuthDisabled),
 	)
 }
 
@@ -162,12 +165,20 @@ func newFirmwareStore(cfg Config) (*fsstore.Store, error) {
 	return fsstore.New(cfg.FirmwareDir)
 }
 
-func newSecretBox(cfg Config) (*secretbox.Box, error) {
-	key, err := secretbox.ParseKey(cfg.SecretKey)
+// newSecretBox seals under SECRET_KEY and also opens what was sealed under
+// SECRET_KEY_PREVIOUS.
+func newSecretBox(cfg Config) (*secretbox.Ring, error) {
+	cur, err := secretbox.NewFromString(cfg.SecretKey)
 	if err != nil {
 		return nil, fmt.Errorf("invalid SECRET_KEY: %w", err)
 	}
-	return secretbox.New(key)
+	var prev *secretbox.Box
+	if cfg.SecretKeyPrevious != "" {
+		if prev, err = secretbox.NewFromString(cfg.SecretKeyPrevious); err != nil {
+			return nil, fmt.Errorf("invalid SECRET_KEY_PREVIOUS: %w", err)
+		}
+	}
+	return secretbox.NewRing(cur, prev), nil
 }
 
 func newKeycloakAdmin(cfg Config, m *Metrics) (*keycloak.Admin, error) {
@@ -232,6 +243,11 @@ type serviceParams struct {
 	Identity ports.IdentityProvider
 	Notifier ports.Notifier
 	Clock    ports.Clock
+	Box      ports.SecretBox
+	Schedule ports.Schedule
+	Fires    ports.ScheduleRepo
+	Lease    ports.Lease
+	Rotation *RotationMetrics
 }
 
 func newService(p serviceParams) *mdm.Service {
@@ -239,6 +255,8 @@ func newService(p serviceParams) *mdm.Service {
 	return mdm.New(mdm.Deps{
 		Models: p.Models, Devices: p.Devices, Firmware: p.Firmware, Store: p.Store,
 		Identity: p.Identity, Notifier: p.Notifier, Clock: p.Clock,
+		SecretBox: p.Box, Schedule: p.Schedule, ScheduleRepo: p.Fires, Lease: p.Lease,
+		OnRotation: p.Rotation.onRotation(p.Log.Named("rotation")),
 		OnError: func(ctx context.Context, op string, err error) {
 			p.Metrics.db.WithLabelValues(op).Inc()
 			fields := []zap.Field{zap.String("op", op), zap.Error(err)}
@@ -250,7 +268,11 @@ func newService(p serviceParams) *mdm.Service {
 	}, mdm.Config{
 		TokenURL: p.Cfg.OIDCTokenURL, BaseURL: p.Cfg.BaseURL, MQTTURL: DeviceMQTTURL(p.Cfg.MQTTURL),
 		WiFiSSID: p.Cfg.WiFiSSID, WiFiPassword: p.Cfg.WiFiPassword,
-		FirmwareMaxBytes: p.Cfg.FirmwareMaxBytes,
+		FirmwareMaxBytes:    p.Cfg.FirmwareMaxBytes,
+		RotationMode:        model.RotationMode(p.Cfg.RotationMode),
+		RotationConcurrency: p.Cfg.RotationConcurrency, RotationTimeout: p.Cfg.RotationTimeout,
+		RotationRetry: p.Cfg.RotationRetry, RotationGrace: p.Cfg.RotationGrace,
+		RotationWarningAge: p.Cfg.RotationWarningAge, RotationCriticalAge: p.Cfg.RotationCriticalAge,
 	})
 }
 
@@ -273,6 +295,7 @@ type httpParams struct {
 	Metrics  *Metrics
 	Catalog  ports.Catalog
 	Devices  ports.DeviceAPI
+	Rotation ports.Rotation
 	Verifier ports.TokenVerifier
 	DB       *postgres.DB
 	Identity ports.IdentityProvider
@@ -285,7 +308,7 @@ func newHTTPServer(p httpParams) (*httpapi.Server, error) {
 		AuthDisabled:     p.Cfg.AuthDisabled,
 		FirmwareMaxBytes: p.Cfg.FirmwareMaxBytes,
 	}, httpapi.Deps{
-		Catalog: p.Catalog, Devices: p.Devices, Verifier: p.Verifier,
+		Catalog: p.Catalog, Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation,
 		Logger: p.Log.Named("http"), Registerer: p.Metrics.Registry, Gatherer: p.Metrics.Registry,
 		ReadyChecks: []httpapi.ReadyCheck{
 			{Name: "postgres", Check: p.DB.Ping},

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/espmdm/espmdm/adapters/schedule"
 )
 
 // Config is everything `espmdm serve` reads from the environment.
@@ -41,9 +43,25 @@ type Config struct {
 	// SecretKey seals secrets kept at rest (64 hex chars or base64 of 32
 	// bytes).
 	SecretKey string
+	// SecretKeyPrevious, when set, still opens secrets sealed before a
+	// SECRET_KEY change.
+	SecretKeyPrevious string
+
+	RotationCron        string
+	RotationTZ          string
+	RotationTimeout     time.Duration
+	RotationConcurrency int
+	RotationTick        time.Duration
+	RotationRetry       time.Duration
+	RotationMode        string
+	RotationGrace       time.Duration
+	RotationWarningAge  time.Duration
+	RotationCriticalAge time.Duration
 
 	ReconcileInterval time.Duration
 	ShutdownTimeout   time.Duration
+	// InstanceName names this process in the rotation lease and status.
+	InstanceName string
 
 	LogLevel  string
 	LogFormat string
@@ -94,6 +112,59 @@ func bytesize(p func(*Config) *int64) func(*Config, string) error {
 		*p(c) = n
 		return nil
 	}
+}
+
+func positive(p func(*Config) *int) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			return errors.New("want a positive whole number")
+		}
+		*p(c) = n
+		return nil
+	}
+}
+
+// seconds and days read a positive whole number of that unit.
+func seconds(p func(*Config) *time.Duration) func(*Config, string) error {
+	return unit(p, time.Second, "seconds")
+}
+
+func days(p func(*Config) *time.Duration) func(*Config, string) error {
+	return unit(p, 24*time.Hour, "days")
+}
+
+func unit(p func(*Config) *time.Duration, u time.Duration, name string) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 || n > int64(100*365*24*time.Hour/u) {
+			return fmt.Errorf("want a positive whole number of %s", name)
+		}
+		*p(c) = time.Duration(n) * u
+		return nil
+	}
+}
+
+// ParseGrace reads ROTATION_GRACE: a Go duration ("168h", "90m") or whole
+// days ("7d"), positive and whole seconds (Keycloak counts in seconds).
+func ParseGrace(v string) (time.Duration, error) {
+	var d time.Duration
+	if n, ok := strings.CutSuffix(v, "d"); ok {
+		days, err := strconv.ParseInt(n, 10, 64)
+		if err != nil || days <= 0 || days > 3650 {
+			return 0, errors.New("want a duration such as 7d or 168h")
+		}
+		d = time.Duration(days) * 24 * time.Hour
+	} else {
+		var err error
+		if d, err = time.ParseDuration(v); err != nil || d <= 0 {
+			return 0, errors.New("want a duration such as 7d or 168h")
+		}
+	}
+	if d%time.Second != 0 {
+		return 0, errors.New("want whole seconds")
+	}
+	return d, nil
 }
 
 func httpURL(p func(*Config) *string) func(*Config, string) error {
@@ -152,6 +223,47 @@ var Vars = []Var{
 		set: bytesize(func(c *Config) *int64 { return &c.FirmwareMaxBytes })},
 	{Name: "SECRET_KEY", Required: true, Secret: true, Help: "32-byte key (64 hex chars or base64) sealing secrets kept in the database",
 		set: str(func(c *Config) *string { return &c.SecretKey })},
+	{Name: "SECRET_KEY_PREVIOUS", Secret: true, Help: "the SECRET_KEY before a key change: still opens secrets sealed under it (optional)",
+		set: str(func(c *Config) *string { return &c.SecretKeyPrevious })},
+	{Name: "ROTATION_CRON", Default: "0 8 * * 6#1", Help: "when every device secret is rotated: 5-field Unix cron (default: first Saturday of the month, 08:00)",
+		set: str(func(c *Config) *string { return &c.RotationCron })},
+	{Name: "ROTATION_TZ", Default: "UTC", Help: "IANA time zone of ROTATION_CRON",
+		set: func(c *Config, v string) error {
+			if _, err := time.LoadLocation(v); err != nil {
+				return errors.New("want an IANA time zone name such as UTC or Europe/Berlin")
+			}
+			c.RotationTZ = v
+			return nil
+		}},
+	{Name: "ROTATION_MODE", Default: "auto", Help: "auto, grace (old secret valid until the device acks; needs Keycloak's secret rotation policy) or restore",
+		set: func(c *Config, v string) error {
+			switch v {
+			case "auto", "grace", "restore":
+				c.RotationMode = v
+				return nil
+			}
+			return errors.New("want auto, grace or restore")
+		}},
+	{Name: "ROTATION_CONCURRENCY", Default: "10", Help: "devices rotating at once (slots)",
+		set: positive(func(c *Config) *int { return &c.RotationConcurrency })},
+	{Name: "ROTATION_TIMEOUT_SECONDS", Default: "300", Help: "an unconfirmed rotation attempt times out after this",
+		set: seconds(func(c *Config) *time.Duration { return &c.RotationTimeout })},
+	{Name: "ROTATION_TICK_SECONDS", Default: "30", Help: "how often timeouts, the schedule and free slots are checked",
+		set: seconds(func(c *Config) *time.Duration { return &c.RotationTick })},
+	{Name: "ROTATION_RETRY_SECONDS", Default: "3600", Help: "least time between a timed-out device's attempts",
+		set: seconds(func(c *Config) *time.Duration { return &c.RotationRetry })},
+	{Name: "ROTATION_GRACE", Default: "7d", Help: "grace mode: how long the old secret stays valid (must equal the Keycloak profile's rotated-expiration-period)",
+		set: func(c *Config, v string) error {
+			d, err := ParseGrace(v)
+			c.RotationGrace = d
+			return err
+		}},
+	{Name: "ROTATION_WARNING_DAYS", Default: "45", Help: "dashboard: secrets older than this are a warning",
+		set: days(func(c *Config) *time.Duration { return &c.RotationWarningAge })},
+	{Name: "ROTATION_CRITICAL_DAYS", Default: "90", Help: "dashboard: secrets older than this are critical",
+		set: days(func(c *Config) *time.Duration { return &c.RotationCriticalAge })},
+	{Name: "INSTANCE_NAME", Default: "espmdm@$HOSTNAME:$PID", Help: "names this process as the rotation lease holder (GET /api/rotation/status)",
+		set: str(func(c *Config) *string { return &c.InstanceName })},
 	{Name: "RECONCILE_INTERVAL", Default: "10m", Help: "how often Keycloak clients are reconciled with devices",
 		set: duration(func(c *Config) *time.Duration { return &c.ReconcileInterval })},
 	{Name: "SHUTDOWN_TIMEOUT", Default: "20s", Help: "how long shutdown waits for in-flight requests",
@@ -201,9 +313,20 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	if c.OIDCTokenURL == "" {
 		c.OIDCTokenURL = c.OIDCIssuerURL + "/protocol/openid-connect/token"
 	}
+	if c.InstanceName == "" {
+		host, _ := os.Hostname()
+		c.InstanceName = "espmdm@" + host + ":" + strconv.Itoa(os.Getpid())
+	}
 	if c.MQTTClientID == "" {
 		host, _ := os.Hostname()
 		c.MQTTClientID = "espmdm-" + host
+	}
+	if _, err := schedule.Parse(c.RotationCron, c.RotationTZ); err != nil {
+		// The reason quotes the part that is wrong; never the whole value.
+		return Config{}, errors.New("invalid ROTATION_CRON: " + strings.ReplaceAll(err.Error(), c.RotationCron, "(the value)"))
+	}
+	if c.RotationCriticalAge <= c.RotationWarningAge {
+		return Config{}, errors.New("invalid ROTATION_CRITICAL_DAYS: must be more than ROTATION_WARNING_DAYS")
 	}
 	if c.MQTTURL != "" {
 		u, err := url.Parse(c.MQTTURL)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -143,6 +144,22 @@ func TestLoadConfigInvalidValue(t *testing.T) {
 		{"FIRMWARE_MAX_BYTES", "99999999999999999999"}, // overflows int64
 		{"MQTT_URL", secretValue},
 		{"MQTT_URL", "mqtt://user:" + secretValue + "@%zz"},
+		{"ROTATION_CRON", secretValue},
+		{"ROTATION_CRON", "0 8 * *"},
+		{"ROTATION_CRON", "0 25 * * *"},
+		{"ROTATION_CRON", "0 8 * * 6#5"},
+		{"ROTATION_TZ", "Mars/" + secretValue},
+		{"ROTATION_MODE", "lenient"},
+		{"ROTATION_CONCURRENCY", "0"},
+		{"ROTATION_CONCURRENCY", "-3"},
+		{"ROTATION_TIMEOUT_SECONDS", "5m"},
+		{"ROTATION_TICK_SECONDS", "0"},
+		{"ROTATION_RETRY_SECONDS", secretValue},
+		{"ROTATION_GRACE", "0s"},
+		{"ROTATION_GRACE", "1.5s"},
+		{"ROTATION_GRACE", "-7d"},
+		{"ROTATION_WARNING_DAYS", "0"},
+		{"ROTATION_CRITICAL_DAYS", "30"}, // not above the warning age (45)
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+"="+tt.value, func(t *testing.T) {
@@ -212,6 +229,17 @@ func TestLoadConfigDefaults(t *testing.T) {
 		FirmwareDir:               "./data/firmware",
 		FirmwareMaxBytes:          16 << 20,
 		SecretKey:                 strings.Repeat("ab", 32),
+		RotationCron:              "0 8 * * 6#1",
+		RotationTZ:                "UTC",
+		RotationTimeout:           300 * time.Second,
+		RotationConcurrency:       10,
+		RotationTick:              30 * time.Second,
+		RotationRetry:             3600 * time.Second,
+		RotationMode:              "auto",
+		RotationGrace:             7 * 24 * time.Hour,
+		RotationWarningAge:        45 * 24 * time.Hour,
+		RotationCriticalAge:       90 * 24 * time.Hour,
+		InstanceName:              "espmdm@" + hostname(t) + ":" + strconv.Itoa(os.Getpid()),
 		ReconcileInterval:         10 * time.Minute,
 		ShutdownTimeout:           20 * time.Second,
 		LogLevel:                  "info",
@@ -231,6 +259,7 @@ func TestVarsDefaultsMatchLoadConfig(t *testing.T) {
 		"OIDC_ISSUER_URL": "$KEYCLOAK_URL/realms/$KEYCLOAK_REALM",
 		"OIDC_TOKEN_URL":  "$OIDC_ISSUER_URL/protocol/openid-connect/token",
 		"MQTT_CLIENT_ID":  "espmdm-$HOSTNAME",
+		"INSTANCE_NAME":   "espmdm@$HOSTNAME:$PID",
 	}
 	for _, v := range app.Vars {
 		t.Run(v.Name, func(t *testing.T) {
@@ -419,6 +448,19 @@ func TestDeviceMQTTURLDropsCredentials(t *testing.T) {
 	} {
 		if got := app.DeviceMQTTURL(in); got != want {
 			t.Errorf("DeviceMQTTURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestParseGrace(t *testing.T) {
+	for in, want := range map[string]time.Duration{"7d": 7 * 24 * time.Hour, "168h": 168 * time.Hour, "90m": 90 * time.Minute, "1d": 24 * time.Hour} {
+		if got, err := app.ParseGrace(in); err != nil || got != want {
+			t.Errorf("ParseGrace(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "d", "7", "0d", "-1d", "1.5d", "500ms", "3651d"} {
+		if _, err := app.ParseGrace(in); err == nil {
+			t.Errorf("ParseGrace(%q) accepted", in)
 		}
 	}
 }
