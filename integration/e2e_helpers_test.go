@@ -42,6 +42,8 @@ type server struct {
 	mu sync.Mutex
 	// secrets are values that must never appear in a log line.
 	secrets []string
+	// stop stops the application (once; the test's cleanup also calls it).
+	stop func()
 }
 
 // startServer starts espmdm on a free loopback port with the stack's
@@ -59,34 +61,7 @@ func startServer(t *testing.T, env map[string]string, opts ...fx.Option) *server
 func startServerUnready(t *testing.T, env map[string]string, opts ...fx.Option) *server {
 	t.Helper()
 	st := integration.Shared(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v", err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	vars := map[string]string{
-		"DATABASE_URL":                 st.NewDatabase(t),
-		"HTTP_ADDR":                    addr,
-		"BASE_URL":                     "http://" + addr,
-		"KEYCLOAK_URL":                 st.KeycloakURL,
-		"KEYCLOAK_REALM":               st.Realm,
-		"KEYCLOAK_ADMIN_CLIENT_ID":     st.AdminClientID,
-		"KEYCLOAK_ADMIN_CLIENT_SECRET": st.AdminClientSecret,
-		"OIDC_ISSUER_URL":              st.IssuerURL,
-		"DEVICE_AUDIENCE":              st.DeviceAudience,
-		"MQTT_URL":                     st.MQTTURL,
-		"MQTT_CLIENT_ID":               "e2e-" + randHex(4),
-		"WIFI_SSID":                    "lab-net",
-		"WIFI_PASSWORD":                "wifi-" + randHex(8),
-		"FIRMWARE_DIR":                 t.TempDir(),
-		"SECRET_KEY":                   randHex(32),
-		"LOG_LEVEL":                    "debug",
-		"SHUTDOWN_TIMEOUT":             "5s",
-	}
-	for k, v := range env {
-		vars[k] = v
-	}
+	vars := serverVars(t, st, env)
 	cfg, err := app.LoadConfig(func(k string) string { return vars[k] })
 	if err != nil {
 		t.Fatalf("LoadConfig: %v", err)
@@ -108,17 +83,63 @@ func startServerUnready(t *testing.T, env map[string]string, opts ...fx.Option) 
 	if err := a.Start(startCtx); err != nil {
 		t.Fatalf("start espmdm: %v", err)
 	}
-	t.Cleanup(func() {
-		stopCtx, cancel := context.WithTimeout(context.Background(), a.StopTimeout())
-		defer cancel()
-		if err := a.Stop(stopCtx); err != nil {
-			t.Errorf("stop espmdm: %v", err)
-		}
-		s.checkLogs()
-	})
+	var once sync.Once
+	s.stop = func() {
+		once.Do(func() {
+			stopCtx, cancel := context.WithTimeout(context.Background(), a.StopTimeout())
+			defer cancel()
+			if err := a.Stop(stopCtx); err != nil {
+				t.Errorf("stop espmdm: %v", err)
+			}
+			s.checkLogs()
+			if t.Failed() {
+				s.dumpWarnings()
+			}
+		})
+	}
+	t.Cleanup(s.stop)
 	s.admin = s.token(st.OperatorClientID, st.OperatorClientSecret)
 	s.viewer = s.token(st.ViewerClientID, st.ViewerClientSecret)
 	return s
+}
+
+// serverVars is the environment of an espmdm on a free loopback port with
+// the stack's services and a database of its own; env overrides single
+// variables.
+func serverVars(t *testing.T, st *integration.Stack, env map[string]string) map[string]string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	vars := map[string]string{
+		"DATABASE_URL":                 "",
+		"HTTP_ADDR":                    addr,
+		"BASE_URL":                     "http://" + addr,
+		"KEYCLOAK_URL":                 st.KeycloakURL,
+		"KEYCLOAK_REALM":               st.Realm,
+		"KEYCLOAK_ADMIN_CLIENT_ID":     st.AdminClientID,
+		"KEYCLOAK_ADMIN_CLIENT_SECRET": st.AdminClientSecret,
+		"OIDC_ISSUER_URL":              st.IssuerURL,
+		"DEVICE_AUDIENCE":              st.DeviceAudience,
+		"MQTT_URL":                     st.MQTTURL,
+		"MQTT_CLIENT_ID":               "e2e-" + randHex(4),
+		"WIFI_SSID":                    "lab-net",
+		"WIFI_PASSWORD":                "wifi-" + randHex(8),
+		"FIRMWARE_DIR":                 t.TempDir(),
+		"SECRET_KEY":                   randHex(32),
+		"LOG_LEVEL":                    "debug",
+		"SHUTDOWN_TIMEOUT":             "5s",
+	}
+	for k, v := range env {
+		vars[k] = v
+	}
+	if vars["DATABASE_URL"] == "" {
+		vars["DATABASE_URL"] = st.NewDatabase(t)
+	}
+	return vars
 }
 
 // keep records values that must never be logged.
@@ -141,6 +162,16 @@ func (s *server) checkLogs() {
 				s.t.Errorf("a secret appears in the log entry %q", e.Message)
 			}
 		}
+	}
+}
+
+// dumpWarnings logs espmdm's warnings and errors, for a failed test.
+func (s *server) dumpWarnings() {
+	for _, e := range s.logs.FilterLevelExact(zapcore.WarnLevel).All() {
+		s.t.Logf("espmdm warn: %s %v", e.Message, e.ContextMap())
+	}
+	for _, e := range s.logs.FilterLevelExact(zapcore.ErrorLevel).All() {
+		s.t.Logf("espmdm error: %s %v", e.Message, e.ContextMap())
 	}
 }
 

@@ -1,0 +1,590 @@
+package integration_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/espmdm/espmdm/integration"
+)
+
+// Credential rotation (SPEC §4) end to end: espmdm against the stack's real
+// Keycloak (with its secret-rotation policy), PostgreSQL and Mosquitto, and
+// devices that follow the protocol, never answer, go silent after the
+// fetch, or follow only the reviewed design's steps.
+
+// behaviour is how a simulated device answers a rotation.
+type behaviour int
+
+const (
+	follows    behaviour = iota // fetch, token with the new secret, ack, promote
+	silent                      // never answers
+	fetchQuiet                  // fetches, then goes silent (never persists)
+	legacy                      // the reviewed design: fetch, write, reboot, token, /iot/config
+)
+
+func (b behaviour) String() string {
+	return [...]string{"follows", "silent", "fetch-then-silent", "legacy"}[b]
+}
+
+// simDevice is a device as the test drives it: the secrets it holds and
+// what it saw.
+type simDevice struct {
+	deviceDTO
+	b       behaviour
+	current string
+	next    string
+	// fetched are the distinct secrets fetches returned; attempts the
+	// attempt start times acted on.
+	fetched  []string
+	attempts map[string]bool
+	done     time.Time // when the device completed (follows, legacy)
+}
+
+// rotationDeviceDTO is the part of a device the driver needs.
+type rotationDeviceDTO struct {
+	ID                    int64   `json:"id"`
+	RotationState         string  `json:"rotation_state"`
+	LastRotationAttemptAt *string `json:"last_rotation_attempt_at"`
+	SecretCreatedAt       *string `json:"secret_created_at"`
+}
+
+type rotationStatusDTO struct {
+	Mode          string         `json:"mode"`
+	CountsByState map[string]int `json:"counts_by_state"`
+	Inactive      int            `json:"inactive"`
+	InFlight      []int64        `json:"in_flight"`
+	LastCompleted *string        `json:"last_rotation_completed_at"`
+	NextScheduled *string        `json:"next_scheduled_rotation"`
+	LeaseHolder   *string        `json:"lease_holder"`
+}
+
+// tokenStatus asks Keycloak for a client-credentials token and returns it
+// with the status (no failure: a refused secret is an answer).
+func tokenStatus(t *testing.T, st *integration.Stack, clientID, secret string) (string, int) {
+	t.Helper()
+	form := url.Values{"grant_type": {"client_credentials"}, "client_id": {clientID}, "client_secret": {secret}}
+	resp, err := http.PostForm(st.TokenURL, form)
+	if err != nil {
+		t.Fatalf("token request: %v", err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		AccessToken string `json:"access_token"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	return body.AccessToken, resp.StatusCode
+}
+
+// accepted reports whether Keycloak accepts secret for the device now.
+func accepted(t *testing.T, st *integration.Stack, clientID, secret string) bool {
+	t.Helper()
+	_, code := tokenStatus(t, st, clientID, secret)
+	return code == http.StatusOK
+}
+
+func sha256Hex(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+// newSimDevices creates one device per behaviour and reads its secret from
+// the provisioning data.
+func newSimDevices(t *testing.T, s *server, modelID int64, bs ...behaviour) []*simDevice {
+	t.Helper()
+	var out []*simDevice
+	for _, b := range bs {
+		d := newDevice(t, s, modelID, `{}`)
+		var p provisioningDTO
+		s.do(http.MethodGet, fmt.Sprintf("/api/devices/%d/provisioning?format=json", d.ID), s.admin, nil).want(t, http.StatusOK, &p)
+		s.keep(p.ClientSecret)
+		out = append(out, &simDevice{deviceDTO: d, b: b, current: p.ClientSecret, attempts: map[string]bool{}})
+	}
+	return out
+}
+
+// deviceToken gets a token with the first secret that works, current then
+// next, as SPEC §4 says a device does at boot; "" when none does.
+func (d *simDevice) deviceToken(t *testing.T, s *server) string {
+	t.Helper()
+	for _, secret := range []string{d.current, d.next} {
+		if secret == "" {
+			continue
+		}
+		if tok, code := tokenStatus(t, s.st, d.ClientID, secret); code == http.StatusOK {
+			s.keep(tok)
+			return tok
+		}
+	}
+	return ""
+}
+
+// act answers the device's rotation attempt started at attempt, once.
+func (d *simDevice) act(t *testing.T, s *server, attempt string) {
+	t.Helper()
+	if d.attempts[attempt] || d.b == silent {
+		return
+	}
+	d.attempts[attempt] = true
+	tok := d.deviceToken(t, s)
+	if tok == "" {
+		t.Fatalf("device %s (%s) is locked out: no secret it holds is accepted", d.ClientID, d.b)
+	}
+	var p provisioningDTO
+	s.do(http.MethodGet, "/iot/provisioning", tok, nil).want(t, http.StatusOK, &p)
+	s.keep(p.ClientSecret)
+	if p.ClientID != d.ClientID || p.DeviceKey != d.Key || p.ClientSecret == "" {
+		t.Fatalf("fetch of %s returned %s/%s", d.ClientID, p.ClientID, p.DeviceKey)
+	}
+	if len(d.fetched) == 0 || d.fetched[len(d.fetched)-1] != p.ClientSecret {
+		d.fetched = append(d.fetched, p.ClientSecret)
+	}
+	switch d.b {
+	case fetchQuiet:
+		return // crashed before persisting
+	case follows:
+		d.next = p.ClientSecret
+		newTok, code := tokenStatus(t, s.st, d.ClientID, d.next)
+		if code != http.StatusOK {
+			t.Fatalf("the fetched secret of %s is refused: %d", d.ClientID, code)
+		}
+		s.keep(newTok)
+		s.do(http.MethodPost, "/iot/provisioning/ack", newTok, map[string]string{"client_secret_sha256": sha256Hex(d.next)}).
+			want(t, http.StatusNoContent, nil)
+		d.current, d.next = d.next, ""
+		d.done = time.Now()
+	case legacy:
+		d.current = p.ClientSecret          // the reviewed design overwrites its only secret
+		time.Sleep(1100 * time.Millisecond) // the reboot: the token is issued in a later second
+		newTok, code := tokenStatus(t, s.st, d.ClientID, d.current)
+		if code != http.StatusOK {
+			t.Fatalf("the fetched secret of legacy device %s is refused: %d", d.ClientID, code)
+		}
+		s.keep(newTok)
+		s.do(http.MethodGet, "/iot/config", newTok, nil).want(t, http.StatusOK, nil)
+		d.done = time.Now()
+	}
+}
+
+// rotationRun drives devices through a rotation until until says it is
+// done, and returns the largest number of PENDING devices it saw.
+func rotationRun(t *testing.T, s *server, modelID int64, devs []*simDevice, timeout time.Duration, until func() bool) int {
+	t.Helper()
+	byID := map[int64]*simDevice{}
+	for _, d := range devs {
+		byID[d.ID] = d
+	}
+	maxPending := 0
+	deadline := time.Now().Add(timeout)
+	for !until() {
+		if time.Now().After(deadline) {
+			var states []string
+			for _, d := range devs {
+				ds := deviceState(t, s, d.ID)
+				states = append(states, fmt.Sprintf("%s:%s(attempt %v, %d acted on)", d.b, ds.RotationState, deref(ds.LastRotationAttemptAt), len(d.attempts)))
+			}
+			st := s.do(http.MethodGet, "/api/rotation/status", s.viewer, nil)
+			t.Fatalf("rotation not done after %s: %v; status %s", timeout, states, st.body)
+		}
+		var page struct {
+			Devices []rotationDeviceDTO `json:"devices"`
+		}
+		s.do(http.MethodGet, fmt.Sprintf("/api/devices?model_id=%d&rotation_state=PENDING&limit=1000", modelID), s.admin, nil).
+			want(t, http.StatusOK, &page)
+		var st rotationStatusDTO
+		s.do(http.MethodGet, "/api/rotation/status", s.viewer, nil).want(t, http.StatusOK, &st)
+		maxPending = max(maxPending, len(page.Devices), st.CountsByState["PENDING"])
+		for _, p := range page.Devices {
+			if d := byID[p.ID]; d != nil && p.LastRotationAttemptAt != nil {
+				d.act(t, s, *p.LastRotationAttemptAt)
+			}
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
+	return maxPending
+}
+
+func deviceState(t *testing.T, s *server, id int64) rotationDeviceDTO {
+	t.Helper()
+	var d rotationDeviceDTO
+	s.do(http.MethodGet, fmt.Sprintf("/api/devices/%d", id), s.admin, nil).want(t, http.StatusOK, &d)
+	return d
+}
+
+// rotationEnv is the environment of a fast rotation: short timeout, retry
+// and tick.
+func rotationEnv(mode string, concurrency int) map[string]string {
+	return map[string]string{
+		"ROTATION_MODE":            mode,
+		"ROTATION_CONCURRENCY":     fmt.Sprint(concurrency),
+		"ROTATION_TIMEOUT_SECONDS": "4",
+		"ROTATION_RETRY_SECONDS":   "3",
+		"ROTATION_TICK_SECONDS":    "1",
+	}
+}
+
+func TestE2ERotationGrace(t *testing.T) {
+	s := startServer(t, rotationEnv("grace", 2))
+	var st rotationStatusDTO
+	s.do(http.MethodGet, "/api/rotation/status", s.viewer, nil).want(t, http.StatusOK, &st)
+	if st.Mode != "grace" || st.NextScheduled == nil || st.LeaseHolder == nil {
+		t.Fatalf("status = %+v, want grace with a schedule and a lease holder", st)
+	}
+	m := newModel(t, s, nil)
+	devs := newSimDevices(t, s, m.ID, follows, follows, follows, follows, silent, fetchQuiet, legacy)
+	old := map[int64]string{}
+	for _, d := range devs {
+		old[d.ID] = d.current
+	}
+	nudges := subscribe(t, s.st, "iotsupport/+/rotation")
+
+	began := time.Now()
+	var trig struct {
+		QueuedCount int `json:"queued_count"`
+	}
+	s.do(http.MethodPost, "/api/rotation/trigger", s.admin, nil).want(t, http.StatusAccepted, &trig)
+	if trig.QueuedCount != len(devs) {
+		t.Fatalf("queued %d, want %d", trig.QueuedCount, len(devs))
+	}
+	nudge := nextMessage(t, nudges, "iotsupport/"+devs[0].ClientID+"/rotation")
+	if len(nudge.Payload) != 0 || nudge.Retain || nudge.QoS != 1 {
+		t.Fatalf("nudge: payload %q retain %t qos %d, want empty, not retained, QoS 1", nudge.Payload, nudge.Retain, nudge.QoS)
+	}
+
+	followers, quiet, leg := devs[:4], devs[5], devs[6]
+	maxPending := rotationRun(t, s, m.ID, devs, 90*time.Second, func() bool {
+		for _, d := range followers {
+			if d.done.IsZero() {
+				return false
+			}
+		}
+		// The silent fetcher was retried (a second attempt) and the legacy
+		// device has answered at least twice.
+		return len(quiet.attempts) >= 2 && len(leg.attempts) >= 2
+	})
+	var last time.Time
+	for _, d := range followers {
+		last = maxTime(last, d.done)
+	}
+	t.Logf("grace: %d following devices rotated in %s (concurrency 2, %d PENDING at most)", len(followers), last.Sub(began).Round(time.Millisecond), maxPending)
+	if maxPending > 2 {
+		t.Errorf("%d devices PENDING at once, ROTATION_CONCURRENCY is 2", maxPending)
+	}
+	for _, d := range followers {
+		if got := deviceState(t, s, d.ID); got.RotationState != "OK" {
+			t.Errorf("follower %s: state %s, want OK", d.ClientID, got.RotationState)
+		}
+		if accepted(t, s.st, d.ClientID, old[d.ID]) {
+			t.Errorf("follower %s: the old secret still works after the ack", d.ClientID)
+		}
+		if !accepted(t, s.st, d.ClientID, d.current) {
+			t.Errorf("follower %s: the new secret is refused", d.ClientID)
+		}
+		// A repeated ack is idempotent.
+		tok := d.deviceToken(t, s)
+		s.do(http.MethodPost, "/iot/provisioning/ack", tok, map[string]string{"client_secret_sha256": sha256Hex(d.current)}).
+			want(t, http.StatusNoContent, nil)
+		s.do(http.MethodPost, "/iot/provisioning/ack", tok, map[string]string{"client_secret_sha256": sha256Hex(old[d.ID])}).
+			wantProblem(t, http.StatusConflict)
+	}
+	// The silent device never lost its secret.
+	if !accepted(t, s.st, devs[4].ClientID, old[devs[4].ID]) {
+		t.Error("the silent device's secret stopped working")
+	}
+	// The device that fetched and went silent: both secrets work, and its
+	// retry handed out the same secret.
+	if len(quiet.fetched) != 1 {
+		t.Errorf("the retry of the silent fetcher handed out %d different secrets, want 1", len(quiet.fetched))
+	}
+	if !accepted(t, s.st, quiet.ClientID, old[quiet.ID]) || !accepted(t, s.st, quiet.ClientID, quiet.fetched[0]) {
+		t.Error("grace: after the timeout the silent fetcher's old and new secrets must both work")
+	}
+	// The legacy device never completes in grace mode, but is never locked
+	// out: what it holds (the fetched secret) works, and so does the old one.
+	if got := deviceState(t, s, leg.ID); got.RotationState == "OK" {
+		t.Error("grace: the legacy device completed without an ack")
+	}
+	if !accepted(t, s.st, leg.ClientID, leg.current) || !accepted(t, s.st, leg.ClientID, old[leg.ID]) {
+		t.Error("grace: the legacy device lost a secret")
+	}
+	// Deactivating a device takes it out of the queue.
+	s.do(http.MethodPut, fmt.Sprintf("/api/devices/%d", quiet.ID), s.admin, `{"active":false}`).want(t, http.StatusOK, nil)
+	s.do(http.MethodPost, fmt.Sprintf("/api/devices/%d/rotate", quiet.ID), s.admin, nil).wantProblem(t, http.StatusConflict)
+	s.do(http.MethodGet, "/api/rotation/status", s.viewer, nil).want(t, http.StatusOK, &st)
+	if st.LastCompleted == nil || st.Inactive != 1 {
+		t.Errorf("status after the run = %+v", st)
+	}
+}
+
+func TestE2ERotationRestore(t *testing.T) {
+	env := rotationEnv("restore", 3)
+	// The retry waits longer than the timeout, so the test sees the device
+	// in TIMEOUT with its old secret restored.
+	env["ROTATION_RETRY_SECONDS"] = "8"
+	s := startServer(t, env)
+	m := newModel(t, s, nil)
+	devs := newSimDevices(t, s, m.ID, follows, legacy, fetchQuiet)
+	old := map[int64]string{}
+	for _, d := range devs {
+		old[d.ID] = d.current
+	}
+	began := time.Now()
+	s.do(http.MethodPost, "/api/rotation/trigger", s.admin, nil).want(t, http.StatusAccepted, nil)
+	fol, leg, quiet := devs[0], devs[1], devs[2]
+	var timedOut bool
+	rotationRun(t, s, m.ID, devs, 60*time.Second, func() bool {
+		if !timedOut && deviceState(t, s, quiet.ID).RotationState == "TIMEOUT" {
+			timedOut = true
+			// restore: the unconfirmed secret is gone, the old one back.
+			if accepted(t, s.st, quiet.ClientID, quiet.fetched[0]) {
+				t.Error("restore: the unconfirmed secret still works after the timeout")
+			}
+			if !accepted(t, s.st, quiet.ClientID, old[quiet.ID]) {
+				t.Error("restore: the old secret was not restored")
+			}
+		}
+		return !fol.done.IsZero() && !leg.done.IsZero() && timedOut && len(quiet.attempts) >= 2
+	})
+	t.Logf("restore: ack and iat devices rotated in %s", maxTime(fol.done, leg.done).Sub(began).Round(time.Millisecond))
+	for _, d := range []*simDevice{fol, leg} {
+		if got := deviceState(t, s, d.ID); got.RotationState != "OK" {
+			t.Errorf("%s device: state %s, want OK (the ack and the iat rule both complete in restore mode)", d.b, got.RotationState)
+		}
+		if accepted(t, s.st, d.ClientID, old[d.ID]) {
+			t.Errorf("%s device: the old secret still works", d.b)
+		}
+		if !accepted(t, s.st, d.ClientID, d.current) {
+			t.Errorf("%s device: the new secret is refused", d.b)
+		}
+	}
+	// In restore mode the retry generates afresh.
+	if len(quiet.fetched) < 2 {
+		t.Errorf("restore: the retry handed out the same secret again (%d distinct)", len(quiet.fetched))
+	}
+}
+
+// espmdmBinary builds espmdm once per test binary.
+var espmdmBinary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "espmdm-bin-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "espmdm")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/espmdm/espmdm/app/cmd/espmdm").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %w\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// startProcess runs `espmdm serve` as a process of its own, so that a test
+// can kill it with SIGKILL; kill does that. Its output is checked for
+// secrets when the test ends.
+func startProcess(t *testing.T, env map[string]string) (s *server, kill func()) {
+	t.Helper()
+	bin, err := espmdmBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := integration.Shared(t)
+	vars := serverVars(t, st, env)
+	vars["LOG_FORMAT"] = "json"
+	cmd := exec.Command(bin, "serve")
+	cmd.Env = os.Environ()
+	for k, v := range vars {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start espmdm serve: %v", err)
+	}
+	waited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(waited) }()
+	kill = func() {
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		<-waited
+	}
+	_, logs := observer.New(zapcore.DebugLevel)
+	s = &server{
+		t: t, st: st, base: vars["BASE_URL"], logs: logs, client: &http.Client{Timeout: 30 * time.Second},
+		secrets: []string{vars["SECRET_KEY"], vars["WIFI_PASSWORD"], st.AdminClientSecret, st.OperatorClientSecret, st.ViewerClientSecret},
+		stop:    kill,
+	}
+	t.Cleanup(func() {
+		kill()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, secret := range s.secrets {
+			if secret != "" && strings.Contains(out.String(), secret) {
+				t.Errorf("a secret appears in the output of espmdm serve")
+			}
+		}
+		if t.Failed() {
+			t.Logf("espmdm serve output:\n%s", out.String())
+		}
+	})
+	deadline := time.Now().Add(time.Minute)
+	for {
+		resp, err := http.Get(s.base + "/health/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("espmdm serve not ready after a minute:\n%s", out.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	s.admin = s.token(st.OperatorClientID, st.OperatorClientSecret)
+	s.viewer = s.token(st.ViewerClientID, st.ViewerClientSecret)
+	return s, kill
+}
+
+// syncBuffer is a bytes.Buffer safe for a process's two output pipes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestE2ERotationTwoInstances runs two espmdm instances on one database, one
+// of them a process of its own: one works the queue, the slot bound holds
+// across both, and when the holder is killed (SIGKILL) the other takes the
+// lease over within seconds.
+func TestE2ERotationTwoInstances(t *testing.T) {
+	st := integration.Shared(t)
+	dbURL := st.NewDatabase(t)
+	envFor := func(name string) map[string]string {
+		env := rotationEnv("grace", 2)
+		env["DATABASE_URL"] = dbURL
+		env["INSTANCE_NAME"] = name
+		env["SECRET_KEY"] = strings.Repeat("ab", 32) // both open what the other sealed
+		return env
+	}
+	a, killA := startProcess(t, envFor("espmdm-a"))
+	holder := func(s *server) string {
+		var rs rotationStatusDTO
+		s.do(http.MethodGet, "/api/rotation/status", s.viewer, nil).want(t, http.StatusOK, &rs)
+		if rs.LeaseHolder == nil {
+			return ""
+		}
+		return *rs.LeaseHolder
+	}
+	waitHolder := func(s *server, want string, within time.Duration) time.Duration {
+		t.Helper()
+		began := time.Now()
+		for {
+			h := holder(s)
+			if h == want {
+				return time.Since(began)
+			}
+			if time.Since(began) > within {
+				t.Fatalf("lease holder %q after %s, want %q", h, within, want)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitHolder(a, "espmdm-a", 20*time.Second)
+	b := startServer(t, envFor("espmdm-b"))
+	if h := holder(b); h != "espmdm-a" {
+		t.Fatalf("instance b sees lease holder %q, want espmdm-a", h)
+	}
+
+	m := newModel(t, a, nil)
+	devs := newSimDevices(t, a, m.ID, follows, follows, follows, follows, follows, follows)
+	// Rotations start from both instances: a trigger on b (not the lease
+	// holder), single rotations on a; completions on both.
+	b.do(http.MethodPost, "/api/rotation/trigger", b.admin, nil).want(t, http.StatusAccepted, nil)
+	for _, d := range devs[:3] {
+		// Queued by the trigger (202 queued) or started already (200 already_pending).
+		r := a.do(http.MethodPost, fmt.Sprintf("/api/devices/%d/rotate", d.ID), a.admin, nil)
+		if r.status != http.StatusAccepted && r.status != http.StatusOK {
+			t.Fatalf("rotate: %d %s", r.status, r.body)
+		}
+	}
+	maxPending := 0
+	for i, s := range []*server{a, b} {
+		var mine []*simDevice
+		for j, d := range devs {
+			if j%2 == i {
+				mine = append(mine, d)
+			}
+		}
+		maxPending = max(maxPending, rotationRun(t, s, m.ID, mine, 60*time.Second, func() bool {
+			for _, d := range mine {
+				if d.done.IsZero() {
+					return false
+				}
+			}
+			return true
+		}))
+	}
+	if maxPending > 2 {
+		t.Fatalf("two instances: %d PENDING at once (bound 2)", maxPending)
+	}
+	for _, d := range devs {
+		if len(d.fetched) != 1 {
+			t.Errorf("device %s was handed %d secrets in one rotation", d.ClientID, len(d.fetched))
+		}
+		if got := deviceState(t, b, d.ID); got.RotationState != "OK" {
+			t.Errorf("device %s: %s", d.ClientID, got.RotationState)
+		}
+	}
+
+	// The holder is killed: Postgres ends its session and with it the
+	// lease; b takes it on its next tick.
+	killA()
+	took := waitHolder(b, "espmdm-b", 15*time.Second)
+	t.Logf("lease taken over by espmdm-b %s after espmdm-a was killed", took.Round(time.Millisecond))
+	// The survivor works the queue alone.
+	d := devs[0]
+	b.do(http.MethodPost, fmt.Sprintf("/api/devices/%d/rotate", d.ID), b.admin, nil).want(t, http.StatusAccepted, nil)
+	d.done = time.Time{}
+	rotationRun(t, b, m.ID, []*simDevice{d}, 30*time.Second, func() bool { return !d.done.IsZero() })
+	if got := deviceState(t, b, d.ID); got.RotationState != "OK" {
+		t.Fatalf("after the takeover: %s", got.RotationState)
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return "<nil>"
+	}
+	return *s
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
