@@ -588,3 +588,109 @@ func maxTime(a, b time.Time) time.Time {
 	}
 	return b
 }
+
+// TestE2ERotationKeycloakDown stops Keycloak in the middle of rotations in
+// both modes: every step that needs it fails cleanly and leaves the device
+// where the next tick or request resumes, no secret is generated twice, and
+// all of it completes once Keycloak is back.
+func TestE2ERotationKeycloakDown(t *testing.T) {
+	st := integration.Shared(t)
+	slow := func(mode string) map[string]string {
+		env := rotationEnv(mode, 5)
+		// Attempts expire during the outage; retries wait until after it.
+		env["ROTATION_TIMEOUT_SECONDS"], env["ROTATION_RETRY_SECONDS"] = "8", "600"
+		return env
+	}
+	g := startServer(t, slow("grace"))
+	r := startServer(t, slow("restore"))
+	gm, rm := newModel(t, g, nil), newModel(t, r, nil)
+	gd := newSimDevices(t, g, gm.ID, follows)[0]
+	rd := newSimDevices(t, r, rm.ID, fetchQuiet, follows)
+	quiet, late := rd[0], rd[1]
+	oldG, oldQuiet, oldLate := gd.current, quiet.current, late.current
+
+	// Before the outage: g's device has fetched its new secret, r's quiet
+	// device too; r's late device is PENDING but has not fetched. Tokens
+	// are taken now (they outlive the outage; espmdm checks them against
+	// its cached JWKS).
+	for _, x := range []struct {
+		s *server
+		d *simDevice
+	}{{g, gd}, {r, quiet}, {r, late}} {
+		x.s.do(http.MethodPost, fmt.Sprintf("/api/devices/%d/rotate", x.d.ID), x.s.admin, nil).want(t, http.StatusAccepted, nil)
+	}
+	fetch := func(s *server, d *simDevice, tok string) string {
+		t.Helper()
+		var p provisioningDTO
+		s.do(http.MethodGet, "/iot/provisioning", tok, nil).want(t, http.StatusOK, &p)
+		s.keep(p.ClientSecret)
+		return p.ClientSecret
+	}
+	gTok := gd.deviceToken(t, g)
+	gNew := fetch(g, gd, gTok)
+	gNewTok, _ := tokenStatus(t, st, gd.ClientID, gNew)
+	g.keep(gNewTok)
+	quietNew := fetch(r, quiet, quiet.deviceToken(t, r))
+	lateTok := late.deviceToken(t, r)
+
+	restart(t, st, integration.Keycloak, func() {
+		// grace: the ack needs Keycloak (it invalidates the old secret).
+		g.do(http.MethodPost, "/iot/provisioning/ack", gNewTok, map[string]string{"client_secret_sha256": sha256Hex(gNew)}).
+			wantProblem(t, http.StatusBadGateway)
+		// restore: the fetch cannot generate; the device stays PENDING.
+		r.do(http.MethodGet, "/iot/provisioning", lateTok, nil).wantProblem(t, http.StatusBadGateway)
+		if got := deviceState(t, r, late.ID); got.RotationState != "PENDING" {
+			t.Errorf("restore: after a failed generation the device is %s, want PENDING", got.RotationState)
+		}
+		// restore: the quiet device's attempt expires but its old secret
+		// cannot be restored: it stays PENDING for the next tick.
+		time.Sleep(10 * time.Second)
+		if got := deviceState(t, r, quiet.ID); got.RotationState != "PENDING" {
+			t.Errorf("restore: with Keycloak down a timed-out device is %s, want PENDING until its secret is restored", got.RotationState)
+		}
+		// grace: the timeout needs nothing of Keycloak.
+		if got := deviceState(t, g, gd.ID); got.RotationState != "TIMEOUT" {
+			t.Errorf("grace: with Keycloak down the expired attempt is %s, want TIMEOUT", got.RotationState)
+		}
+	})
+
+	// Back: the restore timeout resumes.
+	deadline := time.Now().Add(30 * time.Second)
+	for deviceState(t, r, quiet.ID).RotationState == "PENDING" {
+		if time.Now().After(deadline) {
+			t.Fatal("restore: the timeout did not resume after Keycloak came back")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !accepted(t, st, quiet.ClientID, oldQuiet) || accepted(t, st, quiet.ClientID, quietNew) {
+		t.Error("restore: after the resumed timeout the old secret must work and the unconfirmed one not")
+	}
+	// The late device's attempt timed out without a generation; queued
+	// again it rotates with one generation: two fetches, one secret.
+	if got := deviceState(t, r, late.ID); got.RotationState != "TIMEOUT" {
+		t.Errorf("restore: the attempt that never generated is %s, want TIMEOUT", got.RotationState)
+	}
+	r.do(http.MethodPost, fmt.Sprintf("/api/devices/%d/rotate", late.ID), r.admin, nil).want(t, http.StatusAccepted, nil)
+	lateTok = late.deviceToken(t, r)
+	lateNew := fetch(r, late, lateTok)
+	if again := fetch(r, late, lateTok); again != lateNew {
+		t.Error("restore: a second fetch of the same attempt generated another secret")
+	}
+	lateNewTok, code := tokenStatus(t, st, late.ClientID, lateNew)
+	if code != http.StatusOK || accepted(t, st, late.ClientID, oldLate) {
+		t.Fatalf("restore: new secret %d, old still accepted %t", code, accepted(t, st, late.ClientID, oldLate))
+	}
+	r.keep(lateNewTok)
+	r.do(http.MethodPost, "/iot/provisioning/ack", lateNewTok, map[string]string{"client_secret_sha256": sha256Hex(lateNew)}).
+		want(t, http.StatusNoContent, nil)
+	// grace: the late ack completes and ends the old secret; the secret
+	// fetched before the outage is still the device's (never regenerated).
+	gNewTok, _ = tokenStatus(t, st, gd.ClientID, gNew)
+	g.keep(gNewTok)
+	g.do(http.MethodPost, "/iot/provisioning/ack", gNewTok, map[string]string{"client_secret_sha256": sha256Hex(gNew)}).
+		want(t, http.StatusNoContent, nil)
+	if got := deviceState(t, g, gd.ID); got.RotationState != "OK" || accepted(t, st, gd.ClientID, oldG) || !accepted(t, st, gd.ClientID, gNew) {
+		t.Errorf("grace after the outage: state %s, old accepted %t, new accepted %t", got.RotationState,
+			accepted(t, st, gd.ClientID, oldG), accepted(t, st, gd.ClientID, gNew))
+	}
+}
