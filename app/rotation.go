@@ -55,6 +55,7 @@ type RotationMetrics struct {
 	events   *prometheus.CounterVec
 	leaseFor *prometheus.GaugeVec
 	unconf   prometheus.Histogram
+	age      prometheus.Histogram
 }
 
 // rotationBuckets span a fast device (a second) to a slow timeout.
@@ -81,7 +82,12 @@ func newRotationMetrics(m *Metrics, devices ports.DeviceRepo) *RotationMetrics {
 			Buckets: rotationBuckets,
 		}),
 	}
-	m.Registry.MustRegister(rm.phases, rm.events, rm.leaseFor, rm.unconf, &stateCollector{devices: devices})
+	rm.age = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "espmdm_rotation_secret_age_seconds",
+		Help:    "Age of a device secret when a completed rotation replaced it.",
+		Buckets: []float64{3600, 86400, 7 * 86400, 30 * 86400, 45 * 86400, 60 * 86400, 90 * 86400, 180 * 86400, 365 * 86400},
+	})
+	m.Registry.MustRegister(rm.phases, rm.events, rm.leaseFor, rm.unconf, rm.age, &stateCollector{devices: devices})
 	return rm
 }
 
@@ -122,6 +128,9 @@ func (rm *RotationMetrics) onRotation(log *zap.Logger) func(context.Context, mdm
 			rm.phases.WithLabelValues("fetch_to_confirm").Observe(ev.SinceGenerated.Seconds())
 			if ev.SinceAttempt > 0 {
 				rm.phases.WithLabelValues("attempt").Observe(ev.SinceAttempt.Seconds())
+			}
+			if ev.ReplacedAge > 0 {
+				rm.age.Observe(ev.ReplacedAge.Seconds())
 			}
 		case mdm.EventTimeout:
 			if ev.Restored {

@@ -322,6 +322,20 @@ func TestE2ERotationGrace(t *testing.T) {
 	if !accepted(t, s.st, leg.ClientID, leg.current) || !accepted(t, s.st, leg.ClientID, old[leg.ID]) {
 		t.Error("grace: the legacy device lost a secret")
 	}
+	// The metrics tell the same story.
+	metrics := string(s.request(http.MethodGet, "/metrics", "", nil).want(t, http.StatusOK, nil).body)
+	for _, want := range []string{
+		`espmdm_rotation_events_total{event="confirmed_ack",mode="grace"} 4`,
+		`espmdm_rotation_events_total{event="rotated_secret_invalidated",mode="grace"} 4`,
+		`espmdm_rotation_devices{state="OK"} 4`,
+		`espmdm_rotation_phase_seconds_count{phase="fetch_to_confirm"} 4`,
+		`espmdm_rotation_secret_age_seconds_count 4`,
+		`espmdm_rotation_lease_held{holder=`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 	// Deactivating a device takes it out of the queue.
 	s.do(http.MethodPut, fmt.Sprintf("/api/devices/%d", quiet.ID), s.admin, `{"active":false}`).want(t, http.StatusOK, nil)
 	s.do(http.MethodPost, fmt.Sprintf("/api/devices/%d/rotate", quiet.ID), s.admin, nil).wantProblem(t, http.StatusConflict)
@@ -692,5 +706,49 @@ func TestE2ERotationKeycloakDown(t *testing.T) {
 	if got := deviceState(t, g, gd.ID); got.RotationState != "OK" || accepted(t, st, gd.ClientID, oldG) || !accepted(t, st, gd.ClientID, gNew) {
 		t.Errorf("grace after the outage: state %s, old accepted %t, new accepted %t", got.RotationState,
 			accepted(t, st, gd.ClientID, oldG), accepted(t, st, gd.ClientID, gNew))
+	}
+}
+
+// TestE2ERotationFleet rotates a small fleet of devices that follow the
+// protocol in each mode, as fast as the slots allow, and reports how long
+// it took (the fleet benchmark measures larger fleets).
+func TestE2ERotationFleet(t *testing.T) {
+	const n = 24
+	for _, mode := range []string{"grace", "restore"} {
+		t.Run(mode, func(t *testing.T) {
+			s := startServer(t, rotationEnv(mode, 10))
+			m := newModel(t, s, nil)
+			bs := make([]behaviour, n)
+			devs := newSimDevices(t, s, m.ID, bs...)
+			old := map[int64]string{}
+			for _, d := range devs {
+				old[d.ID] = d.current
+			}
+			began := time.Now()
+			s.do(http.MethodPost, "/api/rotation/trigger", s.admin, nil).want(t, http.StatusAccepted, nil)
+			maxPending := rotationRun(t, s, m.ID, devs, 2*time.Minute, func() bool {
+				for _, d := range devs {
+					if d.done.IsZero() {
+						return false
+					}
+				}
+				return true
+			})
+			t.Logf("%s: %d devices rotated end to end in %s (concurrency 10, %d PENDING at most)",
+				mode, n, time.Since(began).Round(time.Millisecond), maxPending)
+			if maxPending > 10 {
+				t.Errorf("%d PENDING at once, bound 10", maxPending)
+			}
+			var st rotationStatusDTO
+			s.do(http.MethodGet, "/api/rotation/status", s.viewer, nil).want(t, http.StatusOK, &st)
+			if st.CountsByState["OK"] != n || st.Mode != mode {
+				t.Errorf("status after the fleet = %+v", st)
+			}
+			for _, d := range devs {
+				if accepted(t, s.st, d.ClientID, old[d.ID]) || !accepted(t, s.st, d.ClientID, d.current) {
+					t.Errorf("%s: old secret accepted or new one refused", d.ClientID)
+				}
+			}
+		})
 	}
 }

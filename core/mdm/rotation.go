@@ -65,6 +65,9 @@ type RotationEvent struct {
 	SinceGenerated time.Duration
 	// Via is "ack" or "iat" for EventConfirmed.
 	Via string
+	// ReplacedAge is, for EventConfirmed, how old the secret it replaced
+	// was (zero when unknown).
+	ReplacedAge time.Duration
 	// Restored is true for an EventTimeout that restored the old secret.
 	Restored bool
 }
@@ -619,7 +622,7 @@ func issuedAfter(d model.Device, c model.DeviceClaims) bool {
 // times, sealed secret wiped. The freed slot starts the next device.
 func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMode, via string, check func(*model.Device) (bool, error)) error {
 	done := false
-	var attempt, generated time.Time
+	var attempt, generated, replaced time.Time
 	d, err := s.d.Devices.UpdateDevice(ctx, id, func(row *model.Device) error {
 		ok, err := check(row)
 		done = ok
@@ -636,6 +639,9 @@ func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMod
 			attempt = *row.LastRotationAttemptAt
 		}
 		generated = *row.NewSecretAt
+		if row.SecretCreatedAt != nil {
+			replaced = *row.SecretCreatedAt
+		}
 		row.RotationState = model.RotationOK
 		row.LastRotationCompletedAt = &now
 		row.SecretCreatedAt = row.NewSecretAt
@@ -656,6 +662,9 @@ func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMod
 	ev := RotationEvent{Kind: EventConfirmed, DeviceID: d.ID, ClientID: d.ClientID(), At: now, Via: via, SinceGenerated: now.Sub(generated)}
 	if !attempt.IsZero() {
 		ev.SinceAttempt = now.Sub(attempt)
+	}
+	if !replaced.IsZero() {
+		ev.ReplacedAge = generated.Sub(replaced)
 	}
 	s.event(ctx, ev)
 	s.fillSlots(ctx)

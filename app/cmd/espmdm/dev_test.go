@@ -330,6 +330,11 @@ func TestDev(t *testing.T) {
 			t.Errorf("GET /api/device-models body %s: want {\"device_models\": [...]} (%v)", body, err)
 		}
 	}
+	// The dev stack's Keycloak has the secret-rotation feature and policy,
+	// so ROTATION_MODE=auto picks grace.
+	if code, body := get("/api/rotation/status", tok); code != http.StatusOK || !strings.Contains(string(body), `"mode":"grace"`) {
+		t.Errorf("GET /api/rotation/status = %d %s, want 200 with mode grace", code, body)
+	}
 
 	// What runs: with the processes launcher, the three services are
 	// descendants, which is what makes the check after the stop mean
