@@ -376,16 +376,21 @@ func registerReconciler(lc fx.Lifecycle, lt *Lifetime, cfg Config, svc *mdm.Serv
 		},
 		OnStop: func(stopCtx context.Context) error {
 			cancel()
-			done := make(chan struct{})
-			go func() { wg.Wait(); close(done) }()
-			select {
-			case <-done:
-				return nil
-			case <-stopCtx.Done():
-				return stopCtx.Err()
-			}
+			return waitGroup(stopCtx, &wg)
 		},
 	})
+}
+
+// waitGroup waits for wg, or until ctx ends.
+func waitGroup(ctx context.Context, wg *sync.WaitGroup) error {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // RunReconcile runs one reconciliation and logs what it found.

@@ -290,12 +290,8 @@ func registerRotation(lc fx.Lifecycle, lt *Lifetime, w *RotationWorker, lease po
 		},
 		OnStop: func(stopCtx context.Context) error {
 			cancel()
-			done := make(chan struct{})
-			go func() { wg.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-stopCtx.Done():
-				return stopCtx.Err()
+			if err := waitGroup(stopCtx, &wg); err != nil {
+				return err
 			}
 			return lease.Release(stopCtx)
 		},

@@ -75,7 +75,8 @@ type rotationStatusDTO struct {
 }
 
 // tokenStatus asks Keycloak for a client-credentials token and returns it
-// with the status (no failure: a refused secret is an answer).
+// with the status (no failure: a refused secret is an answer; token is the
+// failing form).
 func tokenStatus(t *testing.T, st *integration.Stack, clientID, secret string) (string, int) {
 	t.Helper()
 	form := url.Values{"grant_type": {"client_credentials"}, "client_id": {clientID}, "client_secret": {secret}}

@@ -119,23 +119,11 @@ func TestMQTTv5RoundTrip(t *testing.T) {
 // token gets an access token with the client-credentials grant.
 func token(t *testing.T, st *integration.Stack, clientID, secret string) string {
 	t.Helper()
-	form := url.Values{"grant_type": {"client_credentials"}, "client_id": {clientID}, "client_secret": {secret}}
-	resp, err := http.PostForm(st.TokenURL, form)
-	if err != nil {
-		t.Fatalf("token request: %v", err)
+	tok, code := tokenStatus(t, st, clientID, secret)
+	if code != http.StatusOK || tok == "" {
+		t.Fatalf("token for %s: status %d", clientID, code)
 	}
-	defer resp.Body.Close()
-	var body struct {
-		AccessToken string `json:"access_token"`
-		Error       string `json:"error"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		t.Fatalf("token response: %v", err)
-	}
-	if resp.StatusCode != http.StatusOK || body.AccessToken == "" {
-		t.Fatalf("token for %s: %s %s", clientID, resp.Status, body.Error)
-	}
-	return body.AccessToken
+	return tok
 }
 
 // claims decodes a JWT's payload without verifying it (the stack's own

@@ -278,25 +278,29 @@ func (s *Store) ListDevices(_ context.Context, f ports.DeviceFilter) (ports.Devi
 	if err := s.hook("ListDevices"); err != nil {
 		return ports.DevicePage{}, err
 	}
-	limit := f.Limit
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.page(f.Limit, f.AfterID, func(d model.Device) bool {
+		return (f.ModelID == nil || d.DeviceModelID == *f.ModelID) &&
+			(f.RotationState == nil || d.RotationState == *f.RotationState) &&
+			(f.Active == nil || d.Active == *f.Active)
+	}), nil
+}
+
+// page is one page (by id, after afterID) of the devices keep selects,
+// with the page size rules of ports.DeviceFilter. s.mu must be held.
+func (s *Store) page(limit int, afterID int64, keep func(model.Device) bool) ports.DevicePage {
 	switch {
 	case limit < 1:
 		limit = ports.DefaultPageSize
 	case limit > ports.MaxPageSize:
 		limit = ports.MaxPageSize
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var match []model.Device
 	for _, d := range s.devices {
-		switch {
-		case d.ID <= f.AfterID,
-			f.ModelID != nil && d.DeviceModelID != *f.ModelID,
-			f.RotationState != nil && d.RotationState != *f.RotationState,
-			f.Active != nil && d.Active != *f.Active:
-			continue
+		if d.ID > afterID && keep(d) {
+			match = append(match, d)
 		}
-		match = append(match, d)
 	}
 	sort.Slice(match, func(i, j int) bool { return match[i].ID < match[j].ID })
 	var page ports.DevicePage
@@ -308,7 +312,7 @@ func (s *Store) ListDevices(_ context.Context, f ports.DeviceFilter) (ports.Devi
 	for i, d := range match {
 		page.Devices[i] = cloneDevice(d)
 	}
-	return page, nil
+	return page
 }
 
 // UpdateDevice implements ports.DeviceRepo.
@@ -677,29 +681,7 @@ func (s *Store) DashboardPage(_ context.Context, q ports.DashboardQuery, g model
 	if !slices.Contains(model.DashboardGroups, g) {
 		return ports.DevicePage{}, model.Invalid("group", "unknown dashboard group %q", string(g))
 	}
-	switch {
-	case limit < 1:
-		limit = ports.DefaultPageSize
-	case limit > ports.MaxPageSize:
-		limit = ports.MaxPageSize
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var match []model.Device
-	for _, d := range s.devices {
-		if d.ID > afterID && dashboardGroup(d, q) == g {
-			match = append(match, d)
-		}
-	}
-	slices.SortFunc(match, func(a, b model.Device) int { return cmpInt64(a.ID, b.ID) })
-	var page ports.DevicePage
-	if len(match) > limit {
-		match = match[:limit]
-		page.NextAfterID = match[limit-1].ID
-	}
-	page.Devices = make([]model.Device, len(match))
-	for i, d := range match {
-		page.Devices[i] = cloneDevice(d)
-	}
-	return page, nil
+	return s.page(limit, afterID, func(d model.Device) bool { return dashboardGroup(d, q) == g }), nil
 }
