@@ -17,9 +17,12 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/fx"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/espmdm/espmdm/app"
 	"github.com/espmdm/espmdm/integration"
 )
 
@@ -751,5 +754,35 @@ func TestE2ERotationFleet(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestE2ERotationGraceRefusedWhenTheRealmDisagrees: grace asked for on a
+// realm whose policy keeps rotated secrets for another time than
+// ROTATION_GRACE stops start-up, saying what differs; auto falls back to
+// restore on the same realm.
+func TestE2ERotationGraceRefusedWhenTheRealmDisagrees(t *testing.T) {
+	st := integration.Shared(t)
+	vars := serverVars(t, st, map[string]string{"ROTATION_MODE": "grace", "ROTATION_GRACE": "48h", "LOG_LEVEL": "error"})
+	cfg, err := app.LoadConfig(func(k string) string { return vars[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := app.New(cfg, fx.Decorate(func(*zap.Logger) *zap.Logger { return zap.NewNop() }))
+	err = a.Start(ctxT(t, time.Minute))
+	if err == nil {
+		_ = a.Stop(ctxT(t, time.Minute))
+		t.Fatal("espmdm started in grace mode with ROTATION_GRACE different from the realm's policy")
+	}
+	for _, want := range []string{"ROTATION_MODE=grace", "ROTATION_GRACE is 48h0m0s", "rotated-expiration-period 604800"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("start error %q does not say %q", err, want)
+		}
+	}
+	s := startServer(t, map[string]string{"ROTATION_GRACE": "48h"}) // auto
+	var rs rotationStatusDTO
+	s.do(http.MethodGet, "/api/rotation/status", s.viewer, nil).want(t, http.StatusOK, &rs)
+	if rs.Mode != "restore" {
+		t.Errorf("auto on a realm whose grace differs: mode %q, want restore", rs.Mode)
 	}
 }
