@@ -442,13 +442,14 @@ func (s *Service) FetchCredentials(ctx context.Context, d model.Device) (ports.P
 	if d.RotationState != model.RotationPending {
 		return s.provisioning(ctx, d)
 	}
+	var p ports.Provisioning
 	if d.NewSecretAt == nil {
-		if d, err = s.generate(ctx, d, mode); err != nil {
+		var fresh string
+		if d, fresh, err = s.generate(ctx, d, mode); err != nil {
 			return ports.Provisioning{}, err
 		}
-	}
-	p, err := s.provisioning(ctx, d)
-	if err != nil {
+		p = s.provisioningWith(d, fresh) // no need to read it back
+	} else if p, err = s.provisioning(ctx, d); err != nil {
 		return ports.Provisioning{}, err
 	}
 	if d.RotationState == model.RotationPending && d.NewSecretAt != nil {
@@ -478,16 +479,18 @@ func (s *Service) FetchCredentials(ctx context.Context, d model.Device) (ports.P
 // generated unless the current one already differs from the sealed one (a
 // generation whose recording was cut off): so a secret is never generated
 // twice for one rotation, whatever fails in between.
-func (s *Service) generate(ctx context.Context, d model.Device, mode model.RotationMode) (model.Device, error) {
+//
+// It returns the device and the secret the device is to get now.
+func (s *Service) generate(ctx context.Context, d model.Device, mode model.RotationMode) (model.Device, string, error) {
 	clientID := d.ClientID()
 	if d.PreviousSecret == nil {
 		cur, err := s.d.Identity.ClientSecret(ctx, clientID)
 		if err != nil {
-			return d, fmt.Errorf("rotation fetch of device %d: read the current secret: %w", d.ID, err)
+			return d, "", fmt.Errorf("rotation fetch of device %d: read the current secret: %w", d.ID, err)
 		}
 		sealed, err := s.d.SecretBox.Seal([]byte(cur))
 		if err != nil {
-			return d, fmt.Errorf("rotation fetch of device %d: seal the current secret: %w", d.ID, err)
+			return d, "", fmt.Errorf("rotation fetch of device %d: seal the current secret: %w", d.ID, err)
 		}
 		d, err = s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) error {
 			if row.PreviousSecret == nil && row.NewSecretAt == nil {
@@ -496,17 +499,18 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 			return nil
 		})
 		if err != nil {
-			return d, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
+			return d, "", fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
 		}
 	}
 	generated := false
+	var handout string
 	d, err := s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) error {
-		generated = false
+		generated, handout = false, ""
 		if row.RotationState != model.RotationPending {
 			return fmt.Errorf("device %d is no longer in rotation: %w", row.ID, model.ErrConflict)
 		}
 		if row.NewSecretAt != nil {
-			return nil // a concurrent fetch generated it
+			return nil // a concurrent fetch generated it: read it below
 		}
 		prev, err := s.openSecret(row)
 		if err != nil {
@@ -541,15 +545,23 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 		now := s.now()
 		row.NewSecretAt = &now
 		row.SecretSHA256 = secretDigest(fresh)
+		handout = fresh
 		return nil
 	})
 	if err != nil {
-		return d, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
+		return d, "", fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
 	}
 	if generated {
 		s.event(ctx, RotationEvent{Kind: EventGenerated, DeviceID: d.ID, ClientID: clientID})
 	}
-	return d, nil
+	if handout == "" {
+		p, err := s.provisioning(ctx, d)
+		if err != nil {
+			return d, "", err
+		}
+		handout = p.ClientSecret
+	}
+	return d, handout, nil
 }
 
 // provisioning is the device's provisioning fields with its current

@@ -500,19 +500,21 @@ func TestRotationKeycloakDownDuringGenerationNeverGeneratesTwice(t *testing.T) {
 			wantState(t, e, d, model.RotationPending)
 			wantAuth(t, e, d, old, true)
 
-			// The generation succeeds but what follows fails (restore:
-			// invalidating; grace: reading the secret back is simulated by
-			// failing the next read): the recording is lost.
-			failNext := "InvalidateRotatedSecret"
-			if mode == model.RotationGrace {
-				failNext = "ClientSecret"
-			}
+			// The generation succeeds but its recording is lost (restore:
+			// invalidating the rotated secret fails; grace: the commit
+			// fails).
 			generated := false
 			e.idp.Hook = func(op, _ string) error {
 				if op == "RegenerateSecret" {
 					generated = true
 				}
-				if generated && op == failNext {
+				if generated && op == "InvalidateRotatedSecret" && mode == model.RotationRestore {
+					return down
+				}
+				return nil
+			}
+			e.store.Hook = func(op string) error {
+				if generated && op == "UpdateDevice.commit" && mode == model.RotationGrace {
 					return down
 				}
 				return nil
@@ -521,6 +523,7 @@ func TestRotationKeycloakDownDuringGenerationNeverGeneratesTwice(t *testing.T) {
 			if !generated || err == nil {
 				t.Fatalf("fetch after a generation whose recording failed = %v (generated %t), want an error", err, generated)
 			}
+			e.store.Hook = nil
 			e.idp.Hook = nil
 			fresh := e.fetch(t, d)
 			if n := len(e.idpCalls("RegenerateSecret")); n != 2 { // one failed, one made the secret

@@ -25,7 +25,10 @@ import (
 type Store struct {
 	// Hook, when set, is called with the method name ("CreateDevice",
 	// "GetModel", ...) before each operation; a non-nil result fails the
-	// operation with that error and changes nothing. Set it before use.
+	// operation with that error and changes nothing. UpdateDevice also
+	// calls it with "UpdateDevice.commit" after fn ran and before the
+	// result is stored: a failure there is a commit that failed. Set it
+	// before use.
 	Hook func(op string) error
 
 	now func() time.Time
@@ -328,6 +331,9 @@ func (s *Store) UpdateDevice(_ context.Context, id int64, fn func(*model.Device)
 	}
 	d := cloneDevice(cur)
 	if err := fn(&d); err != nil {
+		return model.Device{}, err
+	}
+	if err := s.hook("UpdateDevice.commit"); err != nil {
 		return model.Device{}, err
 	}
 	d.ID, d.Key, d.DeviceModelID, d.ModelCode, d.CreatedAt = cur.ID, cur.Key, cur.DeviceModelID, cur.ModelCode, cur.CreatedAt
