@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -66,6 +67,7 @@ type Admin struct {
 	http         *http.Client
 	tokens       *tokens
 	sem          chan struct{}
+	uuids        sync.Map // clientId -> client UUID, see withUUID
 	timeout      time.Duration
 	retries      int
 	backoff      time.Duration
@@ -174,6 +176,7 @@ func (a *Admin) CreateClient(ctx context.Context, clientID string) (secret strin
 	if err != nil {
 		return "", err
 	}
+	a.uuids.Store(clientID, uuid)
 	secret, err = a.secret(ctx, op, uuid)
 	if err != nil {
 		// Leave nothing half made behind; if this fails too the
@@ -242,6 +245,7 @@ func secretValue(req request, resp response) (string, error) {
 func (a *Admin) DeleteClient(ctx context.Context, clientID string) (err error) {
 	defer func(start time.Time) { a.observe("DeleteClient", start, err) }(time.Now())
 	op := "delete client " + clientID
+	a.uuids.Delete(clientID)
 	c, err := a.lookup(ctx, op, clientID)
 	if err != nil || c == nil {
 		return err
@@ -295,11 +299,34 @@ func (a *Admin) RepairClient(ctx context.Context, clientID string) (st model.Ide
 func (a *Admin) ClientSecret(ctx context.Context, clientID string) (secret string, err error) {
 	defer func(start time.Time) { a.observe("ClientSecret", start, err) }(time.Now())
 	op := "read secret of " + clientID
+	err = a.withUUID(ctx, op, clientID, func(uuid string) error {
+		var err error
+		secret, err = a.secret(ctx, op, uuid)
+		return err
+	})
+	return secret, err
+}
+
+// withUUID runs call with the client's UUID, looked up once and then
+// remembered: most rotation steps need only the UUID, and a lookup by
+// clientId is a search. A remembered UUID that Keycloak answers 404 for
+// (the client was deleted or recreated behind espmdm's back) is looked up
+// again and call runs once more; nothing happened at the 404, so this is
+// safe for every call. A missing client is model.ErrNotFound.
+func (a *Admin) withUUID(ctx context.Context, op, clientID string, call func(uuid string) error) error {
+	if v, ok := a.uuids.Load(clientID); ok {
+		err := call(v.(string))
+		if !errors.Is(err, model.ErrNotFound) {
+			return err
+		}
+		a.uuids.CompareAndDelete(clientID, v)
+	}
 	c, err := a.mustLookup(ctx, op, clientID)
 	if err != nil {
-		return "", err
+		return err
 	}
-	return a.secret(ctx, op, c.rep.ID)
+	a.uuids.Store(clientID, c.rep.ID)
+	return call(c.rep.ID)
 }
 
 // RegenerateSecret implements ports.IdentityProvider with Keycloak's
@@ -312,16 +339,16 @@ func (a *Admin) ClientSecret(ctx context.Context, clientID string) (secret strin
 func (a *Admin) RegenerateSecret(ctx context.Context, clientID string) (secret string, err error) {
 	defer func(start time.Time) { a.observe("RegenerateSecret", start, err) }(time.Now())
 	op := "regenerate secret of " + clientID
-	c, err := a.mustLookup(ctx, op, clientID)
-	if err != nil {
-		return "", err
-	}
-	req := request{op: op, method: http.MethodPost, url: a.clientURL(c.rep.ID, "client-secret"), auth: true, sensitive: true}
-	resp, err := a.do(ctx, req)
-	if err != nil {
-		return "", err
-	}
-	return secretValue(req, resp)
+	err = a.withUUID(ctx, op, clientID, func(uuid string) error {
+		req := request{op: op, method: http.MethodPost, url: a.clientURL(uuid, "client-secret"), auth: true, sensitive: true}
+		resp, err := a.do(ctx, req)
+		if err != nil {
+			return err
+		}
+		secret, err = secretValue(req, resp)
+		return err
+	})
+	return secret, err
 }
 
 // SetSecret implements ports.IdentityProvider: a PUT of the client with the

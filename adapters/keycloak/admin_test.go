@@ -564,3 +564,51 @@ func TestNewAdminChecksItsConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestClientUUIDIsRemembered: the secret calls of a rotation look the
+// client up once, and a client deleted and recreated behind the adapter's
+// back (a new UUID) is found again.
+func TestClientUUIDIsRemembered(t *testing.T) {
+	st := integration.Shared(t)
+	calls := &adminCalls{}
+	cfg := adminConfig(st)
+	cfg.HTTPClient = &http.Client{Transport: calls}
+	a := newAdmin(t, cfg)
+	id, secret := createClient(t, a)
+
+	lookups := func() int { return calls.count(http.MethodGet) }
+	before := lookups()
+	for range 3 {
+		got, err := a.ClientSecret(t.Context(), id)
+		mustNoErr(t, "ClientSecret", err)
+		if got != secret {
+			t.Fatal("ClientSecret returned another secret")
+		}
+	}
+	fresh, err := a.RegenerateSecret(t.Context(), id)
+	mustNoErr(t, "RegenerateSecret", err)
+	mustNoErr(t, "InvalidateRotatedSecret", a.InvalidateRotatedSecret(t.Context(), id))
+	// Three secret reads are three GETs: no lookup by clientId among them.
+	if n := lookups() - before; n != 3 {
+		t.Errorf("GET requests for 3 secret reads, a regeneration and an invalidation = %d, want 3 (the UUID remembered since creation)", n)
+	}
+
+	// Recreated behind the adapter's back: same clientId, new UUID.
+	uuid, _ := rawClient(t, st, id)["id"].(string)
+	if code, _ := adminAPI(t, st, http.MethodDelete, "/clients/"+uuid, nil); code != http.StatusNoContent {
+		t.Fatalf("delete %s by hand: %d", id, code)
+	}
+	if code, body := adminAPI(t, st, http.MethodPost, "/clients", map[string]any{"clientId": id, "publicClient": false,
+		"serviceAccountsEnabled": true, "secret": "by-hand-" + randomKey()}); code != http.StatusCreated {
+		t.Fatalf("recreate %s by hand: %d %s", id, code, body)
+	}
+	got, err := a.ClientSecret(t.Context(), id)
+	mustNoErr(t, "ClientSecret after the client was recreated", err)
+	if got == fresh || !strings.HasPrefix(got, "by-hand-") {
+		t.Error("ClientSecret read the old client's secret after it was recreated")
+	}
+	// Deleted for good: not found, from the remembered UUID too.
+	mustNoErr(t, "DeleteClient", a.DeleteClient(t.Context(), id))
+	_, err = a.RegenerateSecret(t.Context(), id)
+	wantErrIs(t, "RegenerateSecret of a deleted client", err, model.ErrNotFound)
+}

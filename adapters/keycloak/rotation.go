@@ -99,12 +99,10 @@ func rotatedValid(attrs map[string]string, now time.Time) bool {
 func (a *Admin) InvalidateRotatedSecret(ctx context.Context, clientID string) (err error) {
 	defer func(start time.Time) { a.observe("InvalidateRotatedSecret", start, err) }(time.Now())
 	op := "invalidate the rotated secret of " + clientID
-	c, err := a.mustLookup(ctx, op, clientID)
-	if err != nil {
+	return a.withUUID(ctx, op, clientID, func(uuid string) error {
+		_, err := a.do(ctx, request{op: op, method: http.MethodDelete, url: a.clientURL(uuid, "client-secret", "rotated"), auth: true})
 		return err
-	}
-	_, err = a.do(ctx, request{op: op, method: http.MethodDelete, url: a.clientURL(c.rep.ID, "client-secret", "rotated"), auth: true})
-	return err
+	})
 }
 
 // CoverClient implements ports.IdentityProvider. A client is covered when a
