@@ -58,6 +58,15 @@ func runDev(ctx context.Context, stderr io.Writer, envFile, launcher string, ver
 	if verbose {
 		opts.Log = stderr
 	}
+	// The realm's secret-rotation profile keeps rotated secrets for the
+	// grace the server is told, so that grace mode runs with it.
+	if v := os.Getenv("ROTATION_GRACE"); v != "" {
+		g, err := app.ParseGrace(v)
+		if err != nil {
+			return fmt.Errorf("invalid ROTATION_GRACE: %w", err)
+		}
+		opts.RotationGrace = g
+	}
 	st, err := integration.Start(ctx, opts)
 	if err != nil {
 		return fmt.Errorf("start the stack: %w", err)
