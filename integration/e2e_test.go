@@ -590,6 +590,12 @@ func TestE2EProvisioningAndDeviceAPI(t *testing.T) {
 		t.Errorf("NVS fields wrong (device %s)", d.ClientID)
 	}
 
+	// The same partition as a file for esptool.
+	bin := s.request(http.MethodGet, provPath+"?format=bin", s.admin, nil).want(t, http.StatusOK, nil)
+	if !bytes.Equal(bin.body, img.Data) || bin.header.Get("Content-Type") != "application/octet-stream" {
+		t.Errorf("format=bin: %d bytes (%s), want the %d bytes of the base64 image", len(bin.body), bin.header.Get("Content-Type"), len(img.Data))
+	}
+
 	var small struct {
 		Size int    `json:"size"`
 		Data []byte `json:"data"`

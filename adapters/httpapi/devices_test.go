@@ -291,6 +291,18 @@ func TestProvisioning(t *testing.T) {
 	if fmt.Sprint(fields) != fmt.Sprint(want) {
 		t.Errorf("json fields = %v, want %v (empty wifi omitted)", fields, want)
 	}
+	// format=bin: the partition itself, for esptool.
+	r = e.get(base+"?format=bin&size=0x3000", tokAdmin)
+	wantStatus(t, r, http.StatusOK)
+	if len(r.body) != 0x3000 || !bytes.HasPrefix(r.body, []byte("NVSIMAGE")) ||
+		r.header.Get("Content-Type") != "application/octet-stream" ||
+		r.header.Get("Content-Disposition") != `attachment; filename="device-2-nvs.bin"` || r.header.Get("Cache-Control") != "no-store" {
+		t.Errorf("format=bin: %d bytes, headers %v", len(r.body), r.header)
+	}
+	p0 := wantProblem(t, e.get(base+"?format=bin&size=0x2000", tokAdmin), http.StatusBadRequest)
+	if p0.Field != "size" {
+		t.Errorf("format=bin with a bad size: field %q", p0.Field)
+	}
 	wantProblem(t, e.get(base+"?format=csv", tokAdmin), http.StatusBadRequest)
 	wantProblem(t, e.get(base+"?format=json&size=0x3000", tokAdmin), http.StatusBadRequest)
 	wantProblem(t, e.get("/api/devices/999/provisioning", tokAdmin), http.StatusNotFound)

@@ -330,9 +330,9 @@ func (s *Server) provisioning(c *fiber.Ctx) error {
 	}
 	format := c.Query("format")
 	switch format {
-	case "", "nvs", "json":
+	case "", "nvs", "json", "bin":
 	default:
-		return model.Invalid("format", "must be nvs or json")
+		return model.Invalid("format", "must be nvs, bin or json")
 	}
 	c.Set(fiber.HeaderCacheControl, "no-store")
 	if format == "json" {
@@ -352,6 +352,13 @@ func (s *Server) provisioning(c *fiber.Ctx) error {
 	img, err := s.catalog.ProvisioningNVS(c.UserContext(), id, size)
 	if err != nil {
 		return err
+	}
+	if format == "bin" {
+		// The partition itself, ready for esptool: an error is a problem
+		// document with a 4xx/5xx status, never a short file.
+		c.Set(fiber.HeaderContentType, fiber.MIMEOctetStream)
+		c.Set(fiber.HeaderContentDisposition, fmt.Sprintf(`attachment; filename="device-%d-nvs.bin"`, id))
+		return c.Send(img)
 	}
 	return c.JSON(provisioningNVSDTO{Partition: "nvs", Size: size, Data: img})
 }
