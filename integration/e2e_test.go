@@ -273,7 +273,9 @@ func TestE2EDeviceModels(t *testing.T) {
 
 	// A model with devices cannot be deleted.
 	d := newDevice(t, s, m.ID, `{"anything":true}`)
-	s.do(http.MethodDelete, fmt.Sprintf("/api/device-models/%d", m.ID), s.admin, nil).wantProblem(t, http.StatusConflict)
+	if detail := s.do(http.MethodDelete, fmt.Sprintf("/api/device-models/%d", m.ID), s.admin, nil).wantProblem(t, http.StatusConflict); !strings.Contains(detail, "still has a device") {
+		t.Errorf("409 detail %q does not say the model still has a device", detail)
+	}
 	s.do(http.MethodDelete, fmt.Sprintf("/api/devices/%d", d.ID), s.admin, nil).want(t, http.StatusNoContent, nil)
 	s.do(http.MethodDelete, fmt.Sprintf("/api/device-models/%d", m.ID), s.admin, nil).want(t, http.StatusNoContent, nil)
 	s.do(http.MethodGet, fmt.Sprintf("/api/device-models/%d", m.ID), s.viewer, nil).wantProblem(t, http.StatusNotFound)

@@ -61,6 +61,7 @@ func errMalformedJSON(detail string) error { return badRequest("malformed-reques
 func problemFor(err error) (p Problem, unexpected bool) {
 	var (
 		ve *model.ValidationError
+		ce *model.ConflictError
 		he *httpError
 		fe *fiber.Error
 	)
@@ -75,6 +76,8 @@ func problemFor(err error) (p Problem, unexpected bool) {
 		p = newProblem(http.StatusRequestEntityTooLarge, "too-large", "the request body exceeds the configured size limit")
 	case errors.Is(err, model.ErrNotFound):
 		p = newProblem(http.StatusNotFound, "not-found", "the requested resource does not exist")
+	case errors.As(err, &ce):
+		p = newProblem(http.StatusConflict, "conflict", ce.Reason)
 	case errors.Is(err, model.ErrConflict):
 		p = newProblem(http.StatusConflict, "conflict", "the request conflicts with the current state of the resource")
 	case errors.Is(err, model.ErrUnauthenticated):

@@ -29,7 +29,7 @@ func (f *fakeRotation) RotateDevice(_ context.Context, id int64) (ports.RotateRe
 	case 2:
 		return ports.RotateAlreadyPending, nil
 	case 3:
-		return "", fmt.Errorf("device 3 is inactive: %w", model.ErrConflict)
+		return "", model.Conflict("device 3 is inactive")
 	}
 	return "", fmt.Errorf("device %d: %w", id, model.ErrNotFound)
 }
@@ -179,4 +179,12 @@ func TestDeviceRotationFetchAndAck(t *testing.T) {
 	wantProblem(t, e.sendJSON(http.MethodPost, "/iot/provisioning/ack", "", `{"client_secret_sha256":"`+good+`"}`), http.StatusUnauthorized)
 	// An admin token is not a device token.
 	wantProblem(t, e.get("/iot/provisioning", tokAdmin), http.StatusUnauthorized)
+}
+
+func TestConflictReasonIsTheDetail(t *testing.T) {
+	e := newEnv(t, withRotation(&fakeRotation{}))
+	p := wantProblem(t, e.do(request{method: http.MethodPost, path: "/api/devices/3/rotate", token: tokAdmin}), http.StatusConflict)
+	if p.Detail != "device 3 is inactive" {
+		t.Errorf("detail = %q, want the conflict's reason", p.Detail)
+	}
 }

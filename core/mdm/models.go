@@ -2,6 +2,7 @@ package mdm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"unicode/utf8"
@@ -40,6 +41,9 @@ func (s *Service) CreateModel(ctx context.Context, in ports.NewModel) (model.Dev
 	}
 	m := model.DeviceModel{Code: in.Code, Name: in.Name, ConfigSchema: schema}
 	if err := s.d.Models.CreateModel(ctx, &m); err != nil {
+		if errors.Is(err, model.ErrConflict) {
+			return model.DeviceModel{}, model.Conflict("a device model with code %s exists already", in.Code)
+		}
 		return model.DeviceModel{}, fmt.Errorf("create device model %s: %w", in.Code, err)
 	}
 	return m, nil
@@ -94,6 +98,22 @@ func (s *Service) UpdateModel(ctx context.Context, id int64, in ports.ModelUpdat
 	return m, nil
 }
 
+// modelInUse is the conflict of deleting a model that has devices, saying
+// how many (counted up to MaxPageSize).
+func (s *Service) modelInUse(ctx context.Context, m model.DeviceModel) error {
+	page, err := s.d.Devices.ListDevices(ctx, ports.DeviceFilter{ModelID: &m.ID, Limit: MaxPageSize})
+	switch {
+	case err != nil:
+		return model.Conflict("device model %d (%s) still has devices: delete them first", m.ID, m.Code)
+	case page.NextAfterID != 0:
+		return model.Conflict("device model %d (%s) still has more than %d devices: delete them first", m.ID, m.Code, len(page.Devices))
+	}
+	if n := len(page.Devices); n != 1 {
+		return model.Conflict("device model %d (%s) still has %d devices: delete them first", m.ID, m.Code, n)
+	}
+	return model.Conflict("device model %d (%s) still has a device: delete it first", m.ID, m.Code)
+}
+
 // DeleteModel removes a device model; model.ErrConflict while it has
 // devices.
 func (s *Service) DeleteModel(ctx context.Context, id int64) error {
@@ -102,6 +122,9 @@ func (s *Service) DeleteModel(ctx context.Context, id int64) error {
 		return fmt.Errorf("delete device model %d: %w", id, err)
 	}
 	if err := s.d.Models.DeleteModel(ctx, id); err != nil {
+		if errors.Is(err, model.ErrConflict) {
+			return s.modelInUse(ctx, m)
+		}
 		return fmt.Errorf("delete device model %d: %w", id, err)
 	}
 	// The history rows went with the model; its binaries go now. A failure

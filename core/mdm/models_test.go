@@ -3,6 +3,7 @@ package mdm_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -139,7 +140,24 @@ func TestDeleteModel(t *testing.T) {
 	e := newEnv(t)
 	m := e.model(t, "m", "")
 	d := e.device(t, m, `{}`)
-	wantIs(t, e.svc.DeleteModel(t.Context(), m.ID), model.ErrConflict)
+	d2 := e.device(t, m, `{}`)
+	err := e.svc.DeleteModel(t.Context(), m.ID)
+	wantIs(t, err, model.ErrConflict)
+	var ce *model.ConflictError
+	if !errors.As(err, &ce) || ce.Reason != fmt.Sprintf("device model %d (m) still has 2 devices: delete them first", m.ID) {
+		t.Errorf("DeleteModel of a model in use = %v, want a conflict saying how many devices it has", err)
+	}
+	_, err = e.svc.CreateModel(t.Context(), ports.NewModel{Code: "m", Name: "again"})
+	if !errors.As(err, &ce) || ce.Reason != "a device model with code m exists already" {
+		t.Errorf("CreateModel of a taken code = %v, want a conflict naming the code", err)
+	}
+	if err := e.svc.DeleteDevice(t.Context(), d2.ID); err != nil {
+		t.Fatal(err)
+	}
+	err = e.svc.DeleteModel(t.Context(), m.ID)
+	if !errors.As(err, &ce) || ce.Reason != fmt.Sprintf("device model %d (m) still has a device: delete it first", m.ID) {
+		t.Errorf("DeleteModel with one device left = %v", err)
+	}
 	if err := e.svc.DeleteDevice(t.Context(), d.ID); err != nil {
 		t.Fatal(err)
 	}

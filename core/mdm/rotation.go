@@ -186,7 +186,7 @@ func (s *Service) RotateDevice(ctx context.Context, id int64) (ports.RotateResul
 	_, err := s.d.Devices.UpdateDevice(ctx, id, func(d *model.Device) error {
 		switch {
 		case !d.Active:
-			return fmt.Errorf("device %d is inactive: %w", id, model.ErrConflict)
+			return model.Conflict("device %d is inactive: activate it to rotate its secret", id)
 		case d.RotationState == model.RotationPending:
 			res = ports.RotateAlreadyPending
 		default:
@@ -507,7 +507,7 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 	d, err := s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) error {
 		generated, handout = false, ""
 		if row.RotationState != model.RotationPending {
-			return fmt.Errorf("device %d is no longer in rotation: %w", row.ID, model.ErrConflict)
+			return model.Conflict("device %d is no longer in rotation", row.ID)
 		}
 		if row.NewSecretAt != nil {
 			return nil // a concurrent fetch generated it: read it below
@@ -595,10 +595,10 @@ func (s *Service) AckCredentials(ctx context.Context, d model.Device, digest str
 			if row.RotationState == model.RotationOK && row.SecretSHA256 == digest {
 				return false, nil // completed with this secret already
 			}
-			return false, fmt.Errorf("device %d has no rotation awaiting confirmation: %w", row.ID, model.ErrConflict)
+			return false, model.Conflict("no rotation of this device awaits confirmation")
 		}
 		if row.SecretSHA256 != digest {
-			return false, fmt.Errorf("device %d: the digest does not match the secret generated in this rotation: %w", row.ID, model.ErrConflict)
+			return false, model.Conflict("client_secret_sha256 does not match the secret generated in this rotation")
 		}
 		return true, nil
 	})

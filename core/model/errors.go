@@ -57,3 +57,19 @@ func (e *UnavailableError) Unwrap() error { return e.Err }
 
 // Is reports ErrUnavailable as matching.
 func (e *UnavailableError) Is(target error) bool { return target == ErrUnavailable }
+
+// ConflictError is a conflict with a reason that is safe to show to the
+// client (it names ids and codes, never a secret). It matches ErrConflict.
+type ConflictError struct {
+	Reason string
+}
+
+func (e *ConflictError) Error() string { return e.Reason }
+
+// Is reports ErrConflict as matching.
+func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
+
+// Conflict returns a *ConflictError with the formatted reason.
+func Conflict(format string, args ...any) error {
+	return &ConflictError{Reason: fmt.Sprintf(format, args...)}
+}
