@@ -17,7 +17,9 @@ import (
 // checksum, appended SHA-256), carry an app descriptor with a version, and
 // be for the same chip as the model's current firmware. The binary is
 // stored under its SHA-256, the upload is recorded in the model's history
-// and devices are told (a notification failure goes to OnError).
+// and devices are told (a notification failure goes to OnError). Uploading
+// the model's current image again changes nothing and returns its record:
+// no history row, no notification.
 func (s *Service) UploadFirmware(ctx context.Context, modelID int64, data []byte) (model.Firmware, error) {
 	if int64(len(data)) > s.cfg.FirmwareMaxBytes {
 		return model.Firmware{}, fmt.Errorf("firmware of %d bytes exceeds the limit of %d bytes: %w",
@@ -54,8 +56,12 @@ func (s *Service) UploadFirmware(ctx context.Context, modelID int64, data []byte
 	// Checked here so a wrong image is refused before it is stored, and
 	// again when recording, under the model's lock, against a concurrent
 	// upload for another chip.
+	sum := sha256.Sum256(data)
+	digest := hex.EncodeToString(sum[:])
 	cur, err := s.d.Firmware.CurrentFirmware(ctx, m.ID)
 	switch {
+	case err == nil && cur.SHA256 == digest:
+		return cur, nil // the current image again
 	case err == nil:
 		if err := sameChip(&cur); err != nil {
 			return model.Firmware{}, err
@@ -64,8 +70,6 @@ func (s *Service) UploadFirmware(ctx context.Context, modelID int64, data []byte
 		return model.Firmware{}, fmt.Errorf("upload firmware: current firmware of %s: %w", m.Code, err)
 	}
 
-	sum := sha256.Sum256(data)
-	digest := hex.EncodeToString(sum[:])
 	if err := s.d.Store.Put(ctx, m.Code, digest, data); err != nil {
 		return model.Firmware{}, fmt.Errorf("upload firmware: store binary: %w", err)
 	}
@@ -80,7 +84,18 @@ func (s *Service) UploadFirmware(ctx context.Context, modelID int64, data []byte
 		Size:          int64(len(data)),
 		UploadedAt:    s.now(),
 	}
-	if err := s.d.Firmware.RecordFirmware(ctx, &f, sameChip); err != nil {
+	var again *model.Firmware
+	err = s.d.Firmware.RecordFirmware(ctx, &f, func(cur *model.Firmware) error {
+		if cur != nil && cur.SHA256 == digest {
+			again = cur // a concurrent upload of the same image won
+			return errSameImage
+		}
+		return sameChip(cur)
+	})
+	switch {
+	case errors.Is(err, errSameImage):
+		return *again, nil
+	case err != nil:
 		return model.Firmware{}, fmt.Errorf("upload firmware: record: %w", err)
 	}
 	if err := s.d.Notifier.FirmwareReleased(ctx, m.Code, f.Version); err != nil {
@@ -88,6 +103,9 @@ func (s *Service) UploadFirmware(ctx context.Context, modelID int64, data []byte
 	}
 	return f, nil
 }
+
+// errSameImage stops a recording whose image is already current.
+var errSameImage = errors.New("the image is the current firmware already")
 
 // OpenFirmware returns the model's current firmware and its binary; the
 // caller closes the blob. No firmware yet is model.ErrNotFound.

@@ -169,3 +169,40 @@ func TestUploadFirmwareFailures(t *testing.T) {
 		}
 	})
 }
+
+func TestUploadFirmwareAgainIsIdempotent(t *testing.T) {
+	e := newEnv(t)
+	m := e.model(t, "m", "")
+	img := image(esp32image.ChipESP32C3, "1.0.0")
+	v1, err := e.svc.UploadFirmware(t.Context(), m.ID, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(time.Hour)
+	again, err := e.svc.UploadFirmware(t.Context(), m.ID, img)
+	if err != nil || again != v1 {
+		t.Fatalf("re-upload = %+v, %v; want the existing record %+v", again, err, v1)
+	}
+	hist, _ := e.svc.ListFirmware(t.Context(), m.ID)
+	if len(hist) != 1 {
+		t.Errorf("history after a re-upload has %d rows, want 1", len(hist))
+	}
+	notified := 0
+	for _, n := range e.notifier.Sent() {
+		if n.Kind == "firmware" {
+			notified++
+		}
+	}
+	if notified != 1 {
+		t.Errorf("devices were told %d times, want once", notified)
+	}
+	// An older image made current again is a new release.
+	v2, err := e.svc.UploadFirmware(t.Context(), m.ID, image(esp32image.ChipESP32C3, "2.0.0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := e.svc.UploadFirmware(t.Context(), m.ID, img)
+	if err != nil || back.ID == v1.ID || back.ID == v2.ID || back.Version != "1.0.0" {
+		t.Errorf("going back to 1.0.0 = %+v, %v; want a new history row", back, err)
+	}
+}
