@@ -29,7 +29,7 @@ func bearerToken(c *fiber.Ctx) (string, error) {
 	scheme, token, ok := strings.Cut(h, " ")
 	token = strings.TrimSpace(token)
 	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" || strings.ContainsAny(token, " \t") {
-		return "", fmt.Errorf("malformed Authorization header: %w", model.ErrUnauthenticated)
+		return "", fmt.Errorf("malformed bearer credentials (want: Bearer <token>): %w", model.ErrUnauthenticated)
 	}
 	// Copied: the verifier may keep it (a cache key) beyond this request.
 	return strings.Clone(token), nil
@@ -39,10 +39,21 @@ func bearerToken(c *fiber.Ctx) (string, error) {
 // may see: unavailable stays a 502, forbidden a 403, anything else is a 401
 // (never a 500: a device must not mistake a refusal for a server fault).
 // Unexpected causes are logged here, since the client only sees the 401.
+//
+// A refusal's reason (expired, bad signature, wrong issuer or audience, a
+// device token on the admin API, an unknown or inactive device — a few
+// words, never the token) is logged at info with the request id, so that
+// an admin can tell why a client gets its 401 or 403.
 func (s *Server) authFailure(c *fiber.Ctx, err error) error {
 	switch {
-	case errors.Is(err, model.ErrUnavailable), errors.Is(err, model.ErrForbidden),
-		errors.Is(err, model.ErrUnauthenticated):
+	case errors.Is(err, model.ErrUnavailable):
+		return err
+	case errors.Is(err, model.ErrForbidden), errors.Is(err, model.ErrUnauthenticated):
+		lvl := requestLogger(c, s.log).Info
+		if errors.Is(err, errNoToken) {
+			lvl = requestLogger(c, s.log).Debug // probes and browsers, mostly
+		}
+		lvl("authentication refused", zap.String("reason", err.Error()), zap.String("route", c.Route().Path))
 		return err
 	}
 	requestLogger(c, s.log).Warn("authentication failed unexpectedly", zap.Error(err))
@@ -58,7 +69,7 @@ func (s *Server) requireAdminRole(write bool) fiber.Handler {
 		}
 		token, err := bearerToken(c)
 		if err != nil {
-			return err
+			return s.authFailure(c, err)
 		}
 		p, err := s.verify.VerifyAdmin(c.UserContext(), token)
 		if err != nil {
@@ -69,7 +80,11 @@ func (s *Server) requireAdminRole(write bool) fiber.Handler {
 		if !allowed {
 			requestLogger(c, s.log).Info("admin API caller lacks the role",
 				zap.String("subject", subjectOf(p)), zap.Bool("write", write))
-			return fmt.Errorf("missing role: %w", model.ErrForbidden)
+			need := "the realm role " + s.cfg.AdminRole
+			if !write {
+				need = "the realm role " + s.cfg.ViewerRole + " or " + s.cfg.AdminRole
+			}
+			return &httpError{status: fiber.StatusForbidden, kind: "forbidden", detail: "this needs " + need}
 		}
 		return c.Next()
 	}
@@ -87,7 +102,7 @@ func subjectOf(p model.Principal) string {
 func (s *Server) requireDevice(c *fiber.Ctx) error {
 	token, err := bearerToken(c)
 	if err != nil {
-		return err
+		return s.authFailure(c, err)
 	}
 	claims, err := s.verify.VerifyDevice(c.UserContext(), token)
 	if err != nil {

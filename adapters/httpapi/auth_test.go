@@ -114,3 +114,32 @@ func TestLargeTokenReachesVerifier(t *testing.T) {
 		t.Errorf("the verifier did not see the 10 KiB token")
 	}
 }
+
+func TestAuthRefusalsSayWhy(t *testing.T) {
+	e := newEnv(t)
+	p := wantProblem(t, e.sendJSON(http.MethodPost, "/api/device-models", tokViewer, `{"code":"c","name":"n"}`), http.StatusForbidden)
+	if p.Detail != "this needs the realm role mdm-admin" {
+		t.Errorf("403 detail for a viewer writing = %q, want it to name the role", p.Detail)
+	}
+	p = wantProblem(t, e.get("/api/device-models", tokNoRole), http.StatusForbidden)
+	if p.Detail != "this needs the realm role mdm-viewer or mdm-admin" {
+		t.Errorf("403 detail for a reader without a role = %q", p.Detail)
+	}
+
+	r := e.get("/api/device-models", "forged-token-123")
+	wantProblem(t, r, http.StatusUnauthorized)
+	id := r.header.Get("X-Request-Id")
+	found := false
+	for _, entry := range e.logs.FilterMessage("authentication refused").All() {
+		ctx := entry.ContextMap()
+		if ctx["request_id"] == id {
+			found = true
+			if reason, _ := ctx["reason"].(string); !strings.Contains(reason, "signature invalid") {
+				t.Errorf("logged reason %q, want the verifier's", reason)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no \"authentication refused\" log entry with request id %s", id)
+	}
+}
