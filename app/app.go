@@ -128,6 +128,16 @@ func newMetrics() *Metrics {
 		}, []string{"op"}),
 	}
 	reg.MustRegister(m.keycloak, m.mqtt, m.db)
+	// Every known operation is exported from the start, at 0, so that
+	// dashboards and alerts (rate of errors) see it before it first runs.
+	for _, op := range keycloak.Operations {
+		m.keycloak.WithLabelValues(op, "ok")
+		m.keycloak.WithLabelValues(op, "error")
+	}
+	for _, op := range []string{mqtt.OpConnect, mqtt.OpConnectionLost, mqtt.OpRotationNudge, mqtt.OpConfigChanged, mqtt.OpFirmwareReleased} {
+		m.mqtt.WithLabelValues(op, "ok")
+		m.mqtt.WithLabelValues(op, "error")
+	}
 	return m
 }
 

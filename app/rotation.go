@@ -88,6 +88,12 @@ func newRotationMetrics(m *Metrics, devices ports.DeviceRepo) *RotationMetrics {
 		Buckets: []float64{3600, 86400, 7 * 86400, 30 * 86400, 45 * 86400, 60 * 86400, 90 * 86400, 180 * 86400, 365 * 86400},
 	})
 	m.Registry.MustRegister(rm.phases, rm.events, rm.leaseFor, rm.unconf, rm.age, &stateCollector{devices: devices})
+	for _, mode := range []model.RotationMode{model.RotationGrace, model.RotationRestore} {
+		for _, ev := range []string{"started", "generated", "fetched", "confirmed_ack", "confirmed_iat",
+			"rotated_secret_invalidated", "timeout", "restored"} {
+			rm.events.WithLabelValues(ev, string(mode))
+		}
+	}
 	return rm
 }
 

@@ -137,6 +137,10 @@ func TestE2EOperationsEndpoints(t *testing.T) {
 		`espmdm_http_requests_total{`, `route="/api/device-models"`,
 		`espmdm_http_request_duration_seconds_bucket{`, `espmdm_keycloak_operations_total{`,
 		`go_goroutines `,
+		// Known operations are there from the start, at 0.
+		`espmdm_keycloak_operations_total{op="SetSecret",result="error"} 0`,
+		`espmdm_mqtt_operations_total{op="firmware_released",result="error"} 0`,
+		`espmdm_rotation_events_total{event="restored",mode="restore"} 0`,
 	} {
 		if !bytes.Contains(m.body, []byte(want)) {
 			t.Errorf("/metrics lacks %s", want)

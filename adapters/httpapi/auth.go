@@ -53,7 +53,7 @@ func (s *Server) authFailure(c *fiber.Ctx, err error) error {
 		if errors.Is(err, errNoToken) {
 			lvl = requestLogger(c, s.log).Debug // probes and browsers, mostly
 		}
-		lvl("authentication refused", zap.String("reason", err.Error()), zap.String("route", c.Route().Path))
+		lvl("authentication refused", zap.String("reason", err.Error()), zap.String("route", routeTemplate(c.Route().Path)))
 		return err
 	}
 	requestLogger(c, s.log).Warn("authentication failed unexpectedly", zap.Error(err))

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -93,7 +94,7 @@ func (s *Server) observe(c *fiber.Ctx) error {
 	// After an unmatched request c.Route() is the last middleware passed
 	// (path "/"): only registered routes become labels.
 	if r := c.Route(); r != nil && s.routeSet[method+" "+r.Path] {
-		route = r.Path
+		route = routeTemplate(r.Path)
 	}
 	elapsed := time.Since(start)
 	s.metrics.requests.WithLabelValues(method, route, strconv.Itoa(status)).Inc()
@@ -136,6 +137,19 @@ func requestLogger(c *fiber.Ctx, fallback *zap.Logger) *zap.Logger {
 		return l
 	}
 	return fallback
+}
+
+// routeTemplate writes a Fiber route in the OpenAPI document's form:
+// /api/devices/:id is /api/devices/{id}, the label dashboards and the
+// document share.
+func routeTemplate(path string) string {
+	parts := strings.Split(path, "/")
+	for i, p := range parts {
+		if name, ok := strings.CutPrefix(p, ":"); ok {
+			parts[i] = "{" + name + "}"
+		}
+	}
+	return strings.Join(parts, "/")
 }
 
 // httpMetrics are the per-route request metrics.

@@ -155,13 +155,13 @@ func TestMetricsUseRouteTemplates(t *testing.T) {
 	e.get("/api/devices/2", "")
 	e.get("/no/such/path/123", "")
 
-	if got := counterValue(t, e, map[string]string{"method": "GET", "route": "/api/devices/:id", "status": "200"}); got != 2 {
+	if got := counterValue(t, e, map[string]string{"method": "GET", "route": "/api/devices/{id}", "status": "200"}); got != 2 {
 		t.Errorf("200 count = %v, want 2", got)
 	}
-	if got := counterValue(t, e, map[string]string{"route": "/api/devices/:id", "status": "404"}); got != 1 {
+	if got := counterValue(t, e, map[string]string{"route": "/api/devices/{id}", "status": "404"}); got != 1 {
 		t.Errorf("404 count = %v, want 1", got)
 	}
-	if got := counterValue(t, e, map[string]string{"route": "/api/devices/:id", "status": "401"}); got != 1 {
+	if got := counterValue(t, e, map[string]string{"route": "/api/devices/{id}", "status": "401"}); got != 1 {
 		t.Errorf("401 count = %v, want 1", got)
 	}
 	if got := counterValue(t, e, map[string]string{"route": "unmatched", "status": "404"}); got != 1 {
@@ -172,8 +172,8 @@ func TestMetricsUseRouteTemplates(t *testing.T) {
 	wantStatus(t, r, http.StatusOK)
 	text := string(r.body)
 	for _, want := range []string{
-		`espmdm_http_requests_total{method="GET",route="/api/devices/:id",status="200"} 2`,
-		`espmdm_http_request_duration_seconds_count{method="GET",route="/api/devices/:id"}`,
+		`espmdm_http_requests_total{method="GET",route="/api/devices/{id}",status="200"} 2`,
+		`espmdm_http_request_duration_seconds_count{method="GET",route="/api/devices/{id}"}`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("/metrics lacks %s", want)

@@ -149,6 +149,13 @@ func parseBaseURL(raw string) (string, error) {
 	return strings.TrimRight(u.String(), "/"), nil
 }
 
+// Operations lists the names Observe is called with, one per
+// IdentityProvider method (for metrics that exist before their first use).
+var Operations = []string{
+	"CreateClient", "DeleteClient", "ClientStatus", "RepairClient", "ClientSecret", "RegenerateSecret",
+	"SetSecret", "Secrets", "InvalidateRotatedSecret", "CoverClient", "RotationPolicy", "ListDeviceClients", "Ping",
+}
+
 // observe reports one operation to cfg.Observe.
 func (a *Admin) observe(op string, start time.Time, err error) {
 	if a.cfg.Observe != nil {
