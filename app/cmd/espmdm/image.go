@@ -27,7 +27,7 @@ func newImageCmd() *cobra.Command {
 		Use:   "image",
 		Short: "Inspect ESP32 application images",
 	}
-	cmd.AddCommand(newImageInfoCmd())
+	cmd.AddCommand(newImageInfoCmd(), newImageSampleCmd())
 	return cmd
 }
 

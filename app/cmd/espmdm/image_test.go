@@ -158,3 +158,24 @@ func TestImageInfoFailures(t *testing.T) {
 		})
 	}
 }
+
+func TestImageSample(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "sample.bin")
+	code, stdout, stderr := runCLI(t, "image", "sample", "--chip", "esp32c3", "--version", "2.0.1", "--project", "demo", "-o", out)
+	if code != 0 || !strings.Contains(stdout, "esp32c3 image, version 2.0.1") {
+		t.Fatalf("image sample: exit %d, %q, %q", code, stdout, stderr)
+	}
+	code, stdout, stderr = runCLI(t, "image", "info", "--json", out)
+	var raw map[string]any
+	if code != 0 || json.Unmarshal([]byte(stdout), &raw) != nil {
+		t.Fatalf("image info of the sample: exit %d, %q, %q", code, stdout, stderr)
+	}
+	if raw["chip"] != "esp32c3" || raw["version"] != "2.0.1" || raw["project_name"] != "demo" || raw["sha256_valid"] != true {
+		t.Errorf("sample image info = %v", raw)
+	}
+	for _, bad := range [][]string{{"--chip", "esp99", "-o", out}, {"--chip", "esp32"}, {"--version", strings.Repeat("v", 40), "-o", out}} {
+		if code, _, stderr := runCLI(t, append([]string{"image", "sample"}, bad...)...); code == 0 || stderr == "" {
+			t.Errorf("image sample %v: exit %d, stderr %q; want a refusal", bad, code, stderr)
+		}
+	}
+}
