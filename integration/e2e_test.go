@@ -277,6 +277,14 @@ func TestE2EDeviceModels(t *testing.T) {
 
 	// A model with devices cannot be deleted.
 	d := newDevice(t, s, m.ID, `{"anything":true}`)
+	// A schema its device's config does not match is refused, unless forced.
+	strict := `{"config_schema":{"type":"object","required":["interval"]}}`
+	path := fmt.Sprintf("/api/device-models/%d", m.ID)
+	if detail := s.do(http.MethodPut, path, s.admin, strict).wantProblem(t, http.StatusConflict); !strings.Contains(detail, fmt.Sprintf("device ids %d", d.ID)) {
+		t.Errorf("409 for a schema a device violates: %q, want the device named", detail)
+	}
+	s.do(http.MethodPut, path+"?force=true", s.admin, strict).want(t, http.StatusOK, nil)
+	s.do(http.MethodPut, path, s.admin, `{"config_schema":null}`).want(t, http.StatusOK, nil)
 	if detail := s.do(http.MethodDelete, fmt.Sprintf("/api/device-models/%d", m.ID), s.admin, nil).wantProblem(t, http.StatusConflict); !strings.Contains(detail, "still has a device") {
 		t.Errorf("409 detail %q does not say the model still has a device", detail)
 	}

@@ -24,6 +24,9 @@ type ModelUpdate struct {
 	Name         *string
 	SetSchema    bool
 	ConfigSchema json.RawMessage
+	// Force applies a new schema even when existing device configs do not
+	// match it (it then holds for config writes from now on).
+	Force bool
 }
 
 // NewDevice is the input of Catalog.CreateDevice.

@@ -81,6 +81,13 @@ func (s *Server) updateModel(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	switch c.Query("force") {
+	case "", "false":
+	case "true":
+		upd.Force = true
+	default:
+		return model.Invalid("force", "must be true or false")
+	}
 	m, err := s.catalog.UpdateModel(c.UserContext(), id, upd)
 	if err != nil {
 		return err

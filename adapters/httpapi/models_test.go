@@ -205,3 +205,20 @@ func TestJSONBodyLimit(t *testing.T) {
 		t.Errorf("type = %q", p.Type)
 	}
 }
+
+func TestUpdateModelForce(t *testing.T) {
+	e := newEnv(t)
+	e.cat.addModel("sensor", "")
+	wantStatus(t, e.sendJSON(http.MethodPut, "/api/device-models/1?force=true", tokAdmin, `{"config_schema":{"type":"object"}}`), http.StatusOK)
+	if !e.cat.lastUpdate.Force {
+		t.Error("?force=true did not reach the catalog")
+	}
+	wantStatus(t, e.sendJSON(http.MethodPut, "/api/device-models/1", tokAdmin, `{"config_schema":{"type":"object"}}`), http.StatusOK)
+	if e.cat.lastUpdate.Force {
+		t.Error("force without ?force=true")
+	}
+	p := wantProblem(t, e.sendJSON(http.MethodPut, "/api/device-models/1?force=yes", tokAdmin, `{"name":"x"}`), http.StatusBadRequest)
+	if p.Field != "force" {
+		t.Errorf("field = %q, want force", p.Field)
+	}
+}

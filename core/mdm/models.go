@@ -2,8 +2,10 @@ package mdm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -68,8 +70,9 @@ func (s *Service) ListModels(ctx context.Context) ([]model.DeviceModel, error) {
 }
 
 // UpdateModel changes a model's name and schema; the code is immutable. A
-// new schema applies to device configs written from then on: existing
-// configs are not re-validated.
+// new schema is checked against the configs of the model's devices first:
+// when some do not match it, the update is refused (model.ErrConflict,
+// naming the first of them) unless in.Force is set.
 func (s *Service) UpdateModel(ctx context.Context, id int64, in ports.ModelUpdate) (model.DeviceModel, error) {
 	if in.Name != nil {
 		if err := validateName(*in.Name); err != nil {
@@ -81,6 +84,11 @@ func (s *Service) UpdateModel(ctx context.Context, id int64, in ports.ModelUpdat
 		var err error
 		if schema, err = normalizeSchema(in.ConfigSchema); err != nil {
 			return model.DeviceModel{}, err
+		}
+		if !in.Force && !isNull(schema) {
+			if err := s.checkConfigs(ctx, id, schema); err != nil {
+				return model.DeviceModel{}, err
+			}
 		}
 	}
 	m, err := s.d.Models.UpdateModel(ctx, id, func(m *model.DeviceModel) error {
@@ -96,6 +104,46 @@ func (s *Service) UpdateModel(ctx context.Context, id int64, in ports.ModelUpdat
 		return model.DeviceModel{}, fmt.Errorf("update device model %d: %w", id, err)
 	}
 	return m, nil
+}
+
+// checkConfigs refuses a schema that the configs of some of the model's
+// devices do not match, naming the first few.
+func (s *Service) checkConfigs(ctx context.Context, modelID int64, schema json.RawMessage) error {
+	m, err := s.d.Models.GetModel(ctx, modelID)
+	if err != nil {
+		return fmt.Errorf("update device model %d: %w", modelID, err)
+	}
+	m.ConfigSchema = schema
+	const named = 10
+	var bad []string
+	total := 0
+	for after := int64(0); ; {
+		page, err := s.d.Devices.ListDevices(ctx, ports.DeviceFilter{ModelID: &modelID, Limit: MaxPageSize, AfterID: after})
+		if err != nil {
+			return fmt.Errorf("update device model %d: check device configs: %w", modelID, err)
+		}
+		for _, d := range page.Devices {
+			if validateConfig(m, d.Config) != nil {
+				total++
+				if len(bad) < named {
+					bad = append(bad, strconv.FormatInt(d.ID, 10))
+				}
+			}
+		}
+		if after = page.NextAfterID; after == 0 {
+			break
+		}
+	}
+	if total == 0 {
+		return nil
+	}
+	ids := strings.Join(bad, ", ")
+	if total > len(bad) {
+		ids += ", …"
+	}
+	return model.Conflict("%d device(s) of model %s have a config that does not match the new config_schema (device ids %s): "+
+		"change their configs first, or send the update with ?force=true to apply the schema to future writes only",
+		total, m.Code, ids)
 }
 
 // modelInUse is the conflict of deleting a model that has devices, saying

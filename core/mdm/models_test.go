@@ -218,3 +218,38 @@ func TestDeleteModelSurvivesAFailingFirmwareStore(t *testing.T) {
 		t.Errorf("reported %v, want the store failure once", rep)
 	}
 }
+
+func TestUpdateModelSchemaCheckedAgainstDevices(t *testing.T) {
+	e := newEnv(t)
+	m := e.model(t, "m", "")
+	ok := e.device(t, m, `{"interval":60}`)
+	bad1 := e.device(t, m, `{"interval":"often"}`)
+	bad2 := e.device(t, m, `{}`)
+	tight := json.RawMessage(`{"type":"object","properties":{"interval":{"type":"integer"}},"required":["interval"]}`)
+	_, err := e.svc.UpdateModel(t.Context(), m.ID, ports.ModelUpdate{SetSchema: true, ConfigSchema: tight})
+	var ce *model.ConflictError
+	if !errors.As(err, &ce) || !strings.Contains(ce.Reason, "2 device(s) of model m") ||
+		!strings.Contains(ce.Reason, fmt.Sprintf("device ids %d, %d", bad1.ID, bad2.ID)) || !strings.Contains(ce.Reason, "force=true") {
+		t.Fatalf("a schema two devices do not match = %v, want a conflict naming them", err)
+	}
+	if got, _ := e.svc.GetModel(t.Context(), m.ID); got.ConfigSchema != nil {
+		t.Fatalf("the refused schema was stored: %s", got.ConfigSchema)
+	}
+	// Forced, it holds for writes from now on.
+	got, err := e.svc.UpdateModel(t.Context(), m.ID, ports.ModelUpdate{SetSchema: true, ConfigSchema: tight, Force: true})
+	if err != nil || got.ConfigSchema == nil {
+		t.Fatalf("forced update = %v", err)
+	}
+	_, err = e.svc.UpdateDevice(t.Context(), bad2.ID, ports.DeviceUpdate{Config: json.RawMessage(`{}`)})
+	wantValidation(t, err, "config")
+	if _, err := e.svc.UpdateDevice(t.Context(), ok.ID, ports.DeviceUpdate{Config: json.RawMessage(`{"interval":5}`)}); err != nil {
+		t.Fatal(err)
+	}
+	// A schema every device matches needs no force; clearing one never does.
+	if _, err := e.svc.UpdateModel(t.Context(), m.ID, ports.ModelUpdate{SetSchema: true, ConfigSchema: json.RawMessage(`{"type":"object"}`)}); err != nil {
+		t.Errorf("a schema all devices match: %v", err)
+	}
+	if _, err := e.svc.UpdateModel(t.Context(), m.ID, ports.ModelUpdate{SetSchema: true}); err != nil {
+		t.Errorf("clearing the schema: %v", err)
+	}
+}
