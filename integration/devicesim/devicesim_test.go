@@ -1,0 +1,522 @@
+package devicesim_test
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/espmdm/espmdm/integration/devicesim"
+	"github.com/espmdm/espmdm/nvs"
+)
+
+// fake is a small Keycloak token endpoint plus espmdm's device API, with
+// one switch: in grace mode a fetch keeps the old secret valid until the
+// ack; in restore mode it stops working at once.
+type fake struct {
+	t    *testing.T
+	srv  *httptest.Server
+	mode string
+
+	mu       sync.Mutex
+	valid    map[string]map[string]bool // client id -> accepted secrets
+	current  map[string]string          // client id -> current secret
+	pending  map[string]string          // client id -> generated, unconfirmed secret
+	rotating map[string]bool            // client id -> a rotation is under way
+	tokens   map[string]string          // token -> client id
+	acks     map[string]int
+	configs  map[string]int // GET /iot/config per client
+	firmware []byte
+}
+
+func newFake(t *testing.T, mode string) *fake {
+	t.Helper()
+	f := &fake{t: t, mode: mode, valid: map[string]map[string]bool{}, current: map[string]string{},
+		pending: map[string]string{}, rotating: map[string]bool{}, tokens: map[string]string{}, acks: map[string]int{}, configs: map[string]int{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /token", f.token)
+	mux.HandleFunc("GET /iot/config", f.auth(func(w http.ResponseWriter, r *http.Request, id string) {
+		f.configs[id]++
+		fmt.Fprintf(w, `{"client":%q}`, id)
+	}))
+	mux.HandleFunc("GET /iot/firmware-version", f.auth(func(w http.ResponseWriter, r *http.Request, id string) {
+		fmt.Fprint(w, `{"firmware_version":"1.2.3"}`)
+	}))
+	mux.HandleFunc("GET /iot/firmware", f.auth(f.serveFirmware))
+	mux.HandleFunc("GET /iot/provisioning", f.auth(f.fetch))
+	mux.HandleFunc("POST /iot/provisioning/ack", f.auth(f.ack))
+	f.srv = httptest.NewServer(mux)
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// partition registers a device and returns its provisioning partition.
+func (f *fake) partition(model string) []byte {
+	f.t.Helper()
+	key := randHex(4)
+	id := "iotdevice-" + model + "-" + key
+	secret := "s-" + randHex(8)
+	f.mu.Lock()
+	f.valid[id] = map[string]bool{secret: true}
+	f.current[id] = secret
+	f.mu.Unlock()
+	img, err := nvs.Encode(nvs.Strings("prov",
+		nvs.KV{Key: "device_key", Value: key}, nvs.KV{Key: "client_id", Value: id},
+		nvs.KV{Key: "client_secret", Value: secret}, nvs.KV{Key: "token_url", Value: f.srv.URL + "/token"},
+		nvs.KV{Key: "base_url", Value: f.srv.URL}, nvs.KV{Key: "mqtt_url", Value: "mqtt://127.0.0.1:1"},
+	), nvs.Options{Size: 0x6000})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return img
+}
+
+func (f *fake) token(w http.ResponseWriter, r *http.Request) {
+	_ = r.ParseForm()
+	id, secret := r.PostForm.Get("client_id"), r.PostForm.Get("client_secret")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if r.PostForm.Get("grant_type") != "client_credentials" || !f.valid[id][secret] {
+		w.WriteHeader(http.StatusUnauthorized)
+		fmt.Fprint(w, `{"error":"unauthorized_client","error_description":"Invalid client or Invalid client credentials"}`)
+		return
+	}
+	tok := "t-" + randHex(8)
+	f.tokens[tok] = id
+	fmt.Fprintf(w, `{"access_token":%q,"expires_in":300,"token_type":"Bearer"}`, tok)
+}
+
+func (f *fake) auth(h func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		id := f.tokens[strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")]
+		if id == "" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		h(w, r, id)
+	}
+}
+
+// start begins a rotation of the device (what espmdm does before the nudge).
+func (f *fake) start(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rotating[id] = true
+}
+
+func (f *fake) fetch(w http.ResponseWriter, r *http.Request, id string) {
+	secret := f.pending[id]
+	switch {
+	case !f.rotating[id]:
+		secret = f.current[id]
+	case secret == "":
+		secret = "s-" + randHex(8)
+		f.pending[id] = secret
+		if f.mode == "restore" {
+			f.valid[id] = map[string]bool{}
+		}
+		f.valid[id][secret] = true
+	}
+	key := id[strings.LastIndexByte(id, '-')+1:]
+	fmt.Fprintf(w, `{"device_key":%q,"client_id":%q,"client_secret":%q}`, key, id, secret)
+}
+
+func (f *fake) ack(w http.ResponseWriter, r *http.Request, id string) {
+	var body struct {
+		Sum string `json:"client_secret_sha256"`
+	}
+	_ = json.NewDecoder(r.Body).Decode(&body)
+	sum := sha256.Sum256([]byte(f.pending[id]))
+	if f.pending[id] == "" || body.Sum != hex.EncodeToString(sum[:]) {
+		w.WriteHeader(http.StatusConflict)
+		return
+	}
+	f.current[id] = f.pending[id]
+	f.valid[id] = map[string]bool{f.pending[id]: true}
+	delete(f.pending, id)
+	f.rotating[id] = false
+	f.acks[id]++
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// timeout is the restore-mode timeout: the old secret back, the
+// unconfirmed one gone.
+func (f *fake) timeout(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.valid[id] = map[string]bool{f.current[id]: true}
+	delete(f.pending, id)
+}
+
+func (f *fake) serveFirmware(w http.ResponseWriter, r *http.Request, id string) {
+	sum := sha256.Sum256(f.firmware)
+	etag := `"` + hex.EncodeToString(sum[:]) + `"`
+	w.Header().Set("ETag", etag)
+	if r.Header.Get("If-None-Match") == etag {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	if rg := r.Header.Get("Range"); rg != "" && r.Header.Get("If-Range") == etag {
+		first, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(rg, "bytes="), "-"))
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", first, len(f.firmware)-1, len(f.firmware)))
+		w.Header().Set("Content-Length", strconv.Itoa(len(f.firmware)-first))
+		w.WriteHeader(http.StatusPartialContent)
+		_, _ = w.Write(f.firmware[first:])
+		return
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(f.firmware)))
+	_, _ = w.Write(f.firmware)
+}
+
+func (f *fake) count(m map[string]int, id string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return m[id]
+}
+
+func newTestFleet(t *testing.T, cfg devicesim.Config) *devicesim.Fleet {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	fl, err := devicesim.NewFleet(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fl.Close(context.Background()) })
+	return fl
+}
+
+func add(t *testing.T, fl *devicesim.Fleet, part []byte) *devicesim.Device {
+	t.Helper()
+	d, err := fl.Add(part)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after 5s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func TestAddReadsThePartition(t *testing.T) {
+	f := newFake(t, "grace")
+	fl := newTestFleet(t, devicesim.Config{})
+	part := f.partition("soil_v1")
+	d := add(t, fl, part)
+	if d.ModelCode() != "soil_v1" || !strings.HasPrefix(d.ClientID(), "iotdevice-soil_v1-") || d.BaseURL() != f.srv.URL {
+		t.Errorf("device %s model %s base %s", d.ClientID(), d.ModelCode(), d.BaseURL())
+	}
+	if _, err := fl.Add(part); err == nil {
+		t.Error("the same device added twice")
+	}
+	if _, err := fl.Add(make([]byte, 0x3000)); err == nil {
+		t.Error("an empty partition booted")
+	}
+	body, _ := json.Marshal(map[string]any{"partition": "nvs", "size": len(part), "data": part})
+	got, err := devicesim.PartitionFromJSON(body)
+	if err != nil || string(got) != string(part) {
+		t.Errorf("PartitionFromJSON: %v", err)
+	}
+}
+
+func TestNudgeRotatesWithTwoSlots(t *testing.T) {
+	for _, mode := range []string{"grace", "restore"} {
+		t.Run(mode, func(t *testing.T) {
+			f := newFake(t, mode)
+			fl := newTestFleet(t, devicesim.Config{Concurrency: 2})
+			d := add(t, fl, f.partition("m"))
+			if err := d.Boot(ctx(t)); err != nil {
+				t.Fatal(err)
+			}
+			f.start(d.ClientID())
+			if !fl.Deliver("iotsupport/"+d.ClientID()+"/rotation", nil) {
+				t.Fatal("the nudge reached no device")
+			}
+			eventually(t, "ack", func() bool { return d.Stats().Acks == 1 })
+			st := d.Stats()
+			if st.Nudges != 1 || st.Fetches != 1 || len(st.ConfirmLatencies) != 1 || st.LockedOut != 0 {
+				t.Errorf("stats %+v", st)
+			}
+			chk, err := d.CheckSecrets(ctx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := devicesim.SecretCheck{Provisioned: devicesim.Refused, Current: devicesim.Accepted}
+			if chk != want {
+				t.Errorf("secrets %+v, want %+v", chk, want)
+			}
+			// Outside a rotation the fetch returns the current secret:
+			// nothing changes, no ack.
+			if err := d.Rotate(ctx(t)); err != nil || d.Stats().Acks != 1 {
+				t.Errorf("rotate outside a rotation: %v, %d acks", err, d.Stats().Acks)
+			}
+		})
+	}
+}
+
+func TestCrashAfterFetchInRestoreIsMetered(t *testing.T) {
+	f := newFake(t, "restore")
+	fl := newTestFleet(t, devicesim.Config{LockoutRetry: 20 * time.Millisecond})
+	d := add(t, fl, f.partition("m"))
+	d.SetBehaviour(devicesim.Behaviour{Crash: devicesim.CrashAfterFetch})
+	f.start(d.ClientID())
+	if err := d.Rotate(ctx(t)); !errors.Is(err, devicesim.ErrCrashed) {
+		t.Fatalf("Rotate = %v, want ErrCrashed", err)
+	}
+	// The fetched secret is lost and the old one no longer works.
+	st := d.Stats()
+	if !st.LockedOutNow || st.Lockouts != 1 || st.Crashes != 1 {
+		t.Fatalf("after the crash: %+v, want a running lockout", st)
+	}
+	rep, err := fl.CheckAll(ctx(t))
+	if err != nil || len(rep.LockedOut) != 1 || rep.LockedOut[0] != d.ClientID() {
+		t.Fatalf("CheckAll = %+v, %v, want the device locked out", rep, err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	f.timeout(d.ClientID())
+	eventually(t, "lockout end", func() bool { return !d.Stats().LockedOutNow })
+	if got := d.Stats().LockedOut; got < 100*time.Millisecond {
+		t.Errorf("locked out %s, want at least 100ms", got)
+	}
+	// Crash once: the retry completes.
+	if err := d.Rotate(ctx(t)); err != nil || f.count(f.acks, d.ClientID()) != 1 {
+		t.Fatalf("retry: %v, %d acks", err, f.count(f.acks, d.ClientID()))
+	}
+	rep, err = fl.CheckAll(ctx(t))
+	if err != nil || len(rep.LockedOut) != 0 || rep.LockedOutSeconds < 0.1 || rep.Lockouts != 1 {
+		t.Errorf("CheckAll at the end = %+v, %v", rep, err)
+	}
+}
+
+func TestCrashAfterPersistBootsWithNext(t *testing.T) {
+	f := newFake(t, "restore")
+	fl := newTestFleet(t, devicesim.Config{})
+	d := add(t, fl, f.partition("m"))
+	d.SetBehaviour(devicesim.Behaviour{Crash: devicesim.CrashAfterPersist})
+	f.start(d.ClientID())
+	if err := d.Rotate(ctx(t)); !errors.Is(err, devicesim.ErrCrashed) {
+		t.Fatalf("Rotate = %v, want ErrCrashed", err)
+	}
+	st := d.Stats()
+	if st.LockedOut != 0 || st.Boots != 1 {
+		t.Fatalf("after the crash: %+v, want a boot with the next secret", st)
+	}
+	chk, _ := d.CheckSecrets(ctx(t))
+	if chk.Current != devicesim.Refused || chk.Next != devicesim.Accepted {
+		t.Errorf("secrets %+v, want current refused, next accepted", chk)
+	}
+	if err := d.Rotate(ctx(t)); err != nil || d.Stats().Acks != 1 {
+		t.Fatalf("retry: %v", err)
+	}
+}
+
+func TestLegacyOverwritesAndFetchesConfig(t *testing.T) {
+	f := newFake(t, "restore")
+	fl := newTestFleet(t, devicesim.Config{})
+	d := add(t, fl, f.partition("m"))
+	d.SetBehaviour(devicesim.Behaviour{Legacy: true})
+	f.start(d.ClientID())
+	began := time.Now()
+	if err := d.Rotate(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(began) < 50*time.Millisecond {
+		t.Error("no reboot into a later second")
+	}
+	if f.count(f.acks, d.ClientID()) != 0 || f.count(f.configs, d.ClientID()) != 1 {
+		t.Errorf("legacy: %d acks, %d config fetches, want 0 and 1", f.count(f.acks, d.ClientID()), f.count(f.configs, d.ClientID()))
+	}
+	chk, _ := d.CheckSecrets(ctx(t))
+	if chk != (devicesim.SecretCheck{Provisioned: devicesim.Refused, Current: devicesim.Accepted}) {
+		t.Errorf("secrets %+v", chk)
+	}
+}
+
+func TestOfflineAndRouting(t *testing.T) {
+	f := newFake(t, "grace")
+	fl := newTestFleet(t, devicesim.Config{})
+	a, b, c := add(t, fl, f.partition("m1")), add(t, fl, f.partition("m1")), add(t, fl, f.partition("m2"))
+	b.SetBehaviour(devicesim.Behaviour{Offline: true})
+	fl.Deliver("iotsupport/m1/firmware", []byte(`{"firmware_version":"9.9"}`))
+	fl.Deliver("iotsupport/"+b.ClientID()+"/rotation", nil)
+	fl.Deliver("iotsupport/"+a.ClientID()+"/config", nil)
+	if fl.Deliver("iotsupport/iotdevice-x-abcdefgh/rotation", nil) || fl.Unknown() != 1 {
+		t.Error("a message for no device of the fleet was taken")
+	}
+	eventually(t, "config fetch", func() bool { return a.Stats().ConfigFetches == 1 })
+	if st := a.Stats(); st.FirmwareNotices != 1 || st.NotifiedFirmwareVersion != "9.9" || !strings.Contains(string(a.Config()), a.ClientID()) {
+		t.Errorf("a: %+v config %s", st, a.Config())
+	}
+	if st := b.Stats(); st.FirmwareNotices != 0 || st.Nudges != 0 || st.Ignored != 2 {
+		t.Errorf("offline b: %+v", st)
+	}
+	if st := c.Stats(); st.FirmwareNotices != 0 {
+		t.Errorf("c of another model: %+v", st)
+	}
+	if _, err := b.FetchConfig(ctx(t)); !errors.Is(err, devicesim.ErrOffline) {
+		t.Errorf("offline FetchConfig = %v", err)
+	}
+	fs := fl.Stats()
+	if fs.Devices != 3 || fs.Total.FirmwareNotices != 1 || fs.Total.ConfigNotices != 1 {
+		t.Errorf("fleet stats %+v", fs)
+	}
+}
+
+func TestFirmwareETagAndRange(t *testing.T) {
+	f := newFake(t, "grace")
+	f.firmware = []byte(strings.Repeat("firmware-", 1000))
+	sum := sha256.Sum256(f.firmware)
+	fl := newTestFleet(t, devicesim.Config{})
+	d := add(t, fl, f.partition("m"))
+	d.SetBehaviour(devicesim.Behaviour{InterruptFirmwareAfter: 1000})
+	r, err := d.FetchFirmware(ctx(t))
+	if err != nil || !r.Interrupted || r.Size != 1000 || r.Complete {
+		t.Fatalf("first = %+v, %v, want cut at 1000", r, err)
+	}
+	r, err = d.FetchFirmware(ctx(t))
+	if err != nil || !r.Resumed || !r.Complete || r.SHA256 != hex.EncodeToString(sum[:]) || r.Received != int64(len(f.firmware)-1000) {
+		t.Fatalf("resume = %+v, %v", r, err)
+	}
+	r, err = d.FetchFirmware(ctx(t))
+	if err != nil || !r.NotModified {
+		t.Fatalf("again = %+v, %v, want 304", r, err)
+	}
+	if v, err := d.FirmwareVersion(ctx(t)); err != nil || v != "1.2.3" {
+		t.Errorf("FirmwareVersion = %q, %v", v, err)
+	}
+}
+
+func TestErrorsHoldNoSecret(t *testing.T) {
+	f := newFake(t, "grace")
+	var mu sync.Mutex
+	var lines []string
+	fl := newTestFleet(t, devicesim.Config{Logf: func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		lines = append(lines, fmt.Sprintf(format, args...))
+	}})
+	d := add(t, fl, f.partition("m"))
+	f.mu.Lock()
+	f.valid[d.ClientID()] = map[string]bool{} // every secret refused
+	f.mu.Unlock()
+	_, err := d.FetchConfig(ctx(t))
+	if !errors.Is(err, devicesim.ErrLockedOut) {
+		t.Fatalf("FetchConfig = %v, want ErrLockedOut", err)
+	}
+	fl.Deliver("iotsupport/"+d.ClientID()+"/rotation", nil)
+	eventually(t, "failed rotation", func() bool { return d.Stats().Errors == 1 })
+	mu.Lock()
+	defer mu.Unlock()
+	texts := append([]string{err.Error(), d.Stats().LastError}, lines...)
+	for _, s := range d.Secrets() {
+		for _, line := range texts {
+			if strings.Contains(line, s) {
+				t.Errorf("a secret appears in %q", line)
+			}
+		}
+	}
+}
+
+func TestPercentilesOf(t *testing.T) {
+	var ds []time.Duration
+	for i := 100; i >= 1; i-- {
+		ds = append(ds, time.Duration(i)*time.Millisecond)
+	}
+	got := devicesim.PercentilesOf(ds)
+	want := devicesim.Percentiles{N: 100, P50: 50 * time.Millisecond, P90: 90 * time.Millisecond, P99: 99 * time.Millisecond, Max: 100 * time.Millisecond}
+	if got != want {
+		t.Errorf("PercentilesOf = %+v, want %+v", got, want)
+	}
+	if (devicesim.PercentilesOf(nil) != devicesim.Percentiles{}) {
+		t.Error("PercentilesOf(nil) not zero")
+	}
+}
+
+// TestThousandsOfDevices rotates 2,000 devices of one fleet: idle devices
+// cost no goroutine, and the work runs on the bounded pool.
+func TestThousandsOfDevices(t *testing.T) {
+	if testing.Short() {
+		t.Skip("2,000 rotations")
+	}
+	const n = 2000
+	f := newFake(t, "grace")
+	before := runtime.NumGoroutine()
+	fl := newTestFleet(t, devicesim.Config{Concurrency: 16})
+	var devs []*devicesim.Device
+	for range n {
+		devs = append(devs, add(t, fl, f.partition("bulk")))
+	}
+	if g := runtime.NumGoroutine(); g > before+16+10 {
+		t.Errorf("%d goroutines with %d idle devices (%d before the fleet), want the pool only", g, n, before)
+	}
+	for _, d := range devs {
+		f.start(d.ClientID())
+		fl.Deliver("iotsupport/"+d.ClientID()+"/rotation", nil)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for fl.Stats().Total.Acks < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d acks after 60s", fl.Stats().Total.Acks, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	rep, err := fl.CheckAll(ctx(t))
+	if err != nil || rep.Devices != n || len(rep.LockedOut) != 0 || rep.LockedOutSeconds != 0 {
+		t.Errorf("CheckAll = %+v, %v", rep, err)
+	}
+	t.Logf("confirm latency %+v", fl.Stats().ConfirmLatency)
+}
+
+func TestEvents(t *testing.T) {
+	f := newFake(t, "grace")
+	var mu sync.Mutex
+	var kinds []devicesim.EventKind
+	fl := newTestFleet(t, devicesim.Config{OnEvent: func(e devicesim.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		kinds = append(kinds, e.Kind)
+	}})
+	d := add(t, fl, f.partition("m"))
+	f.start(d.ClientID())
+	fl.Deliver("iotsupport/"+d.ClientID()+"/rotation", nil)
+	eventually(t, "ack", func() bool { return d.Stats().Acks == 1 })
+	mu.Lock()
+	defer mu.Unlock()
+	want := []devicesim.EventKind{devicesim.EventNudge, devicesim.EventFetch, devicesim.EventAck}
+	if fmt.Sprint(kinds) != fmt.Sprint(want) {
+		t.Errorf("events %v, want %v", kinds, want)
+	}
+}

@@ -1,0 +1,292 @@
+package integration_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/espmdm/espmdm/esp32image"
+	"github.com/espmdm/espmdm/integration/devicesim"
+)
+
+// A simulated fleet (integration/devicesim: one HTTP client, one MQTT
+// connection, a bounded worker pool) against a real espmdm: provisioned
+// through the admin API, rotated in each mode with offline and crashing
+// devices, then notified of new firmware and of a config change.
+
+const (
+	fleetSize        = 30
+	fleetOffline     = 2 // devices 0, 1
+	fleetCrashFetch  = 2 // devices 2, 3
+	fleetCrashPersit = 2 // devices 4, 5
+	fleetSlot        = 5 // ROTATION_CONCURRENCY
+)
+
+// fleetLegacy is the device that follows the reviewed design's steps in
+// restore mode (where the iat rule completes it).
+const fleetLegacy = fleetOffline + fleetCrashFetch + fleetCrashPersit + 2
+
+// fleetBehaviour is the behaviour of device i of a test fleet in mode.
+func fleetBehaviour(mode string, i int) devicesim.Behaviour {
+	switch {
+	case mode == "restore" && i == fleetLegacy:
+		return devicesim.Behaviour{Legacy: true}
+	case i < fleetOffline:
+		return devicesim.Behaviour{Offline: true}
+	case i < fleetOffline+fleetCrashFetch:
+		return devicesim.Behaviour{Crash: devicesim.CrashAfterFetch}
+	case i < fleetOffline+fleetCrashFetch+fleetCrashPersit:
+		return devicesim.Behaviour{Crash: devicesim.CrashAfterPersist}
+	case i == fleetOffline+fleetCrashFetch+fleetCrashPersit:
+		return devicesim.Behaviour{Slow: 200 * time.Millisecond}
+	}
+	return devicesim.Behaviour{}
+}
+
+// fleetDevice is a device of the test fleet: its row and its simulator.
+type fleetDevice struct {
+	deviceDTO
+	sim *devicesim.Device
+}
+
+// newFleet starts a simulator fleet on the stack's broker and provisions
+// n devices of the model into it through the admin API: each boots from
+// the NVS partition espmdm hands out.
+func newFleet(t *testing.T, s *server, mode string, modelID int64, n int) (*devicesim.Fleet, []fleetDevice) {
+	t.Helper()
+	fleet, err := devicesim.NewFleet(ctxT(t, 30*time.Second), devicesim.Config{
+		BrokerURL: s.st.MQTTURL, Concurrency: 8, LockoutRetry: 500 * time.Millisecond,
+		Logf: func(format string, args ...any) { t.Logf(format, args...) },
+	})
+	if err != nil {
+		t.Fatalf("NewFleet: %v", err)
+	}
+	var devs []fleetDevice
+	// Cleanups run last first: the secrets are recorded before espmdm's
+	// logs are checked, after the fleet has stopped.
+	t.Cleanup(func() {
+		for _, d := range devs {
+			s.keep(d.sim.Secrets()...)
+		}
+	})
+	t.Cleanup(func() {
+		if err := fleet.Close(context.Background()); err != nil {
+			t.Errorf("fleet.Close: %v", err)
+		}
+	})
+	for i := range n {
+		d := newDevice(t, s, modelID, `{}`)
+		r := s.do(http.MethodGet, fmt.Sprintf("/api/devices/%d/provisioning", d.ID), s.admin, nil).want(t, http.StatusOK, nil)
+		part, err := devicesim.PartitionFromJSON(r.body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sim, err := fleet.Add(part)
+		if err != nil {
+			t.Fatalf("boot device %d from its partition: %v", d.ID, err)
+		}
+		if sim.ClientID() != d.ClientID || sim.Key() != d.Key {
+			t.Fatalf("partition of %s holds %s", d.ClientID, sim.ClientID())
+		}
+		sim.SetBehaviour(fleetBehaviour(mode, i))
+		s.keep(sim.Secrets()...)
+		devs = append(devs, fleetDevice{deviceDTO: d, sim: sim})
+	}
+	return fleet, devs
+}
+
+// waitFleet polls until done holds, failing after timeout with what.
+func waitFleet(t *testing.T, timeout time.Duration, what string, done func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, state := done()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not done after %s: %s", what, timeout, state)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func TestE2EFleetRotation(t *testing.T) {
+	for _, mode := range []string{"grace", "restore"} {
+		t.Run(mode, func(t *testing.T) { fleetRotation(t, mode) })
+	}
+}
+
+func fleetRotation(t *testing.T, mode string) {
+	s := startServer(t, rotationEnv(mode, fleetSlot))
+	m := newModel(t, s, nil)
+	fleet, devs := newFleet(t, s, mode, m.ID, fleetSize)
+	online := devs[fleetOffline:]
+
+	began := time.Now()
+	var trig struct {
+		QueuedCount int `json:"queued_count"`
+	}
+	s.do(http.MethodPost, "/api/rotation/trigger", s.admin, nil).want(t, http.StatusAccepted, &trig)
+	if trig.QueuedCount != fleetSize {
+		t.Fatalf("queued %d, want %d", trig.QueuedCount, fleetSize)
+	}
+	// Every online device confirmed: state OK in the admin API (the
+	// crashed ones on a retry attempt).
+	waitFleet(t, 75*time.Second, mode+" rotation", func() (bool, string) {
+		var page struct {
+			Devices []rotationDeviceDTO `json:"devices"`
+		}
+		s.do(http.MethodGet, fmt.Sprintf("/api/devices?model_id=%d&limit=1000", m.ID), s.admin, nil).want(t, http.StatusOK, &page)
+		state := map[int64]string{}
+		for _, d := range page.Devices {
+			state[d.ID] = d.RotationState
+		}
+		notOK := 0
+		for _, d := range online {
+			if state[d.ID] != "OK" {
+				notOK++
+			}
+		}
+		fs := fleet.Stats()
+		return notOK == 0, fmt.Sprintf("%d online devices not OK; fleet: %d nudges, %d fetches, %d acks, %d crashes, %d errors",
+			notOK, fs.Total.Nudges, fs.Total.Fetches, fs.Total.Acks, fs.Total.Crashes, fs.Total.Errors)
+	})
+	took := time.Since(began)
+	fs := fleet.Stats()
+	lat := fs.ConfirmLatency
+	t.Logf("%s: %d of %d devices rotated in %s (%.1f rotations/s, ROTATION_CONCURRENCY %d); confirm latency p50 %s p90 %s max %s; %d nudges, %d fetches, %d acks, %d crashes",
+		mode, len(online), fleetSize, took.Round(time.Millisecond), float64(len(online))/took.Seconds(), fleetSlot,
+		lat.P50.Round(time.Millisecond), lat.P90.Round(time.Millisecond), lat.Max.Round(time.Millisecond),
+		fs.Total.Nudges, fs.Total.Fetches, fs.Total.Acks, fs.Total.Crashes)
+
+	rep, err := fleet.CheckAll(ctxT(t, time.Minute))
+	if err != nil || rep.Unchecked > 0 {
+		t.Fatalf("CheckAll: %v (%d unchecked: %v)", err, rep.Unchecked, rep.Err)
+	}
+	t.Logf("%s: CheckAll of %d devices: %d locked out now, %d lockouts during the run, %.1f locked-out device-seconds",
+		mode, rep.Devices, len(rep.LockedOut), rep.Lockouts, rep.LockedOutSeconds)
+	if rep.Devices != fleetSize || len(rep.LockedOut) != 0 {
+		t.Errorf("%s: %d of %d devices locked out at the end: %v", mode, len(rep.LockedOut), rep.Devices, rep.LockedOut)
+	}
+	if mode == "grace" && (rep.LockedOutSeconds != 0 || rep.Lockouts != 0) {
+		t.Errorf("grace: %d lockouts, %.1f locked-out device-seconds, want none", rep.Lockouts, rep.LockedOutSeconds)
+	}
+
+	for i, d := range devs {
+		st := d.sim.Stats()
+		b := fleetBehaviour(mode, i)
+		switch {
+		case i < fleetOffline:
+		case b.Legacy:
+			if st.Acks != 0 || st.ConfigFetches < 1 || len(st.ConfirmLatencies) < 1 {
+				t.Errorf("legacy %s: %d acks, %d config fetches, want none and one", d.ClientID, st.Acks, st.ConfigFetches)
+			}
+		case st.Acks < 1 || len(st.ConfirmLatencies) < 1:
+			t.Errorf("%s (%+v): %d acks, want one", d.ClientID, b, st.Acks)
+		}
+		if b.Crash != devicesim.NoCrash && st.Crashes != 1 {
+			t.Errorf("%s: %d crashes, want 1 (crash once)", d.ClientID, st.Crashes)
+		}
+		chk, err := d.sim.CheckSecrets(ctxT(t, 30*time.Second))
+		if err != nil {
+			t.Fatalf("%s: CheckSecrets: %v", d.ClientID, err)
+		}
+		var want devicesim.SecretCheck
+		if i < fleetOffline {
+			// Offline: still the provisioned secret, still accepted.
+			want = devicesim.SecretCheck{Provisioned: devicesim.Accepted, Current: devicesim.Accepted}
+			if st.Nudges != 0 || st.Fetches != 0 || st.Ignored == 0 {
+				t.Errorf("offline %s: %d nudges, %d fetches, %d ignored", d.ClientID, st.Nudges, st.Fetches, st.Ignored)
+			}
+		} else {
+			// Online: the old secret refused, the new one accepted.
+			want = devicesim.SecretCheck{Provisioned: devicesim.Refused, Current: devicesim.Accepted}
+		}
+		if chk != want {
+			t.Errorf("%s %s: secrets %+v, want %+v", mode, d.ClientID, chk, want)
+		}
+	}
+	if mode != "grace" {
+		return
+	}
+	fleetNotifications(t, s, m, devs)
+}
+
+// fleetNotifications uploads firmware for the fleet's model and changes one
+// device's config: every online device hears of the firmware and downloads
+// it (ETag, then 304; one of them resumes a cut download with Range), and
+// only the changed device hears of its config and fetches it.
+func fleetNotifications(t *testing.T, s *server, m modelDTO, devs []fleetDevice) {
+	t.Helper()
+	ctx := ctxT(t, time.Minute)
+	img := firmwareImage(esp32image.ChipESP32, "2.4.1")
+	sum := sha256.Sum256(img)
+	digest := hex.EncodeToString(sum[:])
+	resumer := devs[fleetOffline+fleetCrashFetch+fleetCrashPersit+1]
+	resumer.sim.SetBehaviour(devicesim.Behaviour{InterruptFirmwareAfter: int64(len(img) / 3)})
+
+	s.request(http.MethodPost, fmt.Sprintf("/api/device-models/%d/firmware", m.ID), s.admin,
+		bytes.NewReader(img), "Content-Type", "application/octet-stream").want(t, http.StatusCreated, nil)
+	waitFleet(t, 20*time.Second, "firmware notices", func() (bool, string) {
+		missing := 0
+		for _, d := range devs[fleetOffline:] {
+			if st := d.sim.Stats(); st.FirmwareNotices != 1 || st.NotifiedFirmwareVersion != "2.4.1" {
+				missing++
+			}
+		}
+		return missing == 0, fmt.Sprintf("%d online devices without the notice", missing)
+	})
+	for _, d := range devs[:fleetOffline] {
+		if st := d.sim.Stats(); st.FirmwareNotices != 0 {
+			t.Errorf("offline %s acted on a firmware notice", d.ClientID)
+		}
+	}
+	for _, d := range devs[fleetOffline:] {
+		if v, err := d.sim.FirmwareVersion(ctx); err != nil || v != "2.4.1" {
+			t.Fatalf("%s: firmware version %q, %v", d.ClientID, v, err)
+		}
+		r, err := d.sim.FetchFirmware(ctx)
+		if err != nil {
+			t.Fatalf("%s: FetchFirmware: %v", d.ClientID, err)
+		}
+		if d.ID == resumer.ID {
+			if !r.Interrupted || r.Complete || r.Status != http.StatusOK {
+				t.Fatalf("cut download: %+v, want an interrupted 200", r)
+			}
+			if r, err = d.sim.FetchFirmware(ctx); err != nil || !r.Resumed || r.Status != http.StatusPartialContent {
+				t.Fatalf("resumed download: %+v, %v, want a 206", r, err)
+			}
+		}
+		if !r.Complete || r.SHA256 != digest || r.ETag != `"`+digest+`"` || r.Size != int64(len(img)) {
+			t.Fatalf("%s: download %+v, want the whole image with ETag %q", d.ClientID, r, digest)
+		}
+		again, err := d.sim.FetchFirmware(ctx)
+		if err != nil || !again.NotModified || again.Status != http.StatusNotModified {
+			t.Fatalf("%s: second download %+v, %v, want 304", d.ClientID, again, err)
+		}
+	}
+
+	target := devs[len(devs)-1]
+	want := json.RawMessage(`{"interval":42,"label":"fleet"}`)
+	s.do(http.MethodPut, fmt.Sprintf("/api/devices/%d", target.ID), s.admin, map[string]any{"config": want}).
+		want(t, http.StatusOK, nil)
+	waitFleet(t, 20*time.Second, "config notice", func() (bool, string) {
+		st := target.sim.Stats()
+		got := target.sim.Config()
+		return st.ConfigNotices == 1 && got != nil && sameJSON(t, got, want),
+			fmt.Sprintf("%d notices, config %s", st.ConfigNotices, got)
+	})
+	time.Sleep(time.Second) // a stray notice to another device would have arrived
+	for _, d := range devs[:len(devs)-1] {
+		if st := d.sim.Stats(); st.ConfigNotices != 0 || st.ConfigFetches != 0 {
+			t.Errorf("%s: %d config notices, %d fetches, want none (only %s changed)", d.ClientID, st.ConfigNotices, st.ConfigFetches, target.ClientID)
+		}
+	}
+}
