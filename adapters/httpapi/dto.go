@@ -90,10 +90,15 @@ func fromCreateModelDTO(in createModelDTO) (ports.NewModel, error) {
 type updateModelDTO struct {
 	Name         json.RawMessage `json:"name"`
 	ConfigSchema json.RawMessage `json:"config_schema"`
+	// Code is read only to refuse it with a reason.
+	Code json.RawMessage `json:"code"`
 }
 
 func fromUpdateModelDTO(in updateModelDTO) (ports.ModelUpdate, error) {
 	var out ports.ModelUpdate
+	if in.Code != nil {
+		return out, model.Invalid("code", "cannot be changed: a device model's code is immutable (devices' client ids contain it); create a new model instead")
+	}
 	if in.Name != nil {
 		if isJSONNull(in.Name) {
 			return out, model.Invalid("name", "must be a string, not null")

@@ -126,7 +126,9 @@ func TestDeviceModelUpdateSchemaNullVersusAbsent(t *testing.T) {
 		t.Errorf("field = %q, want name", p.Field)
 	}
 	// code is immutable: not a member of the PUT body.
-	wantProblem(t, e.sendJSON(http.MethodPut, path, tokAdmin, `{"code":"other"}`), http.StatusBadRequest)
+	if p := wantProblem(t, e.sendJSON(http.MethodPut, path, tokAdmin, `{"code":"other"}`), http.StatusBadRequest); p.Field != "code" || !strings.Contains(p.Detail, "immutable") {
+		t.Errorf("changing the code: field %q, detail %q; want it called immutable", p.Field, p.Detail)
+	}
 }
 
 func TestDeviceModelErrors(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
@@ -46,9 +47,50 @@ func compileSchema(raw json.RawMessage) (*jsonschema.Schema, error) {
 	}
 	sch, err := c.Compile(schemaURL)
 	if err != nil {
-		return nil, model.Invalid("config_schema", "not a valid JSON Schema: %s", oneLine(err.Error()))
+		return nil, model.Invalid("config_schema", "not a valid JSON Schema: %s", schemaCompileProblem(err))
 	}
 	return sch, nil
+}
+
+// schemaCompileProblem says what is wrong with a schema in the user's
+// terms: where in the schema each problem is (a JSON pointer into it) and
+// what it is, without the library's internal URLs and wording.
+func schemaCompileProblem(err error) string {
+	var le *jsonschema.LoadURLError
+	if errors.As(err, &le) {
+		return "it refers to another document (" + le.URL + "): only references within the schema are allowed"
+	}
+	var sve *jsonschema.SchemaValidationError
+	if errors.As(err, &sve) {
+		err = sve.Err // no Unwrap: the metaschema's verdict is in Err
+	}
+	var ve *jsonschema.ValidationError
+	if !errors.As(err, &ve) {
+		return oneLine(err.Error())
+	}
+	var parts []string
+	var walk func(e *jsonschema.ValidationError)
+	walk = func(e *jsonschema.ValidationError) {
+		if len(e.Causes) > 0 {
+			for _, c := range e.Causes {
+				walk(c)
+			}
+			return
+		}
+		out := e.BasicOutput()
+		if out.Error == nil {
+			return
+		}
+		part := fmt.Sprintf("at '/%s': %s", strings.Join(e.InstanceLocation, "/"), out.Error.String())
+		if !slices.Contains(parts, part) {
+			parts = append(parts, part)
+		}
+	}
+	walk(ve)
+	if len(parts) == 0 {
+		return "it does not follow JSON Schema 2020-12"
+	}
+	return strings.Join(parts, "; ")
 }
 
 // normalizeSchema checks an optional schema and returns it compacted, or

@@ -28,9 +28,9 @@ func TestCreateModelValidation(t *testing.T) {
 		{"256-char name", ports.NewModel{Code: "ok", Name: strings.Repeat("é", 256)}, "name", []string{"256"}},
 		{"invalid UTF-8 name", ports.NewModel{Code: "ok", Name: "a\xffb"}, "name", []string{"UTF-8"}},
 		{"schema not JSON", ports.NewModel{Code: "ok", Name: "n", ConfigSchema: json.RawMessage(`{"type":`)}, "config_schema", []string{"JSON"}},
-		{"schema wrong keyword type", ports.NewModel{Code: "ok", Name: "n", ConfigSchema: json.RawMessage(`{"type": 5}`)}, "config_schema", nil},
+		{"schema wrong keyword type", ports.NewModel{Code: "ok", Name: "n", ConfigSchema: json.RawMessage(`{"type": 5}`)}, "config_schema", []string{"at '/type'", "got number"}},
 		{"schema bad regexp", ports.NewModel{Code: "ok", Name: "n", ConfigSchema: json.RawMessage(`{"pattern": "("}`)}, "config_schema", nil},
-		{"schema remote $ref", ports.NewModel{Code: "ok", Name: "n", ConfigSchema: json.RawMessage(`{"$ref": "https://example.com/schema.json"}`)}, "config_schema", nil},
+		{"schema remote $ref", ports.NewModel{Code: "ok", Name: "n", ConfigSchema: json.RawMessage(`{"$ref": "https://example.com/schema.json"}`)}, "config_schema", []string{"refers to another document", "only references within the schema"}},
 		{"schema file $ref", ports.NewModel{Code: "ok", Name: "n", ConfigSchema: json.RawMessage(`{"$ref": "file:///etc/passwd"}`)}, "config_schema", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -251,5 +251,15 @@ func TestUpdateModelSchemaCheckedAgainstDevices(t *testing.T) {
 	}
 	if _, err := e.svc.UpdateModel(t.Context(), m.ID, ports.ModelUpdate{SetSchema: true}); err != nil {
 		t.Errorf("clearing the schema: %v", err)
+	}
+}
+
+func TestSchemaErrorsSpeakTheUsersTerms(t *testing.T) {
+	e := newEnv(t)
+	_, err := e.svc.CreateModel(t.Context(), ports.NewModel{Code: "s", Name: "n",
+		ConfigSchema: json.RawMessage(`{"type":"object","properties":{"n":{"maxLength":-1}}}`)})
+	wantValidation(t, err, "config_schema", "at '/properties/n/maxLength'", "want 0")
+	if strings.Contains(err.Error(), "urn:") || strings.Contains(err.Error(), "metaschema") || strings.Contains(err.Error(), "json-schema.org") {
+		t.Errorf("the error shows internals: %v", err)
 	}
 }
