@@ -317,6 +317,7 @@ func newHTTPServer(p httpParams) (*httpapi.Server, error) {
 		ViewerRole:       p.Cfg.ViewerRole,
 		AuthDisabled:     p.Cfg.AuthDisabled,
 		FirmwareMaxBytes: p.Cfg.FirmwareMaxBytes,
+		BaseURL:          p.Cfg.BaseURL,
 	}, httpapi.Deps{
 		Catalog: p.Catalog, Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation,
 		Logger: p.Log.Named("http"), Registerer: p.Metrics.Registry, Gatherer: p.Metrics.Registry,

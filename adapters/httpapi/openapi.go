@@ -537,7 +537,7 @@ func openAPIDocument(cfg Config) obj {
 		item[strings.ToLower(op.method)] = o
 	}
 
-	return obj{
+	doc := obj{
 		"openapi": "3.1.0",
 		"info": obj{
 			"title":   "espmdm",
@@ -561,4 +561,8 @@ func openAPIDocument(cfg Config) obj {
 			"responses": responses,
 		},
 	}
+	if cfg.BaseURL != "" {
+		doc["servers"] = []obj{{"url": cfg.BaseURL, "description": "this espmdm"}}
+	}
+	return doc
 }

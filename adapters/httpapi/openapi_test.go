@@ -164,3 +164,16 @@ func TestDocsPage(t *testing.T) {
 		t.Errorf("docs page loads an external asset: %q", m)
 	}
 }
+
+func TestOpenAPIServersIsTheBaseURL(t *testing.T) {
+	e := newEnv(t, withConfig(func(c *httpapi.Config) { c.BaseURL = "https://mdm.example.com" }))
+	var doc struct {
+		Servers []struct {
+			URL string `json:"url"`
+		} `json:"servers"`
+	}
+	e.get("/api/openapi.json", "").json(t, &doc)
+	if len(doc.Servers) != 1 || doc.Servers[0].URL != "https://mdm.example.com" {
+		t.Errorf("servers = %+v, want the base URL", doc.Servers)
+	}
+}

@@ -44,6 +44,8 @@ type Config struct {
 	AuthDisabled bool
 	// FirmwareMaxBytes caps firmware uploads (413 beyond it).
 	FirmwareMaxBytes int64
+	// BaseURL, when set, is the OpenAPI document's server.
+	BaseURL string
 	// JSONMaxBytes caps JSON request bodies (413 beyond it).
 	JSONMaxBytes int64
 	// RequestTimeout bounds the context every handler gets.
