@@ -24,9 +24,9 @@ test: deps
 	$(GO) vet ./...
 	$(GO) run ./integration/cmd/withstack -launcher $(LAUNCHER) -- $(GO) test $(TEST_FLAGS) ./...
 
-## bench: all benchmarks (the adapter benchmarks need the stack)
+## bench: the product benchmarks (BENCH lines, docs/benchmarks.md), then the Go benchmarks, on one stack
 bench: deps
-	$(GO) run ./integration/cmd/withstack -launcher $(LAUNCHER) -- $(GO) test -count=1 -p 1 -run '^$$' -bench . -benchmem ./...
+	$(GO) run ./integration/cmd/withstack -launcher $(LAUNCHER) -- sh -c '$(GO) run ./integration/cmd/bench -out docs/benchmarks.md && $(GO) test -count=1 -p 1 -run "^$$" -bench . -benchmem ./...'
 
 ## fuzz: each fuzz target for FUZZTIME (default 1m)
 FUZZTIME ?= 1m
@@ -41,7 +41,7 @@ lint:
 
 ## run: the whole stack plus the server (espmdm dev); Ctrl-C stops everything
 run: deps build
-	$(BIN) dev --launcher $(LAUNCHER) --env-file $(or $(ENV_FILE),.espmdm-dev.env)
+	$(BIN) dev --launcher $(LAUNCHER) --env-file $(or $(ENV_FILE),.espmdm-dev.env) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 clean:
 	rm -rf bin

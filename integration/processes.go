@@ -181,7 +181,9 @@ func (processes) NewPostgres(spec PostgresSpec) (Service, error) {
 			return nil, fmt.Errorf("postgres directory: %w", err)
 		}
 	}
-	initialised := false
+	// A data directory kept from an earlier run is initialised already.
+	_, statErr := os.Stat(filepath.Join(data, "PG_VERSION"))
+	initialised := statErr == nil
 	dsn := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", spec.Port)
 	return &procService{
 		name:         Postgres,

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -54,6 +55,13 @@ type Options struct {
 	// Log receives the services' output; nil discards it (it is also kept
 	// in each service's directory and named in start errors).
 	Log io.Writer
+	// DataDir, when set, keeps the stack in this directory across runs:
+	// PostgreSQL's data, the Keycloak realm (its H2 database), and the
+	// stack's ports and secrets (DataDir/stack.env), so that a second
+	// Start with the same DataDir comes back with the same URLs,
+	// credentials and data. Stop leaves the directory. Processes launcher
+	// only.
+	DataDir string
 	// RotationGrace is the rotated-expiration-period of the realm's
 	// secret-rotation profile (how long an old secret stays valid after a
 	// grace-mode generation); default DefaultRotationGrace. Whole seconds.
@@ -95,6 +103,7 @@ type Stack struct {
 	dir      string
 	services map[ServiceName]Service
 	attached bool   // loaded from an env file: not ours to stop
+	keep     bool   // a DataDir: Stop leaves the directory
 	control  string // control socket path (owner: serving; attached: to call)
 	stopOnce sync.Once
 	stopErr  error
@@ -107,7 +116,22 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "espmdm-stack-")
+	var dir string
+	if opts.DataDir != "" {
+		if launcher.Name() != "processes" {
+			return nil, fmt.Errorf("a data directory needs the processes launcher, not %s", launcher.Name())
+		}
+		if dir, err = filepath.Abs(opts.DataDir); err == nil {
+			err = os.MkdirAll(dir, 0o755)
+		}
+		if err == nil {
+			// Services may run as other users (postgres drops root), and
+			// every directory above DataDir must let them through too.
+			err = os.Chmod(dir, 0o755)
+		}
+	} else {
+		dir, err = os.MkdirTemp("", "espmdm-stack-")
+	}
 	if err != nil {
 		return nil, fmt.Errorf("stack directory: %w", err)
 	}
@@ -141,7 +165,13 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		}
 	}()
 
-	ports, err := freePorts(4)
+	var ports []int
+	if opts.DataDir != "" {
+		st.keep = true
+		ports, err = st.persisted(filepath.Join(dir, "stack.env"))
+	} else {
+		ports, err = freePorts(4)
+	}
 	if err != nil {
 		return st, err
 	}
@@ -277,7 +307,7 @@ func (s *Stack) Stop(ctx context.Context) error {
 				}
 			}
 		}
-		if s.dir != "" {
+		if s.dir != "" && !s.keep {
 			if err := os.RemoveAll(s.dir); err != nil {
 				errs = append(errs, err)
 			}
@@ -285,6 +315,56 @@ func (s *Stack) Stop(ctx context.Context) error {
 		s.stopErr = errors.Join(errs...)
 	})
 	return s.stopErr
+}
+
+// persisted reads the ports and secrets a data directory's earlier run
+// wrote to path, or picks and writes them on its first run, and returns
+// the ports (PostgreSQL, Mosquitto, Keycloak, Keycloak management).
+func (s *Stack) persisted(path string) ([]int, error) {
+	secrets := map[string]*string{
+		"KEYCLOAK_ADMIN_CLIENT_SECRET": &s.AdminClientSecret,
+		"OPERATOR_CLIENT_SECRET":       &s.OperatorClientSecret,
+		"VIEWER_CLIENT_SECRET":         &s.ViewerClientSecret,
+		"KEYCLOAK_ADMIN_PASSWORD":      &s.KeycloakAdminPassword,
+	}
+	names := []string{"POSTGRES_PORT", "MQTT_PORT", "KEYCLOAK_PORT", "KEYCLOAK_MANAGEMENT_PORT"}
+	env, err := ReadEnvFile(path)
+	switch {
+	case err == nil:
+		ports := make([]int, len(names))
+		for i, n := range names {
+			if ports[i], err = strconv.Atoi(env[n]); err != nil || ports[i] <= 0 {
+				return nil, fmt.Errorf("%s: %s is not a port", path, n)
+			}
+			if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", ports[i])); err != nil {
+				return nil, fmt.Errorf("port %d of this data directory (%s) is taken: is its stack running already? (%w)", ports[i], n, err)
+			} else {
+				ln.Close()
+			}
+		}
+		for k, p := range secrets {
+			if env[k] == "" {
+				return nil, fmt.Errorf("%s has no %s", path, k)
+			}
+			*p = env[k]
+		}
+		return ports, nil
+	case errors.Is(err, os.ErrNotExist):
+		ports, err := freePorts(len(names))
+		if err != nil {
+			return nil, err
+		}
+		env := map[string]string{}
+		for i, n := range names {
+			env[n] = strconv.Itoa(ports[i])
+		}
+		for k, p := range secrets {
+			env[k] = *p
+		}
+		return ports, WriteEnvFile(path, env)
+	default:
+		return nil, err
+	}
 }
 
 // Env returns the stack as KEY=value pairs: the variables `espmdm dev`

@@ -23,10 +23,10 @@ import (
 func init() { subcommands = append(subcommands, newDevCmd) }
 
 func newDevCmd() *cobra.Command {
-	var envFile, launcher string
+	var envFile, launcher, dataDir string
 	var verbose bool
 	cmd := &cobra.Command{
-		Use:   "dev [--env-file F] [--launcher auto|processes|containers]",
+		Use:   "dev [--env-file F] [--launcher auto|processes|containers] [--data-dir DIR]",
 		Short: "Start PostgreSQL, Keycloak and Mosquitto locally and serve espmdm against them",
 		Long: `Start PostgreSQL, Keycloak and Mosquitto on free loopback ports through the
 integration harness, bootstrap the Keycloak realm, migrate and serve. The serve
@@ -35,10 +35,18 @@ set comes from the stack. When ready, the URLs and the operator credentials are
 written to the env file as KEY=value lines: ESPMDM_URL, OIDC_TOKEN_URL,
 OIDC_ISSUER_URL, KEYCLOAK_URL, KEYCLOAK_REALM, MQTT_URL, DATABASE_URL,
 OPERATOR_CLIENT_ID, OPERATOR_CLIENT_SECRET. Runs until SIGINT/SIGTERM, then stops
-everything it started and removes the env file.`,
+everything it started and removes the env file.
+
+Without --data-dir everything is thrown away at the stop. With --data-dir DIR
+(processes launcher) the stack lives in DIR and the next run with the same DIR
+comes back as it was: the database (models, devices, rotation state), the
+Keycloak realm with its device clients, the firmware binaries, the ports (so
+URLs given to devices keep working), and the secrets (SECRET_KEY, the operator
+and admin clients'). Mosquitto keeps nothing (queued notifications are
+espmdm's, in memory).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runDev(cmd.Context(), cmd.ErrOrStderr(), envFile, launcher, verbose)
+			return runDev(cmd.Context(), cmd.ErrOrStderr(), envFile, launcher, dataDir, verbose)
 		},
 	}
 	cmd.Flags().StringVar(&envFile, "env-file", ".espmdm-dev.env", "file to write the stack's URLs and credentials to")
@@ -48,13 +56,14 @@ everything it started and removes the env file.`,
 	}
 	cmd.Flags().StringVar(&launcher, "launcher", def, "auto, processes or containers")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print the services' own output")
+	cmd.Flags().StringVar(&dataDir, "data-dir", "", "keep the stack's data, ports and secrets in this directory across runs")
 	return cmd
 }
 
-func runDev(ctx context.Context, stderr io.Writer, envFile, launcher string, verbose bool) (err error) {
+func runDev(ctx context.Context, stderr io.Writer, envFile, launcher, dataDir string, verbose bool) (err error) {
 	began := time.Now()
 	fmt.Fprintf(stderr, "espmdm dev: starting PostgreSQL, Keycloak and Mosquitto (launcher %s)...\n", launcher)
-	opts := integration.Options{Launcher: launcher}
+	opts := integration.Options{Launcher: launcher, DataDir: dataDir}
 	if verbose {
 		opts.Log = stderr
 	}
@@ -79,7 +88,7 @@ func runDev(ctx context.Context, stderr io.Writer, envFile, launcher string, ver
 	}()
 	fmt.Fprintf(stderr, "espmdm dev: %s stack ready in %s\n", st.Launcher, time.Since(began).Round(100*time.Millisecond))
 
-	env, err := devEnv(st, os.Getenv)
+	env, err := devEnv(st, os.Getenv, dataDir)
 	if err != nil {
 		return err
 	}
@@ -114,16 +123,36 @@ func runDev(ctx context.Context, stderr io.Writer, envFile, launcher string, ver
 
 // devEnv is the serve environment for the stack: every variable the user
 // set wins, the rest comes from the stack or is made up for local use.
-func devEnv(st *integration.Stack, getenv func(string) string) (map[string]string, error) {
+//
+// With a data directory, SECRET_KEY and HTTP_ADDR are those of its first
+// run (kept in DIR/espmdm.env), so sealed secrets still open and devices
+// find the server where their partition says.
+func devEnv(st *integration.Stack, getenv func(string) string, dataDir string) (map[string]string, error) {
 	env := map[string]string{}
 	for k, v := range st.Env() {
 		env[k] = v
 	}
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		return nil, err
+	var kept map[string]string
+	keptPath := ""
+	if dataDir != "" {
+		keptPath = filepath.Join(st.Dir(), "espmdm.env")
+		var err error
+		if kept, err = integration.ReadEnvFile(keptPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
 	}
-	env["SECRET_KEY"] = hex.EncodeToString(key)
+	if kept["SECRET_KEY"] != "" {
+		env["SECRET_KEY"] = kept["SECRET_KEY"]
+	} else {
+		key := make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			return nil, err
+		}
+		env["SECRET_KEY"] = hex.EncodeToString(key)
+	}
+	if kept["HTTP_ADDR"] != "" {
+		env["HTTP_ADDR"] = kept["HTTP_ADDR"]
+	}
 	env["FIRMWARE_DIR"] = filepath.Join(st.Dir(), "firmware")
 	env["LOG_FORMAT"] = "console"
 	env["MQTT_CLIENT_ID"] = "espmdm-dev"
@@ -139,6 +168,11 @@ func devEnv(st *integration.Stack, getenv func(string) string) (map[string]strin
 		}
 		env["HTTP_ADDR"] = ln.Addr().String()
 		ln.Close()
+	}
+	if keptPath != "" && kept["SECRET_KEY"] == "" {
+		if err := integration.WriteEnvFile(keptPath, map[string]string{"SECRET_KEY": env["SECRET_KEY"], "HTTP_ADDR": env["HTTP_ADDR"]}); err != nil {
+			return nil, err
+		}
 	}
 	if env["BASE_URL"] == "" {
 		_, port, err := net.SplitHostPort(env["HTTP_ADDR"])

@@ -237,7 +237,7 @@ func (s *realmSetup) changed(format string, args ...any) {
 	s.res.Changes = append(s.res.Changes, fmt.Sprintf(format, args...))
 }
 
-// setupError is a failed admin call, with what to do about it.
+// callError describes a failed admin call, with what to do about it.
 func (s *realmSetup) callError(op string, status int, body []byte) error {
 	var kc struct {
 		Error            string `json:"error"`
@@ -300,12 +300,12 @@ func (s *realmSetup) login(ctx context.Context) (string, error) {
 	tokenURL := s.o.url + "/realms/" + url.PathEscape(s.o.adminRealm) + "/protocol/openid-connect/token"
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, tokenURL, strings.NewReader(form.Encode()))
 	if err != nil {
-		return "", fmt.Errorf("log in to Keycloak at %s: %v", s.o.url, err)
+		return "", fmt.Errorf("log in to Keycloak at %s: %w", s.o.url, err)
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return "", fmt.Errorf("cannot reach Keycloak at %s: %v; check --url", s.o.url, unwrapURLError(err))
+		return "", fmt.Errorf("cannot reach Keycloak at %s: %w; check --url", s.o.url, unwrapURLError(err))
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
@@ -359,13 +359,13 @@ func (s *realmSetup) call(ctx context.Context, op, method, path string, in any, 
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return 0, nil, fmt.Errorf("%s: %v", op, err)
+			return 0, nil, fmt.Errorf("%s: %w", op, err)
 		}
 		r = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, s.o.url+"/admin"+path, r)
 	if err != nil {
-		return 0, nil, fmt.Errorf("%s: %v", op, err)
+		return 0, nil, fmt.Errorf("%s: %w", op, err)
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Accept", "application/json")
@@ -374,12 +374,12 @@ func (s *realmSetup) call(ctx context.Context, op, method, path string, in any, 
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return 0, nil, fmt.Errorf("%s: cannot reach Keycloak at %s: %v", op, s.o.url, unwrapURLError(err))
+		return 0, nil, fmt.Errorf("%s: cannot reach Keycloak at %s: %w", op, s.o.url, unwrapURLError(err))
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 32<<20))
 	if err != nil {
-		return 0, nil, fmt.Errorf("%s: %v", op, err)
+		return 0, nil, fmt.Errorf("%s: %w", op, err)
 	}
 	if resp.StatusCode/100 == 2 || slices.Contains(accept, resp.StatusCode) {
 		return resp.StatusCode, body, nil
@@ -397,7 +397,7 @@ func (s *realmSetup) getJSON(ctx context.Context, op, path string, v any) (found
 		return false, nil
 	}
 	if err := json.Unmarshal(body, v); err != nil {
-		return false, fmt.Errorf("%s: unexpected answer: %v", op, err)
+		return false, fmt.Errorf("%s: unexpected answer: %w", op, err)
 	}
 	return true, nil
 }

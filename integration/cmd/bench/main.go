@@ -1,0 +1,119 @@
+// Command bench runs the benchmark scenarios of integration/bench (SPEC
+// §10) against the integration stack named by $ESPMDM_STACK_ENV, or a stack
+// of its own, prints one `BENCH <name> key=value …` line per scenario and
+// writes the figures with the machine they ran on to docs/benchmarks.md:
+//
+//	go run ./integration/cmd/withstack -- go run ./integration/cmd/bench [-scenarios a,b] [-out docs/benchmarks.md]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/espmdm/espmdm/integration"
+	"github.com/espmdm/espmdm/integration/bench"
+)
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	all := bench.All()
+	var names []string
+	for _, s := range all {
+		names = append(names, s.Name)
+	}
+	list := flag.String("scenarios", "", "comma-separated scenarios to run (default all: "+strings.Join(names, ",")+")")
+	out := flag.String("out", "docs/benchmarks.md", "Markdown file to write the figures to; empty: print only")
+	launcher := flag.String("launcher", os.Getenv("ESPMDM_LAUNCHER"), "launcher of a stack of its own (without $ESPMDM_STACK_ENV)")
+	duration := flag.Duration("duration", 10*time.Second, "duration of each closed-loop load")
+	samples := flag.Int("samples", 200, "sequential requests per latency figure")
+	flag.Parse()
+	scenarios, err := bench.Select(all, *list)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var st *integration.Stack
+	if path := os.Getenv(integration.EnvStackFile); path != "" {
+		st, err = integration.Attach(path)
+	} else {
+		fmt.Fprintln(os.Stderr, "bench: starting a stack of its own (set $ESPMDM_STACK_ENV to use a running one)")
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		st, err = integration.Start(sctx, integration.Options{Launcher: *launcher})
+		cancel()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	defer func() {
+		if err := st.Stop(context.Background()); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: stop the stack:", err)
+		}
+	}()
+
+	tmp, err := os.MkdirTemp("", "espmdm-bench-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	env := &bench.Env{Stack: st, Log: os.Stderr, TempDir: tmp, Samples: *samples, Duration: *duration}
+
+	machine := bench.DescribeMachine(ctx, st)
+	code := 0
+	var runs []bench.Run
+	for _, s := range scenarios {
+		if ctx.Err() != nil {
+			break
+		}
+		began := time.Now()
+		res, err := s.Run(ctx, env)
+		r := bench.Run{Scenario: s, Result: res, Err: err, Elapsed: time.Since(began)}
+		runs = append(runs, r)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %s failed: %v\n", s.Name, err)
+			code = 1
+			continue
+		}
+		fmt.Println(bench.Line(s.Name, res))
+		fmt.Fprintf(os.Stderr, "bench: %s took %s\n", s.Name, r.Elapsed.Round(100*time.Millisecond))
+	}
+	if ctx.Err() != nil {
+		fmt.Fprintln(os.Stderr, "bench: interrupted; not writing", *out)
+		return 130
+	}
+	if *out != "" {
+		if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		f, err := os.Create(*out)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		if err := bench.WriteMarkdown(f, machine, runs); err != nil {
+			f.Close()
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		if err := f.Close(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		fmt.Fprintln(os.Stderr, "bench: wrote", *out)
+	}
+	return code
+}
