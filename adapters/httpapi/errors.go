@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 
 	"github.com/gofiber/fiber/v2"
 	"go.uber.org/zap"
@@ -124,6 +125,29 @@ func fiberProblem(code int) Problem {
 	return newProblem(code, "bad-request", "the request could not be processed")
 }
 
+// tokenProblem is the RFC 6750 error_description of a refused token: a
+// fixed phrase for the kind of refusal, which tells the caller nothing its
+// own token does not (never the token, nor an expected issuer or key).
+func tokenProblem(err error) string {
+	msg := strings.ToLower(err.Error())
+	for _, k := range []struct{ has, say string }{
+		{"expired", "the token has expired"},
+		{"not valid yet", "the token is not valid yet"},
+		{"issuer", "the token is from another issuer"},
+		{"audience", "the token lacks the audience this API needs"},
+		{"a device token", "a device token is not accepted by the admin API"},
+		{"is a device", "a device token is not accepted by the admin API"},
+		{"unknown device", "the token's device is not known"},
+		{"another device model", "the token's device is not known"},
+		{"malformed bearer", "the Authorization header is not Bearer <token>"},
+	} {
+		if strings.Contains(msg, k.has) {
+			return k.say
+		}
+	}
+	return "the token was refused"
+}
+
 func newProblem(status int, kind, detail string) Problem {
 	return Problem{Type: problemTypePrefix + kind, Title: http.StatusText(status), Status: status, Detail: detail}
 }
@@ -149,7 +173,7 @@ func (s *Server) handleError(c *fiber.Ctx, err error) error {
 	if p.Status == http.StatusUnauthorized {
 		c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="espmdm"`)
 		if !errors.Is(err, errNoToken) {
-			c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="espmdm", error="invalid_token"`)
+			c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="espmdm", error="invalid_token", error_description="`+tokenProblem(err)+`"`)
 		}
 	}
 	// Headers describing a body that is not sent any more.
