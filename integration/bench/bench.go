@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/espmdm/espmdm/integration"
+	"github.com/espmdm/espmdm/integration/bench/fleetrotation"
 )
 
 // Scenario is one benchmark.
@@ -35,7 +36,9 @@ type Scenario struct {
 
 // All lists every scenario, in the order the command runs them.
 func All() []Scenario {
-	return []Scenario{IOTConfig(), Provisioning(), Scale()}
+	var fleets []fleetrotation.Result
+	return []Scenario{IOTConfig(), Provisioning(), Scale(),
+		FleetRotation("grace", &fleets), FleetRotation("restore", &fleets)}
 }
 
 // Env is what a scenario runs with.
@@ -50,6 +53,9 @@ type Env struct {
 	Samples int
 	// Duration is how long each closed-loop load runs (default 10 s).
 	Duration time.Duration
+
+	// ChartPath, when set, is where fleet_rotation draws its PNG chart.
+	ChartPath string
 
 	binary string // the espmdm binary, built on first use
 }

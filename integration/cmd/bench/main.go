@@ -70,6 +70,9 @@ func run() int {
 	}
 	defer os.RemoveAll(tmp)
 	env := &bench.Env{Stack: st, Log: os.Stderr, TempDir: tmp, Samples: *samples, Duration: *duration}
+	if *out != "" {
+		env.ChartPath = filepath.Join(filepath.Dir(*out), "fleet_rotation.png")
+	}
 
 	machine := bench.DescribeMachine(ctx, st)
 	code := 0

@@ -1,0 +1,394 @@
+// Package fleetrotation benchmarks credential rotation of a simulated
+// ESP32 fleet (integration/devicesim) against a real espmdm started in this
+// process on an integration stack, and compares its rate with the floor
+// Keycloak itself sets for the same work.
+package fleetrotation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/espmdm/espmdm/integration"
+	"github.com/espmdm/espmdm/integration/devicesim"
+)
+
+// Options configure Run. Zero values take the defaults named.
+type Options struct {
+	Mode              string  // "grace" (default) or "restore"
+	Devices           int     // default 1000
+	Concurrency       int     // ROTATION_CONCURRENCY, default 10
+	Offline           float64 // fraction of devices offline throughout
+	CrashAfterFetch   float64 // fraction crashing (once) after the fetch
+	CrashAfterPersist float64 // fraction crashing (once) after persisting
+	// Timeout and Retry are ROTATION_TIMEOUT_SECONDS and
+	// ROTATION_RETRY_SECONDS (whole seconds); default 10 s and 5 s.
+	Timeout, Retry time.Duration
+	// Wait bounds the rotation (trigger until every online device is OK);
+	// default 10 min.
+	Wait time.Duration
+	// FloorClients is the number of raw Keycloak clients of the floor
+	// measurement; default 100 (at most Devices).
+	FloorClients int
+	// CreateConcurrency is how many devices are created at once; default 4.
+	CreateConcurrency int
+	// Log receives progress lines; nil discards them. Lines never hold a
+	// secret or a token.
+	Log func(format string, args ...any)
+}
+
+// Result is one run's measurements.
+type Result struct {
+	Mode        string
+	Devices     int
+	Concurrency int
+	Online      int     // devices expected to confirm
+	Seconds     float64 // trigger until every online device is OK
+	// RotationsPerS is Online / Seconds.
+	RotationsPerS float64
+	// Lockouts counts devices that at the end get no token with any
+	// secret they hold (devicesim CheckAll).
+	Lockouts int
+	// LockoutDeviceS is the fleet's locked-out device-seconds of the run.
+	LockoutDeviceS float64
+	// P50ms, P99ms are per-device confirm latencies (nudge → ack).
+	P50ms, P99ms float64
+	// KeycloakFloorPerS is the rate of the same Keycloak work per rotation
+	// done directly against Keycloak at the same concurrency.
+	KeycloakFloorPerS float64
+	Ratio             float64 // RotationsPerS / KeycloakFloorPerS
+	Projected100kH    float64 // hours for 100,000 devices at RotationsPerS
+	// Progress is devices confirmed against seconds since the trigger.
+	Progress []Point
+}
+
+// Point is one progress sample.
+type Point struct {
+	Seconds   float64
+	Confirmed int
+}
+
+// BenchLine is the result as one BENCH line.
+func (r Result) BenchLine() string {
+	return fmt.Sprintf("BENCH fleet_rotation mode=%s devices=%d concurrency=%d seconds=%.1f rotations_per_s=%.2f lockouts=%d lockout_device_s=%.1f p50_ms=%.0f p99_ms=%.0f keycloak_floor_per_s=%.2f ratio=%.3f projected_100k_h=%.2f",
+		r.Mode, r.Devices, r.Concurrency, r.Seconds, r.RotationsPerS, r.Lockouts, r.LockoutDeviceS,
+		r.P50ms, r.P99ms, r.KeycloakFloorPerS, r.Ratio, r.Projected100kH)
+}
+
+func (o *Options) defaults() error {
+	if o.Mode == "" {
+		o.Mode = "grace"
+	}
+	if o.Mode != "grace" && o.Mode != "restore" {
+		return fmt.Errorf("fleetrotation: mode %q is neither grace nor restore", o.Mode)
+	}
+	if o.Devices <= 0 {
+		o.Devices = 1000
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 10
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 10 * time.Second
+	}
+	if o.Retry <= 0 {
+		o.Retry = 5 * time.Second
+	}
+	if o.Wait <= 0 {
+		o.Wait = 10 * time.Minute
+	}
+	if o.FloorClients <= 0 {
+		o.FloorClients = 100
+	}
+	o.FloorClients = min(o.FloorClients, o.Devices)
+	if o.CreateConcurrency <= 0 {
+		o.CreateConcurrency = 4
+	}
+	for _, f := range []float64{o.Offline, o.CrashAfterFetch, o.CrashAfterPersist} {
+		if f < 0 || f > 1 {
+			return fmt.Errorf("fleetrotation: fraction %v outside [0, 1]", f)
+		}
+	}
+	if o.Offline+o.CrashAfterFetch+o.CrashAfterPersist > 1 {
+		return fmt.Errorf("fleetrotation: behaviour fractions add up to more than 1")
+	}
+	if o.Log == nil {
+		o.Log = func(string, ...any) {}
+	}
+	return nil
+}
+
+// behaviours assigns the behaviours to n devices in a fixed pseudo-random
+// order, so offline and crashing devices are spread through the queue.
+func behaviours(o Options) []devicesim.Behaviour {
+	n := o.Devices
+	bs := make([]devicesim.Behaviour, n)
+	perm := rand.New(rand.NewPCG(1, 2)).Perm(n)
+	k := 0
+	assign := func(frac float64, b devicesim.Behaviour) {
+		for c := int(math.Round(frac * float64(n))); c > 0 && k < n; c-- {
+			bs[perm[k]] = b
+			k++
+		}
+	}
+	assign(o.Offline, devicesim.Behaviour{Offline: true})
+	assign(o.CrashAfterFetch, devicesim.Behaviour{Crash: devicesim.CrashAfterFetch})
+	assign(o.CrashAfterPersist, devicesim.Behaviour{Crash: devicesim.CrashAfterPersist})
+	return bs
+}
+
+type deviceDTO struct {
+	ID       int64  `json:"id"`
+	Key      string `json:"key"`
+	ClientID string `json:"client_id"`
+}
+
+type statusDTO struct {
+	Mode          string         `json:"mode"`
+	CountsByState map[string]int `json:"counts_by_state"`
+}
+
+// Run provisions a fleet through espmdm's admin API, rotates it, checks it
+// for lockouts, measures the Keycloak floor and removes everything it
+// created.
+func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err error) {
+	if err := o.defaults(); err != nil {
+		return Result{}, err
+	}
+	if st == nil {
+		return Result{}, errors.New("fleetrotation: no stack")
+	}
+	res = Result{Mode: o.Mode, Devices: o.Devices, Concurrency: o.Concurrency}
+	logf := o.Log
+	secs := func(d time.Duration) string { return fmt.Sprint(int64(math.Max(1, math.Round(d.Seconds())))) }
+	srv, err := startServer(ctx, st, map[string]string{
+		"ROTATION_MODE":            o.Mode,
+		"ROTATION_CONCURRENCY":     fmt.Sprint(o.Concurrency),
+		"ROTATION_TIMEOUT_SECONDS": secs(o.Timeout),
+		"ROTATION_RETRY_SECONDS":   secs(o.Retry),
+	})
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		if e := srv.stop(); e != nil && err == nil {
+			err = e
+		}
+	}()
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64, MaxIdleConns: 128}}
+	defer hc.CloseIdleConnections()
+	c := &api{http: hc, base: srv.base, tok: newTokenSource(hc, st.TokenURL, st.OperatorClientID, st.OperatorClientSecret)}
+
+	var status statusDTO
+	if _, err := c.call(ctx, http.MethodGet, "/api/rotation/status", nil, &status, http.StatusOK); err != nil {
+		return res, err
+	}
+	if status.Mode != o.Mode {
+		return res, fmt.Errorf("fleetrotation: espmdm rotates in mode %q, want %q", status.Mode, o.Mode)
+	}
+
+	var model struct {
+		ID int64 `json:"id"`
+	}
+	if _, err := c.call(ctx, http.MethodPost, "/api/device-models", map[string]any{"code": "bench_" + randHex(4), "name": "Bench sensor"}, &model, http.StatusCreated); err != nil {
+		return res, err
+	}
+	var (
+		mu      sync.Mutex
+		created []int64
+	)
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
+		defer cancel()
+		began := time.Now()
+		e := forEach(cctx, created, o.CreateConcurrency, func(ctx context.Context, id int64) error {
+			_, err := c.call(ctx, http.MethodDelete, "/api/devices/"+itoa(id), nil, nil, http.StatusNoContent, http.StatusNotFound)
+			return err
+		})
+		if e == nil {
+			_, e = c.call(cctx, http.MethodDelete, "/api/device-models/"+itoa(model.ID), nil, nil, http.StatusNoContent, http.StatusNotFound)
+		}
+		logf("fleetrotation: deleted %d devices in %s", len(created), time.Since(began).Round(time.Millisecond))
+		if e != nil && err == nil {
+			err = fmt.Errorf("fleetrotation: clean up: %w", e)
+		}
+	}()
+
+	fleet, err := devicesim.NewFleet(ctx, devicesim.Config{
+		BrokerURL: st.MQTTURL, Concurrency: 2*o.Concurrency + 8, LockoutRetry: 500 * time.Millisecond,
+		HTTPTimeout: 30 * time.Second,
+		Logf:        func(format string, args ...any) { logf(format, args...) },
+	})
+	if err != nil {
+		return res, err
+	}
+	defer fleet.Close(context.WithoutCancel(ctx))
+
+	// Provision: create each device and boot it from its partition.
+	bs := behaviours(o)
+	began := time.Now()
+	var done atomic.Int64
+	idx := make([]int, o.Devices)
+	for i := range idx {
+		idx[i] = i
+	}
+	err = forEach(ctx, idx, o.CreateConcurrency, func(ctx context.Context, i int) error {
+		var d deviceDTO
+		if _, err := c.call(ctx, http.MethodPost, "/api/devices", map[string]any{"device_model_id": model.ID, "config": map[string]any{}}, &d, http.StatusCreated); err != nil {
+			return err
+		}
+		mu.Lock()
+		created = append(created, d.ID)
+		mu.Unlock()
+		var body []byte
+		if _, err := c.call(ctx, http.MethodGet, "/api/devices/"+itoa(d.ID)+"/provisioning", nil, &body, http.StatusOK); err != nil {
+			return err
+		}
+		part, err := devicesim.PartitionFromJSON(body)
+		if err != nil {
+			return err
+		}
+		sim, err := fleet.Add(part)
+		if err != nil {
+			return err
+		}
+		if sim.ClientID() != d.ClientID {
+			return fmt.Errorf("fleetrotation: partition of %s holds %s", d.ClientID, sim.ClientID())
+		}
+		sim.SetBehaviour(bs[i])
+		if n := done.Add(1); n%100 == 0 || int(n) == o.Devices {
+			logf("fleetrotation: %s: %d/%d devices created (%.1f/s)", o.Mode, n, o.Devices, float64(n)/time.Since(began).Seconds())
+		}
+		return nil
+	})
+	if err != nil {
+		return res, err
+	}
+	online := 0
+	for _, b := range bs {
+		if !b.Offline {
+			online++
+		}
+	}
+	res.Online = online
+
+	// Rotate.
+	var trig struct {
+		QueuedCount int `json:"queued_count"`
+	}
+	trigAt := time.Now()
+	if _, err := c.call(ctx, http.MethodPost, "/api/rotation/trigger", nil, &trig, http.StatusAccepted); err != nil {
+		return res, err
+	}
+	if trig.QueuedCount != o.Devices {
+		return res, fmt.Errorf("fleetrotation: trigger queued %d devices, want %d", trig.QueuedCount, o.Devices)
+	}
+	logf("fleetrotation: %s: triggered, %d devices queued, %d online", o.Mode, trig.QueuedCount, online)
+	res.Progress = []Point{{0, 0}}
+	wctx, cancel := context.WithTimeout(ctx, o.Wait)
+	defer cancel()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	lastLog := time.Now()
+	for {
+		select {
+		case <-wctx.Done():
+			fs := fleet.Stats()
+			return res, fmt.Errorf("fleetrotation: rotation not done after %s: %d of %d online devices OK; fleet: %d nudges, %d fetches, %d acks, %d crashes, %d errors (%w)",
+				o.Wait, res.Progress[len(res.Progress)-1].Confirmed, online, fs.Total.Nudges, fs.Total.Fetches, fs.Total.Acks, fs.Total.Crashes, fs.Total.Errors, wctx.Err())
+		case <-tick.C:
+		}
+		var s statusDTO
+		if _, err := c.call(wctx, http.MethodGet, "/api/rotation/status", nil, &s, http.StatusOK); err != nil {
+			if wctx.Err() != nil {
+				continue
+			}
+			return res, err
+		}
+		ok := s.CountsByState["OK"]
+		el := time.Since(trigAt)
+		res.Progress = append(res.Progress, Point{Seconds: el.Seconds(), Confirmed: ok})
+		if time.Since(lastLog) > 5*time.Second {
+			logf("fleetrotation: %s: %.0f s: %d/%d confirmed, states %v", o.Mode, el.Seconds(), ok, online, s.CountsByState)
+			lastLog = time.Now()
+		}
+		if ok >= online {
+			res.Seconds = el.Seconds()
+			break
+		}
+	}
+	res.RotationsPerS = float64(online) / res.Seconds
+	res.Projected100kH = 100000 / res.RotationsPerS / 3600
+	fs := fleet.Stats()
+	res.P50ms = float64(fs.ConfirmLatency.P50) / float64(time.Millisecond)
+	res.P99ms = float64(fs.ConfirmLatency.P99) / float64(time.Millisecond)
+	logf("fleetrotation: %s: %d online devices confirmed in %.1f s (%.1f/s); %d nudges, %d fetches, %d acks, %d crashes, %d errors",
+		o.Mode, online, res.Seconds, res.RotationsPerS, fs.Total.Nudges, fs.Total.Fetches, fs.Total.Acks, fs.Total.Crashes, fs.Total.Errors)
+
+	cctx, ccancel := context.WithTimeout(ctx, 3*time.Minute)
+	rep, err := fleet.CheckAll(cctx)
+	ccancel()
+	if err != nil {
+		return res, fmt.Errorf("fleetrotation: CheckAll: %w", err)
+	}
+	if rep.Unchecked > 0 {
+		return res, fmt.Errorf("fleetrotation: CheckAll: %d devices unchecked: %w", rep.Unchecked, rep.Err)
+	}
+	res.Lockouts = len(rep.LockedOut)
+	res.LockoutDeviceS = rep.LockedOutSeconds
+	logf("fleetrotation: %s: CheckAll of %d devices: %d locked out, %d lockout periods, %.1f device-seconds",
+		o.Mode, rep.Devices, res.Lockouts, rep.Lockouts, rep.LockedOutSeconds)
+
+	floor, err := keycloakFloor(ctx, st, hc, o.Mode, o.FloorClients, o.Concurrency, logf)
+	if err != nil {
+		return res, err
+	}
+	res.KeycloakFloorPerS = floor
+	if floor > 0 {
+		res.Ratio = res.RotationsPerS / floor
+	}
+	return res, nil
+}
+
+// forEach runs fn for every item, n at a time; the first error stops the
+// rest and is returned.
+func forEach[T any](ctx context.Context, items []T, n int, fn func(context.Context, T) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sem := make(chan struct{}, max(n, 1))
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+	)
+	for _, it := range items {
+		if ctx.Err() != nil {
+			break
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := fn(ctx, it); err != nil {
+				once.Do(func() { first = err; cancel() })
+			}
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	return ctx.Err()
+}
