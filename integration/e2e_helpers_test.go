@@ -115,23 +115,19 @@ func serverVars(t *testing.T, st *integration.Stack, env map[string]string) map[
 	addr := ln.Addr().String()
 	ln.Close()
 	vars := map[string]string{
-		"DATABASE_URL":                 "",
-		"HTTP_ADDR":                    addr,
-		"BASE_URL":                     "http://" + addr,
-		"KEYCLOAK_URL":                 st.KeycloakURL,
-		"KEYCLOAK_REALM":               st.Realm,
-		"KEYCLOAK_ADMIN_CLIENT_ID":     st.AdminClientID,
-		"KEYCLOAK_ADMIN_CLIENT_SECRET": st.AdminClientSecret,
-		"OIDC_ISSUER_URL":              st.IssuerURL,
-		"DEVICE_AUDIENCE":              st.DeviceAudience,
-		"MQTT_URL":                     st.MQTTURL,
-		"MQTT_CLIENT_ID":               "e2e-" + randHex(4),
-		"WIFI_SSID":                    "lab-net",
-		"WIFI_PASSWORD":                "wifi-" + randHex(8),
-		"FIRMWARE_DIR":                 t.TempDir(),
-		"SECRET_KEY":                   randHex(32),
-		"LOG_LEVEL":                    "debug",
-		"SHUTDOWN_TIMEOUT":             "5s",
+		"DATABASE_URL":     "",
+		"HTTP_ADDR":        addr,
+		"BASE_URL":         "http://" + addr,
+		"MQTT_CLIENT_ID":   "e2e-" + randHex(4),
+		"WIFI_SSID":        "lab-net",
+		"WIFI_PASSWORD":    "wifi-" + randHex(8),
+		"FIRMWARE_DIR":     t.TempDir(),
+		"SECRET_KEY":       randHex(32),
+		"LOG_LEVEL":        "debug",
+		"SHUTDOWN_TIMEOUT": "5s",
+	}
+	for k, v := range st.ServeEnv() {
+		vars[k] = v
 	}
 	for k, v := range env {
 		vars[k] = v

@@ -367,6 +367,23 @@ func (s *Stack) persisted(path string) ([]int, error) {
 	}
 }
 
+// ServeEnv returns the `espmdm serve` variables the stack determines: where
+// Keycloak, its realm, the admin client, the device audience and the broker
+// are. A server on the stack adds its own DATABASE_URL, HTTP_ADDR, BASE_URL,
+// SECRET_KEY and FIRMWARE_DIR.
+func (s *Stack) ServeEnv() map[string]string {
+	return map[string]string{
+		"KEYCLOAK_URL":                 s.KeycloakURL,
+		"KEYCLOAK_REALM":               s.Realm,
+		"KEYCLOAK_ADMIN_CLIENT_ID":     s.AdminClientID,
+		"KEYCLOAK_ADMIN_CLIENT_SECRET": s.AdminClientSecret,
+		"OIDC_ISSUER_URL":              s.IssuerURL,
+		"OIDC_TOKEN_URL":               s.TokenURL,
+		"DEVICE_AUDIENCE":              s.DeviceAudience,
+		"MQTT_URL":                     s.MQTTURL,
+	}
+}
+
 // Env returns the stack as KEY=value pairs: the variables `espmdm dev`
 // writes and `espmdm serve` reads.
 func (s *Stack) Env() map[string]string {

@@ -90,22 +90,18 @@ func (e *Env) serverVars(dbURL string, extra map[string]string) (map[string]stri
 	}
 	st := e.Stack
 	vars := map[string]string{
-		"DATABASE_URL":                 dbURL,
-		"HTTP_ADDR":                    addr,
-		"BASE_URL":                     "http://" + addr,
-		"KEYCLOAK_URL":                 st.KeycloakURL,
-		"KEYCLOAK_REALM":               st.Realm,
-		"KEYCLOAK_ADMIN_CLIENT_ID":     st.AdminClientID,
-		"KEYCLOAK_ADMIN_CLIENT_SECRET": st.AdminClientSecret,
-		"OIDC_ISSUER_URL":              st.IssuerURL,
-		"DEVICE_AUDIENCE":              st.DeviceAudience,
-		"MQTT_URL":                     st.MQTTURL,
-		"MQTT_CLIENT_ID":               "bench-" + randHex(4),
-		"FIRMWARE_DIR":                 dir,
-		"SECRET_KEY":                   randHex(32),
-		"RECONCILE_INTERVAL":           "24h",
-		"SHUTDOWN_TIMEOUT":             "5s",
-		"LOG_LEVEL":                    "info",
+		"DATABASE_URL":       dbURL,
+		"HTTP_ADDR":          addr,
+		"BASE_URL":           "http://" + addr,
+		"MQTT_CLIENT_ID":     "bench-" + randHex(4),
+		"FIRMWARE_DIR":       dir,
+		"SECRET_KEY":         randHex(32),
+		"RECONCILE_INTERVAL": "24h",
+		"SHUTDOWN_TIMEOUT":   "5s",
+		"LOG_LEVEL":          "info",
+	}
+	for k, v := range st.ServeEnv() {
+		vars[k] = v
 	}
 	for k, v := range extra {
 		vars[k] = v

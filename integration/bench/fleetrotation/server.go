@@ -79,27 +79,22 @@ func startServer(ctx context.Context, st *integration.Stack, env map[string]stri
 	}
 	dbURL.Path = "/" + s.dbName
 	vars := map[string]string{
-		"DATABASE_URL":                 dbURL.String(),
-		"HTTP_ADDR":                    addr,
-		"BASE_URL":                     s.base,
-		"KEYCLOAK_URL":                 st.KeycloakURL,
-		"KEYCLOAK_REALM":               st.Realm,
-		"KEYCLOAK_ADMIN_CLIENT_ID":     st.AdminClientID,
-		"KEYCLOAK_ADMIN_CLIENT_SECRET": st.AdminClientSecret,
-		"OIDC_ISSUER_URL":              st.IssuerURL,
-		"OIDC_TOKEN_URL":               st.TokenURL,
-		"DEVICE_AUDIENCE":              st.DeviceAudience,
-		"MQTT_URL":                     st.MQTTURL,
-		"MQTT_CLIENT_ID":               "bench-" + randHex(4),
-		"WIFI_SSID":                    "bench-net",
-		"WIFI_PASSWORD":                "wifi-" + randHex(8),
-		"FIRMWARE_DIR":                 fwDir,
-		"SECRET_KEY":                   randHex(32),
-		"LOG_LEVEL":                    "warn",
-		"SHUTDOWN_TIMEOUT":             "5s",
-		"RECONCILE_INTERVAL":           "24h",
-		"ROTATION_TICK_SECONDS":        "1",
-		"INSTANCE_NAME":                "bench-" + randHex(3),
+		"DATABASE_URL":          dbURL.String(),
+		"HTTP_ADDR":             addr,
+		"BASE_URL":              s.base,
+		"MQTT_CLIENT_ID":        "bench-" + randHex(4),
+		"WIFI_SSID":             "bench-net",
+		"WIFI_PASSWORD":         "wifi-" + randHex(8),
+		"FIRMWARE_DIR":          fwDir,
+		"SECRET_KEY":            randHex(32),
+		"LOG_LEVEL":             "warn",
+		"SHUTDOWN_TIMEOUT":      "5s",
+		"RECONCILE_INTERVAL":    "24h",
+		"ROTATION_TICK_SECONDS": "1",
+		"INSTANCE_NAME":         "bench-" + randHex(3),
+	}
+	for k, v := range st.ServeEnv() {
+		vars[k] = v
 	}
 	if st.RotationGrace > 0 {
 		vars["ROTATION_GRACE"] = st.RotationGrace.String()
