@@ -55,6 +55,9 @@ type firmwareDTO struct {
 	ChipID  int    `json:"chip_id"`
 	SHA256  string `json:"sha256"`
 	Size    int64  `json:"size"`
+	// Only in upload responses.
+	SecureVersion uint32   `json:"secure_version"`
+	Warnings      []string `json:"warnings"`
 }
 
 type identityDTO struct {
@@ -414,6 +417,63 @@ func TestE2EFirmware(t *testing.T) {
 		t.Errorf("%s after the model was deleted: %v, want it gone", dir, err)
 	}
 	s.do(http.MethodGet, fwPath, s.viewer, nil).wantProblem(t, http.StatusNotFound)
+}
+
+// TestE2EFirmwareSecureVersion: re-uploading the current image changes
+// nothing; an image anti-rollback devices would refuse is refused unless
+// forced, and the response says where an upload goes backwards.
+func TestE2EFirmwareSecureVersion(t *testing.T) {
+	s := startServer(t, nil)
+	m := newModel(t, s, nil)
+	msgs := subscribe(t, s.st, "iotsupport/"+m.Code+"/firmware")
+	fwPath := fmt.Sprintf("/api/device-models/%d/firmware", m.ID)
+	image := func(version string, secure uint32) []byte {
+		desc := esp32imagetest.SampleDesc(esp32image.ChipESP32)
+		desc.Version, desc.SecureVersion = version, secure
+		return esp32imagetest.New(esp32image.ChipESP32, 3, true, &desc).Bytes()
+	}
+	upload := func(query string, img []byte, status int) firmwareDTO {
+		t.Helper()
+		var fw firmwareDTO
+		s.request(http.MethodPost, fwPath+query, s.admin, bytes.NewReader(img), "Content-Type", "application/octet-stream").
+			want(t, status, &fw)
+		return fw
+	}
+	v2 := image("2.0.0", 2)
+	first := upload("", v2, http.StatusCreated)
+	if first.SecureVersion != 2 || first.Warnings == nil || len(first.Warnings) != 0 {
+		t.Fatalf("first upload = %+v, want secure_version 2 and no warnings", first)
+	}
+	nextMessage(t, msgs, "iotsupport/"+m.Code+"/firmware")
+	if again := upload("", v2, http.StatusOK); again.ID != first.ID {
+		t.Errorf("re-upload = %+v, want the existing record %d", again, first.ID)
+	}
+
+	older := image("2.1.0", 1)
+	detail := s.request(http.MethodPost, fwPath, s.admin, bytes.NewReader(older), "Content-Type", "application/octet-stream").
+		wantProblem(t, http.StatusConflict)
+	if !strings.Contains(detail, "secure_version 1 is lower than 2") || !strings.Contains(detail, "force") {
+		t.Errorf("409 detail %q does not name both secure versions and force", detail)
+	}
+	forced := upload("?force=true", older, http.StatusCreated)
+	if forced.SecureVersion != 1 || len(forced.Warnings) != 1 || !strings.Contains(forced.Warnings[0], "secure_version goes backwards from 2") {
+		t.Errorf("forced upload = %+v, want one secure_version warning", forced)
+	}
+	if p := nextMessage(t, msgs, "iotsupport/"+m.Code+"/firmware"); !strings.Contains(string(p.Payload), "2.1.0") {
+		t.Errorf("forced release notified %q, want 2.1.0", p.Payload)
+	}
+	select {
+	case p := <-msgs:
+		t.Errorf("unexpected notification %q (the identical re-upload must not notify)", p.Payload)
+	default:
+	}
+	var hist struct {
+		Versions []firmwareDTO `json:"versions"`
+	}
+	s.do(http.MethodGet, fwPath+"/versions", s.viewer, nil).want(t, http.StatusOK, &hist)
+	if len(hist.Versions) != 2 || hist.Versions[0].SecureVersion != 1 || hist.Versions[1].SecureVersion != 2 {
+		t.Errorf("history = %+v, want the forced 2.1.0 (secure 1) over 2.0.0 (secure 2)", hist.Versions)
+	}
 }
 
 func TestE2EDevices(t *testing.T) {

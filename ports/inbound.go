@@ -75,7 +75,7 @@ type Catalog interface {
 
 	// UploadFirmware validates data as an ESP32 app image for the model
 	// and makes it the model's current firmware.
-	UploadFirmware(ctx context.Context, modelID int64, data []byte) (model.Firmware, error)
+	UploadFirmware(ctx context.Context, modelID int64, data []byte, opts model.UploadOptions) (model.FirmwareUpload, error)
 	// OpenFirmware returns the model's current firmware and its content.
 	OpenFirmware(ctx context.Context, modelID int64) (model.Firmware, Blob, error)
 	ListFirmware(ctx context.Context, modelID int64) ([]model.Firmware, error)

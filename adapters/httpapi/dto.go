@@ -227,7 +227,21 @@ type firmwareDTO struct {
 	ChipID        int    `json:"chip_id"`
 	SHA256        string `json:"sha256"`
 	Size          int64  `json:"size"`
+	SecureVersion uint32 `json:"secure_version"`
 	UploadedAt    string `json:"uploaded_at"`
+}
+
+type firmwareUploadDTO struct {
+	firmwareDTO
+	Warnings []string `json:"warnings"`
+}
+
+func toFirmwareUploadDTO(u model.FirmwareUpload) firmwareUploadDTO {
+	w := u.Warnings
+	if w == nil {
+		w = []string{}
+	}
+	return firmwareUploadDTO{firmwareDTO: toFirmwareDTO(u.Firmware), Warnings: w}
 }
 
 func toFirmwareDTO(f model.Firmware) firmwareDTO {
@@ -241,6 +255,7 @@ func toFirmwareDTO(f model.Firmware) firmwareDTO {
 		ChipID:        f.ChipID,
 		SHA256:        f.SHA256,
 		Size:          f.Size,
+		SecureVersion: f.SecureVersion,
 		UploadedAt:    timestamp(f.UploadedAt),
 	}
 }

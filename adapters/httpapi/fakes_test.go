@@ -38,15 +38,16 @@ type fakeCatalog struct {
 	delay time.Duration
 
 	// Recorded inputs.
-	lastFilter    ports.DeviceFilter
-	lastUpdate    ports.ModelUpdate
-	lastDevUpdate ports.DeviceUpdate
-	lastNewModel  ports.NewModel
-	lastNewDevice ports.NewDevice
-	lastNVSSize   int
-	lastUpload    []byte
-	lastCtx       context.Context
-	openBlobs     atomic.Int64
+	lastFilter     ports.DeviceFilter
+	lastUpdate     ports.ModelUpdate
+	lastDevUpdate  ports.DeviceUpdate
+	lastNewModel   ports.NewModel
+	lastNewDevice  ports.NewDevice
+	lastNVSSize    int
+	lastUploadOpts model.UploadOptions
+	lastUpload     []byte
+	lastCtx        context.Context
+	openBlobs      atomic.Int64
 }
 
 type storedFirmware struct {
@@ -222,21 +223,22 @@ func (f *fakeCatalog) DeleteModel(ctx context.Context, id int64) error {
 	return nil
 }
 
-func (f *fakeCatalog) UploadFirmware(ctx context.Context, modelID int64, data []byte) (model.Firmware, error) {
+func (f *fakeCatalog) UploadFirmware(ctx context.Context, modelID int64, data []byte, opts model.UploadOptions) (model.FirmwareUpload, error) {
 	if err := f.enter(ctx, "UploadFirmware"); err != nil {
-		return model.Firmware{}, err
+		return model.FirmwareUpload{}, err
 	}
 	f.mu.Lock()
 	f.lastUpload = data
+	f.lastUploadOpts = opts
 	_, ok := f.models[modelID]
 	f.mu.Unlock()
 	if !ok {
-		return model.Firmware{}, model.ErrNotFound
+		return model.FirmwareUpload{}, model.ErrNotFound
 	}
 	if !bytes.HasPrefix(data, []byte{0xE9}) {
-		return model.Firmware{}, model.Invalid("firmware", "bad magic byte 0x%02x at offset 0 (want 0xe9)", firstByte(data))
+		return model.FirmwareUpload{}, model.Invalid("firmware", "bad magic byte 0x%02x at offset 0 (want 0xe9)", firstByte(data))
 	}
-	return f.addFirmware(modelID, "1.0.0", data), nil
+	return model.FirmwareUpload{Firmware: f.addFirmware(modelID, "1.0.0", data)}, nil
 }
 
 func firstByte(b []byte) byte {

@@ -288,3 +288,33 @@ func TestFirmwareVersions(t *testing.T) {
 		t.Errorf("body = %s", got)
 	}
 }
+
+func TestFirmwareUploadForceAndWarnings(t *testing.T) {
+	e := newEnv(t)
+	e.cat.addModel("sensor", "")
+	upload := func(query string) response {
+		return e.do(request{method: http.MethodPost, path: "/api/device-models/1/firmware" + query, token: tokAdmin,
+			body: bytes.NewReader(testImage(3000)), contentType: "application/octet-stream"})
+	}
+	r := upload("?force=true")
+	wantStatus(t, r, http.StatusCreated)
+	if !e.cat.lastUploadOpts.Force {
+		t.Error("?force=true did not reach the catalog")
+	}
+	var body map[string]any
+	r.json(t, &body)
+	if w, ok := body["warnings"].([]any); !ok || len(w) != 0 {
+		t.Errorf("warnings = %#v, want an empty array", body["warnings"])
+	}
+	if _, ok := body["secure_version"]; !ok {
+		t.Error("response has no secure_version")
+	}
+	wantStatus(t, upload(""), http.StatusCreated)
+	if e.cat.lastUploadOpts.Force {
+		t.Error("force without ?force=true")
+	}
+	p := wantProblem(t, upload("?force=1"), http.StatusBadRequest)
+	if p.Field != "force" {
+		t.Errorf("field = %q, want force", p.Field)
+	}
+}

@@ -81,12 +81,8 @@ func (s *Server) updateModel(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	switch c.Query("force") {
-	case "", "false":
-	case "true":
-		upd.Force = true
-	default:
-		return model.Invalid("force", "must be true or false")
+	if upd.Force, err = forceQuery(c); err != nil {
+		return err
 	}
 	m, err := s.catalog.UpdateModel(c.UserContext(), id, upd)
 	if err != nil {
@@ -116,16 +112,35 @@ func (s *Server) uploadFirmware(c *fiber.Ctx) error {
 	if err := requireIdentityEncoding(c); err != nil {
 		return err
 	}
+	force, err := forceQuery(c)
+	if err != nil {
+		return err
+	}
 	data, err := s.firmwareBody(c)
 	if err != nil {
 		return err
 	}
-	fw, err := s.catalog.UploadFirmware(c.UserContext(), id, data)
+	up, err := s.catalog.UploadFirmware(c.UserContext(), id, data, model.UploadOptions{Force: force})
 	if err != nil {
 		return err
 	}
 	c.Location(fmt.Sprintf("/api/device-models/%d/firmware", id))
-	return c.Status(fiber.StatusCreated).JSON(toFirmwareDTO(fw))
+	status := fiber.StatusCreated
+	if up.Unchanged {
+		status = fiber.StatusOK
+	}
+	return c.Status(status).JSON(toFirmwareUploadDTO(up))
+}
+
+// forceQuery reads the optional force=true|false query parameter.
+func forceQuery(c *fiber.Ctx) (bool, error) {
+	switch c.Query("force") {
+	case "", "false":
+		return false, nil
+	case "true":
+		return true, nil
+	}
+	return false, model.Invalid("force", "must be true or false")
 }
 
 func (s *Server) firmwareBody(c *fiber.Ctx) ([]byte, error) {

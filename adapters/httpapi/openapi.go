@@ -131,14 +131,18 @@ func operations() []operation {
 			params: []obj{idParam, {"name": "force", "in": "query", "schema": obj{"type": "boolean", "default": false},
 				"description": "apply a new config_schema even when existing device configs do not match it"}},
 			body:      ref("DeviceModelUpdate"),
-			responses: obj{"200": jsonResponse("the updated model", ref("DeviceModel"))}, errorCodes: []int{400, 404, 413, 415}},
+			responses: obj{"200": jsonResponse("the updated model", ref("DeviceModel"))}, errorCodes: []int{400, 404, 409, 413, 415}},
 		{method: "DELETE", path: "/api/device-models/{id}", id: "deleteDeviceModel", tag: "device models", auth: "write",
 			summary: "Delete a device model (409 while devices use it)", params: withID,
 			responses: obj{"204": obj{"description": "deleted"}}, errorCodes: []int{400, 404, 409}},
 		{method: "POST", path: "/api/device-models/{id}/firmware", id: "uploadFirmware", tag: "firmware", auth: "write",
-			summary:     "Upload an ESP32 application image as the model's current firmware",
-			description: "The image is the raw body (application/octet-stream) or the multipart/form-data field \"file\". It is parsed and validated; the response is its metadata.",
-			params:      withID,
+			summary: "Upload an ESP32 application image as the model's current firmware",
+			description: "The image is the raw body (application/octet-stream) or the multipart/form-data field \"file\". It is parsed and validated; the response is its metadata. " +
+				"The model's current image again changes nothing (200, the existing record, no notification). An image whose secure_version is lower " +
+				"than the current firmware's is refused (409) unless force=true, since devices with anti-rollback would refuse it; " +
+				"warnings say where an accepted upload goes backwards.",
+			params: []obj{idParam, {"name": "force", "in": "query", "schema": obj{"type": "boolean", "default": false},
+				"description": "accept an image whose secure_version is lower than the current firmware's"}},
 			body: obj{
 				"application/octet-stream": obj{"schema": obj{"type": "string", "format": "binary"}},
 				"multipart/form-data": obj{"schema": obj{
@@ -146,8 +150,11 @@ func operations() []operation {
 					"properties": obj{"file": obj{"type": "string", "format": "binary"}},
 				}},
 			},
-			responses:  obj{"201": jsonResponse("stored; Location is the download URL", ref("Firmware"))},
-			errorCodes: []int{400, 404, 413, 415}},
+			responses: obj{
+				"201": jsonResponse("stored and devices told; Location is the download URL", ref("FirmwareUpload")),
+				"200": jsonResponse("the image is the current firmware already: its record, nothing changed", ref("FirmwareUpload")),
+			},
+			errorCodes: []int{400, 404, 409, 413, 415}},
 		{method: "GET", path: "/api/device-models/{id}/firmware", id: "downloadFirmware", tag: "firmware", auth: "read",
 			summary: "Download the model's current firmware", params: append(append([]obj{}, withID...), firmwareDownloadParams...),
 			responses: firmwareDownload("the whole firmware file"), errorCodes: []int{400, 404, 416}},
@@ -403,7 +410,7 @@ func schemas() obj {
 		"Firmware": obj{
 			"type": "object",
 			"required": []string{"id", "device_model_id", "version", "project_name", "idf_version", "chip", "chip_id",
-				"sha256", "size", "uploaded_at"},
+				"sha256", "size", "secure_version", "uploaded_at"},
 			"properties": obj{
 				"id":              obj{"type": "integer", "format": "int64"},
 				"device_model_id": obj{"type": "integer", "format": "int64"},
@@ -414,8 +421,19 @@ func schemas() obj {
 				"chip_id":         obj{"type": "integer"},
 				"sha256":          obj{"type": "string", "pattern": "^[0-9a-f]{64}$"},
 				"size":            obj{"type": "integer", "format": "int64"},
-				"uploaded_at":     dateTime,
+				"secure_version": obj{"type": "integer", "minimum": 0, "maximum": 4294967295,
+					"description": "the app descriptor's secure_version (anti-rollback); 0 for uploads recorded before it was kept"},
+				"uploaded_at": dateTime,
 			},
+		},
+		"FirmwareUpload": obj{
+			"allOf": []obj{ref("Firmware"), {
+				"type": "object", "required": []string{"warnings"},
+				"properties": obj{"warnings": obj{
+					"type": "array", "items": obj{"type": "string"},
+					"description": "where the upload goes backwards against the firmware it replaced (a forced lower secure_version, a lower version); empty otherwise",
+				}},
+			}},
 		},
 		"FirmwareList": obj{
 			"type": "object", "required": []string{"versions"},

@@ -69,6 +69,7 @@ type firmwareRow struct {
 	ChipID        int       `bun:"chip_id,notnull"`
 	SHA256        string    `bun:"sha256,notnull"`
 	Size          int64     `bun:"size,notnull"`
+	SecureVersion int64     `bun:"secure_version,notnull"`
 	UploadedAt    time.Time `bun:"uploaded_at,notnull,nullzero,default:now()"`
 }
 
@@ -156,6 +157,7 @@ func firmwareToRow(f *model.Firmware) firmwareRow {
 		ChipID:        f.ChipID,
 		SHA256:        f.SHA256,
 		Size:          f.Size,
+		SecureVersion: int64(f.SecureVersion),
 		UploadedAt:    utc(f.UploadedAt),
 	}
 }
@@ -171,6 +173,7 @@ func firmwareFromRow(r *firmwareRow) model.Firmware {
 		ChipID:        r.ChipID,
 		SHA256:        r.SHA256,
 		Size:          r.Size,
+		SecureVersion: uint32(r.SecureVersion), //nolint:gosec // the column's CHECK keeps it in uint32's range
 		UploadedAt:    utc(r.UploadedAt),
 	}
 }

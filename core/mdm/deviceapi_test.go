@@ -137,7 +137,7 @@ func TestDeviceConfigAndFirmware(t *testing.T) {
 	wantIs(t, err, model.ErrNotFound)
 
 	data := image(esp32image.ChipESP32C6, "3.1.4")
-	up, err := e.svc.UploadFirmware(t.Context(), m.ID, data)
+	up, err := e.svc.UploadFirmware(t.Context(), m.ID, data, model.UploadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func TestDeviceConfigAndFirmware(t *testing.T) {
 	}
 	defer blob.Close()
 	got, _ := io.ReadAll(blob)
-	if f != up || !bytes.Equal(got, data) {
+	if f != up.Firmware || !bytes.Equal(got, data) {
 		t.Errorf("DeviceFirmware: %+v (%d bytes), want %+v (%d bytes)", f, len(got), up, len(data))
 	}
 }

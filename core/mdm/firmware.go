@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/espmdm/espmdm/core/model"
 	"github.com/espmdm/espmdm/esp32image"
@@ -14,42 +16,72 @@ import (
 
 // UploadFirmware validates data as an ESP32 application image and makes it
 // the model's current firmware: the image must be valid (magic, segments,
-// checksum, appended SHA-256), carry an app descriptor with a version, and
-// be for the same chip as the model's current firmware. The binary is
+// checksum, appended SHA-256), carry an app descriptor with a version, be
+// for the same chip as the model's current firmware, and not have a lower
+// secure_version than it unless opts.Force (anti-rollback devices would
+// refuse it; a conflict names both values). The binary is
 // stored under its SHA-256, the upload is recorded in the model's history
 // and devices are told (a notification failure goes to OnError). Uploading
-// the model's current image again changes nothing and returns its record:
-// no history row, no notification.
-func (s *Service) UploadFirmware(ctx context.Context, modelID int64, data []byte) (model.Firmware, error) {
+// the model's current image again changes nothing and returns its record
+// (Unchanged): no history row, no notification. Warnings say where the
+// upload goes backwards against the firmware it replaces.
+func (s *Service) UploadFirmware(ctx context.Context, modelID int64, data []byte, opts model.UploadOptions) (model.FirmwareUpload, error) {
+	f, warnings, unchanged, err := s.uploadFirmware(ctx, modelID, data, opts)
+	if err != nil {
+		return model.FirmwareUpload{}, err
+	}
+	return model.FirmwareUpload{Firmware: f, Unchanged: unchanged, Warnings: warnings}, nil
+}
+
+func (s *Service) uploadFirmware(ctx context.Context, modelID int64, data []byte, opts model.UploadOptions) (_ model.Firmware, warnings []string, unchanged bool, _ error) {
 	if int64(len(data)) > s.cfg.FirmwareMaxBytes {
-		return model.Firmware{}, fmt.Errorf("firmware of %d bytes exceeds the limit of %d bytes: %w",
+		return model.Firmware{}, nil, false, fmt.Errorf("firmware of %d bytes exceeds the limit of %d bytes: %w",
 			len(data), s.cfg.FirmwareMaxBytes, model.ErrTooLarge)
 	}
 	m, err := s.d.Models.GetModel(ctx, modelID)
 	if err != nil {
-		return model.Firmware{}, fmt.Errorf("upload firmware: get device model %d: %w", modelID, err)
+		return model.Firmware{}, nil, false, fmt.Errorf("upload firmware: get device model %d: %w", modelID, err)
 	}
 	if len(data) == 0 {
-		return model.Firmware{}, model.Invalid("firmware", "empty upload: expected an ESP32 application image")
+		return model.Firmware{}, nil, false, model.Invalid("firmware", "empty upload: expected an ESP32 application image")
 	}
 	img, err := esp32image.Parse(data)
 	if err != nil {
-		return model.Firmware{}, model.Invalid("firmware", "%s", err.Error())
+		return model.Firmware{}, nil, false, model.Invalid("firmware", "%s", err.Error())
 	}
 	if img.AppDesc == nil {
-		return model.Firmware{}, model.Invalid("firmware",
+		return model.Firmware{}, nil, false, model.Invalid("firmware",
 			"the image has no application descriptor (esp_app_desc_t): not an ESP-IDF application image")
 	}
 	if img.AppDesc.Version == "" {
-		return model.Firmware{}, model.Invalid("firmware", "the application descriptor has an empty version")
+		return model.Firmware{}, nil, false, model.Invalid("firmware", "the application descriptor has an empty version")
 	}
 	chip := img.Header.ChipID
 	// The first upload sets the model's chip; later ones must match it.
-	sameChip := func(cur *model.Firmware) error {
-		if cur != nil && cur.ChipID != int(chip) {
+	secure := img.AppDesc.SecureVersion
+	// against checks the image against the current firmware: the same
+	// chip, and no lower secure_version unless forced.
+	against := func(cur *model.Firmware) error {
+		warnings = nil
+		if cur == nil {
+			return nil
+		}
+		if cur.ChipID != int(chip) {
 			return model.Invalid("firmware",
 				"the image is for %s (chip id %d) but device model %s runs %s firmware (chip id %d)",
 				chip, int(chip), m.Code, cur.Chip, cur.ChipID)
+		}
+		if secure < cur.SecureVersion {
+			if !opts.Force {
+				return model.Conflict("the image's secure_version %d is lower than %d of device model %s's current firmware %s: "+
+					"devices with anti-rollback would refuse it; upload with force to replace it anyway",
+					secure, cur.SecureVersion, m.Code, cur.Version)
+			}
+			warnings = append(warnings, fmt.Sprintf("secure_version goes backwards from %d (firmware %s) to %d: "+
+				"devices with anti-rollback will refuse this image", cur.SecureVersion, cur.Version, secure))
+		}
+		if versionBefore(img.AppDesc.Version, cur.Version) {
+			warnings = append(warnings, fmt.Sprintf("version goes backwards from %s to %s", cur.Version, img.AppDesc.Version))
 		}
 		return nil
 	}
@@ -61,17 +93,17 @@ func (s *Service) UploadFirmware(ctx context.Context, modelID int64, data []byte
 	cur, err := s.d.Firmware.CurrentFirmware(ctx, m.ID)
 	switch {
 	case err == nil && cur.SHA256 == digest:
-		return cur, nil // the current image again
+		return cur, nil, true, nil // the current image again
 	case err == nil:
-		if err := sameChip(&cur); err != nil {
-			return model.Firmware{}, err
+		if err := against(&cur); err != nil {
+			return model.Firmware{}, nil, false, err
 		}
 	case !errors.Is(err, model.ErrNotFound):
-		return model.Firmware{}, fmt.Errorf("upload firmware: current firmware of %s: %w", m.Code, err)
+		return model.Firmware{}, nil, false, fmt.Errorf("upload firmware: current firmware of %s: %w", m.Code, err)
 	}
 
 	if err := s.d.Store.Put(ctx, m.Code, digest, data); err != nil {
-		return model.Firmware{}, fmt.Errorf("upload firmware: store binary: %w", err)
+		return model.Firmware{}, nil, false, fmt.Errorf("upload firmware: store binary: %w", err)
 	}
 	f := model.Firmware{
 		DeviceModelID: m.ID,
@@ -82,6 +114,7 @@ func (s *Service) UploadFirmware(ctx context.Context, modelID int64, data []byte
 		ChipID:        int(chip),
 		SHA256:        digest,
 		Size:          int64(len(data)),
+		SecureVersion: secure,
 		UploadedAt:    s.now(),
 	}
 	var again *model.Firmware
@@ -90,18 +123,18 @@ func (s *Service) UploadFirmware(ctx context.Context, modelID int64, data []byte
 			again = cur // a concurrent upload of the same image won
 			return errSameImage
 		}
-		return sameChip(cur)
+		return against(cur)
 	})
 	switch {
 	case errors.Is(err, errSameImage):
-		return *again, nil
+		return *again, nil, true, nil
 	case err != nil:
-		return model.Firmware{}, fmt.Errorf("upload firmware: record: %w", err)
+		return model.Firmware{}, nil, false, fmt.Errorf("upload firmware: record: %w", err)
 	}
 	if err := s.d.Notifier.FirmwareReleased(ctx, m.Code, f.Version); err != nil {
 		s.report(ctx, "upload firmware: notify release", fmt.Errorf("device model %s: %w", m.Code, err))
 	}
-	return f, nil
+	return f, warnings, false, nil
 }
 
 // errSameImage stops a recording whose image is already current.
@@ -139,4 +172,47 @@ func (s *Service) ListFirmware(ctx context.Context, modelID int64) ([]model.Firm
 		return nil, fmt.Errorf("list firmware of device model %d: %w", modelID, err)
 	}
 	return fs, nil
+}
+
+// versionBefore reports whether version a is lower than b when both are
+// dotted numbers ("1.2.3", "v5.1", a "-rc1" or "+build" suffix ignored);
+// versions of any other shape are not compared.
+func versionBefore(a, b string) bool {
+	pa, okA := dottedVersion(a)
+	pb, okB := dottedVersion(b)
+	if !okA || !okB {
+		return false
+	}
+	for i := range max(len(pa), len(pb)) {
+		var x, y uint64
+		if i < len(pa) {
+			x = pa[i]
+		}
+		if i < len(pb) {
+			y = pb[i]
+		}
+		if x != y {
+			return x < y
+		}
+	}
+	return false
+}
+
+func dottedVersion(v string) ([]uint64, bool) {
+	v = strings.TrimPrefix(v, "v")
+	if i := strings.IndexAny(v, "-+"); i >= 0 {
+		v = v[:i]
+	}
+	if v == "" {
+		return nil, false
+	}
+	var out []uint64
+	for _, part := range strings.Split(v, ".") {
+		n, err := strconv.ParseUint(part, 10, 32)
+		if err != nil {
+			return nil, false
+		}
+		out = append(out, n)
+	}
+	return out, true
 }

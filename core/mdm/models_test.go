@@ -174,11 +174,11 @@ func TestDeleteModelRemovesItsFirmwareBinaries(t *testing.T) {
 	e := newEnv(t)
 	gone, kept := e.model(t, "gone", ""), e.model(t, "kept", "")
 	for _, v := range []string{"1.0.0", "1.1.0"} {
-		if _, err := e.svc.UploadFirmware(t.Context(), gone.ID, image(esp32image.ChipESP32C3, v)); err != nil {
+		if _, err := e.svc.UploadFirmware(t.Context(), gone.ID, image(esp32image.ChipESP32C3, v), model.UploadOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := e.svc.UploadFirmware(t.Context(), kept.ID, image(esp32image.ChipESP32C3, "2.0.0")); err != nil {
+	if _, err := e.svc.UploadFirmware(t.Context(), kept.ID, image(esp32image.ChipESP32C3, "2.0.0"), model.UploadOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if got := e.fw.Len(); got != 3 {

@@ -118,7 +118,29 @@ type Firmware struct {
 	ChipID        int
 	SHA256        string // lower-case hex of the whole file
 	Size          int64
+	// SecureVersion is the app descriptor's secure_version: devices with
+	// anti-rollback (eFuse-backed) refuse an image whose value is lower
+	// than the one they run.
+	SecureVersion uint32
 	UploadedAt    time.Time
+}
+
+// UploadOptions are an admin's choices for one firmware upload.
+type UploadOptions struct {
+	// Force accepts an image whose secure_version is lower than the
+	// current firmware's, which anti-rollback devices will refuse.
+	Force bool
+}
+
+// FirmwareUpload is the outcome of a firmware upload.
+type FirmwareUpload struct {
+	Firmware
+	// Unchanged is true when the image was the current firmware already:
+	// nothing was recorded and no device was told.
+	Unchanged bool
+	// Warnings say where the upload goes backwards (secure_version when
+	// forced, or the version string) against the firmware it replaces.
+	Warnings []string
 }
 
 // IdentityStatus is the state of a device's client in the identity

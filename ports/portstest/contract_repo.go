@@ -727,7 +727,7 @@ func (x repoFixture) fw(m model.DeviceModel, version string, at time.Time) model
 	_, _ = rand.Read(sum)
 	return model.Firmware{
 		DeviceModelID: m.ID, Version: version, ProjectName: "contract", IDFVersion: "v5.3.1",
-		Chip: "esp32", ChipID: 0, SHA256: hex.EncodeToString(sum), Size: 123456, UploadedAt: at,
+		Chip: "esp32", ChipID: 0, SHA256: hex.EncodeToString(sum), Size: 123456, SecureVersion: 4294967295, UploadedAt: at,
 	}
 }
 
@@ -735,7 +735,8 @@ func wantFirmware(t *testing.T, what string, got, want model.Firmware) {
 	t.Helper()
 	if got.ID != want.ID || got.DeviceModelID != want.DeviceModelID || got.Version != want.Version ||
 		got.ProjectName != want.ProjectName || got.IDFVersion != want.IDFVersion || got.Chip != want.Chip ||
-		got.ChipID != want.ChipID || got.SHA256 != want.SHA256 || got.Size != want.Size || !got.UploadedAt.Equal(want.UploadedAt) {
+		got.ChipID != want.ChipID || got.SHA256 != want.SHA256 || got.Size != want.Size || got.SecureVersion != want.SecureVersion ||
+		!got.UploadedAt.Equal(want.UploadedAt) {
 		t.Errorf("%s: got %+v, want %+v", what, got, want)
 	}
 }

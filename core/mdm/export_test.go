@@ -1,0 +1,4 @@
+package mdm
+
+// VersionBefore exposes versionBefore to the black-box tests.
+var VersionBefore = versionBefore
