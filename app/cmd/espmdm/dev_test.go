@@ -336,6 +336,9 @@ func TestDev(t *testing.T) {
 		t.Errorf("GET /api/rotation/status = %d %s, want 200 with mode grace", code, body)
 	}
 
+	// The README's recipes, as written, against this dev stack.
+	runREADMERecipes(t, bin, envFile)
+
 	// What runs: with the processes launcher, the three services are
 	// descendants, which is what makes the check after the stop mean
 	// something.
