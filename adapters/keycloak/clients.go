@@ -207,6 +207,26 @@ func (a *Admin) lookup(ctx context.Context, op, clientID string) (*found, error)
 }
 
 // mustLookup is lookup with a missing client as model.ErrNotFound.
+// getByUUID reads one client's representation; a missing one is
+// model.ErrNotFound.
+func (a *Admin) getByUUID(ctx context.Context, op, uuid string) (*found, error) {
+	req := request{op: op, method: http.MethodGet, url: a.clientURL(uuid), auth: true, sensitive: true}
+	resp, err := a.do(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	var c found
+	if err := resp.decode(req, &c.rep); err != nil {
+		return nil, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(resp.body))
+	dec.UseNumber() // numbers go back unchanged
+	if err := dec.Decode(&c.raw); err != nil || c.rep.ID != uuid {
+		return nil, unavailable(op, errors.New("undecodable client representation"))
+	}
+	return &c, nil
+}
+
 func (a *Admin) mustLookup(ctx context.Context, op, clientID string) (*found, error) {
 	c, err := a.lookup(ctx, op, clientID)
 	if err == nil && c == nil {

@@ -134,6 +134,34 @@ func (a *Admin) CoverClient(ctx context.Context, clientID string) (updated bool,
 	return true, nil
 }
 
+// CoveredSecret implements ports.IdentityProvider with one GET of the
+// client's representation (by its remembered UUID), which carries both the
+// secret and the rotation attributes CoverClient looks at, and a PUT only
+// for an uncovered client. This spares grace-mode generation the search by
+// clientId and the separate secret read.
+func (a *Admin) CoveredSecret(ctx context.Context, clientID string) (secret string, err error) {
+	defer func(start time.Time) { a.observe("CoveredSecret", start, err) }(time.Now())
+	op := "read and cover client " + clientID
+	err = a.withUUID(ctx, op, clientID, func(uuid string) error {
+		c, err := a.getByUUID(ctx, op, uuid)
+		if err != nil {
+			return err
+		}
+		v, _ := c.raw["secret"].(string)
+		if v == "" || v == masked {
+			return unavailable(op, errors.New("keycloak returned the client without its secret (does the service account hold manage-clients?)"))
+		}
+		if !covered(c.rep.Attributes) {
+			if _, err := a.do(ctx, request{op: op, method: http.MethodPut, url: a.clientURL(uuid), body: c.forUpdate(), auth: true, sensitive: true}); err != nil {
+				return err
+			}
+		}
+		secret = v
+		return nil
+	})
+	return secret, err
+}
+
 // covered reports whether a secret-rotation executor has run on a client
 // (Keycloak's hasClientSecretExpirationTime: a positive expiry).
 func covered(attrs map[string]string) bool {

@@ -49,6 +49,11 @@ type Verifier struct {
 	device *jwt.Parser
 	admin  *jwt.Parser
 	keys   *keySet
+	// verified remembers tokens whose signature and claims were checked,
+	// so a device reusing its token skips the RSA verification.
+	verified *verifiedCache
+	leeway   time.Duration
+	now      func() time.Time
 }
 
 var _ ports.TokenVerifier = (*Verifier)(nil)
@@ -113,6 +118,9 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 			url: cfg.JWKSURL, http: cfg.HTTPClient, timeout: cfg.Timeout,
 			minInterval: cfg.RefreshInterval, maxAge: cfg.MaxKeyAge, now: cfg.Now,
 		},
+		verified: newVerifiedCache(verifiedCacheSize),
+		leeway:   cfg.Leeway,
+		now:      cfg.Now,
 	}, nil
 }
 
@@ -183,6 +191,15 @@ func (v *Verifier) parse(ctx context.Context, p *jwt.Parser, raw string) (*claim
 	if len(raw) > maxTokenLen {
 		return nil, denied("token too long")
 	}
+	key := cacheKey(p == v.admin, raw)
+	if c, ok := v.verified.get(key); ok {
+		// Checked before; only time has moved since.
+		if !v.now().Before(c.ExpiresAt.Add(v.leeway)) {
+			v.verified.remove(key)
+			return nil, denied("expired")
+		}
+		return c, nil
+	}
 	var c claims
 	_, err := p.ParseWithClaims(raw, &c, func(t *jwt.Token) (any, error) {
 		kid, _ := t.Header["kid"].(string)
@@ -212,6 +229,7 @@ func (v *Verifier) parse(ctx context.Context, p *jwt.Parser, raw string) (*claim
 	if c.Typ != "" && c.Typ != "Bearer" {
 		return nil, denied("not an access token (typ)")
 	}
+	v.verified.put(key, &c)
 	return &c, nil
 }
 

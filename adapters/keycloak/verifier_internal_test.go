@@ -384,3 +384,63 @@ func FuzzParseJWKS(f *testing.F) {
 		}
 	})
 }
+
+// TestVerifiedTokensAreRemembered: a token accepted once is accepted again
+// without its signature being checked (the cache holds it), still expires
+// on time, is kept apart per parser (a device token does not become an
+// admin one), and a refused token is not remembered.
+func TestVerifiedTokensAreRemembered(t *testing.T) {
+	start := time.Unix(1_800_000_000, 0)
+	now := start
+	k := newTestKeys(t)
+	v := offlineVerifier(t, k, start, func(c *VerifierConfig) {
+		c.Now = func() time.Time { return now }
+		c.Leeway = time.Second
+	})
+	tok := k.sign(t, "RS256", nil, deviceClaims(start))
+	first, err := v.VerifyDevice(t.Context(), tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := v.verified.len(); n != 1 {
+		t.Fatalf("after one accepted token the cache holds %d, want 1", n)
+	}
+	// Without the keys, only the cache can accept it.
+	v.keys.keys = map[string]sigKey{}
+	again, err := v.VerifyDevice(t.Context(), tok)
+	if err != nil || again != first {
+		t.Fatalf("second verification = %+v, %v; want %+v from the cache", again, err, first)
+	}
+	if _, err := v.VerifyAdmin(t.Context(), tok); err == nil {
+		t.Error("a device token remembered by the device parser was accepted as an admin token")
+	}
+	forged := k.sign(t, "RS256", nil, with(deviceClaims(start), "aud", "someone-else"))
+	if _, err := v.VerifyDevice(t.Context(), forged); err == nil {
+		t.Fatal("wrong audience accepted")
+	}
+	if n := v.verified.len(); n != 1 {
+		t.Errorf("a refused token changed the cache to %d entries", n)
+	}
+	now = start.Add(5*time.Minute + time.Second) // exp + leeway
+	if _, err := v.VerifyDevice(t.Context(), tok); !errors.Is(err, model.ErrUnauthenticated) || !strings.Contains(err.Error(), "expired") {
+		t.Errorf("remembered token after exp + leeway = %v, want expired", err)
+	}
+	if n := v.verified.len(); n != 0 {
+		t.Errorf("an expired token stays in the cache (%d entries)", n)
+	}
+}
+
+func TestVerifiedCacheIsBounded(t *testing.T) {
+	c := newVerifiedCache(3)
+	exp := jwt.NewNumericDate(time.Unix(1_800_000_000, 0))
+	for i := range 10 {
+		c.put(cacheKey(false, string(rune('a'+i))), &claims{RegisteredClaims: jwt.RegisteredClaims{ExpiresAt: exp}})
+		if n := c.len(); n > 3 {
+			t.Fatalf("cache of 3 holds %d", n)
+		}
+	}
+	c.put(cacheKey(false, "no exp"), &claims{})
+	if _, ok := c.get(cacheKey(false, "no exp")); ok {
+		t.Error("claims without exp were cached")
+	}
+}

@@ -211,6 +211,7 @@ func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 func TestUnknownKidRefetchesTheJWKS(t *testing.T) {
 	st := integration.Shared(t)
 	_, raw := deviceToken(t, st)
+	_, later := deviceToken(t, st) // first seen after the JWKS went stale
 	claims, _ := unverifiedClaims(t, raw)
 	forger, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -254,9 +255,17 @@ func TestUnknownKidRefetchesTheJWKS(t *testing.T) {
 		}
 	}
 
-	// A cache older than MaxKeyAge is refreshed on the next token.
+	// A cache older than MaxKeyAge is refreshed on the next token whose
+	// signature must be checked; a token verified before is only checked
+	// for expiry.
 	advance(2 * time.Hour)
 	if _, err := v.VerifyDevice(t.Context(), raw); err == nil || !errors.Is(err, model.ErrUnauthenticated) {
+		t.Errorf("VerifyDevice of a remembered token two hours later: got %v, want ErrUnauthenticated (expired)", err)
+	}
+	if got := ct.n.Load(); got != 3 {
+		t.Errorf("an expired remembered token fetched the JWKS: %d fetches, want 3", got)
+	}
+	if _, err := v.VerifyDevice(t.Context(), later); err == nil || !errors.Is(err, model.ErrUnauthenticated) {
 		// The token itself expired two hours ago.
 		t.Errorf("VerifyDevice two hours later: got %v, want ErrUnauthenticated (expired)", err)
 	}

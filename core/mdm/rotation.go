@@ -516,20 +516,20 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 		if err != nil {
 			return err
 		}
-		cur, err := s.d.Identity.ClientSecret(ctx, clientID)
+		// In grace mode, Keycloak applies the rotation policy at a
+		// client's creation or update only: make sure it covers this one
+		// (read with the secret, in one request), or the old secret would
+		// die at generation.
+		read := s.d.Identity.ClientSecret
+		if mode == model.RotationGrace {
+			read = s.d.Identity.CoveredSecret
+		}
+		cur, err := read(ctx, clientID)
 		if err != nil {
-			return fmt.Errorf("read the current secret: %w", err)
+			return fmt.Errorf("read the current secret and apply the rotation policy: %w", err)
 		}
 		fresh := cur
 		if cur == prev {
-			if mode == model.RotationGrace {
-				// Keycloak applies the rotation policy at a client's
-				// creation or update only: make sure it covers this one,
-				// or the old secret would die at generation.
-				if _, err := s.d.Identity.CoverClient(ctx, clientID); err != nil {
-					return fmt.Errorf("apply the rotation policy: %w", err)
-				}
-			}
 			if fresh, err = s.d.Identity.RegenerateSecret(ctx, clientID); err != nil {
 				return fmt.Errorf("generate a secret: %w", err)
 			}

@@ -224,6 +224,24 @@ func RunIdentityProviderContract(t *testing.T, newIdP func(t *testing.T) ports.I
 		}
 		x.wantSecrets(id, model.Secrets{Current: secret})
 		x.wantAuth(id, secret, true)
+		got, err := x.idp.CoveredSecret(t.Context(), id)
+		mustNoErr(t, "CoveredSecret", err)
+		if got != secret {
+			t.Error("CoveredSecret did not return the current secret")
+		}
+		x.wantSecrets(id, model.Secrets{Current: secret})
+		if inForce {
+			// Covered, a generation keeps the old secret as the rotated one.
+			fresh, err := x.idp.RegenerateSecret(t.Context(), id)
+			mustNoErr(t, "RegenerateSecret", err)
+			x.wantAuth(id, secret, true)
+			x.wantAuth(id, fresh, true)
+			if got, err := x.idp.CoveredSecret(t.Context(), id); err != nil || got != fresh {
+				t.Errorf("CoveredSecret after a generation: %v, want the new secret", err)
+			}
+		}
+		_, err = x.idp.CoveredSecret(t.Context(), x.clientID())
+		wantErrIs(t, "CoveredSecret(missing)", err, model.ErrNotFound)
 	})
 
 	t.Run("RepairClient creates a missing client and keeps an existing secret", func(t *testing.T) {

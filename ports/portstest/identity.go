@@ -31,7 +31,7 @@ import (
 // FeatureEnabled. Authenticates tells which secrets are accepted now.
 type IdentityProvider struct {
 	// Hook, when set, is called with the method name ("CreateClient",
-	// "DeleteClient", "Secrets", "InvalidateRotatedSecret", "CoverClient",
+	// "DeleteClient", "Secrets", "InvalidateRotatedSecret", "CoverClient", "CoveredSecret",
 	// "RotationPolicy", ...) and the client id ("" for ListDeviceClients,
 	// RotationPolicy and Ping) before each operation; a non-nil result
 	// fails the operation with that error and changes nothing. Set it
@@ -361,6 +361,25 @@ func (p *IdentityProvider) CoverClient(_ context.Context, clientID string) (bool
 	}
 	p.update(c)
 	return true, nil
+}
+
+// CoveredSecret implements ports.IdentityProvider: CoverClient, then the
+// current secret, under one lock (a failure set for "CoveredSecret" fails
+// it before either).
+func (p *IdentityProvider) CoveredSecret(_ context.Context, clientID string) (string, error) {
+	if err := p.begin("CoveredSecret", clientID); err != nil {
+		return "", err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.clients[clientID]
+	if !ok {
+		return "", notFound(clientID)
+	}
+	if !c.covered {
+		p.update(c)
+	}
+	return c.secret, nil
 }
 
 // RotationPolicy implements ports.IdentityProvider: it reports the policy

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -34,7 +35,22 @@ func run() int {
 	launcher := flag.String("launcher", os.Getenv("ESPMDM_LAUNCHER"), "launcher of a stack of its own (without $ESPMDM_STACK_ENV)")
 	duration := flag.Duration("duration", 10*time.Second, "duration of each closed-loop load")
 	samples := flag.Int("samples", 200, "sequential requests per latency figure")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the bench process (generator and in-process espmdm) to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: cpu profile:", err)
+			return 2
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			_ = f.Close()
+		}()
+	}
 	scenarios, err := bench.Select(all, *list)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
