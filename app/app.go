@@ -281,7 +281,8 @@ func newService(p serviceParams) *mdm.Service {
 		FirmwareMaxBytes:    p.Cfg.FirmwareMaxBytes,
 		RotationMode:        model.RotationMode(p.Cfg.RotationMode),
 		RotationConcurrency: p.Cfg.RotationConcurrency, RotationTimeout: p.Cfg.RotationTimeout,
-		RotationRetry: p.Cfg.RotationRetry, RotationGrace: p.Cfg.RotationGrace,
+		RotationFetchTimeout: p.Cfg.RotationFetchTimeout,
+		RotationRetry:        p.Cfg.RotationRetry, RotationGrace: p.Cfg.RotationGrace,
 		RotationWarningAge: p.Cfg.RotationWarningAge, RotationCriticalAge: p.Cfg.RotationCriticalAge,
 	})
 }

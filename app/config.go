@@ -47,16 +47,17 @@ type Config struct {
 	// SECRET_KEY change.
 	SecretKeyPrevious string
 
-	RotationCron        string
-	RotationTZ          string
-	RotationTimeout     time.Duration
-	RotationConcurrency int
-	RotationTick        time.Duration
-	RotationRetry       time.Duration
-	RotationMode        string
-	RotationGrace       time.Duration
-	RotationWarningAge  time.Duration
-	RotationCriticalAge time.Duration
+	RotationCron         string
+	RotationTZ           string
+	RotationTimeout      time.Duration
+	RotationFetchTimeout time.Duration
+	RotationConcurrency  int
+	RotationTick         time.Duration
+	RotationRetry        time.Duration
+	RotationMode         string
+	RotationGrace        time.Duration
+	RotationWarningAge   time.Duration
+	RotationCriticalAge  time.Duration
 
 	ReconcileInterval time.Duration
 	ShutdownTimeout   time.Duration
@@ -248,6 +249,8 @@ var Vars = []Var{
 		set: positive(func(c *Config) *int { return &c.RotationConcurrency })},
 	{Name: "ROTATION_TIMEOUT_SECONDS", Default: "300", Help: "an unconfirmed rotation attempt times out after this",
 		set: seconds(func(c *Config) *time.Duration { return &c.RotationTimeout })},
+	{Name: "ROTATION_FETCH_TIMEOUT_SECONDS", Default: "60", Help: "an attempt whose device has not fetched its credentials this long after the nudge (offline) times out, freeing its slot; at or above ROTATION_TIMEOUT_SECONDS it changes nothing",
+		set: seconds(func(c *Config) *time.Duration { return &c.RotationFetchTimeout })},
 	{Name: "ROTATION_TICK_SECONDS", Default: "30", Help: "how often timeouts, the schedule and free slots are checked",
 		set: seconds(func(c *Config) *time.Duration { return &c.RotationTick })},
 	{Name: "ROTATION_RETRY_SECONDS", Default: "3600", Help: "least time between a timed-out device's attempts",

@@ -232,6 +232,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		RotationCron:              "0 8 * * 6#1",
 		RotationTZ:                "UTC",
 		RotationTimeout:           300 * time.Second,
+		RotationFetchTimeout:      60 * time.Second,
 		RotationConcurrency:       10,
 		RotationTick:              30 * time.Second,
 		RotationRetry:             3600 * time.Second,

@@ -96,9 +96,10 @@ type RotationQueue interface {
 	// are stored before the commit. It returns the started devices.
 	StartRotations(ctx context.Context, limit int, retryBefore time.Time, start func(*model.Device)) ([]model.Device, error)
 	// ExpiredRotations returns the ids of PENDING devices whose attempt
-	// began at or before before, or that are inactive, oldest attempt
-	// first, at most limit.
-	ExpiredRotations(ctx context.Context, before time.Time, limit int) ([]int64, error)
+	// began at or before before, or at or before unfetchedBefore without a
+	// fetch since it began (LastRotationFetchAt), or that are inactive,
+	// oldest attempt first, at most limit.
+	ExpiredRotations(ctx context.Context, before, unfetchedBefore time.Time, limit int) ([]int64, error)
 	// RotationCounts counts active devices by state, and inactive ones.
 	// Every state is present in ByState (0 when none).
 	RotationCounts(ctx context.Context) (model.RotationCounts, error)

@@ -283,7 +283,7 @@ func BenchmarkRotationCounts(b *testing.B) {
 	f.explain(b, "InFlight", func() error { _, err := f.devices.InFlight(ctx); return err })
 	f.explain(b, "LastRotationCompleted", func() error { _, err := f.devices.LastRotationCompleted(ctx); return err })
 	f.explain(b, "ExpiredRotations", func() error {
-		_, err := f.devices.ExpiredRotations(ctx, time.Now().Add(-5*time.Minute), 100)
+		_, err := f.devices.ExpiredRotations(ctx, time.Now().Add(-5*time.Minute), time.Now().Add(-time.Minute), 100)
 		return err
 	})
 	b.Run("counts", func(b *testing.B) {

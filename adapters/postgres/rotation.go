@@ -142,7 +142,7 @@ func (r *DeviceRepo) StartRotations(ctx context.Context, limit int, retryBefore 
 // ExpiredRotations implements ports.RotationQueue. A PENDING device without
 // an attempt time (set so by hand) counts as expired, the oldest of all, so
 // that it cannot hold a slot forever. limit <= 0 returns none.
-func (r *DeviceRepo) ExpiredRotations(ctx context.Context, before time.Time, limit int) ([]int64, error) {
+func (r *DeviceRepo) ExpiredRotations(ctx context.Context, before, unfetchedBefore time.Time, limit int) ([]int64, error) {
 	ids := []int64{}
 	if limit <= 0 {
 		return ids, nil
@@ -150,7 +150,12 @@ func (r *DeviceRepo) ExpiredRotations(ctx context.Context, before time.Time, lim
 	err := r.db.NewSelect().Model((*deviceRow)(nil)).
 		Column("d.id").
 		Where("d.rotation_state = ?", string(model.RotationPending)).
-		Where(attemptOrder+" <= ? OR NOT d.active", before.UTC()).
+		WhereGroup(" AND ", func(q *bun.SelectQuery) *bun.SelectQuery {
+			return q.Where(attemptOrder+" <= ?", before.UTC()).
+				WhereOr("NOT d.active").
+				WhereOr(attemptOrder+" <= ? AND (d.last_rotation_fetch_at IS NULL OR d.last_rotation_fetch_at < "+attemptOrder+")",
+					unfetchedBefore.UTC())
+		}).
 		OrderExpr(attemptOrder+" ASC, d.id ASC").
 		Limit(limit).
 		Scan(ctx, &ids)

@@ -38,6 +38,7 @@ type deviceRow struct {
 
 	SecretCreatedAt         *time.Time `bun:"secret_created_at"`
 	LastRotationAttemptAt   *time.Time `bun:"last_rotation_attempt_at"`
+	LastRotationFetchAt     *time.Time `bun:"last_rotation_fetch_at"`
 	LastRotationCompletedAt *time.Time `bun:"last_rotation_completed_at"`
 	LastSeenAt              *time.Time `bun:"last_seen_at"`
 	NewSecretAt             *time.Time `bun:"new_secret_at"`
@@ -53,7 +54,7 @@ type deviceRow struct {
 // id, key, device_model_id and created_at (updated_at is set separately).
 var deviceMutableColumns = []string{
 	"config", "active", "rotation_state",
-	"secret_created_at", "last_rotation_attempt_at", "last_rotation_completed_at",
+	"secret_created_at", "last_rotation_attempt_at", "last_rotation_fetch_at", "last_rotation_completed_at",
 	"last_seen_at", "new_secret_at", "previous_secret", "secret_sha256",
 }
 
@@ -115,6 +116,7 @@ func deviceToRow(d *model.Device) deviceRow {
 		RotationState:           string(d.RotationState),
 		SecretCreatedAt:         utcPtr(d.SecretCreatedAt),
 		LastRotationAttemptAt:   utcPtr(d.LastRotationAttemptAt),
+		LastRotationFetchAt:     utcPtr(d.LastRotationFetchAt),
 		LastRotationCompletedAt: utcPtr(d.LastRotationCompletedAt),
 		LastSeenAt:              utcPtr(d.LastSeenAt),
 		NewSecretAt:             utcPtr(d.NewSecretAt),
@@ -136,6 +138,7 @@ func deviceFromRow(r *deviceRow) model.Device {
 		RotationState:           model.RotationState(r.RotationState),
 		SecretCreatedAt:         utcPtr(r.SecretCreatedAt),
 		LastRotationAttemptAt:   utcPtr(r.LastRotationAttemptAt),
+		LastRotationFetchAt:     utcPtr(r.LastRotationFetchAt),
 		LastRotationCompletedAt: utcPtr(r.LastRotationCompletedAt),
 		LastSeenAt:              utcPtr(r.LastSeenAt),
 		NewSecretAt:             utcPtr(r.NewSecretAt),

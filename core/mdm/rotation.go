@@ -18,9 +18,12 @@ const (
 	DefaultRotationConcurrency = 10
 	DefaultRotationTimeout     = 300 * time.Second
 	DefaultRotationRetry       = 3600 * time.Second
-	DefaultRotationGrace       = 7 * 24 * time.Hour
-	DefaultRotationWarningAge  = 45 * 24 * time.Hour
-	DefaultRotationCriticalAge = 90 * 24 * time.Hour
+	// DefaultRotationFetchTimeout: a device that has not fetched within a
+	// minute of its nudge is taken as away.
+	DefaultRotationFetchTimeout = 60 * time.Second
+	DefaultRotationGrace        = 7 * 24 * time.Hour
+	DefaultRotationWarningAge   = 45 * 24 * time.Hour
+	DefaultRotationCriticalAge  = 90 * 24 * time.Hour
 	// RotationScheduleName names the rotation schedule in ScheduleRepo.
 	RotationScheduleName = "rotation"
 	// expiredBatch is how many expired attempts a cycle times out at once.
@@ -332,14 +335,15 @@ func (s *Service) NextScheduledRotation(ctx context.Context) (*time.Time, error)
 func (s *Service) timeOutExpired(ctx context.Context) (int, error) {
 	total := 0
 	for {
-		before := s.now().Add(-s.cfg.RotationTimeout)
-		ids, err := s.d.Devices.ExpiredRotations(ctx, before, expiredBatch)
+		now := s.now()
+		before, unfetched := now.Add(-s.cfg.RotationTimeout), now.Add(-s.cfg.RotationFetchTimeout)
+		ids, err := s.d.Devices.ExpiredRotations(ctx, before, unfetched, expiredBatch)
 		if err != nil {
 			return total, fmt.Errorf("rotation timeouts: %w", err)
 		}
 		var errs []error
 		for _, id := range ids {
-			done, err := s.timeOut(ctx, id, before)
+			done, err := s.timeOut(ctx, id, before, unfetched)
 			if err != nil {
 				errs = append(errs, err)
 			}
@@ -354,10 +358,11 @@ func (s *Service) timeOutExpired(ctx context.Context) (int, error) {
 }
 
 // timeOut ends device id's attempt if it is still PENDING and began at or
-// before before (or the device is inactive): grace leaves both secrets
+// before before, or at or before unfetched without a fetch since (or the
+// device is inactive): grace leaves both secrets
 // valid, restore makes the old secret the only one again. A failure leaves
 // the device PENDING for the next cycle.
-func (s *Service) timeOut(ctx context.Context, id int64, before time.Time) (bool, error) {
+func (s *Service) timeOut(ctx context.Context, id int64, before, unfetched time.Time) (bool, error) {
 	mode, err := s.rotationMode()
 	if err != nil {
 		return false, err
@@ -369,8 +374,9 @@ func (s *Service) timeOut(ctx context.Context, id int64, before time.Time) (bool
 		if d.RotationState != model.RotationPending {
 			return nil
 		}
-		if d.Active && d.LastRotationAttemptAt != nil && d.LastRotationAttemptAt.After(before) {
-			return nil // a newer attempt
+		if d.Active && d.LastRotationAttemptAt != nil && d.LastRotationAttemptAt.After(before) &&
+			(d.LastRotationAttemptAt.After(unfetched) || d.FetchedThisAttempt()) {
+			return nil // a newer attempt, or one its device answered
 		}
 		started = d.LastRotationAttemptAt
 		if mode == model.RotationRestore && d.PreviousSecret != nil {
@@ -453,12 +459,17 @@ func (s *Service) FetchCredentials(ctx context.Context, d model.Device) (ports.P
 		return ports.Provisioning{}, err
 	}
 	if d.RotationState == model.RotationPending && d.NewSecretAt != nil {
-		if digest := secretDigest(p.ClientSecret); digest != d.SecretSHA256 {
-			// The secret was changed behind espmdm's back (an admin in
-			// Keycloak): confirm what the device is given.
+		// The secret may have been changed behind espmdm's back (an admin
+		// in Keycloak): confirm what the device is given. And the attempt
+		// is answered: it gets the whole timeout to confirm.
+		if digest := secretDigest(p.ClientSecret); digest != d.SecretSHA256 || !d.FetchedThisAttempt() {
 			if _, err := s.d.Devices.UpdateDevice(ctx, d.ID, func(cur *model.Device) error {
-				if cur.NewSecretAt != nil {
+				if cur.NewSecretAt != nil && digest != d.SecretSHA256 {
 					cur.SecretSHA256 = digest
+				}
+				if cur.RotationState == model.RotationPending && !cur.FetchedThisAttempt() {
+					now := s.now()
+					cur.LastRotationFetchAt = &now
 				}
 				return nil
 			}); err != nil {
@@ -509,6 +520,8 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 		if row.RotationState != model.RotationPending {
 			return model.Conflict("device %d is no longer in rotation", row.ID)
 		}
+		fetchedAt := s.now()
+		row.LastRotationFetchAt = &fetchedAt // the nudge is answered
 		if row.NewSecretAt != nil {
 			return nil // a concurrent fetch generated it: read it below
 		}
@@ -698,7 +711,7 @@ func (s *Service) leaveRotation(ctx context.Context, before model.Device) {
 		})
 		s.report(ctx, "rotation: dequeue deactivated device", err)
 	case model.RotationPending:
-		_, err := s.timeOut(ctx, before.ID, s.now())
+		_, err := s.timeOut(ctx, before.ID, s.now(), s.now())
 		s.report(ctx, "rotation: time out deactivated device", err)
 		s.fillSlots(ctx)
 	}

@@ -748,3 +748,50 @@ func TestRotationGraceNeverLocksOut(t *testing.T) {
 	held = map[string]bool{fresh: true}
 	check("ack")
 }
+
+// TestRotationUnansweredNudgeFreesTheSlotEarly: a device that does not
+// fetch within RotationFetchTimeout of its nudge (offline) times out then,
+// freeing its slot; one that fetched keeps the whole RotationTimeout, and
+// so does a retry attempt only once it is answered again.
+func TestRotationUnansweredNudgeFreesTheSlotEarly(t *testing.T) {
+	for _, mode := range []model.RotationMode{model.RotationGrace, model.RotationRestore} {
+		t.Run(string(mode), func(t *testing.T) {
+			e := newRotationEnv(t, mode, withConfig(func(c *mdm.Config) {
+				c.RotationFetchTimeout = time.Minute
+				c.RotationRetry = 2 * time.Minute
+			}))
+			m := e.model(t, "m1", "")
+			away, here := e.device(t, m, `{}`), e.device(t, m, `{}`)
+			e.rotate(t, away)
+			e.rotate(t, here)
+			e.clock.Advance(30 * time.Second)
+			e.fetch(t, here)
+
+			e.clock.Advance(31 * time.Second) // 61 s after the nudges
+			if rep := e.cycle(t); rep.TimedOut != 1 {
+				t.Fatalf("cycle timed out %d, want the unanswered device only", rep.TimedOut)
+			}
+			wantState(t, e, away, model.RotationTimeout)
+			wantState(t, e, here, model.RotationPending)
+
+			// The retry is a new attempt: unanswered again, it times out
+			// at the fetch deadline; the earlier fetch does not count.
+			e.clock.Advance(2 * time.Minute)
+			e.cycle(t)
+			wantState(t, e, away, model.RotationPending)
+			e.clock.Advance(61 * time.Second)
+			e.cycle(t)
+			wantState(t, e, away, model.RotationTimeout)
+			// The answered device times out only after RotationTimeout.
+			wantState(t, e, here, model.RotationPending)
+			e.clock.Advance(2 * time.Minute) // 362 s after its nudge
+			if rep := e.cycle(t); rep.TimedOut != 1 {
+				t.Fatalf("cycle timed out %d, want the answered device once its RotationTimeout passed", rep.TimedOut)
+			}
+			// Timed out, and retried at once (its retry delay has passed).
+			if got := e.get(t, here.ID); got.LastRotationAttemptAt == nil || !got.LastRotationAttemptAt.Equal(e.clock.Now()) {
+				t.Errorf("answered device after its timeout: attempt %v, want a new attempt now", got.LastRotationAttemptAt)
+			}
+		})
+	}
+}

@@ -73,6 +73,10 @@ type Config struct {
 	// between a TIMEOUT device's attempts.
 	RotationTimeout time.Duration
 	RotationRetry   time.Duration
+	// RotationFetchTimeout ends an attempt whose device has not fetched
+	// its credentials since the nudge (an offline device), so it frees its
+	// slot early; at or above RotationTimeout it changes nothing.
+	RotationFetchTimeout time.Duration
 	// RotationGrace is how long an old secret stays valid in grace mode
 	// (the policy's rotated-expiration-period must agree).
 	RotationGrace time.Duration
@@ -113,6 +117,8 @@ func New(deps Deps, cfg Config) *Service {
 	setDefault(&cfg.RotationConcurrency, DefaultRotationConcurrency)
 	setDefault(&cfg.RotationTimeout, DefaultRotationTimeout)
 	setDefault(&cfg.RotationRetry, DefaultRotationRetry)
+	setDefault(&cfg.RotationFetchTimeout, DefaultRotationFetchTimeout)
+	cfg.RotationFetchTimeout = min(cfg.RotationFetchTimeout, cfg.RotationTimeout)
 	setDefault(&cfg.RotationGrace, DefaultRotationGrace)
 	setDefault(&cfg.RotationWarningAge, DefaultRotationWarningAge)
 	setDefault(&cfg.RotationCriticalAge, DefaultRotationCriticalAge)

@@ -57,8 +57,12 @@ type Device struct {
 	Active        bool
 	RotationState RotationState
 
-	SecretCreatedAt         *time.Time
-	LastRotationAttemptAt   *time.Time
+	SecretCreatedAt       *time.Time
+	LastRotationAttemptAt *time.Time
+	// LastRotationFetchAt is when the device last fetched its credentials
+	// during a PENDING attempt; before LastRotationAttemptAt (or nil) when
+	// it has not answered the current attempt's nudge.
+	LastRotationFetchAt     *time.Time
 	LastRotationCompletedAt *time.Time
 	LastSeenAt              *time.Time
 
@@ -272,3 +276,17 @@ const (
 
 // DashboardGroups lists the groups in display order.
 var DashboardGroups = []DashboardGroup{DashboardHealthy, DashboardWarning, DashboardCritical, DashboardInactive}
+
+// FetchedThisAttempt reports whether the device fetched its credentials
+// since its current rotation attempt began (at or after it, to the
+// microsecond the database keeps).
+func (d Device) FetchedThisAttempt() bool {
+	if d.LastRotationFetchAt == nil {
+		return false
+	}
+	if d.LastRotationAttemptAt == nil {
+		return true
+	}
+	us := func(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
+	return !us(*d.LastRotationFetchAt).Before(us(*d.LastRotationAttemptAt))
+}

@@ -23,8 +23,9 @@ func FleetRotation(mode string, done *[]fleetrotation.Result) Scenario {
 		Name: "fleet_rotation",
 		Doc: fmt.Sprintf("Mode **%s**. 1000 devices are created through espmdm and booted from their NVS partitions in "+
 			"`integration/devicesim` (one HTTP pool and one MQTT connection; two secret slots). 5%% are offline, 2%% crash after "+
-			"the fetch, 1%% after persisting the new secret; timeouts are 10 s and retries 5 s, so crashed devices are retried "+
-			"within the run. `seconds` runs from `POST /api/rotation/trigger` until every online device is OK; `lockouts` "+
+			"the fetch, 1%% after persisting the new secret; the attempt timeout is 8 s, an attempt not even fetched times out "+
+			"after 3 s (`ROTATION_FETCH_TIMEOUT_SECONDS`: offline devices free their slots early), retries wait 2 s, so crashed "+
+			"devices are retried within the run. `seconds` runs from `POST /api/rotation/trigger` until every online device is OK; `lockouts` "+
 			"counts devices that at the end get no token with any secret they hold, `lockout_device_s` the device-seconds "+
 			"during which a device needed a token and had none that worked. `keycloak_floor_per_s` is the same Keycloak work "+
 			"per rotation (generate, the device's token grant, invalidate; restore: no invalidate) done directly against "+
@@ -33,7 +34,7 @@ func FleetRotation(mode string, done *[]fleetrotation.Result) Scenario {
 			r, err := fleetrotation.Run(ctx, env.Stack, fleetrotation.Options{
 				Mode: mode, Devices: 1000, Concurrency: fleetConcurrency,
 				Offline: 0.05, CrashAfterFetch: 0.02, CrashAfterPersist: 0.01,
-				Timeout: 10 * time.Second, Retry: 5 * time.Second,
+				Timeout: 8 * time.Second, FetchTimeout: 3 * time.Second, Retry: 2 * time.Second,
 				Log: env.logf,
 			})
 			if err != nil {

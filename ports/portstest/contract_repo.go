@@ -261,6 +261,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 			RotationState:           model.RotationPending,
 			SecretCreatedAt:         ptr(t0),
 			LastRotationAttemptAt:   ptr(t0.Add(time.Minute)),
+			LastRotationFetchAt:     ptr(t0.Add(90 * time.Second)),
 			LastRotationCompletedAt: ptr(t0.Add(2 * time.Minute)),
 			LastSeenAt:              ptr(t0.Add(3 * time.Minute)),
 			NewSecretAt:             ptr(t0.Add(4 * time.Minute)),
@@ -276,6 +277,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 			cur.RotationState = want.RotationState
 			cur.SecretCreatedAt = want.SecretCreatedAt
 			cur.LastRotationAttemptAt = want.LastRotationAttemptAt
+			cur.LastRotationFetchAt = want.LastRotationFetchAt
 			cur.LastRotationCompletedAt = want.LastRotationCompletedAt
 			cur.LastSeenAt = want.LastSeenAt
 			cur.NewSecretAt = want.NewSecretAt
@@ -304,6 +306,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 			}{
 				{"SecretCreatedAt", g.SecretCreatedAt, want.SecretCreatedAt},
 				{"LastRotationAttemptAt", g.LastRotationAttemptAt, want.LastRotationAttemptAt},
+				{"LastRotationFetchAt", g.LastRotationFetchAt, want.LastRotationFetchAt},
 				{"LastRotationCompletedAt", g.LastRotationCompletedAt, want.LastRotationCompletedAt},
 				{"LastSeenAt", g.LastSeenAt, want.LastSeenAt},
 				{"NewSecretAt", g.NewSecretAt, want.NewSecretAt},
@@ -1019,11 +1022,38 @@ func runRotationQueueContract(t *testing.T, r func(t *testing.T) repoFixture) {
 			limit int
 			want  []int64
 		}{{100, all}, {len(all), all}, {2, all[:2]}, {1, all[:1]}, {0, nil}, {-1, nil}} {
-			got, err := x.devices.ExpiredRotations(x.ctx(), before, c.limit)
+			got, err := x.devices.ExpiredRotations(x.ctx(), before, before, c.limit)
 			mustNoErr(t, "ExpiredRotations", err)
 			if len(got) != len(c.want) || (len(got) > 0 && !slices.Equal(got, c.want)) {
 				t.Errorf("ExpiredRotations(limit %d) = %v, want %v", c.limit, got, c.want)
 			}
+		}
+	})
+
+	t.Run("ExpiredRotations times out unanswered attempts at the earlier deadline", func(t *testing.T) {
+		x := r(t)
+		x.alone()
+		m := x.model("ct_unfetched", nil)
+		t0 := now()
+		before, unfetched := t0.Add(-5*time.Minute), t0.Add(-time.Minute)
+		attempt := t0.Add(-2 * time.Minute) // between the two deadlines
+		fetched := func(at *time.Time) func(*model.Device) {
+			return func(d *model.Device) {
+				rot(model.RotationPending, true, nil, ptr(attempt))(d)
+				d.LastRotationFetchAt = at
+			}
+		}
+		never := x.deviceIn(m, fetched(nil))
+		lastAttempt := x.deviceIn(m, fetched(ptr(attempt.Add(-time.Hour)))) // fetched in an earlier attempt
+		x.deviceIn(m, fetched(ptr(attempt.Add(time.Second))))               // answered: keeps the long deadline
+		x.deviceIn(m, fetched(ptr(attempt)))                                // answered at the very start
+		x.deviceIn(m, func(d *model.Device) {                               // unanswered, but too recent
+			rot(model.RotationPending, true, nil, ptr(unfetched.Add(time.Second)))(d)
+		})
+		got, err := x.devices.ExpiredRotations(x.ctx(), before, unfetched, 100)
+		mustNoErr(t, "ExpiredRotations", err)
+		if want := deviceIDs([]model.Device{never, lastAttempt}); !slices.Equal(got, want) {
+			t.Errorf("ExpiredRotations = %v, want the unanswered %v", got, want)
 		}
 	})
 

@@ -565,7 +565,7 @@ func (s *Store) StartRotations(_ context.Context, limit int, retryBefore time.Ti
 // ExpiredRotations implements ports.RotationQueue. A PENDING device
 // without an attempt time counts as expired, the oldest of all; limit <= 0
 // returns none.
-func (s *Store) ExpiredRotations(_ context.Context, before time.Time, limit int) ([]int64, error) {
+func (s *Store) ExpiredRotations(_ context.Context, before, unfetchedBefore time.Time, limit int) ([]int64, error) {
 	if err := s.hook("ExpiredRotations"); err != nil {
 		return nil, err
 	}
@@ -573,7 +573,8 @@ func (s *Store) ExpiredRotations(_ context.Context, before time.Time, limit int)
 	defer s.mu.Unlock()
 	var expired []model.Device
 	for _, d := range s.devices {
-		if d.RotationState == model.RotationPending && (!d.Active || atOrBefore(d.LastRotationAttemptAt, before)) {
+		if d.RotationState == model.RotationPending && (!d.Active || atOrBefore(d.LastRotationAttemptAt, before) ||
+			(atOrBefore(d.LastRotationAttemptAt, unfetchedBefore) && !d.FetchedThisAttempt())) {
 			expired = append(expired, d)
 		}
 	}

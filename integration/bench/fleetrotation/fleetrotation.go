@@ -27,9 +27,10 @@ type Options struct {
 	Offline           float64 // fraction of devices offline throughout
 	CrashAfterFetch   float64 // fraction crashing (once) after the fetch
 	CrashAfterPersist float64 // fraction crashing (once) after persisting
-	// Timeout and Retry are ROTATION_TIMEOUT_SECONDS and
-	// ROTATION_RETRY_SECONDS (whole seconds); default 10 s and 5 s.
-	Timeout, Retry time.Duration
+	// Timeout, FetchTimeout and Retry are ROTATION_TIMEOUT_SECONDS,
+	// ROTATION_FETCH_TIMEOUT_SECONDS and ROTATION_RETRY_SECONDS (whole
+	// seconds); default 10 s, 3 s and 5 s.
+	Timeout, FetchTimeout, Retry time.Duration
 	// Wait bounds the rotation (trigger until every online device is OK);
 	// default 10 min.
 	Wait time.Duration
@@ -100,6 +101,9 @@ func (o *Options) defaults() error {
 	if o.Retry <= 0 {
 		o.Retry = 5 * time.Second
 	}
+	if o.FetchTimeout <= 0 {
+		o.FetchTimeout = 3 * time.Second
+	}
 	if o.Wait <= 0 {
 		o.Wait = 10 * time.Minute
 	}
@@ -168,10 +172,11 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 	logf := o.Log
 	secs := func(d time.Duration) string { return fmt.Sprint(int64(math.Max(1, math.Round(d.Seconds())))) }
 	srv, err := startServer(ctx, st, map[string]string{
-		"ROTATION_MODE":            o.Mode,
-		"ROTATION_CONCURRENCY":     fmt.Sprint(o.Concurrency),
-		"ROTATION_TIMEOUT_SECONDS": secs(o.Timeout),
-		"ROTATION_RETRY_SECONDS":   secs(o.Retry),
+		"ROTATION_MODE":                  o.Mode,
+		"ROTATION_CONCURRENCY":           fmt.Sprint(o.Concurrency),
+		"ROTATION_TIMEOUT_SECONDS":       secs(o.Timeout),
+		"ROTATION_RETRY_SECONDS":         secs(o.Retry),
+		"ROTATION_FETCH_TIMEOUT_SECONDS": secs(o.FetchTimeout),
 	})
 	if err != nil {
 		return res, err
