@@ -19,7 +19,7 @@ import (
 
 // decodeJSON strictly decodes the request body into dst: a JSON content
 // type (or none), one object, no unknown members, no trailing data, at most
-// JSONMaxBytes. Error details are written here, never copied from the
+// the route's body limit. Error details are written here, never copied from the
 // decoder beyond the member name.
 func (s *Server) decodeJSON(c *fiber.Ctx, dst any) error {
 	if err := requireIdentityEncoding(c); err != nil {
@@ -31,9 +31,9 @@ func (s *Server) decodeJSON(c *fiber.Ctx, dst any) error {
 			return unsupportedMediaType("send a JSON body with Content-Type: application/json")
 		}
 	}
-	body := c.BodyRaw()
-	if int64(len(body)) > s.cfg.JSONMaxBytes {
-		return fmt.Errorf("JSON body of %d bytes: %w", len(body), model.ErrTooLarge)
+	body, err := readBody(c, s.routeBodyLimit(c))
+	if err != nil {
+		return err
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
 		return errMalformedJSON("the request body is empty: expected a JSON object")

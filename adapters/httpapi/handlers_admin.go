@@ -1,9 +1,7 @@
 package httpapi
 
 import (
-	"bytes"
 	"fmt"
-	"io"
 	"mime"
 	"net/http"
 	"strconv"
@@ -145,39 +143,16 @@ func forceQuery(c *fiber.Ctx) (bool, error) {
 
 func (s *Server) firmwareBody(c *fiber.Ctx) ([]byte, error) {
 	limit := s.cfg.FirmwareMaxBytes
-	mt, _, err := mime.ParseMediaType(c.Get(fiber.HeaderContentType))
+	ct := c.Get(fiber.HeaderContentType)
+	mt, _, err := mime.ParseMediaType(ct)
 	if err != nil {
 		mt = ""
 	}
 	switch mt {
 	case fiber.MIMEOctetStream:
-		body := c.BodyRaw()
-		if int64(len(body)) > limit {
-			return nil, fmt.Errorf("firmware of %d bytes: %w", len(body), model.ErrTooLarge)
-		}
-		// Copied: the body buffer is reused once the handler returns.
-		return bytes.Clone(body), nil
+		return readBody(c, limit)
 	case fiber.MIMEMultipartForm:
-		fh, err := c.FormFile("file")
-		if err != nil {
-			return nil, model.Invalid("file", "the multipart form needs a file field named \"file\"")
-		}
-		if fh.Size > limit {
-			return nil, fmt.Errorf("firmware of %d bytes: %w", fh.Size, model.ErrTooLarge)
-		}
-		f, err := fh.Open()
-		if err != nil {
-			return nil, fmt.Errorf("opening multipart file: %w", err)
-		}
-		defer f.Close()
-		data, err := io.ReadAll(io.LimitReader(f, limit+1))
-		if err != nil {
-			return nil, fmt.Errorf("reading multipart file: %w", err)
-		}
-		if int64(len(data)) > limit {
-			return nil, fmt.Errorf("firmware over %d bytes: %w", limit, model.ErrTooLarge)
-		}
-		return data, nil
+		return multipartFile(c, ct, limit)
 	}
 	return nil, unsupportedMediaType("send the image as the body with Content-Type: application/octet-stream, " +
 		"or as the field \"file\" of a multipart/form-data body")

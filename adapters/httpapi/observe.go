@@ -87,6 +87,7 @@ func (s *Server) observe(c *fiber.Ctx) error {
 			c.Status(fiber.StatusInternalServerError)
 		}
 	}
+	s.drainBody(c)
 
 	status := c.Response().StatusCode()
 	method := c.Method()
@@ -114,7 +115,7 @@ func (s *Server) observe(c *fiber.Ctx) error {
 			zap.String("path", c.Path()),
 			zap.Int("status", status),
 			zap.Duration("duration", elapsed),
-			zap.Int("request_bytes", len(c.BodyRaw())),
+			zap.Int("request_bytes", max(c.Request().Header.ContentLength(), 0)),
 			zap.String("remote", c.IP()),
 		}
 		if sub, ok := c.Locals(localSubject).(string); ok && sub != "" {

@@ -22,6 +22,8 @@ const (
 	DefaultViewerRole       = "mdm-viewer"
 	DefaultFirmwareMaxBytes = 16 << 20
 	DefaultJSONMaxBytes     = 1 << 20
+	DefaultIoTMaxBytes      = 4 << 10
+	DefaultDrainTimeout     = 5 * time.Second
 	DefaultRequestTimeout   = 30 * time.Second
 	DefaultReadyTimeout     = 3 * time.Second
 	DefaultReadTimeout      = 2 * time.Minute
@@ -46,8 +48,20 @@ type Config struct {
 	FirmwareMaxBytes int64
 	// BaseURL, when set, is the OpenAPI document's server.
 	BaseURL string
-	// JSONMaxBytes caps JSON request bodies (413 beyond it).
+	// JSONMaxBytes caps the admin API's JSON request bodies (413 beyond
+	// it).
 	JSONMaxBytes int64
+	// IoTMaxBytes caps request bodies on /iot/* and on admin routes that
+	// take no body (413 beyond it).
+	IoTMaxBytes int64
+	// DrainMaxBytes and DrainTimeout bound what is read and discarded of a
+	// body the server did not use (a refused or too-large request) before
+	// the response, so that the client can read it; beyond them the
+	// connection is closed. DrainMaxBytes defaults to twice the largest
+	// body any route accepts, so that an upload somewhat over the limit
+	// still gets its 413.
+	DrainMaxBytes int64
+	DrainTimeout  time.Duration
 	// RequestTimeout bounds the context every handler gets.
 	RequestTimeout time.Duration
 	// ReadyTimeout bounds the readiness checks as a whole.
@@ -71,6 +85,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.JSONMaxBytes <= 0 {
 		c.JSONMaxBytes = DefaultJSONMaxBytes
+	}
+	if c.IoTMaxBytes <= 0 {
+		c.IoTMaxBytes = DefaultIoTMaxBytes
+	}
+	if c.DrainMaxBytes <= 0 {
+		c.DrainMaxBytes = 2 * (c.FirmwareMaxBytes + multipartOverhead)
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = DefaultDrainTimeout
 	}
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = DefaultRequestTimeout
@@ -197,7 +220,13 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.app = fiber.New(fiber.Config{
 		AppName:               "espmdm",
 		ErrorHandler:          s.handleError,
-		BodyLimit:             int(cfg.FirmwareMaxBytes + multipartOverhead),
+		// Bodies are streamed: fasthttp reads at most 8 KiB of one before
+		// the handler runs (and enforces no limit itself); routes declare
+		// their limits with bodyLimit and read through readBody. Multipart
+		// forms are parsed by the upload handler, never before it.
+		StreamRequestBody:            true,
+		DisablePreParseMultipartForm: true,
+		BodyLimit:                    int(cfg.FirmwareMaxBytes + multipartOverhead),
 		ReadTimeout:           cfg.ReadTimeout,
 		WriteTimeout:          cfg.WriteTimeout,
 		IdleTimeout:           cfg.IdleTimeout,
@@ -250,33 +279,38 @@ func (s *Server) routes() {
 	a.Get("/api/openapi.json", s.openAPIHandler)
 	a.Get("/api/docs", s.docsHandler)
 
-	a.Get("/api/device-models", read, s.listModels)
-	a.Post("/api/device-models", write, s.createModel)
-	a.Get("/api/device-models/:id", read, s.getModel)
-	a.Put("/api/device-models/:id", write, s.updateModel)
-	a.Delete("/api/device-models/:id", write, s.deleteModel)
-	a.Post("/api/device-models/:id/firmware", write, s.uploadFirmware)
-	a.Get("/api/device-models/:id/firmware", read, s.downloadFirmware)
-	a.Get("/api/device-models/:id/firmware/versions", read, s.listFirmware)
+	// Every API route states the largest body it takes, checked against
+	// Content-Length before the token is.
+	small, js := bodyLimit(s.cfg.IoTMaxBytes), bodyLimit(s.cfg.JSONMaxBytes)
+	upload := bodyLimit(s.cfg.FirmwareMaxBytes + multipartOverhead)
 
-	a.Get("/api/devices", read, s.listDevices)
-	a.Post("/api/devices", write, s.createDevice)
-	a.Get("/api/devices/:id", read, s.getDevice)
-	a.Put("/api/devices/:id", write, s.updateDevice)
-	a.Delete("/api/devices/:id", write, s.deleteDevice)
+	a.Get("/api/device-models", small, read, s.listModels)
+	a.Post("/api/device-models", js, write, s.createModel)
+	a.Get("/api/device-models/:id", small, read, s.getModel)
+	a.Put("/api/device-models/:id", js, write, s.updateModel)
+	a.Delete("/api/device-models/:id", small, write, s.deleteModel)
+	a.Post("/api/device-models/:id/firmware", upload, write, s.uploadFirmware)
+	a.Get("/api/device-models/:id/firmware", small, read, s.downloadFirmware)
+	a.Get("/api/device-models/:id/firmware/versions", small, read, s.listFirmware)
+
+	a.Get("/api/devices", small, read, s.listDevices)
+	a.Post("/api/devices", js, write, s.createDevice)
+	a.Get("/api/devices/:id", small, read, s.getDevice)
+	a.Put("/api/devices/:id", js, write, s.updateDevice)
+	a.Delete("/api/devices/:id", small, write, s.deleteDevice)
 	// Provisioning data carries the device's client secret: admin only.
-	a.Get("/api/devices/:id/provisioning", write, s.provisioning)
-	a.Get("/api/devices/:id/identity", read, s.identityStatus)
-	a.Post("/api/devices/:id/identity/sync", write, s.syncIdentity)
-	a.Post("/api/devices/:id/rotate", write, s.rotateDevice)
+	a.Get("/api/devices/:id/provisioning", small, write, s.provisioning)
+	a.Get("/api/devices/:id/identity", small, read, s.identityStatus)
+	a.Post("/api/devices/:id/identity/sync", small, write, s.syncIdentity)
+	a.Post("/api/devices/:id/rotate", small, write, s.rotateDevice)
 
-	a.Post("/api/rotation/trigger", write, s.triggerRotation)
-	a.Get("/api/rotation/status", read, s.rotationStatus)
-	a.Get("/api/rotation/dashboard", read, s.rotationDashboard)
+	a.Post("/api/rotation/trigger", small, write, s.triggerRotation)
+	a.Get("/api/rotation/status", small, read, s.rotationStatus)
+	a.Get("/api/rotation/dashboard", small, read, s.rotationDashboard)
 
-	a.Get("/iot/config", s.requireDevice, s.iotConfig)
-	a.Get("/iot/firmware", s.requireDevice, s.iotFirmware)
-	a.Get("/iot/firmware-version", s.requireDevice, s.iotFirmwareVersion)
-	a.Get("/iot/provisioning", s.requireDevice, s.iotProvisioning)
-	a.Post("/iot/provisioning/ack", s.requireDevice, s.iotProvisioningAck)
+	a.Get("/iot/config", small, s.requireDevice, s.iotConfig)
+	a.Get("/iot/firmware", small, s.requireDevice, s.iotFirmware)
+	a.Get("/iot/firmware-version", small, s.requireDevice, s.iotFirmwareVersion)
+	a.Get("/iot/provisioning", small, s.requireDevice, s.iotProvisioning)
+	a.Post("/iot/provisioning/ack", small, s.requireDevice, s.iotProvisioningAck)
 }

@@ -1,0 +1,159 @@
+package httpapi
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/espmdm/espmdm/core/model"
+)
+
+// Request bodies are streamed (fiber's StreamRequestBody): fasthttp reads
+// at most a few KiB of a body before the handler runs, so the token is
+// checked before anything large is read. Each route declares the largest
+// body it takes (bodyLimit, before authentication); handlers read through
+// readBody, which never holds more than that; and whatever the handler left
+// unread is drained by observe, within DrainMaxBytes and DrainTimeout, so
+// that a client which sends its whole body before reading (no
+// Expect: 100-continue) receives the 401 or 413 instead of a reset.
+
+const localBodyLimit = "espmdm.body_limit"
+
+// bodyLimit refuses, before authentication, a request whose declared
+// Content-Length exceeds n, and records n for readBody.
+func bodyLimit(n int64) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		c.Locals(localBodyLimit, n)
+		if cl := c.Request().Header.ContentLength(); cl > 0 && int64(cl) > n {
+			return tooLarge(n)
+		}
+		return c.Next()
+	}
+}
+
+func tooLarge(limit int64) error {
+	return &httpError{
+		status: http.StatusRequestEntityTooLarge, kind: "too-large",
+		detail: fmt.Sprintf("the request body exceeds this route's limit of %d bytes", limit),
+	}
+}
+
+// routeBodyLimit is the limit bodyLimit recorded, or the JSON limit.
+func (s *Server) routeBodyLimit(c *fiber.Ctx) int64 {
+	if n, ok := c.Locals(localBodyLimit).(int64); ok {
+		return n
+	}
+	return s.cfg.JSONMaxBytes
+}
+
+// readBody reads the whole request body, at most limit bytes: a larger one
+// is a 413 however it is sent (Content-Length or chunked). The result is
+// the caller's own copy.
+func readBody(c *fiber.Ctx, limit int64) ([]byte, error) {
+	req := c.Request()
+	if cl := req.Header.ContentLength(); cl > 0 && int64(cl) > limit {
+		return nil, tooLarge(limit)
+	}
+	if !req.IsBodyStream() {
+		body := req.Body()
+		if int64(len(body)) > limit {
+			return nil, tooLarge(limit)
+		}
+		return bytes.Clone(body), nil
+	}
+	data, err := io.ReadAll(io.LimitReader(req.BodyStream(), limit+1))
+	if err != nil {
+		return nil, errBodyUnreadable
+	}
+	if int64(len(data)) > limit {
+		return nil, tooLarge(limit)
+	}
+	return data, nil
+}
+
+// errBodyUnreadable is a body the client stopped sending, or sent as
+// malformed chunks.
+var errBodyUnreadable = badRequest("malformed-request", "the request body could not be read completely")
+
+// bodyReader is the request body as a stream (nil when there is none).
+func bodyReader(c *fiber.Ctx) io.Reader {
+	req := c.Request()
+	if req.IsBodyStream() {
+		return req.BodyStream()
+	}
+	return bytes.NewReader(req.Body())
+}
+
+// multipartFile reads the form field "file" of a multipart/form-data body
+// as it streams in, at most limit bytes of file content and limit plus
+// multipartOverhead of body in all. Nothing goes to disk, and no other
+// part is kept.
+func multipartFile(c *fiber.Ctx, contentType string, limit int64) ([]byte, error) {
+	_, params, err := mime.ParseMediaType(contentType)
+	if err != nil || params["boundary"] == "" {
+		return nil, badRequest("malformed-request", "the multipart/form-data Content-Type has no boundary")
+	}
+	total := limit + multipartOverhead
+	body := io.LimitReader(bodyReader(c), total+1)
+	mr := multipart.NewReader(body, params["boundary"])
+	for {
+		part, err := mr.NextPart()
+		switch {
+		case errors.Is(err, io.EOF):
+			return nil, model.Invalid("file", "the multipart form needs a file field named \"file\"")
+		case err != nil:
+			if cl := c.Request().Header.ContentLength(); cl < 0 || int64(cl) > total {
+				// Possibly cut off by the limit reader.
+				return nil, tooLarge(limit)
+			}
+			return nil, badRequest("malformed-request", "the multipart/form-data body is malformed")
+		}
+		if part.FormName() != "file" {
+			// Skipped parts still count against the overall limit.
+			if _, err := io.Copy(io.Discard, part); err != nil {
+				return nil, badRequest("malformed-request", "the multipart/form-data body is malformed")
+			}
+			continue
+		}
+		data, err := io.ReadAll(io.LimitReader(part, limit+1))
+		if err != nil {
+			return nil, badRequest("malformed-request", "the multipart/form-data body is malformed")
+		}
+		if int64(len(data)) > limit {
+			return nil, tooLarge(limit)
+		}
+		return data, nil
+	}
+}
+
+// drainBody reads and discards what the client is still sending of the
+// request body, at most DrainMaxBytes and for at most DrainTimeout, and
+// closes the connection after the response when that was not enough (or
+// the body was not a valid stream). It runs before the response is written,
+// so that a client busy sending its body is not reset before it reads the
+// answer.
+func (s *Server) drainBody(c *fiber.Ctx) {
+	req := c.Request()
+	if !req.IsBodyStream() {
+		return
+	}
+	if cl := req.Header.ContentLength(); cl > 0 && int64(cl) > s.cfg.DrainMaxBytes {
+		// Certainly more than the bound: no point reading any of it.
+		c.Context().SetConnectionClose()
+		return
+	}
+	if conn := c.Context().Conn(); conn != nil {
+		_ = conn.SetReadDeadline(time.Now().Add(s.cfg.DrainTimeout))
+	}
+	n, err := io.Copy(io.Discard, io.LimitReader(req.BodyStream(), s.cfg.DrainMaxBytes+1))
+	if err != nil || n > s.cfg.DrainMaxBytes {
+		c.Context().SetConnectionClose()
+	}
+}
