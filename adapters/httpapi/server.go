@@ -218,8 +218,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.openAPI = spec
 
 	s.app = fiber.New(fiber.Config{
-		AppName:               "espmdm",
-		ErrorHandler:          s.handleError,
+		AppName:      "espmdm",
+		ErrorHandler: s.handleError,
 		// Bodies are streamed: fasthttp reads at most 8 KiB of one before
 		// the handler runs (and enforces no limit itself); routes declare
 		// their limits with bodyLimit and read through readBody. Multipart
@@ -227,10 +227,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		StreamRequestBody:            true,
 		DisablePreParseMultipartForm: true,
 		BodyLimit:                    int(cfg.FirmwareMaxBytes + multipartOverhead),
-		ReadTimeout:           cfg.ReadTimeout,
-		WriteTimeout:          cfg.WriteTimeout,
-		IdleTimeout:           cfg.IdleTimeout,
-		DisableStartupMessage: true,
+		ReadTimeout:                  cfg.ReadTimeout,
+		WriteTimeout:                 cfg.WriteTimeout,
+		IdleTimeout:                  cfg.IdleTimeout,
+		DisableStartupMessage:        true,
 		// Strings from Params, Query and Get are copies, so nothing a
 		// handler passes on aliases fasthttp's reused buffers. Raw bodies
 		// are copied explicitly where they escape.
