@@ -318,6 +318,10 @@ func newHTTPServer(p httpParams) (*httpapi.Server, error) {
 		ViewerRole:       p.Cfg.ViewerRole,
 		AuthDisabled:     p.Cfg.AuthDisabled,
 		FirmwareMaxBytes: p.Cfg.FirmwareMaxBytes,
+		JSONMaxBytes:     p.Cfg.JSONMaxBytes,
+		IoTMaxBytes:      p.Cfg.IoTMaxBytes,
+		DeviceRate:       rateLimit(p.Cfg.DeviceRateLimit, p.Cfg.DeviceRateBurst),
+		UnauthRate:       rateLimit(p.Cfg.UnauthRateLimit, p.Cfg.UnauthRateBurst),
 		BaseURL:          p.Cfg.BaseURL,
 	}, httpapi.Deps{
 		Catalog: p.Catalog, Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation,
@@ -337,6 +341,14 @@ func newHTTPServer(p httpParams) (*httpapi.Server, error) {
 			{Name: "keycloak", Check: p.Identity.Ping},
 		},
 	})
+}
+
+// rateLimit converts a configured limit: 0 a minute is no limit.
+func rateLimit(perMinute, burst int) httpapi.RateLimit {
+	if perMinute == 0 {
+		return httpapi.RateLimit{PerMinute: -1}
+	}
+	return httpapi.RateLimit{PerMinute: float64(perMinute), Burst: burst}
 }
 
 // registerHTTP binds the listener in OnStart, so a taken port fails

@@ -40,6 +40,18 @@ type Config struct {
 
 	FirmwareDir      string
 	FirmwareMaxBytes int64
+	// JSONMaxBytes and IoTMaxBytes cap admin JSON bodies and /iot/* (and
+	// bodiless admin route) bodies.
+	JSONMaxBytes int64
+	IoTMaxBytes  int64
+	// DeviceRateLimit is each device's requests a minute on /iot/*
+	// (burst DeviceRateBurst); UnauthRateLimit each client address's
+	// refused (401) requests a minute (burst UnauthRateBurst). 0 turns a
+	// limit off.
+	DeviceRateLimit int
+	DeviceRateBurst int
+	UnauthRateLimit int
+	UnauthRateBurst int
 	// SecretKey seals secrets kept at rest (64 hex chars or base64 of 32
 	// bytes).
 	SecretKey string
@@ -109,6 +121,19 @@ func bytesize(p func(*Config) *int64) func(*Config, string) error {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n <= 0 {
 			return errors.New("want a positive number of bytes")
+		}
+		*p(c) = n
+		return nil
+	}
+}
+
+// perMinute reads a rate limit: a whole number of requests a minute, 0
+// for none.
+func perMinute(p func(*Config) *int) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > 1_000_000 {
+			return errors.New("want a whole number of requests a minute (0 turns the limit off)")
 		}
 		*p(c) = n
 		return nil
@@ -222,6 +247,18 @@ var Vars = []Var{
 		set: str(func(c *Config) *string { return &c.FirmwareDir })},
 	{Name: "FIRMWARE_MAX_BYTES", Default: "16777216", Help: "largest accepted firmware upload (larger gets 413)",
 		set: bytesize(func(c *Config) *int64 { return &c.FirmwareMaxBytes })},
+	{Name: "JSON_MAX_BYTES", Default: "1048576", Help: "largest JSON body of the admin API (larger gets 413)",
+		set: bytesize(func(c *Config) *int64 { return &c.JSONMaxBytes })},
+	{Name: "IOT_MAX_BYTES", Default: "4096", Help: "largest body on /iot/* and on admin routes that take none (larger gets 413)",
+		set: bytesize(func(c *Config) *int64 { return &c.IoTMaxBytes })},
+	{Name: "DEVICE_RATE_LIMIT", Default: "300", Help: "requests a minute each device may make on /iot/* (429 with Retry-After beyond; 0: no limit)",
+		set: perMinute(func(c *Config) *int { return &c.DeviceRateLimit })},
+	{Name: "DEVICE_RATE_BURST", Default: "60", Help: "requests a device may make at once within DEVICE_RATE_LIMIT",
+		set: positive(func(c *Config) *int { return &c.DeviceRateBurst })},
+	{Name: "UNAUTH_RATE_LIMIT", Default: "120", Help: "refused (401) requests a minute per client address; past it the address gets 429 before its token is checked (0: no limit)",
+		set: perMinute(func(c *Config) *int { return &c.UnauthRateLimit })},
+	{Name: "UNAUTH_RATE_BURST", Default: "100", Help: "refused requests an address may make at once within UNAUTH_RATE_LIMIT",
+		set: positive(func(c *Config) *int { return &c.UnauthRateBurst })},
 	{Name: "SECRET_KEY", Required: true, Secret: true, Help: "32-byte key (64 hex chars or base64) sealing secrets kept in the database",
 		set: str(func(c *Config) *string { return &c.SecretKey })},
 	{Name: "SECRET_KEY_PREVIOUS", Secret: true, Help: "the SECRET_KEY before a key change: still opens secrets sealed under it (optional)",

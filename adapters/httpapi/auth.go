@@ -49,6 +49,9 @@ func (s *Server) authFailure(c *fiber.Ctx, err error) error {
 	case errors.Is(err, model.ErrUnavailable):
 		return err
 	case errors.Is(err, model.ErrForbidden), errors.Is(err, model.ErrUnauthenticated):
+		if errors.Is(err, model.ErrUnauthenticated) {
+			s.addrLimit.take(c.IP())
+		}
 		lvl := requestLogger(c, s.log).Info
 		if errors.Is(err, errNoToken) {
 			lvl = requestLogger(c, s.log).Debug // probes and browsers, mostly
@@ -57,6 +60,7 @@ func (s *Server) authFailure(c *fiber.Ctx, err error) error {
 		return err
 	}
 	requestLogger(c, s.log).Warn("authentication failed unexpectedly", zap.Error(err))
+	s.addrLimit.take(c.IP())
 	return fmt.Errorf("%w: %w", model.ErrUnauthenticated, err)
 }
 
@@ -66,6 +70,9 @@ func (s *Server) requireAdminRole(write bool) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		if s.cfg.AuthDisabled {
 			return c.Next()
+		}
+		if err := s.checkAddress(c); err != nil {
+			return err
 		}
 		token, err := bearerToken(c)
 		if err != nil {
@@ -100,6 +107,9 @@ func subjectOf(p model.Principal) string {
 // requireDevice authenticates a device: token verification, then the
 // device must exist, be active and match the token's model.
 func (s *Server) requireDevice(c *fiber.Ctx) error {
+	if err := s.checkAddress(c); err != nil {
+		return err
+	}
 	token, err := bearerToken(c)
 	if err != nil {
 		return s.authFailure(c, err)
@@ -107,6 +117,11 @@ func (s *Server) requireDevice(c *fiber.Ctx) error {
 	claims, err := s.verify.VerifyDevice(c.UserContext(), token)
 	if err != nil {
 		return s.authFailure(c, err)
+	}
+	if ok, retry := s.deviceLimit.take(claims.ClientID); !ok {
+		s.metrics.rateLimited.WithLabelValues("device").Inc()
+		requestLogger(c, s.log).Info("device over its request rate", zap.String("client_id", claims.ClientID))
+		return rateLimited("from this device", retry)
 	}
 	d, err := s.devices.AuthenticateDevice(c.UserContext(), claims)
 	if err != nil {
@@ -116,4 +131,14 @@ func (s *Server) requireDevice(c *fiber.Ctx) error {
 	c.Locals(localDevice, d)
 	c.Locals(localClaims, claims)
 	return c.Next()
+}
+
+// checkAddress refuses, before its token is verified, a request from an
+// address that has spent its budget of refused requests.
+func (s *Server) checkAddress(c *fiber.Ctx) error {
+	if ok, retry := s.addrLimit.check(c.IP()); !ok {
+		s.metrics.rateLimited.WithLabelValues("address").Inc()
+		return rateLimited("refused from this address", retry)
+	}
+	return nil
 }

@@ -155,8 +155,9 @@ func routeTemplate(path string) string {
 
 // httpMetrics are the per-route request metrics.
 type httpMetrics struct {
-	requests *prometheus.CounterVec
-	duration *prometheus.HistogramVec
+	requests    *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	rateLimited *prometheus.CounterVec
 }
 
 func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
@@ -169,14 +170,23 @@ func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
 		Help:    "HTTP request latency by method and route template.",
 		Buckets: prometheus.DefBuckets,
 	}, []string{"method", "route"})
+	limited := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "espmdm_http_rate_limited_total",
+		Help: "Requests refused with 429, by limit (device, address).",
+	}, []string{"limit"})
 	var err error
+	if limited, err = register(reg, limited); err != nil {
+		return nil, err
+	}
+	limited.WithLabelValues("device")
+	limited.WithLabelValues("address")
 	if requests, err = register(reg, requests); err != nil {
 		return nil, err
 	}
 	if duration, err = register(reg, duration); err != nil {
 		return nil, err
 	}
-	return &httpMetrics{requests: requests, duration: duration}, nil
+	return &httpMetrics{requests: requests, duration: duration, rateLimited: limited}, nil
 }
 
 // register registers c, or reuses the collector already registered under

@@ -66,6 +66,7 @@ var errorResponseNames = map[int]string{
 	http.StatusRequestEntityTooLarge:        "TooLarge",
 	http.StatusUnsupportedMediaType:         "UnsupportedMediaType",
 	http.StatusRequestedRangeNotSatisfiable: "RangeNotSatisfiable",
+	http.StatusTooManyRequests:              "TooManyRequests",
 	http.StatusInternalServerError:          "InternalError",
 	http.StatusBadGateway:                   "BadGateway",
 	http.StatusServiceUnavailable:           "NotReady",
@@ -477,6 +478,12 @@ func schemas() obj {
 	}
 }
 
+func withRetryAfter(resp obj) obj {
+	resp["headers"] = obj{"Retry-After": obj{"description": "whole seconds until the next request can pass",
+		"schema": obj{"type": "integer", "minimum": 1}}}
+	return resp
+}
+
 func problemResponse(desc string) obj {
 	return obj{"description": desc, "content": obj{ContentTypeProblem: obj{"schema": ref("Problem")}}}
 }
@@ -484,12 +491,15 @@ func problemResponse(desc string) obj {
 // openAPIDocument builds the whole document. Role names come from cfg.
 func openAPIDocument(cfg Config) obj {
 	responses := obj{
-		"BadRequest":           problemResponse("invalid input: malformed JSON, unknown member, bad id or query, or a validation failure"),
-		"Unauthorized":         problemResponse("missing, malformed or invalid bearer token"),
-		"Forbidden":            problemResponse("the token lacks the required role, or the device is inactive"),
-		"NotFound":             problemResponse("no such resource"),
-		"Conflict":             problemResponse("conflicts with the current state"),
-		"TooLarge":             problemResponse("the body exceeds the configured limit"),
+		"BadRequest":   problemResponse("invalid input: malformed JSON, unknown member, bad id or query, or a validation failure"),
+		"Unauthorized": problemResponse("missing, malformed or invalid bearer token"),
+		"Forbidden":    problemResponse("the token lacks the required role, or the device is inactive"),
+		"NotFound":     problemResponse("no such resource"),
+		"Conflict":     problemResponse("conflicts with the current state"),
+		"TooLarge": problemResponse(fmt.Sprintf("the body exceeds the route's limit, checked before the token: %d bytes for firmware uploads, "+
+			"%d for admin JSON bodies, %d for /iot/* and routes without a body", cfg.FirmwareMaxBytes, cfg.JSONMaxBytes, cfg.IoTMaxBytes)),
+		"TooManyRequests": withRetryAfter(problemResponse("a device over its request rate (/iot/*), or an address over its budget of refused " +
+			"(401) requests, which is refused before its token is checked")),
 		"UnsupportedMediaType": problemResponse("wrong Content-Type or a compressed body"),
 		"RangeNotSatisfiable":  problemResponse("the range starts past the end of the file"),
 		"InternalError":        problemResponse("unexpected failure; details are only in the server log"),
@@ -530,7 +540,7 @@ func openAPIDocument(cfg Config) obj {
 		codes := append([]int{500}, op.errorCodes...)
 		switch op.auth {
 		case "read", "write":
-			codes = append(codes, 401, 403, 502, 504)
+			codes = append(codes, 401, 403, 413, 429, 502, 504)
 			role := cfg.AdminRole
 			if op.auth == "read" {
 				role = cfg.ViewerRole + " or " + cfg.AdminRole
@@ -538,7 +548,7 @@ func openAPIDocument(cfg Config) obj {
 			o["security"] = []obj{{"adminBearer": []string{}}}
 			o["x-required-role"] = role
 		case "device":
-			codes = append(codes, 401, 403, 502, 504)
+			codes = append(codes, 401, 403, 413, 429, 502, 504)
 			o["security"] = []obj{{"deviceBearer": []string{}}}
 		default:
 			o["security"] = []obj{}

@@ -62,6 +62,13 @@ type Config struct {
 	// still gets its 413.
 	DrainMaxBytes int64
 	DrainTimeout  time.Duration
+	// DeviceRate limits each device (by the client id of its verified
+	// token) on /iot/*; UnauthRate limits each client address by its
+	// refused (401) requests, and refuses an address that spent its
+	// budget before checking its token. Either answers 429 with
+	// Retry-After.
+	DeviceRate RateLimit
+	UnauthRate RateLimit
 	// RequestTimeout bounds the context every handler gets.
 	RequestTimeout time.Duration
 	// ReadyTimeout bounds the readiness checks as a whole.
@@ -95,6 +102,8 @@ func (c Config) withDefaults() Config {
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = DefaultDrainTimeout
 	}
+	c.DeviceRate = c.DeviceRate.withDefault(DefaultDeviceRate)
+	c.UnauthRate = c.UnauthRate.withDefault(DefaultUnauthRate)
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = DefaultRequestTimeout
 	}
@@ -151,6 +160,8 @@ type Server struct {
 	metrics  *httpMetrics
 	ready    []ReadyCheck
 	app      *fiber.App
+
+	deviceLimit, addrLimit *limiter
 
 	openAPI []byte
 	// routeSet holds "METHOD /template" of every registered route.
@@ -210,6 +221,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		gather:   gat,
 		metrics:  m,
 		ready:    append([]ReadyCheck(nil), deps.ReadyChecks...),
+
+		deviceLimit: newLimiter(cfg.DeviceRate),
+		addrLimit:   newLimiter(cfg.UnauthRate),
 	}
 	spec, err := json.Marshal(openAPIDocument(cfg))
 	if err != nil {
