@@ -44,6 +44,9 @@ type server struct {
 	secrets []string
 	// stop stops the application (once; the test's cleanup also calls it).
 	stop func()
+	// pid is the process of an espmdm started by startProcess (0 in
+	// process).
+	pid int
 }
 
 // startServer starts espmdm on a free loopback port with the stack's

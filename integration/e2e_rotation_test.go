@@ -442,7 +442,7 @@ func startProcess(t *testing.T, env map[string]string) (s *server, kill func()) 
 	s = &server{
 		t: t, st: st, base: vars["BASE_URL"], logs: logs, client: &http.Client{Timeout: 30 * time.Second},
 		secrets: []string{vars["SECRET_KEY"], vars["WIFI_PASSWORD"], st.AdminClientSecret, st.OperatorClientSecret, st.ViewerClientSecret},
-		stop:    kill,
+		stop:    kill, pid: cmd.Process.Pid,
 	}
 	t.Cleanup(func() {
 		kill()
