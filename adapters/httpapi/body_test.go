@@ -172,3 +172,23 @@ func TestUploadAtTheLimit(t *testing.T) {
 		t.Errorf("multipart: the catalog got %d bytes, want the %d uploaded", len(e.cat.lastUpload), len(img))
 	}
 }
+
+// Member names are matched exactly: encoding/json alone would let
+// "Config" fill config and a repeated member overwrite the first.
+func TestJSONMembersAreExact(t *testing.T) {
+	e := newEnv(t)
+	e.cat.addModel("sensor", "")
+	for _, tc := range []struct{ body, detail string }{
+		{`{"device_model_id":1,"Config":{}}`, `unknown member "Config"`},
+		{`{"DEVICE_MODEL_ID":1,"config":{}}`, `unknown member "DEVICE_MODEL_ID"`},
+		{`{"device_model_id":1,"config":{},"config":[]}`, `member "config" appears twice`},
+		{`{"device_model_id":2,"device_model_id":1,"config":{}}`, `member "device_model_id" appears twice`},
+	} {
+		p := wantProblem(t, e.sendJSON(http.MethodPost, "/api/devices", tokAdmin, tc.body), http.StatusBadRequest)
+		if !strings.Contains(p.Detail, tc.detail) {
+			t.Errorf("%s: detail %q, want it to say %s", tc.body, p.Detail, tc.detail)
+		}
+	}
+	// Nested objects (the config itself) are the device's business.
+	wantStatus(t, e.sendJSON(http.MethodPost, "/api/devices", tokAdmin, `{"device_model_id":1,"config":{"A":1,"a":2}}`), http.StatusCreated)
+}

@@ -9,8 +9,10 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -38,6 +40,13 @@ func (s *Server) decodeJSON(c *fiber.Ctx, dst any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return errMalformedJSON("the request body is empty: expected a JSON object")
 	}
+	if !utf8.Valid(body) {
+		// JSON is UTF-8 (RFC 8259), and the database refuses anything else.
+		return errMalformedJSON("the JSON body is not valid UTF-8")
+	}
+	if err := exactMembers(body, dst); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
@@ -45,6 +54,51 @@ func (s *Server) decodeJSON(c *fiber.Ctx, dst any) error {
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return errMalformedJSON("malformed JSON: unexpected data after the JSON object")
+	}
+	return nil
+}
+
+// exactMembers checks the member names of a top-level JSON object against
+// the json tags of the struct dst points to: encoding/json matches names
+// case-insensitively ("Config" fills config) and lets a repeated member
+// overwrite the first, and neither may pass unnoticed. Bodies that are not
+// an object are left to the decoder's own error.
+func exactMembers(body []byte, dst any) error {
+	t := reflect.TypeOf(dst)
+	if t.Kind() != reflect.Pointer || t.Elem().Kind() != reflect.Struct {
+		return nil
+	}
+	known := map[string]bool{}
+	for f := range t.Elem().Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name != "" && name != "-" {
+			known[name] = true
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		name, _ := tok.(string)
+		switch {
+		case !known[name] && len(name) <= 64:
+			return errMalformedJSON(fmt.Sprintf("unknown member %q in the JSON object (member names are case-sensitive)", name))
+		case !known[name]:
+			return errMalformedJSON("the JSON object has an unknown member")
+		case seen[name]:
+			return errMalformedJSON(fmt.Sprintf("member %q appears twice in the JSON object", name))
+		}
+		seen[name] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return nil
+		}
 	}
 	return nil
 }

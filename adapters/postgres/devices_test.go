@@ -138,6 +138,9 @@ func TestConstraintTranslation(t *testing.T) {
 			{"config not an object", func() error {
 				return r.devices.CreateDevice(ctx, &model.Device{Key: randomKey(), DeviceModelID: m.ID, Config: json.RawMessage(`[1,2]`)})
 			}, "config", "[1,2]"},
+			{"config with a lone surrogate escape", func() error {
+				return r.devices.CreateDevice(ctx, &model.Device{Key: randomKey(), DeviceModelID: m.ID, Config: json.RawMessage(`{"k":"\ud800"}`)})
+			}, "", `\ud800`},
 			{"unknown rotation state", func() error {
 				_, err := r.devices.UpdateDevice(ctx, d.ID, func(cur *model.Device) error {
 					cur.RotationState = "ROTATING"

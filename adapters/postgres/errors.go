@@ -62,6 +62,11 @@ func translatePG(op string, e pgdriver.Error, fk fkMeaning) error {
 		return fmt.Errorf("postgres: %s: still referenced (%s): %w", op, constraint, model.ErrConflict)
 	case code == "23514" || code == "23502": // check_violation, not_null_violation
 		return &model.ValidationError{Field: constraintField(constraint, e.Field('c')), Reason: "rejected by the database (" + sqlStateName(code) + ")"}
+	case code == "22P02" || code == "22021" || code == "22P05": // invalid_text_representation, character_not_in_repertoire, untranslatable_character
+		// Text or JSON the database cannot store, such as a lone UTF-16
+		// surrogate escape ("\ud800") in a JSON string: the client's input.
+		return &model.ValidationError{Field: constraintField(constraint, e.Field('c')),
+			Reason: "the input holds text the database cannot store (invalid UTF-8, a NUL, or a lone UTF-16 surrogate escape)"}
 	case strings.HasPrefix(code, "08"), // connection_exception
 		code == "57P01", code == "57P02", code == "57P03", // admin/crash shutdown, cannot connect now
 		code == "53300", // too_many_connections

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/espmdm/espmdm/core/model"
 	"github.com/espmdm/espmdm/esp32image"
@@ -55,6 +57,16 @@ func (s *Service) uploadFirmware(ctx context.Context, modelID int64, data []byte
 	}
 	if img.AppDesc.Version == "" {
 		return model.Firmware{}, nil, false, model.Invalid("firmware", "the application descriptor has an empty version")
+	}
+	// The descriptor's strings are recorded, shown and sent to devices:
+	// text only.
+	for _, f := range []struct{ name, v string }{
+		{"version", img.AppDesc.Version}, {"project name", img.AppDesc.ProjectName}, {"IDF version", img.AppDesc.IDFVersion},
+	} {
+		if !printable(f.v) {
+			return model.Firmware{}, nil, false, model.Invalid("firmware",
+				"the application descriptor's %s is not printable UTF-8 text", f.name)
+		}
 	}
 	chip := img.Header.ChipID
 	// The first upload sets the model's chip; later ones must match it.
@@ -215,4 +227,17 @@ func dottedVersion(v string) ([]uint64, bool) {
 		out = append(out, n)
 	}
 	return out, true
+}
+
+// printable reports whether s is valid UTF-8 without control characters.
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
 }

@@ -76,6 +76,8 @@ func TestUploadFirmwareRejects(t *testing.T) {
 		{"bad SHA-256", flip(valid, lay.Digest+3), 0, false, []string{"esp32image"}},
 		{"no app descriptor", esp32imagetest.New(esp32image.ChipESP32, 3, true, nil).Bytes(), 0, false, []string{"descriptor"}},
 		{"empty version", image(esp32image.ChipESP32, ""), 0, false, []string{"version"}},
+		{"version not UTF-8", image(esp32image.ChipESP32, "1.0\xff\xfe"), 0, false, []string{"version", "UTF-8"}},
+		{"version with a newline", image(esp32image.ChipESP32, "1.0\nINFO forged log line"), 0, false, []string{"version", "printable"}},
 		{"not an image", []byte("#!/bin/sh\nrm -rf /\n"), 0, false, []string{"esp32image"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
