@@ -160,3 +160,50 @@ func TestE2EUploadFloodUnauthenticated(t *testing.T) {
 	// And it still serves.
 	s.do(http.MethodGet, "/api/device-models", s.viewer, nil).want(t, http.StatusOK, nil)
 }
+
+// TestE2EDeviceRateLimit: with real device tokens, a device over
+// DEVICE_RATE_LIMIT gets 429 problems with Retry-After while another device
+// is served as usual, and an address sending forged tokens is cut off
+// before its tokens are verified without slowing the devices.
+func TestE2EDeviceRateLimit(t *testing.T) {
+	s := startServer(t, map[string]string{
+		"DEVICE_RATE_LIMIT": "60", "DEVICE_RATE_BURST": "5",
+		"UNAUTH_RATE_LIMIT": "60", "UNAUTH_RATE_BURST": "3",
+	})
+	m := newModel(t, s, nil)
+	devs := newSimDevices(t, s, m.ID, follows, follows)
+	busy, calm := devs[0].deviceToken(t, s), devs[1].deviceToken(t, s)
+	limited := 0
+	for i := range 20 {
+		r := s.request(http.MethodGet, "/iot/config", busy, nil)
+		switch r.status {
+		case http.StatusOK:
+			if limited > 0 {
+				t.Errorf("request %d: served again right after a 429", i+1)
+			}
+		case http.StatusTooManyRequests:
+			limited++
+			r.wantProblem(t, http.StatusTooManyRequests)
+			if ra, err := strconv.Atoi(r.header.Get("Retry-After")); err != nil || ra < 1 || ra > 2 {
+				t.Errorf("Retry-After %q, want 1 s at 60 a minute", r.header.Get("Retry-After"))
+			}
+		default:
+			t.Fatalf("request %d: %d %s", i+1, r.status, r.body)
+		}
+	}
+	// Burst 5, then one a second: 15 refused, fewer if the loop was slow.
+	if limited < 12 || limited > 15 {
+		t.Errorf("%d of 20 requests limited, want about 15 (burst 5)", limited)
+	}
+	// The other device is not slowed: all of its burst passes.
+	for range 5 {
+		s.request(http.MethodGet, "/iot/config", calm, nil).want(t, http.StatusOK, nil)
+	}
+	// Forged tokens from this address: 3 refusals, then 429 before
+	// verification.
+	for range 3 {
+		s.request(http.MethodGet, "/iot/config", "forged", nil).wantProblem(t, http.StatusUnauthorized)
+	}
+	s.request(http.MethodGet, "/iot/config", "forged", nil).wantProblem(t, http.StatusTooManyRequests)
+	s.request(http.MethodGet, "/api/devices", "forged", nil).wantProblem(t, http.StatusTooManyRequests)
+}
