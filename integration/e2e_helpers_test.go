@@ -44,9 +44,10 @@ type server struct {
 	secrets []string
 	// stop stops the application (once; the test's cleanup also calls it).
 	stop func()
-	// pid is the process of an espmdm started by startProcess (0 in
-	// process).
+	// pid and out are the process of an espmdm started by startProcess
+	// and its output (0 and nil in process).
 	pid int
+	out *syncBuffer
 }
 
 // startServer starts espmdm on a free loopback port with the stack's

@@ -427,8 +427,8 @@ func startProcess(t *testing.T, env map[string]string) (s *server, kill func()) 
 	for k, v := range vars {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	var out syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start espmdm serve: %v", err)
 	}
@@ -442,7 +442,7 @@ func startProcess(t *testing.T, env map[string]string) (s *server, kill func()) 
 	s = &server{
 		t: t, st: st, base: vars["BASE_URL"], logs: logs, client: &http.Client{Timeout: 30 * time.Second},
 		secrets: []string{vars["SECRET_KEY"], vars["WIFI_PASSWORD"], st.AdminClientSecret, st.OperatorClientSecret, st.ViewerClientSecret},
-		stop:    kill, pid: cmd.Process.Pid,
+		stop:    kill, pid: cmd.Process.Pid, out: out,
 	}
 	t.Cleanup(func() {
 		kill()

@@ -3,8 +3,10 @@ package integration_test
 import (
 	"bytes"
 	"database/sql"
+	"encoding/base64"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +14,8 @@ import (
 	"github.com/uptrace/bun/driver/pgdriver"
 
 	"github.com/espmdm/espmdm/adapters/secretbox"
+	"github.com/espmdm/espmdm/esp32image"
+	"github.com/espmdm/espmdm/integration"
 )
 
 // sealedSecret reads a device's previous_secret column as stored.
@@ -126,4 +130,98 @@ func TestE2ESecretKeyChangeKeepsInFlightRotations(t *testing.T) {
 	if accepted(t, s3.st, d.ClientID, p.ClientSecret) {
 		t.Errorf("the unconfirmed new secret still works after the restore")
 	}
+}
+
+// TestE2ESecretsNeverLogged runs a whole device life — model, firmware,
+// device, provisioning data in every form, device API calls, a rotation
+// with its fetch and ack, refusals, deletion — against an espmdm process
+// logging JSON at debug level, and fails if anything secret it handled
+// appears in its output: a client secret (old or new), an access token or
+// its signature, the Wi-Fi password, SECRET_KEY, the broker or database
+// password, or a piece of the provisioning partition.
+func TestE2ESecretsNeverLogged(t *testing.T) {
+	st := integration.Shared(t)
+	brokerPassword := "broker-" + randHex(6)
+	env := rotationEnv("grace", 2)
+	env["MQTT_URL"] = strings.Replace(st.MQTTURL, "mqtt://", "mqtt://espmdm:"+brokerPassword+"@", 1)
+	env["UNAUTH_RATE_LIMIT"] = "0"
+	s, _ := startProcess(t, env)
+	s.keep(brokerPassword)
+	handled := []string{brokerPassword, s.admin, s.viewer}
+	if u, err := url.Parse(s.cfg.DatabaseURL); err == nil {
+		if pw, ok := u.User.Password(); ok {
+			handled = append(handled, pw)
+		}
+	}
+
+	m := newModel(t, s, map[string]any{"type": "object"})
+	up := fmt.Sprintf("/api/device-models/%d/firmware", m.ID)
+	s.request(http.MethodPost, up, s.admin, bytes.NewReader(firmwareImage(esp32image.ChipESP32, "1.2.3")),
+		"Content-Type", "application/octet-stream").want(t, http.StatusCreated, nil)
+	d := newSimDevices(t, s, m.ID, follows)[0]
+	prov := fmt.Sprintf("/api/devices/%d/provisioning", d.ID)
+	var img struct {
+		Data string `json:"data"`
+	}
+	s.do(http.MethodGet, prov, s.admin, nil).want(t, http.StatusOK, &img)
+	s.request(http.MethodGet, prov+"?format=bin", s.admin, nil).want(t, http.StatusOK, nil)
+	var fields provisioningDTO
+	s.do(http.MethodGet, prov+"?format=json", s.admin, nil).want(t, http.StatusOK, &fields)
+	handled = append(handled, d.current, fields.WiFiPassword, img.Data[len(img.Data)/3:len(img.Data)/3+64])
+
+	tok := d.deviceToken(t, s)
+	for _, path := range []string{"/iot/config", "/iot/firmware-version", "/iot/firmware", "/iot/provisioning"} {
+		s.request(http.MethodGet, path, tok, nil).want(t, http.StatusOK, nil)
+	}
+	// Tokens and secrets where they do not belong: refused, and not logged.
+	s.request(http.MethodGet, "/iot/config?access_token="+tok, "", nil).wantProblem(t, http.StatusUnauthorized)
+	s.request(http.MethodGet, "/iot/config", "", nil, "Authorization", "Basic "+
+		base64.StdEncoding.EncodeToString([]byte(d.ClientID+":"+d.current))).wantProblem(t, http.StatusUnauthorized)
+	s.request(http.MethodGet, "/iot/config", tok+"x", nil).wantProblem(t, http.StatusUnauthorized)
+	s.request(http.MethodGet, "/api/devices", tok, nil).wantProblem(t, http.StatusUnauthorized)
+	s.do(http.MethodPost, "/iot/provisioning/ack", tok, map[string]string{"client_secret_sha256": sha256Hex(d.current)}).
+		wantProblem(t, http.StatusConflict)
+
+	// A rotation: nudge, fetch, token with the new secret, ack.
+	s.do(http.MethodPost, fmt.Sprintf("/api/devices/%d/rotate", d.ID), s.admin, nil).want(t, http.StatusAccepted, nil)
+	waitState(t, s, d.ID, "PENDING", 30*time.Second)
+	d.act(t, s, "the one attempt")
+	waitState(t, s, d.ID, "OK", 30*time.Second)
+	newTok := d.deviceToken(t, s)
+	s.request(http.MethodGet, "/iot/config", newTok, nil).want(t, http.StatusOK, nil)
+	handled = append(handled, d.current, tok, newTok)
+	for _, f := range d.fetched {
+		handled = append(handled, f)
+	}
+	s.request(http.MethodDelete, fmt.Sprintf("/api/devices/%d", d.ID), s.admin, nil).want(t, http.StatusNoContent, nil)
+	time.Sleep(300 * time.Millisecond) // the last lines reach the pipe
+
+	out := s.out.String()
+	if n := strings.Count(out, `"msg":"http request"`); n < 20 {
+		t.Fatalf("only %d request log lines captured: the check would prove nothing", n)
+	}
+	if !strings.Contains(out, `"level":"debug"`) || !strings.Contains(out, "rotation") {
+		t.Fatalf("the output lacks debug and rotation lines: the check would prove nothing")
+	}
+	s.mu.Lock()
+	handled = append(handled, s.secrets...) // everything startServer and the helpers kept
+	s.mu.Unlock()
+	checked := 0
+	for _, secret := range handled {
+		if len(secret) < 8 {
+			continue
+		}
+		forms := []string{secret, base64.StdEncoding.EncodeToString([]byte(secret)), base64.RawURLEncoding.EncodeToString([]byte(secret))}
+		if parts := strings.Split(secret, "."); len(parts) == 3 {
+			forms = append(forms, parts[2]) // a JWT's signature alone
+		}
+		for _, f := range forms {
+			checked++
+			if strings.Contains(out, f) {
+				t.Errorf("a secret (%d chars, starting %.4s…) appears in espmdm's output", len(f), f)
+			}
+		}
+	}
+	t.Logf("%d secret values and encodings checked against %d bytes (%d lines) of JSON logs",
+		checked, len(out), strings.Count(out, "\n"))
 }
