@@ -190,9 +190,7 @@ func TestE2ESecretsNeverLogged(t *testing.T) {
 	newTok := d.deviceToken(t, s)
 	s.request(http.MethodGet, "/iot/config", newTok, nil).want(t, http.StatusOK, nil)
 	handled = append(handled, d.current, tok, newTok)
-	for _, f := range d.fetched {
-		handled = append(handled, f)
-	}
+	handled = append(handled, d.fetched...)
 	s.request(http.MethodDelete, fmt.Sprintf("/api/devices/%d", d.ID), s.admin, nil).want(t, http.StatusNoContent, nil)
 	time.Sleep(300 * time.Millisecond) // the last lines reach the pipe
 
