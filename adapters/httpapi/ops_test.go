@@ -217,8 +217,12 @@ func TestHealth(t *testing.T) {
 }
 
 func TestReadinessTimeoutAndPanic(t *testing.T) {
+	// The stuck check ignores its context until the test ends (then it
+	// returns, so that no goroutine outlives the test).
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
 	e := newEnv(t, withReadyChecks(
-		httpapi.ReadyCheck{Name: "stuck", Check: func(context.Context) error { select {} }},
+		httpapi.ReadyCheck{Name: "stuck", Check: func(context.Context) error { <-release; return nil }},
 		httpapi.ReadyCheck{Name: "slow", Check: func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }},
 		httpapi.ReadyCheck{Name: "panicky", Check: func(context.Context) error { panic("oops") }},
 		httpapi.ReadyCheck{Name: "fine", Check: func(context.Context) error { return nil }},

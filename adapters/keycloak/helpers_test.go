@@ -23,7 +23,9 @@ import (
 	"github.com/espmdm/espmdm/integration"
 )
 
-func TestMain(m *testing.M) { os.Exit(integration.RunTests(m)) }
+// TestMain runs the tests on the shared stack and then fails the run when
+// a test left a goroutine behind.
+func TestMain(m *testing.M) { os.Exit(integration.VerifyNoLeaks(integration.RunTests(m))) }
 
 // adminConfig is the adapter's configuration for the shared stack.
 func adminConfig(st *integration.Stack) keycloak.AdminConfig {

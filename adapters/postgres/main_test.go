@@ -10,9 +10,9 @@ import (
 	"github.com/espmdm/espmdm/integration"
 )
 
-func TestMain(m *testing.M) {
-	os.Exit(integration.RunTests(m))
-}
+// TestMain runs the tests on the shared stack and then fails the run when
+// a test left a goroutine behind.
+func TestMain(m *testing.M) { os.Exit(integration.VerifyNoLeaks(integration.RunTests(m))) }
 
 // openDB opens a fresh empty database of the shared stack, closed when the
 // test ends (before the harness drops the database).
