@@ -101,18 +101,16 @@ func multipartFile(c *fiber.Ctx, contentType string, limit int64) ([]byte, error
 		return nil, badRequest("malformed-request", "the multipart/form-data Content-Type has no boundary")
 	}
 	total := limit + multipartOverhead
-	body := io.LimitReader(bodyReader(c), total+1)
+	body := &countingReader{r: io.LimitReader(bodyReader(c), total+1)}
 	mr := multipart.NewReader(body, params["boundary"])
 	for {
 		part, err := mr.NextPart()
 		switch {
 		case errors.Is(err, io.EOF):
 			return nil, model.Invalid("file", "the multipart form needs a file field named \"file\"")
+		case err != nil && body.n > total:
+			return nil, tooLarge(limit) // cut off by the limit
 		case err != nil:
-			if cl := c.Request().Header.ContentLength(); cl < 0 || int64(cl) > total {
-				// Possibly cut off by the limit reader.
-				return nil, tooLarge(limit)
-			}
 			return nil, badRequest("malformed-request", "the multipart/form-data body is malformed")
 		}
 		if part.FormName() != "file" {
@@ -123,7 +121,10 @@ func multipartFile(c *fiber.Ctx, contentType string, limit int64) ([]byte, error
 			continue
 		}
 		data, err := io.ReadAll(io.LimitReader(part, limit+1))
-		if err != nil {
+		switch {
+		case err != nil && body.n > total:
+			return nil, tooLarge(limit)
+		case err != nil:
 			return nil, badRequest("malformed-request", "the multipart/form-data body is malformed")
 		}
 		if int64(len(data)) > limit {
@@ -131,6 +132,18 @@ func multipartFile(c *fiber.Ctx, contentType string, limit int64) ([]byte, error
 		}
 		return data, nil
 	}
+}
+
+// countingReader counts what was read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // drainBody reads and discards what the client is still sending of the
@@ -141,10 +154,11 @@ func multipartFile(c *fiber.Ctx, contentType string, limit int64) ([]byte, error
 // answer.
 func (s *Server) drainBody(c *fiber.Ctx) {
 	req := c.Request()
-	if !req.IsBodyStream() {
+	cl := req.Header.ContentLength()
+	if !req.IsBodyStream() || cl == 0 {
 		return
 	}
-	if cl := req.Header.ContentLength(); cl > 0 && int64(cl) > s.cfg.DrainMaxBytes {
+	if cl > 0 && int64(cl) > s.cfg.DrainMaxBytes {
 		// Certainly more than the bound: no point reading any of it.
 		c.Context().SetConnectionClose()
 		return

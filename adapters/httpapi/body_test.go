@@ -192,3 +192,23 @@ func TestJSONMembersAreExact(t *testing.T) {
 	// Nested objects (the config itself) are the device's business.
 	wantStatus(t, e.sendJSON(http.MethodPost, "/api/devices", tokAdmin, `{"device_model_id":1,"config":{"A":1,"a":2}}`), http.StatusCreated)
 }
+
+// A chunked multipart body is limited like any other: too large is a 413,
+// malformed a 400.
+func TestChunkedMultipart(t *testing.T) {
+	const max = 64 << 10
+	e := newEnv(t, withConfig(func(c *httpapi.Config) { c.FirmwareMaxBytes = max }))
+	e.cat.addModel("sensor", "")
+	send := func(body []byte, ct string) response {
+		// An io.Reader that is not a *bytes.Reader: net/http sends it chunked.
+		return e.do(request{method: http.MethodPost, path: "/api/device-models/1/firmware", token: tokAdmin,
+			body: io.MultiReader(bytes.NewReader(body)), contentType: ct})
+	}
+	big, ct := multipartBody(t, "file", testImage(max+1))
+	wantProblem(t, send(big.Bytes(), ct), http.StatusRequestEntityTooLarge)
+	huge, ct := multipartBody(t, "file", testImage(3*max))
+	wantProblem(t, send(huge.Bytes(), ct), http.StatusRequestEntityTooLarge)
+	wantProblem(t, send([]byte("--b\r\nno headers end"), "multipart/form-data; boundary=b"), http.StatusBadRequest)
+	ok, ct := multipartBody(t, "file", testImage(max))
+	wantStatus(t, send(ok.Bytes(), ct), http.StatusCreated)
+}
