@@ -130,6 +130,17 @@ func TestE2ESecretKeyChangeKeepsInFlightRotations(t *testing.T) {
 	if accepted(t, s3.st, d.ClientID, p.ClientSecret) {
 		t.Errorf("the unconfirmed new secret still works after the restore")
 	}
+	// Nothing sealed under the old key is left: SECRET_KEY_PREVIOUS may go
+	// once no device is PENDING or TIMEOUT.
+	db := sql.OpenDB(pgdriver.NewConnector(pgdriver.WithDSN(dsn)))
+	defer db.Close()
+	var left int
+	if err := db.QueryRowContext(ctxT(t, 10*time.Second), `SELECT count(*) FROM devices WHERE previous_secret IS NOT NULL`).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left != 0 {
+		t.Errorf("%d sealed secrets left after the restore", left)
+	}
 }
 
 // TestE2ESecretsNeverLogged runs a whole device life — model, firmware,

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/espmdm/espmdm/adapters/httpapi"
 )
@@ -122,6 +123,27 @@ func TestRefusalsReachAClientSendingTheWholeBody(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A client that asks with Expect: 100-continue is told to go on (fasthttp
+// answers before the handler runs) and then gets the refusal as well.
+func TestRefusalWithExpectContinue(t *testing.T) {
+	e := newEnv(t, withConfig(func(c *httpapi.Config) { c.FirmwareMaxBytes = 1 << 20 }))
+	e.cat.addModel("sensor", "")
+	client := &http.Client{Transport: &http.Transport{ExpectContinueTimeout: 5 * time.Second}}
+	t.Cleanup(client.CloseIdleConnections)
+	var sent atomic.Int64
+	req, _ := http.NewRequest(http.MethodPost, e.base+"/api/device-models/1/firmware", &zeros{left: 1 << 20, read: &sent})
+	req.ContentLength = 1 << 20
+	req.Header.Set("Expect", "100-continue")
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("upload with Expect: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	wantProblem(t, response{status: resp.StatusCode, header: resp.Header, body: b}, http.StatusUnauthorized)
 }
 
 // Beyond DrainMaxBytes the server stops reading and closes the connection
