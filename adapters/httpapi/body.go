@@ -23,6 +23,16 @@ import (
 // unread is drained by observe, within DrainMaxBytes and DrainTimeout, so
 // that a client which sends its whole body before reading (no
 // Expect: 100-continue) receives the 401 or 413 instead of a reset.
+//
+// What fasthttp v1.51 does with StreamRequestBody (read in its source):
+// it never refuses a body for its size (BodyLimit only decides how much is
+// prefetched; a larger body is simply streamed), it waits for the first
+// min(Content-Length, 8 KiB) bytes before calling the handler, it would
+// read a whole multipart form before the handler unless
+// DisablePreParseMultipartForm, and c.Body(), c.BodyRaw() and c.FormFile()
+// read the entire stream without a bound. Whatever the handler leaves
+// unread would be parsed as the next request on the connection: hence the
+// drain, or Connection: close.
 
 const localBodyLimit = "espmdm.body_limit"
 
