@@ -322,6 +322,7 @@ func newHTTPServer(p httpParams) (*httpapi.Server, error) {
 		IoTMaxBytes:      p.Cfg.IoTMaxBytes,
 		DeviceRate:       rateLimit(p.Cfg.DeviceRateLimit, p.Cfg.DeviceRateBurst),
 		UnauthRate:       rateLimit(p.Cfg.UnauthRateLimit, p.Cfg.UnauthRateBurst),
+		TrustedProxies:   p.Cfg.TrustedProxies,
 		BaseURL:          p.Cfg.BaseURL,
 	}, httpapi.Deps{
 		Catalog: p.Catalog, Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation,

@@ -3,6 +3,7 @@ package app
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
@@ -10,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/espmdm/espmdm/adapters/httpapi"
 	"github.com/espmdm/espmdm/adapters/schedule"
 )
 
@@ -52,6 +54,9 @@ type Config struct {
 	DeviceRateBurst int
 	UnauthRateLimit int
 	UnauthRateBurst int
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For is
+	// believed.
+	TrustedProxies []netip.Prefix
 	// SecretKey seals secrets kept at rest (64 hex chars or base64 of 32
 	// bytes).
 	SecretKey string
@@ -259,6 +264,12 @@ var Vars = []Var{
 		set: perMinute(func(c *Config) *int { return &c.UnauthRateLimit })},
 	{Name: "UNAUTH_RATE_BURST", Default: "100", Help: "refused requests an address may make at once within UNAUTH_RATE_LIMIT",
 		set: positive(func(c *Config) *int { return &c.UnauthRateBurst })},
+	{Name: "TRUSTED_PROXIES", Help: "reverse proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For gives the client address for UNAUTH_RATE_LIMIT and the logs",
+		set: func(c *Config, v string) error {
+			p, err := httpapi.ParseTrustedProxies(v)
+			c.TrustedProxies = p
+			return err
+		}},
 	{Name: "SECRET_KEY", Required: true, Secret: true, Help: "32-byte key (64 hex chars or base64) sealing secrets kept in the database",
 		set: str(func(c *Config) *string { return &c.SecretKey })},
 	{Name: "SECRET_KEY_PREVIOUS", Secret: true, Help: "the SECRET_KEY before a key change: still opens secrets sealed under it (optional)",

@@ -149,6 +149,8 @@ func TestLoadConfigInvalidValue(t *testing.T) {
 		{"DEVICE_RATE_BURST", "0"},
 		{"UNAUTH_RATE_LIMIT", secretValue},
 		{"UNAUTH_RATE_BURST", "-2"},
+		{"TRUSTED_PROXIES", "10.0.0.0/33"},
+		{"TRUSTED_PROXIES", "10.0.0.1, " + secretValue},
 		{"MQTT_URL", secretValue},
 		{"MQTT_URL", "mqtt://user:" + secretValue + "@%zz"},
 		{"ROTATION_CRON", secretValue},

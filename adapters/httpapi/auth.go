@@ -50,7 +50,7 @@ func (s *Server) authFailure(c *fiber.Ctx, err error) error {
 		return err
 	case errors.Is(err, model.ErrForbidden), errors.Is(err, model.ErrUnauthenticated):
 		if errors.Is(err, model.ErrUnauthenticated) {
-			s.addrLimit.take(c.IP())
+			s.addrLimit.take(s.clientAddr(c))
 		}
 		lvl := requestLogger(c, s.log).Info
 		if errors.Is(err, errNoToken) {
@@ -60,7 +60,7 @@ func (s *Server) authFailure(c *fiber.Ctx, err error) error {
 		return err
 	}
 	requestLogger(c, s.log).Warn("authentication failed unexpectedly", zap.Error(err))
-	s.addrLimit.take(c.IP())
+	s.addrLimit.take(s.clientAddr(c))
 	return fmt.Errorf("%w: %w", model.ErrUnauthenticated, err)
 }
 
@@ -136,7 +136,7 @@ func (s *Server) requireDevice(c *fiber.Ctx) error {
 // checkAddress refuses, before its token is verified, a request from an
 // address that has spent its budget of refused requests.
 func (s *Server) checkAddress(c *fiber.Ctx) error {
-	if ok, retry := s.addrLimit.check(c.IP()); !ok {
+	if ok, retry := s.addrLimit.check(s.clientAddr(c)); !ok {
 		s.metrics.rateLimited.WithLabelValues("address").Inc()
 		return rateLimited("refused from this address", retry)
 	}

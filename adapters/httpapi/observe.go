@@ -116,7 +116,7 @@ func (s *Server) observe(c *fiber.Ctx) error {
 			zap.Int("status", status),
 			zap.Duration("duration", elapsed),
 			zap.Int("request_bytes", max(c.Request().Header.ContentLength(), 0)),
-			zap.String("remote", c.IP()),
+			zap.String("remote", s.clientAddr(c)),
 		}
 		if sub, ok := c.Locals(localSubject).(string); ok && sub != "" {
 			fields = append(fields, zap.String("subject", sub))

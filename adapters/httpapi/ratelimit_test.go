@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -123,4 +124,53 @@ func metricValue(t *testing.T, e *env, name, labels string) float64 {
 	}
 	t.Fatalf("no %s{%s} in /metrics", name, labels)
 	return 0
+}
+
+// Behind a trusted reverse proxy the address limit applies to the client
+// that X-Forwarded-For names (its rightmost untrusted entry: what the
+// client wrote itself further left is not believed); from any other peer
+// the header is ignored.
+func TestAddressBehindATrustedProxy(t *testing.T) {
+	proxies, err := httpapi.ParseTrustedProxies("127.0.0.2, 10.9.0.0/16")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, withConfig(func(c *httpapi.Config) {
+		c.UnauthRate = httpapi.RateLimit{PerMinute: 1, Burst: 2}
+		c.TrustedProxies = proxies
+	}))
+	proxy, direct := clientFrom("127.0.0.2"), clientFrom("127.0.0.3")
+	get := func(c *http.Client, xff string) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, e.base+"/api/devices", nil)
+		req.Header.Set("Authorization", "Bearer forged")
+		if xff != "" {
+			req.Header.Set("X-Forwarded-For", xff)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for i, want := range []int{401, 401, 429} {
+		// The client forges a different first hop each time; the proxy
+		// (10.9.0.5, trusted) appended the real one.
+		if got := get(proxy, fmt.Sprintf("203.0.113.%d, 198.51.100.7, 10.9.0.5", i)); got != want {
+			t.Fatalf("client 198.51.100.7, request %d: %d, want %d", i+1, got, want)
+		}
+	}
+	if got := get(proxy, "198.51.100.8"); got != http.StatusUnauthorized {
+		t.Errorf("another client behind the proxy: %d, want 401 (a budget of its own)", got)
+	}
+	// An untrusted peer's header is ignored: its own address is limited.
+	for i, want := range []int{401, 401, 429} {
+		if got := get(direct, fmt.Sprintf("198.51.100.%d", 50+i)); got != want {
+			t.Fatalf("untrusted peer, request %d: %d, want %d", i+1, got, want)
+		}
+	}
+	if _, err := httpapi.ParseTrustedProxies("10.0.0.1, not-an-address"); err == nil || strings.Contains(err.Error(), "not-an-address") {
+		t.Errorf("ParseTrustedProxies error = %v, want one naming the entry's position only", err)
+	}
 }

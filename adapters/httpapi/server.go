@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -69,6 +70,10 @@ type Config struct {
 	// Retry-After.
 	DeviceRate RateLimit
 	UnauthRate RateLimit
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For names
+	// the client address (for UnauthRate and the access log); from any
+	// other peer the header is ignored.
+	TrustedProxies []netip.Prefix
 	// RequestTimeout bounds the context every handler gets.
 	RequestTimeout time.Duration
 	// ReadyTimeout bounds the readiness checks as a whole.
