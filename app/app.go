@@ -92,6 +92,7 @@ func Server() fx.Option {
 	return fx.Options(
 		fx.Provide(newHTTPServer),
 		fx.Invoke(registerHTTP, registerReconciler, registerRotation, warnAuthDisabled),
+		consoleModule(),
 	)
 }
 
