@@ -7,19 +7,33 @@ GOLANGCI_LINT_VERSION := v2.15.0
 # restart its services.
 TEST_FLAGS ?= -count=1 -p 1 -timeout 30m
 
-.PHONY: all build test bench lint run deps fuzz clean
+CONSOLE_WEB := adapters/console/web
+
+.PHONY: all build console console-test test bench lint run deps fuzz clean
 
 all: build
 
-build:
+## build: the console's web assets (embedded), then bin/espmdm
+build: console
 	$(GO) build -o $(BIN) ./app/cmd/espmdm
+
+## console: npm ci (when the lockfile changed) and the Vite build into adapters/console/dist
+console: $(CONSOLE_WEB)/node_modules/.package-lock.json
+	cd $(CONSOLE_WEB) && npm run --silent build
+
+$(CONSOLE_WEB)/node_modules/.package-lock.json: $(CONSOLE_WEB)/package-lock.json $(CONSOLE_WEB)/package.json
+	cd $(CONSOLE_WEB) && npm ci --no-audit --no-fund
+
+## console-test: the console's unit tests (Vitest)
+console-test: $(CONSOLE_WEB)/node_modules/.package-lock.json
+	cd $(CONSOLE_WEB) && npm test --silent
 
 ## deps: install what the processes launcher needs (idempotent, fast when present)
 deps:
 	bash .ci/deps
 
 ## test: every unit, adapter and end-to-end test, against one real stack
-test: deps
+test: deps console console-test
 	$(GO) build ./...
 	$(GO) vet ./...
 	$(GO) run ./integration/cmd/withstack -launcher $(LAUNCHER) -- $(GO) test $(TEST_FLAGS) ./...
@@ -44,4 +58,5 @@ run: deps build
 	$(BIN) dev --launcher $(LAUNCHER) --env-file $(or $(ENV_FILE),.espmdm-dev.env) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 clean:
-	rm -rf bin
+	rm -rf bin $(CONSOLE_WEB)/node_modules
+	find adapters/console/dist -mindepth 1 ! -name PLACEHOLDER -delete
