@@ -34,7 +34,10 @@ environment is honoured (e.g. LOG_LEVEL, HTTP_ADDR, WIFI_SSID); what it does not
 set comes from the stack. When ready, the URLs and the operator credentials are
 written to the env file as KEY=value lines: ESPMDM_URL, OIDC_TOKEN_URL,
 OIDC_ISSUER_URL, KEYCLOAK_URL, KEYCLOAK_REALM, MQTT_URL, DATABASE_URL,
-OPERATOR_CLIENT_ID, OPERATOR_CLIENT_SECRET. Runs until SIGINT/SIGTERM, then stops
+OPERATOR_CLIENT_ID, OPERATOR_CLIENT_SECRET, and for the web console CONSOLE_URL,
+CONSOLE_USER, CONSOLE_PASSWORD (a realm user holding the admin role) and
+CONSOLE_VIEWER_USER, CONSOLE_VIEWER_PASSWORD (one holding the viewer role; both
+passwords are new each run). Runs until SIGINT/SIGTERM, then stops
 everything it started and removes the env file.
 
 Without --data-dir everything is thrown away at the stop. With --data-dir DIR
@@ -96,6 +99,13 @@ func runDev(ctx context.Context, stderr io.Writer, envFile, launcher, dataDir st
 	if err != nil {
 		return err
 	}
+	// The console's client learns this server's URL (the port is new each
+	// run), and the console users get fresh passwords.
+	con, err := newRealmSetup(setupOptions{url: st.KeycloakURL, realm: st.Realm, adminRealm: "master",
+		adminUser: st.KeycloakAdminUser, password: st.KeycloakAdminPassword}).setupConsole(ctx, env["BASE_URL"])
+	if err != nil {
+		return fmt.Errorf("prepare the console's Keycloak client and users: %w", err)
+	}
 	ready := func() error {
 		if err := waitReady(ctx, env["BASE_URL"]+"/health/ready", time.Minute); err != nil {
 			return err
@@ -108,12 +118,14 @@ func runDev(ctx context.Context, stderr io.Writer, envFile, launcher, dataDir st
 			"OPERATOR_CLIENT_SECRET": st.OperatorClientSecret, "VIEWER_CLIENT_ID": st.ViewerClientID,
 			"VIEWER_CLIENT_SECRET": st.ViewerClientSecret, "KEYCLOAK_ADMIN_USER": st.KeycloakAdminUser,
 			"KEYCLOAK_ADMIN_PASSWORD": st.KeycloakAdminPassword,
+			"CONSOLE_URL":             con.URL, "CONSOLE_USER": con.User, "CONSOLE_PASSWORD": con.Password,
+			"CONSOLE_VIEWER_USER": con.ViewerUser, "CONSOLE_VIEWER_PASSWORD": con.ViewerPassword,
 		}
 		if err := integration.WriteEnvFile(envFile, file); err != nil {
 			return fmt.Errorf("write %s: %w", envFile, err)
 		}
-		fmt.Fprintf(stderr, "espmdm dev: ready in %s\n  espmdm    %s  (API docs %s/api/docs)\n  keycloak  %s  (console %s/admin/, user %s, password in %s)\n  mqtt      %s\n  postgres  %s\n  wrote %s; Ctrl-C stops everything\n",
-			time.Since(began).Round(100*time.Millisecond), env["BASE_URL"], env["BASE_URL"], st.KeycloakURL, st.KeycloakURL,
+		fmt.Fprintf(stderr, "espmdm dev: ready in %s\n  console   %s  (user %s, password in %s)\n  espmdm    %s  (API docs %s/api/docs)\n  keycloak  %s  (console %s/admin/, user %s, password in %s)\n  mqtt      %s\n  postgres  %s\n  wrote %s; Ctrl-C stops everything\n",
+			time.Since(began).Round(100*time.Millisecond), con.URL, con.User, envFile, env["BASE_URL"], env["BASE_URL"], st.KeycloakURL, st.KeycloakURL,
 			st.KeycloakAdminUser, envFile, st.MQTTURL, st.DatabaseURL, envFile)
 		return nil
 	}

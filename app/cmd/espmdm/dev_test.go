@@ -25,6 +25,7 @@ import (
 var devEnvKeys = []string{
 	"ESPMDM_URL", "OIDC_TOKEN_URL", "OIDC_ISSUER_URL", "KEYCLOAK_URL", "KEYCLOAK_REALM",
 	"MQTT_URL", "DATABASE_URL", "OPERATOR_CLIENT_ID", "OPERATOR_CLIENT_SECRET",
+	"CONSOLE_URL", "CONSOLE_USER", "CONSOLE_PASSWORD",
 }
 
 // buildEspmdm builds this package's binary into a temporary directory.

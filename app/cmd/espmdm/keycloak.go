@@ -80,7 +80,7 @@ func newKeycloakSetupCmd() *cobra.Command {
 			"  - the service-account client " + setupAdminClient + " (espmdm's KEYCLOAK_ADMIN_CLIENT_ID) with the\n" +
 			"    realm-management roles " + strings.Join(setupAdminRoles, ", ") + ",\n" +
 			"  - the service-account client " + setupOperatorClient + " holding " + setupAdminRole + " (for scripts),\n" +
-			"  - with --console-redirect, the public PKCE client " + setupConsoleClient + " for the web console,\n" +
+			"  - with --console-url (or --console-redirect), the public PKCE client " + setupConsoleClient + " for the web console,\n" +
 			"  - when Keycloak has the client-secret-rotation feature, the client profile and policy\n" +
 			"    " + setupRotationName + " for grace-mode rotation, merged into the realm's existing ones.\n" +
 			"Each change is printed; a second run changes nothing. At the end it prints the serve\n" +
@@ -115,6 +115,7 @@ func newKeycloakSetupCmd() *cobra.Command {
 	f.StringVar(&o.adminClientID, "admin-client-id", "", "log in as this service-account client instead of a user (secret in $"+setupClientSecretEnv+")")
 	f.StringVar(&o.deviceAudience, "device-audience", "espmdm-iot", "audience of device tokens (DEVICE_AUDIENCE)")
 	f.StringVar(&o.graceText, "rotation-grace", "7d", "how long a rotated secret stays valid (ROTATION_GRACE; the profile's rotated-expiration-period)")
+	f.Var(consoleURLFlag{&o.consoleRedirects}, "console-url", "public URL of espmdm (its BASE_URL) whose console logs in here: the redirect URI is exactly URL/console/ (repeatable; creates "+setupConsoleClient+")")
 	f.StringArrayVar(&o.consoleRedirects, "console-redirect", nil, "redirect URI of the web console, e.g. https://mdm.example.com/console/* (repeatable; creates "+setupConsoleClient+")")
 	f.BoolVar(&o.asJSON, "json", false, "print the changes and the environment as JSON")
 	return cmd

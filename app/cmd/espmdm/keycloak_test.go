@@ -438,7 +438,7 @@ func TestKeycloakSetupNewRealm(t *testing.T) {
 	realm := "setup_" + randHex(4)
 	m := masterAdmin{t, st, realm}
 	m.deleteRealmAtEnd()
-	code, stdout, stderr := runSetup(t, st, "--realm", realm, "--json", "--console-redirect", "http://127.0.0.1:1/console/*")
+	code, stdout, stderr := runSetup(t, st, "--realm", realm, "--json", "--console-redirect", "http://127.0.0.1:1/console/*", "--console-url", "http://127.0.0.1:2/")
 	if code != 0 {
 		t.Fatalf("setup: exit %d, stderr %q", code, stderr)
 	}
@@ -455,9 +455,11 @@ func TestKeycloakSetupNewRealm(t *testing.T) {
 	var console map[string]any
 	m.get("/clients/"+m.clientUUID("espmdm-console"), &console)
 	if console["publicClient"] != true || console["standardFlowEnabled"] != true ||
-		!slices.Contains(stringList(console["redirectUris"]), "http://127.0.0.1:1/console/*") {
-		t.Errorf("console client = publicClient %v, standardFlowEnabled %v, redirectUris %v",
-			console["publicClient"], console["standardFlowEnabled"], console["redirectUris"])
+		!slices.Contains(stringList(console["redirectUris"]), "http://127.0.0.1:1/console/*") ||
+		!slices.Contains(stringList(console["redirectUris"]), "http://127.0.0.1:2/console/") ||
+		!slices.Contains(stringList(console["webOrigins"]), "http://127.0.0.1:2") {
+		t.Errorf("console client = publicClient %v, standardFlowEnabled %v, redirectUris %v, webOrigins %v",
+			console["publicClient"], console["standardFlowEnabled"], console["redirectUris"], console["webOrigins"])
 	}
 	if res.Env["ROTATION_MODE"] != "grace" || res.Env["ROTATION_GRACE"] != "7d" {
 		t.Errorf("env ROTATION_MODE %q ROTATION_GRACE %q, want grace and 7d", res.Env["ROTATION_MODE"], res.Env["ROTATION_GRACE"])

@@ -1,0 +1,280 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/espmdm/espmdm/app"
+	"github.com/espmdm/espmdm/esp32image"
+	"github.com/espmdm/espmdm/esp32image/esp32imagetest"
+	"github.com/espmdm/espmdm/integration"
+	"github.com/espmdm/espmdm/nvs"
+)
+
+// consoleRealm sets up a realm of its own with `espmdm keycloak setup`
+// (deleted at the end) and prepares the console for a server at base.
+func consoleRealm(t *testing.T, st *integration.Stack, base string) (realm string, res setupResult, login consoleLogin) {
+	t.Helper()
+	realm = "console_" + randHex(4)
+	m := masterAdmin{t, st, realm}
+	m.deleteRealmAtEnd()
+	code, stdout, stderr := runSetup(t, st, "--realm", realm, "--json")
+	if code != 0 {
+		t.Fatalf("setup: exit %d, stderr %q", code, stderr)
+	}
+	if err := json.Unmarshal([]byte(stdout), &res); err != nil {
+		t.Fatalf("setup --json: %v", err)
+	}
+	s := newRealmSetup(setupOptions{url: st.KeycloakURL, realm: realm, adminRealm: "master",
+		adminUser: st.KeycloakAdminUser, password: st.KeycloakAdminPassword})
+	login, err := s.setupConsole(testContext(t, time.Minute), base)
+	if err != nil {
+		t.Fatalf("setupConsole: %v", err)
+	}
+	return realm, res, login
+}
+
+// passwordWorks logs in as the user through the realm's admin-cli client
+// (the console's own client allows no password grant).
+func passwordWorks(t *testing.T, st *integration.Stack, realm, user, password string) bool {
+	t.Helper()
+	resp, err := http.PostForm(st.KeycloakURL+"/realms/"+realm+"/protocol/openid-connect/token",
+		url.Values{"grant_type": {"password"}, "client_id": {"admin-cli"}, "username": {user}, "password": {password}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+func TestConsoleSetup(t *testing.T) {
+	st := integration.Shared(t)
+	base := "http://127.0.0.1:18080"
+	realm, _, login := consoleRealm(t, st, base)
+	m := masterAdmin{t, st, realm}
+
+	var c map[string]any
+	m.get("/clients/"+m.clientUUID(setupConsoleClient), &c)
+	if c["publicClient"] != true || c["standardFlowEnabled"] != true || c["directAccessGrantsEnabled"] != false || c["implicitFlowEnabled"] != false {
+		t.Errorf("console client: public %v, standard flow %v, direct grants %v, implicit %v; want a public code-flow client only",
+			c["publicClient"], c["standardFlowEnabled"], c["directAccessGrantsEnabled"], c["implicitFlowEnabled"])
+	}
+	if got := stringList(c["redirectUris"]); !slices.Equal(got, []string{base + "/console/"}) {
+		t.Errorf("redirect URIs = %q, want exactly %s/console/", got, base)
+	}
+	if got := stringList(c["webOrigins"]); !slices.Equal(got, []string{base}) {
+		t.Errorf("web origins = %q, want exactly %s", got, base)
+	}
+	attrs, _ := c["attributes"].(map[string]any)
+	if attrs["pkce.code.challenge.method"] != "S256" {
+		t.Errorf("PKCE method = %v, want S256 enforced", attrs["pkce.code.challenge.method"])
+	}
+	if login.URL != base+"/console/" {
+		t.Errorf("console URL = %q", login.URL)
+	}
+	for _, u := range []struct{ name, password, role, notRole string }{
+		{login.User, login.Password, setupAdminRole, ""},
+		{login.ViewerUser, login.ViewerPassword, setupViewerRole, setupAdminRole},
+	} {
+		if !passwordWorks(t, st, realm, u.name, u.password) {
+			t.Errorf("user %s cannot log in with the password setupConsole returned", u.name)
+		}
+		var list []map[string]any
+		m.get("/users?exact=true&username="+u.name, &list)
+		if len(list) != 1 {
+			t.Fatalf("users named %s: %d", u.name, len(list))
+		}
+		roles := m.roleNames("/users/" + list[0]["id"].(string) + "/role-mappings/realm")
+		if !slices.Contains(roles, u.role) || (u.notRole != "" && slices.Contains(roles, u.notRole)) {
+			t.Errorf("user %s has realm roles %q, want %s (and not %q)", u.name, roles, u.role, u.notRole)
+		}
+	}
+
+	// A second run (the next `espmdm dev` start) creates nothing, and the
+	// old passwords stop working.
+	s := newRealmSetup(setupOptions{url: st.KeycloakURL, realm: realm, adminRealm: "master",
+		adminUser: st.KeycloakAdminUser, password: st.KeycloakAdminPassword})
+	again, err := s.setupConsole(testContext(t, time.Minute), base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.res.Changes) != 0 {
+		t.Errorf("second setupConsole changed %q, want nothing", s.res.Changes)
+	}
+	if passwordWorks(t, st, realm, login.User, login.Password) || !passwordWorks(t, st, realm, again.User, again.Password) {
+		t.Error("after a second run the new password should work and the old one not")
+	}
+}
+
+// TestConsoleBrowser runs the console's Playwright tests (adapters/console/
+// web/e2e) in Debian's Chromium against espmdm on a realm of its own: the
+// real Keycloak login page, models, firmware, devices, provisioning,
+// rotation, a viewer's read-only view and axe-core on every page. Then it
+// decodes the partition the browser downloaded.
+func TestConsoleBrowser(t *testing.T) {
+	web, err := filepath.Abs("../../../adapters/console/web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(web, "../dist/index.html")); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("the console is not built: make test builds it (make console)")
+		}
+		t.Skip("the console is not built (make console); make test builds it")
+	}
+	chromium := os.Getenv("CHROMIUM")
+	if chromium == "" {
+		chromium = "/usr/bin/chromium"
+	}
+	if _, err := os.Stat(chromium); err != nil {
+		t.Fatalf("no Chromium at %s (.ci/deps installs Debian's chromium): %v", chromium, err)
+	}
+	st := integration.Shared(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	base := "http://" + addr
+	realm, res, login := consoleRealm(t, st, base)
+
+	clearServeEnv(t)
+	for k, v := range res.Env {
+		if !strings.HasPrefix(k, "OPERATOR_") && k != "ROTATION_MODE" {
+			t.Setenv(k, v)
+		}
+	}
+	for k, v := range map[string]string{
+		"DATABASE_URL": st.NewDatabase(t), "HTTP_ADDR": addr, "BASE_URL": base, "SECRET_KEY": randHex(32),
+		"FIRMWARE_DIR": t.TempDir(), "MQTT_URL": "", "LOG_LEVEL": "error", "ROTATION_MODE": "auto",
+		"WIFI_SSID": "console-e2e", "WIFI_PASSWORD": "not-a-real-password",
+	} {
+		t.Setenv(k, v)
+	}
+	cfg, err := app.LoadConfig(os.Getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := app.New(cfg)
+	if err := a.Start(testContext(t, 3*time.Minute)); err != nil {
+		t.Fatalf("espmdm does not start: %v", err)
+	}
+	t.Cleanup(func() { _ = a.Stop(testContext(t, time.Minute)) })
+
+	out := t.TempDir()
+	image := filepath.Join(out, "sample.bin")
+	desc := esp32imagetest.SampleDesc(esp32image.ChipESP32)
+	desc.Version, desc.ProjectName = "1.2.3-e2e", "console_e2e"
+	if err := os.WriteFile(image, esp32imagetest.New(esp32image.ChipESP32, 3, true, &desc).Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	docs, err := filepath.Abs("../../../docs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(testContext(t, 8*time.Minute), "npx", "playwright", "test", "--reporter=line")
+	cmd.Dir = web
+	cmd.Env = append(os.Environ(),
+		"PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1", "CHROMIUM="+chromium,
+		"CONSOLE_URL="+login.URL, "CONSOLE_USER="+login.User, "CONSOLE_PASSWORD="+login.Password,
+		"CONSOLE_VIEWER_USER="+login.ViewerUser, "CONSOLE_VIEWER_PASSWORD="+login.ViewerPassword,
+		"E2E_SUFFIX="+randHex(3), "E2E_IMAGE="+image, "E2E_OUT="+out, "E2E_SCREENSHOTS="+docs,
+	)
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	began := time.Now()
+	err = cmd.Run()
+	t.Logf("playwright (%s):\n%s", time.Since(began).Round(time.Second), buf.String())
+	if err != nil {
+		t.Fatalf("playwright: %v", err)
+	}
+
+	// The partition the browser downloaded decodes to the device's fields.
+	b, err := os.ReadFile(filepath.Join(out, "result.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var result struct {
+		DeviceID int64  `json:"device_id"`
+		ClientID string `json:"client_id"`
+		Key      string `json:"key"`
+		Download string `json:"download"`
+		Size     int    `json:"size"`
+	}
+	if err := json.Unmarshal(b, &result); err != nil {
+		t.Fatal(err)
+	}
+	img, err := os.ReadFile(result.Download)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(img) != result.Size {
+		t.Errorf("downloaded partition is %d bytes, want %d", len(img), result.Size)
+	}
+	entries, err := nvs.Decode(img)
+	if err != nil {
+		t.Fatalf("the downloaded partition does not decode: %v", err)
+	}
+	got := map[string]any{}
+	for _, e := range entries {
+		got[e.Key] = e.Value
+	}
+	want := fetchProvisioning(t, base, st, realm, res, result.DeviceID)
+	for _, k := range []string{"device_key", "client_id", "client_secret", "token_url", "base_url", "wifi_ssid"} {
+		if got[k] != want[k] || got[k] == nil {
+			t.Errorf("partition %s = %v, want %v", k, redactIf(k, got[k]), redactIf(k, want[k]))
+		}
+	}
+	if got["device_key"] != result.Key || got["client_id"] != result.ClientID {
+		t.Errorf("partition is for %v/%v, the browser created %s/%s", got["device_key"], got["client_id"], result.Key, result.ClientID)
+	}
+}
+
+func redactIf(k string, v any) any {
+	if strings.Contains(k, "secret") || strings.Contains(k, "password") {
+		if v == nil {
+			return nil
+		}
+		return "(redacted)"
+	}
+	return v
+}
+
+// fetchProvisioning reads the device's provisioning fields as the operator.
+func fetchProvisioning(t *testing.T, base string, st *integration.Stack, realm string, res setupResult, id int64) map[string]any {
+	t.Helper()
+	tok := operatorToken(t, http.DefaultClient, map[string]string{
+		"OIDC_TOKEN_URL":     st.KeycloakURL + "/realms/" + realm + "/protocol/openid-connect/token",
+		"OPERATOR_CLIENT_ID": res.Env["OPERATOR_CLIENT_ID"], "OPERATOR_CLIENT_SECRET": res.Env["OPERATOR_CLIENT_SECRET"]})
+	req, _ := http.NewRequest(http.MethodGet, base+"/api/devices/"+jsonNumber(id)+"/provisioning?format=json", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("provisioning: %s %s", resp.Status, body)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func jsonNumber(id int64) string { return strconv.FormatInt(id, 10) }
