@@ -174,7 +174,11 @@ func TestConsoleBrowser(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = a.Stop(testContext(t, time.Minute)) })
 
-	out := t.TempDir()
+	// CONSOLE_E2E_OUT keeps Playwright's traces and error contexts.
+	out := os.Getenv("CONSOLE_E2E_OUT")
+	if out == "" {
+		out = t.TempDir()
+	}
 	image := filepath.Join(out, "sample.bin")
 	desc := esp32imagetest.SampleDesc(esp32image.ChipESP32)
 	desc.Version, desc.ProjectName = "1.2.3-e2e", "console_e2e"

@@ -21,6 +21,7 @@ async function start() {
     initError = e instanceof Error ? e.message : String(e);
     history.replaceState(null, "", "/console/");
   }
+  root.textContent = "";
   render(<App auth={auth} initError={initError} />, root);
 }
 

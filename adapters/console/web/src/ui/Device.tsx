@@ -11,7 +11,7 @@ function EditDevice({ d, model, onSaved }: { d: Device; model?: DeviceModel; onS
   const [config, setConfig] = useState<Record<string, unknown>>((d.config ?? {}) as Record<string, unknown>);
   const act = useAction();
   return (
-    <form class="card" aria-label="Edit the device's config" onSubmit={async (e) => {
+    <form class="card" aria-label="Edit the device's config" noValidate onSubmit={async (e) => {
       e.preventDefault();
       if (await act.run(() => api.updateDevice(d.id, { config, active: d.active }))) onSaved();
     }}>

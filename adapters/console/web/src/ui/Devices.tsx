@@ -42,7 +42,7 @@ export function CreateDevice({ models, onCreated }: { models: DeviceModel[]; onC
   const errs = configErrors(act.error);
   if (models.length === 0) return <p class="muted card">Create a device model first.</p>;
   return (
-    <form class="card" aria-label="Create a device" onSubmit={async (e) => {
+    <form class="card" aria-label="Create a device" noValidate onSubmit={async (e) => {
       e.preventDefault();
       if (!modelId) return;
       const d = await act.run(() => api.createDevice({ device_model_id: modelId, config, active }));

@@ -1,0 +1,139 @@
+import AxeBuilder from "@axe-core/playwright";
+import { expect, test, type Page } from "@playwright/test";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+
+const env = (k: string) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set: TestConsoleBrowser (app/cmd/espmdm) runs these tests`);
+  return v;
+};
+const consoleURL = env("CONSOLE_URL");
+const suffix = env("E2E_SUFFIX");
+const out = env("E2E_OUT");
+const shots = process.env.E2E_SCREENSHOTS;
+
+async function login(page: Page, user: string, password: string) {
+  await page.goto(consoleURL);
+  await page.getByRole("button", { name: "Log in with Keycloak" }).click();
+  // Keycloak's own login page
+  await expect(page).toHaveURL(/\/protocol\/openid-connect\/auth/);
+  await page.locator("#username").fill(user);
+  await page.locator("#password").fill(password);
+  await page.locator("#kc-login").click();
+  await expect(page.getByRole("button", { name: "Log out" })).toBeVisible();
+}
+
+async function noSeriousA11yViolations(page: Page, what: string) {
+  const res = await new AxeBuilder({ page }).analyze();
+  const bad = res.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  expect(bad.map((v) => `${what}: ${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`)).toEqual([]);
+}
+
+const model = `e2e_${suffix}`;
+const nav = (page: Page, name: string) => page.getByRole("navigation", { name: "Main" }).getByRole("link", { name, exact: true });
+
+test.describe.serial("the console", () => {
+  test("an admin manages models, devices, provisioning and rotation", async ({ page }) => {
+    const csp: string[] = [];
+    page.on("console", (m) => { if (/Content Security Policy/i.test(m.text())) csp.push(m.text()); });
+    await page.goto(consoleURL);
+    await noSeriousA11yViolations(page, "login page");
+    await login(page, env("CONSOLE_USER"), env("CONSOLE_PASSWORD"));
+    await expect(page.getByRole("heading", { name: "Devices" })).toBeVisible();
+    await expect(page.getByText("console-admin · admin")).toBeVisible();
+
+    // A model with a schema
+    await nav(page, "Models").click();
+    await expect(page.getByRole("heading", { name: "Device models" })).toBeVisible();
+    await noSeriousA11yViolations(page, "models page");
+    await page.getByLabel("Code").fill(model);
+    await page.getByLabel("Name", { exact: true }).fill("E2E sensor");
+    await page.getByLabel(/Config schema/).fill(JSON.stringify({
+      type: "object",
+      properties: { interval_s: { type: "integer", minimum: 1, description: "seconds between readings" }, label: { type: "string" } },
+      required: ["interval_s"],
+    }));
+    await page.getByRole("button", { name: "Create model" }).click();
+    await expect(page.getByRole("heading", { name: `Model ${model}` })).toBeVisible();
+
+    // Firmware upload shows the parsed image
+    await page.getByLabel("Application image (.bin)").setInputFiles(env("E2E_IMAGE"));
+    await page.getByRole("button", { name: "Upload" }).click();
+    const facts = page.getByRole("status").getByLabel("Parsed firmware image");
+    await expect(facts).toContainText("esp32");
+    await expect(facts).toContainText("1.2.3-e2e");
+    await expect(facts).toContainText("console_e2e");
+    await expect(page.getByRole("table").filter({ hasText: "1.2.3-e2e" })).toBeVisible();
+    await noSeriousA11yViolations(page, "model page");
+
+    // A device: an invalid config shows the server's message at the field
+    await nav(page, "Devices").click();
+    await page.getByLabel("Model", { exact: true }).last().selectOption({ label: `${model} — E2E sensor` });
+    await page.getByLabel("interval_s *").fill("0");
+    await page.getByRole("button", { name: "Create device" }).click();
+    const fieldError = page.locator("#new-device-config-interval_s-error");
+    await expect(fieldError).toContainText(/1/);
+    await expect(page.getByLabel("interval_s *")).toHaveAttribute("aria-invalid", "true");
+    await expect(page.getByText(/The server refused the config \(request id/)).toBeVisible();
+    await page.getByLabel("interval_s *").fill("30");
+    await page.getByRole("button", { name: "Create device" }).click();
+    const heading = page.getByRole("heading", { name: /^Device \d+/ });
+    await expect(heading).toBeVisible();
+    const id = Number(/\/devices\/(\d+)/.exec(page.url())![1]);
+    const clientId = (await heading.locator("code").textContent())!;
+    const key = clientId.slice(clientId.lastIndexOf("-") + 1);
+    await expect(page.getByText("Exists")).toBeVisible();
+    await noSeriousA11yViolations(page, "device page");
+
+    // Download the partition
+    const [dl] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Download .bin" }).click()]);
+    const file = join(out, "nvs.bin");
+    await dl.saveAs(file);
+    writeFileSync(join(out, "result.json"), JSON.stringify({ device_id: id, client_id: clientId, key, download: file, size: 0x6000 }));
+
+    // The flashing dialog
+    await page.getByRole("button", { name: "Flash over USB…" }).click();
+    const dialog = page.getByRole("dialog", { name: /Flash .* over USB/ });
+    await expect(dialog).toBeVisible();
+    await noSeriousA11yViolations(page, "flashing dialog");
+    if (shots) await page.screenshot({ path: join(shots, "console-flash.png") });
+    await dialog.getByRole("button", { name: "Close" }).click();
+
+    // The devices page with the new device
+    await nav(page, "Devices").click();
+    await expect(page.getByRole("link", { name: clientId })).toBeVisible();
+    await noSeriousA11yViolations(page, "devices page");
+    if (shots) await page.screenshot({ path: join(shots, "console-devices.png") });
+
+    // Rotation status and dashboard
+    await nav(page, "Rotation").click();
+    await expect(page.getByRole("heading", { name: "Credential rotation" })).toBeVisible();
+    await expect(page.getByTestId("count-OK")).toHaveText(/^\d+$/);
+    await expect(page.getByRole("button", { name: "Rotate all active devices now" })).toBeVisible();
+    await noSeriousA11yViolations(page, "rotation page");
+
+    expect(csp).toEqual([]);
+    await page.getByRole("button", { name: "Log out" }).click();
+    await expect(page.getByRole("button", { name: "Log in with Keycloak" })).toBeVisible();
+  });
+
+  test("a viewer sees no write controls", async ({ page }) => {
+    await login(page, env("CONSOLE_VIEWER_USER"), env("CONSOLE_VIEWER_PASSWORD"));
+    await expect(page.getByText("viewer (read only)")).toBeVisible();
+    await expect(page.getByRole("link", { name: /^iotdevice-/ }).first()).toBeVisible();
+    await expect(page.getByRole("button", { name: "Create device" })).toHaveCount(0);
+    await page.getByRole("link", { name: /^iotdevice-/ }).first().click();
+    await expect(page.getByRole("heading", { name: /^Device \d+/ })).toBeVisible();
+    for (const name of ["Deactivate", "Rotate secret", "Delete…", "Save config", "Repair identity", "Download .bin", "Flash over USB…"]) {
+      await expect(page.getByRole("button", { name })).toHaveCount(0);
+    }
+    await nav(page, "Models").click();
+    await expect(page.getByRole("link", { name: model })).toBeVisible();
+    await expect(page.getByRole("button", { name: "Create model" })).toHaveCount(0);
+    await nav(page, "Rotation").click();
+    await expect(page.getByTestId("count-OK")).toHaveText(/^\d+$/);
+    await expect(page.getByRole("button", { name: "Rotate all active devices now" })).toHaveCount(0);
+    await noSeriousA11yViolations(page, "rotation page (viewer)");
+  });
+});
