@@ -242,6 +242,15 @@ func TestConsoleBrowser(t *testing.T) {
 			t.Errorf("partition %s = %v, want %v", k, redactIf(k, got[k]), redactIf(k, want[k]))
 		}
 	}
+	// The browser flashed the server's image for the emulated board's nvs
+	// partition (0x5000 bytes at 0xc000): byte for byte what espmdm builds.
+	flashed, err := os.ReadFile(filepath.Join(out, "flashed-nvs.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if server := fetchNVS(t, base, st, realm, res, result.DeviceID, 0x5000); !bytes.Equal(flashed, server) {
+		t.Errorf("the flashed nvs region (%d bytes) differs from espmdm's image for 0x5000 bytes (%d bytes)", len(flashed), len(server))
+	}
 	if got["device_key"] != result.Key || got["client_id"] != result.ClientID {
 		t.Errorf("partition is for %v/%v, the browser created %s/%s", got["device_key"], got["client_id"], result.Key, result.ClientID)
 	}
@@ -257,13 +266,29 @@ func redactIf(k string, v any) any {
 	return v
 }
 
+// fetchNVS reads the device's NVS image for size bytes as the operator.
+func fetchNVS(t *testing.T, base string, st *integration.Stack, realm string, res setupResult, id int64, size int) []byte {
+	t.Helper()
+	return operatorGet(t, base, st, realm, res, "/api/devices/"+strconv.FormatInt(id, 10)+"/provisioning?format=bin&size="+strconv.Itoa(size))
+}
+
 // fetchProvisioning reads the device's provisioning fields as the operator.
 func fetchProvisioning(t *testing.T, base string, st *integration.Stack, realm string, res setupResult, id int64) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(operatorGet(t, base, st, realm, res, "/api/devices/"+strconv.FormatInt(id, 10)+"/provisioning?format=json"), &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// operatorGet GETs path with an operator token and returns the body of a 200.
+func operatorGet(t *testing.T, base string, st *integration.Stack, realm string, res setupResult, path string) []byte {
 	t.Helper()
 	tok := operatorToken(t, http.DefaultClient, map[string]string{
 		"OIDC_TOKEN_URL":     st.KeycloakURL + "/realms/" + realm + "/protocol/openid-connect/token",
 		"OPERATOR_CLIENT_ID": res.Env["OPERATOR_CLIENT_ID"], "OPERATOR_CLIENT_SECRET": res.Env["OPERATOR_CLIENT_SECRET"]})
-	req, _ := http.NewRequest(http.MethodGet, base+"/api/devices/"+jsonNumber(id)+"/provisioning?format=json", nil)
+	req, _ := http.NewRequest(http.MethodGet, base+path, nil)
 	req.Header.Set("Authorization", "Bearer "+tok)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -272,13 +297,7 @@ func fetchProvisioning(t *testing.T, base string, st *integration.Stack, realm s
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("provisioning: %s %s", resp.Status, body)
+		t.Fatalf("GET %s: %s %s", path, resp.Status, body)
 	}
-	var m map[string]any
-	if err := json.Unmarshal(body, &m); err != nil {
-		t.Fatal(err)
-	}
-	return m
+	return body
 }
-
-func jsonNumber(id int64) string { return strconv.FormatInt(id, 10) }

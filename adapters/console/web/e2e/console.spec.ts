@@ -1,7 +1,10 @@
 import AxeBuilder from "@axe-core/playwright";
 import { expect, test, type Page } from "@playwright/test";
-import { writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { readFileSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
 
 const env = (k: string) => {
   const v = process.env[k];
@@ -69,7 +72,7 @@ test.describe.serial("the console", () => {
 
     // A device: an invalid config shows the server's message at the field
     await nav(page, "Devices").click();
-    await page.getByLabel("Model", { exact: true }).last().selectOption({ label: `${model} — E2E sensor` });
+    await page.getByRole("form", { name: "Create a device" }).getByLabel("Model", { exact: true }).selectOption({ label: `${model} — E2E sensor` });
     await page.getByLabel("interval_s *").fill("0");
     await page.getByRole("button", { name: "Create device" }).click();
     const fieldError = page.locator("#new-device-config-interval_s-error");
@@ -136,4 +139,37 @@ test.describe.serial("the console", () => {
     await expect(page.getByRole("button", { name: "Rotate all active devices now" })).toHaveCount(0);
     await noSeriousA11yViolations(page, "rotation page (viewer)");
   });
+});
+
+test("flashing over USB writes the server's NVS image into the board's nvs partition only", async ({ page }) => {
+  const { buildSync } = await import("esbuild");
+  const bundle = buildSync({ entryPoints: [join(here, "../test/emulator/browser.ts")], bundle: true, format: "iife", write: false, target: "es2022" });
+  const table = Array.from(readFileSync(join(here, "../test/fixtures/partitions/custom_nvs_far.bin")));
+  await page.addInitScript(`window.__espTable = ${JSON.stringify(table)};`);
+  await page.addInitScript(bundle.outputFiles[0].text);
+  await login(page, env("CONSOLE_USER"), env("CONSOLE_PASSWORD"));
+  const result = JSON.parse(readFileSync(join(out, "result.json"), "utf8")) as { device_id: number };
+  await page.goto(`${consoleURL}devices/${result.device_id}`);
+  // a reload logs in again through Keycloak's session (tokens live in memory)
+  await page.getByRole("button", { name: "Log in with Keycloak" }).click();
+  await page.getByRole("button", { name: "Flash over USB…" }).click();
+  const dialog = page.getByRole("dialog", { name: /Flash .* over USB/ });
+  await dialog.getByRole("button", { name: "Connect and flash" }).click();
+  await expect(dialog.getByRole("status")).toContainText(/Done: ESP32-C3.*partition "nvs" at 0xc000 \(0x5000 bytes\) written and verified/, { timeout: 60_000 });
+  const check = await page.evaluate(() => {
+    const b = window.__espBoard!, before = window.__espBefore!;
+    let outside = 0;
+    for (let i = 0; i < b.flash.length; i++) if ((i < 0xc000 || i >= 0x11000) && b.flash[i] !== before[i]) outside++;
+    return { outside, nvs: Array.from(b.flash.subarray(0xc000, 0x11000)), writes: b.writes };
+  });
+  expect(check.outside).toBe(0);
+  expect(check.writes).toEqual([{ offset: 0xc000, size: 0x5000, op: "FLASH_DEFL_BEGIN" }]);
+  writeFileSync(join(out, "flashed-nvs.bin"), Buffer.from(check.nvs));
+  await noSeriousA11yViolations(page, "flashing dialog, done");
+
+  // a board without an nvs partition is refused
+  await page.evaluate((t) => { window.__espTable = t; }, Array.from(readFileSync(join(here, "../test/fixtures/partitions/no_nvs.bin"))));
+  await dialog.getByRole("button", { name: /flash/i }).last().click();
+  await expect(dialog.getByRole("alert")).toContainText(/no nvs partition/);
+  expect(await page.evaluate(() => window.__espBoard!.writes.length)).toBe(0);
 });

@@ -121,7 +121,7 @@ export function DevicePage({ id }: { id: number }) {
           )}
           <Problem error={act.error} />
           {session.isAdmin ? <EditDevice key={d.updated_at} d={d} model={model} onSaved={dev.reload} /> : (
-            <><h2>Config</h2><pre class="json">{JSON.stringify(d.config, null, 2)}</pre></>
+            <><h2>Config</h2><pre class="json" tabIndex={0}>{JSON.stringify(d.config, null, 2)}</pre></>
           )}
           <Identity id={d.id} />
           {session.isAdmin && <Provisioning d={d} />}

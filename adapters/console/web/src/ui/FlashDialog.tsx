@@ -51,7 +51,7 @@ export function FlashDialog({ device, onClose }: { device: Device; onClose: () =
         </div>
       )}
       <Problem error={error} />
-      {log.length > 0 && <pre class="log" aria-label="esptool log">{log.join("\n")}</pre>}
+      {log.length > 0 && <pre class="log" aria-label="esptool log" tabIndex={0}>{log.join("\n")}</pre>}
       <div class="buttons">
         <button type="button" disabled={busy} onClick={() => ref.current?.close()}>Close</button>
         {supported && <button type="button" class="primary" disabled={busy} onClick={start}>{progress?.step === "done" ? "Flash another board" : "Connect and flash"}</button>}

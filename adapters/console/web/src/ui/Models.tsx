@@ -180,7 +180,7 @@ export function ModelPage({ id }: { id: number }) {
             <dt>Devices</dt><dd><Link href={`/console/devices?model_id=${m.id}`}>devices of this model</Link></dd>
           </dl>
           <h2>Config schema</h2>
-          {m.config_schema ? <pre class="json">{JSON.stringify(m.config_schema, null, 2)}</pre> : <p class="muted">No schema: any JSON object is accepted.</p>}
+          {m.config_schema ? <pre class="json" tabIndex={0}>{JSON.stringify(m.config_schema, null, 2)}</pre> : <p class="muted">No schema: any JSON object is accepted.</p>}
           {session.isAdmin && <EditModel key={m.updated_at} m={m} onSaved={model.reload} />}
           {session.isAdmin && <Upload id={m.id} onUploaded={() => { model.reload(); versions.reload(); }} />}
           <h2>Firmware history</h2>
