@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/espmdm/espmdm/adapters/clock"
+	"github.com/espmdm/espmdm/adapters/console"
 	"github.com/espmdm/espmdm/adapters/fsstore"
 	"github.com/espmdm/espmdm/adapters/httpapi"
 	"github.com/espmdm/espmdm/adapters/keycloak"
@@ -311,6 +312,7 @@ type httpParams struct {
 	Verifier ports.TokenVerifier
 	DB       *postgres.DB
 	Identity ports.IdentityProvider
+	Console  *console.Handler
 }
 
 func newHTTPServer(p httpParams) (*httpapi.Server, error) {
@@ -328,6 +330,7 @@ func newHTTPServer(p httpParams) (*httpapi.Server, error) {
 	}, httpapi.Deps{
 		Catalog: p.Catalog, Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation,
 		Logger: p.Log.Named("http"), Registerer: p.Metrics.Registry, Gatherer: p.Metrics.Registry,
+		Docs: p.Console.DocsPage(),
 		ReadyChecks: []httpapi.ReadyCheck{
 			{Name: "postgres", Check: p.DB.Ping},
 			{Name: "migrations", Check: func(ctx context.Context) error {

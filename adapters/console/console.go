@@ -42,6 +42,7 @@ type Config struct {
 type Handler struct {
 	files     map[string]file // path under dist (e.g. "assets/index-3f2a.js")
 	index     *file
+	docs      *file
 	config    []byte
 	csp       string
 	indexETag string
@@ -88,6 +89,9 @@ func New(cfg Config) (*Handler, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("console: read assets: %w", err)
+	}
+	if f, ok := h.files["docs.html"]; ok {
+		h.docs = &f
 	}
 	if f, ok := h.files["index.html"]; ok {
 		h.index = &f
@@ -182,7 +186,7 @@ func (h *Handler) serve(c *fiber.Ctx) error {
 	if err != nil {
 		return h.notFound(c)
 	}
-	if f, ok := h.files[p]; ok && p != "index.html" {
+	if f, ok := h.files[p]; ok && p != "index.html" && p != "docs.html" {
 		if strings.HasPrefix(p, "assets/") {
 			// Vite names every file under assets/ by its content hash.
 			c.Set(fiber.HeaderCacheControl, "public, max-age=31536000, immutable")
@@ -195,7 +199,7 @@ func (h *Handler) serve(c *fiber.Ctx) error {
 	// A path with an extension is a file that is not there; anything else
 	// is one of the app's own routes (/console/devices/7), answered by the
 	// app.
-	if path.Ext(p) != "" && p != "index.html" {
+	if path.Ext(p) != "" && p != "index.html" && p != "docs.html" {
 		return h.notFound(c)
 	}
 	if h.index == nil {
@@ -208,6 +212,21 @@ func (h *Handler) serve(c *fiber.Ctx) error {
 	}
 	c.Set(fiber.HeaderContentType, fiber.MIMETextHTMLCharsetUTF8)
 	return c.Send(h.index.body)
+}
+
+// DocsPage serves the interactive API documentation (Swagger UI, part of
+// the console's build) for /api/docs; nil when the build has none, so the
+// API's own page stays.
+func (h *Handler) DocsPage() fiber.Handler {
+	if h.docs == nil {
+		return nil
+	}
+	return func(c *fiber.Ctx) error {
+		h.headers(c)
+		c.Set(fiber.HeaderCacheControl, "no-cache")
+		c.Set(fiber.HeaderContentType, fiber.MIMETextHTMLCharsetUTF8)
+		return c.Send(h.docs.body)
+	}
 }
 
 func (h *Handler) notFound(c *fiber.Ctx) error {

@@ -151,6 +151,9 @@ type Deps struct {
 	Gatherer   prometheus.Gatherer
 	// ReadyChecks are run by /health/ready.
 	ReadyChecks []ReadyCheck
+	// Docs, when set, serves /api/docs instead of the built-in page (the
+	// console's interactive Swagger UI).
+	Docs fiber.Handler
 }
 
 // Server is the HTTP adapter. Create it with New.
@@ -164,6 +167,7 @@ type Server struct {
 	gather   prometheus.Gatherer
 	metrics  *httpMetrics
 	ready    []ReadyCheck
+	docs     fiber.Handler
 	app      *fiber.App
 
 	deviceLimit, addrLimit *limiter
@@ -229,6 +233,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 
 		deviceLimit: newLimiter(cfg.DeviceRate),
 		addrLimit:   newLimiter(cfg.UnauthRate),
+		docs:        deps.Docs,
+	}
+	if s.docs == nil {
+		s.docs = s.docsHandler
 	}
 	spec, err := json.Marshal(openAPIDocument(cfg))
 	if err != nil {
@@ -296,7 +304,7 @@ func (s *Server) routes() {
 	a.Get("/metrics", s.metricsHandler())
 
 	a.Get("/api/openapi.json", s.openAPIHandler)
-	a.Get("/api/docs", s.docsHandler)
+	a.Get("/api/docs", s.docs)
 
 	// Every API route states the largest body it takes, checked against
 	// Content-Length before the token is.

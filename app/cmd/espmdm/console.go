@@ -24,9 +24,12 @@ type consoleLogin struct {
 	ViewerUser, ViewerPassword string
 }
 
-// consoleRedirect is the console's one redirect URI for a server at base:
-// the login and the logout both come back to /console/ exactly.
+// consoleRedirect is the console's redirect URI for a server at base: the
+// login and the logout both come back to /console/ exactly.
 func consoleRedirect(base string) string { return strings.TrimRight(base, "/") + "/console/" }
+
+// docsRedirect is the API docs page's (Swagger UI logs in with the same client).
+func docsRedirect(base string) string { return strings.TrimRight(base, "/") + "/api/docs" }
 
 // setupConsole prepares the realm for a console at base: the public client
 // espmdm-console with base's exact redirect URI and web origin, and the two
@@ -34,7 +37,7 @@ func consoleRedirect(base string) string { return strings.TrimRight(base, "/") +
 func (s *realmSetup) setupConsole(ctx context.Context, base string) (consoleLogin, error) {
 	l := consoleLogin{URL: consoleRedirect(base), User: consoleAdminUser, ViewerUser: consoleViewerUser,
 		Password: randomPassword(), ViewerPassword: randomPassword()}
-	if _, err := s.ensureClient(ctx, consoleClient([]string{l.URL})); err != nil {
+	if _, err := s.ensureClient(ctx, consoleClient([]string{l.URL, docsRedirect(base)})); err != nil {
 		return l, err
 	}
 	if err := s.ensureUser(ctx, l.User, l.Password, setupAdminRole); err != nil {
@@ -115,7 +118,8 @@ func (s *realmSetup) ensureUser(ctx context.Context, username, password, role st
 // randomPassword is 24 random characters from crypto/rand.
 func randomPassword() string { return rand.Text()[:24] }
 
-// consoleURLFlag adds BASE/console/ to the console's redirect URIs.
+// consoleURLFlag adds BASE/console/ and BASE/api/docs to the console's
+// redirect URIs.
 type consoleURLFlag struct{ redirects *[]string }
 
 func (f consoleURLFlag) String() string { return "" }
@@ -125,6 +129,6 @@ func (f consoleURLFlag) Set(v string) error {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("want espmdm's public http(s) URL such as https://mdm.example.com")
 	}
-	*f.redirects = append(*f.redirects, consoleRedirect(strings.TrimSpace(v)))
+	*f.redirects = append(*f.redirects, consoleRedirect(strings.TrimSpace(v)), docsRedirect(strings.TrimSpace(v)))
 	return nil
 }

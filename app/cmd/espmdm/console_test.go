@@ -71,8 +71,8 @@ func TestConsoleSetup(t *testing.T) {
 		t.Errorf("console client: public %v, standard flow %v, direct grants %v, implicit %v; want a public code-flow client only",
 			c["publicClient"], c["standardFlowEnabled"], c["directAccessGrantsEnabled"], c["implicitFlowEnabled"])
 	}
-	if got := stringList(c["redirectUris"]); !slices.Equal(got, []string{base + "/console/"}) {
-		t.Errorf("redirect URIs = %q, want exactly %s/console/", got, base)
+	if got := stringList(c["redirectUris"]); !slices.Equal(slices.Sorted(slices.Values(got)), []string{base + "/api/docs", base + "/console/"}) {
+		t.Errorf("redirect URIs = %q, want exactly %s/console/ and %[2]s/api/docs", got, base)
 	}
 	if got := stringList(c["webOrigins"]); !slices.Equal(got, []string{base}) {
 		t.Errorf("web origins = %q, want exactly %s", got, base)

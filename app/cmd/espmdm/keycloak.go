@@ -115,7 +115,7 @@ func newKeycloakSetupCmd() *cobra.Command {
 	f.StringVar(&o.adminClientID, "admin-client-id", "", "log in as this service-account client instead of a user (secret in $"+setupClientSecretEnv+")")
 	f.StringVar(&o.deviceAudience, "device-audience", "espmdm-iot", "audience of device tokens (DEVICE_AUDIENCE)")
 	f.StringVar(&o.graceText, "rotation-grace", "7d", "how long a rotated secret stays valid (ROTATION_GRACE; the profile's rotated-expiration-period)")
-	f.Var(consoleURLFlag{&o.consoleRedirects}, "console-url", "public URL of espmdm (its BASE_URL) whose console logs in here: the redirect URI is exactly URL/console/ (repeatable; creates "+setupConsoleClient+")")
+	f.Var(consoleURLFlag{&o.consoleRedirects}, "console-url", "public URL of espmdm (its BASE_URL) whose console logs in here: the redirect URIs are exactly URL/console/ and URL/api/docs (repeatable; creates "+setupConsoleClient+")")
 	f.StringArrayVar(&o.consoleRedirects, "console-redirect", nil, "redirect URI of the web console, e.g. https://mdm.example.com/console/* (repeatable; creates "+setupConsoleClient+")")
 	f.BoolVar(&o.asJSON, "json", false, "print the changes and the environment as JSON")
 	return cmd

@@ -173,3 +173,23 @@ test("flashing over USB writes the server's NVS image into the board's nvs parti
   await expect(dialog.getByRole("alert")).toContainText(/no nvs partition/);
   expect(await page.evaluate(() => window.__espBoard!.writes.length)).toBe(0);
 });
+
+test("the API docs page calls the API with the console's login", async ({ page }) => {
+  const csp: string[] = [];
+  page.on("console", (m) => { if (/Content Security Policy/i.test(m.text())) csp.push(m.text()); });
+  const origin = new URL(consoleURL).origin;
+  await page.goto(`${origin}/api/docs`);
+  await expect(page.getByRole("heading", { name: /espmdm/i }).first()).toBeVisible();
+  await page.getByRole("button", { name: "Log in with Keycloak" }).click();
+  await page.locator("#username").fill(env("CONSOLE_VIEWER_USER"));
+  await page.locator("#password").fill(env("CONSOLE_VIEWER_PASSWORD"));
+  await page.locator("#kc-login").click();
+  await expect(page).toHaveURL(`${origin}/api/docs`);
+  await expect(page.getByText(/Requests are sent as console-viewer \(viewer\)/)).toBeVisible();
+  const op = page.locator("#operations-rotation-rotationStatus");
+  await op.locator(".opblock-summary").click();
+  await op.getByRole("button", { name: "Execute" }).click();
+  await expect(op.locator(".live-responses-table tbody .response-col_status").first()).toHaveText("200");
+  await expect(op.locator(".live-responses-table")).toContainText("counts_by_state");
+  expect(csp).toEqual([]);
+});

@@ -30,8 +30,9 @@ export class Auth {
   private user: User | null = null;
   private listeners = new Set<() => void>();
 
-  constructor(private readonly cfg: ConsoleConfig) {
-    const here = `${location.origin}/console/`;
+  /** home is the page the login returns to: "/console/" (the app) or "/api/docs". */
+  constructor(private readonly cfg: ConsoleConfig, private readonly home = "/console/") {
+    const here = `${location.origin}${home}`;
     this.um = new UserManager({
       authority: cfg.issuer,
       client_id: cfg.client_id,
@@ -65,7 +66,7 @@ export class Auth {
     if (q.has("code") && q.has("state")) {
       const u = await this.um.signinRedirectCallback();
       this.set(u);
-      const path = typeof u.state === "string" && u.state.startsWith("/console/") ? u.state : "/console/";
+      const path = typeof u.state === "string" && u.state.startsWith(this.home) ? u.state : this.home;
       history.replaceState(null, "", path);
       return path;
     }
