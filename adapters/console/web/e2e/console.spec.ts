@@ -100,7 +100,6 @@ test.describe.serial("the console", () => {
     const dialog = page.getByRole("dialog", { name: /Flash .* over USB/ });
     await expect(dialog).toBeVisible();
     await noSeriousA11yViolations(page, "flashing dialog");
-    if (shots) await page.screenshot({ path: join(shots, "console-flash.png") });
     await dialog.getByRole("button", { name: "Close" }).click();
 
     // The devices page with the new device
@@ -165,6 +164,7 @@ test("flashing over USB writes the server's NVS image into the board's nvs parti
   expect(check.outside).toBe(0);
   expect(check.writes).toEqual([{ offset: 0xc000, size: 0x5000, op: "FLASH_DEFL_BEGIN" }]);
   writeFileSync(join(out, "flashed-nvs.bin"), Buffer.from(check.nvs));
+  if (shots) await page.screenshot({ path: join(shots, "console-flash.png") });
   await noSeriousA11yViolations(page, "flashing dialog, done");
 
   // a board without an nvs partition is refused

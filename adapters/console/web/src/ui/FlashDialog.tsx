@@ -7,6 +7,7 @@ import { Problem, useApp } from "./common";
 export function FlashDialog({ device, onClose }: { device: Device; onClose: () => void }) {
   const { api } = useApp();
   const ref = useRef<HTMLDialogElement>(null);
+  const logRef = useRef<HTMLPreElement>(null);
   const [log, setLog] = useState<string[]>([]);
   const [progress, setProgress] = useState<Progress | null>(null);
   const [error, setError] = useState<unknown>();
@@ -14,6 +15,10 @@ export function FlashDialog({ device, onClose }: { device: Device; onClose: () =
   useEffect(() => {
     ref.current?.showModal();
   }, []);
+  useEffect(() => {
+    const l = logRef.current;
+    if (l) l.scrollTop = l.scrollHeight; // follow the log
+  });
   const supported = webSerialAvailable();
   const start = async () => {
     setBusy(true);
@@ -51,7 +56,7 @@ export function FlashDialog({ device, onClose }: { device: Device; onClose: () =
         </div>
       )}
       <Problem error={error} />
-      {log.length > 0 && <pre class="log" aria-label="esptool log" tabIndex={0}>{log.join("\n")}</pre>}
+      {log.length > 0 && <pre class="log" ref={logRef} aria-label="esptool log" tabIndex={0}>{log.join("\n")}</pre>}
       <div class="buttons">
         <button type="button" disabled={busy} onClick={() => ref.current?.close()}>Close</button>
         {supported && <button type="button" class="primary" disabled={busy} onClick={start}>{progress?.step === "done" ? "Flash another board" : "Connect and flash"}</button>}
