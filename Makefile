@@ -9,7 +9,7 @@ TEST_FLAGS ?= -count=1 -p 1 -timeout 30m
 
 CONSOLE_WEB := adapters/console/web
 
-.PHONY: all build console console-test test bench lint run deps fuzz clean
+.PHONY: all build console console-api console-test test bench lint run deps fuzz clean
 
 all: build
 
@@ -23,6 +23,11 @@ console: $(CONSOLE_WEB)/node_modules/.package-lock.json
 
 $(CONSOLE_WEB)/node_modules/.package-lock.json: $(CONSOLE_WEB)/package-lock.json $(CONSOLE_WEB)/package.json
 	cd $(CONSOLE_WEB) && npm ci --no-audit --no-fund
+
+## console-api: refresh the console's copy of the OpenAPI document and its generated types
+console-api: $(CONSOLE_WEB)/node_modules/.package-lock.json
+	UPDATE_CONSOLE_API=1 $(GO) test -count=1 ./adapters/httpapi -run '^TestConsoleOpenAPISnapshot$$'
+	cd $(CONSOLE_WEB) && npm run --silent gen:api
 
 ## console-test: the console's unit tests (Vitest)
 console-test: $(CONSOLE_WEB)/node_modules/.package-lock.json

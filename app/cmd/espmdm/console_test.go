@@ -116,6 +116,22 @@ func TestConsoleSetup(t *testing.T) {
 	if passwordWorks(t, st, realm, login.User, login.Password) || !passwordWorks(t, st, realm, again.User, again.Password) {
 		t.Error("after a second run the new password should work and the old one not")
 	}
+
+	// A server at another URL (a data directory moved, a new port) is
+	// added to the existing client.
+	other := "http://127.0.0.1:18081"
+	if _, err := s.setupConsole(testContext(t, time.Minute), other); err != nil {
+		t.Fatal(err)
+	}
+	m.get("/clients/"+m.clientUUID(setupConsoleClient), &c)
+	for _, want := range []string{other + "/console/", other + "/api/docs", base + "/console/"} {
+		if !slices.Contains(stringList(c["redirectUris"]), want) {
+			t.Errorf("after a run for %s, redirect URIs = %q, missing %s", other, stringList(c["redirectUris"]), want)
+		}
+	}
+	if !slices.Contains(stringList(c["webOrigins"]), other) {
+		t.Errorf("web origins = %q, missing %s", stringList(c["webOrigins"]), other)
+	}
 }
 
 // TestConsoleBrowser runs the console's Playwright tests (adapters/console/
