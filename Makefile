@@ -17,8 +17,12 @@ all: build
 build: console
 	$(GO) build -o $(BIN) ./app/cmd/espmdm
 
-## console: npm ci (when the lockfile changed) and the Vite build into adapters/console/dist
-console: $(CONSOLE_WEB)/node_modules/.package-lock.json
+## console: npm ci (when the lockfile changed) and the Vite build into adapters/console/dist (when a source changed)
+CONSOLE_SRC := $(shell find $(CONSOLE_WEB)/src $(CONSOLE_WEB)/public -type f 2>/dev/null) \
+	$(wildcard $(CONSOLE_WEB)/*.html $(CONSOLE_WEB)/*.json $(CONSOLE_WEB)/vite.config.ts)
+console: adapters/console/dist/index.html
+
+adapters/console/dist/index.html: $(CONSOLE_WEB)/node_modules/.package-lock.json $(CONSOLE_SRC)
 	cd $(CONSOLE_WEB) && npm run --silent build
 
 $(CONSOLE_WEB)/node_modules/.package-lock.json: $(CONSOLE_WEB)/package-lock.json $(CONSOLE_WEB)/package.json
