@@ -56,7 +56,7 @@ export interface paths {
         put?: never;
         /**
          * Upload an ESP32 application image as the model's current firmware
-         * @description The image is the raw body (application/octet-stream) or the multipart/form-data field "file". It is parsed and validated; the response is its metadata.
+         * @description The image is the raw body (application/octet-stream) or the multipart/form-data field "file". It is parsed and validated; the response is its metadata. The model's current image again changes nothing (200, the existing record, no notification). An image whose secure_version is lower than the current firmware's is refused (409) unless force=true, since devices with anti-rollback would refuse it; warnings say where an accepted upload goes backwards.
          */
         post: operations["uploadFirmware"];
         delete?: never;
@@ -525,6 +525,8 @@ export interface components {
             id: number;
             idf_version: string;
             project_name: string;
+            /** @description the app descriptor's secure_version (anti-rollback); 0 for uploads recorded before it was kept */
+            secure_version: number;
             sha256: string;
             /** Format: int64 */
             size: number;
@@ -537,6 +539,10 @@ export interface components {
         };
         FirmwareList: {
             versions: components["schemas"]["Firmware"][];
+        };
+        FirmwareUpload: components["schemas"]["Firmware"] & {
+            /** @description where the upload goes backwards against the firmware it replaced (a forced lower secure_version, a lower version); empty otherwise */
+            warnings: string[];
         };
         FirmwareVersion: {
             firmware_version: string | null;
@@ -904,6 +910,7 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
             413: components["responses"]["TooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             500: components["responses"]["InternalError"];
@@ -999,7 +1006,10 @@ export interface operations {
     };
     uploadFirmware: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description accept an image whose secure_version is lower than the current firmware's */
+                force?: boolean;
+            };
             header?: never;
             path: {
                 id: number;
@@ -1016,19 +1026,29 @@ export interface operations {
             };
         };
         responses: {
-            /** @description stored; Location is the download URL */
+            /** @description the image is the current firmware already: its record, nothing changed */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FirmwareUpload"];
+                };
+            };
+            /** @description stored and devices told; Location is the download URL */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Firmware"];
+                    "application/json": components["schemas"]["FirmwareUpload"];
                 };
             };
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
             413: components["responses"]["TooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             500: components["responses"]["InternalError"];
