@@ -8,6 +8,7 @@ export type DeviceModel = S["DeviceModel"];
 export type Device = S["Device"];
 export type DeviceList = S["DeviceList"];
 export type Firmware = S["Firmware"];
+export type FirmwareUpload = S["FirmwareUpload"];
 export type IdentityStatus = S["IdentityStatus"];
 export type RotationStatus = S["RotationStatus"];
 export type RotationDashboard = S["RotationDashboard"];
@@ -119,8 +120,8 @@ export class Api {
   updateModel = (id: number, m: S["DeviceModelUpdate"], force = false) =>
     this.json<DeviceModel>("PUT", `/api/device-models/${id}${force ? "?force=true" : ""}`, m);
   deleteModel = (id: number) => this.json<void>("DELETE", `/api/device-models/${id}`);
-  uploadFirmware = async (id: number, image: Blob) =>
-    (await (await this.raw("POST", `/api/device-models/${id}/firmware`, image, "application/octet-stream")).json()) as Firmware;
+  uploadFirmware = async (id: number, image: Blob, force = false) =>
+    (await (await this.raw("POST", `/api/device-models/${id}/firmware${force ? "?force=true" : ""}`, image, "application/octet-stream")).json()) as FirmwareUpload;
   firmwareVersions = (id: number) => this.json<S["FirmwareList"]>("GET", `/api/device-models/${id}/firmware/versions`).then((l) => l.versions);
 
   listDevices = (f: DeviceFilter = {}) => this.json<DeviceList>("GET", `/api/devices${query({ ...f })}`);

@@ -1,5 +1,5 @@
 import { useState } from "preact/hooks";
-import { ApiError, type DeviceModel, type Firmware } from "../api/client";
+import { ApiError, type DeviceModel, type Firmware, type FirmwareUpload } from "../api/client";
 import { navigate } from "../router";
 import { Confirm, Field, Link, Problem, useAction, useApp, useLoad, When } from "./common";
 
@@ -100,6 +100,7 @@ function FirmwareFacts({ f }: { f: Firmware }) {
       <dt>Version</dt><dd>{f.version}</dd>
       <dt>Project</dt><dd>{f.project_name}</dd>
       <dt>IDF version</dt><dd>{f.idf_version}</dd>
+      <dt>Secure version</dt><dd>{f.secure_version}</dd>
       <dt>SHA-256</dt><dd><code class="digest">{f.sha256}</code></dd>
       <dt>Size</dt><dd>{f.size.toLocaleString()} bytes</dd>
       <dt>Uploaded</dt><dd><When at={f.uploaded_at} /></dd>
@@ -110,22 +111,35 @@ function FirmwareFacts({ f }: { f: Firmware }) {
 function Upload({ id, onUploaded }: { id: number; onUploaded: () => void }) {
   const { api } = useApp();
   const [file, setFile] = useState<File | null>(null);
-  const [done, setDone] = useState<Firmware | null>(null);
+  const [done, setDone] = useState<FirmwareUpload | null>(null);
+  const [force, setForce] = useState(false);
   const act = useAction();
   return (
     <form class="card" aria-label="Upload firmware" onSubmit={async (e) => {
       e.preventDefault();
       if (!file) return;
-      const f = await act.run(() => api.uploadFirmware(id, file));
+      const f = await act.run(() => api.uploadFirmware(id, file, force));
       if (f) { setDone(f); onUploaded(); }
     }}>
       <h2>Upload firmware</h2>
       <Field label="Application image (.bin)" id="fw-file" hint="an ESP-IDF app image; espmdm checks its header, checksum, SHA-256 and chip">
         <input id="fw-file" type="file" accept=".bin,application/octet-stream" onChange={(e) => setFile(e.currentTarget.files?.[0] ?? null)} />
       </Field>
+      {act.error instanceof ApiError && act.error.status === 409 ? (
+        <div class="check">
+          <input id="fw-force" type="checkbox" checked={force} onChange={(e) => setForce(e.currentTarget.checked)} />
+          <label for="fw-force">Upload anyway (devices with anti-rollback will refuse a lower secure version)</label>
+        </div>
+      ) : null}
       <Problem error={act.error} />
       <button type="submit" disabled={!file || act.busy}>Upload</button>
-      {done && (<div class="ok" role="status"><p>Uploaded and parsed:</p><FirmwareFacts f={done} /></div>)}
+      {done && (
+        <div class="ok" role="status">
+          <p>Uploaded and parsed:</p>
+          {done.warnings?.length ? <ul class="warnings">{done.warnings.map((w) => <li>{w}</li>)}</ul> : null}
+          <FirmwareFacts f={done} />
+        </div>
+      )}
     </form>
   );
 }
