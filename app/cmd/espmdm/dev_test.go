@@ -320,6 +320,22 @@ func TestDev(t *testing.T) {
 	if code, _ := get("/api/device-models", ""); code != http.StatusUnauthorized {
 		t.Errorf("GET /api/device-models without a token = %d, want 401", code)
 	}
+	// The console: its URL is this server's, and its admin user logs in
+	// with the password in the file (checked through admin-cli's password
+	// grant: the console's own client allows only the code flow).
+	if env["CONSOLE_URL"] != env["ESPMDM_URL"]+"/console/" {
+		t.Errorf("CONSOLE_URL = %q, want %s/console/", env["CONSOLE_URL"], env["ESPMDM_URL"])
+	}
+	if resp, err := client.PostForm(env["KEYCLOAK_URL"]+"/realms/"+env["KEYCLOAK_REALM"]+"/protocol/openid-connect/token", url.Values{
+		"grant_type": {"password"}, "client_id": {"admin-cli"}, "username": {env["CONSOLE_USER"]}, "password": {env["CONSOLE_PASSWORD"]},
+	}); err != nil {
+		t.Errorf("console user login: %v", err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("console user %s cannot log in with CONSOLE_PASSWORD: %s", env["CONSOLE_USER"], resp.Status)
+		}
+	}
 	tok := operatorToken(t, client, env)
 	if code, body := get("/api/device-models", tok); code != http.StatusOK {
 		t.Errorf("GET /api/device-models with the operator token = %d %s, want 200", code, body)
