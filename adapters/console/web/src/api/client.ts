@@ -75,6 +75,7 @@ export async function toApiError(res: Response): Promise<ApiError> {
   const why: Record<number, string> = {
     401: "Your session has ended or the token was refused: log in again.",
     403: "Your account does not hold the role this needs.",
+    429: `Too many requests: try again${res.headers.get("Retry-After") ? ` in ${res.headers.get("Retry-After")} s` : " later"}.`,
     502: "espmdm could not reach Keycloak or the MQTT broker.",
     503: "espmdm is not ready.",
   };
