@@ -130,6 +130,10 @@ func (s *Service) uploadFirmware(ctx context.Context, modelID int64, data []byte
 		UploadedAt:    s.now(),
 	}
 	var again *model.Firmware
+	ctx, b := s.batch(ctx)
+	e := s.entry(ctx, model.AuditFirmwareUploaded, fmt.Sprintf("model %s, version %q, %s, %d bytes, sha256 %s", m.Code, f.Version, f.Chip, f.Size, digest))
+	e.ModelID = m.ID
+	add(b, e)
 	err = s.d.Firmware.RecordFirmware(ctx, &f, func(cur *model.Firmware) error {
 		if cur != nil && cur.SHA256 == digest {
 			again = cur // a concurrent upload of the same image won

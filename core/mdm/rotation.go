@@ -186,13 +186,18 @@ func (s *Service) RotateDevice(ctx context.Context, id int64) (ports.RotateResul
 		return "", err
 	}
 	res := ports.RotateQueued
-	_, err := s.d.Devices.UpdateDevice(ctx, id, func(d *model.Device) error {
+	bctx, b := s.batch(ctx)
+	_, err := s.d.Devices.UpdateDevice(bctx, id, func(d *model.Device) error {
+		if b != nil {
+			b.Reset()
+		}
 		switch {
 		case !d.Active:
 			return model.Conflict("device %d is inactive: activate it to rotate its secret", id)
 		case d.RotationState == model.RotationPending:
 			res = ports.RotateAlreadyPending
 		default:
+			add(b, s.deviceEntry(ctx, model.AuditRotationQueued, *d, "from "+string(d.RotationState)))
 			d.RotationState = model.RotationQueued
 		}
 		return nil
@@ -213,6 +218,7 @@ func (s *Service) TriggerRotation(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("trigger rotation: %w", err)
 	}
+	s.report(ctx, "trigger rotation: audit", s.appendAudit(ctx, s.entry(ctx, model.AuditRotationTriggered, fmt.Sprintf("%d device(s) queued", n))))
 	s.fillSlots(ctx)
 	return n, nil
 }
@@ -228,7 +234,9 @@ func (s *Service) fillSlots(ctx context.Context) int {
 // startRotations starts devices in free slots and nudges them.
 func (s *Service) startRotations(ctx context.Context) (int, error) {
 	now := s.now()
-	started, err := s.d.Devices.StartRotations(ctx, s.cfg.RotationConcurrency, now.Add(-s.cfg.RotationRetry), func(d *model.Device) {
+	bctx, b := s.batch(ctx)
+	started, err := s.d.Devices.StartRotations(bctx, s.cfg.RotationConcurrency, now.Add(-s.cfg.RotationRetry), func(d *model.Device) {
+		add(b, s.deviceEntry(ctx, model.AuditRotationStarted, *d, "from "+string(d.RotationState)))
 		d.RotationState = model.RotationPending
 		at := now
 		d.LastRotationAttemptAt = &at
@@ -293,7 +301,10 @@ func (s *Service) fireSchedule(ctx context.Context) (bool, int, error) {
 		return false, 0, nil
 	}
 	// Every fire time up to now collapses into this one.
-	ok, err := s.d.ScheduleRepo.AdvanceFire(ctx, RotationScheduleName, last, now)
+	bctx, b := s.batch(ctx)
+	add(b, s.entry(ctx, model.AuditScheduleFired, fmt.Sprintf("%s fire due %s (last fired %s)",
+		s.d.Schedule.String(), next.UTC().Format(time.RFC3339), last.UTC().Format(time.RFC3339))))
+	ok, err := s.d.ScheduleRepo.AdvanceFire(bctx, RotationScheduleName, last, now)
 	if err != nil || !ok {
 		return false, 0, err // another process fired it
 	}
@@ -369,8 +380,12 @@ func (s *Service) timeOut(ctx context.Context, id int64, before, unfetched time.
 	}
 	done, restored := false, false
 	var started *time.Time
-	d, err := s.d.Devices.UpdateDevice(ctx, id, func(d *model.Device) error {
+	bctx, b := s.batch(ctx)
+	d, err := s.d.Devices.UpdateDevice(bctx, id, func(d *model.Device) error {
 		done, restored = false, false
+		if b != nil {
+			b.Reset()
+		}
 		if d.RotationState != model.RotationPending {
 			return nil
 		}
@@ -389,6 +404,20 @@ func (s *Service) timeOut(ctx context.Context, id int64, before, unfetched time.
 		}
 		d.RotationState = model.RotationTimeout
 		done = true
+		detail := "both secrets stay valid (grace)"
+		if mode == model.RotationRestore {
+			detail = "nothing generated to restore"
+			if restored {
+				detail = "old secret restored"
+			}
+		}
+		if !d.Active {
+			detail = "device deactivated; " + detail
+		}
+		add(b, s.deviceEntry(ctx, model.AuditRotationTimeout, *d, detail))
+		if restored {
+			add(b, s.deviceEntry(ctx, model.AuditSecretRestored, *d, "the sealed previous secret is the only one again"))
+		}
 		return nil
 	})
 	if errors.Is(err, model.ErrNotFound) {
@@ -448,6 +477,7 @@ func (s *Service) FetchCredentials(ctx context.Context, d model.Device) (ports.P
 	if d.RotationState != model.RotationPending {
 		return s.provisioning(ctx, d)
 	}
+	ctx = model.WithActor(ctx, model.DeviceActor(d.ClientID()))
 	var p ports.Provisioning
 	if d.NewSecretAt == nil {
 		var fresh string
@@ -475,6 +505,9 @@ func (s *Service) FetchCredentials(ctx context.Context, d model.Device) (ports.P
 			}); err != nil {
 				return ports.Provisioning{}, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
 			}
+		}
+		if err := s.appendAudit(ctx, s.deviceEntry(ctx, model.AuditSecretFetched, d, "the rotation's new secret")); err != nil {
+			return ports.Provisioning{}, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
 		}
 		ev := RotationEvent{Kind: EventFetched, DeviceID: d.ID, ClientID: d.ClientID()}
 		if d.LastRotationAttemptAt != nil {
@@ -515,8 +548,13 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 	}
 	generated := false
 	var handout string
-	d, err := s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) error {
+	bctx, b := s.batch(ctx)
+	dev := d
+	d, err := s.d.Devices.UpdateDevice(bctx, d.ID, func(row *model.Device) error {
 		generated, handout = false, ""
+		if b != nil {
+			b.Reset()
+		}
 		if row.RotationState != model.RotationPending {
 			return model.Conflict("device %d is no longer in rotation", row.ID)
 		}
@@ -559,9 +597,20 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 		row.NewSecretAt = &now
 		row.SecretSHA256 = secretDigest(fresh)
 		handout = fresh
+		detail := "new secret generated (" + string(mode) + ")"
+		if !generated {
+			detail = "a secret generated before an interrupted recording is taken as the new one (" + string(mode) + ")"
+		}
+		if mode == model.RotationRestore {
+			detail += "; the old secret no longer works"
+		}
+		add(b, s.deviceEntry(ctx, model.AuditSecretGenerated, *row, detail))
 		return nil
 	})
 	if err != nil {
+		if !errors.Is(err, model.ErrConflict) {
+			s.auditFailure(ctx, s.deviceEntry(ctx, model.AuditSecretGenerated, dev, ""), err)
+		}
 		return d, "", fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
 	}
 	if generated {
@@ -603,7 +652,8 @@ func (s *Service) AckCredentials(ctx context.Context, d model.Device, digest str
 	if len(digest) != sha256.Size*2 || strings.Trim(digest, "0123456789abcdef") != "" {
 		return model.Invalid("client_secret_sha256", "must be the 64 hex digits of the SHA-256 of the new client secret")
 	}
-	return s.complete(ctx, d.ID, mode, "ack", func(row *model.Device) (bool, error) {
+	ctx = model.WithActor(ctx, model.DeviceActor(d.ClientID()))
+	err = s.complete(ctx, d.ID, mode, "ack", func(row *model.Device) (bool, error) {
 		if row.NewSecretAt == nil {
 			if row.RotationState == model.RotationOK && row.SecretSHA256 == digest {
 				return false, nil // completed with this secret already
@@ -615,6 +665,17 @@ func (s *Service) AckCredentials(ctx context.Context, d model.Device, digest str
 		}
 		return true, nil
 	})
+	if err != nil {
+		detail := "ack not recorded"
+		var ce *model.ConflictError
+		if errors.As(err, &ce) {
+			detail = "ack refused: " + ce.Reason
+		}
+		e := s.deviceEntry(ctx, model.AuditSecretAckRefused, d, detail)
+		e.Outcome = model.OutcomeFailure
+		s.report(ctx, "rotation ack: audit", s.appendAudit(ctx, e))
+	}
+	return err
 }
 
 // confirmByToken completes a PENDING restore-mode rotation when the device
@@ -629,6 +690,7 @@ func (s *Service) confirmByToken(ctx context.Context, d model.Device, c model.De
 	if !issuedAfter(d, c) {
 		return nil
 	}
+	ctx = model.WithActor(ctx, model.DeviceActor(d.ClientID()))
 	return s.complete(ctx, d.ID, mode, "iat", func(row *model.Device) (bool, error) {
 		return issuedAfter(*row, c), nil
 	})
@@ -648,7 +710,11 @@ func issuedAfter(d model.Device, c model.DeviceClaims) bool {
 func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMode, via string, check func(*model.Device) (bool, error)) error {
 	done := false
 	var attempt, generated, replaced time.Time
-	d, err := s.d.Devices.UpdateDevice(ctx, id, func(row *model.Device) error {
+	bctx, b := s.batch(ctx)
+	d, err := s.d.Devices.UpdateDevice(bctx, id, func(row *model.Device) error {
+		if b != nil {
+			b.Reset()
+		}
 		ok, err := check(row)
 		done = ok
 		if err != nil || !ok {
@@ -672,6 +738,10 @@ func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMod
 		row.SecretCreatedAt = row.NewSecretAt
 		row.NewSecretAt = nil
 		row.PreviousSecret = nil
+		if mode == model.RotationGrace {
+			add(b, s.deviceEntry(ctx, model.AuditRotatedInvalidated, *row, "the old secret no longer works"))
+		}
+		add(b, s.deviceEntry(ctx, model.AuditSecretConfirmed, *row, "confirmed by "+confirmWord(via)))
 		return nil
 	})
 	if err != nil {
@@ -778,4 +848,12 @@ func (s *Service) dashboardQuery() ports.DashboardQuery {
 		CriticalBefore:    now.Add(-s.cfg.RotationCriticalAge),
 		UnconfirmedBefore: now.Add(-s.cfg.RotationGrace / 2),
 	}
+}
+
+// confirmWord says how a confirmation was made, for the audit log.
+func confirmWord(via string) string {
+	if via == "iat" {
+		return "a token issued after the generation (iat)"
+	}
+	return "the device's ack of the secret's SHA-256"
 }
