@@ -58,27 +58,32 @@ func (r *ScheduleRepo) AdvanceFire(ctx context.Context, name string, from, to ti
 		return false, errors.New("postgres: advance schedule: zero fire time")
 	}
 	to = to.UTC().Truncate(time.Microsecond)
-	var (
-		res sql.Result
-		err error
-	)
-	if from.IsZero() {
-		res, err = r.db.NewInsert().Model(&scheduleRow{Name: name, LastFireAt: to}).
-			On("CONFLICT (name) DO NOTHING").
-			Exec(ctx)
-	} else {
-		res, err = r.db.NewUpdate().Model((*scheduleRow)(nil)).
-			Set("last_fire_at = ?", to).
-			Where("name = ?", name).
-			Where("last_fire_at = ?", from.UTC().Truncate(time.Microsecond)).
-			Exec(ctx)
-	}
-	if err != nil {
-		return false, translate("advance schedule fire", err, fkNone)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return false, translate("advance schedule fire", err, fkNone)
-	}
-	return n == 1, nil
+	moved := false
+	err := runAudited(ctx, r.db, "advance schedule fire", func(ctx context.Context, idb bun.IDB) (auditTarget, error) {
+		var (
+			res sql.Result
+			err error
+		)
+		if from.IsZero() {
+			res, err = idb.NewInsert().Model(&scheduleRow{Name: name, LastFireAt: to}).
+				On("CONFLICT (name) DO NOTHING").
+				Exec(ctx)
+		} else {
+			res, err = idb.NewUpdate().Model((*scheduleRow)(nil)).
+				Set("last_fire_at = ?", to).
+				Where("name = ?", name).
+				Where("last_fire_at = ?", from.UTC().Truncate(time.Microsecond)).
+				Exec(ctx)
+		}
+		if err != nil {
+			return auditTarget{}, translate("advance schedule fire", err, fkNone)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return auditTarget{}, translate("advance schedule fire", err, fkNone)
+		}
+		moved = n == 1
+		return auditTarget{changed: moved}, nil
+	})
+	return moved, err
 }
