@@ -12,7 +12,8 @@ import (
 type AuditFilter struct {
 	DeviceID int64
 	Kind     model.AuditKind
-	// Actor matches an entry whose actor subject or client id is Actor.
+	// Actor matches an entry whose actor subject, client id or name is
+	// Actor.
 	Actor string
 	// Since keeps entries at or after it.
 	Since time.Time

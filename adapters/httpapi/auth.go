@@ -69,6 +69,7 @@ func (s *Server) authFailure(c *fiber.Ctx, err error) error {
 func (s *Server) requireAdminRole(write bool) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		if s.cfg.AuthDisabled {
+			c.SetUserContext(model.WithActor(c.UserContext(), model.Actor{Type: model.ActorAdmin, Name: "(admin auth disabled)"}))
 			return c.Next()
 		}
 		if err := s.checkAddress(c); err != nil {
@@ -83,6 +84,7 @@ func (s *Server) requireAdminRole(write bool) fiber.Handler {
 			return s.authFailure(c, err)
 		}
 		c.Locals(localSubject, subjectOf(p))
+		c.SetUserContext(model.WithActor(c.UserContext(), model.AdminActor(p)))
 		allowed := p.HasRole(s.cfg.AdminRole) || (!write && p.HasRole(s.cfg.ViewerRole))
 		if !allowed {
 			requestLogger(c, s.log).Info("admin API caller lacks the role",

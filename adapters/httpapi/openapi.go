@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+
+	"github.com/espmdm/espmdm/core/model"
 )
 
 // The OpenAPI 3.1 description of every route, built in Go so that it is
@@ -35,7 +37,9 @@ func jsonResponse(desc string, schema obj) obj {
 var (
 	dateTime    = obj{"type": "string", "format": "date-time", "description": "RFC 3339, UTC"}
 	optDateTime = nullable("string", obj{"format": "date-time", "description": "RFC 3339, UTC; null when never"})
-	idParam     = obj{
+	// cursorSchema is the form of next_cursor values (see encodeCursor).
+	cursorSchema = obj{"type": "string", "pattern": "^c1\\.[A-Za-z0-9_-]{1,32}$"}
+	idParam      = obj{
 		"name": "id", "in": "path", "required": true,
 		"schema": obj{"type": "integer", "format": "int64", "minimum": 1},
 	}
@@ -235,6 +239,22 @@ func operations() []operation {
 			},
 			responses: obj{"200": jsonResponse("the group counts and one page of the group", ref("RotationDashboard"))}, errorCodes: []int{400, 502}},
 
+		{method: "GET", path: "/api/audit", id: "listAudit", tag: "audit", auth: "read",
+			summary: "The audit log: every credential-lifecycle event and admin change, oldest first, paged",
+			description: "Append-only; an entry of a change is written in the change's transaction. Entries never hold a secret. " +
+				"Page with cursor (next_cursor of the previous page) or after (the id of the last entry seen, for tailing).",
+			params: []obj{
+				{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": maxPageSize, "default": defaultPageSize}},
+				{"name": "cursor", "in": "query", "schema": cursorSchema, "description": "next_cursor of the previous page (not with after)"},
+				{"name": "after", "in": "query", "schema": obj{"type": "integer", "format": "int64", "minimum": 0}, "description": "only entries with a larger id (not with cursor)"},
+				{"name": "device_id", "in": "query", "schema": obj{"type": "integer", "format": "int64", "minimum": 1}},
+				{"name": "kind", "in": "query", "schema": obj{"type": "string", "enum": auditKinds()}},
+				{"name": "actor", "in": "query", "schema": obj{"type": "string", "minLength": 1, "maxLength": maxActorLen},
+					"description": "an actor's subject, client id or username"},
+				{"name": "since", "in": "query", "schema": obj{"type": "string", "format": "date-time"}, "description": "only entries at or after this time (RFC 3339)"},
+			},
+			responses: obj{"200": jsonResponse("one page", ref("AuditList"))}, errorCodes: []int{400, 503}},
+
 		{method: "GET", path: "/iot/config", id: "deviceConfig", tag: "device API", auth: "device",
 			summary:   "The calling device's config (completes a pending credential rotation)",
 			responses: obj{"200": jsonResponse("the config object", obj{"type": "object"})}, errorCodes: []int{502}},
@@ -332,6 +352,36 @@ func schemas() obj {
 					},
 				}},
 				"next_cursor": nullable("string", obj{"description": "pass as ?cursor= for the next page; null on the last page"}),
+			},
+		},
+		"AuditList": obj{
+			"type": "object", "required": []string{"entries", "next_cursor"},
+			"properties": obj{
+				"entries":     obj{"type": "array", "items": ref("AuditEntry")},
+				"next_cursor": nullable("string", obj{"description": "pass as ?cursor= for the next page; null on the last page"}),
+			},
+		},
+		"AuditEntry": obj{
+			"type":     "object",
+			"required": []string{"id", "at", "kind", "actor", "device_id", "client_id", "device_model_id", "outcome", "detail"},
+			"properties": obj{
+				"id":   obj{"type": "integer", "format": "int64", "minimum": 1},
+				"at":   dateTime,
+				"kind": obj{"type": "string", "enum": auditKinds()},
+				"actor": obj{
+					"type": "object", "required": []string{"type", "subject", "client_id", "name"},
+					"properties": obj{
+						"type":      obj{"type": "string", "enum": []string{"admin", "device", "system"}},
+						"subject":   obj{"type": "string", "description": "admin: the token's sub; system: what acted (rotation worker, reconciler)"},
+						"client_id": obj{"type": "string", "description": "admin: the token's azp; device: its client id"},
+						"name":      obj{"type": "string", "description": "admin: the token's preferred_username"},
+					},
+				},
+				"device_id":       nullable("integer", obj{"format": "int64", "minimum": 1}),
+				"client_id":       nullable("string", obj{"description": "the device client concerned"}),
+				"device_model_id": nullable("integer", obj{"format": "int64", "minimum": 1}),
+				"outcome":         obj{"type": "string", "enum": []string{"success", "failure"}},
+				"detail":          obj{"type": "string", "maxLength": 1000, "description": "what changed, in a few words; never a secret"},
 			},
 		},
 		"DeviceModel": obj{
@@ -576,6 +626,7 @@ func openAPIDocument(cfg Config) obj {
 		"tags": []obj{
 			{"name": "device models"}, {"name": "firmware"}, {"name": "devices"},
 			{"name": "rotation", "description": "credential rotation: queue, status, dashboard"},
+			{"name": "audit", "description": "who did what to which credential"},
 			{"name": "device API", "description": "for devices, with client-credentials tokens"},
 			{"name": "operations"},
 		},
@@ -593,4 +644,13 @@ func openAPIDocument(cfg Config) obj {
 		doc["servers"] = []obj{{"url": cfg.BaseURL, "description": "this espmdm"}}
 	}
 	return doc
+}
+
+// auditKinds lists the audit event kinds.
+func auditKinds() []string {
+	out := make([]string, len(model.AuditKinds))
+	for i, k := range model.AuditKinds {
+		out[i] = string(k)
+	}
+	return out
 }

@@ -142,6 +142,8 @@ type Deps struct {
 	Verifier ports.TokenVerifier
 	// Rotation serves the admin rotation routes; nil answers them 503.
 	Rotation ports.Rotation
+	// Audit serves GET /api/audit; nil answers it 503.
+	Audit ports.AuditReader
 	// Logger defaults to a no-op logger.
 	Logger *zap.Logger
 	// Registerer receives the HTTP metrics; Gatherer is what /metrics
@@ -162,6 +164,7 @@ type Server struct {
 	catalog  ports.Catalog
 	devices  ports.DeviceAPI
 	rotation ports.Rotation
+	audit    ports.AuditReader
 	verify   ports.TokenVerifier
 	log      *zap.Logger
 	gather   prometheus.Gatherer
@@ -225,6 +228,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		catalog:  deps.Catalog,
 		devices:  deps.Devices,
 		rotation: deps.Rotation,
+		audit:    deps.Audit,
 		verify:   deps.Verifier,
 		log:      log.Named("http"),
 		gather:   gat,
@@ -334,6 +338,8 @@ func (s *Server) routes() {
 	a.Post("/api/rotation/trigger", small, write, s.triggerRotation)
 	a.Get("/api/rotation/status", small, read, s.rotationStatus)
 	a.Get("/api/rotation/dashboard", small, read, s.rotationDashboard)
+
+	a.Get("/api/audit", small, read, s.listAudit)
 
 	a.Get("/iot/config", small, s.requireDevice, s.iotConfig)
 	a.Get("/iot/firmware", small, s.requireDevice, s.iotFirmware)

@@ -20,6 +20,7 @@ type auditRow struct {
 	ActorType    string    `bun:"actor_type,notnull"`
 	ActorSubject string    `bun:"actor_subject,notnull"`
 	ActorClient  string    `bun:"actor_client,notnull"`
+	ActorName    string    `bun:"actor_name,notnull"`
 	DeviceID     *int64    `bun:"device_id"`
 	ClientID     string    `bun:"client_id,notnull"`
 	ModelID      *int64    `bun:"model_id"`
@@ -41,6 +42,7 @@ func auditToRow(e model.AuditEntry) auditRow {
 		ActorType:    string(e.Actor.Type),
 		ActorSubject: e.Actor.Subject,
 		ActorClient:  e.Actor.ClientID,
+		ActorName:    e.Actor.Name,
 		DeviceID:     positiveOrNil(e.DeviceID),
 		ClientID:     e.ClientID,
 		ModelID:      positiveOrNil(e.ModelID),
@@ -54,7 +56,7 @@ func auditFromRow(r *auditRow) model.AuditEntry {
 		ID:       r.ID,
 		At:       utc(r.At),
 		Kind:     model.AuditKind(r.Kind),
-		Actor:    model.Actor{Type: model.ActorType(r.ActorType), Subject: r.ActorSubject, ClientID: r.ActorClient},
+		Actor:    model.Actor{Type: model.ActorType(r.ActorType), Subject: r.ActorSubject, ClientID: r.ActorClient, Name: r.ActorName},
 		ClientID: r.ClientID,
 		Outcome:  model.AuditOutcome(r.Outcome),
 		Detail:   r.Detail,
@@ -127,7 +129,7 @@ func (a *AuditLog) ListAudit(ctx context.Context, f ports.AuditFilter) (ports.Au
 		q = q.Where("a.kind = ?", string(f.Kind))
 	}
 	if f.Actor != "" {
-		q = q.Where("(a.actor_subject = ? OR a.actor_client = ?)", f.Actor, f.Actor)
+		q = q.Where("(a.actor_subject = ? OR a.actor_client = ? OR a.actor_name = ?)", f.Actor, f.Actor, f.Actor)
 	}
 	if !f.Since.IsZero() {
 		q = q.Where("a.at >= ?", f.Since.UTC())

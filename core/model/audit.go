@@ -64,13 +64,20 @@ const (
 	ActorSystem ActorType = "system"
 )
 
-// Actor is who caused an audited event: for an admin the token's subject
-// and client (azp), for a device its client id, for the system a name
-// ("rotation worker", "reconciler").
+// Actor is who caused an audited event: for an admin the token's subject,
+// client (azp) and username, for a device its client id, for the system a
+// name ("rotation worker", "reconciler").
 type Actor struct {
 	Type     ActorType
 	Subject  string
 	ClientID string
+	// Name is a readable name: the admin's username (preferred_username).
+	Name string
+}
+
+// AdminActor is the admin API caller p.
+func AdminActor(p Principal) Actor {
+	return Actor{Type: ActorAdmin, Subject: p.Subject, ClientID: p.ClientID, Name: p.Username}
 }
 
 // SystemActor is espmdm itself acting as name.

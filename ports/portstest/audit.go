@@ -89,7 +89,7 @@ func (a *AuditLog) ListAudit(_ context.Context, f ports.AuditFilter) (ports.Audi
 		case e.ID <= f.AfterID,
 			f.DeviceID != 0 && e.DeviceID != f.DeviceID,
 			f.Kind != "" && e.Kind != f.Kind,
-			f.Actor != "" && e.Actor.Subject != f.Actor && e.Actor.ClientID != f.Actor,
+			f.Actor != "" && e.Actor.Subject != f.Actor && e.Actor.ClientID != f.Actor && e.Actor.Name != f.Actor,
 			!f.Since.IsZero() && e.At.Before(f.Since):
 			continue
 		}

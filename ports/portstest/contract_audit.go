@@ -30,7 +30,7 @@ func RunAuditContract(t *testing.T, newEnv func(t *testing.T) AuditEnv) {
 	at := time.Date(2025, 6, 1, 12, 0, 0, 123456000, time.UTC)
 	entry := func(kind model.AuditKind, deviceID int64, detail string) model.AuditEntry {
 		return model.AuditEntry{
-			At: at, Kind: kind, Actor: model.Actor{Type: model.ActorAdmin, Subject: "sub-1", ClientID: "console"},
+			At: at, Kind: kind, Actor: model.Actor{Type: model.ActorAdmin, Subject: "sub-1", ClientID: "console", Name: "alice"},
 			DeviceID: deviceID, ClientID: "iotdevice-x-abcdefgh", Outcome: model.OutcomeSuccess, Detail: detail,
 		}
 	}
@@ -107,6 +107,7 @@ func RunAuditContract(t *testing.T, newEnv func(t *testing.T) AuditEnv) {
 			{"kind", ports.AuditFilter{Kind: model.AuditSecretConfirmed}, 1},
 			{"actor subject", ports.AuditFilter{Actor: "sub-1"}, 6},
 			{"actor client", ports.AuditFilter{Actor: "iotdevice-x-zzzzzzzz"}, 1},
+			{"actor name", ports.AuditFilter{Actor: "alice"}, 6},
 			{"since", ports.AuditFilter{Since: at.Add(5 * time.Minute)}, 2},
 			{"nothing", ports.AuditFilter{DeviceID: 99}, 0},
 		} {

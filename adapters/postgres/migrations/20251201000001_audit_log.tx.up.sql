@@ -13,6 +13,7 @@ CREATE TABLE IF NOT EXISTS audit_log (
     actor_type    text        NOT NULL CHECK (actor_type IN ('admin', 'device', 'system')),
     actor_subject text        NOT NULL DEFAULT '',
     actor_client  text        NOT NULL DEFAULT '',
+    actor_name    text        NOT NULL DEFAULT '',
     device_id     bigint      NULL CHECK (device_id > 0),
     client_id     text        NOT NULL DEFAULT '',
     model_id      bigint      NULL CHECK (model_id > 0),
