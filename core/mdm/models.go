@@ -103,7 +103,7 @@ func (s *Service) UpdateModel(ctx context.Context, id int64, in ports.ModelUpdat
 			m.Name = *in.Name
 		}
 		if in.SetSchema {
-			if !(isNull(m.ConfigSchema) && isNull(schema)) && !jsonEqual(m.ConfigSchema, schema) {
+			if (!isNull(m.ConfigSchema) || !isNull(schema)) && !jsonEqual(m.ConfigSchema, schema) {
 				changed = append(changed, "config_schema")
 			}
 			m.ConfigSchema = schema
