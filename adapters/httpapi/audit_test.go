@@ -97,10 +97,14 @@ func TestAuditRoute(t *testing.T) {
 	if f, _ := fa.last(); f.AfterID != 17 {
 		t.Errorf("after=17 gave AfterID %d", f.AfterID)
 	}
+	wantStatus(t, e.get("/api/audit?after=50&cursor="+*out.NextCursor, tokViewer), http.StatusOK)
+	if f, _ := fa.last(); f.AfterID != 50 {
+		t.Errorf("after=50 with a cursor after 42 gave AfterID %d, want the larger", f.AfterID)
+	}
 
 	for _, q := range []string{
 		"limit=0", "limit=1001", "limit=x", "device_id=0", "device_id=-1", "device_id=abc",
-		"kind=nope", "since=yesterday", "after=-1", "after=x", "cursor=zzz", "cursor=c1.MQ&after=1",
+		"kind=nope", "since=yesterday", "after=-1", "after=x", "cursor=zzz", "cursor=c1.MQ&after=1", "since=", "kind=",
 		"actor=" + strings.Repeat("a", 256),
 	} {
 		r := e.get("/api/audit?"+q, tokViewer)

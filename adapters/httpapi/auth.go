@@ -70,6 +70,9 @@ func (s *Server) requireAdminRole(write bool) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		if s.cfg.AuthDisabled {
 			c.SetUserContext(model.WithActor(c.UserContext(), model.Actor{Type: model.ActorAdmin, Name: "(admin auth disabled)"}))
+			if err := s.checkQuery(c); err != nil {
+				return err
+			}
 			return c.Next()
 		}
 		if err := s.checkAddress(c); err != nil {
@@ -94,6 +97,9 @@ func (s *Server) requireAdminRole(write bool) fiber.Handler {
 				need = "the realm role " + s.cfg.ViewerRole + " or " + s.cfg.AdminRole
 			}
 			return &httpError{status: fiber.StatusForbidden, kind: "forbidden", detail: "this needs " + need}
+		}
+		if err := s.checkQuery(c); err != nil {
+			return err
 		}
 		return c.Next()
 	}

@@ -98,22 +98,21 @@ func auditFilter(c *fiber.Ctx) (ports.AuditFilter, error) {
 		}
 		f.Limit = n
 	}
-	cursor, after := c.Query("cursor"), c.Query("after")
-	switch {
-	case cursor != "" && after != "":
-		return f, model.Invalid("after", "give cursor or after, not both")
-	case cursor != "":
-		id, err := decodeCursor(cursor)
+	// cursor and after both bound the page from below: with both, the
+	// larger holds.
+	if v := c.Query("cursor"); v != "" {
+		id, err := decodeCursor(v)
 		if err != nil {
 			return f, err
 		}
 		f.AfterID = id
-	case after != "":
-		id, err := strconv.ParseInt(after, 10, 64)
+	}
+	if v := c.Query("after"); v != "" {
+		id, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || id < 0 {
 			return f, model.Invalid("after", "must be an audit entry id (an integer from 0)")
 		}
-		f.AfterID = id
+		f.AfterID = max(f.AfterID, id)
 	}
 	if v := c.Query("device_id"); v != "" {
 		id, err := strconv.ParseInt(v, 10, 64)

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"fmt"
 	"net/http"
+	"regexp"
 	"strings"
 
 	"github.com/espmdm/espmdm/core/model"
@@ -38,8 +39,25 @@ var (
 	dateTime    = obj{"type": "string", "format": "date-time", "description": "RFC 3339, UTC"}
 	optDateTime = nullable("string", obj{"format": "date-time", "description": "RFC 3339, UTC; null when never"})
 	// cursorSchema is the form of next_cursor values (see encodeCursor).
-	cursorSchema = obj{"type": "string", "pattern": "^c1\\.[A-Za-z0-9_-]{1,32}$"}
-	idParam      = obj{
+	cursorSchema = obj{"type": "string", "pattern": cursorPattern}
+	// nextCursor is the next_cursor member of a page.
+	nextCursor = obj{"type": []string{"string", "null"}, "pattern": cursorPattern,
+		"description": "pass as ?cursor= for the next page; null on the last page"}
+	// configSchema is a config_schema member: a JSON Schema is an object or
+	// a boolean; null is none.
+	configSchema = func(desc string) obj {
+		return obj{"type": []string{"object", "boolean", "null"}, "description": desc}
+	}
+	// nvsSizeSchema is ?size= exactly: a multiple of 0x1000 from 0x3000 to
+	// 0x100000, in decimal or in hex with 0x.
+	nvsSizeSchema = obj{
+		"anyOf": []obj{
+			{"type": "integer", "minimum": 0x3000, "maximum": 0x100000, "multipleOf": 0x1000},
+			{"type": "string", "pattern": "^0[xX](0{0,4}[3-9a-fA-F]000|0{0,3}[1-9a-fA-F][0-9a-fA-F]000|0{0,2}100000)$"},
+		},
+		"default": "0x6000",
+	}
+	idParam = obj{
 		"name": "id", "in": "path", "required": true,
 		"schema": obj{"type": "integer", "format": "int64", "minimum": 1},
 	}
@@ -171,10 +189,11 @@ func operations() []operation {
 			summary: "List devices, paginated by cursor",
 			params: []obj{
 				{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": maxPageSize, "default": defaultPageSize}},
-				{"name": "cursor", "in": "query", "schema": obj{"type": "string"}, "description": "next_cursor of the previous page"},
+				{"name": "cursor", "in": "query", "schema": cursorSchema, "description": "next_cursor of the previous page"},
 				{"name": "model_id", "in": "query", "schema": obj{"type": "integer", "format": "int64", "minimum": 1}},
-				{"name": "rotation_state", "in": "query", "schema": obj{"type": "string", "enum": []string{"OK", "QUEUED", "PENDING", "TIMEOUT"}}},
-				{"name": "active", "in": "query", "schema": obj{"type": "boolean"}},
+				{"name": "rotation_state", "in": "query", "schema": caselessEnum("OK", "QUEUED", "PENDING", "TIMEOUT"), "description": "case-insensitive"},
+				{"name": "active", "in": "query", "schema": obj{"anyOf": []obj{{"type": "boolean"}, {"type": "string", "pattern": caseless("true", "false", "1", "0")}}},
+					"description": "true or false (also 1 or 0, case-insensitive)"},
 			},
 			responses: obj{"200": jsonResponse("one page", ref("DeviceList"))}, errorCodes: []int{400}},
 		{method: "POST", path: "/api/devices", id: "createDevice", tag: "devices", auth: "write",
@@ -196,7 +215,7 @@ func operations() []operation {
 			summary:     "Provisioning data: an NVS partition image, or the plain fields",
 			description: "Carries the device's client secret, so it needs the admin role even though it is a read.",
 			params: []obj{idParam,
-				{"name": "size", "in": "query", "schema": obj{"type": "string", "default": "0x6000"},
+				{"name": "size", "in": "query", "schema": nvsSizeSchema,
 					"description": "partition size, hex with 0x or decimal: a multiple of 0x1000 from 0x3000 to 0x100000"},
 				{"name": "format", "in": "query", "schema": obj{"type": "string", "enum": []string{"nvs", "bin", "json"}, "default": "nvs"},
 					"description": "nvs: the image as base64 in JSON; bin: the image itself (application/octet-stream, for esptool); json: the plain fields"},
@@ -233,9 +252,9 @@ func operations() []operation {
 			description: "healthy: active, secret younger than ROTATION_WARNING_DAYS and not TIMEOUT. warning: older, or TIMEOUT. " +
 				"critical: secret older than ROTATION_CRITICAL_DAYS, or a generated secret unconfirmed for longer than half of ROTATION_GRACE. inactive: inactive devices.",
 			params: []obj{
-				{"name": "group", "in": "query", "schema": obj{"type": "string", "enum": []string{"healthy", "warning", "critical", "inactive"}, "default": "critical"}},
+				{"name": "group", "in": "query", "schema": withDefault(caselessEnum("healthy", "warning", "critical", "inactive"), "critical"), "description": "case-insensitive"},
 				{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": maxPageSize, "default": defaultPageSize}},
-				{"name": "cursor", "in": "query", "schema": obj{"type": "string", "pattern": "^c1\\.[A-Za-z0-9_-]{1,32}$"}, "description": "next_cursor of the previous page"},
+				{"name": "cursor", "in": "query", "schema": cursorSchema, "description": "next_cursor of the previous page"},
 			},
 			responses: obj{"200": jsonResponse("the group counts and one page of the group", ref("RotationDashboard"))}, errorCodes: []int{400, 502}},
 
@@ -245,8 +264,8 @@ func operations() []operation {
 				"Page with cursor (next_cursor of the previous page) or after (the id of the last entry seen, for tailing).",
 			params: []obj{
 				{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": maxPageSize, "default": defaultPageSize}},
-				{"name": "cursor", "in": "query", "schema": cursorSchema, "description": "next_cursor of the previous page (not with after)"},
-				{"name": "after", "in": "query", "schema": obj{"type": "integer", "format": "int64", "minimum": 0}, "description": "only entries with a larger id (not with cursor)"},
+				{"name": "cursor", "in": "query", "schema": cursorSchema, "description": "next_cursor of the previous page"},
+				{"name": "after", "in": "query", "schema": obj{"type": "integer", "format": "int64", "minimum": 0}, "description": "only entries with a larger id (with cursor too: the larger bound holds)"},
 				{"name": "device_id", "in": "query", "schema": obj{"type": "integer", "format": "int64", "minimum": 1}},
 				{"name": "kind", "in": "query", "schema": obj{"type": "string", "enum": auditKinds()}},
 				{"name": "actor", "in": "query", "schema": obj{"type": "string", "minLength": 1, "maxLength": maxActorLen},
@@ -351,14 +370,14 @@ func schemas() obj {
 						"last_seen_at":             optDateTime,
 					},
 				}},
-				"next_cursor": nullable("string", obj{"description": "pass as ?cursor= for the next page; null on the last page"}),
+				"next_cursor": nextCursor,
 			},
 		},
 		"AuditList": obj{
 			"type": "object", "required": []string{"entries", "next_cursor"},
 			"properties": obj{
 				"entries":     obj{"type": "array", "items": ref("AuditEntry")},
-				"next_cursor": nullable("string", obj{"description": "pass as ?cursor= for the next page; null on the last page"}),
+				"next_cursor": nextCursor,
 			},
 		},
 		"AuditEntry": obj{
@@ -392,7 +411,7 @@ func schemas() obj {
 				"code":             obj{"type": "string", "pattern": "^[a-z0-9_]{1,50}$"},
 				"name":             obj{"type": "string", "minLength": 1, "maxLength": 255},
 				"firmware_version": nullable("string", nil),
-				"config_schema":    obj{"description": "a JSON Schema, or null"},
+				"config_schema":    configSchema("a JSON Schema, or null"),
 				"created_at":       dateTime,
 				"updated_at":       dateTime,
 			},
@@ -406,14 +425,14 @@ func schemas() obj {
 			"properties": obj{
 				"code":          obj{"type": "string", "pattern": "^[a-z0-9_]{1,50}$"},
 				"name":          obj{"type": "string", "minLength": 1, "maxLength": 255},
-				"config_schema": obj{"description": "optional JSON Schema for device configs"},
+				"config_schema": configSchema("optional JSON Schema for device configs (null: none)"),
 			},
 		},
 		"DeviceModelUpdate": obj{
 			"type": "object", "additionalProperties": false,
 			"properties": obj{
 				"name":          obj{"type": "string", "minLength": 1, "maxLength": 255},
-				"config_schema": obj{"description": "a JSON Schema; null removes it; absent leaves it"},
+				"config_schema": configSchema("a JSON Schema; null removes it; absent leaves it"),
 			},
 		},
 		"Device": obj{
@@ -440,7 +459,7 @@ func schemas() obj {
 			"type": "object", "required": []string{"devices", "next_cursor"},
 			"properties": obj{
 				"devices":     obj{"type": "array", "items": ref("Device")},
-				"next_cursor": nullable("string", obj{"description": "pass as ?cursor= for the next page; null on the last page"}),
+				"next_cursor": nextCursor,
 			},
 		},
 		"NewDevice": obj{
@@ -653,4 +672,36 @@ func auditKinds() []string {
 		out[i] = string(k)
 	}
 	return out
+}
+
+// caseless is a pattern matching exactly the words, in any case.
+func caseless(words ...string) string {
+	alts := make([]string, len(words))
+	for i, w := range words {
+		var b strings.Builder
+		for _, r := range w {
+			lo, up := strings.ToLower(string(r)), strings.ToUpper(string(r))
+			if lo == up {
+				b.WriteString(regexp.QuoteMeta(lo))
+				continue
+			}
+			b.WriteString("[" + up + lo + "]")
+		}
+		alts[i] = b.String()
+	}
+	return "^(?:" + strings.Join(alts, "|") + ")$"
+}
+
+// caselessEnum is a string parameter that is one of words in any case: the
+// enum (for tools that offer a choice) or the caseless pattern.
+func caselessEnum(words ...string) obj {
+	return obj{"anyOf": []obj{
+		{"type": "string", "enum": words},
+		{"type": "string", "pattern": caseless(words...)},
+	}}
+}
+
+func withDefault(o obj, def any) obj {
+	o["default"] = def
+	return o
 }

@@ -178,6 +178,8 @@ type Server struct {
 	openAPI []byte
 	// routeSet holds "METHOD /template" of every registered route.
 	routeSet map[string]bool
+	// query holds the declared query parameters of each route.
+	query map[string]map[string]bool
 	// draining is set by Shutdown: readiness fails from then on.
 	draining atomic.Bool
 }
@@ -238,6 +240,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		deviceLimit: newLimiter(cfg.DeviceRate),
 		addrLimit:   newLimiter(cfg.UnauthRate),
 		docs:        deps.Docs,
+		query:       queryParams(),
 	}
 	if s.docs == nil {
 		s.docs = s.docsHandler
