@@ -142,7 +142,7 @@ func operations() []operation {
 			responses: obj{"200": jsonResponse("all device models", ref("DeviceModelList"))}},
 		{method: "POST", path: "/api/device-models", id: "createDeviceModel", tag: "device models", auth: "write",
 			summary: "Create a device model", body: ref("NewDeviceModel"),
-			responses:  obj{"201": jsonResponse("created; Location names it", ref("DeviceModel"))},
+			responses:  obj{"201": withLocation(jsonResponse("created; Location names it", ref("DeviceModel")))},
 			errorCodes: []int{400, 409, 413, 415}},
 		{method: "GET", path: "/api/device-models/{id}", id: "getDeviceModel", tag: "device models", auth: "read",
 			summary: "Get a device model", params: withID,
@@ -174,7 +174,7 @@ func operations() []operation {
 				}},
 			},
 			responses: obj{
-				"201": jsonResponse("stored and devices told; Location is the download URL", ref("FirmwareUpload")),
+				"201": withLocation(jsonResponse("stored and devices told; Location is the download URL", ref("FirmwareUpload"))),
 				"200": jsonResponse("the image is the current firmware already: its record, nothing changed", ref("FirmwareUpload")),
 			},
 			errorCodes: []int{400, 404, 409, 413, 415}},
@@ -200,7 +200,7 @@ func operations() []operation {
 			summary:     "Create a device and its identity-provider client",
 			description: "All or nothing: when any step fails nothing is left behind.",
 			body:        ref("NewDevice"),
-			responses:   obj{"201": jsonResponse("created; Location names it", ref("Device"))},
+			responses:   obj{"201": withLocation(jsonResponse("created; Location names it", ref("Device")))},
 			errorCodes:  []int{400, 404, 409, 413, 415, 502}},
 		{method: "GET", path: "/api/devices/{id}", id: "getDevice", tag: "devices", auth: "read",
 			summary: "Get a device", params: withID,
@@ -465,7 +465,7 @@ func schemas() obj {
 		"NewDevice": obj{
 			"type": "object", "required": []string{"device_model_id", "config"}, "additionalProperties": false,
 			"properties": obj{
-				"device_model_id": obj{"type": "integer", "format": "int64"},
+				"device_model_id": obj{"type": "integer", "format": "int64", "minimum": 1, "description": "an existing device model"},
 				"config":          obj{"type": "object", "description": "validated against the model's config_schema"},
 				"active":          obj{"type": "boolean", "default": true},
 			},
@@ -704,4 +704,11 @@ func caselessEnum(words ...string) obj {
 func withDefault(o obj, def any) obj {
 	o["default"] = def
 	return o
+}
+
+// withLocation declares the Location header of a 201.
+func withLocation(resp obj) obj {
+	resp["headers"] = obj{"Location": obj{"description": "the path of the created resource", "required": true,
+		"schema": obj{"type": "string", "pattern": "^/api/"}}}
+	return resp
 }
