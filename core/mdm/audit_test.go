@@ -86,17 +86,32 @@ func TestAuditAdminChanges(t *testing.T) {
 	if x := wantEntry(t, e, model.AuditModelUpdated, admin, 0, model.OutcomeSuccess); x.Detail != "changed name, config_schema" || x.ModelID != m.ID {
 		t.Errorf("model_updated = %+v", x)
 	}
-	if _, err := e.svc.UploadFirmware(ctx, m.ID, image(esp32image.ChipESP32, "1.2.3")); err != nil {
+	if _, err := e.svc.UploadFirmware(ctx, m.ID, image(esp32image.ChipESP32, "1.2.3"), model.UploadOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if x := wantEntry(t, e, model.AuditFirmwareUploaded, admin, 0, model.OutcomeSuccess); !strings.Contains(x.Detail, `"1.2.3"`) || x.ModelID != m.ID {
 		t.Errorf("firmware_uploaded = %+v", x)
 	}
 	// The same image again records nothing: nothing changed.
-	if _, err := e.svc.UploadFirmware(ctx, m.ID, image(esp32image.ChipESP32, "1.2.3")); err != nil {
+	if _, err := e.svc.UploadFirmware(ctx, m.ID, image(esp32image.ChipESP32, "1.2.3"), model.UploadOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	wantEntry(t, e, model.AuditFirmwareUploaded, admin, 0, model.OutcomeSuccess)
+	// A forced downgrade says so, and what goes backwards; a refused one
+	// records nothing.
+	if _, err := e.svc.UploadFirmware(ctx, m.ID, imageSecure(esp32image.ChipESP32, "1.3.0", 3), model.UploadOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.UploadFirmware(ctx, m.ID, imageSecure(esp32image.ChipESP32, "1.1.0", 1), model.UploadOptions{}); !errors.Is(err, model.ErrConflict) {
+		t.Fatalf("downgrade without force = %v", err)
+	}
+	if _, err := e.svc.UploadFirmware(ctx, m.ID, imageSecure(esp32image.ChipESP32, "1.1.0", 1), model.UploadOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := entriesOf(e, model.AuditFirmwareUploaded); len(got) != 3 || !strings.HasSuffix(got[2].Detail, "(forced)") ||
+		!strings.Contains(got[2].Detail, "secure_version goes backwards from 3") {
+		t.Errorf("firmware entries after a refused and a forced downgrade: %+v", got)
+	}
 
 	d, err := e.svc.CreateDevice(ctx, ports.NewDevice{DeviceModelID: m.ID, Config: json.RawMessage(`{}`)})
 	if err != nil {

@@ -131,15 +131,28 @@ func (s *Service) uploadFirmware(ctx context.Context, modelID int64, data []byte
 	}
 	var again *model.Firmware
 	ctx, b := s.batch(ctx)
-	e := s.entry(ctx, model.AuditFirmwareUploaded, fmt.Sprintf("model %s, version %q, %s, %d bytes, sha256 %s", m.Code, f.Version, f.Chip, f.Size, digest))
-	e.ModelID = m.ID
-	add(b, e)
 	err = s.d.Firmware.RecordFirmware(ctx, &f, func(cur *model.Firmware) error {
+		if b != nil {
+			b.Reset()
+		}
 		if cur != nil && cur.SHA256 == digest {
 			again = cur // a concurrent upload of the same image won
 			return errSameImage
 		}
-		return against(cur)
+		if err := against(cur); err != nil {
+			return err
+		}
+		detail := fmt.Sprintf("model %s, version %q, %s, secure_version %d, %d bytes, sha256 %s", m.Code, f.Version, f.Chip, secure, f.Size, digest)
+		if len(warnings) > 0 {
+			detail += "; " + strings.Join(warnings, "; ")
+		}
+		if opts.Force {
+			detail += " (forced)"
+		}
+		e := s.entry(ctx, model.AuditFirmwareUploaded, detail)
+		e.ModelID = m.ID
+		add(b, e)
+		return nil
 	})
 	switch {
 	case errors.Is(err, errSameImage):
