@@ -227,6 +227,9 @@ func TestDeviceListBadQuery(t *testing.T) {
 		{"model_id=x", "model_id"}, {"model_id=0", "model_id"},
 		{"rotation_state=DONE", "rotation_state"},
 		{"active=maybe", "active"},
+		// Declared parameters given without a value are refused, not
+		// taken as absent.
+		{"limit=", "limit"}, {"cursor=", "cursor"}, {"active=", "active"}, {"rotation_state=&limit=5", "rotation_state"},
 	} {
 		t.Run(q.query, func(t *testing.T) {
 			p := wantProblem(t, e.get("/api/devices?"+q.query, tokViewer), http.StatusBadRequest)
