@@ -93,6 +93,7 @@ func TestE2EAudit(t *testing.T) {
 		"model_created": 1, "firmware_uploaded": 1, "device_created": 2, "provisioning_downloaded": 3,
 		"rotation_triggered": 1, "secret_confirmed": 1, "rotated_secret_invalidated": 1, "secret_ack_refused": 1,
 		"identity_repaired": 1, "device_updated": 1, "device_deleted": 1,
+		"rotation_schedule_changed": 1, // the first start records ROTATION_CRON
 	} {
 		if got := len(byKind[kind]); got != want {
 			t.Errorf("%d %s entries, want %d", got, kind, want)

@@ -87,3 +87,34 @@ func (r *ScheduleRepo) AdvanceFire(ctx context.Context, name string, from, to ti
 	})
 	return moved, err
 }
+
+// RecordExpression implements ports.ScheduleRepo in one transaction: the
+// row is created empty when missing, then locked, compared and updated, so
+// that of processes starting together with a new expression exactly one
+// sees (and audits) the change.
+func (r *ScheduleRepo) RecordExpression(ctx context.Context, name, expr string) (string, error) {
+	entries := ports.TakeAudit(ctx)
+	var prev string
+	err := runInTx(ctx, r.db, "record schedule expression", func(ctx context.Context, tx bun.Tx) error {
+		if _, err := tx.ExecContext(ctx,
+			"INSERT INTO rotation_schedule_expression (name, expression) VALUES (?, '') ON CONFLICT (name) DO NOTHING", name); err != nil {
+			return translate("record schedule expression", err, fkNone)
+		}
+		if err := tx.NewRaw("SELECT expression FROM rotation_schedule_expression WHERE name = ? FOR UPDATE", name).
+			Scan(ctx, &prev); err != nil {
+			return translate("record schedule expression: lock", err, fkNone)
+		}
+		if prev == expr {
+			return nil
+		}
+		if _, err := tx.ExecContext(ctx,
+			"UPDATE rotation_schedule_expression SET expression = ?, recorded_at = now() WHERE name = ?", expr, name); err != nil {
+			return translate("record schedule expression", err, fkNone)
+		}
+		return insertAudit(ctx, tx, entries, 0, 0)
+	})
+	if err != nil {
+		return "", err
+	}
+	return prev, nil
+}

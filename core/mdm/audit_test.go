@@ -13,6 +13,7 @@ import (
 	"github.com/espmdm/espmdm/core/model"
 	"github.com/espmdm/espmdm/esp32image"
 	"github.com/espmdm/espmdm/ports"
+	"github.com/espmdm/espmdm/ports/portstest"
 )
 
 // withAudit gives the service the store's audit log and the schedule
@@ -484,5 +485,48 @@ func TestListAuditFilters(t *testing.T) {
 		if _, err := e.svc.ListAudit(t.Context(), bad); err == nil {
 			t.Errorf("ListAudit(%+v) succeeded, want a validation error", bad)
 		}
+	}
+}
+
+// daily is another schedule, in a zone.
+type daily struct{}
+
+func (daily) Next(after time.Time) (time.Time, error) {
+	return after.Truncate(24 * time.Hour).Add(24 * time.Hour), nil
+}
+func (daily) String() string           { return "0 0 * * *" }
+func (daily) Location() *time.Location { return time.UTC }
+
+// A start with another rotation schedule than the last one is audited
+// once; starting again with the same records nothing.
+func TestAuditScheduleChange(t *testing.T) {
+	e := newAuditEnv(t, model.RotationGrace)
+	e.sched.Audit = nil
+	e.cycle(t) // the first cycle with hourly{}: recorded, not audited here
+	e.sched.Audit = e.store.Audit()
+	start := func(sch ports.Schedule) {
+		t.Helper()
+		svc := mdm.New(mdm.Deps{
+			Models: e.store, Devices: e.store, Firmware: e.store, Store: e.fw, Identity: e.idp, Notifier: e.notifier,
+			Clock: e.clock, SecretBox: portstest.NewSecretBox(), Schedule: sch, ScheduleRepo: e.sched, Audit: e.store,
+		}, mdm.Config{RotationMode: model.RotationGrace})
+		if _, _, err := svc.InitRotation(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		for range 2 { // recorded once per process
+			if _, err := svc.RunRotationCycle(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	start(hourly{})
+	if n := len(entriesOf(e, model.AuditScheduleChanged)); n != 0 {
+		t.Fatalf("%d schedule changes after a start with the same schedule, want 0", n)
+	}
+	start(daily{})
+	start(daily{})
+	x := wantEntry(t, e, model.AuditScheduleChanged, model.SystemActor("espmdm"), 0, model.OutcomeSuccess)
+	if x.Detail != "the rotation schedule is now 0 0 * * * (UTC)" {
+		t.Errorf("schedule change detail = %q", x.Detail)
 	}
 }

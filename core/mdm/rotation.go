@@ -107,15 +107,18 @@ func (s *Service) InitRotation(ctx context.Context) (model.RotationMode, model.R
 	pol.Problems = s.graceProblems(pol)
 	ready := pol.FeatureEnabled && pol.Covered && len(pol.Problems) == 0
 	want := s.cfg.RotationMode
+	var mode model.RotationMode
 	switch {
 	case want == model.RotationRestore, want == model.RotationAuto && !ready:
 		// With a policy in force, restore invalidates the rotated secret
 		// right after each generation.
-		s.mode.Store(model.RotationRestore)
-		return model.RotationRestore, pol, nil
+		mode = model.RotationRestore
 	case ready:
-		s.mode.Store(model.RotationGrace)
-		return model.RotationGrace, pol, nil
+		mode = model.RotationGrace
+	}
+	if mode != "" {
+		s.mode.Store(mode)
+		return mode, pol, nil
 	}
 	return "", pol, fmt.Errorf("rotation: ROTATION_MODE=%s cannot run on this identity provider: %s", want, strings.Join(pol.Problems, "; "))
 }
@@ -145,6 +148,26 @@ func (s *Service) graceProblems(pol model.RotationPolicy) []string {
 		}
 	}
 	return problems
+}
+
+// recordSchedule records, at the first cycle that can, the rotation
+// schedule this process works with; a change since the last one recorded
+// (ROTATION_CRON or ROTATION_TZ) is audited, once across processes.
+func (s *Service) recordSchedule(ctx context.Context) error {
+	if s.d.Schedule == nil || s.d.ScheduleRepo == nil || s.scheduleRecorded.Load() {
+		return nil
+	}
+	expr := s.d.Schedule.String()
+	if z, ok := s.d.Schedule.(interface{ Location() *time.Location }); ok && z.Location() != nil {
+		expr += " (" + z.Location().String() + ")"
+	}
+	bctx, b := s.batch(ctx)
+	add(b, s.entry(ctx, model.AuditScheduleChanged, "the rotation schedule is now "+expr))
+	if _, err := s.d.ScheduleRepo.RecordExpression(bctx, RotationScheduleName, expr); err != nil {
+		return fmt.Errorf("rotation: record the schedule: %w", err)
+	}
+	s.scheduleRecorded.Store(true)
+	return nil
 }
 
 // maxGap is the longest time between two fires of sch in the span after
@@ -262,7 +285,7 @@ func (s *Service) RunRotationCycle(ctx context.Context) (ports.CycleReport, erro
 	if _, err := s.rotationMode(); err != nil {
 		return rep, err
 	}
-	var errs []error
+	errs := []error{s.recordSchedule(ctx)}
 	if s.d.Schedule != nil && s.d.ScheduleRepo != nil {
 		fired, queued, err := s.fireSchedule(ctx)
 		rep.Fired, rep.Queued = fired, queued

@@ -94,6 +94,8 @@ type Service struct {
 	d    Deps
 	cfg  Config
 	mode atomic.Value // model.RotationMode in force, set by InitRotation
+	// scheduleRecorded is set once the schedule's expression is recorded.
+	scheduleRecorded atomic.Bool
 }
 
 var (

@@ -20,6 +20,7 @@ const (
 	AuditRotationQueued         AuditKind = "rotation_queued"
 	AuditRotationTriggered      AuditKind = "rotation_triggered"
 	AuditScheduleFired          AuditKind = "rotation_schedule_fired"
+	AuditScheduleChanged        AuditKind = "rotation_schedule_changed"
 	AuditRotationStarted        AuditKind = "rotation_started"
 	AuditSecretGenerated        AuditKind = "secret_generated"
 	AuditSecretFetched          AuditKind = "secret_fetched"
@@ -38,7 +39,7 @@ const (
 var AuditKinds = []AuditKind{
 	AuditDeviceCreated, AuditDeviceUpdated, AuditDeviceDeleted, AuditProvisioningDownloaded,
 	AuditIdentityRepaired, AuditOrphanClientDeleted, AuditRotationQueued, AuditRotationTriggered,
-	AuditScheduleFired, AuditRotationStarted, AuditSecretGenerated, AuditSecretFetched,
+	AuditScheduleFired, AuditScheduleChanged, AuditRotationStarted, AuditSecretGenerated, AuditSecretFetched,
 	AuditSecretConfirmed, AuditSecretAckRefused, AuditRotatedInvalidated, AuditRotationTimeout,
 	AuditSecretRestored, AuditModelCreated, AuditModelUpdated, AuditModelDeleted, AuditFirmwareUploaded,
 }

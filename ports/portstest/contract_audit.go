@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -263,9 +264,25 @@ func RunAuditContract(t *testing.T, newEnv func(t *testing.T) AuditEnv) {
 		if ok, err := env.Schedule.AdvanceFire(ctx, name, at.Add(-time.Hour), at.Add(time.Hour)); err != nil || ok {
 			t.Fatalf("AdvanceFire from a stale time = %t, %v; want false", ok, err)
 		}
+		// The expression: recorded the first time and at each change, with
+		// the batch's entry; the same again stores nothing.
+		for i, c := range []struct{ expr, prev string }{{"0 8 * * 6#1 (UTC)", ""}, {"0 8 * * 6#1 (UTC)", "0 8 * * 6#1 (UTC)"}, {"0 9 * * 1 (UTC)", "0 8 * * 6#1 (UTC)"}} {
+			ctx, b = ports.WithAudit(t.Context())
+			detail := "must not be stored"
+			if c.expr != c.prev {
+				detail = fmt.Sprint("change ", i)
+			}
+			b.Add(entry(model.AuditScheduleChanged, 0, detail))
+			prev, err := env.Schedule.RecordExpression(ctx, name, c.expr)
+			mustNoErr(t, "RecordExpression", err)
+			if prev != c.prev {
+				t.Errorf("RecordExpression(%q) returned previous %q, want %q", c.expr, prev, c.prev)
+			}
+		}
 		got := all(t, env.Log, ports.AuditFilter{})
-		if g := kinds(got); len(g) != 2 || g[0] != model.AuditRotationStarted || g[1] != model.AuditScheduleFired {
-			t.Fatalf("entries %v, want [rotation_started rotation_schedule_fired]", g)
+		if g := kinds(got); len(g) != 4 || g[0] != model.AuditRotationStarted || g[1] != model.AuditScheduleFired ||
+			g[2] != model.AuditScheduleChanged || g[3] != model.AuditScheduleChanged || got[3].Detail != "change 2" {
+			t.Fatalf("entries %v, want [rotation_started rotation_schedule_fired rotation_schedule_changed x2]", g)
 		}
 		if got[0].DeviceID != d.ID {
 			t.Errorf("rotation_started device %d, want %d", got[0].DeviceID, d.ID)

@@ -23,12 +23,31 @@ type Schedule struct {
 
 	mu    sync.Mutex
 	fires map[string]time.Time
+	exprs map[string]string
 }
 
 var _ ports.ScheduleRepo = (*Schedule)(nil)
 
 // NewSchedule returns a Schedule on which no schedule has fired yet.
-func NewSchedule() *Schedule { return &Schedule{fires: map[string]time.Time{}} }
+func NewSchedule() *Schedule {
+	return &Schedule{fires: map[string]time.Time{}, exprs: map[string]string{}}
+}
+
+// RecordExpression implements ports.ScheduleRepo.
+func (s *Schedule) RecordExpression(ctx context.Context, name, expr string) (string, error) {
+	if err := s.hook("RecordExpression"); err != nil {
+		return "", err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	prev := s.exprs[name]
+	entries := ports.TakeAudit(ctx)
+	if prev != expr {
+		s.exprs[name] = expr
+		s.audit(entries)
+	}
+	return prev, nil
+}
 
 func (s *Schedule) hook(op string) error {
 	if s.Hook == nil {

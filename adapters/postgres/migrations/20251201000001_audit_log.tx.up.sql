@@ -21,6 +21,15 @@ CREATE TABLE IF NOT EXISTS audit_log (
     detail        text        NOT NULL DEFAULT '' CHECK (length(detail) <= 1000)
 );
 
+-- The expression each named schedule last started with, so that a change
+-- of ROTATION_CRON (or its zone) is audited once, by the first process
+-- that starts with it.
+CREATE TABLE IF NOT EXISTS rotation_schedule_expression (
+    name        text        PRIMARY KEY,
+    expression  text        NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+
 CREATE INDEX IF NOT EXISTS audit_log_device_idx ON audit_log (device_id, id) WHERE device_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS audit_log_at_idx ON audit_log (at);
 
