@@ -46,7 +46,7 @@ var (
 	// configSchema is a config_schema member: a JSON Schema is an object or
 	// a boolean; null is none.
 	configSchema = func(desc string) obj {
-		return obj{"type": []string{"object", "boolean", "null"}, "description": desc}
+		return obj{"type": []string{"object", "boolean", "null"}, "additionalProperties": true, "description": desc}
 	}
 	// nvsSizeSchema is ?size= exactly: a multiple of 0x1000 from 0x3000 to
 	// 0x100000, in decimal or in hex with 0x.
