@@ -72,6 +72,7 @@ func coreModule(cfg Config) fx.Option {
 			fx.Annotate(postgres.NewModelRepo, fx.As(new(ports.ModelRepo))),
 			fx.Annotate(postgres.NewDeviceRepo, fx.As(new(ports.DeviceRepo))),
 			fx.Annotate(postgres.NewFirmwareRepo, fx.As(new(ports.FirmwareRepo))),
+			fx.Annotate(postgres.NewAuditLog, fx.As(new(ports.AuditLog))),
 			fx.Annotate(newFirmwareStore, fx.As(new(ports.FirmwareStore))),
 			fx.Annotate(clock.New, fx.As(new(ports.Clock))),
 			fx.Annotate(newSecretBox, fx.As(new(ports.SecretBox))),
@@ -83,6 +84,7 @@ func coreModule(cfg Config) fx.Option {
 			func(s *mdm.Service) ports.Catalog { return s },
 			func(s *mdm.Service) ports.DeviceAPI { return s },
 			func(s *mdm.Service) ports.Rotation { return s },
+			func(s *mdm.Service) ports.AuditReader { return s },
 		),
 		rotationProviders(),
 	)
@@ -259,6 +261,7 @@ type serviceParams struct {
 	Schedule ports.Schedule
 	Fires    ports.ScheduleRepo
 	Lease    ports.Lease
+	Audit    ports.AuditLog
 	Rotation *RotationMetrics
 }
 
@@ -267,7 +270,7 @@ func newService(p serviceParams) *mdm.Service {
 	return mdm.New(mdm.Deps{
 		Models: p.Models, Devices: p.Devices, Firmware: p.Firmware, Store: p.Store,
 		Identity: p.Identity, Notifier: p.Notifier, Clock: p.Clock,
-		SecretBox: p.Box, Schedule: p.Schedule, ScheduleRepo: p.Fires, Lease: p.Lease,
+		SecretBox: p.Box, Schedule: p.Schedule, ScheduleRepo: p.Fires, Lease: p.Lease, Audit: p.Audit,
 		OnRotation: p.Rotation.onRotation(p.Log.Named("rotation")),
 		OnError: func(ctx context.Context, op string, err error) {
 			p.Metrics.db.WithLabelValues(op).Inc()
@@ -309,6 +312,7 @@ type httpParams struct {
 	Catalog  ports.Catalog
 	Devices  ports.DeviceAPI
 	Rotation ports.Rotation
+	Audit    ports.AuditReader
 	Verifier ports.TokenVerifier
 	DB       *postgres.DB
 	Identity ports.IdentityProvider
@@ -328,7 +332,7 @@ func newHTTPServer(p httpParams) (*httpapi.Server, error) {
 		TrustedProxies:   p.Cfg.TrustedProxies,
 		BaseURL:          p.Cfg.BaseURL,
 	}, httpapi.Deps{
-		Catalog: p.Catalog, Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation,
+		Catalog: p.Catalog, Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation, Audit: p.Audit,
 		Logger: p.Log.Named("http"), Registerer: p.Metrics.Registry, Gatherer: p.Metrics.Registry,
 		Docs: p.Console.DocsPage(),
 		ReadyChecks: []httpapi.ReadyCheck{
@@ -424,7 +428,7 @@ func waitGroup(ctx context.Context, wg *sync.WaitGroup) error {
 
 // RunReconcile runs one reconciliation and logs what it found.
 func RunReconcile(ctx context.Context, svc ports.Catalog, log *zap.Logger) (ports.ReconcileReport, error) {
-	rep, err := svc.Reconcile(ctx)
+	rep, err := svc.Reconcile(model.WithActor(ctx, model.SystemActor("reconciler")))
 	switch {
 	case errors.Is(err, context.Canceled):
 	case err != nil:

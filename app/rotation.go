@@ -228,7 +228,7 @@ func (w *RotationWorker) Once(ctx context.Context) (ports.CycleReport, bool, err
 	if err != nil || !held {
 		return ports.CycleReport{}, false, err
 	}
-	rep, err := w.svc.RunRotationCycle(ctx)
+	rep, err := w.svc.RunRotationCycle(model.WithActor(ctx, model.SystemActor("rotation worker "+w.holder)))
 	return rep, true, err
 }
 

@@ -678,11 +678,13 @@ func TestE2EProvisioningAndDeviceAPI(t *testing.T) {
 	if small.Size != 0x3000 || len(small.Data) != 0x3000 {
 		t.Errorf("?size=0x3000 gave %#x / %d bytes", small.Size, len(small.Data))
 	}
-	for _, q := range []string{"?size=0x2000", "?size=0x3001", "?size=0x200000", "?size=lots", "?format=xml", "?format=json&size=0x3000"} {
+	for _, q := range []string{"?size=0x2000", "?size=0x3001", "?size=0x200000", "?size=lots", "?format=xml", "?format=json&size=0x2000", "?size=", "?size=%2B12288"} {
 		t.Run("provisioning "+q, func(t *testing.T) {
 			s.do(http.MethodGet, provPath+q, s.admin, nil).wantProblem(t, http.StatusBadRequest)
 		})
 	}
+	// A valid size has no use with format=json, and is accepted.
+	s.do(http.MethodGet, provPath+"?format=json&size=0x3000", s.admin, nil).want(t, http.StatusOK, nil)
 	s.do(http.MethodGet, "/api/devices/999999/provisioning", s.admin, nil).wantProblem(t, http.StatusNotFound)
 
 	var prov provisioningDTO

@@ -175,3 +175,10 @@ type Rotation interface {
 	// calls it.
 	RunRotationCycle(ctx context.Context) (CycleReport, error)
 }
+
+// AuditReader is the admin use case of the audit log (GET /api/audit).
+type AuditReader interface {
+	// ListAudit returns one page of the audit log, oldest first; an
+	// invalid filter is a *model.ValidationError.
+	ListAudit(ctx context.Context, f AuditFilter) (AuditPage, error)
+}

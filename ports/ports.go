@@ -143,6 +143,10 @@ type ScheduleRepo interface {
 	// fired) to to, only if it is still from; false when another process
 	// moved it first.
 	AdvanceFire(ctx context.Context, name string, from, to time.Time) (bool, error)
+	// RecordExpression records expr as the named schedule's expression
+	// and returns the one recorded before ("" the first time). When it
+	// changes, the entries of ctx's AuditBatch are stored with it.
+	RecordExpression(ctx context.Context, name, expr string) (previous string, err error)
 }
 
 // Lease is the rotation worker's lease: at most one process on a database

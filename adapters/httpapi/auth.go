@@ -69,6 +69,10 @@ func (s *Server) authFailure(c *fiber.Ctx, err error) error {
 func (s *Server) requireAdminRole(write bool) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		if s.cfg.AuthDisabled {
+			c.SetUserContext(model.WithActor(c.UserContext(), model.Actor{Type: model.ActorAdmin, Name: "(admin auth disabled)"}))
+			if err := s.checkQuery(c); err != nil {
+				return err
+			}
 			return c.Next()
 		}
 		if err := s.checkAddress(c); err != nil {
@@ -83,6 +87,7 @@ func (s *Server) requireAdminRole(write bool) fiber.Handler {
 			return s.authFailure(c, err)
 		}
 		c.Locals(localSubject, subjectOf(p))
+		c.SetUserContext(model.WithActor(c.UserContext(), model.AdminActor(p)))
 		allowed := p.HasRole(s.cfg.AdminRole) || (!write && p.HasRole(s.cfg.ViewerRole))
 		if !allowed {
 			requestLogger(c, s.log).Info("admin API caller lacks the role",
@@ -92,6 +97,9 @@ func (s *Server) requireAdminRole(write bool) fiber.Handler {
 				need = "the realm role " + s.cfg.ViewerRole + " or " + s.cfg.AdminRole
 			}
 			return &httpError{status: fiber.StatusForbidden, kind: "forbidden", detail: "this needs " + need}
+		}
+		if err := s.checkQuery(c); err != nil {
+			return err
 		}
 		return c.Next()
 	}

@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"bytes"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -37,8 +37,13 @@ func (s *Server) decodeJSON(c *fiber.Ctx, dst any) error {
 	if err != nil {
 		return err
 	}
-	if len(bytes.TrimSpace(body)) == 0 {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
 		return errMalformedJSON("the request body is empty: expected a JSON object")
+	}
+	if trimmed[0] != '{' {
+		// null, an array, a string...: every JSON body here is an object.
+		return errMalformedJSON("malformed JSON: expected a JSON object")
 	}
 	if !utf8.Valid(body) {
 		// JSON is UTF-8 (RFC 8259), and the database refuses anything else.
@@ -153,25 +158,66 @@ func pathID(c *fiber.Ctx) (int64, error) {
 	return id, nil
 }
 
-// Device list cursors are opaque to clients: "c1." + base64url(after id).
-const cursorPrefix = "c1."
+// List cursors are opaque to clients: "c1." and the last id of the page
+// XOR cursorMask, as 16 lower-case hex digits. Ids are non-negative int64s
+// and the mask keeps the top bit clear, so cursorPattern is the form
+// exactly, as the OpenAPI document declares it: every string it matches
+// decodes (to a non-negative id), every other one is refused.
+const (
+	cursorPrefix  = "c1."
+	cursorPattern = `^c1\.[0-7][0-9a-f]{15}$`
+	cursorMask    = 0x5a3c96e1f0d2b487
+)
+
+var cursorRE = regexp.MustCompile(cursorPattern)
 
 func encodeCursor(afterID int64) string {
-	return cursorPrefix + base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(afterID, 10)))
+	return fmt.Sprintf("%s%016x", cursorPrefix, uint64(afterID)^cursorMask)
 }
 
 func decodeCursor(s string) (int64, error) {
-	rest, ok := strings.CutPrefix(s, cursorPrefix)
-	if !ok || len(rest) > 32 {
+	if !cursorRE.MatchString(s) {
 		return 0, model.Invalid("cursor", "not a cursor returned by this API")
 	}
-	b, err := base64.RawURLEncoding.DecodeString(rest)
+	v, err := strconv.ParseUint(strings.TrimPrefix(s, cursorPrefix), 16, 64)
 	if err != nil {
 		return 0, model.Invalid("cursor", "not a cursor returned by this API")
 	}
-	id, err := strconv.ParseInt(string(b), 10, 64)
-	if err != nil || id <= 0 {
-		return 0, model.Invalid("cursor", "not a cursor returned by this API")
+	return int64(v ^ cursorMask), nil
+}
+
+// queryParams maps "METHOD /template" to the query parameters the OpenAPI
+// document declares for it.
+func queryParams() map[string]map[string]bool {
+	out := map[string]map[string]bool{}
+	for _, op := range operations() {
+		for _, p := range op.params {
+			if p["in"] != "query" {
+				continue
+			}
+			key := op.method + " " + op.path
+			if out[key] == nil {
+				out[key] = map[string]bool{}
+			}
+			out[key][p["name"].(string)] = true
+		}
 	}
-	return id, nil
+	return out
+}
+
+// checkQuery refuses a declared query parameter given without a value
+// (?limit=): no declared parameter has an empty string among its values,
+// and treating it as absent would accept what the document calls invalid.
+func (s *Server) checkQuery(c *fiber.Ctx) error {
+	declared := s.query[c.Method()+" "+routeTemplate(c.Route().Path)]
+	var bad string
+	c.Context().QueryArgs().VisitAll(func(k, v []byte) {
+		if bad == "" && len(v) == 0 && declared[string(k)] {
+			bad = string(k)
+		}
+	})
+	if bad != "" {
+		return model.Invalid(bad, "must not be empty (leave the parameter out instead)")
+	}
+	return nil
 }

@@ -1,9 +1,11 @@
 package httpapi
 
 import (
+	"errors"
 	"fmt"
 	"mime"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -331,20 +333,18 @@ func (s *Server) provisioning(c *fiber.Ctx) error {
 	default:
 		return model.Invalid("format", "must be nvs, bin or json")
 	}
+	// size is checked with every format; format=json has no use for it.
+	size, err := nvsSize(c.Query("size"))
+	if err != nil {
+		return err
+	}
 	c.Set(fiber.HeaderCacheControl, "no-store")
 	if format == "json" {
-		if c.Query("size") != "" {
-			return model.Invalid("size", "only applies to the NVS image, not to format=json")
-		}
 		p, err := s.catalog.Provisioning(c.UserContext(), id)
 		if err != nil {
 			return err
 		}
 		return c.JSON(toProvisioningDTO(p))
-	}
-	size, err := nvsSize(c.Query("size"))
-	if err != nil {
-		return err
 	}
 	img, err := s.catalog.ProvisioningNVS(c.UserContext(), id, size)
 	if err != nil {
@@ -360,6 +360,10 @@ func (s *Server) provisioning(c *fiber.Ctx) error {
 	return c.JSON(provisioningNVSDTO{Partition: "nvs", Size: size, Data: img})
 }
 
+// nvsSizeRE is what ?size= may look like: hex with 0x, or decimal (digits
+// only: no sign, no spaces).
+var nvsSizeRE = regexp.MustCompile(`^(0[xX][0-9a-fA-F]{1,8}|[0-9]{1,8})$`)
+
 // nvsSize parses ?size=: hexadecimal with 0x, or decimal.
 func nvsSize(v string) (int, error) {
 	if v == "" {
@@ -367,12 +371,14 @@ func nvsSize(v string) (int, error) {
 	}
 	var (
 		n   int64
-		err error
+		err = errors.New("malformed")
 	)
-	if h, ok := strings.CutPrefix(strings.ToLower(v), "0x"); ok {
-		n, err = strconv.ParseInt(h, 16, 64)
-	} else {
-		n, err = strconv.ParseInt(v, 10, 64)
+	if nvsSizeRE.MatchString(v) {
+		if h, ok := strings.CutPrefix(strings.ToLower(v), "0x"); ok {
+			n, err = strconv.ParseInt(h, 16, 64)
+		} else {
+			n, err = strconv.ParseInt(v, 10, 64)
+		}
 	}
 	if err != nil || n < minNVSSize || n > maxNVSSize || n%nvsPageSize != 0 {
 		return 0, model.Invalid("size", "must be a multiple of 0x%x from 0x%x to 0x%x (hex with 0x, or decimal)",

@@ -3,7 +3,10 @@ package httpapi
 import (
 	"fmt"
 	"net/http"
+	"regexp"
 	"strings"
+
+	"github.com/espmdm/espmdm/core/model"
 )
 
 // The OpenAPI 3.1 description of every route, built in Go so that it is
@@ -35,7 +38,26 @@ func jsonResponse(desc string, schema obj) obj {
 var (
 	dateTime    = obj{"type": "string", "format": "date-time", "description": "RFC 3339, UTC"}
 	optDateTime = nullable("string", obj{"format": "date-time", "description": "RFC 3339, UTC; null when never"})
-	idParam     = obj{
+	// cursorSchema is the form of next_cursor values (see encodeCursor).
+	cursorSchema = obj{"type": "string", "pattern": cursorPattern}
+	// nextCursor is the next_cursor member of a page.
+	nextCursor = obj{"type": []string{"string", "null"}, "pattern": cursorPattern,
+		"description": "pass as ?cursor= for the next page; null on the last page"}
+	// configSchema is a config_schema member: a JSON Schema is an object or
+	// a boolean; null is none.
+	configSchema = func(desc string) obj {
+		return obj{"type": []string{"object", "boolean", "null"}, "additionalProperties": true, "description": desc}
+	}
+	// nvsSizeSchema is ?size= exactly: a multiple of 0x1000 from 0x3000 to
+	// 0x100000, in decimal or in hex with 0x.
+	nvsSizeSchema = obj{
+		"anyOf": []obj{
+			{"type": "integer", "minimum": 0x3000, "maximum": 0x100000, "multipleOf": 0x1000},
+			{"type": "string", "pattern": "^0[xX](0{0,4}[3-9a-fA-F]000|0{0,3}[1-9a-fA-F][0-9a-fA-F]000|0{0,2}100000)$"},
+		},
+		"default": "0x6000",
+	}
+	idParam = obj{
 		"name": "id", "in": "path", "required": true,
 		"schema": obj{"type": "integer", "format": "int64", "minimum": 1},
 	}
@@ -120,7 +142,7 @@ func operations() []operation {
 			responses: obj{"200": jsonResponse("all device models", ref("DeviceModelList"))}},
 		{method: "POST", path: "/api/device-models", id: "createDeviceModel", tag: "device models", auth: "write",
 			summary: "Create a device model", body: ref("NewDeviceModel"),
-			responses:  obj{"201": jsonResponse("created; Location names it", ref("DeviceModel"))},
+			responses:  obj{"201": withLocation(jsonResponse("created; Location names it", ref("DeviceModel")))},
 			errorCodes: []int{400, 409, 413, 415}},
 		{method: "GET", path: "/api/device-models/{id}", id: "getDeviceModel", tag: "device models", auth: "read",
 			summary: "Get a device model", params: withID,
@@ -152,7 +174,7 @@ func operations() []operation {
 				}},
 			},
 			responses: obj{
-				"201": jsonResponse("stored and devices told; Location is the download URL", ref("FirmwareUpload")),
+				"201": withLocation(jsonResponse("stored and devices told; Location is the download URL", ref("FirmwareUpload"))),
 				"200": jsonResponse("the image is the current firmware already: its record, nothing changed", ref("FirmwareUpload")),
 			},
 			errorCodes: []int{400, 404, 409, 413, 415}},
@@ -167,17 +189,18 @@ func operations() []operation {
 			summary: "List devices, paginated by cursor",
 			params: []obj{
 				{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": maxPageSize, "default": defaultPageSize}},
-				{"name": "cursor", "in": "query", "schema": obj{"type": "string"}, "description": "next_cursor of the previous page"},
+				{"name": "cursor", "in": "query", "schema": cursorSchema, "description": "next_cursor of the previous page"},
 				{"name": "model_id", "in": "query", "schema": obj{"type": "integer", "format": "int64", "minimum": 1}},
-				{"name": "rotation_state", "in": "query", "schema": obj{"type": "string", "enum": []string{"OK", "QUEUED", "PENDING", "TIMEOUT"}}},
-				{"name": "active", "in": "query", "schema": obj{"type": "boolean"}},
+				{"name": "rotation_state", "in": "query", "schema": caselessEnum("OK", "QUEUED", "PENDING", "TIMEOUT"), "description": "case-insensitive"},
+				{"name": "active", "in": "query", "schema": obj{"anyOf": []obj{{"type": "boolean"}, {"type": "string", "pattern": caseless("true", "false", "1", "0")}}},
+					"description": "true or false (also 1 or 0, case-insensitive)"},
 			},
 			responses: obj{"200": jsonResponse("one page", ref("DeviceList"))}, errorCodes: []int{400}},
 		{method: "POST", path: "/api/devices", id: "createDevice", tag: "devices", auth: "write",
 			summary:     "Create a device and its identity-provider client",
 			description: "All or nothing: when any step fails nothing is left behind.",
 			body:        ref("NewDevice"),
-			responses:   obj{"201": jsonResponse("created; Location names it", ref("Device"))},
+			responses:   obj{"201": withLocation(jsonResponse("created; Location names it", ref("Device")))},
 			errorCodes:  []int{400, 404, 409, 413, 415, 502}},
 		{method: "GET", path: "/api/devices/{id}", id: "getDevice", tag: "devices", auth: "read",
 			summary: "Get a device", params: withID,
@@ -192,7 +215,7 @@ func operations() []operation {
 			summary:     "Provisioning data: an NVS partition image, or the plain fields",
 			description: "Carries the device's client secret, so it needs the admin role even though it is a read.",
 			params: []obj{idParam,
-				{"name": "size", "in": "query", "schema": obj{"type": "string", "default": "0x6000"},
+				{"name": "size", "in": "query", "schema": nvsSizeSchema,
 					"description": "partition size, hex with 0x or decimal: a multiple of 0x1000 from 0x3000 to 0x100000"},
 				{"name": "format", "in": "query", "schema": obj{"type": "string", "enum": []string{"nvs", "bin", "json"}, "default": "nvs"},
 					"description": "nvs: the image as base64 in JSON; bin: the image itself (application/octet-stream, for esptool); json: the plain fields"},
@@ -229,11 +252,27 @@ func operations() []operation {
 			description: "healthy: active, secret younger than ROTATION_WARNING_DAYS and not TIMEOUT. warning: older, or TIMEOUT. " +
 				"critical: secret older than ROTATION_CRITICAL_DAYS, or a generated secret unconfirmed for longer than half of ROTATION_GRACE. inactive: inactive devices.",
 			params: []obj{
-				{"name": "group", "in": "query", "schema": obj{"type": "string", "enum": []string{"healthy", "warning", "critical", "inactive"}, "default": "critical"}},
+				{"name": "group", "in": "query", "schema": withDefault(caselessEnum("healthy", "warning", "critical", "inactive"), "critical"), "description": "case-insensitive"},
 				{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": maxPageSize, "default": defaultPageSize}},
-				{"name": "cursor", "in": "query", "schema": obj{"type": "string", "pattern": "^c1\\.[A-Za-z0-9_-]{1,32}$"}, "description": "next_cursor of the previous page"},
+				{"name": "cursor", "in": "query", "schema": cursorSchema, "description": "next_cursor of the previous page"},
 			},
 			responses: obj{"200": jsonResponse("the group counts and one page of the group", ref("RotationDashboard"))}, errorCodes: []int{400, 502}},
+
+		{method: "GET", path: "/api/audit", id: "listAudit", tag: "audit", auth: "read",
+			summary: "The audit log: every credential-lifecycle event and admin change, oldest first, paged",
+			description: "Append-only; an entry of a change is written in the change's transaction. Entries never hold a secret. " +
+				"Page with cursor (next_cursor of the previous page) or after (the id of the last entry seen, for tailing).",
+			params: []obj{
+				{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": maxPageSize, "default": defaultPageSize}},
+				{"name": "cursor", "in": "query", "schema": cursorSchema, "description": "next_cursor of the previous page"},
+				{"name": "after", "in": "query", "schema": obj{"type": "integer", "format": "int64", "minimum": 0}, "description": "only entries with a larger id (with cursor too: the larger bound holds)"},
+				{"name": "device_id", "in": "query", "schema": obj{"type": "integer", "format": "int64", "minimum": 1}},
+				{"name": "kind", "in": "query", "schema": obj{"type": "string", "enum": auditKinds()}},
+				{"name": "actor", "in": "query", "schema": obj{"type": "string", "minLength": 1, "maxLength": maxActorLen},
+					"description": "an actor's subject, client id or username"},
+				{"name": "since", "in": "query", "schema": obj{"type": "string", "format": "date-time"}, "description": "only entries at or after this time (RFC 3339)"},
+			},
+			responses: obj{"200": jsonResponse("one page", ref("AuditList"))}, errorCodes: []int{400, 503}},
 
 		{method: "GET", path: "/iot/config", id: "deviceConfig", tag: "device API", auth: "device",
 			summary:   "The calling device's config (completes a pending credential rotation)",
@@ -331,7 +370,37 @@ func schemas() obj {
 						"last_seen_at":             optDateTime,
 					},
 				}},
-				"next_cursor": nullable("string", obj{"description": "pass as ?cursor= for the next page; null on the last page"}),
+				"next_cursor": nextCursor,
+			},
+		},
+		"AuditList": obj{
+			"type": "object", "required": []string{"entries", "next_cursor"},
+			"properties": obj{
+				"entries":     obj{"type": "array", "items": ref("AuditEntry")},
+				"next_cursor": nextCursor,
+			},
+		},
+		"AuditEntry": obj{
+			"type":     "object",
+			"required": []string{"id", "at", "kind", "actor", "device_id", "client_id", "device_model_id", "outcome", "detail"},
+			"properties": obj{
+				"id":   obj{"type": "integer", "format": "int64", "minimum": 1},
+				"at":   dateTime,
+				"kind": obj{"type": "string", "enum": auditKinds()},
+				"actor": obj{
+					"type": "object", "required": []string{"type", "subject", "client_id", "name"},
+					"properties": obj{
+						"type":      obj{"type": "string", "enum": []string{"admin", "device", "system"}},
+						"subject":   obj{"type": "string", "description": "admin: the token's sub; system: what acted (rotation worker, reconciler)"},
+						"client_id": obj{"type": "string", "description": "admin: the token's azp; device: its client id"},
+						"name":      obj{"type": "string", "description": "admin: the token's preferred_username"},
+					},
+				},
+				"device_id":       nullable("integer", obj{"format": "int64", "minimum": 1}),
+				"client_id":       nullable("string", obj{"description": "the device client concerned"}),
+				"device_model_id": nullable("integer", obj{"format": "int64", "minimum": 1}),
+				"outcome":         obj{"type": "string", "enum": []string{"success", "failure"}},
+				"detail":          obj{"type": "string", "maxLength": 1000, "description": "what changed, in a few words; never a secret"},
 			},
 		},
 		"DeviceModel": obj{
@@ -342,7 +411,7 @@ func schemas() obj {
 				"code":             obj{"type": "string", "pattern": "^[a-z0-9_]{1,50}$"},
 				"name":             obj{"type": "string", "minLength": 1, "maxLength": 255},
 				"firmware_version": nullable("string", nil),
-				"config_schema":    obj{"description": "a JSON Schema, or null"},
+				"config_schema":    configSchema("a JSON Schema, or null"),
 				"created_at":       dateTime,
 				"updated_at":       dateTime,
 			},
@@ -356,14 +425,14 @@ func schemas() obj {
 			"properties": obj{
 				"code":          obj{"type": "string", "pattern": "^[a-z0-9_]{1,50}$"},
 				"name":          obj{"type": "string", "minLength": 1, "maxLength": 255},
-				"config_schema": obj{"description": "optional JSON Schema for device configs"},
+				"config_schema": configSchema("optional JSON Schema for device configs (null: none)"),
 			},
 		},
 		"DeviceModelUpdate": obj{
 			"type": "object", "additionalProperties": false,
 			"properties": obj{
 				"name":          obj{"type": "string", "minLength": 1, "maxLength": 255},
-				"config_schema": obj{"description": "a JSON Schema; null removes it; absent leaves it"},
+				"config_schema": configSchema("a JSON Schema; null removes it; absent leaves it"),
 			},
 		},
 		"Device": obj{
@@ -390,13 +459,13 @@ func schemas() obj {
 			"type": "object", "required": []string{"devices", "next_cursor"},
 			"properties": obj{
 				"devices":     obj{"type": "array", "items": ref("Device")},
-				"next_cursor": nullable("string", obj{"description": "pass as ?cursor= for the next page; null on the last page"}),
+				"next_cursor": nextCursor,
 			},
 		},
 		"NewDevice": obj{
 			"type": "object", "required": []string{"device_model_id", "config"}, "additionalProperties": false,
 			"properties": obj{
-				"device_model_id": obj{"type": "integer", "format": "int64"},
+				"device_model_id": obj{"type": "integer", "format": "int64", "minimum": 1, "description": "an existing device model"},
 				"config":          obj{"type": "object", "description": "validated against the model's config_schema"},
 				"active":          obj{"type": "boolean", "default": true},
 			},
@@ -576,6 +645,7 @@ func openAPIDocument(cfg Config) obj {
 		"tags": []obj{
 			{"name": "device models"}, {"name": "firmware"}, {"name": "devices"},
 			{"name": "rotation", "description": "credential rotation: queue, status, dashboard"},
+			{"name": "audit", "description": "who did what to which credential"},
 			{"name": "device API", "description": "for devices, with client-credentials tokens"},
 			{"name": "operations"},
 		},
@@ -593,4 +663,52 @@ func openAPIDocument(cfg Config) obj {
 		doc["servers"] = []obj{{"url": cfg.BaseURL, "description": "this espmdm"}}
 	}
 	return doc
+}
+
+// auditKinds lists the audit event kinds.
+func auditKinds() []string {
+	out := make([]string, len(model.AuditKinds))
+	for i, k := range model.AuditKinds {
+		out[i] = string(k)
+	}
+	return out
+}
+
+// caseless is a pattern matching exactly the words, in any case.
+func caseless(words ...string) string {
+	alts := make([]string, len(words))
+	for i, w := range words {
+		var b strings.Builder
+		for _, r := range w {
+			lo, up := strings.ToLower(string(r)), strings.ToUpper(string(r))
+			if lo == up {
+				b.WriteString(regexp.QuoteMeta(lo))
+				continue
+			}
+			b.WriteString("[" + up + lo + "]")
+		}
+		alts[i] = b.String()
+	}
+	return "^(?:" + strings.Join(alts, "|") + ")$"
+}
+
+// caselessEnum is a string parameter that is one of words in any case: the
+// enum (for tools that offer a choice) or the caseless pattern.
+func caselessEnum(words ...string) obj {
+	return obj{"anyOf": []obj{
+		{"type": "string", "enum": words},
+		{"type": "string", "pattern": caseless(words...)},
+	}}
+}
+
+func withDefault(o obj, def any) obj {
+	o["default"] = def
+	return o
+}
+
+// withLocation declares the Location header of a 201.
+func withLocation(resp obj) obj {
+	resp["headers"] = obj{"Location": obj{"description": "the path of the created resource", "required": true,
+		"schema": obj{"type": "string", "pattern": "^/api/"}}}
+	return resp
 }

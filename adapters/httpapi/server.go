@@ -142,6 +142,8 @@ type Deps struct {
 	Verifier ports.TokenVerifier
 	// Rotation serves the admin rotation routes; nil answers them 503.
 	Rotation ports.Rotation
+	// Audit serves GET /api/audit; nil answers it 503.
+	Audit ports.AuditReader
 	// Logger defaults to a no-op logger.
 	Logger *zap.Logger
 	// Registerer receives the HTTP metrics; Gatherer is what /metrics
@@ -162,6 +164,7 @@ type Server struct {
 	catalog  ports.Catalog
 	devices  ports.DeviceAPI
 	rotation ports.Rotation
+	audit    ports.AuditReader
 	verify   ports.TokenVerifier
 	log      *zap.Logger
 	gather   prometheus.Gatherer
@@ -175,6 +178,8 @@ type Server struct {
 	openAPI []byte
 	// routeSet holds "METHOD /template" of every registered route.
 	routeSet map[string]bool
+	// query holds the declared query parameters of each route.
+	query map[string]map[string]bool
 	// draining is set by Shutdown: readiness fails from then on.
 	draining atomic.Bool
 }
@@ -225,6 +230,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		catalog:  deps.Catalog,
 		devices:  deps.Devices,
 		rotation: deps.Rotation,
+		audit:    deps.Audit,
 		verify:   deps.Verifier,
 		log:      log.Named("http"),
 		gather:   gat,
@@ -234,6 +240,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		deviceLimit: newLimiter(cfg.DeviceRate),
 		addrLimit:   newLimiter(cfg.UnauthRate),
 		docs:        deps.Docs,
+		query:       queryParams(),
 	}
 	if s.docs == nil {
 		s.docs = s.docsHandler
@@ -334,6 +341,8 @@ func (s *Server) routes() {
 	a.Post("/api/rotation/trigger", small, write, s.triggerRotation)
 	a.Get("/api/rotation/status", small, read, s.rotationStatus)
 	a.Get("/api/rotation/dashboard", small, read, s.rotationDashboard)
+
+	a.Get("/api/audit", small, read, s.listAudit)
 
 	a.Get("/iot/config", small, s.requireDevice, s.iotConfig)
 	a.Get("/iot/firmware", small, s.requireDevice, s.iotFirmware)

@@ -129,6 +129,7 @@ type claims struct {
 	jwt.RegisteredClaims
 	Typ         string `json:"typ"`
 	Azp         string `json:"azp"`
+	Username    string `json:"preferred_username"`
 	RealmAccess struct {
 		Roles []string `json:"roles"`
 	} `json:"realm_access"`
@@ -173,6 +174,7 @@ func (v *Verifier) VerifyAdmin(ctx context.Context, raw string) (model.Principal
 	return model.Principal{
 		Subject:  c.Subject,
 		ClientID: c.Azp,
+		Username: c.Username,
 		Roles:    append([]string(nil), c.RealmAccess.Roles...),
 	}, nil
 }

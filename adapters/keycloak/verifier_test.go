@@ -49,6 +49,9 @@ func TestVerifyAdmin(t *testing.T) {
 	if p.ClientID != st.OperatorClientID || p.Subject == "" || !p.HasRole("mdm-admin") {
 		t.Errorf("VerifyAdmin(operator): got %+v, want client %s with a subject and mdm-admin", p, st.OperatorClientID)
 	}
+	if want := "service-account-" + st.OperatorClientID; p.Username != want {
+		t.Errorf("VerifyAdmin(operator): username %q, want %q", p.Username, want)
+	}
 
 	viewer := mustToken(t, st, st.ViewerClientID, st.ViewerClientSecret)
 	p, err = v.VerifyAdmin(t.Context(), viewer)

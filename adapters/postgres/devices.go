@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"database/sql"
 	"time"
 
 	"github.com/uptrace/bun"
@@ -47,17 +48,23 @@ func (r *DeviceRepo) CreateDevice(ctx context.Context, d *model.Device) error {
 	}
 	// The model code comes back from the same statement: a CTE inserts,
 	// the outer query joins the new row with its model.
-	ins := r.db.NewInsert().Model(&row).Returning("*")
 	var out deviceRow
-	err := r.db.NewSelect().
-		With("ins", ins).
-		TableExpr("ins AS d").
-		ColumnExpr("d.*").
-		ColumnExpr("m.code AS model_code").
-		Join("JOIN device_models AS m ON m.id = d.device_model_id").
-		Scan(ctx, &out)
+	err := runAudited(ctx, r.db, "create device", func(ctx context.Context, idb bun.IDB) (auditTarget, error) {
+		ins := idb.NewInsert().Model(&row).Returning("*")
+		err := idb.NewSelect().
+			With("ins", ins).
+			TableExpr("ins AS d").
+			ColumnExpr("d.*").
+			ColumnExpr("m.code AS model_code").
+			Join("JOIN device_models AS m ON m.id = d.device_model_id").
+			Scan(ctx, &out)
+		if err != nil {
+			return auditTarget{}, translate("create device", err, fkMissingRef)
+		}
+		return auditTarget{changed: true, deviceID: out.ID, modelID: out.DeviceModelID}, nil
+	})
 	if err != nil {
-		return translate("create device", err, fkMissingRef)
+		return err
 	}
 	*d = deviceFromRow(&out)
 	return nil
@@ -144,7 +151,9 @@ func (r *DeviceRepo) UpdateDevice(ctx context.Context, id int64, fn func(*model.
 			return translate("update device: lock", err, fkNone)
 		}
 		cur := deviceFromRow(&row)
-		if err := fn(&cur); err != nil {
+		err := fn(&cur)
+		entries := ports.TakeAudit(ctx)
+		if err != nil {
 			return err
 		}
 		next := deviceToRow(&cur)
@@ -162,7 +171,7 @@ func (r *DeviceRepo) UpdateDevice(ctx context.Context, id int64, fn func(*model.
 			return translate("update device", err, fkNone)
 		}
 		out = deviceFromRow(&next)
-		return nil
+		return insertAudit(ctx, tx, entries, row.ID, row.DeviceModelID)
 	})
 	if err != nil {
 		return model.Device{}, err
@@ -172,11 +181,17 @@ func (r *DeviceRepo) UpdateDevice(ctx context.Context, id int64, fn func(*model.
 
 // DeleteDevice implements ports.DeviceRepo.
 func (r *DeviceRepo) DeleteDevice(ctx context.Context, id int64) error {
-	res, err := r.db.NewDelete().Model((*deviceRow)(nil)).Where("id = ?", id).Exec(ctx)
-	if err != nil {
-		return translate("delete device", err, fkNone)
-	}
-	return requireOneRow("delete device", res)
+	return runAudited(ctx, r.db, "delete device", func(ctx context.Context, idb bun.IDB) (auditTarget, error) {
+		var modelIDs []int64
+		if err := idb.NewDelete().Model((*deviceRow)(nil)).Where("id = ?", id).
+			Returning("device_model_id").Scan(ctx, &modelIDs); err != nil {
+			return auditTarget{}, translate("delete device", err, fkNone)
+		}
+		if len(modelIDs) == 0 {
+			return auditTarget{}, translate("delete device", sql.ErrNoRows, fkNone)
+		}
+		return auditTarget{changed: true, deviceID: id, modelID: modelIDs[0]}, nil
+	})
 }
 
 // TouchLastSeen implements ports.DeviceRepo with one UPDATE that writes only

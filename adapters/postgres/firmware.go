@@ -60,7 +60,7 @@ func (r *FirmwareRepo) RecordFirmware(ctx context.Context, f *model.Firmware, ch
 			return translate("record firmware: set model version", err, fkNone)
 		}
 		*f = firmwareFromRow(&row)
-		return nil
+		return insertAudit(ctx, tx, ports.TakeAudit(ctx), 0, row.DeviceModelID)
 	})
 }
 

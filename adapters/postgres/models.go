@@ -27,8 +27,14 @@ func (r *ModelRepo) CreateModel(ctx context.Context, m *model.DeviceModel) error
 	row := modelToRow(m)
 	row.ID, row.FirmwareVersion = 0, nil
 	row.CreatedAt, row.UpdatedAt = time.Time{}, time.Time{}
-	if _, err := r.db.NewInsert().Model(&row).Returning("*").Exec(ctx); err != nil {
-		return translate("create device model", err, fkNone)
+	err := runAudited(ctx, r.db, "create device model", func(ctx context.Context, idb bun.IDB) (auditTarget, error) {
+		if _, err := idb.NewInsert().Model(&row).Returning("*").Exec(ctx); err != nil {
+			return auditTarget{}, translate("create device model", err, fkNone)
+		}
+		return auditTarget{changed: true, modelID: row.ID}, nil
+	})
+	if err != nil {
+		return err
 	}
 	*m = modelFromRow(&row)
 	return nil
@@ -77,7 +83,9 @@ func (r *ModelRepo) UpdateModel(ctx context.Context, id int64, fn func(*model.De
 			return translate("update device model: lock", err, fkNone)
 		}
 		cur := modelFromRow(&row)
-		if err := fn(&cur); err != nil {
+		err := fn(&cur)
+		entries := ports.TakeAudit(ctx)
+		if err != nil {
 			return err
 		}
 		next := modelToRow(&cur)
@@ -91,7 +99,7 @@ func (r *ModelRepo) UpdateModel(ctx context.Context, id int64, fn func(*model.De
 			return translate("update device model", err, fkNone)
 		}
 		out = modelFromRow(&next)
-		return nil
+		return insertAudit(ctx, tx, entries, 0, row.ID)
 	})
 	if err != nil {
 		return model.DeviceModel{}, err
@@ -102,11 +110,13 @@ func (r *ModelRepo) UpdateModel(ctx context.Context, id int64, fn func(*model.De
 // DeleteModel implements ports.ModelRepo. Its firmware history goes with
 // it; devices still using it make it model.ErrConflict.
 func (r *ModelRepo) DeleteModel(ctx context.Context, id int64) error {
-	res, err := r.db.NewDelete().Model((*modelRow)(nil)).Where("id = ?", id).Exec(ctx)
-	if err != nil {
-		return translate("delete device model", err, fkInUse)
-	}
-	return requireOneRow("delete device model", res)
+	return runAudited(ctx, r.db, "delete device model", func(ctx context.Context, idb bun.IDB) (auditTarget, error) {
+		res, err := idb.NewDelete().Model((*modelRow)(nil)).Where("id = ?", id).Exec(ctx)
+		if err != nil {
+			return auditTarget{}, translate("delete device model", err, fkInUse)
+		}
+		return auditTarget{changed: true, modelID: id}, requireOneRow("delete device model", res)
+	})
 }
 
 // requireOneRow turns "no row affected" into model.ErrNotFound.

@@ -131,7 +131,7 @@ func (r *DeviceRepo) StartRotations(ctx context.Context, limit int, retryBefore 
 		for i := range next {
 			started = append(started, deviceFromRow(&next[i]))
 		}
-		return nil
+		return insertAudit(ctx, tx, ports.TakeAudit(ctx), 0, 0)
 	})
 	if err != nil {
 		return nil, err

@@ -58,27 +58,63 @@ func (r *ScheduleRepo) AdvanceFire(ctx context.Context, name string, from, to ti
 		return false, errors.New("postgres: advance schedule: zero fire time")
 	}
 	to = to.UTC().Truncate(time.Microsecond)
-	var (
-		res sql.Result
-		err error
-	)
-	if from.IsZero() {
-		res, err = r.db.NewInsert().Model(&scheduleRow{Name: name, LastFireAt: to}).
-			On("CONFLICT (name) DO NOTHING").
-			Exec(ctx)
-	} else {
-		res, err = r.db.NewUpdate().Model((*scheduleRow)(nil)).
-			Set("last_fire_at = ?", to).
-			Where("name = ?", name).
-			Where("last_fire_at = ?", from.UTC().Truncate(time.Microsecond)).
-			Exec(ctx)
-	}
+	moved := false
+	err := runAudited(ctx, r.db, "advance schedule fire", func(ctx context.Context, idb bun.IDB) (auditTarget, error) {
+		var (
+			res sql.Result
+			err error
+		)
+		if from.IsZero() {
+			res, err = idb.NewInsert().Model(&scheduleRow{Name: name, LastFireAt: to}).
+				On("CONFLICT (name) DO NOTHING").
+				Exec(ctx)
+		} else {
+			res, err = idb.NewUpdate().Model((*scheduleRow)(nil)).
+				Set("last_fire_at = ?", to).
+				Where("name = ?", name).
+				Where("last_fire_at = ?", from.UTC().Truncate(time.Microsecond)).
+				Exec(ctx)
+		}
+		if err != nil {
+			return auditTarget{}, translate("advance schedule fire", err, fkNone)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return auditTarget{}, translate("advance schedule fire", err, fkNone)
+		}
+		moved = n == 1
+		return auditTarget{changed: moved}, nil
+	})
+	return moved, err
+}
+
+// RecordExpression implements ports.ScheduleRepo in one transaction: the
+// row is created empty when missing, then locked, compared and updated, so
+// that of processes starting together with a new expression exactly one
+// sees (and audits) the change.
+func (r *ScheduleRepo) RecordExpression(ctx context.Context, name, expr string) (string, error) {
+	entries := ports.TakeAudit(ctx)
+	var prev string
+	err := runInTx(ctx, r.db, "record schedule expression", func(ctx context.Context, tx bun.Tx) error {
+		if _, err := tx.ExecContext(ctx,
+			"INSERT INTO rotation_schedule_expression (name, expression) VALUES (?, '') ON CONFLICT (name) DO NOTHING", name); err != nil {
+			return translate("record schedule expression", err, fkNone)
+		}
+		if err := tx.NewRaw("SELECT expression FROM rotation_schedule_expression WHERE name = ? FOR UPDATE", name).
+			Scan(ctx, &prev); err != nil {
+			return translate("record schedule expression: lock", err, fkNone)
+		}
+		if prev == expr {
+			return nil
+		}
+		if _, err := tx.ExecContext(ctx,
+			"UPDATE rotation_schedule_expression SET expression = ?, recorded_at = now() WHERE name = ?", expr, name); err != nil {
+			return translate("record schedule expression", err, fkNone)
+		}
+		return insertAudit(ctx, tx, entries, 0, 0)
+	})
 	if err != nil {
-		return false, translate("advance schedule fire", err, fkNone)
+		return "", err
 	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return false, translate("advance schedule fire", err, fkNone)
-	}
-	return n == 1, nil
+	return prev, nil
 }

@@ -93,7 +93,9 @@ func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.D
 			RotationState:   model.RotationOK,
 			SecretCreatedAt: &now,
 		}
-		err = s.d.Devices.CreateDevice(ctx, &d)
+		bctx, b := s.batch(ctx)
+		add(b, s.deviceEntry(ctx, model.AuditDeviceCreated, d, activeWord(active))) // DeviceID set by the repository
+		err = s.d.Devices.CreateDevice(bctx, &d)
 		if err == nil {
 			d.ModelCode = m.Code
 			return d, nil
@@ -167,14 +169,29 @@ func (s *Service) UpdateDevice(ctx context.Context, id int64, in ports.DeviceUpd
 	}
 	changed := false
 	var before model.Device
-	d, err := s.d.Devices.UpdateDevice(ctx, id, func(d *model.Device) error {
+	bctx, b := s.batch(ctx)
+	d, err := s.d.Devices.UpdateDevice(bctx, id, func(d *model.Device) error {
 		before = *d
+		var what []string
 		if config != nil {
 			changed = !jsonEqual(d.Config, config)
 			d.Config = config
+			if changed {
+				what = append(what, "config")
+			}
 		}
 		if in.Active != nil {
 			d.Active = *in.Active
+			switch {
+			case d.Active && !before.Active:
+				what = append(what, "activated")
+			case !d.Active && before.Active:
+				what = append(what, "deactivated")
+			}
+		}
+		if b != nil {
+			b.Reset()
+			b.Add(s.deviceEntry(ctx, model.AuditDeviceUpdated, *d, changedWords(what)))
 		}
 		return nil
 	})
@@ -203,7 +220,9 @@ func (s *Service) DeleteDevice(ctx context.Context, id int64) error {
 	if err != nil {
 		return fmt.Errorf("delete device %d: %w", id, err)
 	}
-	if err := s.d.Devices.DeleteDevice(ctx, id); err != nil {
+	bctx, b := s.batch(ctx)
+	add(b, s.deviceEntry(ctx, model.AuditDeviceDeleted, d, ""))
+	if err := s.d.Devices.DeleteDevice(bctx, id); err != nil {
 		return fmt.Errorf("delete device %d: %w", id, err)
 	}
 	clientID := d.ClientID()
@@ -211,4 +230,12 @@ func (s *Service) DeleteDevice(ctx context.Context, id int64) error {
 		s.report(ctx, "delete device: delete client", fmt.Errorf("client %s: %w", clientID, err))
 	}
 	return nil
+}
+
+// activeWord is the audit detail of a new device.
+func activeWord(active bool) string {
+	if active {
+		return "active"
+	}
+	return "inactive"
 }

@@ -130,12 +130,29 @@ func (s *Service) uploadFirmware(ctx context.Context, modelID int64, data []byte
 		UploadedAt:    s.now(),
 	}
 	var again *model.Firmware
+	ctx, b := s.batch(ctx)
 	err = s.d.Firmware.RecordFirmware(ctx, &f, func(cur *model.Firmware) error {
+		if b != nil {
+			b.Reset()
+		}
 		if cur != nil && cur.SHA256 == digest {
 			again = cur // a concurrent upload of the same image won
 			return errSameImage
 		}
-		return against(cur)
+		if err := against(cur); err != nil {
+			return err
+		}
+		detail := fmt.Sprintf("model %s, version %q, %s, secure_version %d, %d bytes, sha256 %s", m.Code, f.Version, f.Chip, secure, f.Size, digest)
+		if len(warnings) > 0 {
+			detail += "; " + strings.Join(warnings, "; ")
+		}
+		if opts.Force {
+			detail += " (forced)"
+		}
+		e := s.entry(ctx, model.AuditFirmwareUploaded, detail)
+		e.ModelID = m.ID
+		add(b, e)
+		return nil
 	})
 	switch {
 	case errors.Is(err, errSameImage):

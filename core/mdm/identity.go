@@ -34,10 +34,14 @@ func (s *Service) SyncIdentity(ctx context.Context, id int64) (model.IdentitySta
 	if err != nil {
 		return model.IdentityStatus{}, fmt.Errorf("sync identity of device %d: %w", id, err)
 	}
+	e := s.deviceEntry(ctx, model.AuditIdentityRepaired, d, "")
 	st, err := s.d.Identity.RepairClient(ctx, d.ClientID())
 	if err != nil {
+		s.auditFailure(ctx, e, err)
 		return model.IdentityStatus{}, fmt.Errorf("sync identity of device %d: %w", id, err)
 	}
+	e.Detail = fmt.Sprintf("client exists %t, enabled %t, %d problem(s) left", st.Exists, st.Enabled, len(st.Problems))
+	s.report(ctx, "sync identity: audit", s.appendAudit(ctx, e))
 	return st, nil
 }
 
@@ -141,6 +145,9 @@ func (s *Service) Reconcile(ctx context.Context) (ports.ReconcileReport, error) 
 			continue
 		}
 		rep.DeletedOrphans = append(rep.DeletedOrphans, c.ClientID)
+		e := s.entry(ctx, model.AuditOrphanClientDeleted, "a device client without a device")
+		e.ClientID = c.ClientID
+		s.report(ctx, "reconcile: audit an orphan's deletion", s.appendAudit(ctx, e))
 	}
 
 	// 5. Devices without a client, unless deleted meanwhile.

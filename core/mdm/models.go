@@ -42,6 +42,8 @@ func (s *Service) CreateModel(ctx context.Context, in ports.NewModel) (model.Dev
 		return model.DeviceModel{}, err
 	}
 	m := model.DeviceModel{Code: in.Code, Name: in.Name, ConfigSchema: schema}
+	ctx, b := s.batch(ctx)
+	add(b, s.entry(ctx, model.AuditModelCreated, "code "+in.Code+schemaWord(schema))) // ModelID set by the repository
 	if err := s.d.Models.CreateModel(ctx, &m); err != nil {
 		if errors.Is(err, model.ErrConflict) {
 			return model.DeviceModel{}, model.Conflict("a device model with code %s exists already", in.Code)
@@ -91,12 +93,29 @@ func (s *Service) UpdateModel(ctx context.Context, id int64, in ports.ModelUpdat
 			}
 		}
 	}
+	ctx, b := s.batch(ctx)
 	m, err := s.d.Models.UpdateModel(ctx, id, func(m *model.DeviceModel) error {
+		var changed []string
 		if in.Name != nil {
+			if m.Name != *in.Name {
+				changed = append(changed, "name")
+			}
 			m.Name = *in.Name
 		}
 		if in.SetSchema {
+			if (!isNull(m.ConfigSchema) || !isNull(schema)) && !jsonEqual(m.ConfigSchema, schema) {
+				changed = append(changed, "config_schema")
+			}
 			m.ConfigSchema = schema
+		}
+		if b != nil {
+			b.Reset()
+			e := s.entry(ctx, model.AuditModelUpdated, changedWords(changed))
+			if in.Force && in.SetSchema {
+				e.Detail += " (forced)"
+			}
+			e.ModelID = m.ID
+			b.Add(e)
 		}
 		return nil
 	})
@@ -169,6 +188,10 @@ func (s *Service) DeleteModel(ctx context.Context, id int64) error {
 	if err != nil {
 		return fmt.Errorf("delete device model %d: %w", id, err)
 	}
+	ctx, b := s.batch(ctx)
+	e := s.entry(ctx, model.AuditModelDeleted, "code "+m.Code)
+	e.ModelID = m.ID
+	add(b, e)
 	if err := s.d.Models.DeleteModel(ctx, id); err != nil {
 		if errors.Is(err, model.ErrConflict) {
 			return s.modelInUse(ctx, m)
@@ -181,4 +204,20 @@ func (s *Service) DeleteModel(ctx context.Context, id int64) error {
 		s.report(ctx, "delete device model: remove firmware binaries", fmt.Errorf("device model %s: %w", m.Code, err))
 	}
 	return nil
+}
+
+// schemaWord says whether a model is created with a config schema.
+func schemaWord(schema json.RawMessage) string {
+	if schema == nil || isNull(schema) {
+		return ""
+	}
+	return ", with a config_schema"
+}
+
+// changedWords is an audit detail naming changed fields.
+func changedWords(fields []string) string {
+	if len(fields) == 0 {
+		return "nothing changed"
+	}
+	return "changed " + strings.Join(fields, ", ")
 }

@@ -22,12 +22,45 @@ const (
 
 // Provisioning returns what the device needs to reach espmdm, including its
 // current client secret.
+// The download is audited; without its audit entry it fails.
 func (s *Service) Provisioning(ctx context.Context, id int64) (ports.Provisioning, error) {
+	d, p, err := s.deviceProvisioning(ctx, id)
+	if err != nil {
+		return ports.Provisioning{}, err
+	}
+	if err := s.auditDownload(ctx, d, "plain fields (JSON)", nil); err != nil {
+		return ports.Provisioning{}, err
+	}
+	return p, nil
+}
+
+// deviceProvisioning reads device id and its provisioning fields; a failure
+// to read the secret is audited.
+func (s *Service) deviceProvisioning(ctx context.Context, id int64) (model.Device, ports.Provisioning, error) {
 	d, err := s.d.Devices.GetDevice(ctx, id)
 	if err != nil {
-		return ports.Provisioning{}, fmt.Errorf("provisioning of device %d: %w", id, err)
+		return d, ports.Provisioning{}, fmt.Errorf("provisioning of device %d: %w", id, err)
 	}
-	return s.provisioning(ctx, d)
+	p, err := s.provisioning(ctx, d)
+	if err != nil {
+		s.auditFailure(ctx, s.deviceEntry(ctx, model.AuditProvisioningDownloaded, d, ""), err)
+		return d, ports.Provisioning{}, err
+	}
+	return d, p, nil
+}
+
+// auditDownload records that d's provisioning data (its secret) was handed
+// out as what (or that it was not, when cause is set).
+func (s *Service) auditDownload(ctx context.Context, d model.Device, what string, cause error) error {
+	e := s.deviceEntry(ctx, model.AuditProvisioningDownloaded, d, what)
+	if cause != nil {
+		s.auditFailure(ctx, e, cause)
+		return nil
+	}
+	if err := s.appendAudit(ctx, e); err != nil {
+		return fmt.Errorf("provisioning of device %d: %w", d.ID, err)
+	}
+	return nil
 }
 
 // provisioningWith is the device's provisioning fields with secret.
@@ -54,17 +87,24 @@ func (s *Service) ProvisioningNVS(ctx context.Context, id int64, size int) ([]by
 		return nil, model.Invalid("size", "must be a multiple of 0x%x between 0x%x and 0x%x, got 0x%x",
 			nvsPageSize, MinNVSSize, MaxNVSSize, size)
 	}
-	p, err := s.Provisioning(ctx, id)
+	d, p, err := s.deviceProvisioning(ctx, id)
 	if err != nil {
 		return nil, err
 	}
+	what := fmt.Sprintf("NVS partition of 0x%x bytes", size)
 	img, err := nvs.Encode(nvs.Strings(NVSNamespace, nvsPairs(p)...), nvs.Options{Size: size, Version: nvs.Version2})
 	switch {
 	case errors.Is(err, nvs.ErrNoSpace):
-		return nil, model.Invalid("size", "0x%x is too small for the provisioning data", size)
+		err = model.Invalid("size", "0x%x is too small for the provisioning data", size)
 	case err != nil:
 		// The nvs error may quote a value (a secret): keep only its kind.
-		return nil, fmt.Errorf("provisioning of device %d: the data cannot be stored as NVS strings", id)
+		err = fmt.Errorf("provisioning of device %d: the data cannot be stored as NVS strings", id)
+	}
+	if aerr := s.auditDownload(ctx, d, what, err); aerr != nil {
+		return nil, aerr
+	}
+	if err != nil {
+		return nil, err
 	}
 	return img, nil
 }

@@ -107,15 +107,18 @@ func (s *Service) InitRotation(ctx context.Context) (model.RotationMode, model.R
 	pol.Problems = s.graceProblems(pol)
 	ready := pol.FeatureEnabled && pol.Covered && len(pol.Problems) == 0
 	want := s.cfg.RotationMode
+	var mode model.RotationMode
 	switch {
 	case want == model.RotationRestore, want == model.RotationAuto && !ready:
 		// With a policy in force, restore invalidates the rotated secret
 		// right after each generation.
-		s.mode.Store(model.RotationRestore)
-		return model.RotationRestore, pol, nil
+		mode = model.RotationRestore
 	case ready:
-		s.mode.Store(model.RotationGrace)
-		return model.RotationGrace, pol, nil
+		mode = model.RotationGrace
+	}
+	if mode != "" {
+		s.mode.Store(mode)
+		return mode, pol, nil
 	}
 	return "", pol, fmt.Errorf("rotation: ROTATION_MODE=%s cannot run on this identity provider: %s", want, strings.Join(pol.Problems, "; "))
 }
@@ -145,6 +148,26 @@ func (s *Service) graceProblems(pol model.RotationPolicy) []string {
 		}
 	}
 	return problems
+}
+
+// recordSchedule records, at the first cycle that can, the rotation
+// schedule this process works with; a change since the last one recorded
+// (ROTATION_CRON or ROTATION_TZ) is audited, once across processes.
+func (s *Service) recordSchedule(ctx context.Context) error {
+	if s.d.Schedule == nil || s.d.ScheduleRepo == nil || s.scheduleRecorded.Load() {
+		return nil
+	}
+	expr := s.d.Schedule.String()
+	if z, ok := s.d.Schedule.(interface{ Location() *time.Location }); ok && z.Location() != nil {
+		expr += " (" + z.Location().String() + ")"
+	}
+	bctx, b := s.batch(ctx)
+	add(b, s.entry(ctx, model.AuditScheduleChanged, "the rotation schedule is now "+expr))
+	if _, err := s.d.ScheduleRepo.RecordExpression(bctx, RotationScheduleName, expr); err != nil {
+		return fmt.Errorf("rotation: record the schedule: %w", err)
+	}
+	s.scheduleRecorded.Store(true)
+	return nil
 }
 
 // maxGap is the longest time between two fires of sch in the span after
@@ -186,13 +209,18 @@ func (s *Service) RotateDevice(ctx context.Context, id int64) (ports.RotateResul
 		return "", err
 	}
 	res := ports.RotateQueued
-	_, err := s.d.Devices.UpdateDevice(ctx, id, func(d *model.Device) error {
+	bctx, b := s.batch(ctx)
+	_, err := s.d.Devices.UpdateDevice(bctx, id, func(d *model.Device) error {
+		if b != nil {
+			b.Reset()
+		}
 		switch {
 		case !d.Active:
 			return model.Conflict("device %d is inactive: activate it to rotate its secret", id)
 		case d.RotationState == model.RotationPending:
 			res = ports.RotateAlreadyPending
 		default:
+			add(b, s.deviceEntry(ctx, model.AuditRotationQueued, *d, "from "+string(d.RotationState)))
 			d.RotationState = model.RotationQueued
 		}
 		return nil
@@ -213,6 +241,7 @@ func (s *Service) TriggerRotation(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("trigger rotation: %w", err)
 	}
+	s.report(ctx, "trigger rotation: audit", s.appendAudit(ctx, s.entry(ctx, model.AuditRotationTriggered, fmt.Sprintf("%d device(s) queued", n))))
 	s.fillSlots(ctx)
 	return n, nil
 }
@@ -228,7 +257,9 @@ func (s *Service) fillSlots(ctx context.Context) int {
 // startRotations starts devices in free slots and nudges them.
 func (s *Service) startRotations(ctx context.Context) (int, error) {
 	now := s.now()
-	started, err := s.d.Devices.StartRotations(ctx, s.cfg.RotationConcurrency, now.Add(-s.cfg.RotationRetry), func(d *model.Device) {
+	bctx, b := s.batch(ctx)
+	started, err := s.d.Devices.StartRotations(bctx, s.cfg.RotationConcurrency, now.Add(-s.cfg.RotationRetry), func(d *model.Device) {
+		add(b, s.deviceEntry(ctx, model.AuditRotationStarted, *d, "from "+string(d.RotationState)))
 		d.RotationState = model.RotationPending
 		at := now
 		d.LastRotationAttemptAt = &at
@@ -254,7 +285,7 @@ func (s *Service) RunRotationCycle(ctx context.Context) (ports.CycleReport, erro
 	if _, err := s.rotationMode(); err != nil {
 		return rep, err
 	}
-	var errs []error
+	errs := []error{s.recordSchedule(ctx)}
 	if s.d.Schedule != nil && s.d.ScheduleRepo != nil {
 		fired, queued, err := s.fireSchedule(ctx)
 		rep.Fired, rep.Queued = fired, queued
@@ -293,7 +324,10 @@ func (s *Service) fireSchedule(ctx context.Context) (bool, int, error) {
 		return false, 0, nil
 	}
 	// Every fire time up to now collapses into this one.
-	ok, err := s.d.ScheduleRepo.AdvanceFire(ctx, RotationScheduleName, last, now)
+	bctx, b := s.batch(ctx)
+	add(b, s.entry(ctx, model.AuditScheduleFired, fmt.Sprintf("%s fire due %s (last fired %s)",
+		s.d.Schedule.String(), next.UTC().Format(time.RFC3339), last.UTC().Format(time.RFC3339))))
+	ok, err := s.d.ScheduleRepo.AdvanceFire(bctx, RotationScheduleName, last, now)
 	if err != nil || !ok {
 		return false, 0, err // another process fired it
 	}
@@ -369,8 +403,12 @@ func (s *Service) timeOut(ctx context.Context, id int64, before, unfetched time.
 	}
 	done, restored := false, false
 	var started *time.Time
-	d, err := s.d.Devices.UpdateDevice(ctx, id, func(d *model.Device) error {
+	bctx, b := s.batch(ctx)
+	d, err := s.d.Devices.UpdateDevice(bctx, id, func(d *model.Device) error {
 		done, restored = false, false
+		if b != nil {
+			b.Reset()
+		}
 		if d.RotationState != model.RotationPending {
 			return nil
 		}
@@ -389,6 +427,20 @@ func (s *Service) timeOut(ctx context.Context, id int64, before, unfetched time.
 		}
 		d.RotationState = model.RotationTimeout
 		done = true
+		detail := "both secrets stay valid (grace)"
+		if mode == model.RotationRestore {
+			detail = "nothing generated to restore"
+			if restored {
+				detail = "old secret restored"
+			}
+		}
+		if !d.Active {
+			detail = "device deactivated; " + detail
+		}
+		add(b, s.deviceEntry(ctx, model.AuditRotationTimeout, *d, detail))
+		if restored {
+			add(b, s.deviceEntry(ctx, model.AuditSecretRestored, *d, "the sealed previous secret is the only one again"))
+		}
 		return nil
 	})
 	if errors.Is(err, model.ErrNotFound) {
@@ -448,6 +500,7 @@ func (s *Service) FetchCredentials(ctx context.Context, d model.Device) (ports.P
 	if d.RotationState != model.RotationPending {
 		return s.provisioning(ctx, d)
 	}
+	ctx = model.WithActor(ctx, model.DeviceActor(d.ClientID()))
 	var p ports.Provisioning
 	if d.NewSecretAt == nil {
 		var fresh string
@@ -475,6 +528,9 @@ func (s *Service) FetchCredentials(ctx context.Context, d model.Device) (ports.P
 			}); err != nil {
 				return ports.Provisioning{}, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
 			}
+		}
+		if err := s.appendAudit(ctx, s.deviceEntry(ctx, model.AuditSecretFetched, d, "the rotation's new secret")); err != nil {
+			return ports.Provisioning{}, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
 		}
 		ev := RotationEvent{Kind: EventFetched, DeviceID: d.ID, ClientID: d.ClientID()}
 		if d.LastRotationAttemptAt != nil {
@@ -515,8 +571,13 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 	}
 	generated := false
 	var handout string
-	d, err := s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) error {
+	bctx, b := s.batch(ctx)
+	dev := d
+	d, err := s.d.Devices.UpdateDevice(bctx, d.ID, func(row *model.Device) error {
 		generated, handout = false, ""
+		if b != nil {
+			b.Reset()
+		}
 		if row.RotationState != model.RotationPending {
 			return model.Conflict("device %d is no longer in rotation", row.ID)
 		}
@@ -559,9 +620,20 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 		row.NewSecretAt = &now
 		row.SecretSHA256 = secretDigest(fresh)
 		handout = fresh
+		detail := "new secret generated (" + string(mode) + ")"
+		if !generated {
+			detail = "a secret generated before an interrupted recording is taken as the new one (" + string(mode) + ")"
+		}
+		if mode == model.RotationRestore {
+			detail += "; the old secret no longer works"
+		}
+		add(b, s.deviceEntry(ctx, model.AuditSecretGenerated, *row, detail))
 		return nil
 	})
 	if err != nil {
+		if !errors.Is(err, model.ErrConflict) {
+			s.auditFailure(ctx, s.deviceEntry(ctx, model.AuditSecretGenerated, dev, ""), err)
+		}
 		return d, "", fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
 	}
 	if generated {
@@ -603,7 +675,8 @@ func (s *Service) AckCredentials(ctx context.Context, d model.Device, digest str
 	if len(digest) != sha256.Size*2 || strings.Trim(digest, "0123456789abcdef") != "" {
 		return model.Invalid("client_secret_sha256", "must be the 64 hex digits of the SHA-256 of the new client secret")
 	}
-	return s.complete(ctx, d.ID, mode, "ack", func(row *model.Device) (bool, error) {
+	ctx = model.WithActor(ctx, model.DeviceActor(d.ClientID()))
+	err = s.complete(ctx, d.ID, mode, "ack", func(row *model.Device) (bool, error) {
 		if row.NewSecretAt == nil {
 			if row.RotationState == model.RotationOK && row.SecretSHA256 == digest {
 				return false, nil // completed with this secret already
@@ -615,6 +688,17 @@ func (s *Service) AckCredentials(ctx context.Context, d model.Device, digest str
 		}
 		return true, nil
 	})
+	if err != nil {
+		detail := "ack not recorded"
+		var ce *model.ConflictError
+		if errors.As(err, &ce) {
+			detail = "ack refused: " + ce.Reason
+		}
+		e := s.deviceEntry(ctx, model.AuditSecretAckRefused, d, detail)
+		e.Outcome = model.OutcomeFailure
+		s.report(ctx, "rotation ack: audit", s.appendAudit(ctx, e))
+	}
+	return err
 }
 
 // confirmByToken completes a PENDING restore-mode rotation when the device
@@ -629,6 +713,7 @@ func (s *Service) confirmByToken(ctx context.Context, d model.Device, c model.De
 	if !issuedAfter(d, c) {
 		return nil
 	}
+	ctx = model.WithActor(ctx, model.DeviceActor(d.ClientID()))
 	return s.complete(ctx, d.ID, mode, "iat", func(row *model.Device) (bool, error) {
 		return issuedAfter(*row, c), nil
 	})
@@ -648,7 +733,11 @@ func issuedAfter(d model.Device, c model.DeviceClaims) bool {
 func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMode, via string, check func(*model.Device) (bool, error)) error {
 	done := false
 	var attempt, generated, replaced time.Time
-	d, err := s.d.Devices.UpdateDevice(ctx, id, func(row *model.Device) error {
+	bctx, b := s.batch(ctx)
+	d, err := s.d.Devices.UpdateDevice(bctx, id, func(row *model.Device) error {
+		if b != nil {
+			b.Reset()
+		}
 		ok, err := check(row)
 		done = ok
 		if err != nil || !ok {
@@ -672,6 +761,10 @@ func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMod
 		row.SecretCreatedAt = row.NewSecretAt
 		row.NewSecretAt = nil
 		row.PreviousSecret = nil
+		if mode == model.RotationGrace {
+			add(b, s.deviceEntry(ctx, model.AuditRotatedInvalidated, *row, "the old secret no longer works"))
+		}
+		add(b, s.deviceEntry(ctx, model.AuditSecretConfirmed, *row, "confirmed by "+confirmWord(via)))
 		return nil
 	})
 	if err != nil {
@@ -778,4 +871,12 @@ func (s *Service) dashboardQuery() ports.DashboardQuery {
 		CriticalBefore:    now.Add(-s.cfg.RotationCriticalAge),
 		UnconfirmedBefore: now.Add(-s.cfg.RotationGrace / 2),
 	}
+}
+
+// confirmWord says how a confirmation was made, for the audit log.
+func confirmWord(via string) string {
+	if via == "iat" {
+		return "a token issued after the generation (iat)"
+	}
+	return "the device's ack of the secret's SHA-256"
 }

@@ -35,6 +35,9 @@ type Deps struct {
 	ScheduleRepo ports.ScheduleRepo
 	// Lease, when set, names the rotation worker in RotationStatus.
 	Lease ports.Lease
+	// Audit, when set, is the audit log (SPEC §12): changes are recorded in
+	// their repository transaction, other events appended to it.
+	Audit ports.AuditLog
 	// OnRotation, when set, receives every rotation step (for metrics,
 	// logs and the audit log); it must not block.
 	OnRotation func(ctx context.Context, ev RotationEvent)
@@ -91,12 +94,15 @@ type Service struct {
 	d    Deps
 	cfg  Config
 	mode atomic.Value // model.RotationMode in force, set by InitRotation
+	// scheduleRecorded is set once the schedule's expression is recorded.
+	scheduleRecorded atomic.Bool
 }
 
 var (
-	_ ports.Catalog   = (*Service)(nil)
-	_ ports.DeviceAPI = (*Service)(nil)
-	_ ports.Rotation  = (*Service)(nil)
+	_ ports.Catalog     = (*Service)(nil)
+	_ ports.DeviceAPI   = (*Service)(nil)
+	_ ports.Rotation    = (*Service)(nil)
+	_ ports.AuditReader = (*Service)(nil)
 )
 
 // New returns a Service over deps, with cfg's zero fields set to their

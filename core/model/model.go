@@ -181,6 +181,8 @@ type DeviceClaims struct {
 type Principal struct {
 	Subject  string
 	ClientID string
+	// Username is the token's preferred_username, when it has one.
+	Username string
 	Roles    []string
 }
 

@@ -43,3 +43,12 @@ func TestLeaseContract(t *testing.T) {
 		return portstest.LeaseEnv{New: func(h string) ports.Lease { return ls.For(h) }, Kill: ls.Kill}
 	})
 }
+
+func TestAuditContract(t *testing.T) {
+	portstest.RunAuditContract(t, func(t *testing.T) portstest.AuditEnv {
+		s := portstest.NewStore(nil)
+		sched := portstest.NewSchedule()
+		sched.Audit = s.Audit()
+		return portstest.AuditEnv{Log: s, Models: s, Devices: s, Firmware: s, Schedule: sched}
+	})
+}

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/espmdm/espmdm/core/model"
 	"github.com/espmdm/espmdm/ports"
 )
 
@@ -16,15 +17,37 @@ type Schedule struct {
 	// "AdvanceFire") before each operation; a non-nil result fails the
 	// operation with that error and changes nothing. Set it before use.
 	Hook func(op string) error
+	// Audit, when set, receives the entries of an AdvanceFire's
+	// ports.AuditBatch when it moves the fire time. Set it before use.
+	Audit *AuditLog
 
 	mu    sync.Mutex
 	fires map[string]time.Time
+	exprs map[string]string
 }
 
 var _ ports.ScheduleRepo = (*Schedule)(nil)
 
 // NewSchedule returns a Schedule on which no schedule has fired yet.
-func NewSchedule() *Schedule { return &Schedule{fires: map[string]time.Time{}} }
+func NewSchedule() *Schedule {
+	return &Schedule{fires: map[string]time.Time{}, exprs: map[string]string{}}
+}
+
+// RecordExpression implements ports.ScheduleRepo.
+func (s *Schedule) RecordExpression(ctx context.Context, name, expr string) (string, error) {
+	if err := s.hook("RecordExpression"); err != nil {
+		return "", err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	prev := s.exprs[name]
+	entries := ports.TakeAudit(ctx)
+	if prev != expr {
+		s.exprs[name] = expr
+		s.audit(entries)
+	}
+	return prev, nil
+}
 
 func (s *Schedule) hook(op string) error {
 	if s.Hook == nil {
@@ -44,7 +67,7 @@ func (s *Schedule) LastFire(_ context.Context, name string) (time.Time, error) {
 }
 
 // AdvanceFire implements ports.ScheduleRepo. A zero to is refused.
-func (s *Schedule) AdvanceFire(_ context.Context, name string, from, to time.Time) (bool, error) {
+func (s *Schedule) AdvanceFire(ctx context.Context, name string, from, to time.Time) (bool, error) {
 	if err := s.hook("AdvanceFire"); err != nil {
 		return false, err
 	}
@@ -54,11 +77,19 @@ func (s *Schedule) AdvanceFire(_ context.Context, name string, from, to time.Tim
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur, fired := s.fires[name]
+	entries := ports.TakeAudit(ctx)
 	switch {
 	case from.IsZero() && fired,
 		!from.IsZero() && (!fired || !cur.Equal(us(from))):
 		return false, nil
 	}
 	s.fires[name] = us(to)
+	s.audit(entries)
 	return true, nil
+}
+
+func (s *Schedule) audit(entries []model.AuditEntry) {
+	if s.Audit != nil {
+		s.Audit.commit(entries, 0, 0)
+	}
 }

@@ -38,12 +38,14 @@ type Store struct {
 	models   map[int64]model.DeviceModel
 	devices  map[int64]model.Device
 	firmware map[int64][]model.Firmware // by model id, in upload order
+	audit    *AuditLog
 }
 
 var (
 	_ ports.ModelRepo    = (*Store)(nil)
 	_ ports.DeviceRepo   = (*Store)(nil)
 	_ ports.FirmwareRepo = (*Store)(nil)
+	_ ports.AuditLog     = (*Store)(nil)
 )
 
 // NewStore returns an empty Store stamping times from clock (the wall clock
@@ -54,7 +56,22 @@ func NewStore(clock ports.Clock) *Store {
 		models:   map[int64]model.DeviceModel{},
 		devices:  map[int64]model.Device{},
 		firmware: map[int64][]model.Firmware{},
+		audit:    NewAuditLog(clock),
 	}
+}
+
+// Audit is the store's audit log: the entries of the ports.AuditBatch of
+// each change are written to it with the change.
+func (s *Store) Audit() *AuditLog { return s.audit }
+
+// AppendAudit implements ports.AuditLog on Audit().
+func (s *Store) AppendAudit(ctx context.Context, entries ...model.AuditEntry) error {
+	return s.audit.AppendAudit(ctx, entries...)
+}
+
+// ListAudit implements ports.AuditLog on Audit().
+func (s *Store) ListAudit(ctx context.Context, f ports.AuditFilter) (ports.AuditPage, error) {
+	return s.audit.ListAudit(ctx, f)
 }
 
 func (s *Store) hook(op string) error {
@@ -112,7 +129,7 @@ func normSchema(r json.RawMessage) json.RawMessage {
 }
 
 // CreateModel implements ports.ModelRepo.
-func (s *Store) CreateModel(_ context.Context, m *model.DeviceModel) error {
+func (s *Store) CreateModel(ctx context.Context, m *model.DeviceModel) error {
 	if err := s.hook("CreateModel"); err != nil {
 		return err
 	}
@@ -128,6 +145,7 @@ func (s *Store) CreateModel(_ context.Context, m *model.DeviceModel) error {
 	m.CreatedAt, m.UpdatedAt = now, now
 	m.ConfigSchema = normSchema(m.ConfigSchema)
 	s.models[m.ID] = cloneModel(*m)
+	s.audit.commit(ports.TakeAudit(ctx), 0, m.ID)
 	return nil
 }
 
@@ -176,7 +194,7 @@ func (s *Store) ListModels(_ context.Context) ([]model.DeviceModel, error) {
 }
 
 // UpdateModel implements ports.ModelRepo.
-func (s *Store) UpdateModel(_ context.Context, id int64, fn func(*model.DeviceModel) error) (model.DeviceModel, error) {
+func (s *Store) UpdateModel(ctx context.Context, id int64, fn func(*model.DeviceModel) error) (model.DeviceModel, error) {
 	if err := s.hook("UpdateModel"); err != nil {
 		return model.DeviceModel{}, err
 	}
@@ -187,19 +205,22 @@ func (s *Store) UpdateModel(_ context.Context, id int64, fn func(*model.DeviceMo
 		return model.DeviceModel{}, fmt.Errorf("device model %d: %w", id, model.ErrNotFound)
 	}
 	m := cloneModel(cur)
-	if err := fn(&m); err != nil {
+	err := fn(&m)
+	entries := ports.TakeAudit(ctx)
+	if err != nil {
 		return model.DeviceModel{}, err
 	}
 	m.ID, m.Code, m.CreatedAt = cur.ID, cur.Code, cur.CreatedAt
 	m.ConfigSchema = normSchema(m.ConfigSchema)
 	m.UpdatedAt = s.now()
 	s.models[id] = cloneModel(m)
+	s.audit.commit(entries, 0, id)
 	return m, nil
 }
 
 // DeleteModel implements ports.ModelRepo. The model's firmware history goes
 // with it.
-func (s *Store) DeleteModel(_ context.Context, id int64) error {
+func (s *Store) DeleteModel(ctx context.Context, id int64) error {
 	if err := s.hook("DeleteModel"); err != nil {
 		return err
 	}
@@ -215,12 +236,13 @@ func (s *Store) DeleteModel(_ context.Context, id int64) error {
 	}
 	delete(s.models, id)
 	delete(s.firmware, id)
+	s.audit.commit(ports.TakeAudit(ctx), 0, id)
 	return nil
 }
 
 // CreateDevice implements ports.DeviceRepo. An empty RotationState is
 // stored as model.RotationOK.
-func (s *Store) CreateDevice(_ context.Context, d *model.Device) error {
+func (s *Store) CreateDevice(ctx context.Context, d *model.Device) error {
 	if err := s.hook("CreateDevice"); err != nil {
 		return err
 	}
@@ -243,6 +265,7 @@ func (s *Store) CreateDevice(_ context.Context, d *model.Device) error {
 		d.RotationState = model.RotationOK
 	}
 	s.devices[d.ID] = cloneDevice(*d)
+	s.audit.commit(ports.TakeAudit(ctx), d.ID, d.DeviceModelID)
 	return nil
 }
 
@@ -319,7 +342,7 @@ func (s *Store) page(limit int, afterID int64, keep func(model.Device) bool) por
 }
 
 // UpdateDevice implements ports.DeviceRepo.
-func (s *Store) UpdateDevice(_ context.Context, id int64, fn func(*model.Device) error) (model.Device, error) {
+func (s *Store) UpdateDevice(ctx context.Context, id int64, fn func(*model.Device) error) (model.Device, error) {
 	if err := s.hook("UpdateDevice"); err != nil {
 		return model.Device{}, err
 	}
@@ -330,7 +353,9 @@ func (s *Store) UpdateDevice(_ context.Context, id int64, fn func(*model.Device)
 		return model.Device{}, fmt.Errorf("device %d: %w", id, model.ErrNotFound)
 	}
 	d := cloneDevice(cur)
-	if err := fn(&d); err != nil {
+	err := fn(&d)
+	entries := ports.TakeAudit(ctx)
+	if err != nil {
 		return model.Device{}, err
 	}
 	if err := s.hook("UpdateDevice.commit"); err != nil {
@@ -339,20 +364,23 @@ func (s *Store) UpdateDevice(_ context.Context, id int64, fn func(*model.Device)
 	d.ID, d.Key, d.DeviceModelID, d.ModelCode, d.CreatedAt = cur.ID, cur.Key, cur.DeviceModelID, cur.ModelCode, cur.CreatedAt
 	d.UpdatedAt = s.now()
 	s.devices[id] = cloneDevice(d)
+	s.audit.commit(entries, id, d.DeviceModelID)
 	return d, nil
 }
 
 // DeleteDevice implements ports.DeviceRepo.
-func (s *Store) DeleteDevice(_ context.Context, id int64) error {
+func (s *Store) DeleteDevice(ctx context.Context, id int64) error {
 	if err := s.hook("DeleteDevice"); err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.devices[id]; !ok {
+	d, ok := s.devices[id]
+	if !ok {
 		return fmt.Errorf("device %d: %w", id, model.ErrNotFound)
 	}
 	delete(s.devices, id)
+	s.audit.commit(ports.TakeAudit(ctx), id, d.DeviceModelID)
 	return nil
 }
 
@@ -392,7 +420,7 @@ func (s *Store) DeviceKeysExist(_ context.Context, keys []string) (map[string]bo
 }
 
 // RecordFirmware implements ports.FirmwareRepo.
-func (s *Store) RecordFirmware(_ context.Context, f *model.Firmware, check func(*model.Firmware) error) error {
+func (s *Store) RecordFirmware(ctx context.Context, f *model.Firmware, check func(*model.Firmware) error) error {
 	if err := s.hook("RecordFirmware"); err != nil {
 		return err
 	}
@@ -408,10 +436,12 @@ func (s *Store) RecordFirmware(_ context.Context, f *model.Firmware, check func(
 			current = &h[0]
 		}
 		if err := check(current); err != nil {
+			ports.TakeAudit(ctx)
 			return err
 		}
 	}
 	f.ID = s.id()
+	s.audit.commit(ports.TakeAudit(ctx), 0, m.ID)
 	s.firmware[m.ID] = append(s.firmware[m.ID], *f)
 	m.FirmwareVersion = f.Version
 	m.UpdatedAt = s.now()
@@ -512,7 +542,7 @@ func (s *Store) QueueRotations(_ context.Context) (int, error) {
 // does); start runs in it and must not call back into the Store. Changes
 // start makes to ID, Key, DeviceModelID, ModelCode and CreatedAt are
 // ignored, as in UpdateDevice.
-func (s *Store) StartRotations(_ context.Context, limit int, retryBefore time.Time, start func(*model.Device)) ([]model.Device, error) {
+func (s *Store) StartRotations(ctx context.Context, limit int, retryBefore time.Time, start func(*model.Device)) ([]model.Device, error) {
 	if err := s.hook("StartRotations"); err != nil {
 		return nil, err
 	}
@@ -559,6 +589,7 @@ func (s *Store) StartRotations(_ context.Context, limit int, retryBefore time.Ti
 		s.devices[d.ID] = cloneDevice(d)
 		started = append(started, d)
 	}
+	s.audit.commit(ports.TakeAudit(ctx), 0, 0)
 	return started, nil
 }
 

@@ -4,6 +4,26 @@
  */
 
 export interface paths {
+    "/api/audit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The audit log: every credential-lifecycle event and admin change, oldest first, paged
+         * @description Append-only; an entry of a change is written in the change's transaction. Entries never hold a secret. Page with cursor (next_cursor of the previous page) or after (the id of the last entry seen, for tailing).
+         */
+        get: operations["listAudit"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/device-models": {
         parameters: {
             query?: never;
@@ -433,6 +453,42 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        AuditEntry: {
+            actor: {
+                /** @description admin: the token's azp; device: its client id */
+                client_id: string;
+                /** @description admin: the token's preferred_username */
+                name: string;
+                /** @description admin: the token's sub; system: what acted (rotation worker, reconciler) */
+                subject: string;
+                /** @enum {string} */
+                type: "admin" | "device" | "system";
+            };
+            /**
+             * Format: date-time
+             * @description RFC 3339, UTC
+             */
+            at: string;
+            /** @description the device client concerned */
+            client_id: string | null;
+            /** @description what changed, in a few words; never a secret */
+            detail: string;
+            /** Format: int64 */
+            device_id: number | null;
+            /** Format: int64 */
+            device_model_id: number | null;
+            /** Format: int64 */
+            id: number;
+            /** @enum {string} */
+            kind: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded";
+            /** @enum {string} */
+            outcome: "success" | "failure";
+        };
+        AuditList: {
+            entries: components["schemas"]["AuditEntry"][];
+            /** @description pass as ?cursor= for the next page; null on the last page */
+            next_cursor: string | null;
+        };
         Device: {
             active: boolean;
             /** @description iotdevice-<model code>-<key> */
@@ -484,7 +540,9 @@ export interface components {
         DeviceModel: {
             code: string;
             /** @description a JSON Schema, or null */
-            config_schema: unknown;
+            config_schema: {
+                [key: string]: unknown;
+            } | boolean | null;
             /**
              * Format: date-time
              * @description RFC 3339, UTC
@@ -505,7 +563,9 @@ export interface components {
         };
         DeviceModelUpdate: {
             /** @description a JSON Schema; null removes it; absent leaves it */
-            config_schema?: unknown;
+            config_schema?: {
+                [key: string]: unknown;
+            } | boolean | null;
             name?: string;
         };
         DeviceUpdate: {
@@ -559,13 +619,18 @@ export interface components {
             active: boolean;
             /** @description validated against the model's config_schema */
             config: Record<string, never>;
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description an existing device model
+             */
             device_model_id: number;
         };
         NewDeviceModel: {
             code: string;
-            /** @description optional JSON Schema for device configs */
-            config_schema?: unknown;
+            /** @description optional JSON Schema for device configs (null: none) */
+            config_schema?: {
+                [key: string]: unknown;
+            } | boolean | null;
             name: string;
         };
         Problem: {
@@ -803,6 +868,47 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    listAudit: {
+        parameters: {
+            query?: {
+                limit?: number;
+                /** @description next_cursor of the previous page */
+                cursor?: string;
+                /** @description only entries with a larger id (with cursor too: the larger bound holds) */
+                after?: number;
+                device_id?: number;
+                kind?: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded";
+                /** @description an actor's subject, client id or username */
+                actor?: string;
+                /** @description only entries at or after this time (RFC 3339) */
+                since?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description one page */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
     listDeviceModels: {
         parameters: {
             query?: never;
@@ -846,6 +952,8 @@ export interface operations {
             /** @description created; Location names it */
             201: {
                 headers: {
+                    /** @description the path of the created resource */
+                    Location: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1059,6 +1167,8 @@ export interface operations {
             /** @description stored and devices told; Location is the download URL */
             201: {
                 headers: {
+                    /** @description the path of the created resource */
+                    Location: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1116,8 +1226,10 @@ export interface operations {
                 /** @description next_cursor of the previous page */
                 cursor?: string;
                 model_id?: number;
-                rotation_state?: "OK" | "QUEUED" | "PENDING" | "TIMEOUT";
-                active?: boolean;
+                /** @description case-insensitive */
+                rotation_state?: ("OK" | "QUEUED" | "PENDING" | "TIMEOUT") | string;
+                /** @description true or false (also 1 or 0, case-insensitive) */
+                active?: boolean | string;
             };
             header?: never;
             path?: never;
@@ -1160,6 +1272,8 @@ export interface operations {
             /** @description created; Location names it */
             201: {
                 headers: {
+                    /** @description the path of the created resource */
+                    Location: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1341,7 +1455,7 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description partition size, hex with 0x or decimal: a multiple of 0x1000 from 0x3000 to 0x100000 */
-                size?: string;
+                size?: number | string;
                 /** @description nvs: the image as base64 in JSON; bin: the image itself (application/octet-stream, for esptool); json: the plain fields */
                 format?: "nvs" | "bin" | "json";
             };
@@ -1462,7 +1576,8 @@ export interface operations {
     rotationDashboard: {
         parameters: {
             query?: {
-                group?: "healthy" | "warning" | "critical" | "inactive";
+                /** @description case-insensitive */
+                group?: ("healthy" | "warning" | "critical" | "inactive") | string;
                 limit?: number;
                 /** @description next_cursor of the previous page */
                 cursor?: string;

@@ -3,12 +3,16 @@ import { ApiError, type DeviceModel, type Firmware, type FirmwareUpload } from "
 import { navigate } from "../router";
 import { Confirm, Field, Link, Problem, useAction, useApp, useLoad, When } from "./common";
 
-function parseSchema(text: string): { schema?: unknown; error?: string } {
+/** ConfigSchema is what the API takes as config_schema: a JSON Schema (an object or a boolean), or null for none. */
+type ConfigSchema = boolean | { [key: string]: unknown } | null;
+
+function parseSchema(text: string): { schema?: ConfigSchema; error?: string } {
   if (text.trim() === "") return { schema: null };
   try {
     const v = JSON.parse(text) as unknown;
-    if (typeof v !== "object" && typeof v !== "boolean") return { error: "a JSON Schema is an object (or true/false)" };
-    return { schema: v };
+    if (v === null || typeof v === "boolean") return { schema: v };
+    if (typeof v !== "object" || Array.isArray(v)) return { error: "a JSON Schema is an object (or true/false)" };
+    return { schema: v as { [key: string]: unknown } };
   } catch (e) {
     return { error: `not valid JSON: ${e instanceof Error ? e.message : String(e)}` };
   }

@@ -1,0 +1,145 @@
+package httpapi
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/ports"
+)
+
+// The audit log (SPEC §12): GET /api/audit.
+
+// errNoAudit answers GET /api/audit on a server built without the log.
+var errNoAudit = &httpError{status: http.StatusServiceUnavailable, kind: "not-ready", detail: "the audit log is not configured on this server"}
+
+type auditActorDTO struct {
+	Type     string `json:"type"`
+	Subject  string `json:"subject"`
+	ClientID string `json:"client_id"`
+	Name     string `json:"name"`
+}
+
+type auditEntryDTO struct {
+	ID       int64         `json:"id"`
+	At       string        `json:"at"`
+	Kind     string        `json:"kind"`
+	Actor    auditActorDTO `json:"actor"`
+	DeviceID *int64        `json:"device_id"`
+	ClientID *string       `json:"client_id"`
+	ModelID  *int64        `json:"device_model_id"`
+	Outcome  string        `json:"outcome"`
+	Detail   string        `json:"detail"`
+}
+
+type auditListDTO struct {
+	Entries    []auditEntryDTO `json:"entries"`
+	NextCursor *string         `json:"next_cursor"`
+}
+
+func toAuditEntryDTO(e model.AuditEntry) auditEntryDTO {
+	out := auditEntryDTO{
+		ID: e.ID, At: timestamp(e.At), Kind: string(e.Kind),
+		Actor:   auditActorDTO{Type: string(e.Actor.Type), Subject: e.Actor.Subject, ClientID: e.Actor.ClientID, Name: e.Actor.Name},
+		Outcome: string(e.Outcome), Detail: e.Detail,
+	}
+	if e.DeviceID > 0 {
+		out.DeviceID = &e.DeviceID
+	}
+	if e.ClientID != "" {
+		out.ClientID = &e.ClientID
+	}
+	if e.ModelID > 0 {
+		out.ModelID = &e.ModelID
+	}
+	return out
+}
+
+func (s *Server) listAudit(c *fiber.Ctx) error {
+	if s.audit == nil {
+		return errNoAudit
+	}
+	f, err := auditFilter(c)
+	if err != nil {
+		return err
+	}
+	page, err := s.audit.ListAudit(c.UserContext(), f)
+	if err != nil {
+		return err
+	}
+	out := auditListDTO{Entries: make([]auditEntryDTO, 0, len(page.Entries))}
+	for _, e := range page.Entries {
+		out.Entries = append(out.Entries, toAuditEntryDTO(e))
+	}
+	if page.NextAfterID > 0 {
+		cur := encodeCursor(page.NextAfterID)
+		out.NextCursor = &cur
+	}
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.JSON(out)
+}
+
+// maxActorLen bounds the actor filter (subjects, client ids and usernames
+// are far shorter).
+const maxActorLen = 255
+
+// auditFilter parses the audit query: limit, cursor or after (an entry id:
+// SPEC §12's after=), device_id, kind, actor, since. Invalid values of
+// known parameters are a 400.
+func auditFilter(c *fiber.Ctx) (ports.AuditFilter, error) {
+	f := ports.AuditFilter{Limit: defaultPageSize}
+	if v := c.Query("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxPageSize {
+			return f, model.Invalid("limit", "must be an integer from 1 to %d", maxPageSize)
+		}
+		f.Limit = n
+	}
+	// cursor and after both bound the page from below: with both, the
+	// larger holds.
+	if v := c.Query("cursor"); v != "" {
+		id, err := decodeCursor(v)
+		if err != nil {
+			return f, err
+		}
+		f.AfterID = id
+	}
+	if v := c.Query("after"); v != "" {
+		id, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || id < 0 {
+			return f, model.Invalid("after", "must be an audit entry id (an integer from 0)")
+		}
+		f.AfterID = max(f.AfterID, id)
+	}
+	if v := c.Query("device_id"); v != "" {
+		id, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || id <= 0 {
+			return f, model.Invalid("device_id", "must be a positive integer")
+		}
+		f.DeviceID = id
+	}
+	if v := c.Query("kind"); v != "" {
+		k := model.AuditKind(v)
+		if !k.Valid() {
+			return f, model.Invalid("kind", "not an audit event kind (see the OpenAPI document for the list)")
+		}
+		f.Kind = k
+	}
+	if v := c.Query("actor"); v != "" {
+		if len(v) > maxActorLen {
+			return f, model.Invalid("actor", "at most %d bytes", maxActorLen)
+		}
+		f.Actor = v
+	}
+	if v := c.Query("since"); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return f, model.Invalid("since", "must be an RFC 3339 time such as 2025-06-01T00:00:00Z")
+		}
+		f.Since = t
+	}
+	return f, nil
+}

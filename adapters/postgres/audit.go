@@ -1,0 +1,176 @@
+package postgres
+
+import (
+	"context"
+	"time"
+
+	"github.com/uptrace/bun"
+
+	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/ports"
+)
+
+// auditRow is a row of audit_log.
+type auditRow struct {
+	bun.BaseModel `bun:"table:audit_log,alias:a"`
+
+	ID           int64     `bun:"id,pk,autoincrement"`
+	At           time.Time `bun:"at,notnull,nullzero,default:now()"`
+	Kind         string    `bun:"kind,notnull"`
+	ActorType    string    `bun:"actor_type,notnull"`
+	ActorSubject string    `bun:"actor_subject,notnull"`
+	ActorClient  string    `bun:"actor_client,notnull"`
+	ActorName    string    `bun:"actor_name,notnull"`
+	DeviceID     *int64    `bun:"device_id"`
+	ClientID     string    `bun:"client_id,notnull"`
+	ModelID      *int64    `bun:"model_id"`
+	Outcome      string    `bun:"outcome,notnull"`
+	Detail       string    `bun:"detail,notnull"`
+}
+
+// maxDetail is the longest detail audit_log keeps (its CHECK).
+const maxDetail = 1000
+
+func auditToRow(e model.AuditEntry) auditRow {
+	detail := e.Detail
+	if r := []rune(detail); len(r) > maxDetail {
+		detail = string(r[:maxDetail-1]) + "…"
+	}
+	return auditRow{
+		At:           utc(e.At),
+		Kind:         string(e.Kind),
+		ActorType:    string(e.Actor.Type),
+		ActorSubject: e.Actor.Subject,
+		ActorClient:  e.Actor.ClientID,
+		ActorName:    e.Actor.Name,
+		DeviceID:     positiveOrNil(e.DeviceID),
+		ClientID:     e.ClientID,
+		ModelID:      positiveOrNil(e.ModelID),
+		Outcome:      string(e.Outcome),
+		Detail:       detail,
+	}
+}
+
+func auditFromRow(r *auditRow) model.AuditEntry {
+	e := model.AuditEntry{
+		ID:       r.ID,
+		At:       utc(r.At),
+		Kind:     model.AuditKind(r.Kind),
+		Actor:    model.Actor{Type: model.ActorType(r.ActorType), Subject: r.ActorSubject, ClientID: r.ActorClient, Name: r.ActorName},
+		ClientID: r.ClientID,
+		Outcome:  model.AuditOutcome(r.Outcome),
+		Detail:   r.Detail,
+	}
+	if r.DeviceID != nil {
+		e.DeviceID = *r.DeviceID
+	}
+	if r.ModelID != nil {
+		e.ModelID = *r.ModelID
+	}
+	return e
+}
+
+func positiveOrNil(id int64) *int64 {
+	if id <= 0 {
+		return nil
+	}
+	return &id
+}
+
+// insertAudit writes entries with idb (the transaction of their change); a
+// zero DeviceID or ModelID is set to deviceID or modelID (the row a create
+// just inserted). No entries is no statement.
+func insertAudit(ctx context.Context, idb bun.IDB, entries []model.AuditEntry, deviceID, modelID int64) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	rows := make([]auditRow, len(entries))
+	for i, e := range entries {
+		if e.DeviceID == 0 {
+			e.DeviceID = deviceID
+		}
+		if e.ModelID == 0 {
+			e.ModelID = modelID
+		}
+		rows[i] = auditToRow(e)
+	}
+	if _, err := idb.NewInsert().Model(&rows).Exec(ctx); err != nil {
+		return translate("append audit entries", err, fkNone)
+	}
+	return nil
+}
+
+// AuditLog is the audit_log table: ports.AuditLog. The repositories write
+// the entries of a change's ports.AuditBatch in the change's transaction.
+type AuditLog struct {
+	db *bun.DB
+}
+
+var _ ports.AuditLog = (*AuditLog)(nil)
+
+// NewAuditLog returns the audit log of db.
+func NewAuditLog(db *DB) *AuditLog { return &AuditLog{db: db.bun} }
+
+// AppendAudit implements ports.AuditLog in one statement.
+func (a *AuditLog) AppendAudit(ctx context.Context, entries ...model.AuditEntry) error {
+	return insertAudit(ctx, a.db, entries, 0, 0)
+}
+
+// ListAudit implements ports.AuditLog: entries after f.AfterID matching
+// every set filter, by id, one extra row read to know whether more follow.
+func (a *AuditLog) ListAudit(ctx context.Context, f ports.AuditFilter) (ports.AuditPage, error) {
+	limit := pageSize(f.Limit)
+	rows := make([]auditRow, 0, limit+1)
+	q := a.db.NewSelect().Model(&rows).Where("a.id > ?", f.AfterID)
+	if f.DeviceID != 0 {
+		q = q.Where("a.device_id = ?", f.DeviceID)
+	}
+	if f.Kind != "" {
+		q = q.Where("a.kind = ?", string(f.Kind))
+	}
+	if f.Actor != "" {
+		q = q.Where("(a.actor_subject = ? OR a.actor_client = ? OR a.actor_name = ?)", f.Actor, f.Actor, f.Actor)
+	}
+	if !f.Since.IsZero() {
+		q = q.Where("a.at >= ?", f.Since.UTC())
+	}
+	if err := q.OrderExpr("a.id ASC").Limit(limit + 1).Scan(ctx); err != nil {
+		return ports.AuditPage{}, translate("list audit entries", err, fkNone)
+	}
+	var page ports.AuditPage
+	if len(rows) > limit {
+		rows = rows[:limit]
+		page.NextAfterID = rows[limit-1].ID
+	}
+	page.Entries = make([]model.AuditEntry, len(rows))
+	for i := range rows {
+		page.Entries[i] = auditFromRow(&rows[i])
+	}
+	return page, nil
+}
+
+// auditTarget says whether a statement run by runAudited changed
+// something (its entries are written only then) and which device and
+// model it created, for entries that do not name them.
+type auditTarget struct {
+	changed           bool
+	deviceID, modelID int64
+}
+
+// runAudited runs fn and stores the audit entries pending in ctx's
+// ports.AuditBatch in the same transaction; with none pending fn runs on
+// db alone, as before.
+func runAudited(ctx context.Context, db *bun.DB, op string, fn func(ctx context.Context, idb bun.IDB) (auditTarget, error)) error {
+	entries := ports.TakeAudit(ctx)
+	if len(entries) == 0 {
+		_, err := fn(ctx, db)
+		return err
+	}
+	return runInTx(ctx, db, op, func(ctx context.Context, tx bun.Tx) error {
+		t, err := fn(ctx, tx)
+		if err != nil || !t.changed {
+			return err
+		}
+		return insertAudit(ctx, tx, entries, t.deviceID, t.modelID)
+	})
+}
