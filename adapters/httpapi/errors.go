@@ -65,6 +65,7 @@ func problemFor(err error) (p Problem, unexpected bool) {
 		ce *model.ConflictError
 		he *httpError
 		fe *fiber.Error
+		ue *model.UnavailableError
 	)
 	switch {
 	case errors.As(err, &he):
@@ -85,6 +86,10 @@ func problemFor(err error) (p Problem, unexpected bool) {
 		p = newProblem(http.StatusUnauthorized, "unauthenticated", "a valid bearer token is required")
 	case errors.Is(err, model.ErrForbidden):
 		p = newProblem(http.StatusForbidden, "forbidden", "the caller is not allowed to do this")
+	case errors.As(err, &ue) && ue.Service == model.ServiceDatabase:
+		// espmdm's own store: not ready until it is back.
+		p = newProblem(http.StatusServiceUnavailable, "database-unavailable", "the database is unavailable; retry later")
+		return p, true
 	case errors.Is(err, model.ErrUnavailable):
 		p = newProblem(http.StatusBadGateway, "upstream-unavailable", "a dependency (identity provider, database or broker) failed; retry later")
 		return p, true
@@ -169,6 +174,9 @@ func (s *Server) handleError(c *fiber.Ctx, err error) error {
 	var he *httpError
 	if errors.As(err, &he) && he.header != "" {
 		c.Set(he.header, he.value)
+	}
+	if p.Status == http.StatusServiceUnavailable {
+		c.Set(fiber.HeaderRetryAfter, "5")
 	}
 	if p.Status == http.StatusUnauthorized {
 		c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="espmdm"`)

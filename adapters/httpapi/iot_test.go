@@ -106,8 +106,17 @@ func TestDeviceAPIRefusals(t *testing.T) {
 		defer func() { e.verifier.mu.Lock(); e.verifier.down = false; e.verifier.mu.Unlock() }()
 		wantProblem(t, e.get("/iot/config", "tok-dev"), http.StatusBadGateway)
 	})
-	t.Run("config failure after authentication", func(t *testing.T) {
-		e.dev.setFail("DeviceConfig", &model.UnavailableError{Service: "postgres", Err: fmt.Errorf("conn reset")})
+	t.Run("database failure after authentication is 503 with Retry-After", func(t *testing.T) {
+		e.dev.setFail("DeviceConfig", &model.UnavailableError{Service: model.ServiceDatabase, Err: fmt.Errorf("conn reset")})
+		defer e.dev.setFail("DeviceConfig", nil)
+		r := e.get("/iot/config", "tok-dev")
+		p := wantProblem(t, r, http.StatusServiceUnavailable)
+		if ra := r.header.Get("Retry-After"); ra != "5" || strings.Contains(p.Detail, "conn reset") {
+			t.Errorf("Retry-After %q, detail %q; want 5 and nothing of the cause", ra, p.Detail)
+		}
+	})
+	t.Run("broker failure after authentication is 502", func(t *testing.T) {
+		e.dev.setFail("DeviceConfig", &model.UnavailableError{Service: "mqtt", Err: fmt.Errorf("conn reset")})
 		defer e.dev.setFail("DeviceConfig", nil)
 		wantProblem(t, e.get("/iot/config", "tok-dev"), http.StatusBadGateway)
 	})

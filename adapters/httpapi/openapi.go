@@ -572,8 +572,9 @@ func openAPIDocument(cfg Config) obj {
 		"UnsupportedMediaType": problemResponse("wrong Content-Type or a compressed body"),
 		"RangeNotSatisfiable":  problemResponse("the range starts past the end of the file"),
 		"InternalError":        problemResponse("unexpected failure; details are only in the server log"),
-		"BadGateway":           problemResponse("the identity provider, database or broker failed"),
-		"NotReady":             problemResponse("not ready; failed_checks names the failing checks"),
+		"BadGateway":           problemResponse("the identity provider or broker failed"),
+		"NotReady": withRetryAfter(problemResponse("not ready: the database is unavailable (retry after Retry-After), " +
+			"or, on /health/ready, failed_checks names the failing checks")),
 		"Timeout":              problemResponse("the request took longer than the server allows"),
 	}
 	authNote := fmt.Sprintf("Admin routes need a bearer token from the OIDC issuer: reads the role %q or %q, writes (and provisioning data) %q.",
@@ -609,7 +610,7 @@ func openAPIDocument(cfg Config) obj {
 		codes := append([]int{500}, op.errorCodes...)
 		switch op.auth {
 		case "read", "write":
-			codes = append(codes, 401, 403, 413, 429, 502, 504)
+			codes = append(codes, 401, 403, 413, 429, 502, 503, 504)
 			role := cfg.AdminRole
 			if op.auth == "read" {
 				role = cfg.ViewerRole + " or " + cfg.AdminRole
@@ -617,7 +618,7 @@ func openAPIDocument(cfg Config) obj {
 			o["security"] = []obj{{"adminBearer": []string{}}}
 			o["x-required-role"] = role
 		case "device":
-			codes = append(codes, 401, 403, 413, 429, 502, 504)
+			codes = append(codes, 401, 403, 413, 429, 502, 503, 504)
 			o["security"] = []obj{{"deviceBearer": []string{}}}
 		default:
 			o["security"] = []obj{}

@@ -45,7 +45,7 @@ func translate(op string, err error, fk fkMeaning) error {
 		return fmt.Errorf("postgres: %s: %w", op, err)
 	}
 	if isConnectionError(err) {
-		return &model.UnavailableError{Service: "postgres", Err: fmt.Errorf("%s: %w", op, err)}
+		return &model.UnavailableError{Service: model.ServiceDatabase, Err: fmt.Errorf("%s: %w", op, err)}
 	}
 	return fmt.Errorf("postgres: %s: %w", op, err)
 }
@@ -71,7 +71,7 @@ func translatePG(op string, e pgdriver.Error, fk fkMeaning) error {
 		code == "57P01", code == "57P02", code == "57P03", // admin/crash shutdown, cannot connect now
 		code == "53300", // too_many_connections
 		code == "57014": // query_canceled (statement_timeout)
-		return &model.UnavailableError{Service: "postgres", Err: &dbError{op: op, e: e}}
+		return &model.UnavailableError{Service: model.ServiceDatabase, Err: &dbError{op: op, e: e}}
 	}
 	return &dbError{op: op, e: e}
 }

@@ -55,6 +55,10 @@ type UnavailableError struct {
 func (e *UnavailableError) Error() string { return e.Service + " unavailable: " + e.Err.Error() }
 func (e *UnavailableError) Unwrap() error { return e.Err }
 
+// ServiceDatabase is the Service of a database failure: espmdm's own
+// store, so the HTTP API answers 503 (not ready) rather than 502.
+const ServiceDatabase = "postgres"
+
 // Is reports ErrUnavailable as matching.
 func (e *UnavailableError) Is(target error) bool { return target == ErrUnavailable }
 

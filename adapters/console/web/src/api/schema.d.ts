@@ -741,7 +741,7 @@ export interface components {
         };
     };
     responses: {
-        /** @description the identity provider, database or broker failed */
+        /** @description the identity provider or broker failed */
         BadGateway: {
             headers: {
                 [name: string]: unknown;
@@ -795,9 +795,11 @@ export interface components {
                 "application/problem+json": components["schemas"]["Problem"];
             };
         };
-        /** @description not ready; failed_checks names the failing checks */
+        /** @description not ready: the database is unavailable (retry after Retry-After), or, on /health/ready, failed_checks names the failing checks */
         NotReady: {
             headers: {
+                /** @description whole seconds until the next request can pass */
+                "Retry-After"?: number;
                 [name: string]: unknown;
             };
             content: {
@@ -933,6 +935,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -969,6 +972,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1000,6 +1004,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1040,6 +1045,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1070,6 +1076,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1130,6 +1137,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1185,6 +1193,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1216,6 +1225,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1253,6 +1263,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1290,6 +1301,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1321,6 +1333,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1357,6 +1370,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1386,6 +1400,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1417,6 +1432,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1448,6 +1464,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1487,6 +1504,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1528,6 +1546,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1604,6 +1623,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1631,6 +1651,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1658,6 +1679,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1728,6 +1750,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1785,6 +1808,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1812,6 +1836,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1840,6 +1865,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
@@ -1872,6 +1898,7 @@ export interface operations {
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
             504: components["responses"]["Timeout"];
         };
     };
