@@ -575,7 +575,7 @@ func openAPIDocument(cfg Config) obj {
 		"BadGateway":           problemResponse("the identity provider or broker failed"),
 		"NotReady": withRetryAfter(problemResponse("not ready: the database is unavailable (retry after Retry-After), " +
 			"or, on /health/ready, failed_checks names the failing checks")),
-		"Timeout":              problemResponse("the request took longer than the server allows"),
+		"Timeout": problemResponse("the request took longer than the server allows"),
 	}
 	authNote := fmt.Sprintf("Admin routes need a bearer token from the OIDC issuer: reads the role %q or %q, writes (and provisioning data) %q.",
 		cfg.ViewerRole, cfg.AdminRole, cfg.AdminRole)
