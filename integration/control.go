@@ -64,7 +64,10 @@ func (s *Stack) remoteControl(ctx context.Context, name ServiceName, action stri
 	if s.control == "" {
 		return fmt.Errorf("stack was attached from an env file without a control socket; only its owner can %s %s", action, name)
 	}
+	// One call per client: no idle connection (and its goroutines) stays
+	// behind for goleak to find.
 	client := &http.Client{Transport: &http.Transport{
+		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", s.control)
