@@ -24,7 +24,7 @@ import (
 const (
 	killFleet   = 12
 	killSlots   = 3
-	killTimeout = 5 * time.Second
+	killTimeout = 8 * time.Second
 	killTick    = time.Second
 )
 
@@ -56,7 +56,7 @@ func sigkillMidRotation(t *testing.T, mode string) {
 	// pause before each step) that the kill finds rotations in every
 	// phase; the first is offline.
 	for i, d := range devs {
-		b := devicesim.Behaviour{Slow: 250 * time.Millisecond}
+		b := devicesim.Behaviour{Slow: 400 * time.Millisecond}
 		if i == 0 {
 			b = devicesim.Behaviour{Offline: true}
 		}
