@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -328,8 +329,43 @@ func (l containers) NewMosquitto(spec MosquittoSpec) (Service, error) {
 	}}
 	return &terminatingService{&containerService{
 		name: Mosquitto, req: req, logFile: logFile, readyTimeout: time.Minute,
-		ready: dialCheck(fmt.Sprintf("127.0.0.1:%d", spec.Port)),
+		// Docker's port proxy accepts connections before the broker
+		// listens: only an MQTT answer tells it is up.
+		ready: mqttCheck(fmt.Sprintf("127.0.0.1:%d", spec.Port)),
 	}}, nil
+}
+
+// mqttCheck succeeds once the broker at addr answers an MQTT 3.1.1 CONNECT
+// with a CONNACK that accepts it.
+func mqttCheck(addr string) func(context.Context) error {
+	connect := []byte{
+		0x10, 24, // CONNECT, remaining length
+		0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 10, // protocol, level 4, clean session, keep-alive 10 s
+		0, 12, 'e', 's', 'p', 'm', 'd', 'm', '-', 'r', 'e', 'a', 'd', 'y', // client id
+	}
+	return func(ctx context.Context) error {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if dl, ok := ctx.Deadline(); ok {
+			_ = c.SetDeadline(dl)
+		}
+		if _, err := c.Write(connect); err != nil {
+			return err
+		}
+		ack := make([]byte, 4)
+		if _, err := io.ReadFull(c, ack); err != nil {
+			return fmt.Errorf("MQTT CONNECT: %w", err)
+		}
+		if ack[0] != 0x20 || ack[3] != 0 {
+			return fmt.Errorf("MQTT CONNECT answered % x", ack)
+		}
+		_, _ = c.Write([]byte{0xE0, 0}) // DISCONNECT
+		return nil
+	}
 }
 
 func (l containers) NewKeycloak(spec KeycloakSpec) (Service, error) {
