@@ -73,6 +73,10 @@ func (im Images) withDefaults(keycloakVersion string) Images {
 
 func (im Images) list() []string { return []string{im.Postgres, im.Mosquitto, im.Keycloak} }
 
+// ryukImage is the reaper image testcontainers-go (v0.45) runs unless
+// TESTCONTAINERS_RYUK_DISABLED is set.
+const ryukImage = "testcontainers/ryuk:0.14.0"
+
 // Labels on every container of the launcher, so that the containers of a
 // run that died (SIGKILL) are found and removed by the next one also
 // without Ryuk, testcontainers' reaper (whose image may not be at hand).
@@ -97,7 +101,7 @@ func (containers) Name() string { return "containers" }
 // containers of earlier runs whose process is gone are removed.
 func newContainers(ctx context.Context, eng *dockerEngine, images Images) (containers, error) {
 	if _, set := os.LookupEnv("TESTCONTAINERS_RYUK_DISABLED"); !set {
-		if ok, err := eng.imagePresent(ctx, testcontainers.ReaperDefaultImage); err != nil || !ok {
+		if ok, err := eng.imagePresent(ctx, ryukImage); err != nil || !ok {
 			// Read once by testcontainers, at its first use.
 			_ = os.Setenv("TESTCONTAINERS_RYUK_DISABLED", "true")
 		}
