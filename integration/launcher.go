@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -207,18 +208,32 @@ func (e *dockerEngine) pullable(ctx context.Context, image string) error {
 
 // checkImages succeeds when every image is present or pullable; the error
 // names each one that is neither.
+// The images are checked at once: asking a registry that does not answer
+// takes up to its timeout.
 func (e *dockerEngine) checkImages(ctx context.Context, images []string) error {
+	problems := make([]string, len(images))
+	errs := make([]error, len(images))
+	var wg sync.WaitGroup
+	for i, im := range images {
+		wg.Go(func() {
+			ok, err := e.imagePresent(ctx, im)
+			if err != nil || ok {
+				errs[i] = err
+				return
+			}
+			if err := e.pullable(ctx, im); err != nil {
+				problems[i] = fmt.Sprintf("%s (%v)", im, err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
 	var missing []string
-	for _, im := range images {
-		ok, err := e.imagePresent(ctx, im)
-		if err != nil {
-			return err
-		}
-		if ok {
-			continue
-		}
-		if err := e.pullable(ctx, im); err != nil {
-			missing = append(missing, fmt.Sprintf("%s (%v)", im, err))
+	for _, p := range problems {
+		if p != "" {
+			missing = append(missing, p)
 		}
 	}
 	switch len(missing) {

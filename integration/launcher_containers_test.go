@@ -55,6 +55,7 @@ func TestAutoFallsBackWhenAnImageIsMissing(t *testing.T) {
 	if l.Name() != "processes" {
 		t.Errorf("auto chose %s, want processes", l.Name())
 	}
+	t.Logf("auto says: %s", note)
 	for _, want := range []string{"using processes", "espmdm-local/no-such-keycloak:0.0.1", "cannot be pulled", "make images"} {
 		if !strings.Contains(note, want) {
 			t.Errorf("note %q does not say %q", note, want)

@@ -39,7 +39,7 @@ func run() int {
 	flag.StringVar(&images.Mosquitto, "mosquitto-image", "", "containers launcher: Mosquitto image (default $"+integration.EnvMosquittoImage+", else "+integration.DefaultMosquittoImage+")")
 	prepare := flag.Bool("prepare", false, "only fetch and unpack the Keycloak distribution into the cache, then exit")
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: withstack [-launcher auto|processes|containers] [-v] -- COMMAND [ARGS...]\n       withstack -prepare")
+		fmt.Fprintln(os.Stderr, "usage: withstack [-launcher auto|processes|containers] [-postgres-image I] [-keycloak-image I] [-mosquitto-image I] [-v] -- COMMAND [ARGS...]\n       withstack -prepare")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
