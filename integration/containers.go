@@ -231,7 +231,10 @@ func (s *containerService) Stop(ctx context.Context) error {
 	if !s.up {
 		return nil
 	}
-	timeout := 20 * time.Second
+	// Time for a clean shutdown before Docker kills: Keycloak's dev-file
+	// database loses its last commits to a SIGKILL (the processes
+	// launcher waits 30 s).
+	timeout := time.Minute
 	s.up = false
 	return s.c.Stop(ctx, &timeout)
 }
