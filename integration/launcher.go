@@ -119,7 +119,8 @@ func newDockerEngine() *dockerEngine {
 		e.err = fmt.Errorf("DOCKER_HOST: %w", err)
 		return e
 	}
-	tr := &http.Transport{}
+	// A few calls per stack: no idle connections (and goroutines) kept.
+	tr := &http.Transport{DisableKeepAlives: true}
 	switch u.Scheme {
 	case "unix":
 		path := u.Path

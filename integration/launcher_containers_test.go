@@ -3,15 +3,18 @@
 package integration
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/testcontainers/testcontainers-go"
 )
 
 // These tests need a Docker engine at $DOCKER_HOST with the images of
@@ -89,31 +92,127 @@ func TestOrphanedContainersAreRemoved(t *testing.T) {
 		t.Fatal(err)
 	}
 	host, _ := os.Hostname()
-	run := func(owner string) testcontainers.Container {
-		t.Helper()
-		c, err := testcontainers.GenericContainer(ctx, testcontainers.GenericContainerRequest{
-			ContainerRequest: testcontainers.ContainerRequest{
-				Image:  DefaultImages(DefaultKeycloakVersion).Mosquitto,
-				Labels: map[string]string{labelStack: "test-orphans", labelOwner: owner},
-			},
-			Started: true,
-		})
-		if err != nil {
-			t.Fatalf("run a labelled container: %v", err)
-		}
-		t.Cleanup(func() { _ = c.Terminate(context.Background()) })
-		return c
-	}
-	orphan := run(host + ":" + strconv.Itoa(dead.Process.Pid))
-	alive := run(host + ":" + strconv.Itoa(os.Getpid()))
+	orphan := runLabelled(t, ctx, eng, host+":"+strconv.Itoa(dead.Process.Pid))
+	alive := runLabelled(t, ctx, eng, host+":"+strconv.Itoa(os.Getpid()))
 
 	if _, err := newContainers(ctx, eng, DefaultImages(DefaultKeycloakVersion)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := orphan.State(ctx); err == nil {
-		t.Error("the container of a dead process is still there")
+	if code, _, _ := eng.call(ctx, http.MethodGet, "/containers/"+orphan+"/json", 10*time.Second); code != http.StatusNotFound {
+		t.Errorf("the container of a dead process: inspect answered %d, want 404 (removed)", code)
 	}
-	if st, err := alive.State(ctx); err != nil || !st.Running {
-		t.Errorf("the container of a live process: state %v, %v; want running", st, err)
+	code, body, _ := eng.call(ctx, http.MethodGet, "/containers/"+alive+"/json", 10*time.Second)
+	if code != http.StatusOK || !strings.Contains(string(body), `"Running":true`) {
+		t.Errorf("the container of a live process: inspect answered %d, want it running", code)
 	}
+}
+
+// runLabelled starts a container of the Mosquitto image labelled as a
+// stack's, owned by owner (host:pid), over the Engine API (no
+// testcontainers client, whose connections would outlive the test).
+func runLabelled(t *testing.T, ctx context.Context, eng *dockerEngine, owner string) string {
+	t.Helper()
+	spec, _ := json.Marshal(map[string]any{
+		"Image":  DefaultImages(DefaultKeycloakVersion).Mosquitto,
+		"Labels": map[string]string{labelStack: "test-orphans", labelOwner: owner},
+	})
+	post := func(path string, body []byte) (int, []byte) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, eng.base+path, bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := eng.client.Do(req)
+		if err != nil {
+			t.Fatalf("POST %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	code, body := post("/containers/create", spec)
+	var created struct {
+		ID string `json:"Id"`
+	}
+	if code != http.StatusCreated || json.Unmarshal(body, &created) != nil {
+		t.Fatalf("create a labelled container: %d %s", code, body)
+	}
+	t.Cleanup(func() { _ = eng.removeContainer(context.Background(), created.ID) })
+	if code, body := post("/containers/"+created.ID+"/start", nil); code != http.StatusNoContent {
+		t.Fatalf("start the labelled container: %d %s", code, body)
+	}
+	return created.ID
+}
+
+// A Keycloak container stopped and started again (StopService,
+// StartService) keeps its realm: a client created just before the stop is
+// there afterwards and its secret still works.
+func TestKeycloakContainerRestartKeepsClients(t *testing.T) {
+	st := Shared(t)
+	if st.Launcher != "containers" {
+		t.Fatalf("this test needs a stack of the containers launcher, not %q", st.Launcher)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	clientID := "restart-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	secret := "s-" + clientID
+	adminTok := clientToken(t, st, st.AdminClientID, st.AdminClientSecret)
+	body := `{"clientId":"` + clientID + `","secret":"` + secret + `","publicClient":false,"serviceAccountsEnabled":true,"standardFlowEnabled":false}`
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, st.KeycloakURL+"/admin/realms/"+st.Realm+"/clients", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+adminTok)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("create client: %s", resp.Status)
+	}
+	t.Cleanup(func() {
+		tok := clientToken(t, st, st.AdminClientID, st.AdminClientSecret)
+		req, _ := http.NewRequest(http.MethodGet, st.KeycloakURL+"/admin/realms/"+st.Realm+"/clients?clientId="+clientID, nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			var cs []struct{ ID string }
+			_ = json.NewDecoder(resp.Body).Decode(&cs)
+			resp.Body.Close()
+			for _, c := range cs {
+				del, _ := http.NewRequest(http.MethodDelete, st.KeycloakURL+"/admin/realms/"+st.Realm+"/clients/"+c.ID, nil)
+				del.Header.Set("Authorization", "Bearer "+tok)
+				if r, err := http.DefaultClient.Do(del); err == nil {
+					r.Body.Close()
+				}
+			}
+		}
+	})
+
+	if err := st.StopService(ctx, Keycloak); err != nil {
+		t.Fatalf("stop keycloak: %v", err)
+	}
+	if _, err := http.Get(st.IssuerURL + "/.well-known/openid-configuration"); err == nil {
+		t.Error("keycloak still answers after StopService")
+	}
+	if err := st.StartService(ctx, Keycloak); err != nil {
+		t.Fatalf("start keycloak: %v", err)
+	}
+	if got := clientToken(t, st, clientID, secret); got == "" {
+		t.Error("the client created before the restart gets no token after it")
+	}
+}
+
+// clientToken is a client-credentials token, "" when refused.
+func clientToken(t *testing.T, st *Stack, clientID, secret string) string {
+	t.Helper()
+	resp, err := http.PostForm(st.TokenURL, url.Values{"grant_type": {"client_credentials"}, "client_id": {clientID}, "client_secret": {secret}})
+	if err != nil {
+		t.Fatalf("token: %v", err)
+	}
+	defer resp.Body.Close()
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&tok)
+	return tok.AccessToken
 }
