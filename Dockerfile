@@ -3,8 +3,11 @@
 #
 #   docker build -t espmdm .
 #
-# On a machine without a registry, `make image` builds it from a local Go
-# builder image (GO_IMAGE=espmdm-local/golang:..., see README, Deploy).
+# The console's web assets are embedded from adapters/console/dist as the
+# build context has them: build them first (make console, which needs npm),
+# or the image's console says it is not built. `make image` does both, and
+# on a machine without a registry builds from a local Go builder image
+# (GO_IMAGE=espmdm-local/golang:..., see README, Deploy).
 ARG GO_IMAGE=golang:1.26-bookworm
 
 FROM ${GO_IMAGE} AS build

@@ -270,6 +270,11 @@ func TestCompose(t *testing.T) {
 		return strings.TrimSpace(string(out)) == "healthy", string(out)
 	})
 
+	// The image embeds the built console.
+	if r := c.do(http.MethodGet, replicas[0]+"/console/", "", nil); r.status != http.StatusOK || bytes.Contains(r.body, []byte("not built")) {
+		t.Errorf("GET /console/: %d, built console expected: %.200s", r.status, r.body)
+	}
+
 	admin, code := c.token(keycloak, "espmdm-operator", p.env["ESPMDM_OPERATOR_CLIENT_SECRET"])
 	if code != http.StatusOK {
 		t.Fatalf("operator token: HTTP %d", code)
