@@ -9,7 +9,7 @@ TEST_FLAGS ?= -count=1 -p 1 -timeout 30m
 
 CONSOLE_WEB := adapters/console/web
 
-.PHONY: all build console console-api console-test test bench lint run deps fuzz clean
+.PHONY: all build console console-api console-test test test-containers images image bench lint run deps fuzz clean
 
 all: build
 
@@ -46,6 +46,19 @@ test: deps console console-test
 	$(GO) build ./...
 	$(GO) vet ./...
 	$(GO) run ./integration/cmd/withstack -launcher $(LAUNCHER) -- $(GO) test $(TEST_FLAGS) ./...
+
+## images: local stand-ins of the official postgres, Keycloak, Mosquitto and
+## golang images from Debian packages (cached: rebuilt only when their inputs change)
+images:
+	bash integration/images/build.sh
+
+## image: espmdm's container image (Dockerfile) as IMAGE (default espmdm:latest)
+image:
+	bash .ci/build-image $(or $(IMAGE),espmdm:latest)
+
+## test-containers: smoke and end-to-end tests on a containers stack, and compose.yaml, on a Docker engine
+test-containers:
+	bash .ci/test-containers
 
 ## bench: the product benchmarks (BENCH lines, docs/benchmarks.md), then the Go benchmarks, on one stack
 bench: deps

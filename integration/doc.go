@@ -6,8 +6,11 @@
 // Two launchers sit behind one interface: "processes" runs the Debian
 // packages of PostgreSQL and Mosquitto and Keycloak's official distribution
 // (fetched from Maven Central with mvn) as child processes, and "containers"
-// runs the official images with testcontainers-go. "auto" picks containers
-// when a Docker engine answers and processes otherwise.
+// runs the official images (or others named by Options.Images or
+// $ESPMDM_*_IMAGE, e.g. the local stand-ins that integration/images builds)
+// with testcontainers-go. "auto" picks containers when a Docker engine
+// answers and has or can pull the images, and processes otherwise, saying
+// why in one line.
 //
 // Child processes run in their own process groups, are signalled when the
 // parent dies (Linux parent-death signal), and are stopped by group, so a

@@ -44,8 +44,15 @@ const (
 // Options configure Start. The zero value starts everything with the "auto"
 // launcher.
 type Options struct {
-	// Launcher is "auto" (default), "processes" or "containers".
+	// Launcher is "auto" (default), "processes" or "containers". Auto
+	// picks containers when a Docker engine answers and has (or can pull)
+	// the images, else processes and says why in one line (to Log, or
+	// stderr when Log is nil).
 	Launcher string
+	// Images of the containers launcher; empty names default to
+	// DefaultImages (the official images unless $ESPMDM_*_IMAGE name
+	// others).
+	Images Images
 	// KeycloakVersion defaults to DefaultKeycloakVersion (or
 	// $ESPMDM_KEYCLOAK_VERSION).
 	KeycloakVersion string
@@ -112,9 +119,20 @@ type Stack struct {
 // Start launches every service and returns once all are ready. On error
 // everything already started is stopped again.
 func Start(ctx context.Context, opts Options) (st *Stack, err error) {
-	launcher, err := NewLauncher(ctx, opts.Launcher)
+	version := opts.KeycloakVersion
+	if version == "" {
+		version = envOr("ESPMDM_KEYCLOAK_VERSION", DefaultKeycloakVersion)
+	}
+	launcher, note, err := chooseLauncher(ctx, opts.Launcher, opts.Images.withDefaults(version))
 	if err != nil {
 		return nil, err
+	}
+	if note != "" {
+		out := opts.Log
+		if out == nil {
+			out = os.Stderr
+		}
+		fmt.Fprintln(out, "espmdm stack:", note)
 	}
 	var dir string
 	if opts.DataDir != "" {
@@ -185,10 +203,6 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	logw := opts.Log
 	if logw == nil {
 		logw = io.Discard
-	}
-	version := opts.KeycloakVersion
-	if version == "" {
-		version = envOr("ESPMDM_KEYCLOAK_VERSION", DefaultKeycloakVersion)
 	}
 	cacheDir := opts.CacheDir
 	if cacheDir == "" {

@@ -25,6 +25,7 @@ func init() { subcommands = append(subcommands, newDevCmd) }
 func newDevCmd() *cobra.Command {
 	var envFile, launcher, dataDir string
 	var verbose bool
+	var images integration.Images
 	cmd := &cobra.Command{
 		Use:   "dev [--env-file F] [--launcher auto|processes|containers] [--data-dir DIR]",
 		Short: "Start PostgreSQL, Keycloak and Mosquitto locally and serve espmdm against them",
@@ -46,10 +47,16 @@ comes back as it was: the database (models, devices, rotation state), the
 Keycloak realm with its device clients, the firmware binaries, the ports (so
 URLs given to devices keep working), and the secrets (SECRET_KEY, the operator
 and admin clients'). Mosquitto keeps nothing (queued notifications are
-espmdm's, in memory).`,
+espmdm's, in memory).
+
+The containers launcher runs the official images (postgres, Keycloak with the
+secret-rotation feature, eclipse-mosquitto) unless --postgres-image,
+--keycloak-image, --mosquitto-image or ESPMDM_POSTGRES_IMAGE,
+ESPMDM_KEYCLOAK_IMAGE, ESPMDM_MOSQUITTO_IMAGE name others (e.g. the local
+stand-ins of make images).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runDev(cmd.Context(), cmd.ErrOrStderr(), envFile, launcher, dataDir, verbose)
+			return runDev(cmd.Context(), cmd.ErrOrStderr(), envFile, launcher, dataDir, verbose, images)
 		},
 	}
 	cmd.Flags().StringVar(&envFile, "env-file", ".espmdm-dev.env", "file to write the stack's URLs and credentials to")
@@ -60,13 +67,16 @@ espmdm's, in memory).`,
 	cmd.Flags().StringVar(&launcher, "launcher", def, "auto, processes or containers")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print the services' own output")
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "keep the stack's data, ports and secrets in this directory across runs")
+	cmd.Flags().StringVar(&images.Postgres, "postgres-image", "", "containers launcher: PostgreSQL image (default $"+integration.EnvPostgresImage+", else "+integration.DefaultPostgresImage+")")
+	cmd.Flags().StringVar(&images.Keycloak, "keycloak-image", "", "containers launcher: Keycloak image (default $"+integration.EnvKeycloakImage+", else "+integration.KeycloakImageRepository+":"+integration.DefaultKeycloakVersion+")")
+	cmd.Flags().StringVar(&images.Mosquitto, "mosquitto-image", "", "containers launcher: Mosquitto image (default $"+integration.EnvMosquittoImage+", else "+integration.DefaultMosquittoImage+")")
 	return cmd
 }
 
-func runDev(ctx context.Context, stderr io.Writer, envFile, launcher, dataDir string, verbose bool) (err error) {
+func runDev(ctx context.Context, stderr io.Writer, envFile, launcher, dataDir string, verbose bool, images integration.Images) (err error) {
 	began := time.Now()
 	fmt.Fprintf(stderr, "espmdm dev: starting PostgreSQL, Keycloak and Mosquitto (launcher %s)...\n", launcher)
-	opts := integration.Options{Launcher: launcher, DataDir: dataDir}
+	opts := integration.Options{Launcher: launcher, DataDir: dataDir, Images: images}
 	if verbose {
 		opts.Log = stderr
 	}

@@ -33,9 +33,13 @@ func envOr(k, def string) string {
 func run() int {
 	launcher := flag.String("launcher", os.Getenv("ESPMDM_LAUNCHER"), "auto, processes or containers")
 	verbose := flag.Bool("v", os.Getenv("ESPMDM_STACK_LOG") == "1", "print the services' output")
+	var images integration.Images
+	flag.StringVar(&images.Postgres, "postgres-image", "", "containers launcher: PostgreSQL image (default $"+integration.EnvPostgresImage+", else "+integration.DefaultPostgresImage+")")
+	flag.StringVar(&images.Keycloak, "keycloak-image", "", "containers launcher: Keycloak image (default $"+integration.EnvKeycloakImage+", else "+integration.KeycloakImageRepository+":VERSION)")
+	flag.StringVar(&images.Mosquitto, "mosquitto-image", "", "containers launcher: Mosquitto image (default $"+integration.EnvMosquittoImage+", else "+integration.DefaultMosquittoImage+")")
 	prepare := flag.Bool("prepare", false, "only fetch and unpack the Keycloak distribution into the cache, then exit")
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: withstack [-launcher auto|processes|containers] [-v] -- COMMAND [ARGS...]\n       withstack -prepare")
+		fmt.Fprintln(os.Stderr, "usage: withstack [-launcher auto|processes|containers] [-postgres-image I] [-keycloak-image I] [-mosquitto-image I] [-v] -- COMMAND [ARGS...]\n       withstack -prepare")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -57,7 +61,7 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	opts := integration.Options{Launcher: *launcher}
+	opts := integration.Options{Launcher: *launcher, Images: images}
 	if *verbose {
 		opts.Log = os.Stderr
 	}
