@@ -245,7 +245,13 @@ func rotationEnv(mode string, concurrency int) map[string]string {
 func TestE2ERotationGrace(t *testing.T) {
 	s := startServer(t, rotationEnv("grace", 2))
 	var st rotationStatusDTO
-	s.do(http.MethodGet, "/api/rotation/status", s.viewer, nil).want(t, http.StatusOK, &st)
+	// The worker takes the lease in its first cycle, just after start.
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		s.do(http.MethodGet, "/api/rotation/status", s.viewer, nil).want(t, http.StatusOK, &st)
+		if st.LeaseHolder != nil || time.Now().After(deadline) {
+			break
+		}
+	}
 	if st.Mode != "grace" || st.NextScheduled == nil || st.LeaseHolder == nil {
 		t.Fatalf("status = %+v, want grace with a schedule and a lease holder", st)
 	}
