@@ -212,24 +212,34 @@ func (s *Server) listDevices(c *fiber.Ctx) error {
 	return c.JSON(out)
 }
 
+// pageQuery parses the paging parameters every list route shares: limit
+// (1..maxPageSize, default defaultPageSize) and cursor (the next_cursor of
+// the previous page; none: from the start).
+func pageQuery(c *fiber.Ctx) (limit int, after int64, err error) {
+	limit = defaultPageSize
+	if v := c.Query("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxPageSize {
+			return 0, 0, model.Invalid("limit", "must be an integer from 1 to %d", maxPageSize)
+		}
+		limit = n
+	}
+	if v := c.Query("cursor"); v != "" {
+		if after, err = decodeCursor(v); err != nil {
+			return 0, 0, err
+		}
+	}
+	return limit, after, nil
+}
+
 // deviceFilter parses the device list query: limit, cursor, model_id,
 // rotation_state, active. Unknown parameters are ignored; invalid values
 // of known ones are a 400.
 func deviceFilter(c *fiber.Ctx) (ports.DeviceFilter, error) {
 	f := ports.DeviceFilter{Limit: defaultPageSize}
-	if v := c.Query("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxPageSize {
-			return f, model.Invalid("limit", "must be an integer from 1 to %d", maxPageSize)
-		}
-		f.Limit = n
-	}
-	if v := c.Query("cursor"); v != "" {
-		after, err := decodeCursor(v)
-		if err != nil {
-			return f, err
-		}
-		f.AfterID = after
+	var err error
+	if f.Limit, f.AfterID, err = pageQuery(c); err != nil {
+		return f, err
 	}
 	if v := c.Query("model_id"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)

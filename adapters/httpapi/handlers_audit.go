@@ -91,21 +91,11 @@ const maxActorLen = 255
 // known parameters are a 400.
 func auditFilter(c *fiber.Ctx) (ports.AuditFilter, error) {
 	f := ports.AuditFilter{Limit: defaultPageSize}
-	if v := c.Query("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxPageSize {
-			return f, model.Invalid("limit", "must be an integer from 1 to %d", maxPageSize)
-		}
-		f.Limit = n
-	}
+	var err error
 	// cursor and after both bound the page from below: with both, the
 	// larger holds.
-	if v := c.Query("cursor"); v != "" {
-		id, err := decodeCursor(v)
-		if err != nil {
-			return f, err
-		}
-		f.AfterID = id
+	if f.Limit, f.AfterID, err = pageQuery(c); err != nil {
+		return f, err
 	}
 	if v := c.Query("after"); v != "" {
 		id, err := strconv.ParseInt(v, 10, 64)

@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -164,20 +163,9 @@ func (s *Server) rotationDashboard(c *fiber.Ctx) error {
 		return errNoRotation
 	}
 	g := model.DashboardGroup(strings.ToLower(c.Query("group", string(model.DashboardCritical))))
-	limit := defaultPageSize
-	if v := c.Query("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxPageSize {
-			return model.Invalid("limit", "must be an integer from 1 to %d", maxPageSize)
-		}
-		limit = n
-	}
-	var after int64
-	if v := c.Query("cursor"); v != "" {
-		var err error
-		if after, err = decodeCursor(v); err != nil {
-			return err
-		}
+	limit, after, err := pageQuery(c)
+	if err != nil {
+		return err
 	}
 	db, err := s.rotation.RotationDashboard(c.UserContext(), g, limit, after)
 	if err != nil {
