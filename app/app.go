@@ -195,17 +195,24 @@ func newSecretBox(cfg Config) (*secretbox.Ring, error) {
 	return secretbox.NewRing(cur, prev), nil
 }
 
-func newKeycloakAdmin(cfg Config, m *Metrics) (*keycloak.Admin, error) {
-	return keycloak.NewAdmin(keycloak.AdminConfig{
+func newKeycloakAdmin(lc fx.Lifecycle, cfg Config, m *Metrics) (*keycloak.Admin, error) {
+	a, err := keycloak.NewAdmin(keycloak.AdminConfig{
 		BaseURL:        cfg.KeycloakURL,
 		Realm:          cfg.KeycloakRealm,
 		ClientID:       cfg.KeycloakAdminClientID,
 		ClientSecret:   cfg.KeycloakAdminClientSecret,
 		DeviceAudience: cfg.DeviceAudience,
+		MaxConcurrent:  cfg.KeycloakMaxConcurrency,
 		Observe: func(op string, err error, _ time.Duration) {
 			m.keycloak.WithLabelValues(op, result(err)).Inc()
 		},
 	})
+	if err != nil {
+		return nil, err
+	}
+	// Registered before what uses it, so stopped after it.
+	lc.Append(fx.Hook{OnStop: func(context.Context) error { a.Close(); return nil }})
+	return a, nil
 }
 
 func newVerifier(cfg Config) (*keycloak.Verifier, error) {

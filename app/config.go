@@ -33,6 +33,7 @@ type Config struct {
 	KeycloakRealm             string
 	KeycloakAdminClientID     string
 	KeycloakAdminClientSecret string
+	KeycloakMaxConcurrency    int
 
 	MQTTURL      string
 	MQTTClientID string
@@ -228,6 +229,8 @@ var Vars = []Var{
 		set: str(func(c *Config) *string { return &c.KeycloakAdminClientID })},
 	{Name: "KEYCLOAK_ADMIN_CLIENT_SECRET", Required: true, Secret: true, Help: "secret of KEYCLOAK_ADMIN_CLIENT_ID",
 		set: str(func(c *Config) *string { return &c.KeycloakAdminClientSecret })},
+	{Name: "KEYCLOAK_MAX_CONCURRENCY", Default: "8", Help: "Admin REST API requests in flight at once (rotation, provisioning and reconciliation share them)",
+		set: positive(func(c *Config) *int { return &c.KeycloakMaxConcurrency })},
 	{Name: "OIDC_ISSUER_URL", Default: "$KEYCLOAK_URL/realms/$KEYCLOAK_REALM", Help: "exact issuer (iss) of admin and device tokens",
 		set: httpURL(func(c *Config) *string { return &c.OIDCIssuerURL })},
 	{Name: "OIDC_TOKEN_URL", Default: "$OIDC_ISSUER_URL/protocol/openid-connect/token", Help: "token endpoint given to devices (provisioning token_url)",

@@ -223,10 +223,11 @@ type IdentityProvider interface {
 	// updating it when they have not; it never changes a secret. It
 	// reports whether it updated the client.
 	CoverClient(ctx context.Context, clientID string) (bool, error)
-	// CoveredSecret is CoverClient followed by ClientSecret, in as few
+	// CoveredSecrets is CoverClient followed by Secrets, in as few
 	// requests as the provider allows (grace-mode generation needs both,
-	// on every device's rotation).
-	CoveredSecret(ctx context.Context, clientID string) (string, error)
+	// on every device's rotation; a rotated secret there shows a
+	// generation that was not recorded).
+	CoveredSecrets(ctx context.Context, clientID string) (model.Secrets, error)
 	// RotationPolicy reports whether the secret-rotation feature is on and
 	// a client policy covers device clients with a secret-rotation profile.
 	RotationPolicy(ctx context.Context) (model.RotationPolicy, error)

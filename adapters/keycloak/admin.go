@@ -39,7 +39,8 @@ type AdminConfig struct {
 	// Timeout bounds each HTTP request (and each admin token fetch);
 	// default 10s.
 	Timeout time.Duration
-	// MaxConcurrent bounds the requests in flight; default 4.
+	// MaxConcurrent bounds the requests in flight; default 4 (espmdm's
+	// KEYCLOAK_MAX_CONCURRENCY sets it, default 8).
 	MaxConcurrent int
 	// Retries is how often an idempotent request (GET, PUT, DELETE) is
 	// repeated after a network error, timeout or 5xx: 0 means the default
@@ -65,6 +66,7 @@ type Admin struct {
 	serverInfo   string // {BaseURL}/admin/serverinfo
 	discoveryURL string
 	http         *http.Client
+	ownHTTP      bool // http is the Admin's own (AdminConfig.HTTPClient unset)
 	tokens       *tokens
 	sem          chan struct{}
 	uuids        sync.Map // clientId -> client UUID, see withUUID
@@ -111,9 +113,16 @@ func NewAdmin(cfg AdminConfig) (*Admin, error) {
 	if cfg.RetryBackoff == 0 {
 		cfg.RetryBackoff = 200 * time.Millisecond
 	}
-	hc := cfg.HTTPClient
+	hc, own := cfg.HTTPClient, false
 	if hc == nil {
-		hc = &http.Client{}
+		own = true
+		// Keep a connection per request in flight (and one for the admin
+		// token): http.DefaultTransport keeps two idle per host, so at a
+		// higher concurrency every further request would dial (and, on
+		// https, handshake) anew.
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConnsPerHost = cfg.MaxConcurrent + 1
+		hc = &http.Client{Transport: tr}
 	}
 	realmURL := base + "/realms/" + url.PathEscape(cfg.Realm)
 	cc := &clientcredentials.Config{
@@ -128,12 +137,22 @@ func NewAdmin(cfg AdminConfig) (*Admin, error) {
 		serverInfo:   base + "/admin/serverinfo",
 		discoveryURL: realmURL + "/.well-known/openid-configuration",
 		http:         hc,
+		ownHTTP:      own,
 		tokens:       newTokens(cc, hc, cfg.Timeout),
 		sem:          make(chan struct{}, cfg.MaxConcurrent),
 		timeout:      cfg.Timeout,
 		retries:      retries,
 		backoff:      cfg.RetryBackoff,
 	}, nil
+}
+
+// Close closes the idle connections of the Admin's own HTTP client (not of
+// an AdminConfig.HTTPClient). The Admin stays usable: a later request
+// dials again.
+func (a *Admin) Close() {
+	if a.ownHTTP {
+		a.http.CloseIdleConnections()
+	}
 }
 
 // parseBaseURL checks an http(s) root URL and returns it without a trailing

@@ -44,6 +44,7 @@ func newAdmin(t *testing.T, cfg keycloak.AdminConfig) *keycloak.Admin {
 	if err != nil {
 		t.Fatalf("NewAdmin: %v", err)
 	}
+	t.Cleanup(a.Close)
 	return a
 }
 

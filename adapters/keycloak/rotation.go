@@ -134,13 +134,13 @@ func (a *Admin) CoverClient(ctx context.Context, clientID string) (updated bool,
 	return true, nil
 }
 
-// CoveredSecret implements ports.IdentityProvider with one GET of the
-// client's representation (by its remembered UUID), which carries both the
-// secret and the rotation attributes CoverClient looks at, and a PUT only
-// for an uncovered client. This spares grace-mode generation the search by
-// clientId and the separate secret read.
-func (a *Admin) CoveredSecret(ctx context.Context, clientID string) (secret string, err error) {
-	defer func(start time.Time) { a.observe("CoveredSecret", start, err) }(time.Now())
+// CoveredSecrets implements ports.IdentityProvider with one GET of the
+// client's representation (by its remembered UUID), which carries the
+// secret, the rotated secret and the rotation attributes CoverClient looks
+// at, and a PUT only for an uncovered client. This spares grace-mode
+// generation the search by clientId and the separate secret reads.
+func (a *Admin) CoveredSecrets(ctx context.Context, clientID string) (secrets model.Secrets, err error) {
+	defer func(start time.Time) { a.observe("CoveredSecrets", start, err) }(time.Now())
 	op := "read and cover client " + clientID
 	err = a.withUUID(ctx, op, clientID, func(uuid string) error {
 		c, err := a.getByUUID(ctx, op, uuid)
@@ -156,10 +156,13 @@ func (a *Admin) CoveredSecret(ctx context.Context, clientID string) (secret stri
 				return err
 			}
 		}
-		secret = v
+		secrets = model.Secrets{Current: v}
+		if rotatedValid(c.rep.Attributes, time.Now()) {
+			secrets.Rotated = c.rep.Attributes[attrRotated]
+		}
 		return nil
 	})
-	return secret, err
+	return secrets, err
 }
 
 // covered reports whether a secret-rotation executor has run on a client

@@ -502,9 +502,10 @@ func (s *Service) FetchCredentials(ctx context.Context, d model.Device) (ports.P
 	}
 	ctx = model.WithActor(ctx, model.DeviceActor(d.ClientID()))
 	var p ports.Provisioning
+	audited := false // the fetch's audit entry is recorded already
 	if d.NewSecretAt == nil {
 		var fresh string
-		if d, fresh, err = s.generate(ctx, d, mode); err != nil {
+		if d, fresh, audited, err = s.generate(ctx, d, mode); err != nil {
 			return ports.Provisioning{}, err
 		}
 		p = s.provisioningWith(d, fresh) // no need to read it back
@@ -529,8 +530,10 @@ func (s *Service) FetchCredentials(ctx context.Context, d model.Device) (ports.P
 				return ports.Provisioning{}, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
 			}
 		}
-		if err := s.appendAudit(ctx, s.deviceEntry(ctx, model.AuditSecretFetched, d, "the rotation's new secret")); err != nil {
-			return ports.Provisioning{}, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
+		if !audited {
+			if err := s.appendAudit(ctx, s.deviceEntry(ctx, model.AuditSecretFetched, d, "the rotation's new secret")); err != nil {
+				return ports.Provisioning{}, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
+			}
 		}
 		ev := RotationEvent{Kind: EventFetched, DeviceID: d.ID, ClientID: d.ClientID()}
 		if d.LastRotationAttemptAt != nil {
@@ -541,23 +544,34 @@ func (s *Service) FetchCredentials(ctx context.Context, d model.Device) (ports.P
 	return p, nil
 }
 
-// generate makes the rotation's new secret, once. First the current secret
-// is sealed into the row; then, with the row locked, the secret is
-// generated unless the current one already differs from the sealed one (a
-// generation whose recording was cut off): so a secret is never generated
-// twice for one rotation, whatever fails in between.
+// generate makes the rotation's new secret, once: a secret is never
+// generated twice for one rotation, whatever fails in between (a second
+// generation would end the old secret, which the device may still hold).
 //
-// It returns the device and the secret the device is to get now.
-func (s *Service) generate(ctx context.Context, d model.Device, mode model.RotationMode) (model.Device, string, error) {
+// In restore mode the current secret is first sealed into the row, in a
+// transaction of its own; then, with the row locked, the secret is
+// generated unless the current one already differs from the sealed one (a
+// generation whose recording was cut off). Generation replaces the secret
+// there, so the old one must be on record before it.
+//
+// In grace mode Keycloak itself keeps the old secret, as the rotated one:
+// one read with the row locked (CoveredSecrets) says whether a generation
+// happened that was not recorded (a rotated secret while none is on
+// record), and the old secret is sealed in the same transaction that
+// records the new one.
+//
+// It returns the device, the secret the device is to get now, and whether
+// the "secret fetched" audit entry went into the recording transaction.
+func (s *Service) generate(ctx context.Context, d model.Device, mode model.RotationMode) (model.Device, string, bool, error) {
 	clientID := d.ClientID()
-	if d.PreviousSecret == nil {
+	if d.PreviousSecret == nil && mode != model.RotationGrace {
 		cur, err := s.d.Identity.ClientSecret(ctx, clientID)
 		if err != nil {
-			return d, "", fmt.Errorf("rotation fetch of device %d: read the current secret: %w", d.ID, err)
+			return d, "", false, fmt.Errorf("rotation fetch of device %d: read the current secret: %w", d.ID, err)
 		}
 		sealed, err := s.d.SecretBox.Seal([]byte(cur))
 		if err != nil {
-			return d, "", fmt.Errorf("rotation fetch of device %d: seal the current secret: %w", d.ID, err)
+			return d, "", false, fmt.Errorf("rotation fetch of device %d: seal the current secret: %w", d.ID, err)
 		}
 		d, err = s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) error {
 			if row.PreviousSecret == nil && row.NewSecretAt == nil {
@@ -566,15 +580,15 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 			return nil
 		})
 		if err != nil {
-			return d, "", fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
+			return d, "", false, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
 		}
 	}
-	generated := false
+	generated, audited := false, false
 	var handout string
 	bctx, b := s.batch(ctx)
 	dev := d
 	d, err := s.d.Devices.UpdateDevice(bctx, d.ID, func(row *model.Device) error {
-		generated, handout = false, ""
+		generated, audited, handout = false, false, ""
 		if b != nil {
 			b.Reset()
 		}
@@ -586,55 +600,32 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 		if row.NewSecretAt != nil {
 			return nil // a concurrent fetch generated it: read it below
 		}
-		prev, err := s.openSecret(row)
+		fresh, taken, err := s.newSecret(ctx, row, mode)
 		if err != nil {
 			return err
 		}
-		// In grace mode, Keycloak applies the rotation policy at a
-		// client's creation or update only: make sure it covers this one
-		// (read with the secret, in one request), or the old secret would
-		// die at generation.
-		read := s.d.Identity.ClientSecret
-		if mode == model.RotationGrace {
-			read = s.d.Identity.CoveredSecret
-		}
-		cur, err := read(ctx, clientID)
-		if err != nil {
-			return fmt.Errorf("read the current secret and apply the rotation policy: %w", err)
-		}
-		fresh := cur
-		if cur == prev {
-			if fresh, err = s.d.Identity.RegenerateSecret(ctx, clientID); err != nil {
-				return fmt.Errorf("generate a secret: %w", err)
-			}
-			generated = true
-		}
-		if mode == model.RotationRestore {
-			// The old secret must stop working now, also where a realm
-			// policy kept it as the rotated one.
-			if err := s.d.Identity.InvalidateRotatedSecret(ctx, clientID); err != nil {
-				return fmt.Errorf("invalidate the rotated secret: %w", err)
-			}
-		}
+		generated = !taken
 		now := s.now()
 		row.NewSecretAt = &now
 		row.SecretSHA256 = secretDigest(fresh)
 		handout = fresh
 		detail := "new secret generated (" + string(mode) + ")"
-		if !generated {
+		if taken {
 			detail = "a secret generated before an interrupted recording is taken as the new one (" + string(mode) + ")"
 		}
 		if mode == model.RotationRestore {
 			detail += "; the old secret no longer works"
 		}
 		add(b, s.deviceEntry(ctx, model.AuditSecretGenerated, *row, detail))
+		add(b, s.deviceEntry(ctx, model.AuditSecretFetched, *row, "the rotation's new secret"))
+		audited = b != nil
 		return nil
 	})
 	if err != nil {
 		if !errors.Is(err, model.ErrConflict) {
 			s.auditFailure(ctx, s.deviceEntry(ctx, model.AuditSecretGenerated, dev, ""), err)
 		}
-		return d, "", fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
+		return d, "", false, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
 	}
 	if generated {
 		s.event(ctx, RotationEvent{Kind: EventGenerated, DeviceID: d.ID, ClientID: clientID})
@@ -642,11 +633,79 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 	if handout == "" {
 		p, err := s.provisioning(ctx, d)
 		if err != nil {
-			return d, "", err
+			return d, "", false, err
 		}
 		handout = p.ClientSecret
 	}
-	return d, handout, nil
+	return d, handout, audited, nil
+}
+
+// newSecret makes the new secret of row's rotation in Keycloak, row
+// locked and without a recorded generation, and seals the old one into
+// row where it is not yet. It returns the new secret and whether it was
+// taken from a generation made before (one whose recording was cut off, or
+// an administrator's in Keycloak) rather than generated now.
+func (s *Service) newSecret(ctx context.Context, row *model.Device, mode model.RotationMode) (string, bool, error) {
+	clientID := row.ClientID()
+	var cur, old string
+	if mode == model.RotationGrace {
+		// Keycloak applies the rotation policy at a client's creation or
+		// update only: make sure it covers this one (read with the
+		// secrets, in one request), or the old secret would die at
+		// generation.
+		sec, err := s.d.Identity.CoveredSecrets(ctx, clientID)
+		if err != nil {
+			return "", false, fmt.Errorf("read the secrets and apply the rotation policy: %w", err)
+		}
+		cur, old = sec.Current, sec.Rotated
+	} else {
+		var err error
+		if cur, err = s.d.Identity.ClientSecret(ctx, clientID); err != nil {
+			return "", false, fmt.Errorf("read the current secret: %w", err)
+		}
+	}
+	if row.PreviousSecret != nil {
+		prev, err := s.openSecret(row)
+		if err != nil {
+			return "", false, err
+		}
+		if cur != prev {
+			return cur, true, nil
+		}
+	} else {
+		if mode != model.RotationGrace {
+			return "", false, fmt.Errorf("device %d: no old secret on record to restore should the rotation time out", row.ID)
+		}
+		taken := old != ""
+		if !taken {
+			old = cur
+		}
+		sealed, err := s.d.SecretBox.Seal([]byte(old))
+		if err != nil {
+			return "", false, fmt.Errorf("seal the current secret: %w", err)
+		}
+		row.PreviousSecret = sealed
+		if taken {
+			// A rotated secret while none is on record: a generation
+			// that was not recorded. The device holds the old secret
+			// (still valid as the rotated one) or the new one: both
+			// work until the ack, and generating again would end the
+			// old one.
+			return cur, true, nil
+		}
+	}
+	fresh, err := s.d.Identity.RegenerateSecret(ctx, clientID)
+	if err != nil {
+		return "", false, fmt.Errorf("generate a secret: %w", err)
+	}
+	if mode == model.RotationRestore {
+		// The old secret must stop working now, also where a realm
+		// policy kept it as the rotated one.
+		if err := s.d.Identity.InvalidateRotatedSecret(ctx, clientID); err != nil {
+			return "", false, fmt.Errorf("invalidate the rotated secret: %w", err)
+		}
+	}
+	return fresh, false, nil
 }
 
 // provisioning is the device's provisioning fields with its current

@@ -538,6 +538,35 @@ func TestRotationKeycloakDownDuringGenerationNeverGeneratesTwice(t *testing.T) {
 	}
 }
 
+// In grace mode a rotated secret while none is on record is a generation
+// espmdm did not make (an administrator's "Regenerate" in Keycloak): the
+// rotation hands out that secret instead of generating again, which would
+// end the old secret the device still holds.
+func TestRotationGraceTakesAGenerationMadeInKeycloak(t *testing.T) {
+	e := newRotationEnv(t, model.RotationGrace)
+	d := e.device(t, e.model(t, "m1", ""), `{}`)
+	old := e.secret(t, d)
+	byAdmin, err := e.idp.RegenerateSecret(t.Context(), d.ClientID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.rotate(t, d)
+	fresh := e.fetch(t, d)
+	if fresh != byAdmin {
+		t.Fatal("the fetch did not hand out the secret generated in Keycloak")
+	}
+	if n := len(e.idpCalls("RegenerateSecret")); n != 1 { // the administrator's
+		t.Fatalf("RegenerateSecret calls = %d, want 1: the rotation must not generate again", n)
+	}
+	wantAuth(t, e, d, old, true)
+	if err := e.ack(t, d, fresh); err != nil {
+		t.Fatal(err)
+	}
+	wantState(t, e, d, model.RotationOK)
+	wantAuth(t, e, d, fresh, true)
+	wantAuth(t, e, d, old, false)
+}
+
 func TestRotationKeycloakDownDuringAckAndRestore(t *testing.T) {
 	down := &model.UnavailableError{Service: "keycloak", Err: errors.New("connection refused")}
 	t.Run("grace ack", func(t *testing.T) {

@@ -14,9 +14,9 @@ import (
 
 const (
 	provDevices = 100
-	// provWorkers is espmdm's Keycloak client concurrency (MaxConcurrent's
-	// default), used for both sides.
-	provWorkers = 4
+	// provWorkers is espmdm's Keycloak client concurrency (the default of
+	// KEYCLOAK_MAX_CONCURRENCY), used for both sides.
+	provWorkers = 8
 	// rawPrefix names the clients made directly in Keycloak: not
 	// iotdevice-*, so no espmdm reconciler deletes them meanwhile.
 	rawPrefix = "benchraw-"
@@ -31,8 +31,8 @@ func Provisioning() Scenario {
 			"its secret, seals it and inserts the row) by %d workers, the concurrency espmdm's Keycloak client allows, against "+
 			"creating %d clients of the same representation (flags, attributes and the two protocol mappers of "+
 			"adapters/keycloak) directly with Keycloak's Admin REST API (`POST /admin/realms/{realm}/clients`, then `GET "+
-			".../client-secret`) with the stack's admin service account, same concurrency, same run. Four raw clients are "+
-			"created first as a warm-up. Every client is deleted afterwards (espmdm's through `DELETE /api/devices/{id}`). "+
+			".../client-secret`) with the stack's admin service account, same concurrency, same run. As many raw clients "+
+			"as workers are created first as a warm-up. Every client is deleted afterwards (espmdm's through `DELETE /api/devices/{id}`). "+
 			"`ratio` = devices_per_s / keycloak_raw_per_s.", provDevices, provWorkers, provDevices),
 		Run: runProvisioning,
 	}

@@ -224,10 +224,10 @@ func RunIdentityProviderContract(t *testing.T, newIdP func(t *testing.T) ports.I
 		}
 		x.wantSecrets(id, model.Secrets{Current: secret})
 		x.wantAuth(id, secret, true)
-		got, err := x.idp.CoveredSecret(t.Context(), id)
-		mustNoErr(t, "CoveredSecret", err)
-		if got != secret {
-			t.Error("CoveredSecret did not return the current secret")
+		got, err := x.idp.CoveredSecrets(t.Context(), id)
+		mustNoErr(t, "CoveredSecrets", err)
+		if got != (model.Secrets{Current: secret}) {
+			t.Error("CoveredSecrets did not return the current secret alone")
 		}
 		x.wantSecrets(id, model.Secrets{Current: secret})
 		if inForce {
@@ -236,12 +236,16 @@ func RunIdentityProviderContract(t *testing.T, newIdP func(t *testing.T) ports.I
 			mustNoErr(t, "RegenerateSecret", err)
 			x.wantAuth(id, secret, true)
 			x.wantAuth(id, fresh, true)
-			if got, err := x.idp.CoveredSecret(t.Context(), id); err != nil || got != fresh {
-				t.Errorf("CoveredSecret after a generation: %v, want the new secret", err)
+			if got, err := x.idp.CoveredSecrets(t.Context(), id); err != nil || got != (model.Secrets{Current: fresh, Rotated: secret}) {
+				t.Errorf("CoveredSecrets after a generation: %v, want the new secret and the old one as rotated", err)
+			}
+			mustNoErr(t, "InvalidateRotatedSecret", x.idp.InvalidateRotatedSecret(t.Context(), id))
+			if got, err := x.idp.CoveredSecrets(t.Context(), id); err != nil || got != (model.Secrets{Current: fresh}) {
+				t.Errorf("CoveredSecrets after invalidating the rotated secret: %v, want the new secret alone", err)
 			}
 		}
-		_, err = x.idp.CoveredSecret(t.Context(), x.clientID())
-		wantErrIs(t, "CoveredSecret(missing)", err, model.ErrNotFound)
+		_, err = x.idp.CoveredSecrets(t.Context(), x.clientID())
+		wantErrIs(t, "CoveredSecrets(missing)", err, model.ErrNotFound)
 	})
 
 	t.Run("RepairClient creates a missing client and keeps an existing secret", func(t *testing.T) {

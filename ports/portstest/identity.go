@@ -31,7 +31,7 @@ import (
 // FeatureEnabled. Authenticates tells which secrets are accepted now.
 type IdentityProvider struct {
 	// Hook, when set, is called with the method name ("CreateClient",
-	// "DeleteClient", "Secrets", "InvalidateRotatedSecret", "CoverClient", "CoveredSecret",
+	// "DeleteClient", "Secrets", "InvalidateRotatedSecret", "CoverClient", "CoveredSecrets",
 	// "RotationPolicy", ...) and the client id ("" for ListDeviceClients,
 	// RotationPolicy and Ping) before each operation; a non-nil result
 	// fails the operation with that error and changes nothing. Set it
@@ -363,23 +363,27 @@ func (p *IdentityProvider) CoverClient(_ context.Context, clientID string) (bool
 	return true, nil
 }
 
-// CoveredSecret implements ports.IdentityProvider: CoverClient, then the
-// current secret, under one lock (a failure set for "CoveredSecret" fails
-// it before either).
-func (p *IdentityProvider) CoveredSecret(_ context.Context, clientID string) (string, error) {
-	if err := p.begin("CoveredSecret", clientID); err != nil {
-		return "", err
+// CoveredSecrets implements ports.IdentityProvider: CoverClient, then the
+// secrets, under one lock (a failure set for "CoveredSecrets" fails it
+// before either).
+func (p *IdentityProvider) CoveredSecrets(_ context.Context, clientID string) (model.Secrets, error) {
+	if err := p.begin("CoveredSecrets", clientID); err != nil {
+		return model.Secrets{}, err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	c, ok := p.clients[clientID]
 	if !ok {
-		return "", notFound(clientID)
+		return model.Secrets{}, notFound(clientID)
 	}
 	if !c.covered {
 		p.update(c)
 	}
-	return c.secret, nil
+	s := model.Secrets{Current: c.secret}
+	if p.rotatedValid(c) {
+		s.Rotated = c.rotated
+	}
+	return s, nil
 }
 
 // RotationPolicy implements ports.IdentityProvider: it reports the policy

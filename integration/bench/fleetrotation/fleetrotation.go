@@ -21,12 +21,15 @@ import (
 
 // Options configure Run. Zero values take the defaults named.
 type Options struct {
-	Mode              string  // "grace" (default) or "restore"
-	Devices           int     // default 1000
-	Concurrency       int     // ROTATION_CONCURRENCY, default 10
-	Offline           float64 // fraction of devices offline throughout
-	CrashAfterFetch   float64 // fraction crashing (once) after the fetch
-	CrashAfterPersist float64 // fraction crashing (once) after persisting
+	Mode        string // "grace" (default) or "restore"
+	Devices     int    // default 1000
+	Concurrency int    // ROTATION_CONCURRENCY, default 10
+	// KeycloakConcurrency is KEYCLOAK_MAX_CONCURRENCY; 0 leaves espmdm's
+	// default.
+	KeycloakConcurrency int
+	Offline             float64 // fraction of devices offline throughout
+	CrashAfterFetch     float64 // fraction crashing (once) after the fetch
+	CrashAfterPersist   float64 // fraction crashing (once) after persisting
 	// Timeout, FetchTimeout and Retry are ROTATION_TIMEOUT_SECONDS,
 	// ROTATION_FETCH_TIMEOUT_SECONDS and ROTATION_RETRY_SECONDS (whole
 	// seconds); default 10 s, 3 s and 5 s.
@@ -58,6 +61,10 @@ type Result struct {
 	Lockouts int
 	// LockoutDeviceS is the fleet's locked-out device-seconds of the run.
 	LockoutDeviceS float64
+	// AdminOpsPerRotation is espmdm's Keycloak operations (its
+	// espmdm_keycloak_operations_total) from the trigger until done, per
+	// online device; GrantsPerRotation the devices' token requests.
+	AdminOpsPerRotation, GrantsPerRotation float64
 	// P50ms, P99ms are per-device confirm latencies (nudge → ack).
 	P50ms, P99ms float64
 	// KeycloakFloorPerS is the rate of the same Keycloak work per rotation
@@ -171,13 +178,17 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 	res = Result{Mode: o.Mode, Devices: o.Devices, Concurrency: o.Concurrency}
 	logf := o.Log
 	secs := func(d time.Duration) string { return fmt.Sprint(int64(math.Max(1, math.Round(d.Seconds())))) }
-	srv, err := startServer(ctx, st, map[string]string{
+	env := map[string]string{
 		"ROTATION_MODE":                  o.Mode,
 		"ROTATION_CONCURRENCY":           fmt.Sprint(o.Concurrency),
 		"ROTATION_TIMEOUT_SECONDS":       secs(o.Timeout),
 		"ROTATION_RETRY_SECONDS":         secs(o.Retry),
 		"ROTATION_FETCH_TIMEOUT_SECONDS": secs(o.FetchTimeout),
-	})
+	}
+	if o.KeycloakConcurrency > 0 {
+		env["KEYCLOAK_MAX_CONCURRENCY"] = fmt.Sprint(o.KeycloakConcurrency)
+	}
+	srv, err := startServer(ctx, st, env)
 	if err != nil {
 		return res, err
 	}
@@ -266,6 +277,13 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 		if sim.ClientID() != d.ClientID {
 			return fmt.Errorf("fleetrotation: partition of %s holds %s", d.ClientID, sim.ClientID())
 		}
+		// A running device holds a token before the rotation: boot it
+		// now, so the rotation's figures hold only the rotation's work.
+		if !bs[i].Offline {
+			if err := sim.Boot(ctx); err != nil {
+				return fmt.Errorf("fleetrotation: boot %s: %w", d.ClientID, err)
+			}
+		}
 		sim.SetBehaviour(bs[i])
 		if n := done.Add(1); n%100 == 0 || int(n) == o.Devices {
 			logf("fleetrotation: %s: %d/%d devices created (%.1f/s)", o.Mode, n, o.Devices, float64(n)/time.Since(began).Seconds())
@@ -287,6 +305,11 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 	var trig struct {
 		QueuedCount int `json:"queued_count"`
 	}
+	opsBefore, err := keycloakOps(ctx, c)
+	if err != nil {
+		return res, err
+	}
+	grantsBefore := fleet.Stats().Total.TokenRequests
 	trigAt := time.Now()
 	if _, err := c.call(ctx, http.MethodPost, "/api/rotation/trigger", nil, &trig, http.StatusAccepted); err != nil {
 		return res, err
@@ -335,6 +358,15 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 	res.P99ms = float64(fs.ConfirmLatency.P99) / float64(time.Millisecond)
 	logf("fleetrotation: %s: %d online devices confirmed in %.1f s (%.1f/s); %d nudges, %d fetches, %d acks, %d crashes, %d errors",
 		o.Mode, online, res.Seconds, res.RotationsPerS, fs.Total.Nudges, fs.Total.Fetches, fs.Total.Acks, fs.Total.Crashes, fs.Total.Errors)
+	opsAfter, err := keycloakOps(ctx, c)
+	if err != nil {
+		return res, err
+	}
+	perOp, perRot := opsPerRotation(opsBefore, opsAfter, online)
+	res.AdminOpsPerRotation = perRot
+	res.GrantsPerRotation = float64(fs.Total.TokenRequests-grantsBefore) / float64(max(online, 1))
+	logf("fleetrotation: %s: Keycloak work per rotation: %.2f token grants by devices, %.2f espmdm operations (%s)",
+		o.Mode, res.GrantsPerRotation, perRot, perOp)
 
 	cctx, ccancel := context.WithTimeout(ctx, 3*time.Minute)
 	rep, err := fleet.CheckAll(cctx)
