@@ -39,6 +39,7 @@ type deviceRow struct {
 	SecretCreatedAt         *time.Time `bun:"secret_created_at"`
 	LastRotationAttemptAt   *time.Time `bun:"last_rotation_attempt_at"`
 	LastRotationFetchAt     *time.Time `bun:"last_rotation_fetch_at"`
+	LastRotationRenudgeAt   *time.Time `bun:"last_rotation_renudge_at"`
 	LastRotationCompletedAt *time.Time `bun:"last_rotation_completed_at"`
 	LastSeenAt              *time.Time `bun:"last_seen_at"`
 	NewSecretAt             *time.Time `bun:"new_secret_at"`
@@ -54,7 +55,8 @@ type deviceRow struct {
 // id, key, device_model_id and created_at (updated_at is set separately).
 var deviceMutableColumns = []string{
 	"config", "active", "rotation_state",
-	"secret_created_at", "last_rotation_attempt_at", "last_rotation_fetch_at", "last_rotation_completed_at",
+	"secret_created_at", "last_rotation_attempt_at", "last_rotation_fetch_at", "last_rotation_renudge_at",
+	"last_rotation_completed_at",
 	"last_seen_at", "new_secret_at", "previous_secret", "secret_sha256",
 }
 
@@ -117,6 +119,7 @@ func deviceToRow(d *model.Device) deviceRow {
 		SecretCreatedAt:         utcPtr(d.SecretCreatedAt),
 		LastRotationAttemptAt:   utcPtr(d.LastRotationAttemptAt),
 		LastRotationFetchAt:     utcPtr(d.LastRotationFetchAt),
+		LastRotationRenudgeAt:   utcPtr(d.LastRotationRenudgeAt),
 		LastRotationCompletedAt: utcPtr(d.LastRotationCompletedAt),
 		LastSeenAt:              utcPtr(d.LastSeenAt),
 		NewSecretAt:             utcPtr(d.NewSecretAt),
@@ -139,6 +142,7 @@ func deviceFromRow(r *deviceRow) model.Device {
 		SecretCreatedAt:         utcPtr(r.SecretCreatedAt),
 		LastRotationAttemptAt:   utcPtr(r.LastRotationAttemptAt),
 		LastRotationFetchAt:     utcPtr(r.LastRotationFetchAt),
+		LastRotationRenudgeAt:   utcPtr(r.LastRotationRenudgeAt),
 		LastRotationCompletedAt: utcPtr(r.LastRotationCompletedAt),
 		LastSeenAt:              utcPtr(r.LastSeenAt),
 		NewSecretAt:             utcPtr(r.NewSecretAt),

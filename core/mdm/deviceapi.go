@@ -50,10 +50,16 @@ func (s *Service) AuthenticateDevice(ctx context.Context, c model.DeviceClaims) 
 // device presenting a token issued in a later second than its new secret
 // was generated has proven it holds the new secret (the old one stopped
 // working at generation). A failure to record that is returned: the device
-// asks again.
+// asks again. A device that asks for its config while its rotation's new
+// secret is fetched but not confirmed has rebooted in between: it is nudged
+// again (renudge).
 func (s *Service) DeviceConfig(ctx context.Context, d model.Device, c model.DeviceClaims) (json.RawMessage, error) {
-	if err := s.confirmByToken(ctx, d, c); err != nil {
+	confirmed, err := s.confirmByToken(ctx, d, c)
+	if err != nil {
 		return nil, err
+	}
+	if !confirmed {
+		s.renudge(ctx, d)
 	}
 	return append(json.RawMessage(nil), d.Config...), nil
 }

@@ -47,6 +47,9 @@ const (
 	EventConfirmed RotationEventKind = "confirmed"
 	// EventInvalidated: the rotated (old) secret was invalidated.
 	EventInvalidated RotationEventKind = "rotated_secret_invalidated"
+	// EventRenudged: the nudge was sent again to a device that fetched
+	// its new secret and then showed up without confirming it.
+	EventRenudged RotationEventKind = "renudged"
 	// EventTimeout: the attempt timed out (Restored says whether the old
 	// secret was restored).
 	EventTimeout RotationEventKind = "timeout"
@@ -763,19 +766,53 @@ func (s *Service) AckCredentials(ctx context.Context, d model.Device, digest str
 // confirmByToken completes a PENDING restore-mode rotation when the device
 // presents a token issued in a later second than its new secret was
 // generated: the old secret stopped working then, so the token proves the
-// new one.
-func (s *Service) confirmByToken(ctx context.Context, d model.Device, c model.DeviceClaims) error {
+// new one. It reports whether the token did so.
+func (s *Service) confirmByToken(ctx context.Context, d model.Device, c model.DeviceClaims) (bool, error) {
 	if mode, err := s.rotationMode(); err != nil || mode != model.RotationRestore {
-		return nil // not resolved yet (nothing rotates then) or grace: only the ack confirms
+		return false, nil // not resolved yet (nothing rotates then) or grace: only the ack confirms
 	}
 	mode := model.RotationRestore
 	if !issuedAfter(d, c) {
-		return nil
+		return false, nil
 	}
 	ctx = model.WithActor(ctx, model.DeviceActor(d.ClientID()))
-	return s.complete(ctx, d.ID, mode, "iat", func(row *model.Device) (bool, error) {
+	return true, s.complete(ctx, d.ID, mode, "iat", func(row *model.Device) (bool, error) {
 		return issuedAfter(*row, c), nil
 	})
+}
+
+// renudge sends the rotation nudge once more, once per attempt, to a
+// PENDING device that fetched its new secret but shows up on the device
+// API without having confirmed it: it rebooted between the fetch and the
+// ack (losing the secret, or keeping it unconfirmed), and would otherwise
+// wait for the attempt to time out and for its retry. A device in the
+// middle of its rotation steps that gets the nudge twice fetches the same
+// secret again and acks once more, which changes nothing. Failures are
+// reported only: the timeout and retry still come.
+func (s *Service) renudge(ctx context.Context, d model.Device) {
+	if d.RotationState != model.RotationPending || d.NewSecretAt == nil || !d.FetchedThisAttempt() || d.RenudgedThisAttempt() {
+		return
+	}
+	send := false
+	_, err := s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) error {
+		send = row.RotationState == model.RotationPending && row.NewSecretAt != nil && row.FetchedThisAttempt() && !row.RenudgedThisAttempt()
+		if send {
+			now := s.now()
+			row.LastRotationRenudgeAt = &now
+		}
+		return nil
+	})
+	if err != nil {
+		s.report(ctx, "rotation: nudge again", fmt.Errorf("device %d: %w", d.ID, err))
+		return
+	}
+	if !send {
+		return
+	}
+	s.event(ctx, RotationEvent{Kind: EventRenudged, DeviceID: d.ID, ClientID: d.ClientID(), At: s.now()})
+	if err := s.d.Notifier.RotationNudge(ctx, d.ClientID()); err != nil {
+		s.report(ctx, "rotation: nudge again", fmt.Errorf("device %d: %w", d.ID, err))
+	}
 }
 
 // issuedAfter reports whether d is PENDING with a generated secret and c was

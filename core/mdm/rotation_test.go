@@ -321,6 +321,59 @@ func TestRotationGraceTimeoutKeepsBothSecretsAndRetriesWithTheSameSecret(t *test
 	wantAuth(t, e, d, old, false)
 }
 
+// A device that fetched its new secret and then asks for its config
+// without confirming has rebooted between fetch and ack: it is nudged again
+// at once, once per attempt, instead of waiting for the timeout and retry.
+func TestRotationRenudgesADeviceThatRebootedBeforeItsAck(t *testing.T) {
+	e := newRotationEnv(t, model.RotationGrace)
+	d := e.device(t, e.model(t, "m1", ""), `{}`)
+	claims := model.DeviceClaims{ClientID: d.ClientID(), ModelCode: d.ModelCode, Key: d.Key, IssuedAt: e.clock.Now()}
+	config := func() {
+		t.Helper()
+		if _, err := e.svc.DeviceConfig(t.Context(), e.get(t, d.ID), claims); err != nil {
+			t.Fatal(err)
+		}
+	}
+	config() // not in rotation: no nudge
+	e.rotate(t, d)
+	config() // nudged, not fetched yet: in its rotation steps or offline
+	if n := e.nudges(d.ClientID()); n != 1 {
+		t.Fatalf("nudges before the fetch = %d, want 1", n)
+	}
+	fresh := e.fetch(t, d)
+	config() // the reboot
+	if n := e.nudges(d.ClientID()); n != 2 {
+		t.Fatalf("nudges after the config request of a device that fetched = %d, want 2", n)
+	}
+	config()
+	if n := e.nudges(d.ClientID()); n != 2 {
+		t.Fatalf("nudges after a second config request = %d, want 2 (once per attempt)", n)
+	}
+	if again := e.fetch(t, d); again != fresh {
+		t.Fatal("the fetch after the second nudge handed out another secret")
+	}
+	// The next attempt may be nudged again once.
+	e.clock.Advance(5*time.Minute + time.Second)
+	e.cycle(t)
+	e.clock.Advance(time.Hour)
+	if rep := e.cycle(t); rep.Started != 1 {
+		t.Fatalf("retry not started: %+v", rep)
+	}
+	e.fetch(t, d)
+	config()
+	config()
+	if n := e.nudges(d.ClientID()); n != 4 {
+		t.Fatalf("nudges after the retry's fetch and two config requests = %d, want 4", n)
+	}
+	if err := e.ack(t, d, fresh); err != nil {
+		t.Fatal(err)
+	}
+	config()
+	if n := e.nudges(d.ClientID()); n != 4 {
+		t.Fatalf("nudges after the ack = %d, want 4", n)
+	}
+}
+
 func TestRotationGraceLateAckAfterTimeoutCompletes(t *testing.T) {
 	e := newRotationEnv(t, model.RotationGrace)
 	d := e.device(t, e.model(t, "m1", ""), `{}`)

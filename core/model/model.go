@@ -62,7 +62,11 @@ type Device struct {
 	// LastRotationFetchAt is when the device last fetched its credentials
 	// during a PENDING attempt; before LastRotationAttemptAt (or nil) when
 	// it has not answered the current attempt's nudge.
-	LastRotationFetchAt     *time.Time
+	LastRotationFetchAt *time.Time
+	// LastRotationRenudgeAt is when the nudge was last sent again to a
+	// device that showed up after fetching without confirming (SPEC §4
+	// decision: once per attempt).
+	LastRotationRenudgeAt   *time.Time
 	LastRotationCompletedAt *time.Time
 	LastSeenAt              *time.Time
 
@@ -279,16 +283,28 @@ const (
 // DashboardGroups lists the groups in display order.
 var DashboardGroups = []DashboardGroup{DashboardHealthy, DashboardWarning, DashboardCritical, DashboardInactive}
 
+// RenudgedThisAttempt reports whether the nudge was sent again since the
+// current rotation attempt began.
+func (d Device) RenudgedThisAttempt() bool {
+	return sinceAttempt(d, d.LastRotationRenudgeAt)
+}
+
 // FetchedThisAttempt reports whether the device fetched its credentials
 // since its current rotation attempt began (at or after it, to the
 // microsecond the database keeps).
 func (d Device) FetchedThisAttempt() bool {
-	if d.LastRotationFetchAt == nil {
+	return sinceAttempt(d, d.LastRotationFetchAt)
+}
+
+// sinceAttempt reports whether at is set and not before d's current
+// rotation attempt began (to the microsecond the database keeps).
+func sinceAttempt(d Device, at *time.Time) bool {
+	if at == nil {
 		return false
 	}
 	if d.LastRotationAttemptAt == nil {
 		return true
 	}
 	us := func(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
-	return !us(*d.LastRotationFetchAt).Before(us(*d.LastRotationAttemptAt))
+	return !us(*at).Before(us(*d.LastRotationAttemptAt))
 }

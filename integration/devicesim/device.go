@@ -463,15 +463,24 @@ func (d *Device) Boot(ctx context.Context) error {
 	return err
 }
 
-// crash loses everything but the persisted slots, then reboots.
+// crash loses everything but the persisted slots, then reboots: a token
+// with what it persisted, then its config, as firmware starts (espmdm
+// takes that request of a device that fetched without confirming as the
+// reboot, and nudges it again).
 func (d *Device) crash(ctx context.Context) error {
 	d.mu.Lock()
 	d.stats.Crashes++
 	d.crashed = true
 	d.mu.Unlock()
 	d.event(EventCrash, nil)
-	if err := d.Boot(ctx); err != nil && ctx.Err() == nil {
-		d.f.logf("devicesim: %s: boot after crash: %v", d.clientID, err)
+	if err := d.Boot(ctx); err != nil {
+		if ctx.Err() == nil {
+			d.f.logf("devicesim: %s: boot after crash: %v", d.clientID, err)
+		}
+		return ErrCrashed
+	}
+	if _, err := d.FetchConfig(ctx); err != nil && ctx.Err() == nil {
+		d.f.logf("devicesim: %s: config after the reboot: %v", d.clientID, err)
 	}
 	return ErrCrashed
 }

@@ -24,7 +24,8 @@
 // waits before each step, Legacy follows the reviewed design's single-slot
 // steps (fetch, overwrite, reboot, token, GET /iot/config), and Crash makes
 // it crash after the fetch (the fetched secret is lost) or after persisting
-// it (before the ack), once or on every rotation.
+// it (before the ack), once or on every rotation. A crashed device reboots
+// from its persisted slots: a token, then GET /iot/config.
 //
 // Every device meters its lockouts: the device-seconds during which it
 // needed a token and Keycloak accepted none of the secrets it holds. A

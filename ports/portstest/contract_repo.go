@@ -262,6 +262,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 			SecretCreatedAt:         ptr(t0),
 			LastRotationAttemptAt:   ptr(t0.Add(time.Minute)),
 			LastRotationFetchAt:     ptr(t0.Add(90 * time.Second)),
+			LastRotationRenudgeAt:   ptr(t0.Add(100 * time.Second)),
 			LastRotationCompletedAt: ptr(t0.Add(2 * time.Minute)),
 			LastSeenAt:              ptr(t0.Add(3 * time.Minute)),
 			NewSecretAt:             ptr(t0.Add(4 * time.Minute)),
@@ -278,6 +279,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 			cur.SecretCreatedAt = want.SecretCreatedAt
 			cur.LastRotationAttemptAt = want.LastRotationAttemptAt
 			cur.LastRotationFetchAt = want.LastRotationFetchAt
+			cur.LastRotationRenudgeAt = want.LastRotationRenudgeAt
 			cur.LastRotationCompletedAt = want.LastRotationCompletedAt
 			cur.LastSeenAt = want.LastSeenAt
 			cur.NewSecretAt = want.NewSecretAt
@@ -307,6 +309,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 				{"SecretCreatedAt", g.SecretCreatedAt, want.SecretCreatedAt},
 				{"LastRotationAttemptAt", g.LastRotationAttemptAt, want.LastRotationAttemptAt},
 				{"LastRotationFetchAt", g.LastRotationFetchAt, want.LastRotationFetchAt},
+				{"LastRotationRenudgeAt", g.LastRotationRenudgeAt, want.LastRotationRenudgeAt},
 				{"LastRotationCompletedAt", g.LastRotationCompletedAt, want.LastRotationCompletedAt},
 				{"LastSeenAt", g.LastSeenAt, want.LastSeenAt},
 				{"NewSecretAt", g.NewSecretAt, want.NewSecretAt},
