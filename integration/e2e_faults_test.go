@@ -59,7 +59,18 @@ func TestE2EBrokerDownNeverFailsTheAPI(t *testing.T) {
 func TestE2EDatabaseDown(t *testing.T) {
 	s := startServer(t, nil)
 	m := newModel(t, s, nil)
+	// A device that has used the device API: its lookup is a statement
+	// prepared on connections the restart ends.
+	d := newDevice(t, s, m.ID, `{"interval":7}`)
+	var prov provisioningDTO
+	s.do(http.MethodGet, fmt.Sprintf("/api/devices/%d/provisioning?format=json", d.ID), s.admin, nil).want(t, http.StatusOK, &prov)
+	s.keep(prov.ClientSecret)
+	deviceTok := s.token(prov.ClientID, prov.ClientSecret)
+	for range 3 {
+		s.do(http.MethodGet, "/iot/config", deviceTok, nil).want(t, http.StatusOK, nil)
+	}
 	restart(t, s.st, integration.Postgres, func() {
+		s.do(http.MethodGet, "/iot/config", deviceTok, nil).wantProblem(t, http.StatusServiceUnavailable)
 		s.do(http.MethodGet, "/health/ready", "", nil).wantProblem(t, http.StatusServiceUnavailable)
 		s.do(http.MethodGet, "/health/live", "", nil).want(t, http.StatusOK, nil)
 		// espmdm's own store is down: 503, as readiness says, not 502.
@@ -72,10 +83,15 @@ func TestE2EDatabaseDown(t *testing.T) {
 		Devices []deviceDTO `json:"devices"`
 	}
 	s.do(http.MethodGet, "/api/devices", s.viewer, nil).want(t, http.StatusOK, &list)
-	if len(list.Devices) != 0 {
-		t.Errorf("%d devices after a creation refused while the database was down, want 0", len(list.Devices))
+	if len(list.Devices) != 1 {
+		t.Errorf("%d devices after a creation refused while the database was down, want the 1 made before", len(list.Devices))
 	}
 	newDevice(t, s, m.ID, `{}`)
+	var cfg map[string]any
+	s.do(http.MethodGet, "/iot/config", deviceTok, nil).want(t, http.StatusOK, &cfg)
+	if cfg["interval"] != float64(7) {
+		t.Errorf("config after the database came back: %v", cfg)
+	}
 }
 
 // shiftedClock runs ahead of the system clock, so that the reconciler's

@@ -3,6 +3,8 @@ package postgres
 import (
 	"context"
 	"database/sql"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/uptrace/bun"
@@ -22,6 +24,16 @@ const (
 // carries its model's code, loaded with a join.
 type DeviceRepo struct {
 	db *bun.DB
+
+	// byKey is GetDeviceByKey's statement, prepared at its first use
+	// (every device API request runs it: prepared, PostgreSQL parses and
+	// plans it once per connection instead of once per request).
+	mu    sync.Mutex
+	byKey *sql.Stmt
+	// codes caches model id → code for GetDeviceByKey, which then needs no
+	// join: a model's code never changes, and a model with devices cannot
+	// be deleted (nor an id reused), so an entry can never be stale.
+	codes sync.Map
 }
 
 var _ ports.DeviceRepo = (*DeviceRepo)(nil)
@@ -81,11 +93,58 @@ func (r *DeviceRepo) GetDevice(ctx context.Context, id int64) (model.Device, err
 
 // GetDeviceByKey implements ports.DeviceRepo.
 func (r *DeviceRepo) GetDeviceByKey(ctx context.Context, key string) (model.Device, error) {
-	var row deviceRow
-	if err := selectDevices(r.db, &row).Where("d.key = ?", key).Scan(ctx); err != nil {
+	stmt, err := r.byKeyStmt(ctx)
+	if err != nil {
+		return model.Device{}, translate("get device by key: prepare", err, fkNone)
+	}
+	rows, err := stmt.QueryContext(ctx, key)
+	if err != nil {
 		return model.Device{}, translate("get device by key", err, fkNone)
 	}
+	var row deviceRow
+	if err := r.db.ScanRows(ctx, rows, &row); err != nil {
+		return model.Device{}, translate("get device by key", err, fkNone)
+	}
+	if row.ID == 0 {
+		return model.Device{}, translate("get device by key", sql.ErrNoRows, fkNone)
+	}
+	if row.ModelCode, err = r.modelCode(ctx, row.DeviceModelID); err != nil {
+		return model.Device{}, translate("get device by key: model code", err, fkNone)
+	}
 	return deviceFromRow(&row), nil
+}
+
+// modelCode returns the code of model id, from the cache when it is there.
+func (r *DeviceRepo) modelCode(ctx context.Context, id int64) (string, error) {
+	if c, ok := r.codes.Load(id); ok {
+		return c.(string), nil
+	}
+	var code string
+	if err := r.db.NewSelect().Table("device_models").Column("code").Where("id = ?", id).Scan(ctx, &code); err != nil {
+		return "", err
+	}
+	r.codes.Store(id, code)
+	return code, nil
+}
+
+// byKeyStmt returns the prepared statement of GetDeviceByKey, preparing it
+// when it is not yet (a failure is not kept: the next call tries again).
+// Its columns are named, not *, so a column added by a later migration
+// does not change the prepared result; the model code comes from
+// modelCode.
+func (r *DeviceRepo) byKeyStmt(ctx context.Context) (*sql.Stmt, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.byKey != nil {
+		return r.byKey, nil
+	}
+	q := "SELECT " + strings.Join(deviceSelectColumns, ", ") + " FROM devices WHERE key = $1"
+	stmt, err := r.db.DB.PrepareContext(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	r.byKey = stmt
+	return stmt, nil
 }
 
 // ListDevices implements ports.DeviceRepo: devices with an ID above

@@ -51,6 +51,10 @@ type deviceRow struct {
 	UpdatedAt time.Time `bun:"updated_at,notnull,nullzero,default:now()"`
 }
 
+// deviceSelectColumns are the devices columns of a deviceRow, in order
+// (the model code comes from the join).
+var deviceSelectColumns = append(append([]string{"id", "key", "device_model_id"}, deviceMutableColumns...), "created_at", "updated_at")
+
 // deviceMutableColumns are the columns UpdateDevice writes: everything but
 // id, key, device_model_id and created_at (updated_at is set separately).
 var deviceMutableColumns = []string{

@@ -38,7 +38,7 @@ type Options struct {
 	// default 10 min.
 	Wait time.Duration
 	// FloorClients is the number of raw Keycloak clients of the floor
-	// measurement; default 100 (at most Devices).
+	// measurement; default 300 (at most Devices).
 	FloorClients int
 	// CreateConcurrency is how many devices are created at once; default 4.
 	CreateConcurrency int
@@ -115,7 +115,7 @@ func (o *Options) defaults() error {
 		o.Wait = 10 * time.Minute
 	}
 	if o.FloorClients <= 0 {
-		o.FloorClients = 100
+		o.FloorClients = 300
 	}
 	o.FloorClients = min(o.FloorClients, o.Devices)
 	if o.CreateConcurrency <= 0 {
