@@ -108,19 +108,21 @@ func (r *DeviceRepo) GetDeviceByKey(ctx context.Context, key string) (model.Devi
 	if row.ID == 0 {
 		return model.Device{}, translate("get device by key", sql.ErrNoRows, fkNone)
 	}
-	if row.ModelCode, err = r.modelCode(ctx, row.DeviceModelID); err != nil {
+	if row.ModelCode, err = r.modelCode(ctx, r.db, row.DeviceModelID); err != nil {
 		return model.Device{}, translate("get device by key: model code", err, fkNone)
 	}
 	return deviceFromRow(&row), nil
 }
 
 // modelCode returns the code of model id, from the cache when it is there.
-func (r *DeviceRepo) modelCode(ctx context.Context, id int64) (string, error) {
+// A miss reads it through idb: within a transaction, the transaction's
+// own connection (another could wait for one the transaction holds).
+func (r *DeviceRepo) modelCode(ctx context.Context, idb bun.IDB, id int64) (string, error) {
 	if c, ok := r.codes.Load(id); ok {
 		return c.(string), nil
 	}
 	var code string
-	if err := r.db.NewSelect().Table("device_models").Column("code").Where("id = ?", id).Scan(ctx, &code); err != nil {
+	if err := idb.NewSelect().Table("device_models").Column("code").Where("id = ?", id).Scan(ctx, &code); err != nil {
 		return "", err
 	}
 	r.codes.Store(id, code)
@@ -206,11 +208,16 @@ func (r *DeviceRepo) UpdateDevice(ctx context.Context, id int64, fn func(*model.
 	var out model.Device
 	err := runInTx(ctx, r.db, "update device", func(ctx context.Context, tx bun.Tx) error {
 		var row deviceRow
-		if err := selectDevices(tx, &row).Where("d.id = ?", id).For("UPDATE OF d").Scan(ctx); err != nil {
+		if err := tx.NewSelect().Model(&row).Column(deviceSelectColumns...).Where("d.id = ?", id).For("UPDATE").Scan(ctx); err != nil {
 			return translate("update device: lock", err, fkNone)
 		}
+		code, err := r.modelCode(ctx, tx, row.DeviceModelID)
+		if err != nil {
+			return translate("update device: model code", err, fkNone)
+		}
+		row.ModelCode = code
 		cur := deviceFromRow(&row)
-		err := fn(&cur)
+		err = fn(&cur)
 		entries := ports.TakeAudit(ctx)
 		if err != nil {
 			return err
