@@ -792,3 +792,58 @@ func TestE2ERotationGraceRefusedWhenTheRealmDisagrees(t *testing.T) {
 		t.Errorf("auto on a realm whose grace differs: mode %q, want restore", rs.Mode)
 	}
 }
+
+// An administrator's "Regenerate" in Keycloak before a grace-mode rotation
+// is a generation espmdm did not make: Keycloak keeps the device's secret as
+// the rotated one. The rotation hands out the administrator's secret
+// rather than generating again (which would end the secret the device
+// holds), and completes with it.
+func TestE2ERotationGraceTakesAGenerationMadeInKeycloak(t *testing.T) {
+	s := startServer(t, rotationEnv("grace", 2))
+	m := newModel(t, s, nil)
+	d := newDevice(t, s, m.ID, `{}`)
+	var prov provisioningDTO
+	s.do(http.MethodGet, fmt.Sprintf("/api/devices/%d/provisioning?format=json", d.ID), s.admin, nil).want(t, http.StatusOK, &prov)
+	old := prov.ClientSecret
+	s.keep(old)
+
+	found := keycloakClients(t, s.st, d.ClientID)
+	if len(found) != 1 {
+		t.Fatalf("client %s: found %d", d.ClientID, len(found))
+	}
+	resp, body := adminCall(t, s.st, token(t, s.st, s.st.AdminClientID, s.st.AdminClientSecret),
+		http.MethodPost, "/clients/"+found[0]["id"].(string)+"/client-secret", nil)
+	var regenerated struct {
+		Value string `json:"value"`
+	}
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &regenerated) != nil || regenerated.Value == "" {
+		t.Fatalf("regenerate in Keycloak: %s", resp.Status)
+	}
+	byAdmin := regenerated.Value
+	s.keep(byAdmin)
+	if !accepted(t, s.st, d.ClientID, old) || !accepted(t, s.st, d.ClientID, byAdmin) {
+		t.Fatal("after Keycloak's regenerate, the old and the new secret should both authenticate")
+	}
+
+	s.do(http.MethodPost, fmt.Sprintf("/api/devices/%d/rotate", d.ID), s.admin, nil).want(t, http.StatusAccepted, nil)
+	oldTok := s.token(d.ClientID, old)
+	var fetched provisioningDTO
+	s.do(http.MethodGet, "/iot/provisioning", oldTok, nil).want(t, http.StatusOK, &fetched)
+	if fetched.ClientSecret != byAdmin {
+		t.Fatal("the rotation's fetch did not hand out the secret generated in Keycloak")
+	}
+	if !accepted(t, s.st, d.ClientID, old) {
+		t.Fatal("the fetch ended the secret the device holds")
+	}
+	sum := sha256.Sum256([]byte(byAdmin))
+	s.do(http.MethodPost, "/iot/provisioning/ack", s.token(d.ClientID, byAdmin),
+		map[string]string{"client_secret_sha256": hex.EncodeToString(sum[:])}).want(t, http.StatusNoContent, nil)
+	if accepted(t, s.st, d.ClientID, old) || !accepted(t, s.st, d.ClientID, byAdmin) {
+		t.Error("after the ack only the handed-out secret should authenticate")
+	}
+	var got deviceDTO
+	s.do(http.MethodGet, fmt.Sprintf("/api/devices/%d", d.ID), s.viewer, nil).want(t, http.StatusOK, &got)
+	if got.RotationState != "OK" {
+		t.Errorf("rotation state %s, want OK", got.RotationState)
+	}
+}
