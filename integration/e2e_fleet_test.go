@@ -26,6 +26,8 @@ const (
 	fleetCrashFetch  = 2 // devices 2, 3
 	fleetCrashPersit = 2 // devices 4, 5
 	fleetSlot        = 5 // ROTATION_CONCURRENCY
+	// fleetTimeout is rotationEnv's ROTATION_TIMEOUT_SECONDS.
+	fleetTimeout = 4 * time.Second
 )
 
 // fleetLegacy is the device that follows the reviewed design's steps in
@@ -193,6 +195,15 @@ func fleetRotation(t *testing.T, mode string) {
 		}
 		if b.Crash != devicesim.NoCrash && st.Crashes != 1 {
 			t.Errorf("%s: %d crashes, want 1 (crash once)", d.ClientID, st.Crashes)
+		}
+		// Grace: the reboot's config request brings the second nudge, so a
+		// crashed device confirms within its first attempt, before the
+		// attempt could time out (then a retry would have been needed).
+		if mode == "grace" && b.Crash != devicesim.NoCrash && len(st.ConfirmLatencies) > 0 {
+			if lat := st.ConfirmLatencies[0]; st.Nudges != 2 || lat >= fleetTimeout {
+				t.Errorf("%s (crash %v): %d nudges, confirmed %s after the first, want 2 and within the attempt timeout %s",
+					d.ClientID, b.Crash, st.Nudges, lat.Round(time.Millisecond), fleetTimeout)
+			}
 		}
 		chk, err := d.sim.CheckSecrets(ctxT(t, 30*time.Second))
 		if err != nil {
