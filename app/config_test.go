@@ -231,6 +231,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		KeycloakRealm:             "iot",
 		KeycloakAdminClientID:     "iotsupport-admin",
 		KeycloakAdminClientSecret: "admin-secret",
+		KeycloakMaxConcurrency:    8,
 		MQTTURL:                   "",
 		MQTTClientID:              "espmdm-" + hostname(t),
 		WiFiSSID:                  "",
