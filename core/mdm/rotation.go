@@ -649,6 +649,21 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 // taken from a generation made before (one whose recording was cut off, or
 // an administrator's in Keycloak) rather than generated now.
 func (s *Service) newSecret(ctx context.Context, row *model.Device, mode model.RotationMode) (string, bool, error) {
+	fresh, taken, err := s.makeSecret(ctx, row, mode)
+	if err != nil || mode != model.RotationRestore {
+		return fresh, taken, err
+	}
+	// The old secret must stop working now, also where a realm policy kept
+	// it as the rotated one (and also after a generation whose recording
+	// was cut off before this step).
+	if err := s.d.Identity.InvalidateRotatedSecret(ctx, row.ClientID()); err != nil {
+		return "", false, fmt.Errorf("invalidate the rotated secret: %w", err)
+	}
+	return fresh, taken, nil
+}
+
+// makeSecret is newSecret but for restore mode's invalidation.
+func (s *Service) makeSecret(ctx context.Context, row *model.Device, mode model.RotationMode) (string, bool, error) {
 	clientID := row.ClientID()
 	var cur, old string
 	if mode == model.RotationGrace {
@@ -700,13 +715,6 @@ func (s *Service) newSecret(ctx context.Context, row *model.Device, mode model.R
 	fresh, err := s.d.Identity.RegenerateSecret(ctx, clientID)
 	if err != nil {
 		return "", false, fmt.Errorf("generate a secret: %w", err)
-	}
-	if mode == model.RotationRestore {
-		// The old secret must stop working now, also where a realm
-		// policy kept it as the rotated one.
-		if err := s.d.Identity.InvalidateRotatedSecret(ctx, clientID); err != nil {
-			return "", false, fmt.Errorf("invalidate the rotated secret: %w", err)
-		}
 	}
 	return fresh, false, nil
 }

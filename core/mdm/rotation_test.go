@@ -620,6 +620,39 @@ func TestRotationGraceTakesAGenerationMadeInKeycloak(t *testing.T) {
 	wantAuth(t, e, d, old, false)
 }
 
+// Restore mode against a realm whose policy keeps rotated secrets (the
+// test stack's): when invalidating the rotated secret failed after a
+// generation, the fetch that takes that generation invalidates it, or the
+// old secret would keep working and the iat rule would prove nothing.
+func TestRotationRestoreTakenGenerationStillEndsTheOldSecret(t *testing.T) {
+	e := newRotationEnv(t, model.RotationRestore)
+	e.idp.SetRotationPolicy(portstest.DefaultRotationPolicy())
+	d := e.device(t, e.model(t, "m1", ""), `{}`)
+	if _, err := e.idp.CoverClient(t.Context(), d.ClientID()); err != nil {
+		t.Fatal(err)
+	}
+	old := e.secret(t, d)
+	e.rotate(t, d)
+	failed := false
+	e.idp.Hook = func(op, _ string) error {
+		if op == "InvalidateRotatedSecret" && !failed {
+			failed = true
+			return &model.UnavailableError{Service: "keycloak", Err: errors.New("connection reset")}
+		}
+		return nil
+	}
+	if _, err := e.svc.FetchCredentials(t.Context(), e.get(t, d.ID)); !errors.Is(err, model.ErrUnavailable) {
+		t.Fatalf("fetch with the invalidation failing = %v, want ErrUnavailable", err)
+	}
+	wantAuth(t, e, d, old, true) // kept as the rotated secret by the policy
+	fresh := e.fetch(t, d)
+	if n := len(e.idpCalls("RegenerateSecret")); n != 1 {
+		t.Fatalf("RegenerateSecret calls = %d, want 1", n)
+	}
+	wantAuth(t, e, d, fresh, true)
+	wantAuth(t, e, d, old, false)
+}
+
 func TestRotationKeycloakDownDuringAckAndRestore(t *testing.T) {
 	down := &model.UnavailableError{Service: "keycloak", Err: errors.New("connection refused")}
 	t.Run("grace ack", func(t *testing.T) {
