@@ -52,7 +52,7 @@ type deviceRow struct {
 }
 
 // deviceSelectColumns are the devices columns of a deviceRow, in order
-// (the model code comes from the join).
+// (not the model code, which is in device_models).
 var deviceSelectColumns = append(append([]string{"id", "key", "device_model_id"}, deviceMutableColumns...), "created_at", "updated_at")
 
 // deviceMutableColumns are the columns UpdateDevice writes: everything but

@@ -798,12 +798,12 @@ func (s *Service) confirmByToken(ctx context.Context, d model.Device, c model.De
 // secret again and acks once more, which changes nothing. Failures are
 // reported only: the timeout and retry still come.
 func (s *Service) renudge(ctx context.Context, d model.Device) {
-	if d.RotationState != model.RotationPending || d.NewSecretAt == nil || !d.FetchedThisAttempt() || d.RenudgedThisAttempt() {
+	if !renudgeDue(d) {
 		return
 	}
 	send := false
 	_, err := s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) error {
-		send = row.RotationState == model.RotationPending && row.NewSecretAt != nil && row.FetchedThisAttempt() && !row.RenudgedThisAttempt()
+		send = renudgeDue(*row)
 		if send {
 			now := s.now()
 			row.LastRotationRenudgeAt = &now
@@ -821,6 +821,12 @@ func (s *Service) renudge(ctx context.Context, d model.Device) {
 	if err := s.d.Notifier.RotationNudge(ctx, d.ClientID()); err != nil {
 		s.report(ctx, "rotation: nudge again", fmt.Errorf("device %d: %w", d.ID, err))
 	}
+}
+
+// renudgeDue reports whether d fetched its current attempt's generated
+// secret without confirming it and was not nudged again yet.
+func renudgeDue(d model.Device) bool {
+	return d.RotationState == model.RotationPending && d.NewSecretAt != nil && d.FetchedThisAttempt() && !d.RenudgedThisAttempt()
 }
 
 // issuedAfter reports whether d is PENDING with a generated secret and c was

@@ -21,15 +21,12 @@ import (
 
 // Options configure Run. Zero values take the defaults named.
 type Options struct {
-	Mode        string // "grace" (default) or "restore"
-	Devices     int    // default 1000
-	Concurrency int    // ROTATION_CONCURRENCY, default 10
-	// KeycloakConcurrency is KEYCLOAK_MAX_CONCURRENCY; 0 leaves espmdm's
-	// default.
-	KeycloakConcurrency int
-	Offline             float64 // fraction of devices offline throughout
-	CrashAfterFetch     float64 // fraction crashing (once) after the fetch
-	CrashAfterPersist   float64 // fraction crashing (once) after persisting
+	Mode              string  // "grace" (default) or "restore"
+	Devices           int     // default 1000
+	Concurrency       int     // ROTATION_CONCURRENCY, default 10
+	Offline           float64 // fraction of devices offline throughout
+	CrashAfterFetch   float64 // fraction crashing (once) after the fetch
+	CrashAfterPersist float64 // fraction crashing (once) after persisting
 	// Timeout, FetchTimeout and Retry are ROTATION_TIMEOUT_SECONDS,
 	// ROTATION_FETCH_TIMEOUT_SECONDS and ROTATION_RETRY_SECONDS (whole
 	// seconds); default 10 s, 3 s and 5 s.
@@ -178,17 +175,13 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 	res = Result{Mode: o.Mode, Devices: o.Devices, Concurrency: o.Concurrency}
 	logf := o.Log
 	secs := func(d time.Duration) string { return fmt.Sprint(int64(math.Max(1, math.Round(d.Seconds())))) }
-	env := map[string]string{
+	srv, err := startServer(ctx, st, map[string]string{
 		"ROTATION_MODE":                  o.Mode,
 		"ROTATION_CONCURRENCY":           fmt.Sprint(o.Concurrency),
 		"ROTATION_TIMEOUT_SECONDS":       secs(o.Timeout),
 		"ROTATION_RETRY_SECONDS":         secs(o.Retry),
 		"ROTATION_FETCH_TIMEOUT_SECONDS": secs(o.FetchTimeout),
-	}
-	if o.KeycloakConcurrency > 0 {
-		env["KEYCLOAK_MAX_CONCURRENCY"] = fmt.Sprint(o.KeycloakConcurrency)
-	}
-	srv, err := startServer(ctx, st, env)
+	})
 	if err != nil {
 		return res, err
 	}
