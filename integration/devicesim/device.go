@@ -91,6 +91,7 @@ type Device struct {
 	mu                                    sync.Mutex
 	current, next                         string // the persisted slots
 	tok                                   cachedToken
+	onNext                                bool // the last login took the next slot's secret
 	beh                                   Behaviour
 	crashed                               bool
 	nudgeAt                               time.Time
@@ -383,6 +384,7 @@ func (d *Device) login(ctx context.Context) (string, error) {
 		if err == nil {
 			d.mu.Lock()
 			d.tok = tok
+			d.onNext = s != slots[0]
 			d.mu.Unlock()
 			d.endLockout()
 			return tok.value, nil
@@ -464,9 +466,13 @@ func (d *Device) Boot(ctx context.Context) error {
 }
 
 // crash loses everything but the persisted slots, then reboots: a token
-// with what it persisted, then its config, as firmware starts (espmdm
-// takes that request of a device that fetched without confirming as the
-// reboot, and nudges it again).
+// with what it persisted, then, when its current secret still works, its
+// config, as firmware starts (espmdm takes that request of a device that
+// fetched without confirming as the reboot, and nudges it again). A device
+// that came back on its next secret only (restore mode, after persisting)
+// does not ask: in restore mode that token's config request would confirm
+// the rotation by its iat while the device, knowing nothing of it, keeps
+// the secret in its next slot; it waits for the protocol's retry instead.
 func (d *Device) crash(ctx context.Context) error {
 	d.mu.Lock()
 	d.stats.Crashes++
@@ -477,6 +483,12 @@ func (d *Device) crash(ctx context.Context) error {
 		if ctx.Err() == nil {
 			d.f.logf("devicesim: %s: boot after crash: %v", d.clientID, err)
 		}
+		return ErrCrashed
+	}
+	d.mu.Lock()
+	onNext := d.onNext
+	d.mu.Unlock()
+	if onNext {
 		return ErrCrashed
 	}
 	if _, err := d.FetchConfig(ctx); err != nil && ctx.Err() == nil {

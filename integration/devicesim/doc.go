@@ -25,7 +25,8 @@
 // steps (fetch, overwrite, reboot, token, GET /iot/config), and Crash makes
 // it crash after the fetch (the fetched secret is lost) or after persisting
 // it (before the ack), once or on every rotation. A crashed device reboots
-// from its persisted slots: a token, then GET /iot/config.
+// from its persisted slots: a token, then, when its current secret still
+// works, GET /iot/config.
 //
 // Every device meters its lockouts: the device-seconds during which it
 // needed a token and Keycloak accepted none of the secrets it holds. A
