@@ -326,17 +326,23 @@ func (s *Service) fireSchedule(ctx context.Context) (bool, int, error) {
 	if next.After(now) {
 		return false, 0, nil
 	}
-	// Every fire time up to now collapses into this one.
+	// Every fire time up to now collapses into this one. The devices are
+	// queued before the fire is recorded: a failure (or a kill) between
+	// the two then repeats the fire at the next cycle, which only queues
+	// again what is still OK, instead of losing it.
+	n, err := s.d.Devices.QueueRotations(ctx)
+	if err != nil {
+		return false, 0, fmt.Errorf("rotation schedule: queue devices: %w", err)
+	}
 	bctx, b := s.batch(ctx)
 	add(b, s.entry(ctx, model.AuditScheduleFired, fmt.Sprintf("%s fire due %s (last fired %s)",
 		s.d.Schedule.String(), next.UTC().Format(time.RFC3339), last.UTC().Format(time.RFC3339))))
 	ok, err := s.d.ScheduleRepo.AdvanceFire(bctx, RotationScheduleName, last, now)
-	if err != nil || !ok {
-		return false, 0, err // another process fired it
-	}
-	n, err := s.d.Devices.QueueRotations(ctx)
 	if err != nil {
-		return true, 0, fmt.Errorf("rotation schedule: queue devices: %w", err)
+		return false, n, fmt.Errorf("rotation schedule: record the fire: %w", err)
+	}
+	if !ok {
+		return false, n, nil // another process fired it (and queued the same devices)
 	}
 	return true, n, nil
 }

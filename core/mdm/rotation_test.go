@@ -725,6 +725,42 @@ func TestRotationScheduleFiresOnceAndCollapsesMissedTicks(t *testing.T) {
 	}
 }
 
+// A fire whose queueing fails is not lost: the next cycle fires it again
+// (review finding F4: the fire was recorded before the devices were
+// queued, so a failure between the two skipped a whole period).
+func TestRotationScheduleFireSurvivesAQueueingFailure(t *testing.T) {
+	e := newRotationEnv(t, model.RotationGrace, withAudit(), withConfig(func(c *mdm.Config) { c.RotationConcurrency = 100 }))
+	e.sched.Audit = e.store.Audit()
+	m := e.model(t, "m1", "")
+	for range 3 {
+		e.device(t, m, `{}`)
+	}
+	e.cycle(t) // the first cycle ever records now
+	e.clock.Advance(time.Hour + time.Minute)
+	fail := errors.New("injected: the database went away between the fire and the queueing")
+	e.store.Hook = func(op string) error {
+		if op == "QueueRotations" {
+			return fail
+		}
+		return nil
+	}
+	rep, err := e.svc.RunRotationCycle(t.Context())
+	if !errors.Is(err, fail) {
+		t.Fatalf("cycle with a failing queue = %+v, %v; want the failure", rep, err)
+	}
+	e.store.Hook = nil
+	rep = e.cycle(t)
+	if !rep.Fired || rep.Queued != 3 || rep.Started != 3 {
+		t.Fatalf("cycle after the failure = %+v, want the fire repeated, queuing and starting 3", rep)
+	}
+	if rep := e.cycle(t); rep.Fired {
+		t.Fatal("the fire fired a third time")
+	}
+	if got := entriesOf(e, model.AuditScheduleFired); len(got) != 1 {
+		t.Errorf("%d rotation_schedule_fired audit entries, want 1", len(got))
+	}
+}
+
 func TestInitRotationModes(t *testing.T) {
 	covered := model.RotationPolicy{FeatureEnabled: true, Covered: true, Name: "p/p",
 		Expiration: 5 * 365 * 24 * time.Hour, RotatedExpiration: mdm.DefaultRotationGrace}
