@@ -76,6 +76,10 @@ type RotationEvent struct {
 	ReplacedAge time.Duration
 	// Restored is true for an EventTimeout that restored the old secret.
 	Restored bool
+	// ClientMissing is true for an EventTimeout that found the device's
+	// client gone from the identity provider: nothing could be restored,
+	// the device needs its identity repaired and a new provisioning.
+	ClientMissing bool
 }
 
 // errRotationMode is returned before InitRotation resolved the mode.
@@ -410,11 +414,11 @@ func (s *Service) timeOut(ctx context.Context, id int64, before, unfetched time.
 	if err != nil {
 		return false, err
 	}
-	done, restored := false, false
+	done, restored, missing := false, false, false
 	var started *time.Time
 	bctx, b := s.batch(ctx)
 	d, err := s.d.Devices.UpdateDevice(bctx, id, func(d *model.Device) error {
-		done, restored = false, false
+		done, restored, missing = false, false, false
 		if b != nil {
 			b.Reset()
 		}
@@ -428,7 +432,12 @@ func (s *Service) timeOut(ctx context.Context, id int64, before, unfetched time.
 		started = d.LastRotationAttemptAt
 		if mode == model.RotationRestore && d.PreviousSecret != nil {
 			r, err := s.restore(ctx, d)
-			if err != nil {
+			// The identity provider's not-found is the client's, not
+			// the row's (which UpdateDevice reports): with the client
+			// gone there is nothing to restore, and the attempt must
+			// still end, or the device holds its slot for good.
+			missing = errors.Is(err, model.ErrNotFound)
+			if err != nil && !missing {
 				return err
 			}
 			restored = r
@@ -443,23 +452,31 @@ func (s *Service) timeOut(ctx context.Context, id int64, before, unfetched time.
 				detail = "old secret restored"
 			}
 		}
+		if missing {
+			detail = "nothing restored: the device's client is missing in the identity provider; " +
+				"repair its identity and provision the device again"
+		}
 		if !d.Active {
 			detail = "device deactivated; " + detail
 		}
-		add(b, s.deviceEntry(ctx, model.AuditRotationTimeout, *d, detail))
+		e := s.deviceEntry(ctx, model.AuditRotationTimeout, *d, detail)
+		if missing {
+			e.Outcome = model.OutcomeFailure
+		}
+		add(b, e)
 		if restored {
 			add(b, s.deviceEntry(ctx, model.AuditSecretRestored, *d, "the sealed previous secret is the only one again"))
 		}
 		return nil
 	})
 	if errors.Is(err, model.ErrNotFound) {
-		return false, nil // deleted meanwhile
+		return false, nil // the device row was deleted meanwhile
 	}
 	if err != nil {
 		return false, fmt.Errorf("time out the rotation of device %d: %w", id, err)
 	}
 	if done {
-		ev := RotationEvent{Kind: EventTimeout, DeviceID: d.ID, ClientID: d.ClientID(), Restored: restored}
+		ev := RotationEvent{Kind: EventTimeout, DeviceID: d.ID, ClientID: d.ClientID(), Restored: restored, ClientMissing: missing}
 		if started != nil {
 			ev.SinceAttempt = s.now().Sub(*started)
 		}

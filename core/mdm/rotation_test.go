@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -414,6 +415,89 @@ func TestRotationRestoreTimeoutRestoresTheOldSecret(t *testing.T) {
 	wantState(t, e, d, model.RotationPending)
 	if again := e.fetch(t, d); again == fresh || again == old {
 		t.Fatal("the retry in restore mode did not generate a fresh secret")
+	}
+}
+
+// events records the rotation events a Service reports.
+type events struct {
+	mu  sync.Mutex
+	got []mdm.RotationEvent
+}
+
+func (ev *events) option() option {
+	return func(d *mdm.Deps, _ *mdm.Config) {
+		d.OnRotation = func(_ context.Context, e mdm.RotationEvent) {
+			ev.mu.Lock()
+			defer ev.mu.Unlock()
+			ev.got = append(ev.got, e)
+		}
+	}
+}
+
+func (ev *events) of(kind mdm.RotationEventKind) []mdm.RotationEvent {
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	var out []mdm.RotationEvent
+	for _, e := range ev.got {
+		if e.Kind == kind {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// A device whose identity-provider client is gone (deleted by an admin, a
+// realm restored from a backup) cannot have its old secret restored: its
+// restore-mode timeout still ends the attempt, says so, and frees the slot
+// (review finding F2: the identity provider's not-found was taken for the
+// device row's, and the device stayed PENDING for good, holding a slot).
+func TestRotationRestoreTimeoutWithTheClientGone(t *testing.T) {
+	var ev events
+	e := newRotationEnv(t, model.RotationRestore, withAudit(), ev.option(),
+		withConfig(func(c *mdm.Config) { c.RotationConcurrency = 1 }))
+	m := e.model(t, "m1", "")
+	gone, next := e.device(t, m, `{}`), e.device(t, m, `{}`)
+	e.rotate(t, gone)
+	e.fetch(t, gone) // generated and sealed: there is something to restore
+	e.rotate(t, next)
+	wantState(t, e, next, model.RotationQueued)
+	if err := e.idp.DeleteClient(t.Context(), gone.ClientID()); err != nil {
+		t.Fatal(err)
+	}
+
+	e.clock.Advance(6 * time.Minute)
+	rep, err := e.svc.RunRotationCycle(t.Context())
+	if err != nil || rep.TimedOut != 1 {
+		t.Fatalf("cycle = %+v, %v; want the attempt timed out", rep, err)
+	}
+	wantState(t, e, gone, model.RotationTimeout)
+	if got := e.get(t, gone.ID); got.PreviousSecret != nil || got.NewSecretAt != nil || got.SecretSHA256 != "" {
+		t.Errorf("rotation data kept for a client that is gone: %+v", got)
+	}
+	// The slot went to the next device.
+	wantState(t, e, next, model.RotationPending)
+	if e.idp.Has(gone.ClientID()) {
+		t.Error("the timeout recreated the client")
+	}
+	// Said in the events (metrics, log) and the audit log.
+	tos := ev.of(mdm.EventTimeout)
+	if len(tos) != 1 || !tos[0].ClientMissing || tos[0].Restored || tos[0].DeviceID != gone.ID {
+		t.Errorf("timeout events = %+v, want one for device %d with ClientMissing", tos, gone.ID)
+	}
+	x := entriesOf(e, model.AuditRotationTimeout)
+	if len(x) != 1 || x[0].Outcome != model.OutcomeFailure || !strings.Contains(x[0].Detail, "client is missing") {
+		t.Errorf("rotation_timeout audit entries = %+v, want one failure saying the client is missing", x)
+	}
+	if len(entriesOf(e, model.AuditSecretRestored)) != 0 {
+		t.Error("a restore was audited though nothing was restored")
+	}
+	// A device row deleted meanwhile is still no error.
+	if err := e.store.DeleteDevice(t.Context(), next.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(6 * time.Minute)
+	if rep := e.cycle(t); rep.TimedOut != 0 {
+		t.Errorf("cycle after the row was deleted = %+v", rep)
 	}
 }
 
