@@ -228,6 +228,14 @@ type IdentityProvider interface {
 	// on every device's rotation; a rotated secret there shows a
 	// generation that was not recorded).
 	CoveredSecrets(ctx context.Context, clientID string) (model.Secrets, error)
+	// SecretState reports what the provider records about the client's
+	// secrets: when it made the current one (by its own clock) and
+	// whether a rotated secret is kept beside it.
+	SecretState(ctx context.Context, clientID string) (model.SecretState, error)
+	// Now reads the provider's clock (whole seconds) by an operation that
+	// begins after the call: every operation the provider finished before
+	// the call happened at or before the time returned.
+	Now(ctx context.Context) (time.Time, error)
 	// RotationPolicy reports whether the secret-rotation feature is on and
 	// a client policy covers device clients with a secret-rotation profile.
 	RotationPolicy(ctx context.Context) (model.RotationPolicy, error)

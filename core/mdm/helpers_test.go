@@ -48,6 +48,23 @@ func withIdentity(p ports.IdentityProvider) option {
 	return func(d *mdm.Deps, _ *mdm.Config) { d.Identity = p }
 }
 
+// skewedClock is another machine's clock: base's time plus off.
+type skewedClock struct {
+	base ports.Clock
+	off  time.Duration
+}
+
+func (c skewedClock) Now() time.Time { return c.base.Now().Add(c.off) }
+
+// withIdPSkew gives the service a fake identity provider whose clock runs
+// off ahead of the service's (behind when negative), as Keycloak's may on
+// another machine.
+func withIdPSkew(off time.Duration) option {
+	return func(d *mdm.Deps, _ *mdm.Config) {
+		d.Identity = portstest.NewIdentityProvider(skewedClock{base: d.Clock, off: off})
+	}
+}
+
 func newEnv(t *testing.T, opts ...option) *env {
 	t.Helper()
 	e := &env{clock: portstest.NewClock(t0), notifier: portstest.NewNotifier(), fw: portstest.NewFirmwareStore()}
@@ -69,6 +86,9 @@ func newEnv(t *testing.T, opts ...option) *env {
 	}
 	for _, o := range opts {
 		o(&deps, &cfg)
+	}
+	if p, ok := deps.Identity.(*portstest.IdentityProvider); ok {
+		e.idp = p // an option's fake (withIdPSkew)
 	}
 	e.svc = mdm.New(deps, cfg)
 	return e

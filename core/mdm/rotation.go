@@ -441,7 +441,7 @@ func (s *Service) timeOut(ctx context.Context, id int64, before, unfetched time.
 				return err
 			}
 			restored = r
-			d.NewSecretAt, d.PreviousSecret, d.SecretSHA256 = nil, nil, ""
+			d.NewSecretAt, d.IATAfter, d.PreviousSecret, d.SecretSHA256 = nil, nil, nil, ""
 		}
 		d.RotationState = model.RotationTimeout
 		done = true
@@ -670,18 +670,38 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 // locked and without a recorded generation, and seals the old one into
 // row where it is not yet. It returns the new secret and whether it was
 // taken from a generation made before (one whose recording was cut off, or
-// an administrator's in Keycloak) rather than generated now.
+// an administrator's in Keycloak) rather than generated now. In restore
+// mode it sets row.IATAfter for the iat rule.
 func (s *Service) newSecret(ctx context.Context, row *model.Device, mode model.RotationMode) (string, bool, error) {
+	row.IATAfter = nil
 	fresh, taken, err := s.makeSecret(ctx, row, mode)
 	if err != nil || mode != model.RotationRestore {
 		return fresh, taken, err
 	}
+	clientID := row.ClientID()
+	st, err := s.d.Identity.SecretState(ctx, clientID)
+	if err != nil {
+		return "", false, fmt.Errorf("read when the secret was made: %w", err)
+	}
 	// The old secret must stop working now, also where a realm policy kept
 	// it as the rotated one (and also after a generation whose recording
 	// was cut off before this step).
-	if err := s.d.Identity.InvalidateRotatedSecret(ctx, row.ClientID()); err != nil {
+	if err := s.d.Identity.InvalidateRotatedSecret(ctx, clientID); err != nil {
 		return "", false, fmt.Errorf("invalidate the rotated secret: %w", err)
 	}
+	// The iat rule compares Keycloak's times with Keycloak's times: a
+	// token's iat with when the old secret stopped working by Keycloak's
+	// clock, which may differ from espmdm's. That is the generation's time
+	// (client.secret.creation.time), unless the old secret lived on as
+	// the rotated one until the invalidation just made (or Keycloak did not
+	// date the generation): then Keycloak's clock read after it.
+	after := st.CreatedAt
+	if st.Rotated || after.IsZero() {
+		if after, err = s.d.Identity.Now(ctx); err != nil {
+			return "", false, fmt.Errorf("read the identity provider's clock: %w", err)
+		}
+	}
+	row.IATAfter = &after
 	return fresh, taken, nil
 }
 
@@ -795,9 +815,11 @@ func (s *Service) AckCredentials(ctx context.Context, d model.Device, digest str
 }
 
 // confirmByToken completes a PENDING restore-mode rotation when the device
-// presents a token issued in a later second than its new secret was
-// generated: the old secret stopped working then, so the token proves the
-// new one. It reports whether the token did so.
+// presents a token issued in a later second than the old secret stopped
+// working, both by the identity provider's clock (IATAfter): the token
+// proves the new secret. A rotation generated in grace mode has no
+// IATAfter (its old secret stays valid) and completes only by the ack. It
+// reports whether the token did so.
 func (s *Service) confirmByToken(ctx context.Context, d model.Device, c model.DeviceClaims) (bool, error) {
 	if mode, err := s.rotationMode(); err != nil || mode != model.RotationRestore {
 		return false, nil // not resolved yet (nothing rotates then) or grace: only the ack confirms
@@ -852,11 +874,12 @@ func renudgeDue(d model.Device) bool {
 	return d.RotationState == model.RotationPending && d.NewSecretAt != nil && d.FetchedThisAttempt() && !d.RenudgedThisAttempt()
 }
 
-// issuedAfter reports whether d is PENDING with a generated secret and c was
-// issued in a later whole second than the generation.
+// issuedAfter reports whether d is PENDING with a secret generated in
+// restore mode and c was issued in a later whole second than the old
+// secret stopped working (both by the identity provider's clock).
 func issuedAfter(d model.Device, c model.DeviceClaims) bool {
-	return d.RotationState == model.RotationPending && d.NewSecretAt != nil &&
-		c.IssuedAt.Unix() > d.NewSecretAt.Unix()
+	return d.RotationState == model.RotationPending && d.NewSecretAt != nil && d.IATAfter != nil &&
+		c.IssuedAt.Unix() > d.IATAfter.Unix()
 }
 
 // complete finishes device id's rotation when check (run on the locked row)
@@ -892,7 +915,7 @@ func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMod
 		row.RotationState = model.RotationOK
 		row.LastRotationCompletedAt = &now
 		row.SecretCreatedAt = row.NewSecretAt
-		row.NewSecretAt = nil
+		row.NewSecretAt, row.IATAfter = nil, nil
 		row.PreviousSecret = nil
 		if mode == model.RotationGrace {
 			add(b, s.deviceEntry(ctx, model.AuditRotatedInvalidated, *row, "the old secret no longer works"))

@@ -263,6 +263,103 @@ func TestRotationRestoreIATRule(t *testing.T) {
 	}
 }
 
+// idpNow is the fake identity provider's clock in whole seconds: the iat
+// of a token it would issue now.
+func (e *renv) idpNow(t *testing.T) time.Time {
+	t.Helper()
+	now, err := e.idp.Now(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return now
+}
+
+// config is the device's GET /iot/config with a token issued at iat.
+func (e *renv) config(t *testing.T, d model.Device, iat time.Time) {
+	t.Helper()
+	c := model.DeviceClaims{ClientID: d.ClientID(), ModelCode: d.ModelCode, Key: d.Key, IssuedAt: iat}
+	if _, err := e.svc.DeviceConfig(t.Context(), e.get(t, d.ID), c); err != nil {
+		t.Fatalf("DeviceConfig: %v", err)
+	}
+}
+
+// The iat rule compares the token's iat, Keycloak's clock, with Keycloak's
+// own record of when the old secret stopped working, not with espmdm's
+// clock (review finding F3: with Keycloak 2 s ahead, a token of the old
+// secret confirmed a rotation whose fetch answer the device never got; 2 s
+// behind, a device following the reviewed design never completed).
+func TestRotationRestoreIATRuleUnderClockSkew(t *testing.T) {
+	t.Run("Keycloak 2 s ahead: a token of the old secret proves nothing", func(t *testing.T) {
+		e := newRotationEnv(t, model.RotationRestore, withIdPSkew(2*time.Second))
+		d := e.device(t, e.model(t, "m1", ""), `{}`)
+		old := e.secret(t, d)
+		e.rotate(t, d)
+		e.clock.Advance(500 * time.Millisecond)
+		oldIAT := e.idpNow(t)  // the device's token, taken with the old secret just before the fetch
+		fresh := e.fetch(t, d) // its answer is lost: the device holds the old secret only
+		wantAuth(t, e, d, old, false)
+		e.clock.Advance(300 * time.Millisecond)
+		e.config(t, d, oldIAT)
+		wantState(t, e, d, model.RotationPending)
+		// A token issued in a later second of Keycloak's clock can only
+		// have come from the new secret.
+		e.clock.Advance(time.Second)
+		e.config(t, d, e.idpNow(t))
+		wantState(t, e, d, model.RotationOK)
+		wantAuth(t, e, d, fresh, true)
+	})
+	t.Run("Keycloak 2 s behind: the reviewed design's steps still complete", func(t *testing.T) {
+		e := newRotationEnv(t, model.RotationRestore, withIdPSkew(-2*time.Second))
+		d := e.device(t, e.model(t, "m1", ""), `{}`)
+		e.rotate(t, d)
+		e.clock.Advance(500 * time.Millisecond)
+		fresh := e.fetch(t, d)                   // fetch, overwrite the only secret,
+		e.clock.Advance(1100 * time.Millisecond) // reboot (into a later second),
+		wantAuth(t, e, d, fresh, true)
+		e.config(t, d, e.idpNow(t)) // token, GET /iot/config
+		wantState(t, e, d, model.RotationOK)
+	})
+}
+
+// Restore mode on a realm whose policy keeps the old secret as the rotated
+// one: it works until espmdm invalidates it, after the generation, so only
+// a token issued after the invalidation (by Keycloak's clock) proves the
+// new secret, however long the invalidation took.
+func TestRotationRestoreIATRuleWaitsForTheRotatedSecretsEnd(t *testing.T) {
+	e := newRotationEnv(t, model.RotationRestore)
+	e.idp.SetRotationPolicy(portstest.DefaultRotationPolicy())
+	d := e.device(t, e.model(t, "m1", ""), `{}`)
+	if _, err := e.idp.CoverClient(t.Context(), d.ClientID()); err != nil {
+		t.Fatal(err)
+	}
+	old := e.secret(t, d)
+	e.rotate(t, d)
+	var oldIAT time.Time
+	e.idp.Hook = func(op, _ string) error {
+		if op == "InvalidateRotatedSecret" {
+			// Keycloak is slow: the old secret, still the rotated one,
+			// gets a token a second after the generation.
+			e.clock.Advance(1500 * time.Millisecond)
+			if e.idp.Authenticates(d.ClientID(), old) {
+				oldIAT = time.Unix(e.clock.Now().Unix(), 0)
+			}
+		}
+		return nil
+	}
+	e.clock.Advance(900 * time.Millisecond)
+	e.fetch(t, d)
+	e.idp.Hook = nil
+	if oldIAT.IsZero() {
+		t.Fatal("the old secret did not work until the invalidation: the policy is not in force")
+	}
+	wantAuth(t, e, d, old, false)
+	e.config(t, d, oldIAT)
+	wantState(t, e, d, model.RotationPending)
+	e.clock.Advance(time.Second)
+	e.config(t, d, e.idpNow(t))
+	wantState(t, e, d, model.RotationOK)
+}
+
 func TestRotationRestoreAckCompletes(t *testing.T) {
 	e := newRotationEnv(t, model.RotationRestore)
 	d := e.device(t, e.model(t, "m1", ""), `{}`)

@@ -266,6 +266,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 			LastRotationCompletedAt: ptr(t0.Add(2 * time.Minute)),
 			LastSeenAt:              ptr(t0.Add(3 * time.Minute)),
 			NewSecretAt:             ptr(t0.Add(4 * time.Minute)),
+			IATAfter:                ptr(t0.Add(5 * time.Minute).Truncate(time.Second)),
 			PreviousSecret:          []byte{0, 1, 2, 0xfe, 0xff},
 			SecretSHA256:            randomSHA256(),
 		}
@@ -283,6 +284,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 			cur.LastRotationCompletedAt = want.LastRotationCompletedAt
 			cur.LastSeenAt = want.LastSeenAt
 			cur.NewSecretAt = want.NewSecretAt
+			cur.IATAfter = want.IATAfter
 			cur.PreviousSecret = want.PreviousSecret
 			cur.SecretSHA256 = want.SecretSHA256
 			cur.ID = d.ID + 1000000
@@ -313,6 +315,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 				{"LastRotationCompletedAt", g.LastRotationCompletedAt, want.LastRotationCompletedAt},
 				{"LastSeenAt", g.LastSeenAt, want.LastSeenAt},
 				{"NewSecretAt", g.NewSecretAt, want.NewSecretAt},
+				{"IATAfter", g.IATAfter, want.IATAfter},
 			} {
 				if !timeEq(c.got, c.want) {
 					t.Errorf("%s: %s = %v, want %v", name, c.field, c.got, c.want)
@@ -330,6 +333,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		_, err = x.devices.UpdateDevice(x.ctx(), d.ID, func(cur *model.Device) error {
 			cur.RotationState = model.RotationOK
 			cur.NewSecretAt = nil
+			cur.IATAfter = nil
 			cur.PreviousSecret = nil
 			cur.LastRotationAttemptAt = nil
 			cur.SecretSHA256 = ""
@@ -338,7 +342,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		mustNoErr(t, "UpdateDevice(clear)", err)
 		stored, err = x.devices.GetDevice(x.ctx(), d.ID)
 		mustNoErr(t, "GetDevice", err)
-		if stored.NewSecretAt != nil || stored.PreviousSecret != nil || stored.LastRotationAttemptAt != nil || stored.SecretSHA256 != "" || stored.RotationState != model.RotationOK {
+		if stored.NewSecretAt != nil || stored.IATAfter != nil || stored.PreviousSecret != nil || stored.LastRotationAttemptAt != nil || stored.SecretSHA256 != "" || stored.RotationState != model.RotationOK {
 			t.Errorf("after clearing: got %+v", stored)
 		}
 		if !timeEq(stored.SecretCreatedAt, want.SecretCreatedAt) {

@@ -113,6 +113,7 @@ func cloneDevice(d model.Device) model.Device {
 	d.LastRotationCompletedAt = cloneTime(d.LastRotationCompletedAt)
 	d.LastSeenAt = cloneTime(d.LastSeenAt)
 	d.NewSecretAt = cloneTime(d.NewSecretAt)
+	d.IATAfter = cloneTime(d.IATAfter)
 	if d.PreviousSecret != nil {
 		d.PreviousSecret = bytes.Clone(d.PreviousSecret)
 	}
