@@ -222,6 +222,16 @@ func (w *RotationWorker) Resolve(ctx context.Context) error {
 		zap.Bool("policy_feature_enabled", pol.FeatureEnabled), zap.Bool("policy_covers_devices", pol.Covered),
 		zap.String("policy", pol.Name), zap.Duration("policy_grace", pol.RotatedExpiration),
 		zap.Strings("policy_problems", pol.Problems))
+	prev, unconfirmed, err := w.svc.RecordRotationMode(ctx)
+	switch {
+	case err != nil:
+		w.log.Warn("rotation: could not record the mode in force", zap.Error(err))
+	case prev != "" && prev != mode:
+		w.log.Warn("rotation mode changed since the last start: unconfirmed rotations keep the rules of the mode that generated them "+
+			"(grace: only the ack confirms; restore: the timeout restores the old secret)",
+			zap.String("mode", string(mode)), zap.String("previous_mode", string(prev)),
+			zap.Int("unconfirmed_rotations", unconfirmed), zap.Strings("policy_problems", pol.Problems))
+	}
 	return nil
 }
 

@@ -921,3 +921,55 @@ func TestE2ERotationRestoreIATUnderClockSkew(t *testing.T) {
 		}
 	})
 }
+
+// TestE2ERotationGraceGenerationAfterASwitchToRestore: a rotation generated
+// in grace mode, still unconfirmed when espmdm restarts with auto resolving
+// to restore (here: a ROTATION_GRACE that no longer matches the realm's
+// policy), keeps grace's rules (review finding F5): the start warns with the
+// count of unconfirmed rotations, a token of the old secret issued after
+// the generation does not complete it, the ack does, and the completion
+// ends the old secret in Keycloak.
+func TestE2ERotationGraceGenerationAfterASwitchToRestore(t *testing.T) {
+	st := integration.Shared(t)
+	env := rotationEnv("grace", 2)
+	env["ROTATION_TIMEOUT_SECONDS"], env["ROTATION_FETCH_TIMEOUT_SECONDS"] = "120", "120"
+	env["DATABASE_URL"], env["SECRET_KEY"] = st.NewDatabase(t), randHex(32)
+	g := startServer(t, env)
+	d := newDevice(t, g, newModel(t, g, nil).ID, `{}`)
+	var p provisioningDTO
+	g.do(http.MethodGet, fmt.Sprintf("/api/devices/%d/provisioning?format=json", d.ID), g.admin, nil).want(t, http.StatusOK, &p)
+	old := p.ClientSecret
+	g.keep(old)
+	g.do(http.MethodPost, fmt.Sprintf("/api/devices/%d/rotate", d.ID), g.admin, nil).want(t, http.StatusAccepted, nil)
+	g.do(http.MethodGet, "/iot/provisioning", g.token(d.ClientID, old), nil).want(t, http.StatusOK, &p)
+	fresh := p.ClientSecret
+	g.keep(fresh)
+	g.stop()
+
+	env["ROTATION_MODE"], env["ROTATION_GRACE"] = "auto", "48h"
+	r := startServer(t, env)
+	r.keep(old, fresh)
+	var rs rotationStatusDTO
+	r.do(http.MethodGet, "/api/rotation/status", r.viewer, nil).want(t, http.StatusOK, &rs)
+	if rs.Mode != "restore" {
+		t.Fatalf("mode after the restart %q, want restore", rs.Mode)
+	}
+	warned := r.logs.FilterMessageSnippet("rotation mode changed").All()
+	if len(warned) != 1 || warned[0].ContextMap()["previous_mode"] != "grace" || warned[0].ContextMap()["unconfirmed_rotations"] != int64(1) {
+		t.Errorf("start-up warnings about the mode change: %v, want one naming grace and 1 unconfirmed rotation", warned)
+	}
+	time.Sleep(1100 * time.Millisecond) // a token in a later second than the generation
+	oldTok := r.token(d.ClientID, old)  // the old secret still works (grace)
+	r.do(http.MethodGet, "/iot/config", oldTok, nil).want(t, http.StatusOK, nil)
+	if got := deviceState(t, r, d.ID); got.RotationState != "PENDING" {
+		t.Fatalf("a grace generation was completed by a token's iat (state %s) though the device may hold only the old secret", got.RotationState)
+	}
+	r.do(http.MethodPost, "/iot/provisioning/ack", r.token(d.ClientID, fresh), map[string]string{"client_secret_sha256": sha256Hex(fresh)}).
+		want(t, http.StatusNoContent, nil)
+	if got := deviceState(t, r, d.ID); got.RotationState != "OK" {
+		t.Fatalf("after the ack: state %s, want OK", got.RotationState)
+	}
+	if accepted(t, st, d.ClientID, old) || !accepted(t, st, d.ClientID, fresh) {
+		t.Error("after the completion under restore the old (rotated) secret must be refused and the new one accepted")
+	}
+}

@@ -100,6 +100,9 @@ type RotationQueue interface {
 	// fetch since it began (LastRotationFetchAt), or that are inactive,
 	// oldest attempt first, at most limit.
 	ExpiredRotations(ctx context.Context, before, unfetchedBefore time.Time, limit int) ([]int64, error)
+	// UnconfirmedRotations counts the devices whose rotation generated a
+	// secret that is not confirmed yet (NewSecretAt set), active or not.
+	UnconfirmedRotations(ctx context.Context) (int, error)
 	// RotationCounts counts active devices by state, and inactive ones.
 	// Every state is present in ByState (0 when none).
 	RotationCounts(ctx context.Context) (model.RotationCounts, error)
@@ -144,8 +147,9 @@ type ScheduleRepo interface {
 	// moved it first.
 	AdvanceFire(ctx context.Context, name string, from, to time.Time) (bool, error)
 	// RecordExpression records expr as the named schedule's expression
-	// and returns the one recorded before ("" the first time). When it
-	// changes, the entries of ctx's AuditBatch are stored with it.
+	// (or another named setting: the rotation mode in force) and returns
+	// the one recorded before ("" the first time). When it changes, the
+	// entries of ctx's AuditBatch are stored with it.
 	RecordExpression(ctx context.Context, name, expr string) (previous string, err error)
 }
 

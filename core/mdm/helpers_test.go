@@ -28,6 +28,9 @@ type env struct {
 	notifier *portstest.Notifier
 	fw       *portstest.FirmwareStore
 	clock    *portstest.Clock
+	// deps and cfg are what svc was made with (restart makes another).
+	deps mdm.Deps
+	cfg  mdm.Config
 
 	mu   sync.Mutex
 	errs []reported
@@ -90,6 +93,7 @@ func newEnv(t *testing.T, opts ...option) *env {
 	if p, ok := deps.Identity.(*portstest.IdentityProvider); ok {
 		e.idp = p // an option's fake (withIdPSkew)
 	}
+	e.deps, e.cfg = deps, cfg
 	e.svc = mdm.New(deps, cfg)
 	return e
 }

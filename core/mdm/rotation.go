@@ -130,6 +130,36 @@ func (s *Service) InitRotation(ctx context.Context) (model.RotationMode, model.R
 	return "", pol, fmt.Errorf("rotation: ROTATION_MODE=%s cannot run on this identity provider: %s", want, strings.Join(pol.Problems, "; "))
 }
 
+// RotationModeName names the rotation mode in force in ScheduleRepo's
+// record of expressions (RecordRotationMode).
+const RotationModeName = "rotation_mode"
+
+// RecordRotationMode records the mode in force (resolved by InitRotation)
+// as the last one, and returns the one recorded before ("" the first
+// time, or without a ScheduleRepo) and, when that differs, how many
+// rotations are unconfirmed (a generated secret awaits confirmation): they
+// keep the rules of the mode that generated them (a grace generation
+// completes only by the ack, a restore generation is restored on its
+// timeout), which the start should say.
+func (s *Service) RecordRotationMode(ctx context.Context) (model.RotationMode, int, error) {
+	mode, err := s.rotationMode()
+	if err != nil || s.d.ScheduleRepo == nil {
+		return "", 0, err
+	}
+	prev, err := s.d.ScheduleRepo.RecordExpression(ctx, RotationModeName, string(mode))
+	if err != nil {
+		return "", 0, fmt.Errorf("rotation: record the mode in force: %w", err)
+	}
+	if prev == "" || prev == string(mode) {
+		return model.RotationMode(prev), 0, nil
+	}
+	n, err := s.d.Devices.UnconfirmedRotations(ctx)
+	if err != nil {
+		return model.RotationMode(prev), 0, fmt.Errorf("rotation: count unconfirmed rotations: %w", err)
+	}
+	return model.RotationMode(prev), n, nil
+}
+
 // graceProblems lists what keeps grace mode from working with pol: the
 // identity provider's own findings, then espmdm's (the grace period and
 // the secret lifetime against the schedule).
@@ -430,7 +460,10 @@ func (s *Service) timeOut(ctx context.Context, id int64, before, unfetched time.
 			return nil // a newer attempt, or one its device answered
 		}
 		started = d.LastRotationAttemptAt
-		if mode == model.RotationRestore && d.PreviousSecret != nil {
+		// A secret generated in restore mode ended the old one, whatever
+		// mode is in force now: restore it.
+		restoring := mode == model.RotationRestore || d.IATAfter != nil
+		if restoring && d.PreviousSecret != nil {
 			r, err := s.restore(ctx, d)
 			// The identity provider's not-found is the client's, not
 			// the row's (which UpdateDevice reports): with the client
@@ -446,7 +479,7 @@ func (s *Service) timeOut(ctx context.Context, id int64, before, unfetched time.
 		d.RotationState = model.RotationTimeout
 		done = true
 		detail := "both secrets stay valid (grace)"
-		if mode == model.RotationRestore {
+		if restoring {
 			detail = "nothing generated to restore"
 			if restored {
 				detail = "old secret restored"
@@ -883,11 +916,13 @@ func issuedAfter(d model.Device, c model.DeviceClaims) bool {
 }
 
 // complete finishes device id's rotation when check (run on the locked row)
-// says so: in grace mode the rotated secret is invalidated first (a failure
-// leaves the rotation unconfirmed); then state OK, completion and secret
-// times, sealed secret wiped. The freed slot starts the next device.
+// says so: where a rotated secret may be left (grace mode, or a secret
+// generated in grace mode and confirmed under restore) it is invalidated
+// first (a failure leaves the rotation unconfirmed); then state OK,
+// completion and secret times, sealed secret wiped. The freed slot starts
+// the next device.
 func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMode, via string, check func(*model.Device) (bool, error)) error {
-	done := false
+	done, invalidated := false, false
 	var attempt, generated, replaced time.Time
 	bctx, b := s.batch(ctx)
 	d, err := s.d.Devices.UpdateDevice(bctx, id, func(row *model.Device) error {
@@ -899,7 +934,10 @@ func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMod
 		if err != nil || !ok {
 			return err
 		}
-		if mode == model.RotationGrace {
+		// A restore-mode generation (IATAfter set) invalidated the
+		// rotated secret already; any other may have left one.
+		invalidated = mode == model.RotationGrace || row.IATAfter == nil
+		if invalidated {
 			if err := s.d.Identity.InvalidateRotatedSecret(ctx, row.ClientID()); err != nil {
 				return fmt.Errorf("invalidate the rotated secret: %w", err)
 			}
@@ -917,7 +955,7 @@ func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMod
 		row.SecretCreatedAt = row.NewSecretAt
 		row.NewSecretAt, row.IATAfter = nil, nil
 		row.PreviousSecret = nil
-		if mode == model.RotationGrace {
+		if invalidated {
 			add(b, s.deviceEntry(ctx, model.AuditRotatedInvalidated, *row, "the old secret no longer works"))
 		}
 		add(b, s.deviceEntry(ctx, model.AuditSecretConfirmed, *row, "confirmed by "+confirmWord(via)))
@@ -930,7 +968,7 @@ func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMod
 		return nil
 	}
 	now := s.now()
-	if mode == model.RotationGrace {
+	if invalidated {
 		s.event(ctx, RotationEvent{Kind: EventInvalidated, DeviceID: d.ID, ClientID: d.ClientID(), At: now})
 	}
 	ev := RotationEvent{Kind: EventConfirmed, DeviceID: d.ID, ClientID: d.ClientID(), At: now, Via: via, SinceGenerated: now.Sub(generated)}

@@ -360,6 +360,97 @@ func TestRotationRestoreIATRuleWaitsForTheRotatedSecretsEnd(t *testing.T) {
 	wantState(t, e, d, model.RotationOK)
 }
 
+// restart is another start of espmdm on the same database and realm: a new
+// Service over e's fakes, its config changed by change, its mode resolved.
+func (e *renv) restart(t *testing.T, change func(*mdm.Config)) model.RotationMode {
+	t.Helper()
+	cfg := e.cfg
+	change(&cfg)
+	e.svc = mdm.New(e.deps, cfg)
+	mode, _, err := e.svc.InitRotation(t.Context())
+	if err != nil {
+		t.Fatalf("InitRotation after the restart: %v", err)
+	}
+	return mode
+}
+
+// recordMode records the mode in force and checks what was recorded before
+// and the unconfirmed rotations counted.
+func (e *renv) recordMode(t *testing.T, wantPrev model.RotationMode, wantUnconfirmed int) {
+	t.Helper()
+	prev, n, err := e.svc.RecordRotationMode(t.Context())
+	if err != nil || prev != wantPrev || n != wantUnconfirmed {
+		t.Fatalf("RecordRotationMode = %q, %d, %v; want %q, %d", prev, n, err, wantPrev, wantUnconfirmed)
+	}
+}
+
+// Rotations left unconfirmed by a mode that is no longer in force (review
+// finding F5): one generated in grace mode keeps the old secret valid, so
+// no token proves the new one, also once auto resolves to restore (a
+// changed ROTATION_GRACE, or a ROTATION_CRON that trips the expiration
+// check); only the ack completes it, and the completion ends the old
+// secret. One generated in restore mode has ended the old secret, so its
+// timeout restores it also under grace. A start whose mode differs from
+// the last one in force says how many rotations are unconfirmed.
+func TestRotationUnconfirmedAcrossAModeSwitch(t *testing.T) {
+	t.Run("grace, then restore", func(t *testing.T) {
+		e := newRotationEnv(t, model.RotationGrace, withConfig(func(c *mdm.Config) { c.RotationMode = model.RotationAuto }))
+		e.recordMode(t, "", 0)
+		d := e.device(t, e.model(t, "m1", ""), `{}`)
+		old := e.secret(t, d)
+		e.rotate(t, d)
+		fresh := e.fetch(t, d) // the answer is lost, or the device goes away
+		e.clock.Advance(6 * time.Minute)
+		e.cycle(t)
+		wantState(t, e, d, model.RotationTimeout)
+		wantAuth(t, e, d, old, true)
+		wantAuth(t, e, d, fresh, true)
+
+		if mode := e.restart(t, func(c *mdm.Config) { c.RotationGrace = 48 * time.Hour }); mode != model.RotationRestore {
+			t.Fatalf("auto with a grace that differs from the policy's resolved to %s, want restore", mode)
+		}
+		e.recordMode(t, model.RotationGrace, 1)
+		e.recordMode(t, model.RotationRestore, 0) // the next start: no change
+		e.clock.Advance(time.Hour)
+		e.cycle(t) // the retry, in restore mode
+		wantState(t, e, d, model.RotationPending)
+		if again := e.fetch(t, d); again != fresh {
+			t.Fatal("the retry generated again while the grace generation is unconfirmed")
+		}
+		// A token issued long after the generation proves nothing: the old
+		// secret still works, and may be all the device holds.
+		e.clock.Advance(time.Minute)
+		e.config(t, d, e.idpNow(t))
+		wantState(t, e, d, model.RotationPending)
+		wantAuth(t, e, d, old, true)
+		// The ack completes it, and the completion ends the old secret.
+		if err := e.ack(t, d, fresh); err != nil {
+			t.Fatal(err)
+		}
+		wantState(t, e, d, model.RotationOK)
+		wantAuth(t, e, d, old, false)
+		wantAuth(t, e, d, fresh, true)
+	})
+	t.Run("restore, then grace", func(t *testing.T) {
+		e := newRotationEnv(t, model.RotationRestore)
+		e.recordMode(t, "", 0)
+		d := e.device(t, e.model(t, "m1", ""), `{}`)
+		old := e.secret(t, d)
+		e.rotate(t, d)
+		e.fetch(t, d) // the old secret ends here; the answer is lost
+		wantAuth(t, e, d, old, false)
+		e.idp.SetRotationPolicy(portstest.DefaultRotationPolicy()) // the feature and the policy arrive
+		if mode := e.restart(t, func(c *mdm.Config) { c.RotationMode = model.RotationGrace }); mode != model.RotationGrace {
+			t.Fatalf("mode %s, want grace", mode)
+		}
+		e.recordMode(t, model.RotationRestore, 1)
+		e.clock.Advance(6 * time.Minute)
+		e.cycle(t)
+		wantState(t, e, d, model.RotationTimeout)
+		wantAuth(t, e, d, old, true) // restored: the device holds it
+	})
+}
+
 func TestRotationRestoreAckCompletes(t *testing.T) {
 	e := newRotationEnv(t, model.RotationRestore)
 	d := e.device(t, e.model(t, "m1", ""), `{}`)

@@ -1094,6 +1094,33 @@ func runRotationQueueContract(t *testing.T, r func(t *testing.T) repoFixture) {
 		want("mixed", map[model.RotationState]int{model.RotationOK: 2, model.RotationQueued: 1, model.RotationPending: 1}, 3)
 	})
 
+	t.Run("UnconfirmedRotations counts generated, unconfirmed secrets", func(t *testing.T) {
+		x := r(t)
+		x.alone()
+		n, err := x.devices.UnconfirmedRotations(x.ctx())
+		mustNoErr(t, "UnconfirmedRotations", err)
+		if n != 0 {
+			t.Errorf("empty store: UnconfirmedRotations = %d, want 0", n)
+		}
+		m := x.model("ct_unconfirmed", nil)
+		generated := func(state model.RotationState, active bool) func(*model.Device) {
+			return func(d *model.Device) {
+				rot(state, active, nil, ptr(now()))(d)
+				d.NewSecretAt = ptr(now())
+			}
+		}
+		x.deviceIn(m, generated(model.RotationPending, true))
+		x.deviceIn(m, generated(model.RotationTimeout, true))
+		x.deviceIn(m, generated(model.RotationTimeout, false))
+		x.deviceIn(m, rot(model.RotationPending, true, nil, ptr(now()))) // not generated yet
+		x.deviceIn(m, rot(model.RotationOK, true, nil, nil))
+		n, err = x.devices.UnconfirmedRotations(x.ctx())
+		mustNoErr(t, "UnconfirmedRotations", err)
+		if n != 3 {
+			t.Errorf("UnconfirmedRotations = %d, want 3 (active or not, PENDING or TIMEOUT)", n)
+		}
+	})
+
 	t.Run("InFlight lists PENDING devices ascending; LastRotationCompleted is the latest completion", func(t *testing.T) {
 		x := r(t)
 		x.alone()

@@ -538,6 +538,22 @@ func (s *Store) QueueRotations(_ context.Context) (int, error) {
 	return n, nil
 }
 
+// UnconfirmedRotations implements ports.RotationQueue.
+func (s *Store) UnconfirmedRotations(_ context.Context) (int, error) {
+	if err := s.hook("UnconfirmedRotations"); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, d := range s.devices {
+		if d.NewSecretAt != nil {
+			n++
+		}
+	}
+	return n, nil
+}
+
 // StartRotations implements ports.RotationQueue. The whole call runs with
 // the store locked (which serialises it as the database's advisory lock
 // does); start runs in it and must not call back into the Store. Changes
