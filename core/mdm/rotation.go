@@ -824,8 +824,12 @@ func (s *Service) AckCredentials(ctx context.Context, d model.Device, digest str
 	ctx = model.WithActor(ctx, model.DeviceActor(d.ClientID()))
 	err = s.complete(ctx, d.ID, mode, "ack", func(row *model.Device) (bool, error) {
 		if row.NewSecretAt == nil {
-			if row.RotationState == model.RotationOK && row.SecretSHA256 == digest {
-				return false, nil // completed with this secret already
+			// Without a generation in progress SecretSHA256 is the last
+			// completed rotation's: acking its secret again is 204, also
+			// once the next rotation is queued or started (a device
+			// promoting it at boot, after the iat rule completed it).
+			if row.SecretSHA256 == digest {
+				return false, nil
 			}
 			return false, model.Conflict("no rotation of this device awaits confirmation")
 		}

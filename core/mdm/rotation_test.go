@@ -451,6 +451,37 @@ func TestRotationUnconfirmedAcrossAModeSwitch(t *testing.T) {
 	})
 }
 
+// A device that boots on its next secret promotes it and acks it (the
+// README's firmware steps, SPEC §4): when its config request completed the
+// rotation by the iat rule first, and even when the next rotation has
+// been queued since, the ack of that secret is 204 again, until a newer
+// secret is generated.
+func TestRotationAckOfACompletedRotationIsIdempotent(t *testing.T) {
+	e := newRotationEnv(t, model.RotationRestore)
+	d := e.device(t, e.model(t, "m1", ""), `{}`)
+	e.rotate(t, d)
+	s1 := e.fetch(t, d)
+	e.clock.Advance(1500 * time.Millisecond)
+	e.config(t, d, e.idpNow(t)) // the reboot's config request
+	wantState(t, e, d, model.RotationOK)
+	if err := e.ack(t, d, s1); err != nil {
+		t.Fatalf("ack after the iat completion: %v", err)
+	}
+	e.rotate(t, d) // the next rotation starts before the device's ack arrives
+	wantState(t, e, d, model.RotationPending)
+	if err := e.ack(t, d, s1); err != nil {
+		t.Fatalf("ack of the completed rotation's secret while the next is pending = %v, want 204", err)
+	}
+	wantState(t, e, d, model.RotationPending)
+	s2 := e.fetch(t, d)
+	if err := e.ack(t, d, s1); !errors.Is(err, model.ErrConflict) {
+		t.Fatalf("ack of the previous secret after a new generation = %v, want ErrConflict", err)
+	}
+	if err := e.ack(t, d, s2); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestRotationRestoreAckCompletes(t *testing.T) {
 	e := newRotationEnv(t, model.RotationRestore)
 	d := e.device(t, e.model(t, "m1", ""), `{}`)
