@@ -124,15 +124,19 @@ func newSimDevices(t *testing.T, s *server, modelID int64, bs ...behaviour) []*s
 }
 
 // deviceToken gets a token with the first secret that works, current then
-// next, as SPEC §4 says a device does at boot; "" when none does.
+// next, as SPEC §4 says a device does at boot (promoting next when only it
+// works); "" when none does.
 func (d *simDevice) deviceToken(t *testing.T, s *server) string {
 	t.Helper()
-	for _, secret := range []string{d.current, d.next} {
+	for i, secret := range []string{d.current, d.next} {
 		if secret == "" {
 			continue
 		}
 		if tok, code := tokenStatus(t, s.st, d.ClientID, secret); code == http.StatusOK {
 			s.keep(tok)
+			if i == 1 {
+				d.current, d.next = secret, ""
+			}
 			return tok
 		}
 	}
