@@ -24,13 +24,13 @@ const (
 	// attrSecretExpiration is the main secret's expiry (epoch seconds). A
 	// secret-rotation executor sets it whenever it runs on the client, so a
 	// client without it has never been under such a policy.
-	attrSecretExpiration  = "client.secret.expiration.time"
-	attrRotated           = "client.secret.rotated" // the old secret, in plain text
+	attrSecretExpiration = "client.secret.expiration.time"
+	attrRotated          = "client.secret.rotated" // the old secret, in plain text
 	// attrSecretCreation is when Keycloak made the main secret (epoch
 	// seconds, its own clock): set at the client's creation and at every
 	// generation (KeycloakModelUtils.generateSecret), not by a PUT that
 	// sets a secret. Checked on Keycloak 26.7.3.
-	attrSecretCreation = "client.secret.creation.time"
+	attrSecretCreation    = "client.secret.creation.time"
 	attrRotatedCreation   = "client.secret.rotated.creation.time"
 	attrRotatedExpiration = "client.secret.rotated.expiration.time"
 )
