@@ -163,6 +163,25 @@ func wantValidation(t *testing.T, err error, field string, parts ...string) {
 	}
 }
 
+// wantConflictOn checks that err is a *model.ConflictError on field (a
+// well-formed input the current state refuses) whose reason contains every
+// one of parts.
+func wantConflictOn(t *testing.T, err error, field string, parts ...string) {
+	t.Helper()
+	var ce *model.ConflictError
+	if !errors.As(err, &ce) {
+		t.Fatalf("got error %v, want a *model.ConflictError on %q", err, field)
+	}
+	if ce.Field != field {
+		t.Errorf("got ConflictError field %q (%s), want %q", ce.Field, ce.Reason, field)
+	}
+	for _, p := range parts {
+		if !strings.Contains(ce.Reason, p) {
+			t.Errorf("got reason %q, want it to mention %q", ce.Reason, p)
+		}
+	}
+}
+
 func wantIs(t *testing.T, err, target error) {
 	t.Helper()
 	if !errors.Is(err, target) {
