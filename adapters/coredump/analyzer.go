@@ -253,14 +253,12 @@ func (a *Analyzer) Analyze(ctx context.Context, dump []byte, elf io.Reader) (mod
 
 	if info.Xtensa {
 		own, err := xtensaBacktrace(dump[info.ELFOffset:info.ELFOffset+info.ELFLength], elfPath)
-		if err != nil && (toolFailed || len(res.Frames) == 0) {
-			reason := "no backtrace: " + err.Error()
-			if toolFailed {
-				reason = stopped + "; and " + reason
-			}
-			return none, failed(reason, res.Text, err)
-		}
-		if err == nil {
+		switch {
+		case err != nil && toolFailed:
+			return none, failed(stopped+"; and no backtrace from the stack: "+err.Error(), res.Text, err)
+		case err != nil:
+			res.Notes = append(res.Notes, "Xtensa: no backtrace could be read from the stack: "+err.Error()+".")
+		default:
 			res.Frames = own.frames
 			if res.CrashedTask == "" {
 				res.CrashedTask = own.task

@@ -65,6 +65,7 @@ func TestParseFrame(t *testing.T) {
 		{`#1  0x4000abcd in log_it (msg=0x3f "x) at fake.c:1") at /src/real.c:7`, model.CoredumpFrame{PC: 0x4000abcd, Function: "log_it", File: "/src/real.c", Line: 7}, true},
 		{`#3  0x4000beef in ets_printf ()`, model.CoredumpFrame{PC: 0x4000beef, Function: "ets_printf"}, true},
 		{`#12 0x42001000 in ns::Cls::run (this=0x3fc80000) at /src/a b.cpp:9`, model.CoredumpFrame{PC: 0x42001000, Function: "ns::Cls::run", File: "/src/a b.cpp", Line: 9}, true},
+		{`#0  <unavailable> in ?? ()`, model.CoredumpFrame{}, true},
 		{`Backtrace stopped: frame did not save the PC`, model.CoredumpFrame{}, false},
 		{`#1  0x1ffffffff in f ()`, model.CoredumpFrame{}, false},
 	}

@@ -26,7 +26,8 @@ var (
 	// "#3  0x42009354 in fail_once (unused=<optimized out>) at .../test_core_dump.c:14";
 	// the address is absent when the frame's PC is at the start of a line
 	// (frame 0) or the frame is inlined into the next one.
-	frameRe = regexp.MustCompile(`^#(\d+)\s+(?:0x([0-9a-fA-F]+) in )?(.+?) \(`)
+	// GDB without the chip's registers prints "#0  <unavailable> in ?? ()".
+	frameRe = regexp.MustCompile(`^#(\d+)\s+(?:(?:0x([0-9a-fA-F]+)|<unavailable>) in )?(.+?) \(`)
 	// The location after the arguments' closing parenthesis.
 	locRe = regexp.MustCompile(`^\) at (.+):(\d+)$`)
 )

@@ -194,7 +194,15 @@ type ownTrace struct {
 
 // xtensaBacktrace reads the crashed task's registers and stack from the
 // dump's ELF core file and names its frames from the application ELF.
-func xtensaBacktrace(core []byte, elfPath string) (*ownTrace, error) {
+func xtensaBacktrace(core []byte, elfPath string) (tr *ownTrace, err error) {
+	// debug/elf and debug/dwarf read the dump and the ELF; neither should
+	// panic on bad input, but a dump is a device's word: never let one
+	// take the server down.
+	defer func() {
+		if r := recover(); r != nil {
+			tr, err = nil, fmt.Errorf("reading the dump or the ELF failed: %v", r)
+		}
+	}()
 	c, err := readCore(core)
 	if err != nil {
 		return nil, err
@@ -208,7 +216,7 @@ func xtensaBacktrace(core []byte, elfPath string) (*ownTrace, error) {
 	if err != nil {
 		return nil, err
 	}
-	tr := &ownTrace{tcb: t.tcb}
+	tr = &ownTrace{tcb: t.tcb}
 	for i, pc := range pcs {
 		fn, file, line := sym.frame(pc, i > 0)
 		tr.frames = append(tr.frames, model.CoredumpFrame{PC: pc, Function: fn, File: file, Line: line})
