@@ -85,7 +85,8 @@ type Config struct {
 	GDB string
 	// Timeout bounds one analysis (COREDUMP_TIMEOUT). Default one minute.
 	Timeout time.Duration
-	// MaxOutput is how many bytes of the tool's output are kept. Default
+	// MaxOutput is how many bytes of the tool's standard output are kept
+	// (and at most 64 KiB of its error output when it fails). Default
 	// 1 MiB.
 	MaxOutput int
 	// MaxELF is the largest ELF accepted. Default 512 MiB.
@@ -179,8 +180,32 @@ func failed(reason, text string, err error) error {
 	return &model.CoredumpFailedError{Reason: reason, Text: text, Err: err}
 }
 
-// Analyze implements ports.CoredumpAnalyzer.
+// Analyze implements ports.CoredumpAnalyzer. Every string of the result,
+// and of a *model.CoredumpFailedError, is valid UTF-8 without NUL bytes
+// (GDB prints the crashed program's strings as they are), so it can be
+// stored as text.
 func (a *Analyzer) Analyze(ctx context.Context, dump []byte, elf io.Reader) (model.CoredumpAnalysis, error) {
+	res, err := a.analyze(ctx, dump, elf)
+	var fe *model.CoredumpFailedError
+	if errors.As(err, &fe) {
+		fe.Reason, fe.Text = clean(fe.Reason), clean(fe.Text)
+	}
+	res.CrashedTask, res.PanicReason, res.Text = clean(res.CrashedTask), clean(res.PanicReason), clean(res.Text)
+	for i := range res.Frames {
+		res.Frames[i].Function, res.Frames[i].File = clean(res.Frames[i].Function), clean(res.Frames[i].File)
+	}
+	for i := range res.Notes {
+		res.Notes[i] = clean(res.Notes[i])
+	}
+	return res, err
+}
+
+// clean makes s valid UTF-8 without NUL bytes.
+func clean(s string) string {
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+}
+
+func (a *Analyzer) analyze(ctx context.Context, dump []byte, elf io.Reader) (model.CoredumpAnalysis, error) {
 	var none model.CoredumpAnalysis
 	tool, gdb, err := a.tools()
 	if err != nil {

@@ -225,3 +225,16 @@ func TestXtensaWalkMatchesGDB(t *testing.T) {
 		t.Errorf("walk of a looping stack = %x, want the two frames before the loop", got)
 	}
 }
+
+func TestCleanMakesStorableText(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain":                  "plain",
+		"bad \xff byte":          "bad \uFFFD byte",
+		"nul\x00inside":          "nul\uFFFDinside",
+		"details=0x3f \"\xc3(\"": "details=0x3f \"\uFFFD(\"",
+	} {
+		if got := clean(in); got != want {
+			t.Errorf("clean(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
