@@ -238,3 +238,23 @@ func TestCleanMakesStorableText(t *testing.T) {
 		}
 	}
 }
+
+func FuzzParseReport(f *testing.F) {
+	b, err := os.ReadFile("testdata/esp32c3.espressif-output.txt")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(string(b))
+	f.Add("==================== CURRENT THREAD STACK =====================\n#0  <unavailable> in ?? ()\n#1  f (x=\") at y:1\") at z.c:2")
+	f.Fuzz(func(t *testing.T, text string) {
+		r := parseReport(text)
+		if len(r.frames) > strings.Count(text, "#")+1 {
+			t.Fatalf("%d frames from %d '#'", len(r.frames), strings.Count(text, "#"))
+		}
+		for _, fr := range r.frames {
+			if fr.Line < 0 || strings.Contains(fr.Function, "\n") {
+				t.Fatalf("frame %+v", fr)
+			}
+		}
+	})
+}
