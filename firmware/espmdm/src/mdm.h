@@ -30,6 +30,9 @@ extern "C" {
 /* NVS namespaces and keys (at most 15 characters). */
 #define MDM_NS_PROV "prov"
 #define MDM_NS_STATE "espmdm"
+/* SPEC §4's slot client_secret_next: 18 characters do not fit an NVS key (15 at most), so the
+ * slot is stored under this name. */
+#define MDM_KEY_SECRET_NEXT "client_sec_next"
 
 /* ---------------------------------------------------------------- the store seam (NVS) */
 

@@ -65,7 +65,7 @@ mdm_res_t mdm_prov_load(mdm_t *m, mdm_err_t *e)
         {"device_key", p->device_key, sizeof(p->device_key), true},
         {"client_id", p->client_id, sizeof(p->client_id), true},
         {"client_secret", p->secret, sizeof(p->secret), true},
-        {"client_secret_next", p->secret_next, sizeof(p->secret_next), false},
+        {MDM_KEY_SECRET_NEXT, p->secret_next, sizeof(p->secret_next), false},
         {"token_url", p->token_url, sizeof(p->token_url), true},
         {"base_url", p->base_url, sizeof(p->base_url), true},
         {"mqtt_url", p->mqtt_url, sizeof(p->mqtt_url), false},
@@ -100,7 +100,7 @@ mdm_res_t mdm_prov_load(mdm_t *m, mdm_err_t *e)
 
 esp_err_t mdm_prov_write_next(mdm_t *m, const char *secret)
 {
-    esp_err_t err = m->store->set_str(m->store_ctx, MDM_NS_PROV, "client_secret_next", secret);
+    esp_err_t err = m->store->set_str(m->store_ctx, MDM_NS_PROV, MDM_KEY_SECRET_NEXT, secret);
     if (err == ESP_OK) {
         err = m->store->commit(m->store_ctx, MDM_NS_PROV);
     }
@@ -112,7 +112,7 @@ esp_err_t mdm_prov_write_next(mdm_t *m, const char *secret)
 
 esp_err_t mdm_prov_erase_next(mdm_t *m)
 {
-    esp_err_t err = m->store->erase(m->store_ctx, MDM_NS_PROV, "client_secret_next");
+    esp_err_t err = m->store->erase(m->store_ctx, MDM_NS_PROV, MDM_KEY_SECRET_NEXT);
     if (err == ESP_OK) {
         err = m->store->commit(m->store_ctx, MDM_NS_PROV);
     }
@@ -130,7 +130,7 @@ esp_err_t mdm_prov_promote(mdm_t *m)
     /* Between the two writes both slots hold the new secret: either state boots. */
     esp_err_t err = m->store->set_str(m->store_ctx, MDM_NS_PROV, "client_secret", m->prov.secret_next);
     if (err == ESP_OK) {
-        err = m->store->erase(m->store_ctx, MDM_NS_PROV, "client_secret_next");
+        err = m->store->erase(m->store_ctx, MDM_NS_PROV, MDM_KEY_SECRET_NEXT);
     }
     if (err == ESP_OK) {
         err = m->store->commit(m->store_ctx, MDM_NS_PROV);
