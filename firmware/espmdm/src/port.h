@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "esp_err.h"
+#include "esp_system.h"
 #include "espmdm.h"
 
 #ifdef __cplusplus
@@ -57,9 +58,8 @@ typedef struct {
     esp_err_t (*coredump_erase)(void *ctx);
 
     /* For the state report. */
-    const char *(*reset_reason)(void *ctx);
+    esp_reset_reason_t (*reset_reason)(void *ctx);
     esp_err_t (*rssi)(void *ctx, int *out);     /* ESP_ERR_NOT_SUPPORTED without a radio */
-    uint32_t (*free_heap)(void *ctx);
 
     /* Does not return. */
     void (*reboot)(void *ctx);

@@ -9,6 +9,22 @@
 
 #include "mdm.h"
 
+static const char *reason_name(esp_reset_reason_t r)
+{
+    switch (r) {
+    case ESP_RST_POWERON: return "poweron";
+    case ESP_RST_SW: return "sw";
+    case ESP_RST_PANIC: return "panic";
+    case ESP_RST_INT_WDT:
+    case ESP_RST_TASK_WDT:
+    case ESP_RST_WDT: return "watchdog";
+    case ESP_RST_BROWNOUT: return "brownout";
+    case ESP_RST_DEEPSLEEP: return "deepsleep";
+    case ESP_RST_EXT: return "external";
+    default: return "other";
+    }
+}
+
 bool mdm_report_body(mdm_t *m, char *out, size_t cap)
 {
     cJSON *doc = cJSON_CreateObject();
@@ -32,15 +48,14 @@ bool mdm_report_body(mdm_t *m, char *out, size_t cap)
         ok = ota != NULL && cJSON_AddStringToObject(ota, "target", m->ota_target) != NULL &&
              cJSON_AddStringToObject(ota, "result", m->ota_result) != NULL;
     }
-    const char *reason = m->port->reset_reason != NULL ? m->port->reset_reason(m->port_ctx) : NULL;
-    if (ok && reason != NULL) {
-        ok = cJSON_AddStringToObject(doc, "reset_reason", reason) != NULL;
+    if (ok && m->port->reset_reason != NULL) {
+        ok = cJSON_AddStringToObject(doc, "reset_reason", reason_name(m->port->reset_reason(m->port_ctx))) != NULL;
     }
     if (ok) {
         ok = cJSON_AddNumberToObject(doc, "uptime_s", (double)(m->sys.now_ms(m->sys.ctx) / 1000)) != NULL;
     }
-    if (ok && m->port->free_heap != NULL) {
-        ok = cJSON_AddNumberToObject(doc, "free_heap", m->port->free_heap(m->port_ctx)) != NULL;
+    if (ok) {
+        ok = cJSON_AddNumberToObject(doc, "free_heap", esp_get_free_heap_size()) != NULL;
     }
     int rssi = 0;
     if (ok && m->port->rssi != NULL && m->port->rssi(m->port_ctx, &rssi) == ESP_OK) {

@@ -560,20 +560,15 @@ static esp_err_t fp_dump_erase(void *ctx)
     return ESP_OK;
 }
 
-static const char *fp_reset_reason(void *ctx)
+static esp_reset_reason_t fp_reset_reason(void *ctx)
 {
-    return "poweron";
+    return ESP_RST_POWERON;
 }
 
 static esp_err_t fp_rssi(void *ctx, int *out)
 {
     *out = -61;
     return ESP_OK;
-}
-
-static uint32_t fp_free_heap(void *ctx)
-{
-    return 123456;
 }
 
 static void fp_reboot(void *ctx)
@@ -597,7 +592,6 @@ const mdm_port_ops_t fake_port_ops = {
     .coredump_erase = fp_dump_erase,
     .reset_reason = fp_reset_reason,
     .rssi = fp_rssi,
-    .free_heap = fp_free_heap,
     .reboot = fp_reboot,
 };
 

@@ -126,18 +126,7 @@ static esp_err_t p_dump_read(void *ctx, uint32_t off, void *buf, size_t len)
 
 static esp_err_t p_dump_erase(void *ctx) { return esp_core_dump_image_erase(); }
 
-static const char *p_reset_reason(void *ctx)
-{
-    switch (esp_reset_reason()) {
-    case ESP_RST_POWERON: return "poweron";
-    case ESP_RST_SW: return "sw";
-    case ESP_RST_PANIC: return "panic";
-    case ESP_RST_INT_WDT: case ESP_RST_TASK_WDT: case ESP_RST_WDT: return "watchdog";
-    case ESP_RST_BROWNOUT: return "brownout";
-    case ESP_RST_DEEPSLEEP: return "deepsleep";
-    default: return "other";
-    }
-}
+static esp_reset_reason_t p_reset_reason(void *ctx) { return esp_reset_reason(); }
 
 static esp_err_t p_rssi(void *ctx, int *out)
 {
@@ -147,7 +136,6 @@ static esp_err_t p_rssi(void *ctx, int *out)
     return err;
 }
 
-static uint32_t p_free_heap(void *ctx) { return esp_get_free_heap_size(); }
 static void p_reboot(void *ctx) { esp_restart(); }
 
 const mdm_port_ops_t mdm_port_platform_ops = {
@@ -155,5 +143,5 @@ const mdm_port_ops_t mdm_port_platform_ops = {
     .ota_begin = p_ota_begin, .ota_write = p_ota_write, .ota_flush = p_ota_flush, .ota_read = p_ota_read,
     .ota_end = p_ota_end, .ota_abort = p_ota_abort, .ota_mark_valid = p_mark_valid,
     .coredump_size = p_dump_size, .coredump_read = p_dump_read, .coredump_erase = p_dump_erase,
-    .reset_reason = p_reset_reason, .rssi = p_rssi, .free_heap = p_free_heap, .reboot = p_reboot,
+    .reset_reason = p_reset_reason, .rssi = p_rssi, .reboot = p_reboot,
 };

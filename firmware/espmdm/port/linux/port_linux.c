@@ -6,7 +6,7 @@
  *   ota/otadata                    which slot boots and its state (new, pending_verify, valid,
  *                                  aborted), written atomically (rename)
  *   coredump/                      core dumps a crash left, one file each, oldest first
- *   reset_reason                   "sw" before a reboot this port asked for
+ *   reset_reason                   left by a reboot this port asked for (a software reset)
  * init() plays the bootloader with rollback: a new image boots as pending_verify; booted a
  * second time without being marked valid, it is aborted and the previous image boots.
  * reboot() ends the process with status ESPMDM_LINUX_REBOOT_EXIT: its runner starts it again.
@@ -37,7 +37,7 @@ typedef struct {
     char boot[16];      /* "factory", "ota_0", "ota_1" */
     char prev[16];
     char state[16];     /* new, pending_verify, valid, aborted */
-    char reset_reason[16];
+    esp_reset_reason_t reset_reason;
     int fd;             /* the slot being written, -1 */
     char writing[16];
     uint32_t size, pos;
@@ -169,18 +169,9 @@ static esp_err_t linux_init(void *ctx, const espmdm_config_t *cfg, const char *f
     mkdir(d, 0755);
     path(p, d, sizeof(d), "coredump", NULL);
     mkdir(d, 0755);
-    strcpy(p->reset_reason, "poweron");
+    /* A reboot this port asked for left a mark: a software reset; else a power-on. */
     path(p, d, sizeof(d), "reset_reason", NULL);
-    FILE *f = fopen(d, "r");
-    if (f != NULL) {
-        char r[16] = "";
-        if (fgets(r, sizeof(r), f) != NULL) {
-            r[strcspn(r, "\n")] = '\0';
-            strcpy(p->reset_reason, r);
-        }
-        fclose(f);
-        unlink(d);
-    }
+    p->reset_reason = unlink(d) == 0 ? ESP_RST_SW : ESP_RST_POWERON;
     /* The bootloader's part. */
     read_otadata(p);
     if (strcmp(p->boot, "factory") != 0) {
@@ -396,7 +387,7 @@ static esp_err_t linux_coredump_erase(void *ctx)
     return unlink(file) == 0 ? ESP_OK : ESP_FAIL;
 }
 
-static const char *linux_reset_reason(void *ctx)
+static esp_reset_reason_t linux_reset_reason(void *ctx)
 {
     return ((linux_port_t *)ctx)->reset_reason;
 }
@@ -404,11 +395,6 @@ static const char *linux_reset_reason(void *ctx)
 static esp_err_t linux_rssi(void *ctx, int *out)
 {
     return ESP_ERR_NOT_SUPPORTED;
-}
-
-static uint32_t linux_free_heap(void *ctx)
-{
-    return esp_get_free_heap_size();
 }
 
 static esp_err_t linux_net_up(void *ctx, const char *ssid, const char *password, uint32_t timeout_ms)
@@ -423,7 +409,6 @@ static void linux_reboot(void *ctx)
     path(p, file, sizeof(file), "reset_reason", NULL);
     FILE *f = fopen(file, "w");
     if (f != NULL) {
-        fputs("sw\n", f);
         fclose(f);
     }
     fflush(stdout);
@@ -447,6 +432,5 @@ const mdm_port_ops_t mdm_port_platform_ops = {
     .coredump_erase = linux_coredump_erase,
     .reset_reason = linux_reset_reason,
     .rssi = linux_rssi,
-    .free_heap = linux_free_heap,
     .reboot = linux_reboot,
 };
