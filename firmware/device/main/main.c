@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -193,6 +194,19 @@ static void on_event(void *arg, esp_event_base_t base, int32_t id, void *data)
     }
     fputs("}\n", stdout);
     fflush(stdout);
+}
+
+/* The linux port runs FreeRTOS tasks as threads and its idle task never blocks: without a
+ * pause an idle device burns a core. The port defines an empty vApplicationIdleHook, so the
+ * idle task's call is redirected here (-Wl,--wrap, main/CMakeLists.txt). Other tasks run in
+ * threads of their own meanwhile. */
+void __wrap_vApplicationIdleHook(void);
+void __wrap_vApplicationIdleHook(void)
+{
+    /* The port turns usleep and nanosleep inside a task into vTaskDelay (a yield for the idle
+     * task): the system call itself really sleeps this thread. */
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = 2 * 1000 * 1000};
+    syscall(SYS_nanosleep, &ts, NULL);
 }
 
 /* The test hook: a crash at the named step is an exit at once, nothing flushed but what the
