@@ -85,6 +85,8 @@ type hostDevice struct {
 	nvsFile string
 	dir     string
 	version string
+	// env is added to the process's environment (ESPMDM_DEVICE_LOG=debug).
+	env []string
 
 	mu         sync.Mutex
 	events     []devEvent
@@ -136,6 +138,10 @@ func newHostDevice(t *testing.T, s *server, d deviceDTO, version string) *hostDe
 			if len(secret) >= 8 && strings.Contains(out, secret) {
 				t.Errorf("%s: a secret appears in the output of espmdm-device", h.name)
 			}
+		}
+		// Access tokens are JWTs: none in any line, at any log level.
+		if strings.Contains(out, "Bearer ") || strings.Contains(out, "eyJhbGci") {
+			t.Errorf("%s: an access token appears in the output of espmdm-device", h.name)
 		}
 		if t.Failed() {
 			t.Logf("%s output:\n%s", h.name, tail(out, 60))
@@ -195,6 +201,7 @@ func (h *hostDevice) startLocked(extra ...string) {
 	}
 	args = append(args, extra...)
 	cmd := exec.Command(h.bin, args...)
+	cmd.Env = append(os.Environ(), h.env...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		h.t.Errorf("%s: %v", h.name, err)

@@ -424,6 +424,8 @@ func TestE2EDeviceF1RestoreOutagePastTheTimeout(t *testing.T) {
 	m := newModel(t, s, nil)
 	d := newDevice(t, s, m.ID, `{"f1":true}`)
 	h := newHostDevice(t, s, d, "1.0.0")
+	// Logs at debug level, every component's: still no secret, no token.
+	h.env = []string{"ESPMDM_DEVICE_LOG=debug"}
 	first := currentSecret(t, s, d.ID)
 
 	h.crashes = []string{"after_write_next"}
