@@ -193,10 +193,14 @@ esp_err_t espmdm_init(const espmdm_config_t *cfg, espmdm_handle_t *out)
         ESP_LOGE(TAG, "event loop: %s (create the default loop first)", esp_err_to_name(err));
         goto fail;
     }
-    /* esp_http_client logs every request header at debug level, the bearer token among them:
-     * its tag stays at info at most, whatever the application asked for. */
-    if (esp_log_level_get("HTTP_CLIENT") > ESP_LOG_INFO) {
-        esp_log_level_set("HTTP_CLIENT", ESP_LOG_INFO);
+    /* At debug level ESP-IDF logs what the component keeps secret: esp_http_client every
+     * request header (the bearer token), nvs_flash every value it writes (the secrets). Those
+     * tags stay at info at most, whatever the application asked for. */
+    static const char *const secret_tags[] = {"HTTP_CLIENT", "nvs"};
+    for (size_t i = 0; i < sizeof(secret_tags) / sizeof(secret_tags[0]); i++) {
+        if (esp_log_level_get(secret_tags[i]) > ESP_LOG_INFO) {
+            esp_log_level_set(secret_tags[i], ESP_LOG_INFO);
+        }
     }
     ESP_LOGI(TAG, "espmdm %s: running %s (%s, %s)", ESPMDM_VERSION, m->app.version, m->app.partition,
              m->app.ota_state == ESPMDM_OTA_STATE_PENDING_VERIFY ? "pending verification" : "valid");
