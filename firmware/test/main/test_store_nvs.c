@@ -29,9 +29,10 @@ static esp_err_t read_prov(const char *key, char *out, size_t cap)
 
 TEST(nvs_store_keeps_the_slots_and_never_creates_prov)
 {
-    esp_partition_file_mmap_ctrl_t *ctrl = esp_partition_get_file_mmap_ctrl_input();
-    ctrl->remove_dump = true; /* the emulated flash is a temporary file, removed at the end */
     CHECK_INT(nvs_flash_erase_partition("nvs"), ESP_OK);
+    /* The emulated flash is a temporary file (made at the first access, which also clears
+     * the input controls): removed at the end. */
+    esp_partition_get_file_mmap_ctrl_input()->remove_dump = true;
 
     fake_server_reset(&N_sv, FAKE_GRACE, "s0");
     fake_port_reset(&N_port, "1.0.0");
