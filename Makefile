@@ -9,7 +9,7 @@ TEST_FLAGS ?= -count=1 -p 1 -timeout 30m
 
 CONSOLE_WEB := adapters/console/web
 
-.PHONY: all build console console-api console-test test test-containers images image bench lint run deps fuzz clean
+.PHONY: all build console console-api console-test firmware firmware-test test test-containers images image bench lint run deps fuzz clean
 
 all: build
 
@@ -37,12 +37,28 @@ console-api: $(CONSOLE_WEB)/node_modules/.package-lock.json
 console-test: $(CONSOLE_WEB)/node_modules/.package-lock.json
 	cd $(CONSOLE_WEB) && npm test --silent
 
+## firmware: bin/espmdm-device, the device component (firmware/espmdm) in a linux host build,
+## with the offline ESP-IDF SDK that make deps sets up in ESPMDM_IDF_SDK (default ~/.cache/espmdm/idf);
+## rebuilt only when firmware/ changed
+FIRMWARE_SRC := $(shell find firmware -type f 2>/dev/null)
+firmware: bin/espmdm-device
+
+bin/espmdm-device: $(FIRMWARE_SRC)
+	bash firmware/build.sh device $@
+
+## firmware-test: the component's unit tests (its state machines against fakes), on the host
+firmware-test: bin/espmdm-unit-tests
+	bin/espmdm-unit-tests
+
+bin/espmdm-unit-tests: $(FIRMWARE_SRC)
+	bash firmware/build.sh test $@
+
 ## deps: install what the processes launcher needs (idempotent, fast when present)
 deps:
 	bash .ci/deps
 
 ## test: every unit, adapter and end-to-end test, against one real stack
-test: deps console console-test
+test: deps console console-test firmware firmware-test
 	$(GO) build ./...
 	$(GO) vet ./...
 	$(GO) run ./integration/cmd/withstack -launcher $(LAUNCHER) -- $(GO) test $(TEST_FLAGS) ./...
