@@ -8,10 +8,11 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 sdk=${ESPMDM_IDF_SDK:-${XDG_CACHE_HOME:-$HOME/.cache}/espmdm/idf}
 # The tarball is in shared/ beside the repository (../shared from its root; two levels up for a
-# git worktree kept in a folder of worktrees).
+# git worktree kept in a folder of worktrees; /work/shared for a clone made elsewhere on this
+# workplace's machines).
 tarball=${ESPMDM_IDF_TARBALL:-}
 if [ -z "$tarball" ]; then
-  for d in "$here/../../shared" "$here/../../../shared"; do
+  for d in "$here/../../shared" "$here/../../../shared" /work/shared; do
     if [ -f "$d/esp-idf-linux/esp-idf-linux-sdk.tar.gz" ]; then
       tarball="$d/esp-idf-linux/esp-idf-linux-sdk.tar.gz"
       break
@@ -34,6 +35,10 @@ if [ ${#pkgs[@]} -gt 0 ]; then
 fi
 
 if [ ! -f "$tarball" ]; then
+  if [ -f "$sdk/.ready" ]; then
+    # Set up before from a tarball that is not reachable from this checkout: keep it.
+    exit 0
+  fi
   echo "firmware: the ESP-IDF SDK tarball is missing: $tarball (set ESPMDM_IDF_TARBALL)" >&2
   exit 1
 fi
