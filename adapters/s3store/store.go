@@ -6,8 +6,9 @@
 // A blob is the object <prefix><namespace>/<sha256>.bin (".elf", ".core"):
 // the same name, under the prefix, as in a filesystem store's directory.
 // PutBlob streams: content of a known size goes out as one PUT as it is
-// read, content of unknown size as a multipart upload with one 5 MiB part
-// in memory at a time. The content is checked while it streams and the
+// read; content of unknown size is read up to 5 MiB first, and goes out as
+// one PUT if it ended there, else as a multipart upload of 5 MiB parts
+// (about two parts in memory). The content is checked while it streams and the
 // bytes that would complete the object are held back until it passed, so
 // refused or interrupted content never becomes an object (a multipart
 // upload that fails is aborted; a bucket lifecycle rule that aborts
@@ -23,6 +24,7 @@
 package s3store
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -31,6 +33,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -53,6 +56,11 @@ type Store struct {
 }
 
 var _ ports.BlobStore = (*Store)(nil)
+
+// firstParts holds the buffers in which PutBlob reads the first part of
+// content of unknown size (one byte more than a part, to see whether it
+// ends within it).
+var firstParts = sync.Pool{New: func() any { b := make([]byte, partSize+1); return &b }}
 
 const (
 	// partSize is the part of a multipart upload (content of unknown
@@ -174,7 +182,7 @@ func (s *Store) fail(ctx context.Context, op, name string, err error) error {
 }
 
 // PutBlob implements ports.BlobStore.
-func (s *Store) PutBlob(ctx context.Context, key ports.BlobKey, r io.Reader, size, limit int64) (ports.BlobInfo, error) {
+func (s *Store) PutBlob(ctx context.Context, key ports.BlobKey, r io.Reader, size, limit int64) (_ ports.BlobInfo, err error) {
 	if err := key.Validate(); err != nil {
 		return ports.BlobInfo{}, err
 	}
@@ -187,12 +195,39 @@ func (s *Store) PutBlob(ctx context.Context, key ports.BlobKey, r io.Reader, siz
 	}
 	name := s.name(key)
 	var body io.Reader = check
-	if size == 0 {
+	switch {
+	case size == 0:
 		// The client reads nothing of an empty body: check it here.
 		if _, err := io.Copy(io.Discard, check); err != nil {
 			return ports.BlobInfo{}, err
 		}
 		body = strings.NewReader("")
+	case size < 0:
+		// Read up to a part first: content that ends within it (checked
+		// at its end, as it must be before anything is sent) goes up as
+		// one PUT of a known size instead of a multipart upload's three
+		// requests.
+		bufp := firstParts.Get().(*[]byte)
+		buf := *bufp
+		defer func() {
+			// After a failed request the transport may still be reading
+			// the body for a moment: only a finished upload gives the
+			// buffer back.
+			if check.Done() && err == nil {
+				firstParts.Put(bufp)
+			}
+		}()
+		n, rerr := io.ReadFull(check, buf)
+		switch {
+		case check.Err() != nil:
+			return ports.BlobInfo{}, check.Err()
+		case errors.Is(rerr, io.EOF), errors.Is(rerr, io.ErrUnexpectedEOF):
+			body, size = bytes.NewReader(buf[:n]), int64(n)
+		case rerr != nil:
+			return ports.BlobInfo{}, rerr
+		default: // more than a part
+			body = io.MultiReader(bytes.NewReader(buf), check)
+		}
 	}
 	opts := minio.PutObjectOptions{ContentType: "application/octet-stream", PartSize: partSize}
 	if size >= 0 {
@@ -200,7 +235,7 @@ func (s *Store) PutBlob(ctx context.Context, key ports.BlobKey, r io.Reader, siz
 		// buffers, and the object exists only once the PUT completed.
 		opts.DisableMultipart = true
 	}
-	_, err := s.client.PutObject(ctx, s.bucket, name, body, size, opts)
+	_, err = s.client.PutObject(ctx, s.bucket, name, body, size, opts)
 	if cerr := check.Err(); cerr != nil {
 		return ports.BlobInfo{}, cerr // the content's fault or the caller's, whatever the client made of it
 	}
