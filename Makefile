@@ -70,6 +70,8 @@ fuzz:
 	$(GO) test ./nvs -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./nvs -run '^$$' -fuzz '^FuzzReadCSV$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./esp32image -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./core/model -run '^$$' -fuzz '^FuzzReadCoredumpInfo$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./adapters/coredump -run '^$$' -fuzz '^FuzzParseReport$$' -fuzztime $(FUZZTIME)
 
 lint:
 	@command -v golangci-lint >/dev/null 2>&1 || $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
