@@ -57,11 +57,11 @@ bin/espmdm-unit-tests: $(FIRMWARE_SRC)
 deps:
 	bash .ci/deps
 
-## test: every unit, adapter and end-to-end test, against one real stack
+## test: every unit, adapter and end-to-end test, against one real stack (with its S3 server)
 test: deps console console-test firmware firmware-test
 	$(GO) build ./...
 	$(GO) vet ./...
-	$(GO) run ./integration/cmd/withstack -launcher $(LAUNCHER) -- $(GO) test $(TEST_FLAGS) ./...
+	$(GO) run ./integration/cmd/withstack -launcher $(LAUNCHER) -s3 -- $(GO) test $(TEST_FLAGS) ./...
 
 ## images: local stand-ins of the official postgres, Keycloak, Mosquitto and
 ## golang images from Debian packages (cached: rebuilt only when their inputs change)
@@ -78,7 +78,7 @@ test-containers:
 
 ## bench: the product benchmarks (BENCH lines, docs/benchmarks.md), then the Go benchmarks, on one stack
 bench: deps
-	$(GO) run ./integration/cmd/withstack -launcher $(LAUNCHER) -- sh -c '$(GO) run ./integration/cmd/bench -out docs/benchmarks.md && $(GO) test -count=1 -p 1 -run "^$$" -bench . -benchmem ./...'
+	$(GO) run ./integration/cmd/withstack -launcher $(LAUNCHER) -s3 -- sh -c '$(GO) run ./integration/cmd/bench -out docs/benchmarks.md && $(GO) test -count=1 -p 1 -run "^$$" -bench . -benchmem ./...'
 
 ## fuzz: each fuzz target for FUZZTIME (default 1m)
 FUZZTIME ?= 1m
