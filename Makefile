@@ -9,7 +9,7 @@ TEST_FLAGS ?= -count=1 -p 1 -timeout 30m
 
 CONSOLE_WEB := adapters/console/web
 
-.PHONY: all build console console-api console-test test test-containers images image bench lint run deps fuzz clean
+.PHONY: all build console console-api console-test firmware firmware-test test test-containers images image bench lint run deps fuzz clean
 
 all: build
 
@@ -37,15 +37,31 @@ console-api: $(CONSOLE_WEB)/node_modules/.package-lock.json
 console-test: $(CONSOLE_WEB)/node_modules/.package-lock.json
 	cd $(CONSOLE_WEB) && npm test --silent
 
+## firmware: bin/espmdm-device, the device component (firmware/espmdm) in a linux host build,
+## with the offline ESP-IDF SDK that make deps sets up in ESPMDM_IDF_SDK (default ~/.cache/espmdm/idf);
+## rebuilt only when firmware/ changed
+FIRMWARE_SRC := $(shell find firmware -type f 2>/dev/null)
+firmware: bin/espmdm-device
+
+bin/espmdm-device: $(FIRMWARE_SRC)
+	bash firmware/build.sh device $@
+
+## firmware-test: the component's unit tests (its state machines against fakes), on the host
+firmware-test: bin/espmdm-unit-tests
+	bin/espmdm-unit-tests
+
+bin/espmdm-unit-tests: $(FIRMWARE_SRC)
+	bash firmware/build.sh test $@
+
 ## deps: install what the processes launcher needs (idempotent, fast when present)
 deps:
 	bash .ci/deps
 
-## test: every unit, adapter and end-to-end test, against one real stack
-test: deps console console-test
+## test: every unit, adapter and end-to-end test, against one real stack (with its S3 server)
+test: deps console console-test firmware firmware-test
 	$(GO) build ./...
 	$(GO) vet ./...
-	$(GO) run ./integration/cmd/withstack -launcher $(LAUNCHER) -- $(GO) test $(TEST_FLAGS) ./...
+	$(GO) run ./integration/cmd/withstack -launcher $(LAUNCHER) -s3 -- $(GO) test $(TEST_FLAGS) ./...
 
 ## images: local stand-ins of the official postgres, Keycloak, Mosquitto and
 ## golang images from Debian packages (cached: rebuilt only when their inputs change)
@@ -62,7 +78,7 @@ test-containers:
 
 ## bench: the product benchmarks (BENCH lines, docs/benchmarks.md), then the Go benchmarks, on one stack
 bench: deps
-	$(GO) run ./integration/cmd/withstack -launcher $(LAUNCHER) -- sh -c '$(GO) run ./integration/cmd/bench -out docs/benchmarks.md && $(GO) test -count=1 -p 1 -run "^$$" -bench . -benchmem ./...'
+	$(GO) run ./integration/cmd/withstack -launcher $(LAUNCHER) -s3 -- sh -c '$(GO) run ./integration/cmd/bench -out docs/benchmarks.md && $(GO) test -count=1 -p 1 -run "^$$" -bench . -benchmem ./...'
 
 ## fuzz: each fuzz target for FUZZTIME (default 1m)
 FUZZTIME ?= 1m
@@ -70,6 +86,8 @@ fuzz:
 	$(GO) test ./nvs -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./nvs -run '^$$' -fuzz '^FuzzReadCSV$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./esp32image -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./core/model -run '^$$' -fuzz '^FuzzReadCoredumpInfo$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./adapters/coredump -run '^$$' -fuzz '^FuzzParseReport$$' -fuzztime $(FUZZTIME)
 
 lint:
 	@command -v golangci-lint >/dev/null 2>&1 || $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)

@@ -12,11 +12,17 @@
 // answers and has or can pull the images, and processes otherwise, saying
 // why in one line.
 //
+// With Options.S3 a stack also runs S3Proxy (an S3-compatible server on its
+// filesystem backend, fetched from Maven Central like Keycloak) with one
+// bucket, for the S3 blob store; both launchers run it as a local Java
+// process.
+//
 // Child processes run in their own process groups, are signalled when the
 // parent dies (Linux parent-death signal), and are stopped by group, so a
 // test run that fails, panics or is interrupted leaves nothing behind.
 //
-// In tests, call RunTests from TestMain and Shared from each test: a test
+// In tests, call RunTests (RunTestsWith for options such as S3) from
+// TestMain and Shared from each test: a test
 // binary attaches to the stack named by ESPMDM_STACK_ENV (an env file written
 // by the withstack command that `make test` uses, so one stack serves the
 // whole run) or starts a stack of its own.

@@ -57,6 +57,8 @@ type Launcher interface {
 	NewPostgres(PostgresSpec) (Service, error)
 	NewMosquitto(MosquittoSpec) (Service, error)
 	NewKeycloak(KeycloakSpec) (Service, error)
+	// NewS3 creates the S3-compatible server (S3Proxy).
+	NewS3(S3Spec) (Service, error)
 }
 
 // NewLauncher returns the launcher called name: "processes", "containers",

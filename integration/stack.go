@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -26,10 +27,16 @@ const (
 	Postgres  ServiceName = "postgres"
 	Keycloak  ServiceName = "keycloak"
 	Mosquitto ServiceName = "mosquitto"
+	// S3 is the S3-compatible object store (S3Proxy), started only with
+	// Options.S3.
+	S3 ServiceName = "s3"
 )
 
-// Services lists every service a stack runs, in start order.
+// Services lists the services every stack runs, in start order.
 var Services = []ServiceName{Postgres, Mosquitto, Keycloak}
+
+// allServices is Services and the optional ones, in start order.
+var allServices = []ServiceName{Postgres, Mosquitto, Keycloak, S3}
 
 // Fixed identities of the bootstrapped realm.
 const (
@@ -73,6 +80,13 @@ type Options struct {
 	// secret-rotation profile (how long an old secret stays valid after a
 	// grace-mode generation); default DefaultRotationGrace. Whole seconds.
 	RotationGrace time.Duration
+	// S3 also starts an S3-compatible server (S3Proxy on the filesystem,
+	// a local Java process with either launcher) with one bucket, for the
+	// S3 blob store. Stacks that do not need it do not pay its start-up.
+	S3 bool
+	// S3ProxyVersion defaults to DefaultS3ProxyVersion (or
+	// $ESPMDM_S3PROXY_VERSION).
+	S3ProxyVersion string
 }
 
 // DefaultRotationGrace is the stack's rotated-secret lifetime, espmdm's
@@ -101,6 +115,14 @@ type Stack struct {
 	KeycloakAdminPassword string
 
 	MQTTURL string // mqtt://127.0.0.1:PORT
+
+	// The S3-compatible server (Options.S3), empty without one: endpoint
+	// http://127.0.0.1:PORT, path-style addressing, one bucket.
+	S3Endpoint        string
+	S3Region          string
+	S3Bucket          string
+	S3AccessKeyID     string
+	S3SecretAccessKey string
 
 	// RotationGrace is the realm's rotated-secret lifetime (its
 	// secret-rotation client policy covers every confidential client, the
@@ -183,12 +205,16 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		}
 	}()
 
+	if opts.S3 {
+		st.S3Region, st.S3Bucket = DefaultS3Region, DefaultS3Bucket
+		st.S3AccessKeyID, st.S3SecretAccessKey = DefaultS3AccessKey, randomSecret()
+	}
 	var ports []int
 	if opts.DataDir != "" {
 		st.keep = true
-		ports, err = st.persisted(filepath.Join(dir, "stack.env"))
+		ports, err = st.persisted(filepath.Join(dir, "stack.env"), opts.S3)
 	} else {
-		ports, err = freePorts(4)
+		ports, err = freePorts(5)
 	}
 	if err != nil {
 		return st, err
@@ -226,11 +252,25 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		return st, err
 	}
 	st.services[Postgres], st.services[Mosquitto], st.services[Keycloak] = pg, mq, kc
+	if opts.S3 {
+		version := opts.S3ProxyVersion
+		if version == "" {
+			version = envOr("ESPMDM_S3PROXY_VERSION", DefaultS3ProxyVersion)
+		}
+		st.S3Endpoint = fmt.Sprintf("http://127.0.0.1:%d", ports[4])
+		s3, err := launcher.NewS3(S3Spec{
+			Port: ports[4], Dir: filepath.Join(dir, "s3"), Version: version, CacheDir: cacheDir,
+			Bucket: st.S3Bucket, AccessKeyID: st.S3AccessKeyID, SecretAccessKey: st.S3SecretAccessKey, Log: logw,
+		})
+		if err != nil {
+			return st, err
+		}
+		st.services[S3] = s3
+	}
 
-	// Start all three at once: Keycloak dominates, the others hide behind it.
-	errs := make(chan error, len(Services))
-	for _, name := range Services {
-		svc := st.services[name]
+	// Start them all at once: Keycloak dominates, the others hide behind it.
+	errs := make(chan error, len(st.services))
+	for _, svc := range st.services {
 		go func() {
 			if err := svc.Start(ctx); err != nil {
 				errs <- fmt.Errorf("start %s: %w", svc.Name(), err)
@@ -240,7 +280,7 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		}()
 	}
 	var all []error
-	for range Services {
+	for range st.services {
 		if err := <-errs; err != nil {
 			all = append(all, err)
 		}
@@ -309,14 +349,15 @@ func (s *Stack) Stop(ctx context.Context) error {
 	}
 	s.stopOnce.Do(func() {
 		var errs []error
-		for i := len(Services) - 1; i >= 0; i-- {
-			if svc, ok := s.services[Services[i]]; ok {
+		for i := len(allServices) - 1; i >= 0; i-- {
+			name := allServices[i]
+			if svc, ok := s.services[name]; ok {
 				if err := svc.Stop(ctx); err != nil {
-					errs = append(errs, fmt.Errorf("stop %s: %w", Services[i], err))
+					errs = append(errs, fmt.Errorf("stop %s: %w", name, err))
 				}
 				if t, ok := svc.(terminator); ok {
 					if err := t.Terminate(ctx); err != nil {
-						errs = append(errs, fmt.Errorf("remove %s: %w", Services[i], err))
+						errs = append(errs, fmt.Errorf("remove %s: %w", name, err))
 					}
 				}
 			}
@@ -333,8 +374,10 @@ func (s *Stack) Stop(ctx context.Context) error {
 
 // persisted reads the ports and secrets a data directory's earlier run
 // wrote to path, or picks and writes them on its first run, and returns
-// the ports (PostgreSQL, Mosquitto, Keycloak, Keycloak management).
-func (s *Stack) persisted(path string) ([]int, error) {
+// the ports (PostgreSQL, Mosquitto, Keycloak, Keycloak management, S3).
+// A stack with S3 on a directory whose earlier runs had none picks the S3
+// port and secret and adds them to the file.
+func (s *Stack) persisted(path string, withS3 bool) ([]int, error) {
 	secrets := map[string]*string{
 		"KEYCLOAK_ADMIN_CLIENT_SECRET": &s.AdminClientSecret,
 		"OPERATOR_CLIENT_SECRET":       &s.OperatorClientSecret,
@@ -343,42 +386,60 @@ func (s *Stack) persisted(path string) ([]int, error) {
 	}
 	names := []string{"POSTGRES_PORT", "MQTT_PORT", "KEYCLOAK_PORT", "KEYCLOAK_MANAGEMENT_PORT"}
 	env, err := ReadEnvFile(path)
+	fresh := errors.Is(err, os.ErrNotExist)
 	switch {
-	case err == nil:
-		ports := make([]int, len(names))
-		for i, n := range names {
-			if ports[i], err = strconv.Atoi(env[n]); err != nil || ports[i] <= 0 {
-				return nil, fmt.Errorf("%s: %s is not a port", path, n)
-			}
-			if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", ports[i])); err != nil {
-				return nil, fmt.Errorf("port %d of this data directory (%s) is taken: is its stack running already? (%w)", ports[i], n, err)
-			} else {
-				ln.Close()
-			}
-		}
-		for k, p := range secrets {
-			if env[k] == "" {
-				return nil, fmt.Errorf("%s has no %s", path, k)
-			}
-			*p = env[k]
-		}
-		return ports, nil
-	case errors.Is(err, os.ErrNotExist):
-		ports, err := freePorts(len(names))
-		if err != nil {
-			return nil, err
-		}
-		env := map[string]string{}
-		for i, n := range names {
-			env[n] = strconv.Itoa(ports[i])
-		}
-		for k, p := range secrets {
-			env[k] = *p
-		}
-		return ports, WriteEnvFile(path, env)
-	default:
+	case fresh:
+		env = map[string]string{}
+	case err != nil:
 		return nil, err
 	}
+	if withS3 {
+		secrets["S3_SECRET_ACCESS_KEY"] = &s.S3SecretAccessKey
+		names = append(names, "S3_PORT")
+	}
+	missing := 0
+	for _, n := range names {
+		if env[n] == "" {
+			missing++
+		}
+	}
+	picked, err := freePorts(missing)
+	if err != nil {
+		return nil, err
+	}
+	ports := make([]int, len(names))
+	for i, n := range names {
+		if env[n] == "" {
+			if !fresh && n != "S3_PORT" {
+				return nil, fmt.Errorf("%s has no %s", path, n)
+			}
+			ports[i], picked = picked[0], picked[1:]
+			env[n] = strconv.Itoa(ports[i])
+			continue
+		}
+		if ports[i], err = strconv.Atoi(env[n]); err != nil || ports[i] <= 0 {
+			return nil, fmt.Errorf("%s: %s is not a port", path, n)
+		}
+		if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", ports[i])); err != nil {
+			return nil, fmt.Errorf("port %d of this data directory (%s) is taken: is its stack running already? (%w)", ports[i], n, err)
+		} else {
+			ln.Close()
+		}
+	}
+	for k, p := range secrets {
+		switch {
+		case env[k] != "":
+			*p = env[k]
+		case fresh || k == "S3_SECRET_ACCESS_KEY":
+			env[k] = *p
+		default:
+			return nil, fmt.Errorf("%s has no %s", path, k)
+		}
+	}
+	if !withS3 {
+		ports = append(ports, 0)
+	}
+	return ports, WriteEnvFile(path, env)
 }
 
 // ServeEnv returns the `espmdm serve` variables the stack determines: where
@@ -386,7 +447,7 @@ func (s *Stack) persisted(path string) ([]int, error) {
 // are. A server on the stack adds its own DATABASE_URL, HTTP_ADDR, BASE_URL,
 // SECRET_KEY and FIRMWARE_DIR.
 func (s *Stack) ServeEnv() map[string]string {
-	return map[string]string{
+	env := map[string]string{
 		"KEYCLOAK_URL":                 s.KeycloakURL,
 		"KEYCLOAK_REALM":               s.Realm,
 		"KEYCLOAK_ADMIN_CLIENT_ID":     s.AdminClientID,
@@ -396,12 +457,31 @@ func (s *Stack) ServeEnv() map[string]string {
 		"DEVICE_AUDIENCE":              s.DeviceAudience,
 		"MQTT_URL":                     s.MQTTURL,
 	}
+	maps.Copy(env, s.S3Env())
+	return env
+}
+
+// S3Env is where the stack's S3-compatible server is, as the S3_*
+// variables of `espmdm serve` (SPEC §20; BLOB_STORE=s3 selects it, and a
+// server picks its own S3_PREFIX); empty without one.
+func (s *Stack) S3Env() map[string]string {
+	if s.S3Endpoint == "" {
+		return map[string]string{}
+	}
+	return map[string]string{
+		"S3_ENDPOINT":          s.S3Endpoint,
+		"S3_REGION":            s.S3Region,
+		"S3_BUCKET":            s.S3Bucket,
+		"S3_ACCESS_KEY_ID":     s.S3AccessKeyID,
+		"S3_SECRET_ACCESS_KEY": s.S3SecretAccessKey,
+		"S3_FORCE_PATH_STYLE":  "true",
+	}
 }
 
 // Env returns the stack as KEY=value pairs: the variables `espmdm dev`
 // writes and `espmdm serve` reads.
 func (s *Stack) Env() map[string]string {
-	return map[string]string{
+	env := map[string]string{
 		"ESPMDM_LAUNCHER":              s.Launcher,
 		"DATABASE_URL":                 s.DatabaseURL,
 		"KEYCLOAK_URL":                 s.KeycloakURL,
@@ -421,6 +501,8 @@ func (s *Stack) Env() map[string]string {
 		"ROTATION_GRACE":               s.RotationGrace.String(),
 		EnvControlSocket:               s.control,
 	}
+	maps.Copy(env, s.S3Env())
+	return env
 }
 
 // WriteEnvFile writes env (e.g. Stack.Env plus extra keys) as sorted
@@ -491,6 +573,11 @@ func Attach(path string) (*Stack, error) {
 		KeycloakAdminUser:     env["KEYCLOAK_ADMIN_USER"],
 		KeycloakAdminPassword: env["KEYCLOAK_ADMIN_PASSWORD"],
 		MQTTURL:               env["MQTT_URL"],
+		S3Endpoint:            env["S3_ENDPOINT"],
+		S3Region:              env["S3_REGION"],
+		S3Bucket:              env["S3_BUCKET"],
+		S3AccessKeyID:         env["S3_ACCESS_KEY_ID"],
+		S3SecretAccessKey:     env["S3_SECRET_ACCESS_KEY"],
 		RotationGrace:         DefaultRotationGrace,
 		control:               env[EnvControlSocket],
 	}

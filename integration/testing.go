@@ -27,19 +27,38 @@ var (
 	sharedErr error
 )
 
+// EnvStackS3 set to 1 makes the stacks that withstack and RunTests start
+// run the S3-compatible server too (Options.S3).
+const EnvStackS3 = "ESPMDM_STACK_S3"
+
 // RunTests runs a package's tests with a stack: the one named by
 // $ESPMDM_STACK_ENV when set, else a new one (launcher from
-// $ESPMDM_LAUNCHER) that is stopped when the tests end or the run is
-// interrupted. Use it from TestMain: os.Exit(integration.RunTests(m)).
-// If the stack cannot be had, the tests still run and every test that asks
-// for it with Shared fails with the reason.
-func RunTests(m *testing.M) int {
+// $ESPMDM_LAUNCHER, S3 with $ESPMDM_STACK_S3=1) that is stopped when the
+// tests end or the run is interrupted. Use it from TestMain:
+// os.Exit(integration.RunTests(m)). If the stack cannot be had, the tests
+// still run and every test that asks for it with Shared fails with the
+// reason.
+func RunTests(m *testing.M) int { return RunTestsWith(m, Options{}) }
+
+// RunTestsWith is RunTests with the options of a stack of its own (an
+// attached stack is used as it is): a package whose tests need the S3
+// server passes Options{S3: true}. An empty Launcher is $ESPMDM_LAUNCHER's.
+func RunTestsWith(m *testing.M, opts Options) int {
 	var own *Stack
 	if path := os.Getenv(EnvStackFile); path != "" {
 		shared, sharedErr = Attach(path)
 	} else {
+		if opts.Launcher == "" {
+			opts.Launcher = os.Getenv("ESPMDM_LAUNCHER")
+		}
+		if opts.Log == nil {
+			if l := stackLog(); l != nil {
+				opts.Log = l
+			}
+		}
+		opts.S3 = opts.S3 || os.Getenv(EnvStackS3) == "1"
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		own, sharedErr = Start(ctx, Options{Launcher: os.Getenv("ESPMDM_LAUNCHER"), Log: stackLog()})
+		own, sharedErr = Start(ctx, opts)
 		cancel()
 		shared = own
 		if sharedErr != nil {
@@ -84,6 +103,15 @@ func Shared(t testing.TB) *Stack {
 		t.Fatal("integration stack unavailable: call integration.RunTests from TestMain")
 	}
 	return shared
+}
+
+// RequireS3 fails the test unless the stack runs the S3-compatible server
+// (an integration test never silently skips).
+func (s *Stack) RequireS3(t testing.TB) {
+	t.Helper()
+	if s.S3Endpoint == "" {
+		t.Fatalf("the integration stack has no S3 server: start it with `withstack -s3` (or %s=1), as make test does", EnvStackS3)
+	}
 }
 
 // adminExec runs one statement on the stack's postgres database over a

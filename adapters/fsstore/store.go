@@ -1,28 +1,29 @@
-// Package fsstore implements ports.FirmwareStore on the local filesystem:
-// each binary is FIRMWARE_DIR/<model_code>/<sha256>.bin, written
-// atomically (a temporary file in the same directory, fsync, rename, fsync
-// of the directory), so a reader sees either nothing or the whole file.
+// Package fsstore implements ports.BlobStore (and the firmware store it
+// grew from, ports.FirmwareStore) on the local filesystem: each blob is
+// FIRMWARE_DIR/<namespace>/<sha256>.bin (".elf", ".core": ports.BlobKey's
+// Path), so a firmware binary is FIRMWARE_DIR/<model_code>/<sha256>.bin as
+// it always was. A blob is written atomically (a temporary file in the
+// same directory, checked while it streams, fsync, rename, fsync of the
+// directory), so a reader sees either nothing or the whole file.
 //
 // New also deletes temporary files an interrupted Put left behind (older
 // than an hour).
 //
-// Model codes and digests are checked against strict patterns before they
+// Namespaces and digests are checked against strict patterns before they
 // become path elements, and every file operation goes through an os.Root
 // opened on the store directory, so neither "../" nor a planted symlink
 // can reach outside it.
 package fsstore
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path"
-	"regexp"
 	"strings"
 	"time"
 
@@ -30,20 +31,21 @@ import (
 	"github.com/espmdm/espmdm/ports"
 )
 
-// Store is a FirmwareStore in one directory. It is safe for concurrent use.
+// Store is a BlobStore (and a FirmwareStore) in one directory. It is safe for concurrent use.
 type Store struct {
 	root *os.Root
 }
 
-var _ ports.FirmwareStore = (*Store)(nil)
+var (
+	_ ports.FirmwareStore = (*Store)(nil)
+	_ ports.BlobStore     = (*Store)(nil)
+)
 
 const (
 	dirPerm  = 0o750
 	filePerm = 0o640
 	tmpStart = ".upload-"
 )
-
-var sha256Pattern = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // New opens (creating it when missing) the store directory dir.
 func New(dir string) (*Store, error) {
@@ -75,7 +77,7 @@ func (s *Store) removeStaleTemps(cutoff time.Time) {
 		return
 	}
 	for _, d := range dirs {
-		if !d.IsDir() || !model.ModelCodePattern.MatchString(d.Name()) {
+		if !d.IsDir() || !ports.BlobNamespacePattern.MatchString(d.Name()) {
 			continue
 		}
 		files, err := fs.ReadDir(s.root.FS(), d.Name())
@@ -99,66 +101,27 @@ func (s *Store) Dir() string { return s.root.Name() }
 // Close releases the store directory.
 func (s *Store) Close() error { return s.root.Close() }
 
-// relPath checks modelCode and digest and returns the file's path inside
-// the store.
-func relPath(modelCode, digest string) (dir, file string, err error) {
+// firmwareKey is the blob key of a firmware binary, with the errors the
+// FirmwareStore port has always given (field model_code for a bad code).
+func firmwareKey(modelCode, digest string) (ports.BlobKey, error) {
 	if !model.ModelCodePattern.MatchString(modelCode) {
-		return "", "", model.Invalid("model_code", "must match %s", model.ModelCodePattern)
+		return ports.BlobKey{}, model.Invalid("model_code", "must match %s", model.ModelCodePattern)
 	}
-	if !sha256Pattern.MatchString(digest) {
-		return "", "", model.Invalid("sha256", "must be 64 lower-case hex digits")
-	}
-	return modelCode, path.Join(modelCode, digest+".bin"), nil
+	key := ports.BlobKey{Kind: ports.BlobFirmware, Namespace: modelCode, SHA256: digest}
+	return key, key.Validate()
 }
 
-// Put implements ports.FirmwareStore. data must hash to digest (a mismatch
-// is a *model.ValidationError and writes nothing). Putting an existing
-// binary again replaces it with the same bytes.
-func (s *Store) Put(ctx context.Context, modelCode, digest string, data []byte) (err error) {
-	dir, file, err := relPath(modelCode, digest)
+// Put implements ports.FirmwareStore: the firmware blob of the model.
+// data must hash to digest (a mismatch is a *model.ValidationError and
+// writes nothing). Putting an existing binary again replaces it with the
+// same bytes.
+func (s *Store) Put(ctx context.Context, modelCode, digest string, data []byte) error {
+	key, err := firmwareKey(modelCode, digest)
 	if err != nil {
 		return err
 	}
-	if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != digest {
-		return model.Invalid("sha256", "does not match the content")
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := s.ensureDir(dir); err != nil {
-		return err
-	}
-
-	tmp, f, err := s.createTemp(dir)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if f != nil {
-			_ = f.Close()
-		}
-		if err != nil {
-			_ = s.root.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("fsstore: write %s: %w", file, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsstore: sync %s: %w", file, err)
-	}
-	cerr := f.Close()
-	f = nil
-	if cerr != nil {
-		return fmt.Errorf("fsstore: close %s: %w", file, cerr)
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := s.root.Rename(tmp, file); err != nil {
-		return fmt.Errorf("fsstore: rename into %s: %w", file, err)
-	}
-	return s.syncDir(dir)
+	_, err = s.PutBlob(ctx, key, bytes.NewReader(data), int64(len(data)), 0)
+	return err
 }
 
 // ensureDir creates the model directory; a new directory's entry is made
@@ -210,48 +173,24 @@ func (s *Store) syncDir(dir string) error {
 	return nil
 }
 
-// Open implements ports.FirmwareStore. A binary that is not stored is
-// model.ErrNotFound. The caller closes the blob.
+// Open implements ports.FirmwareStore: the firmware blob of the model. A
+// binary that is not stored is model.ErrBlobNotFound (a model.ErrNotFound).
+// The caller closes the blob.
 func (s *Store) Open(ctx context.Context, modelCode, digest string) (ports.Blob, error) {
-	_, file, err := relPath(modelCode, digest)
+	key, err := firmwareKey(modelCode, digest)
 	if err != nil {
 		return nil, err
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	f, err := s.root.Open(file)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("fsstore: firmware %s of %s: %w", digest, modelCode, model.ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("fsstore: open %s: %w", file, err)
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		_ = f.Close()
-		return nil, fmt.Errorf("fsstore: stat %s: %w", file, err)
-	}
-	if !fi.Mode().IsRegular() {
-		_ = f.Close()
-		return nil, fmt.Errorf("fsstore: %s is not a regular file", file)
-	}
-	return &blob{File: f, size: fi.Size()}, nil
+	return s.OpenBlob(ctx, key)
 }
 
 // DeleteModel implements ports.FirmwareStore: it removes the model's
-// directory with every binary (and any temporary file) in it.
+// directory with every blob (and any temporary file) in it.
 func (s *Store) DeleteModel(ctx context.Context, modelCode string) error {
 	if !model.ModelCodePattern.MatchString(modelCode) {
 		return model.Invalid("model_code", "must match %s", model.ModelCodePattern)
 	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := s.root.RemoveAll(modelCode); err != nil {
-		return fmt.Errorf("fsstore: remove %s: %w", modelCode, err)
-	}
-	return s.syncDir(".")
+	return s.DeleteNamespace(ctx, modelCode)
 }
 
 // blob is an open binary. Files are never modified in place (only replaced

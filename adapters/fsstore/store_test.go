@@ -280,3 +280,10 @@ func TestNewRemovesStaleTemporaryFiles(t *testing.T) {
 		}
 	}
 }
+
+func TestBlobStoreContract(t *testing.T) {
+	portstest.RunBlobStoreContract(t, func(t *testing.T) ports.BlobStore {
+		s, _ := newStore(t)
+		return s
+	})
+}

@@ -1,5 +1,5 @@
 // Command withstack starts the integration stack (PostgreSQL, Keycloak,
-// Mosquitto), runs a command with $ESPMDM_STACK_ENV naming the stack's env
+// Mosquitto; with -s3 also S3Proxy, an S3-compatible server), runs a command with $ESPMDM_STACK_ENV naming the stack's env
 // file, and stops the stack when the command ends or on SIGINT/SIGTERM. It
 // is how `make test` gives every test package one shared stack:
 //
@@ -37,9 +37,10 @@ func run() int {
 	flag.StringVar(&images.Postgres, "postgres-image", "", "containers launcher: PostgreSQL image (default $"+integration.EnvPostgresImage+", else "+integration.DefaultPostgresImage+")")
 	flag.StringVar(&images.Keycloak, "keycloak-image", "", "containers launcher: Keycloak image (default $"+integration.EnvKeycloakImage+", else "+integration.KeycloakImageRepository+":VERSION)")
 	flag.StringVar(&images.Mosquitto, "mosquitto-image", "", "containers launcher: Mosquitto image (default $"+integration.EnvMosquittoImage+", else "+integration.DefaultMosquittoImage+")")
-	prepare := flag.Bool("prepare", false, "only fetch and unpack the Keycloak distribution into the cache, then exit")
+	withS3 := flag.Bool("s3", os.Getenv(integration.EnvStackS3) == "1", "also run the S3-compatible server (S3Proxy) with a bucket (default $"+integration.EnvStackS3+"=1)")
+	prepare := flag.Bool("prepare", false, "only fetch Keycloak's distribution and S3Proxy into the cache, then exit")
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: withstack [-launcher auto|processes|containers] [-postgres-image I] [-keycloak-image I] [-mosquitto-image I] [-v] -- COMMAND [ARGS...]\n       withstack -prepare")
+		fmt.Fprintln(os.Stderr, "usage: withstack [-launcher auto|processes|containers] [-s3] [-postgres-image I] [-keycloak-image I] [-mosquitto-image I] [-v] -- COMMAND [ARGS...]\n       withstack -prepare")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -51,6 +52,13 @@ func run() int {
 			return 1
 		}
 		fmt.Fprintln(os.Stderr, "withstack: Keycloak distribution ready in", dist)
+		jar, err := integration.EnsureS3Proxy(context.Background(), integration.DefaultCacheDir(),
+			envOr("ESPMDM_S3PROXY_VERSION", integration.DefaultS3ProxyVersion), os.Stderr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "withstack:", err)
+			return 1
+		}
+		fmt.Fprintln(os.Stderr, "withstack: S3Proxy ready in", jar)
 		return 0
 	}
 	if flag.NArg() == 0 {
@@ -61,7 +69,7 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	opts := integration.Options{Launcher: *launcher, Images: images}
+	opts := integration.Options{Launcher: *launcher, Images: images, S3: *withS3}
 	if *verbose {
 		opts.Log = os.Stderr
 	}
@@ -76,8 +84,12 @@ func run() int {
 			fmt.Fprintln(os.Stderr, "withstack: stop:", err)
 		}
 	}()
-	fmt.Fprintf(os.Stderr, "withstack: %s stack ready in %s (postgres %s, keycloak %s, mqtt %s)\n",
-		st.Launcher, time.Since(began).Round(100*time.Millisecond), st.DatabaseURL, st.KeycloakURL, st.MQTTURL)
+	s3 := ""
+	if st.S3Endpoint != "" {
+		s3 = fmt.Sprintf(", s3 %s bucket %s", st.S3Endpoint, st.S3Bucket)
+	}
+	fmt.Fprintf(os.Stderr, "withstack: %s stack ready in %s (postgres %s, keycloak %s, mqtt %s%s)\n",
+		st.Launcher, time.Since(began).Round(100*time.Millisecond), st.DatabaseURL, st.KeycloakURL, st.MQTTURL, s3)
 
 	if _, err := st.ServeControl(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "withstack:", err)
