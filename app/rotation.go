@@ -70,7 +70,7 @@ func newRotationMetrics(m *Metrics, devices ports.DeviceRepo) *RotationMetrics {
 		}, []string{"phase"}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "espmdm_rotation_events_total",
-			Help: "Rotation steps: started, generated, confirmed (by ack or iat), rotated_secret_invalidated, timeout, restored.",
+			Help: "Rotation steps: started, generated, confirmed (by ack or iat), rotated_secret_invalidated, timeout, restored, client_missing (a timeout that found the device's client gone: nothing restored).",
 		}, []string{"event", "mode"}),
 		leaseFor: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "espmdm_rotation_lease_held",
@@ -90,7 +90,7 @@ func newRotationMetrics(m *Metrics, devices ports.DeviceRepo) *RotationMetrics {
 	m.Registry.MustRegister(rm.phases, rm.events, rm.leaseFor, rm.unconf, rm.age, &stateCollector{devices: devices})
 	for _, mode := range []model.RotationMode{model.RotationGrace, model.RotationRestore} {
 		for _, ev := range []string{"started", "generated", "fetched", "confirmed_ack", "confirmed_iat",
-			"rotated_secret_invalidated", "timeout", "restored"} {
+			"rotated_secret_invalidated", "timeout", "restored", "client_missing"} {
 			rm.events.WithLabelValues(ev, string(mode))
 		}
 	}
@@ -126,6 +126,10 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 func (rm *RotationMetrics) onRotation(log *zap.Logger) func(context.Context, mdm.RotationEvent) {
 	return func(_ context.Context, ev mdm.RotationEvent) {
 		name := string(ev.Kind)
+		lvl := log.Info
+		if ev.Kind == mdm.EventFetched {
+			lvl = log.Debug
+		}
 		switch ev.Kind {
 		case mdm.EventFetched:
 			rm.phases.WithLabelValues("nudge_to_fetch").Observe(ev.SinceAttempt.Seconds())
@@ -142,13 +146,13 @@ func (rm *RotationMetrics) onRotation(log *zap.Logger) func(context.Context, mdm
 			if ev.Restored {
 				rm.events.WithLabelValues("restored", string(ev.Mode)).Inc()
 			}
+			if ev.ClientMissing {
+				rm.events.WithLabelValues("client_missing", string(ev.Mode)).Inc()
+				lvl = log.Warn
+			}
 			rm.unconf.Observe(ev.SinceAttempt.Seconds())
 		}
 		rm.events.WithLabelValues(name, string(ev.Mode)).Inc()
-		lvl := log.Debug
-		if ev.Kind != mdm.EventFetched {
-			lvl = log.Info
-		}
 		fields := []zap.Field{zap.String("event", string(ev.Kind)), zap.Int64("device_id", ev.DeviceID),
 			zap.String("client_id", ev.ClientID), zap.String("mode", string(ev.Mode))}
 		if ev.Via != "" {
@@ -156,6 +160,10 @@ func (rm *RotationMetrics) onRotation(log *zap.Logger) func(context.Context, mdm
 		}
 		if ev.Kind == mdm.EventTimeout {
 			fields = append(fields, zap.Bool("restored", ev.Restored))
+		}
+		if ev.ClientMissing {
+			fields = append(fields, zap.Bool("client_missing", true), zap.String("action",
+				"the device's client is missing in the identity provider: repair its identity (POST /api/devices/{id}/identity/sync) and provision the device again"))
 		}
 		lvl("rotation", fields...)
 	}
@@ -214,6 +222,16 @@ func (w *RotationWorker) Resolve(ctx context.Context) error {
 		zap.Bool("policy_feature_enabled", pol.FeatureEnabled), zap.Bool("policy_covers_devices", pol.Covered),
 		zap.String("policy", pol.Name), zap.Duration("policy_grace", pol.RotatedExpiration),
 		zap.Strings("policy_problems", pol.Problems))
+	prev, unconfirmed, err := w.svc.RecordRotationMode(ctx)
+	switch {
+	case err != nil:
+		w.log.Warn("rotation: could not record the mode in force", zap.Error(err))
+	case prev != "" && prev != mode:
+		w.log.Warn("rotation mode changed since the last start: unconfirmed rotations keep the rules of the mode that generated them "+
+			"(grace: only the ack confirms; restore: the timeout restores the old secret)",
+			zap.String("mode", string(mode)), zap.String("previous_mode", string(prev)),
+			zap.Int("unconfirmed_rotations", unconfirmed), zap.Strings("policy_problems", pol.Problems))
+	}
 	return nil
 }
 

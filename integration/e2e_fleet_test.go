@@ -307,3 +307,80 @@ func fleetNotifications(t *testing.T, s *server, m modelDTO, devs []fleetDevice)
 		}
 	}
 }
+
+// TestE2ERotationRestoreNeverLosesTheLastWorkingSecret is the scenario of
+// review finding F1, in restore mode, with a devicesim device that follows
+// the README's firmware steps to the letter. Rotation 1: the device fetches
+// S1 (S0 stops working), writes it to its next slot and crashes before the
+// ack; at boot S0 is refused and S1 works, so it promotes S1 at once and
+// acks it. Rotation 2: it fetches S2 (S1 stops working), writes it to next
+// and stays away past ROTATION_TIMEOUT_SECONDS; the timeout restores S1,
+// which is its current secret. It ends with a working secret, and its retry
+// completes. (With the earlier steps it kept S0 and S1, overwrote S1 with
+// S2, and the restored S1 was a secret it no longer had.)
+func TestE2ERotationRestoreNeverLosesTheLastWorkingSecret(t *testing.T) {
+	env := rotationEnv("restore", 2)
+	// The retry waits longer than the timeout, so the test sees the device
+	// in TIMEOUT with its old secret restored.
+	env["ROTATION_RETRY_SECONDS"] = "10"
+	s := startServer(t, env)
+	m := newModel(t, s, nil)
+	fleet, devs := newFleet(t, s, "restore", m.ID, 1)
+	d := devs[0]
+	state := func() string { return deviceState(t, s, d.ID).RotationState }
+	secrets := func() devicesim.SecretCheck {
+		t.Helper()
+		chk, err := d.sim.CheckSecrets(ctxT(t, 30*time.Second))
+		if err != nil {
+			t.Fatalf("CheckSecrets: %v", err)
+		}
+		return chk
+	}
+	waitState := func(want string, within time.Duration) {
+		t.Helper()
+		waitFleet(t, within, "state "+want, func() (bool, string) {
+			st := state()
+			return st == want, fmt.Sprintf("state %s, device %+v", st, d.sim.Stats())
+		})
+	}
+
+	// Rotation 1: crash between persisting S1 and the ack; the reboot
+	// takes long enough for the config request's token to be issued in a
+	// later second than the generation (which completed the rotation by
+	// its iat while the device kept S1 in its next slot).
+	d.sim.SetBehaviour(devicesim.Behaviour{Crash: devicesim.CrashAfterPersist, RebootDelay: 1500 * time.Millisecond})
+	s.do(http.MethodPost, fmt.Sprintf("/api/devices/%d/rotate", d.ID), s.admin, nil).want(t, http.StatusAccepted, nil)
+	waitState("OK", 20*time.Second)
+	st := d.sim.Stats()
+	if st.Crashes != 1 || st.Promotions != 1 || st.Acks != 1 {
+		t.Fatalf("rotation 1: %d crashes, %d promotions at boot, %d acks; want 1, 1, 1", st.Crashes, st.Promotions, st.Acks)
+	}
+	if chk := secrets(); chk != (devicesim.SecretCheck{Provisioned: devicesim.Refused, Current: devicesim.Accepted}) {
+		t.Fatalf("after rotation 1: %+v, want S1 promoted to current (S0 refused, next empty)", chk)
+	}
+
+	// Rotation 2: persist S2, then away past the timeout.
+	d.sim.SetBehaviour(devicesim.Behaviour{Crash: devicesim.CrashAfterPersist, CrashAlways: true, StayDown: true})
+	s.do(http.MethodPost, fmt.Sprintf("/api/devices/%d/rotate", d.ID), s.admin, nil).want(t, http.StatusAccepted, nil)
+	waitState("TIMEOUT", 20*time.Second)
+	if st := d.sim.Stats(); st.Crashes != 2 || st.Fetches != 2 {
+		t.Fatalf("rotation 2: %d crashes, %d fetches; want 2 and 2", st.Crashes, st.Fetches)
+	}
+	if chk := secrets(); chk.Current != devicesim.Accepted || chk.Next != devicesim.Refused {
+		t.Fatalf("after rotation 2's timeout: %+v, want the restored S1 current and accepted, S2 in next refused", chk)
+	}
+
+	// Back: it boots on S1; the retry rotates it.
+	d.sim.SetBehaviour(devicesim.Behaviour{})
+	if err := d.sim.Boot(ctxT(t, 30*time.Second)); err != nil {
+		t.Fatalf("boot after rotation 2: %v", err)
+	}
+	waitState("OK", 30*time.Second)
+	if chk := secrets(); chk != (devicesim.SecretCheck{Provisioned: devicesim.Refused, Current: devicesim.Accepted}) {
+		t.Errorf("at the end: %+v, want a working current secret and nothing in next", chk)
+	}
+	rep, err := fleet.CheckAll(ctxT(t, time.Minute))
+	if err != nil || len(rep.LockedOut) != 0 {
+		t.Errorf("CheckAll: %+v, %v; want no device locked out", rep, err)
+	}
+}

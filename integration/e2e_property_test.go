@@ -21,9 +21,11 @@ import (
 // Property-based testing of the API against its own OpenAPI document with
 // Schemathesis (https://schemathesis.readthedocs.io), run on a real espmdm
 // on the stack with an admin token: generated requests, valid and invalid,
-// must get no server error, no undocumented status, content type or
-// header, no body that breaks its schema, no valid request refused and no
-// invalid one accepted.
+// and sequences that follow the document's links, must get no server
+// error, no undocumented status, content type or header, no body that
+// breaks its schema, no valid request refused (but for a firmware body,
+// testdata/schemathesis.toml) and no invalid one accepted, with every
+// check but unsupported_method.
 
 // SchemathesisVersion is the version .ci/deps installs.
 const SchemathesisVersion = "4.32.5"
@@ -115,12 +117,17 @@ func TestE2EOpenAPIPropertyBased(t *testing.T) {
 		args := []string{
 			"--config-file", filepath.Join("testdata", "schemathesis.toml"),
 			"run", s.base + "/api/openapi.json",
-			"--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance," +
-				"response_schema_conformance,positive_data_acceptance,negative_data_rejection",
-			"--phases", "examples,coverage,fuzzing",
+			// Every check but unsupported_method, in every phase (the
+			// stateful one follows the document's links); the config file
+			// excludes only the firmware body's positive acceptance.
+			"--checks", "all", "--exclude-checks", "unsupported_method",
 			"--max-examples", strconv.Itoa(examples),
 			"--seed", propertySeed(),
-			"--workers", "2",
+			// One worker: with two, the Python 3.11 of the virtualenv
+			// can fail in ast.parse (a SystemError about the AST
+			// constructor's recursion depth, CPython gh-106905) while
+			// Hypothesis describes a strategy in another thread.
+			"--workers", "1",
 			"--request-timeout", "20",
 			"--max-failures", "100",
 			"--continue-on-failure",

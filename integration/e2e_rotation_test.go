@@ -24,6 +24,7 @@ import (
 
 	"github.com/espmdm/espmdm/app"
 	"github.com/espmdm/espmdm/integration"
+	"github.com/espmdm/espmdm/ports"
 )
 
 // Credential rotation (SPEC §4) end to end: espmdm against the stack's real
@@ -123,15 +124,19 @@ func newSimDevices(t *testing.T, s *server, modelID int64, bs ...behaviour) []*s
 }
 
 // deviceToken gets a token with the first secret that works, current then
-// next, as SPEC §4 says a device does at boot; "" when none does.
+// next, as SPEC §4 says a device does at boot (promoting next when only it
+// works); "" when none does.
 func (d *simDevice) deviceToken(t *testing.T, s *server) string {
 	t.Helper()
-	for _, secret := range []string{d.current, d.next} {
+	for i, secret := range []string{d.current, d.next} {
 		if secret == "" {
 			continue
 		}
 		if tok, code := tokenStatus(t, s.st, d.ClientID, secret); code == http.StatusOK {
 			s.keep(tok)
+			if i == 1 {
+				d.current, d.next = secret, ""
+			}
 			return tok
 		}
 	}
@@ -845,5 +850,130 @@ func TestE2ERotationGraceTakesAGenerationMadeInKeycloak(t *testing.T) {
 	s.do(http.MethodGet, fmt.Sprintf("/api/devices/%d", d.ID), s.viewer, nil).want(t, http.StatusOK, &got)
 	if got.RotationState != "OK" {
 		t.Errorf("rotation state %s, want OK", got.RotationState)
+	}
+}
+
+// skewedClock is espmdm's clock set off from the machine's (and so from
+// Keycloak's) by off.
+type skewedClock struct {
+	base ports.Clock
+	off  time.Duration
+}
+
+func (c skewedClock) Now() time.Time { return c.base.Now().Add(c.off) }
+
+// withClockSkew runs espmdm with its clock off from Keycloak's by off.
+func withClockSkew(off time.Duration) fx.Option {
+	return fx.Decorate(func(c ports.Clock) ports.Clock { return skewedClock{base: c, off: off} })
+}
+
+// TestE2ERotationRestoreIATUnderClockSkew runs the iat rule of restore mode
+// with espmdm's clock 2 s behind and 2 s ahead of Keycloak's (review
+// finding F3): a token of the old secret, taken just before a fetch whose
+// answer the device never got, must not confirm the rotation; a device that
+// follows the reviewed design (fetch, overwrite, reboot, token,
+// /iot/config) must still complete within its attempt.
+func TestE2ERotationRestoreIATUnderClockSkew(t *testing.T) {
+	env := rotationEnv("restore", 2)
+	env["ROTATION_TIMEOUT_SECONDS"], env["ROTATION_FETCH_TIMEOUT_SECONDS"] = "120", "120"
+	start := func(t *testing.T, off time.Duration) (*server, deviceDTO, string) {
+		t.Helper()
+		s := startServer(t, env, withClockSkew(off))
+		d := newDevice(t, s, newModel(t, s, nil).ID, `{}`)
+		var p provisioningDTO
+		s.do(http.MethodGet, fmt.Sprintf("/api/devices/%d/provisioning?format=json", d.ID), s.admin, nil).want(t, http.StatusOK, &p)
+		s.keep(p.ClientSecret)
+		s.do(http.MethodPost, fmt.Sprintf("/api/devices/%d/rotate", d.ID), s.admin, nil).want(t, http.StatusAccepted, nil)
+		return s, d, p.ClientSecret
+	}
+	fetch := func(t *testing.T, s *server, tok string) string {
+		t.Helper()
+		var p provisioningDTO
+		s.do(http.MethodGet, "/iot/provisioning", tok, nil).want(t, http.StatusOK, &p)
+		s.keep(p.ClientSecret)
+		return p.ClientSecret
+	}
+
+	t.Run("espmdm 2 s behind Keycloak: a token of the old secret proves nothing", func(t *testing.T) {
+		s, d, old := start(t, -2*time.Second)
+		oldTok := s.token(d.ClientID, old)
+		fresh := fetch(t, s, oldTok) // the answer is lost: the device holds the old secret only
+		if accepted(t, s.st, d.ClientID, old) {
+			t.Fatal("restore: the old secret still works after the generation")
+		}
+		s.do(http.MethodGet, "/iot/config", oldTok, nil).want(t, http.StatusOK, nil)
+		if got := deviceState(t, s, d.ID); got.RotationState != "PENDING" {
+			t.Fatalf("a token taken with the old secret before the fetch confirmed the rotation: state %s, want PENDING", got.RotationState)
+		}
+		// A token of the new secret, in a later second, completes it.
+		time.Sleep(1100 * time.Millisecond)
+		s.do(http.MethodGet, "/iot/config", s.token(d.ClientID, fresh), nil).want(t, http.StatusOK, nil)
+		if got := deviceState(t, s, d.ID); got.RotationState != "OK" {
+			t.Fatalf("a token of the new secret issued a second later: state %s, want OK", got.RotationState)
+		}
+	})
+	t.Run("espmdm 2 s ahead of Keycloak: the reviewed design's steps complete", func(t *testing.T) {
+		s, d, old := start(t, 2*time.Second)
+		fresh := fetch(t, s, s.token(d.ClientID, old))                                                   // fetch, overwrite the only secret,
+		time.Sleep(1100 * time.Millisecond)                                                              // reboot,
+		s.do(http.MethodGet, "/iot/config", s.token(d.ClientID, fresh), nil).want(t, http.StatusOK, nil) // token, config
+		if got := deviceState(t, s, d.ID); got.RotationState != "OK" {
+			t.Fatalf("legacy steps with espmdm's clock 2 s ahead: state %s, want OK within the attempt", got.RotationState)
+		}
+		if accepted(t, s.st, d.ClientID, old) || !accepted(t, s.st, d.ClientID, fresh) {
+			t.Error("after the completion only the new secret may work")
+		}
+	})
+}
+
+// TestE2ERotationGraceGenerationAfterASwitchToRestore: a rotation generated
+// in grace mode, still unconfirmed when espmdm restarts with auto resolving
+// to restore (here: a ROTATION_GRACE that no longer matches the realm's
+// policy), keeps grace's rules (review finding F5): the start warns with the
+// count of unconfirmed rotations, a token of the old secret issued after
+// the generation does not complete it, the ack does, and the completion
+// ends the old secret in Keycloak.
+func TestE2ERotationGraceGenerationAfterASwitchToRestore(t *testing.T) {
+	st := integration.Shared(t)
+	env := rotationEnv("grace", 2)
+	env["ROTATION_TIMEOUT_SECONDS"], env["ROTATION_FETCH_TIMEOUT_SECONDS"] = "120", "120"
+	env["DATABASE_URL"], env["SECRET_KEY"] = st.NewDatabase(t), randHex(32)
+	g := startServer(t, env)
+	d := newDevice(t, g, newModel(t, g, nil).ID, `{}`)
+	var p provisioningDTO
+	g.do(http.MethodGet, fmt.Sprintf("/api/devices/%d/provisioning?format=json", d.ID), g.admin, nil).want(t, http.StatusOK, &p)
+	old := p.ClientSecret
+	g.keep(old)
+	g.do(http.MethodPost, fmt.Sprintf("/api/devices/%d/rotate", d.ID), g.admin, nil).want(t, http.StatusAccepted, nil)
+	g.do(http.MethodGet, "/iot/provisioning", g.token(d.ClientID, old), nil).want(t, http.StatusOK, &p)
+	fresh := p.ClientSecret
+	g.keep(fresh)
+	g.stop()
+
+	env["ROTATION_MODE"], env["ROTATION_GRACE"] = "auto", "48h"
+	r := startServer(t, env)
+	r.keep(old, fresh)
+	var rs rotationStatusDTO
+	r.do(http.MethodGet, "/api/rotation/status", r.viewer, nil).want(t, http.StatusOK, &rs)
+	if rs.Mode != "restore" {
+		t.Fatalf("mode after the restart %q, want restore", rs.Mode)
+	}
+	warned := r.logs.FilterMessageSnippet("rotation mode changed").All()
+	if len(warned) != 1 || warned[0].ContextMap()["previous_mode"] != "grace" || warned[0].ContextMap()["unconfirmed_rotations"] != int64(1) {
+		t.Errorf("start-up warnings about the mode change: %v, want one naming grace and 1 unconfirmed rotation", warned)
+	}
+	time.Sleep(1100 * time.Millisecond) // a token in a later second than the generation
+	oldTok := r.token(d.ClientID, old)  // the old secret still works (grace)
+	r.do(http.MethodGet, "/iot/config", oldTok, nil).want(t, http.StatusOK, nil)
+	if got := deviceState(t, r, d.ID); got.RotationState != "PENDING" {
+		t.Fatalf("a grace generation was completed by a token's iat (state %s) though the device may hold only the old secret", got.RotationState)
+	}
+	r.do(http.MethodPost, "/iot/provisioning/ack", r.token(d.ClientID, fresh), map[string]string{"client_secret_sha256": sha256Hex(fresh)}).
+		want(t, http.StatusNoContent, nil)
+	if got := deviceState(t, r, d.ID); got.RotationState != "OK" {
+		t.Fatalf("after the ack: state %s, want OK", got.RotationState)
+	}
+	if accepted(t, st, d.ClientID, old) || !accepted(t, st, d.ClientID, fresh) {
+		t.Error("after the completion under restore the old (rotated) secret must be refused and the new one accepted")
 	}
 }

@@ -100,6 +100,9 @@ type RotationQueue interface {
 	// fetch since it began (LastRotationFetchAt), or that are inactive,
 	// oldest attempt first, at most limit.
 	ExpiredRotations(ctx context.Context, before, unfetchedBefore time.Time, limit int) ([]int64, error)
+	// UnconfirmedRotations counts the devices whose rotation generated a
+	// secret that is not confirmed yet (NewSecretAt set), active or not.
+	UnconfirmedRotations(ctx context.Context) (int, error)
 	// RotationCounts counts active devices by state, and inactive ones.
 	// Every state is present in ByState (0 when none).
 	RotationCounts(ctx context.Context) (model.RotationCounts, error)
@@ -144,8 +147,9 @@ type ScheduleRepo interface {
 	// moved it first.
 	AdvanceFire(ctx context.Context, name string, from, to time.Time) (bool, error)
 	// RecordExpression records expr as the named schedule's expression
-	// and returns the one recorded before ("" the first time). When it
-	// changes, the entries of ctx's AuditBatch are stored with it.
+	// (or another named setting: the rotation mode in force) and returns
+	// the one recorded before ("" the first time). When it changes, the
+	// entries of ctx's AuditBatch are stored with it.
 	RecordExpression(ctx context.Context, name, expr string) (previous string, err error)
 }
 
@@ -228,6 +232,14 @@ type IdentityProvider interface {
 	// on every device's rotation; a rotated secret there shows a
 	// generation that was not recorded).
 	CoveredSecrets(ctx context.Context, clientID string) (model.Secrets, error)
+	// SecretState reports what the provider records about the client's
+	// secrets: when it made the current one (by its own clock) and
+	// whether a rotated secret is kept beside it.
+	SecretState(ctx context.Context, clientID string) (model.SecretState, error)
+	// Now reads the provider's clock (whole seconds) by an operation that
+	// begins after the call: every operation the provider finished before
+	// the call happened at or before the time returned.
+	Now(ctx context.Context) (time.Time, error)
 	// RotationPolicy reports whether the secret-rotation feature is on and
 	// a client policy covers device clients with a secret-rotation profile.
 	RotationPolicy(ctx context.Context) (model.RotationPolicy, error)

@@ -79,6 +79,16 @@ func TestAuditRoute(t *testing.T) {
 	if out.NextCursor == nil {
 		t.Fatal("next_cursor missing on a page with more")
 	}
+	// An entry about no device leaves the members out: never a null id.
+	var raw struct {
+		Entries []map[string]any `json:"entries"`
+	}
+	r.json(t, &raw)
+	for _, k := range []string{"device_id", "client_id", "device_model_id"} {
+		if v, ok := raw.Entries[1][k]; ok {
+			t.Errorf("an entry about no device carries %s: %v", k, v)
+		}
+	}
 	f, actor := fa.last()
 	want := ports.AuditFilter{Limit: 2, DeviceID: 7, Kind: model.AuditSecretConfirmed, Actor: "alice", Since: time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)}
 	if f != want {
@@ -101,11 +111,13 @@ func TestAuditRoute(t *testing.T) {
 	if f, _ := fa.last(); f.AfterID != 50 {
 		t.Errorf("after=50 with a cursor after 42 gave AfterID %d, want the larger", f.AfterID)
 	}
+	// maxLength counts characters, as the document's schema does.
+	wantStatus(t, e.get("/api/audit?actor="+strings.Repeat("é", 255), tokViewer), http.StatusOK)
 
 	for _, q := range []string{
 		"limit=0", "limit=1001", "limit=x", "device_id=0", "device_id=-1", "device_id=abc",
 		"kind=nope", "since=yesterday", "after=-1", "after=x", "cursor=zzz", "cursor=c1.MQ&after=1", "since=", "kind=",
-		"actor=" + strings.Repeat("a", 256),
+		"actor=" + strings.Repeat("a", 256), "actor=" + strings.Repeat("é", 256), "actor=a%00b",
 	} {
 		r := e.get("/api/audit?"+q, tokViewer)
 		wantStatus(t, r, http.StatusBadRequest)

@@ -148,11 +148,10 @@ func requireIdentityEncoding(c *fiber.Ctx) error {
 	return nil
 }
 
-// pathID parses the :id route parameter: a positive integer.
+// pathID parses the :id route parameter: a positive integer (see intText).
 func pathID(c *fiber.Ctx) (int64, error) {
-	raw := c.Params("id")
-	id, err := strconv.ParseInt(raw, 10, 64)
-	if err != nil || id <= 0 {
+	id, ok := intText(c.Params("id"))
+	if !ok || id <= 0 {
 		return 0, model.Invalid("id", "must be a positive integer")
 	}
 	return id, nil

@@ -97,6 +97,26 @@ func TestDeviceCRUD(t *testing.T) {
 	wantProblem(t, e.get(path, tokViewer), http.StatusNotFound)
 }
 
+// JSON Schema's integer includes every spelling of an integer: 1.0 and
+// 1e0 name model 1 as 1 does.
+func TestCreateDeviceModelIDSpellings(t *testing.T) {
+	for _, id := range []string{"1", "1.0", "1e0", "0.1e1", "10e-1"} {
+		t.Run(id, func(t *testing.T) {
+			e := newEnv(t)
+			e.cat.addModel("sensor", "")
+			r := e.sendJSON(http.MethodPost, "/api/devices", tokAdmin, `{"device_model_id":`+id+`,"config":{}}`)
+			wantStatus(t, r, http.StatusCreated)
+			var d struct {
+				DeviceModelID int64 `json:"device_model_id"`
+			}
+			r.json(t, &d)
+			if d.DeviceModelID != 1 {
+				t.Errorf("device_model_id %s made a device of model %d", id, d.DeviceModelID)
+			}
+		})
+	}
+}
+
 func TestDeviceErrors(t *testing.T) {
 	e := newEnv(t)
 	e.cat.addModel("sensor", "")
@@ -114,10 +134,18 @@ func TestDeviceErrors(t *testing.T) {
 		{"create: missing config", "POST", "/api/devices", `{"device_model_id":1}`, 400, "config"},
 		{"create: null config", "POST", "/api/devices", `{"device_model_id":1,"config":null}`, 400, "config"},
 		{"create: active not bool", "POST", "/api/devices", `{"device_model_id":1,"config":{},"active":"yes"}`, 400, "active"},
-		{"create: unknown model", "POST", "/api/devices", `{"device_model_id":99,"config":{}}`, 400, "device_model_id"},
+		{"create: unknown model", "POST", "/api/devices", `{"device_model_id":99,"config":{}}`, 409, "device_model_id"},
+		{"create: model id 0", "POST", "/api/devices", `{"device_model_id":0,"config":{}}`, 400, "device_model_id"},
+		{"create: model id fractional", "POST", "/api/devices", `{"device_model_id":1.5,"config":{}}`, 400, "device_model_id"},
+		{"create: model id a string", "POST", "/api/devices", `{"device_model_id":"1","config":{}}`, 400, "device_model_id"},
+		{"create: model id past int64", "POST", "/api/devices", `{"device_model_id":9223372036854775808,"config":{}}`, 400, "device_model_id"},
+		{"create: model id with a huge exponent", "POST", "/api/devices", `{"device_model_id":1e999999999,"config":{}}`, 400, "device_model_id"},
+		{"create: model id null", "POST", "/api/devices", `{"device_model_id":null,"config":{}}`, 400, "device_model_id"},
 		{"create: unknown member", "POST", "/api/devices", `{"device_model_id":1,"config":{},"key":"abcdefgh"}`, 400, ""},
 		{"create: malformed", "POST", "/api/devices", `{"device_model_id":1,`, 400, ""},
-		{"get: bad id", "GET", "/api/devices/1e3", "", 400, "id"},
+		{"get: bad id", "GET", "/api/devices/1e3x", "", 400, "id"},
+		{"get: id 1e3 is 1000 (JSON Schema's integer), which does not exist", "GET", "/api/devices/1e3", "", 404, ""},
+		{"get: fractional id", "GET", "/api/devices/1.5", "", 400, "id"},
 		{"get: missing", "GET", "/api/devices/404", "", 404, ""},
 		{"put: missing", "PUT", "/api/devices/404", `{"active":true}`, 404, ""},
 		{"put: null active", "PUT", "/api/devices/2", `{"active":null}`, 400, "active"},
@@ -265,14 +293,14 @@ func TestProvisioning(t *testing.T) {
 	for _, tt := range []struct {
 		size string
 		want int
-	}{{"0x3000", 0x3000}, {"0X10000", 0x10000}, {"20480", 0x5000}, {"0x100000", 0x100000}} {
+	}{{"0x3000", 0x3000}, {"0X10000", 0x10000}, {"20480", 0x5000}, {"0x100000", 0x100000}, {"12288.0", 0x3000}} {
 		r := e.get(base+"?size="+tt.size, tokAdmin)
 		wantStatus(t, r, http.StatusOK)
 		if e.cat.lastNVSSize != tt.want {
 			t.Errorf("size=%s: catalog got 0x%x, want 0x%x", tt.size, e.cat.lastNVSSize, tt.want)
 		}
 	}
-	for _, bad := range []string{"0x2000", "0x3001", "0x101000", "12288.0", "big", "0x", "-12288", "format=nvs&size=0x0"} {
+	for _, bad := range []string{"0x2000", "0x3001", "0x101000", "12288.5", "big", "0x", "-12288", "format=nvs&size=0x0"} {
 		q := "?size=" + bad
 		if strings.Contains(bad, "=") {
 			q = "?" + bad

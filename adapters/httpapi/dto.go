@@ -3,6 +3,9 @@ package httpapi
 import (
 	"bytes"
 	"encoding/json"
+	"math/big"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/espmdm/espmdm/core/model"
@@ -163,14 +166,18 @@ type deviceListDTO struct {
 
 // createDeviceDTO is the POST /api/devices body.
 type createDeviceDTO struct {
-	DeviceModelID *int64          `json:"device_model_id"`
+	DeviceModelID json.RawMessage `json:"device_model_id"`
 	Config        json.RawMessage `json:"config"`
 	Active        json.RawMessage `json:"active"`
 }
 
 func fromCreateDeviceDTO(in createDeviceDTO) (ports.NewDevice, error) {
-	if in.DeviceModelID == nil {
+	if in.DeviceModelID == nil || isJSONNull(in.DeviceModelID) {
 		return ports.NewDevice{}, model.Invalid("device_model_id", "required")
+	}
+	id, ok := jsonID(in.DeviceModelID)
+	if !ok {
+		return ports.NewDevice{}, model.Invalid("device_model_id", "must be a device model id (an integer from 1)")
 	}
 	if in.Config == nil || isJSONNull(in.Config) {
 		return ports.NewDevice{}, model.Invalid("config", "required: a JSON object")
@@ -179,7 +186,39 @@ func fromCreateDeviceDTO(in createDeviceDTO) (ports.NewDevice, error) {
 	if err != nil {
 		return ports.NewDevice{}, err
 	}
-	return ports.NewDevice{DeviceModelID: *in.DeviceModelID, Config: in.Config, Active: active}, nil
+	return ports.NewDevice{DeviceModelID: id, Config: in.Config, Active: active}, nil
+}
+
+// jsonID reads a JSON number that is an id: an integer from 1 up to the
+// largest int64, in any JSON spelling of it (see intText).
+func jsonID(raw json.RawMessage) (int64, bool) {
+	n, ok := intText(string(bytes.TrimSpace(raw)))
+	return n, ok && n >= 1
+}
+
+// intText reads an integer written as a JSON number: JSON Schema's integer
+// is a value, so 7, 7.0 and 7e0 are all 7 (and tools send integers that
+// way, in bodies, paths and queries alike). It must fit an int64; no sign
+// but "-", no spaces.
+func intText(s string) (int64, bool) {
+	if len(s) == 0 || len(s) > 64 || (s[0] != '-' && (s[0] < '0' || s[0] > '9')) || !json.Valid([]byte(s)) {
+		return 0, false // not a number (a string, an object, ...), or absurdly long
+	}
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return n, true
+	}
+	// An exponent is bounded before big.Rat expands it (1e999999999
+	// would take gigabytes).
+	if i := strings.IndexAny(s, "eE"); i >= 0 {
+		if exp, err := strconv.Atoi(s[i+1:]); err != nil || exp < -64 || exp > 64 {
+			return 0, false
+		}
+	}
+	r, ok := new(big.Rat).SetString(s)
+	if !ok || !r.IsInt() || !r.Num().IsInt64() {
+		return 0, false
+	}
+	return r.Num().Int64(), true
 }
 
 // updateDeviceDTO is the PUT /api/devices/{id} body; absent members are

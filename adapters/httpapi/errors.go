@@ -80,6 +80,7 @@ func problemFor(err error) (p Problem, unexpected bool) {
 		p = newProblem(http.StatusNotFound, "not-found", "the requested resource does not exist")
 	case errors.As(err, &ce):
 		p = newProblem(http.StatusConflict, "conflict", ce.Reason)
+		p.Field = ce.Field
 	case errors.Is(err, model.ErrConflict):
 		p = newProblem(http.StatusConflict, "conflict", "the request conflicts with the current state of the resource")
 	case errors.Is(err, model.ErrUnauthenticated):

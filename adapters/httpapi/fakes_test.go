@@ -301,7 +301,7 @@ func (f *fakeCatalog) CreateDevice(ctx context.Context, in ports.NewDevice) (mod
 	n := len(f.devices)
 	f.mu.Unlock()
 	if !ok {
-		return model.Device{}, model.Invalid("device_model_id", "device model %d does not exist", in.DeviceModelID)
+		return model.Device{}, model.ConflictOn("device_model_id", "device model %d does not exist", in.DeviceModelID)
 	}
 	active := in.Active == nil || *in.Active
 	d := f.addDevice(m.ID, fmt.Sprintf("dev%05d", n), active)

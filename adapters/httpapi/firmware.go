@@ -16,9 +16,12 @@ import (
 
 // serveFirmware sends a firmware binary with conditional and range
 // support: ETag is the quoted SHA-256; If-None-Match gives 304; a single
-// byte range gives 206 (416 when unsatisfiable), guarded by If-Range.
-// Several ranges in one request are answered with the whole file, which
-// RFC 9110 allows. The blob is closed in every case.
+// byte range gives 206, guarded by If-Range. A Range it does not honour
+// (several ranges, a malformed one, or one that starts past the end) is
+// ignored and the whole file sent with 200, as RFC 9110 §14.2 allows: a
+// range past the end depends on the file's size, which no client can tell
+// from the API document (an OTA resume sees the 200 and starts over). The
+// blob is closed in every case.
 func serveFirmware(c *fiber.Ctx, modelCode string, fw model.Firmware, blob ports.Blob) error {
 	handedOff := false
 	defer func() {
@@ -38,15 +41,7 @@ func serveFirmware(c *fiber.Ctx, modelCode string, fw model.Firmware, blob ports
 
 	start, length, status := int64(0), size, fiber.StatusOK
 	if rh := c.Get(fiber.HeaderRange); rh != "" && ifRangeHolds(c.Get(fiber.HeaderIfRange), etag, lastMod) {
-		first, n, ok, satisfiable := parseRange(rh, size)
-		switch {
-		case ok && !satisfiable:
-			return &httpError{
-				status: http.StatusRequestedRangeNotSatisfiable, kind: "range-not-satisfiable",
-				detail: fmt.Sprintf("the range is outside the %d-byte firmware", size),
-				header: fiber.HeaderContentRange, value: fmt.Sprintf("bytes */%d", size),
-			}
-		case ok:
+		if first, n, ok, satisfiable := parseRange(rh, size); ok && satisfiable {
 			start, length, status = first, n, fiber.StatusPartialContent
 		}
 	}

@@ -218,11 +218,11 @@ func (s *Server) listDevices(c *fiber.Ctx) error {
 func pageQuery(c *fiber.Ctx) (limit int, after int64, err error) {
 	limit = defaultPageSize
 	if v := c.Query("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxPageSize {
+		n, ok := intText(v)
+		if !ok || n < 1 || n > maxPageSize {
 			return 0, 0, model.Invalid("limit", "must be an integer from 1 to %d", maxPageSize)
 		}
-		limit = n
+		limit = int(n)
 	}
 	if v := c.Query("cursor"); v != "" {
 		if after, err = decodeCursor(v); err != nil {
@@ -242,8 +242,8 @@ func deviceFilter(c *fiber.Ctx) (ports.DeviceFilter, error) {
 		return f, err
 	}
 	if v := c.Query("model_id"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n <= 0 {
+		n, ok := intText(v)
+		if !ok || n <= 0 {
 			return f, model.Invalid("model_id", "must be a positive integer")
 		}
 		f.ModelID = &n
@@ -370,9 +370,9 @@ func (s *Server) provisioning(c *fiber.Ctx) error {
 	return c.JSON(provisioningNVSDTO{Partition: "nvs", Size: size, Data: img})
 }
 
-// nvsSizeRE is what ?size= may look like: hex with 0x, or decimal (digits
-// only: no sign, no spaces).
-var nvsSizeRE = regexp.MustCompile(`^(0[xX][0-9a-fA-F]{1,8}|[0-9]{1,8})$`)
+// nvsSizeRE is what a hexadecimal ?size= looks like; a decimal one is an
+// integer as JSON writes numbers (intText: 24576, 24576.0).
+var nvsSizeRE = regexp.MustCompile(`^0[xX][0-9a-fA-F]{1,8}$`)
 
 // nvsSize parses ?size=: hexadecimal with 0x, or decimal.
 func nvsSize(v string) (int, error) {
@@ -384,11 +384,9 @@ func nvsSize(v string) (int, error) {
 		err = errors.New("malformed")
 	)
 	if nvsSizeRE.MatchString(v) {
-		if h, ok := strings.CutPrefix(strings.ToLower(v), "0x"); ok {
-			n, err = strconv.ParseInt(h, 16, 64)
-		} else {
-			n, err = strconv.ParseInt(v, 10, 64)
-		}
+		n, err = strconv.ParseInt(strings.ToLower(v)[2:], 16, 64)
+	} else if d, ok := intText(v); ok {
+		n, err = d, nil
 	}
 	if err != nil || n < minNVSSize || n > maxNVSSize || n%nvsPageSize != 0 {
 		return 0, model.Invalid("size", "must be a multiple of 0x%x from 0x%x to 0x%x (hex with 0x, or decimal)",

@@ -2,8 +2,9 @@ package httpapi
 
 import (
 	"net/http"
-	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -23,14 +24,18 @@ type auditActorDTO struct {
 	Name     string `json:"name"`
 }
 
+// auditEntryDTO is one entry. The device, client and model it concerns
+// are left out when there is none (a schedule fire, a firmware upload):
+// a member that is there always names one, so a client (or a tool that
+// follows device_id to /api/devices/{id}) never meets a null id.
 type auditEntryDTO struct {
 	ID       int64         `json:"id"`
 	At       string        `json:"at"`
 	Kind     string        `json:"kind"`
 	Actor    auditActorDTO `json:"actor"`
-	DeviceID *int64        `json:"device_id"`
-	ClientID *string       `json:"client_id"`
-	ModelID  *int64        `json:"device_model_id"`
+	DeviceID *int64        `json:"device_id,omitempty"`
+	ClientID *string       `json:"client_id,omitempty"`
+	ModelID  *int64        `json:"device_model_id,omitempty"`
 	Outcome  string        `json:"outcome"`
 	Detail   string        `json:"detail"`
 }
@@ -98,15 +103,15 @@ func auditFilter(c *fiber.Ctx) (ports.AuditFilter, error) {
 		return f, err
 	}
 	if v := c.Query("after"); v != "" {
-		id, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || id < 0 {
+		id, ok := intText(v)
+		if !ok || id < 0 {
 			return f, model.Invalid("after", "must be an audit entry id (an integer from 0)")
 		}
 		f.AfterID = max(f.AfterID, id)
 	}
 	if v := c.Query("device_id"); v != "" {
-		id, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || id <= 0 {
+		id, ok := intText(v)
+		if !ok || id <= 0 {
 			return f, model.Invalid("device_id", "must be a positive integer")
 		}
 		f.DeviceID = id
@@ -119,8 +124,13 @@ func auditFilter(c *fiber.Ctx) (ports.AuditFilter, error) {
 		f.Kind = k
 	}
 	if v := c.Query("actor"); v != "" {
-		if len(v) > maxActorLen {
-			return f, model.Invalid("actor", "at most %d bytes", maxActorLen)
+		// Characters, as the document's maxLength counts them; the
+		// database stores no U+0000.
+		if utf8.RuneCountInString(v) > maxActorLen {
+			return f, model.Invalid("actor", "at most %d characters", maxActorLen)
+		}
+		if strings.ContainsRune(v, 0) {
+			return f, model.Invalid("actor", "must not contain U+0000")
 		}
 		f.Actor = v
 	}

@@ -43,10 +43,12 @@ var (
 	// nextCursor is the next_cursor member of a page.
 	nextCursor = obj{"type": []string{"string", "null"}, "pattern": cursorPattern,
 		"description": "pass as ?cursor= for the next page; null on the last page"}
-	// configSchema is a config_schema member: a JSON Schema is an object or
-	// a boolean; null is none.
+	// configSchema is a config_schema member of a request: a JSON Schema
+	// (an object or a boolean); null is none. (The JSONSchema component's
+	// keywords spelled out here again, with null among its types, make
+	// schema-driven test generators crawl: hence the anyOf.)
 	configSchema = func(desc string) obj {
-		return obj{"type": []string{"object", "boolean", "null"}, "additionalProperties": true, "description": desc}
+		return withDesc(ref("ConfigSchema"), desc)
 	}
 	// nvsSizeSchema is ?size= exactly: a multiple of 0x1000 from 0x3000 to
 	// 0x100000, in decimal or in hex with 0x.
@@ -61,7 +63,26 @@ var (
 		"name": "id", "in": "path", "required": true,
 		"schema": obj{"type": "integer", "format": "int64", "minimum": 1},
 	}
+	// noNUL is a string the database can store: PostgreSQL's text and
+	// jsonb hold no U+0000.
+	noNUL = obj{"type": "string", "pattern": noNULPattern}
+	// nameSchema is a device model's name: 1 to 255 characters, not blank
+	// (the server trims white space as Go's unicode.IsSpace defines it:
+	// TestNamePatternIsExact), no U+0000.
+	nameSchema = obj{"type": "string", "minLength": 1, "maxLength": 255, "pattern": namePattern,
+		"description": "1 to 255 characters, not only white space, no U+0000"}
 )
+
+// noNULPattern matches a string without U+0000.
+const noNULPattern = `^[^\u0000]*$`
+
+// spaceClass lists the characters Go's unicode.IsSpace reports (the
+// server's strings.TrimSpace), as a character class body in the syntax
+// ECMA-262, Python and Rust regular expressions share.
+const spaceClass = `\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000`
+
+// namePattern matches a non-blank string without U+0000.
+const namePattern = `^[^\u0000]*[^\u0000` + spaceClass + `][^\u0000]*$`
 
 // operation is one documented route.
 type operation struct {
@@ -116,7 +137,9 @@ func firmwareDownload(summary string) obj {
 }
 
 var firmwareDownloadParams = []obj{
-	{"name": "Range", "in": "header", "schema": obj{"type": "string"}, "description": "bytes=first-last, bytes=first- or bytes=-suffix"},
+	{"name": "Range", "in": "header", "schema": obj{"type": "string"}, "description": "bytes=first-last, bytes=first- or bytes=-suffix: " +
+		"one range, answered 206; a Range that is not honoured (several ranges, malformed, past the end of the file, or a stale If-Range) " +
+		"is ignored and the whole file sent with 200"},
 	{"name": "If-Range", "in": "header", "schema": obj{"type": "string"}, "description": "an ETag or the Last-Modified date"},
 	{"name": "If-None-Match", "in": "header", "schema": obj{"type": "string"}},
 }
@@ -163,7 +186,11 @@ func operations() []operation {
 			description: "The image is the raw body (application/octet-stream) or the multipart/form-data field \"file\". It is parsed and validated; the response is its metadata. " +
 				"The model's current image again changes nothing (200, the existing record, no notification). An image whose secure_version is lower " +
 				"than the current firmware's is refused (409) unless force=true, since devices with anti-rollback would refuse it; " +
-				"warnings say where an accepted upload goes backwards.",
+				"warnings say where an accepted upload goes backwards. " +
+				"No schema can say which bytes are an ESP32 application image: validity depends on the content as a whole (magic, " +
+				"segment headers and lengths, the checksum over the segments, the SHA-256 appended over everything before it, the " +
+				"app descriptor inside the first segment), so the body is declared as any binary, and one that is not a valid image " +
+				"is a 400 saying what is wrong.",
 			params: []obj{idParam, {"name": "force", "in": "query", "schema": obj{"type": "boolean", "default": false},
 				"description": "accept an image whose secure_version is lower than the current firmware's"}},
 			body: obj{
@@ -180,7 +207,7 @@ func operations() []operation {
 			errorCodes: []int{400, 404, 409, 413, 415}},
 		{method: "GET", path: "/api/device-models/{id}/firmware", id: "downloadFirmware", tag: "firmware", auth: "read",
 			summary: "Download the model's current firmware", params: append(append([]obj{}, withID...), firmwareDownloadParams...),
-			responses: firmwareDownload("the whole firmware file"), errorCodes: []int{400, 404, 416}},
+			responses: firmwareDownload("the whole firmware file"), errorCodes: []int{400, 404}},
 		{method: "GET", path: "/api/device-models/{id}/firmware/versions", id: "listFirmwareVersions", tag: "firmware", auth: "read",
 			summary: "Firmware upload history, newest first", params: withID,
 			responses: obj{"200": jsonResponse("upload history", ref("FirmwareList"))}, errorCodes: []int{400, 404}},
@@ -197,17 +224,19 @@ func operations() []operation {
 			},
 			responses: obj{"200": jsonResponse("one page", ref("DeviceList"))}, errorCodes: []int{400}},
 		{method: "POST", path: "/api/devices", id: "createDevice", tag: "devices", auth: "write",
-			summary:     "Create a device and its identity-provider client",
-			description: "All or nothing: when any step fails nothing is left behind.",
-			body:        ref("NewDevice"),
-			responses:   obj{"201": withLocation(jsonResponse("created; Location names it", ref("Device")))},
-			errorCodes:  []int{400, 404, 409, 413, 415, 502}},
+			summary: "Create a device and its identity-provider client",
+			description: "All or nothing: when any step fails nothing is left behind. A device_model_id that names no model, " +
+				"and a config the model's config_schema refuses, are conflicts with the current state (409, field names the member).",
+			body:       ref("NewDevice"),
+			responses:  obj{"201": withLocation(jsonResponse("created; Location names it", ref("Device")))},
+			errorCodes: []int{400, 409, 413, 415, 502}},
 		{method: "GET", path: "/api/devices/{id}", id: "getDevice", tag: "devices", auth: "read",
 			summary: "Get a device", params: withID,
 			responses: obj{"200": jsonResponse("the device", ref("Device"))}, errorCodes: []int{400, 404}},
 		{method: "PUT", path: "/api/devices/{id}", id: "updateDevice", tag: "devices", auth: "write",
 			summary: "Change a device's config and active flag (absent members unchanged)", params: withID, body: ref("DeviceUpdate"),
-			responses: obj{"200": jsonResponse("the updated device", ref("Device"))}, errorCodes: []int{400, 404, 413, 415}},
+			description: "A config the model's config_schema refuses is a conflict with the current state (409, field config).",
+			responses:   obj{"200": jsonResponse("the updated device", ref("Device"))}, errorCodes: []int{400, 404, 409, 413, 415}},
 		{method: "DELETE", path: "/api/devices/{id}", id: "deleteDevice", tag: "devices", auth: "write",
 			summary: "Delete a device, then its identity-provider client", params: withID,
 			responses: obj{"204": obj{"description": "deleted"}}, errorCodes: []int{400, 404}},
@@ -268,8 +297,8 @@ func operations() []operation {
 				{"name": "after", "in": "query", "schema": obj{"type": "integer", "format": "int64", "minimum": 0}, "description": "only entries with a larger id (with cursor too: the larger bound holds)"},
 				{"name": "device_id", "in": "query", "schema": obj{"type": "integer", "format": "int64", "minimum": 1}},
 				{"name": "kind", "in": "query", "schema": obj{"type": "string", "enum": auditKinds()}},
-				{"name": "actor", "in": "query", "schema": obj{"type": "string", "minLength": 1, "maxLength": maxActorLen},
-					"description": "an actor's subject, client id or username"},
+				{"name": "actor", "in": "query", "schema": obj{"type": "string", "minLength": 1, "maxLength": maxActorLen, "pattern": noNULPattern},
+					"description": "an actor's subject, client id or username (at most 255 characters, no U+0000)"},
 				{"name": "since", "in": "query", "schema": obj{"type": "string", "format": "date-time"}, "description": "only entries at or after this time (RFC 3339)"},
 			},
 			responses: obj{"200": jsonResponse("one page", ref("AuditList"))}, errorCodes: []int{400, 503}},
@@ -279,7 +308,7 @@ func operations() []operation {
 			responses: obj{"200": jsonResponse("the config object", obj{"type": "object"})}, errorCodes: []int{502}},
 		{method: "GET", path: "/iot/firmware", id: "deviceFirmware", tag: "device API", auth: "device",
 			summary: "The current firmware of the calling device's model", params: firmwareDownloadParams,
-			responses: firmwareDownload("the whole firmware file"), errorCodes: []int{404, 416, 502}},
+			responses: firmwareDownload("the whole firmware file"), errorCodes: []int{404, 502}},
 		{method: "GET", path: "/iot/firmware-version", id: "deviceFirmwareVersion", tag: "device API", auth: "device",
 			summary:   "The version of the model's current firmware",
 			responses: obj{"200": jsonResponse("the version, null when none was uploaded", ref("FirmwareVersion"))}, errorCodes: []int{502}},
@@ -296,7 +325,103 @@ func operations() []operation {
 	}
 }
 
+// jsonSchemaSchemas describe JSON values the database can store (Config,
+// JSONValue) and a JSON Schema 2020-12 as espmdm compiles it for a model's
+// config_schema (JSONSchema): every keyword with the shape its meta-schema
+// gives it. What no schema can say is in JSONSchema's description: those
+// keywords are left undeclared. No anyOf: a keyword applies to its own
+// JSON type only, so one schema with several types says the same, and
+// tools that negate schemas to make invalid data handle it.
+func jsonSchemaSchemas() obj {
+	keywords := jsonSchemaKeywords(ref("JSONSubschema"))
+	return obj{
+		"JSONValue": obj{
+			"description": "any JSON value whose strings and member names hold no U+0000 (the database cannot store it)",
+			"type":        []string{"string", "number", "boolean", "null", "array", "object"},
+			"pattern":     noNULPattern, "items": ref("JSONValue"),
+			"propertyNames": noNUL, "additionalProperties": ref("JSONValue"),
+		},
+		"Config": obj{
+			"type": "object", "description": "a JSON object whose strings and member names hold no U+0000",
+			"propertyNames": noNUL, "additionalProperties": ref("JSONValue"),
+		},
+		"JSONSchema":    jsonSchemaObject([]string{"object", "boolean"}, keywords),
+		"ConfigSchema":  jsonSchemaObject([]string{"object", "boolean", "null"}, keywords),
+		"JSONSubschema": obj{"type": []string{"object", "boolean"}, "propertyNames": noNUL, "additionalProperties": ref("JSONValue")},
+	}
+}
+
+// jsonSchemaKeywords are the keywords of a JSON Schema whose subschemas
+// are schema.
+func jsonSchemaKeywords(schema obj) obj {
+	schemaArray := obj{"type": "array", "minItems": 1, "items": schema}
+	schemaMap := obj{"type": "object", "propertyNames": noNUL, "additionalProperties": schema}
+	nonNegative := obj{"type": "integer", "minimum": 0}
+	number := obj{"type": "number"}
+	boolean := obj{"type": "boolean"}
+	uniqueStrings := obj{"type": "array", "items": noNUL, "uniqueItems": true}
+	simpleTypes := `^(array|boolean|integer|null|number|object|string)$`
+	regex := obj{"type": "string", "format": "regex", "pattern": noNULPattern,
+		"description": "an ECMA-262 regular expression (JSON Schema's format regex) that RE2 can run: no look-around or back-references"}
+	keywords := obj{
+		// core
+		"$comment": noNUL,
+		"$defs":    schemaMap, "definitions": schemaMap,
+		// applicator
+		"prefixItems": schemaArray, "items": schema, "contains": schema,
+		"additionalProperties": schema, "properties": schemaMap,
+		"patternProperties": obj{"type": "object", "propertyNames": regex, "additionalProperties": schema},
+		"dependentSchemas":  schemaMap,
+		"propertyNames":     schema,
+		"if":                schema, "then": schema, "else": schema, "not": schema,
+		"allOf": schemaArray, "anyOf": schemaArray, "oneOf": schemaArray,
+		// unevaluated
+		"unevaluatedItems": schema, "unevaluatedProperties": schema,
+		// validation
+		"type": obj{"type": []string{"string", "array"}, "pattern": simpleTypes,
+			"items": obj{"type": "string", "pattern": simpleTypes}, "minItems": 1, "uniqueItems": true},
+		"const": ref("JSONValue"), "enum": obj{"type": "array", "items": ref("JSONValue")},
+		"multipleOf": obj{"type": "number", "exclusiveMinimum": 0},
+		"maximum":    number, "exclusiveMaximum": number, "minimum": number, "exclusiveMinimum": number,
+		"maxLength": nonNegative, "minLength": nonNegative,
+		"pattern":  regex,
+		"maxItems": nonNegative, "minItems": nonNegative, "uniqueItems": boolean,
+		"maxContains": nonNegative, "minContains": nonNegative,
+		"maxProperties": nonNegative, "minProperties": nonNegative,
+		"required":          uniqueStrings,
+		"dependentRequired": obj{"type": "object", "propertyNames": noNUL, "additionalProperties": uniqueStrings},
+		// meta-data, format, content
+		"title": noNUL, "description": noNUL, "default": ref("JSONValue"),
+		"deprecated": boolean, "readOnly": boolean, "writeOnly": boolean,
+		"examples": obj{"type": "array", "items": ref("JSONValue")},
+		"format":   noNUL, "contentEncoding": noNUL, "contentMediaType": noNUL, "contentSchema": schema,
+	}
+	return keywords
+}
+
+// jsonSchemaObject is a JSON Schema of the given JSON types.
+func jsonSchemaObject(types []string, keywords obj) obj {
+	return obj{
+		"type": types,
+		"description": "A JSON Schema (draft 2020-12) that device configs of the model must satisfy. Each keyword is declared with " +
+			"the shape the 2020-12 meta-schema gives it; other members are allowed (and ignored). What this schema cannot say, " +
+			"and the server checks (400 when it fails): $ref and $dynamicRef must resolve within the schema itself (no other " +
+			"document is loaded), $schema must name a draft's meta-schema, $id must not change the document, anchors must be " +
+			"unique, and the keywords left undeclared here ($ref, $dynamicRef, $id, $schema, $anchor, $dynamicAnchor, " +
+			"$vocabulary, dependencies) must have their meta-schema's shape. No string or member name may hold U+0000.",
+		"properties": keywords, "propertyNames": noNUL, "additionalProperties": ref("JSONValue"),
+	}
+}
+
 func schemas() obj {
+	s := jsonSchemaSchemas()
+	for k, v := range baseSchemas() {
+		s[k] = v
+	}
+	return s
+}
+
+func baseSchemas() obj {
 	return obj{
 		"Problem": obj{
 			"type":     "object",
@@ -382,7 +507,7 @@ func schemas() obj {
 		},
 		"AuditEntry": obj{
 			"type":     "object",
-			"required": []string{"id", "at", "kind", "actor", "device_id", "client_id", "device_model_id", "outcome", "detail"},
+			"required": []string{"id", "at", "kind", "actor", "outcome", "detail"},
 			"properties": obj{
 				"id":   obj{"type": "integer", "format": "int64", "minimum": 1},
 				"at":   dateTime,
@@ -396,11 +521,13 @@ func schemas() obj {
 						"name":      obj{"type": "string", "description": "admin: the token's preferred_username"},
 					},
 				},
-				"device_id":       nullable("integer", obj{"format": "int64", "minimum": 1}),
-				"client_id":       nullable("string", obj{"description": "the device client concerned"}),
-				"device_model_id": nullable("integer", obj{"format": "int64", "minimum": 1}),
-				"outcome":         obj{"type": "string", "enum": []string{"success", "failure"}},
-				"detail":          obj{"type": "string", "maxLength": 1000, "description": "what changed, in a few words; never a secret"},
+				"device_id": obj{"type": "integer", "format": "int64", "minimum": 1,
+					"description": "the device concerned; absent when none is (never null)"},
+				"client_id": obj{"type": "string", "description": "the device client concerned; absent when none is"},
+				"device_model_id": obj{"type": "integer", "format": "int64", "minimum": 1,
+					"description": "the device model concerned; absent when none is (never null)"},
+				"outcome": obj{"type": "string", "enum": []string{"success", "failure"}},
+				"detail":  obj{"type": "string", "maxLength": 1000, "description": "what changed, in a few words; never a secret"},
 			},
 		},
 		"DeviceModel": obj{
@@ -409,11 +536,12 @@ func schemas() obj {
 			"properties": obj{
 				"id":               obj{"type": "integer", "format": "int64"},
 				"code":             obj{"type": "string", "pattern": "^[a-z0-9_]{1,50}$"},
-				"name":             obj{"type": "string", "minLength": 1, "maxLength": 255},
+				"name":             nameSchema,
 				"firmware_version": nullable("string", nil),
-				"config_schema":    configSchema("a JSON Schema, or null"),
-				"created_at":       dateTime,
-				"updated_at":       dateTime,
+				"config_schema": obj{"type": []string{"object", "boolean", "null"},
+					"description": "the model's JSON Schema as it was stored (see JSONSchema), or null"},
+				"created_at": dateTime,
+				"updated_at": dateTime,
 			},
 		},
 		"DeviceModelList": obj{
@@ -424,14 +552,14 @@ func schemas() obj {
 			"type": "object", "required": []string{"code", "name"}, "additionalProperties": false,
 			"properties": obj{
 				"code":          obj{"type": "string", "pattern": "^[a-z0-9_]{1,50}$"},
-				"name":          obj{"type": "string", "minLength": 1, "maxLength": 255},
+				"name":          nameSchema,
 				"config_schema": configSchema("optional JSON Schema for device configs (null: none)"),
 			},
 		},
 		"DeviceModelUpdate": obj{
 			"type": "object", "additionalProperties": false,
 			"properties": obj{
-				"name":          obj{"type": "string", "minLength": 1, "maxLength": 255},
+				"name":          nameSchema,
 				"config_schema": configSchema("a JSON Schema; null removes it; absent leaves it"),
 			},
 		},
@@ -465,15 +593,16 @@ func schemas() obj {
 		"NewDevice": obj{
 			"type": "object", "required": []string{"device_model_id", "config"}, "additionalProperties": false,
 			"properties": obj{
-				"device_model_id": obj{"type": "integer", "format": "int64", "minimum": 1, "description": "an existing device model"},
-				"config":          obj{"type": "object", "description": "validated against the model's config_schema"},
-				"active":          obj{"type": "boolean", "default": true},
+				"device_model_id": obj{"type": "integer", "format": "int64", "minimum": 1,
+					"description": "an existing device model; one that does not exist is a 409 naming this field"},
+				"config": withDesc(ref("Config"), "checked against the model's config_schema: a config it refuses is a 409 naming this field"),
+				"active": obj{"type": "boolean", "default": true},
 			},
 		},
 		"DeviceUpdate": obj{
 			"type": "object", "additionalProperties": false,
 			"properties": obj{
-				"config": obj{"type": "object"},
+				"config": withDesc(ref("Config"), "checked against the model's config_schema: a config it refuses is a 409 naming this field"),
 				"active": obj{"type": "boolean"},
 			},
 		},
@@ -564,13 +693,14 @@ func openAPIDocument(cfg Config) obj {
 		"Unauthorized": problemResponse("missing, malformed or invalid bearer token"),
 		"Forbidden":    problemResponse("the token lacks the required role, or the device is inactive"),
 		"NotFound":     problemResponse("no such resource"),
-		"Conflict":     problemResponse("conflicts with the current state"),
+		"Conflict": problemResponse("conflicts with the current state: a well-formed request that the state refuses, such as a body " +
+			"that names a resource which does not exist (device_model_id), a device config the model's config_schema does not accept, " +
+			"a code in use, or a model that devices still use; field names the input when one is at fault"),
 		"TooLarge": problemResponse(fmt.Sprintf("the body exceeds the route's limit, checked before the token: %d bytes for firmware uploads, "+
 			"%d for admin JSON bodies, %d for /iot/* and routes without a body", cfg.FirmwareMaxBytes, cfg.JSONMaxBytes, cfg.IoTMaxBytes)),
 		"TooManyRequests": withRetryAfter(problemResponse("a device over its request rate (/iot/*), or an address over its budget of refused " +
 			"(401) requests, which is refused before its token is checked")),
 		"UnsupportedMediaType": problemResponse("wrong Content-Type or a compressed body"),
-		"RangeNotSatisfiable":  problemResponse("the range starts past the end of the file"),
 		"InternalError":        problemResponse("unexpected failure; details are only in the server log"),
 		"BadGateway":           problemResponse("the identity provider or broker failed"),
 		"NotReady": withRetryAfter(problemResponse("not ready: the database is unavailable (retry after Retry-After), " +
@@ -700,6 +830,15 @@ func caselessEnum(words ...string) obj {
 		{"type": "string", "enum": words},
 		{"type": "string", "pattern": caseless(words...)},
 	}}
+}
+
+// withDesc wraps a schema with a description (beside a $ref, in 3.1).
+func withDesc(o obj, desc string) obj {
+	c := obj{"description": desc}
+	for k, v := range o {
+		c[k] = v
+	}
+	return c
 }
 
 func withDefault(o obj, def any) obj {

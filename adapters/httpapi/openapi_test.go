@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"regexp"
 	"sort"
@@ -175,5 +176,27 @@ func TestOpenAPIServersIsTheBaseURL(t *testing.T) {
 	e.get("/api/openapi.json", "").json(t, &doc)
 	if len(doc.Servers) != 1 || doc.Servers[0].URL != "https://mdm.example.com" {
 		t.Errorf("servers = %+v, want the base URL", doc.Servers)
+	}
+}
+
+// TestOpenAPINoNullableIDs: no response member that names a resource by
+// its id may be null. Tools infer links from such members (device_id to
+// /api/devices/{id}), and follow a null one to /api/devices/None/...; a
+// member that is absent instead is not followed.
+func TestOpenAPINoNullableIDs(t *testing.T) {
+	e := newEnv(t)
+	var doc map[string]any
+	e.get("/api/openapi.json", "").json(t, &doc)
+	schemas := resolvePointer(doc, "#/components/schemas").(map[string]any)
+	for name, sv := range schemas {
+		props, _ := sv.(map[string]any)["properties"].(map[string]any)
+		for prop, pv := range props {
+			if prop != "id" && !strings.HasSuffix(prop, "_id") {
+				continue
+			}
+			if typ := fmt.Sprint(pv.(map[string]any)["type"]); strings.Contains(typ, "integer") && strings.Contains(typ, "null") {
+				t.Errorf("%s.%s is a nullable id (%s): leave it out instead of null", name, prop, typ)
+			}
+		}
 	}
 }

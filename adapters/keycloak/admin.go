@@ -173,6 +173,7 @@ func parseBaseURL(raw string) (string, error) {
 var Operations = []string{
 	"CreateClient", "DeleteClient", "ClientStatus", "RepairClient", "ClientSecret", "RegenerateSecret",
 	"SetSecret", "Secrets", "InvalidateRotatedSecret", "CoverClient", "RotationPolicy", "ListDeviceClients", "Ping",
+	"SecretState", "Now",
 }
 
 // observe reports one operation to cfg.Observe.

@@ -424,6 +424,8 @@ func TestKeycloakUnreachable(t *testing.T) {
 		"InvalidateRotatedSecret": func(ctx context.Context) error { return a.InvalidateRotatedSecret(ctx, id) },
 		"CoverClient":             func(ctx context.Context) error { _, err := a.CoverClient(ctx, id); return err },
 		"RotationPolicy":          func(ctx context.Context) error { _, err := a.RotationPolicy(ctx); return err },
+		"SecretState":             func(ctx context.Context) error { _, err := a.SecretState(ctx, id); return err },
+		"Now":                     func(ctx context.Context) error { _, err := a.Now(ctx); return err },
 	}
 	for name, call := range calls {
 		t.Run(name, func(t *testing.T) {

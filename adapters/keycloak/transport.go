@@ -124,6 +124,21 @@ func fresh(tok *oauth2.Token) bool {
 		(tok.Expiry.IsZero() || time.Until(tok.Expiry) > tokenExpiryDelta)
 }
 
+// fetchNow fetches a new admin token now, under ctx (not waiting for a
+// fetch in flight, whose token may have been issued before the call), and
+// caches it.
+func (t *tokens) fetchNow(ctx context.Context) (*oauth2.Token, error) {
+	hc, _ := t.ctx.Value(oauth2.HTTPClient).(*http.Client)
+	tok, err := t.cc.Token(context.WithValue(ctx, oauth2.HTTPClient, hc))
+	if err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	t.cached = tok
+	t.mu.Unlock()
+	return tok, nil
+}
+
 // reset forgets the cached token; the next call fetches a new one (a fetch
 // already in flight still answers its waiters, but is not cached).
 func (t *tokens) reset() {

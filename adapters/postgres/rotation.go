@@ -41,6 +41,15 @@ func (r *DeviceRepo) QueueRotations(ctx context.Context) (int, error) {
 	return int(n), nil
 }
 
+// UnconfirmedRotations implements ports.RotationQueue.
+func (r *DeviceRepo) UnconfirmedRotations(ctx context.Context) (int, error) {
+	n, err := r.db.NewSelect().Model((*deviceRow)(nil)).Where("d.new_secret_at IS NOT NULL").Count(ctx)
+	if err != nil {
+		return 0, translate("count unconfirmed rotations", err, fkNone)
+	}
+	return n, nil
+}
+
 // StartRotations implements ports.RotationQueue in one transaction. Its
 // first statement takes a transaction-level advisory lock, so concurrent
 // calls (in this process or another) run one after the other and each

@@ -43,6 +43,7 @@ type deviceRow struct {
 	LastRotationCompletedAt *time.Time `bun:"last_rotation_completed_at"`
 	LastSeenAt              *time.Time `bun:"last_seen_at"`
 	NewSecretAt             *time.Time `bun:"new_secret_at"`
+	NewSecretIATAfter       *time.Time `bun:"new_secret_iat_after"`
 	PreviousSecret          []byte     `bun:"previous_secret,type:bytea,nullzero"`
 	// SecretSHA256 is NULL when the model's SecretSHA256 is empty.
 	SecretSHA256 *string `bun:"secret_sha256"`
@@ -61,7 +62,7 @@ var deviceMutableColumns = []string{
 	"config", "active", "rotation_state",
 	"secret_created_at", "last_rotation_attempt_at", "last_rotation_fetch_at", "last_rotation_renudge_at",
 	"last_rotation_completed_at",
-	"last_seen_at", "new_secret_at", "previous_secret", "secret_sha256",
+	"last_seen_at", "new_secret_at", "new_secret_iat_after", "previous_secret", "secret_sha256",
 }
 
 type firmwareRow struct {
@@ -127,6 +128,7 @@ func deviceToRow(d *model.Device) deviceRow {
 		LastRotationCompletedAt: utcPtr(d.LastRotationCompletedAt),
 		LastSeenAt:              utcPtr(d.LastSeenAt),
 		NewSecretAt:             utcPtr(d.NewSecretAt),
+		NewSecretIATAfter:       utcPtr(d.IATAfter),
 		PreviousSecret:          bytesOrNil(d.PreviousSecret),
 		SecretSHA256:            stringOrNil(d.SecretSHA256),
 		CreatedAt:               utc(d.CreatedAt),
@@ -150,6 +152,7 @@ func deviceFromRow(r *deviceRow) model.Device {
 		LastRotationCompletedAt: utcPtr(r.LastRotationCompletedAt),
 		LastSeenAt:              utcPtr(r.LastSeenAt),
 		NewSecretAt:             utcPtr(r.NewSecretAt),
+		IATAfter:                utcPtr(r.NewSecretIATAfter),
 		PreviousSecret:          bytesOrNil(r.PreviousSecret),
 		SecretSHA256:            stringOrEmpty(r.SecretSHA256),
 		CreatedAt:               utc(r.CreatedAt),

@@ -47,9 +47,10 @@ func (s *Service) AuthenticateDevice(ctx context.Context, c model.DeviceClaims) 
 // DeviceConfig returns the device's config.
 //
 // In restore mode a credential rotation (SPEC §4) completes here: a PENDING
-// device presenting a token issued in a later second than its new secret
-// was generated has proven it holds the new secret (the old one stopped
-// working at generation). A failure to record that is returned: the device
+// device presenting a token issued in a later second than its old secret
+// stopped working (the generation, or the invalidation of a rotated secret
+// a realm policy kept), both by Keycloak's clock, has proven it holds the
+// new secret. A failure to record that is returned: the device
 // asks again. A device that asks for its config while its rotation's new
 // secret is fetched but not confirmed has rebooted in between: it is nudged
 // again (renudge).

@@ -58,7 +58,10 @@ func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.D
 	}
 	m, err := s.d.Models.GetModel(ctx, in.DeviceModelID)
 	if errors.Is(err, model.ErrNotFound) {
-		return model.Device{}, model.Invalid("device_model_id", "device model %d does not exist", in.DeviceModelID)
+		// A well-formed reference to a model that does not exist (now):
+		// a conflict with the state, as everywhere a body names another
+		// resource.
+		return model.Device{}, model.ConflictOn("device_model_id", "device model %d does not exist", in.DeviceModelID)
 	}
 	if err != nil {
 		return model.Device{}, fmt.Errorf("create device: get device model %d: %w", in.DeviceModelID, err)

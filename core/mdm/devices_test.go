@@ -34,10 +34,6 @@ func TestCreateDeviceValidation(t *testing.T) {
 		{"config boolean", `true`, 0, "config", []string{"object", "boolean"}},
 		{"config invalid JSON", `{"led": tru}`, 0, "config", []string{"JSON"}},
 		{"config two values", `{} {}`, 0, "config", []string{"JSON"}},
-		{"schema: required missing", `{}`, 0, "config", []string{"config_schema", "led"}},
-		{"schema: wrong type", `{"led": "yes"}`, 0, "config", []string{"/led", "boolean"}},
-		{"schema: too long", `{"led": true, "name": "much too long"}`, 0, "config", []string{"/name"}},
-		{"unknown model", `{}`, 999, "device_model_id", []string{"999"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -297,6 +293,41 @@ func TestCreateDeviceAllOrNothing(t *testing.T) {
 	})
 }
 
+// A well-formed device that the current state refuses: a model that does
+// not exist, a config its model's schema does not accept. Conflicts (409),
+// not invalid input: the same request may succeed against another state.
+func TestCreateDeviceConflictsWithTheState(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		config string
+		model  int64 // 0: the model with ledSchema
+		field  string
+		reason []string
+	}{
+		{"schema: required missing", `{}`, 0, "config", []string{"config_schema", "led"}},
+		{"schema: wrong type", `{"led": "yes"}`, 0, "config", []string{"/led", "boolean"}},
+		{"schema: too long", `{"led": true, "name": "much too long"}`, 0, "config", []string{"/name"}},
+		{"unknown model", `{}`, 999, "device_model_id", []string{"999"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			m := e.model(t, "lamp", ledSchema)
+			id := m.ID
+			if tc.model != 0 {
+				id = tc.model
+			}
+			_, err := e.svc.CreateDevice(t.Context(), ports.NewDevice{DeviceModelID: id, Config: json.RawMessage(tc.config)})
+			wantConflictOn(t, err, tc.field, tc.reason...)
+			if calls := e.idp.Calls(); len(calls) != 0 {
+				t.Errorf("the identity provider was called: %v", calls)
+			}
+			if n := e.deviceCount(t); n != 0 {
+				t.Errorf("%d devices stored", n)
+			}
+		})
+	}
+}
+
 func TestGetDeviceNotFound(t *testing.T) {
 	e := newEnv(t)
 	_, err := e.svc.GetDevice(t.Context(), 7)
@@ -360,7 +391,6 @@ func TestUpdateDevice(t *testing.T) {
 		{"deactivate", ports.DeviceUpdate{Active: ptr(false)}, `{"led":true,"name":"a"}`, false, false, ""},
 		{"both", ports.DeviceUpdate{Config: json.RawMessage(`{"led":false}`), Active: ptr(false)}, `{"led":false}`, false, true, ""},
 		{"nothing", ports.DeviceUpdate{}, `{"led":true,"name":"a"}`, true, false, ""},
-		{"schema violation", ports.DeviceUpdate{Config: json.RawMessage(`{"led": 1}`)}, "", false, false, "config"},
 		{"array config", ports.DeviceUpdate{Config: json.RawMessage(`[]`)}, "", false, false, "config"},
 		{"null config", ports.DeviceUpdate{Config: json.RawMessage(`null`)}, "", false, false, "config"},
 	} {
@@ -502,12 +532,46 @@ func TestDeleteDevice(t *testing.T) {
 	})
 }
 
+func TestUpdateDeviceConfigTheSchemaRefuses(t *testing.T) {
+	e := newEnv(t)
+	m := e.model(t, "lamp", ledSchema)
+	d := e.device(t, m, `{"led":true,"name":"a"}`)
+	_, err := e.svc.UpdateDevice(t.Context(), d.ID, ports.DeviceUpdate{Config: json.RawMessage(`{"led": 1}`)})
+	wantConflictOn(t, err, "config", "config_schema", "/led")
+	if stored, _ := e.svc.GetDevice(t.Context(), d.ID); string(stored.Config) != string(d.Config) {
+		t.Errorf("a refused update changed the device: %s", stored.Config)
+	}
+	if n := len(e.notifier.Sent()); n != 0 {
+		t.Errorf("%d notifications for a refused update", n)
+	}
+}
+
+// PostgreSQL stores no U+0000 (and the driver would rewrite it, changing
+// the value): a name, config or config_schema holding one is refused,
+// while an escaped backslash before "u0000" is just text.
+func TestNULIsRefusedNotRewritten(t *testing.T) {
+	e := newEnv(t)
+	_, err := e.svc.CreateModel(t.Context(), ports.NewModel{Code: "n1", Name: "a\x00b"})
+	wantValidation(t, err, "name", "U+0000")
+	_, err = e.svc.CreateModel(t.Context(), ports.NewModel{Code: "n1", Name: "n", ConfigSchema: json.RawMessage(`{"title":"a\u0000"}`)})
+	wantValidation(t, err, "config_schema", "U+0000")
+	m := e.model(t, "n2", "")
+	for _, cfg := range []string{`{"k":"a\u0000b"}`, `{"a\u0000":1}`, `{"k":[{"deep":"\u0000"}]}`} {
+		_, err := e.svc.CreateDevice(t.Context(), ports.NewDevice{DeviceModelID: m.ID, Config: json.RawMessage(cfg)})
+		wantValidation(t, err, "config", "U+0000")
+	}
+	d, err := e.svc.CreateDevice(t.Context(), ports.NewDevice{DeviceModelID: m.ID, Config: json.RawMessage(`{"k":"a\\u0000b"}`)})
+	if err != nil || string(d.Config) != `{"k":"a\\u0000b"}` {
+		t.Errorf("an escaped backslash before u0000: %s, %v", d.Config, err)
+	}
+}
+
 func TestConfigErrorsDoNotQuoteValues(t *testing.T) {
 	e := newEnv(t)
 	m := e.model(t, "m", `{"properties":{"psk":{"type":"string","pattern":"^[0-9a-f]{64}$"},"mail":{"type":"string","format":"email"}}}`)
 	for _, cfg := range []string{`{"psk":"hunter2-TopSecret"}`, `{"mail":"hunter2-TopSecret"}`} {
 		_, err := e.svc.CreateDevice(t.Context(), ports.NewDevice{DeviceModelID: m.ID, Config: json.RawMessage(cfg)})
-		wantValidation(t, err, "config", "config_schema")
+		wantConflictOn(t, err, "config", "config_schema")
 		if strings.Contains(err.Error(), "TopSecret") {
 			t.Errorf("error quotes the config value: %v", err)
 		}

@@ -28,6 +28,9 @@ type env struct {
 	notifier *portstest.Notifier
 	fw       *portstest.FirmwareStore
 	clock    *portstest.Clock
+	// deps and cfg are what svc was made with (restart makes another).
+	deps mdm.Deps
+	cfg  mdm.Config
 
 	mu   sync.Mutex
 	errs []reported
@@ -46,6 +49,23 @@ func withConfig(f func(*mdm.Config)) option { return func(_ *mdm.Deps, c *mdm.Co
 
 func withIdentity(p ports.IdentityProvider) option {
 	return func(d *mdm.Deps, _ *mdm.Config) { d.Identity = p }
+}
+
+// skewedClock is another machine's clock: base's time plus off.
+type skewedClock struct {
+	base ports.Clock
+	off  time.Duration
+}
+
+func (c skewedClock) Now() time.Time { return c.base.Now().Add(c.off) }
+
+// withIdPSkew gives the service a fake identity provider whose clock runs
+// off ahead of the service's (behind when negative), as Keycloak's may on
+// another machine.
+func withIdPSkew(off time.Duration) option {
+	return func(d *mdm.Deps, _ *mdm.Config) {
+		d.Identity = portstest.NewIdentityProvider(skewedClock{base: d.Clock, off: off})
+	}
 }
 
 func newEnv(t *testing.T, opts ...option) *env {
@@ -70,6 +90,10 @@ func newEnv(t *testing.T, opts ...option) *env {
 	for _, o := range opts {
 		o(&deps, &cfg)
 	}
+	if p, ok := deps.Identity.(*portstest.IdentityProvider); ok {
+		e.idp = p // an option's fake (withIdPSkew)
+	}
+	e.deps, e.cfg = deps, cfg
 	e.svc = mdm.New(deps, cfg)
 	return e
 }
@@ -135,6 +159,25 @@ func wantValidation(t *testing.T, err error, field string, parts ...string) {
 	for _, p := range parts {
 		if !strings.Contains(ve.Reason, p) {
 			t.Errorf("got reason %q, want it to mention %q", ve.Reason, p)
+		}
+	}
+}
+
+// wantConflictOn checks that err is a *model.ConflictError on field (a
+// well-formed input the current state refuses) whose reason contains every
+// one of parts.
+func wantConflictOn(t *testing.T, err error, field string, parts ...string) {
+	t.Helper()
+	var ce *model.ConflictError
+	if !errors.As(err, &ce) {
+		t.Fatalf("got error %v, want a *model.ConflictError on %q", err, field)
+	}
+	if ce.Field != field {
+		t.Errorf("got ConflictError field %q (%s), want %q", ce.Field, ce.Reason, field)
+	}
+	for _, p := range parts {
+		if !strings.Contains(ce.Reason, p) {
+			t.Errorf("got reason %q, want it to mention %q", ce.Reason, p)
 		}
 	}
 }

@@ -41,6 +41,7 @@ func compileSchema(raw json.RawMessage) (*jsonschema.Schema, error) {
 	}
 	c := jsonschema.NewCompiler()
 	c.UseLoader(noLoader{})
+	c.UseRegexpEngine(compilePattern)
 	c.AssertFormat()
 	if err := c.AddResource(schemaURL, doc); err != nil {
 		return nil, model.Invalid("config_schema", "%s", oneLine(err.Error()))
@@ -102,7 +103,32 @@ func normalizeSchema(raw json.RawMessage) (json.RawMessage, error) {
 	if _, err := compileSchema(raw); err != nil {
 		return nil, err
 	}
+	if holdsNUL(raw) {
+		return nil, model.Invalid("config_schema", "%s", nulProblem)
+	}
 	return compact(raw), nil
+}
+
+// nulProblem says why a JSON value with U+0000 is refused.
+const nulProblem = "must not contain U+0000 in a string or member name (the database cannot store it)"
+
+// holdsNUL reports whether a valid JSON value has U+0000 in a string or a
+// member name. PostgreSQL's jsonb cannot store it (and the database
+// driver would otherwise rewrite it, silently changing the value).
+func holdsNUL(raw json.RawMessage) bool {
+	if !bytes.Contains(raw, []byte(`\u0000`)) {
+		return false // the only way JSON text carries U+0000
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		if s, ok := tok.(string); ok && strings.ContainsRune(s, 0) {
+			return true
+		}
+	}
 }
 
 // normalizeConfig checks that raw is one JSON object and returns it
@@ -119,11 +145,16 @@ func normalizeConfig(raw json.RawMessage) (json.RawMessage, error) {
 	if t[0] != '{' {
 		return nil, model.Invalid("config", "must be a JSON object, not %s", jsonKind(t[0]))
 	}
+	if holdsNUL(t) {
+		return nil, model.Invalid("config", "%s", nulProblem)
+	}
 	return compact(t), nil
 }
 
 // validateConfig checks config (already normalized) against the model's
-// schema, if it has one.
+// schema, if it has one. A config the schema refuses is a conflict with
+// the model's state (its schema), on field "config": the request itself is
+// well formed.
 func validateConfig(m model.DeviceModel, config json.RawMessage) error {
 	if isNull(m.ConfigSchema) {
 		return nil
@@ -141,9 +172,9 @@ func validateConfig(m model.DeviceModel, config json.RawMessage) error {
 	if err := sch.Validate(inst); err != nil {
 		var ve *jsonschema.ValidationError
 		if errors.As(err, &ve) {
-			return model.Invalid("config", "does not match the model's config_schema: %s", schemaProblems(ve))
+			return model.ConflictOn("config", "does not match the model's config_schema: %s", schemaProblems(ve))
 		}
-		return model.Invalid("config", "does not match the model's config_schema")
+		return model.ConflictOn("config", "does not match the model's config_schema")
 	}
 	return nil
 }

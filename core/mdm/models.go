@@ -22,6 +22,8 @@ func validateName(name string) error {
 		return model.Invalid("name", "must be valid UTF-8")
 	case strings.TrimSpace(name) == "":
 		return model.Invalid("name", "required: 1 to %d characters, not blank", MaxNameLen)
+	case strings.ContainsRune(name, 0):
+		return model.Invalid("name", "must not contain U+0000 (the database cannot store it)")
 	case n > MaxNameLen:
 		return model.Invalid("name", "%d characters is too long (at most %d)", n, MaxNameLen)
 	}

@@ -241,7 +241,7 @@ func TestUpdateModelSchemaCheckedAgainstDevices(t *testing.T) {
 		t.Fatalf("forced update = %v", err)
 	}
 	_, err = e.svc.UpdateDevice(t.Context(), bad2.ID, ports.DeviceUpdate{Config: json.RawMessage(`{}`)})
-	wantValidation(t, err, "config")
+	wantConflictOn(t, err, "config")
 	if _, err := e.svc.UpdateDevice(t.Context(), ok.ID, ports.DeviceUpdate{Config: json.RawMessage(`{"interval":5}`)}); err != nil {
 		t.Fatal(err)
 	}

@@ -76,6 +76,10 @@ type RotationEvent struct {
 	ReplacedAge time.Duration
 	// Restored is true for an EventTimeout that restored the old secret.
 	Restored bool
+	// ClientMissing is true for an EventTimeout that found the device's
+	// client gone from the identity provider: nothing could be restored,
+	// the device needs its identity repaired and a new provisioning.
+	ClientMissing bool
 }
 
 // errRotationMode is returned before InitRotation resolved the mode.
@@ -124,6 +128,36 @@ func (s *Service) InitRotation(ctx context.Context) (model.RotationMode, model.R
 		return mode, pol, nil
 	}
 	return "", pol, fmt.Errorf("rotation: ROTATION_MODE=%s cannot run on this identity provider: %s", want, strings.Join(pol.Problems, "; "))
+}
+
+// RotationModeName names the rotation mode in force in ScheduleRepo's
+// record of expressions (RecordRotationMode).
+const RotationModeName = "rotation_mode"
+
+// RecordRotationMode records the mode in force (resolved by InitRotation)
+// as the last one, and returns the one recorded before ("" the first
+// time, or without a ScheduleRepo) and, when that differs, how many
+// rotations are unconfirmed (a generated secret awaits confirmation): they
+// keep the rules of the mode that generated them (a grace generation
+// completes only by the ack, a restore generation is restored on its
+// timeout), which the start should say.
+func (s *Service) RecordRotationMode(ctx context.Context) (model.RotationMode, int, error) {
+	mode, err := s.rotationMode()
+	if err != nil || s.d.ScheduleRepo == nil {
+		return "", 0, err
+	}
+	prev, err := s.d.ScheduleRepo.RecordExpression(ctx, RotationModeName, string(mode))
+	if err != nil {
+		return "", 0, fmt.Errorf("rotation: record the mode in force: %w", err)
+	}
+	if prev == "" || prev == string(mode) {
+		return model.RotationMode(prev), 0, nil
+	}
+	n, err := s.d.Devices.UnconfirmedRotations(ctx)
+	if err != nil {
+		return model.RotationMode(prev), 0, fmt.Errorf("rotation: count unconfirmed rotations: %w", err)
+	}
+	return model.RotationMode(prev), n, nil
 }
 
 // graceProblems lists what keeps grace mode from working with pol: the
@@ -326,17 +360,23 @@ func (s *Service) fireSchedule(ctx context.Context) (bool, int, error) {
 	if next.After(now) {
 		return false, 0, nil
 	}
-	// Every fire time up to now collapses into this one.
+	// Every fire time up to now collapses into this one. The devices are
+	// queued before the fire is recorded: a failure (or a kill) between
+	// the two then repeats the fire at the next cycle, which only queues
+	// again what is still OK, instead of losing it.
+	n, err := s.d.Devices.QueueRotations(ctx)
+	if err != nil {
+		return false, 0, fmt.Errorf("rotation schedule: queue devices: %w", err)
+	}
 	bctx, b := s.batch(ctx)
 	add(b, s.entry(ctx, model.AuditScheduleFired, fmt.Sprintf("%s fire due %s (last fired %s)",
 		s.d.Schedule.String(), next.UTC().Format(time.RFC3339), last.UTC().Format(time.RFC3339))))
 	ok, err := s.d.ScheduleRepo.AdvanceFire(bctx, RotationScheduleName, last, now)
-	if err != nil || !ok {
-		return false, 0, err // another process fired it
-	}
-	n, err := s.d.Devices.QueueRotations(ctx)
 	if err != nil {
-		return true, 0, fmt.Errorf("rotation schedule: queue devices: %w", err)
+		return false, n, fmt.Errorf("rotation schedule: record the fire: %w", err)
+	}
+	if !ok {
+		return false, n, nil // another process fired it (and queued the same devices)
 	}
 	return true, n, nil
 }
@@ -404,11 +444,11 @@ func (s *Service) timeOut(ctx context.Context, id int64, before, unfetched time.
 	if err != nil {
 		return false, err
 	}
-	done, restored := false, false
+	done, restored, missing := false, false, false
 	var started *time.Time
 	bctx, b := s.batch(ctx)
 	d, err := s.d.Devices.UpdateDevice(bctx, id, func(d *model.Device) error {
-		done, restored = false, false
+		done, restored, missing = false, false, false
 		if b != nil {
 			b.Reset()
 		}
@@ -420,40 +460,56 @@ func (s *Service) timeOut(ctx context.Context, id int64, before, unfetched time.
 			return nil // a newer attempt, or one its device answered
 		}
 		started = d.LastRotationAttemptAt
-		if mode == model.RotationRestore && d.PreviousSecret != nil {
+		// A secret generated in restore mode ended the old one, whatever
+		// mode is in force now: restore it.
+		restoring := mode == model.RotationRestore || d.IATAfter != nil
+		if restoring && d.PreviousSecret != nil {
 			r, err := s.restore(ctx, d)
-			if err != nil {
+			// The identity provider's not-found is the client's, not
+			// the row's (which UpdateDevice reports): with the client
+			// gone there is nothing to restore, and the attempt must
+			// still end, or the device holds its slot for good.
+			missing = errors.Is(err, model.ErrNotFound)
+			if err != nil && !missing {
 				return err
 			}
 			restored = r
-			d.NewSecretAt, d.PreviousSecret, d.SecretSHA256 = nil, nil, ""
+			d.NewSecretAt, d.IATAfter, d.PreviousSecret, d.SecretSHA256 = nil, nil, nil, ""
 		}
 		d.RotationState = model.RotationTimeout
 		done = true
 		detail := "both secrets stay valid (grace)"
-		if mode == model.RotationRestore {
+		if restoring {
 			detail = "nothing generated to restore"
 			if restored {
 				detail = "old secret restored"
 			}
 		}
+		if missing {
+			detail = "nothing restored: the device's client is missing in the identity provider; " +
+				"repair its identity and provision the device again"
+		}
 		if !d.Active {
 			detail = "device deactivated; " + detail
 		}
-		add(b, s.deviceEntry(ctx, model.AuditRotationTimeout, *d, detail))
+		e := s.deviceEntry(ctx, model.AuditRotationTimeout, *d, detail)
+		if missing {
+			e.Outcome = model.OutcomeFailure
+		}
+		add(b, e)
 		if restored {
 			add(b, s.deviceEntry(ctx, model.AuditSecretRestored, *d, "the sealed previous secret is the only one again"))
 		}
 		return nil
 	})
 	if errors.Is(err, model.ErrNotFound) {
-		return false, nil // deleted meanwhile
+		return false, nil // the device row was deleted meanwhile
 	}
 	if err != nil {
 		return false, fmt.Errorf("time out the rotation of device %d: %w", id, err)
 	}
 	if done {
-		ev := RotationEvent{Kind: EventTimeout, DeviceID: d.ID, ClientID: d.ClientID(), Restored: restored}
+		ev := RotationEvent{Kind: EventTimeout, DeviceID: d.ID, ClientID: d.ClientID(), Restored: restored, ClientMissing: missing}
 		if started != nil {
 			ev.SinceAttempt = s.now().Sub(*started)
 		}
@@ -647,18 +703,38 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 // locked and without a recorded generation, and seals the old one into
 // row where it is not yet. It returns the new secret and whether it was
 // taken from a generation made before (one whose recording was cut off, or
-// an administrator's in Keycloak) rather than generated now.
+// an administrator's in Keycloak) rather than generated now. In restore
+// mode it sets row.IATAfter for the iat rule.
 func (s *Service) newSecret(ctx context.Context, row *model.Device, mode model.RotationMode) (string, bool, error) {
+	row.IATAfter = nil
 	fresh, taken, err := s.makeSecret(ctx, row, mode)
 	if err != nil || mode != model.RotationRestore {
 		return fresh, taken, err
 	}
+	clientID := row.ClientID()
+	st, err := s.d.Identity.SecretState(ctx, clientID)
+	if err != nil {
+		return "", false, fmt.Errorf("read when the secret was made: %w", err)
+	}
 	// The old secret must stop working now, also where a realm policy kept
 	// it as the rotated one (and also after a generation whose recording
 	// was cut off before this step).
-	if err := s.d.Identity.InvalidateRotatedSecret(ctx, row.ClientID()); err != nil {
+	if err := s.d.Identity.InvalidateRotatedSecret(ctx, clientID); err != nil {
 		return "", false, fmt.Errorf("invalidate the rotated secret: %w", err)
 	}
+	// The iat rule compares Keycloak's times with Keycloak's times: a
+	// token's iat with when the old secret stopped working by Keycloak's
+	// clock, which may differ from espmdm's. That is the generation's time
+	// (client.secret.creation.time), unless the old secret lived on as
+	// the rotated one until the invalidation just made (or Keycloak did not
+	// date the generation): then Keycloak's clock read after it.
+	after := st.CreatedAt
+	if st.Rotated || after.IsZero() {
+		if after, err = s.d.Identity.Now(ctx); err != nil {
+			return "", false, fmt.Errorf("read the identity provider's clock: %w", err)
+		}
+	}
+	row.IATAfter = &after
 	return fresh, taken, nil
 }
 
@@ -748,8 +824,12 @@ func (s *Service) AckCredentials(ctx context.Context, d model.Device, digest str
 	ctx = model.WithActor(ctx, model.DeviceActor(d.ClientID()))
 	err = s.complete(ctx, d.ID, mode, "ack", func(row *model.Device) (bool, error) {
 		if row.NewSecretAt == nil {
-			if row.RotationState == model.RotationOK && row.SecretSHA256 == digest {
-				return false, nil // completed with this secret already
+			// Without a generation in progress SecretSHA256 is the last
+			// completed rotation's: acking its secret again is 204, also
+			// once the next rotation is queued or started (a device
+			// promoting it at boot, after the iat rule completed it).
+			if row.SecretSHA256 == digest {
+				return false, nil
 			}
 			return false, model.Conflict("no rotation of this device awaits confirmation")
 		}
@@ -772,9 +852,11 @@ func (s *Service) AckCredentials(ctx context.Context, d model.Device, digest str
 }
 
 // confirmByToken completes a PENDING restore-mode rotation when the device
-// presents a token issued in a later second than its new secret was
-// generated: the old secret stopped working then, so the token proves the
-// new one. It reports whether the token did so.
+// presents a token issued in a later second than the old secret stopped
+// working, both by the identity provider's clock (IATAfter): the token
+// proves the new secret. A rotation generated in grace mode has no
+// IATAfter (its old secret stays valid) and completes only by the ack. It
+// reports whether the token did so.
 func (s *Service) confirmByToken(ctx context.Context, d model.Device, c model.DeviceClaims) (bool, error) {
 	if mode, err := s.rotationMode(); err != nil || mode != model.RotationRestore {
 		return false, nil // not resolved yet (nothing rotates then) or grace: only the ack confirms
@@ -829,19 +911,22 @@ func renudgeDue(d model.Device) bool {
 	return d.RotationState == model.RotationPending && d.NewSecretAt != nil && d.FetchedThisAttempt() && !d.RenudgedThisAttempt()
 }
 
-// issuedAfter reports whether d is PENDING with a generated secret and c was
-// issued in a later whole second than the generation.
+// issuedAfter reports whether d is PENDING with a secret generated in
+// restore mode and c was issued in a later whole second than the old
+// secret stopped working (both by the identity provider's clock).
 func issuedAfter(d model.Device, c model.DeviceClaims) bool {
-	return d.RotationState == model.RotationPending && d.NewSecretAt != nil &&
-		c.IssuedAt.Unix() > d.NewSecretAt.Unix()
+	return d.RotationState == model.RotationPending && d.NewSecretAt != nil && d.IATAfter != nil &&
+		c.IssuedAt.Unix() > d.IATAfter.Unix()
 }
 
 // complete finishes device id's rotation when check (run on the locked row)
-// says so: in grace mode the rotated secret is invalidated first (a failure
-// leaves the rotation unconfirmed); then state OK, completion and secret
-// times, sealed secret wiped. The freed slot starts the next device.
+// says so: where a rotated secret may be left (grace mode, or a secret
+// generated in grace mode and confirmed under restore) it is invalidated
+// first (a failure leaves the rotation unconfirmed); then state OK,
+// completion and secret times, sealed secret wiped. The freed slot starts
+// the next device.
 func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMode, via string, check func(*model.Device) (bool, error)) error {
-	done := false
+	done, invalidated := false, false
 	var attempt, generated, replaced time.Time
 	bctx, b := s.batch(ctx)
 	d, err := s.d.Devices.UpdateDevice(bctx, id, func(row *model.Device) error {
@@ -853,7 +938,10 @@ func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMod
 		if err != nil || !ok {
 			return err
 		}
-		if mode == model.RotationGrace {
+		// A restore-mode generation (IATAfter set) invalidated the
+		// rotated secret already; any other may have left one.
+		invalidated = mode == model.RotationGrace || row.IATAfter == nil
+		if invalidated {
 			if err := s.d.Identity.InvalidateRotatedSecret(ctx, row.ClientID()); err != nil {
 				return fmt.Errorf("invalidate the rotated secret: %w", err)
 			}
@@ -869,9 +957,9 @@ func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMod
 		row.RotationState = model.RotationOK
 		row.LastRotationCompletedAt = &now
 		row.SecretCreatedAt = row.NewSecretAt
-		row.NewSecretAt = nil
+		row.NewSecretAt, row.IATAfter = nil, nil
 		row.PreviousSecret = nil
-		if mode == model.RotationGrace {
+		if invalidated {
 			add(b, s.deviceEntry(ctx, model.AuditRotatedInvalidated, *row, "the old secret no longer works"))
 		}
 		add(b, s.deviceEntry(ctx, model.AuditSecretConfirmed, *row, "confirmed by "+confirmWord(via)))
@@ -884,7 +972,7 @@ func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMod
 		return nil
 	}
 	now := s.now()
-	if mode == model.RotationGrace {
+	if invalidated {
 		s.event(ctx, RotationEvent{Kind: EventInvalidated, DeviceID: d.ID, ClientID: d.ClientID(), At: now})
 	}
 	ev := RotationEvent{Kind: EventConfirmed, DeviceID: d.ID, ClientID: d.ClientID(), At: now, Via: via, SinceGenerated: now.Sub(generated)}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -262,6 +263,225 @@ func TestRotationRestoreIATRule(t *testing.T) {
 	}
 }
 
+// idpNow is the fake identity provider's clock in whole seconds: the iat
+// of a token it would issue now.
+func (e *renv) idpNow(t *testing.T) time.Time {
+	t.Helper()
+	now, err := e.idp.Now(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return now
+}
+
+// config is the device's GET /iot/config with a token issued at iat.
+func (e *renv) config(t *testing.T, d model.Device, iat time.Time) {
+	t.Helper()
+	c := model.DeviceClaims{ClientID: d.ClientID(), ModelCode: d.ModelCode, Key: d.Key, IssuedAt: iat}
+	if _, err := e.svc.DeviceConfig(t.Context(), e.get(t, d.ID), c); err != nil {
+		t.Fatalf("DeviceConfig: %v", err)
+	}
+}
+
+// The iat rule compares the token's iat, Keycloak's clock, with Keycloak's
+// own record of when the old secret stopped working, not with espmdm's
+// clock (review finding F3: with Keycloak 2 s ahead, a token of the old
+// secret confirmed a rotation whose fetch answer the device never got; 2 s
+// behind, a device following the reviewed design never completed).
+func TestRotationRestoreIATRuleUnderClockSkew(t *testing.T) {
+	t.Run("Keycloak 2 s ahead: a token of the old secret proves nothing", func(t *testing.T) {
+		e := newRotationEnv(t, model.RotationRestore, withIdPSkew(2*time.Second))
+		d := e.device(t, e.model(t, "m1", ""), `{}`)
+		old := e.secret(t, d)
+		e.rotate(t, d)
+		e.clock.Advance(500 * time.Millisecond)
+		oldIAT := e.idpNow(t)  // the device's token, taken with the old secret just before the fetch
+		fresh := e.fetch(t, d) // its answer is lost: the device holds the old secret only
+		wantAuth(t, e, d, old, false)
+		e.clock.Advance(300 * time.Millisecond)
+		e.config(t, d, oldIAT)
+		wantState(t, e, d, model.RotationPending)
+		// A token issued in a later second of Keycloak's clock can only
+		// have come from the new secret.
+		e.clock.Advance(time.Second)
+		e.config(t, d, e.idpNow(t))
+		wantState(t, e, d, model.RotationOK)
+		wantAuth(t, e, d, fresh, true)
+	})
+	t.Run("Keycloak 2 s behind: the reviewed design's steps still complete", func(t *testing.T) {
+		e := newRotationEnv(t, model.RotationRestore, withIdPSkew(-2*time.Second))
+		d := e.device(t, e.model(t, "m1", ""), `{}`)
+		e.rotate(t, d)
+		e.clock.Advance(500 * time.Millisecond)
+		fresh := e.fetch(t, d)                   // fetch, overwrite the only secret,
+		e.clock.Advance(1100 * time.Millisecond) // reboot (into a later second),
+		wantAuth(t, e, d, fresh, true)
+		e.config(t, d, e.idpNow(t)) // token, GET /iot/config
+		wantState(t, e, d, model.RotationOK)
+	})
+}
+
+// Restore mode on a realm whose policy keeps the old secret as the rotated
+// one: it works until espmdm invalidates it, after the generation, so only
+// a token issued after the invalidation (by Keycloak's clock) proves the
+// new secret, however long the invalidation took.
+func TestRotationRestoreIATRuleWaitsForTheRotatedSecretsEnd(t *testing.T) {
+	e := newRotationEnv(t, model.RotationRestore)
+	e.idp.SetRotationPolicy(portstest.DefaultRotationPolicy())
+	d := e.device(t, e.model(t, "m1", ""), `{}`)
+	if _, err := e.idp.CoverClient(t.Context(), d.ClientID()); err != nil {
+		t.Fatal(err)
+	}
+	old := e.secret(t, d)
+	e.rotate(t, d)
+	var oldIAT time.Time
+	e.idp.Hook = func(op, _ string) error {
+		if op == "InvalidateRotatedSecret" {
+			// Keycloak is slow: the old secret, still the rotated one,
+			// gets a token a second after the generation.
+			e.clock.Advance(1500 * time.Millisecond)
+			if e.idp.Authenticates(d.ClientID(), old) {
+				oldIAT = time.Unix(e.clock.Now().Unix(), 0)
+			}
+		}
+		return nil
+	}
+	e.clock.Advance(900 * time.Millisecond)
+	e.fetch(t, d)
+	e.idp.Hook = nil
+	if oldIAT.IsZero() {
+		t.Fatal("the old secret did not work until the invalidation: the policy is not in force")
+	}
+	wantAuth(t, e, d, old, false)
+	e.config(t, d, oldIAT)
+	wantState(t, e, d, model.RotationPending)
+	e.clock.Advance(time.Second)
+	e.config(t, d, e.idpNow(t))
+	wantState(t, e, d, model.RotationOK)
+}
+
+// restart is another start of espmdm on the same database and realm: a new
+// Service over e's fakes, its config changed by change, its mode resolved.
+func (e *renv) restart(t *testing.T, change func(*mdm.Config)) model.RotationMode {
+	t.Helper()
+	cfg := e.cfg
+	change(&cfg)
+	e.svc = mdm.New(e.deps, cfg)
+	mode, _, err := e.svc.InitRotation(t.Context())
+	if err != nil {
+		t.Fatalf("InitRotation after the restart: %v", err)
+	}
+	return mode
+}
+
+// recordMode records the mode in force and checks what was recorded before
+// and the unconfirmed rotations counted.
+func (e *renv) recordMode(t *testing.T, wantPrev model.RotationMode, wantUnconfirmed int) {
+	t.Helper()
+	prev, n, err := e.svc.RecordRotationMode(t.Context())
+	if err != nil || prev != wantPrev || n != wantUnconfirmed {
+		t.Fatalf("RecordRotationMode = %q, %d, %v; want %q, %d", prev, n, err, wantPrev, wantUnconfirmed)
+	}
+}
+
+// Rotations left unconfirmed by a mode that is no longer in force (review
+// finding F5): one generated in grace mode keeps the old secret valid, so
+// no token proves the new one, also once auto resolves to restore (a
+// changed ROTATION_GRACE, or a ROTATION_CRON that trips the expiration
+// check); only the ack completes it, and the completion ends the old
+// secret. One generated in restore mode has ended the old secret, so its
+// timeout restores it also under grace. A start whose mode differs from
+// the last one in force says how many rotations are unconfirmed.
+func TestRotationUnconfirmedAcrossAModeSwitch(t *testing.T) {
+	t.Run("grace, then restore", func(t *testing.T) {
+		e := newRotationEnv(t, model.RotationGrace, withConfig(func(c *mdm.Config) { c.RotationMode = model.RotationAuto }))
+		e.recordMode(t, "", 0)
+		d := e.device(t, e.model(t, "m1", ""), `{}`)
+		old := e.secret(t, d)
+		e.rotate(t, d)
+		fresh := e.fetch(t, d) // the answer is lost, or the device goes away
+		e.clock.Advance(6 * time.Minute)
+		e.cycle(t)
+		wantState(t, e, d, model.RotationTimeout)
+		wantAuth(t, e, d, old, true)
+		wantAuth(t, e, d, fresh, true)
+
+		if mode := e.restart(t, func(c *mdm.Config) { c.RotationGrace = 48 * time.Hour }); mode != model.RotationRestore {
+			t.Fatalf("auto with a grace that differs from the policy's resolved to %s, want restore", mode)
+		}
+		e.recordMode(t, model.RotationGrace, 1)
+		e.recordMode(t, model.RotationRestore, 0) // the next start: no change
+		e.clock.Advance(time.Hour)
+		e.cycle(t) // the retry, in restore mode
+		wantState(t, e, d, model.RotationPending)
+		if again := e.fetch(t, d); again != fresh {
+			t.Fatal("the retry generated again while the grace generation is unconfirmed")
+		}
+		// A token issued long after the generation proves nothing: the old
+		// secret still works, and may be all the device holds.
+		e.clock.Advance(time.Minute)
+		e.config(t, d, e.idpNow(t))
+		wantState(t, e, d, model.RotationPending)
+		wantAuth(t, e, d, old, true)
+		// The ack completes it, and the completion ends the old secret.
+		if err := e.ack(t, d, fresh); err != nil {
+			t.Fatal(err)
+		}
+		wantState(t, e, d, model.RotationOK)
+		wantAuth(t, e, d, old, false)
+		wantAuth(t, e, d, fresh, true)
+	})
+	t.Run("restore, then grace", func(t *testing.T) {
+		e := newRotationEnv(t, model.RotationRestore)
+		e.recordMode(t, "", 0)
+		d := e.device(t, e.model(t, "m1", ""), `{}`)
+		old := e.secret(t, d)
+		e.rotate(t, d)
+		e.fetch(t, d) // the old secret ends here; the answer is lost
+		wantAuth(t, e, d, old, false)
+		e.idp.SetRotationPolicy(portstest.DefaultRotationPolicy()) // the feature and the policy arrive
+		if mode := e.restart(t, func(c *mdm.Config) { c.RotationMode = model.RotationGrace }); mode != model.RotationGrace {
+			t.Fatalf("mode %s, want grace", mode)
+		}
+		e.recordMode(t, model.RotationRestore, 1)
+		e.clock.Advance(6 * time.Minute)
+		e.cycle(t)
+		wantState(t, e, d, model.RotationTimeout)
+		wantAuth(t, e, d, old, true) // restored: the device holds it
+	})
+}
+
+// A device that boots on its next secret promotes it and acks it (the
+// README's firmware steps, SPEC §4): when its config request completed the
+// rotation by the iat rule first, and even when the next rotation has
+// been queued since, the ack of that secret is 204 again, until a newer
+// secret is generated.
+func TestRotationAckOfACompletedRotationIsIdempotent(t *testing.T) {
+	e := newRotationEnv(t, model.RotationRestore)
+	d := e.device(t, e.model(t, "m1", ""), `{}`)
+	e.rotate(t, d)
+	s1 := e.fetch(t, d)
+	e.clock.Advance(1500 * time.Millisecond)
+	e.config(t, d, e.idpNow(t)) // the reboot's config request
+	wantState(t, e, d, model.RotationOK)
+	if err := e.ack(t, d, s1); err != nil {
+		t.Fatalf("ack after the iat completion: %v", err)
+	}
+	e.rotate(t, d) // the next rotation starts before the device's ack arrives
+	wantState(t, e, d, model.RotationPending)
+	if err := e.ack(t, d, s1); err != nil {
+		t.Fatalf("ack of the completed rotation's secret while the next is pending = %v, want 204", err)
+	}
+	wantState(t, e, d, model.RotationPending)
+	s2 := e.fetch(t, d)
+	if err := e.ack(t, d, s1); !errors.Is(err, model.ErrConflict) {
+		t.Fatalf("ack of the previous secret after a new generation = %v, want ErrConflict", err)
+	}
+	if err := e.ack(t, d, s2); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestRotationRestoreAckCompletes(t *testing.T) {
 	e := newRotationEnv(t, model.RotationRestore)
 	d := e.device(t, e.model(t, "m1", ""), `{}`)
@@ -414,6 +634,89 @@ func TestRotationRestoreTimeoutRestoresTheOldSecret(t *testing.T) {
 	wantState(t, e, d, model.RotationPending)
 	if again := e.fetch(t, d); again == fresh || again == old {
 		t.Fatal("the retry in restore mode did not generate a fresh secret")
+	}
+}
+
+// events records the rotation events a Service reports.
+type events struct {
+	mu  sync.Mutex
+	got []mdm.RotationEvent
+}
+
+func (ev *events) option() option {
+	return func(d *mdm.Deps, _ *mdm.Config) {
+		d.OnRotation = func(_ context.Context, e mdm.RotationEvent) {
+			ev.mu.Lock()
+			defer ev.mu.Unlock()
+			ev.got = append(ev.got, e)
+		}
+	}
+}
+
+func (ev *events) of(kind mdm.RotationEventKind) []mdm.RotationEvent {
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	var out []mdm.RotationEvent
+	for _, e := range ev.got {
+		if e.Kind == kind {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// A device whose identity-provider client is gone (deleted by an admin, a
+// realm restored from a backup) cannot have its old secret restored: its
+// restore-mode timeout still ends the attempt, says so, and frees the slot
+// (review finding F2: the identity provider's not-found was taken for the
+// device row's, and the device stayed PENDING for good, holding a slot).
+func TestRotationRestoreTimeoutWithTheClientGone(t *testing.T) {
+	var ev events
+	e := newRotationEnv(t, model.RotationRestore, withAudit(), ev.option(),
+		withConfig(func(c *mdm.Config) { c.RotationConcurrency = 1 }))
+	m := e.model(t, "m1", "")
+	gone, next := e.device(t, m, `{}`), e.device(t, m, `{}`)
+	e.rotate(t, gone)
+	e.fetch(t, gone) // generated and sealed: there is something to restore
+	e.rotate(t, next)
+	wantState(t, e, next, model.RotationQueued)
+	if err := e.idp.DeleteClient(t.Context(), gone.ClientID()); err != nil {
+		t.Fatal(err)
+	}
+
+	e.clock.Advance(6 * time.Minute)
+	rep, err := e.svc.RunRotationCycle(t.Context())
+	if err != nil || rep.TimedOut != 1 {
+		t.Fatalf("cycle = %+v, %v; want the attempt timed out", rep, err)
+	}
+	wantState(t, e, gone, model.RotationTimeout)
+	if got := e.get(t, gone.ID); got.PreviousSecret != nil || got.NewSecretAt != nil || got.SecretSHA256 != "" {
+		t.Errorf("rotation data kept for a client that is gone: %+v", got)
+	}
+	// The slot went to the next device.
+	wantState(t, e, next, model.RotationPending)
+	if e.idp.Has(gone.ClientID()) {
+		t.Error("the timeout recreated the client")
+	}
+	// Said in the events (metrics, log) and the audit log.
+	tos := ev.of(mdm.EventTimeout)
+	if len(tos) != 1 || !tos[0].ClientMissing || tos[0].Restored || tos[0].DeviceID != gone.ID {
+		t.Errorf("timeout events = %+v, want one for device %d with ClientMissing", tos, gone.ID)
+	}
+	x := entriesOf(e, model.AuditRotationTimeout)
+	if len(x) != 1 || x[0].Outcome != model.OutcomeFailure || !strings.Contains(x[0].Detail, "client is missing") {
+		t.Errorf("rotation_timeout audit entries = %+v, want one failure saying the client is missing", x)
+	}
+	if len(entriesOf(e, model.AuditSecretRestored)) != 0 {
+		t.Error("a restore was audited though nothing was restored")
+	}
+	// A device row deleted meanwhile is still no error.
+	if err := e.store.DeleteDevice(t.Context(), next.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(6 * time.Minute)
+	if rep := e.cycle(t); rep.TimedOut != 0 {
+		t.Errorf("cycle after the row was deleted = %+v", rep)
 	}
 }
 
@@ -722,6 +1025,42 @@ func TestRotationScheduleFiresOnceAndCollapsesMissedTicks(t *testing.T) {
 	next, err := e.svc.NextScheduledRotation(t.Context())
 	if err != nil || next == nil || !next.After(e.clock.Now()) {
 		t.Fatalf("NextScheduledRotation = %v, %v", next, err)
+	}
+}
+
+// A fire whose queueing fails is not lost: the next cycle fires it again
+// (review finding F4: the fire was recorded before the devices were
+// queued, so a failure between the two skipped a whole period).
+func TestRotationScheduleFireSurvivesAQueueingFailure(t *testing.T) {
+	e := newRotationEnv(t, model.RotationGrace, withAudit(), withConfig(func(c *mdm.Config) { c.RotationConcurrency = 100 }))
+	e.sched.Audit = e.store.Audit()
+	m := e.model(t, "m1", "")
+	for range 3 {
+		e.device(t, m, `{}`)
+	}
+	e.cycle(t) // the first cycle ever records now
+	e.clock.Advance(time.Hour + time.Minute)
+	fail := errors.New("injected: the database went away between the fire and the queueing")
+	e.store.Hook = func(op string) error {
+		if op == "QueueRotations" {
+			return fail
+		}
+		return nil
+	}
+	rep, err := e.svc.RunRotationCycle(t.Context())
+	if !errors.Is(err, fail) {
+		t.Fatalf("cycle with a failing queue = %+v, %v; want the failure", rep, err)
+	}
+	e.store.Hook = nil
+	rep = e.cycle(t)
+	if !rep.Fired || rep.Queued != 3 || rep.Started != 3 {
+		t.Fatalf("cycle after the failure = %+v, want the fire repeated, queuing and starting 3", rep)
+	}
+	if rep := e.cycle(t); rep.Fired {
+		t.Fatal("the fire fired a third time")
+	}
+	if got := entriesOf(e, model.AuditScheduleFired); len(got) != 1 {
+		t.Errorf("%d rotation_schedule_fired audit entries, want 1", len(got))
 	}
 }
 

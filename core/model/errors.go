@@ -64,11 +64,20 @@ func (e *UnavailableError) Is(target error) bool { return target == ErrUnavailab
 
 // ConflictError is a conflict with a reason that is safe to show to the
 // client (it names ids and codes, never a secret). It matches ErrConflict.
+// Field, when set, names the input that conflicts with the current state:
+// a well-formed value that the state refuses (a referenced resource that
+// does not exist, a config that the model's schema does not accept).
 type ConflictError struct {
 	Reason string
+	Field  string
 }
 
-func (e *ConflictError) Error() string { return e.Reason }
+func (e *ConflictError) Error() string {
+	if e.Field == "" {
+		return e.Reason
+	}
+	return e.Field + ": " + e.Reason
+}
 
 // Is reports ErrConflict as matching.
 func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
@@ -76,4 +85,9 @@ func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
 // Conflict returns a *ConflictError with the formatted reason.
 func Conflict(format string, args ...any) error {
 	return &ConflictError{Reason: fmt.Sprintf(format, args...)}
+}
+
+// ConflictOn returns a *ConflictError about the input field.
+func ConflictOn(field, format string, args ...any) error {
+	return &ConflictError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }

@@ -78,6 +78,14 @@ type Device struct {
 	// new secret is generated, so a rotation whose generation was cut off
 	// (crash, Keycloak timeout) can tell whether it happened.
 	PreviousSecret []byte
+	// IATAfter is, for a rotation whose new secret was generated in
+	// restore mode, a time by the identity provider's own clock (whole
+	// seconds) by which the old secret had stopped working: a token whose
+	// iat is a later second was issued for the new secret. Nil when no
+	// token can prove that: nothing generated, generated in grace mode
+	// (where the old secret stays valid until the ack), or recorded before
+	// espmdm kept this time.
+	IATAfter *time.Time
 	// SecretSHA256 is the lower-case hex SHA-256 of the secret generated in
 	// the device's latest rotation: unconfirmed while NewSecretAt is set,
 	// confirmed (kept for an idempotent repeated ack) after completion;
@@ -253,6 +261,17 @@ type Secrets struct {
 	// Rotated is the old secret still valid after a generation under a
 	// secret-rotation policy; empty when there is none.
 	Rotated string
+}
+
+// SecretState is what the identity provider records about a client's
+// secrets, without the secrets.
+type SecretState struct {
+	// CreatedAt is when the provider made the current secret, by its own
+	// clock (whole seconds); zero when it does not record it.
+	CreatedAt time.Time
+	// Rotated is true while a rotated (old) secret is kept beside the
+	// current one and has not expired.
+	Rotated bool
 }
 
 // RotationCounts are the devices per rotation state (active devices only)

@@ -51,6 +51,13 @@ type Behaviour struct {
 	// CrashAlways makes the device crash in every rotation; otherwise it
 	// crashes only in the first and acts normally from the next nudge on.
 	CrashAlways bool
+	// RebootDelay is how long a crashed device takes to boot again (an
+	// ESP32 needs a second or two); 0 boots at once.
+	RebootDelay time.Duration
+	// StayDown keeps a crashed device powered off: it does not reboot and
+	// ignores everything (as Offline) until SetBehaviour and Boot bring it
+	// back.
+	StayDown bool
 	// InterruptFirmwareAfter, when positive, cuts the next firmware
 	// download after this many bytes (once), as a power loss would; the
 	// next FetchFirmware resumes it with a Range request.
@@ -91,7 +98,6 @@ type Device struct {
 	mu                                    sync.Mutex
 	current, next                         string // the persisted slots
 	tok                                   cachedToken
-	onNext                                bool // the last login took the next slot's secret
 	beh                                   Behaviour
 	crashed                               bool
 	nudgeAt                               time.Time
@@ -371,12 +377,15 @@ func (d *Device) token(ctx context.Context) (string, error) {
 
 // login gets a token with the persisted secrets, current first, and runs
 // the lockout meter: refused all round begins a lockout, a success ends it.
+// When only the next secret is accepted it is promoted at once (current :=
+// next, next erased) and acked, as the README's firmware steps say: it is
+// the only secret that works, and a later rotation must not overwrite it.
 func (d *Device) login(ctx context.Context) (string, error) {
 	d.mu.Lock()
 	slots := []string{d.current, d.next}
 	d.mu.Unlock()
 	var other error
-	for _, s := range slots {
+	for i, s := range slots {
 		if s == "" {
 			continue
 		}
@@ -384,9 +393,17 @@ func (d *Device) login(ctx context.Context) (string, error) {
 		if err == nil {
 			d.mu.Lock()
 			d.tok = tok
-			d.onNext = s != slots[0]
+			promote := i == 1 && d.next == s
+			if promote {
+				d.current, d.next = s, ""
+				d.stats.Persists++
+				d.stats.Promotions++
+			}
 			d.mu.Unlock()
 			d.endLockout()
+			if promote {
+				d.ackPromoted(ctx, tok, s)
+			}
 			return tok.value, nil
 		}
 		if !errors.Is(err, ErrRefused) {
@@ -398,6 +415,43 @@ func (d *Device) login(ctx context.Context) (string, error) {
 	}
 	d.beginLockout()
 	return "", fmt.Errorf("%w (%s)", ErrLockedOut, d.clientID)
+}
+
+// ackPromoted acks a secret promoted at login. 204 confirms the rotation
+// (or confirmed it before); 409 says it is not the current rotation's
+// secret: the promotion stands either way, since Keycloak accepted it.
+func (d *Device) ackPromoted(ctx context.Context, tok cachedToken, secret string) {
+	code, err := d.ack(ctx, tok, secret)
+	switch {
+	case err != nil:
+		if ctx.Err() == nil {
+			d.f.logf("devicesim: %s: ack of the promoted secret: %v", d.clientID, err)
+		}
+	case code == http.StatusNoContent:
+		d.mu.Lock()
+		d.stats.Acks++
+		d.confirmed()
+		d.mu.Unlock()
+		d.event(EventAck, nil)
+	}
+}
+
+// ack is POST /iot/provisioning/ack of secret's SHA-256 with tok; it
+// returns the status.
+func (d *Device) ack(ctx context.Context, tok cachedToken, secret string) (int, error) {
+	body, _ := json.Marshal(map[string]string{"client_secret_sha256": sha256Hex([]byte(secret))})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.baseURL+"/iot/provisioning/ack", bytes.NewReader(body))
+	if err != nil {
+		return 0, fmt.Errorf("devicesim: ack: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+tok.value)
+	resp, err := d.f.http.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("devicesim: POST /iot/provisioning/ack: %w", stripURL(err))
+	}
+	drain(resp)
+	return resp.StatusCode, nil
 }
 
 func (d *Device) beginLockout() {
@@ -465,30 +519,38 @@ func (d *Device) Boot(ctx context.Context) error {
 	return err
 }
 
-// crash loses everything but the persisted slots, then reboots: a token
-// with what it persisted, then, when its current secret still works, its
-// config, as firmware starts (espmdm takes that request of a device that
-// fetched without confirming as the reboot, and nudges it again). A device
-// that came back on its next secret only (restore mode, after persisting)
-// does not ask: in restore mode that token's config request would confirm
-// the rotation by its iat while the device, knowing nothing of it, keeps
-// the secret in its next slot; it waits for the protocol's retry instead.
+// crash loses everything but the persisted slots, then reboots (unless
+// Behaviour.StayDown keeps it off): a token with what it persisted (when
+// only the next secret works, it is promoted and acked), then its config,
+// as firmware starts (espmdm takes that request of a device that fetched
+// without confirming as the reboot, and nudges it again).
 func (d *Device) crash(ctx context.Context) error {
 	d.mu.Lock()
 	d.stats.Crashes++
 	d.crashed = true
+	down, delay := d.beh.StayDown, d.beh.RebootDelay
+	if down {
+		d.beh.Offline = true
+		d.tok = cachedToken{}
+	}
 	d.mu.Unlock()
 	d.event(EventCrash, nil)
+	if down {
+		return ErrCrashed
+	}
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ErrCrashed
+		}
+	}
 	if err := d.Boot(ctx); err != nil {
 		if ctx.Err() == nil {
 			d.f.logf("devicesim: %s: boot after crash: %v", d.clientID, err)
 		}
-		return ErrCrashed
-	}
-	d.mu.Lock()
-	onNext := d.onNext
-	d.mu.Unlock()
-	if onNext {
 		return ErrCrashed
 	}
 	if _, err := d.FetchConfig(ctx); err != nil && ctx.Err() == nil {
@@ -743,11 +805,12 @@ type provisioningAnswer struct {
 
 // Rotate is what the device does on the nudge. Following the protocol:
 // fetch GET /iot/provisioning, persist the secret to the next slot, get a
-// token with it, POST /iot/provisioning/ack, promote next to current. With
-// Behaviour.Legacy: fetch, overwrite current, reboot, token, GET
-// /iot/config. A fetch that returns the current secret (no rotation under
-// way) changes nothing. A simulated crash returns ErrCrashed after the
-// reboot. Rotations of one device never overlap.
+// token with it, POST /iot/provisioning/ack, promote next to current on
+// 204; on 409 (the secret is no longer the rotation's) or a refused token,
+// erase next and keep current. With Behaviour.Legacy: fetch, overwrite
+// current, reboot, token, GET /iot/config. A fetch that returns the current
+// secret (no rotation under way) changes nothing. A simulated crash returns
+// ErrCrashed after the reboot. Rotations of one device never overlap.
 func (d *Device) Rotate(ctx context.Context) error {
 	if d.offline() {
 		return ErrOffline
@@ -784,26 +847,24 @@ func (d *Device) Rotate(ctx context.Context) error {
 		return err
 	}
 	tok, err := d.grant(ctx, newSecret)
+	if errors.Is(err, ErrRefused) {
+		d.eraseNext(newSecret)
+	}
 	if err != nil {
 		return fmt.Errorf("token with the fetched secret: %w", err)
 	}
 	if err := d.pause(ctx); err != nil {
 		return err
 	}
-	body, _ := json.Marshal(map[string]string{"client_secret_sha256": sha256Hex([]byte(newSecret))})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.baseURL+"/iot/provisioning/ack", bytes.NewReader(body))
+	code, err := d.ack(ctx, tok, newSecret)
 	if err != nil {
-		return fmt.Errorf("devicesim: ack: %w", err)
+		return err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+tok.value)
-	resp, err := d.f.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("devicesim: POST /iot/provisioning/ack: %w", stripURL(err))
+	if code == http.StatusConflict {
+		d.eraseNext(newSecret)
 	}
-	drain(resp)
-	if resp.StatusCode != http.StatusNoContent {
-		return &StatusError{Op: "POST /iot/provisioning/ack", Status: resp.StatusCode}
+	if code != http.StatusNoContent {
+		return &StatusError{Op: "POST /iot/provisioning/ack", Status: code}
 	}
 	d.mu.Lock()
 	d.current, d.next = newSecret, ""
@@ -813,6 +874,17 @@ func (d *Device) Rotate(ctx context.Context) error {
 	d.mu.Unlock()
 	d.event(EventAck, nil)
 	return nil
+}
+
+// eraseNext erases the next slot if it still holds secret: it is not (or
+// no longer) the rotation's, and the current one is kept.
+func (d *Device) eraseNext(secret string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.next == secret {
+		d.next = ""
+		d.stats.Persists++
+	}
 }
 
 // confirmed records the confirm latency; d.mu is held.

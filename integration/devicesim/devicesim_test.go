@@ -38,6 +38,8 @@ type fake struct {
 	acks     map[string]int
 	configs  map[string]int // GET /iot/config per client
 	firmware []byte
+	// refuseAcks answers every ack 409.
+	refuseAcks bool
 }
 
 func newFake(t *testing.T, mode string) *fake {
@@ -146,7 +148,7 @@ func (f *fake) ack(w http.ResponseWriter, r *http.Request, id string) {
 	}
 	_ = json.NewDecoder(r.Body).Decode(&body)
 	sum := sha256.Sum256([]byte(f.pending[id]))
-	if f.pending[id] == "" || body.Sum != hex.EncodeToString(sum[:]) {
+	if f.refuseAcks || f.pending[id] == "" || body.Sum != hex.EncodeToString(sum[:]) {
 		w.WriteHeader(http.StatusConflict)
 		return
 	}
@@ -321,7 +323,10 @@ func TestCrashAfterFetchInRestoreIsMetered(t *testing.T) {
 	}
 }
 
-func TestCrashAfterPersistBootsWithNext(t *testing.T) {
+// A device that crashed after persisting the new secret boots on it (the
+// old one died at the generation, restore mode), promotes it at once and
+// acks it, then asks for its config, as the README's firmware steps say.
+func TestCrashAfterPersistPromotesNextAtBoot(t *testing.T) {
 	f := newFake(t, "restore")
 	fl := newTestFleet(t, devicesim.Config{})
 	d := add(t, fl, f.partition("m"))
@@ -331,15 +336,72 @@ func TestCrashAfterPersistBootsWithNext(t *testing.T) {
 		t.Fatalf("Rotate = %v, want ErrCrashed", err)
 	}
 	st := d.Stats()
-	if st.LockedOut != 0 || st.Boots != 1 {
-		t.Fatalf("after the crash: %+v, want a boot with the next secret", st)
+	if st.LockedOut != 0 || st.Boots != 1 || st.Promotions != 1 || st.Acks != 1 {
+		t.Fatalf("after the crash: %+v, want a boot with the next secret, promoted and acked", st)
+	}
+	if f.count(f.acks, d.ClientID()) != 1 || f.count(f.configs, d.ClientID()) != 1 {
+		t.Errorf("server saw %d acks and %d config requests, want 1 and 1", f.count(f.acks, d.ClientID()), f.count(f.configs, d.ClientID()))
 	}
 	chk, _ := d.CheckSecrets(ctx(t))
-	if chk.Current != devicesim.Refused || chk.Next != devicesim.Accepted {
-		t.Errorf("secrets %+v, want current refused, next accepted", chk)
+	if want := (devicesim.SecretCheck{Provisioned: devicesim.Refused, Current: devicesim.Accepted}); chk != want {
+		t.Errorf("secrets %+v, want %+v: the next secret promoted", chk, want)
 	}
 	if err := d.Rotate(ctx(t)); err != nil || d.Stats().Acks != 1 {
 		t.Fatalf("retry: %v", err)
+	}
+}
+
+// The scenario of review finding F1 in restore mode: a crash before the ack
+// leaves the device on its next secret; promoted at boot, it survives a
+// second rotation during which it goes away after persisting, and the
+// timeout restores a secret it still holds.
+func TestTwoRotationsInRestoreKeepAWorkingSecret(t *testing.T) {
+	f := newFake(t, "restore")
+	fl := newTestFleet(t, devicesim.Config{LockoutRetry: 20 * time.Millisecond})
+	d := add(t, fl, f.partition("m"))
+	d.SetBehaviour(devicesim.Behaviour{Crash: devicesim.CrashAfterPersist})
+	f.start(d.ClientID())
+	if err := d.Rotate(ctx(t)); !errors.Is(err, devicesim.ErrCrashed) {
+		t.Fatalf("rotation 1: %v, want ErrCrashed", err)
+	}
+	d.SetBehaviour(devicesim.Behaviour{Crash: devicesim.CrashAfterPersist, CrashAlways: true, StayDown: true})
+	f.start(d.ClientID())
+	if err := d.Rotate(ctx(t)); !errors.Is(err, devicesim.ErrCrashed) {
+		t.Fatalf("rotation 2: %v, want ErrCrashed", err)
+	}
+	f.timeout(d.ClientID()) // the device stays away past the timeout
+	d.SetBehaviour(devicesim.Behaviour{})
+	if err := d.Boot(ctx(t)); err != nil {
+		t.Fatalf("boot after rotation 2's timeout: %v", err)
+	}
+	chk, _ := d.CheckSecrets(ctx(t))
+	if chk.Current != devicesim.Accepted {
+		t.Errorf("secrets %+v: the restored secret is not the device's current one", chk)
+	}
+	// The retry completes.
+	if err := d.Rotate(ctx(t)); err != nil || d.Stats().Acks != 2 {
+		t.Fatalf("retry: %v, %d acks", err, d.Stats().Acks)
+	}
+	if chk, _ := d.CheckSecrets(ctx(t)); chk.Current != devicesim.Accepted || chk.Next != devicesim.NotHeld {
+		t.Errorf("secrets after the retry %+v", chk)
+	}
+}
+
+// A 409 to the ack means the fetched secret is not this rotation's: the
+// device erases it and keeps its current secret.
+func TestAckConflictErasesNext(t *testing.T) {
+	f := newFake(t, "grace")
+	f.refuseAcks = true
+	fl := newTestFleet(t, devicesim.Config{})
+	d := add(t, fl, f.partition("m"))
+	f.start(d.ClientID())
+	var se *devicesim.StatusError
+	if err := d.Rotate(ctx(t)); !errors.As(err, &se) || se.Status != http.StatusConflict {
+		t.Fatalf("Rotate = %v, want the ack's 409", err)
+	}
+	chk, _ := d.CheckSecrets(ctx(t))
+	if want := (devicesim.SecretCheck{Provisioned: devicesim.Accepted, Current: devicesim.Accepted}); chk != want {
+		t.Errorf("secrets %+v, want %+v: next erased, current kept", chk, want)
 	}
 }
 

@@ -12,21 +12,23 @@
 // A Device boots from the bytes of its NVS provisioning partition (namespace
 // "prov": device_key, client_id, client_secret, token_url, base_url,
 // mqtt_url), as espmdm's GET /api/devices/{id}/provisioning hands them out.
-// Like the firmware the README describes for firmware authors, it keeps two
-// secret slots, current and next: they are what it persisted, and all that
-// survives a simulated crash. On a nudge it rotates: fetch GET
+// It follows the README's steps for firmware authors to the letter: it keeps
+// two secret slots, current and next, which are what it persisted and all
+// that survives a simulated crash. On a nudge it rotates: fetch GET
 // /iot/provisioning, persist the new secret as next, get a token with next,
 // POST /iot/provisioning/ack with the secret's SHA-256, promote next to
-// current. At boot, and whenever it needs a token, it tries current, then
-// next.
+// current on 204 (on 409, or a refused token, erase next and keep
+// current). At boot, and whenever it needs a token, it tries current, then
+// next; when only next works it promotes it at once and acks it (204 or
+// 409 alike: Keycloak accepted it).
 //
 // Behaviour changes what a device does: Offline ignores everything, Slow
 // waits before each step, Legacy follows the reviewed design's single-slot
 // steps (fetch, overwrite, reboot, token, GET /iot/config), and Crash makes
 // it crash after the fetch (the fetched secret is lost) or after persisting
 // it (before the ack), once or on every rotation. A crashed device reboots
-// from its persisted slots: a token, then, when its current secret still
-// works, GET /iot/config.
+// from its persisted slots (after Behaviour.RebootDelay; Behaviour.StayDown
+// keeps it off until Boot): a token, then GET /iot/config.
 //
 // Every device meters its lockouts: the device-seconds during which it
 // needed a token and Keycloak accepted none of the secrets it holds. A

@@ -18,7 +18,8 @@ type Stats struct {
 
 	Fetches        int // successful GET /iot/provisioning
 	SecretsFetched int // distinct new secrets handed out by fetches
-	Persists       int // secrets written to a slot
+	Persists       int // slot writes (a secret written, promoted or erased)
+	Promotions     int // next secrets promoted at login because only they were accepted
 	Acks           int // acks answered 204
 	Crashes        int
 	Boots          int

@@ -198,6 +198,37 @@ func RunIdentityProviderContract(t *testing.T, newIdP func(t *testing.T) ports.I
 		x.wantAuth(id, fresh, true)
 	})
 
+	t.Run("SecretState dates a generation by the provider's clock, which Now reads", func(t *testing.T) {
+		x := fixture(t)
+		grace := x.grace()
+		id := x.clientID()
+		x.create(id)
+		before, err := x.idp.Now(t.Context())
+		mustNoErr(t, "Now", err)
+		if d := time.Since(before); d < -5*time.Minute || d > 5*time.Minute || before.Nanosecond() != 0 {
+			t.Fatalf("Now = %v: want whole seconds, about the wall clock", before)
+		}
+		_, err = x.idp.RegenerateSecret(t.Context(), id)
+		mustNoErr(t, "RegenerateSecret", err)
+		st, err := x.idp.SecretState(t.Context(), id)
+		mustNoErr(t, "SecretState", err)
+		after, err := x.idp.Now(t.Context())
+		mustNoErr(t, "Now", err)
+		if st.CreatedAt.Before(before) || st.CreatedAt.After(after) {
+			t.Errorf("SecretState.CreatedAt = %v, want between the provider's Now before (%v) and after (%v) the generation",
+				st.CreatedAt, before, after)
+		}
+		if st.Rotated != grace {
+			t.Errorf("SecretState.Rotated after a generation = %v, want %v (the policy in force)", st.Rotated, grace)
+		}
+		mustNoErr(t, "InvalidateRotatedSecret", x.idp.InvalidateRotatedSecret(t.Context(), id))
+		if st, err := x.idp.SecretState(t.Context(), id); err != nil || st.Rotated {
+			t.Errorf("SecretState after invalidating the rotated secret: %+v, %v; want none rotated", st, err)
+		}
+		_, err = x.idp.SecretState(t.Context(), x.clientID())
+		wantErrIs(t, "SecretState(missing)", err, model.ErrNotFound)
+	})
+
 	t.Run("SetSecret after a generation makes its secret the only valid one", func(t *testing.T) {
 		x := fixture(t)
 		id := x.clientID()

@@ -266,6 +266,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 			LastRotationCompletedAt: ptr(t0.Add(2 * time.Minute)),
 			LastSeenAt:              ptr(t0.Add(3 * time.Minute)),
 			NewSecretAt:             ptr(t0.Add(4 * time.Minute)),
+			IATAfter:                ptr(t0.Add(5 * time.Minute).Truncate(time.Second)),
 			PreviousSecret:          []byte{0, 1, 2, 0xfe, 0xff},
 			SecretSHA256:            randomSHA256(),
 		}
@@ -283,6 +284,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 			cur.LastRotationCompletedAt = want.LastRotationCompletedAt
 			cur.LastSeenAt = want.LastSeenAt
 			cur.NewSecretAt = want.NewSecretAt
+			cur.IATAfter = want.IATAfter
 			cur.PreviousSecret = want.PreviousSecret
 			cur.SecretSHA256 = want.SecretSHA256
 			cur.ID = d.ID + 1000000
@@ -313,6 +315,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 				{"LastRotationCompletedAt", g.LastRotationCompletedAt, want.LastRotationCompletedAt},
 				{"LastSeenAt", g.LastSeenAt, want.LastSeenAt},
 				{"NewSecretAt", g.NewSecretAt, want.NewSecretAt},
+				{"IATAfter", g.IATAfter, want.IATAfter},
 			} {
 				if !timeEq(c.got, c.want) {
 					t.Errorf("%s: %s = %v, want %v", name, c.field, c.got, c.want)
@@ -330,6 +333,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		_, err = x.devices.UpdateDevice(x.ctx(), d.ID, func(cur *model.Device) error {
 			cur.RotationState = model.RotationOK
 			cur.NewSecretAt = nil
+			cur.IATAfter = nil
 			cur.PreviousSecret = nil
 			cur.LastRotationAttemptAt = nil
 			cur.SecretSHA256 = ""
@@ -338,7 +342,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		mustNoErr(t, "UpdateDevice(clear)", err)
 		stored, err = x.devices.GetDevice(x.ctx(), d.ID)
 		mustNoErr(t, "GetDevice", err)
-		if stored.NewSecretAt != nil || stored.PreviousSecret != nil || stored.LastRotationAttemptAt != nil || stored.SecretSHA256 != "" || stored.RotationState != model.RotationOK {
+		if stored.NewSecretAt != nil || stored.IATAfter != nil || stored.PreviousSecret != nil || stored.LastRotationAttemptAt != nil || stored.SecretSHA256 != "" || stored.RotationState != model.RotationOK {
 			t.Errorf("after clearing: got %+v", stored)
 		}
 		if !timeEq(stored.SecretCreatedAt, want.SecretCreatedAt) {
@@ -1088,6 +1092,33 @@ func runRotationQueueContract(t *testing.T, r func(t *testing.T) repoFixture) {
 			x.deviceIn(m, rot(s.state, s.active, nil, nil))
 		}
 		want("mixed", map[model.RotationState]int{model.RotationOK: 2, model.RotationQueued: 1, model.RotationPending: 1}, 3)
+	})
+
+	t.Run("UnconfirmedRotations counts generated, unconfirmed secrets", func(t *testing.T) {
+		x := r(t)
+		x.alone()
+		n, err := x.devices.UnconfirmedRotations(x.ctx())
+		mustNoErr(t, "UnconfirmedRotations", err)
+		if n != 0 {
+			t.Errorf("empty store: UnconfirmedRotations = %d, want 0", n)
+		}
+		m := x.model("ct_unconfirmed", nil)
+		generated := func(state model.RotationState, active bool) func(*model.Device) {
+			return func(d *model.Device) {
+				rot(state, active, nil, ptr(now()))(d)
+				d.NewSecretAt = ptr(now())
+			}
+		}
+		x.deviceIn(m, generated(model.RotationPending, true))
+		x.deviceIn(m, generated(model.RotationTimeout, true))
+		x.deviceIn(m, generated(model.RotationTimeout, false))
+		x.deviceIn(m, rot(model.RotationPending, true, nil, ptr(now()))) // not generated yet
+		x.deviceIn(m, rot(model.RotationOK, true, nil, nil))
+		n, err = x.devices.UnconfirmedRotations(x.ctx())
+		mustNoErr(t, "UnconfirmedRotations", err)
+		if n != 3 {
+			t.Errorf("UnconfirmedRotations = %d, want 3 (active or not, PENDING or TIMEOUT)", n)
+		}
 	})
 
 	t.Run("InFlight lists PENDING devices ascending; LastRotationCompleted is the latest completion", func(t *testing.T) {

@@ -33,7 +33,7 @@ type IdentityProvider struct {
 	// Hook, when set, is called with the method name ("CreateClient",
 	// "DeleteClient", "Secrets", "InvalidateRotatedSecret", "CoverClient", "CoveredSecrets",
 	// "RotationPolicy", ...) and the client id ("" for ListDeviceClients,
-	// RotationPolicy and Ping) before each operation; a non-nil result
+	// RotationPolicy, Now and Ping) before each operation; a non-nil result
 	// fails the operation with that error and changes nothing. Set it
 	// before use.
 	Hook func(op, clientID string) error
@@ -54,6 +54,7 @@ type IdPCall struct {
 
 type fakeClient struct {
 	secret       string
+	secretAt     time.Time // when secret was made (whole seconds); zero when unknown
 	rotated      string    // the old secret after a generation under the policy
 	rotatedUntil time.Time // rotated authenticates until then (inclusive)
 	covered      bool      // the policy's executor has run on the client
@@ -216,7 +217,7 @@ func (p *IdentityProvider) CreateClient(_ context.Context, clientID string) (str
 	if _, ok := p.clients[clientID]; ok {
 		return "", fmt.Errorf("client %s: %w", clientID, model.ErrConflict)
 	}
-	c := &fakeClient{secret: newSecret(), createdAt: p.now(), covered: p.inForce()}
+	c := &fakeClient{secret: newSecret(), secretAt: p.second(), createdAt: p.now(), covered: p.inForce()}
 	p.clients[clientID] = c
 	return c.secret, nil
 }
@@ -269,7 +270,7 @@ func (p *IdentityProvider) RepairClient(_ context.Context, clientID string) (mod
 		}
 		c.problems = nil
 	} else {
-		p.clients[clientID] = &fakeClient{secret: newSecret(), createdAt: p.now(), covered: p.inForce()}
+		p.clients[clientID] = &fakeClient{secret: newSecret(), secretAt: p.second(), createdAt: p.now(), covered: p.inForce()}
 	}
 	return p.status(clientID), nil
 }
@@ -300,7 +301,7 @@ func (p *IdentityProvider) RegenerateSecret(_ context.Context, clientID string) 
 		return "", notFound(clientID)
 	}
 	old := c.secret
-	c.secret = newSecret()
+	c.secret, c.secretAt = newSecret(), p.second()
 	p.update(c)
 	if c.covered && p.policy.RotatedExpiration > 0 {
 		c.rotated, c.rotatedUntil = old, p.now().Add(p.policy.RotatedExpiration)
@@ -384,6 +385,37 @@ func (p *IdentityProvider) CoveredSecrets(_ context.Context, clientID string) (m
 		s.Rotated = c.rotated
 	}
 	return s, nil
+}
+
+// SecretState implements ports.IdentityProvider. As in Keycloak, the
+// creation time is that of the last generation (CreateClient,
+// RegenerateSecret): SetSecret keeps it; a client planted with Put has
+// none.
+func (p *IdentityProvider) SecretState(_ context.Context, clientID string) (model.SecretState, error) {
+	if err := p.begin("SecretState", clientID); err != nil {
+		return model.SecretState{}, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.clients[clientID]
+	if !ok {
+		return model.SecretState{}, notFound(clientID)
+	}
+	return model.SecretState{CreatedAt: c.secretAt, Rotated: c.rotated != "" && !p.now().After(c.rotatedUntil)}, nil
+}
+
+// Now implements ports.IdentityProvider: the fake's clock, in whole
+// seconds.
+func (p *IdentityProvider) Now(_ context.Context) (time.Time, error) {
+	if err := p.begin("Now", ""); err != nil {
+		return time.Time{}, err
+	}
+	return p.second(), nil
+}
+
+// second is the fake's clock in whole seconds, as Keycloak records times.
+func (p *IdentityProvider) second() time.Time {
+	return time.Unix(p.now().Unix(), 0).UTC()
 }
 
 // RotationPolicy implements ports.IdentityProvider: it reports the policy

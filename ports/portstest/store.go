@@ -113,6 +113,7 @@ func cloneDevice(d model.Device) model.Device {
 	d.LastRotationCompletedAt = cloneTime(d.LastRotationCompletedAt)
 	d.LastSeenAt = cloneTime(d.LastSeenAt)
 	d.NewSecretAt = cloneTime(d.NewSecretAt)
+	d.IATAfter = cloneTime(d.IATAfter)
 	if d.PreviousSecret != nil {
 		d.PreviousSecret = bytes.Clone(d.PreviousSecret)
 	}
@@ -531,6 +532,22 @@ func (s *Store) QueueRotations(_ context.Context) (int, error) {
 			d.RotationState = model.RotationQueued
 			d.UpdatedAt = now
 			s.devices[id] = d
+			n++
+		}
+	}
+	return n, nil
+}
+
+// UnconfirmedRotations implements ports.RotationQueue.
+func (s *Store) UnconfirmedRotations(_ context.Context) (int, error) {
+	if err := s.hook("UnconfirmedRotations"); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, d := range s.devices {
+		if d.NewSecretAt != nil {
 			n++
 		}
 	}

@@ -76,7 +76,7 @@ export interface paths {
         put?: never;
         /**
          * Upload an ESP32 application image as the model's current firmware
-         * @description The image is the raw body (application/octet-stream) or the multipart/form-data field "file". It is parsed and validated; the response is its metadata. The model's current image again changes nothing (200, the existing record, no notification). An image whose secure_version is lower than the current firmware's is refused (409) unless force=true, since devices with anti-rollback would refuse it; warnings say where an accepted upload goes backwards.
+         * @description The image is the raw body (application/octet-stream) or the multipart/form-data field "file". It is parsed and validated; the response is its metadata. The model's current image again changes nothing (200, the existing record, no notification). An image whose secure_version is lower than the current firmware's is refused (409) unless force=true, since devices with anti-rollback would refuse it; warnings say where an accepted upload goes backwards. No schema can say which bytes are an ESP32 application image: validity depends on the content as a whole (magic, segment headers and lengths, the checksum over the segments, the SHA-256 appended over everything before it, the app descriptor inside the first segment), so the body is declared as any binary, and one that is not a valid image is a 400 saying what is wrong.
          */
         post: operations["uploadFirmware"];
         delete?: never;
@@ -114,7 +114,7 @@ export interface paths {
         put?: never;
         /**
          * Create a device and its identity-provider client
-         * @description All or nothing: when any step fails nothing is left behind.
+         * @description All or nothing: when any step fails nothing is left behind. A device_model_id that names no model, and a config the model's config_schema refuses, are conflicts with the current state (409, field names the member).
          */
         post: operations["createDevice"];
         delete?: never;
@@ -132,7 +132,10 @@ export interface paths {
         };
         /** Get a device */
         get: operations["getDevice"];
-        /** Change a device's config and active flag (absent members unchanged) */
+        /**
+         * Change a device's config and active flag (absent members unchanged)
+         * @description A config the model's config_schema refuses is a conflict with the current state (409, field config).
+         */
         put: operations["updateDevice"];
         post?: never;
         /** Delete a device, then its identity-provider client */
@@ -469,14 +472,20 @@ export interface components {
              * @description RFC 3339, UTC
              */
             at: string;
-            /** @description the device client concerned */
-            client_id: string | null;
+            /** @description the device client concerned; absent when none is */
+            client_id?: string;
             /** @description what changed, in a few words; never a secret */
             detail: string;
-            /** Format: int64 */
-            device_id: number | null;
-            /** Format: int64 */
-            device_model_id: number | null;
+            /**
+             * Format: int64
+             * @description the device concerned; absent when none is (never null)
+             */
+            device_id?: number;
+            /**
+             * Format: int64
+             * @description the device model concerned; absent when none is (never null)
+             */
+            device_model_id?: number;
             /** Format: int64 */
             id: number;
             /** @enum {string} */
@@ -489,6 +498,82 @@ export interface components {
             /** @description pass as ?cursor= for the next page; null on the last page */
             next_cursor: string | null;
         };
+        /** @description a JSON object whose strings and member names hold no U+0000 */
+        Config: {
+            [key: string]: components["schemas"]["JSONValue"];
+        };
+        /** @description A JSON Schema (draft 2020-12) that device configs of the model must satisfy. Each keyword is declared with the shape the 2020-12 meta-schema gives it; other members are allowed (and ignored). What this schema cannot say, and the server checks (400 when it fails): $ref and $dynamicRef must resolve within the schema itself (no other document is loaded), $schema must name a draft's meta-schema, $id must not change the document, anchors must be unique, and the keywords left undeclared here ($ref, $dynamicRef, $id, $schema, $anchor, $dynamicAnchor, $vocabulary, dependencies) must have their meta-schema's shape. No string or member name may hold U+0000. */
+        ConfigSchema: ({
+            $comment?: string;
+            $defs?: {
+                [key: string]: components["schemas"]["JSONSubschema"];
+            };
+            additionalProperties?: components["schemas"]["JSONSubschema"];
+            allOf?: components["schemas"]["JSONSubschema"][];
+            anyOf?: components["schemas"]["JSONSubschema"][];
+            const?: components["schemas"]["JSONValue"];
+            contains?: components["schemas"]["JSONSubschema"];
+            contentEncoding?: string;
+            contentMediaType?: string;
+            contentSchema?: components["schemas"]["JSONSubschema"];
+            default?: components["schemas"]["JSONValue"];
+            definitions?: {
+                [key: string]: components["schemas"]["JSONSubschema"];
+            };
+            dependentRequired?: {
+                [key: string]: string[];
+            };
+            dependentSchemas?: {
+                [key: string]: components["schemas"]["JSONSubschema"];
+            };
+            deprecated?: boolean;
+            description?: string;
+            else?: components["schemas"]["JSONSubschema"];
+            enum?: components["schemas"]["JSONValue"][];
+            examples?: components["schemas"]["JSONValue"][];
+            exclusiveMaximum?: number;
+            exclusiveMinimum?: number;
+            format?: string;
+            if?: components["schemas"]["JSONSubschema"];
+            items?: components["schemas"]["JSONSubschema"];
+            maxContains?: number;
+            maxItems?: number;
+            maxLength?: number;
+            maxProperties?: number;
+            maximum?: number;
+            minContains?: number;
+            minItems?: number;
+            minLength?: number;
+            minProperties?: number;
+            minimum?: number;
+            multipleOf?: number;
+            not?: components["schemas"]["JSONSubschema"];
+            oneOf?: components["schemas"]["JSONSubschema"][];
+            /**
+             * Format: regex
+             * @description an ECMA-262 regular expression (JSON Schema's format regex) that RE2 can run: no look-around or back-references
+             */
+            pattern?: string;
+            patternProperties?: {
+                [key: string]: components["schemas"]["JSONSubschema"];
+            };
+            prefixItems?: components["schemas"]["JSONSubschema"][];
+            properties?: {
+                [key: string]: components["schemas"]["JSONSubschema"];
+            };
+            propertyNames?: components["schemas"]["JSONSubschema"];
+            readOnly?: boolean;
+            required?: string[];
+            then?: components["schemas"]["JSONSubschema"];
+            title?: string;
+            type?: string | string[];
+            unevaluatedItems?: components["schemas"]["JSONSubschema"];
+            unevaluatedProperties?: components["schemas"]["JSONSubschema"];
+            uniqueItems?: boolean;
+            writeOnly?: boolean;
+        } & {
+            [key: string]: components["schemas"]["JSONValue"];
+        }) | boolean | null;
         Device: {
             active: boolean;
             /** @description iotdevice-<model code>-<key> */
@@ -539,10 +624,8 @@ export interface components {
         };
         DeviceModel: {
             code: string;
-            /** @description a JSON Schema, or null */
-            config_schema: {
-                [key: string]: unknown;
-            } | boolean | null;
+            /** @description the model's JSON Schema as it was stored (see JSONSchema), or null */
+            config_schema: Record<string, never> | boolean | null;
             /**
              * Format: date-time
              * @description RFC 3339, UTC
@@ -551,6 +634,7 @@ export interface components {
             firmware_version: string | null;
             /** Format: int64 */
             id: number;
+            /** @description 1 to 255 characters, not only white space, no U+0000 */
             name: string;
             /**
              * Format: date-time
@@ -563,14 +647,14 @@ export interface components {
         };
         DeviceModelUpdate: {
             /** @description a JSON Schema; null removes it; absent leaves it */
-            config_schema?: {
-                [key: string]: unknown;
-            } | boolean | null;
+            config_schema?: components["schemas"]["ConfigSchema"];
+            /** @description 1 to 255 characters, not only white space, no U+0000 */
             name?: string;
         };
         DeviceUpdate: {
             active?: boolean;
-            config?: Record<string, never>;
+            /** @description checked against the model's config_schema: a config it refuses is a 409 naming this field */
+            config?: components["schemas"]["Config"];
         };
         Firmware: {
             /**
@@ -614,23 +698,101 @@ export interface components {
             problems: string[];
             service_account: boolean;
         };
+        /** @description A JSON Schema (draft 2020-12) that device configs of the model must satisfy. Each keyword is declared with the shape the 2020-12 meta-schema gives it; other members are allowed (and ignored). What this schema cannot say, and the server checks (400 when it fails): $ref and $dynamicRef must resolve within the schema itself (no other document is loaded), $schema must name a draft's meta-schema, $id must not change the document, anchors must be unique, and the keywords left undeclared here ($ref, $dynamicRef, $id, $schema, $anchor, $dynamicAnchor, $vocabulary, dependencies) must have their meta-schema's shape. No string or member name may hold U+0000. */
+        JSONSchema: ({
+            $comment?: string;
+            $defs?: {
+                [key: string]: components["schemas"]["JSONSubschema"];
+            };
+            additionalProperties?: components["schemas"]["JSONSubschema"];
+            allOf?: components["schemas"]["JSONSubschema"][];
+            anyOf?: components["schemas"]["JSONSubschema"][];
+            const?: components["schemas"]["JSONValue"];
+            contains?: components["schemas"]["JSONSubschema"];
+            contentEncoding?: string;
+            contentMediaType?: string;
+            contentSchema?: components["schemas"]["JSONSubschema"];
+            default?: components["schemas"]["JSONValue"];
+            definitions?: {
+                [key: string]: components["schemas"]["JSONSubschema"];
+            };
+            dependentRequired?: {
+                [key: string]: string[];
+            };
+            dependentSchemas?: {
+                [key: string]: components["schemas"]["JSONSubschema"];
+            };
+            deprecated?: boolean;
+            description?: string;
+            else?: components["schemas"]["JSONSubschema"];
+            enum?: components["schemas"]["JSONValue"][];
+            examples?: components["schemas"]["JSONValue"][];
+            exclusiveMaximum?: number;
+            exclusiveMinimum?: number;
+            format?: string;
+            if?: components["schemas"]["JSONSubschema"];
+            items?: components["schemas"]["JSONSubschema"];
+            maxContains?: number;
+            maxItems?: number;
+            maxLength?: number;
+            maxProperties?: number;
+            maximum?: number;
+            minContains?: number;
+            minItems?: number;
+            minLength?: number;
+            minProperties?: number;
+            minimum?: number;
+            multipleOf?: number;
+            not?: components["schemas"]["JSONSubschema"];
+            oneOf?: components["schemas"]["JSONSubschema"][];
+            /**
+             * Format: regex
+             * @description an ECMA-262 regular expression (JSON Schema's format regex) that RE2 can run: no look-around or back-references
+             */
+            pattern?: string;
+            patternProperties?: {
+                [key: string]: components["schemas"]["JSONSubschema"];
+            };
+            prefixItems?: components["schemas"]["JSONSubschema"][];
+            properties?: {
+                [key: string]: components["schemas"]["JSONSubschema"];
+            };
+            propertyNames?: components["schemas"]["JSONSubschema"];
+            readOnly?: boolean;
+            required?: string[];
+            then?: components["schemas"]["JSONSubschema"];
+            title?: string;
+            type?: string | string[];
+            unevaluatedItems?: components["schemas"]["JSONSubschema"];
+            unevaluatedProperties?: components["schemas"]["JSONSubschema"];
+            uniqueItems?: boolean;
+            writeOnly?: boolean;
+        } & {
+            [key: string]: components["schemas"]["JSONValue"];
+        }) | boolean;
+        JSONSubschema: {
+            [key: string]: components["schemas"]["JSONValue"];
+        } | boolean;
+        /** @description any JSON value whose strings and member names hold no U+0000 (the database cannot store it) */
+        JSONValue: string | number | boolean | null | components["schemas"]["JSONValue"][] | {
+            [key: string]: components["schemas"]["JSONValue"];
+        };
         NewDevice: {
             /** @default true */
             active: boolean;
-            /** @description validated against the model's config_schema */
-            config: Record<string, never>;
+            /** @description checked against the model's config_schema: a config it refuses is a 409 naming this field */
+            config: components["schemas"]["Config"];
             /**
              * Format: int64
-             * @description an existing device model
+             * @description an existing device model; one that does not exist is a 409 naming this field
              */
             device_model_id: number;
         };
         NewDeviceModel: {
             code: string;
             /** @description optional JSON Schema for device configs (null: none) */
-            config_schema?: {
-                [key: string]: unknown;
-            } | boolean | null;
+            config_schema?: components["schemas"]["ConfigSchema"];
+            /** @description 1 to 255 characters, not only white space, no U+0000 */
             name: string;
         };
         Problem: {
@@ -759,7 +921,7 @@ export interface components {
                 "application/problem+json": components["schemas"]["Problem"];
             };
         };
-        /** @description conflicts with the current state */
+        /** @description conflicts with the current state: a well-formed request that the state refuses, such as a body that names a resource which does not exist (device_model_id), a device config the model's config_schema does not accept, a code in use, or a model that devices still use; field names the input when one is at fault */
         Conflict: {
             headers: {
                 [name: string]: unknown;
@@ -800,15 +962,6 @@ export interface components {
             headers: {
                 /** @description whole seconds until the next request can pass */
                 "Retry-After"?: number;
-                [name: string]: unknown;
-            };
-            content: {
-                "application/problem+json": components["schemas"]["Problem"];
-            };
-        };
-        /** @description the range starts past the end of the file */
-        RangeNotSatisfiable: {
-            headers: {
                 [name: string]: unknown;
             };
             content: {
@@ -880,7 +1033,7 @@ export interface operations {
                 after?: number;
                 device_id?: number;
                 kind?: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded";
-                /** @description an actor's subject, client id or username */
+                /** @description an actor's subject, client id or username (at most 255 characters, no U+0000) */
                 actor?: string;
                 /** @description only entries at or after this time (RFC 3339) */
                 since?: string;
@@ -1084,7 +1237,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description bytes=first-last, bytes=first- or bytes=-suffix */
+                /** @description bytes=first-last, bytes=first- or bytes=-suffix: one range, answered 206; a Range that is not honoured (several ranges, malformed, past the end of the file, or a stale If-Range) is ignored and the whole file sent with 200 */
                 Range?: string;
                 /** @description an ETag or the Last-Modified date */
                 "If-Range"?: string;
@@ -1133,7 +1286,6 @@ export interface operations {
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
             413: components["responses"]["TooLarge"];
-            416: components["responses"]["RangeNotSatisfiable"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
@@ -1294,7 +1446,6 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
-            404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
             413: components["responses"]["TooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
@@ -1365,6 +1516,7 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
             413: components["responses"]["TooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             429: components["responses"]["TooManyRequests"];
@@ -1758,7 +1910,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description bytes=first-last, bytes=first- or bytes=-suffix */
+                /** @description bytes=first-last, bytes=first- or bytes=-suffix: one range, answered 206; a Range that is not honoured (several ranges, malformed, past the end of the file, or a stale If-Range) is ignored and the whole file sent with 200 */
                 Range?: string;
                 /** @description an ETag or the Last-Modified date */
                 "If-Range"?: string;
@@ -1804,7 +1956,6 @@ export interface operations {
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
             413: components["responses"]["TooLarge"];
-            416: components["responses"]["RangeNotSatisfiable"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];

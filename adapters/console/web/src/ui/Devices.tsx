@@ -26,9 +26,10 @@ function filterToURL(f: DeviceFilter) {
 
 export const PAGE_SIZE = 25;
 
-/** configErrors turns a failed create/update into messages per config field. */
+/** configErrors turns a failed create/update into messages per config field: 400 for a config
+ *  that is not an object, 409 for one the model's schema refuses. */
 export function configErrors(err: unknown): Record<string, string> {
-  if (err instanceof ApiError && err.status === 400 && err.field === "config") return configFieldErrors(err.detail);
+  if (err instanceof ApiError && (err.status === 400 || err.status === 409) && err.field === "config") return configFieldErrors(err.detail);
   return {};
 }
 
