@@ -44,7 +44,6 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-
 // operatorToken gets a token with the env file's operator credentials
 // (client-credentials grant at OIDC_TOKEN_URL).
 func operatorToken(t *testing.T, client *http.Client, env map[string]string) string {
