@@ -96,9 +96,8 @@ func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.D
 			RotationState:   model.RotationOK,
 			SecretCreatedAt: &now,
 		}
-		bctx, b := s.batch(ctx)
-		add(b, s.deviceEntry(ctx, model.AuditDeviceCreated, d, activeWord(active))) // DeviceID set by the repository
-		err = s.d.Devices.CreateDevice(bctx, &d)
+		created := s.deviceEntry(ctx, model.AuditDeviceCreated, d, activeWord(active)) // DeviceID set by the repository
+		err = s.d.Devices.CreateDevice(ctx, &d, s.audited(created))
 		if err == nil {
 			d.ModelCode = m.Code
 			return d, nil
@@ -172,8 +171,7 @@ func (s *Service) UpdateDevice(ctx context.Context, id int64, in ports.DeviceUpd
 	}
 	changed := false
 	var before model.Device
-	bctx, b := s.batch(ctx)
-	d, err := s.d.Devices.UpdateDevice(bctx, id, func(d *model.Device) error {
+	d, err := s.d.Devices.UpdateDevice(ctx, id, func(d *model.Device) ([]model.AuditEntry, error) {
 		before = *d
 		var what []string
 		if config != nil {
@@ -192,11 +190,7 @@ func (s *Service) UpdateDevice(ctx context.Context, id int64, in ports.DeviceUpd
 				what = append(what, "deactivated")
 			}
 		}
-		if b != nil {
-			b.Reset()
-			b.Add(s.deviceEntry(ctx, model.AuditDeviceUpdated, *d, changedWords(what)))
-		}
-		return nil
+		return s.audited(s.deviceEntry(ctx, model.AuditDeviceUpdated, *d, changedWords(what))), nil
 	})
 	if err != nil {
 		return model.Device{}, fmt.Errorf("update device %d: %w", id, err)
@@ -223,9 +217,7 @@ func (s *Service) DeleteDevice(ctx context.Context, id int64) error {
 	if err != nil {
 		return fmt.Errorf("delete device %d: %w", id, err)
 	}
-	bctx, b := s.batch(ctx)
-	add(b, s.deviceEntry(ctx, model.AuditDeviceDeleted, d, ""))
-	if err := s.d.Devices.DeleteDevice(bctx, id); err != nil {
+	if err := s.d.Devices.DeleteDevice(ctx, id, s.audited(s.deviceEntry(ctx, model.AuditDeviceDeleted, d, ""))); err != nil {
 		return fmt.Errorf("delete device %d: %w", id, err)
 	}
 	clientID := d.ClientID()

@@ -146,7 +146,7 @@ func (s *Service) RecordRotationMode(ctx context.Context) (model.RotationMode, i
 	if err != nil || s.d.ScheduleRepo == nil {
 		return "", 0, err
 	}
-	prev, err := s.d.ScheduleRepo.RecordExpression(ctx, RotationModeName, string(mode))
+	prev, err := s.d.ScheduleRepo.RecordExpression(ctx, RotationModeName, string(mode), nil)
 	if err != nil {
 		return "", 0, fmt.Errorf("rotation: record the mode in force: %w", err)
 	}
@@ -198,9 +198,8 @@ func (s *Service) recordSchedule(ctx context.Context) error {
 	if z, ok := s.d.Schedule.(interface{ Location() *time.Location }); ok && z.Location() != nil {
 		expr += " (" + z.Location().String() + ")"
 	}
-	bctx, b := s.batch(ctx)
-	add(b, s.entry(ctx, model.AuditScheduleChanged, "the rotation schedule is now "+expr))
-	if _, err := s.d.ScheduleRepo.RecordExpression(bctx, RotationScheduleName, expr); err != nil {
+	changed := s.entry(ctx, model.AuditScheduleChanged, "the rotation schedule is now "+expr)
+	if _, err := s.d.ScheduleRepo.RecordExpression(ctx, RotationScheduleName, expr, s.audited(changed)); err != nil {
 		return fmt.Errorf("rotation: record the schedule: %w", err)
 	}
 	s.scheduleRecorded.Store(true)
@@ -246,21 +245,18 @@ func (s *Service) RotateDevice(ctx context.Context, id int64) (ports.RotateResul
 		return "", err
 	}
 	res := ports.RotateQueued
-	bctx, b := s.batch(ctx)
-	_, err := s.d.Devices.UpdateDevice(bctx, id, func(d *model.Device) error {
-		if b != nil {
-			b.Reset()
-		}
+	_, err := s.d.Devices.UpdateDevice(ctx, id, func(d *model.Device) ([]model.AuditEntry, error) {
+		res = ports.RotateQueued
 		switch {
 		case !d.Active:
-			return model.Conflict("device %d is inactive: activate it to rotate its secret", id)
+			return nil, model.Conflict("device %d is inactive: activate it to rotate its secret", id)
 		case d.RotationState == model.RotationPending:
 			res = ports.RotateAlreadyPending
-		default:
-			add(b, s.deviceEntry(ctx, model.AuditRotationQueued, *d, "from "+string(d.RotationState)))
-			d.RotationState = model.RotationQueued
+			return nil, nil
 		}
-		return nil
+		e := s.deviceEntry(ctx, model.AuditRotationQueued, *d, "from "+string(d.RotationState))
+		d.RotationState = model.RotationQueued
+		return s.audited(e), nil
 	})
 	if err != nil {
 		return "", fmt.Errorf("rotate device %d: %w", id, err)
@@ -294,12 +290,12 @@ func (s *Service) fillSlots(ctx context.Context) int {
 // startRotations starts devices in free slots and nudges them.
 func (s *Service) startRotations(ctx context.Context) (int, error) {
 	now := s.now()
-	bctx, b := s.batch(ctx)
-	started, err := s.d.Devices.StartRotations(bctx, s.cfg.RotationConcurrency, now.Add(-s.cfg.RotationRetry), func(d *model.Device) {
-		add(b, s.deviceEntry(ctx, model.AuditRotationStarted, *d, "from "+string(d.RotationState)))
+	started, err := s.d.Devices.StartRotations(ctx, s.cfg.RotationConcurrency, now.Add(-s.cfg.RotationRetry), func(d *model.Device) []model.AuditEntry {
+		e := s.deviceEntry(ctx, model.AuditRotationStarted, *d, "from "+string(d.RotationState))
 		d.RotationState = model.RotationPending
 		at := now
 		d.LastRotationAttemptAt = &at
+		return s.audited(e)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("start rotations: %w", err)
@@ -347,7 +343,7 @@ func (s *Service) fireSchedule(ctx context.Context) (bool, int, error) {
 	}
 	if last.IsZero() {
 		// First start: nothing was missed. Record now as the last fire.
-		_, err := s.d.ScheduleRepo.AdvanceFire(ctx, RotationScheduleName, time.Time{}, now)
+		_, err := s.d.ScheduleRepo.AdvanceFire(ctx, RotationScheduleName, time.Time{}, now, nil)
 		if err != nil {
 			return false, 0, fmt.Errorf("rotation schedule: %w", err)
 		}
@@ -368,10 +364,9 @@ func (s *Service) fireSchedule(ctx context.Context) (bool, int, error) {
 	if err != nil {
 		return false, 0, fmt.Errorf("rotation schedule: queue devices: %w", err)
 	}
-	bctx, b := s.batch(ctx)
-	add(b, s.entry(ctx, model.AuditScheduleFired, fmt.Sprintf("%s fire due %s (last fired %s)",
-		s.d.Schedule.String(), next.UTC().Format(time.RFC3339), last.UTC().Format(time.RFC3339))))
-	ok, err := s.d.ScheduleRepo.AdvanceFire(bctx, RotationScheduleName, last, now)
+	fired := s.entry(ctx, model.AuditScheduleFired, fmt.Sprintf("%s fire due %s (last fired %s)",
+		s.d.Schedule.String(), next.UTC().Format(time.RFC3339), last.UTC().Format(time.RFC3339)))
+	ok, err := s.d.ScheduleRepo.AdvanceFire(ctx, RotationScheduleName, last, now, s.audited(fired))
 	if err != nil {
 		return false, n, fmt.Errorf("rotation schedule: record the fire: %w", err)
 	}
@@ -446,18 +441,14 @@ func (s *Service) timeOut(ctx context.Context, id int64, before, unfetched time.
 	}
 	done, restored, missing := false, false, false
 	var started *time.Time
-	bctx, b := s.batch(ctx)
-	d, err := s.d.Devices.UpdateDevice(bctx, id, func(d *model.Device) error {
+	d, err := s.d.Devices.UpdateDevice(ctx, id, func(d *model.Device) ([]model.AuditEntry, error) {
 		done, restored, missing = false, false, false
-		if b != nil {
-			b.Reset()
-		}
 		if d.RotationState != model.RotationPending {
-			return nil
+			return nil, nil
 		}
 		if d.Active && d.LastRotationAttemptAt != nil && d.LastRotationAttemptAt.After(before) &&
 			(d.LastRotationAttemptAt.After(unfetched) || d.FetchedThisAttempt()) {
-			return nil // a newer attempt, or one its device answered
+			return nil, nil // a newer attempt, or one its device answered
 		}
 		started = d.LastRotationAttemptAt
 		// A secret generated in restore mode ended the old one, whatever
@@ -471,7 +462,7 @@ func (s *Service) timeOut(ctx context.Context, id int64, before, unfetched time.
 			// still end, or the device holds its slot for good.
 			missing = errors.Is(err, model.ErrNotFound)
 			if err != nil && !missing {
-				return err
+				return nil, err
 			}
 			restored = r
 			d.NewSecretAt, d.IATAfter, d.PreviousSecret, d.SecretSHA256 = nil, nil, nil, ""
@@ -496,11 +487,11 @@ func (s *Service) timeOut(ctx context.Context, id int64, before, unfetched time.
 		if missing {
 			e.Outcome = model.OutcomeFailure
 		}
-		add(b, e)
+		entries := []model.AuditEntry{e}
 		if restored {
-			add(b, s.deviceEntry(ctx, model.AuditSecretRestored, *d, "the sealed previous secret is the only one again"))
+			entries = append(entries, s.deviceEntry(ctx, model.AuditSecretRestored, *d, "the sealed previous secret is the only one again"))
 		}
-		return nil
+		return s.audited(entries...), nil
 	})
 	if errors.Is(err, model.ErrNotFound) {
 		return false, nil // the device row was deleted meanwhile
@@ -576,7 +567,7 @@ func (s *Service) FetchCredentials(ctx context.Context, d model.Device) (ports.P
 		// in Keycloak): confirm what the device is given. And the attempt
 		// is answered: it gets the whole timeout to confirm.
 		if digest := secretDigest(p.ClientSecret); digest != d.SecretSHA256 || !d.FetchedThisAttempt() {
-			if _, err := s.d.Devices.UpdateDevice(ctx, d.ID, func(cur *model.Device) error {
+			if _, err := s.d.Devices.UpdateDevice(ctx, d.ID, func(cur *model.Device) ([]model.AuditEntry, error) {
 				if cur.NewSecretAt != nil && digest != d.SecretSHA256 {
 					cur.SecretSHA256 = digest
 				}
@@ -584,7 +575,7 @@ func (s *Service) FetchCredentials(ctx context.Context, d model.Device) (ports.P
 					now := s.now()
 					cur.LastRotationFetchAt = &now
 				}
-				return nil
+				return nil, nil
 			}); err != nil {
 				return ports.Provisioning{}, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
 			}
@@ -632,11 +623,11 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 		if err != nil {
 			return d, "", false, fmt.Errorf("rotation fetch of device %d: seal the current secret: %w", d.ID, err)
 		}
-		d, err = s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) error {
+		d, err = s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) ([]model.AuditEntry, error) {
 			if row.PreviousSecret == nil && row.NewSecretAt == nil {
 				row.PreviousSecret = sealed
 			}
-			return nil
+			return nil, nil
 		})
 		if err != nil {
 			return d, "", false, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
@@ -644,24 +635,20 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 	}
 	generated, audited := false, false
 	var handout string
-	bctx, b := s.batch(ctx)
 	dev := d
-	d, err := s.d.Devices.UpdateDevice(bctx, d.ID, func(row *model.Device) error {
+	d, err := s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) ([]model.AuditEntry, error) {
 		generated, audited, handout = false, false, ""
-		if b != nil {
-			b.Reset()
-		}
 		if row.RotationState != model.RotationPending {
-			return model.Conflict("device %d is no longer in rotation", row.ID)
+			return nil, model.Conflict("device %d is no longer in rotation", row.ID)
 		}
 		fetchedAt := s.now()
 		row.LastRotationFetchAt = &fetchedAt // the nudge is answered
 		if row.NewSecretAt != nil {
-			return nil // a concurrent fetch generated it: read it below
+			return nil, nil // a concurrent fetch generated it: read it below
 		}
 		fresh, taken, err := s.newSecret(ctx, row, mode)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		generated = !taken
 		now := s.now()
@@ -675,10 +662,9 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 		if mode == model.RotationRestore {
 			detail += "; the old secret no longer works"
 		}
-		add(b, s.deviceEntry(ctx, model.AuditSecretGenerated, *row, detail))
-		add(b, s.deviceEntry(ctx, model.AuditSecretFetched, *row, "the rotation's new secret"))
-		audited = b != nil
-		return nil
+		audited = s.d.Audit != nil
+		return s.audited(s.deviceEntry(ctx, model.AuditSecretGenerated, *row, detail),
+			s.deviceEntry(ctx, model.AuditSecretFetched, *row, "the rotation's new secret")), nil
 	})
 	if err != nil {
 		if !errors.Is(err, model.ErrConflict) {
@@ -884,13 +870,13 @@ func (s *Service) renudge(ctx context.Context, d model.Device) {
 		return
 	}
 	send := false
-	_, err := s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) error {
+	_, err := s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) ([]model.AuditEntry, error) {
 		send = renudgeDue(*row)
 		if send {
 			now := s.now()
 			row.LastRotationRenudgeAt = &now
 		}
-		return nil
+		return nil, nil
 	})
 	if err != nil {
 		s.report(ctx, "rotation: nudge again", fmt.Errorf("device %d: %w", d.ID, err))
@@ -928,22 +914,18 @@ func issuedAfter(d model.Device, c model.DeviceClaims) bool {
 func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMode, via string, check func(*model.Device) (bool, error)) error {
 	done, invalidated := false, false
 	var attempt, generated, replaced time.Time
-	bctx, b := s.batch(ctx)
-	d, err := s.d.Devices.UpdateDevice(bctx, id, func(row *model.Device) error {
-		if b != nil {
-			b.Reset()
-		}
+	d, err := s.d.Devices.UpdateDevice(ctx, id, func(row *model.Device) ([]model.AuditEntry, error) {
 		ok, err := check(row)
 		done = ok
 		if err != nil || !ok {
-			return err
+			return nil, err
 		}
 		// A restore-mode generation (IATAfter set) invalidated the
 		// rotated secret already; any other may have left one.
 		invalidated = mode == model.RotationGrace || row.IATAfter == nil
 		if invalidated {
 			if err := s.d.Identity.InvalidateRotatedSecret(ctx, row.ClientID()); err != nil {
-				return fmt.Errorf("invalidate the rotated secret: %w", err)
+				return nil, fmt.Errorf("invalidate the rotated secret: %w", err)
 			}
 		}
 		now := s.now()
@@ -959,11 +941,12 @@ func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMod
 		row.SecretCreatedAt = row.NewSecretAt
 		row.NewSecretAt, row.IATAfter = nil, nil
 		row.PreviousSecret = nil
+		var entries []model.AuditEntry
 		if invalidated {
-			add(b, s.deviceEntry(ctx, model.AuditRotatedInvalidated, *row, "the old secret no longer works"))
+			entries = append(entries, s.deviceEntry(ctx, model.AuditRotatedInvalidated, *row, "the old secret no longer works"))
 		}
-		add(b, s.deviceEntry(ctx, model.AuditSecretConfirmed, *row, "confirmed by "+confirmWord(via)))
-		return nil
+		entries = append(entries, s.deviceEntry(ctx, model.AuditSecretConfirmed, *row, "confirmed by "+confirmWord(via)))
+		return s.audited(entries...), nil
 	})
 	if err != nil {
 		return fmt.Errorf("confirm the rotation of device %d: %w", id, err)
@@ -994,11 +977,11 @@ func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMod
 func (s *Service) leaveRotation(ctx context.Context, before model.Device) {
 	switch before.RotationState {
 	case model.RotationQueued:
-		_, err := s.d.Devices.UpdateDevice(ctx, before.ID, func(d *model.Device) error {
+		_, err := s.d.Devices.UpdateDevice(ctx, before.ID, func(d *model.Device) ([]model.AuditEntry, error) {
 			if !d.Active && d.RotationState == model.RotationQueued {
 				d.RotationState = model.RotationOK
 			}
-			return nil
+			return nil, nil
 		})
 		s.report(ctx, "rotation: dequeue deactivated device", err)
 	case model.RotationPending:
