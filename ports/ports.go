@@ -102,9 +102,10 @@ type RotationQueue interface {
 	// TIMEOUT devices whose LastRotationAttemptAt is at or before
 	// retryBefore, oldest attempt first. start runs on each claimed device
 	// (it sets the state to PENDING and the attempt time) and the results,
-	// with the audit entries start returns, are stored before the commit.
-	// It returns the started devices.
-	StartRotations(ctx context.Context, limit int, retryBefore time.Time, start func(*model.Device) []model.AuditEntry) ([]model.Device, error)
+	// with the audit entries start returns, are stored before the commit;
+	// an error of start aborts the whole call (nothing is stored) and is
+	// returned as it is. It returns the started devices.
+	StartRotations(ctx context.Context, limit int, retryBefore time.Time, start func(*model.Device) ([]model.AuditEntry, error)) ([]model.Device, error)
 	// ExpiredRotations returns the ids of PENDING devices whose attempt
 	// began at or before before, or at or before unfetchedBefore without a
 	// fetch since it began (LastRotationFetchAt), or that are inactive,

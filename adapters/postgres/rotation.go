@@ -64,7 +64,7 @@ func (r *DeviceRepo) UnconfirmedRotations(ctx context.Context) (int, error) {
 // column it may have changed is written back (as UpdateDevice writes them)
 // before the commit, in one UPDATE. limit <= 0 starts nothing and touches
 // nothing.
-func (r *DeviceRepo) StartRotations(ctx context.Context, limit int, retryBefore time.Time, start func(*model.Device) []model.AuditEntry) ([]model.Device, error) {
+func (r *DeviceRepo) StartRotations(ctx context.Context, limit int, retryBefore time.Time, start func(*model.Device) ([]model.AuditEntry, error)) ([]model.Device, error) {
 	if limit <= 0 {
 		return nil, nil
 	}
@@ -123,7 +123,11 @@ func (r *DeviceRepo) StartRotations(ctx context.Context, limit int, retryBefore 
 		for i := range rows {
 			row := &rows[i]
 			cur := deviceFromRow(row)
-			entries = append(entries, start(&cur)...)
+			es, err := start(&cur)
+			if err != nil {
+				return err
+			}
+			entries = append(entries, es...)
 			next[i] = deviceToRow(&cur)
 			next[i].ID, next[i].Key, next[i].DeviceModelID, next[i].ModelCode = row.ID, row.Key, row.DeviceModelID, row.ModelCode
 			next[i].CreatedAt, next[i].UpdatedAt = row.CreatedAt, txNow

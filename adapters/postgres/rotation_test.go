@@ -30,10 +30,10 @@ func queued(t *testing.T, r repos, m model.DeviceModel, n int) []model.Device {
 	return out
 }
 
-func startPending(d *model.Device) []model.AuditEntry {
+func startPending(d *model.Device) ([]model.AuditEntry, error) {
 	d.RotationState = model.RotationPending
 	d.LastRotationAttemptAt = ptr(time.Now())
-	return nil
+	return nil, nil
 }
 
 // A device whose row another transaction holds (an update in progress) is

@@ -216,14 +216,14 @@ func RunAuditContract(t *testing.T, newEnv func(t *testing.T) AuditEnv) {
 			_ = env.Devices.DeleteDevice(context.Background(), d.ID, nil)
 			_ = env.Models.DeleteModel(context.Background(), m.ID, nil)
 		})
-		started, err := env.Devices.StartRotations(t.Context(), 1000, at, func(cur *model.Device) []model.AuditEntry {
+		started, err := env.Devices.StartRotations(t.Context(), 1000, at, func(cur *model.Device) ([]model.AuditEntry, error) {
 			cur.RotationState = model.RotationPending
 			now := at
 			cur.LastRotationAttemptAt = &now
 			if cur.ID == d.ID {
-				return []model.AuditEntry{entry(model.AuditRotationStarted, cur.ID, "")}
+				return []model.AuditEntry{entry(model.AuditRotationStarted, cur.ID, "")}, nil
 			}
-			return nil
+			return nil, nil
 		})
 		mustNoErr(t, "StartRotations", err)
 		found := false

@@ -845,11 +845,11 @@ func runRotationQueueContract(t *testing.T, r func(t *testing.T) repoFixture) {
 
 		attempt := t0.Add(time.Second)
 		var calls []int64
-		start := func(d *model.Device) []model.AuditEntry {
+		start := func(d *model.Device) ([]model.AuditEntry, error) {
 			calls = append(calls, d.ID)
 			d.RotationState = model.RotationPending
 			d.LastRotationAttemptAt = ptr(attempt)
-			return nil
+			return nil, nil
 		}
 		for i, step := range []struct {
 			limit       int
@@ -917,9 +917,9 @@ func runRotationQueueContract(t *testing.T, r func(t *testing.T) repoFixture) {
 		m := x.model("ct_nolimit", nil)
 		q := x.deviceIn(m, rot(model.RotationQueued, true, nil, nil))
 		for _, limit := range []int{0, -1} {
-			started, err := x.devices.StartRotations(x.ctx(), limit, now(), func(*model.Device) []model.AuditEntry {
+			started, err := x.devices.StartRotations(x.ctx(), limit, now(), func(*model.Device) ([]model.AuditEntry, error) {
 				t.Errorf("limit %d: start called", limit)
-				return nil
+				return nil, nil
 			})
 			mustNoErr(t, "StartRotations", err)
 			if len(started) != 0 {
@@ -931,6 +931,33 @@ func runRotationQueueContract(t *testing.T, r func(t *testing.T) repoFixture) {
 		}
 	})
 
+	t.Run("StartRotations stores nothing when start fails", func(t *testing.T) {
+		x := r(t)
+		x.alone()
+		m := x.model("ct_startfail", nil)
+		a := x.deviceIn(m, rot(model.RotationQueued, true, nil, nil))
+		b := x.deviceIn(m, rot(model.RotationQueued, true, nil, nil))
+		refused := errors.New("refused")
+		calls := 0
+		started, err := x.devices.StartRotations(x.ctx(), 10, now(), func(d *model.Device) ([]model.AuditEntry, error) {
+			calls++
+			d.RotationState = model.RotationPending
+			d.LastRotationAttemptAt = ptr(now())
+			if calls == 2 {
+				return nil, refused
+			}
+			return nil, nil
+		})
+		if !errors.Is(err, refused) || len(started) != 0 {
+			t.Fatalf("StartRotations with a failing start = %v, %v; want the start's error and nothing started", deviceIDs(started), err)
+		}
+		for _, d := range []model.Device{a, b} {
+			if got := x.get(d.ID); got.RotationState != model.RotationQueued || got.LastRotationAttemptAt != nil {
+				t.Errorf("device %d after the failed start: state %s, attempt %v; want QUEUED and none", d.ID, got.RotationState, got.LastRotationAttemptAt)
+			}
+		}
+	})
+
 	t.Run("StartRotations stores every change start makes, except the device's identity", func(t *testing.T) {
 		x := r(t)
 		x.alone()
@@ -939,7 +966,7 @@ func runRotationQueueContract(t *testing.T, r func(t *testing.T) repoFixture) {
 		t0 := now()
 		d := x.deviceIn(m, rot(model.RotationTimeout, true, ptr(t0.Add(-50*day)), ptr(t0.Add(-2*time.Hour))))
 		sum := randomSHA256()
-		started, err := x.devices.StartRotations(x.ctx(), 1, t0, func(cur *model.Device) []model.AuditEntry {
+		started, err := x.devices.StartRotations(x.ctx(), 1, t0, func(cur *model.Device) ([]model.AuditEntry, error) {
 			if cur.ID != d.ID || cur.Key != d.Key || cur.ModelCode != m.Code || cur.RotationState != model.RotationTimeout {
 				t.Errorf("start got %+v, want the current row of %d", cur, d.ID)
 			}
@@ -950,7 +977,7 @@ func runRotationQueueContract(t *testing.T, r func(t *testing.T) repoFixture) {
 			cur.SecretSHA256 = sum
 			cur.Config = json.RawMessage(`{"touched": true}`)
 			cur.ID, cur.Key, cur.DeviceModelID = d.ID+1000000, randomKey(), other.ID
-			return nil
+			return nil, nil
 		})
 		mustNoErr(t, "StartRotations", err)
 		if len(started) != 1 {
@@ -1331,11 +1358,11 @@ func rot(state model.RotationState, active bool, secretAt, attemptAt *time.Time)
 }
 
 // startPending is a StartRotations start function: PENDING since at.
-func startPending(at time.Time) func(*model.Device) []model.AuditEntry {
-	return func(d *model.Device) []model.AuditEntry {
+func startPending(at time.Time) func(*model.Device) ([]model.AuditEntry, error) {
+	return func(d *model.Device) ([]model.AuditEntry, error) {
 		d.RotationState = model.RotationPending
 		d.LastRotationAttemptAt = ptr(at)
-		return nil
+		return nil, nil
 	}
 }
 

@@ -558,7 +558,7 @@ func (s *Store) UnconfirmedRotations(_ context.Context) (int, error) {
 // does); start runs in it and must not call back into the Store. Changes
 // start makes to ID, Key, DeviceModelID, ModelCode and CreatedAt are
 // ignored, as in UpdateDevice.
-func (s *Store) StartRotations(_ context.Context, limit int, retryBefore time.Time, start func(*model.Device) []model.AuditEntry) ([]model.Device, error) {
+func (s *Store) StartRotations(_ context.Context, limit int, retryBefore time.Time, start func(*model.Device) ([]model.AuditEntry, error)) ([]model.Device, error) {
 	if err := s.hook("StartRotations"); err != nil {
 		return nil, err
 	}
@@ -597,14 +597,20 @@ func (s *Store) StartRotations(_ context.Context, limit int, retryBefore time.Ti
 	var entries []model.AuditEntry
 	for _, cur := range claim {
 		d := cloneDevice(cur)
-		entries = append(entries, start(&d)...)
+		es, err := start(&d)
+		if err != nil {
+			return nil, err // nothing stored yet: the "transaction" aborts
+		}
+		entries = append(entries, es...)
 		d.ID, d.Key, d.DeviceModelID, d.ModelCode, d.CreatedAt = cur.ID, cur.Key, cur.DeviceModelID, cur.ModelCode, cur.CreatedAt
 		if d.RotationState == "" {
 			d.RotationState = cur.RotationState
 		}
 		d.UpdatedAt = now
-		s.devices[d.ID] = cloneDevice(d)
 		started = append(started, d)
+	}
+	for _, d := range started {
+		s.devices[d.ID] = cloneDevice(d)
 	}
 	s.audit.commit(entries, 0, 0)
 	return started, nil
