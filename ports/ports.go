@@ -36,11 +36,25 @@ type ModelRepo interface {
 	DeleteModel(ctx context.Context, id int64, audit []model.AuditEntry) error
 }
 
-// Page sizes of ListDevices.
+// Page sizes of every paged list (devices, the rotation dashboard, the
+// audit log), here only: the use cases check a requested limit against
+// them, the HTTP API declares them, and repositories serve PageLimit.
 const (
 	DefaultPageSize = 100
 	MaxPageSize     = 1000
 )
+
+// PageLimit is the page size a repository serves for a requested limit:
+// DefaultPageSize below 1, MaxPageSize above it.
+func PageLimit(limit int) int {
+	switch {
+	case limit < 1:
+		return DefaultPageSize
+	case limit > MaxPageSize:
+		return MaxPageSize
+	}
+	return limit
+}
 
 // DeviceFilter narrows ListDevices. Nil fields do not filter.
 type DeviceFilter struct {

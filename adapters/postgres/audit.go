@@ -119,7 +119,7 @@ func (a *AuditLog) AppendAudit(ctx context.Context, entries ...model.AuditEntry)
 // ListAudit implements ports.AuditLog: entries after f.AfterID matching
 // every set filter, by id, one extra row read to know whether more follow.
 func (a *AuditLog) ListAudit(ctx context.Context, f ports.AuditFilter) (ports.AuditPage, error) {
-	limit := pageSize(f.Limit)
+	limit := ports.PageLimit(f.Limit)
 	rows := make([]auditRow, 0, limit+1)
 	q := a.db.NewSelect().Model(&rows).Where("a.id > ?", f.AfterID)
 	if f.DeviceID != 0 {

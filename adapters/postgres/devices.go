@@ -14,12 +14,6 @@ import (
 	"github.com/espmdm/espmdm/ports"
 )
 
-// Page sizes of ListDevices, as the port defines them.
-const (
-	DefaultPageSize = ports.DefaultPageSize
-	MaxPageSize     = ports.MaxPageSize
-)
-
 // DeviceRepo stores devices in the devices table. Every device it returns
 // carries its model's code, loaded with a join.
 type DeviceRepo struct {
@@ -151,11 +145,11 @@ func (r *DeviceRepo) byKeyStmt(ctx context.Context) (*sql.Stmt, error) {
 
 // ListDevices implements ports.DeviceRepo: devices with an ID above
 // f.AfterID that match every set filter, in ID order. A Limit outside
-// 1..MaxPageSize is DefaultPageSize when below 1 and MaxPageSize when above.
+// 1..ports.MaxPageSize is served as ports.PageLimit says.
 // NextAfterID is set only when more rows follow (one extra row is read to
 // know).
 func (r *DeviceRepo) ListDevices(ctx context.Context, f ports.DeviceFilter) (ports.DevicePage, error) {
-	limit := pageSize(f.Limit)
+	limit := ports.PageLimit(f.Limit)
 	rows := make([]deviceRow, 0, limit+1)
 	q := selectDevices(r.db, &rows).Where("d.id > ?", f.AfterID)
 	if f.ModelID != nil {
@@ -171,17 +165,6 @@ func (r *DeviceRepo) ListDevices(ctx context.Context, f ports.DeviceFilter) (por
 		return ports.DevicePage{}, translate("list devices", err, fkNone)
 	}
 	return devicePage(rows, limit), nil
-}
-
-// pageSize applies the page size rules of ports.DeviceFilter.Limit.
-func pageSize(limit int) int {
-	switch {
-	case limit < 1:
-		return DefaultPageSize
-	case limit > MaxPageSize:
-		return MaxPageSize
-	}
-	return limit
 }
 
 // devicePage makes a page of rows read with one extra row (limit+1): the

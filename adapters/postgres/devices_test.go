@@ -250,9 +250,9 @@ func TestListDevicesPagesAcross250DevicesWithFilters(t *testing.T) {
 			effective := limit
 			switch {
 			case limit == 0:
-				effective = postgres.DefaultPageSize
-			case limit > postgres.MaxPageSize:
-				effective = postgres.MaxPageSize
+				effective = ports.DefaultPageSize
+			case limit > ports.MaxPageSize:
+				effective = ports.MaxPageSize
 			}
 			var got []int64
 			for pages := 0; ; pages++ {

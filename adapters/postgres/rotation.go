@@ -318,7 +318,7 @@ func (r *DeviceRepo) DashboardPage(ctx context.Context, q ports.DashboardQuery, 
 	if err != nil {
 		return ports.DevicePage{}, err
 	}
-	limit = pageSize(limit)
+	limit = ports.PageLimit(limit)
 	rows := make([]deviceRow, 0, limit+1)
 	if err := selectDevices(r.db, &rows).
 		Where("d.id > ?", afterID).

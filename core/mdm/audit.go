@@ -81,16 +81,12 @@ func failureWord(err error) string {
 
 // ListAudit implements ports.AuditReader.
 func (s *Service) ListAudit(ctx context.Context, f ports.AuditFilter) (ports.AuditPage, error) {
-	switch {
-	case s.d.Audit == nil:
+	if s.d.Audit == nil {
 		return ports.AuditPage{}, fmt.Errorf("list audit: no audit log configured: %w", model.ErrUnavailable)
-	case f.Limit == 0:
-		f.Limit = DefaultPageSize
-	case f.Limit < 0 || f.Limit > MaxPageSize:
-		return ports.AuditPage{}, model.Invalid("limit", "must be between 1 and %d", MaxPageSize)
 	}
-	if f.AfterID < 0 {
-		return ports.AuditPage{}, model.Invalid("cursor", "must not be negative")
+	var err error
+	if f.Limit, err = checkPage(f.Limit, f.AfterID); err != nil {
+		return ports.AuditPage{}, err
 	}
 	if f.DeviceID < 0 {
 		return ports.AuditPage{}, model.Invalid("device_id", "must be a positive integer")

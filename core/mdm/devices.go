@@ -18,11 +18,6 @@ const (
 	// keyAttempts is how many keys CreateDevice tries before giving up on
 	// collisions. With 36^8 keys, needing more than one is already rare.
 	keyAttempts = 5
-
-	// DefaultPageSize is the ListDevices page size when none is given.
-	DefaultPageSize = 100
-	// MaxPageSize is the largest ListDevices page size.
-	MaxPageSize = 1000
 )
 
 // newKey draws a device key from s.d.Rand. Bytes at or above the largest
@@ -124,17 +119,11 @@ func (s *Service) GetDevice(ctx context.Context, id int64) (model.Device, error)
 	return d, nil
 }
 
-// ListDevices returns one page of devices. Limit 0 means DefaultPageSize;
-// it must not exceed MaxPageSize.
+// ListDevices returns one page of devices (checkPage).
 func (s *Service) ListDevices(ctx context.Context, f ports.DeviceFilter) (ports.DevicePage, error) {
-	switch {
-	case f.Limit == 0:
-		f.Limit = DefaultPageSize
-	case f.Limit < 0 || f.Limit > MaxPageSize:
-		return ports.DevicePage{}, model.Invalid("limit", "must be between 1 and %d", MaxPageSize)
-	}
-	if f.AfterID < 0 {
-		return ports.DevicePage{}, model.Invalid("cursor", "must not be negative")
+	var err error
+	if f.Limit, err = checkPage(f.Limit, f.AfterID); err != nil {
+		return ports.DevicePage{}, err
 	}
 	if f.RotationState != nil && !f.RotationState.Valid() {
 		return ports.DevicePage{}, model.Invalid("rotation_state", "must be one of OK, QUEUED, PENDING, TIMEOUT")

@@ -133,7 +133,7 @@ func (s *Service) checkConfigs(ctx context.Context, modelID int64, schema json.R
 	var bad []string
 	total := 0
 	for after := int64(0); ; {
-		page, err := s.d.Devices.ListDevices(ctx, ports.DeviceFilter{ModelID: &modelID, Limit: MaxPageSize, AfterID: after})
+		page, err := s.d.Devices.ListDevices(ctx, ports.DeviceFilter{ModelID: &modelID, Limit: ports.MaxPageSize, AfterID: after})
 		if err != nil {
 			return fmt.Errorf("update device model %d: check device configs: %w", modelID, err)
 		}
@@ -162,9 +162,9 @@ func (s *Service) checkConfigs(ctx context.Context, modelID int64, schema json.R
 }
 
 // modelInUse is the conflict of deleting a model that has devices, saying
-// how many (counted up to MaxPageSize).
+// how many (counted up to ports.MaxPageSize).
 func (s *Service) modelInUse(ctx context.Context, m model.DeviceModel) error {
-	page, err := s.d.Devices.ListDevices(ctx, ports.DeviceFilter{ModelID: &m.ID, Limit: MaxPageSize})
+	page, err := s.d.Devices.ListDevices(ctx, ports.DeviceFilter{ModelID: &m.ID, Limit: ports.MaxPageSize})
 	switch {
 	case err != nil:
 		return model.Conflict("device model %d (%s) still has devices: delete them first", m.ID, m.Code)

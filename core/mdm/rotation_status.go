@@ -38,16 +38,12 @@ func (s *Service) RotationDashboard(ctx context.Context, g model.DashboardGroup,
 	for _, k := range model.DashboardGroups {
 		known = known || k == g
 	}
-	switch {
-	case !known:
+	if !known {
 		return ports.Dashboard{}, model.Invalid("group", "must be one of healthy, warning, critical, inactive")
-	case limit == 0:
-		limit = DefaultPageSize
-	case limit < 0 || limit > MaxPageSize:
-		return ports.Dashboard{}, model.Invalid("limit", "must be between 1 and %d", MaxPageSize)
 	}
-	if afterID < 0 {
-		return ports.Dashboard{}, model.Invalid("cursor", "must not be negative")
+	limit, err := checkPage(limit, afterID)
+	if err != nil {
+		return ports.Dashboard{}, err
 	}
 	q := s.dashboardQuery()
 	counts, err := s.d.Devices.DashboardCounts(ctx, q)

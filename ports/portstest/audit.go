@@ -73,13 +73,7 @@ func (a *AuditLog) ListAudit(_ context.Context, f ports.AuditFilter) (ports.Audi
 			return ports.AuditPage{}, err
 		}
 	}
-	limit := f.Limit
-	switch {
-	case limit < 1:
-		limit = ports.DefaultPageSize
-	case limit > ports.MaxPageSize:
-		limit = ports.MaxPageSize
-	}
+	limit := ports.PageLimit(f.Limit)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var page ports.AuditPage

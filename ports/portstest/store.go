@@ -316,12 +316,7 @@ func (s *Store) ListDevices(_ context.Context, f ports.DeviceFilter) (ports.Devi
 // page is one page (by id, after afterID) of the devices keep selects,
 // with the page size rules of ports.DeviceFilter. s.mu must be held.
 func (s *Store) page(limit int, afterID int64, keep func(model.Device) bool) ports.DevicePage {
-	switch {
-	case limit < 1:
-		limit = ports.DefaultPageSize
-	case limit > ports.MaxPageSize:
-		limit = ports.MaxPageSize
-	}
+	limit = ports.PageLimit(limit)
 	var match []model.Device
 	for _, d := range s.devices {
 		if d.ID > afterID && keep(d) {
