@@ -316,18 +316,6 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-// dialCheck succeeds once something accepts TCP connections on addr.
-func dialCheck(addr string) func(context.Context) error {
-	return func(ctx context.Context) error {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return err
-		}
-		return c.Close()
-	}
-}
-
 // httpCheck succeeds once GET u answers 200.
 func httpCheck(u string) func(context.Context) error {
 	return func(ctx context.Context) error {
