@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/espmdm/espmdm/adapters/mqtt"
 	"github.com/espmdm/espmdm/core/model"
 	"github.com/espmdm/espmdm/integration"
@@ -26,7 +28,8 @@ func BenchmarkDynSecEnsure1000(b *testing.B) {
 			for range b.N {
 				b.StopTimer()
 				broker := integration.NewBroker(b, false)
-				d := startDynSec(b, mqtt.DynSecConfig{BrokerURL: broker.AdminURL(), MaxBatch: c.batch, CallTimeout: time.Minute})
+				d := startDynSec(b, mqtt.DynSecConfig{BrokerURL: broker.AdminURL(), MaxBatch: c.batch, CallTimeout: time.Minute,
+					Logger: zap.NewNop()})
 				ids := make(chan model.BrokerAccount, accounts)
 				code := "bench_" + randHex(3)
 				for i := range accounts {
