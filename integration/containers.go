@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -326,53 +325,33 @@ func (l containers) NewPostgres(spec PostgresSpec) (Service, error) {
 }
 
 func (l containers) NewMosquitto(spec MosquittoSpec) (Service, error) {
-	conf := "listener 1883 0.0.0.0\nallow_anonymous true\npersistence false\nlog_dest stdout\n"
+	// The image's own start script (the official image's entrypoint gives
+	// /mosquitto to the mosquitto user first) runs the script that makes
+	// the dynamic security plugin's state file on the first start; the
+	// file lives as long as the container, so a stop and start of the
+	// service keeps the accounts.
+	const (
+		confPath   = "/mosquitto/config/mosquitto.conf"
+		scriptPath = "/mosquitto/config/espmdm-start.sh"
+		statePath  = "/mosquitto/data/" + DynSecStateFile
+	)
+	conf := mosquittoConf("1883 0.0.0.0", spec.Anonymous, DynSecPluginContainerPath, statePath, "")
 	req, logFile, err := l.request(Mosquitto, spec.Dir, spec.Log, l.images.Mosquitto, map[string]int{"1883/tcp": spec.Port})
 	if err != nil {
 		return nil, err
 	}
-	req.Files = []testcontainers.ContainerFile{{
-		Reader: bytes.NewReader([]byte(conf)), ContainerFilePath: "/mosquitto/config/mosquitto.conf", FileMode: 0o644,
-	}}
+	req.Files = []testcontainers.ContainerFile{
+		{Reader: bytes.NewReader([]byte(conf)), ContainerFilePath: confPath, FileMode: 0o644},
+		{Reader: bytes.NewReader(mosquittoStart), ContainerFilePath: scriptPath, FileMode: 0o755},
+	}
+	req.Cmd = []string{"/bin/sh", scriptPath, statePath, confPath}
+	req.Env = map[string]string{"MQTT_ADMIN_USER": spec.AdminUser, "MQTT_ADMIN_PASSWORD": spec.AdminPassword}
 	return &terminatingService{&containerService{
 		name: Mosquitto, req: req, logFile: logFile, readyTimeout: time.Minute,
 		// Docker's port proxy accepts connections before the broker
 		// listens: only an MQTT answer tells it is up.
-		ready: mqttCheck(fmt.Sprintf("127.0.0.1:%d", spec.Port)),
+		ready: mqttCheck(fmt.Sprintf("127.0.0.1:%d", spec.Port), spec.AdminUser, spec.AdminPassword),
 	}}, nil
-}
-
-// mqttCheck succeeds once the broker at addr answers an MQTT 3.1.1 CONNECT
-// with a CONNACK that accepts it.
-func mqttCheck(addr string) func(context.Context) error {
-	connect := []byte{
-		0x10, 24, // CONNECT, remaining length
-		0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 10, // protocol, level 4, clean session, keep-alive 10 s
-		0, 12, 'e', 's', 'p', 'm', 'd', 'm', '-', 'r', 'e', 'a', 'd', 'y', // client id
-	}
-	return func(ctx context.Context) error {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		if dl, ok := ctx.Deadline(); ok {
-			_ = c.SetDeadline(dl)
-		}
-		if _, err := c.Write(connect); err != nil {
-			return err
-		}
-		ack := make([]byte, 4)
-		if _, err := io.ReadFull(c, ack); err != nil {
-			return fmt.Errorf("MQTT CONNECT: %w", err)
-		}
-		if ack[0] != 0x20 || ack[3] != 0 {
-			return fmt.Errorf("MQTT CONNECT answered % x", ack)
-		}
-		_, _ = c.Write([]byte{0xE0, 0}) // DISCONNECT
-		return nil
-	}
 }
 
 func (l containers) NewKeycloak(spec KeycloakSpec) (Service, error) {

@@ -12,6 +12,16 @@
 // answers and has or can pull the images, and processes otherwise, saying
 // why in one line.
 //
+// The broker runs Mosquitto's dynamic security plugin (SPEC §19) with an
+// account for espmdm (Stack.MQTTAdminUser, in the MQTT_URL of ServeEnv and
+// Env; Stack.MQTTURL, what devices get, has none), which manages the device
+// accounts and is the only one that may publish on iotsupport/#. Whether
+// clients without an account are let in is Options.MQTTAnonymous
+// ($ESPMDM_STACK_MQTT_ANONYMOUS, default DefaultMQTTAnonymous). The plugin's
+// state file lives in the broker's directory, so accounts survive a stop and
+// start of the service and, with a data directory, the stack. StartBroker
+// (NewBroker in tests) starts a broker of its own the same way.
+//
 // With Options.S3 a stack also runs S3Proxy (an S3-compatible server on its
 // filesystem backend, fetched from Maven Central like Keycloak) with one
 // bucket, for the S3 blob store; both launchers run it as a local Java

@@ -224,7 +224,7 @@ func (g *gate) set(open bool) {
 // restart, so a message before that would reach no one).
 func TestE2EBrokerDownQueuedNotificationsArrive(t *testing.T) {
 	st := integration.Shared(t)
-	u, err := url.Parse(st.MQTTURL)
+	u, err := url.Parse(st.MQTTAdminURL())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -152,9 +152,10 @@ func TestE2ESecretKeyChangeKeepsInFlightRotations(t *testing.T) {
 // password, or a piece of the provisioning partition.
 func TestE2ESecretsNeverLogged(t *testing.T) {
 	st := integration.Shared(t)
-	brokerPassword := "broker-" + randHex(6)
+	// espmdm's own broker account, as the stack gives it (MQTT_URL).
+	brokerPassword := st.MQTTAdminPassword
 	env := rotationEnv("grace", 2)
-	env["MQTT_URL"] = strings.Replace(st.MQTTURL, "mqtt://", "mqtt://espmdm:"+brokerPassword+"@", 1)
+	env["MQTT_URL"] = st.MQTTAdminURL()
 	env["UNAUTH_RATE_LIMIT"] = "0"
 	s, _ := startProcess(t, env)
 	s.keep(brokerPassword)

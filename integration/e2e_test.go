@@ -636,11 +636,10 @@ func TestE2EDevices(t *testing.T) {
 // first authenticated calls: the NVS partition it is flashed with holds
 // credentials Keycloak accepts, and its token opens /iot.
 func TestE2EProvisioningAndDeviceAPI(t *testing.T) {
-	// espmdm's own broker credentials must not reach the devices.
-	brokerPassword := "broker-" + randHex(6)
-	s := startServer(t, map[string]string{
-		"MQTT_URL": strings.Replace(integration.Shared(t).MQTTURL, "mqtt://", "mqtt://espmdm:"+brokerPassword+"@", 1),
-	})
+	// espmdm's own broker account (in the stack's MQTT_URL) must not
+	// reach the devices.
+	brokerPassword := integration.Shared(t).MQTTAdminPassword
+	s := startServer(t, map[string]string{"MQTT_URL": integration.Shared(t).MQTTAdminURL()})
 	s.keep(brokerPassword)
 	m := newModel(t, s, nil)
 	d := newDevice(t, s, m.ID, `{"led":"blue","interval":30}`)

@@ -31,11 +31,21 @@ type PostgresSpec struct {
 	Log  io.Writer
 }
 
-// MosquittoSpec describes the MQTT broker to create.
+// MosquittoSpec describes the MQTT broker to create: Mosquitto with its
+// dynamic security plugin, whose state file (DynSecStateFile) is made on
+// the first start with espmdm's account, AdminUser with AdminPassword
+// (role MQTTAdminRole), and kept in Dir (in the container) from then on.
 type MosquittoSpec struct {
 	Port int
 	Dir  string
 	Log  io.Writer
+	// AdminUser and AdminPassword are espmdm's account; AdminUser is made
+	// of letters, digits, '_', '.' and '-'.
+	AdminUser     string
+	AdminPassword string
+	// Anonymous lets clients without an account in (with what
+	// MQTTAnonymousRole allows); otherwise their CONNECT is refused.
+	Anonymous bool
 }
 
 // KeycloakSpec describes the Keycloak service to create.
@@ -304,18 +314,6 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
-}
-
-// dialCheck succeeds once something accepts TCP connections on addr.
-func dialCheck(addr string) func(context.Context) error {
-	return func(ctx context.Context) error {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return err
-		}
-		return c.Close()
-	}
 }
 
 // httpCheck succeeds once GET u answers 200.

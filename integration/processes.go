@@ -257,19 +257,39 @@ func postgresCredential() (*syscall.Credential, int, int, error) {
 // ---- Mosquitto ----
 
 func (processes) NewMosquitto(spec MosquittoSpec) (Service, error) {
-	bin, err := exec.LookPath("mosquitto")
+	hint := "run `make deps` or install the Debian package mosquitto"
+	bin, err := findProgram("mosquitto", "/usr/sbin/mosquitto", hint)
 	if err != nil {
-		if _, serr := os.Stat("/usr/sbin/mosquitto"); serr != nil {
-			return nil, errors.New("mosquitto not found; run `make deps` or install the Debian package mosquitto")
-		}
-		bin = "/usr/sbin/mosquitto"
+		return nil, err
+	}
+	ctrl, err := findProgram("mosquitto_ctrl", "/usr/bin/mosquitto_ctrl", hint)
+	if err != nil {
+		return nil, err
+	}
+	plugin, err := dynsecPluginPath()
+	if err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(spec.Dir, 0o755); err != nil {
 		return nil, err
 	}
+	// The plugin's state file lives in the broker's directory: with a
+	// data directory, or across a stop and start of the service, the
+	// accounts stay. Started as root, the broker stays root (it would
+	// drop to the mosquitto user, who cannot write where root's stack
+	// lives).
+	state := filepath.Join(spec.Dir, DynSecStateFile)
+	user := ""
+	if os.Geteuid() == 0 {
+		user = "root"
+	}
 	conf := filepath.Join(spec.Dir, "mosquitto.conf")
-	body := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stdout\n", spec.Port)
+	body := mosquittoConf(fmt.Sprintf("%d 127.0.0.1", spec.Port), spec.Anonymous, plugin, state, user)
 	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+		return nil, err
+	}
+	script := filepath.Join(spec.Dir, "mosquitto-start.sh")
+	if err := os.WriteFile(script, mosquittoStart, 0o755); err != nil {
 		return nil, err
 	}
 	return &procService{
@@ -278,8 +298,14 @@ func (processes) NewMosquitto(spec MosquittoSpec) (Service, error) {
 		stopSignal:   syscall.SIGTERM,
 		logPath:      filepath.Join(spec.Dir, "mosquitto.log"),
 		log:          spec.Log,
-		newCmd:       func() (*exec.Cmd, error) { return exec.Command(bin, "-c", conf), nil },
-		ready:        dialCheck(fmt.Sprintf("127.0.0.1:%d", spec.Port)),
+		newCmd: func() (*exec.Cmd, error) {
+			// The script execs mosquitto: the process stopped is the broker.
+			cmd := exec.Command("/bin/sh", script, state, conf)
+			cmd.Env = append(os.Environ(), "MOSQUITTO="+bin, "MOSQUITTO_CTRL="+ctrl,
+				"MQTT_ADMIN_USER="+spec.AdminUser, "MQTT_ADMIN_PASSWORD="+spec.AdminPassword)
+			return cmd, nil
+		},
+		ready: mqttCheck(fmt.Sprintf("127.0.0.1:%d", spec.Port), spec.AdminUser, spec.AdminPassword),
 	}, nil
 }
 

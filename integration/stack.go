@@ -10,6 +10,7 @@ import (
 	"io"
 	"maps"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -87,6 +88,11 @@ type Options struct {
 	// S3ProxyVersion defaults to DefaultS3ProxyVersion (or
 	// $ESPMDM_S3PROXY_VERSION).
 	S3ProxyVersion string
+	// MQTTAnonymous says whether the broker lets clients in without an
+	// account (SPEC §19); nil means $ESPMDM_STACK_MQTT_ANONYMOUS, else
+	// DefaultMQTTAnonymous. Either way espmdm's own account
+	// (Stack.MQTTAdminUser) and the device accounts it makes work.
+	MQTTAnonymous *bool
 }
 
 // DefaultRotationGrace is the stack's rotated-secret lifetime, espmdm's
@@ -114,7 +120,17 @@ type Stack struct {
 	KeycloakAdminUser     string // master realm console user
 	KeycloakAdminPassword string
 
-	MQTTURL string // mqtt://127.0.0.1:PORT
+	// MQTTURL is the broker without credentials (mqtt://127.0.0.1:PORT):
+	// what devices are given. espmdm connects with MQTTAdminURL.
+	MQTTURL string
+	// MQTTAdminUser and MQTTAdminPassword are espmdm's own broker account
+	// (the dynamic security plugin's admin, MQTTAdminRole: it manages the
+	// accounts and is the only one that may publish on iotsupport/#).
+	MQTTAdminUser     string
+	MQTTAdminPassword string
+	// MQTTAnonymous tells whether the broker lets clients in without an
+	// account (Options.MQTTAnonymous).
+	MQTTAnonymous bool
 
 	// The S3-compatible server (Options.S3), empty without one: endpoint
 	// http://127.0.0.1:PORT, path-style addressing, one bucket.
@@ -144,6 +160,10 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	version := opts.KeycloakVersion
 	if version == "" {
 		version = envOr("ESPMDM_KEYCLOAK_VERSION", DefaultKeycloakVersion)
+	}
+	anonymous, err := anonymousSetting(opts.MQTTAnonymous)
+	if err != nil {
+		return nil, err
 	}
 	launcher, note, err := chooseLauncher(ctx, opts.Launcher, opts.Images.withDefaults(version))
 	if err != nil {
@@ -192,6 +212,9 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		RotationGrace:         opts.RotationGrace.Truncate(time.Second),
 		KeycloakAdminUser:     KeycloakAdminUser,
 		KeycloakAdminPassword: randomSecret(),
+		MQTTAdminUser:         DefaultMQTTAdminUser,
+		MQTTAdminPassword:     randomSecret(),
+		MQTTAnonymous:         anonymous,
 		dir:                   dir,
 		services:              map[ServiceName]Service{},
 	}
@@ -239,7 +262,8 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	if err != nil {
 		return st, err
 	}
-	mq, err := launcher.NewMosquitto(MosquittoSpec{Port: mqttPort, Dir: filepath.Join(dir, "mosquitto"), Log: logw})
+	mq, err := launcher.NewMosquitto(MosquittoSpec{Port: mqttPort, Dir: filepath.Join(dir, "mosquitto"), Log: logw,
+		AdminUser: st.MQTTAdminUser, AdminPassword: st.MQTTAdminPassword, Anonymous: anonymous})
 	if err != nil {
 		return st, err
 	}
@@ -376,13 +400,16 @@ func (s *Stack) Stop(ctx context.Context) error {
 // wrote to path, or picks and writes them on its first run, and returns
 // the ports (PostgreSQL, Mosquitto, Keycloak, Keycloak management, S3).
 // A stack with S3 on a directory whose earlier runs had none picks the S3
-// port and secret and adds them to the file.
+// port and secret and adds them to the file; so does a directory whose
+// earlier runs had no broker account for espmdm (before the broker's
+// dynamic security plugin) with that account's password.
 func (s *Stack) persisted(path string, withS3 bool) ([]int, error) {
 	secrets := map[string]*string{
 		"KEYCLOAK_ADMIN_CLIENT_SECRET": &s.AdminClientSecret,
 		"OPERATOR_CLIENT_SECRET":       &s.OperatorClientSecret,
 		"VIEWER_CLIENT_SECRET":         &s.ViewerClientSecret,
 		"KEYCLOAK_ADMIN_PASSWORD":      &s.KeycloakAdminPassword,
+		"MQTT_ADMIN_PASSWORD":          &s.MQTTAdminPassword,
 	}
 	names := []string{"POSTGRES_PORT", "MQTT_PORT", "KEYCLOAK_PORT", "KEYCLOAK_MANAGEMENT_PORT"}
 	env, err := ReadEnvFile(path)
@@ -430,7 +457,7 @@ func (s *Stack) persisted(path string, withS3 bool) ([]int, error) {
 		switch {
 		case env[k] != "":
 			*p = env[k]
-		case fresh || k == "S3_SECRET_ACCESS_KEY":
+		case fresh || k == "S3_SECRET_ACCESS_KEY" || k == "MQTT_ADMIN_PASSWORD":
 			env[k] = *p
 		default:
 			return nil, fmt.Errorf("%s has no %s", path, k)
@@ -444,8 +471,9 @@ func (s *Stack) persisted(path string, withS3 bool) ([]int, error) {
 
 // ServeEnv returns the `espmdm serve` variables the stack determines: where
 // Keycloak, its realm, the admin client, the device audience and the broker
-// are. A server on the stack adds its own DATABASE_URL, HTTP_ADDR, BASE_URL,
-// SECRET_KEY and FIRMWARE_DIR.
+// (MQTT_URL with espmdm's broker account, MQTTAdminURL) are. A server on the
+// stack adds its own DATABASE_URL, HTTP_ADDR, BASE_URL, SECRET_KEY and
+// FIRMWARE_DIR.
 func (s *Stack) ServeEnv() map[string]string {
 	env := map[string]string{
 		"KEYCLOAK_URL":                 s.KeycloakURL,
@@ -455,10 +483,26 @@ func (s *Stack) ServeEnv() map[string]string {
 		"OIDC_ISSUER_URL":              s.IssuerURL,
 		"OIDC_TOKEN_URL":               s.TokenURL,
 		"DEVICE_AUDIENCE":              s.DeviceAudience,
-		"MQTT_URL":                     s.MQTTURL,
+		"MQTT_URL":                     s.MQTTAdminURL(),
 	}
 	maps.Copy(env, s.S3Env())
 	return env
+}
+
+// MQTTAdminURL is the broker with espmdm's own account:
+// mqtt://MQTTAdminUser:MQTTAdminPassword@127.0.0.1:PORT, the MQTT_URL of
+// `espmdm serve`. Without an admin account (an attached stack from before
+// them) it is MQTTURL.
+func (s *Stack) MQTTAdminURL() string {
+	if s.MQTTAdminUser == "" {
+		return s.MQTTURL
+	}
+	u, err := url.Parse(s.MQTTURL)
+	if err != nil {
+		return s.MQTTURL
+	}
+	u.User = url.UserPassword(s.MQTTAdminUser, s.MQTTAdminPassword)
+	return u.String()
 }
 
 // S3Env is where the stack's S3-compatible server is, as the S3_*
@@ -479,7 +523,8 @@ func (s *Stack) S3Env() map[string]string {
 }
 
 // Env returns the stack as KEY=value pairs: the variables `espmdm dev`
-// writes and `espmdm serve` reads.
+// writes and `espmdm serve` reads (MQTT_URL with espmdm's broker account),
+// plus MQTT_ANONYMOUS (whether the broker lets clients in without one).
 func (s *Stack) Env() map[string]string {
 	env := map[string]string{
 		"ESPMDM_LAUNCHER":              s.Launcher,
@@ -497,7 +542,8 @@ func (s *Stack) Env() map[string]string {
 		"DEVICE_AUDIENCE":              s.DeviceAudience,
 		"KEYCLOAK_ADMIN_USER":          s.KeycloakAdminUser,
 		"KEYCLOAK_ADMIN_PASSWORD":      s.KeycloakAdminPassword,
-		"MQTT_URL":                     s.MQTTURL,
+		"MQTT_URL":                     s.MQTTAdminURL(),
+		"MQTT_ANONYMOUS":               strconv.FormatBool(s.MQTTAnonymous),
 		"ROTATION_GRACE":               s.RotationGrace.String(),
 		EnvControlSocket:               s.control,
 	}
@@ -572,7 +618,6 @@ func Attach(path string) (*Stack, error) {
 		DeviceAudience:        env["DEVICE_AUDIENCE"],
 		KeycloakAdminUser:     env["KEYCLOAK_ADMIN_USER"],
 		KeycloakAdminPassword: env["KEYCLOAK_ADMIN_PASSWORD"],
-		MQTTURL:               env["MQTT_URL"],
 		S3Endpoint:            env["S3_ENDPOINT"],
 		S3Region:              env["S3_REGION"],
 		S3Bucket:              env["S3_BUCKET"],
@@ -583,6 +628,25 @@ func Attach(path string) (*Stack, error) {
 	}
 	if g, err := time.ParseDuration(env["ROTATION_GRACE"]); err == nil && g > 0 {
 		st.RotationGrace = g
+	}
+	// MQTT_URL carries espmdm's account; the stack's MQTTURL is what
+	// devices get, without it.
+	if raw := env["MQTT_URL"]; raw != "" {
+		u, err := url.Parse(raw)
+		if err != nil {
+			return nil, fmt.Errorf("attach to stack: %s: MQTT_URL is not a URL", path)
+		}
+		if u.User != nil {
+			st.MQTTAdminUser = u.User.Username()
+			st.MQTTAdminPassword, _ = u.User.Password()
+			u.User = nil
+		}
+		st.MQTTURL = u.String()
+	}
+	// A stack from before broker accounts let everyone in.
+	st.MQTTAnonymous = true
+	if v, err := strconv.ParseBool(env["MQTT_ANONYMOUS"]); err == nil {
+		st.MQTTAnonymous = v
 	}
 	for k, v := range map[string]string{"DATABASE_URL": st.DatabaseURL, "KEYCLOAK_URL": st.KeycloakURL, "MQTT_URL": st.MQTTURL, "OIDC_TOKEN_URL": st.TokenURL} {
 		if v == "" {

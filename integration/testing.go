@@ -68,12 +68,18 @@ func RunTestsWith(m *testing.M, opts Options) int {
 	if own != nil {
 		sigs := make(chan os.Signal, 1)
 		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+		done := make(chan struct{})
 		go func() {
-			<-sigs
-			_ = own.Stop(context.Background())
-			os.Exit(130)
+			select {
+			case <-sigs:
+				_ = own.Stop(context.Background())
+				os.Exit(130)
+			case <-done: // the tests ended: not a goroutine for VerifyNoLeaks to find
+			}
 		}()
 		defer func() {
+			signal.Stop(sigs)
+			close(done)
 			if err := own.Stop(context.Background()); err != nil {
 				fmt.Fprintln(os.Stderr, "integration: stop the stack:", err)
 			}

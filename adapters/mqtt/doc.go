@@ -29,4 +29,17 @@
 // Start never waits for the broker: it starts the connection manager, which
 // connects and reconnects in the background (with exponential back-off)
 // until Stop.
+//
+// DynSec implements ports.BrokerAccounts (SPEC §19) over Mosquitto's dynamic
+// security plugin: requests on $CONTROL/dynamic-security/v1, answers on
+// $CONTROL/dynamic-security/v1/response, as espmdm's own account, which must
+// hold the plugin's admin role. Every device account has a role of its own
+// (named like the account) that may subscribe to iotsupport/<client_id>/#
+// and iotsupport/<model_code>/firmware, denies every other subscription and
+// all publishing, and records its creation time in the account's textname.
+// Unlike the notifier, a call fails (model.ErrUnavailable) when the broker
+// cannot be reached: account changes are part of all-or-nothing device
+// changes and are never queued. Mosquitto 2.0's plugin rewrites its whole
+// state file after every change, so each change costs broker time in
+// proportion to the number of accounts.
 package mqtt

@@ -2,10 +2,13 @@ package mqtt_test
 
 import (
 	"context"
+	"crypto/rand"
+	"errors"
 	"log"
 	"time"
 
 	"github.com/espmdm/espmdm/adapters/mqtt"
+	"github.com/espmdm/espmdm/core/model"
 )
 
 // A notifier lives as long as the application: Start it with the
@@ -33,6 +36,40 @@ func ExampleNew() {
 	stopCtx, stop := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stop()
 	if err := n.Stop(stopCtx); err != nil {
+		log.Print(err)
+	}
+}
+
+// DynSec manages the device accounts as espmdm's own broker account, which
+// holds the dynamic security plugin's admin role. Like a notifier it lives
+// as long as the application.
+func ExampleNewDynSec() {
+	accounts, err := mqtt.NewDynSec(mqtt.DynSecConfig{
+		BrokerURL:   "mqtts://espmdm:secret@broker.example.com",
+		CallTimeout: 10 * time.Second, // from connecting to the plugin's last answer
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	appCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := accounts.Start(appCtx); err != nil { // connects when a call needs it
+		panic(err)
+	}
+
+	// The device's account: username = client id, a password of at least
+	// 128 random bits, subscribe-only to its own and its model's topics.
+	err = accounts.EnsureDeviceAccount(appCtx, model.BrokerAccount{
+		ClientID: "iotdevice-sensor_v2-k3x9a1b2",
+		Password: rand.Text(),
+	})
+	if errors.Is(err, model.ErrUnavailable) {
+		log.Print(err) // the broker is down, or refused the change
+	}
+
+	stopCtx, stop := context.WithTimeout(context.Background(), 10*time.Second)
+	defer stop()
+	if err := accounts.Stop(stopCtx); err != nil {
 		log.Print(err)
 	}
 }

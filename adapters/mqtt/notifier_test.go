@@ -83,7 +83,7 @@ func TestNotificationsArrive(t *testing.T) {
 	sub := subscribe(t, ctx, st.MQTTURL, "iotsupport/"+clientID+"/+", "iotsupport/"+code+"/firmware")
 
 	var obs observations
-	n := startNotifier(t, mqtt.Config{BrokerURL: st.MQTTURL, Observe: obs.observe})
+	n := startNotifier(t, mqtt.Config{BrokerURL: st.MQTTAdminURL(), Observe: obs.observe})
 	if err := n.AwaitConnection(ctx); err != nil {
 		t.Fatalf("AwaitConnection: %v", err)
 	}
@@ -105,7 +105,7 @@ func TestFirmwarePayloadEscapesVersion(t *testing.T) {
 	ctx := ctxT(t, 60*time.Second)
 	code := modelCode()
 	sub := subscribe(t, ctx, st.MQTTURL, "iotsupport/"+code+"/firmware")
-	n := startNotifier(t, mqtt.Config{BrokerURL: st.MQTTURL})
+	n := startNotifier(t, mqtt.Config{BrokerURL: st.MQTTAdminURL()})
 	version := `v2 "quoted" \ ünïcode`
 	if err := n.FirmwareReleased(ctx, code, version); err != nil {
 		t.Fatalf("FirmwareReleased: %v", err)
@@ -135,7 +135,7 @@ func TestBrokerOutage(t *testing.T) {
 
 	gate := &gateDialer{}
 	var obs observations
-	n := startNotifier(t, mqtt.Config{BrokerURL: st.MQTTURL, Dialer: gate, Observe: obs.observe,
+	n := startNotifier(t, mqtt.Config{BrokerURL: st.MQTTAdminURL(), Dialer: gate, Observe: obs.observe,
 		ReconnectDelay: 50 * time.Millisecond, MaxReconnectDelay: 200 * time.Millisecond})
 	if err := n.AwaitConnection(ctx); err != nil {
 		t.Fatalf("AwaitConnection: %v", err)
@@ -200,7 +200,7 @@ func TestQueueDirSurvivesRestart(t *testing.T) {
 	}
 
 	sub := subscribe(t, ctx, st.MQTTURL, "iotsupport/"+clientID+"/+", "iotsupport/"+code+"/firmware")
-	startNotifier(t, mqtt.Config{BrokerURL: st.MQTTURL, ClientID: id, QueueDir: dir})
+	startNotifier(t, mqtt.Config{BrokerURL: st.MQTTAdminURL(), ClientID: id, QueueDir: dir})
 	checkMessages(t, sub.receive(t, ctx, len(wants)), wants)
 }
 
@@ -211,7 +211,7 @@ func TestStopDeliversQueued(t *testing.T) {
 	ctx := ctxT(t, 60*time.Second)
 	clientID := deviceClientID()
 	sub := subscribe(t, ctx, st.MQTTURL, "iotsupport/"+clientID+"/+")
-	n, err := mqtt.New(mqtt.Config{BrokerURL: st.MQTTURL, ClientID: "espmdm-test-" + randHex(4)})
+	n, err := mqtt.New(mqtt.Config{BrokerURL: st.MQTTAdminURL(), ClientID: "espmdm-test-" + randHex(4)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,7 +297,7 @@ func TestUnreachableBroker(t *testing.T) {
 func TestInvalidTopicSegments(t *testing.T) {
 	st := integration.Shared(t)
 	ctx := ctxT(t, 30*time.Second)
-	n := startNotifier(t, mqtt.Config{BrokerURL: st.MQTTURL})
+	n := startNotifier(t, mqtt.Config{BrokerURL: st.MQTTAdminURL()})
 	bad := []struct{ name, seg string }{
 		{"empty", ""},
 		{"plus", "iotdevice-a+b-12345678"},

@@ -8,8 +8,9 @@
 //
 // The contract suites (RunRepoContract with the rotation queue,
 // RunIdentityProviderContract with secret rotation, RunFirmwareStoreContract,
-// RunSecretBoxContract, RunScheduleRepoContract, RunLeaseContract) assert the behaviour that
-// ports.go documents. Each test creates its own data with unique codes and
+// RunSecretBoxContract, RunScheduleRepoContract, RunLeaseContract,
+// RunBlobStoreContract, RunBrokerAccountsContract) assert the behaviour
+// that the ports document. Each test creates its own data with unique codes and
 // keys, so a suite can run against a shared database or identity provider
 // that holds other data. The fakes run the same suites in this package's
 // tests.
