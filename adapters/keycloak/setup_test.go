@@ -1,7 +1,6 @@
 package keycloak_test
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -22,30 +21,7 @@ import (
 // master admin user and returns the status and body.
 func masterAPI(t *testing.T, st *integration.Stack, method, path string, body any) (int, []byte) {
 	t.Helper()
-	var r io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r = strings.NewReader(string(b))
-	}
-	// Not t.Context(): cleanups call it too.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, st.KeycloakURL+"/admin"+path, r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+masterToken(t, st))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, data
+	return callAPI(t, masterToken(t, st), method, st.KeycloakURL+"/admin"+path, body)
 }
 
 // masterGet GETs path below /admin as the master admin into v.
