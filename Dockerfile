@@ -18,6 +18,7 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 # timetzdata: ROTATION_TZ needs the zone database, which scratch lacks.
+# Without the dev tag: the server links no test harness (no `espmdm dev`).
 RUN go build -tags timetzdata -ldflags "-s -w" -o /out/espmdm ./app/cmd/espmdm \
  && mkdir -p /out/data/firmware
 

@@ -2,20 +2,29 @@
 GO       ?= go
 LAUNCHER ?= $(or $(ESPMDM_LAUNCHER),auto)
 BIN      := bin/espmdm
+# The dev stack's binary: the server plus `espmdm dev`, which links the
+# integration harness (testcontainers-go, the Docker client); the server
+# binary, BIN, does not.
+DEV_BIN  := bin/espmdm-dev
 GOLANGCI_LINT_VERSION := v2.15.0
 # Packages run one at a time: they share one stack, and some tests stop and
 # restart its services.
-TEST_FLAGS ?= -count=1 -p 1 -timeout 30m
+# The dev tag builds `espmdm dev` and its tests (TestDev, TestDevDataDir).
+TEST_FLAGS ?= -count=1 -p 1 -timeout 30m -tags dev
 
 CONSOLE_WEB := adapters/console/web
 
-.PHONY: all build console console-api console-test firmware firmware-test test test-containers images image bench lint run deps fuzz clean
+.PHONY: all build build-dev console console-api console-test firmware firmware-test test test-containers images image bench lint run deps fuzz clean
 
 all: build
 
-## build: the console's web assets (embedded), then bin/espmdm
+## build: the console's web assets (embedded), then bin/espmdm (the server; no dev stack)
 build: console
 	$(GO) build -o $(BIN) ./app/cmd/espmdm
+
+## build-dev: bin/espmdm-dev, the same commands plus `espmdm dev` (the dev tag)
+build-dev: console
+	$(GO) build -tags dev -o $(DEV_BIN) ./app/cmd/espmdm
 
 ## console: npm ci (when the lockfile changed) and the Vite build into adapters/console/dist (when a source changed)
 CONSOLE_SRC := $(shell find $(CONSOLE_WEB)/src $(CONSOLE_WEB)/public -type f 2>/dev/null) \
@@ -60,7 +69,7 @@ deps:
 ## test: every unit, adapter and end-to-end test, against one real stack (with its S3 server)
 test: deps console console-test firmware firmware-test
 	$(GO) build ./...
-	$(GO) vet ./...
+	$(GO) vet -tags dev ./...
 	$(GO) run ./integration/cmd/withstack -launcher $(LAUNCHER) -s3 -- $(GO) test $(TEST_FLAGS) ./...
 
 ## images: local stand-ins of the official postgres, Keycloak, Mosquitto and
@@ -93,9 +102,9 @@ lint:
 	@command -v golangci-lint >/dev/null 2>&1 || $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	golangci-lint run ./...
 
-## run: the whole stack plus the server (espmdm dev); Ctrl-C stops everything
-run: deps build
-	$(BIN) dev --launcher $(LAUNCHER) --env-file $(or $(ENV_FILE),.espmdm-dev.env) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+## run: the whole stack plus the server (espmdm dev, from bin/espmdm-dev); Ctrl-C stops everything
+run: deps build build-dev
+	$(DEV_BIN) dev --launcher $(LAUNCHER) --env-file $(or $(ENV_FILE),.espmdm-dev.env) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 clean:
 	rm -rf bin $(CONSOLE_WEB)/node_modules

@@ -2,21 +2,15 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/url"
-	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxevent"
 	"go.uber.org/zap"
 
 	"github.com/espmdm/espmdm/adapters/clock"
-	"github.com/espmdm/espmdm/adapters/console"
 	"github.com/espmdm/espmdm/adapters/fsstore"
 	"github.com/espmdm/espmdm/adapters/httpapi"
 	"github.com/espmdm/espmdm/adapters/keycloak"
@@ -106,50 +100,6 @@ func newLifetime(lc fx.Lifecycle) *Lifetime {
 	// after their OnStop hooks.
 	lc.Append(fx.StopHook(cancel))
 	return lt
-}
-
-// Metrics holds the process registry and the adapters' operation counters.
-type Metrics struct {
-	Registry *prometheus.Registry
-	keycloak *prometheus.CounterVec
-	mqtt     *prometheus.CounterVec
-	db       *prometheus.CounterVec
-}
-
-func newMetrics() *Metrics {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m := &Metrics{
-		Registry: reg,
-		keycloak: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "espmdm_keycloak_operations_total", Help: "Keycloak Admin REST operations by operation and result.",
-		}, []string{"op", "result"}),
-		mqtt: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "espmdm_mqtt_operations_total", Help: "MQTT operations by operation and result.",
-		}, []string{"op", "result"}),
-		db: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "espmdm_core_errors_total", Help: "Errors the core handled without failing the request (cleanups, notifications), by operation.",
-		}, []string{"op"}),
-	}
-	reg.MustRegister(m.keycloak, m.mqtt, m.db)
-	// Every known operation is exported from the start, at 0, so that
-	// dashboards and alerts (rate of errors) see it before it first runs.
-	for _, op := range keycloak.Operations {
-		m.keycloak.WithLabelValues(op, "ok")
-		m.keycloak.WithLabelValues(op, "error")
-	}
-	for _, op := range []string{mqtt.OpConnect, mqtt.OpConnectionLost, mqtt.OpRotationNudge, mqtt.OpConfigChanged, mqtt.OpFirmwareReleased} {
-		m.mqtt.WithLabelValues(op, "ok")
-		m.mqtt.WithLabelValues(op, "error")
-	}
-	return m
-}
-
-func result(err error) string {
-	if err != nil {
-		return "error"
-	}
-	return "ok"
 }
 
 func newDB(lc fx.Lifecycle, cfg Config, log *zap.Logger) (*postgres.DB, error) {
@@ -309,146 +259,6 @@ func DeviceMQTTURL(raw string) string {
 	}
 	u.User = nil
 	return u.String()
-}
-
-type httpParams struct {
-	fx.In
-	Cfg      Config
-	Log      *zap.Logger
-	Metrics  *Metrics
-	Catalog  ports.Catalog
-	Devices  ports.DeviceAPI
-	Rotation ports.Rotation
-	Audit    ports.AuditReader
-	Verifier ports.TokenVerifier
-	DB       *postgres.DB
-	Identity ports.IdentityProvider
-	Console  *console.Handler
-}
-
-func newHTTPServer(p httpParams) (*httpapi.Server, error) {
-	return httpapi.New(httpapi.Config{
-		AdminRole:        p.Cfg.AdminRole,
-		ViewerRole:       p.Cfg.ViewerRole,
-		AuthDisabled:     p.Cfg.AuthDisabled,
-		FirmwareMaxBytes: p.Cfg.FirmwareMaxBytes,
-		JSONMaxBytes:     p.Cfg.JSONMaxBytes,
-		IoTMaxBytes:      p.Cfg.IoTMaxBytes,
-		DeviceRate:       rateLimit(p.Cfg.DeviceRateLimit, p.Cfg.DeviceRateBurst),
-		UnauthRate:       rateLimit(p.Cfg.UnauthRateLimit, p.Cfg.UnauthRateBurst),
-		TrustedProxies:   p.Cfg.TrustedProxies,
-		BaseURL:          p.Cfg.BaseURL,
-	}, httpapi.Deps{
-		Catalog: p.Catalog, Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation, Audit: p.Audit,
-		Logger: p.Log.Named("http"), Registerer: p.Metrics.Registry, Gatherer: p.Metrics.Registry,
-		Docs: p.Console.DocsPage(),
-		ReadyChecks: []httpapi.ReadyCheck{
-			{Name: "postgres", Check: p.DB.Ping},
-			{Name: "migrations", Check: func(ctx context.Context) error {
-				pending, err := p.DB.MigrationStatus(ctx)
-				if err != nil {
-					return err
-				}
-				if pending > 0 {
-					return fmt.Errorf("%d migrations pending", pending)
-				}
-				return nil
-			}},
-			{Name: "keycloak", Check: p.Identity.Ping},
-		},
-	})
-}
-
-// rateLimit converts a configured limit: 0 a minute is no limit.
-func rateLimit(perMinute, burst int) httpapi.RateLimit {
-	if perMinute == 0 {
-		return httpapi.RateLimit{PerMinute: -1}
-	}
-	return httpapi.RateLimit{PerMinute: float64(perMinute), Burst: burst}
-}
-
-// registerHTTP binds the listener in OnStart, so a taken port fails
-// start-up, and drains requests on stop.
-func registerHTTP(lc fx.Lifecycle, cfg Config, srv *httpapi.Server, log *zap.Logger) {
-	lc.Append(fx.Hook{
-		OnStart: func(context.Context) error {
-			ln, err := net.Listen("tcp", cfg.HTTPAddr)
-			if err != nil {
-				return fmt.Errorf("listen on HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
-			}
-			log.Info("serving", zap.String("addr", ln.Addr().String()))
-			go func() {
-				if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
-					log.Error("http server stopped", zap.Error(err))
-				}
-			}()
-			return nil
-		},
-		OnStop: srv.Shutdown,
-	})
-}
-
-// registerReconciler runs the reconciler at start-up and every
-// RECONCILE_INTERVAL until shutdown. It runs under a context of its own:
-// cancelling the application Lifetime here would cut the MQTT connection
-// before the HTTP server has drained and the notifier has flushed.
-func registerReconciler(lc fx.Lifecycle, lt *Lifetime, cfg Config, svc *mdm.Service, log *zap.Logger) {
-	var wg sync.WaitGroup
-	log = log.Named("reconcile")
-	ctx, cancel := context.WithCancel(lt.Ctx)
-	lc.Append(fx.Hook{
-		OnStart: func(context.Context) error {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				t := time.NewTicker(cfg.ReconcileInterval)
-				defer t.Stop()
-				for {
-					_, _ = RunReconcile(ctx, svc, log) // it logs what it found
-					select {
-					case <-ctx.Done():
-						return
-					case <-t.C:
-					}
-				}
-			}()
-			return nil
-		},
-		OnStop: func(stopCtx context.Context) error {
-			cancel()
-			return waitGroup(stopCtx, &wg)
-		},
-	})
-}
-
-// waitGroup waits for wg, or until ctx ends.
-func waitGroup(ctx context.Context, wg *sync.WaitGroup) error {
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// RunReconcile runs one reconciliation and logs what it found.
-func RunReconcile(ctx context.Context, svc ports.Catalog, log *zap.Logger) (ports.ReconcileReport, error) {
-	rep, err := svc.Reconcile(model.WithActor(ctx, model.SystemActor("reconciler")))
-	switch {
-	case errors.Is(err, context.Canceled):
-	case err != nil:
-		log.Warn("reconcile failed", zap.Error(err))
-	default:
-		lvl := log.Debug
-		if len(rep.DeletedOrphans)+len(rep.MissingClients)+len(rep.Failed) > 0 {
-			lvl = log.Info
-		}
-		lvl("reconciled", zap.Strings("deleted_orphans", rep.DeletedOrphans),
-			zap.Strings("missing_clients", rep.MissingClients), zap.Strings("failed", rep.Failed))
-	}
-	return rep, err
 }
 
 func warnAuthDisabled(cfg Config, log *zap.Logger) {

@@ -2,7 +2,6 @@ package ports
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/espmdm/espmdm/core/model"
@@ -32,59 +31,14 @@ type AuditPage struct {
 }
 
 // AuditLog is the append-only audit log (SPEC §12). Nothing updates or
-// deletes an entry.
+// deletes an entry. An entry that records a change is not appended here:
+// it is an argument (or an update closure's result) of the repository
+// call that makes the change, which stores it in the change's transaction,
+// so that an entry exists exactly when its change was committed.
 type AuditLog interface {
 	// AppendAudit stores entries on their own (events that change nothing
 	// else: a download, a refused ack, a failure). Sets nothing in them.
 	AppendAudit(ctx context.Context, entries ...model.AuditEntry) error
 	// ListAudit returns one page of entries.
 	ListAudit(ctx context.Context, f AuditFilter) (AuditPage, error)
-}
-
-// AuditBatch carries audit entries to the transaction of the change they
-// record. The core puts one in the context of a repository call
-// (WithAudit) and adds entries to it, before the call or from inside the
-// call's update closure; a repository that changes something takes the
-// batch's entries (TakeAudit) after its closure ran and stores them in the
-// same transaction as the change, so an entry exists exactly when its
-// change was committed.
-type AuditBatch struct {
-	mu      sync.Mutex
-	entries []model.AuditEntry
-}
-
-// Add queues entries for the transaction.
-func (b *AuditBatch) Add(entries ...model.AuditEntry) {
-	b.mu.Lock()
-	b.entries = append(b.entries, entries...)
-	b.mu.Unlock()
-}
-
-// Reset drops the queued entries (an update closure that runs again).
-func (b *AuditBatch) Reset() {
-	b.mu.Lock()
-	b.entries = nil
-	b.mu.Unlock()
-}
-
-type auditBatchKey struct{}
-
-// WithAudit returns ctx carrying a new, empty AuditBatch, and the batch.
-func WithAudit(ctx context.Context) (context.Context, *AuditBatch) {
-	b := &AuditBatch{}
-	return context.WithValue(ctx, auditBatchKey{}, b), b
-}
-
-// TakeAudit removes and returns the entries queued in ctx's AuditBatch
-// (none without one). Repositories call it inside their transaction.
-func TakeAudit(ctx context.Context) []model.AuditEntry {
-	b, _ := ctx.Value(auditBatchKey{}).(*AuditBatch)
-	if b == nil {
-		return nil
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	out := b.entries
-	b.entries = nil
-	return out
 }

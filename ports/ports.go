@@ -19,24 +19,42 @@ type Clock interface {
 
 // ModelRepo persists device models.
 type ModelRepo interface {
-	// CreateModel inserts m, setting ID, CreatedAt and UpdatedAt.
+	// CreateModel inserts m, setting ID, CreatedAt and UpdatedAt, and
+	// appends audit (ModelID set to m's) in the same transaction.
 	// A duplicate code is model.ErrConflict.
-	CreateModel(ctx context.Context, m *model.DeviceModel) error
+	CreateModel(ctx context.Context, m *model.DeviceModel, audit []model.AuditEntry) error
 	GetModel(ctx context.Context, id int64) (model.DeviceModel, error)
 	GetModelByCode(ctx context.Context, code string) (model.DeviceModel, error)
 	ListModels(ctx context.Context) ([]model.DeviceModel, error)
-	// UpdateModel runs fn on the locked current row and stores the result.
-	// Code and ID changes made by fn are ignored.
-	UpdateModel(ctx context.Context, id int64, fn func(*model.DeviceModel) error) (model.DeviceModel, error)
-	// DeleteModel removes a model; model.ErrConflict while devices use it.
-	DeleteModel(ctx context.Context, id int64) error
+	// UpdateModel runs fn on the locked current row and stores the result
+	// with the audit entries fn returns, in one transaction (fn may run
+	// again: each run returns its own entries). Code and ID changes made
+	// by fn are ignored.
+	UpdateModel(ctx context.Context, id int64, fn func(*model.DeviceModel) ([]model.AuditEntry, error)) (model.DeviceModel, error)
+	// DeleteModel removes a model and appends audit, in one transaction;
+	// model.ErrConflict while devices use it.
+	DeleteModel(ctx context.Context, id int64, audit []model.AuditEntry) error
 }
 
-// Page sizes of ListDevices.
+// Page sizes of every paged list (devices, the rotation dashboard, the
+// audit log), here only: the use cases check a requested limit against
+// them, the HTTP API declares them, and repositories serve PageLimit.
 const (
 	DefaultPageSize = 100
 	MaxPageSize     = 1000
 )
+
+// PageLimit is the page size a repository serves for a requested limit:
+// DefaultPageSize below 1, MaxPageSize above it.
+func PageLimit(limit int) int {
+	switch {
+	case limit < 1:
+		return DefaultPageSize
+	case limit > MaxPageSize:
+		return MaxPageSize
+	}
+	return limit
+}
 
 // DeviceFilter narrows ListDevices. Nil fields do not filter.
 type DeviceFilter struct {
@@ -58,16 +76,21 @@ type DevicePage struct {
 
 // DeviceRepo persists devices. Every returned Device has ModelCode set.
 type DeviceRepo interface {
-	// CreateDevice inserts d, setting ID and timestamps. A duplicate key is
+	// CreateDevice inserts d, setting ID and timestamps, and appends audit
+	// (DeviceID set to d's) in the same transaction. A duplicate key is
 	// model.ErrConflict; an unknown model is model.ErrNotFound.
-	CreateDevice(ctx context.Context, d *model.Device) error
+	CreateDevice(ctx context.Context, d *model.Device, audit []model.AuditEntry) error
 	GetDevice(ctx context.Context, id int64) (model.Device, error)
 	GetDeviceByKey(ctx context.Context, key string) (model.Device, error)
 	ListDevices(ctx context.Context, f DeviceFilter) (DevicePage, error)
 	// UpdateDevice runs fn on the locked current row and stores the result
-	// in the same transaction. ID, Key and DeviceModelID changes are ignored.
-	UpdateDevice(ctx context.Context, id int64, fn func(*model.Device) error) (model.Device, error)
-	DeleteDevice(ctx context.Context, id int64) error
+	// with the audit entries fn returns, in the same transaction (fn may
+	// run again: each run returns its own entries). ID, Key and
+	// DeviceModelID changes are ignored.
+	UpdateDevice(ctx context.Context, id int64, fn func(*model.Device) ([]model.AuditEntry, error)) (model.Device, error)
+	// DeleteDevice removes the device and appends audit, in one
+	// transaction.
+	DeleteDevice(ctx context.Context, id int64, audit []model.AuditEntry) error
 	// TouchLastSeen sets last_seen_at = at unless it is already later than
 	// at - minInterval (so a busy device costs at most one write a minute).
 	// An unknown device (deleted since it authenticated) is not an error.
@@ -92,9 +115,11 @@ type RotationQueue interface {
 	// oldest SecretCreatedAt (never set first, then by id), then active
 	// TIMEOUT devices whose LastRotationAttemptAt is at or before
 	// retryBefore, oldest attempt first. start runs on each claimed device
-	// (it sets the state to PENDING and the attempt time) and the results
-	// are stored before the commit. It returns the started devices.
-	StartRotations(ctx context.Context, limit int, retryBefore time.Time, start func(*model.Device)) ([]model.Device, error)
+	// (it sets the state to PENDING and the attempt time) and the results,
+	// with the audit entries start returns, are stored before the commit;
+	// an error of start aborts the whole call (nothing is stored) and is
+	// returned as it is. It returns the started devices.
+	StartRotations(ctx context.Context, limit int, retryBefore time.Time, start func(*model.Device) ([]model.AuditEntry, error)) ([]model.Device, error)
 	// ExpiredRotations returns the ids of PENDING devices whose attempt
 	// began at or before before, or at or before unfetchedBefore without a
 	// fetch since it began (LastRotationFetchAt), or that are inactive,
@@ -143,14 +168,15 @@ type ScheduleRepo interface {
 	// never did (its first start).
 	LastFire(ctx context.Context, name string) (time.Time, error)
 	// AdvanceFire moves the schedule's last fire from from (zero: never
-	// fired) to to, only if it is still from; false when another process
-	// moved it first.
-	AdvanceFire(ctx context.Context, name string, from, to time.Time) (bool, error)
+	// fired) to to, only if it is still from, and appends audit with the
+	// move; false (and nothing appended) when another process moved it
+	// first.
+	AdvanceFire(ctx context.Context, name string, from, to time.Time, audit []model.AuditEntry) (bool, error)
 	// RecordExpression records expr as the named schedule's expression
 	// (or another named setting: the rotation mode in force) and returns
-	// the one recorded before ("" the first time). When it changes, the
-	// entries of ctx's AuditBatch are stored with it.
-	RecordExpression(ctx context.Context, name, expr string) (previous string, err error)
+	// the one recorded before ("" the first time). When it changes, audit
+	// is appended with it.
+	RecordExpression(ctx context.Context, name, expr string, audit []model.AuditEntry) (previous string, err error)
 }
 
 // Lease is the rotation worker's lease: at most one process on a database
@@ -171,9 +197,10 @@ type FirmwareRepo interface {
 	// RecordFirmware stores f as the model's current firmware and sets the
 	// model's FirmwareVersion, atomically. Sets f.ID.
 	// check, when not nil, runs first in the same transaction with the
-	// model locked, given the model's current firmware (nil when none); its
-	// error aborts the recording and is returned as it is.
-	RecordFirmware(ctx context.Context, f *model.Firmware, check func(current *model.Firmware) error) error
+	// model locked, given the model's current firmware (nil when none); its error aborts
+	// the recording and is returned as it is, and the audit entries it
+	// returns are appended with the recording.
+	RecordFirmware(ctx context.Context, f *model.Firmware, check func(current *model.Firmware) ([]model.AuditEntry, error)) error
 	// CurrentFirmware is the newest upload of the model, or ErrNotFound.
 	CurrentFirmware(ctx context.Context, modelID int64) (model.Firmware, error)
 	// ListFirmware is the model's upload history, newest first.

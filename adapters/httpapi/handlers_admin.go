@@ -18,9 +18,6 @@ import (
 // Admin API handlers (SPEC §2).
 
 const (
-	defaultPageSize = 100
-	maxPageSize     = 1000
-
 	defaultNVSSize = 0x6000
 	minNVSSize     = 0x3000
 	maxNVSSize     = 0x100000
@@ -213,14 +210,14 @@ func (s *Server) listDevices(c *fiber.Ctx) error {
 }
 
 // pageQuery parses the paging parameters every list route shares: limit
-// (1..maxPageSize, default defaultPageSize) and cursor (the next_cursor of
+// (1..ports.MaxPageSize, default ports.DefaultPageSize) and cursor (the next_cursor of
 // the previous page; none: from the start).
 func pageQuery(c *fiber.Ctx) (limit int, after int64, err error) {
-	limit = defaultPageSize
+	limit = ports.DefaultPageSize
 	if v := c.Query("limit"); v != "" {
 		n, ok := intText(v)
-		if !ok || n < 1 || n > maxPageSize {
-			return 0, 0, model.Invalid("limit", "must be an integer from 1 to %d", maxPageSize)
+		if !ok || n < 1 || n > ports.MaxPageSize {
+			return 0, 0, model.Invalid("limit", "must be an integer from 1 to %d", ports.MaxPageSize)
 		}
 		limit = int(n)
 	}
@@ -236,7 +233,7 @@ func pageQuery(c *fiber.Ctx) (limit int, after int64, err error) {
 // rotation_state, active. Unknown parameters are ignored; invalid values
 // of known ones are a 400.
 func deviceFilter(c *fiber.Ctx) (ports.DeviceFilter, error) {
-	f := ports.DeviceFilter{Limit: defaultPageSize}
+	f := ports.DeviceFilter{Limit: ports.DefaultPageSize}
 	var err error
 	if f.Limit, f.AfterID, err = pageQuery(c); err != nil {
 		return f, err

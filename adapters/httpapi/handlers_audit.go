@@ -95,7 +95,7 @@ const maxActorLen = 255
 // SPEC §12's after=), device_id, kind, actor, since. Invalid values of
 // known parameters are a 400.
 func auditFilter(c *fiber.Ctx) (ports.AuditFilter, error) {
-	f := ports.AuditFilter{Limit: defaultPageSize}
+	f := ports.AuditFilter{Limit: ports.DefaultPageSize}
 	var err error
 	// cursor and after both bound the page from below: with both, the
 	// larger holds.

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/ports"
 )
 
 // The OpenAPI 3.1 description of every route, built in Go so that it is
@@ -215,7 +216,7 @@ func operations() []operation {
 		{method: "GET", path: "/api/devices", id: "listDevices", tag: "devices", auth: "read",
 			summary: "List devices, paginated by cursor",
 			params: []obj{
-				{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": maxPageSize, "default": defaultPageSize}},
+				{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": ports.MaxPageSize, "default": ports.DefaultPageSize}},
 				{"name": "cursor", "in": "query", "schema": cursorSchema, "description": "next_cursor of the previous page"},
 				{"name": "model_id", "in": "query", "schema": obj{"type": "integer", "format": "int64", "minimum": 1}},
 				{"name": "rotation_state", "in": "query", "schema": caselessEnum("OK", "QUEUED", "PENDING", "TIMEOUT"), "description": "case-insensitive"},
@@ -282,7 +283,7 @@ func operations() []operation {
 				"critical: secret older than ROTATION_CRITICAL_DAYS, or a generated secret unconfirmed for longer than half of ROTATION_GRACE. inactive: inactive devices.",
 			params: []obj{
 				{"name": "group", "in": "query", "schema": withDefault(caselessEnum("healthy", "warning", "critical", "inactive"), "critical"), "description": "case-insensitive"},
-				{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": maxPageSize, "default": defaultPageSize}},
+				{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": ports.MaxPageSize, "default": ports.DefaultPageSize}},
 				{"name": "cursor", "in": "query", "schema": cursorSchema, "description": "next_cursor of the previous page"},
 			},
 			responses: obj{"200": jsonResponse("the group counts and one page of the group", ref("RotationDashboard"))}, errorCodes: []int{400, 502}},
@@ -292,7 +293,7 @@ func operations() []operation {
 			description: "Append-only; an entry of a change is written in the change's transaction. Entries never hold a secret. " +
 				"Page with cursor (next_cursor of the previous page) or after (the id of the last entry seen, for tailing).",
 			params: []obj{
-				{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": maxPageSize, "default": defaultPageSize}},
+				{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": ports.MaxPageSize, "default": ports.DefaultPageSize}},
 				{"name": "cursor", "in": "query", "schema": cursorSchema, "description": "next_cursor of the previous page"},
 				{"name": "after", "in": "query", "schema": obj{"type": "integer", "format": "int64", "minimum": 0}, "description": "only entries with a larger id (with cursor too: the larger bound holds)"},
 				{"name": "device_id", "in": "query", "schema": obj{"type": "integer", "format": "int64", "minimum": 1}},

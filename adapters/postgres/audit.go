@@ -101,7 +101,7 @@ func insertAudit(ctx context.Context, idb bun.IDB, entries []model.AuditEntry, d
 }
 
 // AuditLog is the audit_log table: ports.AuditLog. The repositories write
-// the entries of a change's ports.AuditBatch in the change's transaction.
+// the entries that record a change in the change's transaction.
 type AuditLog struct {
 	db *bun.DB
 }
@@ -119,7 +119,7 @@ func (a *AuditLog) AppendAudit(ctx context.Context, entries ...model.AuditEntry)
 // ListAudit implements ports.AuditLog: entries after f.AfterID matching
 // every set filter, by id, one extra row read to know whether more follow.
 func (a *AuditLog) ListAudit(ctx context.Context, f ports.AuditFilter) (ports.AuditPage, error) {
-	limit := pageSize(f.Limit)
+	limit := ports.PageLimit(f.Limit)
 	rows := make([]auditRow, 0, limit+1)
 	q := a.db.NewSelect().Model(&rows).Where("a.id > ?", f.AfterID)
 	if f.DeviceID != 0 {
@@ -157,11 +157,9 @@ type auditTarget struct {
 	deviceID, modelID int64
 }
 
-// runAudited runs fn and stores the audit entries pending in ctx's
-// ports.AuditBatch in the same transaction; with none pending fn runs on
-// db alone, as before.
-func runAudited(ctx context.Context, db *bun.DB, op string, fn func(ctx context.Context, idb bun.IDB) (auditTarget, error)) error {
-	entries := ports.TakeAudit(ctx)
+// runAudited runs fn and stores entries in the same transaction when fn
+// changed something; with no entries fn runs on db alone.
+func runAudited(ctx context.Context, db *bun.DB, op string, entries []model.AuditEntry, fn func(ctx context.Context, idb bun.IDB) (auditTarget, error)) error {
 	if len(entries) == 0 {
 		_, err := fn(ctx, db)
 		return err

@@ -314,9 +314,10 @@ func BenchmarkRotationCounts(b *testing.B) {
 func BenchmarkStartRotations(b *testing.B) {
 	f := newFleet(b)
 	ctx := b.Context()
-	start := func(d *model.Device) {
+	start := func(d *model.Device) ([]model.AuditEntry, error) {
 		d.RotationState = model.RotationPending
 		d.LastRotationAttemptAt = ptr(time.Now())
+		return nil, nil
 	}
 	retryBefore := time.Now().Add(-time.Hour)
 	f.explain(b, "StartRotations", func() error {

@@ -14,12 +14,6 @@ import (
 	"github.com/espmdm/espmdm/ports"
 )
 
-// Page sizes of ListDevices, as the port defines them.
-const (
-	DefaultPageSize = ports.DefaultPageSize
-	MaxPageSize     = ports.MaxPageSize
-)
-
 // DeviceRepo stores devices in the devices table. Every device it returns
 // carries its model's code, loaded with a join.
 type DeviceRepo struct {
@@ -51,7 +45,7 @@ func selectDevices(idb bun.IDB, rows any) *bun.SelectQuery {
 
 // CreateDevice implements ports.DeviceRepo. The database sets ID and
 // timestamps; a missing RotationState is OK.
-func (r *DeviceRepo) CreateDevice(ctx context.Context, d *model.Device) error {
+func (r *DeviceRepo) CreateDevice(ctx context.Context, d *model.Device, audit []model.AuditEntry) error {
 	row := deviceToRow(d)
 	row.ID = 0
 	row.CreatedAt, row.UpdatedAt = time.Time{}, time.Time{}
@@ -61,7 +55,7 @@ func (r *DeviceRepo) CreateDevice(ctx context.Context, d *model.Device) error {
 	// The model code comes back from the same statement: a CTE inserts,
 	// the outer query joins the new row with its model.
 	var out deviceRow
-	err := runAudited(ctx, r.db, "create device", func(ctx context.Context, idb bun.IDB) (auditTarget, error) {
+	err := runAudited(ctx, r.db, "create device", audit, func(ctx context.Context, idb bun.IDB) (auditTarget, error) {
 		ins := idb.NewInsert().Model(&row).Returning("*")
 		err := idb.NewSelect().
 			With("ins", ins).
@@ -151,11 +145,11 @@ func (r *DeviceRepo) byKeyStmt(ctx context.Context) (*sql.Stmt, error) {
 
 // ListDevices implements ports.DeviceRepo: devices with an ID above
 // f.AfterID that match every set filter, in ID order. A Limit outside
-// 1..MaxPageSize is DefaultPageSize when below 1 and MaxPageSize when above.
+// 1..ports.MaxPageSize is served as ports.PageLimit says.
 // NextAfterID is set only when more rows follow (one extra row is read to
 // know).
 func (r *DeviceRepo) ListDevices(ctx context.Context, f ports.DeviceFilter) (ports.DevicePage, error) {
-	limit := pageSize(f.Limit)
+	limit := ports.PageLimit(f.Limit)
 	rows := make([]deviceRow, 0, limit+1)
 	q := selectDevices(r.db, &rows).Where("d.id > ?", f.AfterID)
 	if f.ModelID != nil {
@@ -171,17 +165,6 @@ func (r *DeviceRepo) ListDevices(ctx context.Context, f ports.DeviceFilter) (por
 		return ports.DevicePage{}, translate("list devices", err, fkNone)
 	}
 	return devicePage(rows, limit), nil
-}
-
-// pageSize applies the page size rules of ports.DeviceFilter.Limit.
-func pageSize(limit int) int {
-	switch {
-	case limit < 1:
-		return DefaultPageSize
-	case limit > MaxPageSize:
-		return MaxPageSize
-	}
-	return limit
 }
 
 // devicePage makes a page of rows read with one extra row (limit+1): the
@@ -204,7 +187,7 @@ func devicePage(rows []deviceRow, limit int) ports.DevicePage {
 // runs fn and writes every mutable column back. Concurrent updates of one
 // device therefore run one after the other and never lose a write. fn's
 // error aborts the transaction and is returned as is.
-func (r *DeviceRepo) UpdateDevice(ctx context.Context, id int64, fn func(*model.Device) error) (model.Device, error) {
+func (r *DeviceRepo) UpdateDevice(ctx context.Context, id int64, fn func(*model.Device) ([]model.AuditEntry, error)) (model.Device, error) {
 	var out model.Device
 	err := runInTx(ctx, r.db, "update device", func(ctx context.Context, tx bun.Tx) error {
 		var row deviceRow
@@ -217,8 +200,7 @@ func (r *DeviceRepo) UpdateDevice(ctx context.Context, id int64, fn func(*model.
 		}
 		row.ModelCode = code
 		cur := deviceFromRow(&row)
-		err = fn(&cur)
-		entries := ports.TakeAudit(ctx)
+		entries, err := fn(&cur)
 		if err != nil {
 			return err
 		}
@@ -246,8 +228,8 @@ func (r *DeviceRepo) UpdateDevice(ctx context.Context, id int64, fn func(*model.
 }
 
 // DeleteDevice implements ports.DeviceRepo.
-func (r *DeviceRepo) DeleteDevice(ctx context.Context, id int64) error {
-	return runAudited(ctx, r.db, "delete device", func(ctx context.Context, idb bun.IDB) (auditTarget, error) {
+func (r *DeviceRepo) DeleteDevice(ctx context.Context, id int64, audit []model.AuditEntry) error {
+	return runAudited(ctx, r.db, "delete device", audit, func(ctx context.Context, idb bun.IDB) (auditTarget, error) {
 		var modelIDs []int64
 		if err := idb.NewDelete().Model((*deviceRow)(nil)).Where("id = ?", id).
 			Returning("device_model_id").Scan(ctx, &modelIDs); err != nil {

@@ -28,15 +28,15 @@ func TestUpdateDeviceSerialisesConcurrentUpdates(t *testing.T) {
 	errs := make(chan error, workers)
 	for range workers {
 		wg.Go(func() {
-			_, err := r.devices.UpdateDevice(context.Background(), d.ID, func(cur *model.Device) error {
+			_, err := r.devices.UpdateDevice(context.Background(), d.ID, func(cur *model.Device) ([]model.AuditEntry, error) {
 				var cfg struct{ N int }
 				if err := json.Unmarshal(cur.Config, &cfg); err != nil {
-					return err
+					return nil, err
 				}
 				// Widen the window for a lost update.
 				time.Sleep(2 * time.Millisecond)
 				cur.Config = json.RawMessage(fmt.Sprintf(`{"n": %d}`, cfg.N+1))
-				return nil
+				return nil, nil
 			})
 			errs <- err
 		})
@@ -68,18 +68,18 @@ func TestUpdateDeviceDoesNotLockTheModel(t *testing.T) {
 	m := r.model(t, "nolock")
 	d := r.device(t, m, `{}`)
 	other := r.device(t, m, `{}`)
-	_, err := r.devices.UpdateDevice(t.Context(), d.ID, func(cur *model.Device) error {
+	_, err := r.devices.UpdateDevice(t.Context(), d.ID, func(cur *model.Device) ([]model.AuditEntry, error) {
 		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 		defer cancel()
 		f := model.Firmware{DeviceModelID: m.ID, Version: "2.0.0", Chip: "esp32", SHA256: strings.Repeat("ab", 32), Size: 1}
 		if err := r.firmware.RecordFirmware(ctx, &f, nil); err != nil {
-			return fmt.Errorf("RecordFirmware while a device of the model is locked: %w", err)
+			return nil, fmt.Errorf("RecordFirmware while a device of the model is locked: %w", err)
 		}
-		if _, err := r.devices.UpdateDevice(ctx, other.ID, func(o *model.Device) error { o.Active = false; return nil }); err != nil {
-			return fmt.Errorf("UpdateDevice of another device while one is locked: %w", err)
+		if _, err := r.devices.UpdateDevice(ctx, other.ID, func(o *model.Device) ([]model.AuditEntry, error) { o.Active = false; return nil, nil }); err != nil {
+			return nil, fmt.Errorf("UpdateDevice of another device while one is locked: %w", err)
 		}
 		cur.Config = json.RawMessage(`{"done": true}`)
-		return nil
+		return nil, nil
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -94,7 +94,7 @@ func TestConstraintTranslation(t *testing.T) {
 
 	t.Run("duplicate model code", func(t *testing.T) {
 		dup := model.DeviceModel{Code: m.Code, Name: "again"}
-		err := r.models.CreateModel(ctx, &dup)
+		err := r.models.CreateModel(ctx, &dup, nil)
 		wantErrIs(t, "CreateModel", err, model.ErrConflict)
 		if err != nil && !strings.Contains(err.Error(), "device model code already exists") {
 			t.Errorf("CreateModel: error %q does not say what conflicts", err)
@@ -102,7 +102,7 @@ func TestConstraintTranslation(t *testing.T) {
 	})
 	t.Run("duplicate device key does not echo the key", func(t *testing.T) {
 		dup := model.Device{Key: d.Key, DeviceModelID: m.ID, Config: json.RawMessage(`{}`), Active: true}
-		err := r.devices.CreateDevice(ctx, &dup)
+		err := r.devices.CreateDevice(ctx, &dup, nil)
 		wantErrIs(t, "CreateDevice", err, model.ErrConflict)
 		if err != nil && strings.Contains(err.Error(), d.Key) {
 			t.Errorf("CreateDevice: error %q contains the key value", err)
@@ -110,14 +110,14 @@ func TestConstraintTranslation(t *testing.T) {
 	})
 	t.Run("device of a missing model", func(t *testing.T) {
 		nd := model.Device{Key: randomKey(), DeviceModelID: m.ID + 1000, Config: json.RawMessage(`{}`), Active: true}
-		wantErrIs(t, "CreateDevice", r.devices.CreateDevice(ctx, &nd), model.ErrNotFound)
+		wantErrIs(t, "CreateDevice", r.devices.CreateDevice(ctx, &nd, nil), model.ErrNotFound)
 	})
 	t.Run("firmware of a missing model", func(t *testing.T) {
 		f := model.Firmware{DeviceModelID: m.ID + 1000, Version: "1", Chip: "esp32", SHA256: strings.Repeat("0", 64)}
 		wantErrIs(t, "RecordFirmware", r.firmware.RecordFirmware(ctx, &f, nil), model.ErrNotFound)
 	})
 	t.Run("deleting a model in use", func(t *testing.T) {
-		wantErrIs(t, "DeleteModel", r.models.DeleteModel(ctx, m.ID), model.ErrConflict)
+		wantErrIs(t, "DeleteModel", r.models.DeleteModel(ctx, m.ID, nil), model.ErrConflict)
 	})
 	t.Run("rows the checks refuse", func(t *testing.T) {
 		for _, tc := range []struct {
@@ -127,24 +127,24 @@ func TestConstraintTranslation(t *testing.T) {
 			value string
 		}{
 			{"bad model code", func() error {
-				return r.models.CreateModel(ctx, &model.DeviceModel{Code: "Bad-Code!", Name: "x"})
+				return r.models.CreateModel(ctx, &model.DeviceModel{Code: "Bad-Code!", Name: "x"}, nil)
 			}, "code", "Bad-Code!"},
 			{"empty model name", func() error {
-				return r.models.CreateModel(ctx, &model.DeviceModel{Code: "noname", Name: ""})
+				return r.models.CreateModel(ctx, &model.DeviceModel{Code: "noname", Name: ""}, nil)
 			}, "name", ""},
 			{"bad device key", func() error {
-				return r.devices.CreateDevice(ctx, &model.Device{Key: "UPPER123", DeviceModelID: m.ID, Config: json.RawMessage(`{}`)})
+				return r.devices.CreateDevice(ctx, &model.Device{Key: "UPPER123", DeviceModelID: m.ID, Config: json.RawMessage(`{}`)}, nil)
 			}, "key", "UPPER123"},
 			{"config not an object", func() error {
-				return r.devices.CreateDevice(ctx, &model.Device{Key: randomKey(), DeviceModelID: m.ID, Config: json.RawMessage(`[1,2]`)})
+				return r.devices.CreateDevice(ctx, &model.Device{Key: randomKey(), DeviceModelID: m.ID, Config: json.RawMessage(`[1,2]`)}, nil)
 			}, "config", "[1,2]"},
 			{"config with a lone surrogate escape", func() error {
-				return r.devices.CreateDevice(ctx, &model.Device{Key: randomKey(), DeviceModelID: m.ID, Config: json.RawMessage(`{"k":"\ud800"}`)})
+				return r.devices.CreateDevice(ctx, &model.Device{Key: randomKey(), DeviceModelID: m.ID, Config: json.RawMessage(`{"k":"\ud800"}`)}, nil)
 			}, "", `\ud800`},
 			{"unknown rotation state", func() error {
-				_, err := r.devices.UpdateDevice(ctx, d.ID, func(cur *model.Device) error {
+				_, err := r.devices.UpdateDevice(ctx, d.ID, func(cur *model.Device) ([]model.AuditEntry, error) {
 					cur.RotationState = "ROTATING"
-					return nil
+					return nil, nil
 				})
 				return err
 			}, "rotation_state", "ROTATING"},
@@ -176,7 +176,7 @@ func TestTimestampsAreUTC(t *testing.T) {
 	zone := time.FixedZone("UTC+5", 5*3600)
 	at := time.Date(2025, 3, 1, 12, 30, 0, 123456000, zone)
 	d := model.Device{Key: randomKey(), DeviceModelID: m.ID, Config: json.RawMessage(`{}`), Active: true, SecretCreatedAt: &at}
-	if err := r.devices.CreateDevice(ctx, &d); err != nil {
+	if err := r.devices.CreateDevice(ctx, &d, nil); err != nil {
 		t.Fatalf("CreateDevice: %v", err)
 	}
 	if err := r.devices.TouchLastSeen(ctx, d.ID, at, time.Minute); err != nil {
@@ -211,10 +211,10 @@ func TestListDevicesPagesAcross250DevicesWithFilters(t *testing.T) {
 			m = mb
 		}
 		d := r.device(t, m, fmt.Sprintf(`{"i": %d}`, i))
-		d, err := r.devices.UpdateDevice(ctx, d.ID, func(cur *model.Device) error {
+		d, err := r.devices.UpdateDevice(ctx, d.ID, func(cur *model.Device) ([]model.AuditEntry, error) {
 			cur.RotationState = states[i%len(states)]
 			cur.Active = i%5 != 0
-			return nil
+			return nil, nil
 		})
 		if err != nil {
 			t.Fatalf("UpdateDevice: %v", err)
@@ -250,9 +250,9 @@ func TestListDevicesPagesAcross250DevicesWithFilters(t *testing.T) {
 			effective := limit
 			switch {
 			case limit == 0:
-				effective = postgres.DefaultPageSize
-			case limit > postgres.MaxPageSize:
-				effective = postgres.MaxPageSize
+				effective = ports.DefaultPageSize
+			case limit > ports.MaxPageSize:
+				effective = ports.MaxPageSize
 			}
 			var got []int64
 			for pages := 0; ; pages++ {
@@ -371,7 +371,7 @@ func TestUnavailable(t *testing.T) {
 		wantUnavailable(t, "GetModel", err)
 		_, err = r.devices.ListDevices(ctx, ports.DeviceFilter{})
 		wantUnavailable(t, "ListDevices", err)
-		_, err = r.devices.UpdateDevice(ctx, 1, func(*model.Device) error { return nil })
+		_, err = r.devices.UpdateDevice(ctx, 1, func(*model.Device) ([]model.AuditEntry, error) { return nil, nil })
 		wantUnavailable(t, "UpdateDevice", err)
 		wantUnavailable(t, "Ping", db.Ping(ctx))
 		_, err = db.MigrationStatus(ctx)
@@ -383,14 +383,14 @@ func TestUnavailable(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 		defer cancel()
 		r := newRepos(db)
-		_, err := r.devices.UpdateDevice(ctx, 1, func(*model.Device) error { return nil })
+		_, err := r.devices.UpdateDevice(ctx, 1, func(*model.Device) ([]model.AuditEntry, error) { return nil, nil })
 		// No such device: a quick ErrNotFound, the deadline is not hit.
 		wantErrIs(t, "UpdateDevice(missing)", err, model.ErrNotFound)
 		m := r.model(t, "slow")
 		d := r.device(t, m, `{}`)
-		_, err = r.devices.UpdateDevice(ctx, d.ID, func(*model.Device) error {
+		_, err = r.devices.UpdateDevice(ctx, d.ID, func(*model.Device) ([]model.AuditEntry, error) {
 			<-ctx.Done()
-			return nil
+			return nil, nil
 		})
 		wantUnavailable(t, "UpdateDevice past its deadline", err)
 	})

@@ -28,11 +28,11 @@ func Example() {
 	var devices ports.DeviceRepo = postgres.NewDeviceRepo(db)
 
 	m := model.DeviceModel{Code: "thermo_v2", Name: "Thermostat v2"}
-	if err := models.CreateModel(ctx, &m); err != nil {
+	if err := models.CreateModel(ctx, &m, nil); err != nil {
 		panic(err)
 	}
 	d := model.Device{Key: "k3y0k3y0", DeviceModelID: m.ID, Config: json.RawMessage(`{"setpoint": 21}`), Active: true}
-	if err := devices.CreateDevice(ctx, &d); err != nil {
+	if err := devices.CreateDevice(ctx, &d, nil); err != nil {
 		panic(err)
 	}
 	page, err := devices.ListDevices(ctx, ports.DeviceFilter{ModelID: &m.ID, Limit: 50})

@@ -27,10 +27,11 @@ func NewFirmwareRepo(db *DB) *FirmwareRepo { return &FirmwareRepo{db: db.bun} }
 // sets device_models.firmware_version; check sees the current firmware read
 // under that lock. A missing model is model.ErrNotFound. A zero UploadedAt
 // is the database's now().
-func (r *FirmwareRepo) RecordFirmware(ctx context.Context, f *model.Firmware, check func(*model.Firmware) error) error {
+func (r *FirmwareRepo) RecordFirmware(ctx context.Context, f *model.Firmware, check func(*model.Firmware) ([]model.AuditEntry, error)) error {
 	row := firmwareToRow(f)
 	row.ID = 0
 	return runInTx(ctx, r.db, "record firmware", func(ctx context.Context, tx bun.Tx) error {
+		var entries []model.AuditEntry
 		var locked int64
 		if err := tx.NewSelect().Model((*modelRow)(nil)).Column("m.id").
 			Where("m.id = ?", row.DeviceModelID).For("UPDATE").Scan(ctx, &locked); err != nil {
@@ -45,7 +46,7 @@ func (r *FirmwareRepo) RecordFirmware(ctx context.Context, f *model.Firmware, ch
 			case !errors.Is(err, sql.ErrNoRows):
 				return translate("record firmware: current firmware", err, fkNone)
 			}
-			if err := check(current); err != nil {
+			if entries, err = check(current); err != nil {
 				return err
 			}
 		}
@@ -60,7 +61,7 @@ func (r *FirmwareRepo) RecordFirmware(ctx context.Context, f *model.Firmware, ch
 			return translate("record firmware: set model version", err, fkNone)
 		}
 		*f = firmwareFromRow(&row)
-		return insertAudit(ctx, tx, ports.TakeAudit(ctx), 0, row.DeviceModelID)
+		return insertAudit(ctx, tx, entries, 0, row.DeviceModelID)
 	})
 }
 

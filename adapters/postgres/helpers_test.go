@@ -26,7 +26,7 @@ func newRepos(db *postgres.DB) repos {
 func (r repos) model(t testing.TB, code string) model.DeviceModel {
 	t.Helper()
 	m := model.DeviceModel{Code: code, Name: "Model " + code}
-	if err := r.models.CreateModel(t.Context(), &m); err != nil {
+	if err := r.models.CreateModel(t.Context(), &m, nil); err != nil {
 		t.Fatalf("CreateModel(%s): %v", code, err)
 	}
 	return m
@@ -35,7 +35,7 @@ func (r repos) model(t testing.TB, code string) model.DeviceModel {
 func (r repos) device(t testing.TB, m model.DeviceModel, config string) model.Device {
 	t.Helper()
 	d := model.Device{Key: randomKey(), DeviceModelID: m.ID, Config: json.RawMessage(config), Active: true, RotationState: model.RotationOK}
-	if err := r.devices.CreateDevice(t.Context(), &d); err != nil {
+	if err := r.devices.CreateDevice(t.Context(), &d, nil); err != nil {
 		t.Fatalf("CreateDevice: %v", err)
 	}
 	return d

@@ -23,11 +23,11 @@ func NewModelRepo(db *DB) *ModelRepo { return &ModelRepo{db: db.bun} }
 
 // CreateModel implements ports.ModelRepo. The database sets ID and both
 // timestamps; FirmwareVersion starts empty.
-func (r *ModelRepo) CreateModel(ctx context.Context, m *model.DeviceModel) error {
+func (r *ModelRepo) CreateModel(ctx context.Context, m *model.DeviceModel, audit []model.AuditEntry) error {
 	row := modelToRow(m)
 	row.ID, row.FirmwareVersion = 0, nil
 	row.CreatedAt, row.UpdatedAt = time.Time{}, time.Time{}
-	err := runAudited(ctx, r.db, "create device model", func(ctx context.Context, idb bun.IDB) (auditTarget, error) {
+	err := runAudited(ctx, r.db, "create device model", audit, func(ctx context.Context, idb bun.IDB) (auditTarget, error) {
 		if _, err := idb.NewInsert().Model(&row).Returning("*").Exec(ctx); err != nil {
 			return auditTarget{}, translate("create device model", err, fkNone)
 		}
@@ -75,7 +75,7 @@ func (r *ModelRepo) ListModels(ctx context.Context) ([]model.DeviceModel, error)
 // row (SELECT ... FOR UPDATE), runs fn and writes name, config_schema and
 // firmware_version back. fn's error aborts the transaction and is returned
 // as is.
-func (r *ModelRepo) UpdateModel(ctx context.Context, id int64, fn func(*model.DeviceModel) error) (model.DeviceModel, error) {
+func (r *ModelRepo) UpdateModel(ctx context.Context, id int64, fn func(*model.DeviceModel) ([]model.AuditEntry, error)) (model.DeviceModel, error) {
 	var out model.DeviceModel
 	err := runInTx(ctx, r.db, "update device model", func(ctx context.Context, tx bun.Tx) error {
 		var row modelRow
@@ -83,8 +83,7 @@ func (r *ModelRepo) UpdateModel(ctx context.Context, id int64, fn func(*model.De
 			return translate("update device model: lock", err, fkNone)
 		}
 		cur := modelFromRow(&row)
-		err := fn(&cur)
-		entries := ports.TakeAudit(ctx)
+		entries, err := fn(&cur)
 		if err != nil {
 			return err
 		}
@@ -109,8 +108,8 @@ func (r *ModelRepo) UpdateModel(ctx context.Context, id int64, fn func(*model.De
 
 // DeleteModel implements ports.ModelRepo. Its firmware history goes with
 // it; devices still using it make it model.ErrConflict.
-func (r *ModelRepo) DeleteModel(ctx context.Context, id int64) error {
-	return runAudited(ctx, r.db, "delete device model", func(ctx context.Context, idb bun.IDB) (auditTarget, error) {
+func (r *ModelRepo) DeleteModel(ctx context.Context, id int64, audit []model.AuditEntry) error {
+	return runAudited(ctx, r.db, "delete device model", audit, func(ctx context.Context, idb bun.IDB) (auditTarget, error) {
 		res, err := idb.NewDelete().Model((*modelRow)(nil)).Where("id = ?", id).Exec(ctx)
 		if err != nil {
 			return auditTarget{}, translate("delete device model", err, fkInUse)

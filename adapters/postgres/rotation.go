@@ -64,7 +64,7 @@ func (r *DeviceRepo) UnconfirmedRotations(ctx context.Context) (int, error) {
 // column it may have changed is written back (as UpdateDevice writes them)
 // before the commit, in one UPDATE. limit <= 0 starts nothing and touches
 // nothing.
-func (r *DeviceRepo) StartRotations(ctx context.Context, limit int, retryBefore time.Time, start func(*model.Device)) ([]model.Device, error) {
+func (r *DeviceRepo) StartRotations(ctx context.Context, limit int, retryBefore time.Time, start func(*model.Device) ([]model.AuditEntry, error)) ([]model.Device, error) {
 	if limit <= 0 {
 		return nil, nil
 	}
@@ -119,10 +119,15 @@ func (r *DeviceRepo) StartRotations(ctx context.Context, limit int, retryBefore 
 			return nil
 		}
 		next := make([]deviceRow, len(rows))
+		var entries []model.AuditEntry
 		for i := range rows {
 			row := &rows[i]
 			cur := deviceFromRow(row)
-			start(&cur)
+			es, err := start(&cur)
+			if err != nil {
+				return err
+			}
+			entries = append(entries, es...)
 			next[i] = deviceToRow(&cur)
 			next[i].ID, next[i].Key, next[i].DeviceModelID, next[i].ModelCode = row.ID, row.Key, row.DeviceModelID, row.ModelCode
 			next[i].CreatedAt, next[i].UpdatedAt = row.CreatedAt, txNow
@@ -140,7 +145,7 @@ func (r *DeviceRepo) StartRotations(ctx context.Context, limit int, retryBefore 
 		for i := range next {
 			started = append(started, deviceFromRow(&next[i]))
 		}
-		return insertAudit(ctx, tx, ports.TakeAudit(ctx), 0, 0)
+		return insertAudit(ctx, tx, entries, 0, 0)
 	})
 	if err != nil {
 		return nil, err
@@ -313,7 +318,7 @@ func (r *DeviceRepo) DashboardPage(ctx context.Context, q ports.DashboardQuery, 
 	if err != nil {
 		return ports.DevicePage{}, err
 	}
-	limit = pageSize(limit)
+	limit = ports.PageLimit(limit)
 	rows := make([]deviceRow, 0, limit+1)
 	if err := selectDevices(r.db, &rows).
 		Where("d.id > ?", afterID).

@@ -18,9 +18,9 @@ func queued(t *testing.T, r repos, m model.DeviceModel, n int) []model.Device {
 	var out []model.Device
 	for range n {
 		d := r.device(t, m, `{}`)
-		d, err := r.devices.UpdateDevice(t.Context(), d.ID, func(cur *model.Device) error {
+		d, err := r.devices.UpdateDevice(t.Context(), d.ID, func(cur *model.Device) ([]model.AuditEntry, error) {
 			cur.RotationState = model.RotationQueued
-			return nil
+			return nil, nil
 		})
 		if err != nil {
 			t.Fatalf("UpdateDevice: %v", err)
@@ -30,9 +30,10 @@ func queued(t *testing.T, r repos, m model.DeviceModel, n int) []model.Device {
 	return out
 }
 
-func startPending(d *model.Device) {
+func startPending(d *model.Device) ([]model.AuditEntry, error) {
 	d.RotationState = model.RotationPending
 	d.LastRotationAttemptAt = ptr(time.Now())
+	return nil, nil
 }
 
 // A device whose row another transaction holds (an update in progress) is
@@ -46,10 +47,10 @@ func TestStartRotationsSkipsALockedDevice(t *testing.T) {
 	release := make(chan struct{})
 	updateDone := make(chan error, 1)
 	go func() {
-		_, err := r.devices.UpdateDevice(context.Background(), ds[0].ID, func(cur *model.Device) error {
+		_, err := r.devices.UpdateDevice(context.Background(), ds[0].ID, func(cur *model.Device) ([]model.AuditEntry, error) {
 			close(locked)
 			<-release
-			return nil
+			return nil, nil
 		})
 		updateDone <- err
 	}()
@@ -126,9 +127,9 @@ func TestSecretSHA256MustBeLowerCaseHex(t *testing.T) {
 	d := r.device(t, r.model(t, "shacheck"), `{}`)
 	hex64 := "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 	for _, bad := range []string{"abc", hex64[1:], hex64 + "0", strings.ToUpper(hex64), "zz" + hex64[2:]} {
-		_, err := r.devices.UpdateDevice(t.Context(), d.ID, func(cur *model.Device) error {
+		_, err := r.devices.UpdateDevice(t.Context(), d.ID, func(cur *model.Device) ([]model.AuditEntry, error) {
 			cur.SecretSHA256 = bad
-			return nil
+			return nil, nil
 		})
 		var ve *model.ValidationError
 		if !errors.As(err, &ve) || ve.Field != "secret_sha256" {
@@ -158,9 +159,9 @@ func TestMigrateRollbackAndReapply(t *testing.T) {
 	}
 	r := newRepos(db)
 	d := r.device(t, r.model(t, "reapplied"), `{}`)
-	if _, err := r.devices.UpdateDevice(t.Context(), d.ID, func(cur *model.Device) error {
+	if _, err := r.devices.UpdateDevice(t.Context(), d.ID, func(cur *model.Device) ([]model.AuditEntry, error) {
 		cur.SecretSHA256 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
-		return nil
+		return nil, nil
 	}); err != nil {
 		t.Errorf("UpdateDevice(SecretSHA256) after re-applying: %v", err)
 	}

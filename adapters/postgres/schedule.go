@@ -8,6 +8,7 @@ import (
 
 	"github.com/uptrace/bun"
 
+	"github.com/espmdm/espmdm/core/model"
 	"github.com/espmdm/espmdm/ports"
 )
 
@@ -53,13 +54,13 @@ func (r *ScheduleRepo) LastFire(ctx context.Context, name string) (time.Time, er
 // from zero, INSERT ... ON CONFLICT DO NOTHING (a row there means another
 // process fired first); otherwise UPDATE ... WHERE last_fire_at = from. It
 // reports whether a row was written. A zero to is refused.
-func (r *ScheduleRepo) AdvanceFire(ctx context.Context, name string, from, to time.Time) (bool, error) {
+func (r *ScheduleRepo) AdvanceFire(ctx context.Context, name string, from, to time.Time, audit []model.AuditEntry) (bool, error) {
 	if to.IsZero() {
 		return false, errors.New("postgres: advance schedule: zero fire time")
 	}
 	to = to.UTC().Truncate(time.Microsecond)
 	moved := false
-	err := runAudited(ctx, r.db, "advance schedule fire", func(ctx context.Context, idb bun.IDB) (auditTarget, error) {
+	err := runAudited(ctx, r.db, "advance schedule fire", audit, func(ctx context.Context, idb bun.IDB) (auditTarget, error) {
 		var (
 			res sql.Result
 			err error
@@ -92,8 +93,7 @@ func (r *ScheduleRepo) AdvanceFire(ctx context.Context, name string, from, to ti
 // row is created empty when missing, then locked, compared and updated, so
 // that of processes starting together with a new expression exactly one
 // sees (and audits) the change.
-func (r *ScheduleRepo) RecordExpression(ctx context.Context, name, expr string) (string, error) {
-	entries := ports.TakeAudit(ctx)
+func (r *ScheduleRepo) RecordExpression(ctx context.Context, name, expr string, audit []model.AuditEntry) (string, error) {
 	var prev string
 	err := runInTx(ctx, r.db, "record schedule expression", func(ctx context.Context, tx bun.Tx) error {
 		if _, err := tx.ExecContext(ctx,
@@ -111,7 +111,7 @@ func (r *ScheduleRepo) RecordExpression(ctx context.Context, name, expr string) 
 			"UPDATE rotation_schedule_expression SET expression = ?, recorded_at = now() WHERE name = ?", expr, name); err != nil {
 			return translate("record schedule expression", err, fkNone)
 		}
-		return insertAudit(ctx, tx, entries, 0, 0)
+		return insertAudit(ctx, tx, audit, 0, 0)
 	})
 	if err != nil {
 		return "", err

@@ -10,26 +10,20 @@ import (
 )
 
 // The audit log (SPEC §12). What is audited, and by whom, is decided here:
-// an entry that records a change travels in an AuditBatch to the
-// repository call that makes the change and is stored in its transaction;
-// an event that changes nothing else (a download, a fetch, a refused ack,
-// a failure) is appended on its own. Entries never hold a secret: details
-// are written here from fixed words, counts and ids.
+// an entry that records a change is an argument (or an update closure's
+// result) of the repository call that makes the change, which stores it
+// in the change's transaction; an event that changes nothing else (a
+// download, a fetch, a refused ack, a failure) is appended on its own.
+// Entries never hold a secret: details are written here from fixed words,
+// counts and ids.
 
-// batch returns ctx with a fresh AuditBatch for one repository call, or
-// ctx and nil when no audit log is configured.
-func (s *Service) batch(ctx context.Context) (context.Context, *ports.AuditBatch) {
+// audited returns entries for a repository call to store with its change;
+// none when no audit log is configured.
+func (s *Service) audited(entries ...model.AuditEntry) []model.AuditEntry {
 	if s.d.Audit == nil {
-		return ctx, nil
+		return nil
 	}
-	return ports.WithAudit(ctx)
-}
-
-// add queues e in b (nothing when b is nil).
-func add(b *ports.AuditBatch, e model.AuditEntry) {
-	if b != nil {
-		b.Add(e)
-	}
+	return entries
 }
 
 // entry is a successful event of kind by ctx's actor, now.
@@ -87,16 +81,12 @@ func failureWord(err error) string {
 
 // ListAudit implements ports.AuditReader.
 func (s *Service) ListAudit(ctx context.Context, f ports.AuditFilter) (ports.AuditPage, error) {
-	switch {
-	case s.d.Audit == nil:
+	if s.d.Audit == nil {
 		return ports.AuditPage{}, fmt.Errorf("list audit: no audit log configured: %w", model.ErrUnavailable)
-	case f.Limit == 0:
-		f.Limit = DefaultPageSize
-	case f.Limit < 0 || f.Limit > MaxPageSize:
-		return ports.AuditPage{}, model.Invalid("limit", "must be between 1 and %d", MaxPageSize)
 	}
-	if f.AfterID < 0 {
-		return ports.AuditPage{}, model.Invalid("cursor", "must not be negative")
+	var err error
+	if f.Limit, err = checkPage(f.Limit, f.AfterID); err != nil {
+		return ports.AuditPage{}, err
 	}
 	if f.DeviceID < 0 {
 		return ports.AuditPage{}, model.Invalid("device_id", "must be a positive integer")

@@ -481,7 +481,7 @@ func TestListAuditFilters(t *testing.T) {
 	if got := list(ports.AuditFilter{Since: since, Actor: admin.ClientID}); len(got) != 2 {
 		t.Errorf("since+actor client filter: %d entries, want 2", len(got))
 	}
-	for _, bad := range []ports.AuditFilter{{Limit: -1}, {Limit: mdm.MaxPageSize + 1}, {AfterID: -1}, {DeviceID: -2}, {Kind: "nope"}} {
+	for _, bad := range []ports.AuditFilter{{Limit: -1}, {Limit: ports.MaxPageSize + 1}, {AfterID: -1}, {DeviceID: -2}, {Kind: "nope"}} {
 		if _, err := e.svc.ListAudit(t.Context(), bad); err == nil {
 			t.Errorf("ListAudit(%+v) succeeded, want a validation error", bad)
 		}

@@ -18,11 +18,6 @@ const (
 	// keyAttempts is how many keys CreateDevice tries before giving up on
 	// collisions. With 36^8 keys, needing more than one is already rare.
 	keyAttempts = 5
-
-	// DefaultPageSize is the ListDevices page size when none is given.
-	DefaultPageSize = 100
-	// MaxPageSize is the largest ListDevices page size.
-	MaxPageSize = 1000
 )
 
 // newKey draws a device key from s.d.Rand. Bytes at or above the largest
@@ -96,9 +91,8 @@ func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.D
 			RotationState:   model.RotationOK,
 			SecretCreatedAt: &now,
 		}
-		bctx, b := s.batch(ctx)
-		add(b, s.deviceEntry(ctx, model.AuditDeviceCreated, d, activeWord(active))) // DeviceID set by the repository
-		err = s.d.Devices.CreateDevice(bctx, &d)
+		created := s.deviceEntry(ctx, model.AuditDeviceCreated, d, activeWord(active)) // DeviceID set by the repository
+		err = s.d.Devices.CreateDevice(ctx, &d, s.audited(created))
 		if err == nil {
 			d.ModelCode = m.Code
 			return d, nil
@@ -125,17 +119,11 @@ func (s *Service) GetDevice(ctx context.Context, id int64) (model.Device, error)
 	return d, nil
 }
 
-// ListDevices returns one page of devices. Limit 0 means DefaultPageSize;
-// it must not exceed MaxPageSize.
+// ListDevices returns one page of devices (checkPage).
 func (s *Service) ListDevices(ctx context.Context, f ports.DeviceFilter) (ports.DevicePage, error) {
-	switch {
-	case f.Limit == 0:
-		f.Limit = DefaultPageSize
-	case f.Limit < 0 || f.Limit > MaxPageSize:
-		return ports.DevicePage{}, model.Invalid("limit", "must be between 1 and %d", MaxPageSize)
-	}
-	if f.AfterID < 0 {
-		return ports.DevicePage{}, model.Invalid("cursor", "must not be negative")
+	var err error
+	if f.Limit, err = checkPage(f.Limit, f.AfterID); err != nil {
+		return ports.DevicePage{}, err
 	}
 	if f.RotationState != nil && !f.RotationState.Valid() {
 		return ports.DevicePage{}, model.Invalid("rotation_state", "must be one of OK, QUEUED, PENDING, TIMEOUT")
@@ -172,8 +160,7 @@ func (s *Service) UpdateDevice(ctx context.Context, id int64, in ports.DeviceUpd
 	}
 	changed := false
 	var before model.Device
-	bctx, b := s.batch(ctx)
-	d, err := s.d.Devices.UpdateDevice(bctx, id, func(d *model.Device) error {
+	d, err := s.d.Devices.UpdateDevice(ctx, id, func(d *model.Device) ([]model.AuditEntry, error) {
 		before = *d
 		var what []string
 		if config != nil {
@@ -192,11 +179,7 @@ func (s *Service) UpdateDevice(ctx context.Context, id int64, in ports.DeviceUpd
 				what = append(what, "deactivated")
 			}
 		}
-		if b != nil {
-			b.Reset()
-			b.Add(s.deviceEntry(ctx, model.AuditDeviceUpdated, *d, changedWords(what)))
-		}
-		return nil
+		return s.audited(s.deviceEntry(ctx, model.AuditDeviceUpdated, *d, changedWords(what))), nil
 	})
 	if err != nil {
 		return model.Device{}, fmt.Errorf("update device %d: %w", id, err)
@@ -223,9 +206,7 @@ func (s *Service) DeleteDevice(ctx context.Context, id int64) error {
 	if err != nil {
 		return fmt.Errorf("delete device %d: %w", id, err)
 	}
-	bctx, b := s.batch(ctx)
-	add(b, s.deviceEntry(ctx, model.AuditDeviceDeleted, d, ""))
-	if err := s.d.Devices.DeleteDevice(bctx, id); err != nil {
+	if err := s.d.Devices.DeleteDevice(ctx, id, s.audited(s.deviceEntry(ctx, model.AuditDeviceDeleted, d, ""))); err != nil {
 		return fmt.Errorf("delete device %d: %w", id, err)
 	}
 	clientID := d.ClientID()

@@ -154,7 +154,7 @@ func TestCreateDeviceKeyCollisions(t *testing.T) {
 		// A device of another model holds the key, so the client id is
 		// free but the insert collides.
 		taken := model.Device{Key: "aaaaaaaa", DeviceModelID: other.ID, Config: json.RawMessage(`{}`), Active: true}
-		if err := e.store.CreateDevice(t.Context(), &taken); err != nil {
+		if err := e.store.CreateDevice(t.Context(), &taken, nil); err != nil {
 			t.Fatal(err)
 		}
 		d := e.device(t, m, `{}`)

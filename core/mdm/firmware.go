@@ -130,17 +130,13 @@ func (s *Service) uploadFirmware(ctx context.Context, modelID int64, data []byte
 		UploadedAt:    s.now(),
 	}
 	var again *model.Firmware
-	ctx, b := s.batch(ctx)
-	err = s.d.Firmware.RecordFirmware(ctx, &f, func(cur *model.Firmware) error {
-		if b != nil {
-			b.Reset()
-		}
+	err = s.d.Firmware.RecordFirmware(ctx, &f, func(cur *model.Firmware) ([]model.AuditEntry, error) {
 		if cur != nil && cur.SHA256 == digest {
 			again = cur // a concurrent upload of the same image won
-			return errSameImage
+			return nil, errSameImage
 		}
 		if err := against(cur); err != nil {
-			return err
+			return nil, err
 		}
 		detail := fmt.Sprintf("model %s, version %q, %s, secure_version %d, %d bytes, sha256 %s", m.Code, f.Version, f.Chip, secure, f.Size, digest)
 		if len(warnings) > 0 {
@@ -151,8 +147,7 @@ func (s *Service) uploadFirmware(ctx context.Context, modelID int64, data []byte
 		}
 		e := s.entry(ctx, model.AuditFirmwareUploaded, detail)
 		e.ModelID = m.ID
-		add(b, e)
-		return nil
+		return s.audited(e), nil
 	})
 	switch {
 	case errors.Is(err, errSameImage):

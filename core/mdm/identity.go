@@ -76,7 +76,7 @@ func (s *Service) Reconcile(ctx context.Context) (ports.ReconcileReport, error) 
 	}
 	var devices []listed
 	for after := int64(0); ; {
-		p, err := s.d.Devices.ListDevices(ctx, ports.DeviceFilter{Limit: MaxPageSize, AfterID: after})
+		p, err := s.d.Devices.ListDevices(ctx, ports.DeviceFilter{Limit: ports.MaxPageSize, AfterID: after})
 		if err != nil {
 			return rep, fmt.Errorf("reconcile: list devices: %w", err)
 		}

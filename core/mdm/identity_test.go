@@ -171,7 +171,7 @@ func TestReconcileManyDevicesAndClients(t *testing.T) {
 	m := e.model(t, "m", "")
 	for i := range 1205 {
 		d := model.Device{Key: fmt.Sprintf("d%07d", i), DeviceModelID: m.ID, Active: true}
-		if err := e.store.CreateDevice(t.Context(), &d); err != nil {
+		if err := e.store.CreateDevice(t.Context(), &d, nil); err != nil {
 			t.Fatal(err)
 		}
 		if i%2 == 0 {

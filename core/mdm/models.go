@@ -44,9 +44,8 @@ func (s *Service) CreateModel(ctx context.Context, in ports.NewModel) (model.Dev
 		return model.DeviceModel{}, err
 	}
 	m := model.DeviceModel{Code: in.Code, Name: in.Name, ConfigSchema: schema}
-	ctx, b := s.batch(ctx)
-	add(b, s.entry(ctx, model.AuditModelCreated, "code "+in.Code+schemaWord(schema))) // ModelID set by the repository
-	if err := s.d.Models.CreateModel(ctx, &m); err != nil {
+	created := s.entry(ctx, model.AuditModelCreated, "code "+in.Code+schemaWord(schema)) // ModelID set by the repository
+	if err := s.d.Models.CreateModel(ctx, &m, s.audited(created)); err != nil {
 		if errors.Is(err, model.ErrConflict) {
 			return model.DeviceModel{}, model.Conflict("a device model with code %s exists already", in.Code)
 		}
@@ -95,8 +94,7 @@ func (s *Service) UpdateModel(ctx context.Context, id int64, in ports.ModelUpdat
 			}
 		}
 	}
-	ctx, b := s.batch(ctx)
-	m, err := s.d.Models.UpdateModel(ctx, id, func(m *model.DeviceModel) error {
+	m, err := s.d.Models.UpdateModel(ctx, id, func(m *model.DeviceModel) ([]model.AuditEntry, error) {
 		var changed []string
 		if in.Name != nil {
 			if m.Name != *in.Name {
@@ -110,16 +108,12 @@ func (s *Service) UpdateModel(ctx context.Context, id int64, in ports.ModelUpdat
 			}
 			m.ConfigSchema = schema
 		}
-		if b != nil {
-			b.Reset()
-			e := s.entry(ctx, model.AuditModelUpdated, changedWords(changed))
-			if in.Force && in.SetSchema {
-				e.Detail += " (forced)"
-			}
-			e.ModelID = m.ID
-			b.Add(e)
+		e := s.entry(ctx, model.AuditModelUpdated, changedWords(changed))
+		if in.Force && in.SetSchema {
+			e.Detail += " (forced)"
 		}
-		return nil
+		e.ModelID = m.ID
+		return s.audited(e), nil
 	})
 	if err != nil {
 		return model.DeviceModel{}, fmt.Errorf("update device model %d: %w", id, err)
@@ -139,7 +133,7 @@ func (s *Service) checkConfigs(ctx context.Context, modelID int64, schema json.R
 	var bad []string
 	total := 0
 	for after := int64(0); ; {
-		page, err := s.d.Devices.ListDevices(ctx, ports.DeviceFilter{ModelID: &modelID, Limit: MaxPageSize, AfterID: after})
+		page, err := s.d.Devices.ListDevices(ctx, ports.DeviceFilter{ModelID: &modelID, Limit: ports.MaxPageSize, AfterID: after})
 		if err != nil {
 			return fmt.Errorf("update device model %d: check device configs: %w", modelID, err)
 		}
@@ -168,9 +162,9 @@ func (s *Service) checkConfigs(ctx context.Context, modelID int64, schema json.R
 }
 
 // modelInUse is the conflict of deleting a model that has devices, saying
-// how many (counted up to MaxPageSize).
+// how many (counted up to ports.MaxPageSize).
 func (s *Service) modelInUse(ctx context.Context, m model.DeviceModel) error {
-	page, err := s.d.Devices.ListDevices(ctx, ports.DeviceFilter{ModelID: &m.ID, Limit: MaxPageSize})
+	page, err := s.d.Devices.ListDevices(ctx, ports.DeviceFilter{ModelID: &m.ID, Limit: ports.MaxPageSize})
 	switch {
 	case err != nil:
 		return model.Conflict("device model %d (%s) still has devices: delete them first", m.ID, m.Code)
@@ -190,11 +184,9 @@ func (s *Service) DeleteModel(ctx context.Context, id int64) error {
 	if err != nil {
 		return fmt.Errorf("delete device model %d: %w", id, err)
 	}
-	ctx, b := s.batch(ctx)
 	e := s.entry(ctx, model.AuditModelDeleted, "code "+m.Code)
 	e.ModelID = m.ID
-	add(b, e)
-	if err := s.d.Models.DeleteModel(ctx, id); err != nil {
+	if err := s.d.Models.DeleteModel(ctx, id, s.audited(e)); err != nil {
 		if errors.Is(err, model.ErrConflict) {
 			return s.modelInUse(ctx, m)
 		}

@@ -711,7 +711,7 @@ func TestRotationRestoreTimeoutWithTheClientGone(t *testing.T) {
 		t.Error("a restore was audited though nothing was restored")
 	}
 	// A device row deleted meanwhile is still no error.
-	if err := e.store.DeleteDevice(t.Context(), next.ID); err != nil {
+	if err := e.store.DeleteDevice(t.Context(), next.ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	e.clock.Advance(6 * time.Minute)

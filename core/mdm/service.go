@@ -146,3 +146,20 @@ func (s *Service) report(ctx context.Context, op string, err error) {
 }
 
 func (s *Service) now() time.Time { return s.d.Clock.Now() }
+
+// checkPage checks a paged list's requested limit and cursor (the id
+// after which the page starts), and returns the limit to ask the
+// repository for: 0 is ports.DefaultPageSize, and more than
+// ports.MaxPageSize or a negative limit or cursor is invalid.
+func checkPage(limit int, afterID int64) (int, error) {
+	switch {
+	case limit == 0:
+		limit = ports.DefaultPageSize
+	case limit < 0 || limit > ports.MaxPageSize:
+		return 0, model.Invalid("limit", "must be between 1 and %d", ports.MaxPageSize)
+	}
+	if afterID < 0 {
+		return 0, model.Invalid("cursor", "must not be negative")
+	}
+	return limit, nil
+}

@@ -10,10 +10,9 @@ import (
 	"github.com/espmdm/espmdm/ports"
 )
 
-// AuditLog is an in-memory ports.AuditLog. Store and Schedule write the
-// entries of a call's ports.AuditBatch into the one they are given when
-// the call's change is made (their "transaction"), as the database
-// adapters do.
+// AuditLog is an in-memory ports.AuditLog. Store and Schedule write a
+// call's audit entries into the one they are given when the call's change
+// is made (their "transaction"), as the database adapters do.
 type AuditLog struct {
 	// Hook, when set, is called with "AppendAudit" or "ListAudit" before
 	// the operation; a non-nil result fails it. Set it before use.
@@ -74,13 +73,7 @@ func (a *AuditLog) ListAudit(_ context.Context, f ports.AuditFilter) (ports.Audi
 			return ports.AuditPage{}, err
 		}
 	}
-	limit := f.Limit
-	switch {
-	case limit < 1:
-		limit = ports.DefaultPageSize
-	case limit > ports.MaxPageSize:
-		limit = ports.MaxPageSize
-	}
+	limit := ports.PageLimit(f.Limit)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var page ports.AuditPage

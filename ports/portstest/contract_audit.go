@@ -13,7 +13,7 @@ import (
 )
 
 // AuditEnv is what RunAuditContract works on: an audit log and the
-// repositories that write a change's ports.AuditBatch into it. Each call
+// repositories that write a change's audit entries into it. Each call
 // of the suite's constructor must return a log no other test writes to.
 type AuditEnv struct {
 	Log      ports.AuditLog
@@ -125,80 +125,63 @@ func RunAuditContract(t *testing.T, newEnv func(t *testing.T) AuditEnv) {
 
 	t.Run("ChangesCarryTheirEntries", func(t *testing.T) {
 		env := newEnv(t)
-		bctx := func() (context.Context, *ports.AuditBatch) { return ports.WithAudit(t.Context()) }
+		ctx := t.Context()
+		one := func(k model.AuditKind, deviceID int64, detail string) []model.AuditEntry {
+			return []model.AuditEntry{entry(k, deviceID, detail)}
+		}
 
-		ctx, b := bctx()
-		b.Add(entry(model.AuditModelCreated, 0, "code"))
 		m := model.DeviceModel{Code: UniqueCode("auc"), Name: "audit contract"}
-		mustNoErr(t, "CreateModel", env.Models.CreateModel(ctx, &m))
+		mustNoErr(t, "CreateModel", env.Models.CreateModel(ctx, &m, one(model.AuditModelCreated, 0, "code")))
 
-		ctx, b = bctx()
-		b.Add(entry(model.AuditDeviceCreated, 0, ""))
 		d := model.Device{Key: randomKey(), DeviceModelID: m.ID, Config: json.RawMessage(`{}`), Active: true, RotationState: model.RotationOK}
-		mustNoErr(t, "CreateDevice", env.Devices.CreateDevice(ctx, &d))
+		mustNoErr(t, "CreateDevice", env.Devices.CreateDevice(ctx, &d, one(model.AuditDeviceCreated, 0, "")))
 
-		ctx, b = bctx()
-		_, err := env.Devices.UpdateDevice(ctx, d.ID, func(cur *model.Device) error {
-			b.Add(entry(model.AuditDeviceUpdated, cur.ID, "in the closure"))
+		_, err := env.Devices.UpdateDevice(ctx, d.ID, func(cur *model.Device) ([]model.AuditEntry, error) {
 			cur.Active = false
-			return nil
+			return one(model.AuditDeviceUpdated, cur.ID, "in the closure"), nil
 		})
 		mustNoErr(t, "UpdateDevice", err)
 
 		// A closure that fails: neither the change nor its entry.
-		ctx, b = bctx()
 		refused := errors.New("refused")
-		if _, err := env.Devices.UpdateDevice(ctx, d.ID, func(cur *model.Device) error {
-			b.Add(entry(model.AuditRotationQueued, cur.ID, "must not be stored"))
-			return refused
+		if _, err := env.Devices.UpdateDevice(ctx, d.ID, func(cur *model.Device) ([]model.AuditEntry, error) {
+			return one(model.AuditRotationQueued, cur.ID, "must not be stored"), refused
 		}); !errors.Is(err, refused) {
 			t.Fatalf("UpdateDevice with a failing closure = %v", err)
 		}
 		// A create that fails (duplicate key): no entry.
-		ctx, b = bctx()
-		b.Add(entry(model.AuditDeviceCreated, 0, "must not be stored"))
 		dup := model.Device{Key: d.Key, DeviceModelID: m.ID, Config: json.RawMessage(`{}`), Active: true}
-		if err := env.Devices.CreateDevice(ctx, &dup); !errors.Is(err, model.ErrConflict) {
+		if err := env.Devices.CreateDevice(ctx, &dup, one(model.AuditDeviceCreated, 0, "must not be stored")); !errors.Is(err, model.ErrConflict) {
 			t.Fatalf("duplicate CreateDevice = %v", err)
 		}
 		// A model with devices cannot go: no entry.
-		ctx, b = bctx()
-		b.Add(entry(model.AuditModelDeleted, 0, "must not be stored"))
-		if err := env.Models.DeleteModel(ctx, m.ID); !errors.Is(err, model.ErrConflict) {
+		if err := env.Models.DeleteModel(ctx, m.ID, one(model.AuditModelDeleted, 0, "must not be stored")); !errors.Is(err, model.ErrConflict) {
 			t.Fatalf("DeleteModel with devices = %v", err)
 		}
 
-		ctx, b = bctx()
-		_, err = env.Models.UpdateModel(ctx, m.ID, func(cur *model.DeviceModel) error {
-			b.Add(entry(model.AuditModelUpdated, 0, ""))
+		_, err = env.Models.UpdateModel(ctx, m.ID, func(cur *model.DeviceModel) ([]model.AuditEntry, error) {
 			cur.Name = "renamed"
-			return nil
+			return one(model.AuditModelUpdated, 0, ""), nil
 		})
 		mustNoErr(t, "UpdateModel", err)
 
-		ctx, b = bctx()
-		b.Add(entry(model.AuditFirmwareUploaded, 0, ""))
 		sum := randomSHA256()
 		f := model.Firmware{DeviceModelID: m.ID, Version: "1", Chip: "esp32", SHA256: sum, Size: 1, UploadedAt: at}
-		mustNoErr(t, "RecordFirmware", env.Firmware.RecordFirmware(ctx, &f, nil))
-		ctx, b = bctx()
-		b.Add(entry(model.AuditFirmwareUploaded, 0, "must not be stored"))
+		mustNoErr(t, "RecordFirmware", env.Firmware.RecordFirmware(ctx, &f, func(*model.Firmware) ([]model.AuditEntry, error) {
+			return one(model.AuditFirmwareUploaded, 0, ""), nil
+		}))
 		again := model.Firmware{DeviceModelID: m.ID, Version: "2", Chip: "esp32", SHA256: randomSHA256(), Size: 1, UploadedAt: at}
-		if err := env.Firmware.RecordFirmware(ctx, &again, func(*model.Firmware) error { return refused }); !errors.Is(err, refused) {
+		if err := env.Firmware.RecordFirmware(ctx, &again, func(*model.Firmware) ([]model.AuditEntry, error) {
+			return one(model.AuditFirmwareUploaded, 0, "must not be stored"), refused
+		}); !errors.Is(err, refused) {
 			t.Fatalf("RecordFirmware with a failing check = %v", err)
 		}
 
-		ctx, b = bctx()
-		b.Add(entry(model.AuditDeviceDeleted, d.ID, ""))
-		mustNoErr(t, "DeleteDevice", env.Devices.DeleteDevice(ctx, d.ID))
-		ctx, b = bctx()
-		b.Add(entry(model.AuditDeviceDeleted, d.ID, "must not be stored"))
-		if err := env.Devices.DeleteDevice(ctx, d.ID); !errors.Is(err, model.ErrNotFound) {
+		mustNoErr(t, "DeleteDevice", env.Devices.DeleteDevice(ctx, d.ID, one(model.AuditDeviceDeleted, d.ID, "")))
+		if err := env.Devices.DeleteDevice(ctx, d.ID, one(model.AuditDeviceDeleted, d.ID, "must not be stored")); !errors.Is(err, model.ErrNotFound) {
 			t.Fatalf("second DeleteDevice = %v", err)
 		}
-		ctx, b = bctx()
-		b.Add(entry(model.AuditModelDeleted, 0, ""))
-		mustNoErr(t, "DeleteModel", env.Models.DeleteModel(ctx, m.ID))
+		mustNoErr(t, "DeleteModel", env.Models.DeleteModel(ctx, m.ID, one(model.AuditModelDeleted, 0, "")))
 
 		got := all(t, env.Log, ports.AuditFilter{})
 		want := []model.AuditKind{model.AuditModelCreated, model.AuditDeviceCreated, model.AuditDeviceUpdated,
@@ -226,21 +209,21 @@ func RunAuditContract(t *testing.T, newEnv func(t *testing.T) AuditEnv) {
 	t.Run("RotationAndScheduleCarryTheirEntries", func(t *testing.T) {
 		env := newEnv(t)
 		m := model.DeviceModel{Code: UniqueCode("aur"), Name: "audit rotation"}
-		mustNoErr(t, "CreateModel", env.Models.CreateModel(t.Context(), &m))
+		mustNoErr(t, "CreateModel", env.Models.CreateModel(t.Context(), &m, nil))
 		d := model.Device{Key: randomKey(), DeviceModelID: m.ID, Config: json.RawMessage(`{}`), Active: true, RotationState: model.RotationQueued}
-		mustNoErr(t, "CreateDevice", env.Devices.CreateDevice(t.Context(), &d))
+		mustNoErr(t, "CreateDevice", env.Devices.CreateDevice(t.Context(), &d, nil))
 		t.Cleanup(func() {
-			_ = env.Devices.DeleteDevice(context.Background(), d.ID)
-			_ = env.Models.DeleteModel(context.Background(), m.ID)
+			_ = env.Devices.DeleteDevice(context.Background(), d.ID, nil)
+			_ = env.Models.DeleteModel(context.Background(), m.ID, nil)
 		})
-		ctx, b := ports.WithAudit(t.Context())
-		started, err := env.Devices.StartRotations(ctx, 1000, at, func(cur *model.Device) {
-			if cur.ID == d.ID {
-				b.Add(entry(model.AuditRotationStarted, cur.ID, ""))
-			}
+		started, err := env.Devices.StartRotations(t.Context(), 1000, at, func(cur *model.Device) ([]model.AuditEntry, error) {
 			cur.RotationState = model.RotationPending
 			now := at
 			cur.LastRotationAttemptAt = &now
+			if cur.ID == d.ID {
+				return []model.AuditEntry{entry(model.AuditRotationStarted, cur.ID, "")}, nil
+			}
+			return nil, nil
 		})
 		mustNoErr(t, "StartRotations", err)
 		found := false
@@ -252,28 +235,23 @@ func RunAuditContract(t *testing.T, newEnv func(t *testing.T) AuditEnv) {
 		}
 
 		name := UniqueCode("sched")
-		ctx, b = ports.WithAudit(t.Context())
-		b.Add(entry(model.AuditScheduleFired, 0, "first"))
-		ok, err := env.Schedule.AdvanceFire(ctx, name, time.Time{}, at)
+		ok, err := env.Schedule.AdvanceFire(t.Context(), name, time.Time{}, at, []model.AuditEntry{entry(model.AuditScheduleFired, 0, "first")})
 		mustNoErr(t, "AdvanceFire", err)
 		if !ok {
 			t.Fatal("first AdvanceFire did not move")
 		}
-		ctx, b = ports.WithAudit(t.Context())
-		b.Add(entry(model.AuditScheduleFired, 0, "must not be stored"))
-		if ok, err := env.Schedule.AdvanceFire(ctx, name, at.Add(-time.Hour), at.Add(time.Hour)); err != nil || ok {
+		if ok, err := env.Schedule.AdvanceFire(t.Context(), name, at.Add(-time.Hour), at.Add(time.Hour),
+			[]model.AuditEntry{entry(model.AuditScheduleFired, 0, "must not be stored")}); err != nil || ok {
 			t.Fatalf("AdvanceFire from a stale time = %t, %v; want false", ok, err)
 		}
 		// The expression: recorded the first time and at each change, with
-		// the batch's entry; the same again stores nothing.
+		// its entry; the same again stores nothing.
 		for i, c := range []struct{ expr, prev string }{{"0 8 * * 6#1 (UTC)", ""}, {"0 8 * * 6#1 (UTC)", "0 8 * * 6#1 (UTC)"}, {"0 9 * * 1 (UTC)", "0 8 * * 6#1 (UTC)"}} {
-			ctx, b = ports.WithAudit(t.Context())
 			detail := "must not be stored"
 			if c.expr != c.prev {
 				detail = fmt.Sprint("change ", i)
 			}
-			b.Add(entry(model.AuditScheduleChanged, 0, detail))
-			prev, err := env.Schedule.RecordExpression(ctx, name, c.expr)
+			prev, err := env.Schedule.RecordExpression(t.Context(), name, c.expr, []model.AuditEntry{entry(model.AuditScheduleChanged, 0, detail)})
 			mustNoErr(t, "RecordExpression", err)
 			if prev != c.prev {
 				t.Errorf("RecordExpression(%q) returned previous %q, want %q", c.expr, prev, c.prev)

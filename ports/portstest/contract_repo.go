@@ -40,7 +40,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		x := r(t)
 		schema := json.RawMessage(`{"type": "object", "properties": {"led": {"type": "boolean"}}}`)
 		m := model.DeviceModel{Code: UniqueCode("ct_model"), Name: "Contract Model", ConfigSchema: schema}
-		mustNoErr(t, "CreateModel", x.models.CreateModel(x.ctx(), &m))
+		mustNoErr(t, "CreateModel", x.models.CreateModel(x.ctx(), &m, nil))
 		if m.ID == 0 || m.CreatedAt.IsZero() || m.UpdatedAt.IsZero() {
 			t.Fatalf("CreateModel left ID/CreatedAt/UpdatedAt unset: %+v", m)
 		}
@@ -80,31 +80,31 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		x := r(t)
 		m := x.model("ct_dup", nil)
 		dup := model.DeviceModel{Code: m.Code, Name: "again"}
-		wantErrIs(t, "CreateModel(duplicate)", x.models.CreateModel(x.ctx(), &dup), model.ErrConflict)
+		wantErrIs(t, "CreateModel(duplicate)", x.models.CreateModel(x.ctx(), &dup, nil), model.ErrConflict)
 	})
 
 	t.Run("missing models are ErrNotFound", func(t *testing.T) {
 		x := r(t)
 		gone := x.model("ct_gone", nil)
-		mustNoErr(t, "DeleteModel", x.models.DeleteModel(x.ctx(), gone.ID))
+		mustNoErr(t, "DeleteModel", x.models.DeleteModel(x.ctx(), gone.ID, nil))
 		_, err := x.models.GetModel(x.ctx(), gone.ID)
 		wantErrIs(t, "GetModel", err, model.ErrNotFound)
 		_, err = x.models.GetModelByCode(x.ctx(), gone.Code)
 		wantErrIs(t, "GetModelByCode", err, model.ErrNotFound)
 		called := false
-		_, err = x.models.UpdateModel(x.ctx(), gone.ID, func(*model.DeviceModel) error { called = true; return nil })
+		_, err = x.models.UpdateModel(x.ctx(), gone.ID, func(*model.DeviceModel) ([]model.AuditEntry, error) { called = true; return nil, nil })
 		wantErrIs(t, "UpdateModel", err, model.ErrNotFound)
 		if called {
 			t.Errorf("UpdateModel ran the closure for a missing model")
 		}
-		wantErrIs(t, "DeleteModel(again)", x.models.DeleteModel(x.ctx(), gone.ID), model.ErrNotFound)
+		wantErrIs(t, "DeleteModel(again)", x.models.DeleteModel(x.ctx(), gone.ID, nil), model.ErrNotFound)
 	})
 
 	t.Run("UpdateModel stores name and schema, ignores code and ID", func(t *testing.T) {
 		x := r(t)
 		m := x.model("ct_upd", json.RawMessage(`{"type":"object"}`))
 		newSchema := json.RawMessage(`{"type":"object","required":["x"]}`)
-		got, err := x.models.UpdateModel(x.ctx(), m.ID, func(cur *model.DeviceModel) error {
+		got, err := x.models.UpdateModel(x.ctx(), m.ID, func(cur *model.DeviceModel) ([]model.AuditEntry, error) {
 			if cur.ID != m.ID || cur.Code != m.Code || cur.Name != m.Name {
 				t.Errorf("closure got %+v, want the current row of %d", cur, m.ID)
 			}
@@ -112,7 +112,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 			cur.ConfigSchema = newSchema
 			cur.Code = "changed_" + randomKey()
 			cur.ID = m.ID + 1000000
-			return nil
+			return nil, nil
 		})
 		mustNoErr(t, "UpdateModel", err)
 		stored, err := x.models.GetModel(x.ctx(), m.ID)
@@ -128,7 +128,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		}
 
 		// A nil schema clears it.
-		_, err = x.models.UpdateModel(x.ctx(), m.ID, func(cur *model.DeviceModel) error { cur.ConfigSchema = nil; return nil })
+		_, err = x.models.UpdateModel(x.ctx(), m.ID, func(cur *model.DeviceModel) ([]model.AuditEntry, error) { cur.ConfigSchema = nil; return nil, nil })
 		mustNoErr(t, "UpdateModel(clear schema)", err)
 		stored, err = x.models.GetModel(x.ctx(), m.ID)
 		mustNoErr(t, "GetModel", err)
@@ -141,9 +141,9 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		x := r(t)
 		m := x.model("ct_abort", nil)
 		boom := errors.New("closure refuses")
-		_, err := x.models.UpdateModel(x.ctx(), m.ID, func(cur *model.DeviceModel) error {
+		_, err := x.models.UpdateModel(x.ctx(), m.ID, func(cur *model.DeviceModel) ([]model.AuditEntry, error) {
 			cur.Name = "should not stick"
-			return boom
+			return nil, boom
 		})
 		wantErrIs(t, "UpdateModel", err, boom)
 		got, err := x.models.GetModel(x.ctx(), m.ID)
@@ -157,12 +157,12 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		x := r(t)
 		m := x.model("ct_delconf", nil)
 		d := x.device(m, `{}`)
-		wantErrIs(t, "DeleteModel(with device)", x.models.DeleteModel(x.ctx(), m.ID), model.ErrConflict)
+		wantErrIs(t, "DeleteModel(with device)", x.models.DeleteModel(x.ctx(), m.ID, nil), model.ErrConflict)
 		if _, err := x.models.GetModel(x.ctx(), m.ID); err != nil {
 			t.Errorf("GetModel after refused delete: %v", err)
 		}
-		mustNoErr(t, "DeleteDevice", x.devices.DeleteDevice(x.ctx(), d.ID))
-		mustNoErr(t, "DeleteModel(no devices)", x.models.DeleteModel(x.ctx(), m.ID))
+		mustNoErr(t, "DeleteDevice", x.devices.DeleteDevice(x.ctx(), d.ID, nil))
+		mustNoErr(t, "DeleteModel(no devices)", x.models.DeleteModel(x.ctx(), m.ID, nil))
 		_, err := x.models.GetModel(x.ctx(), m.ID)
 		wantErrIs(t, "GetModel after delete", err, model.ErrNotFound)
 	})
@@ -172,7 +172,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		m := x.model("ct_delfw", nil)
 		f := x.fw(m, "1.0.0", now())
 		mustNoErr(t, "RecordFirmware", x.firmware.RecordFirmware(x.ctx(), &f, nil))
-		mustNoErr(t, "DeleteModel", x.models.DeleteModel(x.ctx(), m.ID))
+		mustNoErr(t, "DeleteModel", x.models.DeleteModel(x.ctx(), m.ID, nil))
 	})
 
 	t.Run("CreateDevice sets ID, timestamps; Get and GetByKey return it with ModelCode", func(t *testing.T) {
@@ -180,7 +180,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		m := x.model("ct_dev", nil)
 		d := model.Device{Key: randomKey(), DeviceModelID: m.ID, Config: json.RawMessage(`{"led": true, "name": "kitchen", "n": 3}`),
 			Active: false, RotationState: model.RotationOK}
-		mustNoErr(t, "CreateDevice", x.devices.CreateDevice(x.ctx(), &d))
+		mustNoErr(t, "CreateDevice", x.devices.CreateDevice(x.ctx(), &d, nil))
 		x.cleanupDevice(d.ID)
 		if d.ID == 0 || d.CreatedAt.IsZero() || d.UpdatedAt.IsZero() {
 			t.Fatalf("CreateDevice left ID/timestamps unset: %+v", d)
@@ -212,7 +212,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		m := x.model("ct_dupkey", nil)
 		d := x.device(m, `{}`)
 		dup := model.Device{Key: d.Key, DeviceModelID: m.ID, Config: json.RawMessage(`{}`), Active: true, RotationState: model.RotationOK}
-		err := x.devices.CreateDevice(x.ctx(), &dup)
+		err := x.devices.CreateDevice(x.ctx(), &dup, nil)
 		if err == nil {
 			x.cleanupDevice(dup.ID)
 		}
@@ -222,9 +222,9 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 	t.Run("CreateDevice of an unknown model is ErrNotFound", func(t *testing.T) {
 		x := r(t)
 		gone := x.model("ct_nomodel", nil)
-		mustNoErr(t, "DeleteModel", x.models.DeleteModel(x.ctx(), gone.ID))
+		mustNoErr(t, "DeleteModel", x.models.DeleteModel(x.ctx(), gone.ID, nil))
 		d := model.Device{Key: randomKey(), DeviceModelID: gone.ID, Config: json.RawMessage(`{}`), Active: true, RotationState: model.RotationOK}
-		err := x.devices.CreateDevice(x.ctx(), &d)
+		err := x.devices.CreateDevice(x.ctx(), &d, nil)
 		if err == nil {
 			x.cleanupDevice(d.ID)
 		}
@@ -235,18 +235,18 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		x := r(t)
 		m := x.model("ct_nodev", nil)
 		d := x.device(m, `{}`)
-		mustNoErr(t, "DeleteDevice", x.devices.DeleteDevice(x.ctx(), d.ID))
+		mustNoErr(t, "DeleteDevice", x.devices.DeleteDevice(x.ctx(), d.ID, nil))
 		_, err := x.devices.GetDevice(x.ctx(), d.ID)
 		wantErrIs(t, "GetDevice", err, model.ErrNotFound)
 		_, err = x.devices.GetDeviceByKey(x.ctx(), d.Key)
 		wantErrIs(t, "GetDeviceByKey", err, model.ErrNotFound)
 		called := false
-		_, err = x.devices.UpdateDevice(x.ctx(), d.ID, func(*model.Device) error { called = true; return nil })
+		_, err = x.devices.UpdateDevice(x.ctx(), d.ID, func(*model.Device) ([]model.AuditEntry, error) { called = true; return nil, nil })
 		wantErrIs(t, "UpdateDevice", err, model.ErrNotFound)
 		if called {
 			t.Errorf("UpdateDevice ran the closure for a missing device")
 		}
-		wantErrIs(t, "DeleteDevice(again)", x.devices.DeleteDevice(x.ctx(), d.ID), model.ErrNotFound)
+		wantErrIs(t, "DeleteDevice(again)", x.devices.DeleteDevice(x.ctx(), d.ID, nil), model.ErrNotFound)
 	})
 
 	t.Run("UpdateDevice stores every mutable field and ignores ID, Key and model", func(t *testing.T) {
@@ -270,7 +270,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 			PreviousSecret:          []byte{0, 1, 2, 0xfe, 0xff},
 			SecretSHA256:            randomSHA256(),
 		}
-		got, err := x.devices.UpdateDevice(x.ctx(), d.ID, func(cur *model.Device) error {
+		got, err := x.devices.UpdateDevice(x.ctx(), d.ID, func(cur *model.Device) ([]model.AuditEntry, error) {
 			if cur.ID != d.ID || cur.Key != d.Key || cur.ModelCode != m.Code || !jsonEqual(cur.Config, d.Config) {
 				t.Errorf("closure got %+v, want the current row of %d", cur, d.ID)
 			}
@@ -290,7 +290,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 			cur.ID = d.ID + 1000000
 			cur.Key = randomKey()
 			cur.DeviceModelID = other.ID
-			return nil
+			return nil, nil
 		})
 		mustNoErr(t, "UpdateDevice", err)
 		stored, err := x.devices.GetDevice(x.ctx(), d.ID)
@@ -330,14 +330,14 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		}
 
 		// Optional fields clear back to nil.
-		_, err = x.devices.UpdateDevice(x.ctx(), d.ID, func(cur *model.Device) error {
+		_, err = x.devices.UpdateDevice(x.ctx(), d.ID, func(cur *model.Device) ([]model.AuditEntry, error) {
 			cur.RotationState = model.RotationOK
 			cur.NewSecretAt = nil
 			cur.IATAfter = nil
 			cur.PreviousSecret = nil
 			cur.LastRotationAttemptAt = nil
 			cur.SecretSHA256 = ""
-			return nil
+			return nil, nil
 		})
 		mustNoErr(t, "UpdateDevice(clear)", err)
 		stored, err = x.devices.GetDevice(x.ctx(), d.ID)
@@ -355,10 +355,10 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		m := x.model("ct_devabort", nil)
 		d := x.device(m, `{"keep": true}`)
 		boom := errors.New("closure refuses")
-		_, err := x.devices.UpdateDevice(x.ctx(), d.ID, func(cur *model.Device) error {
+		_, err := x.devices.UpdateDevice(x.ctx(), d.ID, func(cur *model.Device) ([]model.AuditEntry, error) {
 			cur.Config = json.RawMessage(`{"keep": false}`)
 			cur.Active = false
-			return boom
+			return nil, boom
 		})
 		wantErrIs(t, "UpdateDevice", err, boom)
 		got, err := x.devices.GetDevice(x.ctx(), d.ID)
@@ -441,9 +441,9 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		other := x.model("ct_filter_other", nil)
 		set := func(d model.Device, state model.RotationState, active bool) model.Device {
 			t.Helper()
-			got, err := x.devices.UpdateDevice(x.ctx(), d.ID, func(cur *model.Device) error {
+			got, err := x.devices.UpdateDevice(x.ctx(), d.ID, func(cur *model.Device) ([]model.AuditEntry, error) {
 				cur.RotationState, cur.Active = state, active
-				return nil
+				return nil, nil
 			})
 			mustNoErr(t, "UpdateDevice", err)
 			return got
@@ -541,7 +541,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 			}
 		}
 		// A device deleted since it authenticated is not an error.
-		mustNoErr(t, "DeleteDevice", x.devices.DeleteDevice(x.ctx(), d.ID))
+		mustNoErr(t, "DeleteDevice", x.devices.DeleteDevice(x.ctx(), d.ID, nil))
 		mustNoErr(t, "TouchLastSeen(deleted device)", x.devices.TouchLastSeen(x.ctx(), d.ID, t0, time.Minute))
 	})
 
@@ -568,9 +568,9 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		v1 := x.fw(m, "1.0.0", now())
 		var seen []*model.Firmware
 		record := func(f *model.Firmware, fail error) error {
-			return x.firmware.RecordFirmware(x.ctx(), f, func(cur *model.Firmware) error {
+			return x.firmware.RecordFirmware(x.ctx(), f, func(cur *model.Firmware) ([]model.AuditEntry, error) {
 				seen = append(seen, cur)
-				return fail
+				return nil, fail
 			})
 		}
 		mustNoErr(t, "RecordFirmware v1", record(&v1, nil))
@@ -609,11 +609,11 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 				defer wg.Done()
 				f := x.fw(m, fmt.Sprintf("1.0.%d", i), now())
 				f.Chip, f.ChipID = chips[i%2].name, chips[i%2].id
-				errs[i] = x.firmware.RecordFirmware(x.ctx(), &f, func(cur *model.Firmware) error {
+				errs[i] = x.firmware.RecordFirmware(x.ctx(), &f, func(cur *model.Firmware) ([]model.AuditEntry, error) {
 					if cur != nil && cur.ChipID != f.ChipID {
-						return model.ErrConflict
+						return nil, model.ErrConflict
 					}
-					return nil
+					return nil, nil
 				})
 			}()
 		}
@@ -702,7 +702,7 @@ func (x repoFixture) ctx() context.Context { return x.t.Context() }
 func (x repoFixture) model(prefix string, schema json.RawMessage) model.DeviceModel {
 	x.t.Helper()
 	m := model.DeviceModel{Code: UniqueCode(prefix), Name: "Model " + prefix, ConfigSchema: schema}
-	mustNoErr(x.t, "CreateModel", x.models.CreateModel(x.ctx(), &m))
+	mustNoErr(x.t, "CreateModel", x.models.CreateModel(x.ctx(), &m, nil))
 	x.t.Cleanup(func() {
 		ctx := context.Background()
 		for {
@@ -711,10 +711,10 @@ func (x repoFixture) model(prefix string, schema json.RawMessage) model.DeviceMo
 				break
 			}
 			for _, d := range p.Devices {
-				_ = x.devices.DeleteDevice(ctx, d.ID)
+				_ = x.devices.DeleteDevice(ctx, d.ID, nil)
 			}
 		}
-		_ = x.models.DeleteModel(ctx, m.ID)
+		_ = x.models.DeleteModel(ctx, m.ID, nil)
 	})
 	return m
 }
@@ -723,13 +723,13 @@ func (x repoFixture) model(prefix string, schema json.RawMessage) model.DeviceMo
 func (x repoFixture) device(m model.DeviceModel, config string) model.Device {
 	x.t.Helper()
 	d := model.Device{Key: randomKey(), DeviceModelID: m.ID, Config: json.RawMessage(config), Active: true, RotationState: model.RotationOK}
-	mustNoErr(x.t, "CreateDevice", x.devices.CreateDevice(x.ctx(), &d))
+	mustNoErr(x.t, "CreateDevice", x.devices.CreateDevice(x.ctx(), &d, nil))
 	x.cleanupDevice(d.ID)
 	return d
 }
 
 func (x repoFixture) cleanupDevice(id int64) {
-	x.t.Cleanup(func() { _ = x.devices.DeleteDevice(context.Background(), id) })
+	x.t.Cleanup(func() { _ = x.devices.DeleteDevice(context.Background(), id, nil) })
 }
 
 func (x repoFixture) fw(m model.DeviceModel, version string, at time.Time) model.Firmware {
@@ -772,7 +772,7 @@ func runRotationQueueContract(t *testing.T, r func(t *testing.T) repoFixture) {
 		sum := randomSHA256()
 		d := model.Device{Key: randomKey(), DeviceModelID: m.ID, Config: json.RawMessage(`{}`), Active: true,
 			RotationState: model.RotationOK, SecretSHA256: sum}
-		mustNoErr(t, "CreateDevice", x.devices.CreateDevice(x.ctx(), &d))
+		mustNoErr(t, "CreateDevice", x.devices.CreateDevice(x.ctx(), &d, nil))
 		x.cleanupDevice(d.ID)
 		none := x.device(m, `{}`)
 		p, err := x.devices.ListDevices(x.ctx(), ports.DeviceFilter{ModelID: &m.ID})
@@ -845,10 +845,11 @@ func runRotationQueueContract(t *testing.T, r func(t *testing.T) repoFixture) {
 
 		attempt := t0.Add(time.Second)
 		var calls []int64
-		start := func(d *model.Device) {
+		start := func(d *model.Device) ([]model.AuditEntry, error) {
 			calls = append(calls, d.ID)
 			d.RotationState = model.RotationPending
 			d.LastRotationAttemptAt = ptr(attempt)
+			return nil, nil
 		}
 		for i, step := range []struct {
 			limit       int
@@ -916,8 +917,9 @@ func runRotationQueueContract(t *testing.T, r func(t *testing.T) repoFixture) {
 		m := x.model("ct_nolimit", nil)
 		q := x.deviceIn(m, rot(model.RotationQueued, true, nil, nil))
 		for _, limit := range []int{0, -1} {
-			started, err := x.devices.StartRotations(x.ctx(), limit, now(), func(*model.Device) {
+			started, err := x.devices.StartRotations(x.ctx(), limit, now(), func(*model.Device) ([]model.AuditEntry, error) {
 				t.Errorf("limit %d: start called", limit)
+				return nil, nil
 			})
 			mustNoErr(t, "StartRotations", err)
 			if len(started) != 0 {
@@ -929,6 +931,33 @@ func runRotationQueueContract(t *testing.T, r func(t *testing.T) repoFixture) {
 		}
 	})
 
+	t.Run("StartRotations stores nothing when start fails", func(t *testing.T) {
+		x := r(t)
+		x.alone()
+		m := x.model("ct_startfail", nil)
+		a := x.deviceIn(m, rot(model.RotationQueued, true, nil, nil))
+		b := x.deviceIn(m, rot(model.RotationQueued, true, nil, nil))
+		refused := errors.New("refused")
+		calls := 0
+		started, err := x.devices.StartRotations(x.ctx(), 10, now(), func(d *model.Device) ([]model.AuditEntry, error) {
+			calls++
+			d.RotationState = model.RotationPending
+			d.LastRotationAttemptAt = ptr(now())
+			if calls == 2 {
+				return nil, refused
+			}
+			return nil, nil
+		})
+		if !errors.Is(err, refused) || len(started) != 0 {
+			t.Fatalf("StartRotations with a failing start = %v, %v; want the start's error and nothing started", deviceIDs(started), err)
+		}
+		for _, d := range []model.Device{a, b} {
+			if got := x.get(d.ID); got.RotationState != model.RotationQueued || got.LastRotationAttemptAt != nil {
+				t.Errorf("device %d after the failed start: state %s, attempt %v; want QUEUED and none", d.ID, got.RotationState, got.LastRotationAttemptAt)
+			}
+		}
+	})
+
 	t.Run("StartRotations stores every change start makes, except the device's identity", func(t *testing.T) {
 		x := r(t)
 		x.alone()
@@ -937,7 +966,7 @@ func runRotationQueueContract(t *testing.T, r func(t *testing.T) repoFixture) {
 		t0 := now()
 		d := x.deviceIn(m, rot(model.RotationTimeout, true, ptr(t0.Add(-50*day)), ptr(t0.Add(-2*time.Hour))))
 		sum := randomSHA256()
-		started, err := x.devices.StartRotations(x.ctx(), 1, t0, func(cur *model.Device) {
+		started, err := x.devices.StartRotations(x.ctx(), 1, t0, func(cur *model.Device) ([]model.AuditEntry, error) {
 			if cur.ID != d.ID || cur.Key != d.Key || cur.ModelCode != m.Code || cur.RotationState != model.RotationTimeout {
 				t.Errorf("start got %+v, want the current row of %d", cur, d.ID)
 			}
@@ -948,6 +977,7 @@ func runRotationQueueContract(t *testing.T, r func(t *testing.T) repoFixture) {
 			cur.SecretSHA256 = sum
 			cur.Config = json.RawMessage(`{"touched": true}`)
 			cur.ID, cur.Key, cur.DeviceModelID = d.ID+1000000, randomKey(), other.ID
+			return nil, nil
 		})
 		mustNoErr(t, "StartRotations", err)
 		if len(started) != 1 {
@@ -1280,7 +1310,7 @@ func (x repoFixture) alone() {
 func (x repoFixture) deviceIn(m model.DeviceModel, set func(*model.Device)) model.Device {
 	x.t.Helper()
 	d := x.device(m, `{}`)
-	got, err := x.devices.UpdateDevice(x.ctx(), d.ID, func(cur *model.Device) error { set(cur); return nil })
+	got, err := x.devices.UpdateDevice(x.ctx(), d.ID, func(cur *model.Device) ([]model.AuditEntry, error) { set(cur); return nil, nil })
 	mustNoErr(x.t, "UpdateDevice", err)
 	return got
 }
@@ -1328,10 +1358,11 @@ func rot(state model.RotationState, active bool, secretAt, attemptAt *time.Time)
 }
 
 // startPending is a StartRotations start function: PENDING since at.
-func startPending(at time.Time) func(*model.Device) {
-	return func(d *model.Device) {
+func startPending(at time.Time) func(*model.Device) ([]model.AuditEntry, error) {
+	return func(d *model.Device) ([]model.AuditEntry, error) {
 		d.RotationState = model.RotationPending
 		d.LastRotationAttemptAt = ptr(at)
+		return nil, nil
 	}
 }
 
@@ -1356,7 +1387,7 @@ func RunScheduleRepoContract(t *testing.T, newRepo func(t *testing.T) ports.Sche
 		if !got.IsZero() {
 			t.Fatalf("LastFire of a new schedule = %v, want zero", got)
 		}
-		ok, err := s.AdvanceFire(t.Context(), name, time.Time{}, t0)
+		ok, err := s.AdvanceFire(t.Context(), name, time.Time{}, t0, nil)
 		mustNoErr(t, "AdvanceFire(first)", err)
 		if !ok {
 			t.Fatalf("AdvanceFire(zero -> t0) = false, want true")
@@ -1366,7 +1397,7 @@ func RunScheduleRepoContract(t *testing.T, newRepo func(t *testing.T) ports.Sche
 		if !got.Equal(t0) {
 			t.Errorf("LastFire = %v, want %v", got, t0)
 		}
-		ok, err = s.AdvanceFire(t.Context(), name, time.Time{}, t0.Add(time.Minute))
+		ok, err = s.AdvanceFire(t.Context(), name, time.Time{}, t0.Add(time.Minute), nil)
 		mustNoErr(t, "AdvanceFire(first, again)", err)
 		if ok {
 			t.Errorf("AdvanceFire(zero -> ...) of a schedule that fired = true, want false")
@@ -1390,7 +1421,7 @@ func RunScheduleRepoContract(t *testing.T, newRepo func(t *testing.T) ports.Sche
 			{time.Time{}, t0.Add(2 * time.Hour), false, t0.Add(time.Hour)},
 		}
 		for i, st := range steps {
-			ok, err := s.AdvanceFire(t.Context(), name, st.from, st.to)
+			ok, err := s.AdvanceFire(t.Context(), name, st.from, st.to, nil)
 			mustNoErr(t, "AdvanceFire", err)
 			got, err := s.LastFire(t.Context(), name)
 			mustNoErr(t, "LastFire", err)
@@ -1400,7 +1431,7 @@ func RunScheduleRepoContract(t *testing.T, newRepo func(t *testing.T) ports.Sche
 		}
 		// A schedule that never fired cannot be moved from a time.
 		other := UniqueCode("ct_sched")
-		ok, err := s.AdvanceFire(t.Context(), other, t0, t0.Add(time.Minute))
+		ok, err := s.AdvanceFire(t.Context(), other, t0, t0.Add(time.Minute), nil)
 		mustNoErr(t, "AdvanceFire(unknown from)", err)
 		if got, _ := s.LastFire(t.Context(), other); ok || !got.IsZero() {
 			t.Errorf("AdvanceFire(t0 -> ...) of a schedule that never fired = %v, last %v; want false, zero", ok, got)
@@ -1415,7 +1446,7 @@ func RunScheduleRepoContract(t *testing.T, newRepo func(t *testing.T) ports.Sche
 			var wg sync.WaitGroup
 			for i := range racers {
 				wg.Go(func() {
-					ok, err := s.AdvanceFire(context.Background(), name, from, t0.Add(time.Duration(i+1)*time.Second))
+					ok, err := s.AdvanceFire(context.Background(), name, from, t0.Add(time.Duration(i+1)*time.Second), nil)
 					if err != nil {
 						t.Errorf("AdvanceFire: %v", err)
 					}
@@ -1440,7 +1471,7 @@ func RunScheduleRepoContract(t *testing.T, newRepo func(t *testing.T) ports.Sche
 			}
 			if round == 0 {
 				// Start the second round from t0.
-				if ok, err := s.AdvanceFire(t.Context(), name, got, t0); err != nil || !ok {
+				if ok, err := s.AdvanceFire(t.Context(), name, got, t0, nil); err != nil || !ok {
 					t.Fatalf("AdvanceFire(back to t0) = %v, %v", ok, err)
 				}
 			}
@@ -1450,7 +1481,7 @@ func RunScheduleRepoContract(t *testing.T, newRepo func(t *testing.T) ports.Sche
 	t.Run("times are kept and compared at microsecond precision", func(t *testing.T) {
 		s, name := newRepo(t), UniqueCode("ct_sched")
 		fine := time.Date(2030, 5, 4, 8, 0, 0, 123456789, time.FixedZone("CEST", 2*3600))
-		ok, err := s.AdvanceFire(t.Context(), name, time.Time{}, fine)
+		ok, err := s.AdvanceFire(t.Context(), name, time.Time{}, fine, nil)
 		mustNoErr(t, "AdvanceFire", err)
 		got, err := s.LastFire(t.Context(), name)
 		mustNoErr(t, "LastFire", err)
@@ -1458,7 +1489,7 @@ func RunScheduleRepoContract(t *testing.T, newRepo func(t *testing.T) ports.Sche
 			t.Fatalf("AdvanceFire(zero -> %v) = %v, LastFire %v; want true, %v", fine, ok, got, want)
 		}
 		// The caller's own nanosecond value still matches what was stored.
-		ok, err = s.AdvanceFire(t.Context(), name, fine, fine.Add(time.Hour))
+		ok, err = s.AdvanceFire(t.Context(), name, fine, fine.Add(time.Hour), nil)
 		mustNoErr(t, "AdvanceFire", err)
 		if !ok {
 			t.Errorf("AdvanceFire from the nanosecond time it advanced to = false, want true")
@@ -1468,10 +1499,10 @@ func RunScheduleRepoContract(t *testing.T, newRepo func(t *testing.T) ports.Sche
 	t.Run("schedules are independent", func(t *testing.T) {
 		s := newRepo(t)
 		a, b := UniqueCode("ct_sched_a"), UniqueCode("ct_sched_b")
-		if ok, err := s.AdvanceFire(t.Context(), a, time.Time{}, t0); err != nil || !ok {
+		if ok, err := s.AdvanceFire(t.Context(), a, time.Time{}, t0, nil); err != nil || !ok {
 			t.Fatalf("AdvanceFire(a) = %v, %v", ok, err)
 		}
-		if ok, err := s.AdvanceFire(t.Context(), b, time.Time{}, t0.Add(time.Minute)); err != nil || !ok {
+		if ok, err := s.AdvanceFire(t.Context(), b, time.Time{}, t0.Add(time.Minute), nil); err != nil || !ok {
 			t.Fatalf("AdvanceFire(b) = %v, %v; another schedule's fire must not count", ok, err)
 		}
 		ga, _ := s.LastFire(t.Context(), a)

@@ -55,7 +55,7 @@ func TestHooksFailWithoutChanging(t *testing.T) {
 		return nil
 	}
 	m := model.DeviceModel{Code: "a", Name: "A"}
-	if err := s.CreateModel(t.Context(), &m); !errors.Is(err, boom) {
+	if err := s.CreateModel(t.Context(), &m, nil); !errors.Is(err, boom) {
 		t.Errorf("CreateModel: %v", err)
 	}
 	if ms, _ := s.ListModels(t.Context()); len(ms) != 0 {

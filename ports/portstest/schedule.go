@@ -17,8 +17,9 @@ type Schedule struct {
 	// "AdvanceFire") before each operation; a non-nil result fails the
 	// operation with that error and changes nothing. Set it before use.
 	Hook func(op string) error
-	// Audit, when set, receives the entries of an AdvanceFire's
-	// ports.AuditBatch when it moves the fire time. Set it before use.
+	// Audit, when set, receives the audit entries of an AdvanceFire that
+	// moves the fire time (and of a RecordExpression that changes the
+	// expression). Set it before use.
 	Audit *AuditLog
 
 	mu    sync.Mutex
@@ -34,17 +35,16 @@ func NewSchedule() *Schedule {
 }
 
 // RecordExpression implements ports.ScheduleRepo.
-func (s *Schedule) RecordExpression(ctx context.Context, name, expr string) (string, error) {
+func (s *Schedule) RecordExpression(_ context.Context, name, expr string, audit []model.AuditEntry) (string, error) {
 	if err := s.hook("RecordExpression"); err != nil {
 		return "", err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	prev := s.exprs[name]
-	entries := ports.TakeAudit(ctx)
 	if prev != expr {
 		s.exprs[name] = expr
-		s.audit(entries)
+		s.audit(audit)
 	}
 	return prev, nil
 }
@@ -67,7 +67,7 @@ func (s *Schedule) LastFire(_ context.Context, name string) (time.Time, error) {
 }
 
 // AdvanceFire implements ports.ScheduleRepo. A zero to is refused.
-func (s *Schedule) AdvanceFire(ctx context.Context, name string, from, to time.Time) (bool, error) {
+func (s *Schedule) AdvanceFire(_ context.Context, name string, from, to time.Time, audit []model.AuditEntry) (bool, error) {
 	if err := s.hook("AdvanceFire"); err != nil {
 		return false, err
 	}
@@ -77,14 +77,13 @@ func (s *Schedule) AdvanceFire(ctx context.Context, name string, from, to time.T
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur, fired := s.fires[name]
-	entries := ports.TakeAudit(ctx)
 	switch {
 	case from.IsZero() && fired,
 		!from.IsZero() && (!fired || !cur.Equal(us(from))):
 		return false, nil
 	}
 	s.fires[name] = us(to)
-	s.audit(entries)
+	s.audit(audit)
 	return true, nil
 }
 

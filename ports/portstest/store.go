@@ -60,8 +60,8 @@ func NewStore(clock ports.Clock) *Store {
 	}
 }
 
-// Audit is the store's audit log: the entries of the ports.AuditBatch of
-// each change are written to it with the change.
+// Audit is the store's audit log: the audit entries of each change are
+// written to it with the change.
 func (s *Store) Audit() *AuditLog { return s.audit }
 
 // AppendAudit implements ports.AuditLog on Audit().
@@ -130,7 +130,7 @@ func normSchema(r json.RawMessage) json.RawMessage {
 }
 
 // CreateModel implements ports.ModelRepo.
-func (s *Store) CreateModel(ctx context.Context, m *model.DeviceModel) error {
+func (s *Store) CreateModel(_ context.Context, m *model.DeviceModel, audit []model.AuditEntry) error {
 	if err := s.hook("CreateModel"); err != nil {
 		return err
 	}
@@ -146,7 +146,7 @@ func (s *Store) CreateModel(ctx context.Context, m *model.DeviceModel) error {
 	m.CreatedAt, m.UpdatedAt = now, now
 	m.ConfigSchema = normSchema(m.ConfigSchema)
 	s.models[m.ID] = cloneModel(*m)
-	s.audit.commit(ports.TakeAudit(ctx), 0, m.ID)
+	s.audit.commit(audit, 0, m.ID)
 	return nil
 }
 
@@ -195,7 +195,7 @@ func (s *Store) ListModels(_ context.Context) ([]model.DeviceModel, error) {
 }
 
 // UpdateModel implements ports.ModelRepo.
-func (s *Store) UpdateModel(ctx context.Context, id int64, fn func(*model.DeviceModel) error) (model.DeviceModel, error) {
+func (s *Store) UpdateModel(_ context.Context, id int64, fn func(*model.DeviceModel) ([]model.AuditEntry, error)) (model.DeviceModel, error) {
 	if err := s.hook("UpdateModel"); err != nil {
 		return model.DeviceModel{}, err
 	}
@@ -206,8 +206,7 @@ func (s *Store) UpdateModel(ctx context.Context, id int64, fn func(*model.Device
 		return model.DeviceModel{}, fmt.Errorf("device model %d: %w", id, model.ErrNotFound)
 	}
 	m := cloneModel(cur)
-	err := fn(&m)
-	entries := ports.TakeAudit(ctx)
+	entries, err := fn(&m)
 	if err != nil {
 		return model.DeviceModel{}, err
 	}
@@ -221,7 +220,7 @@ func (s *Store) UpdateModel(ctx context.Context, id int64, fn func(*model.Device
 
 // DeleteModel implements ports.ModelRepo. The model's firmware history goes
 // with it.
-func (s *Store) DeleteModel(ctx context.Context, id int64) error {
+func (s *Store) DeleteModel(_ context.Context, id int64, audit []model.AuditEntry) error {
 	if err := s.hook("DeleteModel"); err != nil {
 		return err
 	}
@@ -237,13 +236,13 @@ func (s *Store) DeleteModel(ctx context.Context, id int64) error {
 	}
 	delete(s.models, id)
 	delete(s.firmware, id)
-	s.audit.commit(ports.TakeAudit(ctx), 0, id)
+	s.audit.commit(audit, 0, id)
 	return nil
 }
 
 // CreateDevice implements ports.DeviceRepo. An empty RotationState is
 // stored as model.RotationOK.
-func (s *Store) CreateDevice(ctx context.Context, d *model.Device) error {
+func (s *Store) CreateDevice(_ context.Context, d *model.Device, audit []model.AuditEntry) error {
 	if err := s.hook("CreateDevice"); err != nil {
 		return err
 	}
@@ -266,7 +265,7 @@ func (s *Store) CreateDevice(ctx context.Context, d *model.Device) error {
 		d.RotationState = model.RotationOK
 	}
 	s.devices[d.ID] = cloneDevice(*d)
-	s.audit.commit(ports.TakeAudit(ctx), d.ID, d.DeviceModelID)
+	s.audit.commit(audit, d.ID, d.DeviceModelID)
 	return nil
 }
 
@@ -317,12 +316,7 @@ func (s *Store) ListDevices(_ context.Context, f ports.DeviceFilter) (ports.Devi
 // page is one page (by id, after afterID) of the devices keep selects,
 // with the page size rules of ports.DeviceFilter. s.mu must be held.
 func (s *Store) page(limit int, afterID int64, keep func(model.Device) bool) ports.DevicePage {
-	switch {
-	case limit < 1:
-		limit = ports.DefaultPageSize
-	case limit > ports.MaxPageSize:
-		limit = ports.MaxPageSize
-	}
+	limit = ports.PageLimit(limit)
 	var match []model.Device
 	for _, d := range s.devices {
 		if d.ID > afterID && keep(d) {
@@ -343,7 +337,7 @@ func (s *Store) page(limit int, afterID int64, keep func(model.Device) bool) por
 }
 
 // UpdateDevice implements ports.DeviceRepo.
-func (s *Store) UpdateDevice(ctx context.Context, id int64, fn func(*model.Device) error) (model.Device, error) {
+func (s *Store) UpdateDevice(_ context.Context, id int64, fn func(*model.Device) ([]model.AuditEntry, error)) (model.Device, error) {
 	if err := s.hook("UpdateDevice"); err != nil {
 		return model.Device{}, err
 	}
@@ -354,8 +348,7 @@ func (s *Store) UpdateDevice(ctx context.Context, id int64, fn func(*model.Devic
 		return model.Device{}, fmt.Errorf("device %d: %w", id, model.ErrNotFound)
 	}
 	d := cloneDevice(cur)
-	err := fn(&d)
-	entries := ports.TakeAudit(ctx)
+	entries, err := fn(&d)
 	if err != nil {
 		return model.Device{}, err
 	}
@@ -370,7 +363,7 @@ func (s *Store) UpdateDevice(ctx context.Context, id int64, fn func(*model.Devic
 }
 
 // DeleteDevice implements ports.DeviceRepo.
-func (s *Store) DeleteDevice(ctx context.Context, id int64) error {
+func (s *Store) DeleteDevice(_ context.Context, id int64, audit []model.AuditEntry) error {
 	if err := s.hook("DeleteDevice"); err != nil {
 		return err
 	}
@@ -381,7 +374,7 @@ func (s *Store) DeleteDevice(ctx context.Context, id int64) error {
 		return fmt.Errorf("device %d: %w", id, model.ErrNotFound)
 	}
 	delete(s.devices, id)
-	s.audit.commit(ports.TakeAudit(ctx), id, d.DeviceModelID)
+	s.audit.commit(audit, id, d.DeviceModelID)
 	return nil
 }
 
@@ -421,7 +414,7 @@ func (s *Store) DeviceKeysExist(_ context.Context, keys []string) (map[string]bo
 }
 
 // RecordFirmware implements ports.FirmwareRepo.
-func (s *Store) RecordFirmware(ctx context.Context, f *model.Firmware, check func(*model.Firmware) error) error {
+func (s *Store) RecordFirmware(_ context.Context, f *model.Firmware, check func(*model.Firmware) ([]model.AuditEntry, error)) error {
 	if err := s.hook("RecordFirmware"); err != nil {
 		return err
 	}
@@ -431,18 +424,19 @@ func (s *Store) RecordFirmware(ctx context.Context, f *model.Firmware, check fun
 	if !ok {
 		return fmt.Errorf("device model %d: %w", f.DeviceModelID, model.ErrNotFound)
 	}
+	var entries []model.AuditEntry
 	if check != nil {
 		var current *model.Firmware
 		if h := s.firmwareNewestFirst(m.ID); len(h) > 0 {
 			current = &h[0]
 		}
-		if err := check(current); err != nil {
-			ports.TakeAudit(ctx)
+		var err error
+		if entries, err = check(current); err != nil {
 			return err
 		}
 	}
 	f.ID = s.id()
-	s.audit.commit(ports.TakeAudit(ctx), 0, m.ID)
+	s.audit.commit(entries, 0, m.ID)
 	s.firmware[m.ID] = append(s.firmware[m.ID], *f)
 	m.FirmwareVersion = f.Version
 	m.UpdatedAt = s.now()
@@ -559,7 +553,7 @@ func (s *Store) UnconfirmedRotations(_ context.Context) (int, error) {
 // does); start runs in it and must not call back into the Store. Changes
 // start makes to ID, Key, DeviceModelID, ModelCode and CreatedAt are
 // ignored, as in UpdateDevice.
-func (s *Store) StartRotations(ctx context.Context, limit int, retryBefore time.Time, start func(*model.Device)) ([]model.Device, error) {
+func (s *Store) StartRotations(_ context.Context, limit int, retryBefore time.Time, start func(*model.Device) ([]model.AuditEntry, error)) ([]model.Device, error) {
 	if err := s.hook("StartRotations"); err != nil {
 		return nil, err
 	}
@@ -595,18 +589,25 @@ func (s *Store) StartRotations(ctx context.Context, limit int, retryBefore time.
 	claim = claim[:min(free, len(claim))]
 	now := s.now()
 	var started []model.Device
+	var entries []model.AuditEntry
 	for _, cur := range claim {
 		d := cloneDevice(cur)
-		start(&d)
+		es, err := start(&d)
+		if err != nil {
+			return nil, err // nothing stored yet: the "transaction" aborts
+		}
+		entries = append(entries, es...)
 		d.ID, d.Key, d.DeviceModelID, d.ModelCode, d.CreatedAt = cur.ID, cur.Key, cur.DeviceModelID, cur.ModelCode, cur.CreatedAt
 		if d.RotationState == "" {
 			d.RotationState = cur.RotationState
 		}
 		d.UpdatedAt = now
-		s.devices[d.ID] = cloneDevice(d)
 		started = append(started, d)
 	}
-	s.audit.commit(ports.TakeAudit(ctx), 0, 0)
+	for _, d := range started {
+		s.devices[d.ID] = cloneDevice(d)
+	}
+	s.audit.commit(entries, 0, 0)
 	return started, nil
 }
 

@@ -1,3 +1,10 @@
+//go:build dev
+
+// The dev command starts the integration harness (testcontainers-go, the
+// Docker client, the testing package), so it is built only with the dev
+// tag: make run builds bin/espmdm-dev with it, and the server binary
+// (go build ./app/cmd/espmdm, the container image) links none of it.
+
 package main
 
 import (

@@ -1,3 +1,5 @@
+//go:build dev
+
 package main
 
 import (
@@ -28,7 +30,8 @@ var devEnvKeys = []string{
 	"CONSOLE_URL", "CONSOLE_USER", "CONSOLE_PASSWORD",
 }
 
-// buildEspmdm builds this package's binary into a temporary directory.
+// buildEspmdm builds this package's binary with the dev command (the dev
+// tag, as make run does) into a temporary directory.
 func buildEspmdm(t *testing.T) string {
 	t.Helper()
 	goTool, err := exec.LookPath("go")
@@ -36,7 +39,7 @@ func buildEspmdm(t *testing.T) string {
 		goTool = filepath.Join(runtime.GOROOT(), "bin", "go") //nolint:staticcheck // only when go is not on PATH
 	}
 	bin := filepath.Join(t.TempDir(), "espmdm")
-	out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput()
+	out, err := exec.Command(goTool, "build", "-tags", "dev", "-o", bin, ".").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
@@ -422,33 +425,4 @@ func statString(err error) string {
 		return "exists"
 	}
 	return err.Error()
-}
-
-// operatorToken gets a token with the env file's operator credentials
-// (client-credentials grant at OIDC_TOKEN_URL).
-func operatorToken(t *testing.T, client *http.Client, env map[string]string) string {
-	t.Helper()
-	form := url.Values{"grant_type": {"client_credentials"}}
-	req, err := http.NewRequest(http.MethodPost, env["OIDC_TOKEN_URL"], strings.NewReader(form.Encode()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.SetBasicAuth(url.QueryEscape(env["OPERATOR_CLIENT_ID"]), url.QueryEscape(env["OPERATOR_CLIENT_SECRET"]))
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatalf("operator token: %v", err)
-	}
-	defer resp.Body.Close()
-	var body struct {
-		AccessToken string `json:"access_token"`
-		Error       string `json:"error"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		t.Fatalf("operator token response: %v", err)
-	}
-	if resp.StatusCode != http.StatusOK || body.AccessToken == "" {
-		t.Fatalf("operator token for %s: %s %s", env["OPERATOR_CLIENT_ID"], resp.Status, body.Error)
-	}
-	return body.AccessToken
 }

@@ -5,7 +5,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"net/url"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -38,4 +42,33 @@ func randHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// operatorToken gets a token with the env file's operator credentials
+// (client-credentials grant at OIDC_TOKEN_URL).
+func operatorToken(t *testing.T, client *http.Client, env map[string]string) string {
+	t.Helper()
+	form := url.Values{"grant_type": {"client_credentials"}}
+	req, err := http.NewRequest(http.MethodPost, env["OIDC_TOKEN_URL"], strings.NewReader(form.Encode()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth(url.QueryEscape(env["OPERATOR_CLIENT_ID"]), url.QueryEscape(env["OPERATOR_CLIENT_SECRET"]))
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("operator token: %v", err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		AccessToken string `json:"access_token"`
+		Error       string `json:"error"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatalf("operator token response: %v", err)
+	}
+	if resp.StatusCode != http.StatusOK || body.AccessToken == "" {
+		t.Fatalf("operator token for %s: %s %s", env["OPERATOR_CLIENT_ID"], resp.Status, body.Error)
+	}
+	return body.AccessToken
 }

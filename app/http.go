@@ -1,0 +1,82 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/espmdm/espmdm/adapters/console"
+	"github.com/espmdm/espmdm/adapters/httpapi"
+	"github.com/espmdm/espmdm/adapters/postgres"
+	"github.com/espmdm/espmdm/ports"
+	"go.uber.org/fx"
+	"go.uber.org/zap"
+)
+
+// The HTTP server: its construction from the configuration and its
+// listener's lifecycle.
+
+type httpParams struct {
+	fx.In
+	Cfg      Config
+	Log      *zap.Logger
+	Metrics  *Metrics
+	Catalog  ports.Catalog
+	Devices  ports.DeviceAPI
+	Rotation ports.Rotation
+	Audit    ports.AuditReader
+	Verifier ports.TokenVerifier
+	DB       *postgres.DB
+	Identity ports.IdentityProvider
+	Console  *console.Handler
+}
+
+func newHTTPServer(p httpParams) (*httpapi.Server, error) {
+	return httpapi.New(httpapi.Config{
+		AdminRole:        p.Cfg.AdminRole,
+		ViewerRole:       p.Cfg.ViewerRole,
+		AuthDisabled:     p.Cfg.AuthDisabled,
+		FirmwareMaxBytes: p.Cfg.FirmwareMaxBytes,
+		JSONMaxBytes:     p.Cfg.JSONMaxBytes,
+		IoTMaxBytes:      p.Cfg.IoTMaxBytes,
+		DeviceRate:       rateLimit(p.Cfg.DeviceRateLimit, p.Cfg.DeviceRateBurst),
+		UnauthRate:       rateLimit(p.Cfg.UnauthRateLimit, p.Cfg.UnauthRateBurst),
+		TrustedProxies:   p.Cfg.TrustedProxies,
+		BaseURL:          p.Cfg.BaseURL,
+	}, httpapi.Deps{
+		Catalog: p.Catalog, Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation, Audit: p.Audit,
+		Logger: p.Log.Named("http"), Registerer: p.Metrics.Registry, Gatherer: p.Metrics.Registry,
+		Docs:        p.Console.DocsPage(),
+		ReadyChecks: readyChecks(p.DB, p.Identity),
+	})
+}
+
+// rateLimit converts a configured limit: 0 a minute is no limit.
+func rateLimit(perMinute, burst int) httpapi.RateLimit {
+	if perMinute == 0 {
+		return httpapi.RateLimit{PerMinute: -1}
+	}
+	return httpapi.RateLimit{PerMinute: float64(perMinute), Burst: burst}
+}
+
+// registerHTTP binds the listener in OnStart, so a taken port fails
+// start-up, and drains requests on stop.
+func registerHTTP(lc fx.Lifecycle, cfg Config, srv *httpapi.Server, log *zap.Logger) {
+	lc.Append(fx.Hook{
+		OnStart: func(context.Context) error {
+			ln, err := net.Listen("tcp", cfg.HTTPAddr)
+			if err != nil {
+				return fmt.Errorf("listen on HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
+			}
+			log.Info("serving", zap.String("addr", ln.Addr().String()))
+			go func() {
+				if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
+					log.Error("http server stopped", zap.Error(err))
+				}
+			}()
+			return nil
+		},
+		OnStop: srv.Shutdown,
+	})
+}

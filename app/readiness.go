@@ -1,0 +1,29 @@
+package app
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/espmdm/espmdm/adapters/httpapi"
+	"github.com/espmdm/espmdm/adapters/postgres"
+	"github.com/espmdm/espmdm/ports"
+)
+
+// readyChecks are what /health/ready checks: the database answers and is
+// migrated, and the identity provider answers.
+func readyChecks(db *postgres.DB, identity ports.IdentityProvider) []httpapi.ReadyCheck {
+	return []httpapi.ReadyCheck{
+		{Name: "postgres", Check: db.Ping},
+		{Name: "migrations", Check: func(ctx context.Context) error {
+			pending, err := db.MigrationStatus(ctx)
+			if err != nil {
+				return err
+			}
+			if pending > 0 {
+				return fmt.Errorf("%d migrations pending", pending)
+			}
+			return nil
+		}},
+		{Name: "keycloak", Check: identity.Ping},
+	}
+}
