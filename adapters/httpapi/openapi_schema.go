@@ -186,11 +186,11 @@ func (b schemaBuilder) member(t reflect.Type, f reflect.StructField, input, omit
 		panic("openapi: " + where + ": raw JSON needs type=, use= or ref=")
 	}
 	if isPtr && !input && !omitempty {
-		t, ok := s["type"].(string)
+		one, ok := s["type"].(string)
 		if !ok {
 			panic("openapi: " + where + ": a nullable member needs one type")
 		}
-		s["type"] = []string{t, "null"}
+		s["type"] = []string{one, "null"}
 	}
 	return s, required
 }
