@@ -62,7 +62,7 @@ func waitGroup(ctx context.Context, wg *sync.WaitGroup) error {
 }
 
 // RunReconcile runs one reconciliation and logs what it found.
-func RunReconcile(ctx context.Context, svc ports.Catalog, log *zap.Logger) (ports.ReconcileReport, error) {
+func RunReconcile(ctx context.Context, svc ports.Reconciler, log *zap.Logger) (ports.ReconcileReport, error) {
 	rep, err := svc.Reconcile(model.WithActor(ctx, model.SystemActor("reconciler")))
 	switch {
 	case errors.Is(err, context.Canceled):

@@ -75,7 +75,7 @@ func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.D
 			return model.Device{}, err
 		}
 		clientID := model.ClientID(m.Code, key)
-		if _, err := s.d.Identity.CreateClient(ctx, clientID); err != nil {
+		if _, err := s.d.Clients.CreateClient(ctx, clientID); err != nil {
 			if errors.Is(err, model.ErrConflict) {
 				continue // key collision with an existing client
 			}
@@ -99,7 +99,7 @@ func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.D
 		}
 		// Undo the client even when the caller has gone away: a left-over
 		// client is an orphan until the reconciler finds it.
-		if derr := s.d.Identity.DeleteClient(context.WithoutCancel(ctx), clientID); derr != nil {
+		if derr := s.d.Clients.DeleteClient(context.WithoutCancel(ctx), clientID); derr != nil {
 			s.report(ctx, "create device: delete client after failed insert", fmt.Errorf("client %s: %w", clientID, derr))
 		}
 		if errors.Is(err, model.ErrConflict) {
@@ -210,7 +210,7 @@ func (s *Service) DeleteDevice(ctx context.Context, id int64) error {
 		return fmt.Errorf("delete device %d: %w", id, err)
 	}
 	clientID := d.ClientID()
-	if err := s.d.Identity.DeleteClient(context.WithoutCancel(ctx), clientID); err != nil {
+	if err := s.d.Clients.DeleteClient(context.WithoutCancel(ctx), clientID); err != nil {
 		s.report(ctx, "delete device: delete client", fmt.Errorf("client %s: %w", clientID, err))
 	}
 	return nil

@@ -20,7 +20,7 @@ func (s *Service) IdentityStatus(ctx context.Context, id int64) (model.IdentityS
 	if err != nil {
 		return model.IdentityStatus{}, fmt.Errorf("identity of device %d: %w", id, err)
 	}
-	st, err := s.d.Identity.ClientStatus(ctx, d.ClientID())
+	st, err := s.d.Clients.ClientStatus(ctx, d.ClientID())
 	if err != nil {
 		return model.IdentityStatus{}, fmt.Errorf("identity of device %d: %w", id, err)
 	}
@@ -35,7 +35,7 @@ func (s *Service) SyncIdentity(ctx context.Context, id int64) (model.IdentitySta
 		return model.IdentityStatus{}, fmt.Errorf("sync identity of device %d: %w", id, err)
 	}
 	e := s.deviceEntry(ctx, model.AuditIdentityRepaired, d, "")
-	st, err := s.d.Identity.RepairClient(ctx, d.ClientID())
+	st, err := s.d.Clients.RepairClient(ctx, d.ClientID())
 	if err != nil {
 		s.auditFailure(ctx, e, err)
 		return model.IdentityStatus{}, fmt.Errorf("sync identity of device %d: %w", id, err)
@@ -91,7 +91,7 @@ func (s *Service) Reconcile(ctx context.Context) (ports.ReconcileReport, error) 
 	}
 
 	// 2. Then the clients.
-	clients, err := s.d.Identity.ListDeviceClients(ctx)
+	clients, err := s.d.Directory.ListDeviceClients(ctx)
 	if err != nil {
 		return rep, fmt.Errorf("reconcile: list clients: %w", err)
 	}
@@ -139,7 +139,7 @@ func (s *Service) Reconcile(ctx context.Context) (ports.ReconcileReport, error) 
 		if !c.CreatedAt.IsZero() && now.Sub(c.CreatedAt) < s.cfg.OrphanGrace {
 			continue // its device row may still be on its way
 		}
-		if err := s.d.Identity.DeleteClient(ctx, c.ClientID); err != nil {
+		if err := s.d.Directory.DeleteClient(ctx, c.ClientID); err != nil {
 			rep.Failed = append(rep.Failed, c.ClientID)
 			s.report(ctx, "reconcile: delete orphaned client", fmt.Errorf("client %s: %w", c.ClientID, err))
 			continue

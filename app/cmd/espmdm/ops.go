@@ -61,9 +61,9 @@ func newReconcileCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var catalog ports.Catalog
+			var reconciler ports.Reconciler
 			var log *zap.Logger
-			a := fx.New(app.Core(cfg), fx.Populate(&catalog, &log), fx.StartTimeout(app.StartTimeout))
+			a := fx.New(app.Core(cfg), fx.Populate(&reconciler, &log), fx.StartTimeout(app.StartTimeout))
 			if err := a.Err(); err != nil {
 				return err
 			}
@@ -71,7 +71,7 @@ func newReconcileCmd() *cobra.Command {
 				return err
 			}
 			defer func() { _ = stopApp(a) }() // the report is the result
-			rep, err := app.RunReconcile(cmd.Context(), catalog, log)
+			rep, err := app.RunReconcile(cmd.Context(), reconciler, log)
 			if err != nil {
 				return err
 			}

@@ -346,8 +346,9 @@ func TestReconcileReportsMissingClients(t *testing.T) {
 	cfg := serveEnv(t, st)
 	kc := kcAdmin{t, st}
 
-	var catalog ports.Catalog
-	core := fx.New(app.Core(cfg), fx.Populate(&catalog))
+	var models ports.ModelAdmin
+	var devs ports.DeviceAdmin
+	core := fx.New(app.Core(cfg), fx.Populate(&models, &devs))
 	if err := core.Err(); err != nil {
 		t.Fatalf("build the core: %v", err)
 	}
@@ -360,13 +361,13 @@ func TestReconcileReportsMissingClients(t *testing.T) {
 			t.Errorf("stop the core: %v", err)
 		}
 	})
-	m, err := catalog.CreateModel(ctx, ports.NewModel{Code: "rc_missing_" + randHex(3), Name: "reconcile test"})
+	m, err := models.CreateModel(ctx, ports.NewModel{Code: "rc_missing_" + randHex(3), Name: "reconcile test"})
 	if err != nil {
 		t.Fatalf("create model: %v", err)
 	}
 	var devices []model.Device
 	for range 2 {
-		d, err := catalog.CreateDevice(ctx, ports.NewDevice{DeviceModelID: m.ID, Config: json.RawMessage(`{}`)})
+		d, err := devs.CreateDevice(ctx, ports.NewDevice{DeviceModelID: m.ID, Config: json.RawMessage(`{}`)})
 		if err != nil {
 			t.Fatalf("create device: %v", err)
 		}
