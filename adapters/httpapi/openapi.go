@@ -670,6 +670,7 @@ func baseSchemas() obj {
 				"token_url":     obj{"type": "string"},
 				"base_url":      obj{"type": "string"},
 				"mqtt_url":      obj{"type": "string"},
+				"mqtt_password": obj{"type": "string"},
 				"wifi_ssid":     obj{"type": "string"},
 				"wifi_password": obj{"type": "string"},
 			},
