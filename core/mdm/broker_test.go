@@ -323,4 +323,3 @@ func TestNoBrokerAccountsWithoutABroker(t *testing.T) {
 		t.Errorf("Reconcile = %+v, %v", rep, err)
 	}
 }
-

@@ -38,7 +38,7 @@ type Deps struct {
 	// Broker, when set, holds the devices' broker accounts (SPEC §19,
 	// MQTT_AUTH=dynsec); nil means devices get none.
 	Broker ports.BrokerAccounts
-	Clock     ports.Clock
+	Clock  ports.Clock
 	// SecretBox seals a device's old secret during its rotation.
 	SecretBox ports.SecretBox
 	// Schedule and ScheduleRepo drive the rotation schedule; without them
