@@ -32,7 +32,6 @@ type httpParams struct {
 	Rotation     ports.Rotation
 	Audit        ports.AuditReader
 	Verifier     ports.TokenVerifier
-	Broker       ports.BrokerAccounts
 	DB           *postgres.DB
 	Keycloak     *keycloak.Admin
 	Console      *console.Handler
@@ -55,7 +54,7 @@ func newHTTPServer(p httpParams) (*httpapi.Server, error) {
 		Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation, Audit: p.Audit,
 		Logger: p.Log.Named("http"), Registerer: p.Metrics.Registry, Gatherer: p.Metrics.Registry,
 		Docs:        p.Console.DocsPage(),
-		ReadyChecks: readyChecks(p.DB, p.Keycloak, p.Broker),
+		ReadyChecks: readyChecks(p.DB, p.Keycloak),
 	})
 }
 

@@ -7,15 +7,14 @@ import (
 	"github.com/espmdm/espmdm/adapters/httpapi"
 	"github.com/espmdm/espmdm/adapters/keycloak"
 	"github.com/espmdm/espmdm/adapters/postgres"
-	"github.com/espmdm/espmdm/ports"
 )
 
 // readyChecks are what /health/ready checks: the database answers and is
-// migrated, the identity provider answers, and so does the broker's
-// dynamic security plugin when espmdm manages device accounts (no device
-// can be made without it).
-func readyChecks(db *postgres.DB, kc *keycloak.Admin, broker ports.BrokerAccounts) []httpapi.ReadyCheck {
-	checks := []httpapi.ReadyCheck{
+// migrated, and the identity provider answers. Not the broker: devices
+// keep polling without it (and device creation, which needs its account
+// plugin, answers 502 meanwhile, as with Keycloak down).
+func readyChecks(db *postgres.DB, kc *keycloak.Admin) []httpapi.ReadyCheck {
+	return []httpapi.ReadyCheck{
 		{Name: "postgres", Check: db.Ping},
 		{Name: "migrations", Check: func(ctx context.Context) error {
 			pending, err := db.MigrationStatus(ctx)
@@ -29,8 +28,4 @@ func readyChecks(db *postgres.DB, kc *keycloak.Admin, broker ports.BrokerAccount
 		}},
 		{Name: "keycloak", Check: kc.Ping},
 	}
-	if broker != nil {
-		checks = append(checks, httpapi.ReadyCheck{Name: "mqtt_accounts", Check: broker.Ping})
-	}
-	return checks
 }
