@@ -47,13 +47,13 @@ func newBrokerAccounts(lc fx.Lifecycle, lt *Lifetime, cfg Config, m *Metrics, lo
 				return fmt.Errorf("MQTT_AUTH=dynsec: the broker's dynamic security plugin does not answer espmdm (is the plugin loaded, and does MQTT_URL's user hold its admin role? MQTT_AUTH=none for a broker secured otherwise): %w", err)
 			}
 			// What clients without an account may do, should the
-			// listener let them in: read their own device topics during
+			// listener let them in: subscribe to device topics during
 			// the move to accounts (MQTT_AUTH_GRACE), else nothing.
 			if err := d.SetAnonymousDeviceReads(ctx, cfg.MQTTAuthGrace); err != nil {
 				return fmt.Errorf("MQTT_AUTH_GRACE: set what clients without an account may do: %w", err)
 			}
 			if cfg.MQTTAuthGrace {
-				log.Warn("MQTT_AUTH_GRACE=true: clients without an account (devices provisioned before broker accounts) may read their own device topics and the firmware topics, if the broker's listener lets them in (allow_anonymous true); turn both off once every device has fetched its password")
+				log.Warn("MQTT_AUTH_GRACE=true: clients without an account (devices provisioned before broker accounts) may subscribe to device topics, if the broker's listener lets them in (allow_anonymous true); turn both off once every device has fetched its password")
 			}
 			return nil
 		},

@@ -40,7 +40,7 @@ type Config struct {
 	// MQTTAuth is "dynsec" (device accounts on the broker's dynamic
 	// security plugin, SPEC §19) or "none" (a broker secured otherwise).
 	MQTTAuth string
-	// MQTTAuthGrace lets clients without an account read their own topics
+	// MQTTAuthGrace lets clients without an account subscribe to device topics
 	// while a fleet moves to accounts (MQTT_AUTH=dynsec only).
 	MQTTAuthGrace bool
 
@@ -260,7 +260,7 @@ var Vars = []Var{
 			}
 			return errors.New("want dynsec or none")
 		}},
-	{Name: "MQTT_AUTH_GRACE", Default: "false", Help: "while moving a fleet to broker accounts: let devices without one connect and read their own topics (MQTT_AUTH=dynsec; the broker must allow anonymous clients)",
+	{Name: "MQTT_AUTH_GRACE", Default: "false", Help: "while moving a fleet to broker accounts: let devices without one subscribe to device topics (MQTT_AUTH=dynsec; the broker must allow anonymous clients)",
 		set: boolean(func(c *Config) *bool { return &c.MQTTAuthGrace })},
 	{Name: "MQTT_CLIENT_ID", Default: "espmdm-$HOSTNAME", Help: "stable MQTT client id (QoS 1 sessions need it stable)",
 		set: str(func(c *Config) *string { return &c.MQTTClientID })},

@@ -20,28 +20,32 @@ const (
 const dsErrGroupExists = "Group already exists"
 
 // anonymousACLs is the anonymous role: with deviceReads, a client without
-// an account may subscribe to the topics of the device whose client id it
-// connected with (%c: iotsupport/<client id>/#) and to any model's firmware
-// topic, as a device provisioned before broker accounts needs (SPEC §19,
-// MQTT_AUTH_GRACE); it publishes nothing. Without, it may do nothing.
+// an account may subscribe to the three topic filters a device uses
+// (iotsupport/+/rotation, iotsupport/+/config, iotsupport/+/firmware, as a
+// device provisioned before broker accounts needs them: SPEC §19,
+// MQTT_AUTH_GRACE) but not to iotsupport/# or #, and publishes nothing.
+// The plugin of Mosquitto 2.0 does not substitute the client id (%c) in a
+// role's topics (tried: a subscription to the client's own topics is
+// refused), so during the grace a client without an account could read
+// another device's nudges by naming it, as before accounts; the README
+// says so. Without deviceReads, it may do nothing.
 func anonymousACLs(deviceReads bool) []dsACL {
 	acls := []dsACL{
 		{ACLType: "subscribePattern", Topic: "#", Priority: 0, Allow: false},
 		{ACLType: "publishClientSend", Topic: "#", Priority: 0, Allow: false},
 	}
 	if deviceReads {
-		acls = append(acls,
-			dsACL{ACLType: "subscribePattern", Topic: TopicPrefix + "/%c/#", Priority: 1, Allow: true},
-			dsACL{ACLType: "subscribePattern", Topic: TopicPrefix + "/+/firmware", Priority: 1, Allow: true},
-		)
+		for _, kind := range []string{"rotation", "config", "firmware"} {
+			acls = append(acls, dsACL{ACLType: "subscribePattern", Topic: TopicPrefix + "/+/" + kind, Priority: 1, Allow: true})
+		}
 	}
 	return acls
 }
 
 // SetAnonymousDeviceReads sets what clients without an account may do on
 // the broker (the plugin's anonymous group and its role AnonymousRole,
-// made when missing): with on (MQTT_AUTH_GRACE), read their own device
-// topics and the firmware topics while a fleet moves to broker accounts;
+// made when missing): with on (MQTT_AUTH_GRACE), subscribe to device
+// topics (anonymousACLs) while a fleet moves to broker accounts;
 // without, nothing. Whether such clients get in at all is the listener's
 // allow_anonymous. It is idempotent.
 func (d *DynSec) SetAnonymousDeviceReads(ctx context.Context, on bool) error {
