@@ -75,6 +75,7 @@ func coreModule(cfg Config) fx.Option {
 				fx.As(new(ports.SecretRotator)), fx.As(new(ports.RotationPolicyReader))),
 			fx.Annotate(newVerifier, fx.As(new(ports.TokenVerifier))),
 			newNotifier,
+			newBrokerAccounts,
 			fx.Annotate(newService, fx.As(fx.Self()),
 				fx.As(new(ports.ModelAdmin)), fx.As(new(ports.FirmwareAdmin)), fx.As(new(ports.DeviceAdmin)),
 				fx.As(new(ports.ProvisioningAdmin)), fx.As(new(ports.IdentityAdmin)), fx.As(new(ports.Reconciler)),
@@ -216,6 +217,7 @@ type serviceParams struct {
 	Rotator   ports.SecretRotator
 	Policy    ports.RotationPolicyReader
 	Notifier  ports.Notifier
+	Broker    ports.BrokerAccounts
 	Clock     ports.Clock
 	Box       ports.SecretBox
 	Schedule  ports.Schedule
@@ -230,7 +232,7 @@ func newService(p serviceParams) *mdm.Service {
 	return mdm.New(mdm.Deps{
 		Models: p.Models, Devices: p.Devices, Firmware: p.Firmware, Store: p.Store,
 		Clients: p.Clients, Directory: p.Directory, Rotator: p.Rotator, Policy: p.Policy,
-		Notifier: p.Notifier, Clock: p.Clock,
+		Notifier: p.Notifier, Broker: p.Broker, Clock: p.Clock,
 		SecretBox: p.Box, Schedule: p.Schedule, ScheduleRepo: p.Fires, Lease: p.Lease, Audit: p.Audit,
 		OnRotation: p.Rotation.onRotation(p.Log.Named("rotation")),
 		OnError: func(ctx context.Context, op string, err error) {

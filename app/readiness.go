@@ -10,7 +10,9 @@ import (
 )
 
 // readyChecks are what /health/ready checks: the database answers and is
-// migrated, and the identity provider answers.
+// migrated, and the identity provider answers. Not the broker: devices
+// keep polling without it (and device creation, which needs its account
+// plugin, answers 502 meanwhile, as with Keycloak down).
 func readyChecks(db *postgres.DB, kc *keycloak.Admin) []httpapi.ReadyCheck {
 	return []httpapi.ReadyCheck{
 		{Name: "postgres", Check: db.Ping},

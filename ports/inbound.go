@@ -51,6 +51,9 @@ type Provisioning struct {
 	TokenURL     string
 	BaseURL      string
 	MQTTURL      string
+	// MQTTPassword is the password of the device's broker account (SPEC
+	// §19; its username is ClientID); empty when it has none.
+	MQTTPassword string
 	WiFiSSID     string
 	WiFiPassword string
 }
@@ -63,6 +66,16 @@ type ReconcileReport struct {
 	MissingClients []string
 	// Failed lists clients whose deletion failed (retried next run).
 	Failed []string
+	// AccountsMade are devices whose broker account was missing, now made;
+	// AccountsRepaired those whose account differed from the device (its
+	// role, its active flag, no password on record), now brought back;
+	// AccountsDeleted orphaned accounts, now removed; AccountsFailed the
+	// accounts whose repair or removal failed (retried next run). Empty
+	// without broker accounts (MQTT_AUTH=none).
+	AccountsMade     []string
+	AccountsRepaired []string
+	AccountsDeleted  []string
+	AccountsFailed   []string
 }
 
 // The admin use cases, one port per group of admin routes (and the

@@ -346,6 +346,7 @@ type provisioningDTO struct {
 	TokenURL     string `json:"token_url,omitempty"`
 	BaseURL      string `json:"base_url,omitempty"`
 	MQTTURL      string `json:"mqtt_url,omitempty"`
+	MQTTPassword string `json:"mqtt_password,omitempty"`
 	WiFiSSID     string `json:"wifi_ssid,omitempty"`
 	WiFiPassword string `json:"wifi_password,omitempty"`
 }
@@ -358,6 +359,7 @@ func toProvisioningDTO(p ports.Provisioning) provisioningDTO {
 		TokenURL:     p.TokenURL,
 		BaseURL:      p.BaseURL,
 		MQTTURL:      p.MQTTURL,
+		MQTTPassword: p.MQTTPassword,
 		WiFiSSID:     p.WiFiSSID,
 		WiFiPassword: p.WiFiPassword,
 	}

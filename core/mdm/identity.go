@@ -75,6 +75,7 @@ func (s *Service) Reconcile(ctx context.Context) (ports.ReconcileReport, error) 
 		clientID string
 	}
 	var devices []listed
+	var rows []model.Device // for the broker accounts
 	for after := int64(0); ; {
 		p, err := s.d.Devices.ListDevices(ctx, ports.DeviceFilter{Limit: ports.MaxPageSize, AfterID: after})
 		if err != nil {
@@ -83,6 +84,9 @@ func (s *Service) Reconcile(ctx context.Context) (ports.ReconcileReport, error) 
 		for _, d := range p.Devices {
 			expected[d.Key] = d.ClientID()
 			devices = append(devices, listed{d.ID, d.ClientID()})
+			if s.d.Broker != nil {
+				rows = append(rows, d)
+			}
 		}
 		if p.NextAfterID == 0 {
 			break
@@ -161,6 +165,11 @@ func (s *Service) Reconcile(ctx context.Context) (ports.ReconcileReport, error) 
 			return rep, fmt.Errorf("reconcile: re-check device %d: %w", d.id, err)
 		}
 		rep.MissingClients = append(rep.MissingClients, d.clientID)
+	}
+
+	// 6. The devices' broker accounts.
+	if err := s.reconcileAccounts(ctx, rows, &rep); err != nil {
+		return rep, err
 	}
 	return rep, nil
 }

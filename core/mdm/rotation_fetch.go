@@ -36,7 +36,9 @@ func (s *Service) FetchCredentials(ctx context.Context, d model.Device) (ports.P
 		if d, fresh, audited, err = s.generate(ctx, d, mode); err != nil {
 			return ports.Provisioning{}, err
 		}
-		p = s.provisioningWith(d, fresh) // no need to read it back
+		if p, err = s.provisioningWith(d, fresh); err != nil { // no need to read it back
+			return ports.Provisioning{}, err
+		}
 	} else if p, err = s.provisioning(ctx, d); err != nil {
 		return ports.Provisioning{}, err
 	}
@@ -309,7 +311,7 @@ func (s *Service) provisioning(ctx context.Context, d model.Device) (ports.Provi
 	if err != nil {
 		return ports.Provisioning{}, fmt.Errorf("provisioning of device %d: client secret: %w", d.ID, err)
 	}
-	return s.provisioningWith(d, secret), nil
+	return s.provisioningWith(d, secret)
 }
 
 // secretDigest is the lower-case hex SHA-256 of a secret.

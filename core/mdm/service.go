@@ -35,7 +35,10 @@ type Deps struct {
 	Rotator   ports.SecretRotator
 	Policy    ports.RotationPolicyReader
 	Notifier  ports.Notifier
-	Clock     ports.Clock
+	// Broker, when set, holds the devices' broker accounts (SPEC §19,
+	// MQTT_AUTH=dynsec); nil means devices get none.
+	Broker ports.BrokerAccounts
+	Clock  ports.Clock
 	// SecretBox seals a device's old secret during its rotation.
 	SecretBox ports.SecretBox
 	// Schedule and ScheduleRepo drive the rotation schedule; without them

@@ -289,13 +289,15 @@ func reconcileJSON(t *testing.T) (code int, rep reconcileReport, stderr string) 
 	if err := json.Unmarshal([]byte(stdout), &keys); err != nil {
 		t.Fatalf("reconcile --json: exit %d, stdout is not JSON (%v): %q, stderr %q", code, err, stdout, stderr)
 	}
-	for _, k := range []string{"deleted_orphans", "missing_clients", "failed"} {
+	keyNames := []string{"deleted_orphans", "missing_clients", "failed",
+		"accounts_made", "accounts_repaired", "accounts_deleted", "accounts_failed"}
+	for _, k := range keyNames {
 		if raw, ok := keys[k]; !ok || !bytes.HasPrefix(bytes.TrimSpace(raw), []byte("[")) {
 			t.Errorf("reconcile --json: %s = %s, want a list", k, raw)
 		}
 	}
-	if len(keys) != 3 {
-		t.Errorf("reconcile --json has %d keys, want 3: %s", len(keys), stdout)
+	if len(keys) != len(keyNames) {
+		t.Errorf("reconcile --json has %d keys, want %d: %s", len(keys), len(keyNames), stdout)
 	}
 	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
 		t.Fatalf("reconcile --json: %v", err)
