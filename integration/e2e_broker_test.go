@@ -101,7 +101,7 @@ func subscribeAs(t *testing.T, ctx context.Context, c *paho.Client, filter strin
 func TestE2EBrokerAccounts(t *testing.T) {
 	// The clock runs ahead so that an orphan account made now is past the
 	// reconciler's grace period.
-	s := startServer(t, map[string]string{"RECONCILE_INTERVAL": "1s"},
+	s := startServer(t, map[string]string{"RECONCILE_INTERVAL": "1s", "ROTATION_TICK_SECONDS": "1"},
 		fx.Decorate(func(c ports.Clock) ports.Clock { return shiftedClock{c, 5 * time.Minute} }))
 	st := s.st
 	ctx := ctxT(t, 3*time.Minute)
