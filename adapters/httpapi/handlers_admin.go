@@ -25,7 +25,7 @@ const (
 )
 
 func (s *Server) listModels(c *fiber.Ctx) error {
-	ms, err := s.catalog.ListModels(c.UserContext())
+	ms, err := s.models.ListModels(c.UserContext())
 	if err != nil {
 		return err
 	}
@@ -45,7 +45,7 @@ func (s *Server) createModel(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	m, err := s.catalog.CreateModel(c.UserContext(), nm)
+	m, err := s.models.CreateModel(c.UserContext(), nm)
 	if err != nil {
 		return err
 	}
@@ -58,7 +58,7 @@ func (s *Server) getModel(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	m, err := s.catalog.GetModel(c.UserContext(), id)
+	m, err := s.models.GetModel(c.UserContext(), id)
 	if err != nil {
 		return err
 	}
@@ -81,7 +81,7 @@ func (s *Server) updateModel(c *fiber.Ctx) error {
 	if upd.Force, err = forceQuery(c); err != nil {
 		return err
 	}
-	m, err := s.catalog.UpdateModel(c.UserContext(), id, upd)
+	m, err := s.models.UpdateModel(c.UserContext(), id, upd)
 	if err != nil {
 		return err
 	}
@@ -93,7 +93,7 @@ func (s *Server) deleteModel(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	if err := s.catalog.DeleteModel(c.UserContext(), id); err != nil {
+	if err := s.models.DeleteModel(c.UserContext(), id); err != nil {
 		return err
 	}
 	return c.SendStatus(fiber.StatusNoContent)
@@ -117,7 +117,7 @@ func (s *Server) uploadFirmware(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	up, err := s.catalog.UploadFirmware(c.UserContext(), id, data, model.UploadOptions{Force: force})
+	up, err := s.firmware.UploadFirmware(c.UserContext(), id, data, model.UploadOptions{Force: force})
 	if err != nil {
 		return err
 	}
@@ -162,11 +162,11 @@ func (s *Server) downloadFirmware(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	m, err := s.catalog.GetModel(c.UserContext(), id)
+	m, err := s.models.GetModel(c.UserContext(), id)
 	if err != nil {
 		return err
 	}
-	fw, blob, err := s.catalog.OpenFirmware(c.UserContext(), id)
+	fw, blob, err := s.firmware.OpenFirmware(c.UserContext(), id)
 	if err != nil {
 		return err
 	}
@@ -178,7 +178,7 @@ func (s *Server) listFirmware(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	fws, err := s.catalog.ListFirmware(c.UserContext(), id)
+	fws, err := s.firmware.ListFirmware(c.UserContext(), id)
 	if err != nil {
 		return err
 	}
@@ -194,7 +194,7 @@ func (s *Server) listDevices(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	page, err := s.catalog.ListDevices(c.UserContext(), f)
+	page, err := s.deviceAdmin.ListDevices(c.UserContext(), f)
 	if err != nil {
 		return err
 	}
@@ -276,7 +276,7 @@ func (s *Server) createDevice(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	d, err := s.catalog.CreateDevice(c.UserContext(), nd)
+	d, err := s.deviceAdmin.CreateDevice(c.UserContext(), nd)
 	if err != nil {
 		return err
 	}
@@ -289,7 +289,7 @@ func (s *Server) getDevice(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	d, err := s.catalog.GetDevice(c.UserContext(), id)
+	d, err := s.deviceAdmin.GetDevice(c.UserContext(), id)
 	if err != nil {
 		return err
 	}
@@ -309,7 +309,7 @@ func (s *Server) updateDevice(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	d, err := s.catalog.UpdateDevice(c.UserContext(), id, upd)
+	d, err := s.deviceAdmin.UpdateDevice(c.UserContext(), id, upd)
 	if err != nil {
 		return err
 	}
@@ -321,7 +321,7 @@ func (s *Server) deleteDevice(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	if err := s.catalog.DeleteDevice(c.UserContext(), id); err != nil {
+	if err := s.deviceAdmin.DeleteDevice(c.UserContext(), id); err != nil {
 		return err
 	}
 	return c.SendStatus(fiber.StatusNoContent)
@@ -347,13 +347,13 @@ func (s *Server) provisioning(c *fiber.Ctx) error {
 	}
 	c.Set(fiber.HeaderCacheControl, "no-store")
 	if format == "json" {
-		p, err := s.catalog.Provisioning(c.UserContext(), id)
+		p, err := s.provisioner.Provisioning(c.UserContext(), id)
 		if err != nil {
 			return err
 		}
 		return c.JSON(toProvisioningDTO(p))
 	}
-	img, err := s.catalog.ProvisioningNVS(c.UserContext(), id, size)
+	img, err := s.provisioner.ProvisioningNVS(c.UserContext(), id, size)
 	if err != nil {
 		return err
 	}
@@ -397,7 +397,7 @@ func (s *Server) identityStatus(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	st, err := s.catalog.IdentityStatus(c.UserContext(), id)
+	st, err := s.identity.IdentityStatus(c.UserContext(), id)
 	if err != nil {
 		return err
 	}
@@ -409,7 +409,7 @@ func (s *Server) syncIdentity(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	st, err := s.catalog.SyncIdentity(c.UserContext(), id)
+	st, err := s.identity.SyncIdentity(c.UserContext(), id)
 	if err != nil {
 		return err
 	}

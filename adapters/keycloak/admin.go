@@ -69,7 +69,10 @@ type Admin struct {
 	uuids        sync.Map // clientId -> client UUID, see withUUID
 }
 
-var _ ports.IdentityProvider = (*Admin)(nil)
+var (
+	_ ports.IdentityProvider     = (*Admin)(nil)
+	_ ports.CoveredSecretsReader = (*Admin)(nil)
+)
 
 // NewAdmin checks cfg and returns an Admin. It does not contact Keycloak:
 // use Ping for that.
