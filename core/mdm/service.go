@@ -24,6 +24,13 @@ type Deps struct {
 	Devices  ports.DeviceRepo
 	Firmware ports.FirmwareRepo
 	Store    ports.FirmwareStore
+	// Blobs keeps core dumps and ELFs (content-addressed).
+	Blobs ports.BlobStore
+	// Coredumps, ELFs and Analyzer serve core dumps (SPEC §17); without
+	// Coredumps and Blobs the core dump use cases answer unavailable.
+	Coredumps ports.CoredumpRepo
+	ELFs      ports.FirmwareELFs
+	Analyzer  ports.CoredumpAnalyzer
 	// Clients, Directory, Rotator and Policy are the identity provider's
 	// ports (usually one adapter): a device's client (device, provisioning
 	// and identity use cases), the device clients Reconcile compares with
@@ -99,6 +106,15 @@ type Config struct {
 	// dashboard's warning and critical groups.
 	RotationWarningAge  time.Duration
 	RotationCriticalAge time.Duration
+
+	// CoredumpMaxBytes bounds an uploaded core dump (DefaultCoredumpMaxBytes
+	// when 0), CoredumpKeep how many a device keeps (DefaultCoredumpKeep),
+	// CoredumpTimeout one analysis (DefaultCoredumpTimeout), ELFMaxBytes an
+	// uploaded ELF (DefaultELFMaxBytes).
+	CoredumpMaxBytes int64
+	CoredumpKeep     int
+	CoredumpTimeout  time.Duration
+	ELFMaxBytes      int64
 }
 
 // Service implements the espmdm use cases. It is safe for concurrent use.
@@ -108,6 +124,8 @@ type Service struct {
 	mode atomic.Value // model.RotationMode in force, set by InitRotation
 	// scheduleRecorded is set once the schedule's expression is recorded.
 	scheduleRecorded atomic.Bool
+	// coredumpWake wakes a core dump worker (CoredumpWake).
+	coredumpWake chan struct{}
 }
 
 var (
@@ -131,6 +149,14 @@ func New(deps Deps, cfg Config) *Service {
 	if cfg.FirmwareMaxBytes <= 0 {
 		cfg.FirmwareMaxBytes = DefaultFirmwareMaxBytes
 	}
+	if cfg.CoredumpMaxBytes <= 0 {
+		cfg.CoredumpMaxBytes = DefaultCoredumpMaxBytes
+	}
+	if cfg.ELFMaxBytes <= 0 {
+		cfg.ELFMaxBytes = DefaultELFMaxBytes
+	}
+	setDefault(&cfg.CoredumpKeep, DefaultCoredumpKeep)
+	setDefault(&cfg.CoredumpTimeout, DefaultCoredumpTimeout)
 	if cfg.OrphanGrace <= 0 {
 		cfg.OrphanGrace = DefaultOrphanGrace
 	}
@@ -145,7 +171,7 @@ func New(deps Deps, cfg Config) *Service {
 	setDefault(&cfg.RotationGrace, DefaultRotationGrace)
 	setDefault(&cfg.RotationWarningAge, DefaultRotationWarningAge)
 	setDefault(&cfg.RotationCriticalAge, DefaultRotationCriticalAge)
-	return &Service{d: deps, cfg: cfg}
+	return &Service{d: deps, cfg: cfg, coredumpWake: make(chan struct{}, 1)}
 }
 
 // setDefault sets *v to def when it is not positive.

@@ -38,6 +38,10 @@ const (
 	// removed an account without a device.
 	AuditBrokerAccountReconciled AuditKind = "broker_account_reconciled"
 	AuditOrphanAccountDeleted    AuditKind = "orphan_account_deleted"
+	// AuditCoredumpUploaded: a device uploaded a core dump (SPEC §17);
+	// AuditCoredumpDeleted: an admin deleted one.
+	AuditCoredumpUploaded AuditKind = "coredump_uploaded"
+	AuditCoredumpDeleted  AuditKind = "coredump_deleted"
 )
 
 // AuditKinds lists every kind, in the order above.
@@ -47,7 +51,7 @@ var AuditKinds = []AuditKind{
 	AuditScheduleFired, AuditScheduleChanged, AuditRotationStarted, AuditSecretGenerated, AuditSecretFetched,
 	AuditSecretConfirmed, AuditSecretAckRefused, AuditRotatedInvalidated, AuditRotationTimeout,
 	AuditSecretRestored, AuditModelCreated, AuditModelUpdated, AuditModelDeleted, AuditFirmwareUploaded,
-	AuditBrokerAccountReconciled, AuditOrphanAccountDeleted,
+	AuditBrokerAccountReconciled, AuditOrphanAccountDeleted, AuditCoredumpUploaded, AuditCoredumpDeleted,
 }
 
 // Valid reports whether k is one of AuditKinds.
