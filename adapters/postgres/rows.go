@@ -80,7 +80,10 @@ type firmwareRow struct {
 	SHA256        string    `bun:"sha256,notnull"`
 	Size          int64     `bun:"size,notnull"`
 	SecureVersion int64     `bun:"secure_version,notnull"`
-	UploadedAt    time.Time `bun:"uploaded_at,notnull,nullzero,default:now()"`
+	// ELFSHA256 is NULL for an image whose descriptor names no ELF.
+	ELFSHA256  *string   `bun:"elf_sha256"`
+	HasELF     bool      `bun:"has_elf,notnull"`
+	UploadedAt time.Time `bun:"uploaded_at,notnull,nullzero,default:now()"`
 }
 
 func modelToRow(m *model.DeviceModel) modelRow {
@@ -176,6 +179,8 @@ func firmwareToRow(f *model.Firmware) firmwareRow {
 		SHA256:        f.SHA256,
 		Size:          f.Size,
 		SecureVersion: int64(f.SecureVersion),
+		ELFSHA256:     stringOrNil(f.ELFSHA256),
+		HasELF:        f.HasELF,
 		UploadedAt:    utc(f.UploadedAt),
 	}
 }
@@ -192,6 +197,8 @@ func firmwareFromRow(r *firmwareRow) model.Firmware {
 		SHA256:        r.SHA256,
 		Size:          r.Size,
 		SecureVersion: uint32(r.SecureVersion), //nolint:gosec // the column's CHECK keeps it in uint32's range
+		ELFSHA256:     deref(r.ELFSHA256),
+		HasELF:        r.HasELF,
 		UploadedAt:    utc(r.UploadedAt),
 	}
 }
@@ -240,4 +247,12 @@ func utcPtr(t *time.Time) *time.Time {
 	}
 	u := t.UTC()
 	return &u
+}
+
+// deref is *s, "" for nil.
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }

@@ -52,6 +52,7 @@ func (s *Service) UploadCoredump(ctx context.Context, d model.Device, r io.Reade
 	if err := s.coredumpsOn(); err != nil {
 		return model.Coredump{}, err
 	}
+	ctx = model.WithActor(ctx, model.DeviceActor(d.ClientID()))
 	data, err := io.ReadAll(io.LimitReader(r, s.cfg.CoredumpMaxBytes+1))
 	if err != nil {
 		return model.Coredump{}, fmt.Errorf("upload core dump: read: %w", err)

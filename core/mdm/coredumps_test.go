@@ -109,7 +109,7 @@ func TestCoredumpUploadThenELFThenAnalysed(t *testing.T) {
 		t.Error("an upload did not wake a worker")
 	}
 	entries := de.store.Audit().Entries()
-	if last := entries[len(entries)-1]; last.Kind != model.AuditCoredumpUploaded || last.DeviceID != d.ID || last.ClientID != d.ClientID() || last.Actor.Type != model.ActorDevice && last.Actor.Type != model.ActorSystem {
+	if last := entries[len(entries)-1]; last.Kind != model.AuditCoredumpUploaded || last.DeviceID != d.ID || last.ClientID != d.ClientID() || last.Actor != model.DeviceActor(d.ClientID()) {
 		t.Errorf("audit %+v", last)
 	}
 
