@@ -82,6 +82,7 @@ func coreModule(cfg Config) fx.Option {
 				fx.As(new(ports.DeviceAPI)), fx.As(new(ports.Rotation)), fx.As(new(ports.AuditReader))),
 		),
 		rotationProviders(),
+		fx.Invoke(registerFleetMetrics),
 	)
 }
 
