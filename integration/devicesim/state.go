@@ -163,7 +163,10 @@ func (d *Device) InstallFirmware(ctx context.Context) (string, error) {
 		if err := d.ReportState(ctx); err != nil {
 			return "", err
 		}
-		return "", fmt.Errorf("devicesim: the downloaded image does not verify (sha256 %s, ETag %s, parse: %v)", sum, fw.etag, perr)
+		if perr != nil {
+			return "", fmt.Errorf("devicesim: the downloaded image does not verify: %w", perr)
+		}
+		return "", fmt.Errorf("devicesim: the downloaded image does not verify (sha256 %s, ETag %s)", sum, fw.etag)
 	}
 	desc := img.AppDesc
 	d.mu.Lock()
