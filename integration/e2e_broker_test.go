@@ -101,7 +101,7 @@ func subscribeAs(t *testing.T, ctx context.Context, c *paho.Client, filter strin
 func TestE2EBrokerAccounts(t *testing.T) {
 	// The clock runs ahead so that an orphan account made now is past the
 	// reconciler's grace period.
-	s := startServer(t, map[string]string{"RECONCILE_INTERVAL": "1s"},
+	s := startServer(t, map[string]string{"RECONCILE_INTERVAL": "1s", "ROTATION_TICK_SECONDS": "1"},
 		fx.Decorate(func(c ports.Clock) ports.Clock { return shiftedClock{c, 5 * time.Minute} }))
 	st := s.st
 	ctx := ctxT(t, 3*time.Minute)
@@ -133,14 +133,17 @@ func TestE2EBrokerAccounts(t *testing.T) {
 			t.Errorf("A's subscription to %s granted (%#x)", f, rc)
 		}
 	}
-	// espmdm's own publishes arrive: config changes of A and B, a release.
+	// espmdm's own publishes arrive: config changes of A and B, A's
+	// rotation, a release.
 	s.do(http.MethodPut, fmt.Sprintf("/api/devices/%d", a.ID), s.admin, `{"config":{"n":2}}`).want(t, http.StatusOK, nil)
+	s.do(http.MethodPost, fmt.Sprintf("/api/devices/%d/rotate", a.ID), s.admin, nil).want(t, http.StatusAccepted, nil)
 	s.do(http.MethodPut, fmt.Sprintf("/api/devices/%d", b.ID), s.admin, `{"config":{"n":2}}`).want(t, http.StatusOK, nil)
 	s.request(http.MethodPost, fmt.Sprintf("/api/device-models/%d/firmware", m.ID), s.admin,
 		bytes.NewReader(firmwareImage(esp32image.ChipESP32, "2.0.0")), "Content-Type", "application/octet-stream").
 		want(t, http.StatusCreated, nil)
-	waitFor(t, 20*time.Second, "A's config and firmware nudges", func() bool {
-		return got.has("iotsupport/"+a.ClientID+"/config") && got.has("iotsupport/"+m.Code+"/firmware")
+	waitFor(t, 20*time.Second, "A's config, rotation and firmware nudges", func() bool {
+		return got.has("iotsupport/"+a.ClientID+"/config") && got.has("iotsupport/"+a.ClientID+"/rotation") &&
+			got.has("iotsupport/"+m.Code+"/firmware")
 	})
 	// A's publishes reach nobody, on its own topics or another's.
 	var watched inbox
