@@ -15,13 +15,11 @@ import (
 // Device state reports (SPEC §15): POST /iot/state, the report in the
 // device answers, and the fleet by reported firmware version.
 
-// The patterns of a report's text members, as model.StateReport.Validate
-// checks them: printable ASCII (they end up in audit details, logs and
-// metric labels), lengths in the oas tags.
-const (
-	reportTextPattern = `^[ -~]+$`
-	elfSHA256Pattern  = `^[0-9a-f]{1,64}$`
-)
+// reportTextPattern is a report's text as model.StateReport.Validate
+// checks it: printable ASCII (it ends up in audit details, logs and metric
+// labels). The members' tags spell it out; their lengths are in the oas
+// tags.
+const reportTextPattern = `^[ -~]+$`
 
 // stateReportDTO is the POST /iot/state body. Every member is raw so that
 // an absent member (left out of the report) is told from null, which is
