@@ -167,6 +167,8 @@ type Deps struct {
 	// Coredumps serves the core dump routes and the ELF upload (SPEC §17);
 	// nil answers them 503.
 	Coredumps ports.Coredumps
+	// Fleet serves GET /api/fleet/firmware; nil answers it 503.
+	Fleet ports.FleetReader
 	// Logger defaults to a no-op logger.
 	Logger *zap.Logger
 	// Registerer receives the HTTP metrics; Gatherer is what /metrics
@@ -193,6 +195,7 @@ type Server struct {
 	rotation    ports.Rotation
 	coredumps   ports.Coredumps
 	audit       ports.AuditReader
+	fleet       ports.FleetReader
 	verify      ports.TokenVerifier
 	log         *zap.Logger
 	gather      prometheus.Gatherer
@@ -265,6 +268,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		rotation:    deps.Rotation,
 		coredumps:   deps.Coredumps,
 		audit:       deps.Audit,
+		fleet:       deps.Fleet,
 		verify:      deps.Verifier,
 		log:         log.Named("http"),
 		gather:      gat,
@@ -384,10 +388,12 @@ func (s *Server) routes() {
 	a.Get("/api/coredumps/:id/download", small, read, s.downloadCoredump)
 	a.Delete("/api/coredumps/:id", small, write, s.deleteCoredump)
 	a.Post("/iot/coredump", bodyLimit(s.cfg.CoredumpMaxBytes), s.requireDevice, s.iotCoredump)
+	a.Get("/api/fleet/firmware", small, read, s.fleetFirmware)
 
 	a.Get("/iot/config", small, s.requireDevice, s.iotConfig)
 	a.Get("/iot/firmware", small, s.requireDevice, s.iotFirmware)
 	a.Get("/iot/firmware-version", small, s.requireDevice, s.iotFirmwareVersion)
 	a.Get("/iot/provisioning", small, s.requireDevice, s.iotProvisioning)
 	a.Post("/iot/provisioning/ack", small, s.requireDevice, s.iotProvisioningAck)
+	a.Post("/iot/state", small, s.requireDevice, s.iotState)
 }

@@ -42,6 +42,9 @@ const (
 	// AuditCoredumpDeleted: an admin deleted one.
 	AuditCoredumpUploaded AuditKind = "coredump_uploaded"
 	AuditCoredumpDeleted  AuditKind = "coredump_deleted"
+	// AuditFirmwareReported: a device's state report (SPEC §15) names
+	// another firmware version than its previous report (or is its first).
+	AuditFirmwareReported AuditKind = "device_firmware_changed"
 )
 
 // AuditKinds lists every kind, in the order above.
@@ -52,6 +55,7 @@ var AuditKinds = []AuditKind{
 	AuditSecretConfirmed, AuditSecretAckRefused, AuditRotatedInvalidated, AuditRotationTimeout,
 	AuditSecretRestored, AuditModelCreated, AuditModelUpdated, AuditModelDeleted, AuditFirmwareUploaded,
 	AuditBrokerAccountReconciled, AuditOrphanAccountDeleted, AuditCoredumpUploaded, AuditCoredumpDeleted,
+	AuditFirmwareReported,
 }
 
 // Valid reports whether k is one of AuditKinds.
