@@ -256,7 +256,7 @@ func newService(p serviceParams) *mdm.Service {
 		WiFiSSID: p.Cfg.WiFiSSID, WiFiPassword: p.Cfg.WiFiPassword,
 		FirmwareMaxBytes: p.Cfg.FirmwareMaxBytes,
 		CoredumpMaxBytes: p.Cfg.CoredumpMaxBytes, CoredumpKeep: p.Cfg.CoredumpKeep,
-		CoredumpTimeout: p.Cfg.CoredumpTimeout, ELFMaxBytes: p.Cfg.ELFMaxBytes,
+		CoredumpTimeout: p.Cfg.CoredumpTimeout, ELFMaxBytes: p.Cfg.ELFMaxBytes, CoredumpRetry: p.Cfg.CoredumpPoll,
 		RotationMode:        model.RotationMode(p.Cfg.RotationMode),
 		RotationConcurrency: p.Cfg.RotationConcurrency, RotationTimeout: p.Cfg.RotationTimeout,
 		RotationFetchTimeout: p.Cfg.RotationFetchTimeout,

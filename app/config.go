@@ -363,7 +363,7 @@ var Vars = []Var{
 		set: positive(func(c *Config) *int { return &c.CoredumpWorkers })},
 	{Name: "COREDUMP_TIMEOUT", Default: "2m", Help: "how long one core dump analysis may run before it is failed",
 		set: duration(func(c *Config) *time.Duration { return &c.CoredumpTimeout })},
-	{Name: "COREDUMP_POLL_SECONDS", Default: "10", Help: "how often the analysis workers look for dumps uploaded through other replicas",
+	{Name: "COREDUMP_POLL_SECONDS", Default: "10", Help: "how often the analysis workers look for dumps uploaded through other replicas, and how long a dump whose analysis could not run (tools missing) waits before it is tried again",
 		set: seconds(func(c *Config) *time.Duration { return &c.CoredumpPoll })},
 	{Name: "COREDUMP_TOOL", Default: "$ESPMDM_CACHE_DIR/coredump-" + coredump.ToolVersion + "/bin/esp-coredump", Help: "Espressif's esp-coredump (make deps installs it in a virtualenv in the cache directory: ESPMDM_CACHE_DIR, else ~/.cache/espmdm)",
 		set: str(func(c *Config) *string { return &c.CoredumpTool })},

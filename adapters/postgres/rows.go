@@ -96,16 +96,16 @@ var deviceMutableColumns = []string{
 type firmwareRow struct {
 	bun.BaseModel `bun:"table:firmware,alias:f"`
 
-	ID            int64     `bun:"id,pk,autoincrement"`
-	DeviceModelID int64     `bun:"device_model_id,notnull"`
-	Version       string    `bun:"version,notnull"`
-	ProjectName   string    `bun:"project_name,notnull"`
-	IDFVersion    string    `bun:"idf_version,notnull"`
-	Chip          string    `bun:"chip,notnull"`
-	ChipID        int       `bun:"chip_id,notnull"`
-	SHA256        string    `bun:"sha256,notnull"`
-	Size          int64     `bun:"size,notnull"`
-	SecureVersion int64     `bun:"secure_version,notnull"`
+	ID            int64  `bun:"id,pk,autoincrement"`
+	DeviceModelID int64  `bun:"device_model_id,notnull"`
+	Version       string `bun:"version,notnull"`
+	ProjectName   string `bun:"project_name,notnull"`
+	IDFVersion    string `bun:"idf_version,notnull"`
+	Chip          string `bun:"chip,notnull"`
+	ChipID        int    `bun:"chip_id,notnull"`
+	SHA256        string `bun:"sha256,notnull"`
+	Size          int64  `bun:"size,notnull"`
+	SecureVersion int64  `bun:"secure_version,notnull"`
 	// ELFSHA256 is NULL for an image whose descriptor names no ELF.
 	ELFSHA256  *string   `bun:"elf_sha256"`
 	HasELF     bool      `bun:"has_elf,notnull"`

@@ -31,10 +31,10 @@ const (
 	DefaultCoredumpKeep                   = 20
 	DefaultCoredumpTimeout  time.Duration = 2 * time.Minute
 	DefaultELFMaxBytes      int64         = 512 << 20
-	// CoredumpRetry is how long a dump waits after an analysis that could
-	// not run (tools missing, the blob store down) before it is claimed
-	// again.
-	CoredumpRetry = time.Minute
+	// DefaultCoredumpRetry is how long a dump waits after an analysis that
+	// could not run (tools missing, the blob store down) before it is
+	// claimed again.
+	DefaultCoredumpRetry = time.Minute
 	// CoredumpMaxAttempts bounds the analyses of one dump that end without
 	// an outcome (a worker killed mid-analysis, the ELF unreadable): the
 	// next one marks it failed. Missing tools do not count against it.
@@ -246,7 +246,7 @@ func (s *Service) AnalyseNextCoredump(ctx context.Context) (bool, error) {
 		return false, &model.UnavailableError{Service: "core dump analysis", Err: errors.New("not configured")}
 	}
 	now := s.now()
-	claimed, err := s.d.Coredumps.ClaimCoredumps(ctx, now, now.Add(s.cfg.CoredumpTimeout+CoredumpRetry), 1)
+	claimed, err := s.d.Coredumps.ClaimCoredumps(ctx, now, now.Add(s.cfg.CoredumpTimeout+s.cfg.CoredumpRetry), 1)
 	if err != nil || len(claimed) == 0 {
 		return false, err
 	}
@@ -271,7 +271,7 @@ var errCoredumpMoved = errors.New("core dump no longer pending")
 // analyse runs the analysis of claimed dump c and returns what to record.
 func (s *Service) analyse(ctx context.Context, c model.Coredump) func(*model.Coredump) {
 	retry := func(reason string) func(*model.Coredump) {
-		at := s.now().Add(CoredumpRetry)
+		at := s.now().Add(s.cfg.CoredumpRetry)
 		return func(cur *model.Coredump) { cur.Reason, cur.ClaimedUntil = reason, &at }
 	}
 	fail := func(reason string) func(*model.Coredump) {

@@ -340,7 +340,7 @@ func TestCoredumpToolsMissingStaysPendingWithReason(t *testing.T) {
 	if n := de.analyse(t); n != 0 {
 		t.Errorf("claimed again at once: %d", n)
 	}
-	de.clock.Advance(mdm.CoredumpRetry + time.Second)
+	de.clock.Advance(mdm.DefaultCoredumpRetry + time.Second)
 	de.analyzer.CheckErr = nil
 	if n := de.analyse(t); n != 1 {
 		t.Fatalf("claimed %d after the retry time", n)
@@ -378,7 +378,7 @@ func TestCoredumpFailedAnalysisAndAttempts(t *testing.T) {
 	c, _ = de.svc.UploadCoredump(t.Context(), d, bytes.NewReader(append(bytes.Clone(de.dump), 0)))
 	for range mdm.CoredumpMaxAttempts + 1 {
 		de.analyse(t)
-		de.clock.Advance(mdm.CoredumpRetry + time.Second)
+		de.clock.Advance(mdm.DefaultCoredumpRetry + time.Second)
 	}
 	got, _ := de.svc.GetCoredump(t.Context(), c.ID)
 	if got.Status != model.CoredumpFailed || !strings.Contains(got.Reason, "gave up after") || got.Attempts != mdm.CoredumpMaxAttempts+1 {

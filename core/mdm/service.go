@@ -115,6 +115,9 @@ type Config struct {
 	CoredumpKeep     int
 	CoredumpTimeout  time.Duration
 	ELFMaxBytes      int64
+	// CoredumpRetry is how long a dump whose analysis could not run waits
+	// to be claimed again (DefaultCoredumpRetry).
+	CoredumpRetry time.Duration
 }
 
 // Service implements the espmdm use cases. It is safe for concurrent use.
@@ -159,6 +162,7 @@ func New(deps Deps, cfg Config) *Service {
 	}
 	setDefault(&cfg.CoredumpKeep, DefaultCoredumpKeep)
 	setDefault(&cfg.CoredumpTimeout, DefaultCoredumpTimeout)
+	setDefault(&cfg.CoredumpRetry, DefaultCoredumpRetry)
 	if cfg.OrphanGrace <= 0 {
 		cfg.OrphanGrace = DefaultOrphanGrace
 	}

@@ -1,0 +1,250 @@
+package integration_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/espmdm/espmdm/integration"
+)
+
+// Core dumps end to end (SPEC §17), against the real tools make deps
+// installs: a real ESP32-C3 firmware image and the ELF it was built from,
+// the real dump it left, uploaded with a device token; no_elf until the
+// ELF arrives, then the analysis; a server without its tools keeps the
+// dump pending with the reason, and the next server with them analyses it.
+
+const coredumpData = "../adapters/coredump/testdata/"
+
+type coredumpFrame struct {
+	PC       string  `json:"pc"`
+	Function *string `json:"function"`
+	File     *string `json:"file"`
+	Line     *int    `json:"line"`
+}
+
+type coredumpAnswer struct {
+	ID              int64   `json:"id"`
+	DeviceID        int64   `json:"device_id"`
+	ClientID        string  `json:"client_id"`
+	Size            int64   `json:"size"`
+	SHA256          string  `json:"sha256"`
+	Chip            *string `json:"chip"`
+	Format          *string `json:"format"`
+	ELFSHA256Prefix *string `json:"elf_sha256_prefix"`
+	Status          string  `json:"status"`
+	Reason          *string `json:"reason"`
+	ELFSHA256       *string `json:"elf_sha256"`
+	FirmwareVersion *string `json:"firmware_version"`
+	Analysis        *struct {
+		CrashedTask *string         `json:"crashed_task"`
+		PanicReason *string         `json:"panic_reason"`
+		CrashFrame  *coredumpFrame  `json:"crash_frame"`
+		Frames      []coredumpFrame `json:"frames"`
+		Notes       []string        `json:"notes"`
+		Text        string          `json:"text"`
+	} `json:"analysis"`
+}
+
+func readTestdata(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(coredumpData + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// waitCoredump polls GET /api/coredumps/{id} until its status is want.
+func waitCoredump(t *testing.T, s *server, id int64, want string, timeout time.Duration) coredumpAnswer {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var c coredumpAnswer
+		r := s.do(http.MethodGet, fmt.Sprintf("/api/coredumps/%d", id), s.viewer, nil).want(t, http.StatusOK, &c)
+		if c.Status == want {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("core dump %d: not %s after %s: %s", id, want, timeout, r.body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func uploadDump(t *testing.T, s *server, tok string, dump []byte, status int) int64 {
+	t.Helper()
+	var out struct {
+		ID int64 `json:"id"`
+	}
+	r := s.request(http.MethodPost, "/iot/coredump", tok, bytes.NewReader(dump), "Content-Type", "application/octet-stream")
+	if status != http.StatusCreated {
+		r.wantProblem(t, status)
+		return 0
+	}
+	r.want(t, http.StatusCreated, &out)
+	if out.ID <= 0 {
+		t.Fatalf("POST /iot/coredump: id %d", out.ID)
+	}
+	return out.ID
+}
+
+func TestE2ECoredumps(t *testing.T) {
+	img, elf, dump := readTestdata(t, "esp32c3.bin"), readTestdata(t, "esp32c3.elf"), readTestdata(t, "esp32c3.coredump")
+	imgSum, elfSum, dumpSum := sha256.Sum256(img), sha256.Sum256(elf), sha256.Sum256(dump)
+
+	// A server whose tools are missing: the dump is kept, pending, with why.
+	db := integration.Shared(t).NewDatabase(t)
+	first := startServer(t, map[string]string{"DATABASE_URL": db, "COREDUMP_TOOL": "/nonexistent/esp-coredump"})
+	m := newModel(t, first, nil)
+	d := newDevice(t, first, m.ID, `{}`)
+	tok := deviceTokenOf(t, first, d.ID)
+	first.request(http.MethodPost, fmt.Sprintf("/api/device-models/%d/firmware", m.ID), first.admin,
+		bytes.NewReader(img), "Content-Type", "application/octet-stream").want(t, http.StatusCreated, nil)
+	first.request(http.MethodPut, fmt.Sprintf("/api/device-models/%d/firmware/%x/elf", m.ID, imgSum), first.admin,
+		bytes.NewReader(elf), "Content-Type", "application/octet-stream").want(t, http.StatusOK, nil)
+	pendingID := uploadDump(t, first, tok, dump, http.StatusCreated)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var c coredumpAnswer
+		first.do(http.MethodGet, fmt.Sprintf("/api/coredumps/%d", pendingID), first.viewer, nil).want(t, http.StatusOK, &c)
+		if c.Status != "pending" {
+			t.Fatalf("without its tools the dump is %s, want pending", c.Status)
+		}
+		if c.Reason != nil && strings.Contains(*c.Reason, "esp-coredump") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no reason naming the missing tool after 30 s: %+v", c)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if first.logs.FilterMessageSnippet("core dump analysis tools missing").Len() == 0 {
+		t.Error("the server did not say at start that the tools are missing")
+	}
+	first.stop()
+
+	// The next server on the same database, with the tools: the pending
+	// dump is tried again once the first server's retry time (its
+	// COREDUMP_POLL_SECONDS, 10 s) has passed.
+	s := startServer(t, map[string]string{"DATABASE_URL": db, "COREDUMP_POLL_SECONDS": "1"})
+	c := waitCoredump(t, s, pendingID, "analysed", 2*time.Minute)
+	if c.Analysis == nil || c.Analysis.CrashFrame == nil || c.Analysis.CrashFrame.Function == nil || *c.Analysis.CrashFrame.Function != "fail_once" {
+		t.Fatalf("the analysis after the restart: %+v", c.Analysis)
+	}
+
+	t.Run("upload, no_elf, the ELF, analysed", func(t *testing.T) {
+		m := newModel(t, s, nil)
+		d := newDevice(t, s, m.ID, `{}`)
+		tok := deviceTokenOf(t, s, d.ID)
+		var fw struct {
+			SHA256    string  `json:"sha256"`
+			ELFSHA256 *string `json:"elf_sha256"`
+			HasELF    bool    `json:"has_elf"`
+		}
+		s.request(http.MethodPost, fmt.Sprintf("/api/device-models/%d/firmware", m.ID), s.admin,
+			bytes.NewReader(img), "Content-Type", "application/octet-stream").want(t, http.StatusCreated, &fw)
+		if fw.ELFSHA256 == nil || *fw.ELFSHA256 != hex.EncodeToString(elfSum[:]) || fw.HasELF {
+			t.Fatalf("upload of the image: %+v, want elf_sha256 %x and no ELF yet", fw, elfSum)
+		}
+
+		id := uploadDump(t, s, tok, dump, http.StatusCreated)
+		c := waitCoredump(t, s, id, "no_elf", time.Minute)
+		if c.Reason == nil || !strings.Contains(*c.Reason, "7d946a8e8") || c.ClientID != d.ClientID || c.DeviceID != d.ID ||
+			c.Size != int64(len(dump)) || c.SHA256 != hex.EncodeToString(dumpSum[:]) || c.Chip == nil || *c.Chip != "esp32c3" ||
+			c.Format == nil || *c.Format != "elf" || c.ELFSHA256Prefix == nil || *c.ELFSHA256Prefix != "7d946a8e8" {
+			t.Fatalf("before the ELF: %+v", c)
+		}
+
+		// Another ELF than the image's: 400 naming both digests.
+		wrong := append(bytes.Clone(elf[:4096]), "not the ELF"...)
+		wrongSum := sha256.Sum256(wrong)
+		problem := s.request(http.MethodPut, fmt.Sprintf("/api/device-models/%d/firmware/%s/elf", m.ID, fw.SHA256), s.admin,
+			bytes.NewReader(wrong), "Content-Type", "application/octet-stream").wantProblem(t, http.StatusBadRequest)
+		if !strings.Contains(problem, hex.EncodeToString(wrongSum[:])) || !strings.Contains(problem, hex.EncodeToString(elfSum[:])) {
+			t.Errorf("a wrong ELF: %s, want both digests", problem)
+		}
+		s.request(http.MethodPut, fmt.Sprintf("/api/device-models/%d/firmware/%s/elf", m.ID, strings.Repeat("0", 64)), s.admin,
+			bytes.NewReader(elf), "Content-Type", "application/octet-stream").wantProblem(t, http.StatusNotFound)
+
+		s.request(http.MethodPut, fmt.Sprintf("/api/device-models/%d/firmware/%s/elf", m.ID, fw.SHA256), s.admin,
+			bytes.NewReader(elf), "Content-Type", "application/octet-stream").want(t, http.StatusOK, &fw)
+		if !fw.HasELF {
+			t.Errorf("after the ELF: has_elf false")
+		}
+		var hist struct {
+			Versions []struct {
+				HasELF bool `json:"has_elf"`
+			} `json:"versions"`
+		}
+		s.do(http.MethodGet, fmt.Sprintf("/api/device-models/%d/firmware/versions", m.ID), s.viewer, nil).want(t, http.StatusOK, &hist)
+		if len(hist.Versions) != 1 || !hist.Versions[0].HasELF {
+			t.Errorf("history %+v, want has_elf", hist)
+		}
+
+		c = waitCoredump(t, s, id, "analysed", 2*time.Minute)
+		a := c.Analysis
+		if a == nil || a.PanicReason == nil || !strings.Contains(*a.PanicReason, "abort()") || a.CrashedTask == nil || *a.CrashedTask == "" ||
+			a.CrashFrame == nil || a.CrashFrame.Function == nil || *a.CrashFrame.Function != "fail_once" ||
+			a.CrashFrame.File == nil || !strings.HasSuffix(*a.CrashFrame.File, "test_core_dump.c") || a.CrashFrame.Line == nil || *a.CrashFrame.Line != 14 ||
+			len(a.Frames) < 3 || !strings.Contains(a.Text, "fail_once") {
+			t.Fatalf("analysis %+v", a)
+		}
+		if c.ELFSHA256 == nil || *c.ELFSHA256 != hex.EncodeToString(elfSum[:]) || c.FirmwareVersion == nil {
+			t.Errorf("analysed against %v (%v), want the ELF %x", c.ELFSHA256, c.FirmwareVersion, elfSum)
+		}
+
+		// The bytes as the device sent them.
+		r := s.do(http.MethodGet, fmt.Sprintf("/api/coredumps/%d/download", id), s.viewer, nil).want(t, http.StatusOK, nil)
+		if !bytes.Equal(r.body, dump) {
+			t.Errorf("download: %d bytes, not the dump's %d", len(r.body), len(dump))
+		}
+
+		// Garbage is kept as failed, with why; more than COREDUMP_MAX_BYTES
+		// is a 413 and nothing is kept.
+		bad := uploadDump(t, s, tok, []byte("this is no core dump"), http.StatusCreated)
+		if c := waitCoredump(t, s, bad, "failed", 10*time.Second); c.Reason == nil || !strings.HasPrefix(*c.Reason, "not a core dump") {
+			t.Errorf("garbage: %+v", c)
+		}
+		uploadDump(t, s, tok, make([]byte, 1<<20+1), http.StatusRequestEntityTooLarge)
+		var list struct {
+			Coredumps []coredumpAnswer `json:"coredumps"`
+		}
+		s.do(http.MethodGet, fmt.Sprintf("/api/devices/%d/coredumps", d.ID), s.viewer, nil).want(t, http.StatusOK, &list)
+		if len(list.Coredumps) != 2 || list.Coredumps[0].ID != bad || list.Coredumps[1].ID != id {
+			t.Fatalf("list %+v, want the garbage then the dump (newest first), nothing of the refused one", list.Coredumps)
+		}
+
+		// Device tokens are refused on the admin routes; viewers cannot delete.
+		s.do(http.MethodGet, fmt.Sprintf("/api/coredumps/%d", id), tok, nil).wantProblem(t, http.StatusUnauthorized)
+		s.do(http.MethodDelete, fmt.Sprintf("/api/coredumps/%d", bad), s.viewer, nil).wantProblem(t, http.StatusForbidden)
+		s.do(http.MethodDelete, fmt.Sprintf("/api/coredumps/%d", bad), s.admin, nil).want(t, http.StatusNoContent, nil)
+		s.do(http.MethodGet, fmt.Sprintf("/api/coredumps/%d", bad), s.viewer, nil).wantProblem(t, http.StatusNotFound)
+
+		var audit struct {
+			Entries []struct {
+				Kind     string `json:"kind"`
+				DeviceID *int64 `json:"device_id"`
+			} `json:"entries"`
+		}
+		s.do(http.MethodGet, fmt.Sprintf("/api/audit?device_id=%d&limit=1000", d.ID), s.viewer, nil).want(t, http.StatusOK, &audit)
+		kinds := map[string]int{}
+		for _, e := range audit.Entries {
+			kinds[e.Kind]++
+		}
+		if kinds["coredump_uploaded"] != 2 || kinds["coredump_deleted"] != 1 {
+			t.Errorf("audit kinds %v, want 2 coredump_uploaded and 1 coredump_deleted", kinds)
+		}
+
+		body := string(s.do(http.MethodGet, "/metrics", "", nil).want(t, http.StatusOK, nil).body)
+		if want := fmt.Sprintf(`espmdm_coredumps{model=%q,status="analysed"} 1`, m.Code); !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	})
+}
