@@ -89,6 +89,8 @@ test.describe.serial("the console", () => {
     await expect(page.getByText("Exists")).toBeVisible();
     await expect(page.getByRole("heading", { name: "Reported state" })).toBeVisible();
     await expect(page.getByText("No state report yet")).toBeVisible();
+    await expect(page.getByRole("heading", { name: "Core dumps" })).toBeVisible();
+    await expect(page.getByText("No core dumps: the device has not uploaded one.")).toBeVisible();
     await noSeriousA11yViolations(page, "device page");
 
     // Download the partition
