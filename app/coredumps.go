@@ -85,8 +85,10 @@ func coredumpWorker(ctx context.Context, svc *mdm.Service, poll time.Duration, l
 	}
 }
 
-var coredumpsDesc = prometheus.NewDesc("espmdm_coredumps",
-	"Stored core dumps by model and analysis status (pending, analysed, no_elf, failed).",
+// coredumpsDesc is named as SPEC §17 names it; it is a gauge (the dumps
+// stored now), since deletions and retention take dumps away.
+var coredumpsDesc = prometheus.NewDesc("espmdm_coredumps_total",
+	"Core dumps stored now, by model and analysis status (pending, analysed, no_elf, failed).",
 	[]string{"model", "status"}, nil)
 
 // coredumpCollector reads the counts at scrape time (one GROUP BY), so

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -133,11 +135,49 @@ func TestE2ECoredumps(t *testing.T) {
 	// The next server on the same database, with the tools: the pending
 	// dump is tried again once the first server's retry time (its
 	// COREDUMP_POLL_SECONDS, 10 s) has passed.
-	s := startServer(t, map[string]string{"DATABASE_URL": db, "COREDUMP_POLL_SECONDS": "1"})
+	s := startServer(t, map[string]string{"DATABASE_URL": db, "COREDUMP_POLL_SECONDS": "1", "COREDUMP_KEEP": "2"})
 	c := waitCoredump(t, s, pendingID, "analysed", 2*time.Minute)
 	if c.Analysis == nil || c.Analysis.CrashFrame == nil || c.Analysis.CrashFrame.Function == nil || *c.Analysis.CrashFrame.Function != "fail_once" {
 		t.Fatalf("the analysis after the restart: %+v", c.Analysis)
 	}
+
+	t.Run("a component device uploads the dump a crash left and erases it", func(t *testing.T) {
+		m := newModel(t, s, nil)
+		s.request(http.MethodPost, fmt.Sprintf("/api/device-models/%d/firmware", m.ID), s.admin,
+			bytes.NewReader(img), "Content-Type", "application/octet-stream").want(t, http.StatusCreated, nil)
+		s.request(http.MethodPut, fmt.Sprintf("/api/device-models/%d/firmware/%x/elf", m.ID, imgSum), s.admin,
+			bytes.NewReader(elf), "Content-Type", "application/octet-stream").want(t, http.StatusOK, nil)
+		d := newDevice(t, s, m.ID, `{}`)
+		h := newHostDevice(t, s, d, "1.0.0")
+		dumpFile := filepath.Join(h.dir, "coredump", "0001.core")
+		if err := os.MkdirAll(filepath.Dir(dumpFile), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dumpFile, dump, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		from := h.mark()
+		h.start()
+		defer h.stop()
+		ev := h.waitEvent(from, time.Minute, "coredump_uploaded")
+		if ev.Size != int64(len(dump)) {
+			t.Errorf("coredump_uploaded size %d, want %d", ev.Size, len(dump))
+		}
+		if _, err := os.Stat(dumpFile); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the dump file after the upload: %v, want it erased", err)
+		}
+		var list struct {
+			Coredumps []coredumpAnswer `json:"coredumps"`
+		}
+		s.do(http.MethodGet, fmt.Sprintf("/api/devices/%d/coredumps", d.ID), s.viewer, nil).want(t, http.StatusOK, &list)
+		if len(list.Coredumps) != 1 || list.Coredumps[0].SHA256 != hex.EncodeToString(dumpSum[:]) {
+			t.Fatalf("the device's dumps: %+v", list.Coredumps)
+		}
+		c := waitCoredump(t, s, list.Coredumps[0].ID, "analysed", 2*time.Minute)
+		if c.Analysis == nil || c.Analysis.CrashFrame == nil || c.Analysis.CrashFrame.Function == nil || *c.Analysis.CrashFrame.Function != "fail_once" {
+			t.Errorf("the component's dump analysed as %+v", c.Analysis)
+		}
+	})
 
 	t.Run("upload, no_elf, the ELF, analysed", func(t *testing.T) {
 		m := newModel(t, s, nil)
@@ -221,8 +261,16 @@ func TestE2ECoredumps(t *testing.T) {
 			t.Fatalf("list %+v, want the garbage then the dump (newest first), nothing of the refused one", list.Coredumps)
 		}
 
+		// Retention: COREDUMP_KEEP=2, a third upload deletes the oldest.
+		third := uploadDump(t, s, tok, []byte("another garbage dump"), http.StatusCreated)
+		s.do(http.MethodGet, fmt.Sprintf("/api/devices/%d/coredumps", d.ID), s.viewer, nil).want(t, http.StatusOK, &list)
+		if len(list.Coredumps) != 2 || list.Coredumps[0].ID != third || list.Coredumps[1].ID != bad {
+			t.Fatalf("after a third upload: %+v, want the two newest", list.Coredumps)
+		}
+		s.do(http.MethodGet, fmt.Sprintf("/api/coredumps/%d", id), s.viewer, nil).wantProblem(t, http.StatusNotFound)
+
 		// Device tokens are refused on the admin routes; viewers cannot delete.
-		s.do(http.MethodGet, fmt.Sprintf("/api/coredumps/%d", id), tok, nil).wantProblem(t, http.StatusUnauthorized)
+		s.do(http.MethodGet, fmt.Sprintf("/api/coredumps/%d", third), tok, nil).wantProblem(t, http.StatusUnauthorized)
 		s.do(http.MethodDelete, fmt.Sprintf("/api/coredumps/%d", bad), s.viewer, nil).wantProblem(t, http.StatusForbidden)
 		s.do(http.MethodDelete, fmt.Sprintf("/api/coredumps/%d", bad), s.admin, nil).want(t, http.StatusNoContent, nil)
 		s.do(http.MethodGet, fmt.Sprintf("/api/coredumps/%d", bad), s.viewer, nil).wantProblem(t, http.StatusNotFound)
@@ -238,12 +286,12 @@ func TestE2ECoredumps(t *testing.T) {
 		for _, e := range audit.Entries {
 			kinds[e.Kind]++
 		}
-		if kinds["coredump_uploaded"] != 2 || kinds["coredump_deleted"] != 1 {
-			t.Errorf("audit kinds %v, want 2 coredump_uploaded and 1 coredump_deleted", kinds)
+		if kinds["coredump_uploaded"] != 3 || kinds["coredump_deleted"] != 1 {
+			t.Errorf("audit kinds %v, want 3 coredump_uploaded and 1 coredump_deleted", kinds)
 		}
 
 		body := string(s.do(http.MethodGet, "/metrics", "", nil).want(t, http.StatusOK, nil).body)
-		if want := fmt.Sprintf(`espmdm_coredumps{model=%q,status="analysed"} 1`, m.Code); !strings.Contains(body, want) {
+		if want := fmt.Sprintf(`espmdm_coredumps_total{model=%q,status="failed"} 1`, m.Code); !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	})
