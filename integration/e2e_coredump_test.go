@@ -240,6 +240,21 @@ func TestE2ECoredumps(t *testing.T) {
 			t.Errorf("analysed against %v (%v), want the ELF %x", c.ELFSHA256, c.FirmwareVersion, elfSum)
 		}
 
+		var crashes struct {
+			Days    int `json:"days"`
+			Crashes []struct {
+				Function        *string `json:"function"`
+				FirmwareVersion string  `json:"firmware_version"`
+				Count           int     `json:"count"`
+				LastCoredumpID  int64   `json:"last_coredump_id"`
+			} `json:"crashes"`
+		}
+		s.do(http.MethodGet, fmt.Sprintf("/api/device-models/%d/crashes", m.ID), s.viewer, nil).want(t, http.StatusOK, &crashes)
+		if crashes.Days != 30 || len(crashes.Crashes) != 1 || crashes.Crashes[0].Function == nil || *crashes.Crashes[0].Function != "fail_once" ||
+			crashes.Crashes[0].Count != 1 || crashes.Crashes[0].LastCoredumpID != id {
+			t.Errorf("the model's crashes: %+v", crashes)
+		}
+
 		// The bytes as the device sent them.
 		r := s.do(http.MethodGet, fmt.Sprintf("/api/coredumps/%d/download", id), s.viewer, nil).want(t, http.StatusOK, nil)
 		if !bytes.Equal(r.body, dump) {

@@ -55,6 +55,10 @@ type CoredumpRepo interface {
 	// (their ELF prefix is its start) pending again, unclaimed, and
 	// returns how many.
 	RequeueCoredumps(ctx context.Context, modelID int64, elfSHA256 string) (int, error)
+	// CrashGroups groups the model's analysed dumps received at or after
+	// since by crash function and firmware version, the largest group
+	// first (then the newest).
+	CrashGroups(ctx context.Context, modelID int64, since time.Time) ([]model.CrashGroup, error)
 	// CoredumpCounts counts the dumps by model and status (only the
 	// pairs that have dumps).
 	CoredumpCounts(ctx context.Context) ([]CoredumpCount, error)

@@ -190,6 +190,9 @@ type Coredumps interface {
 	// OpenCoredump opens a dump's bytes; the caller closes the blob.
 	OpenCoredump(ctx context.Context, id int64) (model.Coredump, Blob, error)
 	DeleteCoredump(ctx context.Context, id int64) error
+	// ModelCrashes groups the model's analysed dumps of the last days by
+	// crash function and firmware version.
+	ModelCrashes(ctx context.Context, modelID int64, days int) ([]model.CrashGroup, error)
 	// UploadELF stores the ELF of model modelID's upload imageSHA256 (it
 	// must be the image's app_elf_sha256); size is its length or
 	// UnknownSize.

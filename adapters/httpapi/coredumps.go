@@ -60,6 +60,19 @@ type coredumpListDTO struct {
 	NextCursor *string       `json:"next_cursor" oas:"use=nextCursor"`
 }
 
+type crashGroupDTO struct {
+	Function        *string `json:"function" desc:"the crash frame's function (the first outside ESP-IDF's abort and panic path); null when the analysis found none"`
+	FirmwareVersion string  `json:"firmware_version"`
+	Count           int     `json:"count"`
+	LastReceivedAt  string  `json:"last_received_at" oas:"use=dateTime"`
+	LastCoredumpID  int64   `json:"last_coredump_id" desc:"the group's newest dump"`
+}
+
+type crashListDTO struct {
+	Days    int             `json:"days"`
+	Crashes []crashGroupDTO `json:"crashes" desc:"the largest group first"`
+}
+
 type coredumpCreatedDTO struct {
 	ID int64 `json:"id"`
 }
@@ -106,6 +119,34 @@ func listOf[T any](s []T) []T {
 		return []T{}
 	}
 	return s
+}
+
+func (s *Server) modelCrashes(c *fiber.Ctx) error {
+	if s.coredumps == nil {
+		return errNoCoredumps
+	}
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	days := 30
+	if v := c.Query("days"); v != "" {
+		n, ok := intText(v)
+		if !ok || n < 1 || n > 366 {
+			return model.Invalid("days", "must be an integer from 1 to 366")
+		}
+		days = int(n)
+	}
+	groups, err := s.coredumps.ModelCrashes(c.UserContext(), id, days)
+	if err != nil {
+		return err
+	}
+	out := crashListDTO{Days: days, Crashes: make([]crashGroupDTO, 0, len(groups))}
+	for _, g := range groups {
+		out.Crashes = append(out.Crashes, crashGroupDTO{Function: optString(g.Function), FirmwareVersion: g.FirmwareVersion,
+			Count: g.Count, LastReceivedAt: timestamp(g.LastAt), LastCoredumpID: g.LastID})
+	}
+	return c.JSON(out)
 }
 
 func (s *Server) iotCoredump(c *fiber.Ctx) error {

@@ -384,6 +384,7 @@ func (s *Server) routes() {
 
 	a.Put("/api/device-models/:id/firmware/:sha256/elf", bodyLimit(s.cfg.ELFMaxBytes), write, s.uploadELF)
 	a.Get("/api/devices/:id/coredumps", small, read, s.listCoredumps)
+	a.Get("/api/device-models/:id/crashes", small, read, s.modelCrashes)
 	a.Get("/api/coredumps/:id", small, read, s.getCoredump)
 	a.Get("/api/coredumps/:id/download", small, read, s.downloadCoredump)
 	a.Delete("/api/coredumps/:id", small, write, s.deleteCoredump)

@@ -42,6 +42,7 @@ type coredumpRow struct {
 	ELFSHA256       *string         `bun:"elf_sha256"`
 	FirmwareVersion *string         `bun:"firmware_version"`
 	Analysis        json.RawMessage `bun:"analysis,type:jsonb,nullzero"`
+	CrashFunction   *string         `bun:"crash_function"`
 	AnalysedAt      *time.Time      `bun:"analysed_at"`
 	Attempts        int             `bun:"attempts,notnull"`
 	ClaimedUntil    *time.Time      `bun:"claimed_until"`
@@ -101,6 +102,8 @@ func coredumpToRow(c *model.Coredump) (coredumpRow, error) {
 		AnalysedAt: utcPtr(c.AnalysedAt), Attempts: c.Attempts, ClaimedUntil: utcPtr(c.ClaimedUntil),
 	}
 	if a := c.Analysis; a != nil {
+		f, _ := a.CrashFrame()
+		r.CrashFunction = &f.Function
 		doc := coredumpAnalysisDoc{Chip: a.Chip, CrashedTask: a.CrashedTask, PanicReason: a.PanicReason,
 			Frames: make([]coredumpFrameDoc, len(a.Frames)), Text: a.Text, Notes: a.Notes}
 		for k, f := range a.Frames {
@@ -323,7 +326,7 @@ func (r *CoredumpRepo) UpdateCoredump(ctx context.Context, id int64, fn func(*mo
 		}
 		next.ID = row.ID
 		if _, err := tx.NewUpdate().Model(&next).
-			Column("status", "reason", "elf_sha256", "firmware_version", "analysis", "analysed_at", "claimed_until").
+			Column("status", "reason", "elf_sha256", "firmware_version", "analysis", "crash_function", "analysed_at", "claimed_until").
 			WherePK().Exec(ctx); err != nil {
 			return translate("update core dump", err, fkNone)
 		}
@@ -346,6 +349,29 @@ func (r *CoredumpRepo) RequeueCoredumps(ctx context.Context, modelID int64, elfS
 	}
 	n, err := res.RowsAffected()
 	return int(n), err
+}
+
+// CrashGroups implements ports.CoredumpRepo.
+func (r *CoredumpRepo) CrashGroups(ctx context.Context, modelID int64, since time.Time) ([]model.CrashGroup, error) {
+	var rows []struct {
+		Function string    `bun:"function"`
+		Version  string    `bun:"version"`
+		N        int       `bun:"n"`
+		LastAt   time.Time `bun:"last_at"`
+		LastID   int64     `bun:"last_id"`
+	}
+	if err := r.db.NewSelect().TableExpr("coredumps AS c").
+		ColumnExpr("coalesce(c.crash_function, '') AS function, coalesce(c.firmware_version, '') AS version").
+		ColumnExpr("count(*) AS n, max(c.received_at) AS last_at, max(c.id) AS last_id").
+		Where("c.device_model_id = ? AND c.status = 'analysed' AND c.received_at >= ?", modelID, utc(since)).
+		GroupExpr("1, 2").OrderExpr("n DESC, last_id DESC").Scan(ctx, &rows); err != nil {
+		return nil, translate("crash groups", err, fkNone)
+	}
+	out := make([]model.CrashGroup, len(rows))
+	for i, x := range rows {
+		out[i] = model.CrashGroup{Function: x.Function, FirmwareVersion: x.Version, Count: x.N, LastAt: utc(x.LastAt), LastID: x.LastID}
+	}
+	return out, nil
 }
 
 // CoredumpCounts implements ports.CoredumpRepo.

@@ -223,6 +223,22 @@ func (s *Service) DeleteCoredump(ctx context.Context, id int64) error {
 	return nil
 }
 
+// ModelCrashes groups model modelID's analysed dumps of the last days (1
+// to 366) by crash function and firmware version (GET
+// /api/device-models/{id}/crashes).
+func (s *Service) ModelCrashes(ctx context.Context, modelID int64, days int) ([]model.CrashGroup, error) {
+	if err := s.coredumpsOn(); err != nil {
+		return nil, err
+	}
+	if days < 1 || days > 366 {
+		return nil, model.Invalid("days", "must be from 1 to 366")
+	}
+	if _, err := s.d.Models.GetModel(ctx, modelID); err != nil {
+		return nil, fmt.Errorf("model crashes: %w", err)
+	}
+	return s.d.Coredumps.CrashGroups(ctx, modelID, s.now().Add(-time.Duration(days)*24*time.Hour))
+}
+
 // CoredumpWake is closed-over by the workers: a value arrives on it when a
 // dump became pending on this replica (an upload, an ELF), so a worker
 // starts at once instead of at its next poll.

@@ -408,3 +408,34 @@ func TestCoredumpClaimOutlivedByItsWorker(t *testing.T) {
 		t.Errorf("after the second claim: %s, %d attempts", got.Status, got.Attempts)
 	}
 }
+
+func TestModelCrashesGroupsTheAnalysed(t *testing.T) {
+	de := newDumpEnv(t)
+	m := de.model(t, "lamp", "")
+	d := de.device(t, m, `{}`)
+	img := elfImage(de.elf, "1.0.0")
+	if _, err := de.svc.UploadFirmware(t.Context(), m.ID, img, model.UploadOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := de.svc.UploadELF(t.Context(), m.ID, sum(img), bytes.NewReader(de.elf), -1); err != nil {
+		t.Fatal(err)
+	}
+	de.analyzer.Script = func(_, _ []byte) (model.CoredumpAnalysis, error) {
+		return model.CoredumpAnalysis{Frames: []model.CoredumpFrame{{PC: 1, Function: "panic_abort"}, {PC: 2, Function: "fail_once"}}}, nil
+	}
+	var last model.Coredump
+	for i := range 2 {
+		last, _ = de.svc.UploadCoredump(t.Context(), d, bytes.NewReader(append(bytes.Clone(de.dump), byte(i))))
+	}
+	de.analyse(t)
+	got, err := de.svc.ModelCrashes(t.Context(), m.ID, 30)
+	if err != nil || len(got) != 1 || got[0].Function != "fail_once" || got[0].FirmwareVersion != "1.0.0" || got[0].Count != 2 || got[0].LastID != last.ID {
+		t.Fatalf("crashes %+v, %v", got, err)
+	}
+	if _, err := de.svc.ModelCrashes(t.Context(), m.ID, 0); !errors.As(err, new(*model.ValidationError)) {
+		t.Errorf("days 0: %v", err)
+	}
+	if _, err := de.svc.ModelCrashes(t.Context(), 999, 30); !errors.Is(err, model.ErrNotFound) {
+		t.Errorf("an unknown model: %v", err)
+	}
+}

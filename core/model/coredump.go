@@ -191,3 +191,17 @@ type Coredump struct {
 	Attempts     int
 	ClaimedUntil *time.Time
 }
+
+// CrashGroup is a model's analysed core dumps that crashed in one function
+// (their CrashFrame's) in one firmware version: what an operator looks at
+// first after a release.
+type CrashGroup struct {
+	// Function is the crash frame's function; "" when the analysis found
+	// none.
+	Function        string
+	FirmwareVersion string
+	Count           int
+	// LastAt and LastID are the newest dump of the group.
+	LastAt time.Time
+	LastID int64
+}

@@ -263,6 +263,53 @@ func RunCoredumpRepoContract(t *testing.T, newEnv func(t *testing.T) CoredumpEnv
 		wantErrIs(t, "a deleted device's dump", err, model.ErrNotFound)
 	})
 
+	t.Run("CrashGroups groups a model's analysed dumps by crash function and version", func(t *testing.T) {
+		x, e := fix(t)
+		m, other := x.model("ct_cd", nil), x.model("ct_cd", nil)
+		d, od := x.device(m, `{}`), x.device(other, `{}`)
+		t0 := now()
+		analysed := func(d model.Device, at time.Time, fn, version string) int64 {
+			c := dump(d, "")
+			c.ReceivedAt = at
+			_, err := e.Coredumps.CreateCoredump(x.ctx(), &c, 100, nil)
+			mustNoErr(t, "CreateCoredump", err)
+			if fn == "" {
+				return c.ID // left pending
+			}
+			a := model.CoredumpAnalysis{Frames: []model.CoredumpFrame{{PC: 1, Function: "abort"}, {PC: 2, Function: fn}}}
+			_, err = e.Coredumps.UpdateCoredump(x.ctx(), c.ID, func(c *model.Coredump) error {
+				c.Status, c.Analysis, c.FirmwareVersion = model.CoredumpAnalysed, &a, version
+				return nil
+			})
+			mustNoErr(t, "UpdateCoredump", err)
+			return c.ID
+		}
+		analysed(d, t0.Add(-48*time.Hour), "fail_once", "1.0.0") // before since
+		a1 := analysed(d, t0.Add(-time.Hour), "fail_once", "1.0.0")
+		a2 := analysed(d, t0, "fail_once", "1.0.0")
+		b := analysed(d, t0, "read_sensor", "1.0.0")
+		c := analysed(d, t0, "fail_once", "1.0.1")
+		analysed(d, t0, "", "")                // pending: not a crash group
+		analysed(od, t0, "fail_once", "1.0.0") // another model
+		got, err := e.Coredumps.CrashGroups(x.ctx(), m.ID, t0.Add(-24*time.Hour))
+		mustNoErr(t, "CrashGroups", err)
+		want := []model.CrashGroup{
+			{Function: "fail_once", FirmwareVersion: "1.0.0", Count: 2, LastAt: t0, LastID: a2},
+			{Function: "fail_once", FirmwareVersion: "1.0.1", Count: 1, LastAt: t0, LastID: c},
+			{Function: "read_sensor", FirmwareVersion: "1.0.0", Count: 1, LastAt: t0, LastID: b},
+		}
+		if len(got) != len(want) {
+			t.Fatalf("groups %+v, want %+v", got, want)
+		}
+		for i := range want {
+			if got[i].Function != want[i].Function || got[i].FirmwareVersion != want[i].FirmwareVersion || got[i].Count != want[i].Count ||
+				got[i].LastID != want[i].LastID || !got[i].LastAt.Equal(want[i].LastAt) {
+				t.Errorf("group %d: %+v, want %+v", i, got[i], want[i])
+			}
+		}
+		_ = a1
+	})
+
 	t.Run("FirmwareELFs: an upload's ELF is found once it is stored", func(t *testing.T) {
 		x, e := fix(t)
 		m := x.model("ct_cd", nil)

@@ -223,6 +223,44 @@ func (s *Store) RequeueCoredumps(_ context.Context, modelID int64, elfSHA256 str
 	return n, nil
 }
 
+// CrashGroups implements ports.CoredumpRepo.
+func (s *Store) CrashGroups(_ context.Context, modelID int64, since time.Time) ([]model.CrashGroup, error) {
+	if err := s.hook("CrashGroups"); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	type key struct{ fn, version string }
+	groups := map[key]*model.CrashGroup{}
+	for _, c := range s.dumps {
+		if c.DeviceModelID != modelID || c.Status != model.CoredumpAnalysed || c.Analysis == nil || c.ReceivedAt.Before(us(since)) {
+			continue
+		}
+		f, _ := c.Analysis.CrashFrame()
+		k := key{f.Function, c.FirmwareVersion}
+		g := groups[k]
+		if g == nil {
+			g = &model.CrashGroup{Function: f.Function, FirmwareVersion: c.FirmwareVersion}
+			groups[k] = g
+		}
+		g.Count++
+		if c.ID > g.LastID {
+			g.LastID, g.LastAt = c.ID, c.ReceivedAt
+		}
+	}
+	out := make([]model.CrashGroup, 0, len(groups))
+	for _, g := range groups {
+		out = append(out, *g)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Count != out[j].Count {
+			return out[i].Count > out[j].Count
+		}
+		return out[i].LastID > out[j].LastID
+	})
+	return out, nil
+}
+
 // CoredumpCounts implements ports.CoredumpRepo.
 func (s *Store) CoredumpCounts(_ context.Context) ([]ports.CoredumpCount, error) {
 	if err := s.hook("CoredumpCounts"); err != nil {

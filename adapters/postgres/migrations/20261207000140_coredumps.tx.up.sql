@@ -24,6 +24,9 @@ CREATE TABLE IF NOT EXISTS coredumps (
     elf_sha256       text        NULL,
     firmware_version text        NULL,
     analysis         jsonb       NULL,
+    -- crash_function is the analysis's crash frame's function ('' when
+    -- none), kept for the model's crash groups.
+    crash_function   text        NULL,
     analysed_at      timestamptz NULL,
     attempts         integer     NOT NULL DEFAULT 0,
     claimed_until    timestamptz NULL,
@@ -36,3 +39,4 @@ CREATE INDEX IF NOT EXISTS coredumps_device ON coredumps (device_id, id);
 CREATE INDEX IF NOT EXISTS coredumps_pending ON coredumps (id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS coredumps_no_elf ON coredumps (device_model_id) WHERE status = 'no_elf';
 CREATE INDEX IF NOT EXISTS coredumps_blob ON coredumps (device_model_id, sha256);
+CREATE INDEX IF NOT EXISTS coredumps_crashes ON coredumps (device_model_id, received_at) WHERE status = 'analysed';

@@ -158,6 +158,8 @@ export class Api {
   /** listCoredumps is a page of the device's core dumps, newest first. */
   listCoredumps = (deviceId: number, cursor?: string) =>
     this.json<S["CoredumpList"]>("GET", `/api/devices/${deviceId}/coredumps${query({ cursor })}`);
+  /** modelCrashes groups the model's analysed dumps of the last days by crashing function and version. */
+  modelCrashes = (modelId: number, days = 30) => this.json<S["CrashList"]>("GET", `/api/device-models/${modelId}/crashes${query({ days })}`);
   getCoredump = (id: number) => this.json<Coredump>("GET", `/api/coredumps/${id}`);
   deleteCoredump = (id: number) => this.json<void>("DELETE", `/api/coredumps/${id}`);
   /** coredumpBin is the dump's bytes as the device sent them. */

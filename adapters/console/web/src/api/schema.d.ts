@@ -99,6 +99,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/device-models/{id}/crashes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The model's recent crashes: its analysed core dumps of the last days, grouped by crashing function and firmware version */
+        get: operations["modelCrashes"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/device-models/{id}/firmware": {
         parameters: {
             query?: never;
@@ -782,6 +799,26 @@ export interface components {
             coredumps: components["schemas"]["Coredump"][];
             /** @description pass as ?cursor= for the next page; null on the last page */
             next_cursor: string | null;
+        };
+        CrashList: {
+            /** @description the largest group first */
+            crashes: {
+                count: number;
+                firmware_version: string;
+                /** @description the crash frame's function (the first outside ESP-IDF's abort and panic path); null when the analysis found none */
+                function: string | null;
+                /**
+                 * Format: int64
+                 * @description the group's newest dump
+                 */
+                last_coredump_id: number;
+                /**
+                 * Format: date-time
+                 * @description RFC 3339, UTC
+                 */
+                last_received_at: string;
+            }[];
+            days: number;
         };
         Device: {
             active: boolean;
@@ -1616,6 +1653,40 @@ export interface operations {
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
             409: components["responses"]["Conflict"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    modelCrashes: {
+        parameters: {
+            query?: {
+                days?: number;
+            };
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the groups, the largest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CrashList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
             413: components["responses"]["TooLarge"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];

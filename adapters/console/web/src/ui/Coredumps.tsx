@@ -69,3 +69,28 @@ export function Coredumps({ deviceId }: { deviceId: number }) {
     </div>
   );
 }
+
+/** Crashes is a model's recent crashes, grouped by the function they crashed
+ *  in and the firmware version: what to look at after a release. */
+export function Crashes({ modelId }: { modelId: number }) {
+  const { api } = useApp();
+  const crashes = useLoad(() => api.modelCrashes(modelId), [modelId]);
+  const list = crashes.data?.crashes ?? [];
+  return (
+    <div class="card" aria-labelledby="crashes-h">
+      <h2 id="crashes-h">Recent crashes</h2>
+      <Problem error={crashes.error} />
+      {crashes.data && (list.length === 0 ? <p class="muted">No analysed core dumps in the last {crashes.data.days} days.</p> : (
+        <table>
+          <caption class="muted">Analysed core dumps of the last {crashes.data.days} days</caption>
+          <thead><tr><th scope="col">Crashed in</th><th scope="col">Firmware</th><th scope="col">Dumps</th><th scope="col">Latest</th></tr></thead>
+          <tbody>{list.map((g) => (
+            <tr key={`${g.function}@${g.firmware_version}`}>
+              <td><code>{g.function ?? "unknown"}</code></td><td>{g.firmware_version}</td><td>{g.count}</td><td><When at={g.last_received_at} /></td>
+            </tr>
+          ))}</tbody>
+        </table>
+      ))}
+    </div>
+  );
+}

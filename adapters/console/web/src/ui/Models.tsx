@@ -2,6 +2,7 @@ import { useState } from "preact/hooks";
 import { ApiError, type DeviceModel, type Firmware, type FirmwareUpload } from "../api/client";
 import { navigate } from "../router";
 import { Confirm, Field, Link, Problem, useAction, useApp, useLoad, When } from "./common";
+import { Crashes } from "./Coredumps";
 
 /** ConfigSchema is what the API takes as config_schema: a JSON Schema (an object or a boolean), or null for none. */
 type ConfigSchema = boolean | { [key: string]: unknown } | null;
@@ -234,6 +235,7 @@ export function ModelPage({ id }: { id: number }) {
               ))}</tbody>
             </table>
           ))}
+          <Crashes modelId={m.id} />
           {session.isAdmin && (
             <div class="danger-zone">
               <button type="button" class="danger" onClick={() => setAskDelete(true)}>Delete model</button>
