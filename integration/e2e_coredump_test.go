@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"mime/multipart"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -142,11 +143,29 @@ func TestE2ECoredumps(t *testing.T) {
 	}
 
 	t.Run("a component device uploads the dump a crash left and erases it", func(t *testing.T) {
+		// The image and its ELF in one multipart upload, as a CI job sends them.
 		m := newModel(t, s, nil)
+		var form bytes.Buffer
+		mw := multipart.NewWriter(&form)
+		for _, p := range []struct {
+			field string
+			data  []byte
+		}{{"file", img}, {"elf", elf}} {
+			w, err := mw.CreateFormFile(p.field, p.field+".bin")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = w.Write(p.data)
+		}
+		_ = mw.Close()
+		var fw struct {
+			HasELF bool `json:"has_elf"`
+		}
 		s.request(http.MethodPost, fmt.Sprintf("/api/device-models/%d/firmware", m.ID), s.admin,
-			bytes.NewReader(img), "Content-Type", "application/octet-stream").want(t, http.StatusCreated, nil)
-		s.request(http.MethodPut, fmt.Sprintf("/api/device-models/%d/firmware/%x/elf", m.ID, imgSum), s.admin,
-			bytes.NewReader(elf), "Content-Type", "application/octet-stream").want(t, http.StatusOK, nil)
+			&form, "Content-Type", mw.FormDataContentType()).want(t, http.StatusCreated, &fw)
+		if !fw.HasELF {
+			t.Fatalf("the multipart upload with its ELF: has_elf false")
+		}
 		d := newDevice(t, s, m.ID, `{}`)
 		h := newHostDevice(t, s, d, "1.0.0")
 		dumpFile := filepath.Join(h.dir, "coredump", "0001.core")
@@ -188,6 +207,19 @@ func TestE2ECoredumps(t *testing.T) {
 			ELFSHA256 *string `json:"elf_sha256"`
 			HasELF    bool    `json:"has_elf"`
 		}
+		// An ELF before its image is refused, and nothing is recorded.
+		var form bytes.Buffer
+		mw := multipart.NewWriter(&form)
+		for _, field := range []string{"elf", "file"} {
+			w, _ := mw.CreateFormFile(field, field)
+			_, _ = w.Write(map[string][]byte{"elf": elf, "file": img}[field])
+		}
+		_ = mw.Close()
+		if p := s.request(http.MethodPost, fmt.Sprintf("/api/device-models/%d/firmware", m.ID), s.admin,
+			&form, "Content-Type", mw.FormDataContentType()).wantProblem(t, http.StatusBadRequest); !strings.Contains(p, "before") {
+			t.Errorf("an elf field before the file: %s", p)
+		}
+
 		s.request(http.MethodPost, fmt.Sprintf("/api/device-models/%d/firmware", m.ID), s.admin,
 			bytes.NewReader(img), "Content-Type", "application/octet-stream").want(t, http.StatusCreated, &fw)
 		if fw.ELFSHA256 == nil || *fw.ELFSHA256 != hex.EncodeToString(elfSum[:]) || fw.HasELF {

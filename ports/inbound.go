@@ -193,6 +193,11 @@ type Coredumps interface {
 	// ModelCrashes groups the model's analysed dumps of the last days by
 	// crash function and firmware version.
 	ModelCrashes(ctx context.Context, modelID int64, days int) ([]model.CrashGroup, error)
+	// UploadFirmwareWithELF is FirmwareAdmin.UploadFirmware with the ELF
+	// the image was built from, read to its end: the ELF is checked
+	// against the image's app_elf_sha256 and stored first, so a wrong ELF
+	// leaves the upload unrecorded.
+	UploadFirmwareWithELF(ctx context.Context, modelID int64, data []byte, opts model.UploadOptions, elf io.Reader) (model.FirmwareUpload, error)
 	// UploadELF stores the ELF of model modelID's upload imageSHA256 (it
 	// must be the image's app_elf_sha256); size is its length or
 	// UnknownSize.

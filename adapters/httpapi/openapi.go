@@ -182,7 +182,11 @@ func operations() []operation {
 				"application/octet-stream": obj{"schema": obj{"type": "string", "format": "binary"}},
 				"multipart/form-data": obj{"schema": obj{
 					"type": "object", "required": []string{"file"},
-					"properties": obj{"file": obj{"type": "string", "format": "binary"}},
+					"properties": obj{
+						"file": obj{"type": "string", "format": "binary"},
+						"elf": obj{"type": "string", "format": "binary", "description": "the ELF the image was built from, after file, " +
+							"for core dump analysis: kept only when its SHA-256 is the image's app_elf_sha256 (400 naming both otherwise, and nothing recorded)"},
+					},
 				}},
 			},
 			responses: obj{

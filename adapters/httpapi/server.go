@@ -298,7 +298,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		// forms are parsed by the upload handler, never before it.
 		StreamRequestBody:            true,
 		DisablePreParseMultipartForm: true,
-		BodyLimit:                    int(max(cfg.FirmwareMaxBytes, cfg.ELFMaxBytes, cfg.CoredumpMaxBytes) + multipartOverhead),
+		BodyLimit:                    int(cfg.FirmwareMaxBytes + cfg.ELFMaxBytes + multipartOverhead),
 		ReadTimeout:                  cfg.ReadTimeout,
 		WriteTimeout:                 cfg.WriteTimeout,
 		IdleTimeout:                  cfg.IdleTimeout,
@@ -354,7 +354,8 @@ func (s *Server) routes() {
 	// Every API route states the largest body it takes, checked against
 	// Content-Length before the token is.
 	small, js := bodyLimit(s.cfg.IoTMaxBytes), bodyLimit(s.cfg.JSONMaxBytes)
-	upload := bodyLimit(s.cfg.FirmwareMaxBytes + multipartOverhead)
+	// A firmware upload's multipart form may carry the ELF after the image.
+	upload := bodyLimit(s.cfg.FirmwareMaxBytes + s.cfg.ELFMaxBytes + multipartOverhead)
 
 	a.Get("/api/device-models", small, read, s.listModels)
 	a.Post("/api/device-models", js, write, s.createModel)

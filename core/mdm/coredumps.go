@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/espmdm/espmdm/core/model"
+	"github.com/espmdm/espmdm/esp32image"
 	"github.com/espmdm/espmdm/ports"
 )
 
@@ -358,11 +359,10 @@ func (s *Service) readCoredump(ctx context.Context, c model.Coredump) ([]byte, e
 }
 
 // UploadELF stores the application ELF of model modelID's upload
-// imageSHA256 (PUT /api/device-models/{id}/firmware/{sha256}/elf, or the
-// upload's elf part): kept only when its SHA-256 equals the image's
-// app_elf_sha256, else a *model.ValidationError naming both. Every upload
-// of the model built from that ELF then has it, and the dumps waiting for
-// it are analysed again.
+// imageSHA256 (PUT /api/device-models/{id}/firmware/{sha256}/elf): kept
+// only when its SHA-256 equals the image's app_elf_sha256, else a
+// *model.ValidationError naming both. Every upload of the model built from
+// that ELF then has it, and the dumps waiting for it are analysed again.
 func (s *Service) UploadELF(ctx context.Context, modelID int64, imageSHA256 string, r io.Reader, size int64) (model.Firmware, error) {
 	if err := s.coredumpsOn(); err != nil {
 		return model.Firmware{}, err
@@ -385,28 +385,83 @@ func (s *Service) UploadELF(ctx context.Context, modelID int64, imageSHA256 stri
 	if f == nil {
 		return model.Firmware{}, fmt.Errorf("upload ELF: model %s has no firmware upload %s: %w", m.Code, imageSHA256, model.ErrNotFound)
 	}
-	if f.ELFSHA256 == "" {
-		return model.Firmware{}, model.Invalid("elf", "the image %s carries no app_elf_sha256 in its app descriptor, so no ELF can be matched to it", imageSHA256)
+	if err := s.putELF(ctx, m.Code, f.ELFSHA256, r, size); err != nil {
+		return model.Firmware{}, err
+	}
+	if err := s.elfArrived(ctx, modelID, f.ELFSHA256); err != nil {
+		return model.Firmware{}, fmt.Errorf("upload ELF: record: %w", err)
+	}
+	f.HasELF = true
+	return *f, nil
+}
+
+// UploadFirmwareWithELF uploads an image with the ELF it was built from
+// (the upload's multipart "elf" field): the ELF is checked against the
+// image's app_elf_sha256 and stored first, so a wrong one leaves nothing
+// recorded; then the image is uploaded as UploadFirmware does, and has its
+// ELF.
+func (s *Service) UploadFirmwareWithELF(ctx context.Context, modelID int64, data []byte, opts model.UploadOptions, elf io.Reader) (model.FirmwareUpload, error) {
+	if err := s.coredumpsOn(); err != nil {
+		return model.FirmwareUpload{}, err
+	}
+	img, err := esp32image.Parse(data)
+	if err != nil || img.AppDesc == nil || int64(len(data)) > s.cfg.FirmwareMaxBytes {
+		return s.UploadFirmware(ctx, modelID, data, opts) // its error says what is wrong with the image
+	}
+	m, err := s.d.Models.GetModel(ctx, modelID)
+	if err != nil {
+		return model.FirmwareUpload{}, fmt.Errorf("upload firmware: get device model %d: %w", modelID, err)
+	}
+	want := elfDigest(img.AppDesc.ELFSHA256)
+	if err := s.putELF(ctx, m.Code, want, elf, ports.UnknownSize); err != nil {
+		return model.FirmwareUpload{}, err
+	}
+	up, err := s.UploadFirmware(ctx, modelID, data, opts)
+	if err != nil {
+		return model.FirmwareUpload{}, err
+	}
+	if err := s.elfArrived(ctx, modelID, want); err != nil {
+		// The upload has its ELF (it saw the blob); older uploads of the
+		// same ELF are marked by the ELF's next upload.
+		s.report(ctx, "upload firmware: record its ELF on earlier uploads", err)
+	}
+	up.HasELF = true
+	return up, nil
+}
+
+// putELF stores an ELF under want, the app_elf_sha256 of the image it
+// belongs to: a *model.ValidationError naming both digests when it is
+// another ELF, nothing stored.
+func (s *Service) putELF(ctx context.Context, modelCode, want string, r io.Reader, size int64) error {
+	if want == "" {
+		return model.Invalid("elf", "the image carries no app_elf_sha256 in its app descriptor, so no ELF can be matched to it")
 	}
 	h := sha256.New()
-	key := ports.BlobKey{Kind: ports.BlobELF, Namespace: m.Code, SHA256: f.ELFSHA256}
+	key := ports.BlobKey{Kind: ports.BlobELF, Namespace: modelCode, SHA256: want}
 	if _, err := s.d.Blobs.PutBlob(ctx, key, io.TeeReader(r, h), size, s.cfg.ELFMaxBytes); err != nil {
 		var ve *model.ValidationError
 		if errors.As(err, &ve) && ve.Field == "sha256" {
-			return model.Firmware{}, elfMismatch(h, f.ELFSHA256)
+			return elfMismatch(h, want)
 		}
-		return model.Firmware{}, fmt.Errorf("upload ELF: store: %w", err)
+		return fmt.Errorf("upload ELF: store: %w", err)
 	}
-	if _, err := s.d.ELFs.MarkELFStored(ctx, modelID, f.ELFSHA256); err != nil {
-		return model.Firmware{}, fmt.Errorf("upload ELF: record: %w", err)
+	return nil
+}
+
+// elfArrived records that the model's ELF elfSHA256 is stored (every
+// upload built from it has it) and makes the dumps waiting for it pending
+// again. A failure to requeue goes to OnError (the dumps stay no_elf until
+// the ELF's next upload).
+func (s *Service) elfArrived(ctx context.Context, modelID int64, elfSHA256 string) error {
+	if _, err := s.d.ELFs.MarkELFStored(ctx, modelID, elfSHA256); err != nil {
+		return err
 	}
-	if n, err := s.d.Coredumps.RequeueCoredumps(ctx, modelID, f.ELFSHA256); err != nil {
+	if n, err := s.d.Coredumps.RequeueCoredumps(ctx, modelID, elfSHA256); err != nil {
 		s.report(ctx, "upload ELF: requeue core dumps", err)
 	} else if n > 0 {
 		s.wakeCoredumps()
 	}
-	f.HasELF = true
-	return *f, nil
+	return nil
 }
 
 // elfMismatch is the error of an ELF whose digest is not the image's

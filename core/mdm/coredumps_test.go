@@ -439,3 +439,40 @@ func TestModelCrashesGroupsTheAnalysed(t *testing.T) {
 		t.Errorf("an unknown model: %v", err)
 	}
 }
+
+func TestUploadFirmwareWithELF(t *testing.T) {
+	de := newDumpEnv(t)
+	m := de.model(t, "lamp", "")
+	d := de.device(t, m, `{}`)
+	c, _ := de.svc.UploadCoredump(t.Context(), d, bytes.NewReader(de.dump))
+	de.analyse(t) // no_elf
+	img := elfImage(de.elf, "1.0.0")
+
+	// Another ELF than the image's: refused, nothing recorded.
+	_, err := de.svc.UploadFirmwareWithELF(t.Context(), m.ID, img, model.UploadOptions{}, strings.NewReader("\x7fELF another"))
+	if !errors.As(err, new(*model.ValidationError)) || !strings.Contains(err.Error(), sum(de.elf)) {
+		t.Fatalf("a wrong ELF: %v", err)
+	}
+	if hist, _ := de.svc.ListFirmware(t.Context(), m.ID); len(hist) != 0 {
+		t.Fatalf("a refused ELF recorded the upload: %+v", hist)
+	}
+	// A broken image is UploadFirmware's error, and reads no ELF.
+	if _, err := de.svc.UploadFirmwareWithELF(t.Context(), m.ID, []byte("junk"), model.UploadOptions{}, bytes.NewReader(de.elf)); !errors.As(err, new(*model.ValidationError)) {
+		t.Errorf("a broken image: %v", err)
+	}
+
+	up, err := de.svc.UploadFirmwareWithELF(t.Context(), m.ID, img, model.UploadOptions{}, bytes.NewReader(de.elf))
+	if err != nil || !up.HasELF || up.Unchanged {
+		t.Fatalf("image and ELF: %+v, %v", up, err)
+	}
+	if hist, _ := de.svc.ListFirmware(t.Context(), m.ID); len(hist) != 1 || !hist[0].HasELF {
+		t.Errorf("history %+v", hist)
+	}
+	if got, _ := de.svc.GetCoredump(t.Context(), c.ID); got.Status != model.CoredumpPending {
+		t.Errorf("the dump waiting for the ELF: %s", got.Status)
+	}
+	de.analyse(t)
+	if got, _ := de.svc.GetCoredump(t.Context(), c.ID); got.Status != model.CoredumpAnalysed {
+		t.Errorf("after the ELF arrived with its image: %s %q", got.Status, got.Reason)
+	}
+}

@@ -1771,6 +1771,11 @@ export interface operations {
             content: {
                 "application/octet-stream": string;
                 "multipart/form-data": {
+                    /**
+                     * Format: binary
+                     * @description the ELF the image was built from, after file, for core dump analysis: kept only when its SHA-256 is the image's app_elf_sha256 (400 naming both otherwise, and nothing recorded)
+                     */
+                    elf?: string;
                     /** Format: binary */
                     file: string;
                 };
