@@ -74,7 +74,7 @@ func waitCoredump(t *testing.T, s *server, id int64, want string, timeout time.D
 		if c.Status == want {
 			return c
 		}
-		if time.Now().After(deadline) {
+		if c.Status == "failed" || c.Status == "analysed" || time.Now().After(deadline) {
 			t.Fatalf("core dump %d: not %s after %s: %s", id, want, timeout, r.body)
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -103,8 +103,8 @@ func TestE2ECoredumps(t *testing.T) {
 	imgSum, elfSum, dumpSum := sha256.Sum256(img), sha256.Sum256(elf), sha256.Sum256(dump)
 
 	// A server whose tools are missing: the dump is kept, pending, with why.
-	db := integration.Shared(t).NewDatabase(t)
-	first := startServer(t, map[string]string{"DATABASE_URL": db, "COREDUMP_TOOL": "/nonexistent/esp-coredump"})
+	db, blobs := integration.Shared(t).NewDatabase(t), t.TempDir()
+	first := startServer(t, map[string]string{"DATABASE_URL": db, "FIRMWARE_DIR": blobs, "COREDUMP_TOOL": "/nonexistent/esp-coredump"})
 	m := newModel(t, first, nil)
 	d := newDevice(t, first, m.ID, `{}`)
 	tok := deviceTokenOf(t, first, d.ID)
@@ -136,7 +136,7 @@ func TestE2ECoredumps(t *testing.T) {
 	// The next server on the same database, with the tools: the pending
 	// dump is tried again once the first server's retry time (its
 	// COREDUMP_POLL_SECONDS, 10 s) has passed.
-	s := startServer(t, map[string]string{"DATABASE_URL": db, "COREDUMP_POLL_SECONDS": "1", "COREDUMP_KEEP": "2"})
+	s := startServer(t, map[string]string{"DATABASE_URL": db, "FIRMWARE_DIR": blobs, "COREDUMP_POLL_SECONDS": "1", "COREDUMP_KEEP": "2"})
 	c := waitCoredump(t, s, pendingID, "analysed", 2*time.Minute)
 	if c.Analysis == nil || c.Analysis.CrashFrame == nil || c.Analysis.CrashFrame.Function == nil || *c.Analysis.CrashFrame.Function != "fail_once" {
 		t.Fatalf("the analysis after the restart: %+v", c.Analysis)
