@@ -268,6 +268,12 @@ func TestE2ECoredumps(t *testing.T) {
 			len(a.Frames) < 3 || !strings.Contains(a.Text, "fail_once") {
 			t.Fatalf("analysis %+v", a)
 		}
+		frames := make([]string, 0, len(a.Frames))
+		for _, f := range a.Frames {
+			frames = append(frames, fmt.Sprintf("%s %s %s:%d", f.PC, deref(f.Function), deref(f.File), derefInt(f.Line)))
+		}
+		t.Logf("analysis: task %s, %q, crash frame %s at %s:%d, frames:\n  %s", *a.CrashedTask, *a.PanicReason,
+			*a.CrashFrame.Function, *a.CrashFrame.File, *a.CrashFrame.Line, strings.Join(frames, "\n  "))
 		if c.ELFSHA256 == nil || *c.ELFSHA256 != hex.EncodeToString(elfSum[:]) || c.FirmwareVersion == nil {
 			t.Errorf("analysed against %v (%v), want the ELF %x", c.ELFSHA256, c.FirmwareVersion, elfSum)
 		}
@@ -342,4 +348,11 @@ func TestE2ECoredumps(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	})
+}
+
+func derefInt(p *int) int {
+	if p == nil {
+		return 0
+	}
+	return *p
 }
