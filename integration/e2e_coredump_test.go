@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/espmdm/espmdm/esp32image"
 	"github.com/espmdm/espmdm/integration"
 )
 
@@ -167,7 +168,12 @@ func TestE2ECoredumps(t *testing.T) {
 			t.Fatalf("the multipart upload with its ELF: has_elf false")
 		}
 		d := newDevice(t, s, m.ID, `{}`)
-		h := newHostDevice(t, s, d, "1.0.0")
+		// It runs the uploaded image already, so no OTA comes first.
+		parsed, err := esp32image.Parse(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := newHostDevice(t, s, d, parsed.AppDesc.Version)
 		dumpFile := filepath.Join(h.dir, "coredump", "0001.core")
 		if err := os.MkdirAll(filepath.Dir(dumpFile), 0o700); err != nil {
 			t.Fatal(err)
