@@ -83,13 +83,8 @@ func loadFleet(ctx context.Context, dsn string) (modelID int64, err error) {
 
 func runScale(ctx context.Context, env *Env) (res Result, err error) {
 	st := env.Stack
-	dbURL, drop, err := env.newDatabase(ctx)
-	if err != nil {
-		return res, err
-	}
-	defer drop()
 	env.logf("scale: building and starting espmdm serve")
-	srv, err := env.startProcess(ctx, dbURL, map[string]string{
+	srv, err := env.startProcess(ctx, map[string]string{
 		"LOG_LEVEL":                "warn",
 		"ROTATION_TICK_SECONDS":    "3600",
 		"ROTATION_TIMEOUT_SECONDS": "31536000",
@@ -107,7 +102,7 @@ func runScale(ctx context.Context, env *Env) (res Result, err error) {
 	time.Sleep(2 * time.Second)
 	env.logf("scale: inserting %d devices", scaleDevices)
 	t0 := time.Now()
-	modelID, err := loadFleet(ctx, dbURL)
+	modelID, err := loadFleet(ctx, srv.DatabaseURL)
 	if err != nil {
 		return res, err
 	}
