@@ -43,7 +43,8 @@ type Lifetime struct {
 }
 
 // Core provides the adapters bound to their ports and the use cases
-// (*mdm.Service, ports.Catalog, ports.DeviceAPI), without the HTTP server.
+// (*mdm.Service and each inbound port it implements), without the HTTP
+// server.
 // fx's own events go to the zap logger at debug level, for the whole
 // application (a logger set inside the module would leave the options
 // outside it printing to stderr).
@@ -70,15 +71,15 @@ func coreModule(cfg Config) fx.Option {
 			fx.Annotate(newFirmwareStore, fx.As(new(ports.FirmwareStore))),
 			fx.Annotate(clock.New, fx.As(new(ports.Clock))),
 			fx.Annotate(newSecretBox, fx.As(new(ports.SecretBox))),
-			newKeycloakAdmin,
-			func(a *keycloak.Admin) ports.IdentityProvider { return a },
+			fx.Annotate(newKeycloakAdmin, fx.As(fx.Self()), fx.As(new(ports.DeviceClients)), fx.As(new(ports.ClientDirectory)),
+				fx.As(new(ports.SecretRotator)), fx.As(new(ports.RotationPolicyReader))),
 			fx.Annotate(newVerifier, fx.As(new(ports.TokenVerifier))),
 			newNotifier,
-			newService,
-			func(s *mdm.Service) ports.Catalog { return s },
-			func(s *mdm.Service) ports.DeviceAPI { return s },
-			func(s *mdm.Service) ports.Rotation { return s },
-			func(s *mdm.Service) ports.AuditReader { return s },
+			newBrokerAccounts,
+			fx.Annotate(newService, fx.As(fx.Self()),
+				fx.As(new(ports.ModelAdmin)), fx.As(new(ports.FirmwareAdmin)), fx.As(new(ports.DeviceAdmin)),
+				fx.As(new(ports.ProvisioningAdmin)), fx.As(new(ports.IdentityAdmin)), fx.As(new(ports.Reconciler)),
+				fx.As(new(ports.DeviceAPI)), fx.As(new(ports.Rotation)), fx.As(new(ports.AuditReader))),
 		),
 		rotationProviders(),
 	)
@@ -204,29 +205,34 @@ func (silentNotifier) FirmwareReleased(context.Context, string, string) error { 
 
 type serviceParams struct {
 	fx.In
-	Cfg      Config
-	Log      *zap.Logger
-	Metrics  *Metrics
-	Models   ports.ModelRepo
-	Devices  ports.DeviceRepo
-	Firmware ports.FirmwareRepo
-	Store    ports.FirmwareStore
-	Identity ports.IdentityProvider
-	Notifier ports.Notifier
-	Clock    ports.Clock
-	Box      ports.SecretBox
-	Schedule ports.Schedule
-	Fires    ports.ScheduleRepo
-	Lease    ports.Lease
-	Audit    ports.AuditLog
-	Rotation *RotationMetrics
+	Cfg       Config
+	Log       *zap.Logger
+	Metrics   *Metrics
+	Models    ports.ModelRepo
+	Devices   ports.DeviceRepo
+	Firmware  ports.FirmwareRepo
+	Store     ports.FirmwareStore
+	Clients   ports.DeviceClients
+	Directory ports.ClientDirectory
+	Rotator   ports.SecretRotator
+	Policy    ports.RotationPolicyReader
+	Notifier  ports.Notifier
+	Broker    ports.BrokerAccounts
+	Clock     ports.Clock
+	Box       ports.SecretBox
+	Schedule  ports.Schedule
+	Fires     ports.ScheduleRepo
+	Lease     ports.Lease
+	Audit     ports.AuditLog
+	Rotation  *RotationMetrics
 }
 
 func newService(p serviceParams) *mdm.Service {
 	log := p.Log.Named("core")
 	return mdm.New(mdm.Deps{
 		Models: p.Models, Devices: p.Devices, Firmware: p.Firmware, Store: p.Store,
-		Identity: p.Identity, Notifier: p.Notifier, Clock: p.Clock,
+		Clients: p.Clients, Directory: p.Directory, Rotator: p.Rotator, Policy: p.Policy,
+		Notifier: p.Notifier, Broker: p.Broker, Clock: p.Clock,
 		SecretBox: p.Box, Schedule: p.Schedule, ScheduleRepo: p.Fires, Lease: p.Lease, Audit: p.Audit,
 		OnRotation: p.Rotation.onRotation(p.Log.Named("rotation")),
 		OnError: func(ctx context.Context, op string, err error) {

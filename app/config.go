@@ -37,6 +37,12 @@ type Config struct {
 
 	MQTTURL      string
 	MQTTClientID string
+	// MQTTAuth is "dynsec" (device accounts on the broker's dynamic
+	// security plugin, SPEC §19) or "none" (a broker secured otherwise).
+	MQTTAuth string
+	// MQTTAuthGrace lets clients without an account subscribe to device topics
+	// while a fleet moves to accounts (MQTT_AUTH=dynsec only).
+	MQTTAuthGrace bool
 
 	WiFiSSID     string
 	WiFiPassword string
@@ -245,6 +251,17 @@ var Vars = []Var{
 		set: boolean(func(c *Config) *bool { return &c.AuthDisabled })},
 	{Name: "MQTT_URL", Secret: true, Help: "MQTT v5 broker, e.g. mqtt://user:pass@broker:1883 (empty: no device notifications); devices get it without user and password",
 		set: str(func(c *Config) *string { return &c.MQTTURL })},
+	{Name: "MQTT_AUTH", Default: "dynsec", Help: "dynsec (every device gets a broker account over Mosquitto's dynamic security plugin; MQTT_URL's user must hold its admin role) or none (a broker you secure otherwise)",
+		set: func(c *Config, v string) error {
+			switch v {
+			case "dynsec", "none":
+				c.MQTTAuth = v
+				return nil
+			}
+			return errors.New("want dynsec or none")
+		}},
+	{Name: "MQTT_AUTH_GRACE", Default: "false", Help: "while moving a fleet to broker accounts: let devices without one subscribe to device topics (MQTT_AUTH=dynsec; the broker must allow anonymous clients)",
+		set: boolean(func(c *Config) *bool { return &c.MQTTAuthGrace })},
 	{Name: "MQTT_CLIENT_ID", Default: "espmdm-$HOSTNAME", Help: "stable MQTT client id (QoS 1 sessions need it stable)",
 		set: str(func(c *Config) *string { return &c.MQTTClientID })},
 	{Name: "WIFI_SSID", Help: "Wi-Fi network written into provisioning partitions (optional)",

@@ -8,6 +8,7 @@ import (
 
 	"github.com/espmdm/espmdm/adapters/console"
 	"github.com/espmdm/espmdm/adapters/httpapi"
+	"github.com/espmdm/espmdm/adapters/keycloak"
 	"github.com/espmdm/espmdm/adapters/postgres"
 	"github.com/espmdm/espmdm/ports"
 	"go.uber.org/fx"
@@ -19,17 +20,21 @@ import (
 
 type httpParams struct {
 	fx.In
-	Cfg      Config
-	Log      *zap.Logger
-	Metrics  *Metrics
-	Catalog  ports.Catalog
-	Devices  ports.DeviceAPI
-	Rotation ports.Rotation
-	Audit    ports.AuditReader
-	Verifier ports.TokenVerifier
-	DB       *postgres.DB
-	Identity ports.IdentityProvider
-	Console  *console.Handler
+	Cfg          Config
+	Log          *zap.Logger
+	Metrics      *Metrics
+	Models       ports.ModelAdmin
+	Firmware     ports.FirmwareAdmin
+	DeviceAdmin  ports.DeviceAdmin
+	Provisioning ports.ProvisioningAdmin
+	Identity     ports.IdentityAdmin
+	Devices      ports.DeviceAPI
+	Rotation     ports.Rotation
+	Audit        ports.AuditReader
+	Verifier     ports.TokenVerifier
+	DB           *postgres.DB
+	Keycloak     *keycloak.Admin
+	Console      *console.Handler
 }
 
 func newHTTPServer(p httpParams) (*httpapi.Server, error) {
@@ -45,10 +50,11 @@ func newHTTPServer(p httpParams) (*httpapi.Server, error) {
 		TrustedProxies:   p.Cfg.TrustedProxies,
 		BaseURL:          p.Cfg.BaseURL,
 	}, httpapi.Deps{
-		Catalog: p.Catalog, Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation, Audit: p.Audit,
+		Models: p.Models, Firmware: p.Firmware, DeviceAdmin: p.DeviceAdmin, Provisioning: p.Provisioning, Identity: p.Identity,
+		Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation, Audit: p.Audit,
 		Logger: p.Log.Named("http"), Registerer: p.Metrics.Registry, Gatherer: p.Metrics.Registry,
 		Docs:        p.Console.DocsPage(),
-		ReadyChecks: readyChecks(p.DB, p.Identity),
+		ReadyChecks: readyChecks(p.DB, p.Keycloak),
 	})
 }
 

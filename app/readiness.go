@@ -5,13 +5,15 @@ import (
 	"fmt"
 
 	"github.com/espmdm/espmdm/adapters/httpapi"
+	"github.com/espmdm/espmdm/adapters/keycloak"
 	"github.com/espmdm/espmdm/adapters/postgres"
-	"github.com/espmdm/espmdm/ports"
 )
 
 // readyChecks are what /health/ready checks: the database answers and is
-// migrated, and the identity provider answers.
-func readyChecks(db *postgres.DB, identity ports.IdentityProvider) []httpapi.ReadyCheck {
+// migrated, and the identity provider answers. Not the broker: devices
+// keep polling without it (and device creation, which needs its account
+// plugin, answers 502 meanwhile, as with Keycloak down).
+func readyChecks(db *postgres.DB, kc *keycloak.Admin) []httpapi.ReadyCheck {
 	return []httpapi.ReadyCheck{
 		{Name: "postgres", Check: db.Ping},
 		{Name: "migrations", Check: func(ctx context.Context) error {
@@ -24,6 +26,6 @@ func readyChecks(db *postgres.DB, identity ports.IdentityProvider) []httpapi.Rea
 			}
 			return nil
 		}},
-		{Name: "keycloak", Check: identity.Ping},
+		{Name: "keycloak", Check: kc.Ping},
 	}
 }

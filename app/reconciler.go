@@ -62,7 +62,7 @@ func waitGroup(ctx context.Context, wg *sync.WaitGroup) error {
 }
 
 // RunReconcile runs one reconciliation and logs what it found.
-func RunReconcile(ctx context.Context, svc ports.Catalog, log *zap.Logger) (ports.ReconcileReport, error) {
+func RunReconcile(ctx context.Context, svc ports.Reconciler, log *zap.Logger) (ports.ReconcileReport, error) {
 	rep, err := svc.Reconcile(model.WithActor(ctx, model.SystemActor("reconciler")))
 	switch {
 	case errors.Is(err, context.Canceled):
@@ -70,11 +70,14 @@ func RunReconcile(ctx context.Context, svc ports.Catalog, log *zap.Logger) (port
 		log.Warn("reconcile failed", zap.Error(err))
 	default:
 		lvl := log.Debug
-		if len(rep.DeletedOrphans)+len(rep.MissingClients)+len(rep.Failed) > 0 {
+		if len(rep.DeletedOrphans)+len(rep.MissingClients)+len(rep.Failed)+
+			len(rep.AccountsMade)+len(rep.AccountsRepaired)+len(rep.AccountsDeleted)+len(rep.AccountsFailed) > 0 {
 			lvl = log.Info
 		}
 		lvl("reconciled", zap.Strings("deleted_orphans", rep.DeletedOrphans),
-			zap.Strings("missing_clients", rep.MissingClients), zap.Strings("failed", rep.Failed))
+			zap.Strings("missing_clients", rep.MissingClients), zap.Strings("failed", rep.Failed),
+			zap.Strings("accounts_made", rep.AccountsMade), zap.Strings("accounts_repaired", rep.AccountsRepaired),
+			zap.Strings("accounts_deleted", rep.AccountsDeleted), zap.Strings("accounts_failed", rep.AccountsFailed))
 	}
 	return rep, err
 }

@@ -2,6 +2,7 @@ package integration_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
@@ -50,7 +51,23 @@ func TestE2EBrokerDownNeverFailsTheAPI(t *testing.T) {
 		s.request(http.MethodPost, fmt.Sprintf("/api/device-models/%d/firmware", m.ID), s.admin,
 			bytes.NewReader(firmwareImage(esp32image.ChipESP32, "3.0.0")), "Content-Type", "application/octet-stream").
 			want(t, http.StatusCreated, nil)
-		newDevice(t, s, m.ID, `{}`)
+		// A device cannot be made without its broker account (SPEC §19):
+		// 502, and nothing is left behind, as with Keycloak down.
+		s.do(http.MethodPost, "/api/devices", s.admin, fmt.Sprintf(`{"device_model_id":%d,"config":{}}`, m.ID)).
+			wantProblem(t, http.StatusBadGateway)
+		var list struct {
+			Devices []deviceDTO `json:"devices"`
+		}
+		s.do(http.MethodGet, fmt.Sprintf("/api/devices?device_model_id=%d", m.ID), s.viewer, nil).want(t, http.StatusOK, &list)
+		if len(list.Devices) != 1 {
+			t.Errorf("%d devices of the model after a creation with the broker down, want 1", len(list.Devices))
+		}
+		tok := token(t, s.st, s.st.AdminClientID, s.st.AdminClientSecret)
+		resp, body := adminCall(t, s.st, tok, http.MethodGet, "/clients?search=true&clientId="+url.QueryEscape("iotdevice-"+m.Code+"-"), nil)
+		var clients []map[string]any
+		if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &clients) != nil || len(clients) != 1 {
+			t.Errorf("clients of the model after a creation with the broker down: %s %d, want 1", resp.Status, len(clients))
+		}
 		// Readiness does not depend on the broker: devices still poll.
 		s.do(http.MethodGet, "/health/ready", "", nil).want(t, http.StatusOK, nil)
 	})

@@ -59,11 +59,12 @@ type fleetDevice struct {
 
 // newFleet starts a simulator fleet on the stack's broker and provisions
 // n devices of the model into it through the admin API: each boots from
-// the NVS partition espmdm hands out.
+// the NVS partition espmdm hands out and connects to the broker with the
+// account the partition names (SPEC §19), as a real device does.
 func newFleet(t *testing.T, s *server, mode string, modelID int64, n int) (*devicesim.Fleet, []fleetDevice) {
 	t.Helper()
 	fleet, err := devicesim.NewFleet(ctxT(t, 30*time.Second), devicesim.Config{
-		BrokerURL: s.st.MQTTURL, Concurrency: 8, LockoutRetry: 500 * time.Millisecond,
+		BrokerURL: s.st.MQTTURL, DeviceAccounts: true, Concurrency: 8, LockoutRetry: 500 * time.Millisecond,
 		Logf: func(format string, args ...any) { t.Logf(format, args...) },
 	})
 	if err != nil {
@@ -95,6 +96,9 @@ func newFleet(t *testing.T, s *server, mode string, modelID int64, n int) (*devi
 		}
 		if sim.ClientID() != d.ClientID || sim.Key() != d.Key {
 			t.Fatalf("partition of %s holds %s", d.ClientID, sim.ClientID())
+		}
+		if err := fleet.Connect(ctxT(t, 30*time.Second), sim); err != nil {
+			t.Fatalf("device %d on the broker with its account: %v", d.ID, err)
 		}
 		sim.SetBehaviour(fleetBehaviour(mode, i))
 		s.keep(sim.Secrets()...)

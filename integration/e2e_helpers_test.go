@@ -315,7 +315,7 @@ func subscribe(t *testing.T, st *integration.Stack, filter string) <-chan *paho.
 	t.Helper()
 	ctx := ctxT(t, 30*time.Second)
 	got := make(chan *paho.Publish, 16)
-	c := mqttConnect(t, ctx, st.MQTTURL, "e2e-sub-"+randHex(4), func(pr paho.PublishReceived) (bool, error) {
+	c := mqttConnect(t, ctx, st.MQTTAdminURL(), "e2e-sub-"+randHex(4), func(pr paho.PublishReceived) (bool, error) {
 		select {
 		case got <- pr.Packet:
 		default:

@@ -75,6 +75,7 @@ type provisioningDTO struct {
 	TokenURL     string `json:"token_url"`
 	BaseURL      string `json:"base_url"`
 	MQTTURL      string `json:"mqtt_url"`
+	MQTTPassword string `json:"mqtt_password"`
 	WiFiSSID     string `json:"wifi_ssid"`
 	WiFiPassword string `json:"wifi_password"`
 }
@@ -671,8 +672,9 @@ func TestE2EProvisioningAndDeviceAPI(t *testing.T) {
 		order = append(order, e.Key)
 		fields[e.Key] = e.Value.(string)
 	}
-	s.keep(fields["client_secret"])
-	wantOrder := "device_key client_id client_secret token_url base_url mqtt_url wifi_ssid wifi_password"
+	s.keep(fields["client_secret"], fields["mqtt_password"])
+	// mqtt_password right after mqtt_url (SPEC §19; §5's order otherwise).
+	wantOrder := "device_key client_id client_secret token_url base_url mqtt_url mqtt_password wifi_ssid wifi_password"
 	if strings.Join(order, " ") != wantOrder {
 		t.Errorf("NVS keys %v, want %s", order, wantOrder)
 	}
@@ -709,7 +711,8 @@ func TestE2EProvisioningAndDeviceAPI(t *testing.T) {
 	if prov.MQTTURL != s.st.MQTTURL {
 		t.Errorf("format=json mqtt_url is not the broker URL without credentials")
 	}
-	if prov.ClientSecret != fields["client_secret"] || prov.ClientID != d.ClientID || prov.DeviceKey != d.Key ||
+	if prov.ClientSecret != fields["client_secret"] || prov.MQTTPassword != fields["mqtt_password"] || len(prov.MQTTPassword) < 22 ||
+		prov.ClientID != d.ClientID || prov.DeviceKey != d.Key ||
 		prov.WiFiPassword != s.cfg.WiFiPassword || prov.TokenURL != s.cfg.OIDCTokenURL {
 		t.Errorf("format=json disagrees with the NVS image for %s", d.ClientID)
 	}

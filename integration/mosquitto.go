@@ -41,9 +41,9 @@ const (
 
 // DefaultMQTTAnonymous is whether a stack's broker lets clients in without
 // an account when Options.MQTTAnonymous and $ESPMDM_STACK_MQTT_ANONYMOUS
-// do not say. It is on until espmdm gives every device an account and the
-// devices connect with them (SPEC §19); then it turns off.
-const DefaultMQTTAnonymous = true
+// do not say: off, as SPEC §19 wants everywhere espmdm starts a broker
+// (espmdm gives every device an account and devices connect with it).
+const DefaultMQTTAnonymous = false
 
 // EnvStackMQTTAnonymous ("true"/"1" or "false"/"0") says whether the
 // stacks that Start makes without Options.MQTTAnonymous let clients in

@@ -76,7 +76,13 @@ func mqttConnect(t *testing.T, ctx context.Context, brokerURL, clientID string, 
 		cfg.OnPublishReceived = []func(paho.PublishReceived) (bool, error){onMsg}
 	}
 	c := paho.NewClient(cfg)
-	ack, err := c.Connect(ctx, &paho.Connect{ClientID: clientID, CleanStart: true, KeepAlive: 30})
+	cp := &paho.Connect{ClientID: clientID, CleanStart: true, KeepAlive: 30}
+	if u.User != nil { // the broker lets in only those with an account
+		pw, _ := u.User.Password()
+		cp.Username, cp.UsernameFlag = u.User.Username(), true
+		cp.Password, cp.PasswordFlag = []byte(pw), true
+	}
+	ack, err := c.Connect(ctx, cp)
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
@@ -90,16 +96,17 @@ func mqttConnect(t *testing.T, ctx context.Context, brokerURL, clientID string, 
 func TestMQTTv5RoundTrip(t *testing.T) {
 	st := integration.Shared(t)
 	ctx := ctxT(t, 30*time.Second)
-	topic := "smoke/" + randHex(4)
+	// Only espmdm's account may publish, and only on iotsupport/# (SPEC §19).
+	topic := "iotsupport/smoke-" + randHex(4) + "/config"
 	got := make(chan *paho.Publish, 1)
-	sub := mqttConnect(t, ctx, st.MQTTURL, "sub-"+randHex(4), func(pr paho.PublishReceived) (bool, error) {
+	sub := mqttConnect(t, ctx, st.MQTTAdminURL(), "sub-"+randHex(4), func(pr paho.PublishReceived) (bool, error) {
 		got <- pr.Packet
 		return true, nil
 	})
 	if _, err := sub.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: topic, QoS: 1}}}); err != nil {
 		t.Fatalf("subscribe: %v", err)
 	}
-	pub := mqttConnect(t, ctx, st.MQTTURL, "pub-"+randHex(4), nil)
+	pub := mqttConnect(t, ctx, st.MQTTAdminURL(), "pub-"+randHex(4), nil)
 	payload := []byte(`{"firmware_version":"1.2.3"}`)
 	if _, err := pub.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: payload,
 		Properties: &paho.PublishProperties{ContentType: "application/json"}}); err != nil {
@@ -289,8 +296,8 @@ func TestStopAndStartService(t *testing.T) {
 	if err := st.StartService(ctx, integration.Mosquitto); err != nil {
 		t.Fatalf("start mosquitto: %v", err)
 	}
-	c := mqttConnect(t, ctx, st.MQTTURL, "restart-"+randHex(4), nil)
-	if _, err := c.Publish(ctx, &paho.Publish{Topic: "smoke/restart", QoS: 1, Payload: []byte("x")}); err != nil {
+	c := mqttConnect(t, ctx, st.MQTTAdminURL(), "restart-"+randHex(4), nil)
+	if _, err := c.Publish(ctx, &paho.Publish{Topic: "iotsupport/smoke-restart/config", QoS: 1, Payload: []byte("x")}); err != nil {
 		t.Errorf("publish after restart: %v", err)
 	}
 	// The database survives a restart of PostgreSQL on the same port.

@@ -11,14 +11,14 @@ import (
 // The inbound ports: what driving adapters (HTTP, CLI) call. core/mdm
 // implements them; adapters depend only on these interfaces.
 
-// NewModel is the input of Catalog.CreateModel.
+// NewModel is the input of ModelAdmin.CreateModel.
 type NewModel struct {
 	Code         string
 	Name         string
 	ConfigSchema json.RawMessage // nil or JSON null: no schema
 }
 
-// ModelUpdate is the input of Catalog.UpdateModel. Nil fields are left as
+// ModelUpdate is the input of ModelAdmin.UpdateModel. Nil fields are left as
 // they are; SetSchema with a nil ConfigSchema clears the schema.
 type ModelUpdate struct {
 	Name         *string
@@ -29,14 +29,14 @@ type ModelUpdate struct {
 	Force bool
 }
 
-// NewDevice is the input of Catalog.CreateDevice.
+// NewDevice is the input of DeviceAdmin.CreateDevice.
 type NewDevice struct {
 	DeviceModelID int64
 	Config        json.RawMessage // a JSON object
 	Active        *bool           // nil: true
 }
 
-// DeviceUpdate is the input of Catalog.UpdateDevice.
+// DeviceUpdate is the input of DeviceAdmin.UpdateDevice.
 type DeviceUpdate struct {
 	Config json.RawMessage // nil: unchanged
 	Active *bool           // nil: unchanged
@@ -51,6 +51,9 @@ type Provisioning struct {
 	TokenURL     string
 	BaseURL      string
 	MQTTURL      string
+	// MQTTPassword is the password of the device's broker account (SPEC
+	// §19; its username is ClientID); empty when it has none.
+	MQTTPassword string
 	WiFiSSID     string
 	WiFiPassword string
 }
@@ -63,37 +66,73 @@ type ReconcileReport struct {
 	MissingClients []string
 	// Failed lists clients whose deletion failed (retried next run).
 	Failed []string
+	// AccountsMade are devices whose broker account was missing, now made;
+	// AccountsRepaired those whose account differed from the device (its
+	// role, its active flag, no password on record), now brought back;
+	// AccountsDeleted orphaned accounts, now removed; AccountsFailed the
+	// accounts whose repair or removal failed (retried next run). Empty
+	// without broker accounts (MQTT_AUTH=none).
+	AccountsMade     []string
+	AccountsRepaired []string
+	AccountsDeleted  []string
+	AccountsFailed   []string
 }
 
-// Catalog is the admin use cases for device models, firmware and devices.
-type Catalog interface {
+// The admin use cases, one port per group of admin routes (and the
+// reconciler): ModelAdmin, FirmwareAdmin, DeviceAdmin, ProvisioningAdmin,
+// IdentityAdmin and Reconciler.
+
+// ModelAdmin is the admin use cases of device models
+// (/api/device-models); the firmware routes and the device API read a
+// model through it too.
+type ModelAdmin interface {
 	CreateModel(ctx context.Context, in NewModel) (model.DeviceModel, error)
 	GetModel(ctx context.Context, id int64) (model.DeviceModel, error)
 	ListModels(ctx context.Context) ([]model.DeviceModel, error)
 	UpdateModel(ctx context.Context, id int64, in ModelUpdate) (model.DeviceModel, error)
 	DeleteModel(ctx context.Context, id int64) error
+}
 
+// FirmwareAdmin is the admin use cases of a model's firmware
+// (/api/device-models/{id}/firmware).
+type FirmwareAdmin interface {
 	// UploadFirmware validates data as an ESP32 app image for the model
 	// and makes it the model's current firmware.
 	UploadFirmware(ctx context.Context, modelID int64, data []byte, opts model.UploadOptions) (model.FirmwareUpload, error)
 	// OpenFirmware returns the model's current firmware and its content.
 	OpenFirmware(ctx context.Context, modelID int64) (model.Firmware, Blob, error)
 	ListFirmware(ctx context.Context, modelID int64) ([]model.Firmware, error)
+}
 
+// DeviceAdmin is the admin use cases of devices (/api/devices).
+type DeviceAdmin interface {
 	CreateDevice(ctx context.Context, in NewDevice) (model.Device, error)
 	GetDevice(ctx context.Context, id int64) (model.Device, error)
 	ListDevices(ctx context.Context, f DeviceFilter) (DevicePage, error)
 	UpdateDevice(ctx context.Context, id int64, in DeviceUpdate) (model.Device, error)
 	DeleteDevice(ctx context.Context, id int64) error
+}
 
+// ProvisioningAdmin hands out a device's provisioning data
+// (/api/devices/{id}/provisioning).
+type ProvisioningAdmin interface {
 	// Provisioning returns the device's provisioning fields.
 	Provisioning(ctx context.Context, id int64) (Provisioning, error)
 	// ProvisioningNVS returns the device's NVS partition image of size
 	// bytes (0x3000..0x100000, a multiple of 0x1000).
 	ProvisioningNVS(ctx context.Context, id int64, size int) ([]byte, error)
+}
+
+// IdentityAdmin checks and repairs a device's client in the identity
+// provider (/api/devices/{id}/identity).
+type IdentityAdmin interface {
 	IdentityStatus(ctx context.Context, id int64) (model.IdentityStatus, error)
 	SyncIdentity(ctx context.Context, id int64) (model.IdentityStatus, error)
+}
 
+// Reconciler compares the identity provider's device clients with the
+// devices (the periodic reconciler and espmdm reconcile).
+type Reconciler interface {
 	Reconcile(ctx context.Context) (ReconcileReport, error)
 }
 

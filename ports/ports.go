@@ -224,41 +224,64 @@ type FirmwareStore interface {
 	DeleteModel(ctx context.Context, modelCode string) error
 }
 
-// IdentityProvider manages device clients in the identity provider
-// (Keycloak). Client ids are model.ClientID values.
-type IdentityProvider interface {
+// The identity provider (Keycloak) holds one confidential client per
+// device; client ids are model.ClientID values. Its ports are split by
+// the use cases that consume them: DeviceClients (a device's client over
+// its life), ClientDirectory (the reconciler), SecretRotator (the
+// rotation's steps) and RotationPolicyReader (the rotation mode).
+// IdentityProvider is all of them, the whole of what an adapter serves.
+
+// DeviceClients manages one device's client: created and deleted with the
+// device, its secret handed out in provisioning data, its set-up checked
+// and repaired by the identity admin use cases.
+type DeviceClients interface {
 	// CreateClient creates a confidential device client and returns its
 	// secret. An existing client is model.ErrConflict.
 	CreateClient(ctx context.Context, clientID string) (secret string, err error)
 	// DeleteClient removes the client; a missing client is not an error.
 	DeleteClient(ctx context.Context, clientID string) error
+	// ClientSecret returns the client's current secret.
+	ClientSecret(ctx context.Context, clientID string) (string, error)
 	// ClientStatus reports whether the client exists and is set up as
 	// CreateClient would have made it.
 	ClientStatus(ctx context.Context, clientID string) (model.IdentityStatus, error)
 	// RepairClient makes the client match what CreateClient makes,
 	// creating it when missing, without changing an existing secret.
 	RepairClient(ctx context.Context, clientID string) (model.IdentityStatus, error)
+}
+
+// ClientDirectory is what the reconciler compares the device rows with:
+// every device client, and the deletion of an orphan.
+type ClientDirectory interface {
+	// ListDeviceClients returns every client whose id starts with
+	// model.ClientIDPrefix.
+	ListDeviceClients(ctx context.Context) ([]model.ClientInfo, error)
+	// DeleteClient removes the client; a missing client is not an error.
+	DeleteClient(ctx context.Context, clientID string) error
+}
+
+// SecretRotator is what the rotation's steps do to a device client's
+// secrets: generate, confirm, end the old one, restore it.
+type SecretRotator interface {
 	// ClientSecret returns the client's current secret.
 	ClientSecret(ctx context.Context, clientID string) (string, error)
 	// RegenerateSecret makes a new random secret the client's main one.
 	// Where a secret-rotation policy covers the client, the old secret
 	// stays valid as the rotated secret; elsewhere it stops working at once.
 	RegenerateSecret(ctx context.Context, clientID string) (string, error)
-	// Secrets returns the secrets that authenticate the client now.
-	Secrets(ctx context.Context, clientID string) (model.Secrets, error)
-	// InvalidateRotatedSecret ends the rotated secret at once; a client
-	// without one is not an error.
-	InvalidateRotatedSecret(ctx context.Context, clientID string) error
 	// CoverClient makes sure the realm's client policies have been applied
 	// to the client (Keycloak applies them at creation and update only),
 	// updating it when they have not; it never changes a secret. It
 	// reports whether it updated the client.
 	CoverClient(ctx context.Context, clientID string) (bool, error)
-	// CoveredSecrets is CoverClient followed by Secrets, in as few
-	// requests as the provider allows (grace-mode generation needs both,
-	// on every device's rotation; a rotated secret there shows a
-	// generation that was not recorded).
-	CoveredSecrets(ctx context.Context, clientID string) (model.Secrets, error)
+	// Secrets returns the secrets that authenticate the client now.
+	Secrets(ctx context.Context, clientID string) (model.Secrets, error)
+	// InvalidateRotatedSecret ends the rotated secret at once; a client
+	// without one is not an error.
+	InvalidateRotatedSecret(ctx context.Context, clientID string) error
+	// SetSecret sets a specific secret as the only valid one (restoring a
+	// previous one; a rotated secret ends).
+	SetSecret(ctx context.Context, clientID, secret string) error
 	// SecretState reports what the provider records about the client's
 	// secrets: when it made the current one (by its own clock) and
 	// whether a rotated secret is kept beside it.
@@ -267,15 +290,34 @@ type IdentityProvider interface {
 	// begins after the call: every operation the provider finished before
 	// the call happened at or before the time returned.
 	Now(ctx context.Context) (time.Time, error)
+}
+
+// CoveredSecretsReader is an optional SecretRotator shortcut: a provider
+// that can apply the rotation policy and read the secrets in fewer
+// requests than CoverClient followed by Secrets offers it, and the
+// rotation uses it where it needs both (grace-mode generation, on every
+// device's rotation).
+type CoveredSecretsReader interface {
+	// CoveredSecrets is CoverClient followed by Secrets.
+	CoveredSecrets(ctx context.Context, clientID string) (model.Secrets, error)
+}
+
+// RotationPolicyReader is what the rotation mode is resolved from.
+type RotationPolicyReader interface {
 	// RotationPolicy reports whether the secret-rotation feature is on and
 	// a client policy covers device clients with a secret-rotation profile.
 	RotationPolicy(ctx context.Context) (model.RotationPolicy, error)
-	// SetSecret sets a specific secret as the only valid one (restoring a
-	// previous one; a rotated secret ends).
-	SetSecret(ctx context.Context, clientID, secret string) error
-	// ListDeviceClients returns every client whose id starts with
-	// model.ClientIDPrefix.
-	ListDeviceClients(ctx context.Context) ([]model.ClientInfo, error)
+}
+
+// IdentityProvider is every identity-provider port, and Ping for
+// readiness: what an adapter implements and
+// portstest.RunIdentityProviderContract checks. No use case takes it
+// whole.
+type IdentityProvider interface {
+	DeviceClients
+	ClientDirectory
+	SecretRotator
+	RotationPolicyReader
 	// Ping checks that the identity provider answers.
 	Ping(ctx context.Context) error
 }

@@ -43,12 +43,12 @@ func rawOrNull(r json.RawMessage) json.RawMessage {
 
 type deviceModelDTO struct {
 	ID              int64           `json:"id"`
-	Code            string          `json:"code"`
-	Name            string          `json:"name"`
+	Code            string          `json:"code" oas:"use=modelCode"`
+	Name            string          `json:"name" oas:"use=name"`
 	FirmwareVersion *string         `json:"firmware_version"`
-	ConfigSchema    json.RawMessage `json:"config_schema"`
-	CreatedAt       string          `json:"created_at"`
-	UpdatedAt       string          `json:"updated_at"`
+	ConfigSchema    json.RawMessage `json:"config_schema" oas:"type=object|boolean|null" desc:"the model's JSON Schema as it was stored (see JSONSchema), or null"`
+	CreatedAt       string          `json:"created_at" oas:"use=dateTime"`
+	UpdatedAt       string          `json:"updated_at" oas:"use=dateTime"`
 }
 
 func toModelDTO(m model.DeviceModel) deviceModelDTO {
@@ -69,9 +69,9 @@ type deviceModelListDTO struct {
 
 // createModelDTO is the POST /api/device-models body.
 type createModelDTO struct {
-	Code         *string         `json:"code"`
-	Name         *string         `json:"name"`
-	ConfigSchema json.RawMessage `json:"config_schema"`
+	Code         *string         `json:"code" oas:"required,use=modelCode"`
+	Name         *string         `json:"name" oas:"required,use=name"`
+	ConfigSchema json.RawMessage `json:"config_schema" oas:"ref=ConfigSchema" desc:"optional JSON Schema for device configs (null: none)"`
 }
 
 func fromCreateModelDTO(in createModelDTO) (ports.NewModel, error) {
@@ -91,10 +91,11 @@ func fromCreateModelDTO(in createModelDTO) (ports.NewModel, error) {
 // updateModelDTO is the PUT /api/device-models/{id} body. Raw fields tell
 // an absent member (nil) from an explicit null.
 type updateModelDTO struct {
-	Name         json.RawMessage `json:"name"`
-	ConfigSchema json.RawMessage `json:"config_schema"`
-	// Code is read only to refuse it with a reason.
-	Code json.RawMessage `json:"code"`
+	Name         json.RawMessage `json:"name" oas:"use=name"`
+	ConfigSchema json.RawMessage `json:"config_schema" oas:"ref=ConfigSchema" desc:"a JSON Schema; null removes it; absent leaves it"`
+	// Code is read only to refuse it with a reason; the document leaves
+	// it out (an unknown member, which the schema refuses as well).
+	Code json.RawMessage `json:"code" oas:"-"`
 }
 
 func fromUpdateModelDTO(in updateModelDTO) (ports.ModelUpdate, error) {
@@ -123,18 +124,18 @@ func fromUpdateModelDTO(in updateModelDTO) (ports.ModelUpdate, error) {
 
 type deviceDTO struct {
 	ID                      int64           `json:"id"`
-	Key                     string          `json:"key"`
+	Key                     string          `json:"key" oas:"use=deviceKey"`
 	DeviceModelID           int64           `json:"device_model_id"`
-	ClientID                string          `json:"client_id"`
-	Config                  json.RawMessage `json:"config"`
+	ClientID                string          `json:"client_id" desc:"iotdevice-<model code>-<key>"`
+	Config                  json.RawMessage `json:"config" oas:"type=object"`
 	Active                  bool            `json:"active"`
-	RotationState           string          `json:"rotation_state"`
-	SecretCreatedAt         *string         `json:"secret_created_at"`
-	LastRotationAttemptAt   *string         `json:"last_rotation_attempt_at"`
-	LastRotationCompletedAt *string         `json:"last_rotation_completed_at"`
-	LastSeenAt              *string         `json:"last_seen_at"`
-	CreatedAt               string          `json:"created_at"`
-	UpdatedAt               string          `json:"updated_at"`
+	RotationState           string          `json:"rotation_state" oas:"use=rotationState"`
+	SecretCreatedAt         *string         `json:"secret_created_at" oas:"use=optDateTime"`
+	LastRotationAttemptAt   *string         `json:"last_rotation_attempt_at" oas:"use=optDateTime"`
+	LastRotationCompletedAt *string         `json:"last_rotation_completed_at" oas:"use=optDateTime"`
+	LastSeenAt              *string         `json:"last_seen_at" oas:"use=optDateTime"`
+	CreatedAt               string          `json:"created_at" oas:"use=dateTime"`
+	UpdatedAt               string          `json:"updated_at" oas:"use=dateTime"`
 }
 
 func toDeviceDTO(d model.Device) deviceDTO {
@@ -161,14 +162,14 @@ func toDeviceDTO(d model.Device) deviceDTO {
 
 type deviceListDTO struct {
 	Devices    []deviceDTO `json:"devices"`
-	NextCursor *string     `json:"next_cursor"`
+	NextCursor *string     `json:"next_cursor" oas:"use=nextCursor"`
 }
 
 // createDeviceDTO is the POST /api/devices body.
 type createDeviceDTO struct {
-	DeviceModelID json.RawMessage `json:"device_model_id"`
-	Config        json.RawMessage `json:"config"`
-	Active        json.RawMessage `json:"active"`
+	DeviceModelID json.RawMessage `json:"device_model_id" oas:"required,type=integer,format=int64,minimum=1" desc:"an existing device model; one that does not exist is a 409 naming this field"`
+	Config        json.RawMessage `json:"config" oas:"required,use=checkedConfig"`
+	Active        json.RawMessage `json:"active" oas:"type=boolean,default=true"`
 }
 
 func fromCreateDeviceDTO(in createDeviceDTO) (ports.NewDevice, error) {
@@ -224,8 +225,8 @@ func intText(s string) (int64, bool) {
 // updateDeviceDTO is the PUT /api/devices/{id} body; absent members are
 // left unchanged, null is refused.
 type updateDeviceDTO struct {
-	Config json.RawMessage `json:"config"`
-	Active json.RawMessage `json:"active"`
+	Config json.RawMessage `json:"config" oas:"use=checkedConfig"`
+	Active json.RawMessage `json:"active" oas:"type=boolean"`
 }
 
 func fromUpdateDeviceDTO(in updateDeviceDTO) (ports.DeviceUpdate, error) {
@@ -262,17 +263,17 @@ type firmwareDTO struct {
 	Version       string `json:"version"`
 	ProjectName   string `json:"project_name"`
 	IDFVersion    string `json:"idf_version"`
-	Chip          string `json:"chip"`
+	Chip          string `json:"chip" oas:"examples=esp32|esp32s3"`
 	ChipID        int    `json:"chip_id"`
-	SHA256        string `json:"sha256"`
+	SHA256        string `json:"sha256" pattern:"^[0-9a-f]{64}$"`
 	Size          int64  `json:"size"`
-	SecureVersion uint32 `json:"secure_version"`
-	UploadedAt    string `json:"uploaded_at"`
+	SecureVersion uint32 `json:"secure_version" desc:"the app descriptor's secure_version (anti-rollback); 0 for uploads recorded before it was kept"`
+	UploadedAt    string `json:"uploaded_at" oas:"use=dateTime"`
 }
 
 type firmwareUploadDTO struct {
 	firmwareDTO
-	Warnings []string `json:"warnings"`
+	Warnings []string `json:"warnings" desc:"where the upload goes backwards against the firmware it replaced (a forced lower secure_version, a lower version); empty otherwise"`
 }
 
 func toFirmwareUploadDTO(u model.FirmwareUpload) firmwareUploadDTO {
@@ -331,9 +332,9 @@ func toIdentityDTO(st model.IdentityStatus) identityDTO {
 
 // provisioningNVSDTO is the default GET /api/devices/{id}/provisioning body.
 type provisioningNVSDTO struct {
-	Partition string `json:"partition"`
+	Partition string `json:"partition" oas:"const=nvs"`
 	Size      int    `json:"size"`
-	Data      []byte `json:"data"` // base64 (standard, padded)
+	Data      []byte `json:"data" desc:"the NVS partition image"` // base64 (standard, padded)
 }
 
 // provisioningDTO is ?format=json: the NVS keys as JSON members, optional
@@ -345,6 +346,7 @@ type provisioningDTO struct {
 	TokenURL     string `json:"token_url,omitempty"`
 	BaseURL      string `json:"base_url,omitempty"`
 	MQTTURL      string `json:"mqtt_url,omitempty"`
+	MQTTPassword string `json:"mqtt_password,omitempty"`
 	WiFiSSID     string `json:"wifi_ssid,omitempty"`
 	WiFiPassword string `json:"wifi_password,omitempty"`
 }
@@ -357,6 +359,7 @@ func toProvisioningDTO(p ports.Provisioning) provisioningDTO {
 		TokenURL:     p.TokenURL,
 		BaseURL:      p.BaseURL,
 		MQTTURL:      p.MQTTURL,
+		MQTTPassword: p.MQTTPassword,
 		WiFiSSID:     p.WiFiSSID,
 		WiFiPassword: p.WiFiPassword,
 	}

@@ -24,12 +24,12 @@ const problemTypePrefix = "urn:espmdm:problem:"
 
 // Problem is the body of an error response.
 type Problem struct {
-	Type   string `json:"type"`
+	Type   string `json:"type" desc:"urn:espmdm:problem:<kind>"`
 	Title  string `json:"title"`
 	Status int    `json:"status"`
 	Detail string `json:"detail"`
 	// Field is the invalid input field of a validation problem.
-	Field string `json:"field,omitempty"`
+	Field string `json:"field,omitempty" desc:"the invalid input, for validation problems"`
 	// FailedChecks names the readiness checks that failed (503 only).
 	FailedChecks []string `json:"failed_checks,omitempty"`
 	// RequestID repeats the X-Request-ID header, for support requests.

@@ -17,9 +17,13 @@ import (
 func Example() {
 	cat := newFakeCatalog()
 	srv, err := httpapi.New(httpapi.Config{FirmwareMaxBytes: 8 << 20}, httpapi.Deps{
-		Catalog:  cat,
-		Devices:  &fakeDeviceAPI{cat: cat},
-		Verifier: newFakeVerifier(),
+		Models:       cat,
+		Firmware:     cat,
+		DeviceAdmin:  cat,
+		Provisioning: cat,
+		Identity:     cat,
+		Devices:      &fakeDeviceAPI{cat: cat},
+		Verifier:     newFakeVerifier(),
 		ReadyChecks: []httpapi.ReadyCheck{
 			{Name: "postgres", Check: func(context.Context) error { return nil }},
 		},

@@ -438,10 +438,6 @@ func (f *fakeCatalog) SyncIdentity(ctx context.Context, id int64) (model.Identit
 	return model.IdentityStatus{ClientID: d.ClientID(), Exists: true, Enabled: true, ServiceAccount: true}, nil
 }
 
-func (f *fakeCatalog) Reconcile(ctx context.Context) (ports.ReconcileReport, error) {
-	return ports.ReconcileReport{}, f.enter(ctx, "Reconcile")
-}
-
 // fakeDeviceAPI resolves device claims against the fake catalog.
 type fakeDeviceAPI struct {
 	cat  *fakeCatalog
@@ -596,7 +592,17 @@ func (v *fakeVerifier) VerifyDevice(ctx context.Context, raw string) (model.Devi
 }
 
 var (
-	_ ports.Catalog       = (*fakeCatalog)(nil)
-	_ ports.DeviceAPI     = (*fakeDeviceAPI)(nil)
-	_ ports.TokenVerifier = (*fakeVerifier)(nil)
+	_ ports.ModelAdmin        = (*fakeCatalog)(nil)
+	_ ports.FirmwareAdmin     = (*fakeCatalog)(nil)
+	_ ports.DeviceAdmin       = (*fakeCatalog)(nil)
+	_ ports.ProvisioningAdmin = (*fakeCatalog)(nil)
+	_ ports.IdentityAdmin     = (*fakeCatalog)(nil)
+	_ ports.DeviceAPI         = (*fakeDeviceAPI)(nil)
+	_ ports.TokenVerifier     = (*fakeVerifier)(nil)
 )
+
+// catalogDeps is deps with cat serving every admin port.
+func catalogDeps(cat *fakeCatalog, deps httpapi.Deps) httpapi.Deps {
+	deps.Models, deps.Firmware, deps.DeviceAdmin, deps.Provisioning, deps.Identity = cat, cat, cat, cat, cat
+	return deps
+}

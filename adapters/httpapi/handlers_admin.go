@@ -24,19 +24,19 @@ const (
 )
 
 func (s *Server) listModels(c *fiber.Ctx) error {
-	return respond(c, s.catalog.ListModels, func(ms []model.DeviceModel) deviceModelListDTO {
+	return respond(c, s.models.ListModels, func(ms []model.DeviceModel) deviceModelListDTO {
 		return deviceModelListDTO{DeviceModels: listOf(ms, toModelDTO)}
 	})
 }
 
 func (s *Server) createModel(c *fiber.Ctx) error {
-	return create(s, c, fromCreateModelDTO, s.catalog.CreateModel, toModelDTO, func(m model.DeviceModel) string {
+	return create(s, c, fromCreateModelDTO, s.models.CreateModel, toModelDTO, func(m model.DeviceModel) string {
 		return "/api/device-models/" + strconv.FormatInt(m.ID, 10)
 	})
 }
 
 func (s *Server) getModel(c *fiber.Ctx) error {
-	return respondTo(c, pathID, s.catalog.GetModel, toModelDTO)
+	return respondTo(c, pathID, s.models.GetModel, toModelDTO)
 }
 
 func (s *Server) updateModel(c *fiber.Ctx) error {
@@ -46,11 +46,11 @@ func (s *Server) updateModel(c *fiber.Ctx) error {
 			upd.Force, err = forceQuery(c)
 		}
 		return upd, err
-	}, s.catalog.UpdateModel, toModelDTO)
+	}, s.models.UpdateModel, toModelDTO)
 }
 
 func (s *Server) deleteModel(c *fiber.Ctx) error {
-	return remove(c, s.catalog.DeleteModel)
+	return remove(c, s.models.DeleteModel)
 }
 
 // uploadFirmware accepts the image as the raw body
@@ -71,7 +71,7 @@ func (s *Server) uploadFirmware(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	up, err := s.catalog.UploadFirmware(c.UserContext(), id, data, model.UploadOptions{Force: force})
+	up, err := s.firmware.UploadFirmware(c.UserContext(), id, data, model.UploadOptions{Force: force})
 	if err != nil {
 		return err
 	}
@@ -116,11 +116,11 @@ func (s *Server) downloadFirmware(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	m, err := s.catalog.GetModel(c.UserContext(), id)
+	m, err := s.models.GetModel(c.UserContext(), id)
 	if err != nil {
 		return err
 	}
-	fw, blob, err := s.catalog.OpenFirmware(c.UserContext(), id)
+	fw, blob, err := s.firmware.OpenFirmware(c.UserContext(), id)
 	if err != nil {
 		return err
 	}
@@ -128,13 +128,13 @@ func (s *Server) downloadFirmware(c *fiber.Ctx) error {
 }
 
 func (s *Server) listFirmware(c *fiber.Ctx) error {
-	return respondTo(c, pathID, s.catalog.ListFirmware, func(fws []model.Firmware) firmwareListDTO {
+	return respondTo(c, pathID, s.firmware.ListFirmware, func(fws []model.Firmware) firmwareListDTO {
 		return firmwareListDTO{Versions: listOf(fws, toFirmwareDTO)}
 	})
 }
 
 func (s *Server) listDevices(c *fiber.Ctx) error {
-	return respondTo(c, deviceFilter, s.catalog.ListDevices, func(page ports.DevicePage) deviceListDTO {
+	return respondTo(c, deviceFilter, s.deviceAdmin.ListDevices, func(page ports.DevicePage) deviceListDTO {
 		return deviceListDTO{Devices: listOf(page.Devices, toDeviceDTO), NextCursor: pageCursor(page.NextAfterID)}
 	})
 }
@@ -198,21 +198,21 @@ func deviceFilter(c *fiber.Ctx) (ports.DeviceFilter, error) {
 }
 
 func (s *Server) createDevice(c *fiber.Ctx) error {
-	return create(s, c, fromCreateDeviceDTO, s.catalog.CreateDevice, toDeviceDTO, func(d model.Device) string {
+	return create(s, c, fromCreateDeviceDTO, s.deviceAdmin.CreateDevice, toDeviceDTO, func(d model.Device) string {
 		return "/api/devices/" + strconv.FormatInt(d.ID, 10)
 	})
 }
 
 func (s *Server) getDevice(c *fiber.Ctx) error {
-	return respondTo(c, pathID, s.catalog.GetDevice, toDeviceDTO)
+	return respondTo(c, pathID, s.deviceAdmin.GetDevice, toDeviceDTO)
 }
 
 func (s *Server) updateDevice(c *fiber.Ctx) error {
-	return update(s, c, fromUpdateDeviceDTO, s.catalog.UpdateDevice, toDeviceDTO)
+	return update(s, c, fromUpdateDeviceDTO, s.deviceAdmin.UpdateDevice, toDeviceDTO)
 }
 
 func (s *Server) deleteDevice(c *fiber.Ctx) error {
-	return remove(c, s.catalog.DeleteDevice)
+	return remove(c, s.deviceAdmin.DeleteDevice)
 }
 
 // provisioning returns the device's NVS partition image (default) or, with
@@ -235,13 +235,13 @@ func (s *Server) provisioning(c *fiber.Ctx) error {
 	}
 	c.Set(fiber.HeaderCacheControl, "no-store")
 	if format == "json" {
-		p, err := s.catalog.Provisioning(c.UserContext(), id)
+		p, err := s.provisioner.Provisioning(c.UserContext(), id)
 		if err != nil {
 			return err
 		}
 		return c.JSON(toProvisioningDTO(p))
 	}
-	img, err := s.catalog.ProvisioningNVS(c.UserContext(), id, size)
+	img, err := s.provisioner.ProvisioningNVS(c.UserContext(), id, size)
 	if err != nil {
 		return err
 	}
@@ -281,9 +281,9 @@ func nvsSize(v string) (int, error) {
 }
 
 func (s *Server) identityStatus(c *fiber.Ctx) error {
-	return respondTo(c, pathID, s.catalog.IdentityStatus, toIdentityDTO)
+	return respondTo(c, pathID, s.identity.IdentityStatus, toIdentityDTO)
 }
 
 func (s *Server) syncIdentity(c *fiber.Ctx) error {
-	return respondTo(c, pathID, s.catalog.SyncIdentity, toIdentityDTO)
+	return respondTo(c, pathID, s.identity.SyncIdentity, toIdentityDTO)
 }

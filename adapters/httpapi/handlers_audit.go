@@ -18,10 +18,10 @@ import (
 var errNoAudit = &httpError{status: http.StatusServiceUnavailable, kind: "not-ready", detail: "the audit log is not configured on this server"}
 
 type auditActorDTO struct {
-	Type     string `json:"type"`
-	Subject  string `json:"subject"`
-	ClientID string `json:"client_id"`
-	Name     string `json:"name"`
+	Type     string `json:"type" oas:"enum=admin|device|system"`
+	Subject  string `json:"subject" desc:"admin: the token's sub; system: what acted (rotation worker, reconciler)"`
+	ClientID string `json:"client_id" desc:"admin: the token's azp; device: its client id"`
+	Name     string `json:"name" desc:"admin: the token's preferred_username"`
 }
 
 // auditEntryDTO is one entry. The device, client and model it concerns
@@ -29,20 +29,20 @@ type auditActorDTO struct {
 // a member that is there always names one, so a client (or a tool that
 // follows device_id to /api/devices/{id}) never meets a null id.
 type auditEntryDTO struct {
-	ID       int64         `json:"id"`
-	At       string        `json:"at"`
-	Kind     string        `json:"kind"`
+	ID       int64         `json:"id" oas:"minimum=1"`
+	At       string        `json:"at" oas:"use=dateTime"`
+	Kind     string        `json:"kind" oas:"use=auditKind"`
 	Actor    auditActorDTO `json:"actor"`
-	DeviceID *int64        `json:"device_id,omitempty"`
-	ClientID *string       `json:"client_id,omitempty"`
-	ModelID  *int64        `json:"device_model_id,omitempty"`
-	Outcome  string        `json:"outcome"`
-	Detail   string        `json:"detail"`
+	DeviceID *int64        `json:"device_id,omitempty" oas:"minimum=1" desc:"the device concerned; absent when none is (never null)"`
+	ClientID *string       `json:"client_id,omitempty" desc:"the device client concerned; absent when none is"`
+	ModelID  *int64        `json:"device_model_id,omitempty" oas:"minimum=1" desc:"the device model concerned; absent when none is (never null)"`
+	Outcome  string        `json:"outcome" oas:"enum=success|failure"`
+	Detail   string        `json:"detail" oas:"maxLength=1000" desc:"what changed, in a few words; never a secret"`
 }
 
 type auditListDTO struct {
 	Entries    []auditEntryDTO `json:"entries"`
-	NextCursor *string         `json:"next_cursor"`
+	NextCursor *string         `json:"next_cursor" oas:"use=nextCursor"`
 }
 
 func toAuditEntryDTO(e model.AuditEntry) auditEntryDTO {

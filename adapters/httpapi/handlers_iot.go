@@ -37,7 +37,7 @@ func (s *Server) iotFirmware(c *fiber.Ctx) error {
 
 func (s *Server) iotFirmwareVersion(c *fiber.Ctx) error {
 	d, _ := deviceOf(c)
-	m, err := s.catalog.GetModel(c.UserContext(), d.DeviceModelID)
+	m, err := s.models.GetModel(c.UserContext(), d.DeviceModelID)
 	if err != nil {
 		return err
 	}

@@ -21,7 +21,7 @@ var errNoRotation = &httpError{status: http.StatusServiceUnavailable, kind: "not
 
 // ackDTO is the body of POST /iot/provisioning/ack.
 type ackDTO struct {
-	ClientSecretSHA256 *string `json:"client_secret_sha256"`
+	ClientSecretSHA256 *string `json:"client_secret_sha256" oas:"required" pattern:"^[0-9a-fA-F]{64}$" desc:"hex SHA-256 of the new client secret"`
 }
 
 func (s *Server) iotProvisioning(c *fiber.Ctx) error {
@@ -50,7 +50,7 @@ func (s *Server) iotProvisioningAck(c *fiber.Ctx) error {
 }
 
 type rotateDTO struct {
-	Status string `json:"status"`
+	Status string `json:"status" oas:"enum=queued|already_pending"`
 }
 
 func (s *Server) rotateDevice(c *fiber.Ctx) error {
@@ -73,7 +73,7 @@ func (s *Server) rotateDevice(c *fiber.Ctx) error {
 }
 
 type triggerDTO struct {
-	QueuedCount int `json:"queued_count"`
+	QueuedCount int `json:"queued_count" oas:"minimum=0"`
 }
 
 func (s *Server) triggerRotation(c *fiber.Ctx) error {
@@ -88,20 +88,20 @@ func (s *Server) triggerRotation(c *fiber.Ctx) error {
 }
 
 type rotationCountsDTO struct {
-	OK      int `json:"OK"`
-	Queued  int `json:"QUEUED"`
-	Pending int `json:"PENDING"`
-	Timeout int `json:"TIMEOUT"`
+	OK      int `json:"OK" oas:"minimum=0"`
+	Queued  int `json:"QUEUED" oas:"minimum=0"`
+	Pending int `json:"PENDING" oas:"minimum=0"`
+	Timeout int `json:"TIMEOUT" oas:"minimum=0"`
 }
 
 type rotationStatusDTO struct {
-	Mode                    string            `json:"mode"`
-	CountsByState           rotationCountsDTO `json:"counts_by_state"`
-	Inactive                int               `json:"inactive"`
-	InFlight                []int64           `json:"in_flight"`
-	LastRotationCompletedAt *string           `json:"last_rotation_completed_at"`
-	NextScheduledRotation   *string           `json:"next_scheduled_rotation"`
-	LeaseHolder             *string           `json:"lease_holder"`
+	Mode                    string            `json:"mode" oas:"enum=grace|restore|" desc:"the mode in force; empty until resolved at start"`
+	CountsByState           rotationCountsDTO `json:"counts_by_state" desc:"active devices by rotation state"`
+	Inactive                int               `json:"inactive" oas:"minimum=0"`
+	InFlight                []int64           `json:"in_flight" desc:"ids of PENDING devices"`
+	LastRotationCompletedAt *string           `json:"last_rotation_completed_at" oas:"use=optDateTime"`
+	NextScheduledRotation   *string           `json:"next_scheduled_rotation" oas:"use=optDateTime"`
+	LeaseHolder             *string           `json:"lease_holder" desc:"the espmdm process working the rotation queue; null when none"`
 }
 
 func toCountsDTO(c model.RotationCounts) rotationCountsDTO {
@@ -136,27 +136,27 @@ func toRotationStatusDTO(st ports.RotationStatus) rotationStatusDTO {
 }
 
 type dashboardCountsDTO struct {
-	Healthy  int `json:"healthy"`
-	Warning  int `json:"warning"`
-	Critical int `json:"critical"`
-	Inactive int `json:"inactive"`
+	Healthy  int `json:"healthy" oas:"minimum=0"`
+	Warning  int `json:"warning" oas:"minimum=0"`
+	Critical int `json:"critical" oas:"minimum=0"`
+	Inactive int `json:"inactive" oas:"minimum=0"`
 }
 
 type dashboardDeviceDTO struct {
 	ID                    int64   `json:"id"`
 	ClientID              string  `json:"client_id"`
-	RotationState         string  `json:"rotation_state"`
-	SecretCreatedAt       *string `json:"secret_created_at"`
-	SecretAgeDays         float64 `json:"secret_age_days"`
-	LastRotationAttemptAt *string `json:"last_rotation_attempt_at"`
-	LastSeenAt            *string `json:"last_seen_at"`
+	RotationState         string  `json:"rotation_state" oas:"use=rotationState"`
+	SecretCreatedAt       *string `json:"secret_created_at" oas:"use=optDateTime"`
+	SecretAgeDays         float64 `json:"secret_age_days" oas:"minimum=0"`
+	LastRotationAttemptAt *string `json:"last_rotation_attempt_at" oas:"use=optDateTime"`
+	LastSeenAt            *string `json:"last_seen_at" oas:"use=optDateTime"`
 }
 
 type dashboardDTO struct {
 	Counts     dashboardCountsDTO   `json:"counts"`
-	Group      string               `json:"group"`
+	Group      string               `json:"group" oas:"use=dashboardGroup"`
 	Devices    []dashboardDeviceDTO `json:"devices"`
-	NextCursor *string              `json:"next_cursor"`
+	NextCursor *string              `json:"next_cursor" oas:"use=nextCursor"`
 }
 
 func (s *Server) rotationDashboard(c *fiber.Ctx) error {

@@ -50,10 +50,10 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	reg := prometheus.NewRegistry()
 	core, logs := observer.New(zapcore.DebugLevel)
 	cfg := httpapi.Config{RequestTimeout: 5 * time.Second}
-	deps := httpapi.Deps{
-		Catalog: cat, Devices: dev, Verifier: ver,
+	deps := catalogDeps(cat, httpapi.Deps{
+		Devices: dev, Verifier: ver,
 		Logger: zap.New(core), Registerer: reg, Gatherer: reg,
-	}
+	})
 	for _, o := range opts {
 		o(&cfg, &deps)
 	}

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"fmt"
 	"net/http"
+	"reflect"
 	"regexp"
 	"strings"
 
@@ -12,21 +13,16 @@ import (
 
 // The OpenAPI 3.1 description of every route, built in Go so that it is
 // checked by the compiler and, by TestOpenAPIMatchesRoutes, against the
-// routes the app registers.
+// routes the app registers. The schemas of request and response bodies
+// are derived from the DTO types (wireTypes, openapi_schema.go), and the
+// operations name them by type (refTo); routes, parameters, headers and
+// the arbitrary JSON of configs and config schemas are written here.
 
 type obj = map[string]any
 
 func ref(name string) obj { return obj{"$ref": "#/components/schemas/" + name} }
 
 func respRef(name string) obj { return obj{"$ref": "#/components/responses/" + name} }
-
-func nullable(typ string, extra obj) obj {
-	o := obj{"type": []string{typ, "null"}}
-	for k, v := range extra {
-		o[k] = v
-	}
-	return o
-}
 
 func jsonContent(schema obj) obj {
 	return obj{"application/json": obj{"schema": schema}}
@@ -37,20 +33,8 @@ func jsonResponse(desc string, schema obj) obj {
 }
 
 var (
-	dateTime    = obj{"type": "string", "format": "date-time", "description": "RFC 3339, UTC"}
-	optDateTime = nullable("string", obj{"format": "date-time", "description": "RFC 3339, UTC; null when never"})
 	// cursorSchema is the form of next_cursor values (see encodeCursor).
 	cursorSchema = obj{"type": "string", "pattern": cursorPattern}
-	// nextCursor is the next_cursor member of a page.
-	nextCursor = obj{"type": []string{"string", "null"}, "pattern": cursorPattern,
-		"description": "pass as ?cursor= for the next page; null on the last page"}
-	// configSchema is a config_schema member of a request: a JSON Schema
-	// (an object or a boolean); null is none. (The JSONSchema component's
-	// keywords spelled out here again, with null among its types, make
-	// schema-driven test generators crawl: hence the anyOf.)
-	configSchema = func(desc string) obj {
-		return withDesc(ref("ConfigSchema"), desc)
-	}
 	// nvsSizeSchema is ?size= exactly: a multiple of 0x1000 from 0x3000 to
 	// 0x100000, in decimal or in hex with 0x.
 	nvsSizeSchema = obj{
@@ -149,11 +133,11 @@ func operations() []operation {
 	withID := []obj{idParam}
 	return []operation{
 		{method: "GET", path: "/health/live", id: "live", tag: "operations", summary: "Liveness: 200 while the process serves",
-			responses: obj{"200": jsonResponse("alive", ref("Status"))}},
+			responses: obj{"200": jsonResponse("alive", refTo[statusDTO]())}},
 		{method: "GET", path: "/health/ready", id: "ready", tag: "operations",
 			summary:     "Readiness: database, migrations and identity provider",
 			description: "503 lists the names of the failed checks in failed_checks.",
-			responses:   obj{"200": jsonResponse("ready", ref("Status"))}, errorCodes: []int{503}},
+			responses:   obj{"200": jsonResponse("ready", refTo[statusDTO]())}, errorCodes: []int{503}},
 		{method: "GET", path: "/metrics", id: "metrics", tag: "operations", summary: "Prometheus metrics",
 			responses: obj{"200": obj{"description": "text exposition format", "content": obj{"text/plain": obj{"schema": obj{"type": "string"}}}}}},
 		{method: "GET", path: "/api/openapi.json", id: "openapi", tag: "operations", summary: "This OpenAPI document",
@@ -163,22 +147,22 @@ func operations() []operation {
 
 		{method: "GET", path: "/api/device-models", id: "listDeviceModels", tag: "device models", auth: "read",
 			summary:   "List device models",
-			responses: obj{"200": jsonResponse("all device models", ref("DeviceModelList"))}},
+			responses: obj{"200": jsonResponse("all device models", refTo[deviceModelListDTO]())}},
 		{method: "POST", path: "/api/device-models", id: "createDeviceModel", tag: "device models", auth: "write",
-			summary: "Create a device model", body: ref("NewDeviceModel"),
-			responses:  obj{"201": withLocation(jsonResponse("created; Location names it", ref("DeviceModel")))},
+			summary: "Create a device model", body: refTo[createModelDTO](),
+			responses:  obj{"201": withLocation(jsonResponse("created; Location names it", refTo[deviceModelDTO]()))},
 			errorCodes: []int{400, 409, 413, 415}},
 		{method: "GET", path: "/api/device-models/{id}", id: "getDeviceModel", tag: "device models", auth: "read",
 			summary: "Get a device model", params: withID,
-			responses: obj{"200": jsonResponse("the model", ref("DeviceModel"))}, errorCodes: []int{400, 404}},
+			responses: obj{"200": jsonResponse("the model", refTo[deviceModelDTO]())}, errorCodes: []int{400, 404}},
 		{method: "PUT", path: "/api/device-models/{id}", id: "updateDeviceModel", tag: "device models", auth: "write",
 			summary: "Change a model's name and config schema",
 			description: "Absent members are unchanged; \"config_schema\": null removes the schema. A new schema that configs of " +
 				"existing devices do not match is refused (409, naming the first devices) unless force=true.",
 			params: []obj{idParam, {"name": "force", "in": "query", "schema": obj{"type": "boolean", "default": false},
 				"description": "apply a new config_schema even when existing device configs do not match it"}},
-			body:      ref("DeviceModelUpdate"),
-			responses: obj{"200": jsonResponse("the updated model", ref("DeviceModel"))}, errorCodes: []int{400, 404, 409, 413, 415}},
+			body:      refTo[updateModelDTO](),
+			responses: obj{"200": jsonResponse("the updated model", refTo[deviceModelDTO]())}, errorCodes: []int{400, 404, 409, 413, 415}},
 		{method: "DELETE", path: "/api/device-models/{id}", id: "deleteDeviceModel", tag: "device models", auth: "write",
 			summary: "Delete a device model (409 while devices use it)", params: withID,
 			responses: obj{"204": obj{"description": "deleted"}}, errorCodes: []int{400, 404, 409}},
@@ -202,8 +186,8 @@ func operations() []operation {
 				}},
 			},
 			responses: obj{
-				"201": withLocation(jsonResponse("stored and devices told; Location is the download URL", ref("FirmwareUpload"))),
-				"200": jsonResponse("the image is the current firmware already: its record, nothing changed", ref("FirmwareUpload")),
+				"201": withLocation(jsonResponse("stored and devices told; Location is the download URL", refTo[firmwareUploadDTO]())),
+				"200": jsonResponse("the image is the current firmware already: its record, nothing changed", refTo[firmwareUploadDTO]()),
 			},
 			errorCodes: []int{400, 404, 409, 413, 415}},
 		{method: "GET", path: "/api/device-models/{id}/firmware", id: "downloadFirmware", tag: "firmware", auth: "read",
@@ -211,7 +195,7 @@ func operations() []operation {
 			responses: firmwareDownload("the whole firmware file"), errorCodes: []int{400, 404}},
 		{method: "GET", path: "/api/device-models/{id}/firmware/versions", id: "listFirmwareVersions", tag: "firmware", auth: "read",
 			summary: "Firmware upload history, newest first", params: withID,
-			responses: obj{"200": jsonResponse("upload history", ref("FirmwareList"))}, errorCodes: []int{400, 404}},
+			responses: obj{"200": jsonResponse("upload history", refTo[firmwareListDTO]())}, errorCodes: []int{400, 404}},
 
 		{method: "GET", path: "/api/devices", id: "listDevices", tag: "devices", auth: "read",
 			summary: "List devices, paginated by cursor",
@@ -219,25 +203,25 @@ func operations() []operation {
 				{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": ports.MaxPageSize, "default": ports.DefaultPageSize}},
 				{"name": "cursor", "in": "query", "schema": cursorSchema, "description": "next_cursor of the previous page"},
 				{"name": "model_id", "in": "query", "schema": obj{"type": "integer", "format": "int64", "minimum": 1}},
-				{"name": "rotation_state", "in": "query", "schema": caselessEnum("OK", "QUEUED", "PENDING", "TIMEOUT"), "description": "case-insensitive"},
+				{"name": "rotation_state", "in": "query", "schema": caselessEnum(rotationStates...), "description": "case-insensitive"},
 				{"name": "active", "in": "query", "schema": obj{"anyOf": []obj{{"type": "boolean"}, {"type": "string", "pattern": caseless("true", "false", "1", "0")}}},
 					"description": "true or false (also 1 or 0, case-insensitive)"},
 			},
-			responses: obj{"200": jsonResponse("one page", ref("DeviceList"))}, errorCodes: []int{400}},
+			responses: obj{"200": jsonResponse("one page", refTo[deviceListDTO]())}, errorCodes: []int{400}},
 		{method: "POST", path: "/api/devices", id: "createDevice", tag: "devices", auth: "write",
 			summary: "Create a device and its identity-provider client",
 			description: "All or nothing: when any step fails nothing is left behind. A device_model_id that names no model, " +
 				"and a config the model's config_schema refuses, are conflicts with the current state (409, field names the member).",
-			body:       ref("NewDevice"),
-			responses:  obj{"201": withLocation(jsonResponse("created; Location names it", ref("Device")))},
+			body:       refTo[createDeviceDTO](),
+			responses:  obj{"201": withLocation(jsonResponse("created; Location names it", refTo[deviceDTO]()))},
 			errorCodes: []int{400, 409, 413, 415, 502}},
 		{method: "GET", path: "/api/devices/{id}", id: "getDevice", tag: "devices", auth: "read",
 			summary: "Get a device", params: withID,
-			responses: obj{"200": jsonResponse("the device", ref("Device"))}, errorCodes: []int{400, 404}},
+			responses: obj{"200": jsonResponse("the device", refTo[deviceDTO]())}, errorCodes: []int{400, 404}},
 		{method: "PUT", path: "/api/devices/{id}", id: "updateDevice", tag: "devices", auth: "write",
-			summary: "Change a device's config and active flag (absent members unchanged)", params: withID, body: ref("DeviceUpdate"),
+			summary: "Change a device's config and active flag (absent members unchanged)", params: withID, body: refTo[updateDeviceDTO](),
 			description: "A config the model's config_schema refuses is a conflict with the current state (409, field config).",
-			responses:   obj{"200": jsonResponse("the updated device", ref("Device"))}, errorCodes: []int{400, 404, 409, 413, 415}},
+			responses:   obj{"200": jsonResponse("the updated device", refTo[deviceDTO]())}, errorCodes: []int{400, 404, 409, 413, 415}},
 		{method: "DELETE", path: "/api/devices/{id}", id: "deleteDevice", tag: "devices", auth: "write",
 			summary: "Delete a device, then its identity-provider client", params: withID,
 			responses: obj{"204": obj{"description": "deleted"}}, errorCodes: []int{400, 404}},
@@ -253,40 +237,40 @@ func operations() []operation {
 			responses: obj{"200": obj{"description": "the NVS image (default, or raw with format=bin) or, with format=json, the plain fields",
 				"headers": obj{"Content-Disposition": obj{"schema": obj{"type": "string"}, "description": `format=bin: attachment; filename="device-<id>-nvs.bin"`}},
 				"content": obj{
-					"application/json":         obj{"schema": obj{"oneOf": []obj{ref("ProvisioningNVS"), ref("Provisioning")}}},
+					"application/json":         obj{"schema": obj{"oneOf": []obj{refTo[provisioningNVSDTO](), refTo[provisioningDTO]()}}},
 					"application/octet-stream": obj{"schema": obj{"type": "string", "format": "binary"}},
 				}}},
 			errorCodes: []int{400, 404, 502}},
 		{method: "GET", path: "/api/devices/{id}/identity", id: "getIdentity", tag: "devices", auth: "read",
 			summary: "The device's identity-provider client status", params: withID,
-			responses: obj{"200": jsonResponse("status", ref("IdentityStatus"))}, errorCodes: []int{400, 404, 502}},
+			responses: obj{"200": jsonResponse("status", refTo[identityDTO]())}, errorCodes: []int{400, 404, 502}},
 		{method: "POST", path: "/api/devices/{id}/identity/sync", id: "syncIdentity", tag: "devices", auth: "write",
 			summary: "Create or repair the device's identity-provider client (the secret is kept)", params: withID,
-			responses: obj{"200": jsonResponse("status after the repair", ref("IdentityStatus"))}, errorCodes: []int{400, 404, 502}},
+			responses: obj{"200": jsonResponse("status after the repair", refTo[identityDTO]())}, errorCodes: []int{400, 404, 502}},
 		{method: "POST", path: "/api/devices/{id}/rotate", id: "rotateDevice", tag: "rotation", auth: "write",
 			summary:     "Queue one device for credential rotation",
 			description: "An OK, QUEUED or TIMEOUT device is queued (202, status queued) and starts as soon as a slot is free; a PENDING one is left as it is (200, status already_pending). An inactive device is 409.",
 			params:      withID,
 			responses: obj{
-				"202": jsonResponse("queued", ref("RotateResult")),
-				"200": jsonResponse("already in rotation", ref("RotateResult")),
+				"202": jsonResponse("queued", refTo[rotateDTO]()),
+				"200": jsonResponse("already in rotation", refTo[rotateDTO]()),
 			}, errorCodes: []int{400, 404, 409, 502}},
 		{method: "POST", path: "/api/rotation/trigger", id: "triggerRotation", tag: "rotation", auth: "write",
 			summary:   "Queue every active OK device for rotation",
-			responses: obj{"202": jsonResponse("the number of devices queued", ref("TriggerResult"))}, errorCodes: []int{502}},
+			responses: obj{"202": jsonResponse("the number of devices queued", refTo[triggerDTO]())}, errorCodes: []int{502}},
 		{method: "GET", path: "/api/rotation/status", id: "rotationStatus", tag: "rotation", auth: "read",
 			summary:   "Rotation mode, devices by state, devices in flight, last completion, next scheduled run, lease holder",
-			responses: obj{"200": jsonResponse("status", ref("RotationStatus"))}, errorCodes: []int{502}},
+			responses: obj{"200": jsonResponse("status", refTo[rotationStatusDTO]())}, errorCodes: []int{502}},
 		{method: "GET", path: "/api/rotation/dashboard", id: "rotationDashboard", tag: "rotation", auth: "read",
 			summary: "Devices grouped healthy / warning / critical / inactive by secret age and state, one group paged",
 			description: "healthy: active, secret younger than ROTATION_WARNING_DAYS and not TIMEOUT. warning: older, or TIMEOUT. " +
 				"critical: secret older than ROTATION_CRITICAL_DAYS, or a generated secret unconfirmed for longer than half of ROTATION_GRACE. inactive: inactive devices.",
 			params: []obj{
-				{"name": "group", "in": "query", "schema": withDefault(caselessEnum("healthy", "warning", "critical", "inactive"), "critical"), "description": "case-insensitive"},
+				{"name": "group", "in": "query", "schema": withDefault(caselessEnum(dashboardGroups()...), "critical"), "description": "case-insensitive"},
 				{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": ports.MaxPageSize, "default": ports.DefaultPageSize}},
 				{"name": "cursor", "in": "query", "schema": cursorSchema, "description": "next_cursor of the previous page"},
 			},
-			responses: obj{"200": jsonResponse("the group counts and one page of the group", ref("RotationDashboard"))}, errorCodes: []int{400, 502}},
+			responses: obj{"200": jsonResponse("the group counts and one page of the group", refTo[dashboardDTO]())}, errorCodes: []int{400, 502}},
 
 		{method: "GET", path: "/api/audit", id: "listAudit", tag: "audit", auth: "read",
 			summary: "The audit log: every credential-lifecycle event and admin change, oldest first, paged",
@@ -302,7 +286,7 @@ func operations() []operation {
 					"description": "an actor's subject, client id or username (at most 255 characters, no U+0000)"},
 				{"name": "since", "in": "query", "schema": obj{"type": "string", "format": "date-time"}, "description": "only entries at or after this time (RFC 3339)"},
 			},
-			responses: obj{"200": jsonResponse("one page", ref("AuditList"))}, errorCodes: []int{400, 503}},
+			responses: obj{"200": jsonResponse("one page", refTo[auditListDTO]())}, errorCodes: []int{400, 503}},
 
 		{method: "GET", path: "/iot/config", id: "deviceConfig", tag: "device API", auth: "device",
 			summary:   "The calling device's config (completes a pending credential rotation)",
@@ -312,16 +296,16 @@ func operations() []operation {
 			responses: firmwareDownload("the whole firmware file"), errorCodes: []int{404, 502}},
 		{method: "GET", path: "/iot/firmware-version", id: "deviceFirmwareVersion", tag: "device API", auth: "device",
 			summary:   "The version of the model's current firmware",
-			responses: obj{"200": jsonResponse("the version, null when none was uploaded", ref("FirmwareVersion"))}, errorCodes: []int{502}},
+			responses: obj{"200": jsonResponse("the version, null when none was uploaded", refTo[firmwareVersionDTO]())}, errorCodes: []int{502}},
 		{method: "GET", path: "/iot/provisioning", id: "deviceProvisioning", tag: "device API", auth: "device",
 			summary: "Rotation fetch: the device's credentials, with the new secret while its rotation is PENDING",
 			description: "The first call of a rotation generates the new secret; later calls return the same one. " +
 				"Outside a rotation it returns the current credentials. Keep the current secret until the new one is confirmed.",
-			responses: obj{"200": jsonResponse("the NVS fields as JSON members", ref("Provisioning"))}, errorCodes: []int{409, 502}},
+			responses: obj{"200": jsonResponse("the NVS fields as JSON members", refTo[provisioningDTO]())}, errorCodes: []int{409, 502}},
 		{method: "POST", path: "/iot/provisioning/ack", id: "deviceProvisioningAck", tag: "device API", auth: "device",
 			summary:     "Confirm the new secret by its SHA-256",
 			description: "204 completes the rotation when the digest matches the secret generated in it, and again (idempotent) after it completed with that secret; 409 otherwise.",
-			body:        ref("ProvisioningAck"),
+			body:        refTo[ackDTO](),
 			responses:   obj{"204": obj{"description": "confirmed"}}, errorCodes: []int{400, 409, 413, 415, 502}},
 	}
 }
@@ -414,267 +398,70 @@ func jsonSchemaObject(types []string, keywords obj) obj {
 	}
 }
 
+// wireTypes names every DTO the API reads or writes as a component
+// schema, derived from the type (openapi_schema.go).
+var wireTypes = []dtoSchema{
+	output[Problem]("Problem"),
+	output[statusDTO]("Status"),
+	input[ackDTO]("ProvisioningAck"),
+	output[rotateDTO]("RotateResult"),
+	output[triggerDTO]("TriggerResult"),
+	output[rotationStatusDTO]("RotationStatus"),
+	output[dashboardDTO]("RotationDashboard"),
+	output[auditListDTO]("AuditList"),
+	output[auditEntryDTO]("AuditEntry"),
+	output[deviceModelDTO]("DeviceModel"),
+	output[deviceModelListDTO]("DeviceModelList"),
+	input[createModelDTO]("NewDeviceModel"),
+	input[updateModelDTO]("DeviceModelUpdate"),
+	output[deviceDTO]("Device"),
+	output[deviceListDTO]("DeviceList"),
+	input[createDeviceDTO]("NewDevice"),
+	input[updateDeviceDTO]("DeviceUpdate"),
+	output[firmwareDTO]("Firmware"),
+	output[firmwareUploadDTO]("FirmwareUpload"),
+	output[firmwareListDTO]("FirmwareList"),
+	output[firmwareVersionDTO]("FirmwareVersion"),
+	output[identityDTO]("IdentityStatus"),
+	output[provisioningNVSDTO]("ProvisioningNVS"),
+	output[provisioningDTO]("Provisioning"),
+}
+
+// schemaFragments are the named schemas DTO members use (oas:"use=...").
+func schemaFragments() map[string]obj {
+	return map[string]obj{
+		"dateTime":    {"format": "date-time", "description": "RFC 3339, UTC"},
+		"optDateTime": {"format": "date-time", "description": "RFC 3339, UTC; null when never"},
+		// nextCursor is the next_cursor member of a page (see encodeCursor).
+		"nextCursor": {"pattern": cursorPattern, "description": "pass as ?cursor= for the next page; null on the last page"},
+		"name":       nameSchema,
+		"modelCode":  {"pattern": model.ModelCodePattern.String()},
+		"deviceKey":  {"pattern": model.DeviceKeyPattern.String()},
+		"checkedConfig": withDesc(ref("Config"),
+			"checked against the model's config_schema: a config it refuses is a 409 naming this field"),
+		"rotationState":  {"enum": rotationStates},
+		"dashboardGroup": {"enum": dashboardGroups()},
+		"auditKind":      {"enum": auditKinds()},
+	}
+}
+
+// refTo is the $ref to the component schema of the wire type T.
+func refTo[T any]() obj {
+	t := reflect.TypeFor[T]()
+	for _, c := range wireTypes {
+		if c.typ == t {
+			return ref(c.name)
+		}
+	}
+	panic(fmt.Sprintf("openapi: %s is not in wireTypes", t))
+}
+
 func schemas() obj {
-	s := jsonSchemaSchemas()
-	for k, v := range baseSchemas() {
+	s, _ := dtoSchemas(wireTypes, schemaFragments())
+	for k, v := range jsonSchemaSchemas() {
 		s[k] = v
 	}
 	return s
-}
-
-func baseSchemas() obj {
-	return obj{
-		"Problem": obj{
-			"type":     "object",
-			"required": []string{"type", "title", "status", "detail"},
-			"properties": obj{
-				"type":          obj{"type": "string", "description": "urn:espmdm:problem:<kind>"},
-				"title":         obj{"type": "string"},
-				"status":        obj{"type": "integer"},
-				"detail":        obj{"type": "string"},
-				"field":         obj{"type": "string", "description": "the invalid input, for validation problems"},
-				"failed_checks": obj{"type": "array", "items": obj{"type": "string"}},
-				"request_id":    obj{"type": "string"},
-			},
-		},
-		"Status": obj{"type": "object", "required": []string{"status"}, "properties": obj{"status": obj{"type": "string"}}},
-		"ProvisioningAck": obj{
-			"type": "object", "required": []string{"client_secret_sha256"}, "additionalProperties": false,
-			"properties": obj{"client_secret_sha256": obj{"type": "string", "pattern": "^[0-9a-fA-F]{64}$",
-				"description": "hex SHA-256 of the new client secret"}},
-		},
-		"RotateResult": obj{
-			"type": "object", "required": []string{"status"},
-			"properties": obj{"status": obj{"type": "string", "enum": []string{"queued", "already_pending"}}},
-		},
-		"TriggerResult": obj{
-			"type": "object", "required": []string{"queued_count"},
-			"properties": obj{"queued_count": obj{"type": "integer", "minimum": 0}},
-		},
-		"RotationStatus": obj{
-			"type": "object",
-			"required": []string{"mode", "counts_by_state", "inactive", "in_flight", "last_rotation_completed_at",
-				"next_scheduled_rotation", "lease_holder"},
-			"properties": obj{
-				"mode": obj{"type": "string", "enum": []string{"grace", "restore", ""}, "description": "the mode in force; empty until resolved at start"},
-				"counts_by_state": obj{
-					"type": "object", "required": []string{"OK", "QUEUED", "PENDING", "TIMEOUT"}, "description": "active devices by rotation state",
-					"properties": obj{
-						"OK": obj{"type": "integer", "minimum": 0}, "QUEUED": obj{"type": "integer", "minimum": 0},
-						"PENDING": obj{"type": "integer", "minimum": 0}, "TIMEOUT": obj{"type": "integer", "minimum": 0},
-					},
-				},
-				"inactive":                   obj{"type": "integer", "minimum": 0},
-				"in_flight":                  obj{"type": "array", "items": obj{"type": "integer", "format": "int64"}, "description": "ids of PENDING devices"},
-				"last_rotation_completed_at": optDateTime,
-				"next_scheduled_rotation":    optDateTime,
-				"lease_holder":               nullable("string", obj{"description": "the espmdm process working the rotation queue; null when none"}),
-			},
-		},
-		"RotationDashboard": obj{
-			"type": "object", "required": []string{"counts", "group", "devices", "next_cursor"},
-			"properties": obj{
-				"counts": obj{
-					"type": "object", "required": []string{"healthy", "warning", "critical", "inactive"},
-					"properties": obj{
-						"healthy": obj{"type": "integer", "minimum": 0}, "warning": obj{"type": "integer", "minimum": 0},
-						"critical": obj{"type": "integer", "minimum": 0}, "inactive": obj{"type": "integer", "minimum": 0},
-					},
-				},
-				"group": obj{"type": "string", "enum": []string{"healthy", "warning", "critical", "inactive"}},
-				"devices": obj{"type": "array", "items": obj{
-					"type": "object",
-					"required": []string{"id", "client_id", "rotation_state", "secret_created_at", "secret_age_days",
-						"last_rotation_attempt_at", "last_seen_at"},
-					"properties": obj{
-						"id":                       obj{"type": "integer", "format": "int64"},
-						"client_id":                obj{"type": "string"},
-						"rotation_state":           obj{"type": "string", "enum": []string{"OK", "QUEUED", "PENDING", "TIMEOUT"}},
-						"secret_created_at":        optDateTime,
-						"secret_age_days":          obj{"type": "number", "minimum": 0},
-						"last_rotation_attempt_at": optDateTime,
-						"last_seen_at":             optDateTime,
-					},
-				}},
-				"next_cursor": nextCursor,
-			},
-		},
-		"AuditList": obj{
-			"type": "object", "required": []string{"entries", "next_cursor"},
-			"properties": obj{
-				"entries":     obj{"type": "array", "items": ref("AuditEntry")},
-				"next_cursor": nextCursor,
-			},
-		},
-		"AuditEntry": obj{
-			"type":     "object",
-			"required": []string{"id", "at", "kind", "actor", "outcome", "detail"},
-			"properties": obj{
-				"id":   obj{"type": "integer", "format": "int64", "minimum": 1},
-				"at":   dateTime,
-				"kind": obj{"type": "string", "enum": auditKinds()},
-				"actor": obj{
-					"type": "object", "required": []string{"type", "subject", "client_id", "name"},
-					"properties": obj{
-						"type":      obj{"type": "string", "enum": []string{"admin", "device", "system"}},
-						"subject":   obj{"type": "string", "description": "admin: the token's sub; system: what acted (rotation worker, reconciler)"},
-						"client_id": obj{"type": "string", "description": "admin: the token's azp; device: its client id"},
-						"name":      obj{"type": "string", "description": "admin: the token's preferred_username"},
-					},
-				},
-				"device_id": obj{"type": "integer", "format": "int64", "minimum": 1,
-					"description": "the device concerned; absent when none is (never null)"},
-				"client_id": obj{"type": "string", "description": "the device client concerned; absent when none is"},
-				"device_model_id": obj{"type": "integer", "format": "int64", "minimum": 1,
-					"description": "the device model concerned; absent when none is (never null)"},
-				"outcome": obj{"type": "string", "enum": []string{"success", "failure"}},
-				"detail":  obj{"type": "string", "maxLength": 1000, "description": "what changed, in a few words; never a secret"},
-			},
-		},
-		"DeviceModel": obj{
-			"type":     "object",
-			"required": []string{"id", "code", "name", "firmware_version", "config_schema", "created_at", "updated_at"},
-			"properties": obj{
-				"id":               obj{"type": "integer", "format": "int64"},
-				"code":             obj{"type": "string", "pattern": "^[a-z0-9_]{1,50}$"},
-				"name":             nameSchema,
-				"firmware_version": nullable("string", nil),
-				"config_schema": obj{"type": []string{"object", "boolean", "null"},
-					"description": "the model's JSON Schema as it was stored (see JSONSchema), or null"},
-				"created_at": dateTime,
-				"updated_at": dateTime,
-			},
-		},
-		"DeviceModelList": obj{
-			"type": "object", "required": []string{"device_models"},
-			"properties": obj{"device_models": obj{"type": "array", "items": ref("DeviceModel")}},
-		},
-		"NewDeviceModel": obj{
-			"type": "object", "required": []string{"code", "name"}, "additionalProperties": false,
-			"properties": obj{
-				"code":          obj{"type": "string", "pattern": "^[a-z0-9_]{1,50}$"},
-				"name":          nameSchema,
-				"config_schema": configSchema("optional JSON Schema for device configs (null: none)"),
-			},
-		},
-		"DeviceModelUpdate": obj{
-			"type": "object", "additionalProperties": false,
-			"properties": obj{
-				"name":          nameSchema,
-				"config_schema": configSchema("a JSON Schema; null removes it; absent leaves it"),
-			},
-		},
-		"Device": obj{
-			"type": "object",
-			"required": []string{"id", "key", "device_model_id", "client_id", "config", "active", "rotation_state",
-				"secret_created_at", "last_rotation_attempt_at", "last_rotation_completed_at", "last_seen_at", "created_at", "updated_at"},
-			"properties": obj{
-				"id":                         obj{"type": "integer", "format": "int64"},
-				"key":                        obj{"type": "string", "pattern": "^[a-z0-9]{8}$"},
-				"device_model_id":            obj{"type": "integer", "format": "int64"},
-				"client_id":                  obj{"type": "string", "description": "iotdevice-<model code>-<key>"},
-				"config":                     obj{"type": "object"},
-				"active":                     obj{"type": "boolean"},
-				"rotation_state":             obj{"type": "string", "enum": []string{"OK", "QUEUED", "PENDING", "TIMEOUT"}},
-				"secret_created_at":          optDateTime,
-				"last_rotation_attempt_at":   optDateTime,
-				"last_rotation_completed_at": optDateTime,
-				"last_seen_at":               optDateTime,
-				"created_at":                 dateTime,
-				"updated_at":                 dateTime,
-			},
-		},
-		"DeviceList": obj{
-			"type": "object", "required": []string{"devices", "next_cursor"},
-			"properties": obj{
-				"devices":     obj{"type": "array", "items": ref("Device")},
-				"next_cursor": nextCursor,
-			},
-		},
-		"NewDevice": obj{
-			"type": "object", "required": []string{"device_model_id", "config"}, "additionalProperties": false,
-			"properties": obj{
-				"device_model_id": obj{"type": "integer", "format": "int64", "minimum": 1,
-					"description": "an existing device model; one that does not exist is a 409 naming this field"},
-				"config": withDesc(ref("Config"), "checked against the model's config_schema: a config it refuses is a 409 naming this field"),
-				"active": obj{"type": "boolean", "default": true},
-			},
-		},
-		"DeviceUpdate": obj{
-			"type": "object", "additionalProperties": false,
-			"properties": obj{
-				"config": withDesc(ref("Config"), "checked against the model's config_schema: a config it refuses is a 409 naming this field"),
-				"active": obj{"type": "boolean"},
-			},
-		},
-		"Firmware": obj{
-			"type": "object",
-			"required": []string{"id", "device_model_id", "version", "project_name", "idf_version", "chip", "chip_id",
-				"sha256", "size", "secure_version", "uploaded_at"},
-			"properties": obj{
-				"id":              obj{"type": "integer", "format": "int64"},
-				"device_model_id": obj{"type": "integer", "format": "int64"},
-				"version":         obj{"type": "string"},
-				"project_name":    obj{"type": "string"},
-				"idf_version":     obj{"type": "string"},
-				"chip":            obj{"type": "string", "examples": []string{"esp32", "esp32s3"}},
-				"chip_id":         obj{"type": "integer"},
-				"sha256":          obj{"type": "string", "pattern": "^[0-9a-f]{64}$"},
-				"size":            obj{"type": "integer", "format": "int64"},
-				"secure_version": obj{"type": "integer", "minimum": 0, "maximum": 4294967295,
-					"description": "the app descriptor's secure_version (anti-rollback); 0 for uploads recorded before it was kept"},
-				"uploaded_at": dateTime,
-			},
-		},
-		"FirmwareUpload": obj{
-			"allOf": []obj{ref("Firmware"), {
-				"type": "object", "required": []string{"warnings"},
-				"properties": obj{"warnings": obj{
-					"type": "array", "items": obj{"type": "string"},
-					"description": "where the upload goes backwards against the firmware it replaced (a forced lower secure_version, a lower version); empty otherwise",
-				}},
-			}},
-		},
-		"FirmwareList": obj{
-			"type": "object", "required": []string{"versions"},
-			"properties": obj{"versions": obj{"type": "array", "items": ref("Firmware")}},
-		},
-		"FirmwareVersion": obj{
-			"type": "object", "required": []string{"firmware_version"},
-			"properties": obj{"firmware_version": nullable("string", nil)},
-		},
-		"IdentityStatus": obj{
-			"type": "object", "required": []string{"client_id", "exists", "enabled", "service_account", "problems"},
-			"properties": obj{
-				"client_id":       obj{"type": "string"},
-				"exists":          obj{"type": "boolean"},
-				"enabled":         obj{"type": "boolean"},
-				"service_account": obj{"type": "boolean"},
-				"problems":        obj{"type": "array", "items": obj{"type": "string"}},
-			},
-		},
-		"ProvisioningNVS": obj{
-			"type": "object", "required": []string{"partition", "size", "data"},
-			"properties": obj{
-				"partition": obj{"type": "string", "const": "nvs"},
-				"size":      obj{"type": "integer"},
-				"data":      obj{"type": "string", "contentEncoding": "base64", "description": "the NVS partition image"},
-			},
-		},
-		"Provisioning": obj{
-			"type": "object", "required": []string{"device_key", "client_id", "client_secret"},
-			"properties": obj{
-				"device_key":    obj{"type": "string"},
-				"client_id":     obj{"type": "string"},
-				"client_secret": obj{"type": "string"},
-				"token_url":     obj{"type": "string"},
-				"base_url":      obj{"type": "string"},
-				"mqtt_url":      obj{"type": "string"},
-				"wifi_ssid":     obj{"type": "string"},
-				"wifi_password": obj{"type": "string"},
-			},
-		},
-	}
 }
 
 func withRetryAfter(resp obj) obj {
@@ -684,7 +471,7 @@ func withRetryAfter(resp obj) obj {
 }
 
 func problemResponse(desc string) obj {
-	return obj{"description": desc, "content": obj{ContentTypeProblem: obj{"schema": ref("Problem")}}}
+	return obj{"description": desc, "content": obj{ContentTypeProblem: obj{"schema": refTo[Problem]()}}}
 }
 
 // openAPIDocument builds the whole document. Role names come from cfg.
@@ -795,6 +582,18 @@ func openAPIDocument(cfg Config) obj {
 		doc["servers"] = []obj{{"url": cfg.BaseURL, "description": "this espmdm"}}
 	}
 	return doc
+}
+
+// rotationStates lists the rotation states.
+var rotationStates = []string{string(model.RotationOK), string(model.RotationQueued), string(model.RotationPending), string(model.RotationTimeout)}
+
+// dashboardGroups lists the rotation dashboard's groups.
+func dashboardGroups() []string {
+	out := make([]string, len(model.DashboardGroups))
+	for i, g := range model.DashboardGroups {
+		out[i] = string(g)
+	}
+	return out
 }
 
 // auditKinds lists the audit event kinds.

@@ -272,7 +272,7 @@ func TestShutdownDrainsInFlightRequests(t *testing.T) {
 
 func TestNewValidatesDeps(t *testing.T) {
 	cat := newFakeCatalog()
-	good := httpapi.Deps{Catalog: cat, Devices: &fakeDeviceAPI{cat: cat}, Verifier: newFakeVerifier()}
+	good := catalogDeps(cat, httpapi.Deps{Devices: &fakeDeviceAPI{cat: cat}, Verifier: newFakeVerifier()})
 	if _, err := httpapi.New(httpapi.Config{}, good); err != nil {
 		t.Errorf("New with defaults: %v", err)
 	}
@@ -285,10 +285,13 @@ func TestNewValidatesDeps(t *testing.T) {
 			t.Errorf("New #%d on a shared registry: %v", i+1, err)
 		}
 	}
+	noFirmware := good
+	noFirmware.Firmware = nil
 	for name, d := range map[string]httpapi.Deps{
 		"no catalog":  {Devices: good.Devices, Verifier: good.Verifier},
-		"no verifier": {Catalog: cat, Devices: good.Devices},
-		"bad check":   {Catalog: cat, Devices: good.Devices, Verifier: good.Verifier, ReadyChecks: []httpapi.ReadyCheck{{Name: "x"}}},
+		"no firmware": noFirmware,
+		"no verifier": catalogDeps(cat, httpapi.Deps{Devices: good.Devices}),
+		"bad check":   catalogDeps(cat, httpapi.Deps{Devices: good.Devices, Verifier: good.Verifier, ReadyChecks: []httpapi.ReadyCheck{{Name: "x"}}}),
 	} {
 		if _, err := httpapi.New(httpapi.Config{}, d); err == nil {
 			t.Errorf("%s: New succeeded", name)

@@ -137,7 +137,15 @@ type ReadyCheck struct {
 
 // Deps are the ports and infrastructure the server uses.
 type Deps struct {
-	Catalog  ports.Catalog
+	// The admin use cases, a port per group of routes: device models,
+	// their firmware, devices, a device's provisioning data and its
+	// identity-provider client. All are required.
+	Models       ports.ModelAdmin
+	Firmware     ports.FirmwareAdmin
+	DeviceAdmin  ports.DeviceAdmin
+	Provisioning ports.ProvisioningAdmin
+	Identity     ports.IdentityAdmin
+	// Devices is the device API (/iot); required.
 	Devices  ports.DeviceAPI
 	Verifier ports.TokenVerifier
 	// Rotation serves the admin rotation routes; nil answers them 503.
@@ -160,18 +168,22 @@ type Deps struct {
 
 // Server is the HTTP adapter. Create it with New.
 type Server struct {
-	cfg      Config
-	catalog  ports.Catalog
-	devices  ports.DeviceAPI
-	rotation ports.Rotation
-	audit    ports.AuditReader
-	verify   ports.TokenVerifier
-	log      *zap.Logger
-	gather   prometheus.Gatherer
-	metrics  *httpMetrics
-	ready    []ReadyCheck
-	docs     fiber.Handler
-	app      *fiber.App
+	cfg         Config
+	models      ports.ModelAdmin
+	firmware    ports.FirmwareAdmin
+	deviceAdmin ports.DeviceAdmin
+	provisioner ports.ProvisioningAdmin
+	identity    ports.IdentityAdmin
+	devices     ports.DeviceAPI
+	rotation    ports.Rotation
+	audit       ports.AuditReader
+	verify      ports.TokenVerifier
+	log         *zap.Logger
+	gather      prometheus.Gatherer
+	metrics     *httpMetrics
+	ready       []ReadyCheck
+	docs        fiber.Handler
+	app         *fiber.App
 
 	deviceLimit, addrLimit *limiter
 
@@ -187,8 +199,9 @@ type Server struct {
 // New builds the server and registers every route.
 func New(cfg Config, deps Deps) (*Server, error) {
 	cfg = cfg.withDefaults()
-	if deps.Catalog == nil || deps.Devices == nil {
-		return nil, errors.New("httpapi: Catalog and Devices are required")
+	if deps.Models == nil || deps.Firmware == nil || deps.DeviceAdmin == nil || deps.Provisioning == nil ||
+		deps.Identity == nil || deps.Devices == nil {
+		return nil, errors.New("httpapi: Models, Firmware, DeviceAdmin, Provisioning, Identity and Devices are required")
 	}
 	if deps.Verifier == nil {
 		return nil, errors.New("httpapi: Verifier is required (the device API is always authenticated)")
@@ -226,16 +239,20 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 
 	s := &Server{
-		cfg:      cfg,
-		catalog:  deps.Catalog,
-		devices:  deps.Devices,
-		rotation: deps.Rotation,
-		audit:    deps.Audit,
-		verify:   deps.Verifier,
-		log:      log.Named("http"),
-		gather:   gat,
-		metrics:  m,
-		ready:    append([]ReadyCheck(nil), deps.ReadyChecks...),
+		cfg:         cfg,
+		models:      deps.Models,
+		firmware:    deps.Firmware,
+		deviceAdmin: deps.DeviceAdmin,
+		provisioner: deps.Provisioning,
+		identity:    deps.Identity,
+		devices:     deps.Devices,
+		rotation:    deps.Rotation,
+		audit:       deps.Audit,
+		verify:      deps.Verifier,
+		log:         log.Named("http"),
+		gather:      gat,
+		metrics:     m,
+		ready:       append([]ReadyCheck(nil), deps.ReadyChecks...),
 
 		deviceLimit: newLimiter(cfg.DeviceRate),
 		addrLimit:   newLimiter(cfg.UnauthRate),

@@ -75,7 +75,10 @@ type Admin struct {
 	backoff      time.Duration
 }
 
-var _ ports.IdentityProvider = (*Admin)(nil)
+var (
+	_ ports.IdentityProvider     = (*Admin)(nil)
+	_ ports.CoveredSecretsReader = (*Admin)(nil)
+)
 
 // NewAdmin checks cfg and returns an Admin. It does not contact Keycloak:
 // use Ping for that.

@@ -202,7 +202,7 @@ func (a *Admin) CoverClient(ctx context.Context, clientID string) (updated bool,
 	return true, nil
 }
 
-// CoveredSecrets implements ports.IdentityProvider with one GET of the
+// CoveredSecrets implements ports.CoveredSecretsReader with one GET of the
 // client's representation (by its remembered UUID), which carries the
 // secret, the rotated secret and the rotation attributes CoverClient looks
 // at, and a PUT only for an uncovered client. This spares grace-mode

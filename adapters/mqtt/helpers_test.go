@@ -78,7 +78,8 @@ type subscriber struct {
 	msgs chan *paho.Publish
 }
 
-// subscribe connects a new client to the broker and subscribes to topics
+// subscribe connects a new client to the broker (with the URL's account)
+// and subscribes to topics
 // with QoS 1, asking the broker to forward the retain flag as published.
 func subscribe(t *testing.T, ctx context.Context, brokerURL string, topics ...string) *subscriber {
 	t.Helper()
@@ -97,7 +98,12 @@ func subscribe(t *testing.T, ctx context.Context, brokerURL string, topics ...st
 			s.msgs <- pr.Packet
 			return true, nil
 		}}})
-	ack, err := s.cli.Connect(ctx, &paho.Connect{ClientID: id, CleanStart: true, KeepAlive: 30})
+	cp := &paho.Connect{ClientID: id, CleanStart: true, KeepAlive: 30}
+	if u.User != nil { // the broker lets in only those with an account
+		pw, _ := u.User.Password()
+		cp.Username, cp.UsernameFlag, cp.Password, cp.PasswordFlag = u.User.Username(), true, []byte(pw), true
+	}
+	ack, err := s.cli.Connect(ctx, cp)
 	if err != nil {
 		t.Fatalf("subscriber: connect: %v", err)
 	}

@@ -80,7 +80,7 @@ func TestNotificationsArrive(t *testing.T) {
 	st := integration.Shared(t)
 	ctx := ctxT(t, 60*time.Second)
 	clientID, code := deviceClientID(), modelCode()
-	sub := subscribe(t, ctx, st.MQTTURL, "iotsupport/"+clientID+"/+", "iotsupport/"+code+"/firmware")
+	sub := subscribe(t, ctx, st.MQTTAdminURL(), "iotsupport/"+clientID+"/+", "iotsupport/"+code+"/firmware")
 
 	var obs observations
 	n := startNotifier(t, mqtt.Config{BrokerURL: st.MQTTAdminURL(), Observe: obs.observe})
@@ -104,7 +104,7 @@ func TestFirmwarePayloadEscapesVersion(t *testing.T) {
 	st := integration.Shared(t)
 	ctx := ctxT(t, 60*time.Second)
 	code := modelCode()
-	sub := subscribe(t, ctx, st.MQTTURL, "iotsupport/"+code+"/firmware")
+	sub := subscribe(t, ctx, st.MQTTAdminURL(), "iotsupport/"+code+"/firmware")
 	n := startNotifier(t, mqtt.Config{BrokerURL: st.MQTTAdminURL()})
 	version := `v2 "quoted" \ ünïcode`
 	if err := n.FirmwareReleased(ctx, code, version); err != nil {
@@ -158,7 +158,7 @@ func TestBrokerOutage(t *testing.T) {
 	if err := st.StartService(ctx, integration.Mosquitto); err != nil {
 		t.Fatalf("start mosquitto: %v", err)
 	}
-	sub := subscribe(t, ctx, st.MQTTURL, "iotsupport/"+clientID+"/+", "iotsupport/"+code+"/firmware")
+	sub := subscribe(t, ctx, st.MQTTAdminURL(), "iotsupport/"+clientID+"/+", "iotsupport/"+code+"/firmware")
 	gate.set(false)
 	checkMessages(t, sub.receive(t, ctx, len(wants)), wants)
 	// The queue is flushed as soon as the connection is up, which can be
@@ -199,7 +199,7 @@ func TestQueueDirSurvivesRestart(t *testing.T) {
 		t.Errorf("RotationNudge after Stop = %v, want ErrNotRunning", err)
 	}
 
-	sub := subscribe(t, ctx, st.MQTTURL, "iotsupport/"+clientID+"/+", "iotsupport/"+code+"/firmware")
+	sub := subscribe(t, ctx, st.MQTTAdminURL(), "iotsupport/"+clientID+"/+", "iotsupport/"+code+"/firmware")
 	startNotifier(t, mqtt.Config{BrokerURL: st.MQTTAdminURL(), ClientID: id, QueueDir: dir})
 	checkMessages(t, sub.receive(t, ctx, len(wants)), wants)
 }
@@ -210,7 +210,7 @@ func TestStopDeliversQueued(t *testing.T) {
 	st := integration.Shared(t)
 	ctx := ctxT(t, 60*time.Second)
 	clientID := deviceClientID()
-	sub := subscribe(t, ctx, st.MQTTURL, "iotsupport/"+clientID+"/+")
+	sub := subscribe(t, ctx, st.MQTTAdminURL(), "iotsupport/"+clientID+"/+")
 	n, err := mqtt.New(mqtt.Config{BrokerURL: st.MQTTAdminURL(), ClientID: "espmdm-test-" + randHex(4)})
 	if err != nil {
 		t.Fatal(err)

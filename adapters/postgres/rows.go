@@ -47,6 +47,7 @@ type deviceRow struct {
 	PreviousSecret          []byte     `bun:"previous_secret,type:bytea,nullzero"`
 	// SecretSHA256 is NULL when the model's SecretSHA256 is empty.
 	SecretSHA256 *string `bun:"secret_sha256"`
+	MQTTPassword []byte  `bun:"mqtt_password,type:bytea,nullzero"`
 
 	CreatedAt time.Time `bun:"created_at,notnull,nullzero,default:now()"`
 	UpdatedAt time.Time `bun:"updated_at,notnull,nullzero,default:now()"`
@@ -63,6 +64,7 @@ var deviceMutableColumns = []string{
 	"secret_created_at", "last_rotation_attempt_at", "last_rotation_fetch_at", "last_rotation_renudge_at",
 	"last_rotation_completed_at",
 	"last_seen_at", "new_secret_at", "new_secret_iat_after", "previous_secret", "secret_sha256",
+	"mqtt_password",
 }
 
 type firmwareRow struct {
@@ -131,6 +133,7 @@ func deviceToRow(d *model.Device) deviceRow {
 		NewSecretIATAfter:       utcPtr(d.IATAfter),
 		PreviousSecret:          bytesOrNil(d.PreviousSecret),
 		SecretSHA256:            stringOrNil(d.SecretSHA256),
+		MQTTPassword:            bytesOrNil(d.MQTTPassword),
 		CreatedAt:               utc(d.CreatedAt),
 		UpdatedAt:               utc(d.UpdatedAt),
 	}
@@ -155,6 +158,7 @@ func deviceFromRow(r *deviceRow) model.Device {
 		IATAfter:                utcPtr(r.NewSecretIATAfter),
 		PreviousSecret:          bytesOrNil(r.PreviousSecret),
 		SecretSHA256:            stringOrEmpty(r.SecretSHA256),
+		MQTTPassword:            bytesOrNil(r.MQTTPassword),
 		CreatedAt:               utc(r.CreatedAt),
 		UpdatedAt:               utc(r.UpdatedAt),
 	}

@@ -506,10 +506,12 @@ func TestAuditScheduleChange(t *testing.T) {
 	e.sched.Audit = e.store.Audit()
 	start := func(sch ports.Schedule) {
 		t.Helper()
-		svc := mdm.New(mdm.Deps{
-			Models: e.store, Devices: e.store, Firmware: e.store, Store: e.fw, Identity: e.idp, Notifier: e.notifier,
+		deps := mdm.Deps{
+			Models: e.store, Devices: e.store, Firmware: e.store, Store: e.fw, Notifier: e.notifier,
 			Clock: e.clock, SecretBox: portstest.NewSecretBox(), Schedule: sch, ScheduleRepo: e.sched, Audit: e.store,
-		}, mdm.Config{RotationMode: model.RotationGrace})
+		}
+		setIdentity(&deps, e.idp)
+		svc := mdm.New(deps, mdm.Config{RotationMode: model.RotationGrace})
 		if _, _, err := svc.InitRotation(t.Context()); err != nil {
 			t.Fatal(err)
 		}

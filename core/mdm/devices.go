@@ -40,11 +40,12 @@ func (s *Service) newKey() (string, error) {
 	return string(key), nil
 }
 
-// CreateDevice creates a device and its identity-provider client, all or
-// nothing: it validates the input, draws a key, creates the client, then
-// inserts the row. When the insert fails the client is deleted again (if
-// that fails too, OnError hears of it and the reconciler removes the
-// client later). A key that collides with an existing client or device is
+// CreateDevice creates a device, its identity-provider client and (with
+// Deps.Broker) its broker account, all or nothing: it validates the input,
+// draws a key, creates the client, makes the account, then inserts the row.
+// When the account or the insert fails, what was made is undone (if that
+// fails too, OnError hears of it and the reconciler removes the orphan
+// later). A key that collides with an existing client or device is
 // replaced by a new one, a few times.
 func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.Device, error) {
 	config, err := normalizeConfig(in.Config)
@@ -75,11 +76,16 @@ func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.D
 			return model.Device{}, err
 		}
 		clientID := model.ClientID(m.Code, key)
-		if _, err := s.d.Identity.CreateClient(ctx, clientID); err != nil {
+		if _, err := s.d.Clients.CreateClient(ctx, clientID); err != nil {
 			if errors.Is(err, model.ErrConflict) {
 				continue // key collision with an existing client
 			}
 			return model.Device{}, fmt.Errorf("create device: create client: %w", err)
+		}
+		sealed, err := s.makeAccount(ctx, clientID, active)
+		if err != nil {
+			s.deleteClient(ctx, "create device: delete client after a failed broker account", clientID)
+			return model.Device{}, fmt.Errorf("create device: broker account: %w", err)
 		}
 		now := s.now()
 		d := model.Device{
@@ -90,6 +96,7 @@ func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.D
 			Active:          active,
 			RotationState:   model.RotationOK,
 			SecretCreatedAt: &now,
+			MQTTPassword:    sealed,
 		}
 		created := s.deviceEntry(ctx, model.AuditDeviceCreated, d, activeWord(active)) // DeviceID set by the repository
 		err = s.d.Devices.CreateDevice(ctx, &d, s.audited(created))
@@ -97,11 +104,10 @@ func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.D
 			d.ModelCode = m.Code
 			return d, nil
 		}
-		// Undo the client even when the caller has gone away: a left-over
-		// client is an orphan until the reconciler finds it.
-		if derr := s.d.Identity.DeleteClient(context.WithoutCancel(ctx), clientID); derr != nil {
-			s.report(ctx, "create device: delete client after failed insert", fmt.Errorf("client %s: %w", clientID, derr))
-		}
+		// Undo the client and the account even when the caller has gone
+		// away: a left-over is an orphan until the reconciler finds it.
+		s.deleteClient(ctx, "create device: delete client after failed insert", clientID)
+		s.deleteAccount(ctx, "create device: delete broker account after failed insert", clientID)
 		if errors.Is(err, model.ErrConflict) {
 			continue // key collision with an existing device
 		}
@@ -158,6 +164,23 @@ func (s *Service) UpdateDevice(ctx context.Context, id int64, in ports.DeviceUpd
 			return model.Device{}, err
 		}
 	}
+	// A change of the active flag reaches the broker account first: a
+	// broker that cannot disable it fails the call with nothing changed
+	// (a device deactivated on paper must not stay connectable).
+	var accountSet *bool
+	var accountID string
+	if in.Active != nil && s.d.Broker != nil {
+		cur, err := s.d.Devices.GetDevice(ctx, id)
+		if err != nil {
+			return model.Device{}, fmt.Errorf("update device %d: %w", id, err)
+		}
+		if cur.Active != *in.Active {
+			if err := s.setAccountActive(ctx, cur.ClientID(), *in.Active); err != nil {
+				return model.Device{}, fmt.Errorf("update device %d: broker account: %w", id, err)
+			}
+			accountSet, accountID = in.Active, cur.ClientID()
+		}
+	}
 	changed := false
 	var before model.Device
 	d, err := s.d.Devices.UpdateDevice(ctx, id, func(d *model.Device) ([]model.AuditEntry, error) {
@@ -182,7 +205,15 @@ func (s *Service) UpdateDevice(ctx context.Context, id int64, in ports.DeviceUpd
 		return s.audited(s.deviceEntry(ctx, model.AuditDeviceUpdated, *d, changedWords(what))), nil
 	})
 	if err != nil {
+		if accountSet != nil {
+			// Put the account back as the row still says.
+			s.report(ctx, "update device: restore broker account", s.setAccountActive(context.WithoutCancel(ctx), accountID, !*accountSet))
+		}
 		return model.Device{}, fmt.Errorf("update device %d: %w", id, err)
+	}
+	if accountSet != nil && *accountSet != d.Active {
+		// Another change won the row meanwhile: the account follows it.
+		s.report(ctx, "update device: broker account follows the row", s.setAccountActive(context.WithoutCancel(ctx), d.ClientID(), d.Active))
 	}
 	if before.Active && !d.Active {
 		s.leaveRotation(ctx, before)
@@ -198,9 +229,10 @@ func (s *Service) UpdateDevice(ctx context.Context, id int64, in ports.DeviceUpd
 	return d, nil
 }
 
-// DeleteDevice removes the device row, then its client. A failed client
-// deletion goes to OnError and the call still succeeds: the reconciler
-// removes the orphaned client later, and no device row is left behind.
+// DeleteDevice removes the device row, then its client and broker account.
+// A failed deletion of either goes to OnError and the call still succeeds:
+// the reconciler removes the orphan later, and no device row is left
+// behind.
 func (s *Service) DeleteDevice(ctx context.Context, id int64) error {
 	d, err := s.d.Devices.GetDevice(ctx, id)
 	if err != nil {
@@ -209,11 +241,17 @@ func (s *Service) DeleteDevice(ctx context.Context, id int64) error {
 	if err := s.d.Devices.DeleteDevice(ctx, id, s.audited(s.deviceEntry(ctx, model.AuditDeviceDeleted, d, ""))); err != nil {
 		return fmt.Errorf("delete device %d: %w", id, err)
 	}
-	clientID := d.ClientID()
-	if err := s.d.Identity.DeleteClient(context.WithoutCancel(ctx), clientID); err != nil {
-		s.report(ctx, "delete device: delete client", fmt.Errorf("client %s: %w", clientID, err))
-	}
+	s.deleteClient(ctx, "delete device: delete client", d.ClientID())
+	s.deleteAccount(ctx, "delete device: delete broker account", d.ClientID())
 	return nil
+}
+
+// deleteClient deletes a device's client even when the caller has gone
+// away; a failure goes to OnError and the reconciler removes the orphan.
+func (s *Service) deleteClient(ctx context.Context, op, clientID string) {
+	if err := s.d.Clients.DeleteClient(context.WithoutCancel(ctx), clientID); err != nil {
+		s.report(ctx, op, fmt.Errorf("client %s: %w", clientID, err))
+	}
 }
 
 // activeWord is the audit detail of a new device.

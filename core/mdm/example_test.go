@@ -20,13 +20,16 @@ func Example() {
 	store := portstest.NewStore(clock)
 	idp := portstest.NewIdentityProvider(clock)
 	svc := mdm.New(mdm.Deps{
-		Models:   store,
-		Devices:  store,
-		Firmware: store,
-		Store:    portstest.NewFirmwareStore(),
-		Identity: idp,
-		Notifier: portstest.NewNotifier(),
-		Clock:    clock,
+		Models:    store,
+		Devices:   store,
+		Firmware:  store,
+		Store:     portstest.NewFirmwareStore(),
+		Clients:   idp,
+		Directory: idp,
+		Rotator:   idp,
+		Policy:    idp,
+		Notifier:  portstest.NewNotifier(),
+		Clock:     clock,
 	}, mdm.Config{BaseURL: "https://mdm.example"})
 
 	m, err := svc.CreateModel(ctx, ports.NewModel{

@@ -48,7 +48,12 @@ func withRand(r io.Reader) option { return func(d *mdm.Deps, _ *mdm.Config) { d.
 func withConfig(f func(*mdm.Config)) option { return func(_ *mdm.Deps, c *mdm.Config) { f(c) } }
 
 func withIdentity(p ports.IdentityProvider) option {
-	return func(d *mdm.Deps, _ *mdm.Config) { d.Identity = p }
+	return func(d *mdm.Deps, _ *mdm.Config) { setIdentity(d, p) }
+}
+
+// setIdentity makes p every identity-provider port of d.
+func setIdentity(d *mdm.Deps, p ports.IdentityProvider) {
+	d.Clients, d.Directory, d.Rotator, d.Policy = p, p, p, p
 }
 
 // skewedClock is another machine's clock: base's time plus off.
@@ -64,7 +69,7 @@ func (c skewedClock) Now() time.Time { return c.base.Now().Add(c.off) }
 // another machine.
 func withIdPSkew(off time.Duration) option {
 	return func(d *mdm.Deps, _ *mdm.Config) {
-		d.Identity = portstest.NewIdentityProvider(skewedClock{base: d.Clock, off: off})
+		setIdentity(d, portstest.NewIdentityProvider(skewedClock{base: d.Clock, off: off}))
 	}
 }
 
@@ -75,13 +80,14 @@ func newEnv(t *testing.T, opts ...option) *env {
 	e.idp = portstest.NewIdentityProvider(e.clock)
 	deps := mdm.Deps{
 		Models: e.store, Devices: e.store, Firmware: e.store, Store: e.fw,
-		Identity: e.idp, Notifier: e.notifier, Clock: e.clock,
+		Notifier: e.notifier, Clock: e.clock,
 		OnError: func(_ context.Context, op string, err error) {
 			e.mu.Lock()
 			defer e.mu.Unlock()
 			e.errs = append(e.errs, reported{op, err})
 		},
 	}
+	setIdentity(&deps, e.idp)
 	cfg := mdm.Config{
 		TokenURL: "https://kc.example/realms/iot/protocol/openid-connect/token",
 		BaseURL:  "https://mdm.example",
@@ -90,7 +96,7 @@ func newEnv(t *testing.T, opts ...option) *env {
 	for _, o := range opts {
 		o(&deps, &cfg)
 	}
-	if p, ok := deps.Identity.(*portstest.IdentityProvider); ok {
+	if p, ok := deps.Clients.(*portstest.IdentityProvider); ok {
 		e.idp = p // an option's fake (withIdPSkew)
 	}
 	e.deps, e.cfg = deps, cfg

@@ -20,7 +20,7 @@ func (s *Service) IdentityStatus(ctx context.Context, id int64) (model.IdentityS
 	if err != nil {
 		return model.IdentityStatus{}, fmt.Errorf("identity of device %d: %w", id, err)
 	}
-	st, err := s.d.Identity.ClientStatus(ctx, d.ClientID())
+	st, err := s.d.Clients.ClientStatus(ctx, d.ClientID())
 	if err != nil {
 		return model.IdentityStatus{}, fmt.Errorf("identity of device %d: %w", id, err)
 	}
@@ -35,7 +35,7 @@ func (s *Service) SyncIdentity(ctx context.Context, id int64) (model.IdentitySta
 		return model.IdentityStatus{}, fmt.Errorf("sync identity of device %d: %w", id, err)
 	}
 	e := s.deviceEntry(ctx, model.AuditIdentityRepaired, d, "")
-	st, err := s.d.Identity.RepairClient(ctx, d.ClientID())
+	st, err := s.d.Clients.RepairClient(ctx, d.ClientID())
 	if err != nil {
 		s.auditFailure(ctx, e, err)
 		return model.IdentityStatus{}, fmt.Errorf("sync identity of device %d: %w", id, err)
@@ -75,6 +75,7 @@ func (s *Service) Reconcile(ctx context.Context) (ports.ReconcileReport, error) 
 		clientID string
 	}
 	var devices []listed
+	var rows []model.Device // for the broker accounts
 	for after := int64(0); ; {
 		p, err := s.d.Devices.ListDevices(ctx, ports.DeviceFilter{Limit: ports.MaxPageSize, AfterID: after})
 		if err != nil {
@@ -83,6 +84,9 @@ func (s *Service) Reconcile(ctx context.Context) (ports.ReconcileReport, error) 
 		for _, d := range p.Devices {
 			expected[d.Key] = d.ClientID()
 			devices = append(devices, listed{d.ID, d.ClientID()})
+			if s.d.Broker != nil {
+				rows = append(rows, d)
+			}
 		}
 		if p.NextAfterID == 0 {
 			break
@@ -91,7 +95,7 @@ func (s *Service) Reconcile(ctx context.Context) (ports.ReconcileReport, error) 
 	}
 
 	// 2. Then the clients.
-	clients, err := s.d.Identity.ListDeviceClients(ctx)
+	clients, err := s.d.Directory.ListDeviceClients(ctx)
 	if err != nil {
 		return rep, fmt.Errorf("reconcile: list clients: %w", err)
 	}
@@ -139,7 +143,7 @@ func (s *Service) Reconcile(ctx context.Context) (ports.ReconcileReport, error) 
 		if !c.CreatedAt.IsZero() && now.Sub(c.CreatedAt) < s.cfg.OrphanGrace {
 			continue // its device row may still be on its way
 		}
-		if err := s.d.Identity.DeleteClient(ctx, c.ClientID); err != nil {
+		if err := s.d.Directory.DeleteClient(ctx, c.ClientID); err != nil {
 			rep.Failed = append(rep.Failed, c.ClientID)
 			s.report(ctx, "reconcile: delete orphaned client", fmt.Errorf("client %s: %w", c.ClientID, err))
 			continue
@@ -161,6 +165,11 @@ func (s *Service) Reconcile(ctx context.Context) (ports.ReconcileReport, error) 
 			return rep, fmt.Errorf("reconcile: re-check device %d: %w", d.id, err)
 		}
 		rep.MissingClients = append(rep.MissingClients, d.clientID)
+	}
+
+	// 6. The devices' broker accounts.
+	if err := s.reconcileAccounts(ctx, rows, &rep); err != nil {
+		return rep, err
 	}
 	return rep, nil
 }

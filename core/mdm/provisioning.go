@@ -63,8 +63,13 @@ func (s *Service) auditDownload(ctx context.Context, d model.Device, what string
 	return nil
 }
 
-// provisioningWith is the device's provisioning fields with secret.
-func (s *Service) provisioningWith(d model.Device, secret string) ports.Provisioning {
+// provisioningWith is the device's provisioning fields with secret (and
+// its broker account's password, when it has one).
+func (s *Service) provisioningWith(d model.Device, secret string) (ports.Provisioning, error) {
+	password, err := s.brokerPassword(d)
+	if err != nil {
+		return ports.Provisioning{}, fmt.Errorf("provisioning of device %d: %w", d.ID, err)
+	}
 	return ports.Provisioning{
 		DeviceKey:    d.Key,
 		ClientID:     d.ClientID(),
@@ -72,15 +77,16 @@ func (s *Service) provisioningWith(d model.Device, secret string) ports.Provisio
 		TokenURL:     s.cfg.TokenURL,
 		BaseURL:      s.cfg.BaseURL,
 		MQTTURL:      s.cfg.MQTTURL,
+		MQTTPassword: password,
 		WiFiSSID:     s.cfg.WiFiSSID,
 		WiFiPassword: s.cfg.WiFiPassword,
-	}
+	}, nil
 }
 
 // ProvisioningNVS returns the device's provisioning data as a whole
 // ESP-IDF NVS partition (format version 2) of size bytes: namespace "prov"
 // with string entries device_key, client_id, client_secret, token_url,
-// base_url, mqtt_url, wifi_ssid, wifi_password in that order, empty
+// base_url, mqtt_url, mqtt_password, wifi_ssid, wifi_password in that order, empty
 // optional ones left out.
 func (s *Service) ProvisioningNVS(ctx context.Context, id int64, size int) ([]byte, error) {
 	if size < MinNVSSize || size > MaxNVSSize || size%nvsPageSize != 0 {
@@ -121,6 +127,7 @@ func nvsPairs(p ports.Provisioning) []nvs.KV {
 		{Key: "token_url", Value: p.TokenURL},
 		{Key: "base_url", Value: p.BaseURL},
 		{Key: "mqtt_url", Value: p.MQTTURL},
+		{Key: "mqtt_password", Value: p.MQTTPassword},
 		{Key: "wifi_ssid", Value: p.WiFiSSID},
 		{Key: "wifi_password", Value: p.WiFiPassword},
 	} {

@@ -76,7 +76,7 @@ func (s *Service) complete(ctx context.Context, id int64, mode model.RotationMod
 		}
 		invalidated = row.RotatedSecretMayLinger(mode)
 		if invalidated {
-			if err := s.d.Identity.InvalidateRotatedSecret(ctx, row.ClientID()); err != nil {
+			if err := s.d.Rotator.InvalidateRotatedSecret(ctx, row.ClientID()); err != nil {
 				return nil, fmt.Errorf("invalidate the rotated secret: %w", err)
 			}
 		}

@@ -36,7 +36,9 @@ func (s *Service) FetchCredentials(ctx context.Context, d model.Device) (ports.P
 		if d, fresh, audited, err = s.generate(ctx, d, mode); err != nil {
 			return ports.Provisioning{}, err
 		}
-		p = s.provisioningWith(d, fresh) // no need to read it back
+		if p, err = s.provisioningWith(d, fresh); err != nil { // no need to read it back
+			return ports.Provisioning{}, err
+		}
 	} else if p, err = s.provisioning(ctx, d); err != nil {
 		return ports.Provisioning{}, err
 	}
@@ -79,7 +81,7 @@ func (s *Service) FetchCredentials(ctx context.Context, d model.Device) (ports.P
 // there, so the old one must be on record before it.
 //
 // In grace mode Keycloak itself keeps the old secret, as the rotated one:
-// one read with the row locked (CoveredSecrets) says whether a generation
+// one read with the row locked (coveredSecrets) says whether a generation
 // happened that was not recorded (a rotated secret while none is on
 // record), and the old secret is sealed in the same transaction that
 // records the new one.
@@ -184,14 +186,14 @@ func (s *Service) generateInProvider(ctx context.Context, row model.Device, mode
 		// update only: make sure it covers this one (read with the
 		// secrets, in one request), or the old secret would die at
 		// generation.
-		sec, err := s.d.Identity.CoveredSecrets(ctx, clientID)
+		sec, err := s.coveredSecrets(ctx, clientID)
 		if err != nil {
 			return g, fmt.Errorf("read the secrets and apply the rotation policy: %w", err)
 		}
 		cur, old = sec.Current, sec.Rotated
 	} else {
 		var err error
-		if cur, err = s.d.Identity.ClientSecret(ctx, clientID); err != nil {
+		if cur, err = s.d.Rotator.ClientSecret(ctx, clientID); err != nil {
 			return g, fmt.Errorf("read the current secret: %w", err)
 		}
 	}
@@ -220,7 +222,7 @@ func (s *Service) generateInProvider(ctx context.Context, row model.Device, mode
 		g.previous, g.secret = sealed, cur
 	}
 	if !g.taken {
-		fresh, err := s.d.Identity.RegenerateSecret(ctx, clientID)
+		fresh, err := s.d.Rotator.RegenerateSecret(ctx, clientID)
 		if err != nil {
 			return g, fmt.Errorf("generate a secret: %w", err)
 		}
@@ -237,17 +239,31 @@ func (s *Service) generateInProvider(ctx context.Context, row model.Device, mode
 	return g, nil
 }
 
+// coveredSecrets makes sure the rotation policy covers the client and
+// reads its secrets: in the one call of ports.CoveredSecretsReader where
+// the provider offers it (Keycloak: one request), else CoverClient then
+// Secrets.
+func (s *Service) coveredSecrets(ctx context.Context, clientID string) (model.Secrets, error) {
+	if r, ok := s.d.Rotator.(ports.CoveredSecretsReader); ok {
+		return r.CoveredSecrets(ctx, clientID)
+	}
+	if _, err := s.d.Rotator.CoverClient(ctx, clientID); err != nil {
+		return model.Secrets{}, err
+	}
+	return s.d.Rotator.Secrets(ctx, clientID)
+}
+
 // endOldSecret makes the old secret stop working now (restore mode), also
 // where a realm policy kept it as the rotated one (and also after a
 // generation whose recording was cut off before this step), and returns
 // from when, by the identity provider's clock, a token proves the new
 // secret.
 func (s *Service) endOldSecret(ctx context.Context, clientID string) (time.Time, error) {
-	st, err := s.d.Identity.SecretState(ctx, clientID)
+	st, err := s.d.Rotator.SecretState(ctx, clientID)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("read when the secret was made: %w", err)
 	}
-	if err := s.d.Identity.InvalidateRotatedSecret(ctx, clientID); err != nil {
+	if err := s.d.Rotator.InvalidateRotatedSecret(ctx, clientID); err != nil {
 		return time.Time{}, fmt.Errorf("invalidate the rotated secret: %w", err)
 	}
 	// The iat rule compares Keycloak's times with Keycloak's times: a
@@ -258,7 +274,7 @@ func (s *Service) endOldSecret(ctx context.Context, clientID string) (time.Time,
 	// date the generation): then Keycloak's clock read after it.
 	after := st.CreatedAt
 	if st.Rotated || after.IsZero() {
-		if after, err = s.d.Identity.Now(ctx); err != nil {
+		if after, err = s.d.Rotator.Now(ctx); err != nil {
 			return time.Time{}, fmt.Errorf("read the identity provider's clock: %w", err)
 		}
 	}
@@ -268,7 +284,7 @@ func (s *Service) endOldSecret(ctx context.Context, clientID string) (time.Time,
 // sealCurrentSecret reads the client's current secret and seals it, to be
 // put on record before a restore-mode generation replaces it.
 func (s *Service) sealCurrentSecret(ctx context.Context, clientID string) ([]byte, error) {
-	cur, err := s.d.Identity.ClientSecret(ctx, clientID)
+	cur, err := s.d.Rotator.ClientSecret(ctx, clientID)
 	if err != nil {
 		return nil, fmt.Errorf("read the current secret: %w", err)
 	}
@@ -291,11 +307,11 @@ func (s *Service) openSecret(d model.Device) (string, error) {
 // provisioning is the device's provisioning fields with its current
 // secret.
 func (s *Service) provisioning(ctx context.Context, d model.Device) (ports.Provisioning, error) {
-	secret, err := s.d.Identity.ClientSecret(ctx, d.ClientID())
+	secret, err := s.d.Clients.ClientSecret(ctx, d.ClientID())
 	if err != nil {
 		return ports.Provisioning{}, fmt.Errorf("provisioning of device %d: client secret: %w", d.ID, err)
 	}
-	return s.provisioningWith(d, secret), nil
+	return s.provisioningWith(d, secret)
 }
 
 // secretDigest is the lower-case hex SHA-256 of a secret.

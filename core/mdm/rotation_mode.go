@@ -40,7 +40,7 @@ func (s *Service) RotationMode() model.RotationMode {
 // is an error that names every problem. It returns the mode in force and
 // the policy found.
 func (s *Service) InitRotation(ctx context.Context) (model.RotationMode, model.RotationPolicy, error) {
-	pol, err := s.d.Identity.RotationPolicy(ctx)
+	pol, err := s.d.Policy.RotationPolicy(ctx)
 	if err != nil {
 		return "", model.RotationPolicy{}, fmt.Errorf("rotation: read the identity provider's rotation policy: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -1246,6 +1247,54 @@ func TestRotationUnansweredNudgeFreesTheSlotEarly(t *testing.T) {
 			if got := e.get(t, here.ID); got.LastRotationAttemptAt == nil || !got.LastRotationAttemptAt.Equal(e.clock.Now()) {
 				t.Errorf("answered device after its timeout: attempt %v, want a new attempt now", got.LastRotationAttemptAt)
 			}
+		})
+	}
+}
+
+// Grace-mode generation applies the rotation policy to a client made
+// before it, before generating (in Keycloak the old secret would die at
+// once): in one call where the provider offers ports.CoveredSecretsReader,
+// else by CoverClient and Secrets.
+func TestRotationGraceCoversAClientMadeBeforeThePolicy(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts []option
+		want []string // the provider's calls, in order, among watched
+	}{
+		{"with CoveredSecrets", nil, []string{"CoveredSecrets", "RegenerateSecret"}},
+		{"without it", []option{func(d *mdm.Deps, _ *mdm.Config) {
+			d.Rotator = struct{ ports.SecretRotator }{d.Rotator} // hides CoveredSecrets
+		}}, []string{"CoverClient", "Secrets", "RegenerateSecret"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newRotationEnv(t, model.RotationGrace, tc.opts...)
+			m := e.model(t, "m1", "")
+			e.idp.SetGrace(false)
+			d := e.device(t, m, `{}`) // made while no policy covered it
+			e.idp.SetGrace(true)
+			if e.idp.Covered(d.ClientID()) {
+				t.Fatal("the client is covered before the rotation")
+			}
+			old := e.secret(t, d)
+			e.rotate(t, d)
+			fresh := e.fetch(t, d)
+			watched := []string{"CoveredSecrets", "CoverClient", "Secrets", "RegenerateSecret"}
+			var got []string
+			for _, c := range e.idp.Calls() {
+				if slices.Contains(watched, c.Op) {
+					got = append(got, c.Op)
+				}
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("calls = %v, want %v", got, tc.want)
+			}
+			wantAuth(t, e, d, old, true)
+			wantAuth(t, e, d, fresh, true)
+			if err := e.ack(t, d, fresh); err != nil {
+				t.Fatal(err)
+			}
+			wantState(t, e, d, model.RotationOK)
+			wantAuth(t, e, d, old, false)
 		})
 	}
 }

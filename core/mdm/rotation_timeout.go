@@ -137,7 +137,7 @@ func (s *Service) restoreOldSecret(ctx context.Context, d model.Device) (bool, e
 	if err != nil {
 		return false, err
 	}
-	cur, err := s.d.Identity.ClientSecret(ctx, d.ClientID())
+	cur, err := s.d.Rotator.ClientSecret(ctx, d.ClientID())
 	if err != nil {
 		return false, fmt.Errorf("read the current secret: %w", err)
 	}
@@ -146,7 +146,7 @@ func (s *Service) restoreOldSecret(ctx context.Context, d model.Device) (bool, e
 		// policy: the previous secret is the only one either way.
 		return false, nil
 	}
-	if err := s.d.Identity.SetSecret(ctx, d.ClientID(), prev); err != nil {
+	if err := s.d.Rotator.SetSecret(ctx, d.ClientID(), prev); err != nil {
 		return false, fmt.Errorf("restore the previous secret: %w", err)
 	}
 	return true, nil

@@ -24,9 +24,21 @@ type Deps struct {
 	Devices  ports.DeviceRepo
 	Firmware ports.FirmwareRepo
 	Store    ports.FirmwareStore
-	Identity ports.IdentityProvider
-	Notifier ports.Notifier
-	Clock    ports.Clock
+	// Clients, Directory, Rotator and Policy are the identity provider's
+	// ports (usually one adapter): a device's client (device, provisioning
+	// and identity use cases), the device clients Reconcile compares with
+	// the devices, the rotation's secret steps (which use
+	// ports.CoveredSecretsReader where Rotator offers it), and the policy
+	// the rotation mode is resolved from.
+	Clients   ports.DeviceClients
+	Directory ports.ClientDirectory
+	Rotator   ports.SecretRotator
+	Policy    ports.RotationPolicyReader
+	Notifier  ports.Notifier
+	// Broker, when set, holds the devices' broker accounts (SPEC §19,
+	// MQTT_AUTH=dynsec); nil means devices get none.
+	Broker ports.BrokerAccounts
+	Clock  ports.Clock
 	// SecretBox seals a device's old secret during its rotation.
 	SecretBox ports.SecretBox
 	// Schedule and ScheduleRepo drive the rotation schedule; without them
@@ -99,10 +111,15 @@ type Service struct {
 }
 
 var (
-	_ ports.Catalog     = (*Service)(nil)
-	_ ports.DeviceAPI   = (*Service)(nil)
-	_ ports.Rotation    = (*Service)(nil)
-	_ ports.AuditReader = (*Service)(nil)
+	_ ports.ModelAdmin        = (*Service)(nil)
+	_ ports.FirmwareAdmin     = (*Service)(nil)
+	_ ports.DeviceAdmin       = (*Service)(nil)
+	_ ports.ProvisioningAdmin = (*Service)(nil)
+	_ ports.IdentityAdmin     = (*Service)(nil)
+	_ ports.Reconciler        = (*Service)(nil)
+	_ ports.DeviceAPI         = (*Service)(nil)
+	_ ports.Rotation          = (*Service)(nil)
+	_ ports.AuditReader       = (*Service)(nil)
 )
 
 // New returns a Service over deps, with cfg's zero fields set to their

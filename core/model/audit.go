@@ -33,6 +33,11 @@ const (
 	AuditModelUpdated           AuditKind = "model_updated"
 	AuditModelDeleted           AuditKind = "model_deleted"
 	AuditFirmwareUploaded       AuditKind = "firmware_uploaded"
+	// AuditBrokerAccountReconciled: the reconciler made or repaired a
+	// device's broker account (SPEC §19); AuditOrphanAccountDeleted: it
+	// removed an account without a device.
+	AuditBrokerAccountReconciled AuditKind = "broker_account_reconciled"
+	AuditOrphanAccountDeleted    AuditKind = "orphan_account_deleted"
 )
 
 // AuditKinds lists every kind, in the order above.
@@ -42,6 +47,7 @@ var AuditKinds = []AuditKind{
 	AuditScheduleFired, AuditScheduleChanged, AuditRotationStarted, AuditSecretGenerated, AuditSecretFetched,
 	AuditSecretConfirmed, AuditSecretAckRefused, AuditRotatedInvalidated, AuditRotationTimeout,
 	AuditSecretRestored, AuditModelCreated, AuditModelUpdated, AuditModelDeleted, AuditFirmwareUploaded,
+	AuditBrokerAccountReconciled, AuditOrphanAccountDeleted,
 }
 
 // Valid reports whether k is one of AuditKinds.

@@ -93,6 +93,12 @@ type Device struct {
 	// random 32-character secret reveals nothing of it.
 	SecretSHA256 string
 
+	// MQTTPassword is the sealed (encrypted) password of the device's
+	// broker account (SPEC §19); nil when it has none yet (a device made
+	// before broker accounts, or with MQTT_AUTH=none): the reconciler
+	// makes one.
+	MQTTPassword []byte
+
 	CreatedAt time.Time
 	UpdatedAt time.Time
 }

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/espmdm/espmdm/nvs"
 )
 
@@ -94,6 +95,8 @@ type Device struct {
 	key, clientID, modelCode              string
 	tokenURL, baseURL, mqttURL            string
 	provisioned                           string // the partition's secret, for CheckSecrets
+	mqttPassword                          string // prov/mqtt_password, or a fetched one
+	cm                                    *autopaho.ConnectionManager
 	rotMu                                 sync.Mutex
 	mu                                    sync.Mutex
 	current, next                         string // the persisted slots
@@ -142,7 +145,7 @@ func newDevice(f *Fleet, partition []byte) (*Device, error) {
 	d := &Device{
 		f: f, key: prov["device_key"], clientID: prov["client_id"],
 		tokenURL: prov["token_url"], baseURL: strings.TrimRight(prov["base_url"], "/"), mqttURL: prov["mqtt_url"],
-		provisioned: prov["client_secret"], current: prov["client_secret"],
+		provisioned: prov["client_secret"], current: prov["client_secret"], mqttPassword: prov["mqtt_password"],
 	}
 	rest, ok := strings.CutPrefix(d.clientID, "iotdevice-")
 	code, ok2 := strings.CutSuffix(rest, "-"+d.key)
@@ -801,6 +804,7 @@ type provisioningAnswer struct {
 	DeviceKey    string `json:"device_key"`
 	ClientID     string `json:"client_id"`
 	ClientSecret string `json:"client_secret"`
+	MQTTPassword string `json:"mqtt_password"`
 }
 
 // Rotate is what the device does on the nudge. Following the protocol:
@@ -908,6 +912,9 @@ func (d *Device) fetch(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("devicesim: GET /iot/provisioning answered for another device or without a secret")
 	}
 	d.mu.Lock()
+	if p.MQTTPassword != "" {
+		d.mqttPassword = p.MQTTPassword // used from the next connection on
+	}
 	d.stats.Fetches++
 	if !containsString(d.seen, p.ClientSecret) {
 		d.seen = append(d.seen, p.ClientSecret)

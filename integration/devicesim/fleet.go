@@ -29,6 +29,14 @@ type Config struct {
 	// MQTTClientID is the shared connection's client id; default
 	// "devicesim-<random>".
 	MQTTClientID string
+	// DeviceAccounts: no shared connection; each device connects on its own
+	// as a real one does (SPEC §19), to BrokerURL's host with its broker
+	// account — client id and username its client_id, password
+	// prov/mqtt_password (or the one its latest credentials fetch handed
+	// out) — subscribed to its own topics and its model's firmware topic,
+	// when the fleet's Connect is called for it. Without it, BrokerURL's
+	// user must be allowed to read iotsupport/#.
+	DeviceAccounts bool
 	// Concurrency is the number of workers acting on events, and sizes
 	// the HTTP keep-alive pool; default 16.
 	Concurrency int
@@ -106,7 +114,7 @@ func NewFleet(ctx context.Context, cfg Config) (*Fleet, error) {
 		f.workers.Add(1)
 		go f.work()
 	}
-	if cfg.BrokerURL == "" {
+	if cfg.BrokerURL == "" || cfg.DeviceAccounts {
 		return f, nil
 	}
 	if err := f.connect(ctx); err != nil {
@@ -168,6 +176,88 @@ func (f *Fleet) connect(ctx context.Context) error {
 	}
 }
 
+// Connect connects device d with its own broker account
+// (Config.DeviceAccounts) and returns once its subscriptions are
+// acknowledged or ctx ends; the connection comes back after a drop (with
+// the device's latest password) until Close. A broker that refuses the
+// account (a deactivated device, a wrong password) fails it with the
+// broker's reason once ctx ends.
+func (f *Fleet) Connect(ctx context.Context, d *Device) error {
+	if !f.cfg.DeviceAccounts || f.cfg.BrokerURL == "" {
+		return errors.New("devicesim: Connect needs Config.DeviceAccounts and a BrokerURL")
+	}
+	u, err := url.Parse(f.cfg.BrokerURL)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("devicesim: broker URL is not a URL with a host")
+	}
+	u.User = nil
+	subs := []paho.SubscribeOptions{
+		{Topic: "iotsupport/" + d.clientID + "/rotation", QoS: 1},
+		{Topic: "iotsupport/" + d.clientID + "/config", QoS: 1},
+		{Topic: "iotsupport/" + d.modelCode + "/firmware", QoS: 1},
+	}
+	subscribed := make(chan error, 1)
+	var lastErr atomic.Value
+	cc := autopaho.ClientConfig{
+		ServerUrls:                    []*url.URL{u},
+		KeepAlive:                     30,
+		CleanStartOnInitialConnection: true,
+		ConnectTimeout:                10 * time.Second,
+		ReconnectBackoff:              autopaho.NewConstantBackoff(500 * time.Millisecond),
+		ConnectPacketBuilder: func(c *paho.Connect, _ *url.URL) (*paho.Connect, error) {
+			d.mu.Lock()
+			pw := d.mqttPassword
+			d.mu.Unlock()
+			c.Username, c.UsernameFlag = d.clientID, true
+			c.Password, c.PasswordFlag = []byte(pw), pw != ""
+			return c, nil
+		},
+		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
+			go func() {
+				sa, err := cm.Subscribe(f.ctx, &paho.Subscribe{Subscriptions: subs})
+				if err == nil {
+					for _, rc := range sa.Reasons {
+						if rc >= 0x80 {
+							err = fmt.Errorf("subscription refused (reason 0x%02x)", rc)
+						}
+					}
+				}
+				select {
+				case subscribed <- err:
+				default:
+				}
+			}()
+		},
+		OnConnectError: func(err error) { lastErr.Store(err) },
+		ClientConfig: paho.ClientConfig{
+			ClientID: d.clientID,
+			OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+				f.deliverTo([]*Device{d}, pr.Packet.Topic, pr.Packet.Payload)
+				return true, nil
+			}},
+		},
+	}
+	cm, err := autopaho.NewConnection(f.ctx, cc)
+	if err != nil {
+		return fmt.Errorf("devicesim: mqtt: %w", err)
+	}
+	d.mu.Lock()
+	d.cm = cm
+	d.mu.Unlock()
+	select {
+	case err := <-subscribed:
+		if err != nil {
+			return fmt.Errorf("devicesim: %s: %w", d.clientID, err)
+		}
+		return nil
+	case <-ctx.Done():
+		if e, _ := lastErr.Load().(error); e != nil {
+			return fmt.Errorf("devicesim: %s: mqtt connect: %w", d.clientID, e)
+		}
+		return fmt.Errorf("devicesim: %s: mqtt subscription not acknowledged: %w", d.clientID, ctx.Err())
+	}
+}
+
 func (f *Fleet) onPublish(pr paho.PublishReceived) (bool, error) {
 	f.Deliver(pr.Packet.Topic, pr.Packet.Payload)
 	return true, nil
@@ -198,6 +288,16 @@ func (f *Fleet) Deliver(topic string, payload []byte) bool {
 		f.unknown.Add(1)
 		return false
 	}
+	f.deliverTo(targets, topic, payload)
+	return true
+}
+
+// deliverTo hands the message on topic to targets.
+func (f *Fleet) deliverTo(targets []*Device, topic string, payload []byte) {
+	parts := strings.Split(topic, "/")
+	if len(parts) != 3 {
+		return
+	}
 	for _, d := range targets {
 		switch parts[2] {
 		case "rotation":
@@ -212,7 +312,6 @@ func (f *Fleet) Deliver(topic string, payload []byte) bool {
 			d.onFirmwareNotice(v.FirmwareVersion)
 		}
 	}
-	return true
 }
 
 // Add boots a device from the bytes of its NVS provisioning partition and
@@ -280,6 +379,18 @@ func (f *Fleet) Close(ctx context.Context) error {
 	if f.cm != nil {
 		err = f.cm.Disconnect(ctx)
 	}
+	f.mu.RLock()
+	for _, d := range f.devices {
+		d.mu.Lock()
+		cm := d.cm
+		d.mu.Unlock()
+		if cm != nil {
+			if derr := cm.Disconnect(ctx); derr != nil && !errors.Is(derr, autopaho.ConnectionDownError) && err == nil {
+				err = derr
+			}
+		}
+	}
+	f.mu.RUnlock()
 	f.qmu.Lock()
 	f.closed = true
 	f.queue = nil

@@ -62,7 +62,10 @@ type fakeClient struct {
 	problems     []string
 }
 
-var _ ports.IdentityProvider = (*IdentityProvider)(nil)
+var (
+	_ ports.IdentityProvider     = (*IdentityProvider)(nil)
+	_ ports.CoveredSecretsReader = (*IdentityProvider)(nil)
+)
 
 // NewIdentityProvider returns an empty IdentityProvider with
 // DefaultRotationPolicy, stamping client creation times and rotated-secret
@@ -364,7 +367,7 @@ func (p *IdentityProvider) CoverClient(_ context.Context, clientID string) (bool
 	return true, nil
 }
 
-// CoveredSecrets implements ports.IdentityProvider: CoverClient, then the
+// CoveredSecrets implements ports.CoveredSecretsReader: CoverClient, then the
 // secrets, under one lock (a failure set for "CoveredSecrets" fails it
 // before either).
 func (p *IdentityProvider) CoveredSecrets(_ context.Context, clientID string) (model.Secrets, error) {

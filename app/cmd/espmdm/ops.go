@@ -61,9 +61,9 @@ func newReconcileCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var catalog ports.Catalog
+			var reconciler ports.Reconciler
 			var log *zap.Logger
-			a := fx.New(app.Core(cfg), fx.Populate(&catalog, &log), fx.StartTimeout(app.StartTimeout))
+			a := fx.New(app.Core(cfg), fx.Populate(&reconciler, &log), fx.StartTimeout(app.StartTimeout))
 			if err := a.Err(); err != nil {
 				return err
 			}
@@ -71,7 +71,7 @@ func newReconcileCmd() *cobra.Command {
 				return err
 			}
 			defer func() { _ = stopApp(a) }() // the report is the result
-			rep, err := app.RunReconcile(cmd.Context(), catalog, log)
+			rep, err := app.RunReconcile(cmd.Context(), reconciler, log)
 			if err != nil {
 				return err
 			}
@@ -81,22 +81,29 @@ func newReconcileCmd() *cobra.Command {
 				enc.SetIndent("", "  ")
 				_ = enc.Encode(map[string][]string{
 					"deleted_orphans": nonNil(rep.DeletedOrphans), "missing_clients": nonNil(rep.MissingClients), "failed": nonNil(rep.Failed),
+					"accounts_made": nonNil(rep.AccountsMade), "accounts_repaired": nonNil(rep.AccountsRepaired),
+					"accounts_deleted": nonNil(rep.AccountsDeleted), "accounts_failed": nonNil(rep.AccountsFailed),
 				})
 			} else {
-				fmt.Fprintf(out, "deleted orphan clients: %d\n", len(rep.DeletedOrphans))
-				for _, c := range rep.DeletedOrphans {
-					fmt.Fprintln(out, "  -", c)
-				}
-				fmt.Fprintf(out, "devices missing their client: %d\n", len(rep.MissingClients))
-				for _, c := range rep.MissingClients {
-					fmt.Fprintln(out, "  -", c)
-				}
-				fmt.Fprintf(out, "failed deletions: %d\n", len(rep.Failed))
-				for _, c := range rep.Failed {
-					fmt.Fprintln(out, "  -", c)
+				for _, l := range []struct {
+					what string
+					ids  []string
+				}{
+					{"deleted orphan clients", rep.DeletedOrphans},
+					{"devices missing their client", rep.MissingClients},
+					{"failed deletions", rep.Failed},
+					{"broker accounts made", rep.AccountsMade},
+					{"broker accounts repaired", rep.AccountsRepaired},
+					{"orphan broker accounts deleted", rep.AccountsDeleted},
+					{"broker accounts failed", rep.AccountsFailed},
+				} {
+					fmt.Fprintf(out, "%s: %d\n", l.what, len(l.ids))
+					for _, c := range l.ids {
+						fmt.Fprintln(out, "  -", c)
+					}
 				}
 			}
-			if len(rep.Failed)+len(rep.MissingClients) > 0 {
+			if len(rep.Failed)+len(rep.MissingClients)+len(rep.AccountsFailed) > 0 {
 				return &exitError{code: 1, err: errors.New("reconcile found problems")}
 			}
 			return nil

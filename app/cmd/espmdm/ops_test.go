@@ -289,13 +289,15 @@ func reconcileJSON(t *testing.T) (code int, rep reconcileReport, stderr string) 
 	if err := json.Unmarshal([]byte(stdout), &keys); err != nil {
 		t.Fatalf("reconcile --json: exit %d, stdout is not JSON (%v): %q, stderr %q", code, err, stdout, stderr)
 	}
-	for _, k := range []string{"deleted_orphans", "missing_clients", "failed"} {
+	keyNames := []string{"deleted_orphans", "missing_clients", "failed",
+		"accounts_made", "accounts_repaired", "accounts_deleted", "accounts_failed"}
+	for _, k := range keyNames {
 		if raw, ok := keys[k]; !ok || !bytes.HasPrefix(bytes.TrimSpace(raw), []byte("[")) {
 			t.Errorf("reconcile --json: %s = %s, want a list", k, raw)
 		}
 	}
-	if len(keys) != 3 {
-		t.Errorf("reconcile --json has %d keys, want 3: %s", len(keys), stdout)
+	if len(keys) != len(keyNames) {
+		t.Errorf("reconcile --json has %d keys, want %d: %s", len(keys), len(keyNames), stdout)
 	}
 	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
 		t.Fatalf("reconcile --json: %v", err)
@@ -346,8 +348,9 @@ func TestReconcileReportsMissingClients(t *testing.T) {
 	cfg := serveEnv(t, st)
 	kc := kcAdmin{t, st}
 
-	var catalog ports.Catalog
-	core := fx.New(app.Core(cfg), fx.Populate(&catalog))
+	var models ports.ModelAdmin
+	var devs ports.DeviceAdmin
+	core := fx.New(app.Core(cfg), fx.Populate(&models, &devs))
 	if err := core.Err(); err != nil {
 		t.Fatalf("build the core: %v", err)
 	}
@@ -360,13 +363,13 @@ func TestReconcileReportsMissingClients(t *testing.T) {
 			t.Errorf("stop the core: %v", err)
 		}
 	})
-	m, err := catalog.CreateModel(ctx, ports.NewModel{Code: "rc_missing_" + randHex(3), Name: "reconcile test"})
+	m, err := models.CreateModel(ctx, ports.NewModel{Code: "rc_missing_" + randHex(3), Name: "reconcile test"})
 	if err != nil {
 		t.Fatalf("create model: %v", err)
 	}
 	var devices []model.Device
 	for range 2 {
-		d, err := catalog.CreateDevice(ctx, ports.NewDevice{DeviceModelID: m.ID, Config: json.RawMessage(`{}`)})
+		d, err := devs.CreateDevice(ctx, ports.NewDevice{DeviceModelID: m.ID, Config: json.RawMessage(`{}`)})
 		if err != nil {
 			t.Fatalf("create device: %v", err)
 		}

@@ -43,19 +43,20 @@ func TestRotateOnce(t *testing.T) {
 	cfg := serveEnv(t, st)
 	ctx := testContext(t, 3*time.Minute)
 
-	var catalog ports.Catalog
-	core := fx.New(app.Core(cfg), fx.Populate(&catalog))
+	var models ports.ModelAdmin
+	var devs ports.DeviceAdmin
+	core := fx.New(app.Core(cfg), fx.Populate(&models, &devs))
 	if err := core.Start(ctx); err != nil {
 		t.Fatalf("start the core: %v", err)
 	}
 	t.Cleanup(func() { _ = core.Stop(testContext(t, time.Minute)) })
-	m, err := catalog.CreateModel(ctx, ports.NewModel{Code: "ro_" + randHex(3), Name: "rotate-once test"})
+	m, err := models.CreateModel(ctx, ports.NewModel{Code: "ro_" + randHex(3), Name: "rotate-once test"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	kc := kcAdmin{t, st}
 	for range 3 {
-		d, err := catalog.CreateDevice(ctx, ports.NewDevice{DeviceModelID: m.ID, Config: json.RawMessage(`{}`)})
+		d, err := devs.CreateDevice(ctx, ports.NewDevice{DeviceModelID: m.ID, Config: json.RawMessage(`{}`)})
 		if err != nil {
 			t.Fatal(err)
 		}

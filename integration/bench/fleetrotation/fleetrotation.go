@@ -246,8 +246,12 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 		}
 	}()
 
+	// One shared connection for the whole fleet, as espmdm's own account
+	// (which may read iotsupport/#): a thousand device connections would
+	// measure the broker, not the rotation. The per-device accounts are
+	// exercised by the end-to-end tests (devicesim's DeviceAccounts).
 	fleet, err := devicesim.NewFleet(ctx, devicesim.Config{
-		BrokerURL: st.MQTTURL, Concurrency: 2*o.Concurrency + 8, LockoutRetry: 500 * time.Millisecond,
+		BrokerURL: st.MQTTAdminURL(), Concurrency: 2*o.Concurrency + 8, LockoutRetry: 500 * time.Millisecond,
 		HTTPTimeout: 30 * time.Second,
 		Logf:        func(format string, args ...any) { logf(format, args...) },
 	})

@@ -489,7 +489,7 @@ export interface components {
             /** Format: int64 */
             id: number;
             /** @enum {string} */
-            kind: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded";
+            kind: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded" | "broker_account_reconciled" | "orphan_account_deleted";
             /** @enum {string} */
             outcome: "success" | "failure";
         };
@@ -811,6 +811,7 @@ export interface components {
             client_id: string;
             client_secret: string;
             device_key: string;
+            mqtt_password?: string;
             mqtt_url?: string;
             token_url?: string;
             wifi_password?: string;
@@ -1032,7 +1033,7 @@ export interface operations {
                 /** @description only entries with a larger id (with cursor too: the larger bound holds) */
                 after?: number;
                 device_id?: number;
-                kind?: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded";
+                kind?: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded" | "broker_account_reconciled" | "orphan_account_deleted";
                 /** @description an actor's subject, client id or username (at most 255 characters, no U+0000) */
                 actor?: string;
                 /** @description only entries at or after this time (RFC 3339) */
