@@ -99,10 +99,7 @@ func toCoredumpDTO(c model.Coredump) coredumpDTO {
 	if a := c.Analysis; a != nil {
 		d := &coredumpAnalysisDTO{
 			CrashedTask: optString(a.CrashedTask), PanicReason: optString(a.PanicReason),
-			Frames: make([]coredumpFrameDTO, 0, len(a.Frames)), Notes: listOf(a.Notes), Text: a.Text,
-		}
-		for _, f := range a.Frames {
-			d.Frames = append(d.Frames, toFrameDTO(f))
+			Frames: listOf(a.Frames, toFrameDTO), Notes: listOf(a.Notes, func(n string) string { return n }), Text: a.Text,
 		}
 		if f, ok := a.CrashFrame(); ok {
 			cf := toFrameDTO(f)
@@ -111,14 +108,6 @@ func toCoredumpDTO(c model.Coredump) coredumpDTO {
 		out.Analysis = d
 	}
 	return out
-}
-
-// listOf is s, or an empty list for nil (a list member is never null).
-func listOf[T any](s []T) []T {
-	if s == nil {
-		return []T{}
-	}
-	return s
 }
 
 func (s *Server) modelCrashes(c *fiber.Ctx) error {
@@ -141,12 +130,10 @@ func (s *Server) modelCrashes(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	out := crashListDTO{Days: days, Crashes: make([]crashGroupDTO, 0, len(groups))}
-	for _, g := range groups {
-		out.Crashes = append(out.Crashes, crashGroupDTO{Function: optString(g.Function), FirmwareVersion: g.FirmwareVersion,
-			Count: g.Count, LastReceivedAt: timestamp(g.LastAt), LastCoredumpID: g.LastID})
-	}
-	return c.JSON(out)
+	return c.JSON(crashListDTO{Days: days, Crashes: listOf(groups, func(g model.CrashGroup) crashGroupDTO {
+		return crashGroupDTO{Function: optString(g.Function), FirmwareVersion: g.FirmwareVersion,
+			Count: g.Count, LastReceivedAt: timestamp(g.LastAt), LastCoredumpID: g.LastID}
+	})})
 }
 
 func (s *Server) iotCoredump(c *fiber.Ctx) error {
@@ -184,30 +171,14 @@ func (s *Server) listCoredumps(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	out := coredumpListDTO{Coredumps: make([]coredumpDTO, 0, len(page.Coredumps))}
-	for _, cd := range page.Coredumps {
-		out.Coredumps = append(out.Coredumps, toCoredumpDTO(cd))
-	}
-	if page.NextBeforeID > 0 {
-		cur := encodeCursor(page.NextBeforeID)
-		out.NextCursor = &cur
-	}
-	return c.JSON(out)
+	return c.JSON(coredumpListDTO{Coredumps: listOf(page.Coredumps, toCoredumpDTO), NextCursor: pageCursor(page.NextBeforeID)})
 }
 
 func (s *Server) getCoredump(c *fiber.Ctx) error {
 	if s.coredumps == nil {
 		return errNoCoredumps
 	}
-	id, err := pathID(c)
-	if err != nil {
-		return err
-	}
-	cd, err := s.coredumps.GetCoredump(c.UserContext(), id)
-	if err != nil {
-		return err
-	}
-	return c.JSON(toCoredumpDTO(cd))
+	return respondTo(c, pathID, s.coredumps.GetCoredump, toCoredumpDTO)
 }
 
 func (s *Server) downloadCoredump(c *fiber.Ctx) error {
@@ -235,14 +206,7 @@ func (s *Server) deleteCoredump(c *fiber.Ctx) error {
 	if s.coredumps == nil {
 		return errNoCoredumps
 	}
-	id, err := pathID(c)
-	if err != nil {
-		return err
-	}
-	if err := s.coredumps.DeleteCoredump(c.UserContext(), id); err != nil {
-		return err
-	}
-	return c.SendStatus(fiber.StatusNoContent)
+	return remove(c, s.coredumps.DeleteCoredump)
 }
 
 func (s *Server) uploadELF(c *fiber.Ctx) error {
