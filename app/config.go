@@ -3,7 +3,6 @@ package app
 import (
 	"errors"
 	"fmt"
-	"github.com/espmdm/espmdm/adapters/coredump"
 	"net/netip"
 	"net/url"
 	"os"
@@ -12,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/espmdm/espmdm/adapters/coredump"
 	"github.com/espmdm/espmdm/adapters/httpapi"
 	"github.com/espmdm/espmdm/adapters/schedule"
 )

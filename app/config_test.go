@@ -2,7 +2,6 @@ package app_test
 
 import (
 	"fmt"
-	"github.com/espmdm/espmdm/adapters/coredump"
 	"os"
 	"reflect"
 	"slices"
@@ -11,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/espmdm/espmdm/adapters/coredump"
 	"github.com/espmdm/espmdm/app"
 )
 

@@ -299,7 +299,7 @@ func (r *CoredumpRepo) ClaimCoredumps(ctx context.Context, now, until time.Time,
 		return nil, nil
 	}
 	var rows []coredumpRow
-	if err := selectCoredumps(r.db, &rows).Where("c.id IN (?)", bun.In(ids)).OrderExpr("c.id").Scan(ctx); err != nil {
+	if err := selectCoredumps(r.db, &rows).Where("c.id IN (?)", bun.List(ids)).OrderExpr("c.id").Scan(ctx); err != nil {
 		return nil, translate("claim core dumps: read", err, fkNone)
 	}
 	return coredumpsFromRows(rows)

@@ -165,10 +165,9 @@ func TestCoredumpELFMustBeTheImages(t *testing.T) {
 		t.Errorf("an unknown image: %v, want ErrNotFound", err)
 	}
 	// An image whose descriptor names no ELF.
-	plain := image(esp32image.ChipESP32C3, "1.0.1")
 	desc := esp32imagetest.SampleDesc(esp32image.ChipESP32C3)
 	desc.Version, desc.ELFSHA256 = "1.0.1", [32]byte{}
-	plain = esp32imagetest.New(esp32image.ChipESP32C3, 4, true, &desc).Bytes()
+	plain := esp32imagetest.New(esp32image.ChipESP32C3, 4, true, &desc).Bytes()
 	if _, err := de.svc.UploadFirmware(t.Context(), m.ID, plain, model.UploadOptions{}); err != nil {
 		t.Fatal(err)
 	}
