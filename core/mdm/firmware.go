@@ -215,7 +215,7 @@ func (s *Service) openCurrent(ctx context.Context, modelID int64, code string) (
 		// that would tell a device there is no update. Not wrapped, so
 		// it matches no ErrNotFound.
 		return model.Firmware{}, nil, &model.UnavailableError{Service: model.ServiceBlobStore, Err: fmt.Errorf(
-			"firmware %s of device model %s is recorded but the blob store does not hold its binary %s (%v)", f.Version, code, key, err)}
+			"firmware %s of device model %s is recorded but the blob store does not hold its binary %s (%s)", f.Version, code, key, err.Error())}
 	case err != nil:
 		return model.Firmware{}, nil, fmt.Errorf("open firmware %s of device model %s: %w", f.Version, code, err)
 	}
