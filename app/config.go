@@ -391,20 +391,8 @@ var Vars = []Var{
 // value.
 func LoadConfig(getenv func(string) string) (Config, error) {
 	var c Config
-	for _, v := range Vars {
-		val := strings.TrimSpace(getenv(v.Name))
-		if val == "" {
-			if v.Required {
-				return Config{}, fmt.Errorf("missing required environment variable %s (%s)", v.Name, v.Help)
-			}
-			if v.Default == "" || strings.Contains(v.Default, "$") {
-				continue // derived below
-			}
-			val = v.Default
-		}
-		if err := v.set(&c, val); err != nil {
-			return Config{}, fmt.Errorf("invalid %s: %w", v.Name, err)
-		}
+	if err := setVars(&c, getenv, func(Var) bool { return true }); err != nil {
+		return Config{}, err
 	}
 	if c.OIDCIssuerURL == "" {
 		c.OIDCIssuerURL = c.KeycloakURL + "/realms/" + c.KeycloakRealm
@@ -439,6 +427,48 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		if err != nil || u.Host == "" {
 			return Config{}, errors.New("invalid MQTT_URL: want mqtt://host:port, mqtts://host:port or tcp://host:port")
 		}
+	}
+	return c, nil
+}
+
+// setVars sets the variables that match in c from getenv, with their
+// defaults; derived defaults ($...) are left to the caller.
+func setVars(c *Config, getenv func(string) string, match func(Var) bool) error {
+	for _, v := range Vars {
+		if !match(v) {
+			continue
+		}
+		val := strings.TrimSpace(getenv(v.Name))
+		if val == "" {
+			if v.Required {
+				return fmt.Errorf("missing required environment variable %s (%s)", v.Name, v.Help)
+			}
+			if v.Default == "" || strings.Contains(v.Default, "$") {
+				continue // derived by the caller
+			}
+			val = v.Default
+		}
+		if err := v.set(c, val); err != nil {
+			return fmt.Errorf("invalid %s: %w", v.Name, err)
+		}
+	}
+	return nil
+}
+
+// LoadBlobConfig reads only the blob store's variables (BLOB_STORE,
+// FIRMWARE_DIR, S3_*), for the commands that need nothing else
+// (`espmdm blobs migrate`), and checks the S3 ones whatever BLOB_STORE
+// says: such a command names the store it works on itself.
+func LoadBlobConfig(getenv func(string) string) (Config, error) {
+	var c Config
+	err := setVars(&c, getenv, func(v Var) bool {
+		return v.Name == "BLOB_STORE" || v.Name == "FIRMWARE_DIR" || strings.HasPrefix(v.Name, "S3_")
+	})
+	if err != nil {
+		return Config{}, err
+	}
+	if err := c.S3.Validate(); err != nil {
+		return Config{}, err
 	}
 	return c, nil
 }

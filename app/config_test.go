@@ -540,3 +540,32 @@ func TestLoadConfigBlobStoreErrors(t *testing.T) {
 		})
 	}
 }
+
+// LoadBlobConfig (espmdm blobs migrate) reads FIRMWARE_DIR and the S3_*
+// variables alone: nothing else is required, and the S3 ones are checked
+// whatever BLOB_STORE says, naming the variable without its value.
+func TestLoadBlobConfig(t *testing.T) {
+	env := s3Env("BLOB_STORE", "", "FIRMWARE_DIR", "/srv/firmware")
+	for k := range requiredEnv() {
+		delete(env, k)
+	}
+	got, err := app.LoadBlobConfig(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatalf("LoadBlobConfig without the server's variables: %v", err)
+	}
+	want := s3store.Config{Endpoint: "http://minio.internal:9000", Region: "eu-central-1", Bucket: "firmware", Prefix: "prod",
+		AccessKeyID: "AKIAEXAMPLE", SecretAccessKey: secretValue, ForcePathStyle: true}
+	if got.FirmwareDir != "/srv/firmware" || got.S3 != want || got.BlobStore != "fs" {
+		t.Errorf("LoadBlobConfig: dir %q, store %q, %+v; want /srv/firmware, fs, %+v", got.FirmwareDir, got.BlobStore, got.S3, want)
+	}
+	if got.DatabaseURL != "" || got.BaseURL != "" {
+		t.Errorf("LoadBlobConfig read more than the blob store's variables: %+v", got)
+	}
+	for _, name := range []string{"S3_BUCKET", "S3_SECRET_ACCESS_KEY"} {
+		bad := with(env, name, "")
+		_, err := app.LoadBlobConfig(func(k string) string { return bad[k] })
+		if err == nil || !strings.Contains(err.Error(), name) || strings.Contains(err.Error(), secretValue) {
+			t.Errorf("LoadBlobConfig without %s: %v; want an error naming it, without a value", name, err)
+		}
+	}
+}
