@@ -52,7 +52,8 @@ summary goes to standard output. Exits 1 when a blob was not copied.`,
 			if err != nil {
 				return err
 			}
-			return migrateBlobs(cmd.Context(), cfg, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			stderr := cmd.ErrOrStderr()
+			return migrateBlobs(cmd.Context(), cfg, cmd.OutOrStdout(), stderr, isTerminal(stderr))
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "the store to copy to: s3")
@@ -60,7 +61,9 @@ summary goes to standard output. Exits 1 when a blob was not copied.`,
 	return cmd
 }
 
-func migrateBlobs(ctx context.Context, cfg app.Config, stdout, stderr io.Writer) error {
+// migrateBlobs copies FIRMWARE_DIR's blobs to the bucket; tty says that
+// stderr is a terminal, where the progress is one line rewritten in place.
+func migrateBlobs(ctx context.Context, cfg app.Config, stdout, stderr io.Writer, tty bool) error {
 	// fsstore.New would make a missing directory: a wrong FIRMWARE_DIR
 	// must not look like an empty one.
 	if fi, err := os.Stat(cfg.FirmwareDir); err != nil || !fi.IsDir() {
@@ -85,7 +88,6 @@ func migrateBlobs(ctx context.Context, cfg app.Config, stdout, stderr io.Writer)
 	}
 	fmt.Fprintf(stderr, "copying the blobs of %s to %s\n", cfg.FirmwareDir, where)
 	began := time.Now()
-	tty := isTerminal(stderr)
 	var last s3store.MigrateProgress
 	res, err := s3store.Migrate(ctx, from, to, func(p s3store.MigrateProgress) {
 		what := "already there"

@@ -17,6 +17,7 @@ import (
 
 	"github.com/espmdm/espmdm/adapters/fsstore"
 	"github.com/espmdm/espmdm/adapters/s3store"
+	"github.com/espmdm/espmdm/app"
 	"github.com/espmdm/espmdm/core/model"
 	"github.com/espmdm/espmdm/integration"
 	"github.com/espmdm/espmdm/ports"
@@ -218,5 +219,35 @@ func TestBlobsMigrateRefusals(t *testing.T) {
 	t.Setenv("S3_BUCKET", "no-such-bucket-"+randHex(3))
 	if code, _, errOut := runCLIContext(t, ctx, "blobs", "migrate", "--to", "s3"); code == 0 || !strings.Contains(errOut, "does not exist") || strings.Contains(errOut, secret) {
 		t.Errorf("a bucket that does not exist: exit %d, %q", code, errOut)
+	}
+}
+
+// On a terminal the progress is one line rewritten in place (a carriage
+// return and an erase before each state), ended by one newline; the
+// summary is on standard output alone.
+func TestBlobsMigrateTerminalProgress(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "firmware")
+	fillDir(t, dir, 5)
+	blobsEnv(t, dir)
+	cfg, err := app.LoadBlobConfig(os.Getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, progress bytes.Buffer
+	if err := migrateBlobs(testContext(t, time.Minute), cfg, &out, &progress, true); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(progress.String(), "\n"), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "copying the blobs of "+dir) {
+		t.Fatalf("progress on a terminal: %q; want the heading and one rewritten line", progress.String())
+	}
+	if n := strings.Count(lines[1], "\r\033[K"); n != 5 {
+		t.Errorf("the progress line was rewritten %d times, want once per blob (5): %q", n, lines[1])
+	}
+	if !strings.HasSuffix(lines[1], "5/5 blobs: 5 copied ("+megabytes(int64(5*1000+997*10))+"), 0 already there, 0 failed") {
+		t.Errorf("the last progress state: %q", lines[1])
+	}
+	if !strings.HasPrefix(out.String(), "5 of 5 blobs copied") || strings.Contains(out.String(), "\r") {
+		t.Errorf("summary %q", out.String())
 	}
 }
