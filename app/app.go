@@ -78,9 +78,10 @@ func coreModule(cfg Config) fx.Option {
 			fx.Annotate(newService, fx.As(fx.Self()),
 				fx.As(new(ports.ModelAdmin)), fx.As(new(ports.FirmwareAdmin)), fx.As(new(ports.DeviceAdmin)),
 				fx.As(new(ports.ProvisioningAdmin)), fx.As(new(ports.IdentityAdmin)), fx.As(new(ports.Reconciler)),
-				fx.As(new(ports.DeviceAPI)), fx.As(new(ports.Rotation)), fx.As(new(ports.AuditReader))),
+				fx.As(new(ports.DeviceAPI)), fx.As(new(ports.Rotation)), fx.As(new(ports.AuditReader)), fx.As(new(ports.FleetReader))),
 		),
 		rotationProviders(),
+		fx.Invoke(registerFleetMetrics),
 	)
 }
 

@@ -175,6 +175,9 @@ func TestLoadConfigInvalidValue(t *testing.T) {
 		{"BLOB_STORE", "gcs"},
 		{"BLOB_STORE", secretValue},
 		{"S3_FORCE_PATH_STYLE", secretValue},
+		{"DEVICE_STALE_SECONDS", "0"},
+		{"DEVICE_STALE_SECONDS", "1d"},
+		{"DEVICE_STALE_SECONDS", secretValue},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+"="+tt.value, func(t *testing.T) {
@@ -265,6 +268,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		RotationGrace:             7 * 24 * time.Hour,
 		RotationWarningAge:        45 * 24 * time.Hour,
 		RotationCriticalAge:       90 * 24 * time.Hour,
+		DeviceStale:               24 * time.Hour,
 		InstanceName:              "espmdm@" + hostname(t) + ":" + strconv.Itoa(os.Getpid()),
 		ReconcileInterval:         10 * time.Minute,
 		ShutdownTimeout:           20 * time.Second,

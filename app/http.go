@@ -31,6 +31,7 @@ type httpParams struct {
 	Devices      ports.DeviceAPI
 	Rotation     ports.Rotation
 	Audit        ports.AuditReader
+	Fleet        ports.FleetReader
 	Verifier     ports.TokenVerifier
 	DB           *postgres.DB
 	Keycloak     *keycloak.Admin
@@ -52,7 +53,7 @@ func newHTTPServer(p httpParams) (*httpapi.Server, error) {
 		BaseURL:          p.Cfg.BaseURL,
 	}, httpapi.Deps{
 		Models: p.Models, Firmware: p.Firmware, DeviceAdmin: p.DeviceAdmin, Provisioning: p.Provisioning, Identity: p.Identity,
-		Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation, Audit: p.Audit,
+		Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation, Audit: p.Audit, Fleet: p.Fleet,
 		Logger: p.Log.Named("http"), Registerer: p.Metrics.Registry, Gatherer: p.Metrics.Registry,
 		Docs:        p.Console.DocsPage(),
 		ReadyChecks: readyChecks(p.DB, p.Keycloak, p.Blobs),

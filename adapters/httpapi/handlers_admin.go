@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -230,7 +231,7 @@ func pageQuery(c *fiber.Ctx) (limit int, after int64, err error) {
 }
 
 // deviceFilter parses the device list query: limit, cursor, model_id,
-// rotation_state, active. Unknown parameters are ignored; invalid values
+// rotation_state, active, firmware_version (the reported one), seen_before. Unknown parameters are ignored; invalid values
 // of known ones are a 400.
 func deviceFilter(c *fiber.Ctx) (ports.DeviceFilter, error) {
 	f := ports.DeviceFilter{Limit: ports.DefaultPageSize}
@@ -263,6 +264,19 @@ func deviceFilter(c *fiber.Ctx) (ports.DeviceFilter, error) {
 			return f, model.Invalid("active", "must be true or false")
 		}
 		f.Active = &b
+	}
+	if v := c.Query("firmware_version"); v != "" {
+		if err := model.CheckReportedVersion("firmware_version", v); err != nil {
+			return f, err
+		}
+		f.FirmwareVersion = &v
+	}
+	if v := c.Query("seen_before"); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return f, model.Invalid("seen_before", "must be an RFC 3339 time such as 2025-06-01T00:00:00Z")
+		}
+		f.SeenBefore = &t
 	}
 	return f, nil
 }

@@ -152,6 +152,8 @@ type Deps struct {
 	Rotation ports.Rotation
 	// Audit serves GET /api/audit; nil answers it 503.
 	Audit ports.AuditReader
+	// Fleet serves GET /api/fleet/firmware; nil answers it 503.
+	Fleet ports.FleetReader
 	// Logger defaults to a no-op logger.
 	Logger *zap.Logger
 	// Registerer receives the HTTP metrics; Gatherer is what /metrics
@@ -177,6 +179,7 @@ type Server struct {
 	devices     ports.DeviceAPI
 	rotation    ports.Rotation
 	audit       ports.AuditReader
+	fleet       ports.FleetReader
 	verify      ports.TokenVerifier
 	log         *zap.Logger
 	gather      prometheus.Gatherer
@@ -248,6 +251,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		devices:     deps.Devices,
 		rotation:    deps.Rotation,
 		audit:       deps.Audit,
+		fleet:       deps.Fleet,
 		verify:      deps.Verifier,
 		log:         log.Named("http"),
 		gather:      gat,
@@ -361,9 +365,12 @@ func (s *Server) routes() {
 
 	a.Get("/api/audit", small, read, s.listAudit)
 
+	a.Get("/api/fleet/firmware", small, read, s.fleetFirmware)
+
 	a.Get("/iot/config", small, s.requireDevice, s.iotConfig)
 	a.Get("/iot/firmware", small, s.requireDevice, s.iotFirmware)
 	a.Get("/iot/firmware-version", small, s.requireDevice, s.iotFirmwareVersion)
 	a.Get("/iot/provisioning", small, s.requireDevice, s.iotProvisioning)
 	a.Post("/iot/provisioning/ack", small, s.requireDevice, s.iotProvisioningAck)
+	a.Post("/iot/state", small, s.requireDevice, s.iotState)
 }

@@ -61,18 +61,12 @@ type AdminConfig struct {
 // Admin manages device clients through Keycloak's Admin REST API. It is safe
 // for concurrent use.
 type Admin struct {
+	transport
 	cfg          AdminConfig
 	adminBase    string // {BaseURL}/admin/realms/{realm}
 	serverInfo   string // {BaseURL}/admin/serverinfo
 	discoveryURL string
-	http         *http.Client
-	ownHTTP      bool // http is the Admin's own (AdminConfig.HTTPClient unset)
-	tokens       *tokens
-	sem          chan struct{}
 	uuids        sync.Map // clientId -> client UUID, see withUUID
-	timeout      time.Duration
-	retries      int
-	backoff      time.Duration
 }
 
 var (
@@ -116,17 +110,6 @@ func NewAdmin(cfg AdminConfig) (*Admin, error) {
 	if cfg.RetryBackoff == 0 {
 		cfg.RetryBackoff = 200 * time.Millisecond
 	}
-	hc, own := cfg.HTTPClient, false
-	if hc == nil {
-		own = true
-		// Keep a connection per request in flight (and one for the admin
-		// token): http.DefaultTransport keeps two idle per host, so at a
-		// higher concurrency every further request would dial (and, on
-		// https, handshake) anew.
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.MaxIdleConnsPerHost = cfg.MaxConcurrent + 1
-		hc = &http.Client{Transport: tr}
-	}
 	realmURL := base + "/realms/" + url.PathEscape(cfg.Realm)
 	cc := &clientcredentials.Config{
 		ClientID:     cfg.ClientID,
@@ -134,29 +117,32 @@ func NewAdmin(cfg AdminConfig) (*Admin, error) {
 		TokenURL:     realmURL + "/protocol/openid-connect/token",
 		AuthStyle:    oauth2.AuthStyleInParams,
 	}
-	return &Admin{
+	a := &Admin{
+		transport:    newTransport(cfg.HTTPClient, cc.Token, cfg.MaxConcurrent, cfg.Timeout, retries, cfg.RetryBackoff),
 		cfg:          cfg,
 		adminBase:    base + "/admin/realms/" + url.PathEscape(cfg.Realm),
 		serverInfo:   base + "/admin/serverinfo",
 		discoveryURL: realmURL + "/.well-known/openid-configuration",
-		http:         hc,
-		ownHTTP:      own,
-		tokens:       newTokens(cc, hc, cfg.Timeout),
-		sem:          make(chan struct{}, cfg.MaxConcurrent),
-		timeout:      cfg.Timeout,
-		retries:      retries,
-		backoff:      cfg.RetryBackoff,
-	}, nil
+	}
+	a.base = a.adminBase
+	a.refused = adminRefused
+	return a, nil
+}
+
+// adminRefused advises on a 401 or 403 of the admin API to the admin client.
+func adminRefused(code int, req request) string {
+	if code == http.StatusForbidden && req.role != "" {
+		return "the admin API refused the admin token: grant the admin client's service account the realm-management role " + req.role
+	}
+	return "the admin API refused the admin token: check the admin client's credentials, its realm-management roles " +
+		"(manage-clients, view-clients, query-clients) and that the Keycloak URL matches Keycloak's configured hostname " +
+		"(on Keycloak 26.8.2 or later, also that the admin client has the kc-admin-api client scope)"
 }
 
 // Close closes the idle connections of the Admin's own HTTP client (not of
 // an AdminConfig.HTTPClient). The Admin stays usable: a later request
 // dials again.
-func (a *Admin) Close() {
-	if a.ownHTTP {
-		a.http.CloseIdleConnections()
-	}
-}
+func (a *Admin) Close() { a.close() }
 
 // parseBaseURL checks an http(s) root URL and returns it without a trailing
 // slash.
@@ -253,6 +239,9 @@ func (a *Admin) secret(ctx context.Context, op, uuid string) (string, error) {
 // masked is how Keycloak shows a secret to a caller without manage-clients.
 const masked = "**********"
 
+// errMasked is a secret read back masked.
+var errMasked = errors.New("keycloak masked the client secret: the admin client needs realm-management manage-clients")
+
 // secretValue decodes the CredentialRepresentation of a client secret.
 func secretValue(req request, resp response) (string, error) {
 	var cred struct {
@@ -265,7 +254,7 @@ func secretValue(req request, resp response) (string, error) {
 	case "":
 		return "", unavailable(req.op, errors.New("keycloak returned an empty client secret"))
 	case masked:
-		return "", unavailable(req.op, errors.New("keycloak masked the client secret: the admin client needs realm-management manage-clients"))
+		return "", unavailable(req.op, errMasked)
 	}
 	return cred.Value, nil
 }

@@ -23,7 +23,15 @@
 // Verifier implements ports.TokenVerifier: it checks the realm's access
 // tokens against its JWKS (RS256 and ES256 signing keys only).
 //
-// Both translate failures into the domain errors of core/model:
+// RealmSetup prepares a realm for espmdm, idempotently (`espmdm keycloak
+// setup` and `espmdm dev` run it): the realm, its roles, the admin and
+// operator service-account clients, the web console's client and users,
+// and the secret-rotation profile and policy. It logs in as a realm
+// administrator (admin-cli's password grant, or a service account) and
+// shares Admin's transport: the token cache, the retries and the error
+// translation; a failed login is a *LoginError.
+//
+// All three translate failures into the domain errors of core/model:
 // model.ErrNotFound, model.ErrConflict, *model.UnavailableError (for
 // network failures, timeouts, 5xx and rejected admin credentials) and
 // model.ErrUnauthenticated. No error they return contains a secret or a

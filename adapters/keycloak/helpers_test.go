@@ -156,23 +156,32 @@ func unverifiedClaims(t *testing.T, raw string) (jwt.MapClaims, map[string]any) 
 func adminAPI(t *testing.T, st *integration.Stack, method, path string, body any) (int, []byte) {
 	t.Helper()
 	tok := mustToken(t, st, st.AdminClientID, st.AdminClientSecret)
+	return callAPI(t, tok, method, st.KeycloakURL+"/admin/realms/"+st.Realm+path, body)
+}
+
+// callAPI sends body as JSON to u with the bearer token and returns the
+// status and body. It does not use t.Context(), so cleanups can call it.
+func callAPI(t *testing.T, token, method, u string, body any) (int, []byte) {
+	t.Helper()
 	var r io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
 			t.Fatal(err)
 		}
-		r = strings.NewReader(string(b))
+		r = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(t.Context(), method, st.KeycloakURL+"/admin/realms/"+st.Realm+path, r)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, u, r)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
+		t.Fatalf("%s %s: %v", method, u, err)
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"golang.org/x/oauth2"
-	"golang.org/x/oauth2/clientcredentials"
 
 	"github.com/espmdm/espmdm/core/model"
 )
@@ -90,14 +89,69 @@ type failure struct {
 	refused bool
 }
 
+// transport sends Admin REST calls with the access token of one account:
+// Admin's service-account client, or the account that runs a RealmSetup.
+// Admin and RealmSetup embed it.
+type transport struct {
+	http    *http.Client
+	ownHTTP bool // http is the transport's own (no HTTPClient configured)
+	tokens  *tokens
+	sem     chan struct{}
+	timeout time.Duration
+	retries int
+	backoff time.Duration
+	// base is the URL prefix that messages leave out (see redact).
+	base string
+	// loginFailed describes a failed token fetch (see tokenError).
+	loginFailed func(err error) *failure
+	// refused advises on a 401 or 403 of the admin API to req.
+	refused func(code int, req request) string
+}
+
+// newTransport returns a transport whose tokens come from fetch; hc nil
+// means a client of its own.
+func newTransport(hc *http.Client, fetch tokenSource, maxConcurrent int, timeout time.Duration, retries int, backoff time.Duration) transport {
+	own := hc == nil
+	if own {
+		// Keep a connection per request in flight (and one for the admin
+		// token): http.DefaultTransport keeps two idle per host, so at a
+		// higher concurrency every further request would dial (and, on
+		// https, handshake) anew.
+		ht := http.DefaultTransport.(*http.Transport).Clone()
+		ht.MaxIdleConnsPerHost = maxConcurrent + 1
+		hc = &http.Client{Transport: ht}
+	}
+	return transport{
+		http:        hc,
+		ownHTTP:     own,
+		tokens:      newTokens(fetch, hc, timeout),
+		sem:         make(chan struct{}, maxConcurrent),
+		timeout:     timeout,
+		retries:     retries,
+		backoff:     backoff,
+		loginFailed: tokenError,
+	}
+}
+
+// close closes the idle connections of the transport's own HTTP client.
+func (t *transport) close() {
+	if t.ownHTTP {
+		t.http.CloseIdleConnections()
+	}
+}
+
+// tokenSource fetches an access token under ctx (which carries the HTTP
+// client as oauth2.HTTPClient).
+type tokenSource func(ctx context.Context) (*oauth2.Token, error)
+
 // tokens caches the admin access token and replaces it tokenExpiryDelta
 // before it expires; reset drops it after the admin API refused it. At most
 // one fetch is in flight: callers wait for it under their own contexts, and
 // one that gives up leaves nothing behind (the fetch is bounded by the
 // HTTP client's timeout).
 type tokens struct {
-	cc  *clientcredentials.Config
-	ctx context.Context // carries the HTTP client of every fetch
+	fetchToken tokenSource
+	ctx        context.Context // carries the HTTP client of every fetch
 
 	mu       sync.Mutex
 	cached   *oauth2.Token
@@ -112,10 +166,10 @@ type tokenFetch struct {
 	err  error
 }
 
-func newTokens(cc *clientcredentials.Config, hc *http.Client, timeout time.Duration) *tokens {
+func newTokens(fetch tokenSource, hc *http.Client, timeout time.Duration) *tokens {
 	tc := *hc
 	tc.Timeout = timeout
-	return &tokens{cc: cc, ctx: context.WithValue(context.Background(), oauth2.HTTPClient, &tc)}
+	return &tokens{fetchToken: fetch, ctx: context.WithValue(context.Background(), oauth2.HTTPClient, &tc)}
 }
 
 // fresh reports whether tok can still be used for tokenExpiryDelta.
@@ -129,7 +183,7 @@ func fresh(tok *oauth2.Token) bool {
 // caches it.
 func (t *tokens) fetchNow(ctx context.Context) (*oauth2.Token, error) {
 	hc, _ := t.ctx.Value(oauth2.HTTPClient).(*http.Client)
-	tok, err := t.cc.Token(context.WithValue(ctx, oauth2.HTTPClient, hc))
+	tok, err := t.fetchToken(context.WithValue(ctx, oauth2.HTTPClient, hc))
 	if err != nil {
 		return nil, err
 	}
@@ -171,7 +225,7 @@ func (t *tokens) token(ctx context.Context) (*oauth2.Token, error) {
 }
 
 func (t *tokens) fetch(f *tokenFetch) {
-	tok, err := t.cc.Token(t.ctx)
+	tok, err := t.fetchToken(t.ctx)
 	t.mu.Lock()
 	f.tok, f.err = tok, err
 	if t.inflight == f { // not reset meanwhile
@@ -183,6 +237,9 @@ func (t *tokens) fetch(f *tokenFetch) {
 	t.mu.Unlock()
 	close(f.done)
 }
+
+// errTokenTimeout is a token fetch that ran out of the transport's timeout.
+var errTokenTimeout = errors.New("timed out")
 
 // tokenError describes a failed admin token fetch without the response body
 // (which oauth2.RetrieveError's message includes).
@@ -211,7 +268,7 @@ func tokenError(err error) *failure {
 // Timeout, repeated with backoff on transient failures when req is
 // idempotent (or was not sent), and once more with a fresh admin token after
 // a 401/403. Non-2xx answers become domain errors.
-func (a *Admin) do(ctx context.Context, req request) (response, error) {
+func (tr *transport) do(ctx context.Context, req request) (response, error) {
 	var payload []byte
 	if req.body != nil {
 		var err error
@@ -221,9 +278,9 @@ func (a *Admin) do(ctx context.Context, req request) (response, error) {
 	}
 	idempotent := req.method != http.MethodPost
 	refreshed := false
-	backoff := a.backoff
+	backoff := tr.backoff
 	for retries := 0; ; {
-		resp, f := a.attempt(ctx, req, payload)
+		resp, f := tr.attempt(ctx, req, payload)
 		if f == nil {
 			return resp, nil
 		}
@@ -234,9 +291,9 @@ func (a *Admin) do(ctx context.Context, req request) (response, error) {
 		case f.refused && !refreshed:
 			// The token may have expired early or predate a role grant.
 			refreshed = true
-			a.tokens.reset()
+			tr.tokens.reset()
 			continue
-		case f.transient && (idempotent || f.notSent) && retries < a.retries:
+		case f.transient && (idempotent || f.notSent) && retries < tr.retries:
 			retries++
 			t := time.NewTimer(backoff)
 			select {
@@ -256,14 +313,14 @@ func (a *Admin) do(ctx context.Context, req request) (response, error) {
 }
 
 // attempt sends req once.
-func (a *Admin) attempt(ctx context.Context, req request, payload []byte) (response, *failure) {
+func (tr *transport) attempt(ctx context.Context, req request, payload []byte) (response, *failure) {
 	select {
-	case a.sem <- struct{}{}:
-		defer func() { <-a.sem }()
+	case tr.sem <- struct{}{}:
+		defer func() { <-tr.sem }()
 	case <-ctx.Done():
 		return response{}, &failure{err: ctx.Err()}
 	}
-	actx, cancel := context.WithTimeout(ctx, a.timeout)
+	actx, cancel := context.WithTimeout(ctx, tr.timeout)
 	defer cancel()
 	// timedOut tells this attempt's timeout (or the token client's, set to
 	// the same) from the caller's end.
@@ -285,21 +342,21 @@ func (a *Admin) attempt(ctx context.Context, req request, payload []byte) (respo
 		hreq.Header.Set("Content-Type", "application/json")
 	}
 	if req.auth {
-		tok, err := a.tokens.token(actx)
+		tok, err := tr.tokens.token(actx)
 		if err != nil {
 			if timedOut(err) {
-				return response{}, &failure{err: fmt.Errorf("fetch admin token: timed out after %s", a.timeout), transient: true, notSent: true}
+				err = fmt.Errorf("%w after %s", errTokenTimeout, tr.timeout)
 			}
-			return response{}, tokenError(err)
+			return response{}, tr.loginFailed(err)
 		}
 		tok.SetAuthHeader(hreq)
 	}
 
-	where := req.method + " " + a.redact(req.url)
-	hresp, err := a.http.Do(hreq)
+	where := req.method + " " + tr.redact(req.url)
+	hresp, err := tr.http.Do(hreq)
 	if err != nil {
 		if timedOut(err) {
-			return response{}, &failure{err: fmt.Errorf("%s: timed out after %s", where, a.timeout), transient: true}
+			return response{}, &failure{err: fmt.Errorf("%s: timed out after %s", where, tr.timeout), transient: true}
 		}
 		// *url.Error names method and URL; neither carries a secret.
 		return response{}, &failure{err: err, transient: true}
@@ -328,14 +385,8 @@ func (a *Admin) attempt(ctx context.Context, req request, payload []byte) (respo
 		return response{}, &failure{err: fmt.Errorf("%s: %w", what, model.ErrNotFound)}
 	case code == http.StatusConflict:
 		return response{}, &failure{err: fmt.Errorf("%s: %w", what, model.ErrConflict)}
-	case req.auth && code == http.StatusForbidden && req.role != "":
-		return response{}, &failure{refused: true, err: fmt.Errorf("%s: the admin API refused the admin token: "+
-			"grant the admin client's service account the realm-management role %s", what, req.role)}
 	case req.auth && (code == http.StatusUnauthorized || code == http.StatusForbidden):
-		return response{}, &failure{refused: true, err: fmt.Errorf("%s: the admin API refused the admin token: check the admin client's "+
-			"credentials, its realm-management roles (manage-clients, view-clients, query-clients) "+
-			"and that the Keycloak URL matches Keycloak's configured hostname (on Keycloak 26.8.2 or later, also that "+
-			"the admin client has the kc-admin-api client scope)", what)}
+		return response{}, &failure{refused: true, err: fmt.Errorf("%s: %s", what, tr.refused(code, req))}
 	case code >= 500 || code == http.StatusTooManyRequests || code == http.StatusRequestTimeout:
 		return response{}, &failure{err: errors.New(what), transient: true}
 	default:
@@ -343,9 +394,10 @@ func (a *Admin) attempt(ctx context.Context, req request, payload []byte) (respo
 	}
 }
 
-// redact shortens an admin URL to its path below the realm for messages.
-func (a *Admin) redact(u string) string {
-	if rest, ok := strings.CutPrefix(u, a.adminBase); ok {
+// redact shortens an admin URL to its path below the transport's base for
+// messages.
+func (tr *transport) redact(u string) string {
+	if rest, ok := strings.CutPrefix(u, tr.base); ok {
 		if i := strings.IndexByte(rest, '?'); i >= 0 {
 			rest = rest[:i]
 		}
@@ -366,8 +418,15 @@ func errorMessage(body []byte) string {
 	}
 	m := e.ErrorMessage
 	if m == "" {
-		m = strings.TrimSpace(e.Error + " " + e.ErrorDescription)
+		m = e.Error + " " + e.ErrorDescription
 	}
+	return oneLine(m)
+}
+
+// oneLine bounds a text Keycloak sent for a message: one line, at most 200
+// bytes, valid UTF-8.
+func oneLine(m string) string {
+	m = strings.Join(strings.Fields(m), " ")
 	const limit = 200
 	if len(m) > limit {
 		m = m[:limit] + "..."

@@ -4,10 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"net/http"
 	"net/url"
-	"slices"
 	"strings"
+
+	"github.com/espmdm/espmdm/adapters/keycloak"
 )
 
 // Console users of the dev stack (SPEC §9): one holding the admin role,
@@ -34,85 +34,19 @@ func docsRedirect(base string) string { return strings.TrimRight(base, "/") + "/
 // setupConsole prepares the realm for a console at base: the public client
 // espmdm-console with base's exact redirect URI and web origin, and the two
 // console users with fresh passwords.
-func (s *realmSetup) setupConsole(ctx context.Context, base string) (consoleLogin, error) {
+func setupConsole(ctx context.Context, s *keycloak.RealmSetup, base string) (consoleLogin, error) {
 	l := consoleLogin{URL: consoleRedirect(base), User: consoleAdminUser, ViewerUser: consoleViewerUser,
 		Password: randomPassword(), ViewerPassword: randomPassword()}
-	if _, err := s.ensureClient(ctx, consoleClient([]string{l.URL, docsRedirect(base)})); err != nil {
+	if err := s.EnsureConsoleClient(ctx, []string{l.URL, docsRedirect(base)}); err != nil {
 		return l, err
 	}
-	if err := s.ensureUser(ctx, l.User, l.Password, setupAdminRole); err != nil {
+	if err := s.EnsureUser(ctx, l.User, l.Password, keycloak.SetupAdminRole); err != nil {
 		return l, err
 	}
-	if err := s.ensureUser(ctx, l.ViewerUser, l.ViewerPassword, setupViewerRole); err != nil {
+	if err := s.EnsureUser(ctx, l.ViewerUser, l.ViewerPassword, keycloak.SetupViewerRole); err != nil {
 		return l, err
 	}
 	return l, nil
-}
-
-type userRep struct {
-	ID       string `json:"id"`
-	Username string `json:"username"`
-}
-
-// ensureUser creates the realm user (or resets its password) and grants
-// it the realm role. The profile is complete and the e-mail verified, so
-// that Keycloak asks for nothing but the password at login.
-func (s *realmSetup) ensureUser(ctx context.Context, username, password, role string) error {
-	find := func() (*userRep, error) {
-		var list []userRep
-		if _, err := s.getJSON(ctx, "look up user "+username,
-			s.realmPath("/users?"+url.Values{"username": {username}, "exact": {"true"}}.Encode()), &list); err != nil {
-			return nil, err
-		}
-		for i := range list {
-			if list[i].Username == username {
-				return &list[i], nil
-			}
-		}
-		return nil, nil
-	}
-	u, err := find()
-	if err != nil {
-		return err
-	}
-	cred := map[string]any{"type": "password", "value": password, "temporary": false}
-	if u == nil {
-		rep := map[string]any{
-			"username": username, "enabled": true, "emailVerified": true,
-			"email": username + "@espmdm.invalid", "firstName": "espmdm", "lastName": username,
-			"credentials": []any{cred}, "requiredActions": []string{},
-		}
-		if _, _, err := s.call(ctx, "create user "+username, http.MethodPost, s.realmPath("/users"), rep); err != nil {
-			return err
-		}
-		s.changed("created user %s", username)
-		if u, err = find(); err != nil {
-			return err
-		}
-		if u == nil {
-			return fmt.Errorf("create user %s: Keycloak does not list it after creating it", username)
-		}
-	} else if _, _, err := s.call(ctx, "set the password of "+username, http.MethodPut,
-		s.realmPath("/users/"+url.PathEscape(u.ID)+"/reset-password"), cred); err != nil {
-		return err
-	}
-	mappingPath := s.realmPath("/users/" + url.PathEscape(u.ID) + "/role-mappings/realm")
-	var have []roleRep
-	if _, err := s.getJSON(ctx, "read the realm roles of "+username, mappingPath, &have); err != nil {
-		return err
-	}
-	if slices.ContainsFunc(have, func(r roleRep) bool { return r.Name == role }) {
-		return nil
-	}
-	var rr roleRep
-	if _, err := s.getJSON(ctx, "read realm role "+role, s.realmPath("/roles/"+url.PathEscape(role)), &rr); err != nil {
-		return err
-	}
-	if _, _, err := s.call(ctx, "grant realm role "+role+" to "+username, http.MethodPost, mappingPath, []roleRep{rr}); err != nil {
-		return err
-	}
-	s.changed("granted %s the realm role %s", username, role)
-	return nil
 }
 
 // randomPassword is 24 random characters from crypto/rand.

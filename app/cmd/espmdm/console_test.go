@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/espmdm/espmdm/adapters/keycloak"
 	"github.com/espmdm/espmdm/app"
 	"github.com/espmdm/espmdm/esp32image"
 	"github.com/espmdm/espmdm/esp32image/esp32imagetest"
@@ -37,13 +38,25 @@ func consoleRealm(t *testing.T, st *integration.Stack, base string) (realm strin
 	if err := json.Unmarshal([]byte(stdout), &res); err != nil {
 		t.Fatalf("setup --json: %v", err)
 	}
-	s := newRealmSetup(setupOptions{url: st.KeycloakURL, realm: realm, adminRealm: "master",
-		adminUser: st.KeycloakAdminUser, password: st.KeycloakAdminPassword})
-	login, err := s.setupConsole(testContext(t, time.Minute), base)
+	s := masterSetup(t, st, realm)
+	login, err := setupConsole(testContext(t, time.Minute), s, base)
 	if err != nil {
 		t.Fatalf("setupConsole: %v", err)
 	}
 	return realm, res, login
+}
+
+// masterSetup is the adapter's realm setup for realm as the stack's master
+// admin, as `espmdm dev` makes it.
+func masterSetup(t *testing.T, st *integration.Stack, realm string) *keycloak.RealmSetup {
+	t.Helper()
+	s, err := newRealmSetup(setupOptions{url: st.KeycloakURL, realm: realm, adminRealm: "master",
+		adminUser: st.KeycloakAdminUser, password: st.KeycloakAdminPassword})
+	if err != nil {
+		t.Fatalf("newRealmSetup: %v", err)
+	}
+	t.Cleanup(s.Close)
+	return s
 }
 
 // passwordWorks logs in as the user through the realm's admin-cli client
@@ -66,7 +79,7 @@ func TestConsoleSetup(t *testing.T) {
 	m := masterAdmin{t, st, realm}
 
 	var c map[string]any
-	m.get("/clients/"+m.clientUUID(setupConsoleClient), &c)
+	m.get("/clients/"+m.clientUUID(keycloak.SetupConsoleClient), &c)
 	if c["publicClient"] != true || c["standardFlowEnabled"] != true || c["directAccessGrantsEnabled"] != false || c["implicitFlowEnabled"] != false {
 		t.Errorf("console client: public %v, standard flow %v, direct grants %v, implicit %v; want a public code-flow client only",
 			c["publicClient"], c["standardFlowEnabled"], c["directAccessGrantsEnabled"], c["implicitFlowEnabled"])
@@ -85,8 +98,8 @@ func TestConsoleSetup(t *testing.T) {
 		t.Errorf("console URL = %q", login.URL)
 	}
 	for _, u := range []struct{ name, password, role, notRole string }{
-		{login.User, login.Password, setupAdminRole, ""},
-		{login.ViewerUser, login.ViewerPassword, setupViewerRole, setupAdminRole},
+		{login.User, login.Password, keycloak.SetupAdminRole, ""},
+		{login.ViewerUser, login.ViewerPassword, keycloak.SetupViewerRole, keycloak.SetupAdminRole},
 	} {
 		if !passwordWorks(t, st, realm, u.name, u.password) {
 			t.Errorf("user %s cannot log in with the password setupConsole returned", u.name)
@@ -104,14 +117,13 @@ func TestConsoleSetup(t *testing.T) {
 
 	// A second run (the next `espmdm dev` start) creates nothing, and the
 	// old passwords stop working.
-	s := newRealmSetup(setupOptions{url: st.KeycloakURL, realm: realm, adminRealm: "master",
-		adminUser: st.KeycloakAdminUser, password: st.KeycloakAdminPassword})
-	again, err := s.setupConsole(testContext(t, time.Minute), base)
+	s := masterSetup(t, st, realm)
+	again, err := setupConsole(testContext(t, time.Minute), s, base)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(s.res.Changes) != 0 {
-		t.Errorf("second setupConsole changed %q, want nothing", s.res.Changes)
+	if len(s.Changes()) != 0 {
+		t.Errorf("second setupConsole changed %q, want nothing", s.Changes())
 	}
 	if passwordWorks(t, st, realm, login.User, login.Password) || !passwordWorks(t, st, realm, again.User, again.Password) {
 		t.Error("after a second run the new password should work and the old one not")
@@ -120,10 +132,10 @@ func TestConsoleSetup(t *testing.T) {
 	// A server at another URL (a data directory moved, a new port) is
 	// added to the existing client.
 	other := "http://127.0.0.1:18081"
-	if _, err := s.setupConsole(testContext(t, time.Minute), other); err != nil {
+	if _, err := setupConsole(testContext(t, time.Minute), s, other); err != nil {
 		t.Fatal(err)
 	}
-	m.get("/clients/"+m.clientUUID(setupConsoleClient), &c)
+	m.get("/clients/"+m.clientUUID(keycloak.SetupConsoleClient), &c)
 	for _, want := range []string{other + "/console/", other + "/api/docs", base + "/console/"} {
 		if !slices.Contains(stringList(c["redirectUris"]), want) {
 			t.Errorf("after a run for %s, redirect URIs = %q, missing %s", other, stringList(c["redirectUris"]), want)

@@ -133,8 +133,13 @@ func runDev(ctx context.Context, stderr io.Writer, envFile, launcher, dataDir st
 	}
 	// The console's client learns this server's URL (the port is new each
 	// run), and the console users get fresh passwords.
-	con, err := newRealmSetup(setupOptions{url: st.KeycloakURL, realm: st.Realm, adminRealm: "master",
-		adminUser: st.KeycloakAdminUser, password: st.KeycloakAdminPassword}).setupConsole(ctx, env["BASE_URL"])
+	setup, err := newRealmSetup(setupOptions{url: st.KeycloakURL, realm: st.Realm, adminRealm: "master",
+		adminUser: st.KeycloakAdminUser, password: st.KeycloakAdminPassword})
+	if err != nil {
+		return err
+	}
+	con, err := setupConsole(ctx, setup, env["BASE_URL"])
+	setup.Close()
 	if err != nil {
 		return fmt.Errorf("prepare the console's Keycloak client and users: %w", err)
 	}

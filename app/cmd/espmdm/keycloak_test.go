@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/espmdm/espmdm/adapters/keycloak"
 	"github.com/espmdm/espmdm/app"
 	"github.com/espmdm/espmdm/integration"
 )
@@ -198,6 +199,18 @@ func jwtClaims(t *testing.T, token string) map[string]any {
 	return claims
 }
 
+// stringList reads a JSON list of strings (other entries are left out).
+func stringList(v any) []string {
+	l, _ := v.([]any)
+	out := make([]string, 0, len(l))
+	for _, x := range l {
+		if s, ok := x.(string); ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 // realmRoles reads realm_access.roles of a token.
 func realmRoles(t *testing.T, token string) []string {
 	t.Helper()
@@ -286,7 +299,7 @@ func TestKeycloakSetup(t *testing.T) {
 	}
 	rm := m.clientUUID("realm-management")
 	adminRoles := m.roleNames("/users/" + m.saUser("iotsupport-admin") + "/role-mappings/clients/" + rm)
-	for _, want := range setupAdminRoles {
+	for _, want := range keycloak.SetupAdminRoles {
 		if !slices.Contains(adminRoles, want) {
 			t.Errorf("iotsupport-admin's service account has realm-management roles %v, want %s among them", adminRoles, want)
 		}
@@ -623,7 +636,7 @@ func TestKeycloakSetupWithoutRotationFeature(t *testing.T) {
 	if env := setupEnv(stdout); env["ROTATION_MODE"] != "restore" {
 		t.Errorf("ROTATION_MODE = %q, want restore", env["ROTATION_MODE"])
 	}
-	if profiles, policies := m.clientPolicies(); profiles[setupRotationName] != nil || policies[setupRotationName] != nil {
+	if profiles, policies := m.clientPolicies(); profiles[keycloak.SetupRotationName] != nil || policies[keycloak.SetupRotationName] != nil {
 		t.Errorf("realm has the rotation profile or policy: %v %v", profiles, policies)
 	}
 }

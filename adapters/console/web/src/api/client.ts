@@ -14,6 +14,7 @@ export type RotationStatus = S["RotationStatus"];
 export type RotationDashboard = S["RotationDashboard"];
 export type RotationState = Device["rotation_state"];
 export type Problem = S["Problem"];
+export type FleetFirmware = S["FleetFirmware"];
 
 /** An answer of the API that is not a success, as the server described it. */
 export class ApiError extends Error {
@@ -41,6 +42,10 @@ export interface DeviceFilter {
   model_id?: number;
   rotation_state?: RotationState;
   active?: boolean;
+  /** the firmware version of the devices' latest state report */
+  firmware_version?: string;
+  /** RFC 3339: devices not seen since then (never-seen ones included) */
+  seen_before?: string;
   limit?: number;
   cursor?: string;
 }
@@ -148,4 +153,7 @@ export class Api {
   rotationDashboard = (q: { group?: string; limit?: number; cursor?: string } = {}) =>
     this.json<RotationDashboard>("GET", `/api/rotation/dashboard${query(q)}`);
   triggerRotation = () => this.json<S["TriggerResult"]>("POST", "/api/rotation/trigger");
+
+  /** fleetFirmware counts each model's active devices by reported firmware version. */
+  fleetFirmware = () => this.json<FleetFirmware>("GET", "/api/fleet/firmware");
 }
