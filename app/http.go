@@ -35,6 +35,7 @@ type httpParams struct {
 	Verifier     ports.TokenVerifier
 	DB           *postgres.DB
 	Keycloak     *keycloak.Admin
+	Blobs        ports.BlobStore
 	Console      *console.Handler
 }
 
@@ -55,7 +56,7 @@ func newHTTPServer(p httpParams) (*httpapi.Server, error) {
 		Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation, Audit: p.Audit, Fleet: p.Fleet,
 		Logger: p.Log.Named("http"), Registerer: p.Metrics.Registry, Gatherer: p.Metrics.Registry,
 		Docs:        p.Console.DocsPage(),
-		ReadyChecks: readyChecks(p.DB, p.Keycloak),
+		ReadyChecks: readyChecks(p.DB, p.Keycloak, p.Blobs),
 	})
 }
 

@@ -23,7 +23,10 @@ type Deps struct {
 	Models   ports.ModelRepo
 	Devices  ports.DeviceRepo
 	Firmware ports.FirmwareRepo
-	Store    ports.FirmwareStore
+	// Blobs keeps the firmware binaries (a directory or an S3 bucket),
+	// content-addressed: a binary is written there before Firmware
+	// records it.
+	Blobs ports.BlobStore
 	// Clients, Directory, Rotator and Policy are the identity provider's
 	// ports (usually one adapter): a device's client (device, provisioning
 	// and identity use cases), the device clients Reconcile compares with
