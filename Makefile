@@ -104,7 +104,7 @@ lint:
 
 ## run: the whole stack plus the server (espmdm dev, from bin/espmdm-dev); Ctrl-C stops everything
 run: deps build build-dev
-	$(DEV_BIN) dev --launcher $(LAUNCHER) --env-file $(or $(ENV_FILE),.espmdm-dev.env) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+	$(DEV_BIN) dev --launcher $(LAUNCHER) --env-file $(or $(ENV_FILE),.espmdm-dev.env) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(BLOB_STORE),--blob-store $(BLOB_STORE))
 
 clean:
 	rm -rf bin $(CONSOLE_WEB)/node_modules

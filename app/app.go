@@ -11,7 +11,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/espmdm/espmdm/adapters/clock"
-	"github.com/espmdm/espmdm/adapters/fsstore"
 	"github.com/espmdm/espmdm/adapters/httpapi"
 	"github.com/espmdm/espmdm/adapters/keycloak"
 	"github.com/espmdm/espmdm/adapters/mqtt"
@@ -68,7 +67,7 @@ func coreModule(cfg Config) fx.Option {
 			fx.Annotate(postgres.NewDeviceRepo, fx.As(new(ports.DeviceRepo))),
 			fx.Annotate(postgres.NewFirmwareRepo, fx.As(new(ports.FirmwareRepo)), fx.As(new(ports.FirmwareELFs))),
 			fx.Annotate(postgres.NewAuditLog, fx.As(new(ports.AuditLog))),
-			fx.Annotate(newFirmwareStore, fx.As(new(ports.FirmwareStore)), fx.As(new(ports.BlobStore))),
+			newBlobStore,
 			fx.Annotate(clock.New, fx.As(new(ports.Clock))),
 			fx.Annotate(newSecretBox, fx.As(new(ports.SecretBox))),
 			fx.Annotate(newKeycloakAdmin, fx.As(fx.Self()), fx.As(new(ports.DeviceClients)), fx.As(new(ports.ClientDirectory)),
@@ -127,10 +126,6 @@ func newDB(lc fx.Lifecycle, cfg Config, log *zap.Logger) (*postgres.DB, error) {
 		OnStop: func(context.Context) error { return db.Close() },
 	})
 	return db, nil
-}
-
-func newFirmwareStore(cfg Config) (*fsstore.Store, error) {
-	return fsstore.New(cfg.FirmwareDir)
 }
 
 // newSecretBox seals under SECRET_KEY and also opens what was sealed under
@@ -214,7 +209,6 @@ type serviceParams struct {
 	Models    ports.ModelRepo
 	Devices   ports.DeviceRepo
 	Firmware  ports.FirmwareRepo
-	Store     ports.FirmwareStore
 	Blobs     ports.BlobStore
 	Coredumps ports.CoredumpRepo
 	ELFs      ports.FirmwareELFs
@@ -237,8 +231,8 @@ type serviceParams struct {
 func newService(p serviceParams) *mdm.Service {
 	log := p.Log.Named("core")
 	return mdm.New(mdm.Deps{
-		Models: p.Models, Devices: p.Devices, Firmware: p.Firmware, Store: p.Store,
-		Blobs: p.Blobs, Coredumps: p.Coredumps, ELFs: p.ELFs, Analyzer: p.Analyzer,
+		Models: p.Models, Devices: p.Devices, Firmware: p.Firmware, Blobs: p.Blobs,
+		Coredumps: p.Coredumps, ELFs: p.ELFs, Analyzer: p.Analyzer,
 		Clients: p.Clients, Directory: p.Directory, Rotator: p.Rotator, Policy: p.Policy,
 		Notifier: p.Notifier, Broker: p.Broker, Clock: p.Clock,
 		SecretBox: p.Box, Schedule: p.Schedule, ScheduleRepo: p.Fires, Lease: p.Lease, Audit: p.Audit,

@@ -13,6 +13,7 @@ import (
 
 	"github.com/espmdm/espmdm/adapters/coredump"
 	"github.com/espmdm/espmdm/adapters/httpapi"
+	"github.com/espmdm/espmdm/adapters/s3store"
 	"github.com/espmdm/espmdm/adapters/schedule"
 )
 
@@ -48,7 +49,11 @@ type Config struct {
 	WiFiSSID     string
 	WiFiPassword string
 
+	// BlobStore is where firmware binaries (and ELFs, core dumps) are kept:
+	// "fs", the directory FirmwareDir, or "s3", the bucket of S3 (SPEC §20).
+	BlobStore        string
 	FirmwareDir      string
+	S3               s3store.Config
 	FirmwareMaxBytes int64
 	// JSONMaxBytes and IoTMaxBytes cap admin JSON bodies and /iot/* (and
 	// bodiless admin route) bodies.
@@ -286,8 +291,31 @@ var Vars = []Var{
 		set: str(func(c *Config) *string { return &c.WiFiSSID })},
 	{Name: "WIFI_PASSWORD", Secret: true, Help: "Wi-Fi password written into provisioning partitions (optional)",
 		set: str(func(c *Config) *string { return &c.WiFiPassword })},
-	{Name: "FIRMWARE_DIR", Default: "./data/firmware", Help: "directory keeping uploaded firmware binaries",
+	{Name: "BLOB_STORE", Default: "fs", Help: "where firmware binaries are kept: fs (the directory FIRMWARE_DIR; replicas must share it) or s3 (the bucket S3_BUCKET, for replicas on several hosts)",
+		set: func(c *Config, v string) error {
+			switch v {
+			case "fs", "s3":
+				c.BlobStore = v
+				return nil
+			}
+			return errors.New("want fs or s3")
+		}},
+	{Name: "FIRMWARE_DIR", Default: "./data/firmware", Help: "BLOB_STORE=fs: directory keeping uploaded firmware binaries (and the source of espmdm blobs migrate)",
 		set: str(func(c *Config) *string { return &c.FirmwareDir })},
+	{Name: "S3_ENDPOINT", Default: s3store.DefaultEndpoint, Help: "BLOB_STORE=s3: the S3-compatible store's URL, http:// or https://, host and port only",
+		set: str(func(c *Config) *string { return &c.S3.Endpoint })},
+	{Name: "S3_REGION", Default: s3store.DefaultRegion, Help: "BLOB_STORE=s3: the bucket's region (requests are signed for it)",
+		set: str(func(c *Config) *string { return &c.S3.Region })},
+	{Name: "S3_BUCKET", Help: "BLOB_STORE=s3 (required): the bucket, which must exist (espmdm does not create it)",
+		set: str(func(c *Config) *string { return &c.S3.Bucket })},
+	{Name: "S3_PREFIX", Help: "BLOB_STORE=s3: prepended to every object name (a / is added), so one bucket can serve several deployments",
+		set: str(func(c *Config) *string { return &c.S3.Prefix })},
+	{Name: "S3_ACCESS_KEY_ID", Help: "BLOB_STORE=s3 (required): the access key espmdm signs its requests with",
+		set: str(func(c *Config) *string { return &c.S3.AccessKeyID })},
+	{Name: "S3_SECRET_ACCESS_KEY", Secret: true, Help: "BLOB_STORE=s3 (required): the secret of S3_ACCESS_KEY_ID",
+		set: str(func(c *Config) *string { return &c.S3.SecretAccessKey })},
+	{Name: "S3_FORCE_PATH_STYLE", Default: "false", Help: "BLOB_STORE=s3: true addresses the bucket in the path (endpoint/bucket/key), as MinIO, Ceph and S3Proxy usually need; false lets the client choose (virtual-host style on AWS)",
+		set: boolean(func(c *Config) *bool { return &c.S3.ForcePathStyle })},
 	{Name: "FIRMWARE_MAX_BYTES", Default: "16777216", Help: "largest accepted firmware upload (larger gets 413)",
 		set: bytesize(func(c *Config) *int64 { return &c.FirmwareMaxBytes })},
 	{Name: "JSON_MAX_BYTES", Default: "1048576", Help: "largest JSON body of the admin API (larger gets 413)",
@@ -399,20 +427,8 @@ var Vars = []Var{
 // value.
 func LoadConfig(getenv func(string) string) (Config, error) {
 	var c Config
-	for _, v := range Vars {
-		val := strings.TrimSpace(getenv(v.Name))
-		if val == "" {
-			if v.Required {
-				return Config{}, fmt.Errorf("missing required environment variable %s (%s)", v.Name, v.Help)
-			}
-			if v.Default == "" || strings.Contains(v.Default, "$") {
-				continue // derived below
-			}
-			val = v.Default
-		}
-		if err := v.set(&c, val); err != nil {
-			return Config{}, fmt.Errorf("invalid %s: %w", v.Name, err)
-		}
+	if err := setVars(&c, getenv, func(Var) bool { return true }); err != nil {
+		return Config{}, err
 	}
 	if c.OIDCIssuerURL == "" {
 		c.OIDCIssuerURL = c.KeycloakURL + "/realms/" + c.KeycloakRealm
@@ -438,11 +454,60 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	if c.RotationCriticalAge <= c.RotationWarningAge {
 		return Config{}, errors.New("invalid ROTATION_CRITICAL_DAYS: must be more than ROTATION_WARNING_DAYS")
 	}
+	if c.BlobStore == "s3" {
+		// The variables' own messages: which one is missing or wrong,
+		// never a value.
+		if err := c.S3.Validate(); err != nil {
+			return Config{}, fmt.Errorf("BLOB_STORE=s3: %w", err)
+		}
+	}
 	if c.MQTTURL != "" {
 		u, err := url.Parse(c.MQTTURL)
 		if err != nil || u.Host == "" {
 			return Config{}, errors.New("invalid MQTT_URL: want mqtt://host:port, mqtts://host:port or tcp://host:port")
 		}
+	}
+	return c, nil
+}
+
+// setVars sets the variables that match in c from getenv, with their
+// defaults; derived defaults ($...) are left to the caller.
+func setVars(c *Config, getenv func(string) string, match func(Var) bool) error {
+	for _, v := range Vars {
+		if !match(v) {
+			continue
+		}
+		val := strings.TrimSpace(getenv(v.Name))
+		if val == "" {
+			if v.Required {
+				return fmt.Errorf("missing required environment variable %s (%s)", v.Name, v.Help)
+			}
+			if v.Default == "" || strings.Contains(v.Default, "$") {
+				continue // derived by the caller
+			}
+			val = v.Default
+		}
+		if err := v.set(c, val); err != nil {
+			return fmt.Errorf("invalid %s: %w", v.Name, err)
+		}
+	}
+	return nil
+}
+
+// LoadBlobConfig reads only the blob store's variables (BLOB_STORE,
+// FIRMWARE_DIR, S3_*), for the commands that need nothing else
+// (`espmdm blobs migrate`), and checks the S3 ones whatever BLOB_STORE
+// says: such a command names the store it works on itself.
+func LoadBlobConfig(getenv func(string) string) (Config, error) {
+	var c Config
+	err := setVars(&c, getenv, func(v Var) bool {
+		return v.Name == "BLOB_STORE" || v.Name == "FIRMWARE_DIR" || strings.HasPrefix(v.Name, "S3_")
+	})
+	if err != nil {
+		return Config{}, err
+	}
+	if err := c.S3.Validate(); err != nil {
+		return Config{}, err
 	}
 	return c, nil
 }

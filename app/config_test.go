@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/espmdm/espmdm/adapters/coredump"
+	"github.com/espmdm/espmdm/adapters/s3store"
 	"github.com/espmdm/espmdm/app"
 )
 
@@ -172,6 +173,9 @@ func TestLoadConfigInvalidValue(t *testing.T) {
 		{"ROTATION_GRACE", "-7d"},
 		{"ROTATION_WARNING_DAYS", "0"},
 		{"ROTATION_CRITICAL_DAYS", "30"}, // not above the warning age (45)
+		{"BLOB_STORE", "gcs"},
+		{"BLOB_STORE", secretValue},
+		{"S3_FORCE_PATH_STYLE", secretValue},
 		{"DEVICE_STALE_SECONDS", "0"},
 		{"DEVICE_STALE_SECONDS", "1d"},
 		{"DEVICE_STALE_SECONDS", secretValue},
@@ -243,7 +247,9 @@ func TestLoadConfigDefaults(t *testing.T) {
 		MQTTAuth:                  "dynsec",
 		WiFiSSID:                  "",
 		WiFiPassword:              "",
+		BlobStore:                 "fs",
 		FirmwareDir:               "./data/firmware",
+		S3:                        s3store.Config{Endpoint: "https://s3.amazonaws.com", Region: "us-east-1"},
 		FirmwareMaxBytes:          16 << 20,
 		JSONMaxBytes:              1 << 20,
 		IoTMaxBytes:               4 << 10,
@@ -495,6 +501,85 @@ func TestParseGrace(t *testing.T) {
 	for _, in := range []string{"", "d", "7", "0d", "-1d", "1.5d", "500ms", "3651d"} {
 		if _, err := app.ParseGrace(in); err == nil {
 			t.Errorf("ParseGrace(%q) accepted", in)
+		}
+	}
+}
+
+// s3Env is requiredEnv with a complete BLOB_STORE=s3 configuration.
+func s3Env(kv ...string) map[string]string {
+	return with(with(requiredEnv(), "BLOB_STORE", "s3", "S3_ENDPOINT", "http://minio.internal:9000", "S3_REGION", "eu-central-1",
+		"S3_BUCKET", "firmware", "S3_PREFIX", "prod", "S3_ACCESS_KEY_ID", "AKIAEXAMPLE",
+		"S3_SECRET_ACCESS_KEY", secretValue, "S3_FORCE_PATH_STYLE", "true"), kv...)
+}
+
+// BLOB_STORE=s3 reads every S3_* variable; the directory store reads none
+// of them, so they need not be set.
+func TestLoadConfigBlobStore(t *testing.T) {
+	got := mustLoad(t, s3Env())
+	want := s3store.Config{Endpoint: "http://minio.internal:9000", Region: "eu-central-1", Bucket: "firmware", Prefix: "prod",
+		AccessKeyID: "AKIAEXAMPLE", SecretAccessKey: secretValue, ForcePathStyle: true}
+	if got.BlobStore != "s3" || got.S3 != want {
+		t.Errorf("BLOB_STORE=s3: %q, %+v; want s3, %+v", got.BlobStore, got.S3, want)
+	}
+	if aws := mustLoad(t, s3Env("S3_ENDPOINT", "", "S3_REGION", "", "S3_FORCE_PATH_STYLE", "")); aws.S3.Endpoint != "https://s3.amazonaws.com" ||
+		aws.S3.Region != "us-east-1" || aws.S3.ForcePathStyle {
+		t.Errorf("BLOB_STORE=s3 with the defaults: %+v, want AWS in us-east-1, virtual-host style", aws.S3)
+	}
+	if fs := mustLoad(t, with(requiredEnv(), "BLOB_STORE", "fs", "S3_ENDPOINT", "not a URL")); fs.BlobStore != "fs" {
+		t.Errorf("BLOB_STORE=fs: %q", fs.BlobStore)
+	}
+}
+
+// With BLOB_STORE=s3 a missing or wrong S3_* variable is named in one
+// line, and no value (the secret least of all) is shown.
+func TestLoadConfigBlobStoreErrors(t *testing.T) {
+	for _, c := range []struct{ name, value string }{
+		{"S3_BUCKET", ""},
+		{"S3_ACCESS_KEY_ID", ""},
+		{"S3_SECRET_ACCESS_KEY", ""},
+		{"S3_ENDPOINT", "ftp://" + secretValue},
+		{"S3_ENDPOINT", "https://" + secretValue + "/bucket"},
+		{"S3_ENDPOINT", "https://user:" + secretValue + "@minio"},
+		{"S3_PREFIX", "/" + secretValue},
+	} {
+		t.Run(c.name+"="+c.value, func(t *testing.T) {
+			_, err := load(t, s3Env(c.name, c.value))
+			if err == nil {
+				t.Fatalf("LoadConfig accepted BLOB_STORE=s3 with %s=%q", c.name, c.value)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, c.name) || strings.Contains(msg, secretValue) || strings.ContainsAny(msg, "\r\n") {
+				t.Errorf("error %q: want one line naming %s, without a value", msg, c.name)
+			}
+		})
+	}
+}
+
+// LoadBlobConfig (espmdm blobs migrate) reads FIRMWARE_DIR and the S3_*
+// variables alone: nothing else is required, and the S3 ones are checked
+// whatever BLOB_STORE says, naming the variable without its value.
+func TestLoadBlobConfig(t *testing.T) {
+	env := s3Env("BLOB_STORE", "", "FIRMWARE_DIR", "/srv/firmware")
+	for k := range requiredEnv() {
+		delete(env, k)
+	}
+	got, err := app.LoadBlobConfig(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatalf("LoadBlobConfig without the server's variables: %v", err)
+	}
+	want := s3store.Config{Endpoint: "http://minio.internal:9000", Region: "eu-central-1", Bucket: "firmware", Prefix: "prod",
+		AccessKeyID: "AKIAEXAMPLE", SecretAccessKey: secretValue, ForcePathStyle: true}
+	if got.FirmwareDir != "/srv/firmware" || got.S3 != want || got.BlobStore != "fs" {
+		t.Errorf("LoadBlobConfig: dir %q, store %q, %+v; want /srv/firmware, fs, %+v", got.FirmwareDir, got.BlobStore, got.S3, want)
+	}
+	if got.DatabaseURL != "" || got.BaseURL != "" {
+		t.Errorf("LoadBlobConfig read more than the blob store's variables: %+v", got)
+	}
+	for _, name := range []string{"S3_BUCKET", "S3_SECRET_ACCESS_KEY"} {
+		bad := with(env, name, "")
+		_, err := app.LoadBlobConfig(func(k string) string { return bad[k] })
+		if err == nil || !strings.Contains(err.Error(), name) || strings.Contains(err.Error(), secretValue) {
+			t.Errorf("LoadBlobConfig without %s: %v; want an error naming it, without a value", name, err)
 		}
 	}
 }

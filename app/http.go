@@ -36,6 +36,7 @@ type httpParams struct {
 	Verifier     ports.TokenVerifier
 	DB           *postgres.DB
 	Keycloak     *keycloak.Admin
+	Blobs        ports.BlobStore
 	Console      *console.Handler
 }
 
@@ -59,7 +60,7 @@ func newHTTPServer(p httpParams) (*httpapi.Server, error) {
 		Coredumps: p.Coredumps,
 		Logger:    p.Log.Named("http"), Registerer: p.Metrics.Registry, Gatherer: p.Metrics.Registry,
 		Docs:        p.Console.DocsPage(),
-		ReadyChecks: readyChecks(p.DB, p.Keycloak),
+		ReadyChecks: readyChecks(p.DB, p.Keycloak, p.Blobs),
 	})
 }
 

@@ -80,7 +80,7 @@ func startServerUnready(t *testing.T, env map[string]string, opts ...fx.Option) 
 	s := &server{
 		t: t, st: st, cfg: cfg, base: cfg.BaseURL, logs: logs,
 		client:  &http.Client{Timeout: 30 * time.Second},
-		secrets: []string{vars["SECRET_KEY"], vars["WIFI_PASSWORD"], st.AdminClientSecret, st.OperatorClientSecret, st.ViewerClientSecret, st.MQTTAdminPassword},
+		secrets: []string{vars["SECRET_KEY"], vars["WIFI_PASSWORD"], st.AdminClientSecret, st.OperatorClientSecret, st.ViewerClientSecret, st.MQTTAdminPassword, st.S3SecretAccessKey},
 	}
 	startCtx, cancel := context.WithTimeout(context.Background(), a.StartTimeout())
 	defer cancel()

@@ -452,7 +452,7 @@ func startProcess(t *testing.T, env map[string]string) (s *server, kill func()) 
 	_, logs := observer.New(zapcore.DebugLevel)
 	s = &server{
 		t: t, st: st, base: vars["BASE_URL"], logs: logs, client: &http.Client{Timeout: 30 * time.Second},
-		secrets: []string{vars["SECRET_KEY"], vars["WIFI_PASSWORD"], st.AdminClientSecret, st.OperatorClientSecret, st.ViewerClientSecret},
+		secrets: []string{vars["SECRET_KEY"], vars["WIFI_PASSWORD"], st.AdminClientSecret, st.OperatorClientSecret, st.ViewerClientSecret, st.S3SecretAccessKey},
 		stop:    kill, pid: cmd.Process.Pid, out: out,
 	}
 	t.Cleanup(func() {

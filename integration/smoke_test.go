@@ -23,9 +23,12 @@ import (
 	"github.com/espmdm/espmdm/integration"
 )
 
-// TestMain runs the tests on the shared stack and then fails the run when
-// a test left a goroutine behind.
-func TestMain(m *testing.M) { os.Exit(integration.VerifyNoLeaks(integration.RunTests(m))) }
+// TestMain runs the tests on the shared stack (with its S3 server, for the
+// blob store's tests) and then fails the run when a test left a goroutine
+// behind.
+func TestMain(m *testing.M) {
+	os.Exit(integration.VerifyNoLeaks(integration.RunTestsWith(m, integration.Options{S3: true})))
+}
 
 func ctxT(t *testing.T, d time.Duration) context.Context {
 	t.Helper()

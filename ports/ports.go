@@ -236,21 +236,10 @@ type FirmwareRepo interface {
 	ListFirmware(ctx context.Context, modelID int64) ([]model.Firmware, error)
 }
 
-// Blob is an opened stored file.
+// Blob is an opened stored blob (BlobStore.OpenBlob).
 type Blob interface {
 	io.ReadSeekCloser
 	Size() int64
-}
-
-// FirmwareStore keeps firmware binaries, addressed by model code and the
-// SHA-256 (hex) of their content.
-type FirmwareStore interface {
-	// Put writes data atomically (a reader never sees a partial file).
-	Put(ctx context.Context, modelCode, sha256 string, data []byte) error
-	Open(ctx context.Context, modelCode, sha256 string) (Blob, error)
-	// DeleteModel removes every binary of the model (its model was
-	// deleted); a model without binaries is not an error.
-	DeleteModel(ctx context.Context, modelCode string) error
 }
 
 // The identity provider (Keycloak) holds one confidential client per

@@ -12,17 +12,17 @@ import (
 )
 
 // The blob layout keeps FIRMWARE_DIR as it was: a firmware blob is the
-// file the FirmwareStore port always wrote, and the other kinds sit beside
-// it with their own extension.
+// file FIRMWARE_DIR/<model code>/<sha256>.bin that espmdm always wrote,
+// and the other kinds sit beside it with their own extension.
 func TestBlobLayout(t *testing.T) {
 	s, dir := newStore(t)
 	data, sum := blob(t, 3000)
-	if err := s.Put(t.Context(), "thermo_v2", sum, data); err != nil {
+	if err := put(t.Context(), s, "thermo_v2", sum, data); err != nil {
 		t.Fatalf("Put: %v", err)
 	}
 	fw := ports.BlobKey{Kind: ports.BlobFirmware, Namespace: "thermo_v2", SHA256: sum}
 	if info, err := s.StatBlob(t.Context(), fw); err != nil || info.Size != 3000 {
-		t.Errorf("StatBlob of a binary put through the firmware port = %+v, %v; want its 3000 bytes", info, err)
+		t.Errorf("StatBlob of a firmware binary = %+v, %v; want its 3000 bytes", info, err)
 	}
 	for kind, name := range map[ports.BlobKind]string{ports.BlobELF: sum + ".elf", ports.BlobCoreDump: sum + ".core"} {
 		key := ports.BlobKey{Kind: kind, Namespace: "thermo_v2", SHA256: sum}
@@ -33,12 +33,12 @@ func TestBlobLayout(t *testing.T) {
 			t.Errorf("%s blob: file thermo_v2/%s holds %d bytes (%v), want the blob", kind, name, len(got), err)
 		}
 	}
-	// DeleteModel (the firmware port) takes the model's other blobs too.
-	if err := s.DeleteModel(t.Context(), "thermo_v2"); err != nil {
+	// DeleteNamespace (a model deleted) takes the model's other blobs too.
+	if err := s.DeleteNamespace(t.Context(), "thermo_v2"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "thermo_v2")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("model directory still there after DeleteModel (%v)", err)
+		t.Errorf("model directory still there after DeleteNamespace (%v)", err)
 	}
 }
 

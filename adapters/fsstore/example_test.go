@@ -1,6 +1,7 @@
 package fsstore_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -9,6 +10,7 @@ import (
 	"os"
 
 	"github.com/espmdm/espmdm/adapters/fsstore"
+	"github.com/espmdm/espmdm/ports"
 )
 
 func Example() {
@@ -28,11 +30,13 @@ func Example() {
 	image := []byte("an ESP32 application image")
 	sum := sha256.Sum256(image)
 	digest := hex.EncodeToString(sum[:])
-	if err := store.Put(ctx, "thermo_v2", digest, image); err != nil {
+	// A firmware binary of the device model thermo_v2.
+	key := ports.BlobKey{Kind: ports.BlobFirmware, Namespace: "thermo_v2", SHA256: digest}
+	if _, err := store.PutBlob(ctx, key, bytes.NewReader(image), int64(len(image)), 0); err != nil {
 		panic(err)
 	}
 
-	blob, err := store.Open(ctx, "thermo_v2", digest)
+	blob, err := store.OpenBlob(ctx, key)
 	if err != nil {
 		panic(err)
 	}

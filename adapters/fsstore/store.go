@@ -1,12 +1,12 @@
-// Package fsstore implements ports.BlobStore (and the firmware store it
-// grew from, ports.FirmwareStore) on the local filesystem: each blob is
+// Package fsstore implements ports.BlobStore on the local filesystem
+// (BLOB_STORE=fs, the default): each blob is
 // FIRMWARE_DIR/<namespace>/<sha256>.bin (".elf", ".core": ports.BlobKey's
 // Path), so a firmware binary is FIRMWARE_DIR/<model_code>/<sha256>.bin as
 // it always was. A blob is written atomically (a temporary file in the
 // same directory, checked while it streams, fsync, rename, fsync of the
 // directory), so a reader sees either nothing or the whole file.
 //
-// New also deletes temporary files an interrupted Put left behind (older
+// New also deletes temporary files an interrupted PutBlob left behind (older
 // than an hour).
 //
 // Namespaces and digests are checked against strict patterns before they
@@ -16,8 +16,6 @@
 package fsstore
 
 import (
-	"bytes"
-	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -27,19 +25,15 @@ import (
 	"strings"
 	"time"
 
-	"github.com/espmdm/espmdm/core/model"
 	"github.com/espmdm/espmdm/ports"
 )
 
-// Store is a BlobStore (and a FirmwareStore) in one directory. It is safe for concurrent use.
+// Store is a BlobStore in one directory. It is safe for concurrent use.
 type Store struct {
 	root *os.Root
 }
 
-var (
-	_ ports.FirmwareStore = (*Store)(nil)
-	_ ports.BlobStore     = (*Store)(nil)
-)
+var _ ports.BlobStore = (*Store)(nil)
 
 const (
 	dirPerm  = 0o750
@@ -65,7 +59,7 @@ func New(dir string) (*Store, error) {
 }
 
 // staleTempAge is how old a temporary file must be before New deletes it
-// as the leftover of an interrupted Put.
+// as the leftover of an interrupted PutBlob.
 const staleTempAge = time.Hour
 
 // removeStaleTemps deletes temporary files older than cutoff from the model
@@ -100,29 +94,6 @@ func (s *Store) Dir() string { return s.root.Name() }
 
 // Close releases the store directory.
 func (s *Store) Close() error { return s.root.Close() }
-
-// firmwareKey is the blob key of a firmware binary, with the errors the
-// FirmwareStore port has always given (field model_code for a bad code).
-func firmwareKey(modelCode, digest string) (ports.BlobKey, error) {
-	if !model.ModelCodePattern.MatchString(modelCode) {
-		return ports.BlobKey{}, model.Invalid("model_code", "must match %s", model.ModelCodePattern)
-	}
-	key := ports.BlobKey{Kind: ports.BlobFirmware, Namespace: modelCode, SHA256: digest}
-	return key, key.Validate()
-}
-
-// Put implements ports.FirmwareStore: the firmware blob of the model.
-// data must hash to digest (a mismatch is a *model.ValidationError and
-// writes nothing). Putting an existing binary again replaces it with the
-// same bytes.
-func (s *Store) Put(ctx context.Context, modelCode, digest string, data []byte) error {
-	key, err := firmwareKey(modelCode, digest)
-	if err != nil {
-		return err
-	}
-	_, err = s.PutBlob(ctx, key, bytes.NewReader(data), int64(len(data)), 0)
-	return err
-}
 
 // ensureDir creates the model directory; a new directory's entry is made
 // durable by syncing the store directory.
@@ -171,26 +142,6 @@ func (s *Store) syncDir(dir string) error {
 		return fmt.Errorf("fsstore: sync directory %s: %w", dir, err)
 	}
 	return nil
-}
-
-// Open implements ports.FirmwareStore: the firmware blob of the model. A
-// binary that is not stored is model.ErrBlobNotFound (a model.ErrNotFound).
-// The caller closes the blob.
-func (s *Store) Open(ctx context.Context, modelCode, digest string) (ports.Blob, error) {
-	key, err := firmwareKey(modelCode, digest)
-	if err != nil {
-		return nil, err
-	}
-	return s.OpenBlob(ctx, key)
-}
-
-// DeleteModel implements ports.FirmwareStore: it removes the model's
-// directory with every blob (and any temporary file) in it.
-func (s *Store) DeleteModel(ctx context.Context, modelCode string) error {
-	if !model.ModelCodePattern.MatchString(modelCode) {
-		return model.Invalid("model_code", "must match %s", model.ModelCodePattern)
-	}
-	return s.DeleteNamespace(ctx, modelCode)
 }
 
 // blob is an open binary. Files are never modified in place (only replaced

@@ -41,17 +41,22 @@ func blob(t *testing.T, n int) ([]byte, string) {
 	return b, hex.EncodeToString(sum[:])
 }
 
-func TestContract(t *testing.T) {
-	portstest.RunFirmwareStoreContract(t, func(t *testing.T) ports.FirmwareStore {
-		s, _ := newStore(t)
-		return s
-	})
+// firmware is the blob key of a model's firmware binary, as the core
+// makes it.
+func firmware(code, sum string) ports.BlobKey {
+	return ports.BlobKey{Kind: ports.BlobFirmware, Namespace: code, SHA256: sum}
+}
+
+// put puts a firmware binary of the model.
+func put(ctx context.Context, s *fsstore.Store, code, sum string, data []byte) error {
+	_, err := s.PutBlob(ctx, firmware(code, sum), bytes.NewReader(data), int64(len(data)), 0)
+	return err
 }
 
 func TestPutLayoutAndNoLeftovers(t *testing.T) {
 	s, dir := newStore(t)
 	data, sum := blob(t, 5000)
-	if err := s.Put(t.Context(), "esp32_dev", sum, data); err != nil {
+	if err := put(t.Context(), s, "esp32_dev", sum, data); err != nil {
 		t.Fatalf("Put: %v", err)
 	}
 	got, err := os.ReadFile(filepath.Join(dir, "esp32_dev", sum+".bin"))
@@ -75,7 +80,7 @@ func TestPutRefusesContentThatDoesNotMatchItsDigest(t *testing.T) {
 	s, dir := newStore(t)
 	data, _ := blob(t, 100)
 	_, other := blob(t, 100)
-	err := s.Put(t.Context(), "m1", other, data)
+	err := put(t.Context(), s, "m1", other, data)
 	var ve *model.ValidationError
 	if !errors.As(err, &ve) {
 		t.Fatalf("Put with a wrong digest: got %v, want a *model.ValidationError", err)
@@ -95,7 +100,7 @@ func TestPutIsAtomicForConcurrentReaders(t *testing.T) {
 	for range 4 {
 		wg.Go(func() {
 			for !stop.Load() {
-				b, err := s.Open(t.Context(), "atomic", sum)
+				b, err := s.OpenBlob(t.Context(), firmware("atomic", sum))
 				if errors.Is(err, model.ErrNotFound) {
 					continue
 				}
@@ -118,7 +123,7 @@ func TestPutIsAtomicForConcurrentReaders(t *testing.T) {
 		})
 	}
 	for range 20 {
-		if err := s.Put(t.Context(), "atomic", sum, data); err != nil {
+		if err := put(t.Context(), s, "atomic", sum, data); err != nil {
 			t.Fatalf("Put: %v", err)
 		}
 	}
@@ -136,10 +141,10 @@ func TestPutIsAtomicForConcurrentReaders(t *testing.T) {
 func TestOpenSeekAndSize(t *testing.T) {
 	s, _ := newStore(t)
 	data, sum := blob(t, 10000)
-	if err := s.Put(t.Context(), "seek", sum, data); err != nil {
+	if err := put(t.Context(), s, "seek", sum, data); err != nil {
 		t.Fatal(err)
 	}
-	b, err := s.Open(t.Context(), "seek", sum)
+	b, err := s.OpenBlob(t.Context(), firmware("seek", sum))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,10 +188,10 @@ func TestTraversalRejected(t *testing.T) {
 		{strings.Repeat("a", 51), sum},
 	} {
 		var ve *model.ValidationError
-		if err := s.Put(t.Context(), c.code, c.sum, data); !errors.As(err, &ve) {
+		if err := put(t.Context(), s, c.code, c.sum, data); !errors.As(err, &ve) {
 			t.Errorf("Put(%q, %q): got %v, want a *model.ValidationError", c.code, c.sum, err)
 		}
-		if _, err := s.Open(t.Context(), c.code, c.sum); !errors.As(err, &ve) {
+		if _, err := s.OpenBlob(t.Context(), firmware(c.code, c.sum)); !errors.As(err, &ve) {
 			t.Errorf("Open(%q, %q): got %v, want a *model.ValidationError", c.code, c.sum, err)
 		}
 	}
@@ -203,7 +208,7 @@ func TestTraversalRejected(t *testing.T) {
 	if err := os.Symlink(target, filepath.Join(dir, "planted")); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Put(t.Context(), "planted", sum, data); err == nil {
+	if err := put(t.Context(), s, "planted", sum, data); err == nil {
 		t.Errorf("Put through a symlink out of the store succeeded")
 	}
 	if entries, _ := os.ReadDir(target); len(entries) != 0 {
@@ -212,7 +217,7 @@ func TestTraversalRejected(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(target, sum+".bin"), data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if b, err := s.Open(t.Context(), "planted", sum); err == nil {
+	if b, err := s.OpenBlob(t.Context(), firmware("planted", sum)); err == nil {
 		b.Close()
 		t.Errorf("Open through a symlink out of the store succeeded")
 	}
@@ -223,7 +228,7 @@ func TestPutHonoursCancelledContext(t *testing.T) {
 	data, sum := blob(t, 10)
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	if err := s.Put(ctx, "cancelled", sum, data); err == nil {
+	if err := put(ctx, s, "cancelled", sum, data); err == nil {
 		t.Errorf("Put with a cancelled context succeeded")
 	}
 	if _, err := os.Stat(filepath.Join(dir, "cancelled", sum+".bin")); !errors.Is(err, os.ErrNotExist) {

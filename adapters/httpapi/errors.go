@@ -74,6 +74,13 @@ func problemFor(err error) (p Problem, unexpected bool) {
 	case errors.As(err, &ve):
 		p = newProblem(http.StatusBadRequest, "validation", ve.Error())
 		p.Field = ve.Field
+	case errors.As(err, &ue) && ue.Service == model.ServiceBlobStore, errors.Is(err, model.ErrBlobNotFound):
+		// espmdm's own storage, like the database: the store is down, or
+		// a blob the database records is missing from it (the API reaches
+		// blobs only through their records). Never a 404 that would tell
+		// a device there is no firmware, and never a wrong body.
+		p = newProblem(http.StatusServiceUnavailable, "blob-store-unavailable", "the blob store is unavailable; retry later")
+		return p, true
 	case errors.Is(err, model.ErrTooLarge):
 		p = newProblem(http.StatusRequestEntityTooLarge, "too-large", "the request body exceeds the configured size limit")
 	case errors.Is(err, model.ErrNotFound):

@@ -62,12 +62,12 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		}
 		c.ForcePathStyle = b
 	}
-	return c, c.check()
+	return c, c.Validate()
 }
 
-// check reports the first problem of the configuration, naming the
-// variable.
-func (c Config) check() error {
+// Validate reports the first problem of the configuration, naming the
+// variable (S3_BUCKET, S3_ENDPOINT...) and never a value.
+func (c Config) Validate() error {
 	for _, v := range []struct{ name, value string }{
 		{"S3_BUCKET", c.Bucket}, {"S3_ACCESS_KEY_ID", c.AccessKeyID}, {"S3_SECRET_ACCESS_KEY", c.SecretAccessKey},
 	} {

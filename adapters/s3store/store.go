@@ -78,7 +78,7 @@ const (
 // different errors, the last one a *model.UnavailableError. ctx bounds that
 // check only.
 func New(ctx context.Context, cfg Config) (*Store, error) {
-	if err := cfg.check(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("s3store: %w", err)
 	}
 	host, secure, _ := cfg.endpoint()

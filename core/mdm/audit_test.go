@@ -507,7 +507,7 @@ func TestAuditScheduleChange(t *testing.T) {
 	start := func(sch ports.Schedule) {
 		t.Helper()
 		deps := mdm.Deps{
-			Models: e.store, Devices: e.store, Firmware: e.store, Store: e.fw, Notifier: e.notifier,
+			Models: e.store, Devices: e.store, Firmware: e.store, Blobs: e.fw, Notifier: e.notifier,
 			Clock: e.clock, SecretBox: portstest.NewSecretBox(), Schedule: sch, ScheduleRepo: e.sched, Audit: e.store,
 		}
 		setIdentity(&deps, e.idp)

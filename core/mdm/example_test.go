@@ -23,7 +23,7 @@ func Example() {
 		Models:    store,
 		Devices:   store,
 		Firmware:  store,
-		Store:     portstest.NewFirmwareStore(),
+		Blobs:     portstest.NewBlobStore(),
 		Clients:   idp,
 		Directory: idp,
 		Rotator:   idp,

@@ -1,6 +1,7 @@
 package mdm
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -21,12 +22,15 @@ import (
 // checksum, appended SHA-256), carry an app descriptor with a version, be
 // for the same chip as the model's current firmware, and not have a lower
 // secure_version than it unless opts.Force (anti-rollback devices would
-// refuse it; a conflict names both values). The binary is
-// stored under its SHA-256, the upload is recorded in the model's history
-// and devices are told (a notification failure goes to OnError). Uploading
-// the model's current image again changes nothing and returns its record
-// (Unchanged): no history row, no notification. Warnings say where the
-// upload goes backwards against the firmware it replaces.
+// refuse it; a conflict names both values). The binary is put in the blob
+// store under its SHA-256 before the upload is recorded in the model's
+// history (a store that fails leaves nothing recorded), then devices are
+// told (a notification failure goes to OnError). Uploading the model's
+// current image again records nothing and returns its record (Unchanged):
+// no history row, no notification; its blob is put again, the same
+// content under the same name, which restores a blob the store lost.
+// Warnings say where the upload goes backwards against the firmware it
+// replaces.
 func (s *Service) UploadFirmware(ctx context.Context, modelID int64, data []byte, opts model.UploadOptions) (model.FirmwareUpload, error) {
 	f, warnings, unchanged, err := s.uploadFirmware(ctx, modelID, data, opts)
 	if err != nil {
@@ -102,10 +106,14 @@ func (s *Service) uploadFirmware(ctx context.Context, modelID int64, data []byte
 	// upload for another chip.
 	sum := sha256.Sum256(data)
 	digest := hex.EncodeToString(sum[:])
+	key := firmwareBlob(m.Code, digest)
 	cur, err := s.d.Firmware.CurrentFirmware(ctx, m.ID)
 	switch {
-	case err == nil && cur.SHA256 == digest:
-		return cur, nil, true, nil // the current image again
+	case err == nil && cur.SHA256 == digest: // the current image again
+		if err := s.putFirmware(ctx, key, data); err != nil {
+			return model.Firmware{}, nil, false, err
+		}
+		return cur, nil, true, nil
 	case err == nil:
 		if err := against(&cur); err != nil {
 			return model.Firmware{}, nil, false, err
@@ -114,8 +122,10 @@ func (s *Service) uploadFirmware(ctx context.Context, modelID int64, data []byte
 		return model.Firmware{}, nil, false, fmt.Errorf("upload firmware: current firmware of %s: %w", m.Code, err)
 	}
 
-	if err := s.d.Store.Put(ctx, m.Code, digest, data); err != nil {
-		return model.Firmware{}, nil, false, fmt.Errorf("upload firmware: store binary: %w", err)
+	// Content-addressed and written before it is recorded: a failure
+	// here records nothing, and a recorded firmware always had its blob.
+	if err := s.putFirmware(ctx, key, data); err != nil {
+		return model.Firmware{}, nil, false, err
 	}
 	f := model.Firmware{
 		DeviceModelID: m.ID,
@@ -166,6 +176,22 @@ func (s *Service) uploadFirmware(ctx context.Context, modelID int64, data []byte
 // errSameImage stops a recording whose image is already current.
 var errSameImage = errors.New("the image is the current firmware already")
 
+// firmwareBlob is the blob key of a model's firmware binary: the
+// namespace is the model's code, so deleting the model deletes it.
+func firmwareBlob(modelCode, digest string) ports.BlobKey {
+	return ports.BlobKey{Kind: ports.BlobFirmware, Namespace: modelCode, SHA256: digest}
+}
+
+// putFirmware puts a validated image in the blob store. The store streams
+// it from memory (one request of a known size on S3) and checks it
+// against its key and the upload limit once more on the way.
+func (s *Service) putFirmware(ctx context.Context, key ports.BlobKey, data []byte) error {
+	if _, err := s.d.Blobs.PutBlob(ctx, key, bytes.NewReader(data), int64(len(data)), s.cfg.FirmwareMaxBytes); err != nil {
+		return fmt.Errorf("upload firmware: store binary %s: %w", key, err)
+	}
+	return nil
+}
+
 // OpenFirmware returns the model's current firmware and its binary; the
 // caller closes the blob. No firmware yet is model.ErrNotFound.
 func (s *Service) OpenFirmware(ctx context.Context, modelID int64) (model.Firmware, ports.Blob, error) {
@@ -181,8 +207,18 @@ func (s *Service) openCurrent(ctx context.Context, modelID int64, code string) (
 	if err != nil {
 		return model.Firmware{}, nil, fmt.Errorf("firmware of device model %s: %w", code, err)
 	}
-	b, err := s.d.Store.Open(ctx, code, f.SHA256)
-	if err != nil {
+	key := firmwareBlob(code, f.SHA256)
+	b, err := s.d.Blobs.OpenBlob(ctx, key)
+	switch {
+	case errors.Is(err, model.ErrBlobNotFound):
+		// Recorded, so it was stored: the store lost it (or serves
+		// another bucket or directory than the one it was uploaded to).
+		// A failure of the store, not a missing firmware: never a 404
+		// that would tell a device there is no update. Not wrapped, so
+		// it matches no ErrNotFound.
+		return model.Firmware{}, nil, &model.UnavailableError{Service: model.ServiceBlobStore, Err: fmt.Errorf(
+			"firmware %s of device model %s is recorded but the blob store does not hold its binary %s (%s)", f.Version, code, key, err.Error())}
+	case err != nil:
 		return model.Firmware{}, nil, fmt.Errorf("open firmware %s of device model %s: %w", f.Version, code, err)
 	}
 	return f, b, nil

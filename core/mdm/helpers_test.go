@@ -26,7 +26,7 @@ type env struct {
 	store    *portstest.Store
 	idp      *portstest.IdentityProvider
 	notifier *portstest.Notifier
-	fw       *portstest.FirmwareStore
+	fw       *portstest.BlobStore
 	clock    *portstest.Clock
 	// deps and cfg are what svc was made with (restart makes another).
 	deps mdm.Deps
@@ -75,11 +75,11 @@ func withIdPSkew(off time.Duration) option {
 
 func newEnv(t *testing.T, opts ...option) *env {
 	t.Helper()
-	e := &env{clock: portstest.NewClock(t0), notifier: portstest.NewNotifier(), fw: portstest.NewFirmwareStore()}
+	e := &env{clock: portstest.NewClock(t0), notifier: portstest.NewNotifier(), fw: portstest.NewBlobStore()}
 	e.store = portstest.NewStore(e.clock)
 	e.idp = portstest.NewIdentityProvider(e.clock)
 	deps := mdm.Deps{
-		Models: e.store, Devices: e.store, Firmware: e.store, Store: e.fw,
+		Models: e.store, Devices: e.store, Firmware: e.store, Blobs: e.fw,
 		Notifier: e.notifier, Clock: e.clock,
 		OnError: func(_ context.Context, op string, err error) {
 			e.mu.Lock()

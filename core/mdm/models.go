@@ -192,9 +192,10 @@ func (s *Service) DeleteModel(ctx context.Context, id int64) error {
 		}
 		return fmt.Errorf("delete device model %d: %w", id, err)
 	}
-	// The history rows went with the model; its binaries go now. A failure
-	// leaves unreferenced files, nothing a device or the API can reach.
-	if err := s.d.Store.DeleteModel(ctx, m.Code); err != nil {
+	// The history rows went with the model; its blobs (the namespace of
+	// its code) go now. A failure leaves unreferenced blobs, nothing a
+	// device or the API can reach.
+	if err := s.d.Blobs.DeleteNamespace(ctx, m.Code); err != nil {
 		s.report(ctx, "delete device model: remove firmware binaries", fmt.Errorf("device model %s: %w", m.Code, err))
 	}
 	return nil

@@ -197,12 +197,12 @@ func TestDeleteModelRemovesItsFirmwareBinaries(t *testing.T) {
 	}
 }
 
-func TestDeleteModelSurvivesAFailingFirmwareStore(t *testing.T) {
+func TestDeleteModelSurvivesAFailingBlobStore(t *testing.T) {
 	e := newEnv(t)
 	m := e.model(t, "m", "")
 	boom := errors.New("disk gone")
 	e.fw.Hook = func(op string) error {
-		if op == "DeleteModel" {
+		if op == "DeleteNamespace" {
 			return boom
 		}
 		return nil

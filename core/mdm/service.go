@@ -23,11 +23,12 @@ type Deps struct {
 	Models   ports.ModelRepo
 	Devices  ports.DeviceRepo
 	Firmware ports.FirmwareRepo
-	Store    ports.FirmwareStore
-	// Blobs keeps core dumps and ELFs (content-addressed).
+	// Blobs keeps the firmware binaries, their ELFs and the devices' core
+	// dumps (a directory or an S3 bucket), content-addressed: a binary is
+	// written there before Firmware records it.
 	Blobs ports.BlobStore
 	// Coredumps, ELFs and Analyzer serve core dumps (SPEC §17); without
-	// Coredumps and Blobs the core dump use cases answer unavailable.
+	// Coredumps the core dump use cases answer unavailable.
 	Coredumps ports.CoredumpRepo
 	ELFs      ports.FirmwareELFs
 	Analyzer  ports.CoredumpAnalyzer

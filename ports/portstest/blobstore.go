@@ -193,3 +193,10 @@ func (s *BlobStore) ListBlobs(_ context.Context, fn func(ports.BlobInfo) error) 
 
 // Ping implements ports.BlobStore.
 func (s *BlobStore) Ping(context.Context) error { return s.hook("Ping") }
+
+// blob is an open in-memory blob.
+type blob struct {
+	*bytes.Reader
+}
+
+func (b *blob) Close() error { return nil }

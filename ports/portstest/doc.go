@@ -7,8 +7,7 @@
 // failures through Hook functions and observe what was called.
 //
 // The contract suites (RunRepoContract with the rotation queue,
-// RunIdentityProviderContract with secret rotation, RunFirmwareStoreContract,
-// RunSecretBoxContract, RunScheduleRepoContract, RunLeaseContract,
+// RunIdentityProviderContract with secret rotation, RunSecretBoxContract, RunScheduleRepoContract, RunLeaseContract,
 // RunBlobStoreContract, RunBrokerAccountsContract) assert the behaviour
 // that the ports document. Each test creates its own data with unique codes and
 // keys, so a suite can run against a shared database or identity provider

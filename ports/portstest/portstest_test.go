@@ -27,12 +27,6 @@ func TestIdentityProviderContract(t *testing.T) {
 	})
 }
 
-func TestFirmwareStoreContract(t *testing.T) {
-	portstest.RunFirmwareStoreContract(t, func(t *testing.T) ports.FirmwareStore {
-		return portstest.NewFirmwareStore()
-	})
-}
-
 func TestSecretBoxContract(t *testing.T) {
 	portstest.RunSecretBoxContract(t, func(t *testing.T) ports.SecretBox {
 		return portstest.NewSecretBox()

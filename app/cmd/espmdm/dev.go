@@ -30,11 +30,11 @@ import (
 func init() { subcommands = append(subcommands, newDevCmd) }
 
 func newDevCmd() *cobra.Command {
-	var envFile, launcher, dataDir string
+	var envFile, launcher, dataDir, blobStore string
 	var verbose bool
 	var images integration.Images
 	cmd := &cobra.Command{
-		Use:   "dev [--env-file F] [--launcher auto|processes|containers] [--data-dir DIR]",
+		Use:   "dev [--env-file F] [--launcher auto|processes|containers] [--data-dir DIR] [--blob-store fs|s3]",
 		Short: "Start PostgreSQL, Keycloak and Mosquitto locally and serve espmdm against them",
 		Long: `Start PostgreSQL, Keycloak and Mosquitto on free loopback ports through the
 integration harness, bootstrap the Keycloak realm, migrate and serve. The serve
@@ -56,6 +56,13 @@ URLs given to devices keep working), and the secrets (SECRET_KEY, the operator
 and admin clients'). Mosquitto keeps nothing (queued notifications are
 espmdm's, in memory).
 
+With --blob-store s3 the stack runs an S3-compatible server too (S3Proxy, a
+Java process on a free loopback port, with the bucket espmdm) and espmdm keeps
+firmware binaries there (BLOB_STORE=s3); the env file then also holds
+S3_ENDPOINT, S3_REGION, S3_BUCKET, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY and
+S3_FORCE_PATH_STYLE (what espmdm blobs migrate --to s3 needs, with
+FIRMWARE_DIR). With --data-dir the bucket is kept too.
+
 The containers launcher runs the official images (postgres, Keycloak with the
 secret-rotation feature, eclipse-mosquitto) unless --postgres-image,
 --keycloak-image, --mosquitto-image or ESPMDM_POSTGRES_IMAGE,
@@ -63,7 +70,10 @@ ESPMDM_KEYCLOAK_IMAGE, ESPMDM_MOSQUITTO_IMAGE name others (e.g. the local
 stand-ins of make images).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runDev(cmd.Context(), cmd.ErrOrStderr(), envFile, launcher, dataDir, verbose, images)
+			if blobStore != "fs" && blobStore != "s3" {
+				return errors.New("--blob-store must be fs or s3")
+			}
+			return runDev(cmd.Context(), cmd.ErrOrStderr(), envFile, launcher, dataDir, blobStore == "s3", verbose, images)
 		},
 	}
 	cmd.Flags().StringVar(&envFile, "env-file", ".espmdm-dev.env", "file to write the stack's URLs and credentials to")
@@ -74,16 +84,21 @@ stand-ins of make images).`,
 	cmd.Flags().StringVar(&launcher, "launcher", def, "auto, processes or containers")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print the services' own output")
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "keep the stack's data, ports and secrets in this directory across runs")
+	cmd.Flags().StringVar(&blobStore, "blob-store", "fs", "where espmdm keeps firmware: fs (a directory of the stack) or s3 (an S3Proxy bucket the stack runs)")
 	cmd.Flags().StringVar(&images.Postgres, "postgres-image", "", "containers launcher: PostgreSQL image (default $"+integration.EnvPostgresImage+", else "+integration.DefaultPostgresImage+")")
 	cmd.Flags().StringVar(&images.Keycloak, "keycloak-image", "", "containers launcher: Keycloak image (default $"+integration.EnvKeycloakImage+", else "+integration.KeycloakImageRepository+":"+integration.DefaultKeycloakVersion+")")
 	cmd.Flags().StringVar(&images.Mosquitto, "mosquitto-image", "", "containers launcher: Mosquitto image (default $"+integration.EnvMosquittoImage+", else "+integration.DefaultMosquittoImage+")")
 	return cmd
 }
 
-func runDev(ctx context.Context, stderr io.Writer, envFile, launcher, dataDir string, verbose bool, images integration.Images) (err error) {
+func runDev(ctx context.Context, stderr io.Writer, envFile, launcher, dataDir string, s3, verbose bool, images integration.Images) (err error) {
 	began := time.Now()
-	fmt.Fprintf(stderr, "espmdm dev: starting PostgreSQL, Keycloak and Mosquitto (launcher %s)...\n", launcher)
-	opts := integration.Options{Launcher: launcher, DataDir: dataDir, Images: images}
+	services := "PostgreSQL, Keycloak and Mosquitto"
+	if s3 {
+		services = "PostgreSQL, Keycloak, Mosquitto and S3Proxy"
+	}
+	fmt.Fprintf(stderr, "espmdm dev: starting %s (launcher %s)...\n", services, launcher)
+	opts := integration.Options{Launcher: launcher, DataDir: dataDir, Images: images, S3: s3}
 	if verbose {
 		opts.Log = stderr
 	}
@@ -143,12 +158,19 @@ func runDev(ctx context.Context, stderr io.Writer, envFile, launcher, dataDir st
 			"CONSOLE_URL":             con.URL, "CONSOLE_USER": con.User, "CONSOLE_PASSWORD": con.Password,
 			"CONSOLE_VIEWER_USER": con.ViewerUser, "CONSOLE_VIEWER_PASSWORD": con.ViewerPassword,
 		}
+		s3Line := ""
+		if s3 {
+			for k, v := range st.S3Env() {
+				file[k] = v
+			}
+			s3Line = fmt.Sprintf("  s3        %s  (bucket %s, BLOB_STORE=s3)\n", st.S3Endpoint, st.S3Bucket)
+		}
 		if err := integration.WriteEnvFile(envFile, file); err != nil {
 			return fmt.Errorf("write %s: %w", envFile, err)
 		}
-		fmt.Fprintf(stderr, "espmdm dev: ready in %s\n  console   %s  (user %s, password in %s)\n  espmdm    %s  (API docs %s/api/docs)\n  keycloak  %s  (console %s/admin/, user %s, password in %s)\n  mqtt      %s\n  postgres  %s\n  wrote %s; Ctrl-C stops everything\n",
+		fmt.Fprintf(stderr, "espmdm dev: ready in %s\n  console   %s  (user %s, password in %s)\n  espmdm    %s  (API docs %s/api/docs)\n  keycloak  %s  (console %s/admin/, user %s, password in %s)\n  mqtt      %s\n  postgres  %s\n%s  wrote %s; Ctrl-C stops everything\n",
 			time.Since(began).Round(100*time.Millisecond), con.URL, con.User, envFile, env["BASE_URL"], env["BASE_URL"], st.KeycloakURL, st.KeycloakURL,
-			st.KeycloakAdminUser, envFile, st.MQTTURL, st.DatabaseURL, envFile)
+			st.KeycloakAdminUser, envFile, st.MQTTURL, st.DatabaseURL, s3Line, envFile)
 		return nil
 	}
 	defer os.Remove(envFile)
@@ -188,6 +210,9 @@ func devEnv(st *integration.Stack, getenv func(string) string, dataDir string) (
 		env["HTTP_ADDR"] = kept["HTTP_ADDR"]
 	}
 	env["FIRMWARE_DIR"] = filepath.Join(st.Dir(), "firmware")
+	if st.S3Endpoint != "" { // --blob-store s3: the stack's bucket (its S3_* are in st.Env)
+		env["BLOB_STORE"] = "s3"
+	}
 	env["LOG_FORMAT"] = "console"
 	env["MQTT_CLIENT_ID"] = "espmdm-dev"
 	for _, v := range app.Vars {

@@ -426,3 +426,11 @@ func statString(err error) string {
 	}
 	return err.Error()
 }
+
+// --blob-store takes fs or s3 only, refused before any service starts.
+func TestDevBlobStoreFlag(t *testing.T) {
+	code, _, errOut := runCLI(t, "dev", "--blob-store", "gcs", "--env-file", filepath.Join(t.TempDir(), "dev.env"))
+	if code == 0 || !strings.Contains(errOut, "--blob-store must be fs or s3") || strings.Contains(errOut, "starting") {
+		t.Errorf("dev --blob-store gcs: exit %d, %q; want a refusal before anything starts", code, errOut)
+	}
+}

@@ -3,9 +3,11 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/url"
 	"os"
@@ -16,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/espmdm/espmdm/esp32image"
+	"github.com/espmdm/espmdm/esp32image/esp32imagetest"
 	"github.com/espmdm/espmdm/integration"
 )
 
@@ -28,7 +32,7 @@ type devRun struct {
 	log    string
 }
 
-func startDevRun(t *testing.T, bin, dataDir, envFile string) *devRun {
+func startDevRun(t *testing.T, bin, dataDir, envFile string, extra ...string) *devRun {
 	t.Helper()
 	logPath := filepath.Join(t.TempDir(), "dev.log")
 	logf, err := os.Create(logPath)
@@ -36,7 +40,7 @@ func startDevRun(t *testing.T, bin, dataDir, envFile string) *devRun {
 		t.Fatal(err)
 	}
 	r := &devRun{t: t, exited: make(chan struct{}), log: logPath}
-	r.cmd = exec.Command(bin, "dev", "--launcher", "processes", "--data-dir", dataDir, "--env-file", envFile)
+	r.cmd = exec.Command(bin, append([]string{"dev", "--launcher", "processes", "--data-dir", dataDir, "--env-file", envFile}, extra...)...)
 	r.cmd.Stdout, r.cmd.Stderr = logf, logf
 	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := r.cmd.Start(); err != nil {
@@ -108,9 +112,30 @@ func (r *devRun) call(method, path, token, body string) (int, []byte) {
 	return resp.StatusCode, b
 }
 
+// upload sends a firmware image as the raw body.
+func (r *devRun) upload(token string, modelID int64, image []byte) (int, []byte) {
+	r.t.Helper()
+	req, err := http.NewRequest(http.MethodPost, fmt.Sprintf("%s/api/device-models/%d/firmware", r.env["ESPMDM_URL"], modelID), bytes.NewReader(image))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		r.t.Fatalf("upload: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
 // TestDevDataDir: with --data-dir, a second `espmdm dev` comes back with
 // the first one's URLs, credentials, devices and their Keycloak clients,
-// and a device's secret from its partition still works.
+// and a device's secret from its partition still works. Both runs keep
+// firmware in the stack's S3 bucket (--blob-store s3), which the data
+// directory keeps too: the device downloads after the restart what was
+// uploaded before it, and nothing went to the directory.
 func TestDevDataDir(t *testing.T) {
 	bin := buildEspmdm(t)
 	clearServeEnv(t)
@@ -127,7 +152,12 @@ func TestDevDataDir(t *testing.T) {
 	envFile := filepath.Join(t.TempDir(), "dev.env")
 	client := &http.Client{Timeout: 30 * time.Second}
 
-	first := startDevRun(t, bin, dataDir, envFile)
+	first := startDevRun(t, bin, dataDir, envFile, "--blob-store", "s3")
+	for _, k := range []string{"S3_ENDPOINT", "S3_BUCKET", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "S3_REGION", "S3_FORCE_PATH_STYLE"} {
+		if first.env[k] == "" {
+			t.Errorf("--blob-store s3: the env file has no %s", k)
+		}
+	}
 	tok := operatorToken(t, client, first.env)
 	code, body := first.call(http.MethodPost, "/api/device-models", tok, `{"code":"keep_me","name":"kept"}`)
 	if code != http.StatusCreated {
@@ -152,12 +182,18 @@ func TestDevDataDir(t *testing.T) {
 	if code != http.StatusOK || json.Unmarshal(body, &prov) != nil {
 		t.Fatalf("provisioning: %d", code)
 	}
+	desc := esp32imagetest.SampleDesc(esp32image.ChipESP32C3)
+	desc.Version = "7.0.0"
+	image := esp32imagetest.New(esp32image.ChipESP32C3, 3, true, &desc).Bytes()
+	if code, body := first.upload(tok, m.ID, image); code != http.StatusCreated {
+		t.Fatalf("firmware upload: %d %s", code, body)
+	}
 	first.stop()
 	if _, err := os.Stat(filepath.Join(dataDir, "stack.env")); err != nil {
 		t.Fatalf("the data directory lost its stack: %v", err)
 	}
 
-	second := startDevRun(t, bin, dataDir, envFile)
+	second := startDevRun(t, bin, dataDir, envFile, "--blob-store", "s3")
 	defer second.stop()
 	for _, k := range []string{"ESPMDM_URL", "OIDC_TOKEN_URL", "DATABASE_URL", "MQTT_URL", "OPERATOR_CLIENT_SECRET"} {
 		if second.env[k] != first.env[k] {
@@ -189,4 +225,13 @@ func TestDevDataDir(t *testing.T) {
 	if code, body := second.call(http.MethodGet, "/iot/config", tr.AccessToken, ""); code != http.StatusOK || !strings.Contains(strings.ReplaceAll(string(body), " ", ""), `"n":1`) {
 		t.Fatalf("/iot/config after the restart: %d %s", code, body)
 	}
+	if code, body := second.call(http.MethodGet, "/iot/firmware", tr.AccessToken, ""); code != http.StatusOK || !bytes.Equal(body, image) {
+		t.Fatalf("/iot/firmware after the restart: %d, %d bytes; want the %d uploaded before it", code, len(body), len(image))
+	}
+	_ = filepath.WalkDir(filepath.Join(dataDir, "firmware"), func(path string, e fs.DirEntry, err error) error {
+		if err == nil && !e.IsDir() {
+			t.Errorf("with --blob-store s3 espmdm wrote to FIRMWARE_DIR: %s", path)
+		}
+		return nil
+	})
 }

@@ -17,8 +17,8 @@ import (
 )
 
 // TestMain attaches the package to the shared stack ($ESPMDM_STACK_ENV), or
-// starts one of its own when run alone.
-func TestMain(m *testing.M) { os.Exit(integration.RunTests(m)) }
+// starts one of its own when run alone (with the S3 server: blobs migrate).
+func TestMain(m *testing.M) { os.Exit(integration.RunTestsWith(m, integration.Options{S3: true})) }
 
 // runCLIContext is runCLI under ctx, for commands that would run until
 // cancelled if they did not fail.
