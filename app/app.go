@@ -65,7 +65,7 @@ func coreModule(cfg Config) fx.Option {
 			newDB,
 			fx.Annotate(postgres.NewModelRepo, fx.As(new(ports.ModelRepo))),
 			fx.Annotate(postgres.NewDeviceRepo, fx.As(new(ports.DeviceRepo))),
-			fx.Annotate(postgres.NewFirmwareRepo, fx.As(new(ports.FirmwareRepo))),
+			fx.Annotate(postgres.NewFirmwareRepo, fx.As(new(ports.FirmwareRepo)), fx.As(new(ports.FirmwareELFs))),
 			fx.Annotate(postgres.NewAuditLog, fx.As(new(ports.AuditLog))),
 			newBlobStore,
 			fx.Annotate(clock.New, fx.As(new(ports.Clock))),
@@ -78,9 +78,11 @@ func coreModule(cfg Config) fx.Option {
 			fx.Annotate(newService, fx.As(fx.Self()),
 				fx.As(new(ports.ModelAdmin)), fx.As(new(ports.FirmwareAdmin)), fx.As(new(ports.DeviceAdmin)),
 				fx.As(new(ports.ProvisioningAdmin)), fx.As(new(ports.IdentityAdmin)), fx.As(new(ports.Reconciler)),
-				fx.As(new(ports.DeviceAPI)), fx.As(new(ports.Rotation)), fx.As(new(ports.AuditReader)), fx.As(new(ports.FleetReader))),
+				fx.As(new(ports.DeviceAPI)), fx.As(new(ports.Rotation)), fx.As(new(ports.AuditReader)), fx.As(new(ports.FleetReader)),
+				fx.As(new(ports.Coredumps))),
 		),
 		rotationProviders(),
+		coredumpProviders(),
 		fx.Invoke(registerFleetMetrics),
 	)
 }
@@ -89,7 +91,7 @@ func coreModule(cfg Config) fx.Option {
 func Server() fx.Option {
 	return fx.Options(
 		fx.Provide(newHTTPServer),
-		fx.Invoke(registerHTTP, registerReconciler, registerRotation, warnAuthDisabled),
+		fx.Invoke(registerHTTP, registerReconciler, registerRotation, registerCoredumpWorkers, warnAuthDisabled),
 		consoleModule(),
 	)
 }
@@ -208,6 +210,9 @@ type serviceParams struct {
 	Devices   ports.DeviceRepo
 	Firmware  ports.FirmwareRepo
 	Blobs     ports.BlobStore
+	Coredumps ports.CoredumpRepo
+	ELFs      ports.FirmwareELFs
+	Analyzer  ports.CoredumpAnalyzer
 	Clients   ports.DeviceClients
 	Directory ports.ClientDirectory
 	Rotator   ports.SecretRotator
@@ -227,6 +232,7 @@ func newService(p serviceParams) *mdm.Service {
 	log := p.Log.Named("core")
 	return mdm.New(mdm.Deps{
 		Models: p.Models, Devices: p.Devices, Firmware: p.Firmware, Blobs: p.Blobs,
+		Coredumps: p.Coredumps, ELFs: p.ELFs, Analyzer: p.Analyzer,
 		Clients: p.Clients, Directory: p.Directory, Rotator: p.Rotator, Policy: p.Policy,
 		Notifier: p.Notifier, Broker: p.Broker, Clock: p.Clock,
 		SecretBox: p.Box, Schedule: p.Schedule, ScheduleRepo: p.Fires, Lease: p.Lease, Audit: p.Audit,
@@ -242,7 +248,9 @@ func newService(p serviceParams) *mdm.Service {
 	}, mdm.Config{
 		TokenURL: p.Cfg.OIDCTokenURL, BaseURL: p.Cfg.BaseURL, MQTTURL: DeviceMQTTURL(p.Cfg.MQTTURL),
 		WiFiSSID: p.Cfg.WiFiSSID, WiFiPassword: p.Cfg.WiFiPassword,
-		FirmwareMaxBytes:    p.Cfg.FirmwareMaxBytes,
+		FirmwareMaxBytes: p.Cfg.FirmwareMaxBytes,
+		CoredumpMaxBytes: p.Cfg.CoredumpMaxBytes, CoredumpKeep: p.Cfg.CoredumpKeep,
+		CoredumpTimeout: p.Cfg.CoredumpTimeout, ELFMaxBytes: p.Cfg.ELFMaxBytes, CoredumpRetry: p.Cfg.CoredumpPoll,
 		RotationMode:        model.RotationMode(p.Cfg.RotationMode),
 		RotationConcurrency: p.Cfg.RotationConcurrency, RotationTimeout: p.Cfg.RotationTimeout,
 		RotationFetchTimeout: p.Cfg.RotationFetchTimeout,

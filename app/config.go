@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/espmdm/espmdm/adapters/coredump"
 	"github.com/espmdm/espmdm/adapters/httpapi"
 	"github.com/espmdm/espmdm/adapters/s3store"
 	"github.com/espmdm/espmdm/adapters/schedule"
@@ -91,6 +92,19 @@ type Config struct {
 	// DeviceStale is how long a device may stay silent before the metrics
 	// count it stale (SPEC §15).
 	DeviceStale time.Duration
+
+	// Core dumps (SPEC §17): the largest dump and ELF accepted, how many
+	// dumps a device keeps, the analysis workers of this replica, the time
+	// one analysis may take, how often the workers look for dumps another
+	// replica took, and the tools.
+	CoredumpMaxBytes int64
+	ELFMaxBytes      int64
+	CoredumpKeep     int
+	CoredumpWorkers  int
+	CoredumpTimeout  time.Duration
+	CoredumpPoll     time.Duration
+	CoredumpTool     string
+	CoredumpGDB      string
 
 	ReconcileInterval time.Duration
 	ShutdownTimeout   time.Duration
@@ -367,6 +381,22 @@ var Vars = []Var{
 		set: days(func(c *Config) *time.Duration { return &c.RotationCriticalAge })},
 	{Name: "DEVICE_STALE_SECONDS", Default: "86400", Help: "metrics: an active device not seen for longer than this counts as stale (espmdm_devices_stale)",
 		set: seconds(func(c *Config) *time.Duration { return &c.DeviceStale })},
+	{Name: "COREDUMP_MAX_BYTES", Default: "1048576", Help: "largest core dump a device may upload (larger gets 413)",
+		set: bytesize(func(c *Config) *int64 { return &c.CoredumpMaxBytes })},
+	{Name: "ELF_MAX_BYTES", Default: "536870912", Help: "largest application ELF accepted for core dump analysis (larger gets 413)",
+		set: bytesize(func(c *Config) *int64 { return &c.ELFMaxBytes })},
+	{Name: "COREDUMP_KEEP", Default: "20", Help: "how many core dumps each device keeps (the oldest beyond it are deleted)",
+		set: positive(func(c *Config) *int { return &c.CoredumpKeep })},
+	{Name: "COREDUMP_WORKERS", Default: "1", Help: "core dump analyses this replica runs at once",
+		set: positive(func(c *Config) *int { return &c.CoredumpWorkers })},
+	{Name: "COREDUMP_TIMEOUT", Default: "2m", Help: "how long one core dump analysis may run before it is failed",
+		set: duration(func(c *Config) *time.Duration { return &c.CoredumpTimeout })},
+	{Name: "COREDUMP_POLL_SECONDS", Default: "10", Help: "how often the analysis workers look for dumps uploaded through other replicas, and how long a dump whose analysis could not run (tools missing) waits before it is tried again",
+		set: seconds(func(c *Config) *time.Duration { return &c.CoredumpPoll })},
+	{Name: "COREDUMP_TOOL", Default: "$ESPMDM_CACHE_DIR/coredump-" + coredump.ToolVersion + "/bin/esp-coredump", Help: "Espressif's esp-coredump (make deps installs it in a virtualenv in the cache directory: ESPMDM_CACHE_DIR, else ~/.cache/espmdm)",
+		set: str(func(c *Config) *string { return &c.CoredumpTool })},
+	{Name: "COREDUMP_GDB", Default: coredump.DefaultGDB, Help: "the GDB esp-coredump runs (Debian's gdb-multiarch serves the RISC-V chips)",
+		set: str(func(c *Config) *string { return &c.CoredumpGDB })},
 	{Name: "INSTANCE_NAME", Default: "espmdm@$HOSTNAME:$PID", Help: "names this process as the rotation lease holder (GET /api/rotation/status)",
 		set: str(func(c *Config) *string { return &c.InstanceName })},
 	{Name: "RECONCILE_INTERVAL", Default: "10m", Help: "how often Keycloak clients are reconciled with devices",
@@ -405,6 +435,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	}
 	if c.OIDCTokenURL == "" {
 		c.OIDCTokenURL = c.OIDCIssuerURL + "/protocol/openid-connect/token"
+	}
+	if c.CoredumpTool == "" {
+		c.CoredumpTool = coredump.DefaultTool()
 	}
 	if c.InstanceName == "" {
 		host, _ := os.Hostname()

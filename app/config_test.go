@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/espmdm/espmdm/adapters/coredump"
 	"github.com/espmdm/espmdm/adapters/s3store"
 	"github.com/espmdm/espmdm/app"
 )
@@ -269,6 +270,14 @@ func TestLoadConfigDefaults(t *testing.T) {
 		RotationWarningAge:        45 * 24 * time.Hour,
 		RotationCriticalAge:       90 * 24 * time.Hour,
 		DeviceStale:               24 * time.Hour,
+		CoredumpMaxBytes:          1 << 20,
+		ELFMaxBytes:               512 << 20,
+		CoredumpKeep:              20,
+		CoredumpWorkers:           1,
+		CoredumpTimeout:           2 * time.Minute,
+		CoredumpPoll:              10 * time.Second,
+		CoredumpTool:              coredump.DefaultTool(),
+		CoredumpGDB:               "gdb-multiarch",
 		InstanceName:              "espmdm@" + hostname(t) + ":" + strconv.Itoa(os.Getpid()),
 		ReconcileInterval:         10 * time.Minute,
 		ShutdownTimeout:           20 * time.Second,
@@ -290,6 +299,7 @@ func TestVarsDefaultsMatchLoadConfig(t *testing.T) {
 		"OIDC_TOKEN_URL":  "$OIDC_ISSUER_URL/protocol/openid-connect/token",
 		"MQTT_CLIENT_ID":  "espmdm-$HOSTNAME",
 		"INSTANCE_NAME":   "espmdm@$HOSTNAME:$PID",
+		"COREDUMP_TOOL":   "$ESPMDM_CACHE_DIR/coredump-" + coredump.ToolVersion + "/bin/esp-coredump",
 	}
 	for _, v := range app.Vars {
 		t.Run(v.Name, func(t *testing.T) {

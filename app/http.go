@@ -32,6 +32,7 @@ type httpParams struct {
 	Rotation     ports.Rotation
 	Audit        ports.AuditReader
 	Fleet        ports.FleetReader
+	Coredumps    ports.Coredumps
 	Verifier     ports.TokenVerifier
 	DB           *postgres.DB
 	Keycloak     *keycloak.Admin
@@ -45,6 +46,8 @@ func newHTTPServer(p httpParams) (*httpapi.Server, error) {
 		ViewerRole:       p.Cfg.ViewerRole,
 		AuthDisabled:     p.Cfg.AuthDisabled,
 		FirmwareMaxBytes: p.Cfg.FirmwareMaxBytes,
+		CoredumpMaxBytes: p.Cfg.CoredumpMaxBytes,
+		ELFMaxBytes:      p.Cfg.ELFMaxBytes,
 		JSONMaxBytes:     p.Cfg.JSONMaxBytes,
 		IoTMaxBytes:      p.Cfg.IoTMaxBytes,
 		DeviceRate:       rateLimit(p.Cfg.DeviceRateLimit, p.Cfg.DeviceRateBurst),
@@ -54,7 +57,8 @@ func newHTTPServer(p httpParams) (*httpapi.Server, error) {
 	}, httpapi.Deps{
 		Models: p.Models, Firmware: p.Firmware, DeviceAdmin: p.DeviceAdmin, Provisioning: p.Provisioning, Identity: p.Identity,
 		Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation, Audit: p.Audit, Fleet: p.Fleet,
-		Logger: p.Log.Named("http"), Registerer: p.Metrics.Registry, Gatherer: p.Metrics.Registry,
+		Coredumps: p.Coredumps,
+		Logger:    p.Log.Named("http"), Registerer: p.Metrics.Registry, Gatherer: p.Metrics.Registry,
 		Docs:        p.Console.DocsPage(),
 		ReadyChecks: readyChecks(p.DB, p.Keycloak, p.Blobs),
 	})

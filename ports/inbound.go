@@ -3,6 +3,7 @@ package ports
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"time"
 
 	"github.com/espmdm/espmdm/core/model"
@@ -174,6 +175,33 @@ type FleetReader interface {
 	// firmware version (Version empty for those without a report), by
 	// model code then version.
 	FirmwareCounts(ctx context.Context) ([]model.FirmwareCount, error)
+}
+
+// Coredumps serves core dumps (SPEC §17): a device's upload, the admin
+// routes over the stored dumps, and the ELFs they are analysed against.
+type Coredumps interface {
+	// UploadCoredump stores the dump device d sends (at most the
+	// configured size: model.ErrTooLarge beyond it) for analysis.
+	UploadCoredump(ctx context.Context, d model.Device, r io.Reader) (model.Coredump, error)
+	// ListCoredumps is a page of a device's dumps, newest first (beforeID
+	// 0: from the newest).
+	ListCoredumps(ctx context.Context, deviceID int64, limit int, beforeID int64) (CoredumpPage, error)
+	GetCoredump(ctx context.Context, id int64) (model.Coredump, error)
+	// OpenCoredump opens a dump's bytes; the caller closes the blob.
+	OpenCoredump(ctx context.Context, id int64) (model.Coredump, Blob, error)
+	DeleteCoredump(ctx context.Context, id int64) error
+	// ModelCrashes groups the model's analysed dumps of the last days by
+	// crash function and firmware version.
+	ModelCrashes(ctx context.Context, modelID int64, days int) ([]model.CrashGroup, error)
+	// UploadFirmwareWithELF is FirmwareAdmin.UploadFirmware with the ELF
+	// the image was built from, read to its end: the ELF is checked
+	// against the image's app_elf_sha256 and stored first, so a wrong ELF
+	// leaves the upload unrecorded.
+	UploadFirmwareWithELF(ctx context.Context, modelID int64, data []byte, opts model.UploadOptions, elf io.Reader) (model.FirmwareUpload, error)
+	// UploadELF stores the ELF of model modelID's upload imageSHA256 (it
+	// must be the image's app_elf_sha256); size is its length or
+	// UnknownSize.
+	UploadELF(ctx context.Context, modelID int64, imageSHA256 string, r io.Reader, size int64) (model.Firmware, error)
 }
 
 // RotateResult is what Rotation.RotateDevice did.

@@ -101,46 +101,53 @@ func bodyReader(c *fiber.Ctx) io.Reader {
 	return bytes.NewReader(req.Body())
 }
 
-// multipartFile reads the form field "file" of a multipart/form-data body
-// as it streams in, at most limit bytes of file content and limit plus
-// multipartOverhead of body in all. Nothing goes to disk, and no other
-// part is kept.
-func multipartFile(c *fiber.Ctx, contentType string, limit int64) ([]byte, error) {
+// multipartFirmware reads a firmware upload's multipart/form-data body as
+// it streams in: the field "file" (at most fileLimit bytes, read whole) and,
+// when the next field is "elf", a reader of it left unread: the caller
+// streams it (its own limit is the caller's) after the image is checked.
+// An "elf" before "file" is refused: the image says which ELF it takes.
+// Other fields are skipped and count against the body's limit.
+func multipartFirmware(c *fiber.Ctx, contentType string, fileLimit, elfLimit int64) (data []byte, elf io.Reader, err error) {
 	_, params, err := mime.ParseMediaType(contentType)
 	if err != nil || params["boundary"] == "" {
-		return nil, badRequest("malformed-request", "the multipart/form-data Content-Type has no boundary")
+		return nil, nil, badRequest("malformed-request", "the multipart/form-data Content-Type has no boundary")
 	}
-	total := limit + multipartOverhead
+	total := fileLimit + elfLimit + multipartOverhead
 	body := &countingReader{r: io.LimitReader(bodyReader(c), total+1)}
 	mr := multipart.NewReader(body, params["boundary"])
+	malformed := func(err error) error {
+		if body.n > total {
+			return tooLarge(fileLimit) // cut off by the limit
+		}
+		return badRequest("malformed-request", "the multipart/form-data body is malformed")
+	}
 	for {
 		part, err := mr.NextPart()
 		switch {
+		case errors.Is(err, io.EOF) && data == nil:
+			return nil, nil, model.Invalid("file", "the multipart form needs a file field named \"file\"")
 		case errors.Is(err, io.EOF):
-			return nil, model.Invalid("file", "the multipart form needs a file field named \"file\"")
-		case err != nil && body.n > total:
-			return nil, tooLarge(limit) // cut off by the limit
+			return data, nil, nil
 		case err != nil:
-			return nil, badRequest("malformed-request", "the multipart/form-data body is malformed")
+			return nil, nil, malformed(err)
 		}
-		if part.FormName() != "file" {
-			// Skipped parts still count against the overall limit.
-			if _, err := io.Copy(io.Discard, part); err != nil {
-				return nil, badRequest("malformed-request", "the multipart/form-data body is malformed")
-			}
-			continue
-		}
-		data, err := io.ReadAll(io.LimitReader(part, limit+1))
 		switch {
-		case err != nil && body.n > total:
-			return nil, tooLarge(limit)
-		case err != nil:
-			return nil, badRequest("malformed-request", "the multipart/form-data body is malformed")
+		case part.FormName() == "file" && data == nil:
+			if data, err = io.ReadAll(io.LimitReader(part, fileLimit+1)); err != nil {
+				return nil, nil, malformed(err)
+			}
+			if int64(len(data)) > fileLimit {
+				return nil, nil, tooLarge(fileLimit)
+			}
+		case part.FormName() == "elf" && data == nil:
+			return nil, nil, model.Invalid("elf", "send the \"file\" field before the \"elf\" field: the image names the ELF it was built from")
+		case part.FormName() == "elf":
+			return data, part, nil
+		default:
+			if _, err := io.Copy(io.Discard, part); err != nil {
+				return nil, nil, malformed(err)
+			}
 		}
-		if int64(len(data)) > limit {
-			return nil, tooLarge(limit)
-		}
-		return data, nil
 	}
 }
 

@@ -262,17 +262,19 @@ func optBool(field string, raw json.RawMessage) (*bool, error) {
 }
 
 type firmwareDTO struct {
-	ID            int64  `json:"id"`
-	DeviceModelID int64  `json:"device_model_id"`
-	Version       string `json:"version"`
-	ProjectName   string `json:"project_name"`
-	IDFVersion    string `json:"idf_version"`
-	Chip          string `json:"chip" oas:"examples=esp32|esp32s3"`
-	ChipID        int    `json:"chip_id"`
-	SHA256        string `json:"sha256" pattern:"^[0-9a-f]{64}$"`
-	Size          int64  `json:"size"`
-	SecureVersion uint32 `json:"secure_version" desc:"the app descriptor's secure_version (anti-rollback); 0 for uploads recorded before it was kept"`
-	UploadedAt    string `json:"uploaded_at" oas:"use=dateTime"`
+	ID            int64   `json:"id"`
+	DeviceModelID int64   `json:"device_model_id"`
+	Version       string  `json:"version"`
+	ProjectName   string  `json:"project_name"`
+	IDFVersion    string  `json:"idf_version"`
+	Chip          string  `json:"chip" oas:"examples=esp32|esp32s3"`
+	ChipID        int     `json:"chip_id"`
+	SHA256        string  `json:"sha256" pattern:"^[0-9a-f]{64}$"`
+	Size          int64   `json:"size"`
+	SecureVersion uint32  `json:"secure_version" desc:"the app descriptor's secure_version (anti-rollback); 0 for uploads recorded before it was kept"`
+	ELFSHA256     *string `json:"elf_sha256" pattern:"^[0-9a-f]{64}$" desc:"the app descriptor's app_elf_sha256: the ELF the image was built from; null when the image does not name one (or was recorded before it was kept)"`
+	HasELF        bool    `json:"has_elf" desc:"that ELF is stored: core dumps of this firmware can be analysed"`
+	UploadedAt    string  `json:"uploaded_at" oas:"use=dateTime"`
 }
 
 type firmwareUploadDTO struct {
@@ -300,6 +302,8 @@ func toFirmwareDTO(f model.Firmware) firmwareDTO {
 		SHA256:        f.SHA256,
 		Size:          f.Size,
 		SecureVersion: f.SecureVersion,
+		ELFSHA256:     optString(f.ELFSHA256),
+		HasELF:        f.HasELF,
 		UploadedAt:    timestamp(f.UploadedAt),
 	}
 }

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"errors"
 	"fmt"
+	"io"
 	"mime"
 	"regexp"
 	"strconv"
@@ -68,11 +69,19 @@ func (s *Server) uploadFirmware(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	data, err := s.firmwareBody(c)
+	data, elf, err := s.firmwareBody(c)
 	if err != nil {
 		return err
 	}
-	up, err := s.firmware.UploadFirmware(c.UserContext(), id, data, model.UploadOptions{Force: force})
+	var up model.FirmwareUpload
+	if elf != nil {
+		if s.coredumps == nil {
+			return errNoCoredumps
+		}
+		up, err = s.coredumps.UploadFirmwareWithELF(c.UserContext(), id, data, model.UploadOptions{Force: force}, elf)
+	} else {
+		up, err = s.firmware.UploadFirmware(c.UserContext(), id, data, model.UploadOptions{Force: force})
+	}
 	if err != nil {
 		return err
 	}
@@ -95,7 +104,9 @@ func forceQuery(c *fiber.Ctx) (bool, error) {
 	return false, model.Invalid("force", "must be true or false")
 }
 
-func (s *Server) firmwareBody(c *fiber.Ctx) ([]byte, error) {
+// firmwareBody is an upload's image and, in a multipart form, the ELF that
+// follows it (nil when none).
+func (s *Server) firmwareBody(c *fiber.Ctx) ([]byte, io.Reader, error) {
 	limit := s.cfg.FirmwareMaxBytes
 	ct := c.Get(fiber.HeaderContentType)
 	mt, _, err := mime.ParseMediaType(ct)
@@ -104,12 +115,13 @@ func (s *Server) firmwareBody(c *fiber.Ctx) ([]byte, error) {
 	}
 	switch mt {
 	case fiber.MIMEOctetStream:
-		return readBody(c, limit)
+		data, err := readBody(c, limit)
+		return data, nil, err
 	case fiber.MIMEMultipartForm:
-		return multipartFile(c, ct, limit)
+		return multipartFirmware(c, ct, limit, s.cfg.ELFMaxBytes)
 	}
-	return nil, unsupportedMediaType("send the image as the body with Content-Type: application/octet-stream, " +
-		"or as the field \"file\" of a multipart/form-data body")
+	return nil, nil, unsupportedMediaType("send the image as the body with Content-Type: application/octet-stream, " +
+		"or as the field \"file\" of a multipart/form-data body (with its ELF as the field \"elf\" after it)")
 }
 
 func (s *Server) downloadFirmware(c *fiber.Ctx) error {

@@ -182,7 +182,11 @@ func operations() []operation {
 				"application/octet-stream": obj{"schema": obj{"type": "string", "format": "binary"}},
 				"multipart/form-data": obj{"schema": obj{
 					"type": "object", "required": []string{"file"},
-					"properties": obj{"file": obj{"type": "string", "format": "binary"}},
+					"properties": obj{
+						"file": obj{"type": "string", "format": "binary"},
+						"elf": obj{"type": "string", "format": "binary", "description": "the ELF the image was built from, after file, " +
+							"for core dump analysis: kept only when its SHA-256 is the image's app_elf_sha256 (400 naming both otherwise, and nothing recorded)"},
+					},
 				}},
 			},
 			responses: obj{
@@ -293,6 +297,47 @@ func operations() []operation {
 			},
 			responses: obj{"200": jsonResponse("one page", refTo[auditListDTO]())}, errorCodes: []int{400, 503}},
 
+		{method: "PUT", path: "/api/device-models/{id}/firmware/{sha256}/elf", id: "uploadFirmwareELF", tag: "core dumps", auth: "write",
+			summary: "Store the application ELF of a firmware upload, for core dump analysis",
+			description: "The raw ELF (application/octet-stream), at most ELF_MAX_BYTES. It is kept only when its SHA-256 equals the " +
+				"app_elf_sha256 of the upload's app descriptor (400 naming both otherwise); every upload of the model built from it then " +
+				"has it (has_elf), and the model's core dumps waiting for it (no_elf) are analysed again.",
+			params: []obj{idParam, {"name": "sha256", "in": "path", "required": true, "description": "the upload's SHA-256, as in the firmware history",
+				"schema": obj{"type": "string", "pattern": "^[0-9a-f]{64}$"}}},
+			body:      obj{"application/octet-stream": obj{"schema": obj{"type": "string", "format": "binary"}}},
+			responses: obj{"200": jsonResponse("the upload, with has_elf", refTo[firmwareDTO]())}, errorCodes: []int{400, 404, 413, 415, 503}},
+		{method: "GET", path: "/api/devices/{id}/coredumps", id: "listCoredumps", tag: "core dumps", auth: "read",
+			summary: "The device's core dumps, newest first, paged (the newest COREDUMP_KEEP are kept)",
+			params: []obj{idParam,
+				{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": ports.MaxPageSize, "default": ports.DefaultPageSize}},
+				{"name": "cursor", "in": "query", "schema": cursorSchema, "description": "next_cursor of the previous page"},
+			},
+			responses: obj{"200": jsonResponse("one page", refTo[coredumpListDTO]())}, errorCodes: []int{400, 404, 503}},
+		{method: "GET", path: "/api/device-models/{id}/crashes", id: "modelCrashes", tag: "core dumps", auth: "read",
+			summary:   "The model's recent crashes: its analysed core dumps of the last days, grouped by crashing function and firmware version",
+			params:    []obj{idParam, {"name": "days", "in": "query", "schema": obj{"type": "integer", "minimum": 1, "maximum": 366, "default": 30}}},
+			responses: obj{"200": jsonResponse("the groups, the largest first", refTo[crashListDTO]())}, errorCodes: []int{400, 404, 503}},
+		{method: "GET", path: "/api/coredumps/{id}", id: "getCoredump", tag: "core dumps", auth: "read",
+			summary: "A core dump and its analysis", params: withID,
+			responses: obj{"200": jsonResponse("the dump", refTo[coredumpDTO]())}, errorCodes: []int{400, 404, 503}},
+		{method: "GET", path: "/api/coredumps/{id}/download", id: "downloadCoredump", tag: "core dumps", auth: "read",
+			summary: "The core dump's bytes as the device sent them", params: withID,
+			responses: obj{"200": obj{"description": "the raw dump",
+				"headers": obj{"ETag": obj{"description": "the quoted SHA-256 of the dump", "schema": obj{"type": "string"}},
+					"Content-Disposition": obj{"schema": obj{"type": "string"}, "description": `attachment; filename="<client id>-<id>.core"`}},
+				"content": obj{"application/octet-stream": obj{"schema": obj{"type": "string", "format": "binary"}}}}},
+			errorCodes: []int{400, 404, 503}},
+		{method: "DELETE", path: "/api/coredumps/{id}", id: "deleteCoredump", tag: "core dumps", auth: "write",
+			summary: "Delete a core dump", params: withID,
+			responses: obj{"204": obj{"description": "deleted"}}, errorCodes: []int{400, 404, 503}},
+
+		{method: "POST", path: "/iot/coredump", id: "deviceCoredump", tag: "device API", auth: "device",
+			summary: "Upload the core dump from the device's coredump partition",
+			description: "The raw dump as esp_core_dump_image_get locates it (ELF or binary format), at most COREDUMP_MAX_BYTES. " +
+				"It is analysed in the background; bytes that are not a core dump, or whose checksum does not match, are kept as failed. " +
+				"Erase the partition after a 201.",
+			body:      obj{"application/octet-stream": obj{"schema": obj{"type": "string", "format": "binary"}}},
+			responses: obj{"201": jsonResponse("stored", refTo[coredumpCreatedDTO]())}, errorCodes: []int{400, 413, 415, 503}},
 		{method: "GET", path: "/api/fleet/firmware", id: "fleetFirmware", tag: "devices", auth: "read",
 			summary: "The fleet by reported firmware version: each model's active devices per version",
 			description: "Counts the active devices of every model that has any, by the firmware_version of their latest state report " +
@@ -444,6 +489,10 @@ var wireTypes = []dtoSchema{
 	output[identityDTO]("IdentityStatus"),
 	output[provisioningNVSDTO]("ProvisioningNVS"),
 	output[provisioningDTO]("Provisioning"),
+	output[coredumpDTO]("Coredump"),
+	output[coredumpListDTO]("CoredumpList"),
+	output[coredumpCreatedDTO]("CoredumpCreated"),
+	output[crashListDTO]("CrashList"),
 	input[stateReportDTO]("StateReport"),
 	input[otaAttemptDTO]("OTAAttempt"),
 	output[fleetFirmwareDTO]("FleetFirmware"),

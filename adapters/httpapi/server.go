@@ -22,6 +22,8 @@ const (
 	DefaultAdminRole        = "mdm-admin"
 	DefaultViewerRole       = "mdm-viewer"
 	DefaultFirmwareMaxBytes = 16 << 20
+	DefaultCoredumpMaxBytes = 1 << 20
+	DefaultELFMaxBytes      = 512 << 20
 	DefaultJSONMaxBytes     = 1 << 20
 	DefaultIoTMaxBytes      = 4 << 10
 	DefaultDrainTimeout     = 5 * time.Second
@@ -47,6 +49,10 @@ type Config struct {
 	AuthDisabled bool
 	// FirmwareMaxBytes caps firmware uploads (413 beyond it).
 	FirmwareMaxBytes int64
+	// CoredumpMaxBytes caps a device's core dump (POST /iot/coredump),
+	// ELFMaxBytes an uploaded ELF (413 beyond them).
+	CoredumpMaxBytes int64
+	ELFMaxBytes      int64
 	// BaseURL, when set, is the OpenAPI document's server.
 	BaseURL string
 	// JSONMaxBytes caps the admin API's JSON request bodies (413 beyond
@@ -94,6 +100,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.FirmwareMaxBytes <= 0 {
 		c.FirmwareMaxBytes = DefaultFirmwareMaxBytes
+	}
+	if c.CoredumpMaxBytes <= 0 {
+		c.CoredumpMaxBytes = DefaultCoredumpMaxBytes
+	}
+	if c.ELFMaxBytes <= 0 {
+		c.ELFMaxBytes = DefaultELFMaxBytes
 	}
 	if c.JSONMaxBytes <= 0 {
 		c.JSONMaxBytes = DefaultJSONMaxBytes
@@ -152,6 +164,9 @@ type Deps struct {
 	Rotation ports.Rotation
 	// Audit serves GET /api/audit; nil answers it 503.
 	Audit ports.AuditReader
+	// Coredumps serves the core dump routes and the ELF upload (SPEC §17);
+	// nil answers them 503.
+	Coredumps ports.Coredumps
 	// Fleet serves GET /api/fleet/firmware; nil answers it 503.
 	Fleet ports.FleetReader
 	// Logger defaults to a no-op logger.
@@ -178,6 +193,7 @@ type Server struct {
 	identity    ports.IdentityAdmin
 	devices     ports.DeviceAPI
 	rotation    ports.Rotation
+	coredumps   ports.Coredumps
 	audit       ports.AuditReader
 	fleet       ports.FleetReader
 	verify      ports.TokenVerifier
@@ -250,6 +266,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		identity:    deps.Identity,
 		devices:     deps.Devices,
 		rotation:    deps.Rotation,
+		coredumps:   deps.Coredumps,
 		audit:       deps.Audit,
 		fleet:       deps.Fleet,
 		verify:      deps.Verifier,
@@ -281,7 +298,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		// forms are parsed by the upload handler, never before it.
 		StreamRequestBody:            true,
 		DisablePreParseMultipartForm: true,
-		BodyLimit:                    int(cfg.FirmwareMaxBytes + multipartOverhead),
+		BodyLimit:                    int(cfg.FirmwareMaxBytes + cfg.ELFMaxBytes + multipartOverhead),
 		ReadTimeout:                  cfg.ReadTimeout,
 		WriteTimeout:                 cfg.WriteTimeout,
 		IdleTimeout:                  cfg.IdleTimeout,
@@ -337,7 +354,8 @@ func (s *Server) routes() {
 	// Every API route states the largest body it takes, checked against
 	// Content-Length before the token is.
 	small, js := bodyLimit(s.cfg.IoTMaxBytes), bodyLimit(s.cfg.JSONMaxBytes)
-	upload := bodyLimit(s.cfg.FirmwareMaxBytes + multipartOverhead)
+	// A firmware upload's multipart form may carry the ELF after the image.
+	upload := bodyLimit(s.cfg.FirmwareMaxBytes + s.cfg.ELFMaxBytes + multipartOverhead)
 
 	a.Get("/api/device-models", small, read, s.listModels)
 	a.Post("/api/device-models", js, write, s.createModel)
@@ -365,6 +383,13 @@ func (s *Server) routes() {
 
 	a.Get("/api/audit", small, read, s.listAudit)
 
+	a.Put("/api/device-models/:id/firmware/:sha256/elf", bodyLimit(s.cfg.ELFMaxBytes), write, s.uploadELF)
+	a.Get("/api/devices/:id/coredumps", small, read, s.listCoredumps)
+	a.Get("/api/device-models/:id/crashes", small, read, s.modelCrashes)
+	a.Get("/api/coredumps/:id", small, read, s.getCoredump)
+	a.Get("/api/coredumps/:id/download", small, read, s.downloadCoredump)
+	a.Delete("/api/coredumps/:id", small, write, s.deleteCoredump)
+	a.Post("/iot/coredump", bodyLimit(s.cfg.CoredumpMaxBytes), s.requireDevice, s.iotCoredump)
 	a.Get("/api/fleet/firmware", small, read, s.fleetFirmware)
 
 	a.Get("/iot/config", small, s.requireDevice, s.iotConfig)

@@ -18,6 +18,17 @@ func TestRepoContract(t *testing.T) {
 	})
 }
 
+// TestCoredumpRepoContract has a database of its own: claims see every
+// pending dump.
+func TestCoredumpRepoContract(t *testing.T) {
+	db := migratedDB(t)
+	portstest.RunCoredumpRepoContract(t, func(t *testing.T) portstest.CoredumpEnv {
+		f := postgres.NewFirmwareRepo(db)
+		return portstest.CoredumpEnv{Models: postgres.NewModelRepo(db), Devices: postgres.NewDeviceRepo(db),
+			Firmware: f, ELFs: f, Coredumps: postgres.NewCoredumpRepo(db)}
+	})
+}
+
 func TestScheduleRepoContract(t *testing.T) {
 	db := migratedDB(t)
 	portstest.RunScheduleRepoContract(t, func(t *testing.T) ports.ScheduleRepo {

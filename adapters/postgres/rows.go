@@ -96,17 +96,20 @@ var deviceMutableColumns = []string{
 type firmwareRow struct {
 	bun.BaseModel `bun:"table:firmware,alias:f"`
 
-	ID            int64     `bun:"id,pk,autoincrement"`
-	DeviceModelID int64     `bun:"device_model_id,notnull"`
-	Version       string    `bun:"version,notnull"`
-	ProjectName   string    `bun:"project_name,notnull"`
-	IDFVersion    string    `bun:"idf_version,notnull"`
-	Chip          string    `bun:"chip,notnull"`
-	ChipID        int       `bun:"chip_id,notnull"`
-	SHA256        string    `bun:"sha256,notnull"`
-	Size          int64     `bun:"size,notnull"`
-	SecureVersion int64     `bun:"secure_version,notnull"`
-	UploadedAt    time.Time `bun:"uploaded_at,notnull,nullzero,default:now()"`
+	ID            int64  `bun:"id,pk,autoincrement"`
+	DeviceModelID int64  `bun:"device_model_id,notnull"`
+	Version       string `bun:"version,notnull"`
+	ProjectName   string `bun:"project_name,notnull"`
+	IDFVersion    string `bun:"idf_version,notnull"`
+	Chip          string `bun:"chip,notnull"`
+	ChipID        int    `bun:"chip_id,notnull"`
+	SHA256        string `bun:"sha256,notnull"`
+	Size          int64  `bun:"size,notnull"`
+	SecureVersion int64  `bun:"secure_version,notnull"`
+	// ELFSHA256 is NULL for an image whose descriptor names no ELF.
+	ELFSHA256  *string   `bun:"elf_sha256"`
+	HasELF     bool      `bun:"has_elf,notnull"`
+	UploadedAt time.Time `bun:"uploaded_at,notnull,nullzero,default:now()"`
 }
 
 func modelToRow(m *model.DeviceModel) modelRow {
@@ -260,6 +263,8 @@ func firmwareToRow(f *model.Firmware) firmwareRow {
 		SHA256:        f.SHA256,
 		Size:          f.Size,
 		SecureVersion: int64(f.SecureVersion),
+		ELFSHA256:     stringOrNil(f.ELFSHA256),
+		HasELF:        f.HasELF,
 		UploadedAt:    utc(f.UploadedAt),
 	}
 }
@@ -276,6 +281,8 @@ func firmwareFromRow(r *firmwareRow) model.Firmware {
 		SHA256:        r.SHA256,
 		Size:          r.Size,
 		SecureVersion: uint32(r.SecureVersion), //nolint:gosec // the column's CHECK keeps it in uint32's range
+		ELFSHA256:     deref(r.ELFSHA256),
+		HasELF:        r.HasELF,
 		UploadedAt:    utc(r.UploadedAt),
 	}
 }
@@ -324,4 +331,12 @@ func utcPtr(t *time.Time) *time.Time {
 	}
 	u := t.UTC()
 	return &u
+}
+
+// deref is *s, "" for nil.
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }

@@ -243,8 +243,12 @@ func (s *Service) DeleteDevice(ctx context.Context, id int64) error {
 	if err != nil {
 		return fmt.Errorf("delete device %d: %w", id, err)
 	}
+	dumps := s.deviceCoredumps(ctx, id)
 	if err := s.d.Devices.DeleteDevice(ctx, id, s.audited(s.deviceEntry(ctx, model.AuditDeviceDeleted, d, ""))); err != nil {
 		return fmt.Errorf("delete device %d: %w", id, err)
+	}
+	for _, c := range dumps { // their records went with the device
+		s.deleteCoredumpBlob(ctx, "delete device: delete a core dump's bytes", c)
 	}
 	s.deleteClient(ctx, "delete device: delete client", d.ClientID())
 	s.deleteAccount(ctx, "delete device: delete broker account", d.ClientID())

@@ -137,8 +137,10 @@ func (s *Service) uploadFirmware(ctx context.Context, modelID int64, data []byte
 		SHA256:        digest,
 		Size:          int64(len(data)),
 		SecureVersion: secure,
+		ELFSHA256:     elfDigest(img.AppDesc.ELFSHA256),
 		UploadedAt:    s.now(),
 	}
+	f.HasELF = s.elfStored(ctx, m.Code, f.ELFSHA256)
 	var again *model.Firmware
 	err = s.d.Firmware.RecordFirmware(ctx, &f, func(cur *model.Firmware) ([]model.AuditEntry, error) {
 		if cur != nil && cur.SHA256 == digest {
@@ -288,4 +290,23 @@ func printable(s string) bool {
 		}
 	}
 	return true
+}
+
+// elfDigest is an app descriptor's app_elf_sha256 as hex, "" when the
+// image does not carry one (all zero).
+func elfDigest(d [32]byte) string {
+	if d == [32]byte{} {
+		return ""
+	}
+	return hex.EncodeToString(d[:])
+}
+
+// elfStored reports whether the ELF elfSHA256 of the model is in the blob
+// store already (an earlier upload of an image built from it brought it).
+func (s *Service) elfStored(ctx context.Context, modelCode, elfSHA256 string) bool {
+	if elfSHA256 == "" || s.d.Blobs == nil {
+		return false
+	}
+	_, err := s.d.Blobs.StatBlob(ctx, ports.BlobKey{Kind: ports.BlobELF, Namespace: modelCode, SHA256: elfSHA256})
+	return err == nil
 }

@@ -31,7 +31,8 @@ func TestUploadFirmware(t *testing.T) {
 	want := model.Firmware{
 		ID: f.ID, DeviceModelID: m.ID, Version: "2.0.1", ProjectName: desc.ProjectName, IDFVersion: desc.IDFVersion,
 		Chip: "esp32s3", ChipID: int(esp32image.ChipESP32S3), SHA256: hex.EncodeToString(sum[:]),
-		Size: int64(len(data)), SecureVersion: desc.SecureVersion, UploadedAt: t0,
+		Size: int64(len(data)), SecureVersion: desc.SecureVersion, ELFSHA256: hex.EncodeToString(desc.ELFSHA256[:]),
+		UploadedAt: t0,
 	}
 	if f.ID == 0 || f.Firmware != want || f.Unchanged || len(f.Warnings) != 0 {
 		t.Errorf("got %+v, want %+v", f, want)

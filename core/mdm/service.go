@@ -23,10 +23,15 @@ type Deps struct {
 	Models   ports.ModelRepo
 	Devices  ports.DeviceRepo
 	Firmware ports.FirmwareRepo
-	// Blobs keeps the firmware binaries (a directory or an S3 bucket),
-	// content-addressed: a binary is written there before Firmware
-	// records it.
+	// Blobs keeps the firmware binaries, their ELFs and the devices' core
+	// dumps (a directory or an S3 bucket), content-addressed: a binary is
+	// written there before Firmware records it.
 	Blobs ports.BlobStore
+	// Coredumps, ELFs and Analyzer serve core dumps (SPEC §17); without
+	// Coredumps the core dump use cases answer unavailable.
+	Coredumps ports.CoredumpRepo
+	ELFs      ports.FirmwareELFs
+	Analyzer  ports.CoredumpAnalyzer
 	// Clients, Directory, Rotator and Policy are the identity provider's
 	// ports (usually one adapter): a device's client (device, provisioning
 	// and identity use cases), the device clients Reconcile compares with
@@ -102,6 +107,18 @@ type Config struct {
 	// dashboard's warning and critical groups.
 	RotationWarningAge  time.Duration
 	RotationCriticalAge time.Duration
+
+	// CoredumpMaxBytes bounds an uploaded core dump (DefaultCoredumpMaxBytes
+	// when 0), CoredumpKeep how many a device keeps (DefaultCoredumpKeep),
+	// CoredumpTimeout one analysis (DefaultCoredumpTimeout), ELFMaxBytes an
+	// uploaded ELF (DefaultELFMaxBytes).
+	CoredumpMaxBytes int64
+	CoredumpKeep     int
+	CoredumpTimeout  time.Duration
+	ELFMaxBytes      int64
+	// CoredumpRetry is how long a dump whose analysis could not run waits
+	// to be claimed again (DefaultCoredumpRetry).
+	CoredumpRetry time.Duration
 }
 
 // Service implements the espmdm use cases. It is safe for concurrent use.
@@ -111,6 +128,8 @@ type Service struct {
 	mode atomic.Value // model.RotationMode in force, set by InitRotation
 	// scheduleRecorded is set once the schedule's expression is recorded.
 	scheduleRecorded atomic.Bool
+	// coredumpWake wakes a core dump worker (CoredumpWake).
+	coredumpWake chan struct{}
 }
 
 var (
@@ -123,6 +142,7 @@ var (
 	_ ports.DeviceAPI         = (*Service)(nil)
 	_ ports.Rotation          = (*Service)(nil)
 	_ ports.AuditReader       = (*Service)(nil)
+	_ ports.Coredumps         = (*Service)(nil)
 	_ ports.FleetReader       = (*Service)(nil)
 )
 
@@ -135,6 +155,15 @@ func New(deps Deps, cfg Config) *Service {
 	if cfg.FirmwareMaxBytes <= 0 {
 		cfg.FirmwareMaxBytes = DefaultFirmwareMaxBytes
 	}
+	if cfg.CoredumpMaxBytes <= 0 {
+		cfg.CoredumpMaxBytes = DefaultCoredumpMaxBytes
+	}
+	if cfg.ELFMaxBytes <= 0 {
+		cfg.ELFMaxBytes = DefaultELFMaxBytes
+	}
+	setDefault(&cfg.CoredumpKeep, DefaultCoredumpKeep)
+	setDefault(&cfg.CoredumpTimeout, DefaultCoredumpTimeout)
+	setDefault(&cfg.CoredumpRetry, DefaultCoredumpRetry)
 	if cfg.OrphanGrace <= 0 {
 		cfg.OrphanGrace = DefaultOrphanGrace
 	}
@@ -149,7 +178,7 @@ func New(deps Deps, cfg Config) *Service {
 	setDefault(&cfg.RotationGrace, DefaultRotationGrace)
 	setDefault(&cfg.RotationWarningAge, DefaultRotationWarningAge)
 	setDefault(&cfg.RotationCriticalAge, DefaultRotationCriticalAge)
-	return &Service{d: deps, cfg: cfg}
+	return &Service{d: deps, cfg: cfg, coredumpWake: make(chan struct{}, 1)}
 }
 
 // setDefault sets *v to def when it is not positive.

@@ -38,6 +38,10 @@ const (
 	// removed an account without a device.
 	AuditBrokerAccountReconciled AuditKind = "broker_account_reconciled"
 	AuditOrphanAccountDeleted    AuditKind = "orphan_account_deleted"
+	// AuditCoredumpUploaded: a device uploaded a core dump (SPEC §17);
+	// AuditCoredumpDeleted: an admin deleted one.
+	AuditCoredumpUploaded AuditKind = "coredump_uploaded"
+	AuditCoredumpDeleted  AuditKind = "coredump_deleted"
 	// AuditFirmwareReported: a device's state report (SPEC §15) names
 	// another firmware version than its previous report (or is its first).
 	AuditFirmwareReported AuditKind = "device_firmware_changed"
@@ -50,7 +54,8 @@ var AuditKinds = []AuditKind{
 	AuditScheduleFired, AuditScheduleChanged, AuditRotationStarted, AuditSecretGenerated, AuditSecretFetched,
 	AuditSecretConfirmed, AuditSecretAckRefused, AuditRotatedInvalidated, AuditRotationTimeout,
 	AuditSecretRestored, AuditModelCreated, AuditModelUpdated, AuditModelDeleted, AuditFirmwareUploaded,
-	AuditBrokerAccountReconciled, AuditOrphanAccountDeleted, AuditFirmwareReported,
+	AuditBrokerAccountReconciled, AuditOrphanAccountDeleted, AuditCoredumpUploaded, AuditCoredumpDeleted,
+	AuditFirmwareReported,
 }
 
 // Valid reports whether k is one of AuditKinds.

@@ -3,6 +3,7 @@ package model
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // CoredumpStatus is where a stored core dump is in its analysis (SPEC §17).
@@ -153,3 +154,54 @@ func (e *CoredumpFailedError) Unwrap() error { return e.Err }
 
 // Is reports whether target is ErrCoredumpFailed.
 func (e *CoredumpFailedError) Is(target error) bool { return target == ErrCoredumpFailed }
+
+// Coredump is a core dump a device uploaded (SPEC §17): its record; the
+// bytes are a blob (kind coredump, namespace the model's code, the dump's
+// SHA-256).
+type Coredump struct {
+	ID            int64
+	DeviceID      int64
+	DeviceModelID int64
+	// ModelCode is the device's model's code, the namespace of the blob.
+	ModelCode string
+	// ClientID is the device's client id, for the audit log and the API.
+	ClientID string
+	// SHA256 is the dump's SHA-256 (lower-case hex), its blob's digest.
+	SHA256 string
+	Size   int64
+	// Info is what the dump says about itself (chip, format, the ELF it
+	// names), read at upload; zero for bytes that are not a core dump.
+	Info       CoredumpInfo
+	ReceivedAt time.Time
+	Status     CoredumpStatus
+	// Reason says why the status is what it is when that is not the
+	// obvious (failed: why; pending: the tools are missing; no_elf: which
+	// ELF is missing).
+	Reason string
+	// ELFSHA256 is the SHA-256 of the ELF the dump was analysed against;
+	// FirmwareVersion that ELF's firmware version.
+	ELFSHA256       string
+	FirmwareVersion string
+	// Analysis is set when Status is analysed.
+	Analysis   *CoredumpAnalysis
+	AnalysedAt *time.Time
+	// Attempts counts the analyses begun (a worker that died mid-analysis
+	// counts too); ClaimedUntil is when a worker's claim on a pending dump
+	// ends.
+	Attempts     int
+	ClaimedUntil *time.Time
+}
+
+// CrashGroup is a model's analysed core dumps that crashed in one function
+// (their CrashFrame's) in one firmware version: what an operator looks at
+// first after a release.
+type CrashGroup struct {
+	// Function is the crash frame's function; "" when the analysis found
+	// none.
+	Function        string
+	FirmwareVersion string
+	Count           int
+	// LastAt and LastID are the newest dump of the group.
+	LastAt time.Time
+	LastID int64
+}

@@ -149,7 +149,13 @@ type Firmware struct {
 	// anti-rollback (eFuse-backed) refuse an image whose value is lower
 	// than the one they run.
 	SecureVersion uint32
-	UploadedAt    time.Time
+	// ELFSHA256 is the app descriptor's app_elf_sha256: the SHA-256 of the
+	// ELF the image was built from (lower-case hex; empty for an image
+	// whose descriptor does not carry it). HasELF is true once that ELF is
+	// stored (SPEC §17), for core dump analysis.
+	ELFSHA256  string
+	HasELF     bool
+	UploadedAt time.Time
 }
 
 // UploadOptions are an admin's choices for one firmware upload.

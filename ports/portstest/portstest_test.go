@@ -14,6 +14,13 @@ func TestStoreContract(t *testing.T) {
 	})
 }
 
+func TestCoredumpRepoContract(t *testing.T) {
+	portstest.RunCoredumpRepoContract(t, func(t *testing.T) portstest.CoredumpEnv {
+		s := portstest.NewStore(nil)
+		return portstest.CoredumpEnv{Models: s, Devices: s, Firmware: s, ELFs: s, Coredumps: s}
+	})
+}
+
 func TestIdentityProviderContract(t *testing.T) {
 	portstest.RunIdentityProviderContract(t, func(t *testing.T) ports.IdentityProvider {
 		return portstest.NewIdentityProvider(nil)

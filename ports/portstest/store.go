@@ -39,6 +39,7 @@ type Store struct {
 	models   map[int64]model.DeviceModel
 	devices  map[int64]model.Device
 	firmware map[int64][]model.Firmware // by model id, in upload order
+	dumps    map[int64]model.Coredump
 	audit    *AuditLog
 }
 
@@ -57,6 +58,7 @@ func NewStore(clock ports.Clock) *Store {
 		models:   map[int64]model.DeviceModel{},
 		devices:  map[int64]model.Device{},
 		firmware: map[int64][]model.Firmware{},
+		dumps:    map[int64]model.Coredump{},
 		audit:    NewAuditLog(clock),
 	}
 }
@@ -409,6 +411,11 @@ func (s *Store) DeleteDevice(_ context.Context, id int64, audit []model.AuditEnt
 		return fmt.Errorf("device %d: %w", id, model.ErrNotFound)
 	}
 	delete(s.devices, id)
+	for cid, c := range s.dumps {
+		if c.DeviceID == id {
+			delete(s.dumps, cid) // ON DELETE CASCADE
+		}
+	}
 	s.audit.commit(audit, id, d.DeviceModelID)
 	return nil
 }

@@ -68,6 +68,8 @@ test.describe.serial("the console", () => {
     await expect(facts).toContainText("1.2.3-e2e");
     await expect(facts).toContainText("console_e2e");
     await expect(page.getByRole("table").filter({ hasText: "1.2.3-e2e" })).toBeVisible();
+    await expect(page.getByRole("heading", { name: "Recent crashes" })).toBeVisible();
+    await expect(page.getByText(/No analysed core dumps in the last 30 days/)).toBeVisible();
     await noSeriousA11yViolations(page, "model page");
 
     // A device: an invalid config shows the server's message at the field
@@ -89,6 +91,8 @@ test.describe.serial("the console", () => {
     await expect(page.getByText("Exists")).toBeVisible();
     await expect(page.getByRole("heading", { name: "Reported state" })).toBeVisible();
     await expect(page.getByText("No state report yet")).toBeVisible();
+    await expect(page.getByRole("heading", { name: "Core dumps" })).toBeVisible();
+    await expect(page.getByText("No core dumps: the device has not uploaded one.")).toBeVisible();
     await noSeriousA11yViolations(page, "device page");
 
     // Download the partition

@@ -15,6 +15,7 @@ export type RotationDashboard = S["RotationDashboard"];
 export type RotationState = Device["rotation_state"];
 export type Problem = S["Problem"];
 export type FleetFirmware = S["FleetFirmware"];
+export type Coredump = S["Coredump"];
 
 /** An answer of the API that is not a success, as the server described it. */
 export class ApiError extends Error {
@@ -153,6 +154,20 @@ export class Api {
   rotationDashboard = (q: { group?: string; limit?: number; cursor?: string } = {}) =>
     this.json<RotationDashboard>("GET", `/api/rotation/dashboard${query(q)}`);
   triggerRotation = () => this.json<S["TriggerResult"]>("POST", "/api/rotation/trigger");
+
+  /** listCoredumps is a page of the device's core dumps, newest first. */
+  listCoredumps = (deviceId: number, cursor?: string) =>
+    this.json<S["CoredumpList"]>("GET", `/api/devices/${deviceId}/coredumps${query({ cursor })}`);
+  /** modelCrashes groups the model's analysed dumps of the last days by crashing function and version. */
+  modelCrashes = (modelId: number, days = 30) => this.json<S["CrashList"]>("GET", `/api/device-models/${modelId}/crashes${query({ days })}`);
+  getCoredump = (id: number) => this.json<Coredump>("GET", `/api/coredumps/${id}`);
+  deleteCoredump = (id: number) => this.json<void>("DELETE", `/api/coredumps/${id}`);
+  /** coredumpBin is the dump's bytes as the device sent them. */
+  coredumpBin = async (id: number): Promise<Uint8Array> =>
+    new Uint8Array(await (await this.raw("GET", `/api/coredumps/${id}/download`)).arrayBuffer());
+  /** uploadELF stores the ELF an upload was built from (for core dump analysis). */
+  uploadELF = async (modelId: number, sha256: string, elf: Blob) =>
+    (await (await this.raw("PUT", `/api/device-models/${modelId}/firmware/${sha256}/elf`, elf, "application/octet-stream")).json()) as Firmware;
 
   /** fleetFirmware counts each model's active devices by reported firmware version. */
   fleetFirmware = () => this.json<FleetFirmware>("GET", "/api/fleet/firmware");

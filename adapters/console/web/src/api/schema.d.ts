@@ -24,6 +24,41 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/coredumps/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A core dump and its analysis */
+        get: operations["getCoredump"];
+        put?: never;
+        post?: never;
+        /** Delete a core dump */
+        delete: operations["deleteCoredump"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/coredumps/{id}/download": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The core dump's bytes as the device sent them */
+        get: operations["downloadCoredump"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/device-models": {
         parameters: {
             query?: never;
@@ -64,6 +99,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/device-models/{id}/crashes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The model's recent crashes: its analysed core dumps of the last days, grouped by crashing function and firmware version */
+        get: operations["modelCrashes"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/device-models/{id}/firmware": {
         parameters: {
             query?: never;
@@ -95,6 +147,26 @@ export interface paths {
         /** Firmware upload history, newest first */
         get: operations["listFirmwareVersions"];
         put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/device-models/{id}/firmware/{sha256}/elf": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Store the application ELF of a firmware upload, for core dump analysis
+         * @description The raw ELF (application/octet-stream), at most ELF_MAX_BYTES. It is kept only when its SHA-256 equals the app_elf_sha256 of the upload's app descriptor (400 naming both otherwise); every upload of the model built from it then has it (has_elf), and the model's core dumps waiting for it (no_elf) are analysed again.
+         */
+        put: operations["uploadFirmwareELF"];
         post?: never;
         delete?: never;
         options?: never;
@@ -140,6 +212,23 @@ export interface paths {
         post?: never;
         /** Delete a device, then its identity-provider client */
         delete: operations["deleteDevice"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/devices/{id}/coredumps": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The device's core dumps, newest first, paged (the newest COREDUMP_KEEP are kept) */
+        get: operations["listCoredumps"];
+        put?: never;
+        post?: never;
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -381,6 +470,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/iot/coredump": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Upload the core dump from the device's coredump partition
+         * @description The raw dump as esp_core_dump_image_get locates it (ELF or binary format), at most COREDUMP_MAX_BYTES. It is analysed in the background; bytes that are not a core dump, or whose checksum does not match, are kept as failed. Erase the partition after a 201.
+         */
+        post: operations["deviceCoredump"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/iot/firmware": {
         parameters: {
             query?: never;
@@ -529,7 +638,7 @@ export interface components {
             /** Format: int64 */
             id: number;
             /** @enum {string} */
-            kind: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded" | "broker_account_reconciled" | "orphan_account_deleted" | "device_firmware_changed";
+            kind: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded" | "broker_account_reconciled" | "orphan_account_deleted" | "coredump_uploaded" | "coredump_deleted" | "device_firmware_changed";
             /** @enum {string} */
             outcome: "success" | "failure";
         };
@@ -614,6 +723,103 @@ export interface components {
         } & {
             [key: string]: components["schemas"]["JSONValue"];
         }) | boolean | null;
+        Coredump: {
+            /**
+             * Format: date-time
+             * @description RFC 3339, UTC; null when never
+             */
+            analysed_at: string | null;
+            /** @description set when status is analysed */
+            analysis: {
+                /** @description the first frame outside ESP-IDF's abort and panic path: where a person would look first */
+                crash_frame: {
+                    file: string | null;
+                    /** @description null when the ELF does not name it (ROM code, stripped symbols) */
+                    function: string | null;
+                    line: number | null;
+                    /** @description the frame's program counter (outer frames: the return address), hex */
+                    pc: string;
+                } | null;
+                /** @description the FreeRTOS task that crashed; null when the dump does not say */
+                crashed_task: string | null;
+                /** @description the crashed task's backtrace, innermost first */
+                frames: {
+                    file: string | null;
+                    /** @description null when the ELF does not name it (ROM code, stripped symbols) */
+                    function: string | null;
+                    line: number | null;
+                    /** @description the frame's program counter (outer frames: the return address), hex */
+                    pc: string;
+                }[];
+                /** @description what limited the analysis, one sentence each */
+                notes: string[];
+                /** @description ESP-IDF's panic message; null when the dump has none */
+                panic_reason: string | null;
+                /** @description the analysis tool's whole output */
+                text: string;
+            } | null;
+            /** @description the chip the dump says it came from; null for bytes that are not a core dump */
+            chip: string | null;
+            client_id: string;
+            /** Format: int64 */
+            device_id: number;
+            /** Format: int64 */
+            device_model_id: number;
+            /** @description the ELF the dump was analysed against */
+            elf_sha256: string | null;
+            /** @description the start of the SHA-256 of the application ELF the dump names (CONFIG_APP_RETRIEVE_LEN_ELF_SHA characters); null when it names none */
+            elf_sha256_prefix: string | null;
+            /** @description that ELF's firmware version */
+            firmware_version: string | null;
+            /**
+             * @description ESP-IDF's dump layout; null for bytes that are not a core dump
+             * @enum {string|null}
+             */
+            format: "elf" | "binary" | null;
+            /** Format: int64 */
+            id: number;
+            /** @description why the status is what it is: failed, why; no_elf, which ELF is missing; pending, what holds the analysis up */
+            reason: string | null;
+            /**
+             * Format: date-time
+             * @description RFC 3339, UTC
+             */
+            received_at: string;
+            sha256: string;
+            /** Format: int64 */
+            size: number;
+            /** @enum {string} */
+            status: "pending" | "analysed" | "no_elf" | "failed";
+        };
+        CoredumpCreated: {
+            /** Format: int64 */
+            id: number;
+        };
+        CoredumpList: {
+            coredumps: components["schemas"]["Coredump"][];
+            /** @description pass as ?cursor= for the next page; null on the last page */
+            next_cursor: string | null;
+        };
+        CrashList: {
+            /** @description the largest group first */
+            crashes: {
+                count: number;
+                firmware_version: string;
+                /** @description the crash frame's function (the first outside ESP-IDF's abort and panic path); null when the analysis found none */
+                function: string | null;
+                /**
+                 * Format: int64
+                 * @description the group's newest dump
+                 */
+                last_coredump_id: number;
+                /**
+                 * Format: date-time
+                 * @description RFC 3339, UTC
+                 */
+                last_received_at: string;
+            }[];
+            days: number;
+        };
         Device: {
             active: boolean;
             /** @description iotdevice-<model code>-<key> */
@@ -732,6 +938,10 @@ export interface components {
             chip_id: number;
             /** Format: int64 */
             device_model_id: number;
+            /** @description the app descriptor's app_elf_sha256: the ELF the image was built from; null when the image does not name one (or was recorded before it was kept) */
+            elf_sha256: string | null;
+            /** @description that ELF is stored: core dumps of this firmware can be analysed */
+            has_elf: boolean;
             /** Format: int64 */
             id: number;
             idf_version: string;
@@ -1152,7 +1362,7 @@ export interface operations {
                 /** @description only entries with a larger id (with cursor too: the larger bound holds) */
                 after?: number;
                 device_id?: number;
-                kind?: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded" | "broker_account_reconciled" | "orphan_account_deleted" | "device_firmware_changed";
+                kind?: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded" | "broker_account_reconciled" | "orphan_account_deleted" | "coredump_uploaded" | "coredump_deleted" | "device_firmware_changed";
                 /** @description an actor's subject, client id or username (at most 255 characters, no U+0000) */
                 actor?: string;
                 /** @description only entries at or after this time (RFC 3339) */
@@ -1176,6 +1386,104 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    getCoredump: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the dump */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Coredump"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    deleteCoredump: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    downloadCoredump: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the raw dump */
+            200: {
+                headers: {
+                    /** @description attachment; filename="<client id>-<id>.core" */
+                    "Content-Disposition"?: string;
+                    /** @description the quoted SHA-256 of the dump */
+                    ETag?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/octet-stream": string;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
             413: components["responses"]["TooLarge"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
@@ -1353,6 +1661,40 @@ export interface operations {
             504: components["responses"]["Timeout"];
         };
     };
+    modelCrashes: {
+        parameters: {
+            query?: {
+                days?: number;
+            };
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the groups, the largest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CrashList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
     downloadFirmware: {
         parameters: {
             query?: never;
@@ -1429,6 +1771,11 @@ export interface operations {
             content: {
                 "application/octet-stream": string;
                 "multipart/form-data": {
+                    /**
+                     * Format: binary
+                     * @description the ELF the image was built from, after file, for core dump analysis: kept only when its SHA-256 is the image's app_elf_sha256 (400 naming both otherwise, and nothing recorded)
+                     */
+                    elf?: string;
                     /** Format: binary */
                     file: string;
                 };
@@ -1494,6 +1841,45 @@ export interface operations {
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
             413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    uploadFirmwareELF: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: number;
+                /** @description the upload's SHA-256, as in the firmware history */
+                sha256: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/octet-stream": string;
+            };
+        };
+        responses: {
+            /** @description the upload, with has_elf */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Firmware"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            413: components["responses"]["TooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];
@@ -1667,6 +2053,42 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    listCoredumps: {
+        parameters: {
+            query?: {
+                limit?: number;
+                /** @description next_cursor of the previous page */
+                cursor?: string;
+            };
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description one page */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CoredumpList"];
+                };
             };
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
@@ -2051,6 +2473,40 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    deviceCoredump: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/octet-stream": string;
+            };
+        };
+        responses: {
+            /** @description stored */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CoredumpCreated"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            413: components["responses"]["TooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
             502: components["responses"]["BadGateway"];

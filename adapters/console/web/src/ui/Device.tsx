@@ -3,6 +3,7 @@ import { ApiError, type Device, type DeviceModel } from "../api/client";
 import { reportFacts } from "../report";
 import { navigate } from "../router";
 import { ConfigEditor } from "./ConfigEditor";
+import { Coredumps } from "./Coredumps";
 import { configErrors } from "./Devices";
 import { FlashDialog } from "./FlashDialog";
 import { Confirm, Link, Problem, StateBadge, useAction, useApp, useLoad, When } from "./common";
@@ -144,6 +145,7 @@ export function DevicePage({ id }: { id: number }) {
             <><h2>Config</h2><pre class="json" tabIndex={0}>{JSON.stringify(d.config, null, 2)}</pre></>
           )}
           <Reported d={d} />
+          <Coredumps deviceId={d.id} />
           <Identity id={d.id} />
           {session.isAdmin && <Provisioning d={d} />}
           <Confirm open={askDelete} title={`Delete device ${d.client_id}?`} confirm="Delete device" onCancel={() => setAskDelete(false)}

@@ -2,6 +2,7 @@ import { useState } from "preact/hooks";
 import { ApiError, type DeviceModel, type Firmware, type FirmwareUpload } from "../api/client";
 import { navigate } from "../router";
 import { Confirm, Field, Link, Problem, useAction, useApp, useLoad, When } from "./common";
+import { Crashes } from "./Coredumps";
 
 /** ConfigSchema is what the API takes as config_schema: a JSON Schema (an object or a boolean), or null for none. */
 type ConfigSchema = boolean | { [key: string]: unknown } | null;
@@ -177,6 +178,28 @@ function EditModel({ m, onSaved }: { m: DeviceModel; onSaved: () => void }) {
   );
 }
 
+/** ELFCell says whether an upload's ELF is stored (core dumps of it can be
+ *  analysed) and lets an admin upload it. */
+function ELFCell({ modelId, f, admin, onUploaded }: { modelId: number; f: Firmware; admin: boolean; onUploaded: () => void }) {
+  const { api } = useApp();
+  const act = useAction();
+  if (f.has_elf) return <span title={f.elf_sha256 ?? ""}>stored</span>;
+  if (!f.elf_sha256) return <span class="muted" title="the image's app descriptor names no ELF">—</span>;
+  if (!admin) return <span class="muted">not uploaded</span>;
+  return (
+    <>
+      <label class="file">
+        <span>Upload ELF…</span>
+        <input type="file" accept=".elf" aria-label={`ELF of ${f.version}`} disabled={act.busy} onChange={async (e) => {
+          const file = e.currentTarget.files?.[0];
+          if (file && (await act.run(() => api.uploadELF(modelId, f.sha256, file)))) onUploaded();
+        }} />
+      </label>
+      <Problem error={act.error} />
+    </>
+  );
+}
+
 export function ModelPage({ id }: { id: number }) {
   const { api, session } = useApp();
   const model = useLoad(() => api.getModel(id), [id]);
@@ -205,12 +228,14 @@ export function ModelPage({ id }: { id: number }) {
           <Problem error={versions.error} />
           {versions.data && (versions.data.length === 0 ? <p class="muted">No firmware uploaded.</p> : (
             <table>
-              <thead><tr><th scope="col">Version</th><th scope="col">Chip</th><th scope="col">Project</th><th scope="col">IDF</th><th scope="col">Size</th><th scope="col">SHA-256</th><th scope="col">Uploaded</th></tr></thead>
+              <thead><tr><th scope="col">Version</th><th scope="col">Chip</th><th scope="col">Project</th><th scope="col">IDF</th><th scope="col">Size</th><th scope="col">SHA-256</th><th scope="col">Uploaded</th><th scope="col">ELF</th></tr></thead>
               <tbody>{versions.data.map((f) => (
-                <tr key={f.id}><td>{f.version}</td><td>{f.chip}</td><td>{f.project_name}</td><td>{f.idf_version}</td><td>{f.size.toLocaleString()}</td><td><code class="digest">{f.sha256.slice(0, 16)}…</code></td><td><When at={f.uploaded_at} /></td></tr>
+                <tr key={f.id}><td>{f.version}</td><td>{f.chip}</td><td>{f.project_name}</td><td>{f.idf_version}</td><td>{f.size.toLocaleString()}</td><td><code class="digest">{f.sha256.slice(0, 16)}…</code></td><td><When at={f.uploaded_at} /></td>
+                  <td><ELFCell modelId={m.id} f={f} admin={session.isAdmin} onUploaded={versions.reload} /></td></tr>
               ))}</tbody>
             </table>
           ))}
+          <Crashes modelId={m.id} />
           {session.isAdmin && (
             <div class="danger-zone">
               <button type="button" class="danger" onClick={() => setAskDelete(true)}>Delete model</button>

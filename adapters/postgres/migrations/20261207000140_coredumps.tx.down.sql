@@ -1,0 +1,5 @@
+DROP TABLE IF EXISTS coredumps;
+DROP INDEX IF EXISTS firmware_elf;
+ALTER TABLE firmware DROP CONSTRAINT IF EXISTS firmware_elf_sha256_format;
+ALTER TABLE firmware DROP COLUMN IF EXISTS has_elf;
+ALTER TABLE firmware DROP COLUMN IF EXISTS elf_sha256;
