@@ -84,6 +84,19 @@ func (de *dumpEnv) analyse(t *testing.T) int {
 	}
 }
 
+// firmwareWithELF uploads version 1.0.0 of the model's firmware, built
+// from the test ELF, and the ELF.
+func (de *dumpEnv) firmwareWithELF(t *testing.T, m model.DeviceModel) {
+	t.Helper()
+	img := elfImage(de.elf, "1.0.0")
+	if _, err := de.svc.UploadFirmware(t.Context(), m.ID, img, model.UploadOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := de.svc.UploadELF(t.Context(), m.ID, sum(img), bytes.NewReader(de.elf), -1); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestCoredumpUploadThenELFThenAnalysed(t *testing.T) {
 	de := newDumpEnv(t)
 	m := de.model(t, "lamp", "")
@@ -319,13 +332,7 @@ func TestCoredumpToolsMissingStaysPendingWithReason(t *testing.T) {
 	de.analyzer.CheckErr = &model.CoredumpToolError{Tool: "esp-coredump", Err: errors.New("not found")}
 	m := de.model(t, "lamp", "")
 	d := de.device(t, m, `{}`)
-	img := elfImage(de.elf, "1.0.0")
-	if _, err := de.svc.UploadFirmware(t.Context(), m.ID, img, model.UploadOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := de.svc.UploadELF(t.Context(), m.ID, sum(img), bytes.NewReader(de.elf), -1); err != nil {
-		t.Fatal(err)
-	}
+	de.firmwareWithELF(t, m)
 	c, _ := de.svc.UploadCoredump(t.Context(), d, bytes.NewReader(de.dump))
 	if n := de.analyse(t); n != 1 {
 		t.Fatalf("claimed %d", n)
@@ -353,13 +360,7 @@ func TestCoredumpFailedAnalysisAndAttempts(t *testing.T) {
 	de := newDumpEnv(t)
 	m := de.model(t, "lamp", "")
 	d := de.device(t, m, `{}`)
-	img := elfImage(de.elf, "1.0.0")
-	if _, err := de.svc.UploadFirmware(t.Context(), m.ID, img, model.UploadOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := de.svc.UploadELF(t.Context(), m.ID, sum(img), bytes.NewReader(de.elf), -1); err != nil {
-		t.Fatal(err)
-	}
+	de.firmwareWithELF(t, m)
 	de.analyzer.Script = func(_, _ []byte) (model.CoredumpAnalysis, error) {
 		return model.CoredumpAnalysis{}, &model.CoredumpFailedError{Reason: "esp-coredump gave up"}
 	}
@@ -412,13 +413,7 @@ func TestModelCrashesGroupsTheAnalysed(t *testing.T) {
 	de := newDumpEnv(t)
 	m := de.model(t, "lamp", "")
 	d := de.device(t, m, `{}`)
-	img := elfImage(de.elf, "1.0.0")
-	if _, err := de.svc.UploadFirmware(t.Context(), m.ID, img, model.UploadOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := de.svc.UploadELF(t.Context(), m.ID, sum(img), bytes.NewReader(de.elf), -1); err != nil {
-		t.Fatal(err)
-	}
+	de.firmwareWithELF(t, m)
 	de.analyzer.Script = func(_, _ []byte) (model.CoredumpAnalysis, error) {
 		return model.CoredumpAnalysis{Frames: []model.CoredumpFrame{{PC: 1, Function: "panic_abort"}, {PC: 2, Function: "fail_once"}}}, nil
 	}

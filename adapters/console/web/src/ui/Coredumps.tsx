@@ -1,18 +1,7 @@
 import { useState } from "preact/hooks";
 import type { Coredump } from "../api/client";
 import { crashSummary, frameText } from "../coredump";
-import { Problem, useAction, useApp, useLoad, When } from "./common";
-
-async function save(bytes: Uint8Array, name: string) {
-  const url = URL.createObjectURL(new Blob([bytes as BlobPart], { type: "application/octet-stream" }));
-  const a = document.createElement("a");
-  a.href = url;
-  a.download = name;
-  document.body.append(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 1000);
-}
+import { download, Problem, useAction, useApp, useLoad, When } from "./common";
 
 function Analysis({ c }: { c: Coredump }) {
   const a = c.analysis;
@@ -52,7 +41,7 @@ export function Coredumps({ deviceId }: { deviceId: number }) {
           </summary>
           <Analysis c={c} />
           <div class="row">
-            <button type="button" disabled={act.busy} onClick={() => act.run(async () => save(await api.coredumpBin(c.id), `${c.client_id}-${c.id}.core`))}>
+            <button type="button" disabled={act.busy} onClick={() => act.run(async () => download(await api.coredumpBin(c.id), `${c.client_id}-${c.id}.core`))}>
               Download dump ({c.size.toLocaleString()} bytes)
             </button>
             {session.isAdmin && (

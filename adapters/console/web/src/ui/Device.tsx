@@ -6,7 +6,7 @@ import { ConfigEditor } from "./ConfigEditor";
 import { Coredumps } from "./Coredumps";
 import { configErrors } from "./Devices";
 import { FlashDialog } from "./FlashDialog";
-import { Confirm, Link, Problem, StateBadge, useAction, useApp, useLoad, When } from "./common";
+import { Confirm, download, Link, Problem, StateBadge, useAction, useApp, useLoad, When } from "./common";
 
 function EditDevice({ d, model, onSaved }: { d: Device; model?: DeviceModel; onSaved: () => void }) {
   const { api } = useApp();
@@ -65,17 +65,6 @@ function Reported({ d }: { d: Device }) {
       ) : <p class="muted">No state report yet: the device has not reported what it runs.</p>}
     </div>
   );
-}
-
-async function download(bytes: Uint8Array, name: string) {
-  const url = URL.createObjectURL(new Blob([bytes as BlobPart], { type: "application/octet-stream" }));
-  const a = document.createElement("a");
-  a.href = url;
-  a.download = name;
-  document.body.append(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
 
 function Provisioning({ d }: { d: Device }) {

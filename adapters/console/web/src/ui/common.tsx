@@ -148,3 +148,15 @@ export const stateNames = ["OK", "QUEUED", "PENDING", "TIMEOUT"] as const;
 export function StateBadge({ state }: { state: string }) {
   return <span class={`badge state-${state.toLowerCase()}`}>{state}</span>;
 }
+
+/** download saves bytes as a file named name, as a browser download. */
+export async function download(bytes: Uint8Array, name: string) {
+  const url = URL.createObjectURL(new Blob([bytes as BlobPart], { type: "application/octet-stream" }));
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
