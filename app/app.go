@@ -79,7 +79,8 @@ func coreModule(cfg Config) fx.Option {
 			fx.Annotate(newService, fx.As(fx.Self()),
 				fx.As(new(ports.ModelAdmin)), fx.As(new(ports.FirmwareAdmin)), fx.As(new(ports.DeviceAdmin)),
 				fx.As(new(ports.ProvisioningAdmin)), fx.As(new(ports.IdentityAdmin)), fx.As(new(ports.Reconciler)),
-				fx.As(new(ports.DeviceAPI)), fx.As(new(ports.Rotation)), fx.As(new(ports.AuditReader))),
+				fx.As(new(ports.DeviceAPI)), fx.As(new(ports.Rotation)), fx.As(new(ports.AuditReader)),
+				fx.As(new(ports.PipelineFirmware)), fx.As(new(ports.DeviceBatch))),
 		),
 		rotationProviders(),
 	)
@@ -252,6 +253,7 @@ func newService(p serviceParams) *mdm.Service {
 		RotationFetchTimeout: p.Cfg.RotationFetchTimeout,
 		RotationRetry:        p.Cfg.RotationRetry, RotationGrace: p.Cfg.RotationGrace,
 		RotationWarningAge: p.Cfg.RotationWarningAge, RotationCriticalAge: p.Cfg.RotationCriticalAge,
+		BatchConcurrency: p.Cfg.KeycloakMaxConcurrency,
 	})
 }
 

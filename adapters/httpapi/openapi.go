@@ -502,7 +502,7 @@ func openAPIDocument(cfg Config) obj {
 	}
 
 	paths := obj{}
-	for _, op := range operations() {
+	for _, op := range allOperations() {
 		o := obj{
 			"operationId": op.id,
 			"summary":     op.summary,
@@ -535,6 +535,10 @@ func openAPIDocument(cfg Config) obj {
 			}
 			o["security"] = []obj{{"adminBearer": []string{}}}
 			o["x-required-role"] = role
+		case "pipeline":
+			codes = append(codes, 401, 403, 413, 429, 502, 503, 504)
+			o["security"] = []obj{{"adminBearer": []string{}}}
+			o["x-required-role"] = cfg.PipelineRole
 		case "device":
 			codes = append(codes, 401, 403, 413, 429, 502, 503, 504)
 			o["security"] = []obj{{"deviceBearer": []string{}}}
@@ -565,6 +569,7 @@ func openAPIDocument(cfg Config) obj {
 			{"name": "device models"}, {"name": "firmware"}, {"name": "devices"},
 			{"name": "rotation", "description": "credential rotation: queue, status, dashboard"},
 			{"name": "audit", "description": "who did what to which credential"},
+			{"name": "pipeline", "description": "for CI pipelines: firmware by model code, with a token holding the pipeline role only"},
 			{"name": "device API", "description": "for devices, with client-credentials tokens"},
 			{"name": "operations"},
 		},

@@ -42,6 +42,9 @@ type Config struct {
 	AdminRole string
 	// ViewerRole (or AdminRole) is required for reads.
 	ViewerRole string
+	// PipelineRole is required on the pipeline's routes, and a token
+	// holding it (without AdminRole or ViewerRole) is refused elsewhere.
+	PipelineRole string
 	// AuthDisabled turns admin authentication off (trusted networks only;
 	// the application logs a warning). The device API is always checked.
 	AuthDisabled bool
@@ -91,6 +94,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ViewerRole == "" {
 		c.ViewerRole = DefaultViewerRole
+	}
+	if c.PipelineRole == "" {
+		c.PipelineRole = DefaultPipelineRole
 	}
 	if c.FirmwareMaxBytes <= 0 {
 		c.FirmwareMaxBytes = DefaultFirmwareMaxBytes
@@ -152,6 +158,10 @@ type Deps struct {
 	Rotation ports.Rotation
 	// Audit serves GET /api/audit; nil answers it 503.
 	Audit ports.AuditReader
+	// Pipeline serves the CI pipeline's routes and Batch POST
+	// /api/devices/batch (SPEC §18); nil answers them 503.
+	Pipeline ports.PipelineFirmware
+	Batch    ports.DeviceBatch
 	// Logger defaults to a no-op logger.
 	Logger *zap.Logger
 	// Registerer receives the HTTP metrics; Gatherer is what /metrics
@@ -177,6 +187,8 @@ type Server struct {
 	devices     ports.DeviceAPI
 	rotation    ports.Rotation
 	audit       ports.AuditReader
+	pipeline    ports.PipelineFirmware
+	batch       ports.DeviceBatch
 	verify      ports.TokenVerifier
 	log         *zap.Logger
 	gather      prometheus.Gatherer
@@ -248,6 +260,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		devices:     deps.Devices,
 		rotation:    deps.Rotation,
 		audit:       deps.Audit,
+		pipeline:    deps.Pipeline,
+		batch:       deps.Batch,
 		verify:      deps.Verifier,
 		log:         log.Named("http"),
 		gather:      gat,
@@ -360,6 +374,9 @@ func (s *Server) routes() {
 	a.Get("/api/rotation/dashboard", small, read, s.rotationDashboard)
 
 	a.Get("/api/audit", small, read, s.listAudit)
+
+	s.pipelineRoutes()
+	s.batchRoutes()
 
 	a.Get("/iot/config", small, s.requireDevice, s.iotConfig)
 	a.Get("/iot/firmware", small, s.requireDevice, s.iotFirmware)

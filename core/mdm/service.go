@@ -99,6 +99,10 @@ type Config struct {
 	// dashboard's warning and critical groups.
 	RotationWarningAge  time.Duration
 	RotationCriticalAge time.Duration
+	// BatchConcurrency bounds the devices a batch creates at once (each
+	// makes two identity-provider requests); 0 means
+	// DefaultBatchConcurrency.
+	BatchConcurrency int
 }
 
 // Service implements the espmdm use cases. It is safe for concurrent use.
@@ -145,6 +149,7 @@ func New(deps Deps, cfg Config) *Service {
 	setDefault(&cfg.RotationGrace, DefaultRotationGrace)
 	setDefault(&cfg.RotationWarningAge, DefaultRotationWarningAge)
 	setDefault(&cfg.RotationCriticalAge, DefaultRotationCriticalAge)
+	setDefault(&cfg.BatchConcurrency, DefaultBatchConcurrency)
 	return &Service{d: deps, cfg: cfg}
 }
 
