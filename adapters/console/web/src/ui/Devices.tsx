@@ -2,6 +2,7 @@ import { useState } from "preact/hooks";
 import { ApiError, type Device, type DeviceFilter, type DeviceModel, type RotationState } from "../api/client";
 import { configFieldErrors } from "../fieldErrors";
 import { navigate } from "../router";
+import { CreateDevices } from "./Batch";
 import { ConfigEditor } from "./ConfigEditor";
 import { Field, Link, Problem, StateBadge, stateNames, useAction, useApp, useLoad, When } from "./common";
 
@@ -135,6 +136,7 @@ export function DevicesPage() {
         </>
       )}
       {session.isAdmin && models.data && <CreateDevice models={models.data} onCreated={(d) => navigate(`/console/devices/${d.id}`)} />}
+      {session.isAdmin && models.data && <CreateDevices models={models.data} onCreated={devices.reload} />}
     </section>
   );
 }
