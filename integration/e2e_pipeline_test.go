@@ -117,6 +117,7 @@ func TestE2EPipeline(t *testing.T) {
 		{http.MethodGet, "/api/device-models/" + strconv.FormatInt(m.ID, 10) + "/firmware", ""},
 		{http.MethodGet, "/api/devices", ""},
 		{http.MethodPost, "/api/devices", `{"device_model_id":` + strconv.FormatInt(m.ID, 10) + `,"config":{}}`},
+		{http.MethodPost, "/api/devices/batch", `{"device_model_id":` + strconv.FormatInt(m.ID, 10) + `,"count":1}`},
 		{http.MethodGet, "/api/audit", ""},
 		{http.MethodPost, "/api/rotation/trigger", ""},
 	} {
