@@ -64,7 +64,7 @@ export function CreateDevices({ models, onCreated }: { models: DeviceModel[]; on
           {done.made} device{done.made === 1 ? "" : "s"} made and downloaded{done.someFailed ? "; some could not be made: see errors.csv in the ZIP (the others stand)" : ""}.
         </p>
       ) : null}
-      <button type="submit" disabled={act.busy}>{act.busy ? "Creating…" : "Create devices and download"}</button>
+      <button type="submit" disabled={act.busy}>{act.busy ? "Making the devices…" : "Make them and download the ZIP"}</button>
     </form>
   );
 }
