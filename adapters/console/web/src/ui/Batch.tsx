@@ -29,7 +29,18 @@ export function CreateDevices({ models, onCreated }: { models: DeviceModel[]; on
   const model = models.find((m) => m.id === modelId);
   const err = act.error instanceof ApiError ? act.error : undefined;
   const errs = err?.field === "config" ? configFieldErrors(err.detail) : {};
+  const [open, setOpen] = useState(false);
   if (models.length === 0) return null;
+  // Closed, the form is not rendered at all: its config fields would
+  // otherwise stand beside the single device's form with the same labels.
+  if (!open) {
+    return (
+      <p class="card">
+        <button type="button" onClick={() => setOpen(true)}>Create many devices…</button>{" "}
+        <span class="muted">for the bench: up to 1000 at once, their partitions as a ZIP.</span>
+      </p>
+    );
+  }
   return (
     <form class="card" aria-label="Create devices" noValidate onSubmit={async (e) => {
       e.preventDefault();
