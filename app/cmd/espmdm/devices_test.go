@@ -2,6 +2,7 @@ package main
 
 import (
 	"archive/zip"
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/csv"
@@ -177,5 +178,40 @@ func TestDevicesCreate(t *testing.T) {
 	}
 	if len(list.Devices) != 7 {
 		t.Errorf("%d devices after the refusals, want the 7 made", len(list.Devices))
+	}
+}
+
+// The progress counter follows a ZIP as espmdm streams it (Deflate, data
+// descriptors), entry by entry, and stops at the central directory.
+func TestZipEntryCounter(t *testing.T) {
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	want := []string{"k1.bin", "k2.bin", "k3.bin", "devices.csv", "errors.csv"}
+	for i, name := range want {
+		w, err := zw.CreateHeader(&zip.FileHeader{Name: name, Method: zip.Deflate})
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := bytes.Repeat([]byte{0xff, byte(i)}, 0x3000)
+		if strings.HasSuffix(name, ".csv") {
+			data = []byte("id,key\n1,k1\n")
+		}
+		if _, err := w.Write(data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	(&zipEntryCounter{onEntry: func(n string) { got = append(got, n) }}).run(bufio.NewReader(bytes.NewReader(buf.Bytes())))
+	if !slices.Equal(got, want) {
+		t.Errorf("entries %v, want %v", got, want)
+	}
+	// A cut stream reports what passed, and ends.
+	got = nil
+	(&zipEntryCounter{onEntry: func(n string) { got = append(got, n) }}).run(bufio.NewReader(bytes.NewReader(buf.Bytes()[:buf.Len()/3])))
+	if len(got) >= len(want) {
+		t.Errorf("a cut stream gave %v", got)
 	}
 }
