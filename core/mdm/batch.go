@@ -154,28 +154,28 @@ func (s *Service) CreateDeviceBatch(ctx context.Context, in ports.NewDeviceBatch
 	return nil
 }
 
-// createBatchDevice makes one device of a batch and its partition.
+// createBatchDevice makes one device of a batch and its partition: the
+// partition is encoded before the row is inserted, and its audit entry
+// (handed out) is written in the row's transaction with device_created, so
+// that a device exists exactly when its partition does.
 func (s *Service) createBatchDevice(ctx context.Context, m model.DeviceModel, config []byte, size int) (model.Device, []byte, error) {
-	d, secret, err := s.createDevice(ctx, m, config, true)
-	if err != nil {
-		return model.Device{}, nil, err
-	}
-	img, err := s.batchNVS(ctx, d, secret, size)
-	if err != nil {
-		// All or nothing: the device goes again (its deletion is audited
-		// as any other; a failure to delete goes to OnError and leaves
-		// the reconciler's usual work).
-		if derr := s.DeleteDevice(context.WithoutCancel(ctx), d.ID); derr != nil {
-			s.report(ctx, "device batch: delete a device whose partition failed", derr)
+	var img []byte
+	d, _, err := s.createDevice(ctx, m, config, true, func(d model.Device, secret string) ([]model.AuditEntry, error) {
+		var err error
+		if img, err = s.batchNVS(d, secret, size); err != nil {
+			return nil, err
 		}
+		what := fmt.Sprintf("NVS partition of 0x%x bytes (device batch)", size)
+		return []model.AuditEntry{s.deviceEntry(ctx, model.AuditProvisioningDownloaded, d, what)}, nil
+	})
+	if err != nil {
 		return model.Device{}, nil, err
 	}
 	return d, img, nil
 }
 
-// batchNVS encodes d's partition with the secret its client was made with,
-// and records that it was handed out.
-func (s *Service) batchNVS(ctx context.Context, d model.Device, secret string, size int) ([]byte, error) {
+// batchNVS encodes d's partition with the secret its client was made with.
+func (s *Service) batchNVS(d model.Device, secret string, size int) ([]byte, error) {
 	p, err := s.provisioningWith(d, secret)
 	if err != nil {
 		return nil, err
@@ -186,14 +186,10 @@ func (s *Service) batchNVS(ctx context.Context, d model.Device, secret string, s
 		err = model.Invalid("size", "0x%x is too small for the provisioning data", size)
 	case err != nil:
 		// The nvs error may quote a value (a secret): keep only its kind.
-		err = fmt.Errorf("provisioning of device %d: the data cannot be stored as NVS strings", d.ID)
+		err = fmt.Errorf("provisioning of %s: the data cannot be stored as NVS strings", d.ClientID())
 	}
 	if err != nil {
 		return nil, err
-	}
-	what := fmt.Sprintf("NVS partition of 0x%x bytes (device batch)", size)
-	if err := s.appendAudit(ctx, s.deviceEntry(ctx, model.AuditProvisioningDownloaded, d, what)); err != nil {
-		return nil, fmt.Errorf("provisioning of device %d: %w", d.ID, err)
 	}
 	return img, nil
 }

@@ -69,14 +69,18 @@ func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.D
 	if in.Active != nil {
 		active = *in.Active
 	}
-	d, _, err := s.createDevice(ctx, m, config, active)
+	d, _, err := s.createDevice(ctx, m, config, active, nil)
 	return d, err
 }
 
 // createDevice makes a device of model m with a checked config: its
-// client, its broker account and its row, all or nothing. It returns the
-// device and its client's secret.
-func (s *Service) createDevice(ctx context.Context, m model.DeviceModel, config []byte, active bool) (model.Device, string, error) {
+// client, its broker account and its row, all or nothing. also, when set,
+// runs before the insert with the device (without its ID) and its secret:
+// the audit entries it returns are recorded in the insert's transaction,
+// and its error undoes the device. It returns the device and its client's
+// secret.
+func (s *Service) createDevice(ctx context.Context, m model.DeviceModel, config []byte, active bool,
+	also func(d model.Device, secret string) ([]model.AuditEntry, error)) (model.Device, string, error) {
 	for range keyAttempts {
 		key, err := s.newKey()
 		if err != nil {
@@ -106,8 +110,17 @@ func (s *Service) createDevice(ctx context.Context, m model.DeviceModel, config 
 			SecretCreatedAt: &now,
 			MQTTPassword:    sealed,
 		}
-		created := s.deviceEntry(ctx, model.AuditDeviceCreated, d, activeWord(active)) // DeviceID set by the repository
-		err = s.d.Devices.CreateDevice(ctx, &d, s.audited(created))
+		entries := []model.AuditEntry{s.deviceEntry(ctx, model.AuditDeviceCreated, d, activeWord(active))} // DeviceID set by the repository
+		if also != nil {
+			more, err := also(d, secret)
+			if err != nil {
+				s.deleteClient(ctx, "create device: delete client after a failed step", clientID)
+				s.deleteAccount(ctx, "create device: delete broker account after a failed step", clientID)
+				return model.Device{}, "", err
+			}
+			entries = append(entries, more...)
+		}
+		err = s.d.Devices.CreateDevice(ctx, &d, s.audited(entries...))
 		if err == nil {
 			d.ModelCode = m.Code
 			return d, secret, nil
