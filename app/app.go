@@ -253,7 +253,11 @@ func newService(p serviceParams) *mdm.Service {
 		RotationFetchTimeout: p.Cfg.RotationFetchTimeout,
 		RotationRetry:        p.Cfg.RotationRetry, RotationGrace: p.Cfg.RotationGrace,
 		RotationWarningAge: p.Cfg.RotationWarningAge, RotationCriticalAge: p.Cfg.RotationCriticalAge,
-		BatchConcurrency: p.Cfg.KeycloakMaxConcurrency,
+		// Keycloak's requests are bounded by its adapter (KEYCLOAK_MAX_CONCURRENCY
+		// in flight, shared with rotation and the reconciler); twice as many
+		// devices in progress let their broker and database steps overlap
+		// Keycloak's.
+		BatchConcurrency: 2 * p.Cfg.KeycloakMaxConcurrency,
 	})
 }
 

@@ -251,7 +251,8 @@ func batchOperations() []operation {
 			summary: "Create devices by the hundred, answered as a ZIP of their NVS partitions",
 			description: "count devices with one config, or one per entry of devices. The whole batch is checked before anything is " +
 				"made (400: a count out of 1..1000, a model that does not exist, a config the model's config_schema refuses, a size out " +
-				"of range or too small). Then the devices are made, at most KEYCLOAK_MAX_CONCURRENCY at once, each all or nothing, and " +
+				"of range or too small). Then the devices are made, each all or nothing, with at most KEYCLOAK_MAX_CONCURRENCY " +
+				"Keycloak requests in flight, and " +
 				"the answer (200, application/zip, streamed while they are made) holds one NVS partition <key>.bin per device made, " +
 				"devices.csv (id,key,client_id,nvs_file, in request order) and, when some failed, errors.csv (index,status,error): " +
 				"those made stand. Each device is audited as made and as its partition handed out.",

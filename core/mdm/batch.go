@@ -18,9 +18,9 @@ import (
 
 var _ ports.DeviceBatch = (*Service)(nil)
 
-// DefaultBatchConcurrency is Config.BatchConcurrency's default (espmdm's
-// KEYCLOAK_MAX_CONCURRENCY default).
-const DefaultBatchConcurrency = 8
+// DefaultBatchConcurrency is Config.BatchConcurrency's default (espmdm sets
+// twice KEYCLOAK_MAX_CONCURRENCY, whose default is 8).
+const DefaultBatchConcurrency = 16
 
 // CheckDeviceBatch validates a batch without creating anything.
 func (s *Service) CheckDeviceBatch(ctx context.Context, in ports.NewDeviceBatch) error {

@@ -99,9 +99,10 @@ type Config struct {
 	// dashboard's warning and critical groups.
 	RotationWarningAge  time.Duration
 	RotationCriticalAge time.Duration
-	// BatchConcurrency bounds the devices a batch creates at once (each
-	// makes two identity-provider requests); 0 means
-	// DefaultBatchConcurrency.
+	// BatchConcurrency bounds the devices a batch has in progress at once
+	// (each makes two identity-provider requests, then its broker account
+	// and its row); 0 means DefaultBatchConcurrency. The identity
+	// provider's own bound on requests in flight still holds.
 	BatchConcurrency int
 }
 

@@ -28,7 +28,7 @@ func Batch() Scenario {
 		Name: "batch",
 		Doc: fmt.Sprintf("One `POST /api/devices/batch` of %d devices (count mode, NVS partitions of 0x6000), timed from the request "+
 			"to the last byte of the ZIP: espmdm checks the batch, then creates each device (Keycloak client and its secret, broker "+
-			"account, sealed password, row, NVS partition, two audit entries) with %d at once (KEYCLOAK_MAX_CONCURRENCY's default), "+
+			"account, sealed password, row, NVS partition, two audit entries) with at most %d Keycloak requests in flight (KEYCLOAK_MAX_CONCURRENCY's default; twice as many devices in progress), "+
 			"against creating %d clients of the same representation directly with Keycloak's Admin REST API (`POST .../clients`, then "+
 			"`GET .../client-secret`) by %d workers, same run, after a warm-up of %d devices on each side. Every client is "+
 			"deleted afterwards. `ratio` = devices_per_s / keycloak_raw_per_s (goal ≥ 0.8).", batchDevices, provWorkers, batchDevices, provWorkers, batchWarmUp),
