@@ -172,6 +172,9 @@ func (s *Server) writeBatch(ctx context.Context, cancel context.CancelFunc, w *b
 			if !unexpected {
 				lvl = log.Info
 			}
+			if broken && errors.Is(r.Err, context.Canceled) {
+				lvl = log.Debug // not started (or cut short) because the client went away: counted below
+			}
 			lvl("batch device failed", zap.Int("index", r.Index), zap.Int("status", p.Status), zap.Error(r.Err))
 			detail := p.Detail
 			if p.Field != "" {
