@@ -79,10 +79,11 @@ func coreModule(cfg Config) fx.Option {
 			fx.Annotate(newService, fx.As(fx.Self()),
 				fx.As(new(ports.ModelAdmin)), fx.As(new(ports.FirmwareAdmin)), fx.As(new(ports.DeviceAdmin)),
 				fx.As(new(ports.ProvisioningAdmin)), fx.As(new(ports.IdentityAdmin)), fx.As(new(ports.Reconciler)),
-				fx.As(new(ports.DeviceAPI)), fx.As(new(ports.Rotation)), fx.As(new(ports.AuditReader)),
+				fx.As(new(ports.DeviceAPI)), fx.As(new(ports.Rotation)), fx.As(new(ports.AuditReader)), fx.As(new(ports.FleetReader)),
 				fx.As(new(ports.PipelineFirmware)), fx.As(new(ports.DeviceBatch))),
 		),
 		rotationProviders(),
+		fx.Invoke(registerFleetMetrics),
 	)
 }
 

@@ -84,6 +84,10 @@ type Config struct {
 	RotationWarningAge   time.Duration
 	RotationCriticalAge  time.Duration
 
+	// DeviceStale is how long a device may stay silent before the metrics
+	// count it stale (SPEC §15).
+	DeviceStale time.Duration
+
 	ReconcileInterval time.Duration
 	ShutdownTimeout   time.Duration
 	// InstanceName names this process in the rotation lease and status.
@@ -336,6 +340,8 @@ var Vars = []Var{
 		set: days(func(c *Config) *time.Duration { return &c.RotationWarningAge })},
 	{Name: "ROTATION_CRITICAL_DAYS", Default: "90", Help: "dashboard: secrets older than this are critical",
 		set: days(func(c *Config) *time.Duration { return &c.RotationCriticalAge })},
+	{Name: "DEVICE_STALE_SECONDS", Default: "86400", Help: "metrics: an active device not seen for longer than this counts as stale (espmdm_devices_stale)",
+		set: seconds(func(c *Config) *time.Duration { return &c.DeviceStale })},
 	{Name: "INSTANCE_NAME", Default: "espmdm@$HOSTNAME:$PID", Help: "names this process as the rotation lease holder (GET /api/rotation/status)",
 		set: str(func(c *Config) *string { return &c.InstanceName })},
 	{Name: "RECONCILE_INTERVAL", Default: "10m", Help: "how often Keycloak clients are reconciled with devices",

@@ -171,6 +171,9 @@ func TestLoadConfigInvalidValue(t *testing.T) {
 		{"ROTATION_GRACE", "-7d"},
 		{"ROTATION_WARNING_DAYS", "0"},
 		{"ROTATION_CRITICAL_DAYS", "30"}, // not above the warning age (45)
+		{"DEVICE_STALE_SECONDS", "0"},
+		{"DEVICE_STALE_SECONDS", "1d"},
+		{"DEVICE_STALE_SECONDS", secretValue},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+"="+tt.value, func(t *testing.T) {
@@ -260,6 +263,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		RotationGrace:             7 * 24 * time.Hour,
 		RotationWarningAge:        45 * 24 * time.Hour,
 		RotationCriticalAge:       90 * 24 * time.Hour,
+		DeviceStale:               24 * time.Hour,
 		InstanceName:              "espmdm@" + hostname(t) + ":" + strconv.Itoa(os.Getpid()),
 		ReconcileInterval:         10 * time.Minute,
 		ShutdownTimeout:           20 * time.Second,

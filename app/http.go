@@ -33,6 +33,7 @@ type httpParams struct {
 	Audit        ports.AuditReader
 	Pipeline     ports.PipelineFirmware
 	Batch        ports.DeviceBatch
+	Fleet        ports.FleetReader
 	Verifier     ports.TokenVerifier
 	DB           *postgres.DB
 	Keycloak     *keycloak.Admin
@@ -54,7 +55,7 @@ func newHTTPServer(p httpParams) (*httpapi.Server, error) {
 		BaseURL:          p.Cfg.BaseURL,
 	}, httpapi.Deps{
 		Models: p.Models, Firmware: p.Firmware, DeviceAdmin: p.DeviceAdmin, Provisioning: p.Provisioning, Identity: p.Identity,
-		Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation, Audit: p.Audit,
+		Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation, Audit: p.Audit, Fleet: p.Fleet,
 		Pipeline: p.Pipeline, Batch: p.Batch,
 		Logger: p.Log.Named("http"), Registerer: p.Metrics.Registry, Gatherer: p.Metrics.Registry,
 		Docs:        p.Console.DocsPage(),

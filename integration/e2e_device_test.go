@@ -65,6 +65,15 @@ func componentFleet(t *testing.T, s *server, n int) (modelDTO, []deviceDTO, []*h
 			t.Fatalf("%s: config %s, want its own %s", h.name, c.Config, devs[i].Config)
 		}
 	}
+	// Each reported its state (SPEC §15), and espmdm shows what the
+	// component sent: the two halves agree on the report.
+	for i, h := range hosts {
+		h.waitEvent(0, 30*time.Second, "state_reported")
+		r := waitReported(t, s, devs[i].ID, 10*time.Second, "of 1.0.0", func(r reportedDTO) bool { return r.FirmwareVersion == "1.0.0" })
+		if r.Partition != "factory" || r.OTAState != "valid" || r.OTA != nil || r.IDFVersion == "" || r.UptimeS == nil || r.FreeHeap == nil {
+			t.Errorf("%s: reported %+v, want 1.0.0 valid in factory, no OTA yet, with idf_version, uptime_s and free_heap", h.name, r)
+		}
+	}
 	return m, devs, hosts
 }
 
@@ -191,6 +200,11 @@ func TestE2EDeviceFleet(t *testing.T) {
 		if e := rb.waitEvent(rbMark, 10*time.Second, "ota_rolled_back"); e.Version != "2.0.0" {
 			t.Fatalf("%s: rolled back %+v", rb.name, e)
 		}
+		if r := waitReported(t, s, devs[2].ID, 30*time.Second, "of the rollback", func(r reportedDTO) bool {
+			return r.OTA != nil && r.OTA.Result == "rolled_back"
+		}); r.FirmwareVersion != "1.0.0" || r.OTAState != "valid" || r.Partition != "factory" || r.OTA.Target != "2.0.0" {
+			t.Errorf("%s: reported %+v after the rollback, want 1.0.0 valid in factory, ota {2.0.0, rolled_back}", rb.name, r)
+		}
 		for i, h := range hosts {
 			if h == rb {
 				continue
@@ -211,10 +225,28 @@ func TestE2EDeviceFleet(t *testing.T) {
 				t.Errorf("%s: first boot of 2.0.0: %+v, want pending_verify in ota_0", h.name, b)
 			}
 			h.waitFor(marks[i], 30*time.Second, "ota_confirmed", func(e devEvent) bool { return e.Event == "ota_confirmed" && e.Version == "2.0.0" })
+			r := waitReported(t, s, devs[i].ID, 30*time.Second, "of 2.0.0 confirmed", func(r reportedDTO) bool {
+				return r.FirmwareVersion == "2.0.0" && r.OTAState == "valid"
+			})
+			if r.Partition != "ota_0" || r.OTA == nil || r.OTA.Target != "2.0.0" || r.OTA.Result != "installed" {
+				t.Errorf("%s: reported %+v after the OTA, want ota_0 with ota {2.0.0, installed}", h.name, r)
+			}
 			codes := h.exitCodes()
 			if len(codes) == 0 || codes[len(codes)-1] != deviceExitReboot {
 				t.Errorf("%s: exits %v, want the last to be the reboot (%d)", h.name, codes, deviceExitReboot)
 			}
+		}
+		// The version change is audited, by the device.
+		entries, _ := auditLog(t, s, fmt.Sprintf("kind=device_firmware_changed&device_id=%d", devs[0].ID), 100)
+		var changes []string
+		for _, e := range entries {
+			changes = append(changes, e.Detail)
+			if e.Actor.Type != "device" || e.Actor.ClientID != devs[0].ClientID {
+				t.Errorf("%s: audit entry by %+v, want the device", hosts[0].name, e.Actor)
+			}
+		}
+		if want := []string{`first report: "1.0.0"`, `from "1.0.0" to "2.0.0"`}; fmt.Sprint(changes) != fmt.Sprint(want) {
+			t.Errorf("%s: device_firmware_changed %q, want %q", hosts[0].name, changes, want)
 		}
 		t.Logf("firmware: %d devices downloaded (one cut off and resumed), verified, installed and confirmed 2.0.0 (%d bytes), one rolled back, in %s",
 			len(hosts)-1, len(img), time.Since(began).Round(time.Millisecond))

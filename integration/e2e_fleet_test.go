@@ -354,7 +354,13 @@ func TestE2ERotationRestoreNeverLosesTheLastWorkingSecret(t *testing.T) {
 	// its iat while the device kept S1 in its next slot).
 	d.sim.SetBehaviour(devicesim.Behaviour{Crash: devicesim.CrashAfterPersist, RebootDelay: 1500 * time.Millisecond})
 	s.do(http.MethodPost, fmt.Sprintf("/api/devices/%d/rotate", d.ID), s.admin, nil).want(t, http.StatusAccepted, nil)
-	waitState("OK", 20*time.Second)
+	// espmdm commits OK before it answers the ack (or earlier, by the
+	// promotion token's iat), and devicesim counts the ack when the 204
+	// arrives: wait for both, then count.
+	waitFleet(t, 20*time.Second, "state OK and the ack answered", func() (bool, string) {
+		st, acks := state(), d.sim.Stats().Acks
+		return st == "OK" && acks > 0, fmt.Sprintf("state %s, device %+v", st, d.sim.Stats())
+	})
 	st := d.sim.Stats()
 	if st.Crashes != 1 || st.Promotions != 1 || st.Acks != 1 {
 		t.Fatalf("rotation 1: %d crashes, %d promotions at boot, %d acks; want 1, 1, 1", st.Crashes, st.Promotions, st.Acks)

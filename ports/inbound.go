@@ -157,6 +157,23 @@ type DeviceAPI interface {
 	// it; a repeat after completion is no error; anything else is
 	// model.ErrConflict.
 	AckCredentials(ctx context.Context, d model.Device, secretSHA256 string) error
+	// ReportState stores the device's state report (POST /iot/state, SPEC
+	// §15) as its latest, moving last_seen_at, and audits a change of the
+	// reported firmware version; an invalid report is a
+	// *model.ValidationError naming the member.
+	ReportState(ctx context.Context, d model.Device, r model.StateReport) error
+	// OfferedFirmware is the firmware GET /iot/firmware serves the device
+	// (without its binary); model.ErrNotFound when its model has none.
+	OfferedFirmware(ctx context.Context, d model.Device) (model.Firmware, error)
+}
+
+// FleetReader is the admin view of the fleet by what its devices report
+// (GET /api/fleet/firmware).
+type FleetReader interface {
+	// FirmwareCounts counts the active devices of each model by reported
+	// firmware version (Version empty for those without a report), by
+	// model code then version.
+	FirmwareCounts(ctx context.Context) ([]model.FirmwareCount, error)
 }
 
 // RotateResult is what Rotation.RotateDevice did.

@@ -61,6 +61,12 @@ type DeviceFilter struct {
 	ModelID       *int64
 	RotationState *model.RotationState
 	Active        *bool
+	// FirmwareVersion keeps the devices whose latest state report (SPEC
+	// §15) names this firmware version.
+	FirmwareVersion *string
+	// SeenBefore keeps the devices not seen since then: last_seen_at
+	// before it, or never seen.
+	SeenBefore *time.Time
 	// Limit is the page size: DefaultPageSize below 1, at most
 	// MaxPageSize. AfterID is the cursor: only devices with a larger ID are
 	// returned, ordered by ID.
@@ -85,8 +91,9 @@ type DeviceRepo interface {
 	ListDevices(ctx context.Context, f DeviceFilter) (DevicePage, error)
 	// UpdateDevice runs fn on the locked current row and stores the result
 	// with the audit entries fn returns, in the same transaction (fn may
-	// run again: each run returns its own entries). ID, Key and
-	// DeviceModelID changes are ignored.
+	// run again: each run returns its own entries). ID, Key,
+	// DeviceModelID and Reported changes are ignored (ReportState writes
+	// the report).
 	UpdateDevice(ctx context.Context, id int64, fn func(*model.Device) ([]model.AuditEntry, error)) (model.Device, error)
 	// DeleteDevice removes the device and appends audit, in one
 	// transaction.
@@ -97,8 +104,30 @@ type DeviceRepo interface {
 	TouchLastSeen(ctx context.Context, id int64, at time.Time, minInterval time.Duration) error
 	// DeviceKeysExist returns the subset of keys that belong to a device.
 	DeviceKeysExist(ctx context.Context, keys []string) (map[string]bool, error)
+	// ReportState stores report as the device's latest state report (SPEC
+	// §15; report.At is its reported_at) and moves last_seen_at to
+	// report.At (never back), in one transaction with the device row
+	// locked: audit is given the report it replaces (nil for the first)
+	// and returns the entries to append with it. updated_at is left
+	// alone: a report is not a change of the device. An unknown device is
+	// model.ErrNotFound.
+	ReportState(ctx context.Context, id int64, report model.StateReport, audit func(previous *model.StateReport) []model.AuditEntry) error
 
 	RotationQueue
+	FleetStats
+}
+
+// FleetStats counts devices by what they report (SPEC §15), for the
+// metrics and the fleet view. Each is one query.
+type FleetStats interface {
+	// FirmwareCounts counts the active devices of each model by reported
+	// firmware version (Version empty for those without a report), by
+	// model code then version; a model without active devices is absent.
+	FirmwareCounts(ctx context.Context) ([]model.FirmwareCount, error)
+	// StaleCounts counts, for every model (by code, each present), the
+	// active devices silent since before before: last seen before it, or
+	// never seen and created before it.
+	StaleCounts(ctx context.Context, before time.Time) (map[string]int, error)
 }
 
 // RotationQueue is the part of DeviceRepo the rotation use case works the

@@ -133,7 +133,9 @@ type deviceDTO struct {
 	SecretCreatedAt         *string         `json:"secret_created_at" oas:"use=optDateTime"`
 	LastRotationAttemptAt   *string         `json:"last_rotation_attempt_at" oas:"use=optDateTime"`
 	LastRotationCompletedAt *string         `json:"last_rotation_completed_at" oas:"use=optDateTime"`
-	LastSeenAt              *string         `json:"last_seen_at" oas:"use=optDateTime"`
+	LastSeenAt              *string         `json:"last_seen_at" oas:"use=optDateTime" desc:"RFC 3339, UTC: the device's last token-authenticated call or state report (written at most once a minute); null when never"`
+	Reported                *reportedDTO    `json:"reported" desc:"the device's latest state report (POST /iot/state), the members it sent; null before the first"`
+	ReportedAt              *string         `json:"reported_at" oas:"use=optDateTime" desc:"RFC 3339, UTC: when espmdm received the latest state report; null before the first"`
 	CreatedAt               string          `json:"created_at" oas:"use=dateTime"`
 	UpdatedAt               string          `json:"updated_at" oas:"use=dateTime"`
 }
@@ -155,6 +157,8 @@ func toDeviceDTO(d model.Device) deviceDTO {
 		LastRotationAttemptAt:   optTimestamp(d.LastRotationAttemptAt),
 		LastRotationCompletedAt: optTimestamp(d.LastRotationCompletedAt),
 		LastSeenAt:              optTimestamp(d.LastSeenAt),
+		Reported:                toReportedDTO(d.Reported),
+		ReportedAt:              reportedAt(d),
 		CreatedAt:               timestamp(d.CreatedAt),
 		UpdatedAt:               timestamp(d.UpdatedAt),
 	}
@@ -305,7 +309,8 @@ type firmwareListDTO struct {
 }
 
 type firmwareVersionDTO struct {
-	FirmwareVersion *string `json:"firmware_version"`
+	FirmwareVersion *string `json:"firmware_version" desc:"the version of the firmware GET /iot/firmware serves; null when none"`
+	SHA256          *string `json:"sha256" pattern:"^[0-9a-f]{64}$" desc:"its SHA-256 (GET /iot/firmware's ETag); null when none"`
 }
 
 type identityDTO struct {

@@ -338,7 +338,9 @@ func (f *fakeCatalog) ListDevices(ctx context.Context, flt ports.DeviceFilter) (
 		if d.ID <= flt.AfterID ||
 			(flt.ModelID != nil && d.DeviceModelID != *flt.ModelID) ||
 			(flt.Active != nil && d.Active != *flt.Active) ||
-			(flt.RotationState != nil && d.RotationState != *flt.RotationState) {
+			(flt.RotationState != nil && d.RotationState != *flt.RotationState) ||
+			(flt.FirmwareVersion != nil && (d.Reported == nil || d.Reported.FirmwareVersion != *flt.FirmwareVersion)) ||
+			(flt.SeenBefore != nil && d.LastSeenAt != nil && !d.LastSeenAt.Before(*flt.SeenBefore)) {
 			continue
 		}
 		all = append(all, d)
@@ -512,6 +514,68 @@ func (a *fakeDeviceAPI) AckCredentials(_ context.Context, _ model.Device, digest
 	return nil
 }
 
+// ReportState validates r as the core does and keeps it as d's latest
+// report, received at testEpoch plus a day.
+func (a *fakeDeviceAPI) ReportState(_ context.Context, d model.Device, r model.StateReport) error {
+	if err := a.failure("ReportState"); err != nil {
+		return err
+	}
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	r.At = testEpoch.Add(24 * time.Hour)
+	a.cat.mu.Lock()
+	defer a.cat.mu.Unlock()
+	dev, ok := a.cat.devices[d.ID]
+	if !ok {
+		return model.ErrNotFound
+	}
+	dev.Reported, dev.LastSeenAt = &r, &r.At
+	a.cat.devices[d.ID] = dev
+	return nil
+}
+
+func (a *fakeDeviceAPI) OfferedFirmware(ctx context.Context, d model.Device) (model.Firmware, error) {
+	fw, blob, err := a.cat.OpenFirmware(ctx, d.DeviceModelID)
+	if err != nil {
+		return model.Firmware{}, err
+	}
+	return fw, blob.Close()
+}
+
+// FirmwareCounts counts the fake's active devices by model and reported
+// version, as the repository does.
+func (f *fakeCatalog) FirmwareCounts(ctx context.Context) ([]model.FirmwareCount, error) {
+	if err := f.enter(ctx, "FirmwareCounts"); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	counts := map[model.FirmwareCount]int{}
+	for _, d := range f.devices {
+		if !d.Active {
+			continue
+		}
+		k := model.FirmwareCount{ModelID: d.DeviceModelID, ModelCode: d.ModelCode}
+		if d.Reported != nil {
+			k.Version = d.Reported.FirmwareVersion
+		}
+		counts[k]++
+	}
+	out := make([]model.FirmwareCount, 0, len(counts))
+	for k, n := range counts {
+		k.Devices = n
+		out = append(out, k)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].ModelCode != out[j].ModelCode {
+			return out[i].ModelCode < out[j].ModelCode
+		}
+		return out[i].Version < out[j].Version
+	})
+	return out, nil
+}
+
 // fakeVerifier knows a fixed set of tokens.
 type fakeVerifier struct {
 	admins  map[string]model.Principal
@@ -598,11 +662,12 @@ var (
 	_ ports.ProvisioningAdmin = (*fakeCatalog)(nil)
 	_ ports.IdentityAdmin     = (*fakeCatalog)(nil)
 	_ ports.DeviceAPI         = (*fakeDeviceAPI)(nil)
+	_ ports.FleetReader       = (*fakeCatalog)(nil)
 	_ ports.TokenVerifier     = (*fakeVerifier)(nil)
 )
 
 // catalogDeps is deps with cat serving every admin port.
 func catalogDeps(cat *fakeCatalog, deps httpapi.Deps) httpapi.Deps {
-	deps.Models, deps.Firmware, deps.DeviceAdmin, deps.Provisioning, deps.Identity = cat, cat, cat, cat, cat
+	deps.Models, deps.Firmware, deps.DeviceAdmin, deps.Provisioning, deps.Identity, deps.Fleet = cat, cat, cat, cat, cat, cat
 	return deps
 }

@@ -4,10 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"mime"
-	"net/http"
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -25,78 +25,33 @@ const (
 )
 
 func (s *Server) listModels(c *fiber.Ctx) error {
-	ms, err := s.models.ListModels(c.UserContext())
-	if err != nil {
-		return err
-	}
-	out := deviceModelListDTO{DeviceModels: make([]deviceModelDTO, 0, len(ms))}
-	for _, m := range ms {
-		out.DeviceModels = append(out.DeviceModels, toModelDTO(m))
-	}
-	return c.JSON(out)
+	return respond(c, s.models.ListModels, func(ms []model.DeviceModel) deviceModelListDTO {
+		return deviceModelListDTO{DeviceModels: listOf(ms, toModelDTO)}
+	})
 }
 
 func (s *Server) createModel(c *fiber.Ctx) error {
-	var in createModelDTO
-	if err := s.decodeJSON(c, &in); err != nil {
-		return err
-	}
-	nm, err := fromCreateModelDTO(in)
-	if err != nil {
-		return err
-	}
-	m, err := s.models.CreateModel(c.UserContext(), nm)
-	if err != nil {
-		return err
-	}
-	c.Location("/api/device-models/" + strconv.FormatInt(m.ID, 10))
-	return c.Status(fiber.StatusCreated).JSON(toModelDTO(m))
+	return create(s, c, fromCreateModelDTO, s.models.CreateModel, toModelDTO, func(m model.DeviceModel) string {
+		return "/api/device-models/" + strconv.FormatInt(m.ID, 10)
+	})
 }
 
 func (s *Server) getModel(c *fiber.Ctx) error {
-	id, err := pathID(c)
-	if err != nil {
-		return err
-	}
-	m, err := s.models.GetModel(c.UserContext(), id)
-	if err != nil {
-		return err
-	}
-	return c.JSON(toModelDTO(m))
+	return respondTo(c, pathID, s.models.GetModel, toModelDTO)
 }
 
 func (s *Server) updateModel(c *fiber.Ctx) error {
-	id, err := pathID(c)
-	if err != nil {
-		return err
-	}
-	var in updateModelDTO
-	if err := s.decodeJSON(c, &in); err != nil {
-		return err
-	}
-	upd, err := fromUpdateModelDTO(in)
-	if err != nil {
-		return err
-	}
-	if upd.Force, err = forceQuery(c); err != nil {
-		return err
-	}
-	m, err := s.models.UpdateModel(c.UserContext(), id, upd)
-	if err != nil {
-		return err
-	}
-	return c.JSON(toModelDTO(m))
+	return update(s, c, func(in updateModelDTO) (ports.ModelUpdate, error) {
+		upd, err := fromUpdateModelDTO(in)
+		if err == nil {
+			upd.Force, err = forceQuery(c)
+		}
+		return upd, err
+	}, s.models.UpdateModel, toModelDTO)
 }
 
 func (s *Server) deleteModel(c *fiber.Ctx) error {
-	id, err := pathID(c)
-	if err != nil {
-		return err
-	}
-	if err := s.models.DeleteModel(c.UserContext(), id); err != nil {
-		return err
-	}
-	return c.SendStatus(fiber.StatusNoContent)
+	return remove(c, s.models.DeleteModel)
 }
 
 // uploadFirmware accepts the image as the raw body
@@ -174,39 +129,15 @@ func (s *Server) downloadFirmware(c *fiber.Ctx) error {
 }
 
 func (s *Server) listFirmware(c *fiber.Ctx) error {
-	id, err := pathID(c)
-	if err != nil {
-		return err
-	}
-	fws, err := s.firmware.ListFirmware(c.UserContext(), id)
-	if err != nil {
-		return err
-	}
-	out := firmwareListDTO{Versions: make([]firmwareDTO, 0, len(fws))}
-	for _, f := range fws {
-		out.Versions = append(out.Versions, toFirmwareDTO(f))
-	}
-	return c.JSON(out)
+	return respondTo(c, pathID, s.firmware.ListFirmware, func(fws []model.Firmware) firmwareListDTO {
+		return firmwareListDTO{Versions: listOf(fws, toFirmwareDTO)}
+	})
 }
 
 func (s *Server) listDevices(c *fiber.Ctx) error {
-	f, err := deviceFilter(c)
-	if err != nil {
-		return err
-	}
-	page, err := s.deviceAdmin.ListDevices(c.UserContext(), f)
-	if err != nil {
-		return err
-	}
-	out := deviceListDTO{Devices: make([]deviceDTO, 0, len(page.Devices))}
-	for _, d := range page.Devices {
-		out.Devices = append(out.Devices, toDeviceDTO(d))
-	}
-	if page.NextAfterID > 0 {
-		cur := encodeCursor(page.NextAfterID)
-		out.NextCursor = &cur
-	}
-	return c.JSON(out)
+	return respondTo(c, deviceFilter, s.deviceAdmin.ListDevices, func(page ports.DevicePage) deviceListDTO {
+		return deviceListDTO{Devices: listOf(page.Devices, toDeviceDTO), NextCursor: pageCursor(page.NextAfterID)}
+	})
 }
 
 // pageQuery parses the paging parameters every list route shares: limit
@@ -230,7 +161,7 @@ func pageQuery(c *fiber.Ctx) (limit int, after int64, err error) {
 }
 
 // deviceFilter parses the device list query: limit, cursor, model_id,
-// rotation_state, active. Unknown parameters are ignored; invalid values
+// rotation_state, active, firmware_version (the reported one), seen_before. Unknown parameters are ignored; invalid values
 // of known ones are a 400.
 func deviceFilter(c *fiber.Ctx) (ports.DeviceFilter, error) {
 	f := ports.DeviceFilter{Limit: ports.DefaultPageSize}
@@ -264,67 +195,38 @@ func deviceFilter(c *fiber.Ctx) (ports.DeviceFilter, error) {
 		}
 		f.Active = &b
 	}
+	if v := c.Query("firmware_version"); v != "" {
+		if err := model.CheckReportedVersion("firmware_version", v); err != nil {
+			return f, err
+		}
+		f.FirmwareVersion = &v
+	}
+	if v := c.Query("seen_before"); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return f, model.Invalid("seen_before", "must be an RFC 3339 time such as 2025-06-01T00:00:00Z")
+		}
+		f.SeenBefore = &t
+	}
 	return f, nil
 }
 
 func (s *Server) createDevice(c *fiber.Ctx) error {
-	var in createDeviceDTO
-	if err := s.decodeJSON(c, &in); err != nil {
-		return err
-	}
-	nd, err := fromCreateDeviceDTO(in)
-	if err != nil {
-		return err
-	}
-	d, err := s.deviceAdmin.CreateDevice(c.UserContext(), nd)
-	if err != nil {
-		return err
-	}
-	c.Location("/api/devices/" + strconv.FormatInt(d.ID, 10))
-	return c.Status(fiber.StatusCreated).JSON(toDeviceDTO(d))
+	return create(s, c, fromCreateDeviceDTO, s.deviceAdmin.CreateDevice, toDeviceDTO, func(d model.Device) string {
+		return "/api/devices/" + strconv.FormatInt(d.ID, 10)
+	})
 }
 
 func (s *Server) getDevice(c *fiber.Ctx) error {
-	id, err := pathID(c)
-	if err != nil {
-		return err
-	}
-	d, err := s.deviceAdmin.GetDevice(c.UserContext(), id)
-	if err != nil {
-		return err
-	}
-	return c.JSON(toDeviceDTO(d))
+	return respondTo(c, pathID, s.deviceAdmin.GetDevice, toDeviceDTO)
 }
 
 func (s *Server) updateDevice(c *fiber.Ctx) error {
-	id, err := pathID(c)
-	if err != nil {
-		return err
-	}
-	var in updateDeviceDTO
-	if err := s.decodeJSON(c, &in); err != nil {
-		return err
-	}
-	upd, err := fromUpdateDeviceDTO(in)
-	if err != nil {
-		return err
-	}
-	d, err := s.deviceAdmin.UpdateDevice(c.UserContext(), id, upd)
-	if err != nil {
-		return err
-	}
-	return c.JSON(toDeviceDTO(d))
+	return update(s, c, fromUpdateDeviceDTO, s.deviceAdmin.UpdateDevice, toDeviceDTO)
 }
 
 func (s *Server) deleteDevice(c *fiber.Ctx) error {
-	id, err := pathID(c)
-	if err != nil {
-		return err
-	}
-	if err := s.deviceAdmin.DeleteDevice(c.UserContext(), id); err != nil {
-		return err
-	}
-	return c.SendStatus(fiber.StatusNoContent)
+	return remove(c, s.deviceAdmin.DeleteDevice)
 }
 
 // provisioning returns the device's NVS partition image (default) or, with
@@ -393,25 +295,9 @@ func nvsSize(v string) (int, error) {
 }
 
 func (s *Server) identityStatus(c *fiber.Ctx) error {
-	id, err := pathID(c)
-	if err != nil {
-		return err
-	}
-	st, err := s.identity.IdentityStatus(c.UserContext(), id)
-	if err != nil {
-		return err
-	}
-	return c.JSON(toIdentityDTO(st))
+	return respondTo(c, pathID, s.identity.IdentityStatus, toIdentityDTO)
 }
 
 func (s *Server) syncIdentity(c *fiber.Ctx) error {
-	id, err := pathID(c)
-	if err != nil {
-		return err
-	}
-	st, err := s.identity.SyncIdentity(c.UserContext(), id)
-	if err != nil {
-		return err
-	}
-	return c.Status(http.StatusOK).JSON(toIdentityDTO(st))
+	return respondTo(c, pathID, s.identity.SyncIdentity, toIdentityDTO)
 }

@@ -67,24 +67,10 @@ func (s *Server) listAudit(c *fiber.Ctx) error {
 	if s.audit == nil {
 		return errNoAudit
 	}
-	f, err := auditFilter(c)
-	if err != nil {
-		return err
-	}
-	page, err := s.audit.ListAudit(c.UserContext(), f)
-	if err != nil {
-		return err
-	}
-	out := auditListDTO{Entries: make([]auditEntryDTO, 0, len(page.Entries))}
-	for _, e := range page.Entries {
-		out.Entries = append(out.Entries, toAuditEntryDTO(e))
-	}
-	if page.NextAfterID > 0 {
-		cur := encodeCursor(page.NextAfterID)
-		out.NextCursor = &cur
-	}
 	c.Set(fiber.HeaderCacheControl, "no-store")
-	return c.JSON(out)
+	return respondTo(c, auditFilter, s.audit.ListAudit, func(page ports.AuditPage) auditListDTO {
+		return auditListDTO{Entries: listOf(page.Entries, toAuditEntryDTO), NextCursor: pageCursor(page.NextAfterID)}
+	})
 }
 
 // maxActorLen bounds the actor filter (subjects, client ids and usernames

@@ -1,6 +1,8 @@
 package httpapi
 
 import (
+	"errors"
+
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/espmdm/espmdm/core/model"
@@ -37,10 +39,15 @@ func (s *Server) iotFirmware(c *fiber.Ctx) error {
 
 func (s *Server) iotFirmwareVersion(c *fiber.Ctx) error {
 	d, _ := deviceOf(c)
-	m, err := s.models.GetModel(c.UserContext(), d.DeviceModelID)
-	if err != nil {
+	var out firmwareVersionDTO
+	fw, err := s.devices.OfferedFirmware(c.UserContext(), d)
+	switch {
+	case errors.Is(err, model.ErrNotFound):
+	case err != nil:
 		return err
+	default:
+		out.FirmwareVersion, out.SHA256 = &fw.Version, &fw.SHA256
 	}
 	c.Set(fiber.HeaderCacheControl, "no-cache")
-	return c.JSON(firmwareVersionDTO{FirmwareVersion: optString(m.FirmwareVersion)})
+	return c.JSON(out)
 }

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"time"
@@ -114,10 +115,11 @@ func (s *Server) rotationStatus(c *fiber.Ctx) error {
 	if s.rotation == nil {
 		return errNoRotation
 	}
-	st, err := s.rotation.RotationStatus(c.UserContext())
-	if err != nil {
-		return err
-	}
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return respond(c, s.rotation.RotationStatus, toRotationStatusDTO)
+}
+
+func toRotationStatusDTO(st ports.RotationStatus) rotationStatusDTO {
 	out := rotationStatusDTO{
 		Mode:                    string(st.Mode),
 		CountsByState:           toCountsDTO(st.Counts),
@@ -130,8 +132,7 @@ func (s *Server) rotationStatus(c *fiber.Ctx) error {
 	if out.InFlight == nil {
 		out.InFlight = []int64{}
 	}
-	c.Set(fiber.HeaderCacheControl, "no-store")
-	return c.JSON(out)
+	return out
 }
 
 type dashboardCountsDTO struct {
@@ -167,36 +168,35 @@ func (s *Server) rotationDashboard(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	db, err := s.rotation.RotationDashboard(c.UserContext(), g, limit, after)
-	if err != nil {
-		return err
-	}
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return respond(c, func(ctx context.Context) (ports.Dashboard, error) {
+		return s.rotation.RotationDashboard(ctx, g, limit, after)
+	}, toDashboardDTO)
+}
+
+// toDashboardDTO converts a dashboard page; secret ages are counted to now.
+func toDashboardDTO(db ports.Dashboard) dashboardDTO {
 	now := time.Now()
 	out := dashboardDTO{
 		Counts: dashboardCountsDTO{
 			Healthy: db.Counts[model.DashboardHealthy], Warning: db.Counts[model.DashboardWarning],
 			Critical: db.Counts[model.DashboardCritical], Inactive: db.Counts[model.DashboardInactive],
 		},
-		Group:   string(db.Group),
-		Devices: make([]dashboardDeviceDTO, 0, len(db.Page.Devices)),
+		Group:      string(db.Group),
+		NextCursor: pageCursor(db.Page.NextAfterID),
 	}
-	for _, d := range db.Page.Devices {
+	out.Devices = listOf(db.Page.Devices, func(d model.Device) dashboardDeviceDTO {
 		since := d.CreatedAt
 		if d.SecretCreatedAt != nil {
 			since = *d.SecretCreatedAt
 		}
-		out.Devices = append(out.Devices, dashboardDeviceDTO{
+		return dashboardDeviceDTO{
 			ID: d.ID, ClientID: d.ClientID(), RotationState: string(d.RotationState),
 			SecretCreatedAt:       optTimestamp(d.SecretCreatedAt),
 			SecretAgeDays:         float64(now.Sub(since).Round(time.Minute)) / float64(24*time.Hour),
 			LastRotationAttemptAt: optTimestamp(d.LastRotationAttemptAt),
 			LastSeenAt:            optTimestamp(d.LastSeenAt),
-		})
-	}
-	if db.Page.NextAfterID > 0 {
-		cur := encodeCursor(db.Page.NextAfterID)
-		out.NextCursor = &cur
-	}
-	c.Set(fiber.HeaderCacheControl, "no-store")
-	return c.JSON(out)
+		}
+	})
+	return out
 }

@@ -25,7 +25,7 @@ func TestDeviceAPI(t *testing.T) {
 
 	r = e.get("/iot/firmware-version", "tok-dev")
 	wantStatus(t, r, http.StatusOK)
-	if got := strings.TrimSpace(string(r.body)); got != `{"firmware_version":null}` {
+	if got := strings.TrimSpace(string(r.body)); got != `{"firmware_version":null,"sha256":null}` {
 		t.Errorf("version before upload = %s", got)
 	}
 	wantProblem(t, e.get("/iot/firmware", "tok-dev"), http.StatusNotFound)
@@ -33,7 +33,7 @@ func TestDeviceAPI(t *testing.T) {
 	img := testImage(2048)
 	fw := e.cat.addFirmware(1, "3.0.1", img)
 	r = e.get("/iot/firmware-version", "tok-dev")
-	if got := strings.TrimSpace(string(r.body)); got != `{"firmware_version":"3.0.1"}` {
+	if got, want := strings.TrimSpace(string(r.body)), `{"firmware_version":"3.0.1","sha256":"`+fw.SHA256+`"}`; got != want {
 		t.Errorf("version = %s", got)
 	}
 

@@ -206,6 +206,11 @@ func operations() []operation {
 				{"name": "rotation_state", "in": "query", "schema": caselessEnum(rotationStates...), "description": "case-insensitive"},
 				{"name": "active", "in": "query", "schema": obj{"anyOf": []obj{{"type": "boolean"}, {"type": "string", "pattern": caseless("true", "false", "1", "0")}}},
 					"description": "true or false (also 1 or 0, case-insensitive)"},
+				{"name": "firmware_version", "in": "query",
+					"schema":      obj{"type": "string", "minLength": 1, "maxLength": model.MaxReportVersionLen, "pattern": reportTextPattern},
+					"description": "only devices whose latest state report names this firmware version (exactly)"},
+				{"name": "seen_before", "in": "query", "schema": obj{"type": "string", "format": "date-time"},
+					"description": "only devices not seen since this time (RFC 3339): last seen before it, or never seen"},
 			},
 			responses: obj{"200": jsonResponse("one page", refTo[deviceListDTO]())}, errorCodes: []int{400}},
 		{method: "POST", path: "/api/devices", id: "createDevice", tag: "devices", auth: "write",
@@ -288,6 +293,12 @@ func operations() []operation {
 			},
 			responses: obj{"200": jsonResponse("one page", refTo[auditListDTO]())}, errorCodes: []int{400, 503}},
 
+		{method: "GET", path: "/api/fleet/firmware", id: "fleetFirmware", tag: "devices", auth: "read",
+			summary: "The fleet by reported firmware version: each model's active devices per version",
+			description: "Counts the active devices of every model that has any, by the firmware_version of their latest state report " +
+				"(POST /iot/state); the devices that have not reported are counted under null.",
+			responses: obj{"200": jsonResponse("the counts", refTo[fleetFirmwareDTO]())}, errorCodes: []int{503}},
+
 		{method: "GET", path: "/iot/config", id: "deviceConfig", tag: "device API", auth: "device",
 			summary:   "The calling device's config (completes a pending credential rotation)",
 			responses: obj{"200": jsonResponse("the config object", obj{"type": "object"})}, errorCodes: []int{502}},
@@ -295,8 +306,8 @@ func operations() []operation {
 			summary: "The current firmware of the calling device's model", params: firmwareDownloadParams,
 			responses: firmwareDownload("the whole firmware file"), errorCodes: []int{404, 502}},
 		{method: "GET", path: "/iot/firmware-version", id: "deviceFirmwareVersion", tag: "device API", auth: "device",
-			summary:   "The version of the model's current firmware",
-			responses: obj{"200": jsonResponse("the version, null when none was uploaded", refTo[firmwareVersionDTO]())}, errorCodes: []int{502}},
+			summary:   "The version and SHA-256 of the firmware GET /iot/firmware serves",
+			responses: obj{"200": jsonResponse("the version and SHA-256, both null when none was uploaded", refTo[firmwareVersionDTO]())}, errorCodes: []int{502}},
 		{method: "GET", path: "/iot/provisioning", id: "deviceProvisioning", tag: "device API", auth: "device",
 			summary: "Rotation fetch: the device's credentials, with the new secret while its rotation is PENDING",
 			description: "The first call of a rotation generates the new secret; later calls return the same one. " +
@@ -307,6 +318,14 @@ func operations() []operation {
 			description: "204 completes the rotation when the digest matches the secret generated in it, and again (idempotent) after it completed with that secret; 409 otherwise.",
 			body:        refTo[ackDTO](),
 			responses:   obj{"204": obj{"description": "confirmed"}}, errorCodes: []int{400, 409, 413, 415, 502}},
+		{method: "POST", path: "/iot/state", id: "deviceState", tag: "device API", auth: "device",
+			summary: "Report the device's state (SPEC §15): what it runs, its last OTA attempt, uptime, heap, RSSI",
+			description: "The report replaces the device's previous one whole (members left out are gone) and moves its last_seen_at; " +
+				"a report naming another firmware_version than the previous one (or the first report) is a device_firmware_changed " +
+				"audit entry. A member left out is unknown; null, an empty string, an unknown member (also in ota) or a value outside " +
+				"the listed words is a 400 naming the member, and nothing is stored.",
+			body:      refTo[stateReportDTO](),
+			responses: obj{"204": obj{"description": "stored"}}, errorCodes: []int{400, 415}},
 	}
 }
 
@@ -425,6 +444,9 @@ var wireTypes = []dtoSchema{
 	output[identityDTO]("IdentityStatus"),
 	output[provisioningNVSDTO]("ProvisioningNVS"),
 	output[provisioningDTO]("Provisioning"),
+	input[stateReportDTO]("StateReport"),
+	input[otaAttemptDTO]("OTAAttempt"),
+	output[fleetFirmwareDTO]("FleetFirmware"),
 }
 
 // schemaFragments are the named schemas DTO members use (oas:"use=...").

@@ -162,6 +162,8 @@ type Deps struct {
 	// /api/devices/batch (SPEC §18); nil answers them 503.
 	Pipeline ports.PipelineFirmware
 	Batch    ports.DeviceBatch
+	// Fleet serves GET /api/fleet/firmware; nil answers it 503.
+	Fleet ports.FleetReader
 	// Logger defaults to a no-op logger.
 	Logger *zap.Logger
 	// Registerer receives the HTTP metrics; Gatherer is what /metrics
@@ -189,6 +191,7 @@ type Server struct {
 	audit       ports.AuditReader
 	pipeline    ports.PipelineFirmware
 	batch       ports.DeviceBatch
+	fleet       ports.FleetReader
 	verify      ports.TokenVerifier
 	log         *zap.Logger
 	gather      prometheus.Gatherer
@@ -262,6 +265,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		audit:       deps.Audit,
 		pipeline:    deps.Pipeline,
 		batch:       deps.Batch,
+		fleet:       deps.Fleet,
 		verify:      deps.Verifier,
 		log:         log.Named("http"),
 		gather:      gat,
@@ -375,6 +379,7 @@ func (s *Server) routes() {
 
 	a.Get("/api/audit", small, read, s.listAudit)
 
+	a.Get("/api/fleet/firmware", small, read, s.fleetFirmware)
 	s.pipelineRoutes()
 	s.batchRoutes()
 
@@ -383,4 +388,5 @@ func (s *Server) routes() {
 	a.Get("/iot/firmware-version", small, s.requireDevice, s.iotFirmwareVersion)
 	a.Get("/iot/provisioning", small, s.requireDevice, s.iotProvisioning)
 	a.Post("/iot/provisioning/ack", small, s.requireDevice, s.iotProvisioningAck)
+	a.Post("/iot/state", small, s.requireDevice, s.iotState)
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/uptrace/bun"
 
 	"github.com/espmdm/espmdm/adapters/postgres"
+	"github.com/espmdm/espmdm/adapters/postgres/postgrestest"
 	"github.com/espmdm/espmdm/core/model"
 	"github.com/espmdm/espmdm/ports"
 )
@@ -94,11 +95,7 @@ func BenchmarkListDevices(b *testing.B) {
 const fleetSize = 100000
 
 // fleet is a database of fleetSize devices of 10 models, shaped like a
-// fleet in the middle of a rotation: 5% inactive; ten PENDING, the rest 70%
-// OK, 25% QUEUED and 5% TIMEOUT (retried after an hour or more); secrets
-// aged evenly over 0..95 days (so about 47% healthy, 47% warning and a few
-// % critical), 2% never rotated; half the PENDING and TIMEOUT devices with
-// a generated secret unconfirmed for up to 9 days.
+// fleet in the middle of a rotation (postgrestest.InsertFleet).
 type fleet struct {
 	db      *postgres.DB
 	devices *postgres.DeviceRepo
@@ -114,38 +111,8 @@ func newFleet(b *testing.B) *fleet {
 	for i := range 10 {
 		r.model(b, "fleet_"+string(rune('a'+i)))
 	}
-	// A synchronous commit (the test server runs with
-	// synchronous_commit=off), so that VACUUM can mark the pages
-	// all-visible at once: it cannot while the commit is not flushed.
-	err := db.Bun().RunInTx(b.Context(), nil, func(ctx context.Context, tx bun.Tx) error {
-		if _, err := tx.ExecContext(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
-			return err
-		}
-		_, err := tx.ExecContext(ctx, `
-		INSERT INTO devices (key, device_model_id, config, active, rotation_state,
-		                     secret_created_at, last_rotation_attempt_at, last_rotation_completed_at, new_secret_at)
-		SELECT lpad(to_hex(i), 8, '0'),
-		       (SELECT id FROM device_models ORDER BY id OFFSET (i % 10) LIMIT 1),
-		       jsonb_build_object('i', i, 'name', 'device ' || i),
-		       i % 20 <> 7,
-		       s.state,
-		       CASE WHEN i % 50 <> 3 THEN now() - make_interval(secs => (i * 7919 % 100000) * 82.08) END,
-		       CASE WHEN s.state IN ('PENDING', 'TIMEOUT') THEN now() - make_interval(mins => 60 + i % 2880) END,
-		       CASE WHEN s.state = 'OK' AND i % 50 <> 3 THEN now() - make_interval(secs => (i * 7919 % 100000) * 82.08) END,
-		       CASE WHEN s.state IN ('PENDING', 'TIMEOUT') AND i % 2 = 0 THEN now() - make_interval(hours => i % 216) END
-		FROM generate_series(1, ?) AS i,
-		     LATERAL (SELECT CASE WHEN i <= 10 THEN 'PENDING'
-		                          WHEN i % 100 < 70 THEN 'OK'
-		                          WHEN i % 100 < 95 THEN 'QUEUED'
-		                          ELSE 'TIMEOUT' END AS state) AS s`, fleetSize)
-		return err
-	})
-	if err != nil {
-		b.Fatalf("bulk insert: %v", err)
-	}
-	// What autovacuum would have done by the time anyone looks.
-	if _, err := db.Bun().ExecContext(b.Context(), "VACUUM ANALYZE devices"); err != nil {
-		b.Fatalf("vacuum analyze: %v", err)
+	if err := postgrestest.InsertFleet(b.Context(), db.Bun().DB, fleetSize); err != nil {
+		b.Fatalf("fleet: %v", err)
 	}
 	log := &queryLog{}
 	logged := postgres.WithQueryHook(db, log)

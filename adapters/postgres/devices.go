@@ -49,6 +49,7 @@ func (r *DeviceRepo) CreateDevice(ctx context.Context, d *model.Device, audit []
 	row := deviceToRow(d)
 	row.ID = 0
 	row.CreatedAt, row.UpdatedAt = time.Time{}, time.Time{}
+	row.Reported, row.ReportedAt = nil, nil // only ReportState writes a report
 	if row.RotationState == "" {
 		row.RotationState = string(model.RotationOK)
 	}
@@ -160,6 +161,12 @@ func (r *DeviceRepo) ListDevices(ctx context.Context, f ports.DeviceFilter) (por
 	}
 	if f.Active != nil {
 		q = q.Where("d.active = ?", *f.Active)
+	}
+	if f.FirmwareVersion != nil {
+		q = q.Where("d.reported->>'firmware_version' = ?", *f.FirmwareVersion)
+	}
+	if f.SeenBefore != nil {
+		q = q.Where("(d.last_seen_at IS NULL OR d.last_seen_at < ?)", f.SeenBefore.UTC())
 	}
 	if err := q.OrderExpr("d.id ASC").Limit(limit + 1).Scan(ctx); err != nil {
 		return ports.DevicePage{}, translate("list devices", err, fkNone)

@@ -48,14 +48,40 @@ type deviceRow struct {
 	// SecretSHA256 is NULL when the model's SecretSHA256 is empty.
 	SecretSHA256 *string `bun:"secret_sha256"`
 	MQTTPassword []byte  `bun:"mqtt_password,type:bytea,nullzero"`
+	// Reported and ReportedAt are the latest state report; only
+	// ReportState writes them.
+	Reported   *reportDoc `bun:"reported,type:jsonb"`
+	ReportedAt *time.Time `bun:"reported_at"`
 
 	CreatedAt time.Time `bun:"created_at,notnull,nullzero,default:now()"`
 	UpdatedAt time.Time `bun:"updated_at,notnull,nullzero,default:now()"`
 }
 
+// reportDoc is a state report as the reported column keeps it: the
+// members of SPEC §15 by their names there.
+type reportDoc struct {
+	FirmwareVersion string  `json:"firmware_version"`
+	SecureVersion   *uint32 `json:"secure_version,omitempty"`
+	AppELFSHA256    string  `json:"app_elf_sha256,omitempty"`
+	Partition       string  `json:"partition,omitempty"`
+	OTAState        string  `json:"ota_state,omitempty"`
+	OTA             *otaDoc `json:"ota,omitempty"`
+	ResetReason     string  `json:"reset_reason,omitempty"`
+	UptimeS         *int64  `json:"uptime_s,omitempty"`
+	FreeHeap        *int64  `json:"free_heap,omitempty"`
+	RSSI            *int    `json:"rssi,omitempty"`
+	IDFVersion      string  `json:"idf_version,omitempty"`
+}
+
+type otaDoc struct {
+	Target string `json:"target"`
+	Result string `json:"result"`
+}
+
 // deviceSelectColumns are the devices columns of a deviceRow, in order
 // (not the model code, which is in device_models).
-var deviceSelectColumns = append(append([]string{"id", "key", "device_model_id"}, deviceMutableColumns...), "created_at", "updated_at")
+var deviceSelectColumns = append(append([]string{"id", "key", "device_model_id"}, deviceMutableColumns...),
+	"reported", "reported_at", "created_at", "updated_at")
 
 // deviceMutableColumns are the columns UpdateDevice writes: everything but
 // id, key, device_model_id and created_at (updated_at is set separately).
@@ -134,6 +160,8 @@ func deviceToRow(d *model.Device) deviceRow {
 		PreviousSecret:          bytesOrNil(d.PreviousSecret),
 		SecretSHA256:            stringOrNil(d.SecretSHA256),
 		MQTTPassword:            bytesOrNil(d.MQTTPassword),
+		Reported:                reportToDoc(d.Reported),
+		ReportedAt:              reportedAt(d.Reported),
 		CreatedAt:               utc(d.CreatedAt),
 		UpdatedAt:               utc(d.UpdatedAt),
 	}
@@ -159,9 +187,65 @@ func deviceFromRow(r *deviceRow) model.Device {
 		PreviousSecret:          bytesOrNil(r.PreviousSecret),
 		SecretSHA256:            stringOrEmpty(r.SecretSHA256),
 		MQTTPassword:            bytesOrNil(r.MQTTPassword),
+		Reported:                reportFromDoc(r.Reported, r.ReportedAt),
 		CreatedAt:               utc(r.CreatedAt),
 		UpdatedAt:               utc(r.UpdatedAt),
 	}
+}
+
+func reportToDoc(r *model.StateReport) *reportDoc {
+	if r == nil {
+		return nil
+	}
+	d := &reportDoc{
+		FirmwareVersion: r.FirmwareVersion,
+		SecureVersion:   r.SecureVersion,
+		AppELFSHA256:    r.AppELFSHA256,
+		Partition:       r.Partition,
+		OTAState:        string(r.OTAState),
+		ResetReason:     r.ResetReason,
+		UptimeS:         r.UptimeS,
+		FreeHeap:        r.FreeHeap,
+		RSSI:            r.RSSI,
+		IDFVersion:      r.IDFVersion,
+	}
+	if r.OTA != nil {
+		d.OTA = &otaDoc{Target: r.OTA.Target, Result: string(r.OTA.Result)}
+	}
+	return d
+}
+
+func reportedAt(r *model.StateReport) *time.Time {
+	if r == nil {
+		return nil
+	}
+	at := r.At.UTC()
+	return &at
+}
+
+// reportFromDoc is the report of a row; nil when it has none (a report
+// without its time, which ReportState never writes, counts as none).
+func reportFromDoc(d *reportDoc, at *time.Time) *model.StateReport {
+	if d == nil || at == nil {
+		return nil
+	}
+	r := &model.StateReport{
+		FirmwareVersion: d.FirmwareVersion,
+		SecureVersion:   d.SecureVersion,
+		AppELFSHA256:    d.AppELFSHA256,
+		Partition:       d.Partition,
+		OTAState:        model.OTAState(d.OTAState),
+		ResetReason:     d.ResetReason,
+		UptimeS:         d.UptimeS,
+		FreeHeap:        d.FreeHeap,
+		RSSI:            d.RSSI,
+		IDFVersion:      d.IDFVersion,
+		At:              at.UTC(),
+	}
+	if d.OTA != nil {
+		r.OTA = &model.OTAAttempt{Target: d.OTA.Target, Result: model.OTAResult(d.OTA.Result)}
+	}
+	return r
 }
 
 func firmwareToRow(f *model.Firmware) firmwareRow {

@@ -155,6 +155,11 @@ func (s *Service) ListDevices(ctx context.Context, f ports.DeviceFilter) (ports.
 	if f.RotationState != nil && !f.RotationState.Valid() {
 		return ports.DevicePage{}, model.Invalid("rotation_state", "must be one of OK, QUEUED, PENDING, TIMEOUT")
 	}
+	if f.FirmwareVersion != nil {
+		if err := model.CheckReportedVersion("firmware_version", *f.FirmwareVersion); err != nil {
+			return ports.DevicePage{}, err
+		}
+	}
 	p, err := s.d.Devices.ListDevices(ctx, f)
 	if err != nil {
 		return ports.DevicePage{}, fmt.Errorf("list devices: %w", err)

@@ -125,6 +125,7 @@ var (
 	_ ports.DeviceAPI         = (*Service)(nil)
 	_ ports.Rotation          = (*Service)(nil)
 	_ ports.AuditReader       = (*Service)(nil)
+	_ ports.FleetReader       = (*Service)(nil)
 )
 
 // New returns a Service over deps, with cfg's zero fields set to their

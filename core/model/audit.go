@@ -38,6 +38,9 @@ const (
 	// removed an account without a device.
 	AuditBrokerAccountReconciled AuditKind = "broker_account_reconciled"
 	AuditOrphanAccountDeleted    AuditKind = "orphan_account_deleted"
+	// AuditFirmwareReported: a device's state report (SPEC §15) names
+	// another firmware version than its previous report (or is its first).
+	AuditFirmwareReported AuditKind = "device_firmware_changed"
 )
 
 // AuditKinds lists every kind, in the order above.
@@ -47,7 +50,7 @@ var AuditKinds = []AuditKind{
 	AuditScheduleFired, AuditScheduleChanged, AuditRotationStarted, AuditSecretGenerated, AuditSecretFetched,
 	AuditSecretConfirmed, AuditSecretAckRefused, AuditRotatedInvalidated, AuditRotationTimeout,
 	AuditSecretRestored, AuditModelCreated, AuditModelUpdated, AuditModelDeleted, AuditFirmwareUploaded,
-	AuditBrokerAccountReconciled, AuditOrphanAccountDeleted,
+	AuditBrokerAccountReconciled, AuditOrphanAccountDeleted, AuditFirmwareReported,
 }
 
 // Valid reports whether k is one of AuditKinds.

@@ -99,6 +99,11 @@ type Device struct {
 	// makes one.
 	MQTTPassword []byte
 
+	// Reported is the device's latest state report (SPEC §15), with the
+	// time espmdm received it; nil before its first. Only
+	// DeviceRepo.ReportState writes it.
+	Reported *StateReport
+
 	CreatedAt time.Time
 	UpdatedAt time.Time
 }

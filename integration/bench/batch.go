@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"github.com/espmdm/espmdm/integration/bench/launch"
 )
 
 // batchDevices is the size of the measured batch (SPEC §18's benchmark);
@@ -38,12 +40,7 @@ func Batch() Scenario {
 
 func runBatch(ctx context.Context, env *Env) (res Result, err error) {
 	st := env.Stack
-	dbURL, drop, err := env.newDatabase(ctx)
-	if err != nil {
-		return res, err
-	}
-	defer drop()
-	srv, err := env.startInProcess(ctx, dbURL, map[string]string{"KEYCLOAK_MAX_CONCURRENCY": strconv.Itoa(provWorkers)})
+	srv, err := env.startInProcess(ctx, map[string]string{"KEYCLOAK_MAX_CONCURRENCY": strconv.Itoa(provWorkers)})
 	if err != nil {
 		return res, err
 	}
@@ -67,7 +64,7 @@ func runBatch(ctx context.Context, env *Env) (res Result, err error) {
 		return res, err
 	}
 	kc := &rawKeycloak{base: st.KeycloakURL + "/admin/realms/" + st.Realm, tok: adminTok, audience: st.DeviceAudience, c: newClient(provWorkers)}
-	run := randHex(4)
+	run := launch.RandHex(4)
 	defer func() {
 		if derr := kc.deleteAll(context.WithoutCancel(ctx)); derr != nil {
 			err = errors.Join(err, derr)

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+
+	"github.com/espmdm/espmdm/integration/bench/launch"
 )
 
 // iotWorkers is the closed-loop concurrency of iot_config.
@@ -38,7 +40,7 @@ func (a admin) createModel(ctx context.Context) (int64, error) {
 	var m struct {
 		ID int64 `json:"id"`
 	}
-	code := "bench_" + randHex(4)
+	code := "bench_" + launch.RandHex(4)
 	err := callJSON(ctx, a.c, http.MethodPost, a.base+"/api/device-models", a.tok,
 		map[string]any{"code": code, "name": "Bench " + code}, http.StatusCreated, &m)
 	return m.ID, err
@@ -80,12 +82,7 @@ func (a admin) secret(ctx context.Context, id int64) (string, error) {
 }
 
 func runIOTConfig(ctx context.Context, env *Env) (res Result, err error) {
-	dbURL, drop, err := env.newDatabase(ctx)
-	if err != nil {
-		return res, err
-	}
-	defer drop()
-	srv, err := env.startInProcess(ctx, dbURL, nil)
+	srv, err := env.startInProcess(ctx, nil)
 	if err != nil {
 		return res, err
 	}

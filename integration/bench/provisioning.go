@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/espmdm/espmdm/integration/bench/launch"
 )
 
 const (
@@ -135,12 +137,7 @@ func (k *rawKeycloak) deleteAll(ctx context.Context) error {
 
 func runProvisioning(ctx context.Context, env *Env) (res Result, err error) {
 	st := env.Stack
-	dbURL, drop, err := env.newDatabase(ctx)
-	if err != nil {
-		return res, err
-	}
-	defer drop()
-	srv, err := env.startInProcess(ctx, dbURL, nil)
+	srv, err := env.startInProcess(ctx, nil)
 	if err != nil {
 		return res, err
 	}
@@ -163,7 +160,7 @@ func runProvisioning(ctx context.Context, env *Env) (res Result, err error) {
 		return res, err
 	}
 	kc := &rawKeycloak{base: st.KeycloakURL + "/admin/realms/" + st.Realm, tok: adminTok, audience: st.DeviceAudience, c: newClient(provWorkers)}
-	run := randHex(4)
+	run := launch.RandHex(4)
 	defer func() {
 		if derr := kc.deleteAll(context.WithoutCancel(ctx)); derr != nil {
 			err = errors.Join(err, derr)

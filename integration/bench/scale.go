@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/uptrace/bun/driver/pgdriver"
+
+	"github.com/espmdm/espmdm/adapters/postgres/postgrestest"
 )
 
 const scaleDevices = 100000
@@ -32,25 +34,6 @@ func Scale() Scenario {
 	}
 }
 
-// fleetSQL is adapters/postgres's benchmark fleet.
-const fleetSQL = `
-INSERT INTO devices (key, device_model_id, config, active, rotation_state,
-                     secret_created_at, last_rotation_attempt_at, last_rotation_completed_at, new_secret_at)
-SELECT lpad(to_hex(i), 8, '0'),
-       (SELECT id FROM device_models ORDER BY id OFFSET (i % 10) LIMIT 1),
-       jsonb_build_object('i', i, 'name', 'device ' || i),
-       i % 20 <> 7,
-       s.state,
-       CASE WHEN i % 50 <> 3 THEN now() - make_interval(secs => (i * 7919 % 100000) * 82.08) END,
-       CASE WHEN s.state IN ('PENDING', 'TIMEOUT') THEN now() - make_interval(mins => 60 + i % 2880) END,
-       CASE WHEN s.state = 'OK' AND i % 50 <> 3 THEN now() - make_interval(secs => (i * 7919 % 100000) * 82.08) END,
-       CASE WHEN s.state IN ('PENDING', 'TIMEOUT') AND i % 2 = 0 THEN now() - make_interval(hours => i % 216) END
-FROM generate_series(1, $1) AS i,
-     LATERAL (SELECT CASE WHEN i <= 10 THEN 'PENDING'
-                          WHEN i % 100 < 70 THEN 'OK'
-                          WHEN i % 100 < 95 THEN 'QUEUED'
-                          ELSE 'TIMEOUT' END AS state) AS s`
-
 func loadFleet(ctx context.Context, dsn string) (modelID int64, err error) {
 	db := sql.OpenDB(pgdriver.NewConnector(pgdriver.WithDSN(dsn)))
 	defer db.Close()
@@ -58,24 +41,8 @@ func loadFleet(ctx context.Context, dsn string) (modelID int64, err error) {
 		SELECT 'scale_' || chr(97 + i), 'Scale model ' || i FROM generate_series(0, 9) AS i`); err != nil {
 		return 0, fmt.Errorf("insert models: %w", err)
 	}
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
+	if err := postgrestest.InsertFleet(ctx, db, scaleDevices); err != nil {
 		return 0, err
-	}
-	// A synchronous commit, so VACUUM can mark the pages all-visible.
-	if _, err := tx.ExecContext(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
-		_ = tx.Rollback()
-		return 0, err
-	}
-	if _, err := tx.ExecContext(ctx, fleetSQL, scaleDevices); err != nil {
-		_ = tx.Rollback()
-		return 0, fmt.Errorf("insert devices: %w", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return 0, err
-	}
-	if _, err := db.ExecContext(ctx, "VACUUM ANALYZE devices"); err != nil {
-		return 0, fmt.Errorf("vacuum analyze: %w", err)
 	}
 	err = db.QueryRowContext(ctx, "SELECT id FROM device_models ORDER BY id OFFSET 3 LIMIT 1").Scan(&modelID)
 	return modelID, err
@@ -83,13 +50,8 @@ func loadFleet(ctx context.Context, dsn string) (modelID int64, err error) {
 
 func runScale(ctx context.Context, env *Env) (res Result, err error) {
 	st := env.Stack
-	dbURL, drop, err := env.newDatabase(ctx)
-	if err != nil {
-		return res, err
-	}
-	defer drop()
 	env.logf("scale: building and starting espmdm serve")
-	srv, err := env.startProcess(ctx, dbURL, map[string]string{
+	srv, err := env.startProcess(ctx, map[string]string{
 		"LOG_LEVEL":                "warn",
 		"ROTATION_TICK_SECONDS":    "3600",
 		"ROTATION_TIMEOUT_SECONDS": "31536000",
@@ -107,7 +69,7 @@ func runScale(ctx context.Context, env *Env) (res Result, err error) {
 	time.Sleep(2 * time.Second)
 	env.logf("scale: inserting %d devices", scaleDevices)
 	t0 := time.Now()
-	modelID, err := loadFleet(ctx, dbURL)
+	modelID, err := loadFleet(ctx, srv.DatabaseURL)
 	if err != nil {
 		return res, err
 	}

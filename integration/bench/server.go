@@ -3,251 +3,55 @@ package bench
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"database/sql"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net"
+	"maps"
 	"net/http"
 	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
-	"github.com/uptrace/bun/driver/pgdriver"
-	"go.uber.org/fx"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/espmdm/espmdm/app"
+	"github.com/espmdm/espmdm/integration/bench/launch"
 )
 
-func randHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-// exec runs one statement on dsn over a connection of its own.
-func execSQL(ctx context.Context, dsn, stmt string, args ...any) error {
-	db := sql.OpenDB(pgdriver.NewConnector(pgdriver.WithDSN(dsn)))
-	defer db.Close()
-	_, err := db.ExecContext(ctx, stmt, args...)
-	return err
-}
-
-// newDatabase creates an empty database on the stack's PostgreSQL and
-// returns its URL and a function dropping it.
-func (e *Env) newDatabase(ctx context.Context) (string, func(), error) {
-	name := "bench_" + randHex(6)
-	if err := execSQL(ctx, e.Stack.DatabaseURL, "CREATE DATABASE "+name); err != nil {
-		return "", nil, fmt.Errorf("create database: %w", err)
-	}
-	drop := func() {
-		dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := execSQL(dctx, e.Stack.DatabaseURL, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
-			e.logf("drop database %s: %v", name, err)
-		}
-	}
-	u, err := url.Parse(e.Stack.DatabaseURL)
-	if err != nil {
-		drop()
-		return "", nil, err
-	}
-	u.Path = "/" + name
-	return u.String(), drop, nil
-}
-
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
-
-// serverVars is the environment of an espmdm on a free loopback port with
-// the stack's services and the database dbURL. The reconciler runs once at
-// start only (RECONCILE_INTERVAL=24h): it deletes iotdevice-* clients
-// older than two minutes that this database does not know, which on a
-// shared stack no running test still uses.
-func (e *Env) serverVars(dbURL string, extra map[string]string) (map[string]string, error) {
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	dir, err := os.MkdirTemp(e.TempDir, "firmware-")
-	if err != nil {
-		return nil, err
-	}
-	st := e.Stack
+// serverEnv is what a bench server runs with beyond the launcher's
+// defaults: logs at info level as in production, and no rate limits (the
+// benchmarks measure what a request costs, many from one device or
+// address: the rate limits would measure themselves); extra overrides it.
+func (e *Env) serverEnv(extra map[string]string) map[string]string {
 	vars := map[string]string{
-		"DATABASE_URL":       dbURL,
-		"HTTP_ADDR":          addr,
-		"BASE_URL":           "http://" + addr,
-		"MQTT_CLIENT_ID":     "bench-" + randHex(4),
-		"FIRMWARE_DIR":       dir,
-		"SECRET_KEY":         randHex(32),
-		"RECONCILE_INTERVAL": "24h",
-		"SHUTDOWN_TIMEOUT":   "5s",
-		"LOG_LEVEL":          "info",
-		// The benchmarks measure what a request costs, many from one
-		// device or address: the rate limits would measure themselves.
+		"LOG_LEVEL":         "info",
 		"DEVICE_RATE_LIMIT": "0",
 		"UNAUTH_RATE_LIMIT": "0",
 	}
-	for k, v := range st.ServeEnv() {
-		vars[k] = v
-	}
-	for k, v := range extra {
-		vars[k] = v
-	}
-	return vars, nil
+	maps.Copy(vars, extra)
+	return vars
 }
 
-// espmdm is a running espmdm server.
-type espmdm struct {
-	Base string
-	Pid  int // the subprocess; 0 when in-process
-	stop func() error
-}
-
-func (s *espmdm) Stop() error {
-	if s == nil || s.stop == nil {
-		return nil
-	}
-	return s.stop()
-}
-
-// startInProcess runs espmdm with app.New in this process. Its logs are
-// encoded at info level as in production, then discarded.
-func (e *Env) startInProcess(ctx context.Context, dbURL string, extra map[string]string) (*espmdm, error) {
-	vars, err := e.serverVars(dbURL, extra)
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := app.LoadConfig(func(k string) string { return vars[k] })
-	if err != nil {
-		return nil, fmt.Errorf("LoadConfig: %w", err)
-	}
+// startInProcess runs espmdm with app.New in this process, with a database
+// of its own that Stop drops. Its logs are encoded at info level as in
+// production, then discarded.
+func (e *Env) startInProcess(ctx context.Context, extra map[string]string) (*launch.Server, error) {
 	discard := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(io.Discard), zapcore.InfoLevel)
-	a := app.New(cfg, fx.Decorate(func(*zap.Logger) *zap.Logger { return zap.New(discard) }))
-	if err := a.Err(); err != nil {
-		return nil, fmt.Errorf("app.New: %w", err)
-	}
-	sctx, cancel := context.WithTimeout(ctx, a.StartTimeout())
-	defer cancel()
-	if err := a.Start(sctx); err != nil {
-		return nil, fmt.Errorf("start espmdm: %w", err)
-	}
-	s := &espmdm{Base: cfg.BaseURL, stop: func() error {
-		stopCtx, cancel := context.WithTimeout(context.Background(), a.StopTimeout())
-		defer cancel()
-		return a.Stop(stopCtx)
-	}}
-	if err := waitReady(ctx, s.Base, time.Minute); err != nil {
-		_ = s.Stop()
-		return nil, err
-	}
-	return s, nil
-}
-
-// build compiles espmdm once into the temporary directory.
-func (e *Env) build(ctx context.Context) (string, error) {
-	if e.binary != "" {
-		return e.binary, nil
-	}
-	gomod, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	root := filepath.Dir(strings.TrimSpace(string(gomod)))
-	bin := filepath.Join(e.TempDir, "espmdm")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./app/cmd/espmdm")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./app/cmd/espmdm: %w\n%s", err, out)
-	}
-	e.binary = bin
-	return bin, nil
+	return launch.InProcess(ctx, e.Stack, launch.Options{Env: e.serverEnv(extra), Dir: e.TempDir, Logger: zap.New(discard)})
 }
 
 // startProcess runs `espmdm serve` as a subprocess (so its memory can be
-// read from /proc/<pid>/status). Its log goes to a file in TempDir.
-func (e *Env) startProcess(ctx context.Context, dbURL string, extra map[string]string) (*espmdm, error) {
-	bin, err := e.build(ctx)
-	if err != nil {
-		return nil, err
-	}
-	vars, err := e.serverVars(dbURL, extra)
-	if err != nil {
-		return nil, err
-	}
-	logf, err := os.CreateTemp(e.TempDir, "espmdm-*.log")
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, "serve")
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
-	for k, v := range vars {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start espmdm serve: %w", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait(); logf.Close() }()
-	s := &espmdm{Base: vars["BASE_URL"], Pid: cmd.Process.Pid, stop: func() error {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-done:
-			return err
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			return errors.New("espmdm did not stop within 30s; killed")
+// read from /proc/<pid>/status), with a database of its own that Stop
+// drops. Its log goes to a file in TempDir.
+func (e *Env) startProcess(ctx context.Context, extra map[string]string) (*launch.Server, error) {
+	if e.binary == "" {
+		bin, err := launch.Build(ctx, e.TempDir)
+		if err != nil {
+			return nil, err
 		}
-	}}
-	if err := waitReady(ctx, s.Base, 2*time.Minute); err != nil {
-		_ = s.Stop()
-		return nil, fmt.Errorf("%w (log: %s)", err, logf.Name())
+		e.binary = bin
 	}
-	return s, nil
-}
-
-func waitReady(ctx context.Context, base string, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var last string
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/health/ready", nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = resp.Status
-		} else {
-			last = err.Error()
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("espmdm at %s not ready after %s: %s", base, timeout, last)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	return launch.Process(ctx, e.Stack, e.binary, launch.Options{Env: e.serverEnv(extra), Dir: e.TempDir})
 }
 
 // token gets an access token with the client-credentials grant.

@@ -106,6 +106,7 @@ type Device struct {
 	nudgeAt                               time.Time
 	config                                json.RawMessage
 	fw                                    firmwareState
+	app                                   appState
 	seen                                  []string // every secret held or handed out
 	stats                                 Stats
 	lockStart                             time.Time
@@ -153,6 +154,7 @@ func newDevice(f *Fleet, partition []byte) (*Device, error) {
 		return nil, fmt.Errorf("devicesim: client id %q is not iotdevice-<model>-<key>", d.clientID)
 	}
 	d.modelCode = code
+	d.app = appState{version: f.cfg.FirmwareVersion, idf: simIDFVersion, partition: "ota_0"}
 	d.seen = []string{d.current}
 	if prov["client_secret_next"] != "" {
 		d.next = prov["client_secret_next"]
@@ -509,17 +511,25 @@ func (d *Device) stopRetry() {
 	}
 }
 
-// Boot is the device's power-on: it forgets its in-memory state and gets a
-// token with its current secret, then its next one.
-func (d *Device) Boot(ctx context.Context) error {
+// Boot is the device's power-on: it forgets its in-memory state, gets a
+// token with its current secret, then its next one, and reports its state
+// (SPEC §15; an image booted from an OTA is then confirmed and reported
+// again).
+func (d *Device) Boot(ctx context.Context) error { return d.boot(ctx, "poweron") }
+
+// boot is Boot for a start whose reset reason is reason.
+func (d *Device) boot(ctx context.Context, reason string) error {
 	d.mu.Lock()
 	d.tok = cachedToken{}
 	d.config = nil
 	d.stats.Boots++
+	d.app.reset, d.app.bootAt = reason, time.Now()
 	d.mu.Unlock()
 	d.event(EventBoot, nil)
-	_, err := d.login(ctx)
-	return err
+	if _, err := d.login(ctx); err != nil {
+		return err
+	}
+	return d.reportBoot(ctx)
 }
 
 // crash loses everything but the persisted slots, then reboots (unless
@@ -550,7 +560,7 @@ func (d *Device) crash(ctx context.Context) error {
 			return ErrCrashed
 		}
 	}
-	if err := d.Boot(ctx); err != nil {
+	if err := d.boot(ctx, "panic"); err != nil {
 		if ctx.Err() == nil {
 			d.f.logf("devicesim: %s: boot after crash: %v", d.clientID, err)
 		}

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/espmdm/espmdm/esp32image"
+	"github.com/espmdm/espmdm/esp32image/esp32imagetest"
 	"github.com/espmdm/espmdm/integration/devicesim"
 	"github.com/espmdm/espmdm/nvs"
 )
@@ -38,6 +40,9 @@ type fake struct {
 	acks     map[string]int
 	configs  map[string]int // GET /iot/config per client
 	firmware []byte
+	// reports are the state reports received, per client, decoded
+	// strictly (unknown members are refused, as espmdm does).
+	reports map[string][]map[string]any
 	// refuseAcks answers every ack 409.
 	refuseAcks bool
 }
@@ -45,7 +50,8 @@ type fake struct {
 func newFake(t *testing.T, mode string) *fake {
 	t.Helper()
 	f := &fake{t: t, mode: mode, valid: map[string]map[string]bool{}, current: map[string]string{},
-		pending: map[string]string{}, rotating: map[string]bool{}, tokens: map[string]string{}, acks: map[string]int{}, configs: map[string]int{}}
+		pending: map[string]string{}, rotating: map[string]bool{}, tokens: map[string]string{}, acks: map[string]int{}, configs: map[string]int{},
+		reports: map[string][]map[string]any{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /token", f.token)
 	mux.HandleFunc("GET /iot/config", f.auth(func(w http.ResponseWriter, r *http.Request, id string) {
@@ -58,6 +64,7 @@ func newFake(t *testing.T, mode string) *fake {
 	mux.HandleFunc("GET /iot/firmware", f.auth(f.serveFirmware))
 	mux.HandleFunc("GET /iot/provisioning", f.auth(f.fetch))
 	mux.HandleFunc("POST /iot/provisioning/ack", f.auth(f.ack))
+	mux.HandleFunc("POST /iot/state", f.auth(f.state))
 	f.srv = httptest.NewServer(mux)
 	t.Cleanup(f.srv.Close)
 	return f
@@ -158,6 +165,37 @@ func (f *fake) ack(w http.ResponseWriter, r *http.Request, id string) {
 	f.rotating[id] = false
 	f.acks[id]++
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// stateMembers are the members SPEC §15 allows in a state report.
+var stateMembers = map[string]bool{"firmware_version": true, "secure_version": true, "app_elf_sha256": true,
+	"partition": true, "ota_state": true, "ota": true, "reset_reason": true, "uptime_s": true, "free_heap": true,
+	"rssi": true, "idf_version": true}
+
+func (f *fake) state(w http.ResponseWriter, r *http.Request, id string) {
+	var body map[string]any
+	if r.Header.Get("Content-Type") != "application/json" || json.NewDecoder(r.Body).Decode(&body) != nil {
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	for k := range body {
+		if !stateMembers[k] {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+	}
+	if v, _ := body["firmware_version"].(string); v == "" {
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	f.reports[id] = append(f.reports[id], body)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (f *fake) reportsOf(id string) []map[string]any {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]map[string]any(nil), f.reports[id]...)
 }
 
 // timeout is the restore-mode timeout: the old secret back, the
@@ -580,5 +618,82 @@ func TestEvents(t *testing.T) {
 	want := []devicesim.EventKind{devicesim.EventNudge, devicesim.EventFetch, devicesim.EventAck}
 	if fmt.Sprint(kinds) != fmt.Sprint(want) {
 		t.Errorf("events %v, want %v", kinds, want)
+	}
+}
+
+func TestBootReportsState(t *testing.T) {
+	f := newFake(t, "grace")
+	fl := newTestFleet(t, devicesim.Config{FirmwareVersion: "4.2.0"})
+	d := add(t, fl, f.partition("m"))
+	if err := d.Boot(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	reps := f.reportsOf(d.ClientID())
+	if len(reps) != 1 {
+		t.Fatalf("%d reports after a boot, want 1: %v", len(reps), reps)
+	}
+	r := reps[0]
+	if r["firmware_version"] != "4.2.0" || r["ota_state"] != "valid" || r["partition"] != "ota_0" || r["reset_reason"] != "poweron" {
+		t.Errorf("boot report %v", r)
+	}
+	if _, ok := r["ota"]; ok {
+		t.Errorf("a device that never updated reports an OTA attempt: %v", r)
+	}
+	if st := d.Stats(); st.StateReports != 1 || d.Running() != "4.2.0" {
+		t.Errorf("stats %+v, running %s", st, d.Running())
+	}
+}
+
+func TestInstallFirmwareReportsLikeTheComponent(t *testing.T) {
+	f := newFake(t, "grace")
+	desc := esp32imagetest.SampleDesc(esp32image.ChipESP32)
+	desc.Version, desc.SecureVersion = "5.0.1", 2
+	f.firmware = esp32imagetest.New(esp32image.ChipESP32, 4, true, &desc).Bytes()
+	fl := newTestFleet(t, devicesim.Config{})
+	d := add(t, fl, f.partition("m"))
+	if err := d.Boot(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.InstallFirmware(ctx(t)); !errors.Is(err, devicesim.ErrNoImage) {
+		t.Fatalf("InstallFirmware before a download = %v, want ErrNoImage", err)
+	}
+	if r, err := d.FetchFirmware(ctx(t)); err != nil || !r.Complete {
+		t.Fatalf("FetchFirmware = %+v, %v", r, err)
+	}
+	v, err := d.InstallFirmware(ctx(t))
+	if err != nil || v != "5.0.1" || d.Running() != "5.0.1" {
+		t.Fatalf("InstallFirmware = %q, %v; running %s", v, err, d.Running())
+	}
+	reps := f.reportsOf(d.ClientID())
+	if len(reps) != 3 {
+		t.Fatalf("%d reports, want boot, pending, confirmed: %v", len(reps), reps)
+	}
+	pending, valid := reps[1], reps[2]
+	ota := map[string]any{"target": "5.0.1", "result": "installed"}
+	for i, r := range []map[string]any{pending, valid} {
+		if r["firmware_version"] != "5.0.1" || r["partition"] != "ota_1" || r["reset_reason"] != "sw" ||
+			r["secure_version"] != float64(2) || len(r["app_elf_sha256"].(string)) != 64 || fmt.Sprint(r["ota"]) != fmt.Sprint(ota) {
+			t.Errorf("report %d after the OTA: %v", i+1, r)
+		}
+	}
+	if pending["ota_state"] != "pending_verify" || valid["ota_state"] != "valid" {
+		t.Errorf("ota_state %v then %v, want pending_verify then valid", pending["ota_state"], valid["ota_state"])
+	}
+}
+
+func TestInstallFirmwareRefusesAnImageThatDoesNotVerify(t *testing.T) {
+	f := newFake(t, "grace")
+	f.firmware = []byte(strings.Repeat("not an image ", 100))
+	fl := newTestFleet(t, devicesim.Config{FirmwareVersion: "1.0"})
+	d := add(t, fl, f.partition("m"))
+	if r, err := d.FetchFirmware(ctx(t)); err != nil || !r.Complete {
+		t.Fatalf("FetchFirmware = %+v, %v", r, err)
+	}
+	if _, err := d.InstallFirmware(ctx(t)); err == nil {
+		t.Fatal("InstallFirmware installed something that is not an app image")
+	}
+	reps := f.reportsOf(d.ClientID())
+	if len(reps) != 1 || reps[0]["firmware_version"] != "1.0" || fmt.Sprint(reps[0]["ota"]) != fmt.Sprint(map[string]any{"target": "unknown", "result": "verify_failed"}) {
+		t.Errorf("reports %v, want one naming 1.0 with a verify_failed attempt", reps)
 	}
 }

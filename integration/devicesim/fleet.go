@@ -48,6 +48,10 @@ type Config struct {
 	// LockoutRetry is how often a locked-out device tries its secrets
 	// again; default 1 s.
 	LockoutRetry time.Duration
+	// FirmwareVersion is the version every device runs until
+	// InstallFirmware installs another (its state reports name it);
+	// default DefaultFirmwareVersion.
+	FirmwareVersion string
 	// OnEvent, when set, is called (from a worker, keep it quick) for every
 	// event of every device.
 	OnEvent func(Event)
@@ -94,6 +98,9 @@ func NewFleet(ctx context.Context, cfg Config) (*Fleet, error) {
 	}
 	if cfg.LockoutRetry <= 0 {
 		cfg.LockoutRetry = time.Second
+	}
+	if cfg.FirmwareVersion == "" {
+		cfg.FirmwareVersion = DefaultFirmwareVersion
 	}
 	if cfg.MQTTClientID == "" {
 		cfg.MQTTClientID = "devicesim-" + randomHex(6)

@@ -27,6 +27,7 @@ type Stats struct {
 	ConfigFetches       int // successful GET /iot/config
 	FirmwareDownloads   int // 200 or 206 answers of GET /iot/firmware
 	FirmwareNotModified int // 304 answers
+	StateReports        int // POST /iot/state answered 204
 
 	TokenRequests int // client-credentials requests
 	TokenRefusals int // of which Keycloak refused the secret
@@ -74,6 +75,7 @@ const (
 	EventConfigFetch    EventKind = "config_fetch"
 	EventLockoutBegin   EventKind = "lockout_begin"
 	EventLockoutEnd     EventKind = "lockout_end"
+	EventStateReport    EventKind = "state_report"
 	EventError          EventKind = "error"
 )
 
@@ -135,6 +137,7 @@ func (f *Fleet) Stats() FleetStats {
 		t.ConfigFetches += s.ConfigFetches
 		t.FirmwareDownloads += s.FirmwareDownloads
 		t.FirmwareNotModified += s.FirmwareNotModified
+		t.StateReports += s.StateReports
 		t.TokenRequests += s.TokenRequests
 		t.TokenRefusals += s.TokenRefusals
 		t.Lockouts += s.Lockouts

@@ -206,6 +206,41 @@ func RunAuditContract(t *testing.T, newEnv func(t *testing.T) AuditEnv) {
 		}
 	})
 
+	t.Run("ReportStateCarriesItsEntries", func(t *testing.T) {
+		env := newEnv(t)
+		ctx := t.Context()
+		m := model.DeviceModel{Code: UniqueCode("aus"), Name: "audit state"}
+		mustNoErr(t, "CreateModel", env.Models.CreateModel(ctx, &m, nil))
+		d := model.Device{Key: randomKey(), DeviceModelID: m.ID, Config: json.RawMessage(`{}`), Active: true, RotationState: model.RotationOK}
+		mustNoErr(t, "CreateDevice", env.Devices.CreateDevice(ctx, &d, nil))
+		t.Cleanup(func() {
+			_ = env.Devices.DeleteDevice(context.Background(), d.ID, nil)
+			_ = env.Models.DeleteModel(context.Background(), m.ID, nil)
+		})
+		changed := func(prev *model.StateReport) []model.AuditEntry {
+			if prev != nil && prev.FirmwareVersion == "1" {
+				return nil
+			}
+			e := entry(model.AuditFirmwareReported, 0, "version")
+			e.Actor = model.DeviceActor(d.ClientID())
+			return []model.AuditEntry{e}
+		}
+		for _, v := range []string{"1", "1"} {
+			mustNoErr(t, "ReportState", env.Devices.ReportState(ctx, d.ID, model.StateReport{FirmwareVersion: v, At: at}, changed))
+		}
+		mustNoErr(t, "DeleteDevice", env.Devices.DeleteDevice(ctx, d.ID, nil))
+		if err := env.Devices.ReportState(ctx, d.ID, model.StateReport{FirmwareVersion: "2", At: at}, changed); !errors.Is(err, model.ErrNotFound) {
+			t.Fatalf("ReportState of a deleted device = %v, want ErrNotFound", err)
+		}
+		got := all(t, env.Log, ports.AuditFilter{})
+		if len(got) != 1 || got[0].Kind != model.AuditFirmwareReported {
+			t.Fatalf("entries %v, want one %s", kinds(got), model.AuditFirmwareReported)
+		}
+		if got[0].DeviceID != d.ID || got[0].ModelID != m.ID {
+			t.Errorf("entry names device %d model %d, want %d and %d (set by the repository)", got[0].DeviceID, got[0].ModelID, d.ID, m.ID)
+		}
+	})
+
 	t.Run("RotationAndScheduleCarryTheirEntries", func(t *testing.T) {
 		env := newEnv(t)
 		m := model.DeviceModel{Code: UniqueCode("aur"), Name: "audit rotation"}

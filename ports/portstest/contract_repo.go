@@ -685,6 +685,7 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		}
 	})
 
+	runStateContract(t, r)
 	runRotationQueueContract(t, r)
 }
 

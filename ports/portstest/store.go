@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -117,7 +118,37 @@ func cloneDevice(d model.Device) model.Device {
 	if d.PreviousSecret != nil {
 		d.PreviousSecret = bytes.Clone(d.PreviousSecret)
 	}
+	d.Reported = cloneReport(d.Reported)
 	return d
+}
+
+// cloneReport deep-copies a state report (nil stays nil).
+func cloneReport(r *model.StateReport) *model.StateReport {
+	if r == nil {
+		return nil
+	}
+	c := *r
+	if r.OTA != nil {
+		ota := *r.OTA
+		c.OTA = &ota
+	}
+	if r.SecureVersion != nil {
+		v := *r.SecureVersion
+		c.SecureVersion = &v
+	}
+	if r.UptimeS != nil {
+		v := *r.UptimeS
+		c.UptimeS = &v
+	}
+	if r.FreeHeap != nil {
+		v := *r.FreeHeap
+		c.FreeHeap = &v
+	}
+	if r.RSSI != nil {
+		v := *r.RSSI
+		c.RSSI = &v
+	}
+	return &c
 }
 
 // normSchema stores a JSON null schema as no schema, as a nullable column
@@ -264,6 +295,7 @@ func (s *Store) CreateDevice(_ context.Context, d *model.Device, audit []model.A
 	if d.RotationState == "" {
 		d.RotationState = model.RotationOK
 	}
+	d.Reported = nil // only ReportState writes a report
 	s.devices[d.ID] = cloneDevice(*d)
 	s.audit.commit(audit, d.ID, d.DeviceModelID)
 	return nil
@@ -309,7 +341,9 @@ func (s *Store) ListDevices(_ context.Context, f ports.DeviceFilter) (ports.Devi
 	return s.page(f.Limit, f.AfterID, func(d model.Device) bool {
 		return (f.ModelID == nil || d.DeviceModelID == *f.ModelID) &&
 			(f.RotationState == nil || d.RotationState == *f.RotationState) &&
-			(f.Active == nil || d.Active == *f.Active)
+			(f.Active == nil || d.Active == *f.Active) &&
+			(f.FirmwareVersion == nil || (d.Reported != nil && d.Reported.FirmwareVersion == *f.FirmwareVersion)) &&
+			(f.SeenBefore == nil || d.LastSeenAt == nil || us(*d.LastSeenAt).Before(us(*f.SeenBefore)))
 	}), nil
 }
 
@@ -356,6 +390,7 @@ func (s *Store) UpdateDevice(_ context.Context, id int64, fn func(*model.Device)
 		return model.Device{}, err
 	}
 	d.ID, d.Key, d.DeviceModelID, d.ModelCode, d.CreatedAt = cur.ID, cur.Key, cur.DeviceModelID, cur.ModelCode, cur.CreatedAt
+	d.Reported = cur.Reported
 	d.UpdatedAt = s.now()
 	s.devices[id] = cloneDevice(d)
 	s.audit.commit(entries, id, d.DeviceModelID)
@@ -408,6 +443,85 @@ func (s *Store) DeviceKeysExist(_ context.Context, keys []string) (map[string]bo
 	for _, d := range s.devices {
 		if slices.Contains(keys, d.Key) {
 			out[d.Key] = true
+		}
+	}
+	return out, nil
+}
+
+// ReportState implements ports.DeviceRepo.
+func (s *Store) ReportState(_ context.Context, id int64, report model.StateReport, audit func(*model.StateReport) []model.AuditEntry) error {
+	if err := s.hook("ReportState"); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.devices[id]
+	if !ok {
+		return fmt.Errorf("device %d: %w", id, model.ErrNotFound)
+	}
+	entries := audit(cloneReport(d.Reported))
+	d.Reported = cloneReport(&report)
+	if at := report.At; d.LastSeenAt == nil || d.LastSeenAt.Before(at) {
+		d.LastSeenAt = &at
+	}
+	s.devices[id] = d
+	s.audit.commit(entries, id, d.DeviceModelID)
+	return nil
+}
+
+// FirmwareCounts implements ports.FleetStats.
+func (s *Store) FirmwareCounts(_ context.Context) ([]model.FirmwareCount, error) {
+	if err := s.hook("FirmwareCounts"); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	type key struct {
+		model   int64
+		version string
+	}
+	counts := map[key]int{}
+	for _, d := range s.devices {
+		if !d.Active {
+			continue
+		}
+		k := key{model: d.DeviceModelID}
+		if d.Reported != nil {
+			k.version = d.Reported.FirmwareVersion
+		}
+		counts[k]++
+	}
+	out := make([]model.FirmwareCount, 0, len(counts))
+	for k, n := range counts {
+		out = append(out, model.FirmwareCount{ModelID: k.model, ModelCode: s.models[k.model].Code, Version: k.version, Devices: n})
+	}
+	slices.SortFunc(out, func(a, b model.FirmwareCount) int {
+		if c := strings.Compare(a.ModelCode, b.ModelCode); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Version, b.Version)
+	})
+	return out, nil
+}
+
+// StaleCounts implements ports.FleetStats.
+func (s *Store) StaleCounts(_ context.Context, before time.Time) (map[string]int, error) {
+	if err := s.hook("StaleCounts"); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]int, len(s.models))
+	for _, m := range s.models {
+		out[m.Code] = 0
+	}
+	for _, d := range s.devices {
+		seen := d.CreatedAt
+		if d.LastSeenAt != nil {
+			seen = *d.LastSeenAt
+		}
+		if d.Active && us(seen).Before(us(before)) {
+			out[s.models[d.DeviceModelID].Code]++
 		}
 	}
 	return out, nil

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/espmdm/espmdm/integration"
+	"github.com/espmdm/espmdm/integration/bench/launch"
 	"github.com/espmdm/espmdm/integration/devicesim"
 )
 
@@ -162,6 +164,21 @@ type statusDTO struct {
 	CountsByState map[string]int `json:"counts_by_state"`
 }
 
+// startServer starts espmdm in this process with a database of its own
+// (launch.InProcess), a one-second rotation tick and warnings only; env
+// overrides single variables.
+func startServer(ctx context.Context, st *integration.Stack, env map[string]string) (*launch.Server, error) {
+	vars := map[string]string{
+		"WIFI_SSID":             "bench-net",
+		"WIFI_PASSWORD":         "wifi-" + launch.RandHex(8),
+		"LOG_LEVEL":             "warn",
+		"ROTATION_TICK_SECONDS": "1",
+		"INSTANCE_NAME":         "bench-" + launch.RandHex(3),
+	}
+	maps.Copy(vars, env)
+	return launch.InProcess(ctx, st, launch.Options{Env: vars})
+}
+
 // Run provisions a fleet through espmdm's admin API, rotates it, checks it
 // for lockouts, measures the Keycloak floor and removes everything it
 // created.
@@ -186,13 +203,13 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 		return res, err
 	}
 	defer func() {
-		if e := srv.stop(); e != nil && err == nil {
+		if e := srv.Stop(); e != nil && err == nil {
 			err = e
 		}
 	}()
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64, MaxIdleConns: 128}}
 	defer hc.CloseIdleConnections()
-	c := &api{http: hc, base: srv.base, tok: newTokenSource(hc, st.TokenURL, st.OperatorClientID, st.OperatorClientSecret)}
+	c := &api{http: hc, base: srv.Base, tok: newTokenSource(hc, st.TokenURL, st.OperatorClientID, st.OperatorClientSecret)}
 
 	var status statusDTO
 	if _, err := c.call(ctx, http.MethodGet, "/api/rotation/status", nil, &status, http.StatusOK); err != nil {
@@ -205,7 +222,7 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 	var model struct {
 		ID int64 `json:"id"`
 	}
-	if _, err := c.call(ctx, http.MethodPost, "/api/device-models", map[string]any{"code": "bench_" + randHex(4), "name": "Bench sensor"}, &model, http.StatusCreated); err != nil {
+	if _, err := c.call(ctx, http.MethodPost, "/api/device-models", map[string]any{"code": "bench_" + launch.RandHex(4), "name": "Bench sensor"}, &model, http.StatusCreated); err != nil {
 		return res, err
 	}
 	var (

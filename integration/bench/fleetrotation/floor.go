@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/espmdm/espmdm/integration"
+	"github.com/espmdm/espmdm/integration/bench/launch"
 )
 
 // floorPrefix names the raw clients of the floor measurement: not
@@ -50,7 +51,7 @@ func keycloakFloor(ctx context.Context, st *integration.Stack, hc *http.Client, 
 	type client struct{ id, uuid string }
 	clients := make([]*client, k)
 	for i := range clients {
-		clients[i] = &client{id: floorPrefix + randHex(6)}
+		clients[i] = &client{id: floorPrefix + launch.RandHex(6)}
 	}
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)

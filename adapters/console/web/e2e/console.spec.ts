@@ -87,6 +87,8 @@ test.describe.serial("the console", () => {
     const clientId = (await heading.locator("code").textContent())!;
     const key = clientId.slice(clientId.lastIndexOf("-") + 1);
     await expect(page.getByText("Exists")).toBeVisible();
+    await expect(page.getByRole("heading", { name: "Reported state" })).toBeVisible();
+    await expect(page.getByText("No state report yet")).toBeVisible();
     await noSeriousA11yViolations(page, "device page");
 
     // Download the partition
@@ -107,6 +109,14 @@ test.describe.serial("the console", () => {
     await expect(page.getByRole("link", { name: clientId })).toBeVisible();
     await noSeriousA11yViolations(page, "devices page");
     if (shots) await page.screenshot({ path: join(shots, "console-devices.png") });
+
+    // The fleet view: the new device is active and has not reported
+    await nav(page, "Fleet").click();
+    await expect(page.getByRole("heading", { name: "Fleet by firmware" })).toBeVisible();
+    const card = page.locator(".card").filter({ has: page.getByRole("link", { name: model, exact: true }) });
+    await expect(card).toContainText("1 active device");
+    await expect(card.getByRole("row").filter({ hasText: "not reported" })).toContainText("100 %");
+    await noSeriousA11yViolations(page, "fleet page");
 
     // Many devices at once: they are made and their partitions download as a ZIP
     await page.getByRole("button", { name: "Create many devices…" }).click();
@@ -144,6 +154,8 @@ test.describe.serial("the console", () => {
     await nav(page, "Models").click();
     await expect(page.getByRole("link", { name: model })).toBeVisible();
     await expect(page.getByRole("button", { name: "Create model" })).toHaveCount(0);
+    await nav(page, "Fleet").click();
+    await expect(page.getByRole("link", { name: model, exact: true })).toBeVisible();
     await nav(page, "Rotation").click();
     await expect(page.getByTestId("count-OK")).toHaveText(/^\d+$/);
     await expect(page.getByRole("button", { name: "Rotate all active devices now" })).toHaveCount(0);

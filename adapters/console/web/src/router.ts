@@ -7,6 +7,7 @@ export type Route =
   | { page: "models" }
   | { page: "model"; id: number }
   | { page: "rotation" }
+  | { page: "fleet" }
   | { page: "notfound"; path: string };
 
 export function parseRoute(path: string): Route {
@@ -17,6 +18,7 @@ export function parseRoute(path: string): Route {
   if (p === "models") return { page: "models" };
   if ((m = /^models\/(\d+)$/.exec(p))) return { page: "model", id: Number(m[1]) };
   if (p === "rotation") return { page: "rotation" };
+  if (p === "fleet") return { page: "fleet" };
   return { page: "notfound", path };
 }
 

@@ -15,6 +15,7 @@ export type RotationDashboard = S["RotationDashboard"];
 export type RotationState = Device["rotation_state"];
 export type Problem = S["Problem"];
 export type NewDeviceBatch = S["NewDeviceBatch"];
+export type FleetFirmware = S["FleetFirmware"];
 
 /** An answer of the API that is not a success, as the server described it. */
 export class ApiError extends Error {
@@ -42,6 +43,10 @@ export interface DeviceFilter {
   model_id?: number;
   rotation_state?: RotationState;
   active?: boolean;
+  /** the firmware version of the devices' latest state report */
+  firmware_version?: string;
+  /** RFC 3339: devices not seen since then (never-seen ones included) */
+  seen_before?: string;
   limit?: number;
   cursor?: string;
 }
@@ -152,4 +157,7 @@ export class Api {
   rotationDashboard = (q: { group?: string; limit?: number; cursor?: string } = {}) =>
     this.json<RotationDashboard>("GET", `/api/rotation/dashboard${query(q)}`);
   triggerRotation = () => this.json<S["TriggerResult"]>("POST", "/api/rotation/trigger");
+
+  /** fleetFirmware counts each model's active devices by reported firmware version. */
+  fleetFirmware = () => this.json<FleetFirmware>("GET", "/api/fleet/firmware");
 }

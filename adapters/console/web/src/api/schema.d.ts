@@ -256,6 +256,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/fleet/firmware": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The fleet by reported firmware version: each model's active devices per version
+         * @description Counts the active devices of every model that has any, by the firmware_version of their latest state report (POST /iot/state); the devices that have not reported are counted under null.
+         */
+        get: operations["fleetFirmware"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/openapi.json": {
         parameters: {
             query?: never;
@@ -426,7 +446,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The version of the model's current firmware */
+        /** The version and SHA-256 of the firmware GET /iot/firmware serves */
         get: operations["deviceFirmwareVersion"];
         put?: never;
         post?: never;
@@ -470,6 +490,26 @@ export interface paths {
          * @description 204 completes the rotation when the digest matches the secret generated in it, and again (idempotent) after it completed with that secret; 409 otherwise.
          */
         post: operations["deviceProvisioningAck"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/iot/state": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Report the device's state (SPEC §15): what it runs, its last OTA attempt, uptime, heap, RSSI
+         * @description The report replaces the device's previous one whole (members left out are gone) and moves its last_seen_at; a report naming another firmware_version than the previous one (or the first report) is a device_firmware_changed audit entry. A member left out is unknown; null, an empty string, an unknown member (also in ota) or a value outside the listed words is a 400 naming the member, and nothing is stored.
+         */
+        post: operations["deviceState"];
         delete?: never;
         options?: never;
         head?: never;
@@ -530,7 +570,7 @@ export interface components {
             /** Format: int64 */
             id: number;
             /** @enum {string} */
-            kind: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded" | "broker_account_reconciled" | "orphan_account_deleted";
+            kind: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded" | "broker_account_reconciled" | "orphan_account_deleted" | "device_firmware_changed";
             /** @enum {string} */
             outcome: "success" | "failure";
         };
@@ -642,9 +682,36 @@ export interface components {
             last_rotation_completed_at: string | null;
             /**
              * Format: date-time
-             * @description RFC 3339, UTC; null when never
+             * @description RFC 3339, UTC: the device's last token-authenticated call or state report (written at most once a minute); null when never
              */
             last_seen_at: string | null;
+            /** @description the device's latest state report (POST /iot/state), the members it sent; null before the first */
+            reported: {
+                app_elf_sha256?: string;
+                firmware_version: string;
+                /** Format: int64 */
+                free_heap?: number;
+                idf_version?: string;
+                /** @description the last OTA attempt */
+                ota?: {
+                    /** @enum {string} */
+                    result: "installed" | "rolled_back" | "download_failed" | "verify_failed";
+                    target: string;
+                };
+                /** @enum {string} */
+                ota_state?: "valid" | "pending_verify";
+                partition?: string;
+                reset_reason?: string;
+                rssi?: number;
+                secure_version?: number;
+                /** Format: int64 */
+                uptime_s?: number;
+            } | null;
+            /**
+             * Format: date-time
+             * @description RFC 3339, UTC: when espmdm received the latest state report; null before the first
+             */
+            reported_at: string | null;
             /** @enum {string} */
             rotation_state: "OK" | "QUEUED" | "PENDING" | "TIMEOUT";
             /**
@@ -730,7 +797,26 @@ export interface components {
             warnings: string[];
         };
         FirmwareVersion: {
+            /** @description the version of the firmware GET /iot/firmware serves; null when none */
             firmware_version: string | null;
+            /** @description its SHA-256 (GET /iot/firmware's ETag); null when none */
+            sha256: string | null;
+        };
+        FleetFirmware: {
+            /** @description the models with active devices, by code */
+            models: {
+                code: string;
+                /** Format: int64 */
+                device_model_id: number;
+                /** @description the model's active devices */
+                devices: number;
+                /** @description by version; the devices that have not reported last */
+                versions: {
+                    devices: number;
+                    /** @description the reported firmware version; null for the devices that have not reported yet */
+                    firmware_version: string | null;
+                }[];
+            }[];
         };
         IdentityStatus: {
             client_id: string;
@@ -856,6 +942,12 @@ export interface components {
             /** @description 1 to 255 characters, not only white space, no U+0000 */
             name: string;
         };
+        OTAAttempt: {
+            /** @enum {string} */
+            result: "installed" | "rolled_back" | "download_failed" | "verify_failed";
+            /** @description the version the device tried to install */
+            target: string;
+        };
         PipelineFirmware: {
             /** @description the current firmware's version; null before the first upload */
             firmware_version: string | null;
@@ -970,6 +1062,33 @@ export interface components {
              * @description RFC 3339, UTC; null when never
              */
             next_scheduled_rotation: string | null;
+        };
+        StateReport: {
+            /** @description lower-case hex SHA-256 of the running app's ELF file, or a prefix of it */
+            app_elf_sha256?: string;
+            /** @description the running app's version (its app descriptor's), printable ASCII */
+            firmware_version: string;
+            /**
+             * Format: int64
+             * @description bytes
+             */
+            free_heap?: number;
+            idf_version?: string;
+            ota?: components["schemas"]["OTAAttempt"];
+            /**
+             * @description pending_verify: a new image on probation, rolled back at the next reset unless confirmed
+             * @enum {string}
+             */
+            ota_state?: "valid" | "pending_verify";
+            /** @description the running app partition's label (factory, ota_0, ...) */
+            partition?: string;
+            reset_reason?: string;
+            /** @description dBm */
+            rssi?: number;
+            /** @description the running app's anti-rollback secure_version */
+            secure_version?: number;
+            /** Format: int64 */
+            uptime_s?: number;
         };
         Status: {
             status: string;
@@ -1108,7 +1227,7 @@ export interface operations {
                 /** @description only entries with a larger id (with cursor too: the larger bound holds) */
                 after?: number;
                 device_id?: number;
-                kind?: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded" | "broker_account_reconciled" | "orphan_account_deleted";
+                kind?: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded" | "broker_account_reconciled" | "orphan_account_deleted" | "device_firmware_changed";
                 /** @description an actor's subject, client id or username (at most 255 characters, no U+0000) */
                 actor?: string;
                 /** @description only entries at or after this time (RFC 3339) */
@@ -1468,6 +1587,10 @@ export interface operations {
                 rotation_state?: ("OK" | "QUEUED" | "PENDING" | "TIMEOUT") | string;
                 /** @description true or false (also 1 or 0, case-insensitive) */
                 active?: boolean | string;
+                /** @description only devices whose latest state report names this firmware version (exactly) */
+                firmware_version?: string;
+                /** @description only devices not seen since this time (RFC 3339): last seen before it, or never seen */
+                seen_before?: string;
             };
             header?: never;
             path?: never;
@@ -1835,6 +1958,34 @@ export interface operations {
             500: components["responses"]["InternalError"];
         };
     };
+    fleetFirmware: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the counts */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FleetFirmware"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
     openapi: {
         parameters: {
             query?: never;
@@ -2174,7 +2325,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description the version, null when none was uploaded */
+            /** @description the version and SHA-256, both null when none was uploaded */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -2246,6 +2397,38 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             409: components["responses"]["Conflict"];
+            413: components["responses"]["TooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    deviceState: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["StateReport"];
+            };
+        };
+        responses: {
+            /** @description stored */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
             413: components["responses"]["TooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
             429: components["responses"]["TooManyRequests"];

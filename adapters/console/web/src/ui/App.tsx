@@ -5,6 +5,7 @@ import { useRoute } from "../router";
 import { AppContext, Link } from "./common";
 import { DevicePage } from "./Device";
 import { DevicesPage } from "./Devices";
+import { FleetPage } from "./Fleet";
 import { ModelPage, ModelsPage } from "./Models";
 import { RotationPage } from "./Rotation";
 
@@ -36,6 +37,7 @@ export function App({ auth, initError }: { auth: Auth; initError?: string }) {
     case "models": page = <ModelsPage />; break;
     case "model": page = <ModelPage id={route.id} />; break;
     case "rotation": page = <RotationPage />; break;
+    case "fleet": page = <FleetPage />; break;
     default: page = <section><h1>Not found</h1><p>There is no console page at {route.path}.</p></section>;
   }
   return (
@@ -46,6 +48,7 @@ export function App({ auth, initError }: { auth: Auth; initError?: string }) {
           <ul>
             {nav("/console/devices", "Devices", route.page === "devices" || route.page === "device")}
             {nav("/console/models", "Models", route.page === "models" || route.page === "model")}
+            {nav("/console/fleet", "Fleet", route.page === "fleet")}
             {nav("/console/rotation", "Rotation", route.page === "rotation")}
             <li><a href="/api/docs">API docs</a></li>
           </ul>

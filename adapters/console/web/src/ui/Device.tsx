@@ -1,5 +1,6 @@
 import { useState } from "preact/hooks";
 import { ApiError, type Device, type DeviceModel } from "../api/client";
+import { reportFacts } from "../report";
 import { navigate } from "../router";
 import { ConfigEditor } from "./ConfigEditor";
 import { configErrors } from "./Devices";
@@ -42,6 +43,25 @@ function Identity({ id }: { id: number }) {
       )}
       {session.isAdmin && <button type="button" disabled={act.busy} onClick={async () => { if (await act.run(() => api.syncIdentity(id))) st.reload(); }}>Repair identity</button>}
       <Problem error={act.error} />
+    </div>
+  );
+}
+
+/** Reported is the device's latest state report (POST /iot/state): what it
+ *  says it runs, as it said it. */
+function Reported({ d }: { d: Device }) {
+  return (
+    <div class="card" aria-labelledby="reported-h">
+      <h2 id="reported-h">Reported state</h2>
+      {d.reported ? (
+        <>
+          <dl class="facts" aria-label="Latest state report">
+            {reportFacts(d.reported).map(([k, v]) => <><dt>{k}</dt><dd>{k === "App ELF SHA-256" || k === "Firmware version" ? <code>{v}</code> : v}</dd></>)}
+            <dt>Reported</dt><dd><When at={d.reported_at} /></dd>
+          </dl>
+          <p class="muted">The device sends a report at start, after an OTA and periodically; a new firmware version is recorded in the audit log.</p>
+        </>
+      ) : <p class="muted">No state report yet: the device has not reported what it runs.</p>}
     </div>
   );
 }
@@ -123,6 +143,7 @@ export function DevicePage({ id }: { id: number }) {
           {session.isAdmin ? <EditDevice key={d.updated_at} d={d} model={model} onSaved={dev.reload} /> : (
             <><h2>Config</h2><pre class="json" tabIndex={0}>{JSON.stringify(d.config, null, 2)}</pre></>
           )}
+          <Reported d={d} />
           <Identity id={d.id} />
           {session.isAdmin && <Provisioning d={d} />}
           <Confirm open={askDelete} title={`Delete device ${d.client_id}?`} confirm="Delete device" onCancel={() => setAskDelete(false)}

@@ -1,26 +1,32 @@
 import { useState } from "preact/hooks";
-import { ApiError, type Device, type DeviceFilter, type DeviceModel, type RotationState } from "../api/client";
+import { ApiError, type Device, type DeviceModel, type RotationState } from "../api/client";
+import { apiFilter, type Filter, silentChoices } from "../deviceFilter";
 import { configFieldErrors } from "../fieldErrors";
 import { navigate } from "../router";
 import { CreateDevices } from "./Batch";
 import { ConfigEditor } from "./ConfigEditor";
 import { Field, Link, Problem, StateBadge, stateNames, useAction, useApp, useLoad, When } from "./common";
 
-function filterFromURL(): DeviceFilter {
+function filterFromURL(): Filter {
   const q = new URLSearchParams(location.search);
-  const f: DeviceFilter = {};
+  const f: Filter = {};
   if (q.get("model_id")) f.model_id = Number(q.get("model_id"));
   const st = q.get("rotation_state");
   if (st && (stateNames as readonly string[]).includes(st)) f.rotation_state = st as RotationState;
   if (q.get("active") === "true" || q.get("active") === "false") f.active = q.get("active") === "true";
+  if (q.get("firmware_version")) f.firmware_version = q.get("firmware_version")!;
+  const silent = Number(q.get("silent"));
+  if (silentChoices.some(([s]) => s === silent)) f.silent = silent;
   return f;
 }
 
-function filterToURL(f: DeviceFilter) {
+function filterToURL(f: Filter) {
   const q = new URLSearchParams();
   if (f.model_id) q.set("model_id", String(f.model_id));
   if (f.rotation_state) q.set("rotation_state", f.rotation_state);
   if (f.active !== undefined) q.set("active", String(f.active));
+  if (f.firmware_version) q.set("firmware_version", f.firmware_version);
+  if (f.silent) q.set("silent", String(f.silent));
   const s = q.toString();
   history.replaceState(null, "", `/console/devices${s ? `?${s}` : ""}`);
 }
@@ -72,14 +78,15 @@ export function CreateDevice({ models, onCreated }: { models: DeviceModel[]; onC
 
 export function DevicesPage() {
   const { api, session } = useApp();
-  const [filter, setFilter] = useState<DeviceFilter>(filterFromURL);
+  const [filter, setFilter] = useState<Filter>(filterFromURL);
+  const [version, setVersion] = useState(filter.firmware_version ?? "");
   // cursors[i] is the cursor of page i (undefined for the first)
   const [cursors, setCursors] = useState<(string | undefined)[]>([undefined]);
   const page = cursors.length - 1;
   const models = useLoad(() => api.listModels(), []);
-  const devices = useLoad(() => api.listDevices({ ...filter, limit: PAGE_SIZE, cursor: cursors[page] }), [JSON.stringify(filter), cursors[page]]);
+  const devices = useLoad(() => api.listDevices({ ...apiFilter(filter, Date.now()), limit: PAGE_SIZE, cursor: cursors[page] }), [JSON.stringify(filter), cursors[page]]);
   const modelCode = (id: number) => models.data?.find((m) => m.id === id)?.code ?? `#${id}`;
-  const change = (f: DeviceFilter) => {
+  const change = (f: Filter) => {
     setFilter(f);
     setCursors([undefined]);
     filterToURL(f);
@@ -87,7 +94,7 @@ export function DevicesPage() {
   return (
     <section aria-labelledby="devices-h">
       <h1 id="devices-h">Devices</h1>
-      <form class="filters" aria-label="Filter devices" onSubmit={(e) => e.preventDefault()}>
+      <form class="filters" aria-label="Filter devices" onSubmit={(e) => { e.preventDefault(); change({ ...filter, firmware_version: version.trim() || undefined }); }}>
         <Field label="Model" id="filter-model">
           <select id="filter-model" value={filter.model_id ?? ""} onChange={(e) => change({ ...filter, model_id: e.currentTarget.value ? Number(e.currentTarget.value) : undefined })}>
             <option value="">all</option>
@@ -107,13 +114,24 @@ export function DevicesPage() {
             <option value="false">inactive</option>
           </select>
         </Field>
+        <Field label="Reported firmware" id="filter-firmware">
+          <input id="filter-firmware" value={version} size={12} maxLength={31} placeholder="any"
+            onInput={(e) => setVersion(e.currentTarget.value)}
+            onChange={(e) => change({ ...filter, firmware_version: e.currentTarget.value.trim() || undefined })} />
+        </Field>
+        <Field label="Not seen for" id="filter-silent">
+          <select id="filter-silent" value={filter.silent ?? ""} onChange={(e) => change({ ...filter, silent: e.currentTarget.value ? Number(e.currentTarget.value) : undefined })}>
+            <option value="">any time</option>
+            {silentChoices.map(([s, label]) => <option value={s}>{label}</option>)}
+          </select>
+        </Field>
       </form>
       <Problem error={devices.error} />
       {devices.data && (
         <>
           <table>
             <caption class="sr-only">Devices, page {page + 1}</caption>
-            <thead><tr><th scope="col">Id</th><th scope="col">Client id</th><th scope="col">Model</th><th scope="col">Active</th><th scope="col">Rotation</th><th scope="col">Last seen</th></tr></thead>
+            <thead><tr><th scope="col">Id</th><th scope="col">Client id</th><th scope="col">Model</th><th scope="col">Active</th><th scope="col">Rotation</th><th scope="col">Firmware</th><th scope="col">Last seen</th></tr></thead>
             <tbody>
               {devices.data.devices.map((d) => (
                 <tr key={d.id}>
@@ -122,10 +140,11 @@ export function DevicesPage() {
                   <td>{modelCode(d.device_model_id)}</td>
                   <td>{d.active ? "yes" : <span class="muted">inactive</span>}</td>
                   <td><StateBadge state={d.rotation_state} /></td>
+                  <td>{d.reported ? <code>{d.reported.firmware_version}</code> : <span class="muted">not reported</span>}</td>
                   <td><When at={d.last_seen_at} /></td>
                 </tr>
               ))}
-              {devices.data.devices.length === 0 && <tr><td colSpan={6} class="muted">No devices{filter.model_id || filter.rotation_state || filter.active !== undefined ? " match these filters" : " yet"}.</td></tr>}
+              {devices.data.devices.length === 0 && <tr><td colSpan={7} class="muted">No devices{filter.model_id || filter.rotation_state || filter.active !== undefined || filter.firmware_version || filter.silent ? " match these filters" : " yet"}.</td></tr>}
             </tbody>
           </table>
           <nav class="pager" aria-label="Pages">

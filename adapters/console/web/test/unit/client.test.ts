@@ -20,6 +20,14 @@ describe("Api", () => {
     expect((calls[0].init?.headers as Record<string, string>).Authorization).toBe("Bearer tok");
   });
 
+  it("sends the state report filters and asks for the fleet view", async () => {
+    const { api, calls } = fake(() => Response.json({ devices: [], next_cursor: null, models: [] }));
+    await api.listDevices({ firmware_version: "1.0.0+b", seen_before: "2026-12-06T12:00:00.000Z" });
+    expect(calls[0].url).toBe("/api/devices?firmware_version=1.0.0%2Bb&seen_before=2026-12-06T12%3A00%3A00.000Z");
+    expect(await api.fleetFirmware()).toEqual({ devices: [], next_cursor: null, models: [] });
+    expect(calls[1].url).toBe("/api/fleet/firmware");
+  });
+
   it("turns a problem+json into an ApiError with detail, field and request id", async () => {
     const { api } = fake(() => problem(400, { type: "urn:espmdm:problem:validation", title: "Bad Request", status: 400,
       detail: "config: does not match the model's config_schema: at '/interval_s': minimum: got 0, want 1", field: "config", request_id: "rid-1" }));
