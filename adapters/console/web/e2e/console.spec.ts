@@ -119,6 +119,7 @@ test.describe.serial("the console", () => {
     await noSeriousA11yViolations(page, "fleet page");
 
     // Many devices at once: they are made and their partitions download as a ZIP
+    await nav(page, "Devices").click();
     await page.getByRole("button", { name: "Create many devices…" }).click();
     const batch = page.getByRole("form", { name: "Create devices" });
     await batch.getByLabel("Model", { exact: true }).selectOption({ label: `${model} — E2E sensor` });
