@@ -79,7 +79,7 @@ func coreModule(cfg Config) fx.Option {
 				fx.As(new(ports.ModelAdmin)), fx.As(new(ports.FirmwareAdmin)), fx.As(new(ports.DeviceAdmin)),
 				fx.As(new(ports.ProvisioningAdmin)), fx.As(new(ports.IdentityAdmin)), fx.As(new(ports.Reconciler)),
 				fx.As(new(ports.DeviceAPI)), fx.As(new(ports.Rotation)), fx.As(new(ports.AuditReader)), fx.As(new(ports.FleetReader)),
-				fx.As(new(ports.Coredumps))),
+				fx.As(new(ports.Coredumps)), fx.As(new(ports.PipelineFirmware)), fx.As(new(ports.DeviceBatch))),
 		),
 		rotationProviders(),
 		coredumpProviders(),
@@ -256,6 +256,11 @@ func newService(p serviceParams) *mdm.Service {
 		RotationFetchTimeout: p.Cfg.RotationFetchTimeout,
 		RotationRetry:        p.Cfg.RotationRetry, RotationGrace: p.Cfg.RotationGrace,
 		RotationWarningAge: p.Cfg.RotationWarningAge, RotationCriticalAge: p.Cfg.RotationCriticalAge,
+		// Keycloak's requests are bounded by its adapter (KEYCLOAK_MAX_CONCURRENCY
+		// in flight, shared with rotation and the reconciler); twice as many
+		// devices in progress let their broker and database steps overlap
+		// Keycloak's.
+		BatchConcurrency: 2 * p.Cfg.KeycloakMaxConcurrency,
 	})
 }
 

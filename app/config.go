@@ -29,6 +29,7 @@ type Config struct {
 	DeviceAudience string
 	AdminRole      string
 	ViewerRole     string
+	PipelineRole   string
 	AuthDisabled   bool
 
 	KeycloakURL               string
@@ -270,6 +271,8 @@ var Vars = []Var{
 		set: str(func(c *Config) *string { return &c.AdminRole })},
 	{Name: "VIEWER_ROLE", Default: "mdm-viewer", Help: "realm role allowed to read the admin API",
 		set: str(func(c *Config) *string { return &c.ViewerRole })},
+	{Name: "PIPELINE_ROLE", Default: "mdm-pipeline", Help: "realm role of CI pipelines: firmware upload by model code only (/api/pipeline/...)",
+		set: str(func(c *Config) *string { return &c.PipelineRole })},
 	{Name: "AUTH_DISABLED", Default: "false", Help: "turn admin API authentication off (trusted networks only; logs a warning)",
 		set: boolean(func(c *Config) *bool { return &c.AuthDisabled })},
 	{Name: "MQTT_URL", Secret: true, Help: "MQTT v5 broker, e.g. mqtt://user:pass@broker:1883 (empty: no device notifications); devices get it without user and password",

@@ -236,6 +236,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		DeviceAudience:            "espmdm-iot",
 		AdminRole:                 "mdm-admin",
 		ViewerRole:                "mdm-viewer",
+		PipelineRole:              "mdm-pipeline",
 		AuthDisabled:              false,
 		KeycloakURL:               "https://sso.example.com",
 		KeycloakRealm:             "iot",

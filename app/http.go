@@ -31,6 +31,8 @@ type httpParams struct {
 	Devices      ports.DeviceAPI
 	Rotation     ports.Rotation
 	Audit        ports.AuditReader
+	Pipeline     ports.PipelineFirmware
+	Batch        ports.DeviceBatch
 	Fleet        ports.FleetReader
 	Coredumps    ports.Coredumps
 	Verifier     ports.TokenVerifier
@@ -44,6 +46,7 @@ func newHTTPServer(p httpParams) (*httpapi.Server, error) {
 	return httpapi.New(httpapi.Config{
 		AdminRole:        p.Cfg.AdminRole,
 		ViewerRole:       p.Cfg.ViewerRole,
+		PipelineRole:     p.Cfg.PipelineRole,
 		AuthDisabled:     p.Cfg.AuthDisabled,
 		FirmwareMaxBytes: p.Cfg.FirmwareMaxBytes,
 		CoredumpMaxBytes: p.Cfg.CoredumpMaxBytes,
@@ -57,8 +60,8 @@ func newHTTPServer(p httpParams) (*httpapi.Server, error) {
 	}, httpapi.Deps{
 		Models: p.Models, Firmware: p.Firmware, DeviceAdmin: p.DeviceAdmin, Provisioning: p.Provisioning, Identity: p.Identity,
 		Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation, Audit: p.Audit, Fleet: p.Fleet,
-		Coredumps: p.Coredumps,
-		Logger:    p.Log.Named("http"), Registerer: p.Metrics.Registry, Gatherer: p.Metrics.Registry,
+		Coredumps: p.Coredumps, Pipeline: p.Pipeline, Batch: p.Batch,
+		Logger: p.Log.Named("http"), Registerer: p.Metrics.Registry, Gatherer: p.Metrics.Registry,
 		Docs:        p.Console.DocsPage(),
 		ReadyChecks: readyChecks(p.DB, p.Keycloak, p.Blobs),
 	})

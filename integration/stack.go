@@ -45,6 +45,7 @@ const (
 	AdminClientID         = "iotsupport-admin"
 	OperatorClientID      = "espmdm-operator"
 	ViewerClientID        = "espmdm-viewer"
+	PipelineClientID      = "espmdm-pipeline"
 	DefaultDeviceAudience = "espmdm-iot"
 	KeycloakAdminUser     = "admin"
 )
@@ -106,16 +107,19 @@ type Stack struct {
 
 	DatabaseURL string // postgres://postgres@127.0.0.1:PORT/postgres?sslmode=disable
 
-	KeycloakURL           string // http://127.0.0.1:PORT
-	Realm                 string
-	IssuerURL             string
-	TokenURL              string
-	AdminClientID         string
-	AdminClientSecret     string
-	OperatorClientID      string
-	OperatorClientSecret  string
-	ViewerClientID        string
-	ViewerClientSecret    string
+	KeycloakURL          string // http://127.0.0.1:PORT
+	Realm                string
+	IssuerURL            string
+	TokenURL             string
+	AdminClientID        string
+	AdminClientSecret    string
+	OperatorClientID     string
+	OperatorClientSecret string
+	ViewerClientID       string
+	ViewerClientSecret   string
+	// PipelineClientID holds only the pipeline role (SPEC §18).
+	PipelineClientID      string
+	PipelineClientSecret  string
 	DeviceAudience        string
 	KeycloakAdminUser     string // master realm console user
 	KeycloakAdminPassword string
@@ -208,6 +212,8 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		OperatorClientSecret:  randomSecret(),
 		ViewerClientID:        ViewerClientID,
 		ViewerClientSecret:    randomSecret(),
+		PipelineClientID:      PipelineClientID,
+		PipelineClientSecret:  randomSecret(),
 		DeviceAudience:        DefaultDeviceAudience,
 		RotationGrace:         opts.RotationGrace.Truncate(time.Second),
 		KeycloakAdminUser:     KeycloakAdminUser,
@@ -322,6 +328,8 @@ func (s *Stack) realmEnv() map[string]string {
 		"ESPMDM_OPERATOR_CLIENT_SECRET": s.OperatorClientSecret,
 		"ESPMDM_VIEWER_CLIENT_ID":       s.ViewerClientID,
 		"ESPMDM_VIEWER_CLIENT_SECRET":   s.ViewerClientSecret,
+		"ESPMDM_PIPELINE_CLIENT_ID":     s.PipelineClientID,
+		"ESPMDM_PIPELINE_CLIENT_SECRET": s.PipelineClientSecret,
 		"ESPMDM_ROTATION_GRACE_SECONDS": strconv.FormatInt(int64(s.RotationGrace/time.Second), 10),
 		"KC_BOOTSTRAP_ADMIN_USERNAME":   s.KeycloakAdminUser,
 		"KC_BOOTSTRAP_ADMIN_PASSWORD":   s.KeycloakAdminPassword,
@@ -408,6 +416,7 @@ func (s *Stack) persisted(path string, withS3 bool) ([]int, error) {
 		"KEYCLOAK_ADMIN_CLIENT_SECRET": &s.AdminClientSecret,
 		"OPERATOR_CLIENT_SECRET":       &s.OperatorClientSecret,
 		"VIEWER_CLIENT_SECRET":         &s.ViewerClientSecret,
+		"PIPELINE_CLIENT_SECRET":       &s.PipelineClientSecret,
 		"KEYCLOAK_ADMIN_PASSWORD":      &s.KeycloakAdminPassword,
 		"MQTT_ADMIN_PASSWORD":          &s.MQTTAdminPassword,
 	}
@@ -457,7 +466,9 @@ func (s *Stack) persisted(path string, withS3 bool) ([]int, error) {
 		switch {
 		case env[k] != "":
 			*p = env[k]
-		case fresh || k == "S3_SECRET_ACCESS_KEY" || k == "MQTT_ADMIN_PASSWORD":
+		case fresh || k == "S3_SECRET_ACCESS_KEY" || k == "MQTT_ADMIN_PASSWORD" || k == "PIPELINE_CLIENT_SECRET":
+			// Added since the directory's first run (the pipeline's client
+			// is then made by espmdm dev, which reads its secret back).
 			env[k] = *p
 		default:
 			return nil, fmt.Errorf("%s has no %s", path, k)
@@ -539,6 +550,8 @@ func (s *Stack) Env() map[string]string {
 		"OPERATOR_CLIENT_SECRET":       s.OperatorClientSecret,
 		"VIEWER_CLIENT_ID":             s.ViewerClientID,
 		"VIEWER_CLIENT_SECRET":         s.ViewerClientSecret,
+		"PIPELINE_CLIENT_ID":           s.PipelineClientID,
+		"PIPELINE_CLIENT_SECRET":       s.PipelineClientSecret,
 		"DEVICE_AUDIENCE":              s.DeviceAudience,
 		"KEYCLOAK_ADMIN_USER":          s.KeycloakAdminUser,
 		"KEYCLOAK_ADMIN_PASSWORD":      s.KeycloakAdminPassword,
@@ -615,6 +628,8 @@ func Attach(path string) (*Stack, error) {
 		OperatorClientSecret:  env["OPERATOR_CLIENT_SECRET"],
 		ViewerClientID:        env["VIEWER_CLIENT_ID"],
 		ViewerClientSecret:    env["VIEWER_CLIENT_SECRET"],
+		PipelineClientID:      env["PIPELINE_CLIENT_ID"],
+		PipelineClientSecret:  env["PIPELINE_CLIENT_SECRET"],
 		DeviceAudience:        env["DEVICE_AUDIENCE"],
 		KeycloakAdminUser:     env["KEYCLOAK_ADMIN_USER"],
 		KeycloakAdminPassword: env["KEYCLOAK_ADMIN_PASSWORD"],

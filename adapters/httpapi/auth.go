@@ -96,7 +96,11 @@ func (s *Server) requireAdminRole(write bool) fiber.Handler {
 			if !write {
 				need = "the realm role " + s.cfg.ViewerRole + " or " + s.cfg.AdminRole
 			}
-			return &httpError{status: fiber.StatusForbidden, kind: "forbidden", detail: "this needs " + need}
+			detail := "this needs " + need
+			if p.HasRole(s.cfg.PipelineRole) {
+				detail = s.pipelineOnly(need)
+			}
+			return &httpError{status: fiber.StatusForbidden, kind: "forbidden", detail: detail}
 		}
 		if err := s.checkQuery(c); err != nil {
 			return err

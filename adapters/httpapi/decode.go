@@ -189,7 +189,7 @@ func decodeCursor(s string) (int64, error) {
 // document declares for it.
 func queryParams() map[string]map[string]bool {
 	out := map[string]map[string]bool{}
-	for _, op := range operations() {
+	for _, op := range allOperations() {
 		for _, p := range op.params {
 			if p["in"] != "query" {
 				continue

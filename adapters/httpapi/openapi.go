@@ -573,7 +573,7 @@ func openAPIDocument(cfg Config) obj {
 	}
 
 	paths := obj{}
-	for _, op := range operations() {
+	for _, op := range allOperations() {
 		o := obj{
 			"operationId": op.id,
 			"summary":     op.summary,
@@ -606,6 +606,10 @@ func openAPIDocument(cfg Config) obj {
 			}
 			o["security"] = []obj{{"adminBearer": []string{}}}
 			o["x-required-role"] = role
+		case "pipeline":
+			codes = append(codes, 401, 403, 413, 429, 502, 503, 504)
+			o["security"] = []obj{{"adminBearer": []string{}}}
+			o["x-required-role"] = cfg.PipelineRole
 		case "device":
 			codes = append(codes, 401, 403, 413, 429, 502, 503, 504)
 			o["security"] = []obj{{"deviceBearer": []string{}}}
@@ -636,6 +640,7 @@ func openAPIDocument(cfg Config) obj {
 			{"name": "device models"}, {"name": "firmware"}, {"name": "devices"},
 			{"name": "rotation", "description": "credential rotation: queue, status, dashboard"},
 			{"name": "audit", "description": "who did what to which credential"},
+			{"name": "pipeline", "description": "for CI pipelines: firmware by model code, with a token holding the pipeline role only"},
 			{"name": "device API", "description": "for devices, with client-credentials tokens"},
 			{"name": "operations"},
 		},

@@ -44,6 +44,9 @@ type Config struct {
 	AdminRole string
 	// ViewerRole (or AdminRole) is required for reads.
 	ViewerRole string
+	// PipelineRole is required on the pipeline's routes, and a token
+	// holding it (without AdminRole or ViewerRole) is refused elsewhere.
+	PipelineRole string
 	// AuthDisabled turns admin authentication off (trusted networks only;
 	// the application logs a warning). The device API is always checked.
 	AuthDisabled bool
@@ -97,6 +100,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ViewerRole == "" {
 		c.ViewerRole = DefaultViewerRole
+	}
+	if c.PipelineRole == "" {
+		c.PipelineRole = DefaultPipelineRole
 	}
 	if c.FirmwareMaxBytes <= 0 {
 		c.FirmwareMaxBytes = DefaultFirmwareMaxBytes
@@ -167,6 +173,10 @@ type Deps struct {
 	// Coredumps serves the core dump routes and the ELF upload (SPEC §17);
 	// nil answers them 503.
 	Coredumps ports.Coredumps
+	// Pipeline serves the CI pipeline's routes and Batch POST
+	// /api/devices/batch (SPEC §18); nil answers them 503.
+	Pipeline ports.PipelineFirmware
+	Batch    ports.DeviceBatch
 	// Fleet serves GET /api/fleet/firmware; nil answers it 503.
 	Fleet ports.FleetReader
 	// Logger defaults to a no-op logger.
@@ -195,6 +205,8 @@ type Server struct {
 	rotation    ports.Rotation
 	coredumps   ports.Coredumps
 	audit       ports.AuditReader
+	pipeline    ports.PipelineFirmware
+	batch       ports.DeviceBatch
 	fleet       ports.FleetReader
 	verify      ports.TokenVerifier
 	log         *zap.Logger
@@ -268,6 +280,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		rotation:    deps.Rotation,
 		coredumps:   deps.Coredumps,
 		audit:       deps.Audit,
+		pipeline:    deps.Pipeline,
+		batch:       deps.Batch,
 		fleet:       deps.Fleet,
 		verify:      deps.Verifier,
 		log:         log.Named("http"),
@@ -391,6 +405,8 @@ func (s *Server) routes() {
 	a.Delete("/api/coredumps/:id", small, write, s.deleteCoredump)
 	a.Post("/iot/coredump", bodyLimit(s.cfg.CoredumpMaxBytes), s.requireDevice, s.iotCoredump)
 	a.Get("/api/fleet/firmware", small, read, s.fleetFirmware)
+	s.pipelineRoutes()
+	s.batchRoutes()
 
 	a.Get("/iot/config", small, s.requireDevice, s.iotConfig)
 	a.Get("/iot/firmware", small, s.requireDevice, s.iotFirmware)

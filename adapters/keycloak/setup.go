@@ -24,10 +24,12 @@ import (
 const (
 	SetupAdminClient    = "iotsupport-admin"
 	SetupOperatorClient = "espmdm-operator"
+	SetupPipelineClient = "espmdm-pipeline"
 	SetupConsoleClient  = "espmdm-console"
 	SetupRotationName   = "espmdm-secret-rotation"
 	SetupAdminRole      = "mdm-admin"
 	SetupViewerRole     = "mdm-viewer"
+	SetupPipelineRole   = "mdm-pipeline"
 	SetupDeviceRole     = "iotdevice"
 	// SetupSecretLifetime is the rotation profile's expiration-period: 5
 	// years, as in the dev/test realm (now plus it must stay below 2^31
@@ -78,6 +80,10 @@ type SetupResult struct {
 	// AdminClientSecret and OperatorClientSecret are the secrets of
 	// SetupAdminClient and SetupOperatorClient, read back from Keycloak.
 	AdminClientSecret, OperatorClientSecret string
+	// PipelineClientSecret is the secret of SetupPipelineClient when this
+	// run created it, else empty: a pipeline's secret is printed once,
+	// when it is made, and lives in the CI's secret store from then on.
+	PipelineClientSecret string
 }
 
 // RealmSetup prepares a realm for espmdm over Keycloak's Admin REST API,
@@ -287,6 +293,7 @@ func (s *RealmSetup) Run(ctx context.Context) (SetupResult, error) {
 		{SetupDeviceRole, "An espmdm device identity"},
 		{SetupAdminRole, "Full access to the espmdm admin API"},
 		{SetupViewerRole, "Read access to the espmdm admin API"},
+		{SetupPipelineRole, "CI pipelines: firmware upload by model code only"},
 	} {
 		if err := s.ensureRealmRole(ctx, r.name, r.desc); err != nil {
 			return res, err
@@ -308,6 +315,13 @@ func (s *RealmSetup) Run(ctx context.Context) (SetupResult, error) {
 	}
 	if err := s.ensureRealmRoleMapping(ctx, opUUID, SetupOperatorClient, SetupAdminRole); err != nil {
 		return res, err
+	}
+	pipe, err := s.EnsurePipelineClient(ctx)
+	if err != nil {
+		return res, err
+	}
+	if pipe.Created {
+		res.PipelineClientSecret = pipe.Secret
 	}
 	if len(s.cfg.ConsoleRedirects) > 0 {
 		if err := s.EnsureConsoleClient(ctx, s.cfg.ConsoleRedirects); err != nil {
@@ -331,6 +345,40 @@ func (s *RealmSetup) Run(ctx context.Context) (SetupResult, error) {
 	}
 	res.Changes = s.Changes()
 	return res, nil
+}
+
+// PipelineClient is what EnsurePipelineClient found or made.
+type PipelineClient struct {
+	// Created tells whether this call created the client.
+	Created bool
+	// Secret is its secret, read back from Keycloak.
+	Secret string
+}
+
+// EnsurePipelineClient creates (or corrects) the service-account client
+// SetupPipelineClient holding the realm role SetupPipelineRole (created
+// when missing), for CI pipelines (SPEC §18), and reads its secret back.
+func (s *RealmSetup) EnsurePipelineClient(ctx context.Context) (PipelineClient, error) {
+	var out PipelineClient
+	if err := s.ensureRealmRole(ctx, SetupPipelineRole, "CI pipelines: firmware upload by model code only"); err != nil {
+		return out, err
+	}
+	c, err := s.findClient(ctx, SetupPipelineClient)
+	if err != nil {
+		return out, err
+	}
+	out.Created = c == nil
+	uuid, err := s.ensureClient(ctx, serviceClient(SetupPipelineClient, "espmdm CI pipeline (holds the pipeline role: firmware upload only)"))
+	if err != nil {
+		return out, err
+	}
+	if err := s.ensureRealmRoleMapping(ctx, uuid, SetupPipelineClient, SetupPipelineRole); err != nil {
+		return out, err
+	}
+	if out.Secret, err = s.secret(ctx, uuid, SetupPipelineClient); err != nil {
+		return out, err
+	}
+	return out, nil
 }
 
 // rotationFeature reads whether the server has client-secret-rotation (a

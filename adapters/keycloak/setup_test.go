@@ -121,10 +121,13 @@ func TestRealmSetup(t *testing.T) {
 	want := []string{
 		"created realm " + realm,
 		"created realm role iotdevice", "created realm role mdm-admin", "created realm role mdm-viewer",
+		"created realm role mdm-pipeline",
 		"created client iotsupport-admin",
 		"granted service-account-iotsupport-admin the realm-management roles manage-clients, view-clients, query-clients, view-realm",
 		"created client espmdm-operator",
 		"granted service-account-espmdm-operator the realm role mdm-admin",
+		"created client espmdm-pipeline",
+		"granted service-account-espmdm-pipeline the realm role mdm-pipeline",
 		"created client profile espmdm-secret-rotation (secret-rotation: rotated-expiration-period 172800 s = 2d)",
 		"created client policy espmdm-secret-rotation",
 	}
@@ -137,7 +140,10 @@ func TestRealmSetup(t *testing.T) {
 	if res.AdminClientSecret == "" || res.OperatorClientSecret == "" || res.AdminClientSecret == res.OperatorClientSecret {
 		t.Fatal("Run returned empty or equal client secrets")
 	}
-	for _, clientID := range []string{keycloak.SetupAdminClient, keycloak.SetupOperatorClient} {
+	if res.PipelineClientSecret == "" || res.PipelineClientSecret == res.OperatorClientSecret {
+		t.Fatal("Run returned no pipeline secret (or the operator's) when it created the pipeline client")
+	}
+	for _, clientID := range []string{keycloak.SetupAdminClient, keycloak.SetupOperatorClient, keycloak.SetupPipelineClient} {
 		c := realmClient(t, st, realm, clientID)
 		for k, want := range map[string]any{"enabled": true, "publicClient": false, "serviceAccountsEnabled": true,
 			"standardFlowEnabled": false, "implicitFlowEnabled": false, "directAccessGrantsEnabled": false} {
@@ -149,6 +155,11 @@ func TestRealmSetup(t *testing.T) {
 	opUUID := realmClient(t, st, realm, keycloak.SetupOperatorClient)["id"].(string)
 	if roles := serviceAccountRoles(t, st, realm, opUUID, ""); !slices.Contains(roles, keycloak.SetupAdminRole) {
 		t.Errorf("operator's realm roles %q lack %s", roles, keycloak.SetupAdminRole)
+	}
+	pipeUUID := realmClient(t, st, realm, keycloak.SetupPipelineClient)["id"].(string)
+	if roles := serviceAccountRoles(t, st, realm, pipeUUID, ""); !slices.Contains(roles, keycloak.SetupPipelineRole) ||
+		slices.Contains(roles, keycloak.SetupAdminRole) || slices.Contains(roles, keycloak.SetupViewerRole) {
+		t.Errorf("pipeline's realm roles %q: want %s and neither admin nor viewer", roles, keycloak.SetupPipelineRole)
 	}
 
 	// The adapter runs on the realm with what the setup returned.
@@ -174,6 +185,9 @@ func TestRealmSetup(t *testing.T) {
 	}
 	if again.AdminClientSecret != res.AdminClientSecret || again.OperatorClientSecret != res.OperatorClientSecret {
 		t.Error("second run returned other secrets")
+	}
+	if again.PipelineClientSecret != "" {
+		t.Error("second run returned the pipeline's secret; it is shown only when the client is created")
 	}
 
 	// Drift: a flow switched on, a realm-management role taken away.

@@ -69,23 +69,35 @@ func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.D
 	if in.Active != nil {
 		active = *in.Active
 	}
+	d, _, err := s.createDevice(ctx, m, config, active, nil)
+	return d, err
+}
 
+// createDevice makes a device of model m with a checked config: its
+// client, its broker account and its row, all or nothing. also, when set,
+// runs before the insert with the device (without its ID) and its secret:
+// the audit entries it returns are recorded in the insert's transaction,
+// and its error undoes the device. It returns the device and its client's
+// secret.
+func (s *Service) createDevice(ctx context.Context, m model.DeviceModel, config []byte, active bool,
+	also func(d model.Device, secret string) ([]model.AuditEntry, error)) (model.Device, string, error) {
 	for range keyAttempts {
 		key, err := s.newKey()
 		if err != nil {
-			return model.Device{}, err
+			return model.Device{}, "", err
 		}
 		clientID := model.ClientID(m.Code, key)
-		if _, err := s.d.Clients.CreateClient(ctx, clientID); err != nil {
+		secret, err := s.d.Clients.CreateClient(ctx, clientID)
+		if err != nil {
 			if errors.Is(err, model.ErrConflict) {
 				continue // key collision with an existing client
 			}
-			return model.Device{}, fmt.Errorf("create device: create client: %w", err)
+			return model.Device{}, "", fmt.Errorf("create device: create client: %w", err)
 		}
 		sealed, err := s.makeAccount(ctx, clientID, active)
 		if err != nil {
 			s.deleteClient(ctx, "create device: delete client after a failed broker account", clientID)
-			return model.Device{}, fmt.Errorf("create device: broker account: %w", err)
+			return model.Device{}, "", fmt.Errorf("create device: broker account: %w", err)
 		}
 		now := s.now()
 		d := model.Device{
@@ -98,11 +110,20 @@ func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.D
 			SecretCreatedAt: &now,
 			MQTTPassword:    sealed,
 		}
-		created := s.deviceEntry(ctx, model.AuditDeviceCreated, d, activeWord(active)) // DeviceID set by the repository
-		err = s.d.Devices.CreateDevice(ctx, &d, s.audited(created))
+		entries := []model.AuditEntry{s.deviceEntry(ctx, model.AuditDeviceCreated, d, activeWord(active))} // DeviceID set by the repository
+		if also != nil {
+			more, err := also(d, secret)
+			if err != nil {
+				s.deleteClient(ctx, "create device: delete client after a failed step", clientID)
+				s.deleteAccount(ctx, "create device: delete broker account after a failed step", clientID)
+				return model.Device{}, "", err
+			}
+			entries = append(entries, more...)
+		}
+		err = s.d.Devices.CreateDevice(ctx, &d, s.audited(entries...))
 		if err == nil {
 			d.ModelCode = m.Code
-			return d, nil
+			return d, secret, nil
 		}
 		// Undo the client and the account even when the caller has gone
 		// away: a left-over is an orphan until the reconciler finds it.
@@ -111,9 +132,9 @@ func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.D
 		if errors.Is(err, model.ErrConflict) {
 			continue // key collision with an existing device
 		}
-		return model.Device{}, fmt.Errorf("create device: insert: %w", err)
+		return model.Device{}, "", fmt.Errorf("create device: insert: %w", err)
 	}
-	return model.Device{}, fmt.Errorf("create device: no free key after %d attempts: %w", keyAttempts, model.ErrConflict)
+	return model.Device{}, "", fmt.Errorf("create device: no free key after %d attempts: %w", keyAttempts, model.ErrConflict)
 }
 
 // GetDevice returns one device.

@@ -119,6 +119,11 @@ type Config struct {
 	// CoredumpRetry is how long a dump whose analysis could not run waits
 	// to be claimed again (DefaultCoredumpRetry).
 	CoredumpRetry time.Duration
+	// BatchConcurrency bounds the devices a batch has in progress at once
+	// (each makes two identity-provider requests, then its broker account
+	// and its row); 0 means DefaultBatchConcurrency. The identity
+	// provider's own bound on requests in flight still holds.
+	BatchConcurrency int
 }
 
 // Service implements the espmdm use cases. It is safe for concurrent use.
@@ -178,6 +183,7 @@ func New(deps Deps, cfg Config) *Service {
 	setDefault(&cfg.RotationGrace, DefaultRotationGrace)
 	setDefault(&cfg.RotationWarningAge, DefaultRotationWarningAge)
 	setDefault(&cfg.RotationCriticalAge, DefaultRotationCriticalAge)
+	setDefault(&cfg.BatchConcurrency, DefaultBatchConcurrency)
 	return &Service{d: deps, cfg: cfg, coredumpWake: make(chan struct{}, 1)}
 }
 

@@ -37,7 +37,7 @@ type Scenario struct {
 // All lists every scenario, in the order the command runs them.
 func All() []Scenario {
 	var fleets []fleetrotation.Result
-	return []Scenario{IOTConfig(), Provisioning(), Scale(),
+	return []Scenario{IOTConfig(), Provisioning(), Batch(), Scale(),
 		FleetRotation("grace", &fleets), FleetRotation("restore", &fleets)}
 }
 

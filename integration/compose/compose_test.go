@@ -123,6 +123,7 @@ func newProject(t *testing.T) *project {
 		"ESPMDM_ADMIN_CLIENT_SECRET":    randHex(16),
 		"ESPMDM_OPERATOR_CLIENT_SECRET": randHex(16),
 		"ESPMDM_VIEWER_CLIENT_SECRET":   randHex(16),
+		"ESPMDM_PIPELINE_CLIENT_SECRET": randHex(16),
 		"KEYCLOAK_ADMIN_PASSWORD":       randHex(12),
 		"MQTT_ADMIN_PASSWORD":           randHex(16),
 		"ESPMDM_PORT":                   freePort(t),

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"archive/zip"
 	"bytes"
 	"encoding/json"
 	"io"
@@ -285,6 +286,38 @@ func TestConsoleBrowser(t *testing.T) {
 	}
 	if got["device_key"] != result.Key || got["client_id"] != result.ClientID {
 		t.Errorf("partition is for %v/%v, the browser created %s/%s", got["device_key"], got["client_id"], result.Key, result.ClientID)
+	}
+	// The batch the browser downloaded: three partitions that decode, and
+	// devices.csv naming them.
+	zr, err := zip.OpenReader(filepath.Join(out, "batch.zip"))
+	if err != nil {
+		t.Fatalf("the browser's batch ZIP: %v", err)
+	}
+	defer zr.Close()
+	bins := 0
+	for _, f := range zr.File {
+		rc, err := f.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := io.ReadAll(rc)
+		rc.Close()
+		switch {
+		case strings.HasSuffix(f.Name, ".bin"):
+			bins++
+			if _, err := nvs.Decode(data); err != nil || len(data) != 0x6000 {
+				t.Errorf("batch %s: %d bytes, %v", f.Name, len(data), err)
+			}
+		case f.Name == "devices.csv":
+			if n := strings.Count(string(data), "\n"); n != 4 {
+				t.Errorf("batch devices.csv has %d lines, want a header and 3", n)
+			}
+		default:
+			t.Errorf("batch ZIP holds %s", f.Name)
+		}
+	}
+	if bins != 3 {
+		t.Errorf("batch ZIP holds %d partitions, want 3", bins)
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/espmdm/espmdm/adapters/keycloak"
 	"github.com/espmdm/espmdm/app"
 	"github.com/espmdm/espmdm/integration"
 )
@@ -42,7 +43,9 @@ environment is honoured (e.g. LOG_LEVEL, HTTP_ADDR, WIFI_SSID); what it does not
 set comes from the stack. When ready, the URLs and the operator credentials are
 written to the env file as KEY=value lines: ESPMDM_URL, OIDC_TOKEN_URL,
 OIDC_ISSUER_URL, KEYCLOAK_URL, KEYCLOAK_REALM, MQTT_URL, DATABASE_URL,
-OPERATOR_CLIENT_ID, OPERATOR_CLIENT_SECRET, and for the web console CONSOLE_URL,
+OPERATOR_CLIENT_ID, OPERATOR_CLIENT_SECRET, PIPELINE_CLIENT_ID,
+PIPELINE_CLIENT_SECRET (a CI pipeline's service account, holding only the
+pipeline role), and for the web console CONSOLE_URL,
 CONSOLE_USER, CONSOLE_PASSWORD (a realm user holding the admin role) and
 CONSOLE_VIEWER_USER, CONSOLE_VIEWER_PASSWORD (one holding the viewer role; both
 passwords are new each run). Runs until SIGINT/SIGTERM, then stops
@@ -139,9 +142,16 @@ func runDev(ctx context.Context, stderr io.Writer, envFile, launcher, dataDir st
 		return err
 	}
 	con, err := setupConsole(ctx, setup, env["BASE_URL"])
+	if err != nil {
+		setup.Close()
+		return fmt.Errorf("prepare the console's Keycloak client and users: %w", err)
+	}
+	// The CI pipeline's client: in the realm import, and made here for a
+	// data directory whose realm predates it.
+	pipe, err := setup.EnsurePipelineClient(ctx)
 	setup.Close()
 	if err != nil {
-		return fmt.Errorf("prepare the console's Keycloak client and users: %w", err)
+		return fmt.Errorf("prepare the pipeline's Keycloak client: %w", err)
 	}
 	ready := func() error {
 		if err := waitReady(ctx, env["BASE_URL"]+"/health/ready", time.Minute); err != nil {
@@ -157,6 +167,7 @@ func runDev(ctx context.Context, stderr io.Writer, envFile, launcher, dataDir st
 			"KEYCLOAK_ADMIN_PASSWORD": st.KeycloakAdminPassword,
 			"CONSOLE_URL":             con.URL, "CONSOLE_USER": con.User, "CONSOLE_PASSWORD": con.Password,
 			"CONSOLE_VIEWER_USER": con.ViewerUser, "CONSOLE_VIEWER_PASSWORD": con.ViewerPassword,
+			"PIPELINE_CLIENT_ID": keycloak.SetupPipelineClient, "PIPELINE_CLIENT_SECRET": pipe.Secret,
 		}
 		s3Line := ""
 		if s3 {

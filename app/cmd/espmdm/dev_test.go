@@ -27,7 +27,7 @@ import (
 var devEnvKeys = []string{
 	"ESPMDM_URL", "OIDC_TOKEN_URL", "OIDC_ISSUER_URL", "KEYCLOAK_URL", "KEYCLOAK_REALM",
 	"MQTT_URL", "DATABASE_URL", "OPERATOR_CLIENT_ID", "OPERATOR_CLIENT_SECRET",
-	"CONSOLE_URL", "CONSOLE_USER", "CONSOLE_PASSWORD",
+	"CONSOLE_URL", "CONSOLE_USER", "CONSOLE_PASSWORD", "PIPELINE_CLIENT_ID", "PIPELINE_CLIENT_SECRET",
 }
 
 // buildEspmdm builds this package's binary with the dev command (the dev
@@ -349,6 +349,16 @@ func TestDev(t *testing.T) {
 		if err := json.Unmarshal(body, &list); err != nil || list.DeviceModels == nil {
 			t.Errorf("GET /api/device-models body %s: want {\"device_models\": [...]} (%v)", body, err)
 		}
+	}
+	// The pipeline's credentials: a token that reads the pipeline routes
+	// and is refused elsewhere.
+	pipeTok := operatorToken(t, client, map[string]string{"OIDC_TOKEN_URL": env["OIDC_TOKEN_URL"],
+		"OPERATOR_CLIENT_ID": env["PIPELINE_CLIENT_ID"], "OPERATOR_CLIENT_SECRET": env["PIPELINE_CLIENT_SECRET"]})
+	if code, body := get("/api/pipeline/models/no_such_model/firmware", pipeTok); code != http.StatusNotFound {
+		t.Errorf("GET a pipeline route for an unknown model with the pipeline token = %d %s, want 404", code, body)
+	}
+	if code, body := get("/api/device-models", pipeTok); code != http.StatusForbidden || !strings.Contains(string(body), "mdm-pipeline") {
+		t.Errorf("GET /api/device-models with the pipeline token = %d %s, want 403 naming mdm-pipeline", code, body)
 	}
 	// The dev stack's Keycloak has the secret-rotation feature and policy,
 	// so ROTATION_MODE=auto picks grace.

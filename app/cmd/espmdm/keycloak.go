@@ -206,6 +206,11 @@ func (o setupOptions) result(kr keycloak.SetupResult) *setupResult {
 	r.setEnv("ROTATION_MODE", mode)
 	r.setEnv("OPERATOR_CLIENT_ID", keycloak.SetupOperatorClient)
 	r.setEnv("OPERATOR_CLIENT_SECRET", kr.OperatorClientSecret)
+	if kr.PipelineClientSecret != "" {
+		// Only when this run made the client: its secret is shown once.
+		r.setEnv("PIPELINE_CLIENT_ID", keycloak.SetupPipelineClient)
+		r.setEnv("PIPELINE_CLIENT_SECRET", kr.PipelineClientSecret)
+	}
 	return r
 }
 
@@ -253,6 +258,10 @@ func (r *setupResult) print(w io.Writer, o setupOptions) {
 	for _, k := range r.envOrder {
 		if k == "OPERATOR_CLIENT_ID" {
 			fmt.Fprintln(w, "# operator service account for scripts (not read by serve; its tokens carry "+keycloak.SetupAdminRole+")")
+		}
+		if k == "PIPELINE_CLIENT_ID" {
+			fmt.Fprintln(w, "# CI pipeline service account, created now: store its secret in your CI (it is not printed again; its tokens carry "+
+				keycloak.SetupPipelineRole+")")
 		}
 		fmt.Fprintf(w, "%s=%s\n", k, r.Env[k])
 	}

@@ -260,6 +260,8 @@ func TestKeycloakSetup(t *testing.T) {
 		"created client iotsupport-admin\n", "created client espmdm-operator\n",
 		"granted service-account-iotsupport-admin the realm-management roles manage-clients, view-clients, query-clients, view-realm\n",
 		"granted service-account-espmdm-operator the realm role mdm-admin\n",
+		"created realm role mdm-pipeline\n", "created client espmdm-pipeline\n",
+		"granted service-account-espmdm-pipeline the realm role mdm-pipeline\n",
 		"created client profile espmdm-secret-rotation", "created client policy espmdm-secret-rotation\n",
 	} {
 		if !strings.Contains(stdout, want) {
@@ -338,7 +340,10 @@ func TestKeycloakSetup(t *testing.T) {
 			t.Errorf("printed %s = %q, want %q", k, env[k], want)
 		}
 	}
-	for _, k := range []string{"KEYCLOAK_ADMIN_CLIENT_SECRET", "OPERATOR_CLIENT_SECRET"} {
+	if env["PIPELINE_CLIENT_ID"] != "espmdm-pipeline" {
+		t.Errorf("printed PIPELINE_CLIENT_ID = %q, want espmdm-pipeline (the run created it)", env["PIPELINE_CLIENT_ID"])
+	}
+	for _, k := range []string{"KEYCLOAK_ADMIN_CLIENT_SECRET", "OPERATOR_CLIENT_SECRET", "PIPELINE_CLIENT_SECRET"} {
 		if env[k] == "" {
 			t.Fatalf("printed no %s:\n%s", k, redactSetup(stdout))
 		}
@@ -356,6 +361,10 @@ func TestKeycloakSetup(t *testing.T) {
 	if roles := realmRoles(t, operatorToken(t, http.DefaultClient, opEnv)); !slices.Contains(roles, "mdm-admin") {
 		t.Errorf("operator token realm roles = %v, want mdm-admin among them", roles)
 	}
+	pipeEnv := map[string]string{"OIDC_TOKEN_URL": tokenURL, "OPERATOR_CLIENT_ID": env["PIPELINE_CLIENT_ID"], "OPERATOR_CLIENT_SECRET": env["PIPELINE_CLIENT_SECRET"]}
+	if roles := realmRoles(t, operatorToken(t, http.DefaultClient, pipeEnv)); !slices.Contains(roles, "mdm-pipeline") || slices.Contains(roles, "mdm-admin") {
+		t.Errorf("pipeline token realm roles = %v, want mdm-pipeline and not mdm-admin", roles)
+	}
 
 	// A second run changes nothing.
 	code, again, stderr := runSetup(t, st, "--realm", realm, "--rotation-grace", "2d")
@@ -370,6 +379,9 @@ func TestKeycloakSetup(t *testing.T) {
 			t.Errorf("second setup changed something:\n%s", redactSetup(again))
 		}
 	}
+	// The pipeline's secret is printed only by the run that made it.
+	delete(env, "PIPELINE_CLIENT_ID")
+	delete(env, "PIPELINE_CLIENT_SECRET")
 	if got := setupEnv(again); !reflect.DeepEqual(got, env) {
 		t.Errorf("second setup printed another environment")
 	}

@@ -122,6 +122,18 @@ test.describe.serial("the console", () => {
     await expect(card.getByRole("row").filter({ hasText: "not reported" })).toContainText("100 %");
     await noSeriousA11yViolations(page, "fleet page");
 
+    // Many devices at once: they are made and their partitions download as a ZIP
+    await nav(page, "Devices").click();
+    await page.getByRole("button", { name: "Create many devices…" }).click();
+    const batch = page.getByRole("form", { name: "Create devices" });
+    await batch.getByLabel("Model", { exact: true }).selectOption({ label: `${model} — E2E sensor` });
+    await batch.getByLabel("How many").fill("3");
+    await batch.getByLabel("interval_s *").fill("30");
+    const [zipDl] = await Promise.all([page.waitForEvent("download"), batch.getByRole("button", { name: "Make them and download the ZIP" }).click()]);
+    await zipDl.saveAs(join(out, "batch.zip"));
+    await expect(batch.getByRole("status")).toContainText("3 devices made and downloaded");
+    await noSeriousA11yViolations(page, "devices page with the batch form");
+
     // Rotation status and dashboard
     await nav(page, "Rotation").click();
     await expect(page.getByRole("heading", { name: "Credential rotation" })).toBeVisible();

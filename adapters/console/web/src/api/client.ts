@@ -14,6 +14,7 @@ export type RotationStatus = S["RotationStatus"];
 export type RotationDashboard = S["RotationDashboard"];
 export type RotationState = Device["rotation_state"];
 export type Problem = S["Problem"];
+export type NewDeviceBatch = S["NewDeviceBatch"];
 export type FleetFirmware = S["FleetFirmware"];
 export type Coredump = S["Coredump"];
 
@@ -139,6 +140,9 @@ export class Api {
   identity = (id: number) => this.json<IdentityStatus>("GET", `/api/devices/${id}/identity`);
   syncIdentity = (id: number) => this.json<IdentityStatus>("POST", `/api/devices/${id}/identity/sync`);
   rotateDevice = (id: number) => this.json<S["RotateResult"]>("POST", `/api/devices/${id}/rotate`);
+  /** createDeviceBatch makes devices by the hundred; the answer is a ZIP of their partitions. */
+  createDeviceBatch = async (b: NewDeviceBatch): Promise<Uint8Array> =>
+    new Uint8Array(await (await this.raw("POST", "/api/devices/batch", JSON.stringify(b), "application/json")).arrayBuffer());
 
   /** provisioningBin is the device's NVS partition image built for exactly `size` bytes. */
   provisioningBin = async (id: number, size?: number): Promise<Uint8Array> => {

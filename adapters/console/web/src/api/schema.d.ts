@@ -195,6 +195,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/devices/batch": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Create devices by the hundred, answered as a ZIP of their NVS partitions
+         * @description count devices with one config, or one per entry of devices. The whole batch is checked before anything is made (400: a count out of 1..1000, a model that does not exist, a config the model's config_schema refuses, a size out of range or too small). Then the devices are made, each all or nothing, with at most KEYCLOAK_MAX_CONCURRENCY Keycloak requests in flight, and the answer (200, application/zip, streamed while they are made) holds one NVS partition <key>.bin per device made, devices.csv (id,key,client_id,nvs_file, in request order) and, when some failed, errors.csv (index,status,error): those made stand. Each device is audited as made and as its partition handed out.
+         */
+        post: operations["createDeviceBatch"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/devices/{id}": {
         parameters: {
             query?: never;
@@ -356,6 +376,27 @@ export interface paths {
         get: operations["openapi"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/pipeline/models/{code}/firmware": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** CI: the model's current firmware version */
+        get: operations["pipelineCurrentFirmware"];
+        put?: never;
+        /**
+         * CI: upload the model's firmware by the model's code
+         * @description The same upload as POST /api/device-models/{id}/firmware (validation, idempotency, the secure_version rule, warnings, audit with the pipeline's client as the actor), for tokens holding the pipeline role. The image is the raw body (application/octet-stream) or the multipart/form-data field "file"; the field "elf" carries the application's ELF for core-dump analysis, kept when its SHA-256 is the image's app_elf_sha256 (else 400 naming both, nothing stored).
+         */
+        post: operations["pipelineUploadFirmware"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1084,6 +1125,26 @@ export interface components {
              */
             device_model_id: number;
         };
+        NewDeviceBatch: {
+            /** @description with count: every device's config, checked against the model's config_schema (default {}) */
+            config?: components["schemas"]["Config"];
+            /** @description how many devices to make, each with config; give count or devices */
+            count?: number;
+            /**
+             * Format: int64
+             * @description an existing device model; one that does not exist is a 400
+             */
+            device_model_id: number;
+            /** @description the devices to make (1 to 1000), one config each; give count or devices */
+            devices?: {
+                /** @description checked against the model's config_schema */
+                config: components["schemas"]["Config"];
+                /** @description the device's tags (SPEC §16); this server refuses any until devices carry tags */
+                tags?: string[];
+            }[];
+            /** @description the NVS partition size, as ?size= of GET /api/devices/{id}/provisioning takes it: a multiple of 0x1000 from 0x3000 to 0x100000, an integer or a string (hex with 0x, or decimal); default 0x6000 */
+            size?: number | string;
+        };
         NewDeviceModel: {
             code: string;
             /** @description optional JSON Schema for device configs (null: none) */
@@ -1096,6 +1157,20 @@ export interface components {
             result: "installed" | "rolled_back" | "download_failed" | "verify_failed";
             /** @description the version the device tried to install */
             target: string;
+        };
+        PipelineFirmware: {
+            /** @description the current firmware's version; null before the first upload */
+            firmware_version: string | null;
+            model_code: string;
+            /** @description the current image's secure_version; null before the first upload */
+            secure_version: number | null;
+            /** @description the current image's SHA-256; null before the first upload */
+            sha256: string | null;
+            /**
+             * Format: date-time
+             * @description RFC 3339, UTC; null when never
+             */
+            uploaded_at: string | null;
         };
         Problem: {
             detail: string;
@@ -1966,6 +2041,42 @@ export interface operations {
             504: components["responses"]["Timeout"];
         };
     };
+    createDeviceBatch: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NewDeviceBatch"];
+            };
+        };
+        responses: {
+            /** @description the ZIP, written while the devices are made */
+            200: {
+                headers: {
+                    /** @description attachment; filename="devices-<time>.zip" */
+                    "Content-Disposition"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/zip": string;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            413: components["responses"]["TooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
     getDevice: {
         parameters: {
             query?: never;
@@ -2316,6 +2427,96 @@ export interface operations {
                 };
             };
             500: components["responses"]["InternalError"];
+        };
+    };
+    pipelineCurrentFirmware: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                code: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the current firmware, or null before the first upload */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PipelineFirmware"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    pipelineUploadFirmware: {
+        parameters: {
+            query?: {
+                /** @description accept an image whose secure_version is lower than the current firmware's */
+                force?: boolean;
+            };
+            header?: never;
+            path: {
+                code: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/octet-stream": string;
+                "multipart/form-data": {
+                    /** Format: binary */
+                    elf?: string;
+                    /** Format: binary */
+                    file: string;
+                };
+            };
+        };
+        responses: {
+            /** @description the image is the current firmware already: its record, nothing changed */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FirmwareUpload"];
+                };
+            };
+            /** @description stored and devices told */
+            201: {
+                headers: {
+                    /** @description the path of the created resource */
+                    Location: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FirmwareUpload"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["TooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
         };
     };
     rotationDashboard: {

@@ -3,6 +3,7 @@ import { ApiError, type Device, type DeviceModel, type RotationState } from "../
 import { apiFilter, type Filter, silentChoices } from "../deviceFilter";
 import { configFieldErrors } from "../fieldErrors";
 import { navigate } from "../router";
+import { CreateDevices } from "./Batch";
 import { ConfigEditor } from "./ConfigEditor";
 import { Field, Link, Problem, StateBadge, stateNames, useAction, useApp, useLoad, When } from "./common";
 
@@ -154,6 +155,7 @@ export function DevicesPage() {
         </>
       )}
       {session.isAdmin && models.data && <CreateDevice models={models.data} onCreated={(d) => navigate(`/console/devices/${d.id}`)} />}
+      {session.isAdmin && models.data && <CreateDevices models={models.data} onCreated={devices.reload} />}
     </section>
   );
 }
