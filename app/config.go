@@ -390,8 +390,15 @@ var Vars = []Var{
 		set: bytesize(func(c *Config) *int64 { return &c.ELFMaxBytes })},
 	{Name: "COREDUMP_KEEP", Default: "20", Help: "how many core dumps each device keeps (the oldest beyond it are deleted)",
 		set: positive(func(c *Config) *int { return &c.CoredumpKeep })},
-	{Name: "COREDUMP_WORKERS", Default: "1", Help: "core dump analyses this replica runs at once",
-		set: positive(func(c *Config) *int { return &c.CoredumpWorkers })},
+	{Name: "COREDUMP_WORKERS", Default: "1", Help: "core dump analyses this replica runs at once (0: none, for a replica without the analysis tools)",
+		set: func(c *Config, v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n > 64 {
+				return errors.New("want a whole number from 0 to 64")
+			}
+			c.CoredumpWorkers = n
+			return nil
+		}},
 	{Name: "COREDUMP_TIMEOUT", Default: "2m", Help: "how long one core dump analysis may run before it is failed",
 		set: duration(func(c *Config) *time.Duration { return &c.CoredumpTimeout })},
 	{Name: "COREDUMP_POLL_SECONDS", Default: "10", Help: "how often the analysis workers look for dumps uploaded through other replicas, and how long a dump whose analysis could not run (tools missing) waits before it is tried again",

@@ -116,6 +116,12 @@ func TestLoadConfigMissingReportsFirst(t *testing.T) {
 	}
 }
 
+func TestCoredumpWorkersZero(t *testing.T) {
+	if got := mustLoad(t, with(requiredEnv(), "COREDUMP_WORKERS", "0")); got.CoredumpWorkers != 0 {
+		t.Errorf("COREDUMP_WORKERS=0 loaded as %d", got.CoredumpWorkers)
+	}
+}
+
 func TestLoadConfigInvalidValue(t *testing.T) {
 	tests := []struct {
 		name, value string
@@ -179,6 +185,12 @@ func TestLoadConfigInvalidValue(t *testing.T) {
 		{"DEVICE_STALE_SECONDS", "0"},
 		{"DEVICE_STALE_SECONDS", "1d"},
 		{"DEVICE_STALE_SECONDS", secretValue},
+		{"COREDUMP_WORKERS", "-1"},
+		{"COREDUMP_WORKERS", "65"},
+		{"COREDUMP_WORKERS", secretValue},
+		{"COREDUMP_KEEP", "0"},
+		{"COREDUMP_MAX_BYTES", "0"},
+		{"COREDUMP_TIMEOUT", secretValue},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+"="+tt.value, func(t *testing.T) {

@@ -44,6 +44,10 @@ func registerCoredumpWorkers(lc fx.Lifecycle, lt *Lifetime, cfg Config, svc *mdm
 	ctx, cancel := context.WithCancel(lt.Ctx)
 	lc.Append(fx.Hook{
 		OnStart: func(startCtx context.Context) error {
+			if cfg.CoredumpWorkers == 0 {
+				log.Info("COREDUMP_WORKERS=0: this replica analyses no core dumps (a replica with the tools does)")
+				return nil
+			}
 			if err := an.Check(startCtx); err != nil {
 				log.Warn("core dump analysis tools missing: uploaded dumps stay pending until they are installed (make deps) or COREDUMP_TOOL/COREDUMP_GDB point at them",
 					zap.Error(err))
