@@ -253,7 +253,7 @@ func operations() []operation {
 			summary: "Change a device's config, active flag and tags (absent members unchanged)", params: withID, body: refTo[updateDeviceDTO](),
 			description: "A config the model's config_schema refuses is a conflict with the current state (409, field config). " +
 				"tags, when present, replace the device's tags (an empty array removes them all).",
-			responses:   obj{"200": jsonResponse("the updated device", refTo[deviceDTO]())}, errorCodes: []int{400, 404, 409, 413, 415}},
+			responses: obj{"200": jsonResponse("the updated device", refTo[deviceDTO]())}, errorCodes: []int{400, 404, 409, 413, 415}},
 		{method: "DELETE", path: "/api/devices/{id}", id: "deleteDevice", tag: "devices", auth: "write",
 			summary: "Delete a device, then its identity-provider client", params: withID,
 			responses: obj{"204": obj{"description": "deleted"}}, errorCodes: []int{400, 404}},

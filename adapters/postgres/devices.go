@@ -244,7 +244,7 @@ func (r *DeviceRepo) AssignFirmware(ctx context.Context, deviceIDs []int64, firm
 	if len(deviceIDs) == 0 {
 		return 0, nil
 	}
-	q := r.db.NewUpdate().Model((*deviceRow)(nil)).Where("d.id IN (?)", bun.In(deviceIDs))
+	q := r.db.NewUpdate().Model((*deviceRow)(nil)).Where("d.id = ANY(?)", pgdialect.Array(deviceIDs))
 	if firmwareID == nil {
 		q = q.Set("assigned_firmware_id = NULL").Where("d.assigned_firmware_id IS NOT NULL")
 	} else {
