@@ -312,3 +312,24 @@ func TestDeviceTags(t *testing.T) {
 		t.Errorf("clearing tags = %v, %v", got.Tags, err)
 	}
 }
+
+func TestDeviceBatchTags(t *testing.T) {
+	e := newEnv(t)
+	m := e.model(t, "m", "")
+	in := batchOf(m.ID, 2, `{}`, mdm.DefaultNVSSize)
+	in.Devices[0].Tags = []string{"site:x", "canary", "canary"}
+	res, err := runBatch(t, e, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range [][]string{{"canary", "site:x"}, {}} {
+		r := res[i]
+		if r.Err != nil {
+			t.Fatalf("device %d: %v", i, r.Err)
+		}
+		d, err := e.svc.GetDevice(t.Context(), r.Device.ID)
+		if err != nil || !slices.Equal(d.Tags, want) {
+			t.Errorf("device %d tags = %v, %v; want %v", i, d.Tags, err, want)
+		}
+	}
+}
