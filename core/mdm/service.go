@@ -18,11 +18,15 @@ const (
 )
 
 // Deps are the outbound ports a Service uses. Every port is required
-// except Rand and OnError.
+// except those said optional, Rand and OnError.
 type Deps struct {
 	Models   ports.ModelRepo
 	Devices  ports.DeviceRepo
 	Firmware ports.FirmwareRepo
+	// ReleaseGate, when set, can hold an upload back from release (SPEC
+	// §16: a model with a running or paused campaign); nil releases every
+	// upload not stored on purpose.
+	ReleaseGate ports.ReleaseGate
 	// Blobs keeps the firmware binaries, their ELFs and the devices' core
 	// dumps (a directory or an S3 bucket), content-addressed: a binary is
 	// written there before Firmware records it.
