@@ -136,6 +136,7 @@ func Identities(ctx context.Context, env *Env, o IdentitiesOptions) ([]Identitie
 	}
 	defer srv.Stop()
 	c := newClient(4)
+	c.Timeout = 15 * time.Minute // a batch of a thousand on a busy machine
 	opTok := func() (string, error) { return env.token(ctx, st.OperatorClientID, st.OperatorClientSecret) }
 	tok, err := opTok()
 	if err != nil {
