@@ -42,6 +42,10 @@ type IdentitiesOptions struct {
 	Batch int
 	// Point receives each size's figures as soon as they are measured.
 	Point func(IdentitiesPoint)
+	// MQTTAuth is espmdm's MQTT_AUTH: "dynsec" (default, every device
+	// gets a broker account) or "none" (the broker's cost left out, to
+	// see Keycloak's and espmdm's own curve).
+	MQTTAuth string
 }
 
 // IdentitiesPoint is the figures at one fleet size.
@@ -66,6 +70,8 @@ type IdentitiesPoint struct {
 	Admin []RequestKind
 	// Seconds is how long this size took (growth and measurements).
 	Seconds float64
+	// MQTTAuth is the run's MQTT_AUTH.
+	MQTTAuth string
 }
 
 // RequestKind is Keycloak's requests of one method and URI template.
@@ -87,10 +93,10 @@ func (p IdentitiesPoint) Line() string {
 		}
 		return "-"
 	}
-	return fmt.Sprintf("BENCH identities clients=%d provision_per_s=%.1f rotation_per_s=%.2f keycloak_floor_per_s=%.2f rotation_ratio=%.3f lockouts=%d "+
+	return fmt.Sprintf("BENCH identities mqtt_auth=%s clients=%d provision_per_s=%.1f rotation_per_s=%.2f keycloak_floor_per_s=%.2f rotation_ratio=%.3f lockouts=%d "+
 		"iot_config_rps=%.0f iot_config_ratio=%.3f keycloak_mb=%.0f postgres_mb=%.0f "+
 		"kc_create_client_ms=%s kc_lookup_client_ms=%s kc_read_secret_ms=%s kc_generate_secret_ms=%s kc_invalidate_rotated_ms=%s kc_token_ms=%s",
-		p.Clients, p.ProvisionPerS, p.Rotation.RotationsPerS, p.Rotation.KeycloakFloorPerS, p.Rotation.Ratio, p.Rotation.Lockouts,
+		p.MQTTAuth, p.Clients, p.ProvisionPerS, p.Rotation.RotationsPerS, p.Rotation.KeycloakFloorPerS, p.Rotation.Ratio, p.Rotation.Lockouts,
 		p.IOTConfigRPS, p.IOTConfigRatio, p.KeycloakMB, p.PostgresMB,
 		kind("POST", "/clients"), kind("GET", "/clients"), kind("GET", "/client-secret"), kind("POST", "/client-secret"),
 		kind("DELETE", "/client-secret/rotated"), kind("POST", "/token"))
@@ -105,6 +111,9 @@ func (o *IdentitiesOptions) defaults() {
 	}
 	if o.Batch <= 0 {
 		o.Batch = 1000
+	}
+	if o.MQTTAuth == "" {
+		o.MQTTAuth = "dynsec"
 	}
 }
 
@@ -130,7 +139,9 @@ func Identities(ctx context.Context, env *Env, o IdentitiesOptions) ([]Identitie
 		return nil, errors.New("identities: the stack's Keycloak has no metrics (integration.Options.KeycloakMetrics)")
 	}
 	began := time.Now()
-	srv, err := env.startInProcess(ctx, fleetrotation.ServerEnv(identitiesRotation(nil, nil)))
+	senv := fleetrotation.ServerEnv(identitiesRotation(nil, nil))
+	senv["MQTT_AUTH"] = o.MQTTAuth
+	srv, err := env.startInProcess(ctx, senv)
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +180,7 @@ func Identities(ctx context.Context, env *Env, o IdentitiesOptions) ([]Identitie
 		if err != nil {
 			return points, err
 		}
-		p := IdentitiesPoint{Clients: size}
+		p := IdentitiesPoint{Clients: size, MQTTAuth: o.MQTTAuth}
 
 		// Grow.
 		growBegan := time.Now()
@@ -441,7 +452,11 @@ func pssKB(pid int) (int64, error) {
 // chart (chart: its file name next to the document, "" for none).
 func IdentitiesMarkdown(m Machine, points []IdentitiesPoint, budget time.Duration, chart string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "## identities: the cost curve to 100,000 identities (`make bench-identities`)\n\n")
+	auth := "dynsec"
+	if len(points) > 0 && points[0].MQTTAuth != "" {
+		auth = points[0].MQTTAuth
+	}
+	fmt.Fprintf(&b, "## identities, MQTT_AUTH=%s: the cost curve to 100,000 identities (`make bench-identities`)\n\n", auth)
 	fmt.Fprintf(&b, "Run %s on %s. One espmdm (in the bench process) on a stack whose Keycloak keeps its data in PostgreSQL "+
 		"(`--db=postgres`, a database of the stack's PostgreSQL), as in production. The fleet grows through `POST /api/devices/batch` "+
 		"(1,000 devices a request, each a Keycloak client with its broker account and a 12 KiB partition in the ZIP); at each size: "+
@@ -536,29 +551,49 @@ func WriteIdentitiesChart(w io.Writer, points []IdentitiesPoint) error {
 	return fleetrotation.WritePlot(w, "CLIENTS IN THE REALM", "RATE / RATE AT "+strconv.Itoa(points[0].Clients), series)
 }
 
-// Section markers of docs/benchmarks.md: the identities run writes
-// between them, and `make bench`, which rewrites the rest, keeps them.
-const (
-	identitiesBegin = "<!-- bench-identities:begin -->"
-	identitiesEnd   = "<!-- bench-identities:end -->"
-)
+// Section markers of docs/benchmarks.md: each identities run (one per
+// MQTT_AUTH) writes between its pair, and `make bench`, which rewrites the
+// rest, keeps them.
+func identitiesMarkers(name string) (begin, end string) {
+	return "<!-- bench-identities:" + name + ":begin -->", "<!-- bench-identities:" + name + ":end -->"
+}
 
-// IdentitiesSection is the identities section of doc, markers included;
-// "" when it has none.
-func IdentitiesSection(doc string) string {
-	i := strings.Index(doc, identitiesBegin)
-	j := strings.Index(doc, identitiesEnd)
+// IdentitiesSections is every identities section of doc, markers
+// included, in order; "" when it has none.
+func IdentitiesSections(doc string) string {
+	var out []string
+	for {
+		i := strings.Index(doc, "<!-- bench-identities:")
+		if i < 0 {
+			break
+		}
+		name, _, _ := strings.Cut(doc[i+len("<!-- bench-identities:"):], ":")
+		s := identitiesSection(doc, name)
+		if s == "" {
+			break
+		}
+		out = append(out, s)
+		doc = doc[strings.Index(doc, s)+len(s):]
+	}
+	return strings.Join(out, "\n\n")
+}
+
+func identitiesSection(doc, name string) string {
+	begin, end := identitiesMarkers(name)
+	i := strings.Index(doc, begin)
+	j := strings.Index(doc, end)
 	if i < 0 || j < i {
 		return ""
 	}
-	return doc[i : j+len(identitiesEnd)]
+	return doc[i : j+len(end)]
 }
 
-// WithIdentitiesSection is doc with its identities section replaced by
-// body (appended when it has none).
-func WithIdentitiesSection(doc, body string) string {
-	section := identitiesBegin + "\n" + body + identitiesEnd
-	if old := IdentitiesSection(doc); old != "" {
+// WithIdentitiesSection is doc with its identities section called name
+// replaced by body (appended when it has none).
+func WithIdentitiesSection(doc, name, body string) string {
+	begin, end := identitiesMarkers(name)
+	section := begin + "\n" + body + end
+	if old := identitiesSection(doc, name); old != "" {
 		return strings.Replace(doc, old, section, 1)
 	}
 	if doc != "" && !strings.HasSuffix(doc, "\n\n") {

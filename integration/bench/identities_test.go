@@ -60,18 +60,21 @@ func TestRequestKinds(t *testing.T) {
 
 func TestIdentitiesSection(t *testing.T) {
 	doc := "# Benchmarks\n\nfigures\n"
-	one := WithIdentitiesSection(doc, "## identities\n\nfirst\n")
+	one := WithIdentitiesSection(doc, "dynsec", "## identities\n\nfirst\n")
 	if !strings.HasPrefix(one, doc) || !strings.Contains(one, "first") {
 		t.Fatalf("appended section: %q", one)
 	}
-	two := WithIdentitiesSection(one, "## identities\n\nsecond\n")
-	if strings.Contains(two, "first") || !strings.Contains(two, "second") || strings.Count(two, identitiesBegin) != 1 {
+	two := WithIdentitiesSection(one, "dynsec", "## identities\n\nsecond\n")
+	begin, end := identitiesMarkers("dynsec")
+	if strings.Contains(two, "first") || !strings.Contains(two, "second") || strings.Count(two, begin) != 1 {
 		t.Fatalf("replaced section: %q", two)
 	}
-	if got := IdentitiesSection(two); !strings.HasPrefix(got, identitiesBegin) || !strings.HasSuffix(got, identitiesEnd) {
-		t.Errorf("IdentitiesSection = %q", got)
+	three := WithIdentitiesSection(two, "none", "## identities none\n\nthird\n")
+	got := IdentitiesSections(three)
+	if !strings.HasPrefix(got, begin) || !strings.Contains(got, end) || !strings.Contains(got, "second") || !strings.Contains(got, "third") {
+		t.Errorf("IdentitiesSections = %q", got)
 	}
-	if IdentitiesSection(doc) != "" {
+	if IdentitiesSections(doc) != "" {
 		t.Error("a document without the markers has a section")
 	}
 }
@@ -81,12 +84,12 @@ func TestIdentitiesReport(t *testing.T) {
 		{Clients: 1000, ProvisionPerS: 80, IOTConfigRPS: 7000, IOTConfigRatio: 0.4, KeycloakMB: 700, PostgresMB: 200,
 			Rotation: fleetrotation.Result{RotationsPerS: 60, KeycloakFloorPerS: 120, Ratio: 0.5},
 			Admin:    []RequestKind{{Kind: "POST /admin/realms/{realm}/clients", Count: 1000, MeanMS: 30, P99MS: 100}}},
-		{Clients: 20000, ProvisionPerS: 60, IOTConfigRPS: 6900, IOTConfigRatio: 0.39, KeycloakMB: 900, PostgresMB: 300,
+		{Clients: 20000, MQTTAuth: "dynsec", ProvisionPerS: 60, IOTConfigRPS: 6900, IOTConfigRatio: 0.39, KeycloakMB: 900, PostgresMB: 300,
 			Rotation: fleetrotation.Result{RotationsPerS: 50, KeycloakFloorPerS: 110, Ratio: 0.45},
 			Admin:    []RequestKind{{Kind: "POST /admin/realms/{realm}/clients", Count: 19000, MeanMS: 40, P99MS: 250}}},
 	}
 	line := points[1].Line()
-	for _, want := range []string{"BENCH identities clients=20000 ", "provision_per_s=60.0", "rotation_ratio=0.450", "kc_create_client_ms=40.0", "kc_token_ms=-"} {
+	for _, want := range []string{"BENCH identities mqtt_auth=dynsec clients=20000 ", "provision_per_s=60.0", "rotation_ratio=0.450", "kc_create_client_ms=40.0", "kc_token_ms=-"} {
 		if !strings.Contains(line, want) {
 			t.Errorf("Line() = %q, want %q in it", line, want)
 		}

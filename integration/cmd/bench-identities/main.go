@@ -32,6 +32,7 @@ func run() int {
 	sizes := flag.String("sizes", "1000,10000,20000,50000,100000", "comma-separated fleet sizes (Keycloak clients) to measure at, ascending")
 	budget := flag.Duration("budget", 60*time.Minute, "stop before a size that would end after this long")
 	out := flag.String("out", "docs/benchmarks.md", "Markdown file whose bench-identities section is rewritten; empty: print only")
+	mqttAuth := flag.String("mqtt-auth", "dynsec", "espmdm's MQTT_AUTH: dynsec (a broker account per device) or none (leave the broker's cost out)")
 	heap := flag.String("keycloak-heap", "-Xms256m -Xmx3g", "Keycloak's JAVA_OPTS_KC_HEAP")
 	flag.Parse()
 	var ns []int
@@ -72,7 +73,7 @@ func run() int {
 	env := &bench.Env{Stack: st, Log: os.Stderr, TempDir: tmp}
 	machine := bench.DescribeMachine(ctx, st)
 	points, err := bench.Identities(ctx, env, bench.IdentitiesOptions{
-		Sizes: ns, Budget: *budget,
+		Sizes: ns, Budget: *budget, MQTTAuth: *mqttAuth,
 		Point: func(p bench.IdentitiesPoint) { fmt.Println(p.Line()) },
 	})
 	code := 0
@@ -83,7 +84,7 @@ func run() int {
 	if *out == "" || len(points) == 0 {
 		return code
 	}
-	chart := filepath.Join(filepath.Dir(*out), "identities.png")
+	chart := filepath.Join(filepath.Dir(*out), "identities-"+*mqttAuth+".png")
 	var png bytes.Buffer
 	if err := bench.WriteIdentitiesChart(&png, points); err == nil {
 		err = os.WriteFile(chart, png.Bytes(), 0o644)
@@ -97,7 +98,7 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "bench-identities:", err)
 		return 1
 	}
-	doc := bench.WithIdentitiesSection(string(old), bench.IdentitiesMarkdown(machine, points, *budget, filepath.Base(chart)))
+	doc := bench.WithIdentitiesSection(string(old), *mqttAuth, bench.IdentitiesMarkdown(machine, points, *budget, filepath.Base(chart)))
 	if err := os.WriteFile(*out, []byte(doc), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-identities:", err)
 		return 1

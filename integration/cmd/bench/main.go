@@ -126,7 +126,7 @@ func run() int {
 			return 1
 		}
 		text := doc.String()
-		if s := bench.IdentitiesSection(string(old)); s != "" {
+		if s := bench.IdentitiesSections(string(old)); s != "" {
 			text = strings.TrimRight(text, "\n") + "\n\n" + s + "\n"
 		}
 		if err := os.WriteFile(*out, []byte(text), 0o644); err != nil {
