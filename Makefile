@@ -14,7 +14,7 @@ TEST_FLAGS ?= -count=1 -p 1 -timeout 30m -tags dev
 
 CONSOLE_WEB := adapters/console/web
 
-.PHONY: all build build-dev console console-api console-test firmware firmware-test test test-containers images image bench lint run deps fuzz clean
+.PHONY: all build build-dev console console-api console-test firmware firmware-test test test-containers images image bench bench-identities lint run deps fuzz clean
 
 all: build
 
@@ -84,6 +84,13 @@ image:
 ## test-containers: smoke and end-to-end tests on a containers stack, and compose.yaml, on a Docker engine
 test-containers:
 	bash .ci/test-containers
+
+## bench-identities: espmdm at 1,000 … 100,000 real Keycloak clients (Keycloak on PostgreSQL), within IDENTITIES_BUDGET
+## (default 60m): BENCH identities lines, the table and chart in docs/benchmarks.md; not in CI
+IDENTITIES_SIZES  ?= 1000,10000,20000,50000,100000
+IDENTITIES_BUDGET ?= 60m
+bench-identities: deps
+	$(GO) run ./integration/cmd/bench-identities -sizes $(IDENTITIES_SIZES) -budget $(IDENTITIES_BUDGET) -out docs/benchmarks.md
 
 ## bench: the product benchmarks (BENCH lines, docs/benchmarks.md), then the Go benchmarks, on one stack
 bench: deps

@@ -355,6 +355,9 @@ func (l containers) NewMosquitto(spec MosquittoSpec) (Service, error) {
 }
 
 func (l containers) NewKeycloak(spec KeycloakSpec) (Service, error) {
+	if spec.PostgresPort != 0 || spec.Metrics {
+		return nil, errors.New("containers launcher: Keycloak on PostgreSQL and Keycloak metrics need the processes launcher")
+	}
 	base := fmt.Sprintf("http://127.0.0.1:%d", spec.Port)
 	req, logFile, err := l.request(Keycloak, spec.Dir, spec.Log, l.images.Keycloak,
 		map[string]int{"8080/tcp": spec.Port, "9000/tcp": spec.ManagementPort})

@@ -59,6 +59,12 @@ type KeycloakSpec struct {
 	// Env resolves the realm import's placeholders.
 	Env map[string]string
 	Log io.Writer
+	// PostgresPort, when not 0, keeps Keycloak's data in the database
+	// "keycloak" of the stack's PostgreSQL on this port (made when
+	// missing) instead of dev-file.
+	PostgresPort int
+	// Metrics enables /metrics (with HTTP histograms) on ManagementPort.
+	Metrics bool
 }
 
 // Launcher creates the services of a stack.

@@ -338,19 +338,33 @@ func (processes) NewKeycloak(spec KeycloakSpec) (Service, error) {
 				}
 				prepared = true
 			}
-			cmd := exec.Command("/bin/sh", filepath.Join(home, "bin", "kc.sh"), "start-dev",
+			args := []string{filepath.Join(home, "bin", "kc.sh"), "start-dev",
 				"--http-host=127.0.0.1",
-				"--http-port="+strconv.Itoa(spec.Port),
+				"--http-port=" + strconv.Itoa(spec.Port),
 				// A fixed hostname keeps `iss` independent of the Host header.
-				"--hostname="+base,
-				"--http-management-port="+strconv.Itoa(spec.ManagementPort),
+				"--hostname=" + base,
+				"--http-management-port=" + strconv.Itoa(spec.ManagementPort),
 				"--health-enabled=true",
-				// dev-file keeps data across a stop/start of this service.
-				"--db=dev-file",
 				// Grace-mode rotation (SPEC §4) needs Keycloak's preview
 				// client secret rotation; the realm import sets its policy.
 				"--features=client-secret-rotation",
-				"--import-realm")
+				"--import-realm"}
+			if spec.PostgresPort != 0 {
+				if err := createKeycloakDatabase(spec.PostgresPort); err != nil {
+					return nil, err
+				}
+				// Trust authentication: the user is all it takes.
+				args = append(args, "--db=postgres",
+					fmt.Sprintf("--db-url=jdbc:postgresql://127.0.0.1:%d/keycloak", spec.PostgresPort),
+					"--db-username=postgres", "--db-password=postgres")
+			} else {
+				// dev-file keeps data across a stop/start of this service.
+				args = append(args, "--db=dev-file")
+			}
+			if spec.Metrics {
+				args = append(args, "--metrics-enabled=true", "--http-metrics-histograms-enabled=true")
+			}
+			cmd := exec.Command("/bin/sh", args...)
 			cmd.Dir = home
 			cmd.Env = os.Environ()
 			if os.Getenv("JAVA_OPTS_KC_HEAP") == "" {
@@ -363,6 +377,31 @@ func (processes) NewKeycloak(spec KeycloakSpec) (Service, error) {
 		},
 		ready: httpCheck(base + "/realms/" + spec.Realm + "/.well-known/openid-configuration"),
 	}, nil
+}
+
+// createKeycloakDatabase makes the database "keycloak" on the stack's
+// PostgreSQL (started at the same time: it waits up to a minute for it).
+func createKeycloakDatabase(port int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dsn := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
+	db := sql.OpenDB(pgdriver.NewConnector(pgdriver.WithDSN(dsn)))
+	defer db.Close()
+	for {
+		var n int
+		err := db.QueryRowContext(ctx, "SELECT count(*) FROM pg_database WHERE datname = 'keycloak'").Scan(&n)
+		if err == nil && n == 0 {
+			_, err = db.ExecContext(ctx, "CREATE DATABASE keycloak")
+		}
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("keycloak database on PostgreSQL port %d: %w", port, err)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // linkKeycloakHome makes home a Keycloak home of its own (data, realm

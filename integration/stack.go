@@ -94,6 +94,14 @@ type Options struct {
 	// DefaultMQTTAnonymous. Either way espmdm's own account
 	// (Stack.MQTTAdminUser) and the device accounts it makes work.
 	MQTTAnonymous *bool
+	// KeycloakOnPostgres keeps Keycloak's data in a database "keycloak" of
+	// the stack's PostgreSQL, as in production, instead of its dev-file
+	// store (H2), which does not hold tens of thousands of clients well.
+	// Processes launcher only (make bench-identities).
+	KeycloakOnPostgres bool
+	// KeycloakMetrics enables Keycloak's /metrics on its management port
+	// (Stack.KeycloakMetricsURL), with HTTP request histograms.
+	KeycloakMetrics bool
 }
 
 // DefaultRotationGrace is the stack's rotated-secret lifetime, espmdm's
@@ -107,7 +115,9 @@ type Stack struct {
 
 	DatabaseURL string // postgres://postgres@127.0.0.1:PORT/postgres?sslmode=disable
 
-	KeycloakURL          string // http://127.0.0.1:PORT
+	KeycloakURL string // http://127.0.0.1:PORT
+	// KeycloakMetricsURL is Keycloak's /metrics (Options.KeycloakMetrics); "" without.
+	KeycloakMetricsURL   string
 	Realm                string
 	IssuerURL            string
 	TokenURL             string
@@ -273,11 +283,19 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	if err != nil {
 		return st, err
 	}
-	kc, err := launcher.NewKeycloak(KeycloakSpec{
+	kcSpec := KeycloakSpec{
 		Port: kcPort, ManagementPort: kcMgmtPort, Dir: filepath.Join(dir, "keycloak"),
 		Version: version, CacheDir: cacheDir, Realm: st.Realm,
 		RealmJSON: realmJSON, Env: st.realmEnv(), Log: logw,
-	})
+		Metrics: opts.KeycloakMetrics,
+	}
+	if opts.KeycloakOnPostgres {
+		kcSpec.PostgresPort = pgPort
+	}
+	if opts.KeycloakMetrics {
+		st.KeycloakMetricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", kcMgmtPort)
+	}
+	kc, err := launcher.NewKeycloak(kcSpec)
 	if err != nil {
 		return st, err
 	}

@@ -260,8 +260,10 @@ type Rotation interface {
 	// RotateDevice queues one device; an inactive device is
 	// model.ErrConflict.
 	RotateDevice(ctx context.Context, id int64) (RotateResult, error)
-	// TriggerRotation queues every active OK device and returns how many.
-	TriggerRotation(ctx context.Context) (int, error)
+	// TriggerRotation queues every active OK device (of model modelID
+	// only, when it is not 0; an unknown model is model.ErrNotFound) and
+	// returns how many.
+	TriggerRotation(ctx context.Context, modelID int64) (int, error)
 	RotationStatus(ctx context.Context) (RotationStatus, error)
 	// RotationDashboard returns the group counts and one page of group g.
 	RotationDashboard(ctx context.Context, g model.DashboardGroup, limit int, afterID int64) (Dashboard, error)

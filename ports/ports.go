@@ -142,9 +142,9 @@ type FleetStats interface {
 // RotationQueue is the part of DeviceRepo the rotation use case works the
 // queue with (SPEC §4).
 type RotationQueue interface {
-	// QueueRotations sets every active OK device to QUEUED and returns how
-	// many it queued.
-	QueueRotations(ctx context.Context) (int, error)
+	// QueueRotations sets every active OK device (of model modelID only,
+	// when it is not 0) to QUEUED and returns how many it queued.
+	QueueRotations(ctx context.Context, modelID int64) (int, error)
 	// StartRotations starts rotations in free slots, in one transaction
 	// that is serialised with every other StartRotations on the same
 	// database (so the bound holds across processes): free = limit minus

@@ -80,7 +80,15 @@ func (s *Server) triggerRotation(c *fiber.Ctx) error {
 	if s.rotation == nil {
 		return errNoRotation
 	}
-	n, err := s.rotation.TriggerRotation(c.UserContext())
+	var modelID int64
+	if v := c.Query("device_model_id"); v != "" {
+		n, ok := intText(v)
+		if !ok || n <= 0 {
+			return model.Invalid("device_model_id", "must be a positive integer")
+		}
+		modelID = n
+	}
+	n, err := s.rotation.TriggerRotation(c.UserContext(), modelID)
 	if err != nil {
 		return err
 	}

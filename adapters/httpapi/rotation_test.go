@@ -34,7 +34,7 @@ func (f *fakeRotation) RotateDevice(_ context.Context, id int64) (ports.RotateRe
 	return "", fmt.Errorf("device %d: %w", id, model.ErrNotFound)
 }
 
-func (f *fakeRotation) TriggerRotation(context.Context) (int, error) { return 42, nil }
+func (f *fakeRotation) TriggerRotation(context.Context, int64) (int, error) { return 42, nil }
 
 func (f *fakeRotation) RotationStatus(context.Context) (ports.RotationStatus, error) {
 	done := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
@@ -87,6 +87,9 @@ func TestRotationAdminRoutes(t *testing.T) {
 	wantProblem(t, e.do(request{method: http.MethodPost, path: "/api/devices/0/rotate", token: tokAdmin}), http.StatusBadRequest)
 	wantProblem(t, e.do(request{method: http.MethodPost, path: "/api/devices/1/rotate", token: tokViewer}), http.StatusForbidden)
 	wantProblem(t, e.do(request{method: http.MethodPost, path: "/api/rotation/trigger", token: tokViewer}), http.StatusForbidden)
+	for _, bad := range []string{"0", "-1", "x", "1.5"} {
+		wantProblem(t, e.do(request{method: http.MethodPost, path: "/api/rotation/trigger?device_model_id=" + bad, token: tokAdmin}), http.StatusBadRequest)
+	}
 	wantProblem(t, e.get("/api/rotation/status", ""), http.StatusUnauthorized)
 
 	r = e.do(request{method: http.MethodPost, path: "/api/rotation/trigger", token: tokAdmin})

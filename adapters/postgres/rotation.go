@@ -24,13 +24,16 @@ const attemptOrder = "COALESCE(d.last_rotation_attempt_at, '-infinity'::timestam
 
 // QueueRotations implements ports.RotationQueue with one UPDATE of every
 // active OK device.
-func (r *DeviceRepo) QueueRotations(ctx context.Context) (int, error) {
-	res, err := r.db.NewUpdate().Model((*deviceRow)(nil)).
+func (r *DeviceRepo) QueueRotations(ctx context.Context, modelID int64) (int, error) {
+	q := r.db.NewUpdate().Model((*deviceRow)(nil)).
 		Set("rotation_state = ?", string(model.RotationQueued)).
 		Set("updated_at = now()").
 		Where("active").
-		Where("rotation_state = ?", string(model.RotationOK)).
-		Exec(ctx)
+		Where("rotation_state = ?", string(model.RotationOK))
+	if modelID != 0 {
+		q = q.Where("device_model_id = ?", modelID)
+	}
+	res, err := q.Exec(ctx)
 	if err != nil {
 		return 0, translate("queue rotations", err, fkNone)
 	}

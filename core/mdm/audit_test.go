@@ -355,7 +355,7 @@ func TestAuditTriggerAndSchedule(t *testing.T) {
 	for range 2 {
 		e.device(t, m, `{}`)
 	}
-	if n, err := e.svc.TriggerRotation(adminCtx(t)); err != nil || n != 2 {
+	if n, err := e.svc.TriggerRotation(adminCtx(t), 0); err != nil || n != 2 {
 		t.Fatalf("TriggerRotation = %d, %v", n, err)
 	}
 	if x := wantEntry(t, e, model.AuditRotationTriggered, admin, 0, model.OutcomeSuccess); x.Detail != "2 device(s) queued" {
@@ -402,7 +402,7 @@ func TestAuditNeverHoldsASecret(t *testing.T) {
 				}
 				secrets = append(secrets, p.ClientSecret)
 			}
-			if _, err := e.svc.TriggerRotation(ctx); err != nil {
+			if _, err := e.svc.TriggerRotation(ctx, 0); err != nil {
 				t.Fatal(err)
 			}
 			for i, d := range ds {

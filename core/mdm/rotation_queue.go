@@ -37,16 +37,28 @@ func (s *Service) RotateDevice(ctx context.Context, id int64) (ports.RotateResul
 	return res, nil
 }
 
-// TriggerRotation implements ports.Rotation.
-func (s *Service) TriggerRotation(ctx context.Context) (int, error) {
+// TriggerRotation implements ports.Rotation: the whole fleet, or one
+// model's devices (modelID not 0) — e.g. after that model's firmware leaked
+// its credentials.
+func (s *Service) TriggerRotation(ctx context.Context, modelID int64) (int, error) {
 	if _, err := s.rotationMode(); err != nil {
 		return 0, err
 	}
-	n, err := s.d.Devices.QueueRotations(ctx)
+	scope := ""
+	if modelID != 0 {
+		m, err := s.d.Models.GetModel(ctx, modelID)
+		if err != nil {
+			return 0, fmt.Errorf("trigger rotation: get device model %d: %w", modelID, err)
+		}
+		scope = " of device model " + m.Code
+	}
+	n, err := s.d.Devices.QueueRotations(ctx, modelID)
 	if err != nil {
 		return 0, fmt.Errorf("trigger rotation: %w", err)
 	}
-	s.report(ctx, "trigger rotation: audit", s.appendAudit(ctx, s.entry(ctx, model.AuditRotationTriggered, fmt.Sprintf("%d device(s) queued", n))))
+	e := s.entry(ctx, model.AuditRotationTriggered, fmt.Sprintf("%d device(s)%s queued", n, scope))
+	e.ModelID = modelID
+	s.report(ctx, "trigger rotation: audit", s.appendAudit(ctx, e))
 	s.fillSlots(ctx)
 	return n, nil
 }

@@ -77,7 +77,7 @@ func (s *Service) fireSchedule(ctx context.Context) (bool, int, error) {
 	// queued before the fire is recorded: a failure (or a kill) between
 	// the two then repeats the fire at the next cycle, which only queues
 	// again what is still OK, instead of losing it.
-	n, err := s.d.Devices.QueueRotations(ctx)
+	n, err := s.d.Devices.QueueRotations(ctx, 0)
 	if err != nil {
 		return false, 0, fmt.Errorf("rotation schedule: queue devices: %w", err)
 	}

@@ -721,6 +721,24 @@ func TestRotationRestoreTimeoutWithTheClientGone(t *testing.T) {
 	}
 }
 
+func TestTriggerRotationOfOneModel(t *testing.T) {
+	e := newRotationEnv(t, model.RotationGrace)
+	m1, m2 := e.model(t, "m1", ""), e.model(t, "m2", "")
+	e.device(t, m1, `{}`)
+	e.device(t, m1, `{}`)
+	other := e.device(t, m2, `{}`)
+	n, err := e.svc.TriggerRotation(t.Context(), m1.ID)
+	if err != nil || n != 2 {
+		t.Fatalf("TriggerRotation(m1) = %d, %v; want 2", n, err)
+	}
+	if got := e.get(t, other.ID); got.RotationState != model.RotationOK {
+		t.Errorf("device of m2: state %s after m1's trigger, want OK", got.RotationState)
+	}
+	if _, err := e.svc.TriggerRotation(t.Context(), 999999); !errors.Is(err, model.ErrNotFound) {
+		t.Errorf("TriggerRotation(unknown model) = %v, want ErrNotFound", err)
+	}
+}
+
 func TestRotationSlotsBoundAndRefillFromTheCompletingRequest(t *testing.T) {
 	e := newRotationEnv(t, model.RotationGrace)
 	m := e.model(t, "m1", "")
@@ -729,7 +747,7 @@ func TestRotationSlotsBoundAndRefillFromTheCompletingRequest(t *testing.T) {
 		devs = append(devs, e.device(t, m, `{}`))
 		e.clock.Advance(time.Second) // distinct secret ages: oldest first
 	}
-	n, err := e.svc.TriggerRotation(t.Context())
+	n, err := e.svc.TriggerRotation(t.Context(), 0)
 	if err != nil || n != 7 {
 		t.Fatalf("TriggerRotation = %d, %v; want 7", n, err)
 	}
@@ -800,7 +818,7 @@ func TestRotateDevice(t *testing.T) {
 		t.Fatalf("RotateDevice of a missing device = %v, want ErrNotFound", err)
 	}
 	// Trigger queues active OK devices only.
-	if n, err := e.svc.TriggerRotation(t.Context()); err != nil || n != 0 {
+	if n, err := e.svc.TriggerRotation(t.Context(), 0); err != nil || n != 0 {
 		t.Fatalf("TriggerRotation = %d, %v; want 0 (one PENDING, one inactive)", n, err)
 	}
 }

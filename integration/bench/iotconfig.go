@@ -91,6 +91,12 @@ func runIOTConfig(ctx context.Context, env *Env) (res Result, err error) {
 			err = fmt.Errorf("stop espmdm: %w", serr)
 		}
 	}()
+	return iotConfigOn(ctx, env, srv)
+}
+
+// iotConfigOn measures GET /iot/config of a device of a new model on srv
+// against the bare handler; the device and its model are deleted after.
+func iotConfigOn(ctx context.Context, env *Env, srv *launch.Server) (res Result, err error) {
 	st := env.Stack
 	opTok, err := env.token(ctx, st.OperatorClientID, st.OperatorClientSecret)
 	if err != nil {

@@ -27,6 +27,11 @@ type Machine struct {
 	Date            time.Time
 }
 
+// Summary is the machine in one line.
+func (m Machine) Summary() string {
+	return fmt.Sprintf("%s, %d cores, %.0f GiB, %s, Keycloak %s, %s launcher", m.CPU, m.Cores, m.MemoryGiB, m.GoVersion, m.KeycloakVersion, m.Launcher)
+}
+
 // DescribeMachine reads the CPU and memory from /proc and asks Keycloak
 // for its version (master realm admin; when that fails, the version the
 // stack is configured with, marked as such).

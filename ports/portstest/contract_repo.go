@@ -803,7 +803,7 @@ func runRotationQueueContract(t *testing.T, r func(t *testing.T) repoFixture) {
 			x.deviceIn(m, rot(model.RotationQueued, true, nil, nil)),
 			x.deviceIn(m, rot(model.RotationTimeout, false, nil, nil)),
 		}
-		n, err := x.devices.QueueRotations(x.ctx())
+		n, err := x.devices.QueueRotations(x.ctx(), 0)
 		mustNoErr(t, "QueueRotations", err)
 		if n != 2 {
 			t.Errorf("QueueRotations: queued %d, want 2", n)
@@ -818,10 +818,29 @@ func runRotationQueueContract(t *testing.T, r func(t *testing.T) repoFixture) {
 				t.Errorf("device %d (%s, active %v): state %s after QueueRotations, want it unchanged", d.ID, d.RotationState, d.Active, got.RotationState)
 			}
 		}
-		n, err = x.devices.QueueRotations(x.ctx())
+		n, err = x.devices.QueueRotations(x.ctx(), 0)
 		mustNoErr(t, "QueueRotations(again)", err)
 		if n != 0 {
 			t.Errorf("QueueRotations again: queued %d, want 0", n)
+		}
+	})
+
+	t.Run("QueueRotations of one model leaves the other models' devices alone", func(t *testing.T) {
+		x := r(t)
+		x.alone()
+		a, b := x.model("ct_queue_a", nil), x.model("ct_queue_b", nil)
+		inA := x.deviceIn(a, rot(model.RotationOK, true, nil, nil))
+		inB := x.deviceIn(b, rot(model.RotationOK, true, nil, nil))
+		n, err := x.devices.QueueRotations(x.ctx(), a.ID)
+		mustNoErr(t, "QueueRotations(a)", err)
+		if n != 1 {
+			t.Errorf("QueueRotations(a): queued %d, want 1", n)
+		}
+		if got := x.get(inA.ID); got.RotationState != model.RotationQueued {
+			t.Errorf("device of model a: state %s, want QUEUED", got.RotationState)
+		}
+		if got := x.get(inB.ID); got.RotationState != model.RotationOK {
+			t.Errorf("device of model b: state %s, want OK", got.RotationState)
 		}
 	})
 

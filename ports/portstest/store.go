@@ -808,7 +808,7 @@ func cmpInt64(a, b int64) int {
 }
 
 // QueueRotations implements ports.RotationQueue.
-func (s *Store) QueueRotations(_ context.Context) (int, error) {
+func (s *Store) QueueRotations(_ context.Context, modelID int64) (int, error) {
 	if err := s.hook("QueueRotations"); err != nil {
 		return 0, err
 	}
@@ -817,7 +817,7 @@ func (s *Store) QueueRotations(_ context.Context) (int, error) {
 	now := s.now()
 	n := 0
 	for id, d := range s.devices {
-		if d.Active && d.RotationState == model.RotationOK {
+		if d.Active && d.RotationState == model.RotationOK && (modelID == 0 || d.DeviceModelID == modelID) {
 			d.RotationState = model.RotationQueued
 			d.UpdatedAt = now
 			s.devices[id] = d

@@ -41,21 +41,53 @@ func lineColor(runs []Result, i int) color.RGBA {
 	return lineColors[2+i%2]
 }
 
+// Series is one line of a plot: its legend and its (x, y) points in order.
+type Series struct {
+	Label  string
+	Color  color.RGBA
+	Points [][2]float64
+}
+
 // WriteChart writes a PNG of devices confirmed (y) against seconds since
 // the trigger (x), one line per run, with axis ticks and a legend.
 func WriteChart(w io.Writer, runs []Result) error {
 	if len(runs) == 0 {
 		return errors.New("fleetrotation: no runs to chart")
 	}
+	series := make([]Series, len(runs))
+	for i, r := range runs {
+		col := lineColor(runs, i)
+		pts := make([][2]float64, len(r.Progress))
+		for j, p := range r.Progress {
+			pts[j] = [2]float64{p.Seconds, float64(p.Confirmed)}
+		}
+		// The y range reaches the online devices even before they confirm.
+		pts = append(pts[:len(pts):len(pts)], [2]float64{math.NaN(), float64(r.Online)})
+		series[i] = Series{Label: fmt.Sprintf("%s C=%d %.1f/S", r.Mode, r.Concurrency, r.RotationsPerS), Color: col, Points: pts}
+	}
+	return WritePlot(w, "SECONDS SINCE TRIGGER", "DEVICES CONFIRMED", series)
+}
+
+// SeriesColor is the colour of the i-th of several series.
+func SeriesColor(i int) color.RGBA { return lineColors[i%len(lineColors)] }
+
+// WritePlot writes a PNG line plot of series, y against x from 0, with
+// axis ticks, the two axis labels and a legend. A point whose x is NaN
+// only widens the y range.
+func WritePlot(w io.Writer, xLabel, yLabel string, series []Series) error {
+	if len(series) == 0 {
+		return errors.New("plot: no series")
+	}
 	img := image.NewRGBA(image.Rect(0, 0, chartW, chartH))
 	draw.Draw(img, img.Bounds(), &image.Uniform{colBackground}, image.Point{}, draw.Src)
 	maxX, maxY := 1.0, 1.0
-	for _, r := range runs {
-		for _, p := range r.Progress {
-			maxX = math.Max(maxX, p.Seconds)
-			maxY = math.Max(maxY, float64(p.Confirmed))
+	for _, s := range series {
+		for _, p := range s.Points {
+			if !math.IsNaN(p[0]) {
+				maxX = math.Max(maxX, p[0])
+			}
+			maxY = math.Max(maxY, p[1])
 		}
-		maxY = math.Max(maxY, float64(r.Online))
 	}
 	xStep, yStep := niceStep(maxX), niceStep(maxY)
 	maxX = math.Ceil(maxX/xStep) * xStep
@@ -83,25 +115,28 @@ func WriteChart(w io.Writer, runs []Result) error {
 	// Axes and labels.
 	hline(img, x0, x1, y0, colAxis)
 	vline(img, x0, y1, y0, colAxis)
-	xl := "SECONDS SINCE TRIGGER"
-	drawText(img, (x0+x1-textWidth(xl))/2, chartH-22, xl, colAxis)
-	drawText(img, 10, 10, "DEVICES CONFIRMED", colAxis)
+	drawText(img, (x0+x1-textWidth(xLabel))/2, chartH-22, xLabel, colAxis)
+	drawText(img, 10, 10, yLabel, colAxis)
 
 	// Lines.
-	for i, r := range runs {
-		col := lineColor(runs, i)
-		for j := 1; j < len(r.Progress); j++ {
-			a, b := r.Progress[j-1], r.Progress[j]
-			thickLine(img, px(a.Seconds), py(float64(a.Confirmed)), px(b.Seconds), py(float64(b.Confirmed)), col)
+	for _, s := range series {
+		var prev *[2]float64
+		for j := range s.Points {
+			p := &s.Points[j]
+			if math.IsNaN(p[0]) {
+				continue
+			}
+			if prev != nil {
+				thickLine(img, px(prev[0]), py(prev[1]), px(p[0]), py(p[1]), s.Color)
+			}
+			prev = p
 		}
 	}
 	// Legend, top left inside the plot.
 	ly := y1 + 10
-	for i, r := range runs {
-		col := lineColor(runs, i)
-		label := strings.ToUpper(fmt.Sprintf("%s C=%d %.1f/S", r.Mode, r.Concurrency, r.RotationsPerS))
-		fill(img, image.Rect(x0+12, ly+5, x0+40, ly+9), col)
-		drawText(img, x0+48, ly, label, colAxis)
+	for _, s := range series {
+		fill(img, image.Rect(x0+12, ly+5, x0+40, ly+9), s.Color)
+		drawText(img, x0+48, ly, strings.ToUpper(s.Label), colAxis)
 		ly += 7*fontScale + 8
 	}
 	return png.Encode(w, img)

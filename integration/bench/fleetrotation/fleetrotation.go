@@ -44,6 +44,12 @@ type Options struct {
 	// Log receives progress lines; nil discards them. Lines never hold a
 	// secret or a token.
 	Log func(format string, args ...any)
+	// Server, when set, is the espmdm to rotate with (started with the
+	// settings above, which Run does not check beyond the mode) instead of
+	// one of Run's own: the identities benchmark rotates among the devices
+	// its server already holds. Run rotates only the devices of its own
+	// model and counts them apart from the others.
+	Server *launch.Server
 }
 
 // Result is one run's measurements.
@@ -179,6 +185,19 @@ func startServer(ctx context.Context, st *integration.Stack, env map[string]stri
 	return launch.InProcess(ctx, st, launch.Options{Env: vars})
 }
 
+// ServerEnv is the rotation settings of o as espmdm's environment.
+func ServerEnv(o Options) map[string]string {
+	_ = o.defaults()
+	secs := func(d time.Duration) string { return fmt.Sprint(int64(math.Max(1, math.Round(d.Seconds())))) }
+	return map[string]string{
+		"ROTATION_MODE":                  o.Mode,
+		"ROTATION_CONCURRENCY":           fmt.Sprint(o.Concurrency),
+		"ROTATION_TIMEOUT_SECONDS":       secs(o.Timeout),
+		"ROTATION_RETRY_SECONDS":         secs(o.Retry),
+		"ROTATION_FETCH_TIMEOUT_SECONDS": secs(o.FetchTimeout),
+	}
+}
+
 // Run provisions a fleet through espmdm's admin API, rotates it, checks it
 // for lockouts, measures the Keycloak floor and removes everything it
 // created.
@@ -191,22 +210,17 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 	}
 	res = Result{Mode: o.Mode, Devices: o.Devices, Concurrency: o.Concurrency}
 	logf := o.Log
-	secs := func(d time.Duration) string { return fmt.Sprint(int64(math.Max(1, math.Round(d.Seconds())))) }
-	srv, err := startServer(ctx, st, map[string]string{
-		"ROTATION_MODE":                  o.Mode,
-		"ROTATION_CONCURRENCY":           fmt.Sprint(o.Concurrency),
-		"ROTATION_TIMEOUT_SECONDS":       secs(o.Timeout),
-		"ROTATION_RETRY_SECONDS":         secs(o.Retry),
-		"ROTATION_FETCH_TIMEOUT_SECONDS": secs(o.FetchTimeout),
-	})
-	if err != nil {
-		return res, err
-	}
-	defer func() {
-		if e := srv.Stop(); e != nil && err == nil {
-			err = e
+	srv := o.Server
+	if srv == nil {
+		if srv, err = startServer(ctx, st, ServerEnv(o)); err != nil {
+			return res, err
 		}
-	}()
+		defer func() {
+			if e := srv.Stop(); e != nil && err == nil {
+				err = e
+			}
+		}()
+	}
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64, MaxIdleConns: 128}}
 	defer hc.CloseIdleConnections()
 	c := &api{http: hc, base: srv.Base, tok: newTokenSource(hc, st.TokenURL, st.OperatorClientID, st.OperatorClientSecret)}
@@ -323,9 +337,16 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 	if err != nil {
 		return res, err
 	}
+	// The server's other devices (Options.Server) stay OK throughout:
+	// this fleet's confirmed devices are the OK ones above them.
+	var before statusDTO
+	if _, err := c.call(ctx, http.MethodGet, "/api/rotation/status", nil, &before, http.StatusOK); err != nil {
+		return res, err
+	}
+	others := before.CountsByState["OK"] - o.Devices
 	grantsBefore := fleet.Stats().Total.TokenRequests
 	trigAt := time.Now()
-	if _, err := c.call(ctx, http.MethodPost, "/api/rotation/trigger", nil, &trig, http.StatusAccepted); err != nil {
+	if _, err := c.call(ctx, http.MethodPost, "/api/rotation/trigger?device_model_id="+itoa(model.ID), nil, &trig, http.StatusAccepted); err != nil {
 		return res, err
 	}
 	if trig.QueuedCount != o.Devices {
@@ -353,7 +374,7 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 			}
 			return res, err
 		}
-		ok := s.CountsByState["OK"]
+		ok := s.CountsByState["OK"] - others
 		el := time.Since(trigAt)
 		res.Progress = append(res.Progress, Point{Seconds: el.Seconds(), Confirmed: ok})
 		if time.Since(lastLog) > 5*time.Second {

@@ -118,17 +118,18 @@ func run() int {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			return 1
 		}
-		f, err := os.Create(*out)
-		if err != nil {
+		// The identities run's section (make bench-identities) is kept.
+		old, _ := os.ReadFile(*out)
+		var doc strings.Builder
+		if err := bench.WriteMarkdown(&doc, machine, runs); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			return 1
 		}
-		if err := bench.WriteMarkdown(f, machine, runs); err != nil {
-			f.Close()
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			return 1
+		text := doc.String()
+		if s := bench.IdentitiesSections(string(old)); s != "" {
+			text = strings.TrimRight(text, "\n") + "\n\n" + s + "\n"
 		}
-		if err := f.Close(); err != nil {
+		if err := os.WriteFile(*out, []byte(text), 0o644); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			return 1
 		}

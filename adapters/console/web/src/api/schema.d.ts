@@ -469,7 +469,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Queue every active OK device for rotation */
+        /** Queue every active OK device for rotation (of one device model with device_model_id) */
         post: operations["triggerRotation"];
         delete?: never;
         options?: never;
@@ -2660,7 +2660,10 @@ export interface operations {
     };
     triggerRotation: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description only this model's devices; absent: the whole fleet */
+                device_model_id?: number;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -2676,8 +2679,10 @@ export interface operations {
                     "application/json": components["schemas"]["TriggerResult"];
                 };
             };
+            400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
             413: components["responses"]["TooLarge"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
