@@ -132,7 +132,7 @@ func identitiesRotation(srv *launch.Server, logf func(string, ...any)) fleetrota
 // there. It needs Env.Stack started with KeycloakOnPostgres and
 // KeycloakMetrics. The fleet is left in place: the stack is the caller's
 // to stop.
-func Identities(ctx context.Context, env *Env, o IdentitiesOptions) ([]IdentitiesPoint, error) {
+func Identities(ctx context.Context, env *Env, o IdentitiesOptions) (_ []IdentitiesPoint, err error) {
 	o.defaults()
 	st := env.Stack
 	if st.KeycloakMetricsURL == "" {
@@ -145,7 +145,11 @@ func Identities(ctx context.Context, env *Env, o IdentitiesOptions) ([]Identitie
 	if err != nil {
 		return nil, err
 	}
-	defer srv.Stop()
+	defer func() {
+		if serr := srv.Stop(); serr != nil && err == nil {
+			err = fmt.Errorf("identities: stop espmdm: %w", serr)
+		}
+	}()
 	c := newClient(4)
 	c.Timeout = 15 * time.Minute // a batch of a thousand on a busy machine
 	opTok := func() (string, error) { return env.token(ctx, st.OperatorClientID, st.OperatorClientSecret) }

@@ -86,7 +86,8 @@ func run() int {
 	}
 	chart := filepath.Join(filepath.Dir(*out), "identities-"+*mqttAuth+".png")
 	var png bytes.Buffer
-	if err := bench.WriteIdentitiesChart(&png, points); err == nil {
+	err = bench.WriteIdentitiesChart(&png, points)
+	if err == nil {
 		err = os.WriteFile(chart, png.Bytes(), 0o644)
 	}
 	if err != nil {
