@@ -208,7 +208,7 @@ func (processes) NewPostgres(spec PostgresSpec) (Service, error) {
 			// The benchmarks count espmdm's statements with
 			// pg_stat_statements where it is installed (its cost is a
 			// hash table entry per statement shape).
-			if _, err := os.Stat(filepath.Join(filepath.Dir(bin), "lib", "pg_stat_statements.so")); err == nil {
+			if hasStatStatements(filepath.Join(bin, "postgres")) {
 				args = append(args, "-c", "shared_preload_libraries=pg_stat_statements")
 			}
 			cmd := exec.Command(filepath.Join(bin, "postgres"), args...)
@@ -221,6 +221,18 @@ func (processes) NewPostgres(spec PostgresSpec) (Service, error) {
 			return db.PingContext(ctx)
 		},
 	}, nil
+}
+
+// hasStatStatements reports whether the pg_stat_statements module sits
+// beside the postgres binary (following a symlink such as
+// /usr/local/bin/postgres to Debian's /usr/lib/postgresql/<major>/bin).
+func hasStatStatements(postgres string) bool {
+	real, err := filepath.EvalSymlinks(postgres)
+	if err != nil {
+		return false
+	}
+	_, err = os.Stat(filepath.Join(filepath.Dir(filepath.Dir(real)), "lib", "pg_stat_statements.so"))
+	return err == nil
 }
 
 // postgresBinDir finds initdb/postgres: on PATH, else Debian's
