@@ -1427,3 +1427,44 @@ func TestReconcileCoversClientsInGraceMode(t *testing.T) {
 	wantAuth(t, e, before, old, true)
 	wantAuth(t, e, before, fresh, true)
 }
+
+// Completions at once coalesce their slot fills (one start at a time in a
+// process, repeated while more are due): when the last of them returns,
+// every freed slot is filled, and no device is started twice.
+func TestRotationConcurrentCompletionsFillEverySlot(t *testing.T) {
+	e := newRotationEnv(t, model.RotationGrace, withConfig(func(c *mdm.Config) { c.RotationConcurrency = 8 }))
+	m := e.model(t, "m1", "")
+	var devs []model.Device
+	for range 16 {
+		devs = append(devs, e.device(t, m, `{}`))
+		e.clock.Advance(time.Second) // the first eight start first
+	}
+	if n, err := e.svc.TriggerRotation(t.Context()); err != nil || n != 16 {
+		t.Fatalf("TriggerRotation = %d, %v; want 16", n, err)
+	}
+	secrets := map[int64]string{}
+	for _, d := range devs[:8] {
+		wantState(t, e, d, model.RotationPending)
+		secrets[d.ID] = e.fetch(t, d)
+	}
+	var wg sync.WaitGroup
+	for _, d := range devs[:8] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := e.svc.AckCredentials(t.Context(), e.get(t, d.ID), digest(secrets[d.ID])); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, d := range devs[:8] {
+		wantState(t, e, d, model.RotationOK)
+	}
+	for _, d := range devs[8:] {
+		wantState(t, e, d, model.RotationPending)
+		if n := e.nudges(d.ClientID()); n != 1 {
+			t.Errorf("device %d nudged %d times, want once", d.ID, n)
+		}
+	}
+}
