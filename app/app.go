@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"runtime"
 	"time"
 
 	"go.uber.org/fx"
@@ -105,10 +106,20 @@ func newLifetime(lc fx.Lifecycle) *Lifetime {
 	return lt
 }
 
+// dbPoolSize is the database pool's size: 4 per CPU (the adapter's
+// default), and at least twice KEYCLOAK_MAX_CONCURRENCY plus 4. A
+// rotation step calls Keycloak with its device row locked (so that a
+// secret is never generated twice), holding a connection for the call and
+// its wait for a Keycloak slot: a pool no larger than the Keycloak slots
+// would leave the device API's lookups waiting behind them.
+func dbPoolSize(cfg Config) int {
+	return max(4*runtime.GOMAXPROCS(0), 2*cfg.KeycloakMaxConcurrency+4)
+}
+
 func newDB(lc fx.Lifecycle, cfg Config, log *zap.Logger) (*postgres.DB, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	db, err := postgres.Open(ctx, cfg.DatabaseURL)
+	db, err := postgres.Open(ctx, cfg.DatabaseURL, postgres.WithMaxOpenConns(dbPoolSize(cfg)))
 	if err != nil {
 		return nil, fmt.Errorf("database: %w", err)
 	}

@@ -71,13 +71,16 @@ func RunReconcile(ctx context.Context, svc ports.Reconciler, log *zap.Logger) (p
 	default:
 		lvl := log.Debug
 		if len(rep.DeletedOrphans)+len(rep.MissingClients)+len(rep.Failed)+
-			len(rep.AccountsMade)+len(rep.AccountsRepaired)+len(rep.AccountsDeleted)+len(rep.AccountsFailed) > 0 {
+			len(rep.AccountsMade)+len(rep.AccountsRepaired)+len(rep.AccountsDeleted)+len(rep.AccountsFailed)+
+			len(rep.Covered)+len(rep.CoverFailed)+len(rep.Regenerated) > 0 {
 			lvl = log.Info
 		}
 		lvl("reconciled", zap.Strings("deleted_orphans", rep.DeletedOrphans),
 			zap.Strings("missing_clients", rep.MissingClients), zap.Strings("failed", rep.Failed),
 			zap.Strings("accounts_made", rep.AccountsMade), zap.Strings("accounts_repaired", rep.AccountsRepaired),
-			zap.Strings("accounts_deleted", rep.AccountsDeleted), zap.Strings("accounts_failed", rep.AccountsFailed))
+			zap.Strings("accounts_deleted", rep.AccountsDeleted), zap.Strings("accounts_failed", rep.AccountsFailed),
+			zap.Strings("covered", rep.Covered), zap.Strings("cover_failed", rep.CoverFailed),
+			zap.Strings("regenerated", rep.Regenerated))
 	}
 	return rep, err
 }

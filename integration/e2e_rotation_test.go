@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/espmdm/espmdm/adapters/postgres"
 	"github.com/espmdm/espmdm/app"
 	"github.com/espmdm/espmdm/integration"
 	"github.com/espmdm/espmdm/ports"
@@ -804,7 +805,9 @@ func TestE2ERotationGraceRefusedWhenTheRealmDisagrees(t *testing.T) {
 // rather than generating again (which would end the secret the device
 // holds), and completes with it.
 func TestE2ERotationGraceTakesAGenerationMadeInKeycloak(t *testing.T) {
-	s := startServer(t, rotationEnv("grace", 2))
+	env := rotationEnv("grace", 2)
+	env["RECONCILE_INTERVAL"] = "1s"
+	s := startServer(t, env)
 	m := newModel(t, s, nil)
 	d := newDevice(t, s, m.ID, `{}`)
 	var prov provisioningDTO
@@ -829,6 +832,21 @@ func TestE2ERotationGraceTakesAGenerationMadeInKeycloak(t *testing.T) {
 	if !accepted(t, s.st, d.ClientID, old) || !accepted(t, s.st, d.ClientID, byAdmin) {
 		t.Fatal("after Keycloak's regenerate, the old and the new secret should both authenticate")
 	}
+	// A generation espmdm did not make is noticed by the reconciler (a
+	// rotated secret while no rotation has one), which has the next
+	// generation read the client instead of trusting its own intent.
+	db, err := postgres.Open(ctxT(t, 30*time.Second), s.cfg.DatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	waitFor(t, 30*time.Second, "the reconciler to notice the generation made in Keycloak", func() bool {
+		var covered bool
+		if err := db.Bun().NewRaw("SELECT client_covered FROM devices WHERE id = ?", d.ID).Scan(ctxT(t, 10*time.Second), &covered); err != nil {
+			t.Fatal(err)
+		}
+		return !covered
+	})
 
 	s.do(http.MethodPost, fmt.Sprintf("/api/devices/%d/rotate", d.ID), s.admin, nil).want(t, http.StatusAccepted, nil)
 	oldTok := s.token(d.ClientID, old)

@@ -79,6 +79,14 @@ type ReconcileReport struct {
 	AccountsRepaired []string
 	AccountsDeleted  []string
 	AccountsFailed   []string
+	// Covered are devices whose client was not known to be under the
+	// rotation policy, now covered and recorded so (grace mode only);
+	// CoverFailed those whose cover failed (retried next run);
+	// Regenerated those whose secret was regenerated outside espmdm (their
+	// next rotation takes that secret).
+	Covered     []string
+	CoverFailed []string
+	Regenerated []string
 }
 
 // The admin use cases, one port per group of admin routes (and the

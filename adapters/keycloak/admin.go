@@ -407,6 +407,7 @@ const listPage = 100
 func (a *Admin) ListDeviceClients(ctx context.Context) (list []model.ClientInfo, err error) {
 	defer func(start time.Time) { a.observe("ListDeviceClients", start, err) }(time.Now())
 	const op = "list device clients"
+	now := time.Now()
 	seen := map[string]bool{}
 	for first := 0; ; first += listPage {
 		q := url.Values{
@@ -429,7 +430,8 @@ func (a *Admin) ListDeviceClients(ctx context.Context) (list []model.ClientInfo,
 				continue
 			}
 			seen[c.ClientID] = true
-			list = append(list, model.ClientInfo{ClientID: c.ClientID, CreatedAt: c.createdAt()})
+			list = append(list, model.ClientInfo{ClientID: c.ClientID, CreatedAt: c.createdAt(),
+				Covered: covered(c.Attributes), Rotated: c.Attributes[attrRotated] != "" && rotatedValid(c.Attributes, now)})
 		}
 		if len(page) < listPage {
 			return list, nil

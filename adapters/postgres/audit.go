@@ -84,6 +84,16 @@ func insertAudit(ctx context.Context, idb bun.IDB, entries []model.AuditEntry, d
 	if len(entries) == 0 {
 		return nil
 	}
+	rows := auditRows(entries, deviceID, modelID)
+	if _, err := idb.NewInsert().Model(&rows).Exec(ctx); err != nil {
+		return translate("append audit entries", err, fkNone)
+	}
+	return nil
+}
+
+// auditRows are entries as rows, with deviceID and modelID where an entry
+// names none.
+func auditRows(entries []model.AuditEntry, deviceID, modelID int64) []auditRow {
 	rows := make([]auditRow, len(entries))
 	for i, e := range entries {
 		if e.DeviceID == 0 {
@@ -94,10 +104,19 @@ func insertAudit(ctx context.Context, idb bun.IDB, entries []model.AuditEntry, d
 		}
 		rows[i] = auditToRow(e)
 	}
-	if _, err := idb.NewInsert().Model(&rows).Exec(ctx); err != nil {
-		return translate("append audit entries", err, fkNone)
+	return rows
+}
+
+// withAudit attaches the insert of entries (see auditRows) to q as a
+// data-modifying WITH query, so that the change and its audit entries take
+// one statement (one round trip) instead of two; q is returned unchanged
+// without entries.
+func withAudit(idb bun.IDB, q *bun.UpdateQuery, entries []model.AuditEntry, deviceID, modelID int64) *bun.UpdateQuery {
+	if len(entries) == 0 {
+		return q
 	}
-	return nil
+	rows := auditRows(entries, deviceID, modelID)
+	return q.With("audit_insert", idb.NewInsert().Model(&rows))
 }
 
 // AuditLog is the audit_log table: ports.AuditLog. The repositories write

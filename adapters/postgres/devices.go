@@ -220,7 +220,8 @@ func (r *DeviceRepo) UpdateDevice(ctx context.Context, id int64, fn func(*model.
 		if next.RotationState == "" {
 			next.RotationState = row.RotationState
 		}
-		if _, err := tx.NewUpdate().Model(&next).
+		// The audit entries go in with the UPDATE, as a WITH query.
+		if _, err := withAudit(tx, tx.NewUpdate(), entries, row.ID, row.DeviceModelID).Model(&next).
 			Column(deviceMutableColumns...).
 			Set("updated_at = now()").
 			WherePK().
@@ -229,7 +230,7 @@ func (r *DeviceRepo) UpdateDevice(ctx context.Context, id int64, fn func(*model.
 			return translate("update device", err, fkNone)
 		}
 		out = deviceFromRow(&next)
-		return insertAudit(ctx, tx, entries, row.ID, row.DeviceModelID)
+		return nil
 	})
 	if err != nil {
 		return model.Device{}, err

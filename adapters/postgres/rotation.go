@@ -139,7 +139,8 @@ func (r *DeviceRepo) StartRotations(ctx context.Context, limit int, retryBefore 
 			}
 		}
 		// One UPDATE ... FROM (VALUES ...) for all of them.
-		if _, err := tx.NewUpdate().Model(&next).
+		// With the audit entries, as a WITH query of the same statement.
+		if _, err := withAudit(tx, tx.NewUpdate(), entries, 0, 0).Model(&next).
 			Column(append(slices.Clone(deviceMutableColumns), "updated_at")...).
 			Bulk().
 			Exec(ctx); err != nil {
@@ -148,7 +149,7 @@ func (r *DeviceRepo) StartRotations(ctx context.Context, limit int, retryBefore 
 		for i := range next {
 			started = append(started, deviceFromRow(&next[i]))
 		}
-		return insertAudit(ctx, tx, entries, 0, 0)
+		return nil
 	})
 	if err != nil {
 		return nil, err

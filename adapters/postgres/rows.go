@@ -46,8 +46,10 @@ type deviceRow struct {
 	NewSecretIATAfter       *time.Time `bun:"new_secret_iat_after"`
 	PreviousSecret          []byte     `bun:"previous_secret,type:bytea,nullzero"`
 	// SecretSHA256 is NULL when the model's SecretSHA256 is empty.
-	SecretSHA256 *string `bun:"secret_sha256"`
-	MQTTPassword []byte  `bun:"mqtt_password,type:bytea,nullzero"`
+	SecretSHA256       *string    `bun:"secret_sha256"`
+	GenerationIntentAt *time.Time `bun:"generation_intent_at"`
+	ClientCovered      bool       `bun:"client_covered,notnull"`
+	MQTTPassword       []byte     `bun:"mqtt_password,type:bytea,nullzero"`
 	// Reported and ReportedAt are the latest state report; only
 	// ReportState writes them.
 	Reported   *reportDoc `bun:"reported,type:jsonb"`
@@ -94,7 +96,7 @@ var deviceMutableColumns = []string{
 	"secret_created_at", "last_rotation_attempt_at", "last_rotation_fetch_at", "last_rotation_renudge_at",
 	"last_rotation_completed_at",
 	"last_seen_at", "new_secret_at", "new_secret_iat_after", "previous_secret", "secret_sha256",
-	"mqtt_password", "tags",
+	"generation_intent_at", "client_covered", "mqtt_password", "tags",
 }
 
 type firmwareRow struct {
@@ -168,6 +170,8 @@ func deviceToRow(d *model.Device) deviceRow {
 		NewSecretIATAfter:       utcPtr(d.IATAfter),
 		PreviousSecret:          bytesOrNil(d.PreviousSecret),
 		SecretSHA256:            stringOrNil(d.SecretSHA256),
+		GenerationIntentAt:      utcPtr(d.GenerationIntentAt),
+		ClientCovered:           d.ClientCovered,
 		MQTTPassword:            bytesOrNil(d.MQTTPassword),
 		Reported:                reportToDoc(d.Reported),
 		ReportedAt:              reportedAt(d.Reported),
@@ -197,6 +201,8 @@ func deviceFromRow(r *deviceRow) model.Device {
 		IATAfter:                utcPtr(r.NewSecretIATAfter),
 		PreviousSecret:          bytesOrNil(r.PreviousSecret),
 		SecretSHA256:            stringOrEmpty(r.SecretSHA256),
+		GenerationIntentAt:      utcPtr(r.GenerationIntentAt),
+		ClientCovered:           r.ClientCovered,
 		MQTTPassword:            bytesOrNil(r.MQTTPassword),
 		Reported:                reportFromDoc(r.Reported, r.ReportedAt),
 		Tags:                    tagsOrEmpty(r.Tags),

@@ -123,6 +123,9 @@ func (s *Service) createDevice(ctx context.Context, m model.DeviceModel, in newD
 			RotationState:   model.RotationOK,
 			SecretCreatedAt: &now,
 			MQTTPassword:    sealed,
+			// In grace mode the realm's rotation policy (checked at start)
+			// covered the client at its creation.
+			ClientCovered: s.RotationMode() == model.RotationGrace,
 		}
 		entries := []model.AuditEntry{s.deviceEntry(ctx, model.AuditDeviceCreated, d, activeWord(in.active))} // DeviceID set by the repository
 		if also != nil {

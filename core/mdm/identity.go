@@ -40,6 +40,17 @@ func (s *Service) SyncIdentity(ctx context.Context, id int64) (model.IdentitySta
 		s.auditFailure(ctx, e, err)
 		return model.IdentityStatus{}, fmt.Errorf("sync identity of device %d: %w", id, err)
 	}
+	if d.ClientCovered && s.RotationMode() != model.RotationGrace {
+		// A client made again by the repair is covered by the rotation
+		// policy only where one is in force: the next grace-mode
+		// generation (or the reconciler) checks.
+		if _, err := s.d.Devices.UpdateDevice(ctx, id, func(row *model.Device) ([]model.AuditEntry, error) {
+			row.ClientCovered = false
+			return nil, nil
+		}); err != nil && !errors.Is(err, model.ErrNotFound) {
+			return model.IdentityStatus{}, fmt.Errorf("sync identity of device %d: %w", id, err)
+		}
+	}
 	e.Detail = fmt.Sprintf("client exists %t, enabled %t, %d problem(s) left", st.Exists, st.Enabled, len(st.Problems))
 	s.report(ctx, "sync identity: audit", s.appendAudit(ctx, e))
 	return st, nil
@@ -75,7 +86,8 @@ func (s *Service) Reconcile(ctx context.Context) (ports.ReconcileReport, error) 
 		clientID string
 	}
 	var devices []listed
-	var rows []model.Device // for the broker accounts
+	var rows []model.Device     // for the broker accounts
+	var rotation []model.Device // for the rotation policy's cover (grace mode)
 	for after := int64(0); ; {
 		p, err := s.d.Devices.ListDevices(ctx, ports.DeviceFilter{Limit: ports.MaxPageSize, AfterID: after})
 		if err != nil {
@@ -84,6 +96,7 @@ func (s *Service) Reconcile(ctx context.Context) (ports.ReconcileReport, error) 
 		for _, d := range p.Devices {
 			expected[d.Key] = d.ClientID()
 			devices = append(devices, listed{d.ID, d.ClientID()})
+			rotation = append(rotation, d)
 			if s.d.Broker != nil {
 				rows = append(rows, d)
 			}
@@ -101,10 +114,12 @@ func (s *Service) Reconcile(ctx context.Context) (ports.ReconcileReport, error) 
 	}
 	now := s.now()
 	present := make(map[string]bool, len(clients))
+	info := make(map[string]model.ClientInfo, len(clients))
 	var candidates []model.ClientInfo // parse, key lookup pending
 	var orphans []model.ClientInfo
 	for _, c := range clients {
 		present[c.ClientID] = true
+		info[c.ClientID] = c
 		code, key, ok := model.ParseClientID(c.ClientID)
 		switch {
 		case !ok:
@@ -171,5 +186,78 @@ func (s *Service) Reconcile(ctx context.Context) (ports.ReconcileReport, error) 
 	if err := s.reconcileAccounts(ctx, rows, &rep); err != nil {
 		return rep, err
 	}
+
+	// 7. In grace mode, what a generation without a read of the client
+	// relies on (rotation_fetch.go).
+	if s.RotationMode() == model.RotationGrace {
+		s.reconcileCover(ctx, rotation, info, &rep)
+	}
 	return rep, nil
+}
+
+// reconcileCover keeps the devices' ClientCovered true only where a
+// grace-mode generation may skip reading the client: the rotation policy
+// covers the client (applied here where it does not yet), and no secret
+// was generated outside espmdm (an administrator's "Regenerate" in
+// Keycloak leaves a rotated secret while no rotation of espmdm's has one:
+// the next generation reads the client and takes that secret instead of
+// ending the old one, which the device may still hold). devices were
+// listed before the clients; each change is made on the locked row.
+func (s *Service) reconcileCover(ctx context.Context, devices []model.Device, info map[string]model.ClientInfo, rep *ports.ReconcileReport) {
+	for _, d := range devices {
+		ci, ok := info[d.ClientID()]
+		foreign := ok && ci.Rotated && !d.Generated() && d.GenerationIntentAt == nil
+		switch {
+		case !ok: // reported missing
+		case !d.ClientCovered && foreign: // its next generation reads the client anyway
+		case !d.ClientCovered:
+			if err := s.coverDevice(ctx, d.ID, ci.Covered); err != nil {
+				rep.CoverFailed = append(rep.CoverFailed, ci.ClientID)
+				s.report(ctx, "reconcile: cover a client", fmt.Errorf("device %d: %w", d.ID, err))
+				continue
+			}
+			rep.Covered = append(rep.Covered, ci.ClientID)
+		case foreign:
+			_, err := s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) ([]model.AuditEntry, error) {
+				if !row.Generated() && row.GenerationIntentAt == nil {
+					row.ClientCovered = false // the next generation reads the client
+				}
+				return nil, nil
+			})
+			if err != nil && !errors.Is(err, model.ErrNotFound) {
+				s.report(ctx, "reconcile: a secret generated outside espmdm", fmt.Errorf("device %d: %w", d.ID, err))
+				continue
+			}
+			rep.Regenerated = append(rep.Regenerated, ci.ClientID)
+		}
+	}
+}
+
+// coverDevice makes sure the rotation policy covers device id's client
+// (ports.SecretRotator.CoverClient, unless covered says it was seen
+// covered) and records that it does, with the row
+// locked: a grace-mode generation then needs no check of its own
+// (rotation_fetch.go). A device deleted meanwhile is not an error.
+func (s *Service) coverDevice(ctx context.Context, id int64, covered bool) error {
+	_, err := s.d.Devices.UpdateDevice(ctx, id, func(row *model.Device) ([]model.AuditEntry, error) {
+		if row.ClientCovered {
+			return nil, nil
+		}
+		if covered {
+			row.MarkCovered() // seen in the client list
+			return nil, nil
+		}
+		if _, err := s.d.Rotator.CoverClient(ctx, row.ClientID()); err != nil {
+			if errors.Is(err, model.ErrNotFound) { // the client's, not the row's (F2)
+				return nil, fmt.Errorf("client %s is missing: %w", row.ClientID(), model.ErrUnavailable)
+			}
+			return nil, err
+		}
+		row.MarkCovered()
+		return nil, nil
+	})
+	if errors.Is(err, model.ErrNotFound) {
+		return nil
+	}
+	return err
 }

@@ -74,39 +74,65 @@ func (s *Service) FetchCredentials(ctx context.Context, d model.Device) (ports.P
 // generate is the generation step: it makes the rotation's new secret,
 // once, and records it.
 //
-// In restore mode the current secret is first sealed into the row, in a
-// transaction of its own; then, with the row locked, the secret is
-// generated unless the current one already differs from the sealed one (a
-// generation whose recording was cut off). Generation replaces the secret
-// there, so the old one must be on record before it.
+// Write-ahead: first the intent to generate is committed to the row
+// (model.Device.IntendGeneration; in restore mode with the current secret
+// sealed into it, when none is on record, since generation replaces the
+// secret there). Then, with the row locked, the secret is generated and
+// recorded, which clears the intent. A generation whose recording was
+// lost (a crash, a failed commit, an answer that never came) leaves its
+// intent behind: a step that finds an intent other than its own
+// (model.Device.GenerationUnsure) reads the identity provider first and
+// takes such a generation instead of making another one — in restore mode
+// the current secret differs from the sealed one, in grace mode Keycloak
+// keeps the old secret as the rotated one (a rotated secret while none is
+// on record; also one an administrator made with Keycloak's
+// "Regenerate"). A step that finds its own intent knows that no
+// generation request was made since, and generates without a read.
 //
-// In grace mode Keycloak itself keeps the old secret, as the rotated one:
-// one read with the row locked (coveredSecrets) says whether a generation
-// happened that was not recorded (a rotated secret while none is on
-// record), and the old secret is sealed in the same transaction that
-// records the new one.
+// Grace mode also needs the client covered by the rotation policy, or
+// the old secret would die at generation: clients made in grace mode are
+// covered at their creation (and the reconciler covers the others), so
+// the step checks (and applies) it only for a row not known to be
+// covered, in the same read.
 //
 // It returns the device, the secret the device is to get now, and whether
 // the "secret fetched" audit entry went into the recording transaction.
 func (s *Service) generate(ctx context.Context, d model.Device, mode model.RotationMode) (model.Device, string, bool, error) {
 	clientID := d.ClientID()
+	var sealed []byte
 	if d.PreviousSecret == nil && mode != model.RotationGrace {
-		sealed, err := s.sealCurrentSecret(ctx, clientID)
-		if err != nil {
+		var err error
+		if sealed, err = s.sealCurrentSecret(ctx, clientID); err != nil {
 			return d, "", false, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
 		}
-		d, err = s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) ([]model.AuditEntry, error) {
+	}
+	var (
+		mark        time.Time
+		outstanding bool
+		kept        bool // this step put the sealed secret on record
+	)
+	d, err := s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) ([]model.AuditEntry, error) {
+		var (
+			generated bool
+			err       error
+		)
+		mark, outstanding, generated, err = row.IntendGeneration(s.now())
+		if err != nil || generated {
+			return nil, err // refused, or a concurrent fetch generated: read it below
+		}
+		kept = sealed != nil && row.PreviousSecret == nil
+		if kept {
 			row.KeepPreviousSecret(sealed)
-			return nil, nil
-		})
-		if err != nil {
-			return d, "", false, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
 		}
+		return nil, nil
+	})
+	if err != nil {
+		return d, "", false, fmt.Errorf("rotation fetch of device %d: %w", d.ID, err)
 	}
 	var g generation
 	audited := false
 	dev := d
-	d, err := s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) ([]model.AuditEntry, error) {
+	d, err = s.d.Devices.UpdateDevice(ctx, d.ID, func(row *model.Device) ([]model.AuditEntry, error) {
 		g, audited = generation{}, false
 		generated, err := row.CanGenerate()
 		if err != nil {
@@ -116,11 +142,17 @@ func (s *Service) generate(ctx context.Context, d model.Device, mode model.Rotat
 		if generated {
 			return nil, nil // a concurrent fetch generated it: read it below
 		}
-		if g, err = s.generateInProvider(ctx, *row, mode); err != nil {
+		// In restore mode only a secret sealed by this step is known to be
+		// the current one (one sealed earlier may predate a generation).
+		unsure := row.GenerationUnsure(mark, outstanding) || (mode != model.RotationGrace && !kept)
+		if g, err = s.generateInProvider(ctx, *row, mode, unsure); err != nil {
 			return nil, err
 		}
 		if g.previous != nil {
 			row.KeepPreviousSecret(g.previous)
+		}
+		if g.covered {
+			row.MarkCovered()
 		}
 		if err := row.RecordGeneration(s.now(), secretDigest(g.secret), g.iatAfter); err != nil {
 			return nil, err
@@ -166,22 +198,28 @@ type generation struct {
 	// taken as the new one rather than generated now.
 	taken bool
 	// previous is the sealed old secret to put on record (grace mode,
-	// none on record yet).
+	// when the step read it).
 	previous []byte
+	// covered: the step made sure the rotation policy covers the client.
+	covered bool
 	// iatAfter is set in restore mode: from when a token proves the new
 	// secret (model.Device.ConfirmedByToken).
 	iatAfter *time.Time
 }
 
 // generateInProvider is the identity provider's part of the generation
-// step, for row (locked, PENDING, nothing recorded as generated). In grace
-// mode the provider keeps the old secret as the rotated one; in restore
-// mode the old secret is ended at once (endOldSecret).
-func (s *Service) generateInProvider(ctx context.Context, row model.Device, mode model.RotationMode) (generation, error) {
+// step, for row (locked, PENDING, nothing recorded as generated). unsure
+// says that a generation may have happened without its recording (see
+// generate): the provider is read first. In grace mode the provider keeps
+// the old secret as the rotated one; in restore mode the old secret is
+// ended at once (endOldSecret).
+func (s *Service) generateInProvider(ctx context.Context, row model.Device, mode model.RotationMode, unsure bool) (generation, error) {
 	clientID := row.ClientID()
 	var g generation
 	var cur, old string
-	if mode == model.RotationGrace {
+	read := false
+	switch {
+	case mode == model.RotationGrace && (unsure || !row.ClientCovered):
 		// Keycloak applies the rotation policy at a client's creation or
 		// update only: make sure it covers this one (read with the
 		// secrets, in one request), or the old secret would die at
@@ -190,23 +228,26 @@ func (s *Service) generateInProvider(ctx context.Context, row model.Device, mode
 		if err != nil {
 			return g, fmt.Errorf("read the secrets and apply the rotation policy: %w", err)
 		}
-		cur, old = sec.Current, sec.Rotated
-	} else {
+		cur, old, read, g.covered = sec.Current, sec.Rotated, true, true
+	case mode != model.RotationGrace && unsure:
 		var err error
 		if cur, err = s.d.Rotator.ClientSecret(ctx, clientID); err != nil {
 			return g, fmt.Errorf("read the current secret: %w", err)
 		}
+		read = true
 	}
 	switch {
 	case row.PreviousSecret != nil:
-		prev, err := s.openSecret(row)
-		if err != nil {
-			return g, err
+		if read {
+			prev, err := s.openSecret(row)
+			if err != nil {
+				return g, err
+			}
+			g.secret, g.taken = cur, cur != prev
 		}
-		g.secret, g.taken = cur, cur != prev
 	case mode != model.RotationGrace:
 		return g, fmt.Errorf("device %d: no old secret on record to restore should the rotation time out", row.ID)
-	default:
+	case read:
 		// A rotated secret while none is on record: a generation that
 		// was not recorded. The device holds the old secret (still valid
 		// as the rotated one) or the new one: both work until the ack,
@@ -221,6 +262,8 @@ func (s *Service) generateInProvider(ctx context.Context, row model.Device, mode
 		}
 		g.previous, g.secret = sealed, cur
 	}
+	// Not read (grace, covered, this step's own intent): Keycloak keeps
+	// the old secret as the rotated one, and nothing is sealed.
 	if !g.taken {
 		fresh, err := s.d.Rotator.RegenerateSecret(ctx, clientID)
 		if err != nil {

@@ -3,6 +3,7 @@ package mdm
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"github.com/espmdm/espmdm/core/model"
 	"github.com/espmdm/espmdm/ports"
@@ -63,12 +64,45 @@ func (s *Service) TriggerRotation(ctx context.Context, modelID int64) (int, erro
 	return n, nil
 }
 
+// slotFill coalesces the starts of free slots within a process: every
+// completion frees a slot and asks for a start, and each start takes the
+// database's rotation-slot lock (ports.RotationQueue.StartRotations),
+// holding a pooled connection while it waits. Fifty completions at once
+// would hold fifty connections, starving the device API. Instead one
+// caller runs the start while the others only note that one is due again;
+// the running caller repeats it until none is.
+type slotFill struct {
+	mu      sync.Mutex
+	running bool
+	again   bool
+}
+
 // fillSlots starts devices in free slots; a failure goes to OnError (the
-// next cycle tries again).
-func (s *Service) fillSlots(ctx context.Context) int {
-	n, err := s.startRotations(ctx)
-	s.report(ctx, "rotation: start devices in free slots", err)
-	return n
+// next cycle tries again). While another caller of this process is
+// starting devices, it leaves the start to that caller, which runs it
+// once more after its own, and returns at once.
+func (s *Service) fillSlots(ctx context.Context) {
+	f := &s.fill
+	f.mu.Lock()
+	if f.running {
+		f.again = true
+		f.mu.Unlock()
+		return
+	}
+	f.running = true
+	f.mu.Unlock()
+	for {
+		_, err := s.startRotations(ctx)
+		s.report(ctx, "rotation: start devices in free slots", err)
+		f.mu.Lock()
+		if !f.again || ctx.Err() != nil {
+			f.running, f.again = false, false
+			f.mu.Unlock()
+			return
+		}
+		f.again = false
+		f.mu.Unlock()
+	}
 }
 
 // startRotations starts devices in free slots and nudges them.

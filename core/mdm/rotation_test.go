@@ -167,8 +167,14 @@ func TestRotationGraceFetchAckCompletes(t *testing.T) {
 	if n := len(e.idpCalls("RegenerateSecret")); n != 1 {
 		t.Fatalf("RegenerateSecret calls = %d, want 1", n)
 	}
-	if got := e.get(t, d.ID); got.PreviousSecret == nil || strings.Contains(string(got.PreviousSecret), old) {
-		t.Fatalf("the old secret is not kept sealed: %q", got.PreviousSecret)
+	// Keycloak keeps the old secret, as the rotated one: the generation
+	// of a covered client neither reads the client nor seals anything.
+	if got := e.get(t, d.ID); got.PreviousSecret != nil || got.GenerationIntentAt != nil || !got.ClientCovered {
+		t.Fatalf("after the generation: sealed %v, intent %v, covered %t; want none, none, true",
+			got.PreviousSecret != nil, got.GenerationIntentAt, got.ClientCovered)
+	}
+	if n := len(e.idpCalls("CoveredSecrets")) + len(e.idpCalls("Secrets")) + len(e.idpCalls("CoverClient")); n != 0 {
+		t.Fatalf("the generation read the client %d times, want 0 (its intent was its own)", n)
 	}
 
 	// The iat rule does not complete in grace mode: the old secret still works.
@@ -431,6 +437,26 @@ func TestRotationUnconfirmedAcrossAModeSwitch(t *testing.T) {
 		wantState(t, e, d, model.RotationOK)
 		wantAuth(t, e, d, old, false)
 		wantAuth(t, e, d, fresh, true)
+	})
+	t.Run("grace, then restore: the timeout restores the rotated secret", func(t *testing.T) {
+		e := newRotationEnv(t, model.RotationGrace, withConfig(func(c *mdm.Config) { c.RotationMode = model.RotationAuto }))
+		d := e.device(t, e.model(t, "m1", ""), `{}`)
+		old := e.secret(t, d)
+		e.rotate(t, d)
+		fresh := e.fetch(t, d) // nothing sealed: Keycloak keeps the old secret
+		if mode := e.restart(t, func(c *mdm.Config) { c.RotationGrace = 48 * time.Hour }); mode != model.RotationRestore {
+			t.Fatalf("mode %s, want restore", mode)
+		}
+		e.clock.Advance(6 * time.Minute)
+		if rep := e.cycle(t); rep.TimedOut != 1 {
+			t.Fatalf("timed out %d, want 1", rep.TimedOut)
+		}
+		wantState(t, e, d, model.RotationTimeout)
+		wantAuth(t, e, d, old, true)
+		wantAuth(t, e, d, fresh, false)
+		if got := e.get(t, d.ID); got.Generated() || got.ClientCovered {
+			t.Fatalf("after the restore: generated %t, covered %t; want neither", got.Generated(), got.ClientCovered)
+		}
 	})
 	t.Run("restore, then grace", func(t *testing.T) {
 		e := newRotationEnv(t, model.RotationRestore)
@@ -925,6 +951,15 @@ func TestRotationGraceTakesAGenerationMadeInKeycloak(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The reconciler notices the rotated secret of a generation that is
+	// not espmdm's, and has the next generation read the client.
+	rep, err := e.svc.Reconcile(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(rep.Regenerated, []string{d.ClientID()}) {
+		t.Fatalf("reconcile: regenerated %v, want %s", rep.Regenerated, d.ClientID())
+	}
 	e.rotate(t, d)
 	fresh := e.fetch(t, d)
 	if fresh != byAdmin {
@@ -1290,6 +1325,7 @@ func TestRotationGraceCoversAClientMadeBeforeThePolicy(t *testing.T) {
 			e.idp.SetGrace(false)
 			d := e.device(t, m, `{}`) // made while no policy covered it
 			e.idp.SetGrace(true)
+			e.uncovered(t, d) // as a device made in restore mode, or before the policy, is
 			if e.idp.Covered(d.ClientID()) {
 				t.Fatal("the client is covered before the rotation")
 			}
@@ -1314,5 +1350,139 @@ func TestRotationGraceCoversAClientMadeBeforeThePolicy(t *testing.T) {
 			wantState(t, e, d, model.RotationOK)
 			wantAuth(t, e, d, old, false)
 		})
+	}
+}
+
+// uncovered records d's client as not known to be covered by the rotation
+// policy (a device made in restore mode, or before the policy existed).
+func (e *renv) uncovered(t *testing.T, d model.Device) {
+	t.Helper()
+	if _, err := e.store.UpdateDevice(t.Context(), d.ID, func(row *model.Device) ([]model.AuditEntry, error) {
+		row.ClientCovered = false
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A grace-mode generation reads the client only when it is unsure: an
+// intent not its own (a generation whose recording was lost may have
+// happened), or a client not known to be covered by the policy. Its own
+// intent on a covered client costs the identity provider the generation
+// alone.
+func TestRotationGraceGenerationReadsOnlyWhenUnsure(t *testing.T) {
+	watched := []string{"CoveredSecrets", "CoverClient", "Secrets", "RegenerateSecret"} // grace reads no ClientSecret
+	calls := func(e *renv) []string {
+		var got []string
+		for _, c := range e.idp.Calls() {
+			if slices.Contains(watched, c.Op) {
+				got = append(got, c.Op)
+			}
+		}
+		return got
+	}
+	t.Run("own intent, covered", func(t *testing.T) {
+		e := newRotationEnv(t, model.RotationGrace)
+		d := e.device(t, e.model(t, "m1", ""), `{}`)
+		e.rotate(t, d)
+		e.fetch(t, d)
+		if got, want := calls(e), []string{"RegenerateSecret"}; !slices.Equal(got, want) {
+			t.Errorf("calls = %v, want %v", got, want)
+		}
+	})
+	t.Run("an intent left behind", func(t *testing.T) {
+		e := newRotationEnv(t, model.RotationGrace)
+		d := e.device(t, e.model(t, "m1", ""), `{}`)
+		old := e.secret(t, d)
+		e.rotate(t, d)
+		// A step that recorded its intent and went away before (or
+		// after) asking Keycloak.
+		if _, err := e.store.UpdateDevice(t.Context(), d.ID, func(row *model.Device) ([]model.AuditEntry, error) {
+			_, _, _, err := row.IntendGeneration(e.clock.Now())
+			return nil, err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		fresh := e.fetch(t, d)
+		if got, want := calls(e), []string{"CoveredSecrets", "RegenerateSecret"}; !slices.Equal(got, want) {
+			t.Errorf("calls = %v, want %v", got, want)
+		}
+		wantAuth(t, e, d, old, true)
+		if err := e.ack(t, d, fresh); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// The reconciler records the clients the policy covers (applying it where
+// it was not), so that their generations need no read.
+func TestReconcileCoversClientsInGraceMode(t *testing.T) {
+	e := newRotationEnv(t, model.RotationGrace)
+	m := e.model(t, "m1", "")
+	e.idp.SetGrace(false)
+	before := e.device(t, m, `{}`) // its client is not covered
+	e.idp.SetGrace(true)
+	e.uncovered(t, before)
+	covered := e.device(t, m, `{}`)
+	e.uncovered(t, covered) // covered in Keycloak, not known to be
+
+	rep, err := e.svc.Reconcile(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{before.ClientID(), covered.ClientID()}; !slices.Equal(rep.Covered, want) {
+		t.Fatalf("covered %v, want %v", rep.Covered, want)
+	}
+	if n := len(e.idpCalls("CoverClient")); n != 1 {
+		t.Fatalf("CoverClient calls = %d, want 1 (the other client is covered already)", n)
+	}
+	if !e.idp.Covered(before.ClientID()) || !e.get(t, before.ID).ClientCovered || !e.get(t, covered.ID).ClientCovered {
+		t.Fatal("the clients are not covered and recorded so")
+	}
+	old := e.secret(t, before)
+	e.rotate(t, before)
+	fresh := e.fetch(t, before)
+	wantAuth(t, e, before, old, true)
+	wantAuth(t, e, before, fresh, true)
+}
+
+// Completions at once coalesce their slot fills (one start at a time in a
+// process, repeated while more are due): when the last of them returns,
+// every freed slot is filled, and no device is started twice.
+func TestRotationConcurrentCompletionsFillEverySlot(t *testing.T) {
+	e := newRotationEnv(t, model.RotationGrace, withConfig(func(c *mdm.Config) { c.RotationConcurrency = 8 }))
+	m := e.model(t, "m1", "")
+	var devs []model.Device
+	for range 16 {
+		devs = append(devs, e.device(t, m, `{}`))
+		e.clock.Advance(time.Second) // the first eight start first
+	}
+	if n, err := e.svc.TriggerRotation(t.Context(), 0); err != nil || n != 16 {
+		t.Fatalf("TriggerRotation = %d, %v; want 16", n, err)
+	}
+	secrets := map[int64]string{}
+	for _, d := range devs[:8] {
+		wantState(t, e, d, model.RotationPending)
+		secrets[d.ID] = e.fetch(t, d)
+	}
+	var wg sync.WaitGroup
+	for _, d := range devs[:8] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := e.svc.AckCredentials(t.Context(), e.get(t, d.ID), digest(secrets[d.ID])); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, d := range devs[:8] {
+		wantState(t, e, d, model.RotationOK)
+	}
+	for _, d := range devs[8:] {
+		wantState(t, e, d, model.RotationPending)
+		if n := e.nudges(d.ClientID()); n != 1 {
+			t.Errorf("device %d nudged %d times, want once", d.ID, n)
+		}
 	}
 }

@@ -67,9 +67,19 @@ func (s *Service) timeOut(ctx context.Context, id int64, before, unfetched time.
 		}
 		started = d.LastRotationAttemptAt
 		restoring := d.TimeoutRestores(mode)
+		// A grace-mode generation puts no old secret on record (Keycloak
+		// keeps it, as the rotated one): restoring one restores that.
+		fromRotated := restoring && d.PreviousSecret == nil && d.Generated() && !d.GeneratedInRestoreMode()
 		forget := restoring && d.PreviousSecret != nil
-		if forget {
-			r, err := s.restoreOldSecret(ctx, *d)
+		if forget || fromRotated {
+			var r bool
+			var err error
+			if fromRotated {
+				r, err = s.restoreRotatedSecret(ctx, *d)
+				forget = r // nothing to restore from: the generation stands
+			} else {
+				r, err = s.restoreOldSecret(ctx, *d)
+			}
 			// The identity provider's not-found is the client's, not
 			// the row's (which UpdateDevice reports): with the client
 			// gone there is nothing to restore, and the attempt must
@@ -147,6 +157,24 @@ func (s *Service) restoreOldSecret(ctx context.Context, d model.Device) (bool, e
 		return false, nil
 	}
 	if err := s.d.Rotator.SetSecret(ctx, d.ClientID(), prev); err != nil {
+		return false, fmt.Errorf("restore the previous secret: %w", err)
+	}
+	return true, nil
+}
+
+// restoreRotatedSecret makes the old secret of a grace-mode generation,
+// which the identity provider keeps as the rotated one, the client's only
+// one again, and reports whether it did (false: no rotated secret left to
+// restore).
+func (s *Service) restoreRotatedSecret(ctx context.Context, d model.Device) (bool, error) {
+	sec, err := s.d.Rotator.Secrets(ctx, d.ClientID())
+	if err != nil {
+		return false, fmt.Errorf("read the rotated secret: %w", err)
+	}
+	if sec.Rotated == "" {
+		return false, nil
+	}
+	if err := s.d.Rotator.SetSecret(ctx, d.ClientID(), sec.Rotated); err != nil {
 		return false, fmt.Errorf("restore the previous secret: %w", err)
 	}
 	return true, nil

@@ -139,6 +139,8 @@ type Service struct {
 	scheduleRecorded atomic.Bool
 	// coredumpWake wakes a core dump worker (CoredumpWake).
 	coredumpWake chan struct{}
+	// fill coalesces fillSlots calls (rotation_queue.go).
+	fill slotFill
 }
 
 var (

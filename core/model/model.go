@@ -92,6 +92,23 @@ type Device struct {
 	// empty when none was generated or a restore undid it. A digest of a
 	// random 32-character secret reveals nothing of it.
 	SecretSHA256 string
+	// GenerationIntentAt is the write-ahead record of a generation: set,
+	// in a committed transaction, before the identity provider is asked
+	// to generate the rotation's new secret, and cleared when the
+	// generation is recorded or forgotten. Found set without a recorded
+	// generation by anyone but the caller that set it, it says that a
+	// generation may have happened whose recording was lost (a crash, a
+	// failed commit): only then does the generation step read the
+	// identity provider to tell (IntendGeneration, GenerationUnsure).
+	GenerationIntentAt *time.Time
+	// ClientCovered says that the identity provider's secret-rotation
+	// policy is known to cover the device's client, so that a grace-mode
+	// generation keeps the old secret valid as the rotated one: set at
+	// creation in grace mode (the policy covers a client at its creation),
+	// by the reconciler and by a generation that checked it, cleared when
+	// a restore rewrote the client's secret. A grace-mode generation
+	// checks (and applies) the policy itself only when it is false.
+	ClientCovered bool
 
 	// MQTTPassword is the sealed (encrypted) password of the device's
 	// broker account (SPEC §19); nil when it has none yet (a device made
@@ -247,6 +264,11 @@ type ClientInfo struct {
 	// attribute); zero when unknown. The reconciler leaves orphans younger
 	// than a grace period alone: their device row may still be on its way.
 	CreatedAt time.Time
+	// Covered: the realm's secret-rotation policy has been applied to the
+	// client (a grace-mode generation keeps its old secret as the rotated
+	// one). Rotated: the client has a rotated secret that still
+	// authenticates (a generation whose rotated secret was not ended).
+	Covered, Rotated bool
 }
 
 // DeviceClaims is what a verified device access token says.

@@ -14,6 +14,7 @@ import (
 //	QueueRotation     OK, QUEUED, TIMEOUT -> QUEUED (active only; PENDING stays)
 //	Dequeue           QUEUED -> OK (a deactivated device)
 //	StartAttempt      QUEUED, TIMEOUT -> PENDING (the attempt begins)
+//	IntendGeneration  PENDING, nothing generated -> the intent on record
 //	RecordGeneration  PENDING, nothing generated -> a new secret unconfirmed
 //	CompleteRotation  a generated secret unconfirmed -> OK
 //	TimeOutAttempt    PENDING -> TIMEOUT (a restore also forgets the generation)
@@ -149,6 +150,45 @@ func (d *Device) CanGenerate() (generated bool, err error) {
 	return d.NewSecretAt != nil, nil
 }
 
+// IntendGeneration records, at now, that the identity provider is about
+// to be asked to generate the rotation's new secret (the write-ahead
+// intent, to be committed before the request), and returns the intent's
+// mark (unique per device: later than any earlier intent) and whether an
+// earlier intent was outstanding, that is, a generation may have happened
+// whose recording was lost. The device must be PENDING; generated is true
+// (and nothing is recorded) when a secret was generated already.
+func (d *Device) IntendGeneration(now time.Time) (mark time.Time, outstanding, generated bool, err error) {
+	if generated, err = d.CanGenerate(); err != nil || generated {
+		return time.Time{}, false, generated, err
+	}
+	// Whole microseconds, as a database keeps them, so the mark read back
+	// equals the one returned.
+	mark = now.UTC().Truncate(time.Microsecond)
+	if prev := d.GenerationIntentAt; prev != nil {
+		outstanding = true
+		if !mark.After(*prev) {
+			mark = prev.Add(time.Microsecond)
+		}
+	}
+	d.GenerationIntentAt = &mark
+	return mark, outstanding, false, nil
+}
+
+// GenerationUnsure reports, for a PENDING device with nothing recorded as
+// generated, whether a generation may have happened that is not
+// recorded: unless the outstanding intent is the caller's own (mark, set
+// with no earlier one outstanding), another caller may have asked the
+// identity provider after its own intent and lost the answer. Every
+// generation request follows its caller's committed intent, so with the
+// caller's intent still in place no other request was made since.
+func (d Device) GenerationUnsure(mark time.Time, outstandingBefore bool) bool {
+	return outstandingBefore || mark.IsZero() || d.GenerationIntentAt == nil || !d.GenerationIntentAt.Equal(mark)
+}
+
+// MarkCovered records that the identity provider's secret-rotation
+// policy covers the device's client.
+func (d *Device) MarkCovered() { d.ClientCovered = true }
+
 // RecordGeneration records the rotation's new secret, generated at at,
 // by its SHA-256 (lower-case hex). iatAfter is set for a restore-mode
 // generation (when the old secret stopped working, by the identity
@@ -165,6 +205,7 @@ func (d *Device) RecordGeneration(at time.Time, digest string, iatAfter *time.Ti
 	d.NewSecretAt = &at
 	d.SecretSHA256 = digest
 	d.IATAfter = iatAfter
+	d.GenerationIntentAt = nil // the intent has its result
 	return nil
 }
 
@@ -233,7 +274,7 @@ func (d *Device) CompleteRotation(now time.Time) (Completion, error) {
 	d.RotationState = RotationOK
 	d.LastRotationCompletedAt = &now
 	d.SecretCreatedAt = d.NewSecretAt
-	d.NewSecretAt, d.IATAfter, d.PreviousSecret = nil, nil, nil
+	d.NewSecretAt, d.IATAfter, d.PreviousSecret, d.GenerationIntentAt = nil, nil, nil, nil
 	return c, nil
 }
 
@@ -269,6 +310,10 @@ func (d *Device) TimeOutAttempt(forgetGeneration bool) error {
 	}
 	if forgetGeneration {
 		d.NewSecretAt, d.IATAfter, d.PreviousSecret, d.SecretSHA256 = nil, nil, nil, ""
+		// The restore undid any generation, recorded or not; and the
+		// secret set by it left the client without the policy's expiry
+		// (re-applied only where a policy is in force): check again.
+		d.GenerationIntentAt, d.ClientCovered = nil, false
 	}
 	d.RotationState = RotationTimeout
 	return nil

@@ -93,6 +93,47 @@ func TestRecordGeneration(t *testing.T) {
 	refused(t, "generate while QUEUED", q.RecordGeneration(t0, "abc", nil), model.StepGenerate)
 }
 
+func TestIntendGeneration(t *testing.T) {
+	d := model.Device{ID: 1, Active: true, RotationState: model.RotationPending, LastRotationAttemptAt: at(0)}
+	mark, outstanding, generated, err := d.IntendGeneration(t0.Add(time.Nanosecond))
+	if err != nil || outstanding || generated || !mark.Equal(t0) {
+		t.Fatalf("first intent = %v, %t, %t, %v; want %v (whole microseconds), none outstanding", mark, outstanding, generated, err, t0)
+	}
+	if d.GenerationUnsure(mark, outstanding) {
+		t.Error("unsure with its own intent in place")
+	}
+	// A second step on the same row (a concurrent fetch, or one after a
+	// crash): its mark is later even in the same microsecond, and the
+	// first step is no longer sure.
+	mark2, outstanding2, _, err := d.IntendGeneration(t0)
+	if err != nil || !outstanding2 || !mark2.After(mark) {
+		t.Fatalf("second intent = %v, %t, %v; want later than %v, outstanding", mark2, outstanding2, err, mark)
+	}
+	if !d.GenerationUnsure(mark, outstanding) || !d.GenerationUnsure(mark2, outstanding2) {
+		t.Error("sure although another step's intent was outstanding")
+	}
+	if !d.GenerationUnsure(time.Time{}, false) {
+		t.Error("sure without an intent of its own")
+	}
+	if err := d.RecordGeneration(t0.Add(time.Second), "abc", nil); err != nil || d.GenerationIntentAt != nil {
+		t.Fatalf("RecordGeneration = %v, intent %v; want it cleared", err, d.GenerationIntentAt)
+	}
+	if _, _, generated, err := d.IntendGeneration(t0.Add(2 * time.Second)); err != nil || !generated || d.GenerationIntentAt != nil {
+		t.Errorf("intent after the generation: generated %t, %v, intent %v; want nothing recorded", generated, err, d.GenerationIntentAt)
+	}
+	q := model.Device{ID: 2, RotationState: model.RotationQueued}
+	_, _, _, err = q.IntendGeneration(t0)
+	refused(t, "intend while QUEUED", err, model.StepGenerate)
+	// A restore forgets the intent and what is known of the client.
+	r := model.Device{ID: 3, RotationState: model.RotationPending, ClientCovered: true, PreviousSecret: []byte("x")}
+	if _, _, _, err := r.IntendGeneration(t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.TimeOutAttempt(true); err != nil || r.GenerationIntentAt != nil || r.ClientCovered {
+		t.Errorf("after a restoring timeout: %v, intent %v, covered %t", err, r.GenerationIntentAt, r.ClientCovered)
+	}
+}
+
 func TestCheckAck(t *testing.T) {
 	pending := model.Device{ID: 1, RotationState: model.RotationPending, NewSecretAt: at(0), SecretSHA256: "new"}
 	if ok, err := pending.CheckAck("new"); !ok || err != nil {

@@ -34,7 +34,9 @@ func FleetRotation(mode string, done *[]fleetrotation.Result) Scenario {
 			"Keycloak's API at the same concurrency in the same run, on 300 raw clients after an untimed warm-up pass over them; "+
 			"`ratio` = rotations_per_s / keycloak_floor_per_s. `admin_ops` and `grants` are the Keycloak work espmdm and the "+
 			"devices did per confirmed device (espmdm's `espmdm_keycloak_operations_total`; the floor does 2 and 1 in grace "+
-			"mode, 1 and 1 in restore mode).", mode),
+			"mode, 1 and 1 in restore mode). `sql_statements` is what espmdm's database ran from the trigger until done per "+
+			"confirmed device (PostgreSQL's `pg_stat_statements`, BEGIN and COMMIT included, the benchmark's own status polling "+
+			"too).", mode),
 		Run: func(ctx context.Context, env *Env) (Result, error) {
 			r, err := fleetrotation.Run(ctx, env.Stack, fleetrotation.Options{
 				Mode: mode, Devices: 1000, Concurrency: fleetConcurrency,
@@ -61,6 +63,9 @@ func FleetRotation(mode string, done *[]fleetrotation.Result) Scenario {
 			res.Add("projected_100k_h", r.Projected100kH, "hours to rotate 100,000 devices at this rate")
 			res.Add("admin_ops", r.AdminOpsPerRotation, "espmdm's Keycloak admin operations per confirmed device")
 			res.Add("grants", r.GrantsPerRotation, "the devices' token grants per confirmed device")
+			if r.StatementsPerRotation > 0 {
+				res.Add("sql_statements", r.StatementsPerRotation, "SQL statements espmdm's database ran per confirmed device (pg_stat_statements)")
+			}
 			if env.ChartPath != "" && len(*done) == 2 {
 				f, err := os.Create(env.ChartPath)
 				if err != nil {

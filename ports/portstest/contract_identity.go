@@ -272,9 +272,15 @@ func RunIdentityProviderContract(t *testing.T, newIdP func(t *testing.T) ports.I
 			if got, err := x.coveredSecrets(id); err != nil || got != (model.Secrets{Current: fresh, Rotated: secret}) {
 				t.Errorf("CoveredSecrets after a generation: %v, want the new secret and the old one as rotated", err)
 			}
+			if ci := x.listed(id); !ci.Covered || !ci.Rotated {
+				t.Errorf("ListDeviceClients after a generation: covered %t, rotated %t; want both", ci.Covered, ci.Rotated)
+			}
 			mustNoErr(t, "InvalidateRotatedSecret", x.idp.InvalidateRotatedSecret(t.Context(), id))
 			if got, err := x.coveredSecrets(id); err != nil || got != (model.Secrets{Current: fresh}) {
 				t.Errorf("CoveredSecrets after invalidating the rotated secret: %v, want the new secret alone", err)
+			}
+			if ci := x.listed(id); !ci.Covered || ci.Rotated {
+				t.Errorf("ListDeviceClients after invalidating the rotated secret: covered %t, rotated %t; want covered only", ci.Covered, ci.Rotated)
 			}
 		}
 		_, err = x.coveredSecrets(x.clientID())
@@ -319,6 +325,21 @@ type idpFixture struct {
 	idp  ports.IdentityProvider
 	auth Authenticator
 	code string
+}
+
+// listed is the ListDeviceClients entry of clientID (zero when absent, an
+// error of the test).
+func (x idpFixture) listed(clientID string) model.ClientInfo {
+	x.t.Helper()
+	list, err := x.idp.ListDeviceClients(x.t.Context())
+	mustNoErr(x.t, "ListDeviceClients", err)
+	for _, c := range list {
+		if c.ClientID == clientID {
+			return c
+		}
+	}
+	x.t.Errorf("ListDeviceClients: %s missing", clientID)
+	return model.ClientInfo{}
 }
 
 // coveredSecrets is CoveredSecrets where the provider offers

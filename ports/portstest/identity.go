@@ -467,7 +467,7 @@ func (p *IdentityProvider) ListDeviceClients(_ context.Context) ([]model.ClientI
 	var out []model.ClientInfo
 	for id, c := range p.clients {
 		if strings.HasPrefix(id, model.ClientIDPrefix) {
-			out = append(out, model.ClientInfo{ClientID: id, CreatedAt: c.createdAt})
+			out = append(out, model.ClientInfo{ClientID: id, CreatedAt: c.createdAt, Covered: c.covered, Rotated: p.rotatedValid(c)})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ClientID < out[j].ClientID })

@@ -70,6 +70,11 @@ type Result struct {
 	// espmdm_keycloak_operations_total) from the trigger until done, per
 	// online device; GrantsPerRotation the devices' token requests.
 	AdminOpsPerRotation, GrantsPerRotation float64
+	// StatementsPerRotation is the SQL statements espmdm's database ran
+	// from the trigger until done (pg_stat_statements, BEGIN and COMMIT
+	// included, the bench's status polling too), per online device; zero
+	// when the module is not loaded.
+	StatementsPerRotation float64
 	// P50ms, P99ms are per-device confirm latencies (nudge → ack).
 	P50ms, P99ms float64
 	// KeycloakFloorPerS is the rate of the same Keycloak work per rotation
@@ -333,6 +338,8 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 	var trig struct {
 		QueuedCount int `json:"queued_count"`
 	}
+	stmts := openStatements(ctx, srv.DatabaseURL, logf)
+	defer stmts.close()
 	opsBefore, err := keycloakOps(ctx, c)
 	if err != nil {
 		return res, err
@@ -344,6 +351,9 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 		return res, err
 	}
 	others := before.CountsByState["OK"] - o.Devices
+	if err := stmts.reset(ctx); err != nil {
+		return res, err
+	}
 	grantsBefore := fleet.Stats().Total.TokenRequests
 	trigAt := time.Now()
 	if _, err := c.call(ctx, http.MethodPost, "/api/rotation/trigger?device_model_id="+itoa(model.ID), nil, &trig, http.StatusAccepted); err != nil {
@@ -393,6 +403,17 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 	res.P99ms = float64(fs.ConfirmLatency.P99) / float64(time.Millisecond)
 	logf("fleetrotation: %s: %d online devices confirmed in %.1f s (%.1f/s); %d nudges, %d fetches, %d acks, %d crashes, %d errors",
 		o.Mode, online, res.Seconds, res.RotationsPerS, fs.Total.Nudges, fs.Total.Fetches, fs.Total.Acks, fs.Total.Crashes, fs.Total.Errors)
+	total, top, err := stmts.counts(ctx)
+	if err != nil {
+		return res, err
+	}
+	if stmts != nil {
+		res.StatementsPerRotation = float64(total) / float64(max(online, 1))
+		logf("fleetrotation: %s: %.1f SQL statements per rotation (%d in all); the most run:", o.Mode, res.StatementsPerRotation, total)
+		for _, q := range top[:min(len(top), 20)] {
+			logf("fleetrotation:   %7d  %5.2f/rot  %s", q.calls, float64(q.calls)/float64(max(online, 1)), oneLine(q.query, 160))
+		}
+	}
 	opsAfter, err := keycloakOps(ctx, c)
 	if err != nil {
 		return res, err
