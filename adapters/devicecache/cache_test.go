@@ -85,7 +85,7 @@ func (f *fixture) get(key string) (model.Device, bool) {
 // returns what it became.
 func (f *fixture) change(id int64, fn func(*model.Device)) model.Device {
 	f.t.Helper()
-	d, err := f.db.Store.UpdateDevice(f.t.Context(), id, func(d *model.Device) ([]model.AuditEntry, error) { fn(d); return nil, nil })
+	d, err := f.db.UpdateDevice(f.t.Context(), id, func(d *model.Device) ([]model.AuditEntry, error) { fn(d); return nil, nil })
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -177,7 +177,9 @@ func (l *DeviceChangeListener) session(ctx context.Context) error {
 		setDown()
 		_ = ln.Close()
 		if !received {
-			<-done
+			if err := <-done; err != nil && reason == nil {
+				reason = err
+			}
 		}
 		return reason
 	}

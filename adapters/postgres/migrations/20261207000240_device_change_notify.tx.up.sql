@@ -39,7 +39,7 @@ BEGIN
 	IF TG_OP = 'DELETE' THEN
 		FOR payload IN
 			SELECT string_agg(o.id::text, ',') FROM (
-				SELECT id, (row_number() OVER ()) / 300 AS chunk FROM changed_old
+				SELECT id, (row_number() OVER () - 1) / 300 AS chunk FROM changed_old
 			) o GROUP BY o.chunk
 		LOOP
 			PERFORM pg_notify('espmdm_devices', payload);
@@ -48,7 +48,7 @@ BEGIN
 	END IF;
 	FOR payload IN
 		SELECT string_agg(c.id::text, ',') FROM (
-			SELECT nw.id, (row_number() OVER ()) / 300 AS chunk
+			SELECT nw.id, (row_number() OVER () - 1) / 300 AS chunk
 			FROM changed_new nw JOIN changed_old o ON o.id = nw.id
 			WHERE (to_jsonb(nw) - 'last_seen_at') IS DISTINCT FROM (to_jsonb(o) - 'last_seen_at')
 		) c GROUP BY c.chunk
