@@ -341,3 +341,30 @@ func TestCacheConcurrent(t *testing.T) {
 		t.Errorf("%d entries, want at most 3", st.Entries)
 	}
 }
+
+// BenchmarkCacheHit is the hot path: a listening cache serving a device it
+// holds (lock, recency, copy).
+func BenchmarkCacheHit(b *testing.B) {
+	s := portstest.NewStore(nil)
+	m := model.DeviceModel{Code: "bench_m", Name: "M"}
+	if err := s.CreateModel(b.Context(), &m, nil); err != nil {
+		b.Fatal(err)
+	}
+	now := time.Now()
+	d := model.Device{Key: "aaaaaaaa", DeviceModelID: m.ID, Config: json.RawMessage(`{"interval":60,"name":"bench device 1"}`),
+		Active: true, RotationState: model.RotationOK, SecretCreatedAt: &now, LastSeenAt: &now, MQTTPassword: make([]byte, 60)}
+	if err := s.CreateDevice(b.Context(), &d, nil); err != nil {
+		b.Fatal(err)
+	}
+	c := devicecache.New(s, devicecache.Config{})
+	c.Listening(true)
+	ctx := b.Context()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := c.GetDeviceByKey(ctx, "aaaaaaaa"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
