@@ -204,7 +204,7 @@ func (l *DeviceChangeListener) session(ctx context.Context) error {
 		if silent >= l.pingAfter && (lastPing < 0 || now-lastPing >= l.pingAfter) {
 			lastPing = now
 			pctx, cancel := context.WithTimeout(ctx, l.silence)
-			_, err := l.db.ExecContext(pctx, "SELECT pg_notify(?, ?)", DeviceChannel, ping)
+			_, err := l.db.ExecContext(pctx, pingQuery, DeviceChannel, ping)
 			cancel()
 			if err != nil && ctx.Err() == nil && !pingFailed {
 				pingFailed = true
@@ -213,6 +213,17 @@ func (l *DeviceChangeListener) session(ctx context.Context) error {
 		}
 	}
 }
+
+// pingQuery NOTIFYs a ping only while the devices table has its change
+// triggers, enabled: a database whose migrations are not applied yet
+// (MIGRATE_ON_START=false before espmdm migrate), or whose triggers were
+// disabled, gets no ping through, so the listener never says it listens
+// (and stops saying so within the silence limit).
+const pingQuery = `SELECT pg_notify(?, ?) FROM (
+	SELECT count(*) AS n FROM pg_trigger
+	WHERE tgrelid = 'devices'::regclass AND tgenabled <> 'D'
+	  AND tgname IN ('devices_changed_update', 'devices_changed_delete', 'devices_changed_truncate')
+) AS t WHERE t.n = 3`
 
 // tell hands a payload to the sink: ids, "*", or a ping (nothing to do).
 // Anything it cannot read counts as "*": never miss a change.

@@ -182,3 +182,37 @@ func TestDeviceChangesListenerReconnects(t *testing.T) {
 	}
 	next(t, c, "ids", a.ID)
 }
+
+// Without its triggers (migrations not applied, or the triggers disabled)
+// the table tells nothing: the listener must not say it listens.
+func TestDeviceChangesListenerNeedsTheTriggers(t *testing.T) {
+	db := migratedDB(t)
+	ctx := t.Context()
+	if _, err := db.Bun().ExecContext(ctx, "ALTER TABLE devices DISABLE TRIGGER devices_changed_update"); err != nil {
+		t.Fatal(err)
+	}
+	sink := recordingSink{make(chan told, 100)}
+	lctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	ln := postgres.NewDeviceChangeListener(db, sink, postgres.WithPingAfter(50*time.Millisecond), postgres.WithSilenceLimit(300*time.Millisecond))
+	wg.Go(func() { ln.Run(lctx) })
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	select {
+	case got := <-sink.c:
+		t.Fatalf("told %s with a trigger disabled", got.what)
+	case <-time.After(1500 * time.Millisecond):
+	}
+	if _, err := db.Bun().ExecContext(ctx, "ALTER TABLE devices ENABLE TRIGGER devices_changed_update"); err != nil {
+		t.Fatal(err)
+	}
+	next(t, sink.c, "up")
+	// Disabled again: the pings stop, the listener gives up within its
+	// silence limit.
+	if _, err := db.Bun().ExecContext(ctx, "ALTER TABLE devices DISABLE TRIGGER devices_changed_update"); err != nil {
+		t.Fatal(err)
+	}
+	next(t, sink.c, "down")
+}
