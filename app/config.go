@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/espmdm/espmdm/adapters/coredump"
+	"github.com/espmdm/espmdm/adapters/devicecache"
 	"github.com/espmdm/espmdm/adapters/httpapi"
 	"github.com/espmdm/espmdm/adapters/s3store"
 	"github.com/espmdm/espmdm/adapters/schedule"
@@ -89,6 +90,10 @@ type Config struct {
 	RotationGrace        time.Duration
 	RotationWarningAge   time.Duration
 	RotationCriticalAge  time.Duration
+
+	// DeviceCache is how many devices the device API's lookup cache of
+	// this replica holds (adapters/devicecache); 0 turns it off.
+	DeviceCache int
 
 	// DeviceStale is how long a device may stay silent before the metrics
 	// count it stale (SPEC §15).
@@ -382,6 +387,23 @@ var Vars = []Var{
 		set: days(func(c *Config) *time.Duration { return &c.RotationWarningAge })},
 	{Name: "ROTATION_CRITICAL_DAYS", Default: "90", Help: "dashboard: secrets older than this are critical",
 		set: days(func(c *Config) *time.Duration { return &c.RotationCriticalAge })},
+	{Name: "DEVICE_CACHE", Default: "on", Help: "the device API's per-replica device cache, kept coherent by PostgreSQL LISTEN/NOTIFY: on (10000 devices), off, or how many devices it holds",
+		set: func(c *Config, v string) error {
+			switch v {
+			case "on":
+				c.DeviceCache = devicecache.DefaultMaxEntries
+				return nil
+			case "off":
+				c.DeviceCache = 0
+				return nil
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n > 10_000_000 {
+				return errors.New("want on, off or a number of devices (0 is off)")
+			}
+			c.DeviceCache = n
+			return nil
+		}},
 	{Name: "DEVICE_STALE_SECONDS", Default: "86400", Help: "metrics: an active device not seen for longer than this counts as stale (espmdm_devices_stale)",
 		set: seconds(func(c *Config) *time.Duration { return &c.DeviceStale })},
 	{Name: "COREDUMP_MAX_BYTES", Default: "1048576", Help: "largest core dump a device may upload (larger gets 413)",

@@ -117,6 +117,11 @@ func TestLoadConfigMissingReportsFirst(t *testing.T) {
 }
 
 func TestCoredumpWorkersZero(t *testing.T) {
+	for v, want := range map[string]int{"on": 10000, "off": 0, "0": 0, "500": 500} {
+		if got := mustLoad(t, with(requiredEnv(), "DEVICE_CACHE", v)); got.DeviceCache != want {
+			t.Errorf("DEVICE_CACHE=%s loaded as %d, want %d", v, got.DeviceCache, want)
+		}
+	}
 	if got := mustLoad(t, with(requiredEnv(), "COREDUMP_WORKERS", "0")); got.CoredumpWorkers != 0 {
 		t.Errorf("COREDUMP_WORKERS=0 loaded as %d", got.CoredumpWorkers)
 	}
@@ -185,6 +190,9 @@ func TestLoadConfigInvalidValue(t *testing.T) {
 		{"DEVICE_STALE_SECONDS", "0"},
 		{"DEVICE_STALE_SECONDS", "1d"},
 		{"DEVICE_STALE_SECONDS", secretValue},
+		{"DEVICE_CACHE", "yes"},
+		{"DEVICE_CACHE", "-1"},
+		{"DEVICE_CACHE", secretValue},
 		{"COREDUMP_WORKERS", "-1"},
 		{"COREDUMP_WORKERS", "65"},
 		{"COREDUMP_WORKERS", secretValue},
@@ -282,6 +290,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		RotationGrace:             7 * 24 * time.Hour,
 		RotationWarningAge:        45 * 24 * time.Hour,
 		RotationCriticalAge:       90 * 24 * time.Hour,
+		DeviceCache:               10000,
 		DeviceStale:               24 * time.Hour,
 		CoredumpMaxBytes:          1 << 20,
 		ELFMaxBytes:               512 << 20,

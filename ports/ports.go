@@ -89,7 +89,14 @@ type DeviceRepo interface {
 	// (DeviceID set to d's) in the same transaction. A duplicate key is
 	// model.ErrConflict; an unknown model is model.ErrNotFound.
 	CreateDevice(ctx context.Context, d *model.Device, audit []model.AuditEntry) error
+	// GetDevice reads the device's current row.
 	GetDevice(ctx context.Context, id int64) (model.Device, error)
+	// GetDeviceByKey is the device API's lookup. It may be served from a
+	// replica's cache that every committed change of the row invalidates
+	// (adapters/devicecache): a change made through another replica shows
+	// a few milliseconds late, and LastSeenAt may be older than the row's.
+	// A decision that must see the row as it is now reads it with
+	// GetDevice or UpdateDevice.
 	GetDeviceByKey(ctx context.Context, key string) (model.Device, error)
 	ListDevices(ctx context.Context, f DeviceFilter) (DevicePage, error)
 	// UpdateDevice runs fn on the locked current row and stores the result

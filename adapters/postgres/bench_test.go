@@ -313,3 +313,76 @@ func BenchmarkStartRotations(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkDeviceChangeTrigger measures what the change notification
+// trigger (migration 20261207000240) costs a write: the bulk UPDATE that
+// queues a rotation of 100,000 devices, and one UpdateDevice, with the
+// statement-level triggers in place, with them disabled, and with a
+// row-level trigger NOTIFYing each id in their stead (the design not
+// taken).
+func BenchmarkDeviceChangeTrigger(b *testing.B) {
+	const n = 100000
+	db := migratedDB(b)
+	r := newRepos(db)
+	m := r.model(b, "trigger")
+	ctx := b.Context()
+	exec := func(q string, args ...any) {
+		b.Helper()
+		if _, err := db.Bun().ExecContext(ctx, q, args...); err != nil {
+			b.Fatalf("%s: %v", q, err)
+		}
+	}
+	exec(`INSERT INTO devices (key, device_model_id, config, active, rotation_state)
+		SELECT lpad(to_hex(i), 8, '0'), ?, jsonb_build_object('i', i), true, 'OK' FROM generate_series(1, ?) AS i`, m.ID, n)
+	exec("VACUUM ANALYZE devices")
+	var one int64
+	if err := db.Bun().QueryRowContext(ctx, "SELECT min(id) FROM devices").Scan(&one); err != nil {
+		b.Fatal(err)
+	}
+	exec(`CREATE FUNCTION bench_row_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN PERFORM pg_notify('espmdm_devices', OLD.id::text); RETURN NULL; END $$`)
+	variants := []struct {
+		name       string
+		setup, end string
+	}{
+		{"statement_trigger", "", ""},
+		{"no_trigger", "ALTER TABLE devices DISABLE TRIGGER USER", "ALTER TABLE devices ENABLE TRIGGER USER"},
+		{"row_trigger", "ALTER TABLE devices DISABLE TRIGGER USER; CREATE TRIGGER bench_row AFTER UPDATE ON devices FOR EACH ROW EXECUTE FUNCTION bench_row_notify()",
+			"DROP TRIGGER bench_row ON devices; ALTER TABLE devices ENABLE TRIGGER USER"},
+	}
+	exec("VACUUM ANALYZE devices")
+	for _, v := range variants {
+		if v.setup != "" {
+			exec(v.setup)
+		}
+		exec("VACUUM devices")
+		b.Run("queue_100k/"+v.name, func(b *testing.B) {
+			state := []string{"QUEUED", "OK"}
+			i := 0
+			for b.Loop() {
+				exec("UPDATE devices SET rotation_state = ?, updated_at = now() WHERE active AND rotation_state = ?", state[i%2], state[(i+1)%2])
+				i++
+			}
+		})
+		exec("VACUUM devices")
+		// 200 updates an iteration, so that a few iterations are not
+		// one pooled connection's first call of the trigger function.
+		b.Run("update_device/"+v.name, func(b *testing.B) {
+			const per = 200
+			for b.Loop() {
+				for range per {
+					if _, err := r.devices.UpdateDevice(ctx, one, func(d *model.Device) ([]model.AuditEntry, error) {
+						d.Active = !d.Active
+						return nil, nil
+					}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*per), "µs/update")
+		})
+		if v.end != "" {
+			exec(v.end)
+		}
+	}
+}

@@ -10,6 +10,11 @@
 // held on a connection of its own, released by PostgreSQL when its holder's
 // session ends.
 //
+// Every committed change of a devices row is NOTIFYed on DeviceChannel by
+// a trigger, in the changing transaction; DeviceChangeListener hears it on
+// a connection of its own and says when it can be relied on (the device
+// cache of adapters/devicecache is on only then).
+//
 // Open connects and pings; Migrate applies the embedded migrations under a
 // PostgreSQL advisory lock, so replicas starting together do not race;
 // MigrationStatus tells a readiness probe whether any are pending.

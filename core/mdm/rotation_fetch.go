@@ -26,7 +26,16 @@ func (s *Service) FetchCredentials(ctx context.Context, d model.Device) (ports.P
 		return ports.Provisioning{}, err
 	}
 	if d.RotationState != model.RotationPending {
-		return s.provisioning(ctx, d)
+		// d may come from a replica's device cache, which learns of a
+		// rotation started elsewhere a few milliseconds late: the fetch
+		// decides on the row itself.
+		id := d.ID
+		if d, err = s.d.Devices.GetDevice(ctx, id); err != nil {
+			return ports.Provisioning{}, fmt.Errorf("rotation fetch of device %d: %w", id, err)
+		}
+		if d.RotationState != model.RotationPending {
+			return s.provisioning(ctx, d)
+		}
 	}
 	ctx = model.WithActor(ctx, model.DeviceActor(d.ClientID()))
 	var p ports.Provisioning

@@ -23,7 +23,8 @@ func IOTConfig() Scenario {
 		Name: "iot_config",
 		Doc: fmt.Sprintf("`GET /iot/config` of one device with a real Keycloak token: espmdm (app.New, in the bench process, "+
 			"logging at info level into a discarding encoder) verifies the token's signature against the realm's JWKS and looks the "+
-			"device up in PostgreSQL on every request. The same closed-loop generator (%d workers, one shared keep-alive "+
+			"device up in its device cache (DEVICE_CACHE=on, the default: PostgreSQL only for the first request, the cache being kept "+
+			"coherent by LISTEN/NOTIFY). The same closed-loop generator (%d workers, one shared keep-alive "+
 			"`http.Client`, a 1 s warm-up, then a fixed duration) then loads a bare Fiber handler on another loopback port that "+
 			"returns the same bytes. `ratio` = rps / bare_rps. Generator and servers share the machine's cores.", iotWorkers),
 		Run: runIOTConfig,
