@@ -165,9 +165,16 @@ func (r *Repo) ReportState(ctx context.Context, id int64, report model.StateRepo
 
 // QueueRotations implements ports.RotationQueue, dropping every device
 // (any active one may have been queued).
-func (r *Repo) QueueRotations(ctx context.Context) (int, error) {
+func (r *Repo) QueueRotations(ctx context.Context, modelID int64) (int, error) {
 	defer r.AllDevicesChanged()
-	return r.DeviceRepo.QueueRotations(ctx)
+	return r.DeviceRepo.QueueRotations(ctx, modelID)
+}
+
+// AssignFirmware implements ports.DeviceRepo, dropping the devices whose
+// assignment it changes (every named one, also when it fails).
+func (r *Repo) AssignFirmware(ctx context.Context, deviceIDs []int64, firmwareID *int64) (int, error) {
+	defer r.DevicesChanged(deviceIDs)
+	return r.DeviceRepo.AssignFirmware(ctx, deviceIDs, firmwareID)
 }
 
 // StartRotations implements ports.RotationQueue, dropping the started

@@ -280,7 +280,7 @@ func TestCacheOwnWrites(t *testing.T) {
 	f.change(d.ID, func(d *model.Device) { d.Active = true })
 	f.cache.DevicesChanged([]int64{d.ID})
 	f.get("aaaaaaaa")
-	if _, err := f.cache.QueueRotations(ctx); err != nil {
+	if _, err := f.cache.QueueRotations(ctx, 0); err != nil {
 		t.Fatal(err)
 	}
 	check("QueueRotations", func(d model.Device) bool { return d.RotationState == model.RotationQueued })

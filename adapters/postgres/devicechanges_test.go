@@ -112,7 +112,7 @@ func TestDeviceChangesTold(t *testing.T) {
 		t.Fatal(err)
 	}
 	next(t, c, "ids", a.ID) // b was active already: the statement changed only a
-	if n, err := r.devices.QueueRotations(ctx); err != nil || n != 2 {
+	if n, err := r.devices.QueueRotations(ctx, 0); err != nil || n != 2 {
 		t.Fatalf("QueueRotations: %d, %v", n, err)
 	}
 	next(t, c, "ids", a.ID, b.ID)
