@@ -2,6 +2,7 @@ package devicecache
 
 import (
 	"bytes"
+	"slices"
 
 	"github.com/espmdm/espmdm/core/model"
 )
@@ -23,6 +24,9 @@ func cloneDevice(d model.Device) model.Device {
 	d.PreviousSecret = bytes.Clone(d.PreviousSecret)
 	d.MQTTPassword = bytes.Clone(d.MQTTPassword)
 	d.Reported = cloneReport(d.Reported)
+	d.GenerationIntentAt = clonePtr(d.GenerationIntentAt)
+	d.Tags = slices.Clone(d.Tags)
+	d.AssignedFirmwareID = clonePtr(d.AssignedFirmwareID)
 	return d
 }
 
