@@ -45,6 +45,15 @@ const (
 	// AuditFirmwareReported: a device's state report (SPEC §15) names
 	// another firmware version than its previous report (or is its first).
 	AuditFirmwareReported AuditKind = "device_firmware_changed"
+	// Firmware campaigns (SPEC §16): created, a wave started (its
+	// members assigned the target), paused, resumed, aborted (by an admin
+	// or on the failure ratio), completed.
+	AuditCampaignCreated     AuditKind = "campaign_created"
+	AuditCampaignWaveStarted AuditKind = "campaign_wave_started"
+	AuditCampaignPaused      AuditKind = "campaign_paused"
+	AuditCampaignResumed     AuditKind = "campaign_resumed"
+	AuditCampaignAborted     AuditKind = "campaign_aborted"
+	AuditCampaignCompleted   AuditKind = "campaign_completed"
 )
 
 // AuditKinds lists every kind, in the order above.
@@ -55,7 +64,8 @@ var AuditKinds = []AuditKind{
 	AuditSecretConfirmed, AuditSecretAckRefused, AuditRotatedInvalidated, AuditRotationTimeout,
 	AuditSecretRestored, AuditModelCreated, AuditModelUpdated, AuditModelDeleted, AuditFirmwareUploaded,
 	AuditBrokerAccountReconciled, AuditOrphanAccountDeleted, AuditCoredumpUploaded, AuditCoredumpDeleted,
-	AuditFirmwareReported,
+	AuditFirmwareReported, AuditCampaignCreated, AuditCampaignWaveStarted, AuditCampaignPaused,
+	AuditCampaignResumed, AuditCampaignAborted, AuditCampaignCompleted,
 }
 
 // Valid reports whether k is one of AuditKinds.
