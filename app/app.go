@@ -200,6 +200,9 @@ type silentNotifier struct{}
 func (silentNotifier) RotationNudge(context.Context, string) error            { return nil }
 func (silentNotifier) ConfigChanged(context.Context, string) error            { return nil }
 func (silentNotifier) FirmwareReleased(context.Context, string, string) error { return nil }
+func (silentNotifier) FirmwareAssigned(context.Context, string, string, string) error {
+	return nil
+}
 
 type serviceParams struct {
 	fx.In

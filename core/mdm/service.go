@@ -53,6 +53,15 @@ type Deps struct {
 	// RunRotationCycle fires nothing (rotations start from the API only).
 	Schedule     ports.Schedule
 	ScheduleRepo ports.ScheduleRepo
+	// Campaigns keeps the firmware campaigns (SPEC §16); without it the
+	// campaign use cases answer unavailable and state reports resolve no
+	// member. Releaser releases a completed campaign's target when it
+	// asks so (release_on_complete).
+	Campaigns ports.CampaignRepo
+	Releaser  ports.FirmwareReleaser
+	// OnCampaign, when set, receives every campaign step (for metrics and
+	// logs); it must not block.
+	OnCampaign func(ctx context.Context, ev CampaignEvent)
 	// Lease, when set, names the rotation worker in RotationStatus.
 	Lease ports.Lease
 	// Audit, when set, is the audit log (SPEC §12): changes are recorded in

@@ -41,6 +41,8 @@ type Store struct {
 	firmware map[int64][]model.Firmware // by model id, in upload order
 	dumps    map[int64]model.Coredump
 	audit    *AuditLog
+	// camp holds the campaigns (campaigns.go); nil until the first.
+	camp *campaignData
 }
 
 var (
