@@ -496,11 +496,18 @@ var wireTypes = []dtoSchema{
 	input[stateReportDTO]("StateReport"),
 	input[otaAttemptDTO]("OTAAttempt"),
 	output[fleetFirmwareDTO]("FleetFirmware"),
+	input[createCampaignDTO]("NewCampaign"),
+	input[campaignSelectorInDTO]("CampaignSelector"),
+	output[campaignDTO]("Campaign"),
+	output[campaignDetailDTO]("CampaignDetail"),
+	output[campaignListDTO]("CampaignList"),
+	output[campaignMemberDTO]("CampaignDevice"),
+	output[campaignMemberListDTO]("CampaignDeviceList"),
 }
 
 // schemaFragments are the named schemas DTO members use (oas:"use=...").
 func schemaFragments() map[string]obj {
-	return map[string]obj{
+	frags := map[string]obj{
 		"dateTime":    {"format": "date-time", "description": "RFC 3339, UTC"},
 		"optDateTime": {"format": "date-time", "description": "RFC 3339, UTC; null when never"},
 		// nextCursor is the next_cursor member of a page (see encodeCursor).
@@ -514,6 +521,10 @@ func schemaFragments() map[string]obj {
 		"dashboardGroup": {"enum": dashboardGroups()},
 		"auditKind":      {"enum": auditKinds()},
 	}
+	for k, v := range campaignFragments() {
+		frags[k] = v
+	}
+	return frags
 }
 
 // refTo is the $ref to the component schema of the wire type T.
@@ -640,6 +651,7 @@ func openAPIDocument(cfg Config) obj {
 			{"name": "device models"}, {"name": "firmware"}, {"name": "devices"},
 			{"name": "rotation", "description": "credential rotation: queue, status, dashboard"},
 			{"name": "audit", "description": "who did what to which credential"},
+			{"name": "campaigns", "description": "firmware campaigns: staged rollouts that advance on confirmed boots and abort themselves on failures"},
 			{"name": "pipeline", "description": "for CI pipelines: firmware by model code, with a token holding the pipeline role only"},
 			{"name": "device API", "description": "for devices, with client-credentials tokens"},
 			{"name": "operations"},

@@ -69,7 +69,12 @@ func (s *Service) CreateCampaign(ctx context.Context, in ports.NewCampaign) (mod
 	if !sha256Pattern.MatchString(sha) {
 		return model.Campaign{}, model.Invalid("firmware_sha256", "must be 64 hex digits")
 	}
+	// A model or an upload the body names that does not exist is a
+	// conflict on that member, as for a device's device_model_id.
 	m, err := s.d.Models.GetModel(ctx, c.DeviceModelID)
+	if errors.Is(err, model.ErrNotFound) {
+		return model.Campaign{}, model.ConflictOn("device_model_id", "device model %d does not exist", c.DeviceModelID)
+	}
 	if err != nil {
 		return model.Campaign{}, fmt.Errorf("create campaign: device model %d: %w", c.DeviceModelID, err)
 	}
@@ -110,7 +115,7 @@ func (s *Service) uploadOf(ctx context.Context, m model.DeviceModel, sha string)
 			return f, nil
 		}
 	}
-	return model.Firmware{}, model.Invalid("firmware_sha256", "is not an upload of device model %s (see its firmware history)", m.Code)
+	return model.Firmware{}, model.ConflictOn("firmware_sha256", "is not an upload of device model %s (see its firmware history)", m.Code)
 }
 
 func orDefault[T any](p *T, def T) T {
