@@ -79,10 +79,12 @@ func coreModule(cfg Config) fx.Option {
 				fx.As(new(ports.ModelAdmin)), fx.As(new(ports.FirmwareAdmin)), fx.As(new(ports.DeviceAdmin)),
 				fx.As(new(ports.ProvisioningAdmin)), fx.As(new(ports.IdentityAdmin)), fx.As(new(ports.Reconciler)),
 				fx.As(new(ports.DeviceAPI)), fx.As(new(ports.Rotation)), fx.As(new(ports.AuditReader)), fx.As(new(ports.FleetReader)),
-				fx.As(new(ports.Coredumps)), fx.As(new(ports.PipelineFirmware)), fx.As(new(ports.DeviceBatch))),
+				fx.As(new(ports.Coredumps)), fx.As(new(ports.PipelineFirmware)), fx.As(new(ports.DeviceBatch)),
+				fx.As(new(ports.CampaignAdmin))),
 		),
 		rotationProviders(),
 		coredumpProviders(),
+		campaignProviders(),
 		fx.Invoke(registerFleetMetrics),
 	)
 }
@@ -91,7 +93,7 @@ func coreModule(cfg Config) fx.Option {
 func Server() fx.Option {
 	return fx.Options(
 		fx.Provide(newHTTPServer),
-		fx.Invoke(registerHTTP, registerReconciler, registerRotation, registerCoredumpWorkers, warnAuthDisabled),
+		fx.Invoke(registerHTTP, registerReconciler, registerRotation, registerCoredumpWorkers, registerCampaignWorker, warnAuthDisabled),
 		consoleModule(),
 	)
 }
@@ -229,6 +231,8 @@ type serviceParams struct {
 	Lease     ports.Lease
 	Audit     ports.AuditLog
 	Rotation  *RotationMetrics
+	Campaigns ports.CampaignRepo
+	Campaign  *CampaignMetrics
 }
 
 func newService(p serviceParams) *mdm.Service {
@@ -240,6 +244,7 @@ func newService(p serviceParams) *mdm.Service {
 		Notifier: p.Notifier, Broker: p.Broker, Clock: p.Clock,
 		SecretBox: p.Box, Schedule: p.Schedule, ScheduleRepo: p.Fires, Lease: p.Lease, Audit: p.Audit,
 		OnRotation: p.Rotation.onRotation(p.Log.Named("rotation")),
+		Campaigns:  p.Campaigns, OnCampaign: p.Campaign.onCampaign(p.Log.Named("campaign")),
 		OnError: func(ctx context.Context, op string, err error) {
 			p.Metrics.db.WithLabelValues(op).Inc()
 			fields := []zap.Field{zap.String("op", op), zap.Error(err)}

@@ -283,6 +283,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		RotationWarningAge:        45 * 24 * time.Hour,
 		RotationCriticalAge:       90 * 24 * time.Hour,
 		DeviceStale:               24 * time.Hour,
+		CampaignTick:              2 * time.Second,
 		CoredumpMaxBytes:          1 << 20,
 		ELFMaxBytes:               512 << 20,
 		CoredumpKeep:              20,

@@ -99,9 +99,10 @@ type CampaignRepo interface {
 	// OwedNudges returns up to limit of the campaign's members owed a
 	// nudge (ClientID set).
 	OwedNudges(ctx context.Context, campaignID int64, limit int) ([]model.CampaignNudge, error)
-	// NudgesSent marks the nudges of these devices in the campaign as
-	// sent.
-	NudgesSent(ctx context.Context, campaignID int64, deviceIDs []int64) error
+	// NudgesSent marks these nudges (as OwedNudges returned them) as
+	// sent; a member owed another nudge since (a rollback after its
+	// assignment's nudge was read) stays owed.
+	NudgesSent(ctx context.Context, campaignID int64, sent []model.CampaignNudge) error
 	// ObserveReport finds the device's member row in its most recent
 	// campaign, locks it, runs fn with that campaign and the member and
 	// stores the member fn leaves (its reported fields and state). found is

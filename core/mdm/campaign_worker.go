@@ -213,7 +213,7 @@ func (s *Service) drainNudges(ctx context.Context, c model.Campaign) int {
 		if len(owed) == 0 {
 			return sent
 		}
-		done := make([]int64, 0, len(owed))
+		done := make([]model.CampaignNudge, 0, len(owed))
 		var failed error
 		for _, n := range owed {
 			version, sha := c.FirmwareVersion, c.FirmwareSHA256
@@ -240,7 +240,7 @@ func (s *Service) drainNudges(ctx context.Context, c model.Campaign) int {
 				}
 				sent++
 			}
-			done = append(done, n.DeviceID)
+			done = append(done, n)
 		}
 		if err := s.d.Campaigns.NudgesSent(ctx, c.ID, done); err != nil {
 			s.report(ctx, "campaign: mark nudges sent", err)

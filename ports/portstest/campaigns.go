@@ -438,14 +438,18 @@ func (s *Store) OwedNudges(_ context.Context, id int64, limit int) ([]model.Camp
 }
 
 // NudgesSent implements ports.CampaignRepo.
-func (s *Store) NudgesSent(_ context.Context, id int64, deviceIDs []int64) error {
+func (s *Store) NudgesSent(_ context.Context, id int64, sent []model.CampaignNudge) error {
 	if err := s.hook("NudgesSent"); err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, d := range deviceIDs {
-		if r, ok := s.cd().members[id][d]; ok {
+	for _, n := range sent {
+		kind := nudgeAssign
+		if n.Rollback {
+			kind = nudgeRollback
+		}
+		if r, ok := s.cd().members[id][n.DeviceID]; ok && r.nudge == kind {
 			r.nudge = nudgeNone
 		}
 	}
