@@ -445,7 +445,7 @@ func TestE2ECampaignRestartAndTwoReplicas(t *testing.T) {
 	f := newCampaignFleet(t, b, 150)
 	var cur atomic.Pointer[server]
 	cur.Store(b)
-	srv := func() *server { return cur.Load() }
+	srv := cur.Load
 	c := f.start(t, `,"waves":[10,40,100],"wave_soak_seconds":2,"device_timeout_seconds":120`)
 	ctx, cancel := context.WithCancel(context.Background())
 	wait, _ := f.drive(ctx, t, srv, c.ID, nil)

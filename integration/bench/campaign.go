@@ -136,13 +136,19 @@ func runCampaign(ctx context.Context, env *Env) (res Result, err error) {
 		n := min(500, campaignDevices-made)
 		status, _, body, err := call(ctx, adm.c, http.MethodPost, srv.Base+"/api/devices/batch", opTok,
 			map[string]any{"device_model_id": modelID, "count": n, "config": map[string]any{}, "size": "0x6000"})
-		if err != nil || status != http.StatusOK {
-			return res, fmt.Errorf("batch: status %d: %v", status, err)
+		if err != nil {
+			return res, fmt.Errorf("batch: %w", err)
+		}
+		if status != http.StatusOK {
+			return res, fmt.Errorf("batch: status %d: %.300s", status, body)
 		}
 		made2, failed, err := batchIDs(body)
 		ids = append(ids, made2...)
-		if err != nil || failed > 0 {
-			return res, fmt.Errorf("batch: %d failed: %v", failed, err)
+		if err != nil {
+			return res, err
+		}
+		if failed > 0 {
+			return res, fmt.Errorf("batch: %d devices failed", failed)
 		}
 		parts, err := batchPartitions(body)
 		if err != nil {
