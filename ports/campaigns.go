@@ -110,12 +110,6 @@ type CampaignRepo interface {
 	ObserveReport(ctx context.Context, deviceID int64, fn func(c model.Campaign, m *model.CampaignMember)) (c model.Campaign, m model.CampaignMember, found bool, err error)
 }
 
-// FirmwareReleaser makes a stored upload the model's released firmware
-// (SPEC §16): what a completed campaign with release_on_complete does.
-type FirmwareReleaser interface {
-	ReleaseFirmware(ctx context.Context, modelID int64, sha256 string, audit []model.AuditEntry) error
-}
-
 // CampaignAdmin is the inbound port of campaigns (SPEC §16).
 type CampaignAdmin interface {
 	CreateCampaign(ctx context.Context, in NewCampaign) (model.Campaign, error)

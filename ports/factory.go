@@ -53,8 +53,7 @@ type NewDeviceBatch struct {
 // BatchDevice is one device of a batch.
 type BatchDevice struct {
 	Config json.RawMessage // a JSON object
-	// Tags are the device's tags (SPEC §16); this server refuses any until
-	// devices carry tags.
+	// Tags are the device's tags (SPEC §16; model.CheckTags).
 	Tags []string
 }
 

@@ -35,12 +35,14 @@ type NewDevice struct {
 	DeviceModelID int64
 	Config        json.RawMessage // a JSON object
 	Active        *bool           // nil: true
+	Tags          []string        // nil: none (model.CheckTags)
 }
 
 // DeviceUpdate is the input of DeviceAdmin.UpdateDevice.
 type DeviceUpdate struct {
 	Config json.RawMessage // nil: unchanged
 	Active *bool           // nil: unchanged
+	Tags   *[]string       // nil: unchanged; else the new set (model.CheckTags)
 }
 
 // Provisioning is what a device needs to reach espmdm: the fields of its NVS
@@ -98,10 +100,17 @@ type ModelAdmin interface {
 // (/api/device-models/{id}/firmware).
 type FirmwareAdmin interface {
 	// UploadFirmware validates data as an ESP32 app image for the model
-	// and makes it the model's current firmware.
+	// and records it: released (the model's released firmware) unless
+	// opts.Store or a ReleaseGate holds it, else only stored.
 	UploadFirmware(ctx context.Context, modelID int64, data []byte, opts model.UploadOptions) (model.FirmwareUpload, error)
-	// OpenFirmware returns the model's current firmware and its content.
+	// ReleaseFirmware makes the model's upload sha256 its released
+	// firmware (a stored one, or an earlier one again: a rollback);
+	// changed is false when it was released already (nothing done).
+	ReleaseFirmware(ctx context.Context, modelID int64, sha256 string) (f model.Firmware, changed bool, err error)
+	// OpenFirmware returns the model's released firmware and its content.
 	OpenFirmware(ctx context.Context, modelID int64) (model.Firmware, Blob, error)
+	// ListFirmware is the model's upload history, newest first
+	// (model.ReleasedIn tells which one is released).
 	ListFirmware(ctx context.Context, modelID int64) ([]model.Firmware, error)
 }
 
@@ -146,7 +155,8 @@ type DeviceAPI interface {
 	AuthenticateDevice(ctx context.Context, c model.DeviceClaims) (model.Device, error)
 	// DeviceConfig returns the device's config.
 	DeviceConfig(ctx context.Context, d model.Device, c model.DeviceClaims) (json.RawMessage, error)
-	// DeviceFirmware returns the current firmware of the device's model.
+	// DeviceFirmware returns the device's effective firmware (SPEC §16):
+	// its assigned one, else its model's released one.
 	DeviceFirmware(ctx context.Context, d model.Device) (model.Firmware, Blob, error)
 	// FetchCredentials is the rotation fetch (GET /iot/provisioning): the
 	// device's provisioning fields with the new secret while its rotation
@@ -164,7 +174,8 @@ type DeviceAPI interface {
 	// *model.ValidationError naming the member.
 	ReportState(ctx context.Context, d model.Device, r model.StateReport) error
 	// OfferedFirmware is the firmware GET /iot/firmware serves the device
-	// (without its binary); model.ErrNotFound when its model has none.
+	// (its effective firmware, without its binary); model.ErrNotFound
+	// when it has none.
 	OfferedFirmware(ctx context.Context, d model.Device) (model.Firmware, error)
 }
 

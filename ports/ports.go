@@ -67,6 +67,9 @@ type DeviceFilter struct {
 	// SeenBefore keeps the devices not seen since then: last_seen_at
 	// before it, or never seen.
 	SeenBefore *time.Time
+	// Tags keeps the devices that carry every one of them (none: no
+	// filter).
+	Tags []string
 	// Limit is the page size: DefaultPageSize below 1, at most
 	// MaxPageSize. AfterID is the cursor: only devices with a larger ID are
 	// returned, ordered by ID.
@@ -92,8 +95,8 @@ type DeviceRepo interface {
 	// UpdateDevice runs fn on the locked current row and stores the result
 	// with the audit entries fn returns, in the same transaction (fn may
 	// run again: each run returns its own entries). ID, Key,
-	// DeviceModelID and Reported changes are ignored (ReportState writes
-	// the report).
+	// DeviceModelID, Reported and AssignedFirmwareID changes are ignored
+	// (ReportState writes the report, AssignFirmware the assignment).
 	UpdateDevice(ctx context.Context, id int64, fn func(*model.Device) ([]model.AuditEntry, error)) (model.Device, error)
 	// DeleteDevice removes the device and appends audit, in one
 	// transaction.
@@ -112,6 +115,12 @@ type DeviceRepo interface {
 	// alone: a report is not a change of the device. An unknown device is
 	// model.ErrNotFound.
 	ReportState(ctx context.Context, id int64, report model.StateReport, audit func(previous *model.StateReport) []model.AuditEntry) error
+	// AssignFirmware sets the assigned firmware (SPEC §16) of those of the
+	// devices whose model is the firmware's to firmwareID, or clears it
+	// when firmwareID is nil, and returns how many devices it changed.
+	// updated_at is left alone (an assignment is no admin change of the
+	// device). Unknown ids are skipped.
+	AssignFirmware(ctx context.Context, deviceIDs []int64, firmwareID *int64) (int, error)
 
 	RotationQueue
 	FleetStats
@@ -221,19 +230,64 @@ type Lease interface {
 	Holder(ctx context.Context) (string, error)
 }
 
-// FirmwareRepo records firmware uploads.
+// FirmwareRepo records firmware uploads and which of them is released
+// (SPEC §16). An upload is released when its ReleasedAt is set; the
+// model's released firmware is its upload with the latest ReleasedAt (ties
+// by ID), and device_models.firmware_version is that upload's version.
+// Uploads are never deleted but with their model.
 type FirmwareRepo interface {
-	// RecordFirmware stores f as the model's current firmware and sets the
-	// model's FirmwareVersion, atomically. Sets f.ID.
+	// RecordFirmware appends f to the model's history, atomically with
+	// its check: released when f.ReleasedAt is set (the repository stores
+	// its own release time, later than every earlier release of the
+	// model, in f.ReleasedAt, and sets the model's FirmwareVersion),
+	// stored only when it is nil. Sets f.ID.
 	// check, when not nil, runs first in the same transaction with the
-	// model locked, given the model's current firmware (nil when none); its error aborts
-	// the recording and is returned as it is, and the audit entries it
-	// returns are appended with the recording.
-	RecordFirmware(ctx context.Context, f *model.Firmware, check func(current *model.Firmware) ([]model.AuditEntry, error)) error
-	// CurrentFirmware is the newest upload of the model, or ErrNotFound.
-	CurrentFirmware(ctx context.Context, modelID int64) (model.Firmware, error)
+	// model locked, given the model's released and newest uploads; its
+	// error aborts the recording and is returned as it is, the audit
+	// entries it returns are appended with the recording, and it may set
+	// or clear f.ReleasedAt (and nothing else of f) to decide.
+	RecordFirmware(ctx context.Context, f *model.Firmware, check func(cur FirmwareHeads) ([]model.AuditEntry, error)) error
+	// ReleasedFirmware is the model's released firmware, or ErrNotFound
+	// (none released, or no such model).
+	ReleasedFirmware(ctx context.Context, modelID int64) (model.Firmware, error)
+	// FirmwareBySHA256 is the model's upload of that image (the newest
+	// when it was uploaded more than once), or ErrNotFound.
+	FirmwareBySHA256(ctx context.Context, modelID int64, sha256 string) (model.Firmware, error)
+	// ReleaseFirmware makes the model's upload sha256 (FirmwareBySHA256's)
+	// its released firmware, with the model locked: ReleasedAt = now
+	// (later than every earlier release), the model's FirmwareVersion =
+	// its version. When it is the released one already nothing changes.
+	// audit is given the upload (as it is after the call) and whether it
+	// was released already, and its entries are appended in the same
+	// transaction. It returns the upload and whether anything changed;
+	// ErrNotFound for an unknown model or sha256.
+	ReleaseFirmware(ctx context.Context, modelID int64, sha256 string, audit func(f model.Firmware, alreadyReleased bool) []model.AuditEntry) (model.Firmware, bool, error)
+	// EffectiveFirmware is a device's effective firmware (SPEC §16) in one
+	// lookup: the upload assignedID of model modelID when assignedID is
+	// set (and is that model's), else the model's released firmware;
+	// ErrNotFound when there is neither.
+	EffectiveFirmware(ctx context.Context, modelID int64, assignedID *int64) (model.Firmware, error)
 	// ListFirmware is the model's upload history, newest first.
 	ListFirmware(ctx context.Context, modelID int64) ([]model.Firmware, error)
+}
+
+// FirmwareHeads are what RecordFirmware's check compares an upload with:
+// the model's released firmware and its newest upload (nil when none).
+type FirmwareHeads struct {
+	Released *model.Firmware
+	Newest   *model.Firmware
+}
+
+// ReleaseGate can hold an upload back from release (SPEC §16: while a model
+// has a running or paused campaign an upload is stored, not released). The
+// upload use case asks it inside RecordFirmware's check, with the model
+// row locked: whatever takes that lock to start holding releases (a
+// campaign's creation) is serialised with the upload.
+type ReleaseGate interface {
+	// HoldRelease returns why an upload to the model is stored and not
+	// released now ("" to release it); the reason becomes one of the
+	// upload's warnings.
+	HoldRelease(ctx context.Context, modelID int64) (reason string, err error)
 }
 
 // Blob is an opened stored blob (BlobStore.OpenBlob).

@@ -43,7 +43,7 @@ type batchDTO struct {
 
 type batchDeviceDTO struct {
 	Config json.RawMessage `json:"config" oas:"required,ref=Config" desc:"checked against the model's config_schema"`
-	Tags   []string        `json:"tags" desc:"the device's tags (SPEC §16); this server refuses any until devices carry tags"`
+	Tags   []string        `json:"tags" oas:"use=tags"`
 }
 
 func init() {

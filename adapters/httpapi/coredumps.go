@@ -237,5 +237,17 @@ func (s *Server) uploadELF(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(toFirmwareDTO(f))
+	return c.JSON(toFirmwareDTO(f, s.isReleased(c, f)))
+}
+
+// isReleased reports whether f is its model's released firmware, for an
+// answer that shows one upload (false when the history cannot be read: the
+// call itself succeeded).
+func (s *Server) isReleased(c *fiber.Ctx, f model.Firmware) bool {
+	hist, err := s.firmware.ListFirmware(c.UserContext(), f.DeviceModelID)
+	if err != nil {
+		return false
+	}
+	rel, ok := model.ReleasedIn(hist)
+	return ok && rel.ID == f.ID
 }

@@ -134,6 +134,7 @@ type deviceDTO struct {
 	LastRotationAttemptAt   *string         `json:"last_rotation_attempt_at" oas:"use=optDateTime"`
 	LastRotationCompletedAt *string         `json:"last_rotation_completed_at" oas:"use=optDateTime"`
 	LastSeenAt              *string         `json:"last_seen_at" oas:"use=optDateTime" desc:"RFC 3339, UTC: the device's last token-authenticated call or state report (written at most once a minute); null when never"`
+	Tags                    []string        `json:"tags" oas:"use=tags"`
 	Reported                *reportedDTO    `json:"reported" desc:"the device's latest state report (POST /iot/state), the members it sent; null before the first"`
 	ReportedAt              *string         `json:"reported_at" oas:"use=optDateTime" desc:"RFC 3339, UTC: when espmdm received the latest state report; null before the first"`
 	CreatedAt               string          `json:"created_at" oas:"use=dateTime"`
@@ -157,6 +158,7 @@ func toDeviceDTO(d model.Device) deviceDTO {
 		LastRotationAttemptAt:   optTimestamp(d.LastRotationAttemptAt),
 		LastRotationCompletedAt: optTimestamp(d.LastRotationCompletedAt),
 		LastSeenAt:              optTimestamp(d.LastSeenAt),
+		Tags:                    tagsOrEmpty(d.Tags),
 		Reported:                toReportedDTO(d.Reported),
 		ReportedAt:              reportedAt(d),
 		CreatedAt:               timestamp(d.CreatedAt),
@@ -174,6 +176,7 @@ type createDeviceDTO struct {
 	DeviceModelID json.RawMessage `json:"device_model_id" oas:"required,type=integer,format=int64,minimum=1" desc:"an existing device model; one that does not exist is a 409 naming this field"`
 	Config        json.RawMessage `json:"config" oas:"required,use=checkedConfig"`
 	Active        json.RawMessage `json:"active" oas:"type=boolean,default=true"`
+	Tags          json.RawMessage `json:"tags" oas:"use=tags,default=[]"`
 }
 
 func fromCreateDeviceDTO(in createDeviceDTO) (ports.NewDevice, error) {
@@ -191,7 +194,39 @@ func fromCreateDeviceDTO(in createDeviceDTO) (ports.NewDevice, error) {
 	if err != nil {
 		return ports.NewDevice{}, err
 	}
-	return ports.NewDevice{DeviceModelID: id, Config: in.Config, Active: active}, nil
+	tags, err := optTags("tags", in.Tags)
+	if err != nil {
+		return ports.NewDevice{}, err
+	}
+	out := ports.NewDevice{DeviceModelID: id, Config: in.Config, Active: active}
+	if tags != nil {
+		out.Tags = *tags
+	}
+	return out, nil
+}
+
+// optTags decodes an optional array of tags (checked by the use case);
+// null and anything but an array of strings are refused.
+func optTags(field string, raw json.RawMessage) (*[]string, error) {
+	if raw == nil {
+		return nil, nil
+	}
+	var tags []string
+	if isJSONNull(raw) || json.Unmarshal(raw, &tags) != nil {
+		return nil, model.Invalid(field, "must be an array of strings")
+	}
+	if tags == nil {
+		tags = []string{}
+	}
+	return &tags, nil
+}
+
+// tagsOrEmpty is tags, or an empty array for nil.
+func tagsOrEmpty(tags []string) []string {
+	if tags == nil {
+		return []string{}
+	}
+	return tags
 }
 
 // jsonID reads a JSON number that is an id: an integer from 1 up to the
@@ -231,6 +266,7 @@ func intText(s string) (int64, bool) {
 type updateDeviceDTO struct {
 	Config json.RawMessage `json:"config" oas:"use=checkedConfig"`
 	Active json.RawMessage `json:"active" oas:"type=boolean"`
+	Tags   json.RawMessage `json:"tags" oas:"use=tags" desc:"the device's new tags, replacing the old ones ([] removes them all); absent leaves them"`
 }
 
 func fromUpdateDeviceDTO(in updateDeviceDTO) (ports.DeviceUpdate, error) {
@@ -246,6 +282,9 @@ func fromUpdateDeviceDTO(in updateDeviceDTO) (ports.DeviceUpdate, error) {
 		return out, err
 	}
 	out.Active = active
+	if out.Tags, err = optTags("tags", in.Tags); err != nil {
+		return out, err
+	}
 	return out, nil
 }
 
@@ -275,11 +314,13 @@ type firmwareDTO struct {
 	ELFSHA256     *string `json:"elf_sha256" pattern:"^[0-9a-f]{64}$" desc:"the app descriptor's app_elf_sha256: the ELF the image was built from; null when the image does not name one (or was recorded before it was kept)"`
 	HasELF        bool    `json:"has_elf" desc:"that ELF is stored: core dumps of this firmware can be analysed"`
 	UploadedAt    string  `json:"uploaded_at" oas:"use=dateTime"`
+	Released      bool    `json:"released" desc:"this upload is the model's released firmware: the one its devices are offered unless a campaign assigned them another"`
+	ReleasedAt    *string `json:"released_at" oas:"use=optDateTime" desc:"RFC 3339, UTC: when this upload was last released; null for an upload only stored (never released)"`
 }
 
 type firmwareUploadDTO struct {
 	firmwareDTO
-	Warnings []string `json:"warnings" desc:"where the upload goes backwards against the firmware it replaced (a forced lower secure_version, a lower version); empty otherwise"`
+	Warnings []string `json:"warnings" desc:"where the upload goes backwards against the released firmware (a forced lower secure_version, a lower version), and why an upload meant for release was only stored; empty otherwise"`
 }
 
 func toFirmwareUploadDTO(u model.FirmwareUpload) firmwareUploadDTO {
@@ -287,10 +328,22 @@ func toFirmwareUploadDTO(u model.FirmwareUpload) firmwareUploadDTO {
 	if w == nil {
 		w = []string{}
 	}
-	return firmwareUploadDTO{firmwareDTO: toFirmwareDTO(u.Firmware), Warnings: w}
+	return firmwareUploadDTO{firmwareDTO: toFirmwareDTO(u.Firmware, u.Released), Warnings: w}
 }
 
-func toFirmwareDTO(f model.Firmware) firmwareDTO {
+// toFirmwareListDTO is a model's history, its released upload marked.
+func toFirmwareListDTO(fws []model.Firmware) firmwareListDTO {
+	rel, ok := model.ReleasedIn(fws)
+	out := firmwareListDTO{Versions: make([]firmwareDTO, len(fws))}
+	for i, f := range fws {
+		out.Versions[i] = toFirmwareDTO(f, ok && f.ID == rel.ID)
+	}
+	return out
+}
+
+// toFirmwareDTO is an upload; released says whether it is the model's
+// released firmware.
+func toFirmwareDTO(f model.Firmware, released bool) firmwareDTO {
 	return firmwareDTO{
 		ID:            f.ID,
 		DeviceModelID: f.DeviceModelID,
@@ -305,6 +358,8 @@ func toFirmwareDTO(f model.Firmware) firmwareDTO {
 		ELFSHA256:     optString(f.ELFSHA256),
 		HasELF:        f.HasELF,
 		UploadedAt:    timestamp(f.UploadedAt),
+		Released:      released,
+		ReleasedAt:    optTimestamp(f.ReleasedAt),
 	}
 }
 

@@ -125,6 +125,8 @@ func (f *fakeCatalog) addFirmware(modelID int64, version string, data []byte) mo
 		Chip: "esp32s3", ChipID: 9, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(data)),
 		UploadedAt: testEpoch.Add(2 * time.Hour),
 	}
+	at := fw.UploadedAt.Add(time.Duration(fw.ID) * time.Second) // later releases are later
+	fw.ReleasedAt = &at
 	f.firmware[modelID] = append(f.firmware[modelID], storedFirmware{fw, bytes.Clone(data)})
 	m := f.models[modelID]
 	m.FirmwareVersion = version
@@ -238,7 +240,47 @@ func (f *fakeCatalog) UploadFirmware(ctx context.Context, modelID int64, data []
 	if !bytes.HasPrefix(data, []byte{0xE9}) {
 		return model.FirmwareUpload{}, model.Invalid("firmware", "bad magic byte 0x%02x at offset 0 (want 0xe9)", firstByte(data))
 	}
-	return model.FirmwareUpload{Firmware: f.addFirmware(modelID, "1.0.0", data)}, nil
+	fw := f.addFirmware(modelID, "1.0.0", data)
+	if opts.Store {
+		f.mu.Lock()
+		fws := f.firmware[modelID]
+		fws[len(fws)-1].meta.ReleasedAt = nil
+		fw = fws[len(fws)-1].meta
+		f.mu.Unlock()
+	}
+	return model.FirmwareUpload{Firmware: fw, Released: !opts.Store}, nil
+}
+
+func (f *fakeCatalog) ReleaseFirmware(ctx context.Context, modelID int64, sha256 string) (model.Firmware, bool, error) {
+	if err := f.enter(ctx, "ReleaseFirmware"); err != nil {
+		return model.Firmware{}, false, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.models[modelID]; !ok {
+		return model.Firmware{}, false, model.ErrNotFound
+	}
+	fws := f.firmware[modelID]
+	var metas []model.Firmware
+	for _, s := range fws {
+		metas = append(metas, s.meta)
+	}
+	rel, released := model.ReleasedIn(metas)
+	for i := len(fws) - 1; i >= 0; i-- {
+		if fws[i].meta.SHA256 != sha256 {
+			continue
+		}
+		if released && rel.ID == fws[i].meta.ID {
+			return fws[i].meta, false, nil
+		}
+		at := testEpoch.Add(24 * time.Hour)
+		if released {
+			at = rel.ReleasedAt.Add(time.Second)
+		}
+		fws[i].meta.ReleasedAt = &at
+		return fws[i].meta, true, nil
+	}
+	return model.Firmware{}, false, fmt.Errorf("firmware %s: %w", sha256, model.ErrNotFound)
 }
 
 func firstByte(b []byte) byte {
@@ -308,6 +350,7 @@ func (f *fakeCatalog) CreateDevice(ctx context.Context, in ports.NewDevice) (mod
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	d.Config = in.Config
+	d.Tags = in.Tags
 	d.SecretCreatedAt, d.LastSeenAt = nil, nil
 	f.devices[d.ID] = d
 	return d, nil
@@ -371,6 +414,9 @@ func (f *fakeCatalog) UpdateDevice(ctx context.Context, id int64, in ports.Devic
 	}
 	if in.Active != nil {
 		d.Active = *in.Active
+	}
+	if in.Tags != nil {
+		d.Tags = *in.Tags
 	}
 	f.devices[id] = d
 	return d, nil

@@ -65,7 +65,7 @@ func (s *Server) uploadFirmware(c *fiber.Ctx) error {
 	if err := requireIdentityEncoding(c); err != nil {
 		return err
 	}
-	force, err := forceQuery(c)
+	opts, err := uploadOptions(c)
 	if err != nil {
 		return err
 	}
@@ -78,9 +78,9 @@ func (s *Server) uploadFirmware(c *fiber.Ctx) error {
 		if s.coredumps == nil {
 			return errNoCoredumps
 		}
-		up, err = s.coredumps.UploadFirmwareWithELF(c.UserContext(), id, data, model.UploadOptions{Force: force}, elf)
+		up, err = s.coredumps.UploadFirmwareWithELF(c.UserContext(), id, data, opts, elf)
 	} else {
-		up, err = s.firmware.UploadFirmware(c.UserContext(), id, data, model.UploadOptions{Force: force})
+		up, err = s.firmware.UploadFirmware(c.UserContext(), id, data, opts)
 	}
 	if err != nil {
 		return err
@@ -95,13 +95,52 @@ func (s *Server) uploadFirmware(c *fiber.Ctx) error {
 
 // forceQuery reads the optional force=true|false query parameter.
 func forceQuery(c *fiber.Ctx) (bool, error) {
-	switch c.Query("force") {
-	case "", "false":
+	return boolQuery(c, "force", false)
+}
+
+// boolQuery reads an optional name=true|false query parameter.
+func boolQuery(c *fiber.Ctx, name string, def bool) (bool, error) {
+	switch c.Query(name) {
+	case "":
+		return def, nil
+	case "false":
 		return false, nil
 	case "true":
 		return true, nil
 	}
-	return false, model.Invalid("force", "must be true or false")
+	return false, model.Invalid(name, "must be true or false")
+}
+
+// uploadOptions reads a firmware upload's force= and release= (default
+// true; false only stores the upload).
+func uploadOptions(c *fiber.Ctx) (model.UploadOptions, error) {
+	force, err := forceQuery(c)
+	if err != nil {
+		return model.UploadOptions{}, err
+	}
+	release, err := boolQuery(c, "release", true)
+	if err != nil {
+		return model.UploadOptions{}, err
+	}
+	return model.UploadOptions{Force: force, Store: !release}, nil
+}
+
+// releaseFirmware releases the model's upload {sha256}: 200 with it, also
+// when it was released already (nothing changed).
+func (s *Server) releaseFirmware(c *fiber.Ctx) error {
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	sum := c.Params("sha256")
+	if !sha256Path.MatchString(sum) {
+		return model.Invalid("sha256", "must be the upload's SHA-256 as 64 lower-case hex digits")
+	}
+	f, _, err := s.firmware.ReleaseFirmware(c.UserContext(), id, sum)
+	if err != nil {
+		return err
+	}
+	return c.JSON(toFirmwareDTO(f, true))
 }
 
 // firmwareBody is an upload's image and, in a multipart form, the ELF that
@@ -141,9 +180,7 @@ func (s *Server) downloadFirmware(c *fiber.Ctx) error {
 }
 
 func (s *Server) listFirmware(c *fiber.Ctx) error {
-	return respondTo(c, pathID, s.firmware.ListFirmware, func(fws []model.Firmware) firmwareListDTO {
-		return firmwareListDTO{Versions: listOf(fws, toFirmwareDTO)}
-	})
+	return respondTo(c, pathID, s.firmware.ListFirmware, toFirmwareListDTO)
 }
 
 func (s *Server) listDevices(c *fiber.Ctx) error {
@@ -173,7 +210,8 @@ func pageQuery(c *fiber.Ctx) (limit int, after int64, err error) {
 }
 
 // deviceFilter parses the device list query: limit, cursor, model_id,
-// rotation_state, active, firmware_version (the reported one), seen_before. Unknown parameters are ignored; invalid values
+// rotation_state, active, firmware_version (the reported one), seen_before,
+// tag (repeatable: every one). Unknown parameters are ignored; invalid values
 // of known ones are a 400.
 func deviceFilter(c *fiber.Ctx) (ports.DeviceFilter, error) {
 	f := ports.DeviceFilter{Limit: ports.DefaultPageSize}
@@ -219,6 +257,14 @@ func deviceFilter(c *fiber.Ctx) (ports.DeviceFilter, error) {
 			return f, model.Invalid("seen_before", "must be an RFC 3339 time such as 2025-06-01T00:00:00Z")
 		}
 		f.SeenBefore = &t
+	}
+	for _, v := range c.Context().QueryArgs().PeekMulti("tag") {
+		f.Tags = append(f.Tags, string(v)) // copied: fasthttp reuses the bytes
+	}
+	if len(f.Tags) > 0 {
+		if _, err := model.CheckTags("tag", f.Tags); err != nil {
+			return f, err
+		}
 	}
 	return f, nil
 }

@@ -121,6 +121,13 @@ func firmwareDownload(summary string) obj {
 	}
 }
 
+var (
+	forceUploadParam = obj{"name": "force", "in": "query", "schema": obj{"type": "boolean", "default": false},
+		"description": "accept an image whose secure_version is lower than the released firmware's"}
+	releaseParam = obj{"name": "release", "in": "query", "schema": obj{"type": "boolean", "default": true},
+		"description": "false: only store the upload (history and binary; no device is offered it or told)"}
+)
+
 var firmwareDownloadParams = []obj{
 	{"name": "Range", "in": "header", "schema": obj{"type": "string"}, "description": "bytes=first-last, bytes=first- or bytes=-suffix: " +
 		"one range, answered 206; a Range that is not honoured (several ranges, malformed, past the end of the file, or a stale If-Range) " +
@@ -167,17 +174,20 @@ func operations() []operation {
 			summary: "Delete a device model (409 while devices use it)", params: withID,
 			responses: obj{"204": obj{"description": "deleted"}}, errorCodes: []int{400, 404, 409}},
 		{method: "POST", path: "/api/device-models/{id}/firmware", id: "uploadFirmware", tag: "firmware", auth: "write",
-			summary: "Upload an ESP32 application image as the model's current firmware",
+			summary: "Upload an ESP32 application image: released to the model's devices at once, or only stored (release=false)",
 			description: "The image is the raw body (application/octet-stream) or the multipart/form-data field \"file\". It is parsed and validated; the response is its metadata. " +
-				"The model's current image again changes nothing (200, the existing record, no notification). An image whose secure_version is lower " +
-				"than the current firmware's is refused (409) unless force=true, since devices with anti-rollback would refuse it; " +
-				"warnings say where an accepted upload goes backwards. " +
+				"By default the upload becomes the model's released firmware and its devices are told; with release=false it is only stored " +
+				"(history and binary, released later with POST .../firmware/{sha256}/release or staged by a campaign), and an upload may be " +
+				"stored instead of released for another reason, which its warnings say. " +
+				"The model's released image again (or, with release=false, its released or newest image) changes nothing (200, the existing record, no notification). " +
+				"The image must be for the chip of the model's released firmware (of its newest upload when none is released). An image whose secure_version is lower " +
+				"than the released firmware's is refused (409) unless force=true, since devices with anti-rollback would refuse it; " +
+				"warnings say where an accepted upload goes backwards against the released firmware. " +
 				"No schema can say which bytes are an ESP32 application image: validity depends on the content as a whole (magic, " +
 				"segment headers and lengths, the checksum over the segments, the SHA-256 appended over everything before it, the " +
 				"app descriptor inside the first segment), so the body is declared as any binary, and one that is not a valid image " +
 				"is a 400 saying what is wrong.",
-			params: []obj{idParam, {"name": "force", "in": "query", "schema": obj{"type": "boolean", "default": false},
-				"description": "accept an image whose secure_version is lower than the current firmware's"}},
+			params: []obj{idParam, forceUploadParam, releaseParam},
 			body: obj{
 				"application/octet-stream": obj{"schema": obj{"type": "string", "format": "binary"}},
 				"multipart/form-data": obj{"schema": obj{
@@ -190,15 +200,25 @@ func operations() []operation {
 				}},
 			},
 			responses: obj{
-				"201": withLocation(jsonResponse("stored and devices told; Location is the download URL", refTo[firmwareUploadDTO]())),
-				"200": jsonResponse("the image is the current firmware already: its record, nothing changed", refTo[firmwareUploadDTO]()),
+				"201": withLocation(jsonResponse("recorded: released (devices told) or stored, as released says; Location is the download URL of the released firmware", refTo[firmwareUploadDTO]())),
+				"200": jsonResponse("the image changes nothing (the released one already, or stored again): its record", refTo[firmwareUploadDTO]()),
 			},
 			errorCodes: []int{400, 404, 409, 413, 415}},
+		{method: "POST", path: "/api/device-models/{id}/firmware/{sha256}/release", id: "releaseFirmware", tag: "firmware", auth: "write",
+			summary: "Release a stored upload, or an earlier one again (a rollback)",
+			description: "Makes the model's upload with this SHA-256 its released firmware: the model's firmware_version follows it, " +
+				"the release is audited (firmware_released) and the model's devices are told. The released one already changes nothing (200, no audit). " +
+				"No chip or secure_version check is made: the upload passed them when it was recorded, and an older secure_version is the admin's choice " +
+				"(anti-rollback devices refuse it; the audit entry says so). While the model has a running or paused campaign this is a 409: " +
+				"its devices change firmware only through the campaign.",
+			params: []obj{idParam, {"name": "sha256", "in": "path", "required": true, "description": "the upload's SHA-256, as in the firmware history",
+				"schema": obj{"type": "string", "pattern": "^[0-9a-f]{64}$"}}},
+			responses: obj{"200": jsonResponse("the upload, now the released one", refTo[firmwareDTO]())}, errorCodes: []int{400, 404, 409}},
 		{method: "GET", path: "/api/device-models/{id}/firmware", id: "downloadFirmware", tag: "firmware", auth: "read",
-			summary: "Download the model's current firmware", params: append(append([]obj{}, withID...), firmwareDownloadParams...),
+			summary: "Download the model's released firmware", params: append(append([]obj{}, withID...), firmwareDownloadParams...),
 			responses: firmwareDownload("the whole firmware file"), errorCodes: []int{400, 404}},
 		{method: "GET", path: "/api/device-models/{id}/firmware/versions", id: "listFirmwareVersions", tag: "firmware", auth: "read",
-			summary: "Firmware upload history, newest first", params: withID,
+			summary: "Firmware upload history, newest first, with the released one marked", params: withID,
 			responses: obj{"200": jsonResponse("upload history", refTo[firmwareListDTO]())}, errorCodes: []int{400, 404}},
 
 		{method: "GET", path: "/api/devices", id: "listDevices", tag: "devices", auth: "read",
@@ -215,6 +235,9 @@ func operations() []operation {
 					"description": "only devices whose latest state report names this firmware version (exactly)"},
 				{"name": "seen_before", "in": "query", "schema": obj{"type": "string", "format": "date-time"},
 					"description": "only devices not seen since this time (RFC 3339): last seen before it, or never seen"},
+				{"name": "tag", "in": "query", "style": "form", "explode": true,
+					"schema":      obj{"type": "array", "items": tagSchema, "maxItems": model.MaxTags},
+					"description": "only devices carrying this tag; repeat it (tag=a&tag=b) for devices carrying all of them"},
 			},
 			responses: obj{"200": jsonResponse("one page", refTo[deviceListDTO]())}, errorCodes: []int{400}},
 		{method: "POST", path: "/api/devices", id: "createDevice", tag: "devices", auth: "write",
@@ -228,9 +251,10 @@ func operations() []operation {
 			summary: "Get a device", params: withID,
 			responses: obj{"200": jsonResponse("the device", refTo[deviceDTO]())}, errorCodes: []int{400, 404}},
 		{method: "PUT", path: "/api/devices/{id}", id: "updateDevice", tag: "devices", auth: "write",
-			summary: "Change a device's config and active flag (absent members unchanged)", params: withID, body: refTo[updateDeviceDTO](),
-			description: "A config the model's config_schema refuses is a conflict with the current state (409, field config).",
-			responses:   obj{"200": jsonResponse("the updated device", refTo[deviceDTO]())}, errorCodes: []int{400, 404, 409, 413, 415}},
+			summary: "Change a device's config, active flag and tags (absent members unchanged)", params: withID, body: refTo[updateDeviceDTO](),
+			description: "A config the model's config_schema refuses is a conflict with the current state (409, field config). " +
+				"tags, when present, replace the device's tags (an empty array removes them all).",
+			responses: obj{"200": jsonResponse("the updated device", refTo[deviceDTO]())}, errorCodes: []int{400, 404, 409, 413, 415}},
 		{method: "DELETE", path: "/api/devices/{id}", id: "deleteDevice", tag: "devices", auth: "write",
 			summary: "Delete a device, then its identity-provider client", params: withID,
 			responses: obj{"204": obj{"description": "deleted"}}, errorCodes: []int{400, 404}},
@@ -348,11 +372,11 @@ func operations() []operation {
 			summary:   "The calling device's config (completes a pending credential rotation)",
 			responses: obj{"200": jsonResponse("the config object", obj{"type": "object"})}, errorCodes: []int{502}},
 		{method: "GET", path: "/iot/firmware", id: "deviceFirmware", tag: "device API", auth: "device",
-			summary: "The current firmware of the calling device's model", params: firmwareDownloadParams,
+			summary: "The calling device's effective firmware: the one a campaign assigned to it, else its model's released firmware", params: firmwareDownloadParams,
 			responses: firmwareDownload("the whole firmware file"), errorCodes: []int{404, 502}},
 		{method: "GET", path: "/iot/firmware-version", id: "deviceFirmwareVersion", tag: "device API", auth: "device",
 			summary:   "The version and SHA-256 of the firmware GET /iot/firmware serves",
-			responses: obj{"200": jsonResponse("the version and SHA-256, both null when none was uploaded", refTo[firmwareVersionDTO]())}, errorCodes: []int{502}},
+			responses: obj{"200": jsonResponse("the version and SHA-256 of the device's effective firmware, both null when it has none", refTo[firmwareVersionDTO]())}, errorCodes: []int{502}},
 		{method: "GET", path: "/iot/provisioning", id: "deviceProvisioning", tag: "device API", auth: "device",
 			summary: "Rotation fetch: the device's credentials, with the new secret while its rotation is PENDING",
 			description: "The first call of a rotation generates the new secret; later calls return the same one. " +
@@ -520,12 +544,20 @@ func schemaFragments() map[string]obj {
 		"rotationState":  {"enum": rotationStates},
 		"dashboardGroup": {"enum": dashboardGroups()},
 		"auditKind":      {"enum": auditKinds()},
+		"tags":           tagsSchema,
 	}
 	for k, v := range campaignFragments() {
 		frags[k] = v
 	}
 	return frags
 }
+
+// tagSchema is one device tag; tagsSchema a device's tags (SPEC §16).
+var (
+	tagSchema  = obj{"type": "string", "pattern": model.TagPattern.String()}
+	tagsSchema = obj{"type": "array", "items": tagSchema, "maxItems": model.MaxTags,
+		"description": fmt.Sprintf("the device's tags: 0 to %d strings matching %s; kept sorted, a tag given twice kept once", model.MaxTags, model.TagPattern)}
+)
 
 // refTo is the $ref to the component schema of the wire type T.
 func refTo[T any]() obj {

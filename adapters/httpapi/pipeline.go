@@ -95,11 +95,11 @@ func (s *Server) pipelineUpload(c *fiber.Ctx) error {
 	if err := requireIdentityEncoding(c); err != nil {
 		return err
 	}
-	force, err := forceQuery(c)
+	opts, err := uploadOptions(c)
 	if err != nil {
 		return err
 	}
-	up := ports.PipelineUpload{Opts: model.UploadOptions{Force: force}}
+	up := ports.PipelineUpload{Opts: opts}
 	ct := c.Get(fiber.HeaderContentType)
 	mt, params, err := mime.ParseMediaType(ct)
 	if err != nil {
@@ -177,8 +177,8 @@ func (s *Server) imageAndELF(c *fiber.Ctx, boundary string) (image, elf []byte, 
 	}
 }
 
-// pipelineCurrent answers the model's current firmware (null before the
-// first upload).
+// pipelineCurrent answers the model's released firmware (null while none
+// is).
 func (s *Server) pipelineCurrent(c *fiber.Ctx) error {
 	code, err := pathCode(c)
 	if err != nil {
@@ -200,9 +200,9 @@ func (s *Server) pipelineCurrent(c *fiber.Ctx) error {
 // pipelineFirmwareDTO is GET /api/pipeline/models/{code}/firmware.
 type pipelineFirmwareDTO struct {
 	ModelCode       string  `json:"model_code" oas:"use=modelCode"`
-	FirmwareVersion *string `json:"firmware_version" desc:"the current firmware's version; null before the first upload"`
-	SHA256          *string `json:"sha256" pattern:"^[0-9a-f]{64}$" desc:"the current image's SHA-256; null before the first upload"`
-	SecureVersion   *uint32 `json:"secure_version" desc:"the current image's secure_version; null before the first upload"`
+	FirmwareVersion *string `json:"firmware_version" desc:"the released firmware's version; null while none is released"`
+	SHA256          *string `json:"sha256" pattern:"^[0-9a-f]{64}$" desc:"the released image's SHA-256; null while none is released"`
+	SecureVersion   *uint32 `json:"secure_version" desc:"the released image's secure_version; null while none is released"`
 	UploadedAt      *string `json:"uploaded_at" oas:"use=optDateTime"`
 }
 
@@ -221,11 +221,10 @@ func pipelineOperations() []operation {
 		{method: "POST", path: "/api/pipeline/models/{code}/firmware", id: "pipelineUploadFirmware", tag: "pipeline", auth: "pipeline",
 			summary: "CI: upload the model's firmware by the model's code",
 			description: "The same upload as POST /api/device-models/{id}/firmware (validation, idempotency, the secure_version rule, " +
-				"warnings, audit with the pipeline's client as the actor), for tokens holding the pipeline role. The image is the raw " +
+				"release or, with release=false, storage only, warnings, audit with the pipeline's client as the actor), for tokens holding the pipeline role. The image is the raw " +
 				"body (application/octet-stream) or the multipart/form-data field \"file\"; the field \"elf\" carries the application's " +
 				"ELF for core-dump analysis, kept when its SHA-256 is the image's app_elf_sha256 (else 400 naming both, nothing stored).",
-			params: []obj{codeParam, {"name": "force", "in": "query", "schema": obj{"type": "boolean", "default": false},
-				"description": "accept an image whose secure_version is lower than the current firmware's"}},
+			params: []obj{codeParam, forceUploadParam, releaseParam},
 			body: obj{
 				"application/octet-stream": obj{"schema": obj{"type": "string", "format": "binary"}},
 				"multipart/form-data": obj{"schema": obj{
@@ -234,13 +233,13 @@ func pipelineOperations() []operation {
 				}},
 			},
 			responses: obj{
-				"201": withLocation(jsonResponse("stored and devices told", refTo[firmwareUploadDTO]())),
-				"200": jsonResponse("the image is the current firmware already: its record, nothing changed", refTo[firmwareUploadDTO]()),
+				"201": withLocation(jsonResponse("recorded: released (devices told) or stored, as released says", refTo[firmwareUploadDTO]())),
+				"200": jsonResponse("the image changes nothing (the released one already, or stored again): its record", refTo[firmwareUploadDTO]()),
 			},
 			errorCodes: []int{400, 404, 409, 413, 415}},
 		{method: "GET", path: "/api/pipeline/models/{code}/firmware", id: "pipelineCurrentFirmware", tag: "pipeline", auth: "pipeline",
-			summary: "CI: the model's current firmware version", params: []obj{codeParam},
-			responses:  obj{"200": jsonResponse("the current firmware, or null before the first upload", refTo[pipelineFirmwareDTO]())},
+			summary: "CI: the model's released firmware version", params: []obj{codeParam},
+			responses:  obj{"200": jsonResponse("the released firmware, or null while none is released", refTo[pipelineFirmwareDTO]())},
 			errorCodes: []int{400, 404}},
 	}
 }

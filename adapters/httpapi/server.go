@@ -384,6 +384,7 @@ func (s *Server) routes() {
 	a.Post("/api/device-models/:id/firmware", upload, write, s.uploadFirmware)
 	a.Get("/api/device-models/:id/firmware", small, read, s.downloadFirmware)
 	a.Get("/api/device-models/:id/firmware/versions", small, read, s.listFirmware)
+	a.Post("/api/device-models/:id/firmware/:sha256/release", small, write, s.releaseFirmware)
 
 	a.Get("/api/devices", small, read, s.listDevices)
 	a.Post("/api/devices", js, write, s.createDevice)

@@ -24,11 +24,12 @@ const dsErrGroupExists = "Group already exists"
 // (iotsupport/+/rotation, iotsupport/+/config, iotsupport/+/firmware, as a
 // device provisioned before broker accounts needs them: SPEC §19,
 // MQTT_AUTH_GRACE) but not to iotsupport/# or #, and publishes nothing.
-// The plugin of Mosquitto 2.0 does not substitute the client id (%c) in a
-// role's topics (tried: a subscription to the client's own topics is
-// refused), so during the grace a client without an account could read
-// another device's nudges by naming it, as before accounts; the README
-// says so. Without deviceReads, it may do nothing.
+// The plugin of Mosquitto 2.0 does not substitute the client id (%c) nor
+// the username (%u) in a role's topics, in any ACL type (2.0.11, tried: a
+// subscription to the client's own topics is refused, the literal
+// iotsupport/%c/... granted; 2.1 substitutes both), so during the grace
+// a client without an account could read another device's nudges by
+// naming it, as before accounts; the README says so. Without deviceReads, it may do nothing.
 func anonymousACLs(deviceReads bool) []dsACL {
 	acls := []dsACL{
 		{ACLType: "subscribePattern", Topic: "#", Priority: 0, Allow: false},

@@ -168,6 +168,9 @@ func (r *DeviceRepo) ListDevices(ctx context.Context, f ports.DeviceFilter) (por
 	if f.SeenBefore != nil {
 		q = q.Where("(d.last_seen_at IS NULL OR d.last_seen_at < ?)", f.SeenBefore.UTC())
 	}
+	if len(f.Tags) > 0 {
+		q = q.Where("d.tags @> ?", pgdialect.Array(f.Tags)) // devices_tags_idx
+	}
 	if err := q.OrderExpr("d.id ASC").Limit(limit + 1).Scan(ctx); err != nil {
 		return ports.DevicePage{}, translate("list devices", err, fkNone)
 	}
@@ -232,6 +235,32 @@ func (r *DeviceRepo) UpdateDevice(ctx context.Context, id int64, fn func(*model.
 		return model.Device{}, err
 	}
 	return out, nil
+}
+
+// AssignFirmware implements ports.DeviceRepo with one UPDATE, which skips
+// the devices of other models than the firmware's and those assigned it
+// already.
+func (r *DeviceRepo) AssignFirmware(ctx context.Context, deviceIDs []int64, firmwareID *int64) (int, error) {
+	if len(deviceIDs) == 0 {
+		return 0, nil
+	}
+	q := r.db.NewUpdate().Model((*deviceRow)(nil)).Where("d.id = ANY(?)", pgdialect.Array(deviceIDs))
+	if firmwareID == nil {
+		q = q.Set("assigned_firmware_id = NULL").Where("d.assigned_firmware_id IS NOT NULL")
+	} else {
+		q = q.Set("assigned_firmware_id = ?", *firmwareID).
+			Where("d.device_model_id = (SELECT f.device_model_id FROM firmware AS f WHERE f.id = ?)", *firmwareID).
+			Where("d.assigned_firmware_id IS DISTINCT FROM ?", *firmwareID)
+	}
+	res, err := q.Exec(ctx)
+	if err != nil {
+		return 0, translate("assign firmware", err, fkNone)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, translate("assign firmware", err, fkNone)
+	}
+	return int(n), nil
 }
 
 // DeleteDevice implements ports.DeviceRepo.

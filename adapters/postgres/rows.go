@@ -52,6 +52,10 @@ type deviceRow struct {
 	// ReportState writes them.
 	Reported   *reportDoc `bun:"reported,type:jsonb"`
 	ReportedAt *time.Time `bun:"reported_at"`
+	// Tags is never NULL (an empty array when none); AssignedFirmwareID
+	// only AssignFirmware writes.
+	Tags               []string `bun:"tags,array,notnull"`
+	AssignedFirmwareID *int64   `bun:"assigned_firmware_id"`
 
 	CreatedAt time.Time `bun:"created_at,notnull,nullzero,default:now()"`
 	UpdatedAt time.Time `bun:"updated_at,notnull,nullzero,default:now()"`
@@ -81,7 +85,7 @@ type otaDoc struct {
 // deviceSelectColumns are the devices columns of a deviceRow, in order
 // (not the model code, which is in device_models).
 var deviceSelectColumns = append(append([]string{"id", "key", "device_model_id"}, deviceMutableColumns...),
-	"reported", "reported_at", "created_at", "updated_at")
+	"reported", "reported_at", "assigned_firmware_id", "created_at", "updated_at")
 
 // deviceMutableColumns are the columns UpdateDevice writes: everything but
 // id, key, device_model_id and created_at (updated_at is set separately).
@@ -90,7 +94,7 @@ var deviceMutableColumns = []string{
 	"secret_created_at", "last_rotation_attempt_at", "last_rotation_fetch_at", "last_rotation_renudge_at",
 	"last_rotation_completed_at",
 	"last_seen_at", "new_secret_at", "new_secret_iat_after", "previous_secret", "secret_sha256",
-	"mqtt_password",
+	"mqtt_password", "tags",
 }
 
 type firmwareRow struct {
@@ -110,6 +114,8 @@ type firmwareRow struct {
 	ELFSHA256  *string   `bun:"elf_sha256"`
 	HasELF     bool      `bun:"has_elf,notnull"`
 	UploadedAt time.Time `bun:"uploaded_at,notnull,nullzero,default:now()"`
+	// ReleasedAt is NULL for an upload stored only (SPEC §16).
+	ReleasedAt *time.Time `bun:"released_at"`
 }
 
 func modelToRow(m *model.DeviceModel) modelRow {
@@ -165,6 +171,8 @@ func deviceToRow(d *model.Device) deviceRow {
 		MQTTPassword:            bytesOrNil(d.MQTTPassword),
 		Reported:                reportToDoc(d.Reported),
 		ReportedAt:              reportedAt(d.Reported),
+		Tags:                    tagsOrEmpty(d.Tags),
+		AssignedFirmwareID:      d.AssignedFirmwareID,
 		CreatedAt:               utc(d.CreatedAt),
 		UpdatedAt:               utc(d.UpdatedAt),
 	}
@@ -191,6 +199,8 @@ func deviceFromRow(r *deviceRow) model.Device {
 		SecretSHA256:            stringOrEmpty(r.SecretSHA256),
 		MQTTPassword:            bytesOrNil(r.MQTTPassword),
 		Reported:                reportFromDoc(r.Reported, r.ReportedAt),
+		Tags:                    tagsOrEmpty(r.Tags),
+		AssignedFirmwareID:      r.AssignedFirmwareID,
 		CreatedAt:               utc(r.CreatedAt),
 		UpdatedAt:               utc(r.UpdatedAt),
 	}
@@ -266,6 +276,7 @@ func firmwareToRow(f *model.Firmware) firmwareRow {
 		ELFSHA256:     stringOrNil(f.ELFSHA256),
 		HasELF:        f.HasELF,
 		UploadedAt:    utc(f.UploadedAt),
+		ReleasedAt:    utcPtr(f.ReleasedAt),
 	}
 }
 
@@ -284,6 +295,7 @@ func firmwareFromRow(r *firmwareRow) model.Firmware {
 		ELFSHA256:     deref(r.ELFSHA256),
 		HasELF:        r.HasELF,
 		UploadedAt:    utc(r.UploadedAt),
+		ReleasedAt:    utcPtr(r.ReleasedAt),
 	}
 }
 
@@ -339,4 +351,12 @@ func deref(s *string) string {
 		return ""
 	}
 	return *s
+}
+
+// tagsOrEmpty is tags, or an empty set for nil (the column is NOT NULL).
+func tagsOrEmpty(tags []string) []string {
+	if tags == nil {
+		return []string{}
+	}
+	return tags
 }

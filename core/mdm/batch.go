@@ -28,11 +28,12 @@ func (s *Service) CheckDeviceBatch(ctx context.Context, in ports.NewDeviceBatch)
 	return err
 }
 
-// checkBatch validates in and returns the model and the normalised configs.
+// checkBatch validates in and returns the model and the devices to make
+// (normalised configs, tags sorted without duplicates).
 // Every refusal is a *model.ValidationError: the batch as a whole is bad
 // input (a config the schema refuses included, unlike CreateDevice's 409,
 // since nothing of the batch exists yet to conflict with).
-func (s *Service) checkBatch(ctx context.Context, in ports.NewDeviceBatch) (model.DeviceModel, [][]byte, error) {
+func (s *Service) checkBatch(ctx context.Context, in ports.NewDeviceBatch) (model.DeviceModel, []newDevice, error) {
 	n := len(in.Devices)
 	if n < ports.MinBatchDevices || n > ports.MaxBatchDevices {
 		return model.DeviceModel{}, nil, model.Invalid("count", "must be from %d to %d devices, got %d",
@@ -52,12 +53,12 @@ func (s *Service) checkBatch(ctx context.Context, in ports.NewDeviceBatch) (mode
 	if err := s.checkBatchSize(m, in.Size); err != nil {
 		return model.DeviceModel{}, nil, err
 	}
-	configs := make([][]byte, n)
+	configs := make([]newDevice, n)
 	for i, d := range in.Devices {
 		field := fmt.Sprintf("devices[%d]", i)
-		if len(d.Tags) > 0 {
-			return model.DeviceModel{}, nil, model.Invalid(field+".tags",
-				"device tags are not supported by this server yet (they come with firmware campaigns, SPEC §16)")
+		tags, err := model.CheckTags(field+".tags", d.Tags)
+		if err != nil {
+			return model.DeviceModel{}, nil, err
 		}
 		config, err := normalizeConfig(d.Config)
 		if err == nil {
@@ -66,7 +67,7 @@ func (s *Service) checkBatch(ctx context.Context, in ports.NewDeviceBatch) (mode
 		if err != nil {
 			return model.DeviceModel{}, nil, asBatchInput(field, err)
 		}
-		configs[i] = config
+		configs[i] = newDevice{config: config, active: true, tags: tags}
 	}
 	return m, configs, nil
 }
@@ -158,9 +159,9 @@ func (s *Service) CreateDeviceBatch(ctx context.Context, in ports.NewDeviceBatch
 // partition is encoded before the row is inserted, and its audit entry
 // (handed out) is written in the row's transaction with device_created, so
 // that a device exists exactly when its partition does.
-func (s *Service) createBatchDevice(ctx context.Context, m model.DeviceModel, config []byte, size int) (model.Device, []byte, error) {
+func (s *Service) createBatchDevice(ctx context.Context, m model.DeviceModel, nd newDevice, size int) (model.Device, []byte, error) {
 	var img []byte
-	d, _, err := s.createDevice(ctx, m, config, true, func(d model.Device, secret string) ([]model.AuditEntry, error) {
+	d, _, err := s.createDevice(ctx, m, nd, func(d model.Device, secret string) ([]model.AuditEntry, error) {
 		var err error
 		if img, err = s.batchNVS(d, secret, size); err != nil {
 			return nil, err

@@ -47,7 +47,7 @@ func TestDeviceBatchValidation(t *testing.T) {
 	notObject := batchOf(m.ID, 2, `{"interval":5}`, mdm.DefaultNVSSize)
 	notObject.Devices[1].Config = json.RawMessage(`[1]`)
 	tagged := batchOf(m.ID, 1, `{"interval":5}`, mdm.DefaultNVSSize)
-	tagged.Devices[0].Tags = []string{"hall"}
+	tagged.Devices[0].Tags = []string{"Hall"}
 	unknown := one
 	unknown.DeviceModelID = m.ID + 100
 	for _, c := range []struct {

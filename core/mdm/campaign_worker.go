@@ -169,13 +169,19 @@ func (s *Service) startWave(ctx context.Context, c model.Campaign, w int, rep *C
 // two releases again, which changes nothing, before completing).
 func (s *Service) completeCampaign(ctx context.Context, c model.Campaign) error {
 	if c.ReleaseOnComplete {
-		if s.d.Releaser == nil {
-			return fmt.Errorf("release on complete: no firmware releaser configured: %w", model.ErrUnavailable)
-		}
-		if err := s.d.Releaser.ReleaseFirmware(ctx, c.DeviceModelID, c.FirmwareSHA256, nil); err != nil {
+		_, changed, err := s.d.Firmware.ReleaseFirmware(ctx, c.DeviceModelID, c.FirmwareSHA256, func(f model.Firmware, already bool) []model.AuditEntry {
+			if already {
+				return nil
+			}
+			e := s.entry(ctx, model.AuditFirmwareReleased, fmt.Sprintf("version %q, sha256 %s, released by campaign %d (release_on_complete)",
+				f.Version, f.SHA256, c.ID))
+			e.ModelID = c.DeviceModelID
+			return s.audited(e)
+		})
+		if err != nil {
 			return fmt.Errorf("release firmware %s: %w", c.FirmwareVersion, err)
 		}
-		if m, err := s.d.Models.GetModel(ctx, c.DeviceModelID); err == nil {
+		if m, err := s.d.Models.GetModel(ctx, c.DeviceModelID); err == nil && changed {
 			s.report(ctx, "notify firmware released", s.d.Notifier.FirmwareReleased(ctx, m.Code, c.FirmwareVersion))
 		}
 	}
@@ -262,7 +268,7 @@ func (s *Service) drainNudges(ctx context.Context, c model.Campaign) int {
 // releasedFirmware is the model's released firmware: what a device
 // without an assignment is offered.
 func (s *Service) releasedFirmware(ctx context.Context, modelID int64) (model.Firmware, error) {
-	f, err := s.d.Firmware.CurrentFirmware(ctx, modelID)
+	f, err := s.d.Firmware.ReleasedFirmware(ctx, modelID)
 	if err != nil {
 		return model.Firmware{}, fmt.Errorf("released firmware of device model %d: %w", modelID, err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 
 	"github.com/espmdm/espmdm/core/model"
@@ -17,7 +16,6 @@ import (
 
 var _ ports.CampaignAdmin = (*Service)(nil)
 
-var sha256Pattern = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // campaigns is the campaign repository, or an unavailable error when none
 // is configured.
@@ -104,18 +102,50 @@ func (s *Service) CreateCampaign(ctx context.Context, in ports.NewCampaign) (mod
 	return c, nil
 }
 
-// uploadOf finds the model's upload whose SHA-256 is sha.
+// uploadOf finds the model's upload whose SHA-256 is sha (released or
+// stored).
 func (s *Service) uploadOf(ctx context.Context, m model.DeviceModel, sha string) (model.Firmware, error) {
-	history, err := s.d.Firmware.ListFirmware(ctx, m.ID)
-	if err != nil {
+	f, err := s.d.Firmware.FirmwareBySHA256(ctx, m.ID, sha)
+	switch {
+	case errors.Is(err, model.ErrNotFound):
+		return model.Firmware{}, model.ConflictOn("firmware_sha256", "is not an upload of device model %s (see its firmware history)", m.Code)
+	case err != nil:
 		return model.Firmware{}, fmt.Errorf("firmware of device model %s: %w", m.Code, err)
 	}
-	for _, f := range history {
-		if f.SHA256 == sha {
-			return f, nil
-		}
+	return f, nil
+}
+
+// HoldRelease implements ports.ReleaseGate (SPEC §16): while the model has
+// a running or paused campaign an upload is stored, not released. New
+// makes the Service its own gate when it has campaigns and no other gate.
+func (s *Service) HoldRelease(ctx context.Context, modelID int64) (string, error) {
+	c, err := s.d.Campaigns.ActiveCampaign(ctx, modelID)
+	switch {
+	case errors.Is(err, model.ErrNotFound):
+		return "", nil
+	case err != nil:
+		return "", fmt.Errorf("campaign of device model %d: %w", modelID, err)
 	}
-	return model.Firmware{}, model.ConflictOn("firmware_sha256", "is not an upload of device model %s (see its firmware history)", m.Code)
+	return fmt.Sprintf("stored, not released: campaign %d of this model is %s; its devices get firmware through it (release this upload once it has ended)",
+		c.ID, c.State), nil
+}
+
+// refuseReleaseDuringCampaign refuses a release by hand while the model
+// has a running or paused campaign: its devices change firmware only
+// through the campaign (SPEC §16).
+func (s *Service) refuseReleaseDuringCampaign(ctx context.Context, m model.DeviceModel) error {
+	if s.d.Campaigns == nil {
+		return nil
+	}
+	c, err := s.d.Campaigns.ActiveCampaign(ctx, m.ID)
+	switch {
+	case errors.Is(err, model.ErrNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("campaign of device model %s: %w", m.Code, err)
+	}
+	return model.Conflict("device model %s has a %s campaign (%d): its firmware changes only through the campaign; abort it before releasing by hand",
+		m.Code, c.State, c.ID)
 }
 
 func orDefault[T any](p *T, def T) T {

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,7 +38,8 @@ func newCampaignEnv(t *testing.T, n int) *campaignEnv {
 	e := &campaignEnv{env: newEnv(t, withCampaigns())}
 	e.m = e.model(t, "lamp", "")
 	for i, v := range []string{"1.0.0", "2.0.0"} {
-		up, err := e.svc.UploadFirmware(t.Context(), e.m.ID, image(esp32image.ChipESP32, v), model.UploadOptions{})
+		// 1.0.0 released, 2.0.0 stored for the campaign.
+		up, err := e.svc.UploadFirmware(t.Context(), e.m.ID, image(esp32image.ChipESP32, v), model.UploadOptions{Store: i == 1})
 		if err != nil {
 			t.Fatalf("UploadFirmware(%s): %v", v, err)
 		}
@@ -304,7 +306,6 @@ func TestCampaignAbortThreshold(t *testing.T) {
 	if rep := e.tick(t); rep.Aborted != 0 {
 		t.Fatalf("the tick aborted at exactly the threshold: %+v", rep)
 	}
-	sentBefore := len(e.notifier.Sent())
 	e.fail(t, ds[3])
 	v := e.get(t, c.ID)
 	if v.Campaign.State != model.CampaignAborted || v.Campaign.AbortReason == "" {
@@ -320,10 +321,8 @@ func TestCampaignAbortThreshold(t *testing.T) {
 			t.Errorf("device %d keeps the target after the abort", d.ID)
 		}
 	}
-	// TODO(after the release branch): the released firmware is 1.0.0;
-	// until then the fake offers the newest upload.
-	if got := len(e.notifier.Sent()) - sentBefore; got != 19 {
-		t.Errorf("%d rollback nudges, want 19", got)
+	if got := e.nudges("assigned", e.old.Version); got != 19 {
+		t.Errorf("%d rollback nudges to %s, want 19", got, e.old.Version)
 	}
 	// A report after the abort is recorded and changes nothing else.
 	e.succeed(t, ds[5])
@@ -449,5 +448,70 @@ func TestCampaignNudgesSurviveNotifierFailure(t *testing.T) {
 	rep := e.tick(t)
 	if rep.Nudged != 5 || e.nudges("assigned", "2.0.0") != before+5 {
 		t.Fatalf("tick after the failure: %+v, want the 5 owed nudges sent", rep)
+	}
+}
+
+// TestCampaignHoldsReleases: while a model has a running or paused
+// campaign an upload is stored (with a warning) and a release by hand is
+// a conflict; once it has ended both work again.
+func TestCampaignHoldsReleases(t *testing.T) {
+	e := newCampaignEnv(t, 3)
+	c := e.create(t, ports.NewCampaign{Waves: []int{100}})
+	up, err := e.svc.UploadFirmware(t.Context(), e.m.ID, image(esp32image.ChipESP32, "3.0.0"), model.UploadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if up.Released || len(up.Warnings) == 0 || !strings.Contains(strings.Join(up.Warnings, " "), "campaign") {
+		t.Fatalf("upload during a campaign: released %v, warnings %q; want stored with a warning naming the campaign", up.Released, up.Warnings)
+	}
+	_, _, err = e.svc.ReleaseFirmware(t.Context(), e.m.ID, up.SHA256)
+	wantIs(t, err, model.ErrConflict)
+	if _, err := e.svc.PauseCampaign(t.Context(), c.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = e.svc.ReleaseFirmware(t.Context(), e.m.ID, up.SHA256)
+	wantIs(t, err, model.ErrConflict)
+	if _, err := e.svc.AbortCampaign(t.Context(), c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, changed, err := e.svc.ReleaseFirmware(t.Context(), e.m.ID, up.SHA256); err != nil || !changed {
+		t.Fatalf("release after the abort: changed %v, %v", changed, err)
+	}
+}
+
+// TestCampaignReleaseOnComplete: the completed campaign's target becomes
+// the model's released firmware, offered to devices outside the campaign.
+func TestCampaignReleaseOnComplete(t *testing.T) {
+	e := newCampaignEnv(t, 4)
+	outside := e.devices[3]
+	e.store.SetDeviceTags(outside.ID, "lab")
+	for _, d := range e.devices[:3] {
+		e.store.SetDeviceTags(d.ID, "field")
+	}
+	c := e.create(t, ports.NewCampaign{Waves: []int{100}, SelectorTags: []string{"field"}, WaveSoakSeconds: ptr[int64](0), ReleaseOnComplete: ptr(true)})
+	if c.Members != 3 {
+		t.Fatalf("%d members, want 3", c.Members)
+	}
+	e.tick(t)
+	for _, d := range e.devices[:3] {
+		e.succeed(t, d)
+	}
+	if rep := e.tick(t); rep.Completed != 1 {
+		t.Fatalf("tick %+v, want completed", rep)
+	}
+	rel, err := e.store.ReleasedFirmware(t.Context(), e.m.ID)
+	if err != nil || rel.SHA256 != e.target.SHA256 {
+		t.Fatalf("released firmware %s (%v), want the target", rel.Version, err)
+	}
+	d, err := e.store.GetDevice(t.Context(), outside.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := e.svc.OfferedFirmware(t.Context(), d)
+	if err != nil || f.Version != "2.0.0" {
+		t.Fatalf("the device outside the campaign is offered %q (%v), want 2.0.0", f.Version, err)
+	}
+	if got := e.auditKinds(model.AuditFirmwareReleased); got != 1 {
+		t.Errorf("%d firmware_released entries, want 1", got)
 	}
 }

@@ -65,8 +65,12 @@ func (s *Service) DeviceConfig(ctx context.Context, d model.Device, c model.Devi
 	return append(json.RawMessage(nil), d.Config...), nil
 }
 
-// DeviceFirmware returns the current firmware of the device's model and its
-// binary; model.ErrNotFound when the model has none.
+// DeviceFirmware returns the device's effective firmware (OfferedFirmware)
+// and its binary; model.ErrNotFound when it has none.
 func (s *Service) DeviceFirmware(ctx context.Context, d model.Device) (model.Firmware, ports.Blob, error) {
-	return s.openCurrent(ctx, d.DeviceModelID, d.ModelCode)
+	f, err := s.OfferedFirmware(ctx, d)
+	if err != nil {
+		return model.Firmware{}, nil, err
+	}
+	return s.openBlob(ctx, d.ModelCode, f)
 }

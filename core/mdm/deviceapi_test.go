@@ -147,7 +147,7 @@ func TestDeviceConfigAndFirmware(t *testing.T) {
 	}
 	defer blob.Close()
 	got, _ := io.ReadAll(blob)
-	if f != up.Firmware || !bytes.Equal(got, data) {
+	if !sameFirmware(f, up.Firmware) || !bytes.Equal(got, data) {
 		t.Errorf("DeviceFirmware: %+v (%d bytes), want %+v (%d bytes)", f, len(got), up, len(data))
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 
 	"github.com/espmdm/espmdm/core/model"
 	"github.com/espmdm/espmdm/ports"
@@ -52,6 +54,10 @@ func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.D
 	if err != nil {
 		return model.Device{}, err
 	}
+	tags, err := model.CheckTags("tags", in.Tags)
+	if err != nil {
+		return model.Device{}, err
+	}
 	m, err := s.d.Models.GetModel(ctx, in.DeviceModelID)
 	if errors.Is(err, model.ErrNotFound) {
 		// A well-formed reference to a model that does not exist (now):
@@ -69,8 +75,15 @@ func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.D
 	if in.Active != nil {
 		active = *in.Active
 	}
-	d, _, err := s.createDevice(ctx, m, config, active, nil)
+	d, _, err := s.createDevice(ctx, m, newDevice{config: config, active: active, tags: tags}, nil)
 	return d, err
+}
+
+// newDevice is what a device is created with, checked.
+type newDevice struct {
+	config []byte
+	active bool
+	tags   []string // sorted, no duplicates
 }
 
 // createDevice makes a device of model m with a checked config: its
@@ -79,7 +92,7 @@ func (s *Service) CreateDevice(ctx context.Context, in ports.NewDevice) (model.D
 // the audit entries it returns are recorded in the insert's transaction,
 // and its error undoes the device. It returns the device and its client's
 // secret.
-func (s *Service) createDevice(ctx context.Context, m model.DeviceModel, config []byte, active bool,
+func (s *Service) createDevice(ctx context.Context, m model.DeviceModel, in newDevice,
 	also func(d model.Device, secret string) ([]model.AuditEntry, error)) (model.Device, string, error) {
 	for range keyAttempts {
 		key, err := s.newKey()
@@ -94,7 +107,7 @@ func (s *Service) createDevice(ctx context.Context, m model.DeviceModel, config 
 			}
 			return model.Device{}, "", fmt.Errorf("create device: create client: %w", err)
 		}
-		sealed, err := s.makeAccount(ctx, clientID, active)
+		sealed, err := s.makeAccount(ctx, clientID, in.active)
 		if err != nil {
 			s.deleteClient(ctx, "create device: delete client after a failed broker account", clientID)
 			return model.Device{}, "", fmt.Errorf("create device: broker account: %w", err)
@@ -104,13 +117,14 @@ func (s *Service) createDevice(ctx context.Context, m model.DeviceModel, config 
 			Key:             key,
 			DeviceModelID:   m.ID,
 			ModelCode:       m.Code,
-			Config:          config,
-			Active:          active,
+			Config:          in.config,
+			Active:          in.active,
+			Tags:            in.tags,
 			RotationState:   model.RotationOK,
 			SecretCreatedAt: &now,
 			MQTTPassword:    sealed,
 		}
-		entries := []model.AuditEntry{s.deviceEntry(ctx, model.AuditDeviceCreated, d, activeWord(active))} // DeviceID set by the repository
+		entries := []model.AuditEntry{s.deviceEntry(ctx, model.AuditDeviceCreated, d, activeWord(in.active))} // DeviceID set by the repository
 		if also != nil {
 			more, err := also(d, secret)
 			if err != nil {
@@ -160,6 +174,11 @@ func (s *Service) ListDevices(ctx context.Context, f ports.DeviceFilter) (ports.
 			return ports.DevicePage{}, err
 		}
 	}
+	if len(f.Tags) > 0 {
+		if f.Tags, err = model.CheckTags("tag", f.Tags); err != nil {
+			return ports.DevicePage{}, err
+		}
+	}
 	p, err := s.d.Devices.ListDevices(ctx, f)
 	if err != nil {
 		return ports.DevicePage{}, fmt.Errorf("list devices: %w", err)
@@ -167,11 +186,19 @@ func (s *Service) ListDevices(ctx context.Context, f ports.DeviceFilter) (ports.
 	return p, nil
 }
 
-// UpdateDevice changes a device's config and active flag. A new config is
+// UpdateDevice changes a device's config, active flag and tags (a new set
+// replaces the old one; nil leaves them). A new config is
 // validated against the model's schema; when it differs from the stored one
 // the device is told (a notification failure goes to OnError and does not
 // fail the call).
 func (s *Service) UpdateDevice(ctx context.Context, id int64, in ports.DeviceUpdate) (model.Device, error) {
+	var tags []string
+	if in.Tags != nil {
+		var err error
+		if tags, err = model.CheckTags("tags", *in.Tags); err != nil {
+			return model.Device{}, err
+		}
+	}
 	var config []byte
 	if in.Config != nil {
 		var err error
@@ -227,6 +254,12 @@ func (s *Service) UpdateDevice(ctx context.Context, id int64, in ports.DeviceUpd
 			case !d.Active && before.Active:
 				what = append(what, "deactivated")
 			}
+		}
+		if in.Tags != nil {
+			if !slices.Equal(d.Tags, tags) {
+				what = append(what, fmt.Sprintf("tags [%s]", strings.Join(tags, " ")))
+			}
+			d.Tags = tags
 		}
 		return s.audited(s.deviceEntry(ctx, model.AuditDeviceUpdated, *d, changedWords(what))), nil
 	})

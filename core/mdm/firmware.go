@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"unicode"
@@ -17,50 +18,126 @@ import (
 	"github.com/espmdm/espmdm/ports"
 )
 
-// UploadFirmware validates data as an ESP32 application image and makes it
-// the model's current firmware: the image must be valid (magic, segments,
-// checksum, appended SHA-256), carry an app descriptor with a version, be
-// for the same chip as the model's current firmware, and not have a lower
-// secure_version than it unless opts.Force (anti-rollback devices would
-// refuse it; a conflict names both values). The binary is put in the blob
-// store under its SHA-256 before the upload is recorded in the model's
-// history (a store that fails leaves nothing recorded), then devices are
-// told (a notification failure goes to OnError). Uploading the model's
-// current image again records nothing and returns its record (Unchanged):
-// no history row, no notification; its blob is put again, the same
-// content under the same name, which restores a blob the store lost.
-// Warnings say where the upload goes backwards against the firmware it
-// replaces.
+// UploadFirmware validates data as an ESP32 application image and records
+// it in the model's history, released (SPEC §16: the model's released
+// firmware, offered to its devices, who are told) unless opts.Store or
+// Deps.ReleaseGate holds it back, in which case it is only stored (history
+// and binary; no device is told, its warnings say why when the gate held
+// it). The image must be valid (magic, segments, checksum, appended
+// SHA-256), carry an app descriptor with a version, be for the same chip
+// as the model's firmware, and not have a lower secure_version than the
+// released firmware unless opts.Force (anti-rollback devices would refuse
+// it; a conflict names both values).
+//
+// What an upload is compared with, now that the newest upload need not be
+// the released one: the chip with the released firmware, or the newest
+// upload when none is released (a model's uploads are all for one chip);
+// secure_version and the version going backwards with the released
+// firmware (what devices run or are offered), nothing when none is
+// released (a stored upload is checked again when it is released: see
+// ReleaseFirmware).
+//
+// The binary is put in the blob store under its SHA-256 before the upload
+// is recorded (a store that fails leaves nothing recorded). Uploading the
+// released image again records nothing and returns its record (Unchanged):
+// no history row, no notification; so does storing the released or newest
+// image again. Its blob is put again, the same content under the same
+// name, which restores a blob the store lost.
 func (s *Service) UploadFirmware(ctx context.Context, modelID int64, data []byte, opts model.UploadOptions) (model.FirmwareUpload, error) {
-	f, warnings, unchanged, err := s.uploadFirmware(ctx, modelID, data, opts)
-	if err != nil {
-		return model.FirmwareUpload{}, err
-	}
-	return model.FirmwareUpload{Firmware: f, Unchanged: unchanged, Warnings: warnings}, nil
+	return s.uploadFirmware(ctx, modelID, data, opts)
 }
 
-func (s *Service) uploadFirmware(ctx context.Context, modelID int64, data []byte, opts model.UploadOptions) (_ model.Firmware, warnings []string, unchanged bool, _ error) {
+// againstHeads checks an image against a model's uploads (UploadFirmware
+// says which) and returns the warnings it earns.
+type imageCheck struct {
+	m      model.DeviceModel
+	chip   esp32image.ChipID
+	secure uint32
+	ver    string
+	force  bool
+}
+
+func (c imageCheck) against(cur ports.FirmwareHeads) ([]string, error) {
+	chipOf := cur.Released
+	if chipOf == nil {
+		chipOf = cur.Newest
+	}
+	if chipOf != nil && chipOf.ChipID != int(c.chip) {
+		return nil, model.Invalid("firmware",
+			"the image is for %s (chip id %d) but device model %s runs %s firmware (chip id %d)",
+			c.chip, int(c.chip), c.m.Code, chipOf.Chip, chipOf.ChipID)
+	}
+	rel := cur.Released
+	if rel == nil {
+		return nil, nil
+	}
+	var warnings []string
+	if c.secure < rel.SecureVersion {
+		if !c.force {
+			return nil, model.Conflict("the image's secure_version %d is lower than %d of device model %s's released firmware %s: "+
+				"devices with anti-rollback would refuse it; upload with force to replace it anyway",
+				c.secure, rel.SecureVersion, c.m.Code, rel.Version)
+		}
+		warnings = append(warnings, fmt.Sprintf("secure_version goes backwards from %d (firmware %s) to %d: "+
+			"devices with anti-rollback will refuse this image", rel.SecureVersion, rel.Version, c.secure))
+	}
+	if versionBefore(c.ver, rel.Version) {
+		warnings = append(warnings, fmt.Sprintf("version goes backwards from %s to %s", rel.Version, c.ver))
+	}
+	return warnings, nil
+}
+
+// sameImage returns the upload that makes an upload of digest change
+// nothing: the released one, or when only storing also the newest.
+func sameImage(cur ports.FirmwareHeads, digest string, store bool) *model.Firmware {
+	if cur.Released != nil && cur.Released.SHA256 == digest {
+		return cur.Released
+	}
+	if store && cur.Newest != nil && cur.Newest.SHA256 == digest {
+		return cur.Newest
+	}
+	return nil
+}
+
+// heads reads the model's released and newest uploads outside the
+// recording's transaction, for the checks made before the blob is stored.
+func (s *Service) heads(ctx context.Context, modelID int64) (ports.FirmwareHeads, error) {
+	var h ports.FirmwareHeads
+	hist, err := s.d.Firmware.ListFirmware(ctx, modelID)
+	if err != nil {
+		return h, err
+	}
+	if len(hist) > 0 {
+		h.Newest = &hist[0]
+	}
+	if r, ok := model.ReleasedIn(hist); ok {
+		h.Released = &r
+	}
+	return h, nil
+}
+
+func (s *Service) uploadFirmware(ctx context.Context, modelID int64, data []byte, opts model.UploadOptions) (model.FirmwareUpload, error) {
 	if int64(len(data)) > s.cfg.FirmwareMaxBytes {
-		return model.Firmware{}, nil, false, fmt.Errorf("firmware of %d bytes exceeds the limit of %d bytes: %w",
+		return model.FirmwareUpload{}, fmt.Errorf("firmware of %d bytes exceeds the limit of %d bytes: %w",
 			len(data), s.cfg.FirmwareMaxBytes, model.ErrTooLarge)
 	}
 	m, err := s.d.Models.GetModel(ctx, modelID)
 	if err != nil {
-		return model.Firmware{}, nil, false, fmt.Errorf("upload firmware: get device model %d: %w", modelID, err)
+		return model.FirmwareUpload{}, fmt.Errorf("upload firmware: get device model %d: %w", modelID, err)
 	}
 	if len(data) == 0 {
-		return model.Firmware{}, nil, false, model.Invalid("firmware", "empty upload: expected an ESP32 application image")
+		return model.FirmwareUpload{}, model.Invalid("firmware", "empty upload: expected an ESP32 application image")
 	}
 	img, err := esp32image.Parse(data)
 	if err != nil {
-		return model.Firmware{}, nil, false, model.Invalid("firmware", "%s", err.Error())
+		return model.FirmwareUpload{}, model.Invalid("firmware", "%s", err.Error())
 	}
 	if img.AppDesc == nil {
-		return model.Firmware{}, nil, false, model.Invalid("firmware",
+		return model.FirmwareUpload{}, model.Invalid("firmware",
 			"the image has no application descriptor (esp_app_desc_t): not an ESP-IDF application image")
 	}
 	if img.AppDesc.Version == "" {
-		return model.Firmware{}, nil, false, model.Invalid("firmware", "the application descriptor has an empty version")
+		return model.FirmwareUpload{}, model.Invalid("firmware", "the application descriptor has an empty version")
 	}
 	// The descriptor's strings are recorded, shown and sent to devices:
 	// text only.
@@ -68,65 +145,39 @@ func (s *Service) uploadFirmware(ctx context.Context, modelID int64, data []byte
 		{"version", img.AppDesc.Version}, {"project name", img.AppDesc.ProjectName}, {"IDF version", img.AppDesc.IDFVersion},
 	} {
 		if !printable(f.v) {
-			return model.Firmware{}, nil, false, model.Invalid("firmware",
+			return model.FirmwareUpload{}, model.Invalid("firmware",
 				"the application descriptor's %s is not printable UTF-8 text", f.name)
 		}
 	}
 	chip := img.Header.ChipID
-	// The first upload sets the model's chip; later ones must match it.
 	secure := img.AppDesc.SecureVersion
-	// against checks the image against the current firmware: the same
-	// chip, and no lower secure_version unless forced.
-	against := func(cur *model.Firmware) error {
-		warnings = nil
-		if cur == nil {
-			return nil
-		}
-		if cur.ChipID != int(chip) {
-			return model.Invalid("firmware",
-				"the image is for %s (chip id %d) but device model %s runs %s firmware (chip id %d)",
-				chip, int(chip), m.Code, cur.Chip, cur.ChipID)
-		}
-		if secure < cur.SecureVersion {
-			if !opts.Force {
-				return model.Conflict("the image's secure_version %d is lower than %d of device model %s's current firmware %s: "+
-					"devices with anti-rollback would refuse it; upload with force to replace it anyway",
-					secure, cur.SecureVersion, m.Code, cur.Version)
-			}
-			warnings = append(warnings, fmt.Sprintf("secure_version goes backwards from %d (firmware %s) to %d: "+
-				"devices with anti-rollback will refuse this image", cur.SecureVersion, cur.Version, secure))
-		}
-		if versionBefore(img.AppDesc.Version, cur.Version) {
-			warnings = append(warnings, fmt.Sprintf("version goes backwards from %s to %s", cur.Version, img.AppDesc.Version))
-		}
-		return nil
-	}
+	check := imageCheck{m: m, chip: chip, secure: secure, ver: img.AppDesc.Version, force: opts.Force}
 	// Checked here so a wrong image is refused before it is stored, and
 	// again when recording, under the model's lock, against a concurrent
-	// upload for another chip.
+	// upload or release.
 	sum := sha256.Sum256(data)
 	digest := hex.EncodeToString(sum[:])
 	key := firmwareBlob(m.Code, digest)
-	cur, err := s.d.Firmware.CurrentFirmware(ctx, m.ID)
-	switch {
-	case err == nil && cur.SHA256 == digest: // the current image again
+	cur, err := s.heads(ctx, m.ID)
+	if err != nil {
+		return model.FirmwareUpload{}, fmt.Errorf("upload firmware: firmware of %s: %w", m.Code, err)
+	}
+	if same := sameImage(cur, digest, opts.Store); same != nil {
 		if err := s.putFirmware(ctx, key, data); err != nil {
-			return model.Firmware{}, nil, false, err
+			return model.FirmwareUpload{}, err
 		}
-		return cur, nil, true, nil
-	case err == nil:
-		if err := against(&cur); err != nil {
-			return model.Firmware{}, nil, false, err
-		}
-	case !errors.Is(err, model.ErrNotFound):
-		return model.Firmware{}, nil, false, fmt.Errorf("upload firmware: current firmware of %s: %w", m.Code, err)
+		return s.unchanged(*same, cur), nil
+	}
+	if _, err := check.against(cur); err != nil {
+		return model.FirmwareUpload{}, err
 	}
 
 	// Content-addressed and written before it is recorded: a failure
 	// here records nothing, and a recorded firmware always had its blob.
 	if err := s.putFirmware(ctx, key, data); err != nil {
-		return model.Firmware{}, nil, false, err
+		return model.FirmwareUpload{}, err
 	}
+	now := s.now()
 	f := model.Firmware{
 		DeviceModelID: m.ID,
 		Version:       img.AppDesc.Version,
@@ -138,19 +189,37 @@ func (s *Service) uploadFirmware(ctx context.Context, modelID int64, data []byte
 		Size:          int64(len(data)),
 		SecureVersion: secure,
 		ELFSHA256:     elfDigest(img.AppDesc.ELFSHA256),
-		UploadedAt:    s.now(),
+		UploadedAt:    now,
 	}
 	f.HasELF = s.elfStored(ctx, m.Code, f.ELFSHA256)
-	var again *model.Firmware
-	err = s.d.Firmware.RecordFirmware(ctx, &f, func(cur *model.Firmware) ([]model.AuditEntry, error) {
-		if cur != nil && cur.SHA256 == digest {
-			again = cur // a concurrent upload of the same image won
+	var again *model.FirmwareUpload
+	var warnings []string
+	err = s.d.Firmware.RecordFirmware(ctx, &f, func(cur ports.FirmwareHeads) ([]model.AuditEntry, error) {
+		if same := sameImage(cur, digest, opts.Store); same != nil {
+			up := s.unchanged(*same, cur) // a concurrent upload of the same image won
+			again = &up
 			return nil, errSameImage
 		}
-		if err := against(cur); err != nil {
+		var err error
+		if warnings, err = check.against(cur); err != nil {
 			return nil, err
 		}
+		f.ReleasedAt = nil
+		if !opts.Store {
+			held, err := s.holdRelease(ctx, m.ID)
+			if err != nil {
+				return nil, err
+			}
+			if held != "" {
+				warnings = append(warnings, "stored, not released: "+held)
+			} else {
+				f.ReleasedAt = &now
+			}
+		}
 		detail := fmt.Sprintf("model %s, version %q, %s, secure_version %d, %d bytes, sha256 %s", m.Code, f.Version, f.Chip, secure, f.Size, digest)
+		if f.ReleasedAt == nil {
+			detail += ", stored (not released)"
+		}
 		if len(warnings) > 0 {
 			detail += "; " + strings.Join(warnings, "; ")
 		}
@@ -163,18 +232,101 @@ func (s *Service) uploadFirmware(ctx context.Context, modelID int64, data []byte
 	})
 	switch {
 	case errors.Is(err, errSameImage):
-		return *again, nil, true, nil
+		return *again, nil
 	case err != nil:
-		return model.Firmware{}, nil, false, fmt.Errorf("upload firmware: record: %w", err)
+		return model.FirmwareUpload{}, fmt.Errorf("upload firmware: record: %w", err)
 	}
-	if err := s.d.Notifier.FirmwareReleased(ctx, m.Code, f.Version); err != nil {
-		s.report(ctx, "upload firmware: notify release", fmt.Errorf("device model %s: %w", m.Code, err))
+	if f.ReleasedAt != nil {
+		s.notifyRelease(ctx, m.Code, f.Version)
 	}
-	return f, warnings, false, nil
+	return model.FirmwareUpload{Firmware: f, Released: f.ReleasedAt != nil, Warnings: warnings}, nil
 }
 
-// errSameImage stops a recording whose image is already current.
-var errSameImage = errors.New("the image is the current firmware already")
+// unchanged is the answer to an upload of an image that changes nothing.
+func (s *Service) unchanged(f model.Firmware, cur ports.FirmwareHeads) model.FirmwareUpload {
+	released := cur.Released != nil && cur.Released.ID == f.ID
+	return model.FirmwareUpload{Firmware: f, Unchanged: true, Released: released}
+}
+
+// holdRelease asks Deps.ReleaseGate whether an upload to the model must be
+// stored instead of released ("" when there is no gate).
+func (s *Service) holdRelease(ctx context.Context, modelID int64) (string, error) {
+	if s.d.ReleaseGate == nil {
+		return "", nil
+	}
+	reason, err := s.d.ReleaseGate.HoldRelease(ctx, modelID)
+	if err != nil {
+		return "", fmt.Errorf("release gate of device model %d: %w", modelID, err)
+	}
+	return reason, nil
+}
+
+// notifyRelease tells the model's devices of a released firmware; a
+// failure goes to OnError.
+func (s *Service) notifyRelease(ctx context.Context, code, version string) {
+	if err := s.d.Notifier.FirmwareReleased(ctx, code, version); err != nil {
+		s.report(ctx, "firmware: notify release", fmt.Errorf("device model %s: %w", code, err))
+	}
+}
+
+// ReleaseFirmware makes the model's upload sha256 its released firmware
+// (SPEC §16): a stored upload, or an earlier one released again (how an
+// admin rolls a model back). The model's firmware_version follows it, the
+// release is audited (firmware_released) and the model's devices are told.
+// The upload already released changes nothing (changed false, no audit,
+// no notification). An unknown sha256 of the model is model.ErrNotFound.
+// The chip and secure_version were checked when the upload was recorded;
+// releasing an upload with a lower secure_version than the released one is
+// the admin's explicit choice (anti-rollback devices will refuse it) and
+// the audit entry says so.
+func (s *Service) ReleaseFirmware(ctx context.Context, modelID int64, digest string) (model.Firmware, bool, error) {
+	if !sha256Pattern.MatchString(digest) {
+		return model.Firmware{}, false, model.Invalid("sha256", "must be 64 lower-case hex digits")
+	}
+	m, err := s.d.Models.GetModel(ctx, modelID)
+	if err != nil {
+		return model.Firmware{}, false, fmt.Errorf("release firmware: get device model %d: %w", modelID, err)
+	}
+	if err := s.refuseReleaseDuringCampaign(ctx, m); err != nil {
+		return model.Firmware{}, false, err
+	}
+	prev, err := s.d.Firmware.ReleasedFirmware(ctx, m.ID)
+	var before *model.Firmware
+	switch {
+	case err == nil:
+		before = &prev
+	case !errors.Is(err, model.ErrNotFound):
+		return model.Firmware{}, false, fmt.Errorf("release firmware: released firmware of %s: %w", m.Code, err)
+	}
+	f, changed, err := s.d.Firmware.ReleaseFirmware(ctx, m.ID, digest, func(f model.Firmware, already bool) []model.AuditEntry {
+		if already {
+			return nil
+		}
+		detail := fmt.Sprintf("model %s, version %q, sha256 %s", m.Code, f.Version, f.SHA256)
+		if before != nil && before.SHA256 != f.SHA256 {
+			detail += fmt.Sprintf(", replacing %q (sha256 %s)", before.Version, before.SHA256)
+			if f.SecureVersion < before.SecureVersion {
+				detail += fmt.Sprintf("; secure_version goes backwards from %d to %d", before.SecureVersion, f.SecureVersion)
+			}
+		}
+		e := s.entry(ctx, model.AuditFirmwareReleased, detail)
+		e.ModelID = m.ID
+		return s.audited(e)
+	})
+	if err != nil {
+		return model.Firmware{}, false, fmt.Errorf("release firmware %s of device model %s: %w", digest, m.Code, err)
+	}
+	if changed {
+		s.notifyRelease(ctx, m.Code, f.Version)
+	}
+	return f, changed, nil
+}
+
+// sha256Pattern is an upload's SHA-256 as the API names it.
+var sha256Pattern = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// errSameImage stops a recording whose image changes nothing.
+var errSameImage = errors.New("the image is the released (or newest stored) firmware already")
 
 // firmwareBlob is the blob key of a model's firmware binary: the
 // namespace is the model's code, so deleting the model deletes it.
@@ -192,21 +344,23 @@ func (s *Service) putFirmware(ctx context.Context, key ports.BlobKey, data []byt
 	return nil
 }
 
-// OpenFirmware returns the model's current firmware and its binary; the
-// caller closes the blob. No firmware yet is model.ErrNotFound.
+// OpenFirmware returns the model's released firmware and its binary (GET
+// /api/device-models/{id}/firmware); the caller closes the blob. None
+// released is model.ErrNotFound.
 func (s *Service) OpenFirmware(ctx context.Context, modelID int64) (model.Firmware, ports.Blob, error) {
 	m, err := s.d.Models.GetModel(ctx, modelID)
 	if err != nil {
 		return model.Firmware{}, nil, fmt.Errorf("open firmware: get device model %d: %w", modelID, err)
 	}
-	return s.openCurrent(ctx, m.ID, m.Code)
+	f, err := s.d.Firmware.ReleasedFirmware(ctx, m.ID)
+	if err != nil {
+		return model.Firmware{}, nil, fmt.Errorf("released firmware of device model %s: %w", m.Code, err)
+	}
+	return s.openBlob(ctx, m.Code, f)
 }
 
-func (s *Service) openCurrent(ctx context.Context, modelID int64, code string) (model.Firmware, ports.Blob, error) {
-	f, err := s.d.Firmware.CurrentFirmware(ctx, modelID)
-	if err != nil {
-		return model.Firmware{}, nil, fmt.Errorf("firmware of device model %s: %w", code, err)
-	}
+// openBlob opens the binary of the model's upload f.
+func (s *Service) openBlob(ctx context.Context, code string, f model.Firmware) (model.Firmware, ports.Blob, error) {
 	key := firmwareBlob(code, f.SHA256)
 	b, err := s.d.Blobs.OpenBlob(ctx, key)
 	switch {
@@ -224,7 +378,8 @@ func (s *Service) openCurrent(ctx context.Context, modelID int64, code string) (
 	return f, b, nil
 }
 
-// ListFirmware returns the model's upload history, newest first.
+// ListFirmware returns the model's upload history, newest first
+// (model.ReleasedIn tells the released one).
 func (s *Service) ListFirmware(ctx context.Context, modelID int64) ([]model.Firmware, error) {
 	if _, err := s.d.Models.GetModel(ctx, modelID); err != nil {
 		return nil, fmt.Errorf("list firmware: get device model %d: %w", modelID, err)

@@ -32,9 +32,9 @@ func TestUploadFirmware(t *testing.T) {
 		ID: f.ID, DeviceModelID: m.ID, Version: "2.0.1", ProjectName: desc.ProjectName, IDFVersion: desc.IDFVersion,
 		Chip: "esp32s3", ChipID: int(esp32image.ChipESP32S3), SHA256: hex.EncodeToString(sum[:]),
 		Size: int64(len(data)), SecureVersion: desc.SecureVersion, ELFSHA256: hex.EncodeToString(desc.ELFSHA256[:]),
-		UploadedAt: t0,
+		UploadedAt: t0, ReleasedAt: ptr(t0),
 	}
-	if f.ID == 0 || f.Firmware != want || f.Unchanged || len(f.Warnings) != 0 {
+	if f.ID == 0 || !sameFirmware(f.Firmware, want) || f.Unchanged || !f.Released || len(f.Warnings) != 0 {
 		t.Errorf("got %+v, want %+v", f, want)
 	}
 	if got, _ := e.svc.GetModel(t.Context(), m.ID); got.FirmwareVersion != "2.0.1" {
@@ -49,7 +49,7 @@ func TestUploadFirmware(t *testing.T) {
 	}
 	defer blob.Close()
 	content, _ := io.ReadAll(blob)
-	if cur != f.Firmware || !bytes.Equal(content, data) || blob.Size() != int64(len(data)) {
+	if !sameFirmware(cur, f.Firmware) || !bytes.Equal(content, data) || blob.Size() != int64(len(data)) {
 		t.Errorf("OpenFirmware: %+v, %d bytes (equal %v)", cur, len(content), bytes.Equal(content, data))
 	}
 }
@@ -122,7 +122,7 @@ func TestUploadFirmwareChipAndHistory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(hist) != 2 || hist[0] != v2.Firmware || hist[1] != v1.Firmware {
+	if len(hist) != 2 || !sameFirmware(hist[0], v2.Firmware) || !sameFirmware(hist[1], v1.Firmware) {
 		t.Errorf("history %+v, want [v2 v1]", hist)
 	}
 	if got, _ := e.svc.GetModel(t.Context(), m.ID); got.FirmwareVersion != "1.2.0" {
@@ -183,7 +183,7 @@ func TestUploadFirmwareAgainIsIdempotent(t *testing.T) {
 	}
 	e.clock.Advance(time.Hour)
 	again, err := e.svc.UploadFirmware(t.Context(), m.ID, img, model.UploadOptions{})
-	if err != nil || again.Firmware != v1.Firmware || !again.Unchanged || v1.Unchanged {
+	if err != nil || !sameFirmware(again.Firmware, v1.Firmware) || !again.Unchanged || v1.Unchanged {
 		t.Fatalf("re-upload = %+v, %v; want the existing record %+v", again, err, v1)
 	}
 	hist, _ := e.svc.ListFirmware(t.Context(), m.ID)

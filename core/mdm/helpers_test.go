@@ -224,3 +224,14 @@ func keyBytes(key string) []byte {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// sameFirmware compares two firmware records by value (ReleasedAt is a
+// pointer: its time, not its address).
+func sameFirmware(a, b model.Firmware) bool {
+	ra, rb := a.ReleasedAt, b.ReleasedAt
+	if (ra == nil) != (rb == nil) || (ra != nil && !ra.Equal(*rb)) {
+		return false
+	}
+	a.ReleasedAt, b.ReleasedAt = nil, nil
+	return a == b
+}

@@ -44,14 +44,14 @@ func (s *Service) UploadFirmwareByCode(ctx context.Context, code string, up port
 	return s.UploadFirmware(ctx, m.ID, up.Image, up.Opts)
 }
 
-// CurrentFirmwareByCode returns the model whose code is code and its current
-// firmware, nil when none was uploaded.
+// CurrentFirmwareByCode returns the model whose code is code and its
+// released firmware (SPEC §16), nil when none is released.
 func (s *Service) CurrentFirmwareByCode(ctx context.Context, code string) (model.DeviceModel, *model.Firmware, error) {
 	m, err := s.modelByCode(ctx, "current firmware", code)
 	if err != nil {
 		return model.DeviceModel{}, nil, err
 	}
-	f, err := s.d.Firmware.CurrentFirmware(ctx, m.ID)
+	f, err := s.d.Firmware.ReleasedFirmware(ctx, m.ID)
 	switch {
 	case errors.Is(err, model.ErrNotFound):
 		return m, nil, nil

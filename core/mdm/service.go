@@ -18,11 +18,15 @@ const (
 )
 
 // Deps are the outbound ports a Service uses. Every port is required
-// except Rand and OnError.
+// except those said optional, Rand and OnError.
 type Deps struct {
 	Models   ports.ModelRepo
 	Devices  ports.DeviceRepo
 	Firmware ports.FirmwareRepo
+	// ReleaseGate, when set, can hold an upload back from release (SPEC
+	// §16: a model with a running or paused campaign); nil releases every
+	// upload not stored on purpose.
+	ReleaseGate ports.ReleaseGate
 	// Blobs keeps the firmware binaries, their ELFs and the devices' core
 	// dumps (a directory or an S3 bucket), content-addressed: a binary is
 	// written there before Firmware records it.
@@ -55,10 +59,9 @@ type Deps struct {
 	ScheduleRepo ports.ScheduleRepo
 	// Campaigns keeps the firmware campaigns (SPEC §16); without it the
 	// campaign use cases answer unavailable and state reports resolve no
-	// member. Releaser releases a completed campaign's target when it
-	// asks so (release_on_complete).
+	// member. With it and no ReleaseGate, the Service is its own
+	// ReleaseGate (HoldRelease).
 	Campaigns ports.CampaignRepo
-	Releaser  ports.FirmwareReleaser
 	// OnCampaign, when set, receives every campaign step (for metrics and
 	// logs); it must not block.
 	OnCampaign func(ctx context.Context, ev CampaignEvent)
@@ -193,7 +196,11 @@ func New(deps Deps, cfg Config) *Service {
 	setDefault(&cfg.RotationWarningAge, DefaultRotationWarningAge)
 	setDefault(&cfg.RotationCriticalAge, DefaultRotationCriticalAge)
 	setDefault(&cfg.BatchConcurrency, DefaultBatchConcurrency)
-	return &Service{d: deps, cfg: cfg, coredumpWake: make(chan struct{}, 1)}
+	svc := &Service{d: deps, cfg: cfg, coredumpWake: make(chan struct{}, 1)}
+	if svc.d.ReleaseGate == nil && svc.d.Campaigns != nil {
+		svc.d.ReleaseGate = svc
+	}
+	return svc
 }
 
 // setDefault sets *v to def when it is not positive.

@@ -52,12 +52,13 @@ func versionChange(prev *model.StateReport, version string) string {
 }
 
 // OfferedFirmware is the firmware the device is offered, without its
-// binary: the current firmware of its model (what GET /iot/firmware
-// serves); model.ErrNotFound when none.
+// binary: its effective firmware (SPEC §16: the one a campaign assigned to
+// it, else its model's released firmware; what GET /iot/firmware serves),
+// read in one lookup; model.ErrNotFound when none.
 func (s *Service) OfferedFirmware(ctx context.Context, d model.Device) (model.Firmware, error) {
-	f, err := s.d.Firmware.CurrentFirmware(ctx, d.DeviceModelID)
+	f, err := s.d.Firmware.EffectiveFirmware(ctx, d.DeviceModelID, d.AssignedFirmwareID)
 	if err != nil {
-		return model.Firmware{}, fmt.Errorf("firmware of device model %s: %w", d.ModelCode, err)
+		return model.Firmware{}, fmt.Errorf("effective firmware of device %d (model %s): %w", d.ID, d.ModelCode, err)
 	}
 	return f, nil
 }

@@ -45,6 +45,10 @@ const (
 	// AuditFirmwareReported: a device's state report (SPEC §15) names
 	// another firmware version than its previous report (or is its first).
 	AuditFirmwareReported AuditKind = "device_firmware_changed"
+	// AuditFirmwareReleased: an admin released a stored (or earlier)
+	// upload (SPEC §16); an upload released at once is firmware_uploaded
+	// alone.
+	AuditFirmwareReleased AuditKind = "firmware_released"
 	// Firmware campaigns (SPEC §16): created, a wave started (its
 	// members assigned the target), paused, resumed, aborted (by an admin
 	// or on the failure ratio), completed.
@@ -64,7 +68,7 @@ var AuditKinds = []AuditKind{
 	AuditSecretConfirmed, AuditSecretAckRefused, AuditRotatedInvalidated, AuditRotationTimeout,
 	AuditSecretRestored, AuditModelCreated, AuditModelUpdated, AuditModelDeleted, AuditFirmwareUploaded,
 	AuditBrokerAccountReconciled, AuditOrphanAccountDeleted, AuditCoredumpUploaded, AuditCoredumpDeleted,
-	AuditFirmwareReported, AuditCampaignCreated, AuditCampaignWaveStarted, AuditCampaignPaused,
+	AuditFirmwareReported, AuditFirmwareReleased, AuditCampaignCreated, AuditCampaignWaveStarted, AuditCampaignPaused,
 	AuditCampaignResumed, AuditCampaignAborted, AuditCampaignCompleted,
 }
 

@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
-	"regexp"
 	"strconv"
 	"time"
 )
@@ -74,7 +73,7 @@ func (s MemberState) Valid() bool {
 // Limits and defaults of a campaign's settings.
 const (
 	MaxCampaignWaves          = 20
-	MaxSelectorTags           = 32
+	MaxSelectorTags           = MaxTags
 	MaxWaveSoakSeconds        = 30 * 24 * 3600
 	MaxDeviceTimeoutSeconds   = 30 * 24 * 3600
 	DefaultWaveSoakSeconds    = 600
@@ -88,8 +87,6 @@ const (
 // DefaultWaves are a campaign's waves when it names none (SPEC §16).
 func DefaultWaves() []int { return []int{1, 10, 50, 100} }
 
-// TagPattern is what a device tag matches (SPEC §16).
-var TagPattern = regexp.MustCompile(`^[a-z0-9_.:-]{1,64}$`)
 
 // Campaign is one staged rollout of a firmware image to a model's devices.
 type Campaign struct {

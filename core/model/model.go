@@ -11,8 +11,8 @@ type DeviceModel struct {
 	ID   int64
 	Code string
 	Name string
-	// FirmwareVersion is the version of the current firmware's app
-	// descriptor; empty when no firmware was uploaded.
+	// FirmwareVersion is the version of the released firmware's app
+	// descriptor (SPEC §16); empty when none was released.
 	FirmwareVersion string
 	// ConfigSchema is an optional JSON Schema for device configs; nil when
 	// unset.
@@ -99,6 +99,15 @@ type Device struct {
 	// makes one.
 	MQTTPassword []byte
 
+	// Tags are the device's tags (SPEC §16): sorted, without duplicates,
+	// each matching TagPattern, at most MaxTags (CheckTags).
+	Tags []string
+	// AssignedFirmwareID is the firmware a campaign assigned to the device
+	// (SPEC §16): its effective firmware instead of the model's released
+	// one; nil: the released one. Only FirmwareRepo.AssignFirmware writes
+	// it.
+	AssignedFirmwareID *int64
+
 	// Reported is the device's latest state report (SPEC §15), with the
 	// time espmdm received it; nil before its first. Only
 	// DeviceRepo.ReportState writes it.
@@ -156,23 +165,66 @@ type Firmware struct {
 	ELFSHA256  string
 	HasELF     bool
 	UploadedAt time.Time
+	// ReleasedAt is when the upload was last released (SPEC §16): the
+	// model's released firmware is its upload with the latest ReleasedAt
+	// (ties by ID). Nil: stored only (history and binary, offered to no
+	// device unless a campaign assigns it).
+	ReleasedAt *time.Time
+}
+
+// ReleasedBefore reports whether f was released before g: g is the later
+// release (SPEC §16: the model's released firmware is its upload with the
+// latest ReleasedAt, ties by ID). An upload never released is before every
+// released one.
+func (f Firmware) ReleasedBefore(g Firmware) bool {
+	switch {
+	case g.ReleasedAt == nil:
+		return false
+	case f.ReleasedAt == nil:
+		return true
+	case !f.ReleasedAt.Equal(*g.ReleasedAt):
+		return f.ReleasedAt.Before(*g.ReleasedAt)
+	}
+	return f.ID < g.ID
+}
+
+// ReleasedIn returns the released firmware among a model's uploads; false
+// when none of them is released.
+func ReleasedIn(history []Firmware) (Firmware, bool) {
+	var out Firmware
+	found := false
+	for _, f := range history {
+		if f.ReleasedAt != nil && (!found || out.ReleasedBefore(f)) {
+			out, found = f, true
+		}
+	}
+	return out, found
 }
 
 // UploadOptions are an admin's choices for one firmware upload.
 type UploadOptions struct {
 	// Force accepts an image whose secure_version is lower than the
-	// current firmware's, which anti-rollback devices will refuse.
+	// released firmware's, which anti-rollback devices will refuse.
 	Force bool
+	// Store keeps the upload without releasing it (?release=false): it is
+	// recorded in the history and its binary kept, and no device is told.
+	Store bool
 }
 
 // FirmwareUpload is the outcome of a firmware upload.
 type FirmwareUpload struct {
 	Firmware
-	// Unchanged is true when the image was the current firmware already:
-	// nothing was recorded and no device was told.
+	// Unchanged is true when the image was the released firmware already
+	// (or, stored only, the released or newest upload): nothing was
+	// recorded and no device was told.
 	Unchanged bool
+	// Released is true when the upload is (now) the model's released
+	// firmware; false when it was only stored (asked so, or held by
+	// ports.ReleaseGate).
+	Released bool
 	// Warnings say where the upload goes backwards (secure_version when
-	// forced, or the version string) against the firmware it replaces.
+	// forced, or the version string) against the released firmware, and
+	// why an upload meant for release was only stored.
 	Warnings []string
 }
 

@@ -5,15 +5,15 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/espmdm/espmdm/core/model"
 	"github.com/espmdm/espmdm/ports"
 )
 
-// The Store's ports.CampaignRepo (SPEC §16). Device tags and assigned
-// firmware are kept beside the devices here (SetDeviceTags,
-// AssignedFirmware) until model.Device carries them.
+// The Store's ports.CampaignRepo (SPEC §16), over the devices' Tags and
+// AssignedFirmwareID.
 
 var _ ports.CampaignRepo = (*Store)(nil)
 
@@ -30,39 +30,66 @@ type memberRec struct {
 	nudge nudgeKind
 }
 
+// campaignData is guarded by the Store's mu and then its own mu, in this
+// order; ActiveCampaign takes its mu alone, so that a release gate may ask
+// it inside RecordFirmware's check (which runs with the Store locked).
 type campaignData struct {
+	mu        sync.Mutex
 	campaigns map[int64]model.Campaign
 	members   map[int64]map[int64]*memberRec // campaign -> device -> member
-	tags      map[int64][]string             // device -> tags
-	assigned  map[int64]int64                // device -> firmware id
 }
 
-// cd returns the campaign data, made on first use. s.mu must be held.
-func (s *Store) cd() *campaignData {
-	if s.camp == nil {
-		s.camp = &campaignData{
-			campaigns: map[int64]model.Campaign{},
-			members:   map[int64]map[int64]*memberRec{},
-			tags:      map[int64][]string{},
-			assigned:  map[int64]int64{},
-		}
+func newCampaignData() *campaignData {
+	return &campaignData{campaigns: map[int64]model.Campaign{}, members: map[int64]map[int64]*memberRec{}}
+}
+
+// cd returns the campaign data; its mu must be held.
+func (s *Store) cd() *campaignData { return s.camp }
+
+// lockCampaigns locks the Store and its campaigns and returns the unlock.
+func (s *Store) lockCampaigns() func() {
+	s.mu.Lock()
+	s.camp.mu.Lock()
+	return func() {
+		s.camp.mu.Unlock()
+		s.mu.Unlock()
 	}
-	return s.camp
 }
 
 // SetDeviceTags sets a device's tags (what a campaign selector matches).
 func (s *Store) SetDeviceTags(deviceID int64, tags ...string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.cd().tags[deviceID] = slices.Clone(tags)
+	if d, ok := s.devices[deviceID]; ok {
+		d.Tags = slices.Clone(tags)
+		s.devices[deviceID] = d
+	}
 }
 
-// AssignedFirmware is the firmware id a campaign assigned the device (0
-// when none).
+// AssignedFirmware is the firmware id assigned to the device (0 when
+// none).
 func (s *Store) AssignedFirmware(deviceID int64) int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.cd().assigned[deviceID]
+	if d, ok := s.devices[deviceID]; ok && d.AssignedFirmwareID != nil {
+		return *d.AssignedFirmwareID
+	}
+	return 0
+}
+
+// setAssigned sets (or, with 0, clears) a device's assigned firmware.
+// s.mu must be held.
+func (s *Store) setAssigned(deviceID, firmwareID int64) {
+	d, ok := s.devices[deviceID]
+	if !ok {
+		return
+	}
+	if firmwareID == 0 {
+		d.AssignedFirmwareID = nil
+	} else {
+		d.AssignedFirmwareID = &firmwareID
+	}
+	s.devices[deviceID] = d
 }
 
 func cloneCampaign(c model.Campaign) model.Campaign {
@@ -93,8 +120,7 @@ func (s *Store) CreateCampaign(_ context.Context, c *model.Campaign, waveOf func
 	if err := s.hook("CreateCampaign"); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockCampaigns()()
 	cd := s.cd()
 	if _, ok := s.models[c.DeviceModelID]; !ok {
 		return fmt.Errorf("device model %d: %w", c.DeviceModelID, model.ErrNotFound)
@@ -112,7 +138,7 @@ func (s *Store) CreateCampaign(_ context.Context, c *model.Campaign, waveOf func
 		if d.DeviceModelID != c.DeviceModelID || !d.Active {
 			continue
 		}
-		if !containsAll(cd.tags[d.ID], c.SelectorTags) {
+		if !containsAll(d.Tags, c.SelectorTags) {
 			continue
 		}
 		members[d.ID] = &memberRec{m: model.CampaignMember{
@@ -141,8 +167,7 @@ func (s *Store) GetCampaign(_ context.Context, id int64) (model.Campaign, error)
 	if err := s.hook("GetCampaign"); err != nil {
 		return model.Campaign{}, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockCampaigns()()
 	c, ok := s.cd().campaigns[id]
 	if !ok {
 		return model.Campaign{}, fmt.Errorf("campaign %d: %w", id, model.ErrNotFound)
@@ -155,8 +180,8 @@ func (s *Store) ActiveCampaign(_ context.Context, modelID int64) (model.Campaign
 	if err := s.hook("ActiveCampaign"); err != nil {
 		return model.Campaign{}, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.camp.mu.Lock()
+	defer s.camp.mu.Unlock()
 	for _, c := range s.cd().campaigns {
 		if c.DeviceModelID == modelID && activeState(c.State) {
 			return cloneCampaign(c), nil
@@ -170,8 +195,7 @@ func (s *Store) ListCampaigns(_ context.Context, f ports.CampaignFilter) (ports.
 	if err := s.hook("ListCampaigns"); err != nil {
 		return ports.CampaignPage{}, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockCampaigns()()
 	limit := ports.PageLimit(f.Limit)
 	var match []model.Campaign
 	for _, c := range s.cd().campaigns {
@@ -194,8 +218,7 @@ func (s *Store) RunningCampaigns(_ context.Context) ([]model.Campaign, error) {
 	if err := s.hook("RunningCampaigns"); err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockCampaigns()()
 	var out []model.Campaign
 	for _, c := range s.cd().campaigns {
 		if c.State == model.CampaignRunning {
@@ -211,8 +234,7 @@ func (s *Store) CampaignCounts(_ context.Context) (map[model.CampaignState]int, 
 	if err := s.hook("CampaignCounts"); err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockCampaigns()()
 	out := map[model.CampaignState]int{}
 	for _, st := range model.CampaignStates {
 		out[st] = 0
@@ -228,8 +250,7 @@ func (s *Store) ListMembers(_ context.Context, f ports.MemberFilter) (ports.Memb
 	if err := s.hook("ListMembers"); err != nil {
 		return ports.MemberPage{}, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockCampaigns()()
 	if _, ok := s.cd().campaigns[f.CampaignID]; !ok {
 		return ports.MemberPage{}, fmt.Errorf("campaign %d: %w", f.CampaignID, model.ErrNotFound)
 	}
@@ -271,8 +292,7 @@ func (s *Store) WaveCounts(_ context.Context, id int64) ([]model.WaveCount, erro
 	if err := s.hook("WaveCounts"); err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockCampaigns()()
 	c, ok := s.cd().campaigns[id]
 	if !ok {
 		return nil, fmt.Errorf("campaign %d: %w", id, model.ErrNotFound)
@@ -289,8 +309,7 @@ func (s *Store) WaveCount(_ context.Context, id int64, wave int) (model.WaveCoun
 	if err := s.hook("WaveCount"); err != nil {
 		return model.WaveCount{}, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockCampaigns()()
 	if _, ok := s.cd().campaigns[id]; !ok {
 		return model.WaveCount{}, fmt.Errorf("campaign %d: %w", id, model.ErrNotFound)
 	}
@@ -321,8 +340,7 @@ func (s *Store) UpdateCampaign(_ context.Context, id int64, fn func(*model.Campa
 	if err := s.hook("UpdateCampaign"); err != nil {
 		return model.Campaign{}, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockCampaigns()()
 	cur, c, entries, err := s.updateCampaign(id, fn)
 	if err != nil {
 		return model.Campaign{}, err
@@ -339,8 +357,7 @@ func (s *Store) StartWave(_ context.Context, id int64, at time.Time, fn func(*mo
 	if err := s.hook("StartWave"); err != nil {
 		return model.Campaign{}, 0, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockCampaigns()()
 	cur, c, entries, err := s.updateCampaign(id, fn)
 	if err != nil {
 		return model.Campaign{}, 0, err
@@ -359,7 +376,7 @@ func (s *Store) StartWave(_ context.Context, id int64, at time.Time, fn func(*mo
 		t := at
 		r.m.AssignedAt = &t
 		r.nudge = nudgeAssign
-		s.cd().assigned[r.m.DeviceID] = c.FirmwareID
+		s.setAssigned(r.m.DeviceID, c.FirmwareID)
 		n++
 	}
 	s.cd().campaigns[id] = cloneCampaign(c)
@@ -372,8 +389,7 @@ func (s *Store) AbortCampaign(_ context.Context, id int64, rollback bool, fn fun
 	if err := s.hook("AbortCampaign"); err != nil {
 		return model.Campaign{}, 0, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockCampaigns()()
 	cur, c, entries, err := s.updateCampaign(id, fn)
 	if err != nil {
 		return model.Campaign{}, 0, err
@@ -385,8 +401,8 @@ func (s *Store) AbortCampaign(_ context.Context, id int64, rollback bool, fn fun
 			if r.m.AssignedAt == nil || (r.m.State != model.MemberFailed && r.m.State != model.MemberPending) {
 				continue
 			}
-			if s.cd().assigned[r.m.DeviceID] == c.FirmwareID {
-				delete(s.cd().assigned, r.m.DeviceID)
+			if d, ok := s.devices[r.m.DeviceID]; ok && d.AssignedFirmwareID != nil && *d.AssignedFirmwareID == c.FirmwareID {
+				s.setAssigned(r.m.DeviceID, 0)
 			}
 			r.nudge = nudgeRollback
 			n++
@@ -402,8 +418,7 @@ func (s *Store) TimeOutMembers(_ context.Context, c model.Campaign, wave int, as
 	if err := s.hook("TimeOutMembers"); err != nil {
 		return 0, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockCampaigns()()
 	n := 0
 	for _, r := range s.cd().members[c.ID] {
 		if r.m.Wave != wave || r.m.State != model.MemberPending || r.m.AssignedAt == nil || us(*r.m.AssignedAt).After(us(assignedBefore)) {
@@ -422,8 +437,7 @@ func (s *Store) OwedNudges(_ context.Context, id int64, limit int) ([]model.Camp
 	if err := s.hook("OwedNudges"); err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockCampaigns()()
 	var out []model.CampaignNudge
 	for _, r := range s.cd().members[id] {
 		if r.nudge != nudgeNone {
@@ -442,8 +456,7 @@ func (s *Store) NudgesSent(_ context.Context, id int64, sent []model.CampaignNud
 	if err := s.hook("NudgesSent"); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockCampaigns()()
 	for _, n := range sent {
 		kind := nudgeAssign
 		if n.Rollback {
@@ -461,8 +474,7 @@ func (s *Store) ObserveReport(_ context.Context, deviceID int64, fn func(model.C
 	if err := s.hook("ObserveReport"); err != nil {
 		return model.Campaign{}, model.CampaignMember{}, false, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lockCampaigns()()
 	var latest int64
 	for cid, ms := range s.cd().members {
 		if _, ok := ms[deviceID]; ok && cid > latest {

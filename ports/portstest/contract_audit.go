@@ -167,11 +167,11 @@ func RunAuditContract(t *testing.T, newEnv func(t *testing.T) AuditEnv) {
 
 		sum := randomSHA256()
 		f := model.Firmware{DeviceModelID: m.ID, Version: "1", Chip: "esp32", SHA256: sum, Size: 1, UploadedAt: at}
-		mustNoErr(t, "RecordFirmware", env.Firmware.RecordFirmware(ctx, &f, func(*model.Firmware) ([]model.AuditEntry, error) {
+		mustNoErr(t, "RecordFirmware", env.Firmware.RecordFirmware(ctx, &f, func(ports.FirmwareHeads) ([]model.AuditEntry, error) {
 			return one(model.AuditFirmwareUploaded, 0, ""), nil
 		}))
 		again := model.Firmware{DeviceModelID: m.ID, Version: "2", Chip: "esp32", SHA256: randomSHA256(), Size: 1, UploadedAt: at}
-		if err := env.Firmware.RecordFirmware(ctx, &again, func(*model.Firmware) ([]model.AuditEntry, error) {
+		if err := env.Firmware.RecordFirmware(ctx, &again, func(ports.FirmwareHeads) ([]model.AuditEntry, error) {
 			return one(model.AuditFirmwareUploaded, 0, "must not be stored"), refused
 		}); !errors.Is(err, refused) {
 			t.Fatalf("RecordFirmware with a failing check = %v", err)

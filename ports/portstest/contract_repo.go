@@ -562,14 +562,14 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		}
 	})
 
-	t.Run("RecordFirmware's check sees the current firmware; its error records nothing", func(t *testing.T) {
+	t.Run("RecordFirmware's check sees the released firmware; its error records nothing", func(t *testing.T) {
 		x := r(t)
 		m := x.model("ct_fwcheck", nil)
 		v1 := x.fw(m, "1.0.0", now())
 		var seen []*model.Firmware
 		record := func(f *model.Firmware, fail error) error {
-			return x.firmware.RecordFirmware(x.ctx(), f, func(cur *model.Firmware) ([]model.AuditEntry, error) {
-				seen = append(seen, cur)
+			return x.firmware.RecordFirmware(x.ctx(), f, func(cur ports.FirmwareHeads) ([]model.AuditEntry, error) {
+				seen = append(seen, cur.Released)
 				return nil, fail
 			})
 		}
@@ -609,8 +609,8 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 				defer wg.Done()
 				f := x.fw(m, fmt.Sprintf("1.0.%d", i), now())
 				f.Chip, f.ChipID = chips[i%2].name, chips[i%2].id
-				errs[i] = x.firmware.RecordFirmware(x.ctx(), &f, func(cur *model.Firmware) ([]model.AuditEntry, error) {
-					if cur != nil && cur.ChipID != f.ChipID {
+				errs[i] = x.firmware.RecordFirmware(x.ctx(), &f, func(cur ports.FirmwareHeads) ([]model.AuditEntry, error) {
+					if cur.Released != nil && cur.Released.ChipID != f.ChipID {
 						return nil, model.ErrConflict
 					}
 					return nil, nil
@@ -642,8 +642,8 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		x := r(t)
 		m := x.model("ct_fw", nil)
 		other := x.model("ct_fw_other", nil)
-		_, err := x.firmware.CurrentFirmware(x.ctx(), m.ID)
-		wantErrIs(t, "CurrentFirmware(none)", err, model.ErrNotFound)
+		_, err := x.firmware.ReleasedFirmware(x.ctx(), m.ID)
+		wantErrIs(t, "ReleasedFirmware(none)", err, model.ErrNotFound)
 		hist, err := x.firmware.ListFirmware(x.ctx(), m.ID)
 		mustNoErr(t, "ListFirmware(none)", err)
 		if len(hist) != 0 {
@@ -662,9 +662,9 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 		o1 := x.fw(other, "9.9.9", t0.Add(2*time.Minute))
 		mustNoErr(t, "RecordFirmware other", x.firmware.RecordFirmware(x.ctx(), &o1, nil))
 
-		cur, err := x.firmware.CurrentFirmware(x.ctx(), m.ID)
-		mustNoErr(t, "CurrentFirmware", err)
-		wantFirmware(t, "CurrentFirmware", cur, v2)
+		cur, err := x.firmware.ReleasedFirmware(x.ctx(), m.ID)
+		mustNoErr(t, "ReleasedFirmware", err)
+		wantFirmware(t, "ReleasedFirmware", cur, v2)
 		hist, err = x.firmware.ListFirmware(x.ctx(), m.ID)
 		mustNoErr(t, "ListFirmware", err)
 		if len(hist) != 2 {
@@ -686,6 +686,8 @@ func RunRepoContract(t *testing.T, newRepos func(t *testing.T) (ports.ModelRepo,
 	})
 
 	runStateContract(t, r)
+	runReleaseContract(t, r)
+	runTagsContract(t, r)
 	runRotationQueueContract(t, r)
 }
 
@@ -739,6 +741,7 @@ func (x repoFixture) fw(m model.DeviceModel, version string, at time.Time) model
 	return model.Firmware{
 		DeviceModelID: m.ID, Version: version, ProjectName: "contract", IDFVersion: "v5.3.1",
 		Chip: "esp32", ChipID: 0, SHA256: hex.EncodeToString(sum), Size: 123456, SecureVersion: 4294967295, UploadedAt: at,
+		ReleasedAt: &at,
 	}
 }
 

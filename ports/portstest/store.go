@@ -41,7 +41,7 @@ type Store struct {
 	firmware map[int64][]model.Firmware // by model id, in upload order
 	dumps    map[int64]model.Coredump
 	audit    *AuditLog
-	// camp holds the campaigns (campaigns.go); nil until the first.
+	// camp holds the campaigns (campaigns.go).
 	camp *campaignData
 }
 
@@ -62,6 +62,7 @@ func NewStore(clock ports.Clock) *Store {
 		firmware: map[int64][]model.Firmware{},
 		dumps:    map[int64]model.Coredump{},
 		audit:    NewAuditLog(clock),
+		camp:     newCampaignData(),
 	}
 }
 
@@ -123,6 +124,14 @@ func cloneDevice(d model.Device) model.Device {
 		d.PreviousSecret = bytes.Clone(d.PreviousSecret)
 	}
 	d.Reported = cloneReport(d.Reported)
+	d.Tags = slices.Clone(d.Tags)
+	if d.Tags == nil {
+		d.Tags = []string{} // as the database returns it
+	}
+	if d.AssignedFirmwareID != nil {
+		id := *d.AssignedFirmwareID
+		d.AssignedFirmwareID = &id
+	}
 	return d
 }
 
@@ -301,6 +310,7 @@ func (s *Store) CreateDevice(_ context.Context, d *model.Device, audit []model.A
 	}
 	d.Reported = nil // only ReportState writes a report
 	s.devices[d.ID] = cloneDevice(*d)
+	*d = cloneDevice(*d)
 	s.audit.commit(audit, d.ID, d.DeviceModelID)
 	return nil
 }
@@ -347,7 +357,8 @@ func (s *Store) ListDevices(_ context.Context, f ports.DeviceFilter) (ports.Devi
 			(f.RotationState == nil || d.RotationState == *f.RotationState) &&
 			(f.Active == nil || d.Active == *f.Active) &&
 			(f.FirmwareVersion == nil || (d.Reported != nil && d.Reported.FirmwareVersion == *f.FirmwareVersion)) &&
-			(f.SeenBefore == nil || d.LastSeenAt == nil || us(*d.LastSeenAt).Before(us(*f.SeenBefore)))
+			(f.SeenBefore == nil || d.LastSeenAt == nil || us(*d.LastSeenAt).Before(us(*f.SeenBefore))) &&
+			hasAll(d.Tags, f.Tags)
 	}), nil
 }
 
@@ -395,6 +406,7 @@ func (s *Store) UpdateDevice(_ context.Context, id int64, fn func(*model.Device)
 	}
 	d.ID, d.Key, d.DeviceModelID, d.ModelCode, d.CreatedAt = cur.ID, cur.Key, cur.DeviceModelID, cur.ModelCode, cur.CreatedAt
 	d.Reported = cur.Reported
+	d.AssignedFirmwareID = cur.AssignedFirmwareID
 	d.UpdatedAt = s.now()
 	s.devices[id] = cloneDevice(d)
 	s.audit.commit(entries, id, d.DeviceModelID)
@@ -537,7 +549,7 @@ func (s *Store) StaleCounts(_ context.Context, before time.Time) (map[string]int
 }
 
 // RecordFirmware implements ports.FirmwareRepo.
-func (s *Store) RecordFirmware(_ context.Context, f *model.Firmware, check func(*model.Firmware) ([]model.AuditEntry, error)) error {
+func (s *Store) RecordFirmware(_ context.Context, f *model.Firmware, check func(ports.FirmwareHeads) ([]model.AuditEntry, error)) error {
 	if err := s.hook("RecordFirmware"); err != nil {
 		return err
 	}
@@ -549,44 +561,207 @@ func (s *Store) RecordFirmware(_ context.Context, f *model.Firmware, check func(
 	}
 	var entries []model.AuditEntry
 	if check != nil {
-		var current *model.Firmware
-		if h := s.firmwareNewestFirst(m.ID); len(h) > 0 {
-			current = &h[0]
-		}
 		var err error
-		if entries, err = check(current); err != nil {
+		if entries, err = check(s.heads(m.ID)); err != nil {
 			return err
 		}
 	}
 	f.ID = s.id()
+	if f.ReleasedAt != nil {
+		at := s.releaseTime(m.ID)
+		f.ReleasedAt = &at
+		m.FirmwareVersion = f.Version
+		m.UpdatedAt = s.now()
+		s.models[m.ID] = m
+	}
 	s.audit.commit(entries, 0, m.ID)
-	s.firmware[m.ID] = append(s.firmware[m.ID], *f)
-	m.FirmwareVersion = f.Version
-	m.UpdatedAt = s.now()
-	s.models[m.ID] = m
+	s.firmware[m.ID] = append(s.firmware[m.ID], cloneFirmware(*f))
 	return nil
+}
+
+// cloneFirmware deep-copies f.
+func cloneFirmware(f model.Firmware) model.Firmware {
+	f.ReleasedAt = cloneTime(f.ReleasedAt)
+	if f.ReleasedAt != nil {
+		*f.ReleasedAt = us(*f.ReleasedAt)
+	}
+	return f
+}
+
+// releaseTime is the time of a release of the model now: now, but never
+// before a microsecond after its latest release (as the Postgres adapter
+// does). s.mu must be held.
+func (s *Store) releaseTime(modelID int64) time.Time {
+	at := us(s.now())
+	if r, ok := model.ReleasedIn(s.firmware[modelID]); ok && !at.After(*r.ReleasedAt) {
+		at = r.ReleasedAt.Add(time.Microsecond)
+	}
+	return at
+}
+
+// heads are the model's released and newest uploads. s.mu must be held.
+func (s *Store) heads(modelID int64) ports.FirmwareHeads {
+	var h ports.FirmwareHeads
+	if hist := s.firmwareNewestFirst(modelID); len(hist) > 0 {
+		h.Newest = &hist[0]
+	}
+	if r, ok := model.ReleasedIn(s.firmware[modelID]); ok {
+		r = cloneFirmware(r)
+		h.Released = &r
+	}
+	return h
 }
 
 // firmwareNewestFirst returns the model's history, the most recently
 // recorded first, as PostgreSQL orders it (by ID, not by UploadedAt).
+// s.mu must be held.
 func (s *Store) firmwareNewestFirst(modelID int64) []model.Firmware {
-	out := slices.Clone(s.firmware[modelID])
-	slices.Reverse(out)
+	out := make([]model.Firmware, 0, len(s.firmware[modelID]))
+	for _, f := range slices.Backward(s.firmware[modelID]) {
+		out = append(out, cloneFirmware(f))
+	}
 	return out
 }
 
-// CurrentFirmware implements ports.FirmwareRepo.
-func (s *Store) CurrentFirmware(_ context.Context, modelID int64) (model.Firmware, error) {
-	if err := s.hook("CurrentFirmware"); err != nil {
+// ReleasedFirmware implements ports.FirmwareRepo.
+func (s *Store) ReleasedFirmware(_ context.Context, modelID int64) (model.Firmware, error) {
+	if err := s.hook("ReleasedFirmware"); err != nil {
 		return model.Firmware{}, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	h := s.firmwareNewestFirst(modelID)
-	if len(h) == 0 {
-		return model.Firmware{}, fmt.Errorf("firmware of device model %d: %w", modelID, model.ErrNotFound)
+	r, ok := model.ReleasedIn(s.firmware[modelID])
+	if !ok {
+		return model.Firmware{}, fmt.Errorf("released firmware of device model %d: %w", modelID, model.ErrNotFound)
 	}
-	return h[0], nil
+	return cloneFirmware(r), nil
+}
+
+// FirmwareBySHA256 implements ports.FirmwareRepo.
+func (s *Store) FirmwareBySHA256(_ context.Context, modelID int64, sha256 string) (model.Firmware, error) {
+	if err := s.hook("FirmwareBySHA256"); err != nil {
+		return model.Firmware{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := s.bySHA256(modelID, sha256)
+	if i < 0 {
+		return model.Firmware{}, fmt.Errorf("firmware %s of device model %d: %w", sha256, modelID, model.ErrNotFound)
+	}
+	return cloneFirmware(s.firmware[modelID][i]), nil
+}
+
+// bySHA256 is the index of the model's newest upload of sha256, -1 when
+// none. s.mu must be held.
+func (s *Store) bySHA256(modelID int64, sha256 string) int {
+	h := s.firmware[modelID]
+	for i := len(h) - 1; i >= 0; i-- {
+		if h[i].SHA256 == sha256 {
+			return i
+		}
+	}
+	return -1
+}
+
+// ReleaseFirmware implements ports.FirmwareRepo.
+func (s *Store) ReleaseFirmware(_ context.Context, modelID int64, sha256 string,
+	audit func(f model.Firmware, alreadyReleased bool) []model.AuditEntry) (model.Firmware, bool, error) {
+	if err := s.hook("ReleaseFirmware"); err != nil {
+		return model.Firmware{}, false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m, ok := s.models[modelID]
+	if !ok {
+		return model.Firmware{}, false, fmt.Errorf("device model %d: %w", modelID, model.ErrNotFound)
+	}
+	i := s.bySHA256(modelID, sha256)
+	if i < 0 {
+		return model.Firmware{}, false, fmt.Errorf("firmware %s of device model %d: %w", sha256, modelID, model.ErrNotFound)
+	}
+	f := cloneFirmware(s.firmware[modelID][i])
+	if r, ok := model.ReleasedIn(s.firmware[modelID]); ok && r.ID == f.ID {
+		s.audit.commit(audit(f, true), 0, modelID)
+		return f, false, nil
+	}
+	at := s.releaseTime(modelID)
+	f.ReleasedAt = &at
+	s.firmware[modelID][i] = cloneFirmware(f)
+	m.FirmwareVersion = f.Version
+	m.UpdatedAt = s.now()
+	s.models[modelID] = m
+	s.audit.commit(audit(f, false), 0, modelID)
+	return f, true, nil
+}
+
+// EffectiveFirmware implements ports.FirmwareRepo.
+func (s *Store) EffectiveFirmware(_ context.Context, modelID int64, assignedID *int64) (model.Firmware, error) {
+	if err := s.hook("EffectiveFirmware"); err != nil {
+		return model.Firmware{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if assignedID != nil {
+		for _, f := range s.firmware[modelID] {
+			if f.ID == *assignedID {
+				return cloneFirmware(f), nil
+			}
+		}
+	}
+	r, ok := model.ReleasedIn(s.firmware[modelID])
+	if !ok {
+		return model.Firmware{}, fmt.Errorf("effective firmware of device model %d: %w", modelID, model.ErrNotFound)
+	}
+	return cloneFirmware(r), nil
+}
+
+// AssignFirmware implements ports.DeviceRepo.
+func (s *Store) AssignFirmware(_ context.Context, deviceIDs []int64, firmwareID *int64) (int, error) {
+	if err := s.hook("AssignFirmware"); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var fwModel int64 = -1
+	if firmwareID != nil {
+		for mid, h := range s.firmware {
+			for _, f := range h {
+				if f.ID == *firmwareID {
+					fwModel = mid
+				}
+			}
+		}
+	}
+	n := 0
+	for _, id := range slices.Compact(slices.Sorted(slices.Values(deviceIDs))) {
+		d, ok := s.devices[id]
+		if !ok {
+			continue
+		}
+		switch {
+		case firmwareID == nil && d.AssignedFirmwareID != nil:
+			d.AssignedFirmwareID = nil
+		case firmwareID != nil && d.DeviceModelID == fwModel &&
+			(d.AssignedFirmwareID == nil || *d.AssignedFirmwareID != *firmwareID):
+			fid := *firmwareID
+			d.AssignedFirmwareID = &fid
+		default:
+			continue
+		}
+		s.devices[id] = d
+		n++
+	}
+	return n, nil
+}
+
+// hasAll reports whether have holds every one of want.
+func hasAll(have, want []string) bool {
+	for _, t := range want {
+		if !slices.Contains(have, t) {
+			return false
+		}
+	}
+	return true
 }
 
 // ListFirmware implements ports.FirmwareRepo.

@@ -68,6 +68,9 @@ test.describe.serial("the console", () => {
     await expect(facts).toContainText("1.2.3-e2e");
     await expect(facts).toContainText("console_e2e");
     await expect(page.getByRole("table").filter({ hasText: "1.2.3-e2e" })).toBeVisible();
+    // released at once (the "release now" box is checked by default)
+    await expect(page.getByRole("status")).toContainText("released");
+    await expect(page.getByRole("table").filter({ hasText: "1.2.3-e2e" }).getByText("released", { exact: true })).toBeVisible();
     await expect(page.getByRole("heading", { name: "Recent crashes" })).toBeVisible();
     await expect(page.getByText(/No analysed core dumps in the last 30 days/)).toBeVisible();
     await noSeriousA11yViolations(page, "model page");
@@ -93,6 +96,11 @@ test.describe.serial("the console", () => {
     await expect(page.getByText("No state report yet")).toBeVisible();
     await expect(page.getByRole("heading", { name: "Core dumps" })).toBeVisible();
     await expect(page.getByText("No core dumps: the device has not uploaded one.")).toBeVisible();
+    // Tags: typed, saved, shown (sorted by the server)
+    await page.getByLabel("Tags", { exact: true }).fill("site:e2e, canary");
+    await page.getByRole("button", { name: "Save tags" }).click();
+    await expect(page.locator("dl.facts").getByText("site:e2e")).toBeVisible();
+    await expect(page.getByLabel("Tags", { exact: true })).toHaveValue("canary site:e2e");
     await noSeriousA11yViolations(page, "device page");
 
     // Download the partition
@@ -110,6 +118,10 @@ test.describe.serial("the console", () => {
 
     // The devices page with the new device
     await nav(page, "Devices").click();
+    await expect(page.getByRole("link", { name: clientId })).toBeVisible();
+    await page.getByLabel("Tags (all of)").fill("site:e2e");
+    await page.getByLabel("Tags (all of)").press("Tab");
+    await expect(page).toHaveURL(/tag=site%3Ae2e/);
     await expect(page.getByRole("link", { name: clientId })).toBeVisible();
     await noSeriousA11yViolations(page, "devices page");
     if (shots) await page.screenshot({ path: join(shots, "console-devices.png") });

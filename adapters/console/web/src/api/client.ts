@@ -48,14 +48,20 @@ export interface DeviceFilter {
   firmware_version?: string;
   /** RFC 3339: devices not seen since then (never-seen ones included) */
   seen_before?: string;
+  /** devices carrying every one of these tags */
+  tag?: string[];
   limit?: number;
   cursor?: string;
 }
 
-function query(q: Record<string, string | number | boolean | undefined>): string {
+function query(q: Record<string, string | number | boolean | string[] | undefined>): string {
   const p = new URLSearchParams();
   for (const [k, v] of Object.entries(q)) {
-    if (v !== undefined && v !== "") p.set(k, String(v));
+    if (Array.isArray(v)) {
+      for (const x of v) p.append(k, x); // a repeated parameter: tag=a&tag=b
+    } else if (v !== undefined && v !== "") {
+      p.set(k, String(v));
+    }
   }
   const s = p.toString();
   return s ? `?${s}` : "";
@@ -128,14 +134,19 @@ export class Api {
   updateModel = (id: number, m: S["DeviceModelUpdate"], force = false) =>
     this.json<DeviceModel>("PUT", `/api/device-models/${id}${force ? "?force=true" : ""}`, m);
   deleteModel = (id: number) => this.json<void>("DELETE", `/api/device-models/${id}`);
-  uploadFirmware = async (id: number, image: Blob, force = false) =>
-    (await (await this.raw("POST", `/api/device-models/${id}/firmware${force ? "?force=true" : ""}`, image, "application/octet-stream")).json()) as FirmwareUpload;
+  /** uploadFirmware uploads an image: released at once, or only stored with release false. */
+  uploadFirmware = async (id: number, image: Blob, force = false, release = true) =>
+    (await (await this.raw("POST", `/api/device-models/${id}/firmware${query({ force: force || undefined, release: release ? undefined : false })}`,
+      image, "application/octet-stream")).json()) as FirmwareUpload;
+  /** releaseFirmware makes the model's upload sha256 its released firmware (a stored one, or an earlier one again). */
+  releaseFirmware = (id: number, sha256: string) => this.json<Firmware>("POST", `/api/device-models/${id}/firmware/${sha256}/release`);
   firmwareVersions = (id: number) => this.json<S["FirmwareList"]>("GET", `/api/device-models/${id}/firmware/versions`).then((l) => l.versions);
 
   listDevices = (f: DeviceFilter = {}) => this.json<DeviceList>("GET", `/api/devices${query({ ...f })}`);
   getDevice = (id: number) => this.json<Device>("GET", `/api/devices/${id}`);
-  createDevice = (d: { device_model_id: number; config: unknown; active?: boolean }) => this.json<Device>("POST", "/api/devices", d);
-  updateDevice = (id: number, d: { config: unknown; active: boolean }) => this.json<Device>("PUT", `/api/devices/${id}`, d);
+  createDevice = (d: { device_model_id: number; config: unknown; active?: boolean; tags?: string[] }) => this.json<Device>("POST", "/api/devices", d);
+  /** updateDevice changes what d holds; absent members are left as they are. */
+  updateDevice = (id: number, d: { config?: unknown; active?: boolean; tags?: string[] }) => this.json<Device>("PUT", `/api/devices/${id}`, d);
   deleteDevice = (id: number) => this.json<void>("DELETE", `/api/devices/${id}`);
   identity = (id: number) => this.json<IdentityStatus>("GET", `/api/devices/${id}/identity`);
   syncIdentity = (id: number) => this.json<IdentityStatus>("POST", `/api/devices/${id}/identity/sync`);

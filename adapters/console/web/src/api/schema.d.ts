@@ -238,12 +238,12 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Download the model's current firmware */
+        /** Download the model's released firmware */
         get: operations["downloadFirmware"];
         put?: never;
         /**
-         * Upload an ESP32 application image as the model's current firmware
-         * @description The image is the raw body (application/octet-stream) or the multipart/form-data field "file". It is parsed and validated; the response is its metadata. The model's current image again changes nothing (200, the existing record, no notification). An image whose secure_version is lower than the current firmware's is refused (409) unless force=true, since devices with anti-rollback would refuse it; warnings say where an accepted upload goes backwards. No schema can say which bytes are an ESP32 application image: validity depends on the content as a whole (magic, segment headers and lengths, the checksum over the segments, the SHA-256 appended over everything before it, the app descriptor inside the first segment), so the body is declared as any binary, and one that is not a valid image is a 400 saying what is wrong.
+         * Upload an ESP32 application image: released to the model's devices at once, or only stored (release=false)
+         * @description The image is the raw body (application/octet-stream) or the multipart/form-data field "file". It is parsed and validated; the response is its metadata. By default the upload becomes the model's released firmware and its devices are told; with release=false it is only stored (history and binary, released later with POST .../firmware/{sha256}/release or staged by a campaign), and an upload may be stored instead of released for another reason, which its warnings say. The model's released image again (or, with release=false, its released or newest image) changes nothing (200, the existing record, no notification). The image must be for the chip of the model's released firmware (of its newest upload when none is released). An image whose secure_version is lower than the released firmware's is refused (409) unless force=true, since devices with anti-rollback would refuse it; warnings say where an accepted upload goes backwards against the released firmware. No schema can say which bytes are an ESP32 application image: validity depends on the content as a whole (magic, segment headers and lengths, the checksum over the segments, the SHA-256 appended over everything before it, the app descriptor inside the first segment), so the body is declared as any binary, and one that is not a valid image is a 400 saying what is wrong.
          */
         post: operations["uploadFirmware"];
         delete?: never;
@@ -259,7 +259,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Firmware upload history, newest first */
+        /** Firmware upload history, newest first, with the released one marked */
         get: operations["listFirmwareVersions"];
         put?: never;
         post?: never;
@@ -283,6 +283,26 @@ export interface paths {
          */
         put: operations["uploadFirmwareELF"];
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/device-models/{id}/firmware/{sha256}/release": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Release a stored upload, or an earlier one again (a rollback)
+         * @description Makes the model's upload with this SHA-256 its released firmware: the model's firmware_version follows it, the release is audited (firmware_released) and the model's devices are told. The released one already changes nothing (200, no audit). No chip or secure_version check is made: the upload passed them when it was recorded, and an older secure_version is the admin's choice (anti-rollback devices refuse it; the audit entry says so). While the model has a running or paused campaign this is a 409: its devices change firmware only through the campaign.
+         */
+        post: operations["releaseFirmware"];
         delete?: never;
         options?: never;
         head?: never;
@@ -340,8 +360,8 @@ export interface paths {
         /** Get a device */
         get: operations["getDevice"];
         /**
-         * Change a device's config and active flag (absent members unchanged)
-         * @description A config the model's config_schema refuses is a conflict with the current state (409, field config).
+         * Change a device's config, active flag and tags (absent members unchanged)
+         * @description A config the model's config_schema refuses is a conflict with the current state (409, field config). tags, when present, replace the device's tags (an empty array removes them all).
          */
         put: operations["updateDevice"];
         post?: never;
@@ -504,12 +524,12 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** CI: the model's current firmware version */
+        /** CI: the model's released firmware version */
         get: operations["pipelineCurrentFirmware"];
         put?: never;
         /**
          * CI: upload the model's firmware by the model's code
-         * @description The same upload as POST /api/device-models/{id}/firmware (validation, idempotency, the secure_version rule, warnings, audit with the pipeline's client as the actor), for tokens holding the pipeline role. The image is the raw body (application/octet-stream) or the multipart/form-data field "file"; the field "elf" carries the application's ELF for core-dump analysis, kept when its SHA-256 is the image's app_elf_sha256 (else 400 naming both, nothing stored).
+         * @description The same upload as POST /api/device-models/{id}/firmware (validation, idempotency, the secure_version rule, release or, with release=false, storage only, warnings, audit with the pipeline's client as the actor), for tokens holding the pipeline role. The image is the raw body (application/octet-stream) or the multipart/form-data field "file"; the field "elf" carries the application's ELF for core-dump analysis, kept when its SHA-256 is the image's app_elf_sha256 (else 400 naming both, nothing stored).
          */
         post: operations["pipelineUploadFirmware"];
         delete?: never;
@@ -653,7 +673,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The current firmware of the calling device's model */
+        /** The calling device's effective firmware: the one a campaign assigned to it, else its model's released firmware */
         get: operations["deviceFirmware"];
         put?: never;
         post?: never;
@@ -794,7 +814,7 @@ export interface components {
             /** Format: int64 */
             id: number;
             /** @enum {string} */
-            kind: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded" | "broker_account_reconciled" | "orphan_account_deleted" | "coredump_uploaded" | "coredump_deleted" | "device_firmware_changed" | "campaign_created" | "campaign_wave_started" | "campaign_paused" | "campaign_resumed" | "campaign_aborted" | "campaign_completed";
+            kind: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded" | "broker_account_reconciled" | "orphan_account_deleted" | "coredump_uploaded" | "coredump_deleted" | "device_firmware_changed" | "firmware_released" | "campaign_created" | "campaign_wave_started" | "campaign_paused" | "campaign_resumed" | "campaign_aborted" | "campaign_completed";
             /** @enum {string} */
             outcome: "success" | "failure";
         };
@@ -1156,6 +1176,8 @@ export interface components {
              * @description RFC 3339, UTC; null when never
              */
             secret_created_at: string | null;
+            /** @description the device's tags: 0 to 32 strings matching ^[a-z0-9_.:-]{1,64}$; kept sorted, a tag given twice kept once */
+            tags: string[];
             /**
              * Format: date-time
              * @description RFC 3339, UTC
@@ -1200,6 +1222,8 @@ export interface components {
             active?: boolean;
             /** @description checked against the model's config_schema: a config it refuses is a 409 naming this field */
             config?: components["schemas"]["Config"];
+            /** @description the device's new tags, replacing the old ones ([] removes them all); absent leaves them */
+            tags?: string[];
         };
         Firmware: {
             /**
@@ -1218,6 +1242,13 @@ export interface components {
             id: number;
             idf_version: string;
             project_name: string;
+            /** @description this upload is the model's released firmware: the one its devices are offered unless a campaign assigned them another */
+            released: boolean;
+            /**
+             * Format: date-time
+             * @description RFC 3339, UTC: when this upload was last released; null for an upload only stored (never released)
+             */
+            released_at: string | null;
             /** @description the app descriptor's secure_version (anti-rollback); 0 for uploads recorded before it was kept */
             secure_version: number;
             sha256: string;
@@ -1234,7 +1265,7 @@ export interface components {
             versions: components["schemas"]["Firmware"][];
         };
         FirmwareUpload: components["schemas"]["Firmware"] & {
-            /** @description where the upload goes backwards against the firmware it replaced (a forced lower secure_version, a lower version); empty otherwise */
+            /** @description where the upload goes backwards against the released firmware (a forced lower secure_version, a lower version), and why an upload meant for release was only stored; empty otherwise */
             warnings: string[];
         };
         FirmwareVersion: {
@@ -1401,6 +1432,11 @@ export interface components {
              * @description an existing device model; one that does not exist is a 409 naming this field
              */
             device_model_id: number;
+            /**
+             * @description the device's tags: 0 to 32 strings matching ^[a-z0-9_.:-]{1,64}$; kept sorted, a tag given twice kept once
+             * @default []
+             */
+            tags: string[];
         };
         NewDeviceBatch: {
             /** @description with count: every device's config, checked against the model's config_schema (default {}) */
@@ -1416,7 +1452,7 @@ export interface components {
             devices?: {
                 /** @description checked against the model's config_schema */
                 config: components["schemas"]["Config"];
-                /** @description the device's tags (SPEC §16); this server refuses any until devices carry tags */
+                /** @description the device's tags: 0 to 32 strings matching ^[a-z0-9_.:-]{1,64}$; kept sorted, a tag given twice kept once */
                 tags?: string[];
             }[];
             /** @description the NVS partition size, as ?size= of GET /api/devices/{id}/provisioning takes it: a multiple of 0x1000 from 0x3000 to 0x100000, an integer or a string (hex with 0x, or decimal); default 0x6000 */
@@ -1436,12 +1472,12 @@ export interface components {
             target: string;
         };
         PipelineFirmware: {
-            /** @description the current firmware's version; null before the first upload */
+            /** @description the released firmware's version; null while none is released */
             firmware_version: string | null;
             model_code: string;
-            /** @description the current image's secure_version; null before the first upload */
+            /** @description the released image's secure_version; null while none is released */
             secure_version: number | null;
-            /** @description the current image's SHA-256; null before the first upload */
+            /** @description the released image's SHA-256; null while none is released */
             sha256: string | null;
             /**
              * Format: date-time
@@ -1714,7 +1750,7 @@ export interface operations {
                 /** @description only entries with a larger id (with cursor too: the larger bound holds) */
                 after?: number;
                 device_id?: number;
-                kind?: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded" | "broker_account_reconciled" | "orphan_account_deleted" | "coredump_uploaded" | "coredump_deleted" | "device_firmware_changed" | "campaign_created" | "campaign_wave_started" | "campaign_paused" | "campaign_resumed" | "campaign_aborted" | "campaign_completed";
+                kind?: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded" | "broker_account_reconciled" | "orphan_account_deleted" | "coredump_uploaded" | "coredump_deleted" | "device_firmware_changed" | "firmware_released" | "campaign_created" | "campaign_wave_started" | "campaign_paused" | "campaign_resumed" | "campaign_aborted" | "campaign_completed";
                 /** @description an actor's subject, client id or username (at most 255 characters, no U+0000) */
                 actor?: string;
                 /** @description only entries at or after this time (RFC 3339) */
@@ -2350,8 +2386,10 @@ export interface operations {
     uploadFirmware: {
         parameters: {
             query?: {
-                /** @description accept an image whose secure_version is lower than the current firmware's */
+                /** @description accept an image whose secure_version is lower than the released firmware's */
                 force?: boolean;
+                /** @description false: only store the upload (history and binary; no device is offered it or told) */
+                release?: boolean;
             };
             header?: never;
             path: {
@@ -2374,7 +2412,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description the image is the current firmware already: its record, nothing changed */
+            /** @description the image changes nothing (the released one already, or stored again): its record */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -2383,7 +2421,7 @@ export interface operations {
                     "application/json": components["schemas"]["FirmwareUpload"];
                 };
             };
-            /** @description stored and devices told; Location is the download URL */
+            /** @description recorded: released (devices told) or stored, as released says; Location is the download URL of the released firmware */
             201: {
                 headers: {
                     /** @description the path of the created resource */
@@ -2479,6 +2517,41 @@ export interface operations {
             504: components["responses"]["Timeout"];
         };
     };
+    releaseFirmware: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: number;
+                /** @description the upload's SHA-256, as in the firmware history */
+                sha256: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the upload, now the released one */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Firmware"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
     listDevices: {
         parameters: {
             query?: {
@@ -2494,6 +2567,8 @@ export interface operations {
                 firmware_version?: string;
                 /** @description only devices not seen since this time (RFC 3339): last seen before it, or never seen */
                 seen_before?: string;
+                /** @description only devices carrying this tag; repeat it (tag=a&tag=b) for devices carrying all of them */
+                tag?: string[];
             };
             header?: never;
             path?: never;
@@ -2957,7 +3032,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description the current firmware, or null before the first upload */
+            /** @description the released firmware, or null while none is released */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -2981,8 +3056,10 @@ export interface operations {
     pipelineUploadFirmware: {
         parameters: {
             query?: {
-                /** @description accept an image whose secure_version is lower than the current firmware's */
+                /** @description accept an image whose secure_version is lower than the released firmware's */
                 force?: boolean;
+                /** @description false: only store the upload (history and binary; no device is offered it or told) */
+                release?: boolean;
             };
             header?: never;
             path: {
@@ -3002,7 +3079,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description the image is the current firmware already: its record, nothing changed */
+            /** @description the image changes nothing (the released one already, or stored again): its record */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -3011,7 +3088,7 @@ export interface operations {
                     "application/json": components["schemas"]["FirmwareUpload"];
                 };
             };
-            /** @description stored and devices told */
+            /** @description recorded: released (devices told) or stored, as released says */
             201: {
                 headers: {
                     /** @description the path of the created resource */
@@ -3298,7 +3375,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description the version and SHA-256, both null when none was uploaded */
+            /** @description the version and SHA-256 of the device's effective firmware, both null when it has none */
             200: {
                 headers: {
                     [name: string]: unknown;

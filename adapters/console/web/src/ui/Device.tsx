@@ -2,11 +2,41 @@ import { useState } from "preact/hooks";
 import { ApiError, type Device, type DeviceModel } from "../api/client";
 import { reportFacts } from "../report";
 import { navigate } from "../router";
+import { badTags, parseTags, tagsText } from "../tags";
 import { ConfigEditor } from "./ConfigEditor";
 import { Coredumps } from "./Coredumps";
 import { configErrors } from "./Devices";
 import { FlashDialog } from "./FlashDialog";
-import { Confirm, download, Link, Problem, StateBadge, useAction, useApp, useLoad, When } from "./common";
+import { Confirm, download, Field, Link, Problem, StateBadge, useAction, useApp, useLoad, When } from "./common";
+
+/** Tags shows a device's tags, each linked to the devices carrying it. */
+export function Tags({ tags }: { tags: readonly string[] }) {
+  if (tags.length === 0) return <span class="muted">none</span>;
+  return <>{tags.map((t) => <><Link href={`/console/devices?tag=${encodeURIComponent(t)}`}><span class="badge">{t}</span></Link>{" "}</>)}</>;
+}
+
+function EditTags({ d, onSaved }: { d: Device; onSaved: () => void }) {
+  const { api } = useApp();
+  const [text, setText] = useState(tagsText(d.tags));
+  const act = useAction();
+  const bad = badTags(parseTags(text));
+  const err = bad.length ? `not a tag (lower-case letters, digits and _ . : - only, at most 64): ${bad.join(", ")}`
+    : act.error instanceof ApiError && act.error.field === "tags" ? act.error.detail : undefined;
+  return (
+    <form class="card" aria-label="Edit the device's tags" onSubmit={async (e) => {
+      e.preventDefault();
+      if (bad.length) return;
+      if (await act.run(() => api.updateDevice(d.id, { tags: parseTags(text) }))) onSaved();
+    }}>
+      <h2>Tags</h2>
+      <Field label="Tags" id="edit-device-tags" hint="separated by spaces or commas; campaigns select devices by them" error={err}>
+        <input id="edit-device-tags" value={text} onInput={(e) => setText(e.currentTarget.value)} placeholder="site:berlin canary" />
+      </Field>
+      {act.error && !(act.error instanceof ApiError && act.error.field === "tags") ? <Problem error={act.error} /> : null}
+      <button type="submit" disabled={act.busy || bad.length > 0}>Save tags</button>
+    </form>
+  );
+}
 
 function EditDevice({ d, model, onSaved }: { d: Device; model?: DeviceModel; onSaved: () => void }) {
   const { api } = useApp();
@@ -111,6 +141,7 @@ export function DevicePage({ id }: { id: number }) {
             <dt>Key</dt><dd><code>{d.key}</code></dd>
             <dt>Model</dt><dd>{model ? <Link href={`/console/models/${model.id}`}>{model.code}</Link> : d.device_model_id}</dd>
             <dt>Active</dt><dd>{d.active ? "yes" : "no (refused on /iot, skipped by rotation)"}</dd>
+            <dt>Tags</dt><dd><Tags tags={d.tags} /></dd>
             <dt>Rotation</dt><dd><StateBadge state={d.rotation_state} /></dd>
             <dt>Secret created</dt><dd><When at={d.secret_created_at} /></dd>
             <dt>Last rotation attempt</dt><dd><When at={d.last_rotation_attempt_at} /></dd>
@@ -133,6 +164,7 @@ export function DevicePage({ id }: { id: number }) {
           {session.isAdmin ? <EditDevice key={d.updated_at} d={d} model={model} onSaved={dev.reload} /> : (
             <><h2>Config</h2><pre class="json" tabIndex={0}>{JSON.stringify(d.config, null, 2)}</pre></>
           )}
+          {session.isAdmin && <EditTags key={d.updated_at} d={d} onSaved={dev.reload} />}
           <Reported d={d} />
           <Coredumps deviceId={d.id} />
           <Identity id={d.id} />

@@ -3,6 +3,7 @@ import { ApiError, type Device, type DeviceModel, type RotationState } from "../
 import { apiFilter, type Filter, silentChoices } from "../deviceFilter";
 import { configFieldErrors } from "../fieldErrors";
 import { navigate } from "../router";
+import { badTags, parseTags, tagsText } from "../tags";
 import { CreateDevices } from "./Batch";
 import { ConfigEditor } from "./ConfigEditor";
 import { Field, Link, Problem, StateBadge, stateNames, useAction, useApp, useLoad, When } from "./common";
@@ -15,6 +16,8 @@ function filterFromURL(): Filter {
   if (st && (stateNames as readonly string[]).includes(st)) f.rotation_state = st as RotationState;
   if (q.get("active") === "true" || q.get("active") === "false") f.active = q.get("active") === "true";
   if (q.get("firmware_version")) f.firmware_version = q.get("firmware_version")!;
+  const tags = q.getAll("tag").filter((t) => t !== "");
+  if (tags.length) f.tag = tags;
   const silent = Number(q.get("silent"));
   if (silentChoices.some(([s]) => s === silent)) f.silent = silent;
   return f;
@@ -26,6 +29,7 @@ function filterToURL(f: Filter) {
   if (f.rotation_state) q.set("rotation_state", f.rotation_state);
   if (f.active !== undefined) q.set("active", String(f.active));
   if (f.firmware_version) q.set("firmware_version", f.firmware_version);
+  for (const t of f.tag ?? []) q.append("tag", t);
   if (f.silent) q.set("silent", String(f.silent));
   const s = q.toString();
   history.replaceState(null, "", `/console/devices${s ? `?${s}` : ""}`);
@@ -45,15 +49,17 @@ export function CreateDevice({ models, onCreated }: { models: DeviceModel[]; onC
   const [modelId, setModelId] = useState<number | undefined>(filterFromURL().model_id ?? models[0]?.id);
   const [config, setConfig] = useState<Record<string, unknown>>({});
   const [active, setActive] = useState(true);
+  const [tags, setTags] = useState("");
   const act = useAction();
   const model = models.find((m) => m.id === modelId);
+  const bad = badTags(parseTags(tags));
   const errs = configErrors(act.error);
   if (models.length === 0) return <p class="muted card">Create a device model first.</p>;
   return (
     <form class="card" aria-label="Create a device" noValidate onSubmit={async (e) => {
       e.preventDefault();
-      if (!modelId) return;
-      const d = await act.run(() => api.createDevice({ device_model_id: modelId, config, active }));
+      if (!modelId || bad.length) return;
+      const d = await act.run(() => api.createDevice({ device_model_id: modelId, config, active, tags: parseTags(tags) }));
       if (d) onCreated(d);
     }}>
       <h2>New device</h2>
@@ -63,6 +69,10 @@ export function CreateDevice({ models, onCreated }: { models: DeviceModel[]; onC
         </select>
       </Field>
       <ConfigEditor key={modelId} id="new-device-config" schema={model?.config_schema} value={config} onChange={setConfig} errors={errs} />
+      <Field label="Tags" id="new-device-tags" hint="optional, separated by spaces or commas"
+        error={bad.length ? `not a tag: ${bad.join(", ")}` : act.error instanceof ApiError && act.error.field === "tags" ? act.error.detail : undefined}>
+        <input id="new-device-tags" value={tags} onInput={(e) => setTags(e.currentTarget.value)} placeholder="site:berlin canary" />
+      </Field>
       <div class="check">
         <input id="new-device-active" type="checkbox" checked={active} onChange={(e) => setActive(e.currentTarget.checked)} />
         <label for="new-device-active">Active</label>
@@ -80,6 +90,8 @@ export function DevicesPage() {
   const { api, session } = useApp();
   const [filter, setFilter] = useState<Filter>(filterFromURL);
   const [version, setVersion] = useState(filter.firmware_version ?? "");
+  const [tagText, setTagText] = useState(tagsText(filter.tag));
+  const tagFilter = (text: string) => { const t = parseTags(text); return t.length ? t : undefined; };
   // cursors[i] is the cursor of page i (undefined for the first)
   const [cursors, setCursors] = useState<(string | undefined)[]>([undefined]);
   const page = cursors.length - 1;
@@ -94,7 +106,7 @@ export function DevicesPage() {
   return (
     <section aria-labelledby="devices-h">
       <h1 id="devices-h">Devices</h1>
-      <form class="filters" aria-label="Filter devices" onSubmit={(e) => { e.preventDefault(); change({ ...filter, firmware_version: version.trim() || undefined }); }}>
+      <form class="filters" aria-label="Filter devices" onSubmit={(e) => { e.preventDefault(); change({ ...filter, firmware_version: version.trim() || undefined, tag: tagFilter(tagText) }); }}>
         <Field label="Model" id="filter-model">
           <select id="filter-model" value={filter.model_id ?? ""} onChange={(e) => change({ ...filter, model_id: e.currentTarget.value ? Number(e.currentTarget.value) : undefined })}>
             <option value="">all</option>
@@ -119,6 +131,11 @@ export function DevicesPage() {
             onInput={(e) => setVersion(e.currentTarget.value)}
             onChange={(e) => change({ ...filter, firmware_version: e.currentTarget.value.trim() || undefined })} />
         </Field>
+        <Field label="Tags (all of)" id="filter-tags">
+          <input id="filter-tags" value={tagText} size={14} placeholder="any"
+            onInput={(e) => setTagText(e.currentTarget.value)}
+            onChange={(e) => change({ ...filter, tag: tagFilter(e.currentTarget.value) })} />
+        </Field>
         <Field label="Not seen for" id="filter-silent">
           <select id="filter-silent" value={filter.silent ?? ""} onChange={(e) => change({ ...filter, silent: e.currentTarget.value ? Number(e.currentTarget.value) : undefined })}>
             <option value="">any time</option>
@@ -131,7 +148,7 @@ export function DevicesPage() {
         <>
           <table>
             <caption class="sr-only">Devices, page {page + 1}</caption>
-            <thead><tr><th scope="col">Id</th><th scope="col">Client id</th><th scope="col">Model</th><th scope="col">Active</th><th scope="col">Rotation</th><th scope="col">Firmware</th><th scope="col">Last seen</th></tr></thead>
+            <thead><tr><th scope="col">Id</th><th scope="col">Client id</th><th scope="col">Model</th><th scope="col">Active</th><th scope="col">Rotation</th><th scope="col">Firmware</th><th scope="col">Tags</th><th scope="col">Last seen</th></tr></thead>
             <tbody>
               {devices.data.devices.map((d) => (
                 <tr key={d.id}>
@@ -141,10 +158,11 @@ export function DevicesPage() {
                   <td>{d.active ? "yes" : <span class="muted">inactive</span>}</td>
                   <td><StateBadge state={d.rotation_state} /></td>
                   <td>{d.reported ? <code>{d.reported.firmware_version}</code> : <span class="muted">not reported</span>}</td>
+                  <td>{d.tags.length ? d.tags.map((t) => <><span class="badge">{t}</span>{" "}</>) : <span class="muted">—</span>}</td>
                   <td><When at={d.last_seen_at} /></td>
                 </tr>
               ))}
-              {devices.data.devices.length === 0 && <tr><td colSpan={7} class="muted">No devices{filter.model_id || filter.rotation_state || filter.active !== undefined || filter.firmware_version || filter.silent ? " match these filters" : " yet"}.</td></tr>}
+              {devices.data.devices.length === 0 && <tr><td colSpan={8} class="muted">No devices{filter.model_id || filter.rotation_state || filter.active !== undefined || filter.firmware_version || filter.tag || filter.silent ? " match these filters" : " yet"}.</td></tr>}
             </tbody>
           </table>
           <nav class="pager" aria-label="Pages">

@@ -118,18 +118,23 @@ function Upload({ id, onUploaded }: { id: number; onUploaded: () => void }) {
   const [file, setFile] = useState<File | null>(null);
   const [done, setDone] = useState<FirmwareUpload | null>(null);
   const [force, setForce] = useState(false);
+  const [release, setRelease] = useState(true);
   const act = useAction();
   return (
     <form class="card" aria-label="Upload firmware" onSubmit={async (e) => {
       e.preventDefault();
       if (!file) return;
-      const f = await act.run(() => api.uploadFirmware(id, file, force));
+      const f = await act.run(() => api.uploadFirmware(id, file, force, release));
       if (f) { setDone(f); onUploaded(); }
     }}>
       <h2>Upload firmware</h2>
       <Field label="Application image (.bin)" id="fw-file" hint="an ESP-IDF app image; espmdm checks its header, checksum, SHA-256 and chip">
         <input id="fw-file" type="file" accept=".bin,application/octet-stream" onChange={(e) => setFile(e.currentTarget.files?.[0] ?? null)} />
       </Field>
+      <div class="check">
+        <input id="fw-release" type="checkbox" checked={release} onChange={(e) => setRelease(e.currentTarget.checked)} />
+        <label for="fw-release">Release now (offer it to every device of the model); unchecked, it is only stored, to be released later</label>
+      </div>
       {act.error instanceof ApiError && act.error.status === 409 ? (
         <div class="check">
           <input id="fw-force" type="checkbox" checked={force} onChange={(e) => setForce(e.currentTarget.checked)} />
@@ -140,7 +145,7 @@ function Upload({ id, onUploaded }: { id: number; onUploaded: () => void }) {
       <button type="submit" disabled={!file || act.busy}>Upload</button>
       {done && (
         <div class="ok" role="status">
-          <p>Uploaded and parsed:</p>
+          <p>{done.released ? "Uploaded, parsed and released:" : "Uploaded and parsed; stored, not released:"}</p>
           {done.warnings?.length ? <ul class="warnings">{done.warnings.map((w) => <li>{w}</li>)}</ul> : null}
           <FirmwareFacts f={done} />
         </div>
@@ -175,6 +180,25 @@ function EditModel({ m, onSaved }: { m: DeviceModel; onSaved: () => void }) {
       {act.error && !(act.error instanceof ApiError && act.error.field) ? <Problem error={act.error} /> : null}
       <button type="submit" disabled={act.busy}>Save</button>
     </form>
+  );
+}
+
+/** ReleaseCell says whether an upload is the model's released firmware,
+ *  stored only (never released) or an earlier release, and lets an admin
+ *  release it (a stored one, or an earlier one again: a rollback). */
+function ReleaseCell({ modelId, f, admin, onReleased }: { modelId: number; f: Firmware; admin: boolean; onReleased: () => void }) {
+  const { api } = useApp();
+  const act = useAction();
+  if (f.released) return <span class="badge" title={f.released_at ?? ""}>released</span>;
+  const what = f.released_at ? <span class="muted" title={`last released ${f.released_at}`}>earlier</span> : <span class="muted">stored</span>;
+  if (!admin) return what;
+  return (
+    <>
+      {what}{" "}
+      <button type="button" aria-label={`Release ${f.version}`} disabled={act.busy}
+        onClick={async () => { if (await act.run(() => api.releaseFirmware(modelId, f.sha256))) onReleased(); }}>Release</button>
+      <Problem error={act.error} />
+    </>
   );
 }
 
@@ -228,9 +252,10 @@ export function ModelPage({ id }: { id: number }) {
           <Problem error={versions.error} />
           {versions.data && (versions.data.length === 0 ? <p class="muted">No firmware uploaded.</p> : (
             <table>
-              <thead><tr><th scope="col">Version</th><th scope="col">Chip</th><th scope="col">Project</th><th scope="col">IDF</th><th scope="col">Size</th><th scope="col">SHA-256</th><th scope="col">Uploaded</th><th scope="col">ELF</th></tr></thead>
+              <thead><tr><th scope="col">Version</th><th scope="col">Chip</th><th scope="col">Project</th><th scope="col">IDF</th><th scope="col">Size</th><th scope="col">SHA-256</th><th scope="col">Uploaded</th><th scope="col">Release</th><th scope="col">ELF</th></tr></thead>
               <tbody>{versions.data.map((f) => (
                 <tr key={f.id}><td>{f.version}</td><td>{f.chip}</td><td>{f.project_name}</td><td>{f.idf_version}</td><td>{f.size.toLocaleString()}</td><td><code class="digest">{f.sha256.slice(0, 16)}…</code></td><td><When at={f.uploaded_at} /></td>
+                  <td><ReleaseCell modelId={m.id} f={f} admin={session.isAdmin} onReleased={() => { model.reload(); versions.reload(); }} /></td>
                   <td><ELFCell modelId={m.id} f={f} admin={session.isAdmin} onUploaded={versions.reload} /></td></tr>
               ))}</tbody>
             </table>

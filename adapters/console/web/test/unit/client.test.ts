@@ -68,6 +68,25 @@ describe("Api", () => {
     const { api, calls } = fake(() => Response.json({ version: "1" }, { status: 201 }));
     await api.uploadFirmware(2, new Blob([new Uint8Array([0xe9])]));
     expect(calls[0].init?.method).toBe("POST");
+    expect(calls[0].url).toBe("/api/device-models/2/firmware");
     expect((calls[0].init?.headers as Record<string, string>)["Content-Type"]).toBe("application/octet-stream");
+    await api.uploadFirmware(2, new Blob([new Uint8Array([0xe9])]), true, false);
+    expect(calls[1].url).toBe("/api/device-models/2/firmware?force=true&release=false");
+  });
+
+  it("releases an upload by its SHA-256", async () => {
+    const { api, calls } = fake(() => Response.json({ id: 4, released: true }));
+    await api.releaseFirmware(2, "ab".repeat(32));
+    expect(calls[0].init?.method).toBe("POST");
+    expect(calls[0].url).toBe(`/api/device-models/2/firmware/${"ab".repeat(32)}/release`);
+  });
+
+  it("repeats tag for every tag asked, and sends tags with a device", async () => {
+    const { api, calls } = fake(() => Response.json({ devices: [], next_cursor: null }));
+    await api.listDevices({ model_id: 1, tag: ["site:berlin", "canary"] });
+    expect(calls[0].url).toBe("/api/devices?model_id=1&tag=site%3Aberlin&tag=canary");
+    await api.updateDevice(5, { tags: ["a"] });
+    expect(calls[1].init?.method).toBe("PUT");
+    expect(calls[1].init?.body).toBe(`{"tags":["a"]}`);
   });
 });
