@@ -16,7 +16,6 @@ import (
 
 var _ ports.CampaignAdmin = (*Service)(nil)
 
-
 // campaigns is the campaign repository, or an unavailable error when none
 // is configured.
 func (s *Service) campaigns() (ports.CampaignRepo, error) {

@@ -87,7 +87,6 @@ const (
 // DefaultWaves are a campaign's waves when it names none (SPEC §16).
 func DefaultWaves() []int { return []int{1, 10, 50, 100} }
 
-
 // Campaign is one staged rollout of a firmware image to a model's devices.
 type Campaign struct {
 	ID            int64
