@@ -81,10 +81,12 @@ func coreModule(cfg Config) fx.Option {
 				fx.As(new(ports.ModelAdmin)), fx.As(new(ports.FirmwareAdmin)), fx.As(new(ports.DeviceAdmin)),
 				fx.As(new(ports.ProvisioningAdmin)), fx.As(new(ports.IdentityAdmin)), fx.As(new(ports.Reconciler)),
 				fx.As(new(ports.DeviceAPI)), fx.As(new(ports.Rotation)), fx.As(new(ports.AuditReader)), fx.As(new(ports.FleetReader)),
-				fx.As(new(ports.Coredumps)), fx.As(new(ports.PipelineFirmware)), fx.As(new(ports.DeviceBatch))),
+				fx.As(new(ports.Coredumps)), fx.As(new(ports.PipelineFirmware)), fx.As(new(ports.DeviceBatch)),
+				fx.As(new(ports.CampaignAdmin))),
 		),
 		rotationProviders(),
 		coredumpProviders(),
+		campaignProviders(),
 		fx.Invoke(registerFleetMetrics),
 	)
 }
@@ -93,7 +95,7 @@ func coreModule(cfg Config) fx.Option {
 func Server() fx.Option {
 	return fx.Options(
 		fx.Provide(newHTTPServer),
-		fx.Invoke(registerHTTP, registerReconciler, registerRotation, registerCoredumpWorkers, warnAuthDisabled),
+		fx.Invoke(registerHTTP, registerReconciler, registerRotation, registerCoredumpWorkers, registerCampaignWorker, warnAuthDisabled),
 		consoleModule(),
 	)
 }
@@ -212,6 +214,9 @@ type silentNotifier struct{}
 func (silentNotifier) RotationNudge(context.Context, string) error            { return nil }
 func (silentNotifier) ConfigChanged(context.Context, string) error            { return nil }
 func (silentNotifier) FirmwareReleased(context.Context, string, string) error { return nil }
+func (silentNotifier) FirmwareAssigned(context.Context, string, string, string) error {
+	return nil
+}
 
 type serviceParams struct {
 	fx.In
@@ -238,6 +243,8 @@ type serviceParams struct {
 	Lease     ports.Lease
 	Audit     ports.AuditLog
 	Rotation  *RotationMetrics
+	Campaigns ports.CampaignRepo
+	Campaign  *CampaignMetrics
 }
 
 func newService(p serviceParams) *mdm.Service {
@@ -249,6 +256,7 @@ func newService(p serviceParams) *mdm.Service {
 		Notifier: p.Notifier, Broker: p.Broker, Clock: p.Clock,
 		SecretBox: p.Box, Schedule: p.Schedule, ScheduleRepo: p.Fires, Lease: p.Lease, Audit: p.Audit,
 		OnRotation: p.Rotation.onRotation(p.Log.Named("rotation")),
+		Campaigns:  p.Campaigns, OnCampaign: p.Campaign.onCampaign(p.Log.Named("campaign")),
 		OnError: func(ctx context.Context, op string, err error) {
 			p.Metrics.db.WithLabelValues(op).Inc()
 			fields := []zap.Field{zap.String("op", op), zap.Error(err)}

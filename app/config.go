@@ -98,6 +98,9 @@ type Config struct {
 	// DeviceStale is how long a device may stay silent before the metrics
 	// count it stale (SPEC §15).
 	DeviceStale time.Duration
+	// CampaignTick is how often the campaign worker advances the running
+	// campaigns (SPEC §16).
+	CampaignTick time.Duration
 
 	// Core dumps (SPEC §17): the largest dump and ELF accepted, how many
 	// dumps a device keeps, the analysis workers of this replica, the time
@@ -406,6 +409,8 @@ var Vars = []Var{
 		}},
 	{Name: "DEVICE_STALE_SECONDS", Default: "86400", Help: "metrics: an active device not seen for longer than this counts as stale (espmdm_devices_stale)",
 		set: seconds(func(c *Config) *time.Duration { return &c.DeviceStale })},
+	{Name: "CAMPAIGN_TICK_SECONDS", Default: "2", Help: "how often the campaign worker (one replica, under its lease) starts waves, sends owed nudges, times members out and completes campaigns; aborts on the failure ratio also happen as reports arrive",
+		set: seconds(func(c *Config) *time.Duration { return &c.CampaignTick })},
 	{Name: "COREDUMP_MAX_BYTES", Default: "1048576", Help: "largest core dump a device may upload (larger gets 413)",
 		set: bytesize(func(c *Config) *int64 { return &c.CoredumpMaxBytes })},
 	{Name: "ELF_MAX_BYTES", Default: "536870912", Help: "largest application ELF accepted for core dump analysis (larger gets 413)",

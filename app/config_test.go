@@ -292,6 +292,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		RotationCriticalAge:       90 * 24 * time.Hour,
 		DeviceCache:               10000,
 		DeviceStale:               24 * time.Hour,
+		CampaignTick:              2 * time.Second,
 		CoredumpMaxBytes:          1 << 20,
 		ELFMaxBytes:               512 << 20,
 		CoredumpKeep:              20,

@@ -34,6 +34,7 @@ type httpParams struct {
 	Pipeline     ports.PipelineFirmware
 	Batch        ports.DeviceBatch
 	Fleet        ports.FleetReader
+	Campaigns    ports.CampaignAdmin
 	Coredumps    ports.Coredumps
 	Verifier     ports.TokenVerifier
 	DB           *postgres.DB
@@ -59,7 +60,7 @@ func newHTTPServer(p httpParams) (*httpapi.Server, error) {
 		BaseURL:          p.Cfg.BaseURL,
 	}, httpapi.Deps{
 		Models: p.Models, Firmware: p.Firmware, DeviceAdmin: p.DeviceAdmin, Provisioning: p.Provisioning, Identity: p.Identity,
-		Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation, Audit: p.Audit, Fleet: p.Fleet,
+		Devices: p.Devices, Verifier: p.Verifier, Rotation: p.Rotation, Audit: p.Audit, Fleet: p.Fleet, Campaigns: p.Campaigns,
 		Coredumps: p.Coredumps, Pipeline: p.Pipeline, Batch: p.Batch,
 		Logger: p.Log.Named("http"), Registerer: p.Metrics.Registry, Gatherer: p.Metrics.Registry,
 		Docs:        p.Console.DocsPage(),

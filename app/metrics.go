@@ -40,7 +40,7 @@ func newMetrics() *Metrics {
 		m.keycloak.WithLabelValues(op, "ok")
 		m.keycloak.WithLabelValues(op, "error")
 	}
-	for _, op := range []string{mqtt.OpConnect, mqtt.OpConnectionLost, mqtt.OpRotationNudge, mqtt.OpConfigChanged, mqtt.OpFirmwareReleased,
+	for _, op := range []string{mqtt.OpConnect, mqtt.OpConnectionLost, mqtt.OpRotationNudge, mqtt.OpConfigChanged, mqtt.OpFirmwareReleased, mqtt.OpFirmwareAssigned,
 		mqtt.OpEnsureAccount, mqtt.OpDisableAccount, mqtt.OpEnableAccount, mqtt.OpDeleteAccount, mqtt.OpListAccounts, mqtt.OpPingAccounts, mqtt.OpAnonymousAccess} {
 		m.mqtt.WithLabelValues(op, "ok")
 		m.mqtt.WithLabelValues(op, "error")

@@ -417,6 +417,11 @@ type Notifier interface {
 	RotationNudge(ctx context.Context, clientID string) error
 	ConfigChanged(ctx context.Context, clientID string) error
 	FirmwareReleased(ctx context.Context, modelCode, version string) error
+	// FirmwareAssigned tells one device which firmware it should run now
+	// (a campaign assigned it, or an abort took the assignment back):
+	// {"firmware_version", "sha256"} on iotsupport/<client_id>/firmware
+	// (SPEC §16).
+	FirmwareAssigned(ctx context.Context, clientID, version, sha256 string) error
 }
 
 // SecretBox seals secrets kept at rest (AES-256-GCM).

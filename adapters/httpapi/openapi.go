@@ -209,10 +209,11 @@ func operations() []operation {
 			description: "Makes the model's upload with this SHA-256 its released firmware: the model's firmware_version follows it, " +
 				"the release is audited (firmware_released) and the model's devices are told. The released one already changes nothing (200, no audit). " +
 				"No chip or secure_version check is made: the upload passed them when it was recorded, and an older secure_version is the admin's choice " +
-				"(anti-rollback devices refuse it; the audit entry says so).",
+				"(anti-rollback devices refuse it; the audit entry says so). While the model has a running or paused campaign this is a 409: " +
+				"its devices change firmware only through the campaign.",
 			params: []obj{idParam, {"name": "sha256", "in": "path", "required": true, "description": "the upload's SHA-256, as in the firmware history",
 				"schema": obj{"type": "string", "pattern": "^[0-9a-f]{64}$"}}},
-			responses: obj{"200": jsonResponse("the upload, now the released one", refTo[firmwareDTO]())}, errorCodes: []int{400, 404}},
+			responses: obj{"200": jsonResponse("the upload, now the released one", refTo[firmwareDTO]())}, errorCodes: []int{400, 404, 409}},
 		{method: "GET", path: "/api/device-models/{id}/firmware", id: "downloadFirmware", tag: "firmware", auth: "read",
 			summary: "Download the model's released firmware", params: append(append([]obj{}, withID...), firmwareDownloadParams...),
 			responses: firmwareDownload("the whole firmware file"), errorCodes: []int{400, 404}},
@@ -521,11 +522,18 @@ var wireTypes = []dtoSchema{
 	input[stateReportDTO]("StateReport"),
 	input[otaAttemptDTO]("OTAAttempt"),
 	output[fleetFirmwareDTO]("FleetFirmware"),
+	input[createCampaignDTO]("NewCampaign"),
+	input[campaignSelectorInDTO]("CampaignSelector"),
+	output[campaignDTO]("Campaign"),
+	output[campaignDetailDTO]("CampaignDetail"),
+	output[campaignListDTO]("CampaignList"),
+	output[campaignMemberDTO]("CampaignDevice"),
+	output[campaignMemberListDTO]("CampaignDeviceList"),
 }
 
 // schemaFragments are the named schemas DTO members use (oas:"use=...").
 func schemaFragments() map[string]obj {
-	return map[string]obj{
+	frags := map[string]obj{
 		"dateTime":    {"format": "date-time", "description": "RFC 3339, UTC"},
 		"optDateTime": {"format": "date-time", "description": "RFC 3339, UTC; null when never"},
 		// nextCursor is the next_cursor member of a page (see encodeCursor).
@@ -540,6 +548,10 @@ func schemaFragments() map[string]obj {
 		"auditKind":      {"enum": auditKinds()},
 		"tags":           tagsSchema,
 	}
+	for k, v := range campaignFragments() {
+		frags[k] = v
+	}
+	return frags
 }
 
 // tagSchema is one device tag; tagsSchema a device's tags (SPEC §16).
@@ -673,6 +685,7 @@ func openAPIDocument(cfg Config) obj {
 			{"name": "device models"}, {"name": "firmware"}, {"name": "devices"},
 			{"name": "rotation", "description": "credential rotation: queue, status, dashboard"},
 			{"name": "audit", "description": "who did what to which credential"},
+			{"name": "campaigns", "description": "firmware campaigns: staged rollouts that advance on confirmed boots and abort themselves on failures"},
 			{"name": "pipeline", "description": "for CI pipelines: firmware by model code, with a token holding the pipeline role only"},
 			{"name": "device API", "description": "for devices, with client-credentials tokens"},
 			{"name": "operations"},

@@ -250,4 +250,6 @@ func factoryOperations() []operation {
 }
 
 // allOperations is every documented route.
-func allOperations() []operation { return append(operations(), factoryOperations()...) }
+func allOperations() []operation {
+	return append(append(operations(), factoryOperations()...), campaignOperations()...)
+}

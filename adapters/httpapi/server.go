@@ -179,6 +179,9 @@ type Deps struct {
 	Batch    ports.DeviceBatch
 	// Fleet serves GET /api/fleet/firmware; nil answers it 503.
 	Fleet ports.FleetReader
+	// Campaigns serves the campaign routes (SPEC §16); nil answers them
+	// 503.
+	Campaigns ports.CampaignAdmin
 	// Logger defaults to a no-op logger.
 	Logger *zap.Logger
 	// Registerer receives the HTTP metrics; Gatherer is what /metrics
@@ -208,6 +211,7 @@ type Server struct {
 	pipeline    ports.PipelineFirmware
 	batch       ports.DeviceBatch
 	fleet       ports.FleetReader
+	campaigns   ports.CampaignAdmin
 	verify      ports.TokenVerifier
 	log         *zap.Logger
 	gather      prometheus.Gatherer
@@ -279,6 +283,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		devices:     deps.Devices,
 		rotation:    deps.Rotation,
 		coredumps:   deps.Coredumps,
+		campaigns:   deps.Campaigns,
 		audit:       deps.Audit,
 		pipeline:    deps.Pipeline,
 		batch:       deps.Batch,
@@ -408,6 +413,7 @@ func (s *Server) routes() {
 	a.Get("/api/fleet/firmware", small, read, s.fleetFirmware)
 	s.pipelineRoutes()
 	s.batchRoutes()
+	s.campaignRoutes()
 
 	a.Get("/iot/config", small, s.requireDevice, s.iotConfig)
 	a.Get("/iot/firmware", small, s.requireDevice, s.iotFirmware)

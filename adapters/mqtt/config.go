@@ -100,6 +100,8 @@ const (
 	OpRotationNudge    = "rotation_nudge"
 	OpConfigChanged    = "config_changed"
 	OpFirmwareReleased = "firmware_released"
+	// OpFirmwareAssigned is a campaign's nudge to one device (SPEC §16).
+	OpFirmwareAssigned = "firmware_assigned"
 )
 
 // settings is a validated Config with defaults applied.

@@ -1,7 +1,7 @@
 // Package mqtt implements ports.Notifier over MQTT v5 with paho.golang's
 // autopaho connection manager.
 //
-// Three notifications are published, all with QoS 1 and never retained:
+// Four notifications are published, all with QoS 1 and never retained:
 //
 //	iotsupport/<client_id>/rotation    empty payload: start a credential rotation
 //	                                   (fetch GET /iot/provisioning now)
@@ -9,6 +9,9 @@
 //	                                   (fetch GET /iot/config)
 //	iotsupport/<model_code>/firmware   {"firmware_version":"..."} (content type
 //	                                   application/json): a new firmware was uploaded
+//	iotsupport/<client_id>/firmware    {"firmware_version":"...","sha256":"..."}: a
+//	                                   campaign assigned this device a firmware, or
+//	                                   an abort took the assignment back (SPEC §16)
 //
 // The config notification carries no payload on purpose: the device has to
 // fetch its config over the authenticated HTTP API anyway, and an empty

@@ -300,6 +300,23 @@ func (n *Notifier) FirmwareReleased(ctx context.Context, modelCode, version stri
 		Properties: &paho.PublishProperties{ContentType: "application/json", PayloadFormat: &utf8Format}})
 }
 
+// FirmwareAssigned queues {"firmware_version": version, "sha256": sha256}
+// (application/json) on iotsupport/<clientID>/firmware: a campaign's
+// nudge to one device (SPEC §16).
+func (n *Notifier) FirmwareAssigned(ctx context.Context, clientID, version, sha256 string) error {
+	topic, err := DeviceFirmwareTopic(clientID)
+	if err != nil {
+		return err
+	}
+	payload, err := AssignedPayload(version, sha256)
+	if err != nil {
+		return err
+	}
+	utf8Format := byte(1)
+	return n.publish(ctx, OpFirmwareAssigned, &paho.Publish{Topic: topic, Payload: payload,
+		Properties: &paho.PublishProperties{ContentType: "application/json", PayloadFormat: &utf8Format}})
+}
+
 // publish queues p with QoS 1, not retained. It fails only when the
 // notifier is not running, ctx has ended, or the queue cannot store the
 // message (a full disk); a broker outage is not an error.

@@ -117,6 +117,27 @@ func TestFirmwarePayloadEscapesVersion(t *testing.T) {
 	}
 }
 
+// TestFirmwareAssigned: a campaign's nudge goes to the device's own
+// firmware topic with the version and the image's SHA-256.
+func TestFirmwareAssigned(t *testing.T) {
+	st := integration.Shared(t)
+	ctx := ctxT(t, 60*time.Second)
+	client := "iotdevice-" + modelCode() + "-abcd1234"
+	sub := subscribe(t, ctx, st.MQTTAdminURL(), "iotsupport/"+client+"/firmware")
+	n := startNotifier(t, mqtt.Config{BrokerURL: st.MQTTAdminURL()})
+	sha := strings.Repeat("0a", 32)
+	if err := n.FirmwareAssigned(ctx, client, "2.0.0", sha); err != nil {
+		t.Fatalf("FirmwareAssigned: %v", err)
+	}
+	p := sub.receive(t, ctx, 1)["iotsupport/"+client+"/firmware"]
+	if want := `{"firmware_version":"2.0.0","sha256":"` + sha + `"}`; string(p.Payload) != want {
+		t.Errorf("payload = %s, want %s", p.Payload, want)
+	}
+	if p.QoS != 1 || p.Retain {
+		t.Errorf("QoS %d retain %v, want 1 and not retained", p.QoS, p.Retain)
+	}
+}
+
 // TestBrokerOutage stops the shared Mosquitto: notifications made while it
 // is down succeed and arrive once it is back. A gate in front of the
 // notifier's dialer keeps it away from the restarted broker until the test
@@ -315,6 +336,7 @@ func TestInvalidTopicSegments(t *testing.T) {
 		{"RotationNudge", "client_id", func(s string) error { return n.RotationNudge(ctx, s) }},
 		{"ConfigChanged", "client_id", func(s string) error { return n.ConfigChanged(ctx, s) }},
 		{"FirmwareReleased", "model_code", func(s string) error { return n.FirmwareReleased(ctx, s, "1.0.0") }},
+		{"FirmwareAssigned", "client_id", func(s string) error { return n.FirmwareAssigned(ctx, s, "1.0.0", "") }},
 	}
 	for _, c := range calls {
 		for _, b := range bad {

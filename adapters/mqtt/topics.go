@@ -40,6 +40,31 @@ func FirmwareTopic(modelCode string) (string, error) {
 	return TopicPrefix + "/" + modelCode + "/firmware", nil
 }
 
+// DeviceFirmwareTopic is iotsupport/<clientID>/firmware: one device's
+// firmware assignment (SPEC §16). A device account may subscribe to
+// iotsupport/<client_id>/#, which covers it.
+func DeviceFirmwareTopic(clientID string) (string, error) {
+	if err := checkSegment("client_id", clientID); err != nil {
+		return "", err
+	}
+	return TopicPrefix + "/" + clientID + "/firmware", nil
+}
+
+// assignedMessage is the JSON body of a firmware assignment.
+type assignedMessage struct {
+	FirmwareVersion string `json:"firmware_version"`
+	SHA256          string `json:"sha256"`
+}
+
+// AssignedPayload is a firmware assignment's body,
+// {"firmware_version":"<version>","sha256":"<hex>"}.
+func AssignedPayload(version, sha256 string) ([]byte, error) {
+	if _, err := FirmwarePayload(version); err != nil {
+		return nil, err
+	}
+	return json.Marshal(assignedMessage{FirmwareVersion: version, SHA256: sha256})
+}
+
 // firmwareMessage is the JSON body of a firmware notification.
 type firmwareMessage struct {
 	FirmwareVersion string `json:"firmware_version"`

@@ -1,7 +1,10 @@
 package postgres_test
 
 import (
+	"database/sql"
 	"testing"
+
+	"github.com/uptrace/bun/dialect/pgdialect"
 
 	"github.com/espmdm/espmdm/adapters/postgres"
 	"github.com/espmdm/espmdm/ports"
@@ -44,6 +47,29 @@ func TestLeaseContract(t *testing.T) {
 		return portstest.LeaseEnv{
 			New:  func(holder string) ports.Lease { return postgres.NewLease(db, holder) },
 			Kill: func(holder string) { terminateSessions(t, db, holder) },
+		}
+	})
+}
+
+// TestCampaignRepoContract has a database of its own; tags are set and
+// assignments read with SQL of their own.
+func TestCampaignRepoContract(t *testing.T) {
+	db := migratedDB(t)
+	portstest.RunCampaignRepoContract(t, func(t *testing.T) portstest.CampaignEnv {
+		return portstest.CampaignEnv{Models: postgres.NewModelRepo(db), Devices: postgres.NewDeviceRepo(db),
+			Firmware: postgres.NewFirmwareRepo(db), Campaigns: postgres.NewCampaignRepo(db),
+			SetTags: func(t *testing.T, id int64, tags ...string) {
+				if _, err := db.Bun().ExecContext(t.Context(), "UPDATE devices SET tags = ? WHERE id = ?", pgdialect.Array(tags), id); err != nil {
+					t.Fatalf("set tags: %v", err)
+				}
+			},
+			Assigned: func(t *testing.T, id int64) int64 {
+				var a sql.NullInt64
+				if err := db.Bun().QueryRowContext(t.Context(), "SELECT assigned_firmware_id FROM devices WHERE id = ?", id).Scan(&a); err != nil {
+					t.Fatalf("read assignment: %v", err)
+				}
+				return a.Int64
+			},
 		}
 	})
 }

@@ -18,6 +18,11 @@ import (
 // processes share the lease exactly when they share the database.
 const rotationLeaseKey int64 = 0x6573706d646d6c65
 
+// CampaignLeaseKey is the advisory lock key of the campaign worker's lease
+// ("espmdmca"): a lease of its own, so that the replica working the
+// rotation queue and the one advancing campaigns may differ.
+const CampaignLeaseKey int64 = 0x6573706d646d6361
+
 // Lease is the rotation worker's lease as a PostgreSQL session-level
 // advisory lock (pg_try_advisory_lock), held on one connection of its own
 // for as long as the lease is held. Since the lock belongs to that session,
@@ -37,6 +42,7 @@ const rotationLeaseKey int64 = 0x6573706d646d6c65
 type Lease struct {
 	db     *bun.DB
 	holder string
+	key    int64
 
 	mu   sync.Mutex
 	conn *bun.Conn // the session holding the lock; nil when not held
@@ -47,7 +53,13 @@ var _ ports.Lease = (*Lease)(nil)
 // NewLease returns the lease of db for the process named holder. It holds
 // nothing until Hold.
 func NewLease(db *DB, holder string) *Lease {
-	return &Lease{db: db.bun, holder: holder}
+	return &Lease{db: db.bun, holder: holder, key: rotationLeaseKey}
+}
+
+// NewKeyedLease is NewLease on another advisory lock key: another lease of
+// the same database (CampaignLeaseKey).
+func NewKeyedLease(db *DB, holder string, key int64) *Lease {
+	return &Lease{db: db.bun, holder: holder, key: key}
 }
 
 // The key split as pg_locks shows a bigint advisory lock: classid the high
@@ -56,8 +68,8 @@ const leaseLockWhere = `l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
 	AND l.classid = ?::oid AND l.objid = ?::oid
 	AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())`
 
-func leaseKeyParts() (classid, objid uint32) {
-	key := uint64(rotationLeaseKey)
+func (l *Lease) keyParts() (classid, objid uint32) {
+	key := uint64(l.key)
 	return uint32(key >> 32), uint32(key & 0xffffffff)
 }
 
@@ -91,7 +103,7 @@ func (l *Lease) Hold(ctx context.Context) (bool, error) {
 }
 
 func (l *Lease) stillHeld(ctx context.Context) (bool, error) {
-	classid, objid := leaseKeyParts()
+	classid, objid := l.keyParts()
 	var held bool
 	err := l.conn.QueryRowContext(ctx,
 		"SELECT EXISTS (SELECT 1 FROM pg_locks AS l WHERE "+leaseLockWhere+" AND l.pid = pg_backend_pid())",
@@ -109,7 +121,7 @@ func (l *Lease) take(ctx context.Context) (bool, error) {
 	var got bool
 	err = conn.QueryRowContext(ctx, `SELECT CASE WHEN pg_try_advisory_lock(?)
 		THEN set_config('application_name', ?, false) IS NOT NULL
-		ELSE false END`, rotationLeaseKey, l.holder).Scan(&got)
+		ELSE false END`, l.key, l.holder).Scan(&got)
 	if err != nil {
 		// The lock may have been granted before the failure: end the
 		// session rather than return it to the pool holding the lock.
@@ -144,7 +156,7 @@ func (l *Lease) Release(ctx context.Context) error {
 	l.conn = nil
 	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	_, _ = conn.ExecContext(uctx, "SELECT pg_advisory_unlock(?)", rotationLeaseKey)
+	_, _ = conn.ExecContext(uctx, "SELECT pg_advisory_unlock(?)", l.key)
 	discard(conn)
 	return nil
 }
@@ -153,7 +165,7 @@ func (l *Lease) Release(ctx context.Context) error {
 // holding the lock in this database, "" when none does. It asks over the
 // pool, so it answers for any process, holding or not.
 func (l *Lease) Holder(ctx context.Context) (string, error) {
-	classid, objid := leaseKeyParts()
+	classid, objid := l.keyParts()
 	var name string
 	err := l.db.QueryRowContext(ctx, `SELECT a.application_name
 		FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid

@@ -287,6 +287,9 @@ func (s *Service) ReleaseFirmware(ctx context.Context, modelID int64, digest str
 	if err != nil {
 		return model.Firmware{}, false, fmt.Errorf("release firmware: get device model %d: %w", modelID, err)
 	}
+	if err := s.refuseReleaseDuringCampaign(ctx, m); err != nil {
+		return model.Firmware{}, false, err
+	}
 	prev, err := s.d.Firmware.ReleasedFirmware(ctx, m.ID)
 	var before *model.Firmware
 	switch {

@@ -57,6 +57,14 @@ type Deps struct {
 	// RunRotationCycle fires nothing (rotations start from the API only).
 	Schedule     ports.Schedule
 	ScheduleRepo ports.ScheduleRepo
+	// Campaigns keeps the firmware campaigns (SPEC §16); without it the
+	// campaign use cases answer unavailable and state reports resolve no
+	// member. With it and no ReleaseGate, the Service is its own
+	// ReleaseGate (HoldRelease).
+	Campaigns ports.CampaignRepo
+	// OnCampaign, when set, receives every campaign step (for metrics and
+	// logs); it must not block.
+	OnCampaign func(ctx context.Context, ev CampaignEvent)
 	// Lease, when set, names the rotation worker in RotationStatus.
 	Lease ports.Lease
 	// Audit, when set, is the audit log (SPEC §12): changes are recorded in
@@ -190,7 +198,11 @@ func New(deps Deps, cfg Config) *Service {
 	setDefault(&cfg.RotationWarningAge, DefaultRotationWarningAge)
 	setDefault(&cfg.RotationCriticalAge, DefaultRotationCriticalAge)
 	setDefault(&cfg.BatchConcurrency, DefaultBatchConcurrency)
-	return &Service{d: deps, cfg: cfg, coredumpWake: make(chan struct{}, 1)}
+	svc := &Service{d: deps, cfg: cfg, coredumpWake: make(chan struct{}, 1)}
+	if svc.d.ReleaseGate == nil && svc.d.Campaigns != nil {
+		svc.d.ReleaseGate = svc
+	}
+	return svc
 }
 
 // setDefault sets *v to def when it is not positive.

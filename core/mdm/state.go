@@ -32,6 +32,12 @@ func (s *Service) ReportState(ctx context.Context, d model.Device, r model.State
 	if err != nil {
 		return fmt.Errorf("report state of device %d: %w", d.ID, err)
 	}
+	// The member of the device's latest campaign is resolved in a
+	// transaction of its own, after the report is stored: a failure here
+	// answers an error, so the device reports again.
+	if err := s.observeCampaignReport(ctx, d, r); err != nil {
+		return fmt.Errorf("report state of device %d: campaign: %w", d.ID, err)
+	}
 	return nil
 }
 

@@ -49,6 +49,15 @@ const (
 	// upload (SPEC §16); an upload released at once is firmware_uploaded
 	// alone.
 	AuditFirmwareReleased AuditKind = "firmware_released"
+	// Firmware campaigns (SPEC §16): created, a wave started (its
+	// members assigned the target), paused, resumed, aborted (by an admin
+	// or on the failure ratio), completed.
+	AuditCampaignCreated     AuditKind = "campaign_created"
+	AuditCampaignWaveStarted AuditKind = "campaign_wave_started"
+	AuditCampaignPaused      AuditKind = "campaign_paused"
+	AuditCampaignResumed     AuditKind = "campaign_resumed"
+	AuditCampaignAborted     AuditKind = "campaign_aborted"
+	AuditCampaignCompleted   AuditKind = "campaign_completed"
 )
 
 // AuditKinds lists every kind, in the order above.
@@ -59,7 +68,8 @@ var AuditKinds = []AuditKind{
 	AuditSecretConfirmed, AuditSecretAckRefused, AuditRotatedInvalidated, AuditRotationTimeout,
 	AuditSecretRestored, AuditModelCreated, AuditModelUpdated, AuditModelDeleted, AuditFirmwareUploaded,
 	AuditBrokerAccountReconciled, AuditOrphanAccountDeleted, AuditCoredumpUploaded, AuditCoredumpDeleted,
-	AuditFirmwareReported, AuditFirmwareReleased,
+	AuditFirmwareReported, AuditFirmwareReleased, AuditCampaignCreated, AuditCampaignWaveStarted, AuditCampaignPaused,
+	AuditCampaignResumed, AuditCampaignAborted, AuditCampaignCompleted,
 }
 
 // Valid reports whether k is one of AuditKinds.

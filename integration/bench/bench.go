@@ -38,7 +38,7 @@ type Scenario struct {
 func All() []Scenario {
 	var fleets []fleetrotation.Result
 	return []Scenario{IOTConfig(), Provisioning(), Batch(), Scale(),
-		FleetRotation("grace", &fleets), FleetRotation("restore", &fleets)}
+		FleetRotation("grace", &fleets), FleetRotation("restore", &fleets), Campaign()}
 }
 
 // Env is what a scenario runs with.

@@ -9,10 +9,11 @@ import (
 
 // Notification is one recorded Notifier call.
 type Notification struct {
-	Kind      string // "rotation", "config" or "firmware"
+	Kind      string // "rotation", "config", "firmware" or "assigned"
 	ClientID  string // rotation and config
 	ModelCode string // firmware
-	Version   string // firmware
+	Version   string // firmware, assigned
+	SHA256    string // assigned
 }
 
 // Notifier is a ports.Notifier that records every call.
@@ -57,4 +58,9 @@ func (n *Notifier) ConfigChanged(_ context.Context, clientID string) error {
 // FirmwareReleased implements ports.Notifier.
 func (n *Notifier) FirmwareReleased(_ context.Context, modelCode, version string) error {
 	return n.record(Notification{Kind: "firmware", ModelCode: modelCode, Version: version})
+}
+
+// FirmwareAssigned implements ports.Notifier (Kind "assigned").
+func (n *Notifier) FirmwareAssigned(_ context.Context, clientID, version, sha256 string) error {
+	return n.record(Notification{Kind: "assigned", ClientID: clientID, Version: version, SHA256: sha256})
 }

@@ -53,3 +53,13 @@ func TestAuditContract(t *testing.T) {
 		return portstest.AuditEnv{Log: s, Models: s, Devices: s, Firmware: s, Schedule: sched}
 	})
 }
+
+func TestCampaignRepoContract(t *testing.T) {
+	portstest.RunCampaignRepoContract(t, func(t *testing.T) portstest.CampaignEnv {
+		s := portstest.NewStore(nil)
+		return portstest.CampaignEnv{Models: s, Devices: s, Firmware: s, Campaigns: s,
+			SetTags:  func(_ *testing.T, id int64, tags ...string) { s.SetDeviceTags(id, tags...) },
+			Assigned: func(_ *testing.T, id int64) int64 { return s.AssignedFirmware(id) },
+		}
+	})
+}

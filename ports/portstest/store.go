@@ -41,6 +41,8 @@ type Store struct {
 	firmware map[int64][]model.Firmware // by model id, in upload order
 	dumps    map[int64]model.Coredump
 	audit    *AuditLog
+	// camp holds the campaigns (campaigns.go).
+	camp *campaignData
 }
 
 var (
@@ -60,6 +62,7 @@ func NewStore(clock ports.Clock) *Store {
 		firmware: map[int64][]model.Firmware{},
 		dumps:    map[int64]model.Coredump{},
 		audit:    NewAuditLog(clock),
+		camp:     newCampaignData(),
 	}
 }
 
