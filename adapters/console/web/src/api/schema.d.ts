@@ -24,6 +24,121 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/campaigns": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List campaigns by id, paginated by cursor */
+        get: operations["listCampaigns"];
+        put?: never;
+        /**
+         * Start a firmware campaign: a staged rollout of one upload to the model's devices, in waves
+         * @description The members are the model's active devices whose tags include all of the selector's, fixed now; a member's wave comes from a stable hash of the campaign id and its key. The first wave starts at the worker's next tick. A member succeeds when it reports (POST /iot/state) the target version with ota_state valid, fails when it reports an OTA of the target that did not end installed (or the target still pending_verify at its timeout), and times out when it reports neither within device_timeout_seconds. waves must be strictly ascending and end at 100 (400 otherwise, which no schema keyword says). A model that has a running or paused campaign is a 409; so are a device_model_id that names no model and a firmware_sha256 that is not one of its uploads (field names the member).
+         */
+        post: operations["createCampaign"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/campaigns/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A campaign with its waves' progress */
+        get: operations["getCampaign"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/campaigns/{id}/abort": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Abort a running or paused campaign; with rollback_on_abort its failed and still-pending members lose the target
+         * @description A campaign that has completed or was aborted answers 409.
+         */
+        post: operations["abortCampaign"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/campaigns/{id}/devices": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The campaign's members by device id, paginated by cursor */
+        get: operations["listCampaignDevices"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/campaigns/{id}/pause": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Pause a running campaign: no wave starts and no member times out until it resumes; reports are still recorded, and a failure ratio over the maximum still aborts it
+         * @description A campaign that has completed or was aborted answers 409.
+         */
+        post: operations["pauseCampaign"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/campaigns/{id}/resume": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Resume a paused campaign
+         * @description A campaign that has completed or was aborted answers 409.
+         */
+        post: operations["resumeCampaign"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/coredumps/{id}": {
         parameters: {
             query?: never;
@@ -679,7 +794,7 @@ export interface components {
             /** Format: int64 */
             id: number;
             /** @enum {string} */
-            kind: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded" | "broker_account_reconciled" | "orphan_account_deleted" | "coredump_uploaded" | "coredump_deleted" | "device_firmware_changed";
+            kind: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded" | "broker_account_reconciled" | "orphan_account_deleted" | "coredump_uploaded" | "coredump_deleted" | "device_firmware_changed" | "campaign_created" | "campaign_wave_started" | "campaign_paused" | "campaign_resumed" | "campaign_aborted" | "campaign_completed";
             /** @enum {string} */
             outcome: "success" | "failure";
         };
@@ -687,6 +802,122 @@ export interface components {
             entries: components["schemas"]["AuditEntry"][];
             /** @description pass as ?cursor= for the next page; null on the last page */
             next_cursor: string | null;
+        };
+        Campaign: {
+            /** @description why the campaign was aborted: an admin, or the failure ratio of a wave; null unless aborted */
+            abort_reason: string | null;
+            /**
+             * Format: date-time
+             * @description RFC 3339, UTC
+             */
+            created_at: string;
+            /** @description the admin who created it */
+            created_by: string;
+            /** @description the index (from 0) of the wave started last; null before the first starts */
+            current_wave: number | null;
+            /** Format: int64 */
+            device_model_id: number;
+            /** Format: int64 */
+            device_timeout_seconds: number;
+            /**
+             * Format: date-time
+             * @description when it completed or was aborted; null while running or paused
+             */
+            finished_at: string | null;
+            firmware_sha256: string;
+            /** @description the target's version */
+            firmware_version: string;
+            /** Format: int64 */
+            id: number;
+            max_failure_ratio: number;
+            /** @description how many devices the campaign has (fixed at creation) */
+            members: number;
+            release_on_complete: boolean;
+            rollback_on_abort: boolean;
+            selector: {
+                /** @description a device is a member when its tags include all of these */
+                tags: string[];
+            };
+            /** @enum {string} */
+            state: "running" | "paused" | "aborted" | "completed";
+            /**
+             * Format: date-time
+             * @description RFC 3339, UTC
+             */
+            updated_at: string;
+            /** Format: int64 */
+            wave_soak_seconds: number;
+            /** @description cumulative percentages of the members */
+            waves: number[];
+        };
+        CampaignDetail: components["schemas"]["Campaign"] & {
+            /** @description per wave, in order: its members by state and when it started */
+            progress: {
+                failed: number;
+                index: number;
+                members: number;
+                pending: number;
+                /** @description the wave's cumulative percentage */
+                percent: number;
+                /**
+                 * Format: date-time
+                 * @description RFC 3339, UTC; null when never
+                 */
+                started_at: string | null;
+                succeeded: number;
+                timed_out: number;
+            }[];
+        };
+        CampaignDevice: {
+            /**
+             * Format: date-time
+             * @description when its wave assigned it the target; null before
+             */
+            assigned_at: string | null;
+            client_id: string;
+            /** Format: int64 */
+            device_id: number;
+            key: string;
+            /** @description its latest state report while in the campaign; null before its first */
+            reported: {
+                firmware_version: string;
+                /** @description the last OTA attempt the report names */
+                ota: {
+                    /** @enum {string} */
+                    result: "installed" | "rolled_back" | "download_failed" | "verify_failed";
+                    target: string;
+                } | null;
+                /** @enum {string|null} */
+                ota_state: "valid" | "pending_verify" | null;
+                /**
+                 * Format: date-time
+                 * @description RFC 3339, UTC
+                 */
+                reported_at: string;
+            } | null;
+            /**
+             * Format: date-time
+             * @description RFC 3339, UTC; null when never
+             */
+            resolved_at: string | null;
+            /** @enum {string} */
+            state: "pending" | "succeeded" | "failed" | "timed_out";
+            /** @description the member's wave (index from 0), from a stable hash of the campaign id and the device key */
+            wave: number;
+        };
+        CampaignDeviceList: {
+            devices: components["schemas"]["CampaignDevice"][];
+            /** @description pass as ?cursor= for the next page; null on the last page */
+            next_cursor: string | null;
+        };
+        CampaignList: {
+            campaigns: components["schemas"]["Campaign"][];
+            /** @description pass as ?cursor= for the next page; null on the last page */
+            next_cursor: string | null;
+        };
+        CampaignSelector: {
+            /** @description a device is a member when its tags include all of these */
+            tags?: string[];
         };
         /** @description a JSON object whose strings and member names hold no U+0000 */
         Config: {
@@ -1114,6 +1345,52 @@ export interface components {
         JSONValue: string | number | boolean | null | components["schemas"]["JSONValue"][] | {
             [key: string]: components["schemas"]["JSONValue"];
         };
+        NewCampaign: {
+            /**
+             * Format: int64
+             * @description an existing device model; one that does not exist is a 409 naming this field
+             */
+            device_model_id: number;
+            /**
+             * @description a member that has not succeeded or failed this long after its assignment is timed out (or failed when it reports the target still pending_verify)
+             * @default 3600
+             */
+            device_timeout_seconds: number;
+            /** @description the SHA-256 of one of the model's uploads (its firmware history, released or stored); another is a 409 naming this field */
+            firmware_sha256: string;
+            /**
+             * @description the campaign aborts as soon as a wave's failed members are more than this share of its members (exactly at it does not abort)
+             * @default 0.1
+             */
+            max_failure_ratio: number;
+            /**
+             * @description on completion, the target becomes the model's released firmware
+             * @default false
+             */
+            release_on_complete: boolean;
+            /**
+             * @description on abort, the failed and still-pending members lose the target and are nudged back to the released firmware
+             * @default true
+             */
+            rollback_on_abort: boolean;
+            /** @description which of the model's active devices are members; left out: all of them */
+            selector?: components["schemas"]["CampaignSelector"];
+            /**
+             * @description how long a finished wave waits after its last success (or its start when none succeeded) before the next starts
+             * @default 600
+             */
+            wave_soak_seconds: number;
+            /**
+             * @description cumulative percentages of the members, strictly ascending, ending at 100
+             * @default [
+             *       1,
+             *       10,
+             *       50,
+             *       100
+             *     ]
+             */
+            waves: number[];
+        };
         NewDevice: {
             /** @default true */
             active: boolean;
@@ -1437,7 +1714,7 @@ export interface operations {
                 /** @description only entries with a larger id (with cursor too: the larger bound holds) */
                 after?: number;
                 device_id?: number;
-                kind?: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded" | "broker_account_reconciled" | "orphan_account_deleted" | "coredump_uploaded" | "coredump_deleted" | "device_firmware_changed";
+                kind?: "device_created" | "device_updated" | "device_deleted" | "provisioning_downloaded" | "identity_repaired" | "orphan_client_deleted" | "rotation_queued" | "rotation_triggered" | "rotation_schedule_fired" | "rotation_schedule_changed" | "rotation_started" | "secret_generated" | "secret_fetched" | "secret_confirmed" | "secret_ack_refused" | "rotated_secret_invalidated" | "rotation_timeout" | "secret_restored" | "model_created" | "model_updated" | "model_deleted" | "firmware_uploaded" | "broker_account_reconciled" | "orphan_account_deleted" | "coredump_uploaded" | "coredump_deleted" | "device_firmware_changed" | "campaign_created" | "campaign_wave_started" | "campaign_paused" | "campaign_resumed" | "campaign_aborted" | "campaign_completed";
                 /** @description an actor's subject, client id or username (at most 255 characters, no U+0000) */
                 actor?: string;
                 /** @description only entries at or after this time (RFC 3339) */
@@ -1461,6 +1738,246 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    listCampaigns: {
+        parameters: {
+            query?: {
+                limit?: number;
+                /** @description next_cursor of the previous page */
+                cursor?: string;
+                device_model_id?: number;
+                /** @description case-insensitive */
+                state?: ("running" | "paused" | "aborted" | "completed") | string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description one page */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CampaignList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    createCampaign: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NewCampaign"];
+            };
+        };
+        responses: {
+            /** @description created; Location names it */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CampaignDetail"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["TooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    getCampaign: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the campaign */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CampaignDetail"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    abortCampaign: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the campaign */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CampaignDetail"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    listCampaignDevices: {
+        parameters: {
+            query?: {
+                limit?: number;
+                /** @description next_cursor of the previous page */
+                cursor?: string;
+                /** @description case-insensitive */
+                state?: ("pending" | "succeeded" | "failed" | "timed_out") | string;
+            };
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description one page */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CampaignDeviceList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    pauseCampaign: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the campaign */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CampaignDetail"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["TooLarge"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["InternalError"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["NotReady"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    resumeCampaign: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the campaign */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CampaignDetail"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
             413: components["responses"]["TooLarge"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["InternalError"];
