@@ -70,6 +70,8 @@ type devEvent struct {
 	Attempt         int             `json:"attempt"`
 	RetryInMs       int             `json:"retry_in_ms"`
 	Reason          string          `json:"reason"`
+	Topics          int             `json:"topics"`
+	SessionPresent  bool            `json:"session_present"`
 
 	run  int       // which start of the process wrote it (1 = the first)
 	seen time.Time // when the test read it

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
+
 	"github.com/espmdm/espmdm/esp32image"
 	"github.com/espmdm/espmdm/esp32image/esp32imagetest"
 	"github.com/espmdm/espmdm/integration"
@@ -59,7 +61,10 @@ func componentFleet(t *testing.T, s *server, n int) (modelDTO, []deviceDTO, []*h
 			t.Fatalf("%s: boot %+v", h.name, b)
 		}
 		h.waitEvent(0, 30*time.Second, "token")
-		h.waitEvent(0, 30*time.Second, "subscribed")
+		h.waitEvent(0, 30*time.Second, "connected")
+		if sub := h.waitEvent(0, 30*time.Second, "subscribed"); sub.Topics != 4 {
+			t.Fatalf("%s: subscribed to %d topic filters, want 4 (rotation, config and firmware of its own, its model's firmware)", h.name, sub.Topics)
+		}
 		c := h.waitEvent(0, 30*time.Second, "config")
 		if !sameJSON(t, c.Config, devs[i].Config) {
 			t.Fatalf("%s: config %s, want its own %s", h.name, c.Config, devs[i].Config)
@@ -135,6 +140,34 @@ func TestE2EDeviceFleet(t *testing.T) {
 		for i, h := range hosts[1:] {
 			if n := h.count(marks[i+1], "nudge") + h.count(marks[i+1], "config"); n != 0 {
 				t.Errorf("%s: %d config nudges or fetches, want none (only %s changed)", h.name, n, devs[0].ClientID)
+			}
+		}
+	})
+
+	t.Run("firmware nudge on the device's own topic", func(t *testing.T) {
+		// What a firmware campaign sends one member (SPEC §16); the model
+		// has no firmware yet, so the check finds nothing to install.
+		marks := make([]int, len(hosts))
+		for i, h := range hosts {
+			marks[i] = h.mark()
+		}
+		ctx := ctxT(t, 30*time.Second)
+		pub := mqttConnect(t, ctx, integration.Shared(t).MQTTAdminURL(), "e2e-campaign-"+randHex(4), nil)
+		topic := "iotsupport/" + devs[0].ClientID + "/firmware"
+		if _, err := pub.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: []byte(`{"firmware_version":"9.9.9","sha256":null}`)}); err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+		n := hosts[0].waitFor(marks[0], 20*time.Second, "firmware nudge", func(e devEvent) bool { return e.Event == "nudge" && e.Kind == "firmware" })
+		if n.Topic != topic {
+			t.Errorf("firmware nudge on %s, want %s", n.Topic, topic)
+		}
+		time.Sleep(1500 * time.Millisecond) // a stray nudge to another device, or a download, would have come
+		for i, h := range hosts {
+			if c := h.count(marks[i], "ota_started") + h.count(marks[i], "error"); c != 0 {
+				t.Errorf("%s: %d downloads or errors after the nudge, want none (no firmware to install)", h.name, c)
+			}
+			if c := h.count(marks[i], "nudge"); i > 0 && c != 0 {
+				t.Errorf("%s: %d nudges, want none (only %s was nudged)", h.name, c, devs[0].ClientID)
 			}
 		}
 	})

@@ -63,6 +63,13 @@ type Behaviour struct {
 	// download after this many bytes (once), as a power loss would; the
 	// next FetchFirmware resumes it with a Range request.
 	InterruptFirmwareAfter int64
+	// BadFirmware are versions that fail on this device (with
+	// Config.BadFirmware, which holds for every device): the image
+	// downloads, verifies and installs, then never checks in after its
+	// reboot, and the bootloader goes back to the previous image. The
+	// device reports its previous version, valid, with ota {target: the
+	// version, result: rolled_back}, and does not fetch that image again.
+	BadFirmware []string
 }
 
 // Sentinel errors of device actions.
@@ -98,6 +105,7 @@ type Device struct {
 	mqttPassword                          string // prov/mqtt_password, or a fetched one
 	cm                                    *autopaho.ConnectionManager
 	rotMu                                 sync.Mutex
+	otaMu                                 sync.Mutex // one Update at a time
 	mu                                    sync.Mutex
 	current, next                         string // the persisted slots
 	tok                                   cachedToken
@@ -106,6 +114,8 @@ type Device struct {
 	nudgeAt                               time.Time
 	config                                json.RawMessage
 	fw                                    firmwareState
+	failed                                failedImage // the last image that failed here
+	updateQueued                          bool
 	app                                   appState
 	seen                                  []string // every secret held or handed out
 	stats                                 Stats
@@ -280,7 +290,9 @@ func (d *Device) onConfigNotice() {
 	})
 }
 
-func (d *Device) onFirmwareNotice(version string) {
+// onFirmwareNotice is a message on the model's firmware topic (own false)
+// or on the device's own (a campaign's nudge, own true).
+func (d *Device) onFirmwareNotice(version string, own bool) {
 	d.mu.Lock()
 	if d.beh.Offline {
 		d.stats.Ignored++
@@ -288,9 +300,35 @@ func (d *Device) onFirmwareNotice(version string) {
 		return
 	}
 	d.stats.FirmwareNotices++
+	if own {
+		d.stats.DeviceFirmwareNotices++
+	}
 	d.stats.NotifiedFirmwareVersion = version
 	d.mu.Unlock()
 	d.event(EventFirmwareNotice, nil)
+	if d.f.cfg.FollowFirmware {
+		d.queueUpdate()
+	}
+}
+
+// queueUpdate has a worker run Update; one queued update answers every
+// notice received before it starts.
+func (d *Device) queueUpdate() {
+	d.mu.Lock()
+	queued := d.updateQueued
+	d.updateQueued = true
+	d.mu.Unlock()
+	if queued {
+		return
+	}
+	d.f.enqueue(func(ctx context.Context) {
+		d.mu.Lock()
+		d.updateQueued = false
+		d.mu.Unlock()
+		if _, err := d.Update(ctx); err != nil && !errors.Is(err, ErrOffline) && ctx.Err() == nil {
+			d.fail("update firmware", err)
+		}
+	})
 }
 
 func (d *Device) fail(op string, err error) {
@@ -515,9 +553,20 @@ func (d *Device) stopRetry() {
 // token with its current secret, then its next one, and reports its state
 // (SPEC §15; an image booted from an OTA is then confirmed and reported
 // again).
-func (d *Device) Boot(ctx context.Context) error { return d.boot(ctx, "poweron") }
+// With Config.FollowFirmware it then checks its firmware, as the component
+// does at every start (queued on the fleet's workers: see Update).
+func (d *Device) Boot(ctx context.Context) error {
+	if err := d.boot(ctx, "poweron"); err != nil {
+		return err
+	}
+	if d.f.cfg.FollowFirmware {
+		d.queueUpdate()
+	}
+	return nil
+}
 
-// boot is Boot for a start whose reset reason is reason.
+// boot is Boot for a start whose reset reason is reason, without the
+// firmware check (a reboot into an image just installed needs none).
 func (d *Device) boot(ctx context.Context, reason string) error {
 	d.mu.Lock()
 	d.tok = cachedToken{}
@@ -568,6 +617,9 @@ func (d *Device) crash(ctx context.Context) error {
 	}
 	if _, err := d.FetchConfig(ctx); err != nil && ctx.Err() == nil {
 		d.f.logf("devicesim: %s: config after the reboot: %v", d.clientID, err)
+	}
+	if d.f.cfg.FollowFirmware {
+		d.queueUpdate()
 	}
 	return ErrCrashed
 }

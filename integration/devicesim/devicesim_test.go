@@ -39,7 +39,11 @@ type fake struct {
 	tokens   map[string]string          // token -> client id
 	acks     map[string]int
 	configs  map[string]int // GET /iot/config per client
+	// firmware is the model's released image; assigned are campaign
+	// assignments per client id, which take its place (SPEC §16's
+	// effective firmware).
 	firmware []byte
+	assigned map[string][]byte
 	// reports are the state reports received, per client, decoded
 	// strictly (unknown members are refused, as espmdm does).
 	reports map[string][]map[string]any
@@ -51,7 +55,7 @@ func newFake(t *testing.T, mode string) *fake {
 	t.Helper()
 	f := &fake{t: t, mode: mode, valid: map[string]map[string]bool{}, current: map[string]string{},
 		pending: map[string]string{}, rotating: map[string]bool{}, tokens: map[string]string{}, acks: map[string]int{}, configs: map[string]int{},
-		reports: map[string][]map[string]any{}}
+		reports: map[string][]map[string]any{}, assigned: map[string][]byte{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /token", f.token)
 	mux.HandleFunc("GET /iot/config", f.auth(func(w http.ResponseWriter, r *http.Request, id string) {
@@ -59,7 +63,17 @@ func newFake(t *testing.T, mode string) *fake {
 		fmt.Fprintf(w, `{"client":%q}`, id)
 	}))
 	mux.HandleFunc("GET /iot/firmware-version", f.auth(func(w http.ResponseWriter, r *http.Request, id string) {
-		fmt.Fprint(w, `{"firmware_version":"1.2.3"}`)
+		img := f.effective(id)
+		if len(img) == 0 {
+			fmt.Fprint(w, `{"firmware_version":null,"sha256":null}`)
+			return
+		}
+		if im, err := esp32image.Parse(img); err == nil && im.AppDesc != nil {
+			sum := sha256.Sum256(img)
+			fmt.Fprintf(w, `{"firmware_version":%q,"sha256":%q}`, im.AppDesc.Version, hex.EncodeToString(sum[:]))
+			return
+		}
+		fmt.Fprint(w, `{"firmware_version":"1.2.3"}`) // bytes that are no app image
 	}))
 	mux.HandleFunc("GET /iot/firmware", f.auth(f.serveFirmware))
 	mux.HandleFunc("GET /iot/provisioning", f.auth(f.fetch))
@@ -207,8 +221,27 @@ func (f *fake) timeout(id string) {
 	delete(f.pending, id)
 }
 
+// effective is the device's effective firmware; f.mu is held.
+func (f *fake) effective(id string) []byte {
+	if img, ok := f.assigned[id]; ok {
+		return img
+	}
+	return f.firmware
+}
+
+func (f *fake) assign(id string, img []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if img == nil {
+		delete(f.assigned, id)
+		return
+	}
+	f.assigned[id] = img
+}
+
 func (f *fake) serveFirmware(w http.ResponseWriter, r *http.Request, id string) {
-	sum := sha256.Sum256(f.firmware)
+	firmware := f.effective(id)
+	sum := sha256.Sum256(firmware)
 	etag := `"` + hex.EncodeToString(sum[:]) + `"`
 	w.Header().Set("ETag", etag)
 	if r.Header.Get("If-None-Match") == etag {
@@ -217,14 +250,14 @@ func (f *fake) serveFirmware(w http.ResponseWriter, r *http.Request, id string) 
 	}
 	if rg := r.Header.Get("Range"); rg != "" && r.Header.Get("If-Range") == etag {
 		first, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(rg, "bytes="), "-"))
-		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", first, len(f.firmware)-1, len(f.firmware)))
-		w.Header().Set("Content-Length", strconv.Itoa(len(f.firmware)-first))
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", first, len(firmware)-1, len(firmware)))
+		w.Header().Set("Content-Length", strconv.Itoa(len(firmware)-first))
 		w.WriteHeader(http.StatusPartialContent)
-		_, _ = w.Write(f.firmware[first:])
+		_, _ = w.Write(firmware[first:])
 		return
 	}
-	w.Header().Set("Content-Length", strconv.Itoa(len(f.firmware)))
-	_, _ = w.Write(f.firmware)
+	w.Header().Set("Content-Length", strconv.Itoa(len(firmware)))
+	_, _ = w.Write(firmware)
 }
 
 func (f *fake) count(m map[string]int, id string) int {
@@ -695,5 +728,169 @@ func TestInstallFirmwareRefusesAnImageThatDoesNotVerify(t *testing.T) {
 	reps := f.reportsOf(d.ClientID())
 	if len(reps) != 1 || reps[0]["firmware_version"] != "1.0" || fmt.Sprint(reps[0]["ota"]) != fmt.Sprint(map[string]any{"target": "unknown", "result": "verify_failed"}) {
 		t.Errorf("reports %v, want one naming 1.0 with a verify_failed attempt", reps)
+	}
+}
+
+// appImage is a valid app image of version.
+func appImage(version string, seed int) []byte {
+	desc := esp32imagetest.SampleDesc(esp32image.ChipESP32)
+	desc.Version = version
+	im := esp32imagetest.New(esp32image.ChipESP32, 4, true, &desc)
+	im.Segments = append(im.Segments, esp32imagetest.Segment{Addr: 0x3FFB0000, Data: esp32imagetest.Filler(uint32(seed), 4096)})
+	return im.Bytes()
+}
+
+// TestDeviceFirmwareTopic: iotsupport/<client_id>/firmware (a campaign's
+// nudge) reaches that device only; the model's topic every device of the
+// model. Without FollowFirmware a notice is only counted.
+func TestDeviceFirmwareTopic(t *testing.T) {
+	f := newFake(t, "grace")
+	f.firmware = appImage("2.0.0", 1)
+	fl := newTestFleet(t, devicesim.Config{})
+	a, b := add(t, fl, f.partition("m1")), add(t, fl, f.partition("m1"))
+	if !fl.Deliver("iotsupport/"+a.ClientID()+"/firmware", []byte(`{"firmware_version":"2.0.0","sha256":"ab"}`)) {
+		t.Fatal("the device's firmware topic was not taken")
+	}
+	fl.Deliver("iotsupport/m1/firmware", []byte(`{"firmware_version":"2.0.0"}`))
+	if fl.Deliver("iotsupport/iotdevice-m1-zzzzzzzz/firmware", nil) {
+		t.Error("a firmware nudge for no device of the fleet was taken")
+	}
+	if st := a.Stats(); st.FirmwareNotices != 2 || st.DeviceFirmwareNotices != 1 || st.NotifiedFirmwareVersion != "2.0.0" {
+		t.Errorf("a: %+v, want 2 notices, 1 on its own topic", st)
+	}
+	if st := b.Stats(); st.FirmwareNotices != 1 || st.DeviceFirmwareNotices != 0 {
+		t.Errorf("b: %+v, want the model's notice only", st)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if st := fl.Stats().Total; st.FirmwareChecks != 0 || st.FirmwareDownloads != 0 {
+		t.Errorf("without FollowFirmware: %d checks, %d downloads, want none", st.FirmwareChecks, st.FirmwareDownloads)
+	}
+}
+
+// TestFollowFirmwareAtBootAndOnTheCampaignNudge: at boot every device
+// reports and installs the released firmware; a campaign's assignment and
+// nudge move one device only, through a cut download resumed, with the
+// reports of the component (pending_verify, then valid).
+func TestFollowFirmwareAtBootAndOnTheCampaignNudge(t *testing.T) {
+	f := newFake(t, "grace")
+	f.firmware = appImage("1.1.0", 1)
+	fl := newTestFleet(t, devicesim.Config{FollowFirmware: true, FirmwareVersion: "1.0.0"})
+	a, b := add(t, fl, f.partition("m")), add(t, fl, f.partition("m"))
+	if err := fl.BootAll(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "1.1.0 on both", func() bool { return a.Running() == "1.1.0" && b.Running() == "1.1.0" })
+	eventually(t, "reports of 1.1.0 valid", func() bool {
+		ra, rb := f.reportsOf(a.ClientID()), f.reportsOf(b.ClientID())
+		return len(ra) == 3 && len(rb) == 3 && ra[2]["ota_state"] == "valid" && rb[2]["ota_state"] == "valid"
+	})
+	for _, d := range []*devicesim.Device{a, b} {
+		if r := f.reportsOf(d.ClientID())[0]; r["firmware_version"] != "1.0.0" || r["reset_reason"] != "poweron" {
+			t.Errorf("%s: first report %v, want 1.0.0 at power-on", d.ClientID(), r)
+		}
+	}
+	a.SetBehaviour(devicesim.Behaviour{InterruptFirmwareAfter: 1000})
+	f.assign(a.ClientID(), appImage("2.0.0", 2))
+	fl.Deliver("iotsupport/"+a.ClientID()+"/firmware", []byte(`{"firmware_version":"2.0.0"}`))
+	eventually(t, "a on 2.0.0, confirmed", func() bool {
+		r := f.reportsOf(a.ClientID())
+		return len(r) == 5 && r[4]["ota_state"] == "valid"
+	})
+	r := f.reportsOf(a.ClientID())
+	ota := fmt.Sprint(map[string]any{"target": "2.0.0", "result": "installed"})
+	if r[3]["firmware_version"] != "2.0.0" || r[3]["ota_state"] != "pending_verify" || fmt.Sprint(r[3]["ota"]) != ota ||
+		r[4]["firmware_version"] != "2.0.0" || fmt.Sprint(r[4]["ota"]) != ota {
+		t.Errorf("a's reports after the campaign's nudge %v, %v", r[3], r[4])
+	}
+	if st := a.Stats(); st.FirmwareInstalls != 2 || st.FirmwareDownloads != 3 || st.Errors != 0 {
+		t.Errorf("a: %+v, want 2 installs, 3 downloads (one cut and resumed), no errors", st)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if st := b.Stats(); b.Running() != "1.1.0" || st.FirmwareChecks != 1 || len(f.reportsOf(b.ClientID())) != 3 {
+		t.Errorf("b: running %s, %+v, want 1.1.0 untouched by a's nudge", b.Running(), st)
+	}
+}
+
+// TestBadFirmwareRollsBack: a version in BadFirmware installs, never
+// checks in and is rolled back: the device reports its previous version,
+// valid, with ota rolled_back, never reports the bad version as running,
+// and does not fetch it again; withdrawn, nothing happens.
+func TestBadFirmwareRollsBack(t *testing.T) {
+	for _, fleetWide := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fleetWide=%v", fleetWide), func(t *testing.T) {
+			f := newFake(t, "grace")
+			cfg := devicesim.Config{FollowFirmware: true, FirmwareVersion: "1.0.0"}
+			if fleetWide {
+				cfg.BadFirmware = []string{"2.0.0"}
+			}
+			fl := newTestFleet(t, cfg)
+			bad, good := add(t, fl, f.partition("m")), add(t, fl, f.partition("m"))
+			if !fleetWide {
+				bad.SetBehaviour(devicesim.Behaviour{BadFirmware: []string{"2.0.0", "2.0.1"}})
+			}
+			if err := fl.BootAll(ctx(t)); err != nil {
+				t.Fatal(err)
+			}
+			img := appImage("2.0.0", 3)
+			f.assign(bad.ClientID(), img)
+			if !fleetWide {
+				f.assign(good.ClientID(), img)
+			}
+			fl.Deliver("iotsupport/"+bad.ClientID()+"/firmware", nil)
+			fl.Deliver("iotsupport/"+good.ClientID()+"/firmware", nil)
+			eventually(t, "the rollback", func() bool { return bad.Stats().FirmwareRollbacks == 1 })
+			eventually(t, "its report", func() bool { return len(f.reportsOf(bad.ClientID())) == 2 })
+			reps := f.reportsOf(bad.ClientID())
+			last := reps[len(reps)-1]
+			if last["firmware_version"] != "1.0.0" || last["ota_state"] != "valid" || last["reset_reason"] != "panic" ||
+				fmt.Sprint(last["ota"]) != fmt.Sprint(map[string]any{"target": "2.0.0", "result": "rolled_back"}) {
+				t.Errorf("report after the rollback %v, want 1.0.0 valid with ota {2.0.0 rolled_back}", last)
+			}
+			for _, r := range reps {
+				if r["firmware_version"] != "1.0.0" {
+					t.Errorf("a report names %v: the bad image never runs long enough to report", r["firmware_version"])
+				}
+			}
+			if bad.Running() != "1.0.0" {
+				t.Errorf("running %s, want 1.0.0", bad.Running())
+			}
+			if !fleetWide {
+				eventually(t, "the good device on 2.0.0", func() bool { return good.Running() == "2.0.0" })
+			}
+			// Offered again: not fetched again.
+			downloads := bad.Stats().FirmwareDownloads
+			fl.Deliver("iotsupport/"+bad.ClientID()+"/firmware", nil)
+			eventually(t, "the second check", func() bool { return bad.Stats().FirmwareChecks == 3 })
+			res, err := bad.Update(ctx(t))
+			if err != nil || res.Outcome != devicesim.UpdateSkipped || res.Offered != "2.0.0" {
+				t.Errorf("Update = %+v, %v, want skipped", res, err)
+			}
+			// Withdrawn (rollback_on_abort): the released firmware, none here.
+			f.assign(bad.ClientID(), nil)
+			if res, err := bad.Update(ctx(t)); err != nil || res.Outcome != devicesim.UpdateNone || res.Running != "1.0.0" {
+				t.Errorf("Update after the withdrawal = %+v, %v, want none on 1.0.0", res, err)
+			}
+			if st := bad.Stats(); st.FirmwareDownloads != downloads || st.Errors != 0 || st.FirmwareInstalls != 0 {
+				t.Errorf("stats %+v: downloads %d before, want no new download, no error, no install", st, downloads)
+			}
+		})
+	}
+}
+
+// TestInstallFirmwareOfABadVersion: InstallFirmware driven by hand rolls a
+// BadFirmware version back too.
+func TestInstallFirmwareOfABadVersion(t *testing.T) {
+	f := newFake(t, "grace")
+	f.firmware = appImage("3.0.0", 4)
+	fl := newTestFleet(t, devicesim.Config{FirmwareVersion: "1.0.0", BadFirmware: []string{"3.0.0"}})
+	d := add(t, fl, f.partition("m"))
+	if r, err := d.FetchFirmware(ctx(t)); err != nil || !r.Complete {
+		t.Fatalf("FetchFirmware = %+v, %v", r, err)
+	}
+	if _, err := d.InstallFirmware(ctx(t)); !errors.Is(err, devicesim.ErrRolledBack) {
+		t.Fatalf("InstallFirmware = %v, want ErrRolledBack", err)
+	}
+	if d.Running() != "1.0.0" {
+		t.Errorf("running %s", d.Running())
 	}
 }

@@ -5,9 +5,10 @@
 // pool sized for the fleet's concurrency) and one MQTT v5 connection
 // (autopaho) subscribed to iotsupport/+/rotation, iotsupport/+/config and
 // iotsupport/+/firmware. Messages are dispatched to devices by client id
-// (rotation, config) or model code (firmware), and the work they cause runs
-// on a bounded pool of workers (Config.Concurrency): an idle device costs a
-// struct, not a goroutine.
+// (rotation, config, and firmware: a campaign's nudge to one device) or
+// model code (firmware), and the work they cause runs on a bounded pool of
+// workers (Config.Concurrency): an idle device costs a struct, not a
+// goroutine.
 //
 // A Device boots from the bytes of its NVS provisioning partition (namespace
 // "prov": device_key, client_id, client_secret, token_url, base_url,
@@ -21,6 +22,17 @@
 // current). At boot, and whenever it needs a token, it tries current, then
 // next; when only next works it promotes it at once and acks it (204 or
 // 409 alike: Keycloak accepted it).
+//
+// Boot (Fleet.BootAll for all) is a power-on: a token, then a state report
+// (SPEC §15). Firmware follows the component when Config.FollowFirmware is
+// set: at boot and on either firmware notice, Update asks GET
+// /iot/firmware-version for the device's effective firmware and, when it is
+// another version, downloads it (resuming a cut download), checks its
+// SHA-256, installs it, reboots into it and reports it pending_verify, then
+// confirmed (valid). A version in BadFirmware (Config, for every device, or
+// Behaviour, for one) is installed and then rolled back: the device reports
+// its previous version, valid, with ota {target, result: rolled_back}, and
+// does not fetch that image again, as the component does.
 //
 // Behaviour changes what a device does: Offline ignores everything, Slow
 // waits before each step, Legacy follows the reviewed design's single-slot

@@ -52,6 +52,15 @@ type Config struct {
 	// InstallFirmware installs another (its state reports name it);
 	// default DefaultFirmwareVersion.
 	FirmwareVersion string
+	// FollowFirmware makes devices update as the component does: on a
+	// firmware notice (the model's topic or the device's own, a campaign's
+	// nudge) and after Boot, Device.Update runs on the fleet's workers.
+	// Without it a notice is only counted, and tests drive FetchFirmware
+	// and InstallFirmware themselves.
+	FollowFirmware bool
+	// BadFirmware are versions that fail on every device of the fleet as
+	// Behaviour.BadFirmware says: installed, then rolled back.
+	BadFirmware []string
 	// OnEvent, when set, is called (from a worker, keep it quick) for every
 	// event of every device.
 	OnEvent func(Event)
@@ -201,6 +210,7 @@ func (f *Fleet) Connect(ctx context.Context, d *Device) error {
 	subs := []paho.SubscribeOptions{
 		{Topic: "iotsupport/" + d.clientID + "/rotation", QoS: 1},
 		{Topic: "iotsupport/" + d.clientID + "/config", QoS: 1},
+		{Topic: "iotsupport/" + d.clientID + "/firmware", QoS: 1},
 		{Topic: "iotsupport/" + d.modelCode + "/firmware", QoS: 1},
 	}
 	subscribed := make(chan error, 1)
@@ -271,10 +281,12 @@ func (f *Fleet) onPublish(pr paho.PublishReceived) (bool, error) {
 }
 
 // Deliver hands a message to the devices it is for, as the shared MQTT
-// connection does: iotsupport/<client_id>/rotation and .../config to that
-// device, iotsupport/<model_code>/firmware to every device of the model. It
-// reports whether any device of the fleet took it. It never blocks on the
-// devices' work.
+// connection does: iotsupport/<client_id>/rotation, .../config and
+// .../firmware (a campaign's nudge) to that device,
+// iotsupport/<model_code>/firmware to every device of the model (a client
+// id, iotdevice-<code>-<key>, never looks like a model code). It reports
+// whether any device of the fleet took it. It never blocks on the devices'
+// work.
 func (f *Fleet) Deliver(topic string, payload []byte) bool {
 	parts := strings.Split(topic, "/")
 	if len(parts) != 3 || parts[0] != "iotsupport" {
@@ -288,7 +300,11 @@ func (f *Fleet) Deliver(topic string, payload []byte) bool {
 			targets = []*Device{d}
 		}
 	case "firmware":
-		targets = f.byModel[parts[1]]
+		if d := f.byClient[parts[1]]; d != nil {
+			targets = []*Device{d}
+		} else {
+			targets = f.byModel[parts[1]]
+		}
 	}
 	f.mu.RUnlock()
 	if len(targets) == 0 {
@@ -316,7 +332,7 @@ func (f *Fleet) deliverTo(targets []*Device, topic string, payload []byte) {
 				FirmwareVersion string `json:"firmware_version"`
 			}
 			_ = json.Unmarshal(payload, &v)
-			d.onFirmwareNotice(v.FirmwareVersion)
+			d.onFirmwareNotice(v.FirmwareVersion, parts[1] == d.clientID)
 		}
 	}
 }
@@ -373,6 +389,31 @@ func (f *Fleet) Devices() []*Device {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return slices.Clone(f.devices)
+}
+
+// BootAll boots every device (Concurrency at a time): each gets a token
+// and reports its state, as a fleet that powers on does. It returns an
+// error naming how many failed and the first failure.
+func (f *Fleet) BootAll(ctx context.Context) error {
+	var mu sync.Mutex
+	var failed, total int
+	var first error
+	f.forEach(ctx, func(ctx context.Context, d *Device) {
+		err := d.Boot(ctx)
+		mu.Lock()
+		defer mu.Unlock()
+		total++
+		if err != nil {
+			failed++
+			if first == nil {
+				first = fmt.Errorf("%s: %w", d.clientID, err)
+			}
+		}
+	})
+	if first != nil {
+		return fmt.Errorf("devicesim: %d of %d devices failed to boot; the first: %w", failed, total, first)
+	}
+	return ctx.Err()
 }
 
 // Unknown is the number of messages received for no device of the fleet

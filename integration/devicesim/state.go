@@ -131,15 +131,27 @@ func (d *Device) reportBoot(ctx context.Context) error {
 	return d.ReportState(ctx)
 }
 
-// ErrNoImage means InstallFirmware found no complete download to install.
-var ErrNoImage = errors.New("devicesim: no complete firmware download to install")
+// Errors of InstallFirmware.
+var (
+	// ErrNoImage means InstallFirmware found no complete download to install.
+	ErrNoImage = errors.New("devicesim: no complete firmware download to install")
+	// ErrVerifyFailed means the downloaded image did not verify: it was
+	// reported as verify_failed and not installed.
+	ErrVerifyFailed = errors.New("devicesim: the downloaded image does not verify")
+	// ErrRolledBack means the image was installed and rolled back
+	// (Behaviour.BadFirmware): the device runs its previous image.
+	ErrRolledBack = errors.New("devicesim: the installed image was rolled back")
+)
 
 // InstallFirmware installs the image the last FetchFirmware completed, as
 // the component's OTA does: it checks the image's SHA-256 against its ETag
 // and reads its app descriptor (an image that fails either is refused,
-// reported as verify_failed and not installed), writes it to the other OTA
-// slot and reboots into it; Boot then reports it pending verification,
-// confirms it and reports it valid. It returns the installed version.
+// reported as verify_failed and not installed: ErrVerifyFailed), writes it
+// to the other OTA slot and reboots into it; Boot then reports it pending
+// verification, confirms it and reports it valid. It returns the installed
+// version. A version in BadFirmware never checks in: the device reboots
+// into its previous image, reports ota rolled_back (ErrRolledBack) and
+// does not fetch that image again.
 func (d *Device) InstallFirmware(ctx context.Context) (string, error) {
 	if d.offline() {
 		return "", ErrOffline
@@ -159,16 +171,22 @@ func (d *Device) InstallFirmware(ctx context.Context) (string, error) {
 		}
 		d.mu.Lock()
 		d.app.ota = &otaReport{Target: target, Result: "verify_failed"}
+		d.failed = failedImage{version: target, sha256: sum}
+		d.stats.FirmwareFailures++
 		d.mu.Unlock()
+		d.event(EventOTAFailed, nil)
 		if err := d.ReportState(ctx); err != nil {
 			return "", err
 		}
 		if perr != nil {
-			return "", fmt.Errorf("devicesim: the downloaded image does not verify: %w", perr)
+			return "", fmt.Errorf("%w: %w", ErrVerifyFailed, perr)
 		}
-		return "", fmt.Errorf("devicesim: the downloaded image does not verify (sha256 %s, ETag %s)", sum, fw.etag)
+		return "", fmt.Errorf("%w (sha256 %s, ETag %s)", ErrVerifyFailed, sum, fw.etag)
 	}
 	desc := img.AppDesc
+	if d.badFirmware(desc.Version) {
+		return "", d.rollBack(ctx, desc.Version, sum)
+	}
 	d.mu.Lock()
 	next := "ota_1"
 	if d.app.partition == "ota_1" {
@@ -182,7 +200,9 @@ func (d *Device) InstallFirmware(ctx context.Context) (string, error) {
 	if d.app.idf == "" {
 		d.app.idf = simIDFVersion
 	}
+	d.stats.FirmwareInstalls++
 	d.mu.Unlock()
+	d.event(EventOTAInstalled, nil)
 	if err := d.boot(ctx, "sw"); err != nil {
 		return "", err
 	}

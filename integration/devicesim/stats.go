@@ -11,8 +11,11 @@ import (
 type Stats struct {
 	Nudges          int // rotation nudges received (not while offline)
 	ConfigNotices   int // iotsupport/<client_id>/config received
-	FirmwareNotices int // iotsupport/<model_code>/firmware received
-	Ignored         int // messages ignored while offline
+	FirmwareNotices int // iotsupport/<model_code>/firmware and iotsupport/<client_id>/firmware received
+	// DeviceFirmwareNotices are those on iotsupport/<client_id>/firmware
+	// (a campaign's nudge to this device).
+	DeviceFirmwareNotices int
+	Ignored               int // messages ignored while offline
 	// NotifiedFirmwareVersion is the version of the last firmware notice.
 	NotifiedFirmwareVersion string
 
@@ -28,6 +31,10 @@ type Stats struct {
 	FirmwareDownloads   int // 200 or 206 answers of GET /iot/firmware
 	FirmwareNotModified int // 304 answers
 	StateReports        int // POST /iot/state answered 204
+	FirmwareChecks      int // GET /iot/firmware-version by Update
+	FirmwareInstalls    int // images installed (booted pending verification)
+	FirmwareRollbacks   int // installed images rolled back (Behaviour.BadFirmware)
+	FirmwareFailures    int // images that did not verify (reported verify_failed)
 
 	TokenRequests int // client-credentials requests
 	TokenRefusals int // of which Keycloak refused the secret
@@ -76,6 +83,9 @@ const (
 	EventLockoutBegin   EventKind = "lockout_begin"
 	EventLockoutEnd     EventKind = "lockout_end"
 	EventStateReport    EventKind = "state_report"
+	EventOTAInstalled   EventKind = "ota_installed"   // an image installed; its boot follows
+	EventOTARolledBack  EventKind = "ota_rolled_back" // an installed image rolled back
+	EventOTAFailed      EventKind = "ota_failed"      // an image that did not verify
 	EventError          EventKind = "error"
 )
 
@@ -127,10 +137,12 @@ func (f *Fleet) Stats() FleetStats {
 		t.Nudges += s.Nudges
 		t.ConfigNotices += s.ConfigNotices
 		t.FirmwareNotices += s.FirmwareNotices
+		t.DeviceFirmwareNotices += s.DeviceFirmwareNotices
 		t.Ignored += s.Ignored
 		t.Fetches += s.Fetches
 		t.SecretsFetched += s.SecretsFetched
 		t.Persists += s.Persists
+		t.Promotions += s.Promotions
 		t.Acks += s.Acks
 		t.Crashes += s.Crashes
 		t.Boots += s.Boots
@@ -138,6 +150,10 @@ func (f *Fleet) Stats() FleetStats {
 		t.FirmwareDownloads += s.FirmwareDownloads
 		t.FirmwareNotModified += s.FirmwareNotModified
 		t.StateReports += s.StateReports
+		t.FirmwareChecks += s.FirmwareChecks
+		t.FirmwareInstalls += s.FirmwareInstalls
+		t.FirmwareRollbacks += s.FirmwareRollbacks
+		t.FirmwareFailures += s.FirmwareFailures
 		t.TokenRequests += s.TokenRequests
 		t.TokenRefusals += s.TokenRefusals
 		t.Lockouts += s.Lockouts

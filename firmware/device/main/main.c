@@ -128,6 +128,9 @@ static void on_event(void *arg, esp_event_base_t base, int32_t id, void *data)
         field_int("expires_in", e->expires_in_s);
         break;
     }
+    case ESPMDM_EVENT_CONNECTED:
+        printf(",\"session_present\":%s", ((const espmdm_event_connected_t *)data)->session_present ? "true" : "false");
+        break;
     case ESPMDM_EVENT_SUBSCRIBED:
         field_int("topics", ((const espmdm_event_subscribed_t *)data)->topics);
         break;

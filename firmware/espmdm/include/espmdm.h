@@ -7,7 +7,8 @@
  *  - gets access tokens from Keycloak (client-credentials grant at token_url), cached and
  *    renewed before they expire;
  *  - connects to mqtt_url with client_id as MQTT client id, subscribes to the device's
- *    topics and re-subscribes after every reconnect;
+ *    topics (its rotation, config and firmware nudges, and its model's firmware topic) and
+ *    re-subscribes after every reconnect;
  *  - fetches the device's config (GET /iot/config) at start and on the config nudge and hands
  *    it to the application (ESPMDM_EVENT_CONFIG);
  *  - runs the credential rotation on the rotation nudge, crash-safe at every step;
@@ -67,6 +68,7 @@ typedef enum {
     ESPMDM_EVENT_COREDUMP_UPLOADED, /*!< a core dump was uploaded and erased: espmdm_event_coredump_t */
     ESPMDM_EVENT_REBOOTING,         /*!< the component is about to restart the device: espmdm_event_reboot_t */
     ESPMDM_EVENT_ERROR,             /*!< something failed and will be retried: espmdm_event_error_t */
+    ESPMDM_EVENT_CONNECTED,         /*!< the MQTT connection is up, subscriptions not yet acknowledged: espmdm_event_connected_t */
 } espmdm_event_id_t;
 
 /** The secret slot a token was obtained with. */
@@ -124,9 +126,17 @@ typedef struct {
     uint32_t expires_in_s; /*!< the token's lifetime as Keycloak gave it */
 } espmdm_event_token_t;
 
-/** Data of ESPMDM_EVENT_SUBSCRIBED. */
+/** Data of ESPMDM_EVENT_CONNECTED (after each connect, before the subscriptions are acknowledged). */
 typedef struct {
-    uint8_t topics; /*!< how many topic filters are in place */
+    bool session_present; /*!< the broker kept this client's session (MQTT 3.1.1 CONNACK flag) */
+} espmdm_event_connected_t;
+
+/** Data of ESPMDM_EVENT_SUBSCRIBED: every filter acknowledged. The filters are
+ *  iotsupport/<client_id>/rotation, iotsupport/<client_id>/config, iotsupport/<client_id>/firmware
+ *  (a firmware campaign's nudge to this device) and iotsupport/<model_code>/firmware (the model's
+ *  release). A filter the broker refuses is an ESPMDM_EVENT_ERROR, and then no SUBSCRIBED comes. */
+typedef struct {
+    uint8_t topics; /*!< how many topic filters are in place (4) */
 } espmdm_event_subscribed_t;
 
 /** Data of ESPMDM_EVENT_CONFIG: the config object exactly as espmdm sent it (valid JSON,
@@ -138,9 +148,10 @@ typedef struct {
 
 /** What a nudge asks for. */
 typedef enum {
-    ESPMDM_NUDGE_ROTATION,
-    ESPMDM_NUDGE_CONFIG,
-    ESPMDM_NUDGE_FIRMWARE,
+    ESPMDM_NUDGE_ROTATION, /*!< iotsupport/<client_id>/rotation */
+    ESPMDM_NUDGE_CONFIG,   /*!< iotsupport/<client_id>/config */
+    ESPMDM_NUDGE_FIRMWARE, /*!< iotsupport/<client_id>/firmware or iotsupport/<model_code>/firmware:
+                                check the effective firmware (GET /iot/firmware-version) */
 } espmdm_nudge_t;
 
 /** Data of ESPMDM_EVENT_NUDGE. */

@@ -70,21 +70,24 @@ mdm_res_t mdm_config_run(mdm_t *m, mdm_err_t *e)
     return res;
 }
 
-bool mdm_topics(const mdm_t *m, char topics[3][160])
+bool mdm_topics(const mdm_t *m, char topics[MDM_TOPIC_COUNT][MDM_TOPIC_MAX])
 {
-    return mdm_fmt(topics[0], 160, "iotsupport/%s/rotation", m->prov.client_id) &&
-           mdm_fmt(topics[1], 160, "iotsupport/%s/config", m->prov.client_id) &&
-           mdm_fmt(topics[2], 160, "iotsupport/%s/firmware", m->prov.model_code);
+    return mdm_fmt(topics[0], MDM_TOPIC_MAX, "iotsupport/%s/rotation", m->prov.client_id) &&
+           mdm_fmt(topics[1], MDM_TOPIC_MAX, "iotsupport/%s/config", m->prov.client_id) &&
+           mdm_fmt(topics[2], MDM_TOPIC_MAX, "iotsupport/%s/firmware", m->prov.client_id) &&
+           mdm_fmt(topics[3], MDM_TOPIC_MAX, "iotsupport/%s/firmware", m->prov.model_code);
 }
 
 bool mdm_topic_kind(const mdm_t *m, const char *topic, size_t len, espmdm_nudge_t *kind)
 {
-    char topics[3][160];
+    char topics[MDM_TOPIC_COUNT][MDM_TOPIC_MAX];
     if (!mdm_topics(m, topics)) {
         return false;
     }
-    static const espmdm_nudge_t kinds[3] = {ESPMDM_NUDGE_ROTATION, ESPMDM_NUDGE_CONFIG, ESPMDM_NUDGE_FIRMWARE};
-    for (int i = 0; i < 3; i++) {
+    /* Both firmware topics ask the same question: what is my effective firmware now? */
+    static const espmdm_nudge_t kinds[MDM_TOPIC_COUNT] = {ESPMDM_NUDGE_ROTATION, ESPMDM_NUDGE_CONFIG,
+                                                          ESPMDM_NUDGE_FIRMWARE, ESPMDM_NUDGE_FIRMWARE};
+    for (int i = 0; i < MDM_TOPIC_COUNT; i++) {
         if (strlen(topics[i]) == len && memcmp(topics[i], topic, len) == 0) {
             *kind = kinds[i];
             return true;

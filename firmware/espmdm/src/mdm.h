@@ -353,10 +353,15 @@ void mdm_job_at(mdm_t *m, mdm_job_id_t id, int64_t due_ms);
 /* Runs every due job once, in priority order; returns the time of the next due job
  * (INT64_MAX when none). */
 int64_t mdm_jobs_run(mdm_t *m);
+/* The device's topic filters: iotsupport/<client_id>/rotation, .../config, .../firmware (a
+ * campaign's nudge to this device) and iotsupport/<model_code>/firmware (the model's release).
+ * Four exact filters rather than iotsupport/<client_id>/#: a device without a broker account
+ * (SPEC §19's grace) may subscribe to iotsupport/+/<kind> only, not to a wildcard of its own. */
+#define MDM_TOPIC_COUNT 4
+#define MDM_TOPIC_MAX 160
+bool mdm_topics(const mdm_t *m, char topics[MDM_TOPIC_COUNT][MDM_TOPIC_MAX]);
 /* What a topic asks for; false for a topic that is not the device's. */
 bool mdm_topic_kind(const mdm_t *m, const char *topic, size_t len, espmdm_nudge_t *kind);
-/* The device's three topic filters. */
-bool mdm_topics(const mdm_t *m, char topics[3][160]);
 /* Marks the job a nudge asks for (in the component's task). */
 void mdm_on_nudge(mdm_t *m, espmdm_nudge_t kind);
 /* Posts ESPMDM_EVENT_NUDGE (any task). */

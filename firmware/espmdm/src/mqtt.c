@@ -1,7 +1,7 @@
 /*
  * MQTT over esp-mqtt: client id = client_id, a persistent session (QoS 1 nudges sent while the
- * device is offline arrive when it is back), the three topic filters subscribed on every
- * connect (so a reconnect re-subscribes, whatever the broker kept), and the optional
+ * device is offline arrive when it is back), the four topic filters (mdm_topics) subscribed on
+ * every connect (so a reconnect re-subscribes, whatever the broker kept), and the optional
  * prov/mqtt_password with username = client_id (SPEC §19). The handler runs in esp-mqtt's task:
  * it only posts events and wakes the component's task (espmdm.c), never does network work.
  */
@@ -17,8 +17,8 @@ static const char *TAG = "espmdm.mqtt";
 
 typedef struct {
     esp_mqtt_client_handle_t client;
-    char topics[3][160];
-    int sub_ids[3];
+    char topics[MDM_TOPIC_COUNT][MDM_TOPIC_MAX];
+    int sub_ids[MDM_TOPIC_COUNT];
     int acked;
     bool connected;
     uint32_t failures;
@@ -51,22 +51,42 @@ static void on_mqtt(void *arg, esp_event_base_t base, int32_t id, void *data)
     mdm_mqtt_t *q = m->mqtt;
     esp_mqtt_event_handle_t ev = data;
     switch ((esp_mqtt_event_id_t)id) {
-    case MQTT_EVENT_CONNECTED:
+    case MQTT_EVENT_CONNECTED: {
         q->connected = true;
         q->failures = 0;
         q->acked = 0;
-        for (int i = 0; i < 3; i++) {
+        /* Posted before the subscriptions: a device that stops here (no SUBACK, no error) shows
+         * where it stopped. */
+        espmdm_event_connected_t c = {.session_present = ev->session_present != 0};
+        m->sys.post(m->sys.ctx, ESPMDM_EVENT_CONNECTED, &c, sizeof(c));
+        for (int i = 0; i < MDM_TOPIC_COUNT; i++) {
             q->sub_ids[i] = esp_mqtt_client_subscribe_single(q->client, q->topics[i], 1);
+            if (q->sub_ids[i] < 0) {
+                /* Not sent (the connection broke, or the outbox is full): said, not silent. The
+                 * next connect subscribes again. */
+                mdm_err_t e;
+                mdm_fail(&e, ESPMDM_OP_MQTT, ESP_FAIL, 0, "MQTT: subscribing to %s failed", q->topics[i]);
+                mdm_post_error(m, &e, 1, 0);
+            }
         }
         break;
+    }
     case MQTT_EVENT_SUBSCRIBED:
-        for (int i = 0; i < 3; i++) {
-            if (q->sub_ids[i] == ev->msg_id && q->sub_ids[i] > 0) {
-                q->sub_ids[i] = -1;
-                if (++q->acked == 3) {
-                    espmdm_event_subscribed_t s = {.topics = 3};
-                    m->sys.post(m->sys.ctx, ESPMDM_EVENT_SUBSCRIBED, &s, sizeof(s));
-                }
+        for (int i = 0; i < MDM_TOPIC_COUNT; i++) {
+            if (q->sub_ids[i] != ev->msg_id || q->sub_ids[i] <= 0) {
+                continue;
+            }
+            q->sub_ids[i] = -1;
+            if (ev->error_handle != NULL && ev->error_handle->error_type == MQTT_ERROR_TYPE_SUBSCRIBE_FAILED) {
+                /* A SUBACK with a failure code: the broker's ACL refused this filter. Not in place,
+                 * so no ESPMDM_EVENT_SUBSCRIBED for this connection. */
+                mdm_err_t e;
+                mdm_fail(&e, ESPMDM_OP_MQTT, ESP_FAIL, 0, "MQTT: the broker refused the subscription to %s",
+                         q->topics[i]);
+                mdm_post_error(m, &e, 1, 0);
+            } else if (++q->acked == MDM_TOPIC_COUNT) {
+                espmdm_event_subscribed_t sub = {.topics = MDM_TOPIC_COUNT};
+                m->sys.post(m->sys.ctx, ESPMDM_EVENT_SUBSCRIBED, &sub, sizeof(sub));
             }
         }
         break;

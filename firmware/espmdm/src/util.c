@@ -388,6 +388,7 @@ const char *espmdm_event_name(int32_t id)
     case ESPMDM_EVENT_COREDUMP_UPLOADED: return "coredump_uploaded";
     case ESPMDM_EVENT_REBOOTING: return "reboot";
     case ESPMDM_EVENT_ERROR: return "error";
+    case ESPMDM_EVENT_CONNECTED: return "connected";
     }
     return "unknown";
 }

@@ -288,3 +288,63 @@ TEST(ota_nothing_to_do_without_firmware_or_on_the_same_version)
     CHECK_INT(res, MDM_DONE);
     CHECK_INT(O.sv.downloads, 0);
 }
+
+/* A firmware campaign (SPEC §16) nudges one device on iotsupport/<client_id>/firmware: the
+ * same check as the model's topic, answered with the device's effective firmware. */
+TEST(ota_a_campaign_nudge_on_the_device_topic_installs_its_target)
+{
+    ota_new();
+    serve(O.img, "1.0.0", true); /* the model's released firmware: what it runs */
+    mdm_res_t res;
+    mdm_err_t e = {0};
+    CHECK(!ota_run(ESPMDM_STEP_COUNT, &res, &e));
+    CHECK_INT(O.sv.downloads, 0);
+    serve(O.img, "2.0.0", true); /* assigned to this device by the campaign */
+    const char *t = "iotsupport/" FAKE_CLIENT_ID "/firmware";
+    espmdm_nudge_t k = ESPMDM_NUDGE_CONFIG;
+    CHECK(mdm_topic_kind(&O.d.m, t, strlen(t), &k));
+    CHECK_INT(k, ESPMDM_NUDGE_FIRMWARE);
+    mdm_on_nudge(&O.d.m, k);
+    CHECK(O.d.m.jobs[MDM_JOB_FIRMWARE].pending);
+    fake_device_run(&O.d, 0);
+    CHECK_INT(O.sv.downloads, 1);
+    CHECK_STR(O.port.installed, "2.0.0");
+    CHECK_INT(O.port.reboots, 1);
+    /* after the reboot and the check-in: the confirmed boot the campaign counts as success */
+    ota_reboot();
+    CHECK_INT(mdm_config_run(&O.d.m, &e), MDM_DONE);
+    char body[512];
+    CHECK(mdm_report_body(&O.d.m, body, sizeof(body)));
+    CHECK(strstr(body, "\"firmware_version\":\"2.0.0\"") != NULL);
+    CHECK(strstr(body, "\"ota_state\":\"valid\"") != NULL);
+    CHECK(strstr(body, "\"ota\":{\"target\":\"2.0.0\",\"result\":\"installed\"}") != NULL);
+}
+
+/* A campaign's target that the bootloader rolls back: reported as rolled_back on the previous
+ * version, valid; offered again (no rollback_on_abort) it is not fetched; offered the released
+ * version again (the assignment withdrawn) there is nothing to do. */
+TEST(ota_a_campaign_target_rolled_back_is_reported_and_the_released_one_kept)
+{
+    ota_new();
+    serve(O.img, "2.0.0", true);
+    mdm_res_t res;
+    mdm_err_t e = {0};
+    CHECK(!ota_run(ESPMDM_STEP_COUNT, &res, &e));
+    ota_reboot(); /* 2.0.0 pending verification; it never checks in */
+    ota_reboot(); /* the bootloader goes back to 1.0.0 */
+    CHECK_STR(O.d.m.app.version, "1.0.0");
+    char body[512];
+    CHECK(mdm_report_body(&O.d.m, body, sizeof(body)));
+    CHECK(strstr(body, "\"firmware_version\":\"1.0.0\"") != NULL);
+    CHECK(strstr(body, "\"ota_state\":\"valid\"") != NULL);
+    CHECK(strstr(body, "\"ota\":{\"target\":\"2.0.0\",\"result\":\"rolled_back\"}") != NULL);
+    int downloads = O.sv.downloads;
+    mdm_on_nudge(&O.d.m, ESPMDM_NUDGE_FIRMWARE);
+    fake_device_run(&O.d, 0);
+    CHECK_INT(O.sv.downloads, downloads);
+    serve(O.img2, "1.0.0", true); /* the released firmware again */
+    mdm_on_nudge(&O.d.m, ESPMDM_NUDGE_FIRMWARE);
+    fake_device_run(&O.d, 0);
+    CHECK_INT(O.sv.downloads, downloads);
+    CHECK_INT(fake_device_count(&O.d, ESPMDM_EVENT_ERROR), 0);
+}

@@ -69,6 +69,8 @@ TEST(step_and_event_names_round_trip)
     CHECK_STR(espmdm_event_name(ESPMDM_EVENT_OTA_INSTALLED), "ota_installed");
     CHECK_STR(espmdm_event_name(ESPMDM_EVENT_STATE_REPORTED), "state_reported");
     CHECK_STR(espmdm_event_name(ESPMDM_EVENT_ERROR), "error");
+    CHECK_STR(espmdm_event_name(ESPMDM_EVENT_CONNECTED), "connected");
+    CHECK_STR(espmdm_event_name(ESPMDM_EVENT_SUBSCRIBED), "subscribed");
 }
 
 TEST(topics_and_nudge_kinds)
@@ -83,21 +85,34 @@ TEST(topics_and_nudge_kinds)
     CHECK_INT(fake_device_init(&d, &st, &sv, &port), ESP_OK);
     mdm_err_t e;
     CHECK_INT(mdm_prov_load(&d.m, &e), MDM_DONE);
-    char topics[3][160];
+    char topics[MDM_TOPIC_COUNT][MDM_TOPIC_MAX];
     CHECK(mdm_topics(&d.m, topics));
+    CHECK_INT(MDM_TOPIC_COUNT, 4);
     CHECK_STR(topics[0], "iotsupport/" FAKE_CLIENT_ID "/rotation");
     CHECK_STR(topics[1], "iotsupport/" FAKE_CLIENT_ID "/config");
-    CHECK_STR(topics[2], "iotsupport/sensor_v2/firmware");
+    CHECK_STR(topics[2], "iotsupport/" FAKE_CLIENT_ID "/firmware");
+    CHECK_STR(topics[3], "iotsupport/sensor_v2/firmware");
     espmdm_nudge_t k;
     const char *t = "iotsupport/sensor_v2/firmware";
     CHECK(mdm_topic_kind(&d.m, t, strlen(t), &k));
     CHECK_INT(k, ESPMDM_NUDGE_FIRMWARE);
+    /* a campaign's nudge to this device is the same question */
+    k = ESPMDM_NUDGE_ROTATION;
+    t = "iotsupport/" FAKE_CLIENT_ID "/firmware";
+    CHECK(mdm_topic_kind(&d.m, t, strlen(t), &k));
+    CHECK_INT(k, ESPMDM_NUDGE_FIRMWARE);
     t = "iotsupport/iotdevice-sensor_v2-zzzz9999/config"; /* another device's */
+    CHECK(!mdm_topic_kind(&d.m, t, strlen(t), &k));
+    t = "iotsupport/iotdevice-sensor_v2-zzzz9999/firmware"; /* another device's campaign */
+    CHECK(!mdm_topic_kind(&d.m, t, strlen(t), &k));
+    t = "iotsupport/other_model/firmware";
     CHECK(!mdm_topic_kind(&d.m, t, strlen(t), &k));
     t = "iotsupport/" FAKE_CLIENT_ID "/rotation";
     CHECK(mdm_topic_kind(&d.m, t, strlen(t), &k));
     CHECK_INT(k, ESPMDM_NUDGE_ROTATION);
     CHECK(!mdm_topic_kind(&d.m, t, strlen(t) - 1, &k));
+    /* the longest client id and model code still fit every filter */
+    CHECK(strlen("iotsupport//firmware") + MDM_CLIENT_ID_MAX - 1 < MDM_TOPIC_MAX);
     fake_device_free(&d);
 }
 

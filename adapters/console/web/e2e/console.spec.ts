@@ -158,6 +158,52 @@ test.describe.serial("the console", () => {
     await expect(page.getByRole("button", { name: "Log in with Keycloak" })).toBeVisible();
   });
 
+  test("an admin runs a firmware campaign, watches its waves and aborts it", async ({ page }) => {
+    await login(page, env("CONSOLE_USER"), env("CONSOLE_PASSWORD"));
+    await nav(page, "Campaigns").click();
+    await expect(page.getByRole("heading", { name: "Firmware campaigns" })).toBeVisible();
+    await noSeriousA11yViolations(page, "campaigns page");
+    // The model's four devices (one made alone, three in the batch), the uploaded image as the target.
+    const form = page.getByRole("form", { name: "Start a campaign" });
+    await form.getByLabel("Model", { exact: true }).selectOption({ label: `${model} — E2E sensor` });
+    await expect(form.getByLabel("Target firmware")).toContainText("1.2.3-e2e");
+    await form.getByLabel("Waves (cumulative %)").fill("50 100 10");
+    await form.getByRole("button", { name: "Start campaign" }).click();
+    await expect(form.locator("#campaign-waves-error")).toContainText(/larger/);
+    await form.getByLabel("Waves (cumulative %)").fill("50, 100");
+    await form.getByLabel("Soak between waves (seconds)").fill("0");
+    await form.getByRole("button", { name: "Start campaign" }).click();
+    const heading = page.getByRole("heading", { name: /^Campaign \d+/ });
+    await expect(heading).toBeVisible();
+    await expect(heading).toContainText("running");
+    const campaignId = Number(/\/campaigns\/(\d+)/.exec(page.url())![1]);
+    await expect(page.locator(".facts")).toContainText("4 (every active device of the model)");
+    await expect(page.locator("li.wave")).toHaveCount(2);
+    // The worker starts a wave: its members are assigned and pending (no device reports here).
+    await expect(page.locator("li.wave", { hasText: "in progress" })).toHaveCount(1, { timeout: 20_000 });
+    await expect(page.locator("li.wave", { hasText: "in progress" }).getByRole("img")).toHaveAccessibleName(/^Wave \d: \d+ members?: \d+ pending$/);
+    await expect(page.getByRole("table", { name: /Members/ }).getByRole("row")).toHaveCount(5);
+    await page.getByRole("group", { name: "Member state" }).getByRole("button", { name: "succeeded" }).click();
+    await expect(page.getByText("No succeeded members.")).toBeVisible();
+    await noSeriousA11yViolations(page, "campaign page");
+    if (shots) await page.screenshot({ path: join(shots, "console-campaign.png") });
+    // Pause, resume, abort.
+    await page.getByRole("button", { name: "Pause" }).click();
+    await expect(heading).toContainText("paused");
+    await page.getByRole("button", { name: "Resume" }).click();
+    await expect(heading).toContainText("running");
+    await page.getByRole("button", { name: "Abort" }).click();
+    const dialog = page.getByRole("dialog", { name: `Abort campaign ${campaignId}?` });
+    await dialog.getByRole("button", { name: "Abort" }).click();
+    await expect(heading).toContainText("aborted");
+    await expect(page.getByTestId("abort-reason")).toContainText("aborted by an admin");
+    await expect(page.getByRole("button", { name: "Pause" })).toHaveCount(0);
+    await noSeriousA11yViolations(page, "campaign page, aborted");
+    await nav(page, "Campaigns").click();
+    await page.getByLabel("State", { exact: true }).selectOption("aborted");
+    await expect(page.getByRole("row").filter({ has: page.getByRole("link", { name: String(campaignId), exact: true }) })).toContainText(model);
+  });
+
   test("a viewer sees no write controls", async ({ page }) => {
     await login(page, env("CONSOLE_VIEWER_USER"), env("CONSOLE_VIEWER_PASSWORD"));
     await expect(page.getByText("viewer (read only)")).toBeVisible();
@@ -177,6 +223,12 @@ test.describe.serial("the console", () => {
     await expect(page.getByTestId("count-OK")).toHaveText(/^\d+$/);
     await expect(page.getByRole("button", { name: "Rotate all active devices now" })).toHaveCount(0);
     await noSeriousA11yViolations(page, "rotation page (viewer)");
+    await nav(page, "Campaigns").click();
+    await expect(page.getByRole("row").filter({ hasText: model })).not.toHaveCount(0);
+    await expect(page.getByRole("button", { name: "Start campaign" })).toHaveCount(0);
+    await page.getByRole("row").filter({ hasText: model }).first().getByRole("link").click();
+    await expect(page.getByTestId("abort-reason")).toBeVisible();
+    for (const name of ["Pause", "Resume", "Abort"]) await expect(page.getByRole("button", { name })).toHaveCount(0);
   });
 });
 

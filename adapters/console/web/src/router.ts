@@ -8,6 +8,8 @@ export type Route =
   | { page: "model"; id: number }
   | { page: "rotation" }
   | { page: "fleet" }
+  | { page: "campaigns" }
+  | { page: "campaign"; id: number }
   | { page: "notfound"; path: string };
 
 export function parseRoute(path: string): Route {
@@ -19,6 +21,8 @@ export function parseRoute(path: string): Route {
   if ((m = /^models\/(\d+)$/.exec(p))) return { page: "model", id: Number(m[1]) };
   if (p === "rotation") return { page: "rotation" };
   if (p === "fleet") return { page: "fleet" };
+  if (p === "campaigns") return { page: "campaigns" };
+  if ((m = /^campaigns\/(\d+)$/.exec(p))) return { page: "campaign", id: Number(m[1]) };
   return { page: "notfound", path };
 }
 

@@ -17,6 +17,13 @@ export type Problem = S["Problem"];
 export type NewDeviceBatch = S["NewDeviceBatch"];
 export type FleetFirmware = S["FleetFirmware"];
 export type Coredump = S["Coredump"];
+export type Campaign = S["Campaign"];
+export type CampaignDetail = S["CampaignDetail"];
+export type CampaignWave = CampaignDetail["progress"][number];
+export type CampaignDevice = S["CampaignDevice"];
+export type CampaignState = Campaign["state"];
+export type MemberState = CampaignDevice["state"];
+export type NewCampaign = S["NewCampaign"];
 
 /** An answer of the API that is not a success, as the server described it. */
 export class ApiError extends Error {
@@ -39,6 +46,13 @@ export class ApiError extends Error {
 
 export type TokenSource = () => string | undefined;
 export type Fetch = (input: string, init?: RequestInit) => Promise<Response>;
+
+export interface CampaignFilter {
+  device_model_id?: number;
+  state?: CampaignState;
+  limit?: number;
+  cursor?: string;
+}
 
 export interface DeviceFilter {
   model_id?: number;
@@ -183,6 +197,15 @@ export class Api {
   /** uploadELF stores the ELF an upload was built from (for core dump analysis). */
   uploadELF = async (modelId: number, sha256: string, elf: Blob) =>
     (await (await this.raw("PUT", `/api/device-models/${modelId}/firmware/${sha256}/elf`, elf, "application/octet-stream")).json()) as Firmware;
+
+  /** Firmware campaigns (SPEC §16): staged rollouts that advance on confirmed boots. */
+  listCampaigns = (f: CampaignFilter = {}) => this.json<S["CampaignList"]>("GET", `/api/campaigns${query({ ...f })}`);
+  getCampaign = (id: number) => this.json<CampaignDetail>("GET", `/api/campaigns/${id}`);
+  createCampaign = (c: NewCampaign) => this.json<CampaignDetail>("POST", "/api/campaigns", c);
+  campaignDevices = (id: number, q: { state?: MemberState; limit?: number; cursor?: string } = {}) =>
+    this.json<S["CampaignDeviceList"]>("GET", `/api/campaigns/${id}/devices${query(q)}`);
+  /** campaignAction pauses, resumes or aborts a campaign (409 once it completed or aborted). */
+  campaignAction = (id: number, action: "pause" | "resume" | "abort") => this.json<CampaignDetail>("POST", `/api/campaigns/${id}/${action}`);
 
   /** fleetFirmware counts each model's active devices by reported firmware version. */
   fleetFirmware = () => this.json<FleetFirmware>("GET", "/api/fleet/firmware");

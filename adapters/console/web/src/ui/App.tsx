@@ -2,6 +2,7 @@ import { useEffect, useMemo, useState } from "preact/hooks";
 import { Api } from "../api/client";
 import type { Auth, Session } from "../auth";
 import { useRoute } from "../router";
+import { CampaignPage, CampaignsPage } from "./Campaigns";
 import { AppContext, Link } from "./common";
 import { DevicePage } from "./Device";
 import { DevicesPage } from "./Devices";
@@ -38,6 +39,8 @@ export function App({ auth, initError }: { auth: Auth; initError?: string }) {
     case "model": page = <ModelPage id={route.id} />; break;
     case "rotation": page = <RotationPage />; break;
     case "fleet": page = <FleetPage />; break;
+    case "campaigns": page = <CampaignsPage />; break;
+    case "campaign": page = <CampaignPage id={route.id} />; break;
     default: page = <section><h1>Not found</h1><p>There is no console page at {route.path}.</p></section>;
   }
   return (
@@ -49,6 +52,7 @@ export function App({ auth, initError }: { auth: Auth; initError?: string }) {
             {nav("/console/devices", "Devices", route.page === "devices" || route.page === "device")}
             {nav("/console/models", "Models", route.page === "models" || route.page === "model")}
             {nav("/console/fleet", "Fleet", route.page === "fleet")}
+            {nav("/console/campaigns", "Campaigns", route.page === "campaigns" || route.page === "campaign")}
             {nav("/console/rotation", "Rotation", route.page === "rotation")}
             <li><a href="/api/docs">API docs</a></li>
           </ul>
