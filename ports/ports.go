@@ -269,11 +269,13 @@ type FirmwareRepo interface {
 	// transaction. It returns the upload and whether anything changed;
 	// ErrNotFound for an unknown model or sha256.
 	ReleaseFirmware(ctx context.Context, modelID int64, sha256 string, audit func(f model.Firmware, alreadyReleased bool) []model.AuditEntry) (model.Firmware, bool, error)
-	// EffectiveFirmware is a device's effective firmware (SPEC §16) in one
-	// lookup: the upload assignedID of model modelID when assignedID is
-	// set (and is that model's), else the model's released firmware;
-	// ErrNotFound when there is neither.
-	EffectiveFirmware(ctx context.Context, modelID int64, assignedID *int64) (model.Firmware, error)
+	// EffectiveFirmware is device deviceID's effective firmware (SPEC §16)
+	// in one lookup that reads the device's assignment with it (never a
+	// copy the caller holds, which a cache may have kept from before a
+	// campaign assigned it): the assigned upload when there is one, else
+	// the model's released firmware; ErrNotFound when there is neither, or
+	// no such device.
+	EffectiveFirmware(ctx context.Context, deviceID int64) (model.Firmware, error)
 	// ListFirmware is the model's upload history, newest first.
 	ListFirmware(ctx context.Context, modelID int64) ([]model.Firmware, error)
 }

@@ -214,15 +214,15 @@ func (r *FirmwareRepo) ReleaseFirmware(ctx context.Context, modelID int64, sha25
 // EffectiveFirmware implements ports.FirmwareRepo in one query: among the
 // model's upload assignedID and its released uploads, the assigned one
 // first, then the latest release.
-func (r *FirmwareRepo) EffectiveFirmware(ctx context.Context, modelID int64, assignedID *int64) (model.Firmware, error) {
+func (r *FirmwareRepo) EffectiveFirmware(ctx context.Context, deviceID int64) (model.Firmware, error) {
 	var row firmwareRow
-	q := r.db.NewSelect().Model(&row).Where("f.device_model_id = ?", modelID)
-	if assignedID == nil {
-		q = q.Where("f.released_at IS NOT NULL").OrderExpr("f.released_at DESC, f.id DESC")
-	} else {
-		q = q.Where("(f.id = ? OR f.released_at IS NOT NULL)", *assignedID).
-			OrderExpr("(f.id = ?) DESC, f.released_at DESC NULLS LAST, f.id DESC", *assignedID)
-	}
+	// The device's row is read in the same statement: its assignment is
+	// the one committed now, whatever copy of the device the caller holds.
+	q := r.db.NewSelect().Model(&row).
+		Join("JOIN devices AS d ON d.device_model_id = f.device_model_id").
+		Where("d.id = ?", deviceID).
+		Where("(f.id = d.assigned_firmware_id OR f.released_at IS NOT NULL)").
+		OrderExpr("COALESCE(f.id = d.assigned_firmware_id, false) DESC, f.released_at DESC NULLS LAST, f.id DESC")
 	if err := q.Limit(1).Scan(ctx); err != nil {
 		return model.Firmware{}, translate("effective firmware", err, fkNone)
 	}

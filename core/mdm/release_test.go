@@ -227,6 +227,12 @@ func TestEffectiveFirmware(t *testing.T) {
 		t.Fatalf("AssignFirmware = %d, %v", n, err)
 	}
 	offered("assigned the stored upload", v2.Firmware)
+	// A copy of the device from before the assignment (a replica's cache
+	// may hold one for a few ms after a campaign assigned it) is offered
+	// what is assigned now.
+	if f, err := e.svc.OfferedFirmware(t.Context(), d); err != nil || f.ID != v2.ID {
+		t.Errorf("OfferedFirmware(a copy from before the assignment) = %+v, %v; want %s", f, err, v2.Version)
+	}
 	if _, err := e.svc.UpdateDevice(t.Context(), d.ID, ports.DeviceUpdate{Tags: &[]string{"x"}}); err != nil {
 		t.Fatal(err)
 	}

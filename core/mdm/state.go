@@ -56,7 +56,7 @@ func versionChange(prev *model.StateReport, version string) string {
 // it, else its model's released firmware; what GET /iot/firmware serves),
 // read in one lookup; model.ErrNotFound when none.
 func (s *Service) OfferedFirmware(ctx context.Context, d model.Device) (model.Firmware, error) {
-	f, err := s.d.Firmware.EffectiveFirmware(ctx, d.DeviceModelID, d.AssignedFirmwareID)
+	f, err := s.d.Firmware.EffectiveFirmware(ctx, d.ID)
 	if err != nil {
 		return model.Firmware{}, fmt.Errorf("effective firmware of device %d (model %s): %w", d.ID, d.ModelCode, err)
 	}

@@ -131,8 +131,10 @@ func runReleaseContract(t *testing.T, r func(t *testing.T) repoFixture) {
 		if d1.AssignedFirmwareID != nil {
 			t.Fatalf("a new device has AssignedFirmwareID %d", *d1.AssignedFirmwareID)
 		}
-		_, err := x.firmware.EffectiveFirmware(x.ctx(), m.ID, nil)
+		_, err := x.firmware.EffectiveFirmware(x.ctx(), d1.ID)
 		wantErrIs(t, "EffectiveFirmware(nothing)", err, model.ErrNotFound)
+		_, err = x.firmware.EffectiveFirmware(x.ctx(), d1.ID+1_000_000)
+		wantErrIs(t, "EffectiveFirmware(no such device)", err, model.ErrNotFound)
 
 		t0 := now().Add(-time.Hour)
 		rel := x.fw(m, "1.0.0", t0)
@@ -143,15 +145,14 @@ func runReleaseContract(t *testing.T, r func(t *testing.T) repoFixture) {
 		ofw := x.fw(other, "9.0.0", t0)
 		mustNoErr(t, "RecordFirmware other", x.firmware.RecordFirmware(x.ctx(), &ofw, nil))
 
-		eff := func(what string, assigned *int64, want model.Firmware) {
+		eff := func(what string, d model.Device, want model.Firmware) {
 			t.Helper()
-			got, err := x.firmware.EffectiveFirmware(x.ctx(), m.ID, assigned)
+			got, err := x.firmware.EffectiveFirmware(x.ctx(), d.ID)
 			mustNoErr(t, "EffectiveFirmware "+what, err)
 			wantFirmware(t, "EffectiveFirmware "+what, got, want)
 		}
-		eff("unassigned", nil, rel)
-		eff("assigned the stored upload", &stored.ID, stored)
-		eff("assigned another model's upload", &ofw.ID, rel)
+		eff("unassigned", d1, rel)
+		eff("of another model's device", od, ofw)
 
 		n, err := x.devices.AssignFirmware(x.ctx(), []int64{d1.ID, od.ID, d1.ID + 1_000_000}, &stored.ID)
 		mustNoErr(t, "AssignFirmware", err)
@@ -173,6 +174,9 @@ func runReleaseContract(t *testing.T, r func(t *testing.T) repoFixture) {
 		if x.get(od.ID).AssignedFirmwareID != nil || x.get(d2.ID).AssignedFirmwareID != nil {
 			t.Errorf("AssignFirmware touched a device it was not meant to")
 		}
+		eff("assigned the stored upload", d1, stored)
+		eff("of its unassigned neighbour", d2, rel)
+		eff("of another model's device, not assigned another model's upload", od, ofw)
 		if n, err := x.devices.AssignFirmware(x.ctx(), []int64{d1.ID}, &stored.ID); err != nil || n != 0 {
 			t.Errorf("AssignFirmware of the assigned one again = %d, %v; want 0", n, err)
 		}
@@ -193,6 +197,7 @@ func runReleaseContract(t *testing.T, r func(t *testing.T) repoFixture) {
 		if n != 1 || x.get(d1.ID).AssignedFirmwareID != nil {
 			t.Errorf("AssignFirmware(nil) changed %d, d1 %v; want 1 and cleared", n, x.get(d1.ID).AssignedFirmwareID)
 		}
+		eff("after the assignment is cleared", d1, rel)
 		if n, err := x.devices.AssignFirmware(x.ctx(), nil, &stored.ID); err != nil || n != 0 {
 			t.Errorf("AssignFirmware(no ids) = %d, %v", n, err)
 		}

@@ -695,12 +695,17 @@ func (s *Store) ReleaseFirmware(_ context.Context, modelID int64, sha256 string,
 }
 
 // EffectiveFirmware implements ports.FirmwareRepo.
-func (s *Store) EffectiveFirmware(_ context.Context, modelID int64, assignedID *int64) (model.Firmware, error) {
+func (s *Store) EffectiveFirmware(_ context.Context, deviceID int64) (model.Firmware, error) {
 	if err := s.hook("EffectiveFirmware"); err != nil {
 		return model.Firmware{}, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	d, ok := s.devices[deviceID]
+	if !ok {
+		return model.Firmware{}, fmt.Errorf("effective firmware of device %d: %w", deviceID, model.ErrNotFound)
+	}
+	modelID, assignedID := d.DeviceModelID, d.AssignedFirmwareID
 	if assignedID != nil {
 		for _, f := range s.firmware[modelID] {
 			if f.ID == *assignedID {
