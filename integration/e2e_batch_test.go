@@ -132,19 +132,19 @@ func TestE2EBatch(t *testing.T) {
 		"required": []string{"interval"}})
 
 	for name, body := range map[string]string{
-		"count 0":            fmt.Sprintf(`{"device_model_id":%d,"count":0,"config":{"interval":5}}`, m.ID),
-		"count 1001":         fmt.Sprintf(`{"device_model_id":%d,"count":1001,"config":{"interval":5}}`, m.ID),
-		"unknown model":      `{"device_model_id":987654321,"count":3}`,
-		"config off schema":  fmt.Sprintf(`{"device_model_id":%d,"count":3,"config":{"interval":0}}`, m.ID),
-		"no config":          fmt.Sprintf(`{"device_model_id":%d,"count":3}`, m.ID),
-		"one config off":     fmt.Sprintf(`{"device_model_id":%d,"devices":[{"config":{"interval":5}},{"config":{"interval":"x"}}]}`, m.ID),
-		"size too small":     fmt.Sprintf(`{"device_model_id":%d,"count":3,"config":{"interval":5},"size":"0x2000"}`, m.ID),
-		"size not a page":    fmt.Sprintf(`{"device_model_id":%d,"count":3,"config":{"interval":5},"size":24577}`, m.ID),
-		"size too large":     fmt.Sprintf(`{"device_model_id":%d,"count":3,"config":{"interval":5},"size":"0x200000"}`, m.ID),
-		"count and devices":  fmt.Sprintf(`{"device_model_id":%d,"count":1,"devices":[{"config":{"interval":5}}]}`, m.ID),
-		"neither":            fmt.Sprintf(`{"device_model_id":%d}`, m.ID),
-		"empty devices":      fmt.Sprintf(`{"device_model_id":%d,"devices":[]}`, m.ID),
-		"tags not supported": fmt.Sprintf(`{"device_model_id":%d,"devices":[{"config":{"interval":5},"tags":["hall"]}]}`, m.ID),
+		"count 0":           fmt.Sprintf(`{"device_model_id":%d,"count":0,"config":{"interval":5}}`, m.ID),
+		"count 1001":        fmt.Sprintf(`{"device_model_id":%d,"count":1001,"config":{"interval":5}}`, m.ID),
+		"unknown model":     `{"device_model_id":987654321,"count":3}`,
+		"config off schema": fmt.Sprintf(`{"device_model_id":%d,"count":3,"config":{"interval":0}}`, m.ID),
+		"no config":         fmt.Sprintf(`{"device_model_id":%d,"count":3}`, m.ID),
+		"one config off":    fmt.Sprintf(`{"device_model_id":%d,"devices":[{"config":{"interval":5}},{"config":{"interval":"x"}}]}`, m.ID),
+		"size too small":    fmt.Sprintf(`{"device_model_id":%d,"count":3,"config":{"interval":5},"size":"0x2000"}`, m.ID),
+		"size not a page":   fmt.Sprintf(`{"device_model_id":%d,"count":3,"config":{"interval":5},"size":24577}`, m.ID),
+		"size too large":    fmt.Sprintf(`{"device_model_id":%d,"count":3,"config":{"interval":5},"size":"0x200000"}`, m.ID),
+		"count and devices": fmt.Sprintf(`{"device_model_id":%d,"count":1,"devices":[{"config":{"interval":5}}]}`, m.ID),
+		"neither":           fmt.Sprintf(`{"device_model_id":%d}`, m.ID),
+		"empty devices":     fmt.Sprintf(`{"device_model_id":%d,"devices":[]}`, m.ID),
+		"a tag off pattern": fmt.Sprintf(`{"device_model_id":%d,"devices":[{"config":{"interval":5},"tags":["Hall"]}]}`, m.ID),
 	} {
 		if d := s.do(http.MethodPost, "/api/devices/batch", s.admin, body).wantProblem(t, http.StatusBadRequest); d == "" {
 			t.Errorf("%s: a 400 without a detail", name)

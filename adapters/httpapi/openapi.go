@@ -361,8 +361,8 @@ func operations() []operation {
 			summary: "Upload the core dump from the device's coredump partition",
 			description: "The raw dump as esp_core_dump_image_get locates it (ELF or binary format), at most COREDUMP_MAX_BYTES. " +
 				"It is analysed in the background; bytes that are not a core dump, or whose checksum does not match, are kept as failed. " +
-				"Erase the partition after a 201.",
-			body:      obj{"application/octet-stream": obj{"schema": obj{"type": "string", "format": "binary"}}},
+				"Erase the partition after a 201. An empty body is a 400.",
+			body:      obj{"application/octet-stream": obj{"schema": obj{"type": "string", "format": "binary", "minLength": 1}}},
 			responses: obj{"201": jsonResponse("stored", refTo[coredumpCreatedDTO]())}, errorCodes: []int{400, 413, 415, 503}},
 		{method: "GET", path: "/api/fleet/firmware", id: "fleetFirmware", tag: "devices", auth: "read",
 			summary: "The fleet by reported firmware version: each model's active devices per version",

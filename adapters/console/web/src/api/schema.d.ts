@@ -657,7 +657,7 @@ export interface paths {
         put?: never;
         /**
          * Upload the core dump from the device's coredump partition
-         * @description The raw dump as esp_core_dump_image_get locates it (ELF or binary format), at most COREDUMP_MAX_BYTES. It is analysed in the background; bytes that are not a core dump, or whose checksum does not match, are kept as failed. Erase the partition after a 201.
+         * @description The raw dump as esp_core_dump_image_get locates it (ELF or binary format), at most COREDUMP_MAX_BYTES. It is analysed in the background; bytes that are not a core dump, or whose checksum does not match, are kept as failed. Erase the partition after a 201. An empty body is a 400.
          */
         post: operations["deviceCoredump"];
         delete?: never;
