@@ -310,15 +310,20 @@ func (s *Service) observeCampaignReport(ctx context.Context, d model.Device, r m
 	c, m, found, err := s.d.Campaigns.ObserveReport(ctx, d.ID, func(c model.Campaign, m *model.CampaignMember) {
 		resolved = m.Observe(c, r)
 	})
-	if err != nil || !found || !resolved {
+	if err != nil || !found {
 		return err
 	}
-	if m.State == model.MemberFailed {
+	// A failed member checks the ratio on every report, not only the one
+	// that resolved it: a check that failed is retried with the device's
+	// next report.
+	if m.State == model.MemberFailed && !c.State.Finished() {
 		if err := s.checkFailureRatio(ctx, c, m.Wave); err != nil {
 			return err
 		}
 	}
-	s.wakeOnWaveDone(ctx, c, m.Wave)
+	if resolved {
+		s.wakeOnWaveDone(ctx, c, m.Wave)
+	}
 	return nil
 }
 
