@@ -147,7 +147,12 @@ func (cm *CampaignMetrics) onCampaign(log *zap.Logger) func(context.Context, mdm
 }
 
 // CampaignWorker advances the running campaigns while this process holds
-// the campaign lease, every CAMPAIGN_TICK_SECONDS.
+// the campaign lease, every CAMPAIGN_TICK_SECONDS, and at once when this
+// replica's Service wakes it (mdm.Service.CampaignWake: a campaign created
+// or resumed, a wave's last pending member resolved by a report here). A
+// report on another replica does not wake it: that replica's wake reaches
+// only its own worker, which holds no lease, and the holder's next tick
+// sees the wave finished.
 type CampaignWorker struct {
 	svc     *mdm.Service
 	lease   *CampaignLease
@@ -179,8 +184,10 @@ func (w *CampaignWorker) Once(ctx context.Context) (mdm.CampaignTickReport, bool
 	return rep, true, err
 }
 
-// Run loops until ctx ends; each tick runs under a context of its own so
-// that shutdown lets it finish.
+// Run loops until ctx ends, ticking every w.tick or on a wake; each tick
+// runs under a context of its own so that shutdown lets it finish. A wake
+// that arrives during a tick is kept (the channel holds one) and runs the
+// next tick at once, so none is lost.
 func (w *CampaignWorker) Run(ctx context.Context) {
 	for {
 		step, cancel := context.WithTimeout(context.WithoutCancel(ctx), stepTimeout)
@@ -200,6 +207,8 @@ func (w *CampaignWorker) Run(ctx context.Context) {
 			t.Stop()
 			return
 		case <-t.C:
+		case <-w.svc.CampaignWake():
+			t.Stop()
 		}
 	}
 }

@@ -409,7 +409,7 @@ var Vars = []Var{
 		}},
 	{Name: "DEVICE_STALE_SECONDS", Default: "86400", Help: "metrics: an active device not seen for longer than this counts as stale (espmdm_devices_stale)",
 		set: seconds(func(c *Config) *time.Duration { return &c.DeviceStale })},
-	{Name: "CAMPAIGN_TICK_SECONDS", Default: "2", Help: "how often the campaign worker (one replica, under its lease) starts waves, sends owed nudges, times members out and completes campaigns; aborts on the failure ratio also happen as reports arrive",
+	{Name: "CAMPAIGN_TICK_SECONDS", Default: "2", Help: "how often the campaign worker (one replica, under its lease) starts waves, sends owed nudges, times members out and completes campaigns; it also runs at once when a campaign is created or resumed or a wave's last member resolved on the replica holding the lease, and aborts on the failure ratio happen as reports arrive",
 		set: seconds(func(c *Config) *time.Duration { return &c.CampaignTick })},
 	{Name: "COREDUMP_MAX_BYTES", Default: "1048576", Help: "largest core dump a device may upload (larger gets 413)",
 		set: bytesize(func(c *Config) *int64 { return &c.CoredumpMaxBytes })},

@@ -71,6 +71,9 @@ type CampaignRepo interface {
 	// WaveCount counts one wave's members by state (one grouped query on
 	// the (campaign, wave, state) index).
 	WaveCount(ctx context.Context, campaignID int64, wave int) (model.WaveCount, error)
+	// WavePending reports whether any member of the wave is still pending
+	// (one probe of the (campaign, wave, state) index: O(1), not O(wave)).
+	WavePending(ctx context.Context, campaignID int64, wave int) (bool, error)
 	// UpdateCampaign runs fn on the locked campaign and stores the state,
 	// abort reason and times fn leaves, with the audit entries it returns,
 	// in one transaction (fn may run again). Use StartWave, AbortCampaign

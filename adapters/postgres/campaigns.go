@@ -396,6 +396,17 @@ func (r *CampaignRepo) WaveCount(ctx context.Context, campaignID int64, wave int
 	return out, nil
 }
 
+// WavePending implements ports.CampaignRepo: an EXISTS that stops at the
+// first pending entry of the (campaign_id, wave, state) index.
+func (r *CampaignRepo) WavePending(ctx context.Context, campaignID int64, wave int) (bool, error) {
+	var pending bool
+	if err := r.db.NewRaw(`SELECT EXISTS (SELECT 1 FROM campaign_members
+		WHERE campaign_id = ? AND wave = ? AND state = 'pending')`, campaignID, wave).Scan(ctx, &pending); err != nil {
+		return false, translate("campaign wave pending", err, fkNone)
+	}
+	return pending, nil
+}
+
 // updateLocked locks campaign id, runs fn on it and stores what fn may
 // change (state, reason, wave, times) with fn's audit entries. It returns
 // the campaign as it was and as it is.

@@ -26,6 +26,21 @@ import (
 // neither a restart nor a second process ever starts a wave twice or
 // skips one.
 
+// CampaignWake delivers a value when something this replica did may let a
+// campaign progress before the next tick: a campaign created or resumed, a
+// state report that resolved the last pending member of a running
+// campaign's current wave. The worker ticks at once on it (when it holds
+// the lease; otherwise the tick of the replica that does comes as usual).
+// Wakes coalesce: one pending value stands for any number.
+func (s *Service) CampaignWake() <-chan struct{} { return s.campaignWake }
+
+func (s *Service) wakeCampaigns() {
+	select {
+	case s.campaignWake <- struct{}{}:
+	default:
+	}
+}
+
 // campaignWorkerName is the system actor of the progression's audit
 // entries.
 const campaignWorkerName = "campaign worker"

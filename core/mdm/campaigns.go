@@ -35,7 +35,8 @@ func (s *Service) campaignEntry(ctx context.Context, kind model.AuditKind, c mod
 // CreateCampaign implements ports.CampaignAdmin: it checks the settings
 // (SPEC §16's defaults for those left out), finds the target among the
 // model's uploads and creates the campaign with its members, fixed now.
-// The first wave starts at the worker's next tick.
+// The first wave starts when the worker wakes (at once on this replica when
+// it holds the lease, else at the holder's next tick).
 func (s *Service) CreateCampaign(ctx context.Context, in ports.NewCampaign) (model.Campaign, error) {
 	repo, err := s.campaigns()
 	if err != nil {
@@ -98,6 +99,7 @@ func (s *Service) CreateCampaign(ctx context.Context, in ports.NewCampaign) (mod
 	entry.Detail = fmt.Sprintf("campaign %d: firmware %s (%s) to %d devices of %s in waves %v",
 		c.ID, c.FirmwareVersion, c.FirmwareSHA256[:12], c.Members, m.Code, c.Waves)
 	s.report(ctx, "audit: campaign created", s.appendAudit(ctx, entry))
+	s.wakeCampaigns()
 	return c, nil
 }
 
@@ -222,8 +224,13 @@ func (s *Service) PauseCampaign(ctx context.Context, id int64) (ports.CampaignVi
 }
 
 // ResumeCampaign implements ports.CampaignAdmin.
+// The worker wakes: a wave that finished while paused starts at once.
 func (s *Service) ResumeCampaign(ctx context.Context, id int64) (ports.CampaignView, error) {
-	return s.transition(ctx, id, model.AuditCampaignResumed, "resumed", func(c *model.Campaign) error { return c.Resume(s.now()) })
+	v, err := s.transition(ctx, id, model.AuditCampaignResumed, "resumed", func(c *model.Campaign) error { return c.Resume(s.now()) })
+	if err == nil {
+		s.wakeCampaigns()
+	}
+	return v, err
 }
 
 func (s *Service) transition(ctx context.Context, id int64, kind model.AuditKind, word string, step func(*model.Campaign) error) (ports.CampaignView, error) {
@@ -299,16 +306,45 @@ func (s *Service) observeCampaignReport(ctx context.Context, d model.Device, r m
 	if s.d.Campaigns == nil {
 		return nil
 	}
+	var resolved bool
 	c, m, found, err := s.d.Campaigns.ObserveReport(ctx, d.ID, func(c model.Campaign, m *model.CampaignMember) {
-		m.Observe(c, r)
+		resolved = m.Observe(c, r)
 	})
 	if err != nil || !found {
 		return err
 	}
-	if m.State != model.MemberFailed || c.State.Finished() {
-		return nil
+	// A failed member checks the ratio on every report, not only the one
+	// that resolved it: a check that failed is retried with the device's
+	// next report.
+	if m.State == model.MemberFailed && !c.State.Finished() {
+		if err := s.checkFailureRatio(ctx, c, m.Wave); err != nil {
+			return err
+		}
 	}
-	return s.checkFailureRatio(ctx, c, m.Wave)
+	if resolved {
+		s.wakeOnWaveDone(ctx, c, m.Wave)
+	}
+	return nil
+}
+
+// wakeOnWaveDone wakes the worker when the report that just resolved a
+// member of wave left none of it pending and the wave is c's current one
+// (c running): the next wave (or the completion) need not wait for a tick.
+// The probe runs after the report's commit, so of two reports resolving a
+// wave's last two members concurrently the later probe sees both: at least
+// one of them wakes. A failed probe only leaves it to the tick.
+func (s *Service) wakeOnWaveDone(ctx context.Context, c model.Campaign, wave int) {
+	if c.State != model.CampaignRunning || wave != c.CurrentWave {
+		return
+	}
+	pending, err := s.d.Campaigns.WavePending(ctx, c.ID, wave)
+	if err != nil {
+		s.report(ctx, "campaign: probe wave", fmt.Errorf("campaign %d wave %d: %w", c.ID, wave, err))
+		return
+	}
+	if !pending {
+		s.wakeCampaigns()
+	}
 }
 
 // checkFailureRatio aborts c when wave's failed members are more than its

@@ -515,3 +515,103 @@ func TestCampaignReleaseOnComplete(t *testing.T) {
 		t.Errorf("%d firmware_released entries, want 1", got)
 	}
 }
+
+// TestCampaignWakes: the worker is woken when progress became possible —
+// a campaign created or resumed, the last pending member of the running
+// campaign's current wave resolved (by a success or a failure) — and not
+// by reports that leave the wave pending, reports on a paused campaign,
+// or reports after the campaign ended.
+func TestCampaignWakes(t *testing.T) {
+	e := newCampaignEnv(t, 40)
+	woke := func() bool {
+		select {
+		case <-e.svc.CampaignWake():
+			return true
+		default:
+			return false
+		}
+	}
+	c := e.create(t, ports.NewCampaign{Waves: []int{50, 100}, WaveSoakSeconds: ptr[int64](0), MaxFailureRatio: ptr(0.5)})
+	if !woke() {
+		t.Fatal("no wake after CreateCampaign")
+	}
+	if rep := e.tick(t); rep.WavesStarts != 1 {
+		t.Fatalf("first tick %+v", rep)
+	}
+	if woke() {
+		t.Fatal("a tick woke the worker")
+	}
+	w0 := e.inWave(c, 0)
+	if len(w0) < 3 {
+		t.Fatalf("wave 0 has %d members; the test needs 3", len(w0))
+	}
+	e.fail(t, w0[0])
+	for _, d := range w0[1 : len(w0)-1] {
+		e.succeed(t, d)
+	}
+	// A report that resolves nothing (on probation) never wakes.
+	e.report(t, w0[len(w0)-1], "2.0.0", model.OTAPendingVerify, &model.OTAAttempt{Target: "2.0.0", Result: model.OTAInstalled})
+	if woke() {
+		t.Fatal("woken while wave 0 still had a pending member")
+	}
+	e.succeed(t, w0[len(w0)-1])
+	if !woke() {
+		t.Fatal("no wake when wave 0's last pending member succeeded")
+	}
+	if rep := e.tick(t); rep.WavesStarts != 1 {
+		t.Fatalf("woken tick %+v, want wave 1 started", rep)
+	}
+
+	// Paused: the wave's last report does not wake; the resume does.
+	if _, err := e.svc.PauseCampaign(t.Context(), c.ID); err != nil {
+		t.Fatalf("PauseCampaign: %v", err)
+	}
+	w1 := e.inWave(c, 1)
+	for _, d := range w1 {
+		e.succeed(t, d)
+	}
+	if woke() {
+		t.Fatal("woken by reports on a paused campaign")
+	}
+	if _, err := e.svc.ResumeCampaign(t.Context(), c.ID); err != nil {
+		t.Fatalf("ResumeCampaign: %v", err)
+	}
+	if !woke() {
+		t.Fatal("no wake after ResumeCampaign")
+	}
+	if rep := e.tick(t); rep.Completed != 1 {
+		t.Fatalf("tick after resume %+v, want completed", rep)
+	}
+	// After the end: recorded, no wake.
+	e.succeed(t, w1[0])
+	if woke() {
+		t.Fatal("woken by a report on a completed campaign")
+	}
+}
+
+// TestCampaignWakeOnLastFailure: a failure that resolves the wave's last
+// pending member wakes too (under the ratio: the next wave starts).
+func TestCampaignWakeOnLastFailure(t *testing.T) {
+	e := newCampaignEnv(t, 20)
+	c := e.create(t, ports.NewCampaign{Waves: []int{50, 100}, WaveSoakSeconds: ptr[int64](0), MaxFailureRatio: ptr(0.5)})
+	<-e.svc.CampaignWake()
+	e.tick(t)
+	w0 := e.inWave(c, 0)
+	for _, d := range w0[:len(w0)-1] {
+		e.succeed(t, d)
+	}
+	select {
+	case <-e.svc.CampaignWake():
+		t.Fatal("woken with a member pending")
+	default:
+	}
+	e.fail(t, w0[len(w0)-1])
+	select {
+	case <-e.svc.CampaignWake():
+	default:
+		t.Fatal("no wake when the last pending member failed")
+	}
+	if rep := e.tick(t); rep.WavesStarts != 1 {
+		t.Fatalf("woken tick %+v, want wave 1 started", rep)
+	}
+}

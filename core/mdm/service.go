@@ -147,6 +147,8 @@ type Service struct {
 	scheduleRecorded atomic.Bool
 	// coredumpWake wakes a core dump worker (CoredumpWake).
 	coredumpWake chan struct{}
+	// campaignWake wakes the campaign worker (CampaignWake).
+	campaignWake chan struct{}
 	// fill coalesces fillSlots calls (rotation_queue.go).
 	fill slotFill
 }
@@ -198,7 +200,7 @@ func New(deps Deps, cfg Config) *Service {
 	setDefault(&cfg.RotationWarningAge, DefaultRotationWarningAge)
 	setDefault(&cfg.RotationCriticalAge, DefaultRotationCriticalAge)
 	setDefault(&cfg.BatchConcurrency, DefaultBatchConcurrency)
-	svc := &Service{d: deps, cfg: cfg, coredumpWake: make(chan struct{}, 1)}
+	svc := &Service{d: deps, cfg: cfg, coredumpWake: make(chan struct{}, 1), campaignWake: make(chan struct{}, 1)}
 	if svc.d.ReleaseGate == nil && svc.d.Campaigns != nil {
 		svc.d.ReleaseGate = svc
 	}

@@ -316,6 +316,18 @@ func (s *Store) WaveCount(_ context.Context, id int64, wave int) (model.WaveCoun
 	return s.waveCount(id, wave), nil
 }
 
+// WavePending implements ports.CampaignRepo.
+func (s *Store) WavePending(_ context.Context, id int64, wave int) (bool, error) {
+	if err := s.hook("WavePending"); err != nil {
+		return false, err
+	}
+	defer s.lockCampaigns()()
+	if _, ok := s.cd().campaigns[id]; !ok {
+		return false, fmt.Errorf("campaign %d: %w", id, model.ErrNotFound)
+	}
+	return s.waveCount(id, wave).Pending > 0, nil
+}
+
 // updateCampaign runs fn on a copy of campaign id and stores it when fn
 // succeeds. s.mu must be held.
 func (s *Store) updateCampaign(id int64, fn func(*model.Campaign) ([]model.AuditEntry, error)) (model.Campaign, model.Campaign, []model.AuditEntry, error) {

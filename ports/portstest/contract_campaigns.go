@@ -236,6 +236,9 @@ func RunCampaignRepoContract(t *testing.T, newEnv func(t *testing.T) CampaignEnv
 		if wc.Members != 4 || wc.Succeeded != 1 || wc.Failed != 1 || wc.Pending != 2 || wc.LastSuccessAt == nil || !wc.LastSuccessAt.Equal(okAt) {
 			t.Errorf("WaveCount %+v", wc)
 		}
+		if p, err := x.e.Campaigns.WavePending(x.ctx(), c.ID, 0); err != nil || !p {
+			t.Errorf("WavePending with 2 pending = %v, %v; want true", p, err)
+		}
 		all, err := x.e.Campaigns.WaveCounts(x.ctx(), c.ID)
 		mustNoErr(t, "WaveCounts", err)
 		if len(all) != 1 || all[0].Members != wc.Members || all[0].Failed != 1 {
@@ -261,6 +264,9 @@ func RunCampaignRepoContract(t *testing.T, newEnv func(t *testing.T) CampaignEnv
 		mustNoErr(t, "WaveCount", err)
 		if n != 2 || wc.Failed != 2 || wc.TimedOut != 1 || wc.Pending != 0 {
 			t.Errorf("after the timeout: %d resolved, %+v; want 2 (one failed on probation, one timed out)", n, wc)
+		}
+		if p, err := x.e.Campaigns.WavePending(x.ctx(), c.ID, 0); err != nil || p {
+			t.Errorf("WavePending with none pending = %v, %v; want false", p, err)
 		}
 	})
 
