@@ -21,6 +21,7 @@ import (
 	"github.com/espmdm/espmdm/core/model"
 	"github.com/espmdm/espmdm/esp32image"
 	"github.com/espmdm/espmdm/esp32image/esp32imagetest"
+	"github.com/espmdm/espmdm/integration/bench/launch"
 	"github.com/espmdm/espmdm/integration/devicesim"
 	"github.com/espmdm/espmdm/ports"
 	"github.com/espmdm/espmdm/ports/portstest"
@@ -45,13 +46,14 @@ var campaignTickRows = []int{1000, 10000}
 func Campaign() Scenario {
 	return Scenario{
 		Name: "campaign",
-		Doc: fmt.Sprintf("A firmware campaign over %d devicesim devices (made by `POST /api/devices/batch`, booted: each has a token and "+
+		Doc: fmt.Sprintf("Two firmware campaigns, each over %d devicesim devices of a model of their own (made by `POST /api/devices/batch`, booted: each has a token and "+
 			"has reported 1.0.0), waves 10/50/100, `wave_soak_seconds` 0, `CAMPAIGN_TICK_SECONDS` at its default (2: the worker is woken when a wave finishes, not ticked), timed from the campaign's `created_at` "+
 			"to its `finished_at` (espmdm's timestamps; the driver polls `GET /api/campaigns/{id}` every 50 ms only to notice the end). "+
-			"The devices follow their firmware as the component does (one shared MQTT connection, %d workers): the campaign's nudge on "+
-			"`iotsupport/<client_id>/firmware` has each ask `GET /iot/firmware-version`, download its effective firmware, install it, "+
-			"reboot (a new token), report `pending_verify`, confirm and report `valid`. "+
-			"`assigned_per_s` = devices / seconds (goal ≥ 200). Then the progression's cost per worker tick, measured on the "+
+			"The devices follow the campaign's nudge on `iotsupport/<client_id>/firmware` (one shared MQTT connection, %d workers) and ask "+
+			"`GET /iot/firmware-version`. In the first campaign they report at once (devicesim's InstantFirmware: the offered version "+
+			"reported running and `valid`, no download): its time is espmdm's own work, `seconds` and `assigned_per_s` = devices / seconds "+
+			"(goal ≥ 200). In the second they update as the component does: download the effective firmware, install it, reboot (a new "+
+			"token), report `pending_verify`, confirm and report `valid`: `ota_seconds`, `ota_per_s`. Then the progression's cost per worker tick, measured on the "+
 			"repository and core directly (`mdm.Service.RunCampaignTick` on PostgreSQL, the median of %d ticks of a running "+
 			"campaign whose current wave of about %d members is assigned and pending): at %v member rows (waves 10/100 and 1/100), "+
 			"so the current wave is the same size and only the fleet grows; a flat `tick_ms` is the O(current wave) claim.",
@@ -77,10 +79,6 @@ func runCampaign(ctx context.Context, env *Env) (res Result, err error) {
 	}
 	adm := admin{base: srv.Base, tok: opTok, c: newClient(campaignWorkers)}
 	adm.c.Timeout = 10 * time.Minute
-	modelID, err := adm.createModel(ctx)
-	if err != nil {
-		return res, err
-	}
 	var ids []int64
 	defer func() {
 		var n atomic.Int64
@@ -94,6 +92,42 @@ func runCampaign(ctx context.Context, env *Env) (res Result, err error) {
 			err = errors.Join(err, fmt.Errorf("could not delete %d bench devices", n.Load()))
 		}
 	}()
+	instantS, _, err := oneCampaign(ctx, env, srv, adm, opTok, true, &ids)
+	if err != nil {
+		return res, err
+	}
+	seconds, installs, err := oneCampaign(ctx, env, srv, adm, opTok, false, &ids)
+	if err != nil {
+		return res, err
+	}
+	res.Add("devices", campaignDevices, "members of each campaign")
+	res.Add("waves", 3, "waves (10 %, 50 %, 100 %)")
+	res.Add("seconds", instantS, "devices that report at once: from the campaign's created_at to its finished_at (espmdm's own timestamps)")
+	res.Add("assigned_per_s", float64(campaignDevices)/instantS, "devices that report at once: members assigned, nudged, reported and counted per second (goal ≥ 200)")
+	res.Add("ota_seconds", seconds, "devices that update as the component does (download, install, reboot with a new token, confirm): created_at to finished_at")
+	res.Add("ota_per_s", float64(campaignDevices)/seconds, "those members per second")
+	res.Add("installs", installs, "images the updating devices installed (one per member when none failed)")
+	for _, rows := range campaignTickRows {
+		ms, wave, err := campaignTickCost(ctx, env, rows)
+		if err != nil {
+			return res, err
+		}
+		res.Add("tick_ms_"+strconv.Itoa(rows), ms, fmt.Sprintf("median worker tick with %d member rows (current wave: %d members)", rows, wave))
+	}
+	return res, nil
+}
+
+// oneCampaign makes a model with two uploads and campaignDevices devices of
+// it, boots them in a devicesim fleet that follows its firmware (instant:
+// reporting an offered version at once instead of updating) and times one
+// campaign over them; ids collects the devices made, for the caller to
+// delete.
+func oneCampaign(ctx context.Context, env *Env, srv *launch.Server, adm admin, opTok string, instant bool, ids *[]int64) (float64, int64, error) {
+	st := env.Stack
+	modelID, err := adm.createModel(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
 	upload := func(version, query string) (string, error) {
 		desc := esp32imagetest.SampleDesc(esp32image.ChipESP32)
 		desc.Version = version
@@ -119,11 +153,11 @@ func runCampaign(ctx context.Context, env *Env) (res Result, err error) {
 		return f.SHA256, nil
 	}
 	if _, err := upload("1.0.0", ""); err != nil {
-		return res, err
+		return 0, 0, err
 	}
 	target, err := upload("2.0.0", "?release=false")
 	if err != nil {
-		return res, err
+		return 0, 0, err
 	}
 
 	// The devices follow their firmware as the component does: a
@@ -136,7 +170,7 @@ func runCampaign(ctx context.Context, env *Env) (res Result, err error) {
 	var failMu sync.Mutex
 	var firstFail error
 	fleet, err := devicesim.NewFleet(ctx, devicesim.Config{
-		BrokerURL: st.MQTTAdminURL(), Concurrency: campaignWorkers, FirmwareVersion: "1.0.0", FollowFirmware: true,
+		BrokerURL: st.MQTTAdminURL(), Concurrency: campaignWorkers, FirmwareVersion: "1.0.0", FollowFirmware: true, InstantFirmware: instant,
 		OnEvent: func(e devicesim.Event) {
 			switch e.Kind {
 			case devicesim.EventOTAInstalled:
@@ -151,7 +185,7 @@ func runCampaign(ctx context.Context, env *Env) (res Result, err error) {
 		},
 	})
 	if err != nil {
-		return res, err
+		return 0, 0, err
 	}
 	defer func() { _ = fleet.Close(context.WithoutCancel(ctx)) }()
 	env.logf("campaign: %d devices by batch", campaignDevices)
@@ -160,26 +194,26 @@ func runCampaign(ctx context.Context, env *Env) (res Result, err error) {
 		status, _, body, err := call(ctx, adm.c, http.MethodPost, srv.Base+"/api/devices/batch", opTok,
 			map[string]any{"device_model_id": modelID, "count": n, "config": map[string]any{}, "size": "0x6000"})
 		if err != nil {
-			return res, fmt.Errorf("batch: %w", err)
+			return 0, 0, fmt.Errorf("batch: %w", err)
 		}
 		if status != http.StatusOK {
-			return res, fmt.Errorf("batch: status %d: %.300s", status, body)
+			return 0, 0, fmt.Errorf("batch: status %d: %.300s", status, body)
 		}
 		made2, failed, err := batchIDs(body)
-		ids = append(ids, made2...)
+		*ids = append(*ids, made2...)
 		if err != nil {
-			return res, err
+			return 0, 0, err
 		}
 		if failed > 0 {
-			return res, fmt.Errorf("batch: %d devices failed", failed)
+			return 0, 0, fmt.Errorf("batch: %d devices failed", failed)
 		}
 		parts, err := batchPartitions(body)
 		if err != nil {
-			return res, err
+			return 0, 0, err
 		}
 		for _, p := range parts {
 			if _, err := fleet.Add(p); err != nil {
-				return res, err
+				return 0, 0, err
 			}
 		}
 		made += n
@@ -190,14 +224,14 @@ func runCampaign(ctx context.Context, env *Env) (res Result, err error) {
 	if _, _, err := parallel(ctx, len(devs), campaignWorkers, func(ctx context.Context, i int) error {
 		return devs[i].Boot(ctx)
 	}); err != nil {
-		return res, fmt.Errorf("boot: %w", err)
+		return 0, 0, fmt.Errorf("boot: %w", err)
 	}
 	// The firmware checks Boot queued (each finds 1.0.0, what it runs)
 	// are done before the clock starts.
 	for fleet.Pending() > 0 {
 		select {
 		case <-ctx.Done():
-			return res, ctx.Err()
+			return 0, 0, ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -206,7 +240,7 @@ func runCampaign(ctx context.Context, env *Env) (res Result, err error) {
 	booted := time.Since(booting).Seconds()
 	env.logf("campaign: %d boots (token, report, firmware check) in %.2f s: %.1f/s", len(devs), booted, float64(len(devs))/booted)
 
-	env.logf("campaign: running")
+	env.logf("campaign: running (devices that %s)", map[bool]string{true: "report at once", false: "update as the component does"}[instant])
 	var created struct {
 		ID int64 `json:"id"`
 	}
@@ -214,30 +248,14 @@ func runCampaign(ctx context.Context, env *Env) (res Result, err error) {
 		"device_model_id": modelID, "firmware_sha256": target, "waves": []int{10, 50, 100},
 		"wave_soak_seconds": 0, "device_timeout_seconds": 600, "max_failure_ratio": 0.1,
 	}, http.StatusCreated, &created); err != nil {
-		return res, err
+		return 0, 0, err
 	}
 	seconds, err := awaitCampaign(ctx, env, adm, created.ID, func() error {
 		failMu.Lock()
 		defer failMu.Unlock()
 		return firstFail
 	})
-	if err != nil {
-		return res, err
-	}
-	res.Add("devices", campaignDevices, "members of the campaign")
-	res.Add("waves", 3, "waves (10 %, 50 %, 100 %)")
-	res.Add("seconds", seconds, "from the campaign's created_at to its finished_at (espmdm's own timestamps: the driver's polling is not in it)")
-	res.Add("assigned_per_s", float64(campaignDevices)/seconds, "members assigned, installed, confirmed and counted per second (goal ≥ 200)")
-	res.Add("installs", installs.Load(), "images the devices installed (one per member when none failed)")
-
-	for _, rows := range campaignTickRows {
-		ms, wave, err := campaignTickCost(ctx, env, rows)
-		if err != nil {
-			return res, err
-		}
-		res.Add("tick_ms_"+strconv.Itoa(rows), ms, fmt.Sprintf("median worker tick with %d member rows (current wave: %d members)", rows, wave))
-	}
-	return res, nil
+	return seconds, installs.Load(), err
 }
 
 // awaitCampaign waits for campaign id to complete (a device error or an

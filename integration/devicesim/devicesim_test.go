@@ -898,3 +898,25 @@ func TestInstallFirmwareOfABadVersion(t *testing.T) {
 		t.Errorf("running %s", d.Running())
 	}
 }
+
+// TestInstantFirmwareReportsAtOnce: with InstantFirmware a device takes
+// its campaign's target without downloading it: one report, the target
+// running and confirmed.
+func TestInstantFirmwareReportsAtOnce(t *testing.T) {
+	f := newFake(t, "grace")
+	fl := newTestFleet(t, devicesim.Config{FollowFirmware: true, InstantFirmware: true, FirmwareVersion: "1.0.0"})
+	a := add(t, fl, f.partition("m"))
+	if err := fl.BootAll(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the boot's report", func() bool { return len(f.reportsOf(a.ClientID())) == 1 })
+	f.assign(a.ClientID(), appImage("2.0.0", 2))
+	fl.Deliver("iotsupport/"+a.ClientID()+"/firmware", []byte(`{"firmware_version":"2.0.0"}`))
+	eventually(t, "2.0.0 reported valid", func() bool {
+		r := f.reportsOf(a.ClientID())
+		return len(r) == 2 && r[1]["firmware_version"] == "2.0.0" && r[1]["ota_state"] == "valid"
+	})
+	if st := a.Stats(); a.Running() != "2.0.0" || st.FirmwareDownloads != 0 || st.FirmwareInstalls != 1 || st.Errors != 0 {
+		t.Errorf("a: running %s, %+v; want 2.0.0, no download, 1 install, no errors", a.Running(), st)
+	}
+}

@@ -58,6 +58,11 @@ type Config struct {
 	// Without it a notice is only counted, and tests drive FetchFirmware
 	// and InstallFirmware themselves.
 	FollowFirmware bool
+	// InstantFirmware (with FollowFirmware) has a device take an offered
+	// version at once: it reports it running and confirmed without
+	// downloading, installing or rebooting — for benchmarks that time the
+	// server's side of a campaign, not the devices' updates.
+	InstantFirmware bool
 	// BadFirmware are versions that fail on every device of the fleet as
 	// Behaviour.BadFirmware says: installed, then rolled back.
 	BadFirmware []string

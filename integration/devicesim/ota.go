@@ -103,6 +103,16 @@ func (d *Device) Update(ctx context.Context) (UpdateResult, error) {
 		res.Outcome = UpdateSkipped
 		return res, nil
 	}
+	if d.f.cfg.InstantFirmware {
+		d.mu.Lock()
+		d.app.version, d.app.pending = version, false
+		d.app.ota = &otaReport{Target: version, Result: "installed"}
+		d.stats.FirmwareInstalls++
+		d.mu.Unlock()
+		d.event(EventOTAInstalled, nil)
+		res.Outcome, res.Running = UpdateInstalled, version
+		return res, d.ReportState(ctx)
+	}
 	var got FirmwareResult
 	for attempt := 1; ; attempt++ {
 		if got, err = d.FetchFirmware(ctx); err != nil {
