@@ -157,14 +157,7 @@ func (a *AuditLog) ListAudit(ctx context.Context, f ports.AuditFilter) (ports.Au
 		return ports.AuditPage{}, translate("list audit entries", err, fkNone)
 	}
 	var page ports.AuditPage
-	if len(rows) > limit {
-		rows = rows[:limit]
-		page.NextAfterID = rows[limit-1].ID
-	}
-	page.Entries = make([]model.AuditEntry, len(rows))
-	for i := range rows {
-		page.Entries[i] = auditFromRow(&rows[i])
-	}
+	page.Entries, page.NextAfterID = pageRows(rows, limit, func(r *auditRow) int64 { return r.ID }, auditFromRow)
 	return page, nil
 }
 

@@ -261,14 +261,7 @@ func (r *CampaignRepo) ListCampaigns(ctx context.Context, f ports.CampaignFilter
 		return ports.CampaignPage{}, translate("list campaigns", err, fkNone)
 	}
 	var p ports.CampaignPage
-	if len(rows) > limit {
-		rows = rows[:limit]
-		p.NextAfterID = rows[limit-1].ID
-	}
-	p.Campaigns = make([]model.Campaign, len(rows))
-	for i := range rows {
-		p.Campaigns[i] = campaignFromRow(&rows[i])
-	}
+	p.Campaigns, p.NextAfterID = pageRows(rows, limit, func(r *campaignRow) int64 { return r.ID }, campaignFromRow)
 	return p, nil
 }
 
@@ -320,14 +313,7 @@ func (r *CampaignRepo) ListMembers(ctx context.Context, f ports.MemberFilter) (p
 		return ports.MemberPage{}, translate("list campaign members", err, fkNone)
 	}
 	var p ports.MemberPage
-	if len(rows) > limit {
-		rows = rows[:limit]
-		p.NextAfterID = rows[limit-1].DeviceID
-	}
-	p.Members = make([]model.CampaignMember, len(rows))
-	for i := range rows {
-		p.Members[i] = memberFromRow(&rows[i])
-	}
+	p.Members, p.NextAfterID = pageRows(rows, limit, func(r *memberRow) int64 { return r.DeviceID }, memberFromRow)
 	return p, nil
 }
 

@@ -177,19 +177,27 @@ func (r *DeviceRepo) ListDevices(ctx context.Context, f ports.DeviceFilter) (por
 	return devicePage(rows, limit), nil
 }
 
-// devicePage makes a page of rows read with one extra row (limit+1): the
-// extra one only says that more follow.
+// devicePage makes a page of rows read with one extra row (limit+1).
 func devicePage(rows []deviceRow, limit int) ports.DevicePage {
 	var page ports.DevicePage
+	page.Devices, page.NextAfterID = pageRows(rows, limit, func(r *deviceRow) int64 { return r.ID }, deviceFromRow)
+	return page
+}
+
+// pageRows makes a page of rows read with one extra row (limit+1): the
+// extra one only says that more follow. It returns the kept rows converted
+// with to, and the id the next page starts after (0 when none follow).
+func pageRows[R, T any](rows []R, limit int, id func(*R) int64, to func(*R) T) ([]T, int64) {
+	var next int64
 	if len(rows) > limit {
 		rows = rows[:limit]
-		page.NextAfterID = rows[limit-1].ID
+		next = id(&rows[limit-1])
 	}
-	page.Devices = make([]model.Device, len(rows))
+	out := make([]T, len(rows))
 	for i := range rows {
-		page.Devices[i] = deviceFromRow(&rows[i])
+		out[i] = to(&rows[i])
 	}
-	return page
+	return out, next
 }
 
 // UpdateDevice implements ports.DeviceRepo: in one transaction it locks the
