@@ -94,14 +94,10 @@ func runBatch(ctx context.Context, env *Env) (res Result, err error) {
 	}
 	batch := func(n int) ([]int64, time.Duration, int, error) {
 		began := time.Now()
-		status, _, body, err := call(ctx, adm.c, http.MethodPost, srv.Base+"/api/devices/batch", opTok,
-			map[string]any{"device_model_id": modelID, "count": n, "config": map[string]any{"interval": 60}, "size": "0x6000"})
+		body, err := postBatch(ctx, adm.c, srv.Base, opTok, modelID, n, map[string]any{"interval": 60}, "0x6000")
 		took := time.Since(began)
 		if err != nil {
-			return nil, 0, 0, fmt.Errorf("batch: %w", err)
-		}
-		if status != http.StatusOK {
-			return nil, 0, 0, fmt.Errorf("batch: status %d: %.300s", status, body)
+			return nil, 0, 0, err
 		}
 		made, failed, err := batchIDs(body)
 		ids = append(ids, made...)
@@ -135,6 +131,21 @@ func runBatch(ctx context.Context, env *Env) (res Result, err error) {
 	res.Add("zip_kb", zipBytes/1024, "size of the answer, KiB")
 	res.Add("workers", provWorkers, "concurrent creations on both sides")
 	return res, nil
+}
+
+// postBatch makes n devices of modelID with one POST /api/devices/batch
+// (each with config and a partition of size) and returns the ZIP; a
+// transport failure or a status other than 200 is an error.
+func postBatch(ctx context.Context, c *http.Client, base, tok string, modelID int64, n int, config map[string]any, size string) ([]byte, error) {
+	status, _, body, err := call(ctx, c, http.MethodPost, base+"/api/devices/batch", tok,
+		map[string]any{"device_model_id": modelID, "count": n, "config": config, "size": size})
+	if err != nil {
+		return nil, fmt.Errorf("batch: %w", err)
+	}
+	if status != http.StatusOK {
+		return nil, fmt.Errorf("batch: status %d: %.300s", status, body)
+	}
+	return body, nil
 }
 
 // batchIDs reads the device ids from a batch ZIP's devices.csv and counts

@@ -191,13 +191,9 @@ func oneCampaign(ctx context.Context, env *Env, srv *launch.Server, adm admin, o
 	env.logf("campaign: %d devices by batch", campaignDevices)
 	for made := 0; made < campaignDevices; {
 		n := min(500, campaignDevices-made)
-		status, _, body, err := call(ctx, adm.c, http.MethodPost, srv.Base+"/api/devices/batch", opTok,
-			map[string]any{"device_model_id": modelID, "count": n, "config": map[string]any{}, "size": "0x6000"})
+		body, err := postBatch(ctx, adm.c, srv.Base, opTok, modelID, n, map[string]any{}, "0x6000")
 		if err != nil {
-			return 0, 0, fmt.Errorf("batch: %w", err)
-		}
-		if status != http.StatusOK {
-			return 0, 0, fmt.Errorf("batch: status %d: %.300s", status, body)
+			return 0, 0, err
 		}
 		made2, failed, err := batchIDs(body)
 		*ids = append(*ids, made2...)

@@ -195,13 +195,9 @@ func Identities(ctx context.Context, env *Env, o IdentitiesOptions) (_ []Identit
 			if err != nil {
 				return points, err
 			}
-			status, _, body, err := call(ctx, c, http.MethodPost, srv.Base+"/api/devices/batch", tok,
-				map[string]any{"device_model_id": modelID, "count": n, "config": map[string]any{}, "size": "0x3000"})
+			body, err := postBatch(ctx, c, srv.Base, tok, modelID, n, map[string]any{}, "0x3000")
 			if err != nil {
-				return points, fmt.Errorf("identities: batch: %w", err)
-			}
-			if status != http.StatusOK {
-				return points, fmt.Errorf("identities: batch: status %d: %.300s", status, body)
+				return points, fmt.Errorf("identities: %w", err)
 			}
 			made, failed, err := batchIDs(body)
 			if err != nil {
