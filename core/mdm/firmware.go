@@ -47,8 +47,8 @@ func (s *Service) UploadFirmware(ctx context.Context, modelID int64, data []byte
 	return s.uploadFirmware(ctx, modelID, data, opts)
 }
 
-// againstHeads checks an image against a model's uploads (UploadFirmware
-// says which) and returns the warnings it earns.
+// imageCheck is what an upload is checked for against a model's uploads
+// (UploadFirmware says which); against returns the warnings it earns.
 type imageCheck struct {
 	m      model.DeviceModel
 	chip   esp32image.ChipID
