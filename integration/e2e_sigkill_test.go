@@ -26,6 +26,9 @@ const (
 	killSlots   = 3
 	killTimeout = 8 * time.Second
 	killTick    = time.Second
+	// killReboot is how long the device that crashes after its fetch
+	// stays down: past the kill, which comes within a few seconds.
+	killReboot = 10 * time.Second
 )
 
 func TestE2ESigkillMidRotation(t *testing.T) {
@@ -54,14 +57,22 @@ func sigkillMidRotation(t *testing.T, mode string) {
 	fleet, devs := newFleet(t, s1, mode, m.ID, killFleet)
 	// Every device but the first follows the protocol, slowly enough (a
 	// pause before each step) that the kill finds rotations in every
-	// phase; the first is offline.
+	// phase; the first is offline. The second crashes once right after
+	// fetching its new secret and takes killReboot to boot again: its row
+	// holds a generated, unconfirmed secret from then until the attempt
+	// times out, so the kill below cannot miss a rotation in flight (a
+	// slow device alone can confirm between the poll and the kill).
 	for i, d := range devs {
 		b := devicesim.Behaviour{Slow: 400 * time.Millisecond}
-		if i == 0 {
+		switch i {
+		case 0:
 			b = devicesim.Behaviour{Offline: true}
+		case 1:
+			b.Crash, b.RebootDelay = devicesim.CrashAfterFetch, killReboot
 		}
 		d.sim.SetBehaviour(b)
 	}
+	stalled := devs[1].ID
 	online := devs[1:]
 	provisioned := map[int64]string{}
 	for _, d := range devs {
@@ -90,16 +101,16 @@ func sigkillMidRotation(t *testing.T, mode string) {
 	}
 
 	s1.do(http.MethodPost, "/api/rotation/trigger", s1.admin, nil).want(t, http.StatusAccepted, nil)
-	// Kill once some devices completed and another holds a freshly
+	// Kill once some devices completed and the crashed one holds a freshly
 	// generated, unconfirmed secret (restore: its old one sealed in its
 	// row; grace: kept by Keycloak as the rotated one).
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		var inFlight int
-		if err := db.Bun().NewRaw("SELECT count(*) FROM devices WHERE device_model_id = ? AND rotation_state = 'PENDING' AND new_secret_at IS NOT NULL", m.ID).
+		if err := db.Bun().NewRaw("SELECT count(*) FROM devices WHERE id = ? AND rotation_state = 'PENDING' AND new_secret_at IS NOT NULL", stalled).
 			Scan(ctxT(t, 10*time.Second), &inFlight); err != nil {
 			t.Fatal(err)
 		}
-		if c := states(); c["OK"] >= 2 && inFlight >= 1 {
+		if c := states(); c["OK"] >= 2 && inFlight == 1 {
 			break
 		} else if time.Now().After(deadline) {
 			t.Fatalf("no rotation with a generated secret in flight after a minute: %v", c)
