@@ -190,13 +190,17 @@ func startServer(ctx context.Context, st *integration.Stack, env map[string]stri
 	return launch.InProcess(ctx, st, launch.Options{Env: vars})
 }
 
-// ServerEnv is the rotation settings of o as espmdm's environment.
+// ServerEnv is the rotation settings of o as espmdm's environment. The
+// floor makes its Keycloak requests at o.Concurrency, so espmdm's bound on
+// its own (KEYCLOAK_MAX_CONCURRENCY, default 8) is raised to the same
+// figure: both sides run the same Keycloak concurrency.
 func ServerEnv(o Options) map[string]string {
 	_ = o.defaults()
 	secs := func(d time.Duration) string { return fmt.Sprint(int64(math.Max(1, math.Round(d.Seconds())))) }
 	return map[string]string{
 		"ROTATION_MODE":                  o.Mode,
 		"ROTATION_CONCURRENCY":           fmt.Sprint(o.Concurrency),
+		"KEYCLOAK_MAX_CONCURRENCY":       fmt.Sprint(o.Concurrency),
 		"ROTATION_TIMEOUT_SECONDS":       secs(o.Timeout),
 		"ROTATION_RETRY_SECONDS":         secs(o.Retry),
 		"ROTATION_FETCH_TIMEOUT_SECONDS": secs(o.FetchTimeout),
