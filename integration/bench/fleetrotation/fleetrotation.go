@@ -12,6 +12,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -176,15 +177,14 @@ type statusDTO struct {
 }
 
 // startServer starts espmdm in this process with a database of its own
-// (launch.InProcess), a one-second rotation tick and warnings only; env
-// overrides single variables.
+// (launch.InProcess), logging warnings only; env (ServerEnv's rotation
+// settings, with its one-second tick) overrides single variables.
 func startServer(ctx context.Context, st *integration.Stack, env map[string]string) (*launch.Server, error) {
 	vars := map[string]string{
-		"WIFI_SSID":             "bench-net",
-		"WIFI_PASSWORD":         "wifi-" + launch.RandHex(8),
-		"LOG_LEVEL":             "warn",
-		"ROTATION_TICK_SECONDS": "1",
-		"INSTANCE_NAME":         "bench-" + launch.RandHex(3),
+		"WIFI_SSID":     "bench-net",
+		"WIFI_PASSWORD": "wifi-" + launch.RandHex(8),
+		"LOG_LEVEL":     "warn",
+		"INSTANCE_NAME": "bench-" + launch.RandHex(3),
 	}
 	maps.Copy(vars, env)
 	return launch.InProcess(ctx, st, launch.Options{Env: vars})
@@ -204,6 +204,10 @@ func ServerEnv(o Options) map[string]string {
 		"ROTATION_TIMEOUT_SECONDS":       secs(o.Timeout),
 		"ROTATION_RETRY_SECONDS":         secs(o.Retry),
 		"ROTATION_FETCH_TIMEOUT_SECONDS": secs(o.FetchTimeout),
+		// Timeouts are found by the rotation cycle: at the default tick
+		// (30 s) the offline devices would hold their slots for up to
+		// 30 s past their 3 s fetch timeout.
+		"ROTATION_TICK_SECONDS": "1",
 	}
 }
 
@@ -373,6 +377,7 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	lastLog := time.Now()
+	stall := newStallDump(os.Getenv(StallDumpEnv))
 	for {
 		select {
 		case <-wctx.Done():
@@ -399,6 +404,7 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 			res.Seconds = el.Seconds()
 			break
 		}
+		stall.observe(ok, logf)
 	}
 	res.RotationsPerS = float64(online) / res.Seconds
 	res.Projected100kH = 100000 / res.RotationsPerS / 3600
