@@ -231,6 +231,15 @@ func sigkillMidRotation(t *testing.T, mode string) {
 	if mode == "grace" && (rep.Lockouts != 0 || rep.LockedOutSeconds != 0) {
 		t.Errorf("grace: %d lockouts (%.1f device-seconds) across the kill, want none", rep.Lockouts, rep.LockedOutSeconds)
 	}
+	// A device whose ack the kill cut off (its request answered with EOF)
+	// still holds the new secret as its next one until it next needs a
+	// token; its next power-on promotes it (SPEC §4). Each is powered on
+	// once before its slots are checked.
+	for _, d := range online {
+		if err := d.sim.Boot(ctxT(t, 30*time.Second)); err != nil {
+			t.Fatalf("%s %s: power-on after the rotation: %v", mode, d.ClientID, err)
+		}
+	}
 	for _, d := range online {
 		chk, err := d.sim.CheckSecrets(ctxT(t, 30*time.Second))
 		if err != nil {
