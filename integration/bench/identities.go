@@ -141,11 +141,10 @@ func Identities(ctx context.Context, env *Env, o IdentitiesOptions) (_ []Identit
 	began := time.Now()
 	senv := fleetrotation.ServerEnv(identitiesRotation(nil, nil))
 	senv["MQTT_AUTH"] = o.MQTTAuth
-	// Keycloak keeps its data in the stack's PostgreSQL here, its own pool
-	// sharing max_connections (200) with espmdm's, which grows with
-	// KEYCLOAK_MAX_CONCURRENCY (twice it plus 4): espmdm keeps its default
-	// Keycloak bound, as in the earlier runs of this curve.
-	delete(senv, "KEYCLOAK_MAX_CONCURRENCY")
+	// espmdm keeps its default Keycloak bound here (fleetrotation.Run
+	// raises it only for a server of its own): Keycloak keeps its data in
+	// the stack's PostgreSQL, its pool sharing max_connections (200) with
+	// espmdm's, which grows with KEYCLOAK_MAX_CONCURRENCY (twice it plus 4).
 	srv, err := env.startInProcess(ctx, senv)
 	if err != nil {
 		return nil, err

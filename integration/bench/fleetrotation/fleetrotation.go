@@ -190,17 +190,13 @@ func startServer(ctx context.Context, st *integration.Stack, env map[string]stri
 	return launch.InProcess(ctx, st, launch.Options{Env: vars})
 }
 
-// ServerEnv is the rotation settings of o as espmdm's environment. The
-// floor makes its Keycloak requests at o.Concurrency, so espmdm's bound on
-// its own (KEYCLOAK_MAX_CONCURRENCY, default 8) is raised to the same
-// figure: both sides run the same Keycloak concurrency.
+// ServerEnv is the rotation settings of o as espmdm's environment.
 func ServerEnv(o Options) map[string]string {
 	_ = o.defaults()
 	secs := func(d time.Duration) string { return fmt.Sprint(int64(math.Max(1, math.Round(d.Seconds())))) }
 	return map[string]string{
 		"ROTATION_MODE":                  o.Mode,
 		"ROTATION_CONCURRENCY":           fmt.Sprint(o.Concurrency),
-		"KEYCLOAK_MAX_CONCURRENCY":       fmt.Sprint(o.Concurrency),
 		"ROTATION_TIMEOUT_SECONDS":       secs(o.Timeout),
 		"ROTATION_RETRY_SECONDS":         secs(o.Retry),
 		"ROTATION_FETCH_TIMEOUT_SECONDS": secs(o.FetchTimeout),
@@ -225,7 +221,13 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 	logf := o.Log
 	srv := o.Server
 	if srv == nil {
-		if srv, err = startServer(ctx, st, ServerEnv(o)); err != nil {
+		// The floor makes its Keycloak requests at o.Concurrency, so
+		// espmdm's own bound (KEYCLOAK_MAX_CONCURRENCY, default 8) is
+		// raised to the same figure: both sides run the same Keycloak
+		// concurrency.
+		env := ServerEnv(o)
+		env["KEYCLOAK_MAX_CONCURRENCY"] = fmt.Sprint(o.Concurrency)
+		if srv, err = startServer(ctx, st, env); err != nil {
 			return res, err
 		}
 		defer func() {
