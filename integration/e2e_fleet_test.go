@@ -355,12 +355,16 @@ func TestE2ERotationRestoreNeverLosesTheLastWorkingSecret(t *testing.T) {
 	d.sim.SetBehaviour(devicesim.Behaviour{Crash: devicesim.CrashAfterPersist, RebootDelay: 1500 * time.Millisecond})
 	s.do(http.MethodPost, fmt.Sprintf("/api/devices/%d/rotate", d.ID), s.admin, nil).want(t, http.StatusAccepted, nil)
 	// espmdm commits OK before it answers the ack (or earlier, by the
-	// promotion token's iat), and devicesim counts the ack when the 204
-	// arrives: wait for both, then count.
-	waitFleet(t, 20*time.Second, "state OK and the ack answered", func() (bool, string) {
-		st, acks := state(), d.sim.Stats().Acks
-		return st == "OK" && acks > 0, fmt.Sprintf("state %s, device %+v", st, d.sim.Stats())
-	})
+	// promotion token's iat), and devicesim counts the ack (and promotes
+	// its next secret) when the 204 arrives: wait for both.
+	waitAcked := func(acks int, within time.Duration) {
+		t.Helper()
+		waitFleet(t, within, fmt.Sprintf("state OK and ack %d answered", acks), func() (bool, string) {
+			st := state()
+			return st == "OK" && d.sim.Stats().Acks >= acks, fmt.Sprintf("state %s, device %+v", st, d.sim.Stats())
+		})
+	}
+	waitAcked(1, 20*time.Second)
 	st := d.sim.Stats()
 	if st.Crashes != 1 || st.Promotions != 1 || st.Acks != 1 {
 		t.Fatalf("rotation 1: %d crashes, %d promotions at boot, %d acks; want 1, 1, 1", st.Crashes, st.Promotions, st.Acks)
@@ -385,12 +389,7 @@ func TestE2ERotationRestoreNeverLosesTheLastWorkingSecret(t *testing.T) {
 	if err := d.sim.Boot(ctxT(t, 30*time.Second)); err != nil {
 		t.Fatalf("boot after rotation 2: %v", err)
 	}
-	// As in rotation 1: OK may be committed before the ack's answer
-	// reaches the device, which promotes its next secret then.
-	waitFleet(t, 30*time.Second, "state OK and the second ack answered", func() (bool, string) {
-		st, acks := state(), d.sim.Stats().Acks
-		return st == "OK" && acks >= 2, fmt.Sprintf("state %s, device %+v", st, d.sim.Stats())
-	})
+	waitAcked(2, 30*time.Second)
 	if chk := secrets(); chk != (devicesim.SecretCheck{Provisioned: devicesim.Refused, Current: devicesim.Accepted}) {
 		t.Errorf("at the end: %+v, want a working current secret and nothing in next", chk)
 	}
