@@ -32,33 +32,93 @@ func Batch() Scenario {
 			"to the last byte of the ZIP: espmdm checks the batch, then creates each device (Keycloak client and its secret, broker "+
 			"account, sealed password, row, NVS partition, two audit entries) with at most %d Keycloak requests in flight (KEYCLOAK_MAX_CONCURRENCY's default; twice as many devices in progress), "+
 			"against creating %d clients of the same representation directly with Keycloak's Admin REST API (`POST .../clients`, then "+
-			"`GET .../client-secret`) by %d workers, same run, after a warm-up of %d devices on each side. Every client is "+
-			"deleted afterwards. `ratio` = devices_per_s / keycloak_raw_per_s (goal ≥ 0.8).", batchDevices, provWorkers, batchDevices, provWorkers, batchWarmUp),
+			"`GET .../client-secret`) by %d workers, same run, after a warm-up of %d devices on each side. Keycloak keeps getting faster "+
+			"through a run (its JIT: the raw rate can double between two passes a few seconds apart), so the raw clients are timed "+
+			"before and after each batch and the batch is set against both (`keycloak_raw_per_s`: %d clients over the two passes' time). "+
+			"The same is then done by a second espmdm with `MQTT_AUTH=none` (no broker accounts: `ratio_no_broker`), which shows what "+
+			"the broker accounts cost: Mosquitto 2.0's dynamic security rewrites its whole state file after every command, two per device. "+
+			"Every client is deleted afterwards. `ratio` = devices_per_s / keycloak_raw_per_s (goal ≥ 0.8).",
+			batchDevices, provWorkers, batchDevices, provWorkers, batchWarmUp, 2*batchDevices),
 		Run: runBatch,
 	}
 }
 
+// batchServer is an espmdm the batch benchmark posts to, with a model of
+// its own, and the devices it made (deleted by cleanUp).
+type batchServer struct {
+	srv     *launch.Server
+	adm     admin
+	modelID int64
+	ids     []int64
+}
+
+func (e *Env) batchServer(ctx context.Context, extra map[string]string) (*batchServer, error) {
+	extra["KEYCLOAK_MAX_CONCURRENCY"] = strconv.Itoa(provWorkers)
+	srv, err := e.startInProcess(ctx, extra)
+	if err != nil {
+		return nil, err
+	}
+	b := &batchServer{srv: srv}
+	opTok, err := e.token(ctx, e.Stack.OperatorClientID, e.Stack.OperatorClientSecret)
+	if err == nil {
+		b.adm = admin{base: srv.Base, tok: opTok, c: newClient(provWorkers)}
+		b.adm.c.Timeout = 10 * time.Minute
+		b.modelID, err = b.adm.createModel(ctx)
+	}
+	if err != nil {
+		return nil, errors.Join(err, srv.Stop())
+	}
+	return b, nil
+}
+
+// batch makes n devices in one request and returns how long it took and
+// the size of the ZIP.
+func (b *batchServer) batch(ctx context.Context, n int) (time.Duration, int, error) {
+	began := time.Now()
+	body, err := postBatch(ctx, b.adm.c, b.srv.Base, b.adm.tok, b.modelID, n, map[string]any{"interval": 60}, "0x6000")
+	took := time.Since(began)
+	if err != nil {
+		return 0, 0, err
+	}
+	made, failed, err := batchIDs(body)
+	b.ids = append(b.ids, made...)
+	if err == nil && (failed > 0 || len(made) != n) {
+		err = fmt.Errorf("batch: %d devices made, %d failed, want %d made", len(made), failed, n)
+	}
+	return took, len(body), err
+}
+
+// cleanUp deletes the devices made and stops the server.
+func (b *batchServer) cleanUp(ctx context.Context) error {
+	var n atomic.Int64
+	_, _, _ = parallel(ctx, len(b.ids), provWorkers, func(ctx context.Context, i int) error {
+		if b.adm.deleteDevice(ctx, b.ids[i]) != nil {
+			n.Add(1)
+		}
+		return nil
+	})
+	var err error
+	if n.Load() > 0 {
+		err = fmt.Errorf("could not delete %d bench devices", n.Load())
+	}
+	if serr := b.srv.Stop(); serr != nil {
+		err = errors.Join(err, fmt.Errorf("stop espmdm: %w", serr))
+	}
+	return err
+}
+
 func runBatch(ctx context.Context, env *Env) (res Result, err error) {
 	st := env.Stack
-	srv, err := env.startInProcess(ctx, map[string]string{"KEYCLOAK_MAX_CONCURRENCY": strconv.Itoa(provWorkers)})
+	dynsec, err := env.batchServer(ctx, map[string]string{})
 	if err != nil {
 		return res, err
 	}
-	defer func() {
-		if serr := srv.Stop(); serr != nil && err == nil {
-			err = fmt.Errorf("stop espmdm: %w", serr)
-		}
-	}()
-	opTok, err := env.token(ctx, st.OperatorClientID, st.OperatorClientSecret)
+	defer func() { err = errors.Join(err, dynsec.cleanUp(context.WithoutCancel(ctx))) }()
+	none, err := env.batchServer(ctx, map[string]string{"MQTT_AUTH": "none"})
 	if err != nil {
 		return res, err
 	}
-	adm := admin{base: srv.Base, tok: opTok, c: newClient(provWorkers)}
-	adm.c.Timeout = 10 * time.Minute
-	modelID, err := adm.createModel(ctx)
-	if err != nil {
-		return res, err
-	}
+	defer func() { err = errors.Join(err, none.cleanUp(context.WithoutCancel(ctx))) }()
 	adminTok, err := env.token(ctx, st.AdminClientID, st.AdminClientSecret)
 	if err != nil {
 		return res, err
@@ -70,64 +130,58 @@ func runBatch(ctx context.Context, env *Env) (res Result, err error) {
 			err = errors.Join(err, derr)
 		}
 	}()
-	var ids []int64
-	defer func() {
-		var n atomic.Int64
-		_, _, _ = parallel(context.WithoutCancel(ctx), len(ids), provWorkers, func(ctx context.Context, i int) error {
-			if adm.deleteDevice(ctx, ids[i]) != nil {
-				n.Add(1)
-			}
-			return nil
+	raw := func(n int, name string) (time.Duration, error) {
+		_, took, err := parallel(ctx, n, provWorkers, func(ctx context.Context, i int) error {
+			return kc.create(ctx, fmt.Sprintf("%s%s-%s%d", rawPrefix, run, name, i))
 		})
-		if n.Load() > 0 {
-			err = errors.Join(err, fmt.Errorf("could not delete %d bench devices", n.Load()))
-		}
-	}()
+		return took, err
+	}
 
-	// Both sides warm up (Keycloak's JIT most of all): raw clients, and a
-	// small batch through espmdm.
+	// Every side warms up (Keycloak's JIT most of all): raw clients, and a
+	// small batch through each espmdm.
 	env.logf("batch: warm-up")
-	if _, _, err := parallel(ctx, batchWarmUp, provWorkers, func(ctx context.Context, i int) error {
-		return kc.create(ctx, fmt.Sprintf("%s%s-bwarm-%d", rawPrefix, run, i))
-	}); err != nil {
+	if _, err := raw(batchWarmUp, "w"); err != nil {
 		return res, err
 	}
-	batch := func(n int) ([]int64, time.Duration, int, error) {
-		began := time.Now()
-		body, err := postBatch(ctx, adm.c, srv.Base, opTok, modelID, n, map[string]any{"interval": 60}, "0x6000")
-		took := time.Since(began)
-		if err != nil {
-			return nil, 0, 0, err
+	for _, b := range []*batchServer{dynsec, none} {
+		if _, _, err := b.batch(ctx, batchWarmUp); err != nil {
+			return res, err
 		}
-		made, failed, err := batchIDs(body)
-		ids = append(ids, made...)
-		if err == nil && (failed > 0 || len(made) != n) {
-			err = fmt.Errorf("batch: %d devices made, %d failed, want %d made", len(made), failed, n)
+	}
+	// raw, batch (broker accounts), raw, batch (none), raw: each batch
+	// between two raw passes.
+	var rawTimes [3]time.Duration
+	var batchTimes [2]time.Duration
+	zipBytes := 0
+	for i := range 3 {
+		env.logf("batch: %d clients directly in Keycloak", batchDevices)
+		if rawTimes[i], err = raw(batchDevices, strconv.Itoa(i)+"-"); err != nil {
+			return res, err
 		}
-		return made, took, len(body), err
+		if i == 2 {
+			break
+		}
+		b, what := dynsec, "MQTT_AUTH=dynsec"
+		if i == 1 {
+			b, what = none, "MQTT_AUTH=none"
+		}
+		env.logf("batch: %d devices in one POST /api/devices/batch (%s)", batchDevices, what)
+		if batchTimes[i], zipBytes, err = b.batch(ctx, batchDevices); err != nil {
+			return res, err
+		}
 	}
-	if _, _, _, err := batch(batchWarmUp); err != nil {
-		return res, err
-	}
-	env.logf("batch: %d devices in one POST /api/devices/batch", batchDevices)
-	_, batchTime, zipBytes, err := batch(batchDevices)
-	if err != nil {
-		return res, err
-	}
-	env.logf("batch: %d clients directly in Keycloak", batchDevices)
-	_, rawTime, err := parallel(ctx, batchDevices, provWorkers, func(ctx context.Context, i int) error {
-		return kc.create(ctx, fmt.Sprintf("%s%s-b%d", rawPrefix, run, i))
-	})
-	if err != nil {
-		return res, err
-	}
-	perS := float64(batchDevices) / batchTime.Seconds()
-	rawPerS := float64(batchDevices) / rawTime.Seconds()
-	res.Add("devices", batchDevices, "devices in the batch (and raw clients created)")
-	res.Add("seconds", batchTime.Seconds(), "wall time of the batch request, to the ZIP's last byte")
+	rate := func(d time.Duration) float64 { return float64(batchDevices) / d.Seconds() }
+	around := func(i int) float64 { return float64(2*batchDevices) / (rawTimes[i] + rawTimes[i+1]).Seconds() }
+	perS, rawPerS := rate(batchTimes[0]), around(0)
+	res.Add("devices", batchDevices, "devices in the batch (and raw clients created in each pass)")
+	res.Add("seconds", batchTimes[0].Seconds(), "wall time of the batch request, to the ZIP's last byte")
 	res.Add("devices_per_s", perS, "espmdm: devices created per second by the batch")
-	res.Add("keycloak_raw_per_s", rawPerS, "Keycloak Admin REST API: clients created (with secret read) per second")
+	res.Add("keycloak_raw_per_s", rawPerS, "Keycloak Admin REST API: clients created (with secret read) per second, over the passes before and after the batch")
+	res.Add("raw_before_per_s", rate(rawTimes[0]), "the raw pass before the batch alone")
+	res.Add("raw_after_per_s", rate(rawTimes[1]), "the raw pass after the batch alone")
 	res.Add("ratio", perS/rawPerS, "devices_per_s / keycloak_raw_per_s (goal ≥ 0.8)")
+	res.Add("no_broker_per_s", rate(batchTimes[1]), "the same batch by an espmdm with MQTT_AUTH=none (no broker accounts)")
+	res.Add("ratio_no_broker", rate(batchTimes[1])/around(1), "no_broker_per_s / the raw passes before and after it")
 	res.Add("zip_kb", zipBytes/1024, "size of the answer, KiB")
 	res.Add("workers", provWorkers, "concurrent creations on both sides")
 	return res, nil

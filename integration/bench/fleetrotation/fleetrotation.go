@@ -79,10 +79,13 @@ type Result struct {
 	// P50ms, P99ms are per-device confirm latencies (nudge → ack).
 	P50ms, P99ms float64
 	// KeycloakFloorPerS is the rate of the same Keycloak work per rotation
-	// done directly against Keycloak at the same concurrency.
-	KeycloakFloorPerS float64
-	Ratio             float64 // RotationsPerS / KeycloakFloorPerS
-	Projected100kH    float64 // hours for 100,000 devices at RotationsPerS
+	// done directly against Keycloak at the same concurrency, over two
+	// measurements: just before the fleet's rotation and just after it
+	// (FloorBeforePerS, FloorAfterPerS alone).
+	KeycloakFloorPerS               float64
+	FloorBeforePerS, FloorAfterPerS float64
+	Ratio                           float64 // RotationsPerS / KeycloakFloorPerS
+	Projected100kH                  float64 // hours for 100,000 devices at RotationsPerS
 	// Progress is devices confirmed against seconds since the trigger.
 	Progress []Point
 }
@@ -344,6 +347,17 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 	}
 	res.Online = online
 
+	// The floor is measured just before the rotation and again after it.
+	fl, err := newFloor(ctx, st, hc, o.Mode, o.FloorClients, o.Concurrency, logf)
+	if err != nil {
+		return res, err
+	}
+	defer func() { err = errors.Join(err, fl.close(ctx)) }()
+	floorBefore, err := fl.measure(ctx, "before")
+	if err != nil {
+		return res, err
+	}
+
 	// Rotate.
 	var trig struct {
 		QueuedCount int `json:"queued_count"`
@@ -362,6 +376,10 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 	}
 	others := before.CountsByState["OK"] - o.Devices
 	if err := stmts.reset(ctx); err != nil {
+		return res, err
+	}
+	updBefore, hotBefore, err := stmts.rowUpdates(ctx)
+	if err != nil {
 		return res, err
 	}
 	grantsBefore := fleet.Stats().Total.TokenRequests
@@ -422,8 +440,15 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 	if stmts != nil {
 		res.StatementsPerRotation = float64(total) / float64(max(online, 1))
 		logf("fleetrotation: %s: %.1f SQL statements per rotation (%d in all); the most run:", o.Mode, res.StatementsPerRotation, total)
+		upd, hot, err := stmts.rowUpdates(ctx)
+		if err != nil {
+			return res, err
+		}
+		logf("fleetrotation: %s: %.2f device row updates per rotation, %.0f%% of them HOT (no index entries written)",
+			o.Mode, float64(upd-updBefore)/float64(max(online, 1)), 100*float64(hot-hotBefore)/float64(max(upd-updBefore, 1)))
 		for _, q := range top[:min(len(top), 20)] {
-			logf("fleetrotation:   %7d  %5.2f/rot  %s", q.calls, float64(q.calls)/float64(max(online, 1)), oneLine(q.query, 160))
+			logf("fleetrotation:   %7d  %5.2f/rot  %6.3f ms/rot  %s", q.calls, float64(q.calls)/float64(max(online, 1)),
+				q.execMS/float64(max(online, 1)), oneLine(q.query, 160))
 		}
 	}
 	opsAfter, err := keycloakOps(ctx, c)
@@ -450,14 +475,14 @@ func Run(ctx context.Context, st *integration.Stack, o Options) (res Result, err
 	logf("fleetrotation: %s: CheckAll of %d devices: %d locked out, %d lockout periods, %.1f device-seconds",
 		o.Mode, rep.Devices, res.Lockouts, rep.Lockouts, rep.LockedOutSeconds)
 
-	floor, err := keycloakFloor(ctx, st, hc, o.Mode, o.FloorClients, o.Concurrency, logf)
+	floorAfter, err := fl.measure(ctx, "after")
 	if err != nil {
 		return res, err
 	}
-	res.KeycloakFloorPerS = floor
-	if floor > 0 {
-		res.Ratio = res.RotationsPerS / floor
-	}
+	k := float64(len(fl.clients))
+	res.FloorBeforePerS, res.FloorAfterPerS = k/floorBefore.Seconds(), k/floorAfter.Seconds()
+	res.KeycloakFloorPerS = 2 * k / (floorBefore + floorAfter).Seconds()
+	res.Ratio = res.RotationsPerS / res.KeycloakFloorPerS
 	return res, nil
 }
 

@@ -2,6 +2,7 @@ package fleetrotation
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"path"
@@ -39,36 +40,38 @@ func floorClient(clientID, audience string) map[string]any {
 	}
 }
 
-// keycloakFloor creates k raw clients, rotates each once untimed (so
-// Keycloak's code paths are as warm as in the fleet run before), then
-// times, at concurrency c, the Keycloak work of one rotation per client
-// (grace: generate a secret, a client-credentials grant with it,
-// invalidate the rotated secret; restore: generate, grant) and returns
-// rotations per second. The clients are deleted again.
-func keycloakFloor(ctx context.Context, st *integration.Stack, hc *http.Client, mode string, k, c int, logf func(string, ...any)) (perS float64, err error) {
-	kc := &api{http: hc, base: st.KeycloakURL + "/admin/realms/" + st.Realm,
-		tok: newTokenSource(hc, st.TokenURL, st.AdminClientID, st.AdminClientSecret)}
-	type client struct{ id, uuid string }
-	clients := make([]*client, k)
-	for i := range clients {
-		clients[i] = &client{id: floorPrefix + launch.RandHex(6)}
+// floor is the Keycloak floor (SPEC-less, the benchmark's own yardstick):
+// k raw clients of a device's representation whose rotations are timed
+// directly against Keycloak.
+type floor struct {
+	kc      *api
+	hc      *http.Client
+	st      *integration.Stack
+	mode    string
+	c       int
+	clients []*floorClientRef
+	logf    func(string, ...any)
+}
+
+type floorClientRef struct{ id, uuid string }
+
+// newFloor creates k raw clients and rotates each once untimed (so
+// Keycloak's code paths are as warm as in the fleet run); measure then
+// times one rotation per client at concurrency c (grace: generate a
+// secret, a client-credentials grant with it, invalidate the rotated
+// secret; restore: generate, grant). Keycloak keeps getting faster through
+// a run (its JIT) and its pace swings with the machine, so the fleet run
+// is timed between two measurements. close deletes the clients.
+func newFloor(ctx context.Context, st *integration.Stack, hc *http.Client, mode string, k, c int, logf func(string, ...any)) (*floor, error) {
+	f := &floor{hc: hc, st: st, mode: mode, c: c, logf: logf,
+		kc: &api{http: hc, base: st.KeycloakURL + "/admin/realms/" + st.Realm,
+			tok: newTokenSource(hc, st.TokenURL, st.AdminClientID, st.AdminClientSecret)}}
+	f.clients = make([]*floorClientRef, k)
+	for i := range f.clients {
+		f.clients[i] = &floorClientRef{id: floorPrefix + launch.RandHex(6)}
 	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
-		defer cancel()
-		e := forEach(cctx, clients, 4, func(ctx context.Context, cl *client) error {
-			if cl.uuid == "" {
-				return nil
-			}
-			_, err := kc.call(ctx, http.MethodDelete, "/clients/"+cl.uuid, nil, nil, http.StatusNoContent, http.StatusNotFound)
-			return err
-		})
-		if e != nil && err == nil {
-			err = fmt.Errorf("fleetrotation: delete floor clients: %w", e)
-		}
-	}()
-	err = forEach(ctx, clients, 4, func(ctx context.Context, cl *client) error {
-		h, err := kc.call(ctx, http.MethodPost, "/clients", floorClient(cl.id, st.DeviceAudience), nil, http.StatusCreated)
+	err := forEach(ctx, f.clients, 4, func(ctx context.Context, cl *floorClientRef) error {
+		h, err := f.kc.call(ctx, http.MethodPost, "/clients", floorClient(cl.id, st.DeviceAudience), nil, http.StatusCreated)
 		if err != nil {
 			return err
 		}
@@ -78,43 +81,66 @@ func keycloakFloor(ctx context.Context, st *integration.Stack, hc *http.Client, 
 		}
 		return nil
 	})
+	if err == nil {
+		err = forEach(ctx, f.clients, c, f.rotate)
+	}
 	if err != nil {
-		return 0, err
+		return nil, errors.Join(err, f.close(ctx))
 	}
-	rotate := func(ctx context.Context, cl *client) error {
-		var cred struct {
-			Value string `json:"value"`
-		}
-		if _, err := kc.call(ctx, http.MethodPost, "/clients/"+cl.uuid+"/client-secret", nil, &cred, http.StatusOK); err != nil {
+	return f, nil
+}
+
+// rotate does one rotation's Keycloak work for cl.
+func (f *floor) rotate(ctx context.Context, cl *floorClientRef) error {
+	var cred struct {
+		Value string `json:"value"`
+	}
+	if _, err := f.kc.call(ctx, http.MethodPost, "/clients/"+cl.uuid+"/client-secret", nil, &cred, http.StatusOK); err != nil {
+		return err
+	}
+	if cred.Value == "" {
+		return fmt.Errorf("fleetrotation: client %s: generated secret is empty", cl.id)
+	}
+	_, _, status, err := grant(ctx, f.hc, f.st.TokenURL, cl.id, cred.Value)
+	if err != nil {
+		return err
+	}
+	if status != http.StatusOK {
+		return fmt.Errorf("fleetrotation: token with the new secret of %s: status %d", cl.id, status)
+	}
+	if f.mode == "grace" {
+		if _, err := f.kc.call(ctx, http.MethodDelete, "/clients/"+cl.uuid+"/client-secret/rotated", nil, nil, http.StatusNoContent); err != nil {
 			return err
 		}
-		if cred.Value == "" {
-			return fmt.Errorf("fleetrotation: client %s: generated secret is empty", cl.id)
-		}
-		_, _, status, err := grant(ctx, hc, st.TokenURL, cl.id, cred.Value)
-		if err != nil {
-			return err
-		}
-		if status != http.StatusOK {
-			return fmt.Errorf("fleetrotation: token with the new secret of %s: status %d", cl.id, status)
-		}
-		if mode == "grace" {
-			if _, err := kc.call(ctx, http.MethodDelete, "/clients/"+cl.uuid+"/client-secret/rotated", nil, nil, http.StatusNoContent); err != nil {
-				return err
-			}
-		}
-		return nil
 	}
-	if err := forEach(ctx, clients, c, rotate); err != nil {
-		return 0, err
-	}
+	return nil
+}
+
+// measure times one rotation of every client.
+func (f *floor) measure(ctx context.Context, when string) (time.Duration, error) {
 	began := time.Now()
-	err = forEach(ctx, clients, c, rotate)
+	err := forEach(ctx, f.clients, f.c, f.rotate)
 	took := time.Since(began)
 	if err != nil {
 		return 0, err
 	}
-	perS = float64(k) / took.Seconds()
-	logf("fleetrotation: %s: Keycloak floor: %d rotations of raw clients at concurrency %d in %s (%.1f/s)", mode, k, c, took.Round(time.Millisecond), perS)
-	return perS, nil
+	f.logf("fleetrotation: %s: Keycloak floor %s: %d rotations of raw clients at concurrency %d in %s (%.1f/s)",
+		f.mode, when, len(f.clients), f.c, took.Round(time.Millisecond), float64(len(f.clients))/took.Seconds())
+	return took, nil
+}
+
+// close deletes the clients.
+func (f *floor) close(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+	defer cancel()
+	if err := forEach(cctx, f.clients, 4, func(ctx context.Context, cl *floorClientRef) error {
+		if cl.uuid == "" {
+			return nil
+		}
+		_, err := f.kc.call(ctx, http.MethodDelete, "/clients/"+cl.uuid, nil, nil, http.StatusNoContent, http.StatusNotFound)
+		return err
+	}); err != nil {
+		return fmt.Errorf("fleetrotation: delete floor clients: %w", err)
+	}
+	return nil
 }

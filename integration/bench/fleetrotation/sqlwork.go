@@ -52,10 +52,12 @@ func (s *statements) reset(ctx context.Context) error {
 	return err
 }
 
-// stmtCount is one statement's calls.
+// stmtCount is one statement's calls and the time PostgreSQL spent
+// executing them.
 type stmtCount struct {
-	calls int64
-	query string
+	calls  int64
+	execMS float64
+	query  string
 }
 
 // counts returns the calls of every statement run in this database since
@@ -65,7 +67,7 @@ func (s *statements) counts(ctx context.Context) (total int64, top []stmtCount, 
 	if s == nil {
 		return 0, nil, nil
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT calls, query FROM pg_stat_statements
+	rows, err := s.db.QueryContext(ctx, `SELECT calls, total_exec_time, query FROM pg_stat_statements
 		WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
 		  AND query NOT LIKE '%pg_stat_statements%'
 		ORDER BY calls DESC`)
@@ -75,13 +77,27 @@ func (s *statements) counts(ctx context.Context) (total int64, top []stmtCount, 
 	defer rows.Close()
 	for rows.Next() {
 		var c stmtCount
-		if err := rows.Scan(&c.calls, &c.query); err != nil {
+		if err := rows.Scan(&c.calls, &c.execMS, &c.query); err != nil {
 			return 0, nil, err
 		}
 		total += c.calls
 		top = append(top, c)
 	}
 	return total, top, rows.Err()
+}
+
+// rowUpdates returns how many device rows were updated in this database
+// since its statistics began, and how many of those were HOT (no index
+// entry written).
+func (s *statements) rowUpdates(ctx context.Context) (upd, hot int64, err error) {
+	if s == nil {
+		return 0, 0, nil
+	}
+	err = s.db.QueryRowContext(ctx, `SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'devices'`).Scan(&upd, &hot)
+	if err != nil {
+		err = fmt.Errorf("fleetrotation: pg_stat_user_tables: %w", err)
+	}
+	return upd, hot, err
 }
 
 // oneLine shortens a statement for a log line.
