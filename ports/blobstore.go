@@ -30,8 +30,6 @@ var blobExt = map[BlobKind]string{BlobFirmware: ".bin", BlobELF: ".elf", BlobCor
 // model code does).
 var BlobNamespacePattern = regexp.MustCompile(`^[a-z0-9_]{1,50}$`)
 
-var blobDigestPattern = regexp.MustCompile(`^[0-9a-f]{64}$`)
-
 // BlobKey addresses a blob. Blobs are content-addressed: the key holds
 // the content's SHA-256, and a store refuses content that does not hash
 // to it.
@@ -53,7 +51,7 @@ func (k BlobKey) Validate() error {
 	if !BlobNamespacePattern.MatchString(k.Namespace) {
 		return model.Invalid("namespace", "must match %s", BlobNamespacePattern)
 	}
-	if !blobDigestPattern.MatchString(k.SHA256) {
+	if !model.SHA256Pattern.MatchString(k.SHA256) {
 		return model.Invalid("sha256", "must be 64 lower-case hex digits")
 	}
 	return nil

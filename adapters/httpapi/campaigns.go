@@ -175,7 +175,7 @@ func fromCreateCampaignDTO(in createCampaignDTO) (ports.NewCampaign, error) {
 	if in.FirmwareSHA256 == nil || isJSONNull(in.FirmwareSHA256) {
 		return out, model.Invalid("firmware_sha256", "required")
 	}
-	if json.Unmarshal(in.FirmwareSHA256, &out.FirmwareSHA256) != nil || !sha256Path.MatchString(out.FirmwareSHA256) {
+	if json.Unmarshal(in.FirmwareSHA256, &out.FirmwareSHA256) != nil || !model.SHA256Pattern.MatchString(out.FirmwareSHA256) {
 		return out, model.Invalid("firmware_sha256", "must be 64 lower-case hex digits")
 	}
 	if in.Selector != nil {

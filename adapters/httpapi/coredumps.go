@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
-	"regexp"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -17,8 +16,6 @@ import (
 // /api/device-models/{id}/firmware/{sha256}/elf takes an upload's ELF.
 
 var errNoCoredumps = &httpError{status: http.StatusServiceUnavailable, kind: "not-ready", detail: "core dumps are not configured on this server"}
-
-var sha256Path = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 type coredumpFrameDTO struct {
 	PC       string  `json:"pc" pattern:"^0x[0-9a-f]{8}$" desc:"the frame's program counter (outer frames: the return address), hex"`
@@ -218,7 +215,7 @@ func (s *Server) uploadELF(c *fiber.Ctx) error {
 		return err
 	}
 	sum := c.Params("sha256")
-	if !sha256Path.MatchString(sum) {
+	if !model.SHA256Pattern.MatchString(sum) {
 		return model.Invalid("sha256", "must be the image's SHA-256 as 64 lower-case hex digits")
 	}
 	if err := requireIdentityEncoding(c); err != nil {

@@ -133,7 +133,7 @@ func (s *Server) releaseFirmware(c *fiber.Ctx) error {
 		return err
 	}
 	sum := c.Params("sha256")
-	if !sha256Path.MatchString(sum) {
+	if !model.SHA256Pattern.MatchString(sum) {
 		return model.Invalid("sha256", "must be the upload's SHA-256 as 64 lower-case hex digits")
 	}
 	f, _, err := s.firmware.ReleaseFirmware(c.UserContext(), id, sum)

@@ -64,7 +64,7 @@ func (s *Service) CreateCampaign(ctx context.Context, in ports.NewCampaign) (mod
 		return model.Campaign{}, err
 	}
 	sha := strings.ToLower(in.FirmwareSHA256)
-	if !sha256Pattern.MatchString(sha) {
+	if !model.SHA256Pattern.MatchString(sha) {
 		return model.Campaign{}, model.Invalid("firmware_sha256", "must be 64 hex digits")
 	}
 	// A model or an upload the body names that does not exist is a

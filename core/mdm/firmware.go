@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 	"unicode"
@@ -280,7 +279,7 @@ func (s *Service) notifyRelease(ctx context.Context, code, version string) {
 // the admin's explicit choice (anti-rollback devices will refuse it) and
 // the audit entry says so.
 func (s *Service) ReleaseFirmware(ctx context.Context, modelID int64, digest string) (model.Firmware, bool, error) {
-	if !sha256Pattern.MatchString(digest) {
+	if !model.SHA256Pattern.MatchString(digest) {
 		return model.Firmware{}, false, model.Invalid("sha256", "must be 64 lower-case hex digits")
 	}
 	m, err := s.d.Models.GetModel(ctx, modelID)
@@ -321,9 +320,6 @@ func (s *Service) ReleaseFirmware(ctx context.Context, modelID int64, digest str
 	}
 	return f, changed, nil
 }
-
-// sha256Pattern is an upload's SHA-256 as the API names it.
-var sha256Pattern = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // errSameImage stops a recording whose image changes nothing.
 var errSameImage = errors.New("the image is the released (or newest stored) firmware already")

@@ -1,6 +1,13 @@
 package model
 
-import "fmt"
+import (
+	"fmt"
+	"regexp"
+)
+
+// SHA256Pattern is a SHA-256 as espmdm names one everywhere (a firmware
+// upload, an ELF, a core dump, a blob's key): 64 lower-case hex digits.
+var SHA256Pattern = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // ErrBlobNotFound means the blob store holds no blob under the key asked
 // for. It matches ErrNotFound too, and stays distinguishable from a
