@@ -213,3 +213,41 @@ func rssKB(pid int, field string) (int64, error) {
 	}
 	return 0, fmt.Errorf("%s: no %s", path, field)
 }
+
+// NewEnv gives the commands (cmd/bench, cmd/bench-identities) their Env:
+// the stack named by $ESPMDM_STACK_ENV when attach allows it and the
+// variable is set, else one started with opts (within 10 minutes), and a
+// temporary directory. close removes the directory and stops a stack it
+// started, reporting a failure to stop on log.
+func NewEnv(ctx context.Context, opts integration.Options, attach bool, log io.Writer) (env *Env, close func(), err error) {
+	var st *integration.Stack
+	if path := os.Getenv(integration.EnvStackFile); attach && path != "" {
+		st, err = integration.Attach(path)
+	} else {
+		hint := ""
+		if attach {
+			hint = " (set $" + integration.EnvStackFile + " to use a running one)"
+		}
+		fmt.Fprintln(log, "bench: starting a stack of its own"+hint)
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		st, err = integration.Start(sctx, opts)
+		cancel()
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	stop := func() {
+		if err := st.Stop(context.Background()); err != nil {
+			fmt.Fprintln(log, "bench: stop the stack:", err)
+		}
+	}
+	tmp, err := os.MkdirTemp("", "espmdm-bench-")
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	return &Env{Stack: st, Log: log, TempDir: tmp}, func() {
+		_ = os.RemoveAll(tmp)
+		stop()
+	}, nil
+}

@@ -52,26 +52,14 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "bench-identities:", err)
 		return 1
 	}
-	sctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	st, err := integration.Start(sctx, integration.Options{Launcher: "processes", KeycloakOnPostgres: true, KeycloakMetrics: true})
-	cancel()
+	// Always a stack of its own: Keycloak on PostgreSQL, with its metrics.
+	env, closeEnv, err := bench.NewEnv(ctx, integration.Options{Launcher: "processes", KeycloakOnPostgres: true, KeycloakMetrics: true}, false, os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench-identities:", err)
 		return 1
 	}
-	defer func() {
-		if err := st.Stop(context.Background()); err != nil {
-			fmt.Fprintln(os.Stderr, "bench-identities: stop the stack:", err)
-		}
-	}()
-	tmp, err := os.MkdirTemp("", "espmdm-bench-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench-identities:", err)
-		return 1
-	}
-	defer os.RemoveAll(tmp)
-	env := &bench.Env{Stack: st, Log: os.Stderr, TempDir: tmp}
-	machine := bench.DescribeMachine(ctx, st)
+	defer closeEnv()
+	machine := bench.DescribeMachine(ctx, env.Stack)
 	points, err := bench.Identities(ctx, env, bench.IdentitiesOptions{
 		Sizes: ns, Budget: *budget, MQTTAuth: *mqttAuth,
 		Point: func(p bench.IdentitiesPoint) { fmt.Println(p.Line()) },

@@ -60,32 +60,15 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	var st *integration.Stack
-	if path := os.Getenv(integration.EnvStackFile); path != "" {
-		st, err = integration.Attach(path)
-	} else {
-		fmt.Fprintln(os.Stderr, "bench: starting a stack of its own (set $ESPMDM_STACK_ENV to use a running one)")
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-		st, err = integration.Start(sctx, integration.Options{Launcher: *launcher})
-		cancel()
-	}
+	// Without $ESPMDM_STACK_ENV (a running stack) it starts one of its own.
+	env, closeEnv, err := bench.NewEnv(ctx, integration.Options{Launcher: *launcher}, true, os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
 	}
-	defer func() {
-		if err := st.Stop(context.Background()); err != nil {
-			fmt.Fprintln(os.Stderr, "bench: stop the stack:", err)
-		}
-	}()
-
-	tmp, err := os.MkdirTemp("", "espmdm-bench-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		return 1
-	}
-	defer os.RemoveAll(tmp)
-	env := &bench.Env{Stack: st, Log: os.Stderr, TempDir: tmp, Samples: *samples, Duration: *duration}
+	defer closeEnv()
+	st := env.Stack
+	env.Samples, env.Duration = *samples, *duration
 	if *out != "" {
 		env.ChartPath = filepath.Join(filepath.Dir(*out), "fleet_rotation.png")
 	}
