@@ -46,19 +46,21 @@ func Batch() Scenario {
 // batchServer is an espmdm the batch benchmark posts to, with a model of
 // its own, and the devices it made (deleted by cleanUp).
 type batchServer struct {
-	srv     *launch.Server
-	adm     admin
-	modelID int64
-	ids     []int64
+	mqttAuth string
+	srv      *launch.Server
+	adm      admin
+	modelID  int64
+	ids      []int64
 }
 
-func (e *Env) batchServer(ctx context.Context, extra map[string]string) (*batchServer, error) {
-	extra["KEYCLOAK_MAX_CONCURRENCY"] = strconv.Itoa(provWorkers)
-	srv, err := e.startInProcess(ctx, extra)
+// batchServer starts an espmdm with MQTT_AUTH=mqttAuth and the benchmark's
+// Keycloak bound.
+func (e *Env) batchServer(ctx context.Context, mqttAuth string) (*batchServer, error) {
+	srv, err := e.startInProcess(ctx, map[string]string{"MQTT_AUTH": mqttAuth, "KEYCLOAK_MAX_CONCURRENCY": strconv.Itoa(provWorkers)})
 	if err != nil {
 		return nil, err
 	}
-	b := &batchServer{srv: srv}
+	b := &batchServer{mqttAuth: mqttAuth, srv: srv}
 	opTok, err := e.token(ctx, e.Stack.OperatorClientID, e.Stack.OperatorClientSecret)
 	if err == nil {
 		b.adm = admin{base: srv.Base, tok: opTok, c: newClient(provWorkers)}
@@ -109,16 +111,20 @@ func (b *batchServer) cleanUp(ctx context.Context) error {
 
 func runBatch(ctx context.Context, env *Env) (res Result, err error) {
 	st := env.Stack
-	dynsec, err := env.batchServer(ctx, map[string]string{})
-	if err != nil {
-		return res, err
+	// The measured espmdm (broker accounts, the default), then one without.
+	var servers []*batchServer
+	defer func() {
+		for _, b := range servers {
+			err = errors.Join(err, b.cleanUp(context.WithoutCancel(ctx)))
+		}
+	}()
+	for _, auth := range []string{"dynsec", "none"} {
+		b, err := env.batchServer(ctx, auth)
+		if err != nil {
+			return res, err
+		}
+		servers = append(servers, b)
 	}
-	defer func() { err = errors.Join(err, dynsec.cleanUp(context.WithoutCancel(ctx))) }()
-	none, err := env.batchServer(ctx, map[string]string{"MQTT_AUTH": "none"})
-	if err != nil {
-		return res, err
-	}
-	defer func() { err = errors.Join(err, none.cleanUp(context.WithoutCancel(ctx))) }()
 	adminTok, err := env.token(ctx, st.AdminClientID, st.AdminClientSecret)
 	if err != nil {
 		return res, err
@@ -143,30 +149,31 @@ func runBatch(ctx context.Context, env *Env) (res Result, err error) {
 	if _, err := raw(batchWarmUp, "w"); err != nil {
 		return res, err
 	}
-	for _, b := range []*batchServer{dynsec, none} {
+	for _, b := range servers {
 		if _, _, err := b.batch(ctx, batchWarmUp); err != nil {
 			return res, err
 		}
 	}
 	// raw, batch (broker accounts), raw, batch (none), raw: each batch
 	// between two raw passes.
-	var rawTimes [3]time.Duration
-	var batchTimes [2]time.Duration
-	zipBytes := 0
-	for i := range 3 {
+	rawTimes := make([]time.Duration, len(servers)+1)
+	batchTimes := make([]time.Duration, len(servers))
+	zipBytes := make([]int, len(servers))
+	rawPass := func(i int) error {
 		env.logf("batch: %d clients directly in Keycloak", batchDevices)
-		if rawTimes[i], err = raw(batchDevices, strconv.Itoa(i)+"-"); err != nil {
+		took, err := raw(batchDevices, strconv.Itoa(i)+"-")
+		rawTimes[i] = took
+		return err
+	}
+	if err := rawPass(0); err != nil {
+		return res, err
+	}
+	for i, b := range servers {
+		env.logf("batch: %d devices in one POST /api/devices/batch (MQTT_AUTH=%s)", batchDevices, b.mqttAuth)
+		if batchTimes[i], zipBytes[i], err = b.batch(ctx, batchDevices); err != nil {
 			return res, err
 		}
-		if i == 2 {
-			break
-		}
-		b, what := dynsec, "MQTT_AUTH=dynsec"
-		if i == 1 {
-			b, what = none, "MQTT_AUTH=none"
-		}
-		env.logf("batch: %d devices in one POST /api/devices/batch (%s)", batchDevices, what)
-		if batchTimes[i], zipBytes, err = b.batch(ctx, batchDevices); err != nil {
+		if err := rawPass(i + 1); err != nil {
 			return res, err
 		}
 	}
@@ -182,7 +189,7 @@ func runBatch(ctx context.Context, env *Env) (res Result, err error) {
 	res.Add("ratio", perS/rawPerS, "devices_per_s / keycloak_raw_per_s (goal ≥ 0.8)")
 	res.Add("no_broker_per_s", rate(batchTimes[1]), "the same batch by an espmdm with MQTT_AUTH=none (no broker accounts)")
 	res.Add("ratio_no_broker", rate(batchTimes[1])/around(1), "no_broker_per_s / the raw passes before and after it")
-	res.Add("zip_kb", zipBytes/1024, "size of the answer, KiB")
+	res.Add("zip_kb", zipBytes[0]/1024, "size of the answer, KiB")
 	res.Add("workers", provWorkers, "concurrent creations on both sides")
 	return res, nil
 }

@@ -217,9 +217,9 @@ func rssKB(pid int, field string) (int64, error) {
 // NewEnv gives the commands (cmd/bench, cmd/bench-identities) their Env:
 // the stack named by $ESPMDM_STACK_ENV when attach allows it and the
 // variable is set, else one started with opts (within 10 minutes), and a
-// temporary directory. close removes the directory and stops a stack it
+// temporary directory. done removes the directory and stops a stack it
 // started, reporting a failure to stop on log.
-func NewEnv(ctx context.Context, opts integration.Options, attach bool, log io.Writer) (env *Env, close func(), err error) {
+func NewEnv(ctx context.Context, opts integration.Options, attach bool, log io.Writer) (env *Env, done func(), err error) {
 	var st *integration.Stack
 	if path := os.Getenv(integration.EnvStackFile); attach && path != "" {
 		st, err = integration.Attach(path)

@@ -40,8 +40,8 @@ func floorClient(clientID, audience string) map[string]any {
 	}
 }
 
-// floor is the Keycloak floor (SPEC-less, the benchmark's own yardstick):
-// k raw clients of a device's representation whose rotations are timed
+// floor is the Keycloak floor, the benchmark's own yardstick: k raw
+// clients of a device's representation whose rotations are timed
 // directly against Keycloak.
 type floor struct {
 	kc      *api
