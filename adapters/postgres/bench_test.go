@@ -2,8 +2,11 @@ package postgres_test
 
 import (
 	"context"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -385,4 +388,90 @@ func BenchmarkDeviceChangeTrigger(b *testing.B) {
 			exec(v.end)
 		}
 	}
+}
+
+// BenchmarkUpdateDevice measures UpdateDevice as a rotation runs it: one
+// of 1,000 devices at a time, four at once, each update with an audit
+// entry (as the generation and the ack write theirs). Besides the time it
+// reports PostgreSQL's CPU per update (its processes' user and system
+// time, from /proc: the stack's server is on this machine), which is what
+// the update costs the machine beyond its wall time.
+func BenchmarkUpdateDevice(b *testing.B) {
+	const n, workers = 1000, 4
+	db := migratedDB(b)
+	r := newRepos(db)
+	m := r.model(b, "upd")
+	ctx := b.Context()
+	if _, err := db.Bun().ExecContext(ctx, `INSERT INTO devices (key, device_model_id, config, active, rotation_state)
+		SELECT lpad(to_hex(i), 8, '0'), ?, jsonb_build_object('i', i), true, 'OK' FROM generate_series(1, ?) AS i`, m.ID, n); err != nil {
+		b.Fatal(err)
+	}
+	var first int64
+	if err := db.Bun().QueryRowContext(ctx, "SELECT min(id) FROM devices WHERE device_model_id = ?", m.ID).Scan(&first); err != nil {
+		b.Fatal(err)
+	}
+	var next atomic.Int64
+	update := func() error {
+		id := first + next.Add(1)%n
+		_, err := r.devices.UpdateDevice(ctx, id, func(d *model.Device) ([]model.AuditEntry, error) {
+			now := time.Now()
+			d.LastRotationFetchAt = &now
+			d.GenerationIntentAt = nil
+			return []model.AuditEntry{{Kind: model.AuditSecretFetched, Actor: model.DeviceActor(d.ClientID()),
+				DeviceID: d.ID, ClientID: d.ClientID(), Outcome: model.OutcomeSuccess, Detail: "the rotation's new secret"}}, nil
+		})
+		return err
+	}
+	cpu0 := postgresCPU(b)
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	per := b.N/workers + 1
+	for range workers {
+		wg.Go(func() {
+			for range per {
+				if err := update(); err != nil {
+					failed.Store(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	if err, _ := failed.Load().(error); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(postgresCPU(b)-cpu0)/float64(per*workers)*1e3, "pg_cpu_µs/update")
+}
+
+// postgresCPU is the CPU time, in milliseconds, that the postgres
+// processes on this machine (and the children they reaped) have used.
+func postgresCPU(tb testing.TB) int64 {
+	tb.Helper()
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var ticks int64
+	for _, d := range dirs {
+		if d.Name()[0] < '0' || d.Name()[0] > '9' {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + d.Name() + "/stat")
+		if err != nil {
+			continue // gone
+		}
+		s := string(stat)
+		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || end < open || s[open+1:end] != "postgres" {
+			continue
+		}
+		f := strings.Fields(s[end+2:])
+		for _, i := range []int{11, 12, 13, 14} { // utime stime cutime cstime
+			v, _ := strconv.ParseInt(f[i], 10, 64)
+			ticks += v
+		}
+	}
+	return ticks * 10 // USER_HZ is 100 on Linux
 }

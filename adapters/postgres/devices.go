@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"database/sql"
-	"strings"
 	"sync"
 	"time"
 
@@ -19,11 +18,10 @@ import (
 type DeviceRepo struct {
 	db *bun.DB
 
-	// byKey is GetDeviceByKey's statement, prepared at its first use
-	// (every device API request runs it: prepared, PostgreSQL parses and
-	// plans it once per connection instead of once per request).
+	// stmts are the prepared statements of the device API's hot path
+	// (devicestmts.go), prepared at their first use under mu.
 	mu    sync.Mutex
-	byKey *sql.Stmt
+	stmts deviceStmts
 	// codes caches model id → code for GetDeviceByKey, which then needs no
 	// join: a model's code never changes, and a model with devices cannot
 	// be deleted (nor an id reused), so an entry can never be stale.
@@ -33,7 +31,7 @@ type DeviceRepo struct {
 var _ ports.DeviceRepo = (*DeviceRepo)(nil)
 
 // NewDeviceRepo returns the device repository of db.
-func NewDeviceRepo(db *DB) *DeviceRepo { return &DeviceRepo{db: db.bun} }
+func NewDeviceRepo(db *DB) *DeviceRepo { return &DeviceRepo{db: db.bun, stmts: newDeviceStmts()} }
 
 // selectDevices starts a query of devices joined with their model code.
 func selectDevices(idb bun.IDB, rows any) *bun.SelectQuery {
@@ -88,20 +86,13 @@ func (r *DeviceRepo) GetDevice(ctx context.Context, id int64) (model.Device, err
 
 // GetDeviceByKey implements ports.DeviceRepo.
 func (r *DeviceRepo) GetDeviceByKey(ctx context.Context, key string) (model.Device, error) {
-	stmt, err := r.byKeyStmt(ctx)
+	stmt, err := r.prepared(ctx, &r.stmts.byKey)
 	if err != nil {
 		return model.Device{}, translate("get device by key: prepare", err, fkNone)
 	}
-	rows, err := stmt.QueryContext(ctx, key)
-	if err != nil {
-		return model.Device{}, translate("get device by key", err, fkNone)
-	}
 	var row deviceRow
-	if err := r.db.ScanRows(ctx, rows, &row); err != nil {
+	if err := r.queryDevice(ctx, nil, stmt, &row, key); err != nil {
 		return model.Device{}, translate("get device by key", err, fkNone)
-	}
-	if row.ID == 0 {
-		return model.Device{}, translate("get device by key", sql.ErrNoRows, fkNone)
 	}
 	if row.ModelCode, err = r.modelCode(ctx, r.db, row.DeviceModelID); err != nil {
 		return model.Device{}, translate("get device by key: model code", err, fkNone)
@@ -122,26 +113,6 @@ func (r *DeviceRepo) modelCode(ctx context.Context, idb bun.IDB, id int64) (stri
 	}
 	r.codes.Store(id, code)
 	return code, nil
-}
-
-// byKeyStmt returns the prepared statement of GetDeviceByKey, preparing it
-// when it is not yet (a failure is not kept: the next call tries again).
-// Its columns are named, not *, so a column added by a later migration
-// does not change the prepared result; the model code comes from
-// modelCode.
-func (r *DeviceRepo) byKeyStmt(ctx context.Context) (*sql.Stmt, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.byKey != nil {
-		return r.byKey, nil
-	}
-	q := "SELECT " + strings.Join(deviceSelectColumns, ", ") + " FROM devices WHERE key = $1"
-	stmt, err := r.db.DB.PrepareContext(ctx, q)
-	if err != nil {
-		return nil, err
-	}
-	r.byKey = stmt
-	return stmt, nil
 }
 
 // ListDevices implements ports.DeviceRepo: devices with an ID above
@@ -206,10 +177,18 @@ func pageRows[R, T any](rows []R, limit int, id func(*R) int64, to func(*R) T) (
 // device therefore run one after the other and never lose a write. fn's
 // error aborts the transaction and is returned as is.
 func (r *DeviceRepo) UpdateDevice(ctx context.Context, id int64, fn func(*model.Device) ([]model.AuditEntry, error)) (model.Device, error) {
+	lock, err := r.prepared(ctx, &r.stmts.lock)
+	if err != nil {
+		return model.Device{}, translate("update device: prepare", err, fkNone)
+	}
+	update, err := r.prepared(ctx, &r.stmts.update)
+	if err != nil {
+		return model.Device{}, translate("update device: prepare", err, fkNone)
+	}
 	var out model.Device
-	err := runInTx(ctx, r.db, "update device", func(ctx context.Context, tx bun.Tx) error {
+	err = runInTx(ctx, r.db, "update device", func(ctx context.Context, tx bun.Tx) error {
 		var row deviceRow
-		if err := tx.NewSelect().Model(&row).Column(deviceSelectColumns...).Where("d.id = ?", id).For("UPDATE").Scan(ctx); err != nil {
+		if err := r.queryDevice(ctx, &tx, lock, &row, id); err != nil {
 			return translate("update device: lock", err, fkNone)
 		}
 		code, err := r.modelCode(ctx, tx, row.DeviceModelID)
@@ -223,20 +202,19 @@ func (r *DeviceRepo) UpdateDevice(ctx context.Context, id int64, fn func(*model.
 			return err
 		}
 		next := deviceToRow(&cur)
-		next.ID, next.Key, next.DeviceModelID, next.ModelCode = row.ID, row.Key, row.DeviceModelID, row.ModelCode
-		next.CreatedAt = row.CreatedAt
+		next.ID = row.ID
 		if next.RotationState == "" {
 			next.RotationState = row.RotationState
 		}
 		// The audit entries go in with the UPDATE, as a WITH query.
-		if _, err := withAudit(tx, tx.NewUpdate(), entries, row.ID, row.DeviceModelID).Model(&next).
-			Column(deviceMutableColumns...).
-			Set("updated_at = now()").
-			WherePK().
-			Returning("*").
-			Exec(ctx); err != nil {
+		audit, err := auditJSON(entries, row.ID, row.DeviceModelID)
+		if err != nil {
+			return translate("update device: audit entries", err, fkNone)
+		}
+		if err := r.queryDevice(ctx, &tx, update, &next, updateArgs(&next, audit)...); err != nil {
 			return translate("update device", err, fkNone)
 		}
+		next.ModelCode = code
 		out = deviceFromRow(&next)
 		return nil
 	})
