@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/uptrace/bun"
@@ -11,45 +12,55 @@ import (
 )
 
 // auditRow is a row of audit_log.
+// auditRow is an audit_log row; its JSON form is what the prepared update
+// of UpdateDevice reads with jsonb_to_recordset (a zero At is left out:
+// the database's now()).
 type auditRow struct {
 	bun.BaseModel `bun:"table:audit_log,alias:a"`
 
-	ID           int64     `bun:"id,pk,autoincrement"`
-	At           time.Time `bun:"at,notnull,nullzero,default:now()"`
-	Kind         string    `bun:"kind,notnull"`
-	ActorType    string    `bun:"actor_type,notnull"`
-	ActorSubject string    `bun:"actor_subject,notnull"`
-	ActorClient  string    `bun:"actor_client,notnull"`
-	ActorName    string    `bun:"actor_name,notnull"`
-	DeviceID     *int64    `bun:"device_id"`
-	ClientID     string    `bun:"client_id,notnull"`
-	ModelID      *int64    `bun:"model_id"`
-	Outcome      string    `bun:"outcome,notnull"`
-	Detail       string    `bun:"detail,notnull"`
+	ID           int64     `bun:"id,pk,autoincrement" json:"-"`
+	At           time.Time `bun:"at,notnull,nullzero,default:now()" json:"at,omitzero"`
+	Kind         string    `bun:"kind,notnull" json:"kind"`
+	ActorType    string    `bun:"actor_type,notnull" json:"actor_type"`
+	ActorSubject string    `bun:"actor_subject,notnull" json:"actor_subject"`
+	ActorClient  string    `bun:"actor_client,notnull" json:"actor_client"`
+	ActorName    string    `bun:"actor_name,notnull" json:"actor_name"`
+	DeviceID     *int64    `bun:"device_id" json:"device_id"`
+	ClientID     string    `bun:"client_id,notnull" json:"client_id"`
+	ModelID      *int64    `bun:"model_id" json:"model_id"`
+	Outcome      string    `bun:"outcome,notnull" json:"outcome"`
+	Detail       string    `bun:"detail,notnull" json:"detail"`
 }
 
 // maxDetail is the longest detail audit_log keeps (its CHECK).
 const maxDetail = 1000
 
+// auditToRow is e as a row: its time to the microsecond the column keeps,
+// NUL characters dropped (no text column can hold one; bun drops them from
+// the strings it formats, and jsonb refuses them), the detail cut to
+// maxDetail characters.
 func auditToRow(e model.AuditEntry) auditRow {
-	detail := e.Detail
+	detail := noNUL(e.Detail)
 	if r := []rune(detail); len(r) > maxDetail {
 		detail = string(r[:maxDetail-1]) + "…"
 	}
 	return auditRow{
-		At:           utc(e.At),
-		Kind:         string(e.Kind),
-		ActorType:    string(e.Actor.Type),
-		ActorSubject: e.Actor.Subject,
-		ActorClient:  e.Actor.ClientID,
-		ActorName:    e.Actor.Name,
+		At:           utc(e.At).Truncate(time.Microsecond),
+		Kind:         noNUL(string(e.Kind)),
+		ActorType:    noNUL(string(e.Actor.Type)),
+		ActorSubject: noNUL(e.Actor.Subject),
+		ActorClient:  noNUL(e.Actor.ClientID),
+		ActorName:    noNUL(e.Actor.Name),
 		DeviceID:     positiveOrNil(e.DeviceID),
-		ClientID:     e.ClientID,
+		ClientID:     noNUL(e.ClientID),
 		ModelID:      positiveOrNil(e.ModelID),
-		Outcome:      string(e.Outcome),
+		Outcome:      noNUL(string(e.Outcome)),
 		Detail:       detail,
 	}
 }
+
+// noNUL drops NUL characters.
+func noNUL(s string) string { return strings.ReplaceAll(s, "\x00", "") }
 
 func auditFromRow(r *auditRow) model.AuditEntry {
 	e := model.AuditEntry{

@@ -96,55 +96,50 @@ type deviceStmts struct {
 	byKey, lock, update deviceStmt
 }
 
-// updateArgs are the arguments of the update statement for row, its
-// audit entries (auditJSON) and its id, in deviceMutableColumns' order.
+// mutableArgs are the update statement's arguments for the columns of
+// deviceMutableColumns, by column (TestUpdateDeviceStoresEveryColumn
+// writes every one).
+var mutableArgs = map[string]func(*deviceRow) any{
+	"config":                     func(r *deviceRow) any { return string(r.Config) },
+	"active":                     func(r *deviceRow) any { return r.Active },
+	"rotation_state":             func(r *deviceRow) any { return r.RotationState },
+	"secret_created_at":          func(r *deviceRow) any { return timeArg(r.SecretCreatedAt) },
+	"last_rotation_attempt_at":   func(r *deviceRow) any { return timeArg(r.LastRotationAttemptAt) },
+	"last_rotation_fetch_at":     func(r *deviceRow) any { return timeArg(r.LastRotationFetchAt) },
+	"last_rotation_renudge_at":   func(r *deviceRow) any { return timeArg(r.LastRotationRenudgeAt) },
+	"last_rotation_completed_at": func(r *deviceRow) any { return timeArg(r.LastRotationCompletedAt) },
+	"last_seen_at":               func(r *deviceRow) any { return timeArg(r.LastSeenAt) },
+	"new_secret_at":              func(r *deviceRow) any { return timeArg(r.NewSecretAt) },
+	"new_secret_iat_after":       func(r *deviceRow) any { return timeArg(r.NewSecretIATAfter) },
+	"previous_secret":            func(r *deviceRow) any { return bytesArg(r.PreviousSecret) },
+	"secret_sha256":              func(r *deviceRow) any { return stringArg(r.SecretSHA256) },
+	"generation_intent_at":       func(r *deviceRow) any { return timeArg(r.GenerationIntentAt) },
+	"client_covered":             func(r *deviceRow) any { return r.ClientCovered },
+	"mqtt_password":              func(r *deviceRow) any { return bytesArg(r.MQTTPassword) },
+	"tags":                       func(r *deviceRow) any { return textArray(r.Tags) },
+}
+
+// updateArgs are the arguments of the update statement for row and its
+// audit entries (auditJSON): $1 the entries, then deviceMutableColumns in
+// order, then the id.
 func updateArgs(row *deviceRow, audit []byte) []any {
 	args := []any{string(audit)}
 	for _, c := range deviceMutableColumns {
-		var v any
-		switch c {
-		case "config":
-			v = string(row.Config)
-		case "active":
-			v = row.Active
-		case "rotation_state":
-			v = row.RotationState
-		case "secret_created_at":
-			v = timeArg(row.SecretCreatedAt)
-		case "last_rotation_attempt_at":
-			v = timeArg(row.LastRotationAttemptAt)
-		case "last_rotation_fetch_at":
-			v = timeArg(row.LastRotationFetchAt)
-		case "last_rotation_renudge_at":
-			v = timeArg(row.LastRotationRenudgeAt)
-		case "last_rotation_completed_at":
-			v = timeArg(row.LastRotationCompletedAt)
-		case "last_seen_at":
-			v = timeArg(row.LastSeenAt)
-		case "new_secret_at":
-			v = timeArg(row.NewSecretAt)
-		case "new_secret_iat_after":
-			v = timeArg(row.NewSecretIATAfter)
-		case "previous_secret":
-			v = bytesArg(row.PreviousSecret)
-		case "secret_sha256":
-			if row.SecretSHA256 != nil {
-				v = *row.SecretSHA256
-			}
-		case "generation_intent_at":
-			v = timeArg(row.GenerationIntentAt)
-		case "client_covered":
-			v = row.ClientCovered
-		case "mqtt_password":
-			v = bytesArg(row.MQTTPassword)
-		case "tags":
-			v = textArray(row.Tags)
-		default:
+		arg, ok := mutableArgs[c]
+		if !ok {
 			panic("postgres: updateArgs: no argument for devices column " + c)
 		}
-		args = append(args, v)
+		args = append(args, arg(row))
 	}
 	return append(args, row.ID)
+}
+
+// stringArg is s as a statement argument: NULL for nil.
+func stringArg(s *string) any {
+	if s == nil {
+		return nil
+	}
+	return *s
 }
 
 // timeArg is t as a statement argument: NULL for nil.
@@ -185,40 +180,8 @@ func textArray(ss []string) string {
 	return b.String()
 }
 
-// auditJSONRow is an audit entry as the update statement's
-// jsonb_to_recordset reads it.
-type auditJSONRow struct {
-	At           *string `json:"at"` // null: now()
-	Kind         string  `json:"kind"`
-	ActorType    string  `json:"actor_type"`
-	ActorSubject string  `json:"actor_subject"`
-	ActorClient  string  `json:"actor_client"`
-	ActorName    string  `json:"actor_name"`
-	DeviceID     *int64  `json:"device_id"`
-	ClientID     string  `json:"client_id"`
-	ModelID      *int64  `json:"model_id"`
-	Outcome      string  `json:"outcome"`
-	Detail       string  `json:"detail"`
-}
-
-// noNUL drops NUL characters, which no text column can hold (and jsonb
-// refuses as \u0000), as bun drops them from the strings it formats.
-func noNUL(s string) string { return strings.ReplaceAll(s, "\x00", "") }
-
 // auditJSON is entries (with deviceID and modelID where an entry names
-// none) as the update statement's JSON array; times keep microseconds, as
-// the column does.
+// none) as the update statement's JSON array of audit rows.
 func auditJSON(entries []model.AuditEntry, deviceID, modelID int64) ([]byte, error) {
-	rows := auditRows(entries, deviceID, modelID)
-	out := make([]auditJSONRow, len(rows))
-	for i, a := range rows {
-		out[i] = auditJSONRow{Kind: noNUL(a.Kind), ActorType: noNUL(a.ActorType), ActorSubject: noNUL(a.ActorSubject),
-			ActorClient: noNUL(a.ActorClient), ActorName: noNUL(a.ActorName), DeviceID: a.DeviceID, ClientID: noNUL(a.ClientID),
-			ModelID: a.ModelID, Outcome: noNUL(a.Outcome), Detail: noNUL(a.Detail)}
-		if !a.At.IsZero() {
-			at := a.At.UTC().Format("2006-01-02T15:04:05.999999Z07:00")
-			out[i].At = &at
-		}
-	}
-	return json.Marshal(out)
+	return json.Marshal(auditRows(entries, deviceID, modelID))
 }
