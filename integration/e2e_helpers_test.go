@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -94,6 +95,7 @@ func startServerUnready(t *testing.T, env map[string]string, opts ...fx.Option) 
 			defer cancel()
 			if err := a.Stop(stopCtx); err != nil {
 				t.Errorf("stop espmdm: %v", err)
+				logServingGoroutines(t)
 			}
 			s.checkLogs()
 			if t.Failed() {
@@ -166,6 +168,23 @@ func (s *server) checkLogs() {
 }
 
 // dumpWarnings logs espmdm's warnings and errors, for a failed test.
+// logServingGoroutines logs the stacks of the goroutines serving an HTTP
+// connection (every in-process espmdm of the test binary), for a stop that
+// timed out: a request still in a handler, or a response still being
+// written, is what keeps the server's shutdown waiting.
+func logServingGoroutines(t *testing.T) {
+	buf := make([]byte, 8<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for g := range strings.SplitSeq(string(buf), "\n\n") {
+		if strings.Contains(g, "fasthttp.(*Server).serveConn") {
+			t.Logf("serving goroutine at the stop:\n%s", g)
+			n++
+		}
+	}
+	t.Logf("%d goroutines were serving a connection when the stop timed out", n)
+}
+
 func (s *server) dumpWarnings() {
 	for _, e := range s.logs.FilterLevelExact(zapcore.WarnLevel).All() {
 		s.t.Logf("espmdm warn: %s %v", e.Message, e.ContextMap())

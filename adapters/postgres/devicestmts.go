@@ -35,16 +35,24 @@ type deviceStmt struct {
 // per connection). Call it before the transaction begins: preparing on the
 // pool takes a connection of its own, which a transaction holding one
 // could wait for while every other connection is held by transactions
-// waiting the same way.
+// waiting the same way. Nor is r.mu held while preparing: callers racing
+// at the first use each prepare, and all but the first close theirs.
 func (r *DeviceRepo) prepared(ctx context.Context, s *deviceStmt) (*sql.Stmt, error) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if s.stmt != nil {
-		return s.stmt, nil
+	stmt := s.stmt
+	r.mu.Unlock()
+	if stmt != nil {
+		return stmt, nil
 	}
 	stmt, err := r.db.DB.PrepareContext(ctx, s.query)
 	if err != nil {
 		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s.stmt != nil {
+		_ = stmt.Close()
+		return s.stmt, nil
 	}
 	s.stmt = stmt
 	return stmt, nil
