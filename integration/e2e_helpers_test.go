@@ -167,7 +167,6 @@ func (s *server) checkLogs() {
 	}
 }
 
-// dumpWarnings logs espmdm's warnings and errors, for a failed test.
 // logServingGoroutines logs the stacks of the goroutines serving an HTTP
 // connection (every in-process espmdm of the test binary), for a stop that
 // timed out: a request still in a handler, or a response still being
@@ -185,6 +184,7 @@ func logServingGoroutines(t *testing.T) {
 	t.Logf("%d goroutines were serving a connection when the stop timed out", n)
 }
 
+// dumpWarnings logs espmdm's warnings and errors, for a failed test.
 func (s *server) dumpWarnings() {
 	for _, e := range s.logs.FilterLevelExact(zapcore.WarnLevel).All() {
 		s.t.Logf("espmdm warn: %s %v", e.Message, e.ContextMap())

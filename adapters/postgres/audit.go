@@ -11,7 +11,6 @@ import (
 	"github.com/espmdm/espmdm/ports"
 )
 
-// auditRow is a row of audit_log.
 // auditRow is an audit_log row; its JSON form is what the prepared update
 // of UpdateDevice reads with jsonb_to_recordset (a zero At is left out:
 // the database's now()).

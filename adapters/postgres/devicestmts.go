@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/uptrace/bun"
 
@@ -106,22 +105,23 @@ type deviceStmts struct {
 
 // mutableArgs are the update statement's arguments for the columns of
 // deviceMutableColumns, by column (TestUpdateDeviceStoresEveryColumn
-// writes every one).
+// writes every one). Pointers go as they are: database/sql passes a nil
+// one as NULL and the value of another (deviceToRow made the times UTC).
 var mutableArgs = map[string]func(*deviceRow) any{
 	"config":                     func(r *deviceRow) any { return string(r.Config) },
 	"active":                     func(r *deviceRow) any { return r.Active },
 	"rotation_state":             func(r *deviceRow) any { return r.RotationState },
-	"secret_created_at":          func(r *deviceRow) any { return timeArg(r.SecretCreatedAt) },
-	"last_rotation_attempt_at":   func(r *deviceRow) any { return timeArg(r.LastRotationAttemptAt) },
-	"last_rotation_fetch_at":     func(r *deviceRow) any { return timeArg(r.LastRotationFetchAt) },
-	"last_rotation_renudge_at":   func(r *deviceRow) any { return timeArg(r.LastRotationRenudgeAt) },
-	"last_rotation_completed_at": func(r *deviceRow) any { return timeArg(r.LastRotationCompletedAt) },
-	"last_seen_at":               func(r *deviceRow) any { return timeArg(r.LastSeenAt) },
-	"new_secret_at":              func(r *deviceRow) any { return timeArg(r.NewSecretAt) },
-	"new_secret_iat_after":       func(r *deviceRow) any { return timeArg(r.NewSecretIATAfter) },
+	"secret_created_at":          func(r *deviceRow) any { return r.SecretCreatedAt },
+	"last_rotation_attempt_at":   func(r *deviceRow) any { return r.LastRotationAttemptAt },
+	"last_rotation_fetch_at":     func(r *deviceRow) any { return r.LastRotationFetchAt },
+	"last_rotation_renudge_at":   func(r *deviceRow) any { return r.LastRotationRenudgeAt },
+	"last_rotation_completed_at": func(r *deviceRow) any { return r.LastRotationCompletedAt },
+	"last_seen_at":               func(r *deviceRow) any { return r.LastSeenAt },
+	"new_secret_at":              func(r *deviceRow) any { return r.NewSecretAt },
+	"new_secret_iat_after":       func(r *deviceRow) any { return r.NewSecretIATAfter },
 	"previous_secret":            func(r *deviceRow) any { return bytesArg(r.PreviousSecret) },
-	"secret_sha256":              func(r *deviceRow) any { return stringArg(r.SecretSHA256) },
-	"generation_intent_at":       func(r *deviceRow) any { return timeArg(r.GenerationIntentAt) },
+	"secret_sha256":              func(r *deviceRow) any { return r.SecretSHA256 },
+	"generation_intent_at":       func(r *deviceRow) any { return r.GenerationIntentAt },
 	"client_covered":             func(r *deviceRow) any { return r.ClientCovered },
 	"mqtt_password":              func(r *deviceRow) any { return bytesArg(r.MQTTPassword) },
 	"tags":                       func(r *deviceRow) any { return textArray(r.Tags) },
@@ -140,22 +140,6 @@ func updateArgs(row *deviceRow, audit []byte) []any {
 		args = append(args, arg(row))
 	}
 	return append(args, row.ID)
-}
-
-// stringArg is s as a statement argument: NULL for nil.
-func stringArg(s *string) any {
-	if s == nil {
-		return nil
-	}
-	return *s
-}
-
-// timeArg is t as a statement argument: NULL for nil.
-func timeArg(t *time.Time) any {
-	if t == nil {
-		return nil
-	}
-	return t.UTC()
 }
 
 // bytesArg is b as a bytea argument: NULL for nil or empty, as the rows'
