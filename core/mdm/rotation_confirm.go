@@ -2,7 +2,6 @@ package mdm
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"strings"
@@ -23,7 +22,7 @@ func (s *Service) AckCredentials(ctx context.Context, d model.Device, digest str
 		return err
 	}
 	digest = strings.ToLower(digest)
-	if len(digest) != sha256.Size*2 || strings.Trim(digest, "0123456789abcdef") != "" {
+	if !model.SHA256Pattern.MatchString(digest) {
 		return model.Invalid("client_secret_sha256", "must be the 64 hex digits of the SHA-256 of the new client secret")
 	}
 	ctx = model.WithActor(ctx, model.DeviceActor(d.ClientID()))
